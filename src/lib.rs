@@ -1,0 +1,5 @@
+//! doppel — online `ALTER TABLE` for PostgreSQL.
+//!
+//! See README.md for the phases and the runbook, and the module docs for each phase.
+
+pub mod lsn;
