@@ -1,0 +1,425 @@
+//! Cutover (DESIGN.md §4): the shadow takes the table's name in one transaction under an
+//! ACCESS EXCLUSIVE lock held for milliseconds, with a rollback script written first.
+//!
+//! Each attempt: `SET LOCAL lock_timeout` (default 200 ms) and `LOCK TABLE .. IN ACCESS
+//! EXCLUSIVE MODE`. A *waiting* ACCESS EXCLUSIVE request blocks every later reader of the
+//! table, so a timed-out attempt rolls back at once and the next one waits with exponential
+//! backoff and jitter. Once granted, no change to the original can commit; doppel then
+//! re-checks the catalog fingerprint (DDL that ran during the migration would otherwise be
+//! lost), commits a fence and waits until the applier has applied it (so every change
+//! committed before the lock is in the shadow), re-checks the keys verification deferred, and
+//! renames: original → `_doppel_<oid>_old_<name>` (its indexes and identity sequences out of
+//! the way), shadow → original name, shadow indexes → their final names, sequence ownership
+//! and values moved, foreign keys re-added `NOT VALID` (validated after commit). The lock hold
+//! time (grant to commit) is measured and reported.
+
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, Result, bail};
+use tokio_postgres::Client;
+
+use crate::applier::Applier;
+use crate::catalog;
+use crate::fence::Fencer;
+use crate::plan::Plan;
+use crate::shadow;
+use crate::sql::{ident, literal, qualified};
+use crate::verify;
+
+/// Cutover settings.
+#[derive(Debug, Clone)]
+pub struct CutoverOptions {
+    /// `lock_timeout` of each attempt.
+    pub lock_timeout: Duration,
+    /// Attempts before giving up.
+    pub retries: u32,
+    /// Longest wait for the applier inside the lock before the attempt is rolled back.
+    pub fence_timeout: Duration,
+    /// Directory the rollback script is written to.
+    pub rollback_dir: PathBuf,
+}
+
+/// What the cutover did.
+#[derive(Debug, Clone)]
+pub struct CutoverReport {
+    /// Attempts made (1 = first try).
+    pub attempts: u32,
+    /// ACCESS EXCLUSIVE lock held, from grant to commit.
+    pub lock_held: Duration,
+    /// Part of the hold spent waiting for the applier to reach the fence.
+    pub fence_wait: Duration,
+    /// The rollback script.
+    pub rollback_path: PathBuf,
+    /// Foreign keys re-added NOT VALID whose validation after commit failed (name, error).
+    pub unvalidated: Vec<(String, String)>,
+}
+
+/// The SQL of the swap and of its reverse.
+#[derive(Debug, Clone)]
+pub struct Script {
+    /// Statements run inside the cutover transaction, after the fence.
+    pub forward: Vec<String>,
+    /// `ALTER TABLE .. VALIDATE CONSTRAINT ..` run after commit.
+    pub validate: Vec<(String, String)>,
+    /// The rollback script (psql-runnable).
+    pub rollback: String,
+}
+
+/// Builds the swap and rollback SQL. Reads the shadow's identity sequence names (so it must
+/// run after the shadow exists).
+pub async fn script(client: &Client, plan: &Plan, lock_timeout: Duration) -> Result<Script> {
+    let n = &plan.names;
+    let oid = plan.original.oid;
+    let schema = &n.schema;
+    let table_q = n.table_qualified();
+    let shadow_q = n.shadow_qualified();
+    let old_q = n.old_qualified();
+    let mut forward = Vec::new();
+    let mut back = Vec::new();
+
+    forward.push(format!("ALTER TABLE {table_q} RENAME TO {}", ident(&n.old)));
+    for (i, index) in plan.original.indexes.iter().enumerate() {
+        let old_name = n.old_index(oid, i);
+        forward.push(format!(
+            "ALTER INDEX {} RENAME TO {}",
+            qualified(schema, &index.name),
+            ident(&old_name)
+        ));
+    }
+    forward.push(format!("ALTER TABLE {shadow_q} RENAME TO {}", ident(&n.table)));
+    let shadow_indexes = shadow::indexes(plan);
+    for index in &shadow_indexes {
+        forward.push(format!(
+            "ALTER INDEX {} RENAME TO {}",
+            qualified(schema, &index.temp_name),
+            ident(&index.final_name)
+        ));
+    }
+
+    // Rollback, mirrored: new table back to the shadow name, old table back to its name.
+    back.push(format!("ALTER TABLE {table_q} RENAME TO {}", ident(&n.shadow)));
+    for index in &shadow_indexes {
+        back.push(format!(
+            "ALTER INDEX {} RENAME TO {}",
+            qualified(schema, &index.final_name),
+            ident(&index.temp_name)
+        ));
+    }
+    back.push(format!("ALTER TABLE {old_q} RENAME TO {}", ident(&n.table)));
+    for (i, index) in plan.original.indexes.iter().enumerate() {
+        back.push(format!(
+            "ALTER INDEX {} RENAME TO {}",
+            qualified(schema, &n.old_index(oid, i)),
+            ident(&index.name)
+        ));
+    }
+
+    // Sequences. Identity sequences belong to their table: the original's are renamed out of
+    // the way, the shadow's take their names and continue from their values. Serial sequences
+    // change owner.
+    let mut seq_forward = Vec::new();
+    let mut seq_back = Vec::new(); // the original's sequences, back to their names and owner
+    let mut seq_back_first = Vec::new(); // the new table's identity sequences, out of the way
+    let mut seq_back_values = Vec::new();
+    let target_name = |source: &str| {
+        plan.projection
+            .columns
+            .iter()
+            .find(|m| m.source.as_ref().is_some_and(|s| s.name == source))
+            .map(|m| m.target.clone())
+    };
+    let mut renamed_identity: Vec<(String, String, String)> = Vec::new(); // (column, kept-as name, original name)
+    for (i, seq) in plan.original.sequences.iter().enumerate() {
+        if seq.identity {
+            let kept = n.old_sequence(oid, i);
+            seq_forward.push(format!(
+                "ALTER SEQUENCE {} RENAME TO {}",
+                qualified(&seq.schema, &seq.name),
+                ident(&kept)
+            ));
+            seq_back.push(format!(
+                "ALTER SEQUENCE {} RENAME TO {}",
+                qualified(&seq.schema, &kept),
+                ident(&seq.name)
+            ));
+            renamed_identity.push((seq.column.clone(), kept, seq.name.clone()));
+        } else if let Some(col) = target_name(&seq.column)
+            && col.default_sql.as_deref().is_some_and(|d| d.contains("nextval")) {
+                seq_forward.push(format!(
+                    "ALTER SEQUENCE {} OWNED BY {table_q}.{}",
+                    qualified(&seq.schema, &seq.name),
+                    ident(&col.name)
+                ));
+                seq_back.push(format!(
+                    "ALTER SEQUENCE {} OWNED BY {table_q}.{}",
+                    qualified(&seq.schema, &seq.name),
+                    ident(&seq.column)
+                ));
+            }
+    }
+    for target_seq in plan.target.sequences.iter().filter(|s| s.identity) {
+        // The shadow's identity sequence (in a dry run, before the shadow exists, the name
+        // PostgreSQL will give it).
+        let current_name: String = client
+            .query_one(
+                "SELECT coalesce(
+                    (SELECT s.relname::text FROM pg_class s
+                     WHERE to_regclass($1) IS NOT NULL
+                       AND s.oid = pg_get_serial_sequence($1, $2)::regclass),
+                    left($3 || '_' || $2, 59) || '_seq')",
+                &[&shadow_q, &target_seq.column, &n.shadow],
+            )
+            .await
+            .context("reading the shadow's identity sequences")?
+            .get(0);
+        seq_forward.push(format!(
+            "ALTER SEQUENCE {} RENAME TO {}",
+            qualified(schema, &current_name),
+            ident(&target_seq.name)
+        ));
+        seq_back_first.push(format!(
+            "ALTER SEQUENCE {} RENAME TO {}",
+            qualified(schema, &target_seq.name),
+            ident(&current_name)
+        ));
+        let source_col = plan
+            .projection
+            .columns
+            .iter()
+            .find(|m| m.target.name == target_seq.column)
+            .and_then(|m| m.source.as_ref())
+            .map(|s| s.name.clone());
+        if let Some((_, kept, original_name)) = renamed_identity
+            .iter()
+            .find(|(col, _, _)| Some(col) == source_col.as_ref())
+        {
+            seq_forward.push(format!(
+                "SELECT setval({}::regclass, s.last_value, s.is_called) FROM {} AS s",
+                literal(&qualified(schema, &target_seq.name)),
+                qualified(schema, kept)
+            ));
+            seq_back_values.push(format!(
+                "SELECT setval({}::regclass, s.last_value, s.is_called) FROM {} AS s",
+                literal(&qualified(schema, original_name)),
+                qualified(schema, &current_name)
+            ));
+        }
+    }
+    forward.extend(seq_forward);
+    back.extend(seq_back_first);
+    back.extend(seq_back);
+    back.extend(seq_back_values);
+
+    // Foreign keys from this table: move them to the new table (NOT VALID, validated after
+    // commit) and drop them from the kept old table, whose stale rows would otherwise block
+    // valid deletes on the parents.
+    let mut validate = Vec::new();
+    for fk in plan.original.constraints.iter().filter(|c| c.kind == 'f') {
+        let def = if fk.definition.ends_with("NOT VALID") {
+            fk.definition.clone()
+        } else {
+            format!("{} NOT VALID", fk.definition)
+        };
+        forward.push(format!("ALTER TABLE {old_q} DROP CONSTRAINT {}", ident(&fk.name)));
+        forward.push(format!(
+            "ALTER TABLE {table_q} ADD CONSTRAINT {} {def}",
+            ident(&fk.name)
+        ));
+        if fk.validated {
+            validate.push((
+                fk.name.clone(),
+                format!("ALTER TABLE {table_q} VALIDATE CONSTRAINT {}", ident(&fk.name)),
+            ));
+        }
+        back.push(format!("ALTER TABLE {} DROP CONSTRAINT {}", qualified(schema, &n.shadow), ident(&fk.name)));
+        back.push(format!("ALTER TABLE {table_q} ADD CONSTRAINT {} {def}", ident(&fk.name)));
+    }
+
+    let rollback = format!(
+        "-- doppel rollback script for {table}\n\
+         -- Swaps the original table back: {old} becomes {table} again and the migrated table\n\
+         -- becomes {shadow}. Run it with: psql -v ON_ERROR_STOP=1 -f <this file>\n\
+         --\n\
+         -- WARNING: writes made to {table} after the cutover are NOT in the old table; this\n\
+         -- rollback loses them (a lossless reverse stream is future work). Foreign keys are\n\
+         -- re-added NOT VALID: run ALTER TABLE .. VALIDATE CONSTRAINT afterwards.\n\
+         -- If the lock is not granted within the timeout the transaction fails and changes\n\
+         -- nothing: run the script again.\n\
+         \\set ON_ERROR_STOP on\n\
+         BEGIN;\n\
+         SET LOCAL lock_timeout = '{lock_ms}ms';\n\
+         LOCK TABLE {table_q}, {old_q} IN ACCESS EXCLUSIVE MODE;\n\
+         {statements};\n\
+         COMMIT;\n",
+        table = plan.original.qualified(),
+        old = old_q,
+        shadow = shadow_q,
+        lock_ms = lock_timeout.as_millis(),
+        statements = back.join(";\n"),
+    );
+    Ok(Script {
+        forward,
+        validate,
+        rollback,
+    })
+}
+
+/// Writes the rollback script to `dir` and returns its path.
+pub fn write_rollback(dir: &Path, plan: &Plan, script: &Script) -> Result<PathBuf> {
+    std::fs::create_dir_all(dir)
+        .with_context(|| format!("cannot create the rollback directory {}", dir.display()))?;
+    let stamp = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0);
+    let path = dir.join(format!("doppel-rollback-{}-{}-{stamp}.sql", plan.original.oid, sanitize(&plan.names.table)));
+    std::fs::write(&path, &script.rollback)
+        .with_context(|| format!("cannot write the rollback script {}", path.display()))?;
+    let file = std::fs::File::open(&path)?;
+    file.sync_all()?;
+    Ok(path)
+}
+
+fn sanitize(name: &str) -> String {
+    name.chars()
+        .map(|c| if c.is_ascii_alphanumeric() || c == '_' { c } else { '_' })
+        .collect()
+}
+
+/// Backoff before attempt `attempt` (1-based) after a lock timeout: 100 ms × 2^(attempt-1),
+/// capped at 10 s, with ±50% jitter.
+pub fn backoff(attempt: u32) -> Duration {
+    let base = 100u64.saturating_mul(1 << attempt.saturating_sub(1).min(7)).min(10_000);
+    let jitter = rand::random::<u64>() % (base + 1);
+    Duration::from_millis(base / 2 + jitter)
+}
+
+/// Runs the cutover. `unsettled` are keys verification deferred. `fingerprint` is the
+/// original's catalog fingerprint taken when the shadow was built.
+///
+/// Errors: every attempt timed out on the lock (the original is untouched), DDL changed the
+/// original, a deferred key still differs, or a statement failed (the transaction is rolled
+/// back; the original is untouched).
+#[allow(clippy::too_many_arguments)]
+pub async fn run(
+    client: &mut Client,
+    plan: &Plan,
+    script: &Script,
+    fencer: &Fencer,
+    applier: &Applier,
+    unsettled: &[Vec<Option<String>>],
+    fingerprint: &str,
+    options: &CutoverOptions,
+) -> Result<CutoverReport> {
+    let rollback_path = write_rollback(&options.rollback_dir, plan, script)?;
+    tracing::info!("rollback script written to {}", rollback_path.display());
+    let table_q = plan.names.table_qualified();
+    let mut attempt = 0;
+    loop {
+        attempt += 1;
+        // Catch up outside the lock first, so the drain inside it is only the last moments.
+        let n = fencer.emit().await?;
+        applier.wait_fence(n, Duration::from_secs(300)).await?;
+
+        let tx = client.transaction().await?;
+        tx.batch_execute(&format!(
+            "SET LOCAL lock_timeout = '{}ms'",
+            options.lock_timeout.as_millis().max(1)
+        ))
+        .await?;
+        let lock_start = Instant::now();
+        if let Err(e) = tx
+            .batch_execute(&format!("LOCK TABLE {table_q} IN ACCESS EXCLUSIVE MODE"))
+            .await
+        {
+            let timed_out = e.as_db_error().is_some_and(|d| d.code().code() == "55P03");
+            tx.rollback().await.ok();
+            if !timed_out {
+                return Err(anyhow::Error::new(e).context("locking the table for cutover"));
+            }
+            tracing::warn!(
+                attempt,
+                waited_ms = lock_start.elapsed().as_millis() as u64,
+                "cutover lock not granted within lock_timeout; rolled back"
+            );
+            if attempt >= options.retries {
+                bail!(
+                    "cutover failed: the ACCESS EXCLUSIVE lock on {} was not granted within {} ms in {} attempts (long transactions or heavy lock traffic on the table); the original table is untouched. Retry later or raise --lock-timeout / --cutover-retries",
+                    plan.original.qualified(),
+                    options.lock_timeout.as_millis(),
+                    attempt
+                );
+            }
+            tokio::time::sleep(backoff(attempt)).await;
+            continue;
+        }
+        let granted = Instant::now();
+        let current = catalog::fingerprint(&tx, plan.original.oid).await?;
+        if current != fingerprint {
+            tx.rollback().await.ok();
+            bail!(
+                "the definition of {} changed during the migration (an index, constraint, trigger, grant or other DDL): the shadow does not carry it; aborting, the original table is untouched. Run doppel again",
+                plan.original.qualified()
+            );
+        }
+        let n = fencer.emit().await?;
+        let fence_started = Instant::now();
+        if let Err(e) = applier.wait_fence(n, options.fence_timeout).await {
+            tx.rollback().await.ok();
+            applier.check()?;
+            tracing::warn!(attempt, "applier did not reach the fence inside the lock budget ({e}); rolled back");
+            if attempt >= options.retries {
+                bail!("cutover failed: the applier could not drain the last changes within {} ms under the lock; the original table is untouched", options.fence_timeout.as_millis());
+            }
+            tokio::time::sleep(backoff(attempt)).await;
+            continue;
+        }
+        let fence_wait = fence_started.elapsed();
+        let differing = verify::recheck_keys(&tx, plan, unsettled).await?;
+        if differing != 0 {
+            tx.rollback().await.ok();
+            bail!(
+                "verification failed under the cutover lock: {differing} row(s) differ between {} and the shadow; refusing to cut over, the original table is untouched",
+                plan.original.qualified()
+            );
+        }
+        for statement in &script.forward {
+            if let Err(e) = tx.batch_execute(statement).await {
+                tx.rollback().await.ok();
+                return Err(anyhow::Error::new(e)
+                    .context(format!("cutover statement failed, rolled back ({statement})")));
+            }
+        }
+        tx.commit().await.context("committing the cutover")?;
+        let lock_held = granted.elapsed();
+        let mut unvalidated = Vec::new();
+        for (name, sql) in &script.validate {
+            if let Err(e) = client.batch_execute(sql).await {
+                unvalidated.push((name.clone(), e.to_string()));
+            }
+        }
+        return Ok(CutoverReport {
+            attempts: attempt,
+            lock_held,
+            fence_wait,
+            rollback_path,
+            unvalidated,
+        });
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn backoff_grows_and_is_capped() {
+        for attempt in 1..20 {
+            let d = backoff(attempt);
+            assert!(d <= Duration::from_millis(15_000), "{d:?}");
+        }
+        assert!(backoff(1) <= Duration::from_millis(150));
+        assert!(backoff(5) >= Duration::from_millis(800));
+    }
+}

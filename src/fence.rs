@@ -1,0 +1,56 @@
+//! Fences: a way to know that the applier has applied every change committed before a point.
+//!
+//! A fence is a transactional logical message (`pg_logical_emit_message(true, prefix,
+//! 'fence:N')`) committed on doppel's own session. Logical decoding emits transactions in
+//! commit order, so once the applier has committed the batch that contains fence N, every
+//! change committed on the original before the fence's commit is in the shadow. The fence's
+//! commit is flushed locally (`synchronous_commit = local`), and walsenders send only flushed
+//! WAL, so the fence reaches the stream without waiting for other activity (DESIGN.md §4.3:
+//! before PostgreSQL 17 a non-transactional message is not flushed by itself).
+
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use anyhow::{Context, Result};
+use tokio_postgres::Client;
+
+/// Emits numbered fences on one session.
+pub struct Fencer {
+    client: Client,
+    prefix: String,
+    next: AtomicU64,
+}
+
+impl Fencer {
+    /// Uses `client` (a session of its own) for fences with `prefix` (doppel's message prefix).
+    ///
+    /// Errors: the session setting cannot be changed.
+    pub async fn new(client: Client, prefix: &str) -> Result<Fencer> {
+        client
+            .batch_execute("SET synchronous_commit = local")
+            .await
+            .context("configuring the fence session")?;
+        Ok(Fencer {
+            client,
+            prefix: prefix.to_string(),
+            next: AtomicU64::new(1),
+        })
+    }
+
+    /// Commits the next fence and returns its number.
+    pub async fn emit(&self) -> Result<u64> {
+        let n = self.next.fetch_add(1, Ordering::SeqCst);
+        self.client
+            .execute(
+                "SELECT pg_logical_emit_message(true, $1, $2)",
+                &[&self.prefix, &format!("fence:{n}")],
+            )
+            .await
+            .context("emitting a fence message")?;
+        Ok(n)
+    }
+
+    /// The fence session, for other short statements.
+    pub fn client(&self) -> &Client {
+        &self.client
+    }
+}

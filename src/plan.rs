@@ -1,0 +1,580 @@
+//! The migration plan: names doppel creates, the column projection from the original to the
+//! shadow, and the SQL text every phase runs. Pure code (no I/O), unit-tested.
+//!
+//! **Projection.** Each shadow column that comes from an original column is computed by one
+//! SQL expression over the original row, aliased `src`: the `USING` expression of its
+//! `ALTER COLUMN .. TYPE` when there is one, else the column itself (an INSERT then applies
+//! the assignment cast, exactly as `ALTER COLUMN .. TYPE` without `USING` does). The copy
+//! evaluates it over `FROM ONLY t AS src`; the applier over
+//! `FROM (SELECT u.p1::oldtype AS "col", ..) AS src` built from the decoded text values, so a
+//! value takes the same path from old type to new on both sides (DESIGN.md §2). Columns the
+//! ALTER adds get their defaults; generated columns are computed by the shadow.
+
+use crate::catalog::{Column, Table};
+use crate::sql::{ident, literal, qualified, truncate_bytes};
+
+/// PostgreSQL's identifier length limit in bytes (NAMEDATALEN - 1).
+pub const MAX_IDENT: usize = 63;
+
+/// Names of everything doppel creates for one run on the table with OID `oid`. Built from the
+/// OID so two runs on different tables never collide and a leftover is recognisable; each
+/// within the 63-byte identifier limit.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Names {
+    /// Schema of the original (and of the shadow).
+    pub schema: String,
+    /// The original's name.
+    pub table: String,
+    /// The shadow table: `_doppel_<oid>_new_<name>`.
+    pub shadow: String,
+    /// The name the original is kept under after cutover: `_doppel_<oid>_old_<name>`.
+    pub old: String,
+    /// The publication `doppel_<oid>` (FOR TABLE the original only).
+    pub publication: String,
+    /// The logical replication slot `doppel_<oid>`.
+    pub slot: String,
+    /// Prefix of doppel's logical messages (fences) for this run.
+    pub message_prefix: String,
+}
+
+impl Names {
+    /// Names for the table `schema.table` with OID `oid`.
+    pub fn new(schema: &str, table: &str, oid: u32) -> Names {
+        let with_prefix = |prefix: String| {
+            let room = MAX_IDENT - prefix.len();
+            format!("{prefix}{}", truncate_bytes(table, room))
+        };
+        Names {
+            schema: schema.to_string(),
+            table: table.to_string(),
+            shadow: with_prefix(format!("_doppel_{oid}_new_")),
+            old: with_prefix(format!("_doppel_{oid}_old_")),
+            publication: format!("doppel_{oid}"),
+            slot: format!("doppel_{oid}"),
+            message_prefix: format!("doppel_{oid}"),
+        }
+    }
+
+    /// `"schema"."shadow"`.
+    pub fn shadow_qualified(&self) -> String {
+        qualified(&self.schema, &self.shadow)
+    }
+
+    /// `"schema"."table"`.
+    pub fn table_qualified(&self) -> String {
+        qualified(&self.schema, &self.table)
+    }
+
+    /// `"schema"."old"`.
+    pub fn old_qualified(&self) -> String {
+        qualified(&self.schema, &self.old)
+    }
+
+    /// Temporary name of the shadow's `n`-th index until cutover: `_doppel_<oid>_new_i<n>`.
+    pub fn shadow_index(&self, oid: u32, n: usize) -> String {
+        format!("_doppel_{oid}_new_i{n}")
+    }
+
+    /// Name the original's `n`-th index is kept under after cutover: `_doppel_<oid>_old_i<n>`.
+    pub fn old_index(&self, oid: u32, n: usize) -> String {
+        format!("_doppel_{oid}_old_i{n}")
+    }
+
+    /// Name the original's `n`-th owned sequence is kept under after cutover.
+    pub fn old_sequence(&self, oid: u32, n: usize) -> String {
+        format!("_doppel_{oid}_old_s{n}")
+    }
+}
+
+/// How one shadow column is filled.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ColumnMap {
+    /// The shadow column (its name, type, ...), as the ALTER left it on the clone.
+    pub target: Column,
+    /// The original column it comes from; `None` for a column the ALTER adds.
+    pub source: Option<Column>,
+    /// SQL expression over `src` computing the value (empty for added columns).
+    pub expression: String,
+}
+
+/// A primary-key column: original name and type, shadow name and type.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct KeyColumn {
+    /// Column in the original.
+    pub source: Column,
+    /// Column in the shadow.
+    pub target: Column,
+    /// Position in the replicated relation's column list (pgoutput tuple index).
+    pub relation_position: usize,
+}
+
+/// The column projection and every SQL statement derived from it.
+#[derive(Debug, Clone)]
+pub struct Projection {
+    /// Shadow columns, in shadow order.
+    pub columns: Vec<ColumnMap>,
+    /// Primary-key columns in key order.
+    pub key: Vec<KeyColumn>,
+    /// Columns of the original as pgoutput sends them (live, not generated), in `attnum` order.
+    pub relation: Vec<Column>,
+    /// The shadow has an identity column (inserts need `OVERRIDING SYSTEM VALUE`).
+    pub has_identity: bool,
+}
+
+impl Projection {
+    /// Shadow columns written by the copy and the applier (mapped and not generated).
+    pub fn written(&self) -> Vec<&ColumnMap> {
+        self.columns
+            .iter()
+            .filter(|c| c.source.is_some() && c.target.generated_sql.is_none())
+            .collect()
+    }
+
+    fn target_list(&self) -> String {
+        self.written()
+            .iter()
+            .map(|c| ident(&c.target.name))
+            .collect::<Vec<_>>()
+            .join(", ")
+    }
+
+    fn expression_list(&self) -> String {
+        self.written()
+            .iter()
+            .map(|c| c.expression.clone())
+            .collect::<Vec<_>>()
+            .join(", ")
+    }
+
+    fn overriding(&self) -> &'static str {
+        if self.has_identity {
+            " OVERRIDING SYSTEM VALUE"
+        } else {
+            ""
+        }
+    }
+
+    /// `ON CONFLICT (key) DO UPDATE SET c = EXCLUDED.c, ..` (or `DO NOTHING` when every written
+    /// column is a key column).
+    fn on_conflict(&self) -> String {
+        let keys: Vec<&str> = self.key.iter().map(|k| k.target.name.as_str()).collect();
+        let sets: Vec<String> = self
+            .written()
+            .iter()
+            .filter(|c| !keys.contains(&c.target.name.as_str()))
+            .map(|c| format!("{0} = EXCLUDED.{0}", ident(&c.target.name)))
+            .collect();
+        let key_list = keys.iter().map(|k| ident(k)).collect::<Vec<_>>().join(", ");
+        if sets.is_empty() {
+            format!(" ON CONFLICT ({key_list}) DO NOTHING")
+        } else {
+            format!(" ON CONFLICT ({key_list}) DO UPDATE SET {}", sets.join(", "))
+        }
+    }
+
+    /// `(src."k1", src."k2")` over the original.
+    pub fn source_key_tuple(&self) -> String {
+        let cols: Vec<String> = self
+            .key
+            .iter()
+            .map(|k| format!("src.{}", ident(&k.source.name)))
+            .collect();
+        format!("({})", cols.join(", "))
+    }
+
+    /// `("k1", "k2")` over the shadow.
+    pub fn target_key_tuple(&self) -> String {
+        let cols: Vec<String> = self.key.iter().map(|k| ident(&k.target.name)).collect();
+        format!("({})", cols.join(", "))
+    }
+
+    /// `ORDER BY "k1", "k2"` list over the original.
+    pub fn source_key_order(&self) -> String {
+        self.key
+            .iter()
+            .map(|k| format!("src.{}", ident(&k.source.name)))
+            .collect::<Vec<_>>()
+            .join(", ")
+    }
+
+    /// `($1::text::oldtype, ..)` with parameters starting at `$first`.
+    fn key_params(&self, first: usize) -> String {
+        let params: Vec<String> = self
+            .key
+            .iter()
+            .enumerate()
+            .map(|(i, k)| format!("${}::text::{}", first + i, k.source.type_sql))
+            .collect();
+        format!("({})", params.join(", "))
+    }
+
+    /// Chunk boundary: the key of the `$n`-th row after the lower bound, as text.
+    /// Parameters: `$1` = row count (bigint), then the lower bound's key values as text when
+    /// `has_lower` (omitted for the first chunk).
+    pub fn chunk_boundary_sql(&self, table: &str, has_lower: bool) -> String {
+        let keys: Vec<String> = self
+            .key
+            .iter()
+            .map(|k| format!("src.{}::text", ident(&k.source.name)))
+            .collect();
+        let filter = if has_lower {
+            format!(" WHERE {} > {}", self.source_key_tuple(), self.key_params(2))
+        } else {
+            String::new()
+        };
+        format!(
+            "SELECT {} FROM ONLY {table} AS src{filter} ORDER BY {} LIMIT 1 OFFSET $1::bigint - 1",
+            keys.join(", "),
+            self.source_key_order()
+        )
+    }
+
+    /// `WHERE` predicate for the key range `(lower, upper]` over the original (`src`), with
+    /// text parameters starting at `$1`: lower bound first (if any), then upper bound (if any).
+    pub fn source_range(&self, has_lower: bool, has_upper: bool) -> String {
+        let mut parts = Vec::new();
+        let mut next = 1;
+        if has_lower {
+            parts.push(format!("{} > {}", self.source_key_tuple(), self.key_params(next)));
+            next += self.key.len();
+        }
+        if has_upper {
+            parts.push(format!("{} <= {}", self.source_key_tuple(), self.key_params(next)));
+        }
+        if parts.is_empty() {
+            "true".to_string()
+        } else {
+            parts.join(" AND ")
+        }
+    }
+
+    /// The same range over the shadow (its key columns cast from the original's key types).
+    pub fn target_range(&self, has_lower: bool, has_upper: bool) -> String {
+        let tuple = self.target_key_tuple();
+        let cast_params = |first: usize| {
+            let params: Vec<String> = self
+                .key
+                .iter()
+                .enumerate()
+                .map(|(i, k)| {
+                    format!(
+                        "CAST(${}::text::{} AS {})",
+                        first + i,
+                        k.source.type_sql,
+                        k.target.type_sql
+                    )
+                })
+                .collect();
+            format!("({})", params.join(", "))
+        };
+        let mut parts = Vec::new();
+        let mut next = 1;
+        if has_lower {
+            parts.push(format!("{tuple} > {}", cast_params(next)));
+            next += self.key.len();
+        }
+        if has_upper {
+            parts.push(format!("{tuple} <= {}", cast_params(next)));
+        }
+        if parts.is_empty() {
+            "true".to_string()
+        } else {
+            parts.join(" AND ")
+        }
+    }
+
+    /// Backfill of one chunk: `INSERT INTO shadow (..) SELECT <projection> FROM ONLY t AS src
+    /// WHERE <range>`. Parameters as [`Projection::source_range`].
+    pub fn copy_sql(&self, table: &str, shadow: &str, has_lower: bool, has_upper: bool) -> String {
+        format!(
+            "INSERT INTO {shadow} ({}){} SELECT {} FROM ONLY {table} AS src WHERE {}",
+            self.target_list(),
+            self.overriding(),
+            self.expression_list(),
+            self.source_range(has_lower, has_upper)
+        )
+    }
+
+    /// `SELECT u.p1::oldtype AS "c1", .. FROM unnest($1::text[], ..) AS u(p1, ..)` over the
+    /// given original columns: decoded text values, one array parameter per column.
+    fn unnest_source(columns: &[&Column]) -> String {
+        let casts: Vec<String> = columns
+            .iter()
+            .enumerate()
+            .map(|(i, c)| format!("u.p{}::{} AS {}", i + 1, c.type_sql, ident(&c.name)))
+            .collect();
+        let params: Vec<String> = (1..=columns.len()).map(|i| format!("${i}::text[]")).collect();
+        let aliases: Vec<String> = (1..=columns.len()).map(|i| format!("p{i}")).collect();
+        format!(
+            "SELECT {} FROM unnest({}) AS u({})",
+            casts.join(", "),
+            params.join(", "),
+            aliases.join(", ")
+        )
+    }
+
+    /// Applier upsert of full rows: one `text[]` parameter per replicated column (in relation
+    /// order), one element per row; rows must have distinct keys.
+    pub fn upsert_sql(&self, shadow: &str) -> String {
+        let relation: Vec<&Column> = self.relation.iter().collect();
+        format!(
+            "INSERT INTO {shadow} ({}){} SELECT {} FROM ({}) AS src{}",
+            self.target_list(),
+            self.overriding(),
+            self.expression_list(),
+            Self::unnest_source(&relation),
+            self.on_conflict()
+        )
+    }
+
+    /// Applier delete by key: one `text[]` parameter per key column.
+    pub fn delete_sql(&self, shadow: &str) -> String {
+        let keys: Vec<&Column> = self.key.iter().map(|k| &k.source).collect();
+        let projected: Vec<String> = self
+            .key
+            .iter()
+            .map(|k| format!("CAST({} AS {})", self.key_expression(k), k.target.type_sql))
+            .collect();
+        format!(
+            "DELETE FROM {shadow} WHERE {} IN (SELECT {} FROM ({}) AS src)",
+            self.target_key_tuple(),
+            projected.join(", "),
+            Self::unnest_source(&keys)
+        )
+    }
+
+    /// Applier re-read by key: copies the rows' current versions from the original (used for
+    /// UPDATEs that pgoutput sent without their unchanged TOASTed values). One `text[]`
+    /// parameter per key column; keys absent from the original are skipped.
+    pub fn reread_sql(&self, table: &str, shadow: &str) -> String {
+        let keys: Vec<&Column> = self.key.iter().map(|k| &k.source).collect();
+        let key_cols: Vec<String> = self.key.iter().map(|k| ident(&k.source.name)).collect();
+        format!(
+            "INSERT INTO {shadow} ({}){} SELECT {} FROM ONLY {table} AS src WHERE {} IN (SELECT {} FROM ({}) AS k){}",
+            self.target_list(),
+            self.overriding(),
+            self.expression_list(),
+            self.source_key_tuple(),
+            key_cols.join(", "),
+            Self::unnest_source(&keys),
+            self.on_conflict()
+        )
+    }
+
+    fn key_expression<'a>(&'a self, key: &'a KeyColumn) -> &'a str {
+        self.columns
+            .iter()
+            .find(|c| c.target.name == key.target.name)
+            .map(|c| c.expression.as_str())
+            .unwrap_or("NULL")
+    }
+
+    /// Verification aggregate over the original's key range: `count(*)` and an
+    /// order-independent 128-bit sum of per-row md5 hashes of the projected row, each value
+    /// cast to its shadow type. Parameters as [`Projection::source_range`].
+    pub fn verify_source_sql(&self, table: &str, has_lower: bool, has_upper: bool) -> String {
+        let row: Vec<String> = self
+            .written()
+            .iter()
+            .map(|c| format!("CAST({} AS {})", c.expression, c.target.type_sql))
+            .collect();
+        hash_aggregate(&format!(
+            "SELECT md5(ROW({})::text) AS h FROM ONLY {table} AS src WHERE {}",
+            row.join(", "),
+            self.source_range(has_lower, has_upper)
+        ))
+    }
+
+    /// The same aggregate over the shadow's rows in the same key range.
+    pub fn verify_target_sql(&self, shadow: &str, has_lower: bool, has_upper: bool) -> String {
+        let row: Vec<String> = self.written().iter().map(|c| ident(&c.target.name)).collect();
+        hash_aggregate(&format!(
+            "SELECT md5(ROW({})::text) AS h FROM ONLY {shadow} WHERE {}",
+            row.join(", "),
+            self.target_range(has_lower, has_upper)
+        ))
+    }
+
+    /// Keys whose projected rows differ between original and shadow in a key range:
+    /// `(key text[] in the original's key types, side)` rows, at most `$n` of them, where `$n` follows the range parameters
+    /// (which are passed twice: once for the original, once for the shadow).
+    pub fn diff_keys_sql(&self, table: &str, shadow: &str, has_lower: bool, has_upper: bool) -> String {
+        let src_row: Vec<String> = self
+            .written()
+            .iter()
+            .map(|c| format!("CAST({} AS {})", c.expression, c.target.type_sql))
+            .collect();
+        let dst_row: Vec<String> = self.written().iter().map(|c| ident(&c.target.name)).collect();
+        let src_key: Vec<String> = self
+            .key
+            .iter()
+            .map(|k| format!("src.{}::text", ident(&k.source.name)))
+            .collect();
+        let dst_key: Vec<String> = self
+            .key
+            .iter()
+            .map(|k| format!("{}::{}::text", ident(&k.target.name), k.source.type_sql))
+            .collect();
+        let nparams = self.key.len() * (usize::from(has_lower) + usize::from(has_upper));
+        let shift = |sql: String| shift_params(&sql, nparams);
+        format!(
+            "WITH a AS (SELECT ARRAY[{}] AS k, md5(ROW({})::text) AS h FROM ONLY {table} AS src WHERE {}),
+                  b AS (SELECT ARRAY[{}] AS k, md5(ROW({})::text) AS h FROM ONLY {shadow} WHERE {})
+             SELECT k, 'original' FROM (SELECT * FROM a EXCEPT SELECT * FROM b) x
+             UNION ALL SELECT k, 'shadow' FROM (SELECT * FROM b EXCEPT SELECT * FROM a) y
+             LIMIT ${}",
+            src_key.join(", "),
+            src_row.join(", "),
+            self.source_range(has_lower, has_upper),
+            dst_key.join(", "),
+            dst_row.join(", "),
+            shift(self.target_range(has_lower, has_upper)),
+            2 * nparams + 1
+        )
+    }
+}
+
+/// Renumbers `$n` placeholders in `sql` by `by`.
+fn shift_params(sql: &str, by: usize) -> String {
+    let mut out = String::with_capacity(sql.len());
+    let mut chars = sql.char_indices().peekable();
+    while let Some((_, c)) = chars.next() {
+        if c == '$' {
+            let mut digits = String::new();
+            while let Some(&(_, d)) = chars.peek() {
+                if d.is_ascii_digit() {
+                    digits.push(d);
+                    chars.next();
+                } else {
+                    break;
+                }
+            }
+            match digits.parse::<usize>() {
+                Ok(n) => out.push_str(&format!("${}", n + by)),
+                Err(_) => out.push('$'),
+            }
+        } else {
+            out.push(c);
+        }
+    }
+    out
+}
+
+/// `SELECT count, hash FROM (<rows>)`: the row count and an order-independent 128-bit sum
+/// of the rows' md5 hashes (two 64-bit halves summed as numeric), as text `sum1:sum2`.
+fn hash_aggregate(hashed_rows: &str) -> String {
+    format!(
+        "SELECT count(*)::bigint,
+                coalesce(sum(('x' || substr(h, 1, 16))::bit(64)::bigint::numeric), 0)::text
+                || ':' || coalesce(sum(('x' || substr(h, 17, 16))::bit(64)::bigint::numeric), 0)::text
+         FROM ({hashed_rows}) AS hashed"
+    )
+}
+
+/// A SQL comment line for plans and scripts.
+pub fn comment(text: &str) -> String {
+    format!("-- {}", text.replace('\n', " "))
+}
+
+/// `COMMENT ON ..` with a literal (or `NULL`).
+pub fn comment_sql(target: &str, text: Option<&str>) -> String {
+    format!(
+        "COMMENT ON {target} IS {}",
+        text.map(literal).unwrap_or_else(|| "NULL".into())
+    )
+}
+
+/// `GRANT` statements reproducing the original's table and column grants on `target`.
+pub fn grant_sql(table: &Table, target: &str, column_name: impl Fn(&str) -> Option<String>) -> Vec<String> {
+    let mut out = Vec::new();
+    for (grantee, privilege, grantable) in &table.grants {
+        out.push(format!(
+            "GRANT {privilege} ON {target} TO {grantee}{}",
+            if *grantable { " WITH GRANT OPTION" } else { "" }
+        ));
+    }
+    for (column, grantee, privilege, grantable) in &table.column_grants {
+        if let Some(name) = column_name(column) {
+            out.push(format!(
+                "GRANT {privilege} ({}) ON {target} TO {grantee}{}",
+                ident(&name),
+                if *grantable { " WITH GRANT OPTION" } else { "" }
+            ));
+        }
+    }
+    out
+}
+
+/// What the ALTER costs when PostgreSQL runs it directly, judged on the empty clone.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Rewrite {
+    /// The heap (or an index) is rewritten: the locking ALTER holds ACCESS EXCLUSIVE for the
+    /// whole rewrite. This is what doppel is for.
+    Rewrite,
+    /// No rewrite, but the ALTER scans the table or builds an index under its lock
+    /// (new constraint, NOT NULL, unique index).
+    ScanUnderLock,
+    /// Catalog-only change: running the ALTER directly holds its lock for milliseconds.
+    MetadataOnly,
+}
+
+/// Everything preflight learned and decided; input to every later phase.
+#[derive(Debug, Clone)]
+pub struct Plan {
+    /// `server_version_num`, e.g. 150018.
+    pub server_version: i32,
+    /// The original table.
+    pub original: Table,
+    /// The empty clone after the ALTER (named like the original, in `pg_temp`): the shadow's
+    /// columns, indexes and constraints with their final names.
+    pub target: Table,
+    /// `pg_temp.<name>` exactly as `pg_get_indexdef` prints the clone.
+    pub clone_text: String,
+    /// Sequence options (`START WITH .. INCREMENT BY ..`) of the clone's identity columns.
+    pub identity_options: Vec<(String, String)>,
+    /// Names of doppel's objects.
+    pub names: Names,
+    /// The projection from original rows to shadow rows.
+    pub projection: Projection,
+    /// The analysed `--alter` text.
+    pub alter: crate::alter::AlterSpec,
+    /// What the ALTER would cost if run directly.
+    pub rewrite: Rewrite,
+    /// Things the DBA should know that do not stop the run.
+    pub warnings: Vec<String>,
+}
+
+impl Projection {
+    /// Number of projected rows that differ between original and shadow for a set of keys:
+    /// one `text[]` parameter per key column (the original's key values as text). Used under
+    /// the cutover lock for keys that were still changing during verification.
+    pub fn recheck_keys_sql(&self, table: &str, shadow: &str) -> String {
+        let keys: Vec<&Column> = self.key.iter().map(|k| &k.source).collect();
+        let src_row: Vec<String> = self
+            .written()
+            .iter()
+            .map(|c| format!("CAST({} AS {})", c.expression, c.target.type_sql))
+            .collect();
+        let dst_row: Vec<String> = self.written().iter().map(|c| ident(&c.target.name)).collect();
+        let key_cols: Vec<String> = self.key.iter().map(|k| ident(&k.source.name)).collect();
+        let cast_keys: Vec<String> = self
+            .key
+            .iter()
+            .map(|k| format!("CAST(k.{} AS {})", ident(&k.source.name), k.target.type_sql))
+            .collect();
+        format!(
+            "WITH k AS ({}),
+                  a AS (SELECT md5(ROW({})::text) AS h FROM ONLY {table} AS src WHERE {} IN (SELECT {} FROM k)),
+                  b AS (SELECT md5(ROW({})::text) AS h FROM ONLY {shadow} WHERE {} IN (SELECT {} FROM k AS k))
+             SELECT (SELECT count(*) FROM (SELECT h FROM a EXCEPT ALL SELECT h FROM b) x)
+                  + (SELECT count(*) FROM (SELECT h FROM b EXCEPT ALL SELECT h FROM a) y)",
+            Self::unnest_source(&keys),
+            src_row.join(", "),
+            self.source_key_tuple(),
+            key_cols.join(", "),
+            dst_row.join(", "),
+            self.target_key_tuple(),
+            cast_keys.join(", "),
+        )
+    }
+}

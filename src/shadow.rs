@@ -1,0 +1,234 @@
+//! Shadow table DDL: the new table, built from the clone's catalog (the original with the
+//! ALTER applied), in the order that makes the backfill cheapest (DESIGN.md §1.2, BASELINES.md):
+//!
+//! 1. [`create_sql`] — columns, defaults, identity, generated columns, NOT NULL and validated
+//!    CHECK constraints, storage, owner, grants, comments; autovacuum off. No index.
+//! 2. [`primary_key_sql`] — after the backfill, before the backlog is applied (the applier
+//!    upserts by key).
+//! 3. [`secondary_sql`] — the other indexes and index-backed constraints, and NOT VALID checks,
+//!    after the backlog is applied (so unique indexes never see replay's transient states).
+//! 4. [`finish_sql`] — autovacuum settings restored, `VACUUM (ANALYZE)`.
+//!
+//! Indexes get temporary names (`_doppel_<oid>_new_i<n>`) until the cutover gives them the
+//! final ones, which are still taken by the original's indexes until then.
+
+use crate::plan::{Plan, comment_sql, grant_sql};
+use crate::preflight::rename_index_definition;
+use crate::sql::{ident, literal};
+
+/// One index of the shadow: its final name and its temporary name before cutover.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ShadowIndex {
+    /// Name after cutover (as the ALTER leaves it on the clone; the original's name when kept).
+    pub final_name: String,
+    /// Name until cutover.
+    pub temp_name: String,
+    /// DDL creating it on the shadow under its temporary name.
+    pub create_sql: String,
+    /// True for the primary key.
+    pub is_primary: bool,
+}
+
+/// The shadow's indexes (primary key first), with their DDL.
+pub fn indexes(plan: &Plan) -> Vec<ShadowIndex> {
+    let shadow = plan.names.shadow_qualified();
+    let mut out: Vec<ShadowIndex> = plan
+        .target
+        .indexes
+        .iter()
+        .enumerate()
+        .map(|(n, index)| {
+            let temp_name = plan.names.shadow_index(plan.original.oid, n);
+            let create_sql = match &index.constraint {
+                Some((_, def)) => format!(
+                    "ALTER TABLE {shadow} ADD CONSTRAINT {} {def}",
+                    ident(&temp_name)
+                ),
+                None => rename_index_definition(&index.definition, &plan.clone_text, &temp_name, &shadow)
+                    .unwrap_or_else(|| format!("-- cannot rebuild index {:?}: {}", index.name, index.definition)),
+            };
+            ShadowIndex {
+                final_name: index.name.clone(),
+                temp_name,
+                create_sql,
+                is_primary: index.is_primary,
+            }
+        })
+        .collect();
+    out.sort_by_key(|i| !i.is_primary);
+    out
+}
+
+/// Statements creating the empty shadow table (no indexes), with autovacuum off.
+pub fn create_sql(plan: &Plan) -> Vec<String> {
+    let shadow = plan.names.shadow_qualified();
+    let target = &plan.target;
+    let mut defs = Vec::new();
+    for c in &target.columns {
+        let mut def = format!("{} {}", ident(&c.name), c.type_sql);
+        if !c.collate_sql.is_empty() {
+            def.push(' ');
+            def.push_str(&c.collate_sql);
+        }
+        if let Some(expr) = &c.generated_sql {
+            def.push_str(&format!(" GENERATED ALWAYS AS ({expr}) STORED"));
+        } else if let Some(kind) = c.identity {
+            let options = plan
+                .identity_options
+                .iter()
+                .find(|(col, _)| col == &c.name)
+                .map(|(_, o)| format!(" ({o})"))
+                .unwrap_or_default();
+            let when = if kind == 'a' { "ALWAYS" } else { "BY DEFAULT" };
+            def.push_str(&format!(" GENERATED {when} AS IDENTITY{options}"));
+        } else if let Some(default) = &c.default_sql {
+            def.push_str(&format!(" DEFAULT {default}"));
+        }
+        if c.not_null {
+            def.push_str(" NOT NULL");
+        }
+        defs.push(def);
+    }
+    for con in target.constraints.iter().filter(|c| c.kind == 'c' && c.validated) {
+        defs.push(format!("CONSTRAINT {} {}", ident(&con.name), con.definition));
+    }
+    let tablespace = target
+        .tablespace
+        .as_ref()
+        .or(plan.original.tablespace.as_ref())
+        .map(|ts| format!(" TABLESPACE {}", ident(ts)))
+        .unwrap_or_default();
+    let mut out = vec![format!(
+        "CREATE TABLE {shadow} (\n    {}\n){tablespace}",
+        defs.join(",\n    ")
+    )];
+    let mut options: Vec<String> = target
+        .reloptions
+        .iter()
+        .filter(|o| !o.starts_with("autovacuum_enabled=") && !o.starts_with("toast.autovacuum_enabled="))
+        .cloned()
+        .collect();
+    options.push("autovacuum_enabled = false".into());
+    options.push("toast.autovacuum_enabled = false".into());
+    out.push(format!("ALTER TABLE {shadow} SET ({})", options.join(", ")));
+    for c in &target.columns {
+        if let Some(storage) = c.storage {
+            let kind = match storage {
+                'p' => "PLAIN",
+                'e' => "EXTERNAL",
+                'm' => "MAIN",
+                _ => "EXTENDED",
+            };
+            out.push(format!("ALTER TABLE {shadow} ALTER COLUMN {} SET STORAGE {kind}", ident(&c.name)));
+        }
+        if let Some(method) = c.compression {
+            let method = if method == 'l' { "lz4" } else { "pglz" };
+            out.push(format!(
+                "ALTER TABLE {shadow} ALTER COLUMN {} SET COMPRESSION {method}",
+                ident(&c.name)
+            ));
+        }
+        if let Some(target) = c.stattarget {
+            out.push(format!(
+                "ALTER TABLE {shadow} ALTER COLUMN {} SET STATISTICS {target}",
+                ident(&c.name)
+            ));
+        }
+        if c.comment.is_some() {
+            out.push(comment_sql(
+                &format!("COLUMN {shadow}.{}", ident(&c.name)),
+                c.comment.as_deref(),
+            ));
+        }
+    }
+    if target.replica_identity == 'f' {
+        out.push(format!("ALTER TABLE {shadow} REPLICA IDENTITY FULL"));
+    }
+    out.push(format!("ALTER TABLE {shadow} OWNER TO {}", ident(&plan.original.owner)));
+    let renamed = |column: &str| {
+        plan.projection
+            .columns
+            .iter()
+            .find(|m| m.source.as_ref().is_some_and(|s| s.name == column))
+            .map(|m| m.target.name.clone())
+    };
+    out.extend(grant_sql(&plan.original, &shadow, renamed));
+    if plan.original.comment.is_some() {
+        out.push(comment_sql(&format!("TABLE {shadow}"), plan.original.comment.as_deref()));
+    }
+    out
+}
+
+/// The primary key, built after the backfill.
+pub fn primary_key_sql(plan: &Plan) -> Vec<String> {
+    indexes(plan)
+        .into_iter()
+        .filter(|i| i.is_primary)
+        .map(|i| i.create_sql)
+        .collect()
+}
+
+/// Secondary indexes, index-backed constraints and NOT VALID checks, built after the backlog.
+pub fn secondary_sql(plan: &Plan) -> Vec<String> {
+    let shadow = plan.names.shadow_qualified();
+    let mut out: Vec<String> = indexes(plan)
+        .into_iter()
+        .filter(|i| !i.is_primary)
+        .map(|i| i.create_sql)
+        .collect();
+    for con in plan
+        .target
+        .constraints
+        .iter()
+        .filter(|c| c.kind == 'c' && !c.validated)
+    {
+        out.push(format!(
+            "ALTER TABLE {shadow} ADD CONSTRAINT {} {}",
+            ident(&con.name),
+            con.definition
+        ));
+    }
+    out
+}
+
+/// Restores the target's autovacuum settings (statements run in a transaction) and the
+/// `VACUUM (ANALYZE)` to run after (outside any transaction).
+pub fn finish_sql(plan: &Plan) -> (Vec<String>, String) {
+    let shadow = plan.names.shadow_qualified();
+    let mut out = vec![format!(
+        "ALTER TABLE {shadow} RESET (autovacuum_enabled, toast.autovacuum_enabled)"
+    )];
+    let kept: Vec<String> = plan
+        .target
+        .reloptions
+        .iter()
+        .filter(|o| o.starts_with("autovacuum_enabled=") || o.starts_with("toast.autovacuum_enabled="))
+        .cloned()
+        .collect();
+    if !kept.is_empty() {
+        out.push(format!("ALTER TABLE {shadow} SET ({})", kept.join(", ")));
+    }
+    (out, format!("VACUUM (ANALYZE) {shadow}"))
+}
+
+/// `DROP TABLE IF EXISTS` for the shadow (failure cleanup).
+pub fn drop_sql(plan_schema: &str, shadow: &str) -> String {
+    format!(
+        "DROP TABLE IF EXISTS {}.{}",
+        ident(plan_schema),
+        ident(shadow)
+    )
+}
+
+/// `COMMENT` marking the shadow as doppel's, so `cleanup` can recognise it.
+pub fn marker_sql(plan: &Plan) -> String {
+    format!(
+        "COMMENT ON TABLE {} IS {}",
+        plan.names.shadow_qualified(),
+        literal(&format!(
+            "doppel shadow of {} (oid {})",
+            plan.original.qualified(),
+            plan.original.oid
+        ))
+    )
+}

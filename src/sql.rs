@@ -1,0 +1,62 @@
+//! SQL text helpers: identifier and literal quoting (postgres-protocol's escaping, the same
+//! rules as libpq's `PQescapeIdentifier`/`PQescapeLiteral`) and qualified names.
+
+use postgres_protocol::escape::{escape_identifier, escape_literal};
+
+/// Quotes an identifier for SQL text: `Order-Lines` → `"Order-Lines"`, `a"b` → `"a""b"`.
+/// Always quotes, so a hostile or mixed-case name can never change the statement.
+pub fn ident(name: &str) -> String {
+    escape_identifier(name)
+}
+
+/// Quotes a string literal for SQL text (`'it''s'`, with the `E''` form when it has backslashes).
+pub fn literal(value: &str) -> String {
+    escape_literal(value)
+}
+
+/// `"schema"."name"`, both parts quoted.
+pub fn qualified(schema: &str, name: &str) -> String {
+    format!("{}.{}", ident(schema), ident(name))
+}
+
+/// Comma-separated quoted identifiers: `"a", "b"`.
+pub fn ident_list<S: AsRef<str>>(names: &[S]) -> String {
+    names
+        .iter()
+        .map(|n| ident(n.as_ref()))
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
+/// Truncates `name` to at most `max` bytes on a UTF-8 character boundary (PostgreSQL's
+/// identifiers are limited to 63 bytes, NAMEDATALEN - 1).
+pub fn truncate_bytes(name: &str, max: usize) -> &str {
+    if name.len() <= max {
+        return name;
+    }
+    let mut end = max;
+    while !name.is_char_boundary(end) {
+        end -= 1;
+    }
+    &name[..end]
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn quotes_hostile_identifiers() {
+        assert_eq!(ident("Order-Lines"), "\"Order-Lines\"");
+        assert_eq!(ident("a\"b"), "\"a\"\"b\"");
+        assert_eq!(qualified("Sales Data", "x"), "\"Sales Data\".\"x\"");
+        assert_eq!(literal("it's"), "'it''s'");
+    }
+
+    #[test]
+    fn truncation_respects_char_boundaries() {
+        let s = "ééééé"; // 2 bytes each
+        assert_eq!(truncate_bytes(s, 5), "éé");
+        assert_eq!(truncate_bytes("abc", 63), "abc");
+    }
+}

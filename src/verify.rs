@@ -1,0 +1,158 @@
+//! Verification before cutover: original and shadow compared chunk by chunk — row count and an
+//! order-independent hash of the projected rows — with one short REPEATABLE READ snapshot per
+//! chunk covering both tables (DESIGN.md §1.6, I1, I4).
+//!
+//! The shadow trails the original by the stream, so a chunk that differs is re-checked after a
+//! fence proves the applier has caught up with everything committed before the comparison. A
+//! chunk that still differs after several fences is one the workload keeps changing: its
+//! differing keys (at most [`MAX_UNSETTLED`]) are handed to the cutover, which re-checks them
+//! under the lock, when nothing can change them. More than that is an unexplained mismatch and
+//! stops the run.
+
+use std::time::Duration;
+
+use anyhow::{Context, Result, bail};
+use tokio_postgres::types::ToSql;
+use tokio_postgres::{Client, IsolationLevel};
+
+use crate::applier::Applier;
+use crate::fence::Fencer;
+use crate::plan::Plan;
+
+/// Rows per verification chunk.
+pub const VERIFY_CHUNK_ROWS: i64 = 100_000;
+/// Fenced re-checks of a differing chunk before its keys are deferred to the cutover.
+pub const RECHECKS: usize = 5;
+/// Keys that may be deferred to the cutover.
+pub const MAX_UNSETTLED: usize = 1_000;
+
+/// Outcome of a verification pass.
+#[derive(Debug, Clone, Default)]
+pub struct VerifyReport {
+    /// Chunks compared.
+    pub chunks: u64,
+    /// Rows compared (original side).
+    pub rows: u64,
+    /// Chunk comparisons repeated after a fence.
+    pub rechecks: u64,
+    /// Keys (original key values as text) still differing; re-checked under the cutover lock.
+    pub unsettled: Vec<Vec<Option<String>>>,
+}
+
+/// Compares every chunk. Errors: an unexplained mismatch (with example keys), or a failure.
+pub async fn verify(client: &mut Client, plan: &Plan, fencer: &Fencer, applier: &Applier) -> Result<VerifyReport> {
+    let table = plan.original.qualified();
+    let shadow = plan.names.shadow_qualified();
+    let p = &plan.projection;
+    let mut report = VerifyReport::default();
+    let mut lower: Option<Vec<Option<String>>> = None;
+    loop {
+        let boundary = {
+            let sql = p.chunk_boundary_sql(&table, lower.is_some());
+            let mut params: Vec<&(dyn ToSql + Sync)> = vec![&VERIFY_CHUNK_ROWS];
+            if let Some(lo) = &lower {
+                params.extend(lo.iter().map(|v| v as &(dyn ToSql + Sync)));
+            }
+            client.query_opt(&sql, &params).await.context("finding a verification chunk")?
+        };
+        let upper: Option<Vec<Option<String>>> =
+            boundary.map(|row| (0..p.key.len()).map(|i| row.get(i)).collect());
+        let mut params: Vec<Option<String>> = Vec::new();
+        if let Some(lo) = &lower {
+            params.extend(lo.iter().cloned());
+        }
+        if let Some(hi) = &upper {
+            params.extend(hi.iter().cloned());
+        }
+        let (has_lower, has_upper) = (lower.is_some(), upper.is_some());
+        let source_sql = p.verify_source_sql(&table, has_lower, has_upper);
+        let target_sql = p.verify_target_sql(&shadow, has_lower, has_upper);
+        let mut attempt = 0;
+        loop {
+            let (a, b) = compare(client, &source_sql, &target_sql, &params).await?;
+            if attempt == 0 {
+                report.rows += a.0 as u64;
+            }
+            if a == b {
+                break;
+            }
+            if attempt == RECHECKS {
+                let diff_sql = p.diff_keys_sql(&table, &shadow, has_lower, has_upper);
+                let limit = (MAX_UNSETTLED + 1 - report.unsettled.len().min(MAX_UNSETTLED)) as i64;
+                let mut all: Vec<&(dyn ToSql + Sync)> = params.iter().map(|v| v as &(dyn ToSql + Sync)).collect();
+                all.extend(params.iter().map(|v| v as &(dyn ToSql + Sync)));
+                all.push(&limit);
+                let rows = client.query(&diff_sql, &all).await.context("listing differing keys")?;
+                for row in &rows {
+                    let key: Vec<Option<String>> = row.get(0);
+                    if !report.unsettled.contains(&key) {
+                        report.unsettled.push(key);
+                    }
+                }
+                if report.unsettled.len() > MAX_UNSETTLED || (rows.is_empty() && a.0 != b.0) {
+                    let examples: Vec<String> = report
+                        .unsettled
+                        .iter()
+                        .take(10)
+                        .map(|k| format!("({})", k.iter().map(|v| v.clone().unwrap_or_else(|| "NULL".into())).collect::<Vec<_>>().join(", ")))
+                        .collect();
+                    bail!(
+                        "verification failed: the shadow differs from {} (original {} rows, shadow {} rows in a chunk) and the difference did not settle; differing keys include {}. Refusing to cut over; the original table is untouched",
+                        plan.original.qualified(),
+                        a.0,
+                        b.0,
+                        examples.join(", ")
+                    );
+                }
+                break;
+            }
+            attempt += 1;
+            report.rechecks += 1;
+            let n = fencer.emit().await?;
+            applier.wait_fence(n, Duration::from_secs(60)).await?;
+        }
+        report.chunks += 1;
+        match upper {
+            Some(hi) => lower = Some(hi),
+            None => break,
+        }
+    }
+    Ok(report)
+}
+
+/// `(count, hash)` of the original's and the shadow's chunk under one snapshot.
+async fn compare(
+    client: &mut Client,
+    source_sql: &str,
+    target_sql: &str,
+    params: &[Option<String>],
+) -> Result<((i64, String), (i64, String))> {
+    let tx = client
+        .build_transaction()
+        .isolation_level(IsolationLevel::RepeatableRead)
+        .read_only(true)
+        .start()
+        .await?;
+    let refs: Vec<&(dyn ToSql + Sync)> = params.iter().map(|v| v as &(dyn ToSql + Sync)).collect();
+    let a = tx.query_one(source_sql, &refs).await.context("hashing an original chunk")?;
+    let b = tx.query_one(target_sql, &refs).await.context("hashing a shadow chunk")?;
+    tx.commit().await?;
+    Ok(((a.get(0), a.get(1)), (b.get(0), b.get(1))))
+}
+
+/// Under the cutover lock: how many of the deferred keys still differ (must be 0).
+pub async fn recheck_keys(client: &impl tokio_postgres::GenericClient, plan: &Plan, keys: &[Vec<Option<String>>]) -> Result<i64> {
+    if keys.is_empty() {
+        return Ok(0);
+    }
+    let width = plan.projection.key.len();
+    let columns: Vec<Vec<Option<String>>> = (0..width)
+        .map(|i| keys.iter().map(|k| k.get(i).cloned().flatten()).collect())
+        .collect();
+    let refs: Vec<&(dyn ToSql + Sync)> = columns.iter().map(|c| c as &(dyn ToSql + Sync)).collect();
+    let sql = plan
+        .projection
+        .recheck_keys_sql(&plan.original.qualified(), &plan.names.shadow_qualified());
+    let row = client.query_one(&sql, &refs).await.context("re-checking deferred keys")?;
+    Ok(row.get(0))
+}

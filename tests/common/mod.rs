@@ -1,0 +1,80 @@
+//! Shared helpers for the integration tests: private PostgreSQL clusters and polling.
+//!
+//! Each test binary includes this module with `mod common;`; not every binary uses every
+//! helper.
+#![allow(dead_code)]
+
+use std::path::Path;
+use std::time::{Duration, Instant};
+
+use doppel::cluster::{ClusterOptions, LocalCluster};
+
+/// Starts a private cluster with default options (logical WAL, no fsync).
+///
+/// # Panics
+/// If the cluster cannot be started; the message carries the error (with the server log).
+pub async fn cluster() -> LocalCluster {
+    cluster_with(ClusterOptions::default()).await
+}
+
+/// Starts a private cluster with `options`.
+///
+/// # Panics
+/// If the cluster cannot be started; the message carries the error (with the server log).
+pub async fn cluster_with(options: ClusterOptions) -> LocalCluster {
+    match LocalCluster::start(options).await {
+        Ok(cluster) => cluster,
+        Err(e) => panic!("could not start a test cluster: {e:#}"),
+    }
+}
+
+/// Polls `condition` every 20 ms until it holds; false if it still does not after `timeout`.
+pub fn wait_until(timeout: Duration, mut condition: impl FnMut() -> bool) -> bool {
+    let deadline = Instant::now() + timeout;
+    loop {
+        if condition() {
+            return true;
+        }
+        if Instant::now() >= deadline {
+            return false;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+/// Whether process `pid` exists and is not a zombie (an exited process whose parent has
+/// not reaped it yet; orphaned postmasters may stay zombies under a non-reaping init).
+pub fn pid_alive(pid: u32) -> bool {
+    // SAFETY: signal 0 only checks that the process exists.
+    let rc = unsafe { libc::kill(pid as libc::pid_t, 0) };
+    if rc != 0 && std::io::Error::last_os_error().raw_os_error() != Some(libc::EPERM) {
+        return false;
+    }
+    match std::fs::read_to_string(format!("/proc/{pid}/stat")) {
+        Ok(stat) => {
+            let state = stat
+                .rfind(')')
+                .and_then(|i| stat[i + 1..].split_whitespace().next());
+            !matches!(state, Some("Z") | Some("X"))
+        }
+        Err(_) => false,
+    }
+}
+
+/// Pids of live (non-zombie) processes whose command line mentions `dir`.
+pub fn processes_mentioning(dir: &Path) -> Vec<u32> {
+    let needle = dir.as_os_str().as_encoded_bytes();
+    let Ok(entries) = std::fs::read_dir("/proc") else {
+        return Vec::new();
+    };
+    entries
+        .flatten()
+        .filter_map(|e| e.file_name().to_str()?.parse::<u32>().ok())
+        .filter(|&pid| {
+            std::fs::read(format!("/proc/{pid}/cmdline"))
+                .map(|cmd| cmd.windows(needle.len()).any(|w| w == needle))
+                .unwrap_or(false)
+        })
+        .filter(|&pid| pid_alive(pid))
+        .collect()
+}
