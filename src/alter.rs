@@ -298,7 +298,9 @@ fn using_clause(text: &str, clause: &[Token]) -> Option<UsingClause> {
     if !is_type_change {
         return None;
     }
-    let using = rest.iter().position(|t| t.depth == 0 && word_is(t, "using"))?;
+    let using = rest
+        .iter()
+        .position(|t| t.depth == 0 && word_is(t, "using"))?;
     let expr_start = rest.get(using + 1)?.start;
     let expr_end = clause_end(text, clause);
     Some(UsingClause {
@@ -329,7 +331,8 @@ mod tests {
 
     #[test]
     fn finds_using_expression_and_column() {
-        let spec = one("ALTER COLUMN \"Amount\" TYPE int USING round(\"Amount\" * 100)::int").unwrap();
+        let spec =
+            one("ALTER COLUMN \"Amount\" TYPE int USING round(\"Amount\" * 100)::int").unwrap();
         assert_eq!(spec.usings.len(), 1);
         assert_eq!(spec.usings[0].column, "Amount");
         assert_eq!(spec.usings[0].expression, "round(\"Amount\" * 100)::int");
@@ -337,7 +340,10 @@ mod tests {
 
     #[test]
     fn using_stops_at_the_next_clause() {
-        let spec = one("alter price set data type numeric(10,2) using price::numeric / 100, add column x text").unwrap();
+        let spec = one(
+            "alter price set data type numeric(10,2) using price::numeric / 100, add column x text",
+        )
+        .unwrap();
         assert_eq!(spec.using_for("price"), Some("price::numeric / 100"));
     }
 
@@ -358,12 +364,30 @@ mod tests {
     #[test]
     fn refusals_carry_reasons() {
         assert_eq!(analyze(&[]), Err(AlterError::Empty));
-        assert!(matches!(one("ADD COLUMN a int; DROP TABLE x"), Err(AlterError::MultipleStatements(_))));
-        assert!(matches!(one("ALTER TABLE t ADD COLUMN a int"), Err(AlterError::WholeStatement(_))));
-        assert!(matches!(one("ADD COLUMN p int REFERENCES parent(id)"), Err(AlterError::ForeignKey(_))));
-        assert!(matches!(one("ADD COLUMN a text DEFAULT 'x"), Err(AlterError::Unterminated(_))));
-        assert!(matches!(one("ADD COLUMN a numeric(10,2"), Err(AlterError::Unbalanced(_))));
-        let twice = analyze(&["ALTER a TYPE int USING a::int".into(), "ALTER a TYPE bigint USING a * 2".into()]);
+        assert!(matches!(
+            one("ADD COLUMN a int; DROP TABLE x"),
+            Err(AlterError::MultipleStatements(_))
+        ));
+        assert!(matches!(
+            one("ALTER TABLE t ADD COLUMN a int"),
+            Err(AlterError::WholeStatement(_))
+        ));
+        assert!(matches!(
+            one("ADD COLUMN p int REFERENCES parent(id)"),
+            Err(AlterError::ForeignKey(_))
+        ));
+        assert!(matches!(
+            one("ADD COLUMN a text DEFAULT 'x"),
+            Err(AlterError::Unterminated(_))
+        ));
+        assert!(matches!(
+            one("ADD COLUMN a numeric(10,2"),
+            Err(AlterError::Unbalanced(_))
+        ));
+        let twice = analyze(&[
+            "ALTER a TYPE int USING a::int".into(),
+            "ALTER a TYPE bigint USING a * 2".into(),
+        ]);
         assert!(matches!(twice, Err(AlterError::Using(..))));
     }
 

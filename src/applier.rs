@@ -240,10 +240,11 @@ impl Worker {
             .prepare(&p.reread_sql(&table, &shadow))
             .await
             .context("preparing the applier's re-read")?;
-        let direct_partial = p
-            .written()
-            .iter()
-            .all(|c| c.source.as_ref().is_some_and(|s| c.expression == format!("src.{}", ident(&s.name))));
+        let direct_partial = p.written().iter().all(|c| {
+            c.source
+                .as_ref()
+                .is_some_and(|s| c.expression == format!("src.{}", ident(&s.name)))
+        });
         Ok(Worker {
             client,
             plan,
@@ -371,9 +372,9 @@ impl Worker {
                             .ok()
                             .and_then(|c| c.strip_prefix("fence:"))
                             .and_then(|n| n.parse::<u64>().ok())
-                        {
-                            batch.fence = batch.fence.max(n);
-                        }
+                    {
+                        batch.fence = batch.fence.max(n);
+                    }
                 }
                 PgOutputMessage::Type { .. } | PgOutputMessage::Origin { .. } => {}
             }
@@ -437,7 +438,12 @@ impl Ctx<'_> {
             .collect()
     }
 
-    async fn update(&mut self, batch: &mut Batch, old: Option<&OldTuple>, new: &TupleData) -> Result<()> {
+    async fn update(
+        &mut self,
+        batch: &mut Batch,
+        old: Option<&OldTuple>,
+        new: &TupleData,
+    ) -> Result<()> {
         let row = values(new)?;
         let new_key = self.key_of(&row)?;
         if let Some(old) = old {
@@ -474,7 +480,8 @@ impl Ctx<'_> {
             .filter(|v| **v != Val::Unchanged)
             .map(Val::bind)
             .collect();
-        let refs: Vec<&(dyn ToSql + Sync)> = params.iter().map(|p| p as &(dyn ToSql + Sync)).collect();
+        let refs: Vec<&(dyn ToSql + Sync)> =
+            params.iter().map(|p| p as &(dyn ToSql + Sync)).collect();
         let updated = self
             .tx
             .execute(&statement, &refs)
@@ -487,7 +494,12 @@ impl Ctx<'_> {
         Ok(())
     }
 
-    async fn push(&mut self, batch: &mut Batch, kind: Kind, row: Vec<Option<String>>) -> Result<()> {
+    async fn push(
+        &mut self,
+        batch: &mut Batch,
+        kind: Kind,
+        row: Vec<Option<String>>,
+    ) -> Result<()> {
         let key = match kind {
             Kind::Upsert => self
                 .plan
@@ -498,9 +510,10 @@ impl Ctx<'_> {
                 .collect(),
             Kind::Delete | Kind::ReRead => row.clone(),
         };
-        let fits = batch.run.as_ref().is_some_and(|r| {
-            r.kind == kind && r.rows.len() < RUN_ROWS && !r.keys.contains(&key)
-        });
+        let fits = batch
+            .run
+            .as_ref()
+            .is_some_and(|r| r.kind == kind && r.rows.len() < RUN_ROWS && !r.keys.contains(&key));
         if !fits {
             self.flush(batch).await?;
             batch.run = Some(Run {
@@ -536,7 +549,8 @@ impl Ctx<'_> {
                 columns[i].push(v.clone());
             }
         }
-        let refs: Vec<&(dyn ToSql + Sync)> = columns.iter().map(|c| c as &(dyn ToSql + Sync)).collect();
+        let refs: Vec<&(dyn ToSql + Sync)> =
+            columns.iter().map(|c| c as &(dyn ToSql + Sync)).collect();
         let statement = match run.kind {
             Kind::Upsert => self.upsert,
             Kind::Delete => self.delete,
@@ -559,16 +573,18 @@ impl Ctx<'_> {
 /// the server's detail (which names the key).
 fn apply_error(e: tokio_postgres::Error, plan: &Plan, key: &[Option<String>]) -> anyhow::Error {
     match e.as_db_error() {
-        Some(db) if db.code().code().starts_with("23") || db.code().code().starts_with("22") => anyhow!(
-            "a live write to {} cannot be applied to the new schema: {}{} (near key {}); aborting before cutover, the original table is untouched",
-            plan.original.qualified(),
-            db.message(),
-            db.detail().map(|d| format!(" — {d}")).unwrap_or_default(),
-            key.iter()
-                .map(|k| k.clone().unwrap_or_else(|| "NULL".into()))
-                .collect::<Vec<_>>()
-                .join(", ")
-        ),
+        Some(db) if db.code().code().starts_with("23") || db.code().code().starts_with("22") => {
+            anyhow!(
+                "a live write to {} cannot be applied to the new schema: {}{} (near key {}); aborting before cutover, the original table is untouched",
+                plan.original.qualified(),
+                db.message(),
+                db.detail().map(|d| format!(" — {d}")).unwrap_or_default(),
+                key.iter()
+                    .map(|k| k.clone().unwrap_or_else(|| "NULL".into()))
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            )
+        }
         _ => anyhow::Error::new(e).context("applying streamed changes to the shadow"),
     }
 }
@@ -583,7 +599,11 @@ fn partial_update_sql(plan: &Plan, sent: &[bool]) -> String {
     for (i, col) in p.relation.iter().enumerate() {
         if sent.get(i).copied().unwrap_or(false) {
             n += 1;
-            casts.push(format!("${n}::text::{} AS {}", col.type_sql, ident(&col.name)));
+            casts.push(format!(
+                "${n}::text::{} AS {}",
+                col.type_sql,
+                ident(&col.name)
+            ));
         }
     }
     let sent_names: Vec<&str> = p
@@ -598,7 +618,11 @@ fn partial_update_sql(plan: &Plan, sent: &[bool]) -> String {
         .written()
         .iter()
         .filter(|c| !keys.contains(&c.target.name.as_str()))
-        .filter(|c| c.source.as_ref().is_some_and(|s| sent_names.contains(&s.name.as_str())))
+        .filter(|c| {
+            c.source
+                .as_ref()
+                .is_some_and(|s| sent_names.contains(&s.name.as_str()))
+        })
         .map(|c| format!("{} = {}", ident(&c.target.name), c.expression))
         .collect();
     if sets.is_empty() {
@@ -636,7 +660,9 @@ fn values(tuple: &TupleData) -> Result<Vec<Val>> {
                 .as_text()
                 .map(|s| Val::Text(s.to_string()))
                 .ok_or_else(|| anyhow!("a streamed value is not valid UTF-8")),
-            ColumnValue::Binary(_) => bail!("a streamed value arrived in binary format; doppel requests text"),
+            ColumnValue::Binary(_) => {
+                bail!("a streamed value arrived in binary format; doppel requests text")
+            }
         })
         .collect()
 }
@@ -654,7 +680,10 @@ fn check_relation(plan: &Plan, rel: &pgoutput::Relation) -> Result<()> {
         bail!(
             "the definition of {} changed during the migration (DDL ran on it: columns now {:?}); aborting — the shadow was built for the old definition. The original table is untouched; run doppel again",
             plan.original.qualified(),
-            rel.columns.iter().map(|c| c.name.as_str()).collect::<Vec<_>>()
+            rel.columns
+                .iter()
+                .map(|c| c.name.as_str())
+                .collect::<Vec<_>>()
         );
     }
     Ok(())
@@ -675,7 +704,9 @@ pub async fn wait_visible(client: &impl tokio_postgres::GenericClient, xid: u32)
             return Ok(());
         }
         if std::time::Instant::now() > deadline {
-            bail!("transaction {xid} was decoded but did not become visible within 60 s (a synchronous standby not acknowledging?)");
+            bail!(
+                "transaction {xid} was decoded but did not become visible within 60 s (a synchronous standby not acknowledging?)"
+            );
         }
         tokio::time::sleep(Duration::from_millis(2)).await;
     }
@@ -715,7 +746,10 @@ mod tests {
 
     #[test]
     fn snapshot_text_parses() {
-        assert_eq!(parse_snapshot("724:730:725,727").unwrap(), (724, 730, vec![725, 727]));
+        assert_eq!(
+            parse_snapshot("724:730:725,727").unwrap(),
+            (724, 730, vec![725, 727])
+        );
         assert_eq!(parse_snapshot("10:10:").unwrap(), (10, 10, vec![]));
         assert!(parse_snapshot("x").is_err());
     }
@@ -725,6 +759,9 @@ mod tests {
         assert_eq!(widen_xid(5, 10), 5);
         let xmax = (3u64 << 32) | 100;
         assert_eq!(widen_xid(50, xmax), (3 << 32) | 50);
-        assert_eq!(widen_xid(u32::MAX - 1, xmax), (2 << 32) | u64::from(u32::MAX - 1));
+        assert_eq!(
+            widen_xid(u32::MAX - 1, xmax),
+            (2 << 32) | u64::from(u32::MAX - 1)
+        );
     }
 }

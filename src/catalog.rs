@@ -309,8 +309,12 @@ async fn columns(client: &impl GenericClient, oid: u32) -> Result<Vec<Column>> {
             default_sql: r.get(7),
             identity: r.get::<_, Option<String>>(8).and_then(|s| s.chars().next()),
             generated_sql: r.get(9),
-            storage: r.get::<_, Option<String>>(10).and_then(|s| s.chars().next()),
-            compression: r.get::<_, Option<String>>(11).and_then(|s| s.chars().next()),
+            storage: r
+                .get::<_, Option<String>>(10)
+                .and_then(|s| s.chars().next()),
+            compression: r
+                .get::<_, Option<String>>(11)
+                .and_then(|s| s.chars().next()),
             stattarget: r.get(12),
             comment: r.get(13),
         })
@@ -341,9 +345,7 @@ async fn indexes(client: &impl GenericClient, oid: u32) -> Result<Vec<Index>> {
                 oid: r.get(1),
                 definition: r.get(2),
                 relfilenode: r.get(3),
-                constraint: kind
-                    .and_then(|k| k.chars().next())
-                    .zip(def),
+                constraint: kind.and_then(|k| k.chars().next()).zip(def),
                 is_primary: r.get(6),
                 is_replica_identity: r.get(7),
             }

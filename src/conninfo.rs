@@ -59,18 +59,22 @@ pub fn resolve(dsn: Option<&str>) -> Result<tokio_postgres::Config> {
         config.user(&user);
     }
     if config.get_password().is_none()
-        && let Some(password) = env("PGPASSWORD") {
-            config.password(password);
-        }
+        && let Some(password) = env("PGPASSWORD")
+    {
+        config.password(password);
+    }
     if config.get_dbname().is_none() {
-        let db = env("PGDATABASE").unwrap_or_else(|| config.get_user().unwrap_or("postgres").to_string());
+        let db = env("PGDATABASE")
+            .unwrap_or_else(|| config.get_user().unwrap_or("postgres").to_string());
         config.dbname(&db);
     }
     if config.get_application_name().is_none() {
         config.application_name("doppel");
     }
     if config.get_ssl_mode() == SslMode::Require {
-        bail!("sslmode=require: TLS connections are not supported by this doppel build yet; connect over a trusted network or a Unix socket with sslmode=disable or prefer");
+        bail!(
+            "sslmode=require: TLS connections are not supported by this doppel build yet; connect over a trusted network or a Unix socket with sslmode=disable or prefer"
+        );
     }
     Ok(config)
 }

@@ -78,10 +78,18 @@ pub async fn backfill(
         .await
         .context("preparing the chunk boundary query")?;
     let next_boundary = client.prepare(&p.chunk_boundary_sql(&table, true)).await?;
-    let copy_first = client.prepare(&p.copy_sql(&table, &shadow, false, true)).await?;
-    let copy_middle = client.prepare(&p.copy_sql(&table, &shadow, true, true)).await?;
-    let copy_last = client.prepare(&p.copy_sql(&table, &shadow, true, false)).await?;
-    let copy_all = client.prepare(&p.copy_sql(&table, &shadow, false, false)).await?;
+    let copy_first = client
+        .prepare(&p.copy_sql(&table, &shadow, false, true))
+        .await?;
+    let copy_middle = client
+        .prepare(&p.copy_sql(&table, &shadow, true, true))
+        .await?;
+    let copy_last = client
+        .prepare(&p.copy_sql(&table, &shadow, true, false))
+        .await?;
+    let copy_all = client
+        .prepare(&p.copy_sql(&table, &shadow, false, false))
+        .await?;
 
     let started = Instant::now();
     let mut report = CopyReport::default();
@@ -155,10 +163,19 @@ mod tests {
     #[test]
     fn chunk_size_follows_time_within_bounds() {
         let target = Duration::from_millis(500);
-        assert_eq!(next_chunk_rows(1000, Duration::from_millis(250), target), 2000);
-        assert_eq!(next_chunk_rows(1000, Duration::from_millis(1), target), 2000);
+        assert_eq!(
+            next_chunk_rows(1000, Duration::from_millis(250), target),
+            2000
+        );
+        assert_eq!(
+            next_chunk_rows(1000, Duration::from_millis(1), target),
+            2000
+        );
         assert_eq!(next_chunk_rows(1000, Duration::from_secs(5), target), 500);
         assert_eq!(next_chunk_rows(150, Duration::from_secs(5), target), 100);
-        assert_eq!(next_chunk_rows(1000, Duration::from_millis(400), target), 1250);
+        assert_eq!(
+            next_chunk_rows(1000, Duration::from_millis(400), target),
+            1250
+        );
     }
 }

@@ -87,7 +87,10 @@ pub async fn script(client: &Client, plan: &Plan, lock_timeout: Duration) -> Res
             ident(&old_name)
         ));
     }
-    forward.push(format!("ALTER TABLE {shadow_q} RENAME TO {}", ident(&n.table)));
+    forward.push(format!(
+        "ALTER TABLE {shadow_q} RENAME TO {}",
+        ident(&n.table)
+    ));
     let shadow_indexes = shadow::indexes(plan);
     for index in &shadow_indexes {
         forward.push(format!(
@@ -98,7 +101,10 @@ pub async fn script(client: &Client, plan: &Plan, lock_timeout: Duration) -> Res
     }
 
     // Rollback, mirrored: new table back to the shadow name, old table back to its name.
-    back.push(format!("ALTER TABLE {table_q} RENAME TO {}", ident(&n.shadow)));
+    back.push(format!(
+        "ALTER TABLE {table_q} RENAME TO {}",
+        ident(&n.shadow)
+    ));
     for index in &shadow_indexes {
         back.push(format!(
             "ALTER INDEX {} RENAME TO {}",
@@ -145,18 +151,22 @@ pub async fn script(client: &Client, plan: &Plan, lock_timeout: Duration) -> Res
             ));
             renamed_identity.push((seq.column.clone(), kept, seq.name.clone()));
         } else if let Some(col) = target_name(&seq.column)
-            && col.default_sql.as_deref().is_some_and(|d| d.contains("nextval")) {
-                seq_forward.push(format!(
-                    "ALTER SEQUENCE {} OWNED BY {table_q}.{}",
-                    qualified(&seq.schema, &seq.name),
-                    ident(&col.name)
-                ));
-                seq_back.push(format!(
-                    "ALTER SEQUENCE {} OWNED BY {table_q}.{}",
-                    qualified(&seq.schema, &seq.name),
-                    ident(&seq.column)
-                ));
-            }
+            && col
+                .default_sql
+                .as_deref()
+                .is_some_and(|d| d.contains("nextval"))
+        {
+            seq_forward.push(format!(
+                "ALTER SEQUENCE {} OWNED BY {table_q}.{}",
+                qualified(&seq.schema, &seq.name),
+                ident(&col.name)
+            ));
+            seq_back.push(format!(
+                "ALTER SEQUENCE {} OWNED BY {table_q}.{}",
+                qualified(&seq.schema, &seq.name),
+                ident(&seq.column)
+            ));
+        }
     }
     for target_seq in plan.target.sequences.iter().filter(|s| s.identity) {
         // The shadow's identity sequence (in a dry run, before the shadow exists, the name
@@ -221,7 +231,10 @@ pub async fn script(client: &Client, plan: &Plan, lock_timeout: Duration) -> Res
         } else {
             format!("{} NOT VALID", fk.definition)
         };
-        forward.push(format!("ALTER TABLE {old_q} DROP CONSTRAINT {}", ident(&fk.name)));
+        forward.push(format!(
+            "ALTER TABLE {old_q} DROP CONSTRAINT {}",
+            ident(&fk.name)
+        ));
         forward.push(format!(
             "ALTER TABLE {table_q} ADD CONSTRAINT {} {def}",
             ident(&fk.name)
@@ -229,11 +242,21 @@ pub async fn script(client: &Client, plan: &Plan, lock_timeout: Duration) -> Res
         if fk.validated {
             validate.push((
                 fk.name.clone(),
-                format!("ALTER TABLE {table_q} VALIDATE CONSTRAINT {}", ident(&fk.name)),
+                format!(
+                    "ALTER TABLE {table_q} VALIDATE CONSTRAINT {}",
+                    ident(&fk.name)
+                ),
             ));
         }
-        back.push(format!("ALTER TABLE {} DROP CONSTRAINT {}", qualified(schema, &n.shadow), ident(&fk.name)));
-        back.push(format!("ALTER TABLE {table_q} ADD CONSTRAINT {} {def}", ident(&fk.name)));
+        back.push(format!(
+            "ALTER TABLE {} DROP CONSTRAINT {}",
+            qualified(schema, &n.shadow),
+            ident(&fk.name)
+        ));
+        back.push(format!(
+            "ALTER TABLE {table_q} ADD CONSTRAINT {} {def}",
+            ident(&fk.name)
+        ));
     }
 
     let rollback = format!(
@@ -273,7 +296,11 @@ pub fn write_rollback(dir: &Path, plan: &Plan, script: &Script) -> Result<PathBu
         .duration_since(std::time::UNIX_EPOCH)
         .map(|d| d.as_secs())
         .unwrap_or(0);
-    let path = dir.join(format!("doppel-rollback-{}-{}-{stamp}.sql", plan.original.oid, sanitize(&plan.names.table)));
+    let path = dir.join(format!(
+        "doppel-rollback-{}-{}-{stamp}.sql",
+        plan.original.oid,
+        sanitize(&plan.names.table)
+    ));
     std::fs::write(&path, &script.rollback)
         .with_context(|| format!("cannot write the rollback script {}", path.display()))?;
     let file = std::fs::File::open(&path)?;
@@ -283,14 +310,22 @@ pub fn write_rollback(dir: &Path, plan: &Plan, script: &Script) -> Result<PathBu
 
 fn sanitize(name: &str) -> String {
     name.chars()
-        .map(|c| if c.is_ascii_alphanumeric() || c == '_' { c } else { '_' })
+        .map(|c| {
+            if c.is_ascii_alphanumeric() || c == '_' {
+                c
+            } else {
+                '_'
+            }
+        })
         .collect()
 }
 
 /// Backoff before attempt `attempt` (1-based) after a lock timeout: 100 ms × 2^(attempt-1),
 /// capped at 10 s, with ±50% jitter.
 pub fn backoff(attempt: u32) -> Duration {
-    let base = 100u64.saturating_mul(1 << attempt.saturating_sub(1).min(7)).min(10_000);
+    let base = 100u64
+        .saturating_mul(1 << attempt.saturating_sub(1).min(7))
+        .min(10_000);
     let jitter = rand::random::<u64>() % (base + 1);
     Duration::from_millis(base / 2 + jitter)
 }
@@ -368,9 +403,15 @@ pub async fn run(
         if let Err(e) = applier.wait_fence(n, options.fence_timeout).await {
             tx.rollback().await.ok();
             applier.check()?;
-            tracing::warn!(attempt, "applier did not reach the fence inside the lock budget ({e}); rolled back");
+            tracing::warn!(
+                attempt,
+                "applier did not reach the fence inside the lock budget ({e}); rolled back"
+            );
             if attempt >= options.retries {
-                bail!("cutover failed: the applier could not drain the last changes within {} ms under the lock; the original table is untouched", options.fence_timeout.as_millis());
+                bail!(
+                    "cutover failed: the applier could not drain the last changes within {} ms under the lock; the original table is untouched",
+                    options.fence_timeout.as_millis()
+                );
             }
             tokio::time::sleep(backoff(attempt)).await;
             continue;
@@ -387,8 +428,9 @@ pub async fn run(
         for statement in &script.forward {
             if let Err(e) = tx.batch_execute(statement).await {
                 tx.rollback().await.ok();
-                return Err(anyhow::Error::new(e)
-                    .context(format!("cutover statement failed, rolled back ({statement})")));
+                return Err(anyhow::Error::new(e).context(format!(
+                    "cutover statement failed, rolled back ({statement})"
+                )));
             }
         }
         tx.commit().await.context("committing the cutover")?;

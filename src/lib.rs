@@ -3,22 +3,24 @@
 //! See README.md for the phases and the runbook, and the module docs for each phase.
 
 pub mod alter;
+pub mod applier;
 pub mod catalog;
 pub mod cluster;
 pub mod conninfo;
+pub mod copier;
+pub mod cutover;
+pub mod demo;
+pub mod fence;
 pub mod lsn;
+pub mod migration;
 pub mod pgoutput;
 pub mod plan;
 pub mod preflight;
+pub mod progress;
 pub mod replication;
-pub mod sql;
-pub mod applier;
 pub mod shadow;
 pub mod spool;
+pub mod sql;
 pub mod stream;
-pub mod copier;
-pub mod fence;
-pub mod progress;
 pub mod verify;
-pub mod cutover;
-pub mod migration;
+pub mod workload;

@@ -1,1 +1,277 @@
-fn main() {}
+//! The `doppel` command line: a thin layer over the library (see `doppel::migration`).
+
+use std::io::IsTerminal;
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::time::Duration;
+
+use clap::{Args, Parser, Subcommand, ValueEnum};
+use doppel::copier::CopyOptions;
+use doppel::migration::{self, Cancel, Outcome, RunOptions};
+use doppel::preflight::Refused;
+use doppel::progress::Display;
+use doppel::{conninfo, cutover, demo};
+
+/// Online ALTER TABLE for PostgreSQL: shadow table, chunked backfill, logical replication
+/// catch-up, verification, and a cutover under a lock held for milliseconds.
+#[derive(Parser, Debug)]
+#[command(name = "doppel", version, about)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+    /// Log format on stderr.
+    #[arg(long, value_enum, default_value_t = LogFormat::Text, global = true)]
+    log_format: LogFormat,
+}
+
+#[derive(Subcommand, Debug)]
+enum Command {
+    /// Migrate a table (a dry run unless --execute is given).
+    Run(RunArgs),
+    /// Run a real online migration on a throwaway local cluster, with a concurrent writer.
+    Demo(DemoArgs),
+    /// Remove what an interrupted run left behind (slot, publication, shadow table).
+    Cleanup(CleanupArgs),
+}
+
+#[derive(Args, Debug)]
+struct ConnArgs {
+    /// Connection string: URI (postgres://user@host:5432/db) or key=value pairs. Without it,
+    /// PGHOST, PGPORT, PGUSER, PGPASSWORD and PGDATABASE are used, as libpq does.
+    #[arg(long)]
+    dsn: Option<String>,
+}
+
+#[derive(Args, Debug)]
+struct RunArgs {
+    #[command(flatten)]
+    conn: ConnArgs,
+    /// The table, written as SQL writes it: orders, public.orders, '"Sales Data"."Order-Lines"'.
+    #[arg(long)]
+    table: String,
+    /// A clause of ALTER TABLE, e.g. "ALTER COLUMN customer_id TYPE bigint" (repeatable).
+    #[arg(long = "alter", required = true)]
+    alters: Vec<String>,
+    /// Perform the migration. Without it doppel only checks and prints the plan.
+    #[arg(long)]
+    execute: bool,
+    #[command(flatten)]
+    tuning: TuningArgs,
+}
+
+#[derive(Args, Debug, Clone)]
+struct TuningArgs {
+    /// Target duration of one backfill chunk, in ms.
+    #[arg(long, default_value_t = 500)]
+    chunk_time: u64,
+    /// Sleep this many times each chunk's duration after it (gh-ost's --nice-ratio).
+    #[arg(long, default_value_t = 0.0)]
+    nice_ratio: f64,
+    /// lock_timeout of each cutover attempt, in ms.
+    #[arg(long, default_value_t = 200)]
+    lock_timeout: u64,
+    /// Cutover attempts before giving up.
+    #[arg(long, default_value_t = 10)]
+    cutover_retries: u32,
+    /// Longest wait, in ms, for the last changes to be applied while the cutover lock is held.
+    #[arg(long, default_value_t = 1000)]
+    fence_timeout: u64,
+    /// Directory for the change spool (default: the system temp dir).
+    #[arg(long)]
+    work_dir: Option<PathBuf>,
+    /// Directory for the rollback script (default: the current directory).
+    #[arg(long, default_value = ".")]
+    rollback_dir: PathBuf,
+    /// Progress display: bars on a TTY, status lines otherwise.
+    #[arg(long, value_enum, default_value_t = ProgressMode::Auto)]
+    progress: ProgressMode,
+    /// Seconds between status lines.
+    #[arg(long, default_value_t = 10)]
+    status_interval: u64,
+}
+
+#[derive(Args, Debug)]
+struct DemoArgs {
+    /// Rows in the demo table.
+    #[arg(long, default_value_t = 1_000_000)]
+    rows: i64,
+    #[command(flatten)]
+    tuning: TuningArgs,
+}
+
+#[derive(Args, Debug)]
+struct CleanupArgs {
+    #[command(flatten)]
+    conn: ConnArgs,
+    /// The table whose leftovers to remove.
+    #[arg(long)]
+    table: String,
+}
+
+#[derive(ValueEnum, Clone, Copy, Debug)]
+enum LogFormat {
+    Text,
+    Json,
+}
+
+#[derive(ValueEnum, Clone, Copy, Debug)]
+enum ProgressMode {
+    Auto,
+    Bars,
+    Lines,
+}
+
+fn run_options(table: String, alters: Vec<String>, execute: bool, t: &TuningArgs) -> RunOptions {
+    let display = match t.progress {
+        ProgressMode::Bars => Display::Bars,
+        ProgressMode::Lines => Display::Lines,
+        ProgressMode::Auto if std::io::stderr().is_terminal() => Display::Bars,
+        ProgressMode::Auto => Display::Lines,
+    };
+    RunOptions {
+        table,
+        alters,
+        execute,
+        copy: CopyOptions {
+            chunk_time: Duration::from_millis(t.chunk_time.max(1)),
+            nice_ratio: t.nice_ratio.max(0.0),
+            ..CopyOptions::default()
+        },
+        lock_timeout: Duration::from_millis(t.lock_timeout.max(1)),
+        cutover_retries: t.cutover_retries.max(1),
+        fence_timeout: Duration::from_millis(t.fence_timeout.max(1)),
+        work_dir: t.work_dir.clone().unwrap_or_else(std::env::temp_dir),
+        rollback_dir: t.rollback_dir.clone(),
+        display,
+        status_interval: Duration::from_secs(t.status_interval.max(1)),
+    }
+}
+
+fn init_logging(format: LogFormat) {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    match format {
+        LogFormat::Json => builder.json().init(),
+        LogFormat::Text => builder.init(),
+    }
+}
+
+/// Cancels on Ctrl-C or SIGTERM.
+fn install_signals() -> Cancel {
+    let (tx, cancel) = Cancel::new();
+    tokio::spawn(async move {
+        let mut term =
+            match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+                Ok(s) => s,
+                Err(_) => return,
+            };
+        tokio::select! {
+            _ = tokio::signal::ctrl_c() => {}
+            _ = term.recv() => {}
+        }
+        tracing::warn!("signal received: stopping and cleaning up");
+        tx.send_replace(true);
+        std::mem::forget(tx);
+    });
+    cancel
+}
+
+#[tokio::main]
+async fn main() -> ExitCode {
+    let cli = Cli::parse();
+    init_logging(cli.log_format);
+    let cancel = install_signals();
+    let result = match cli.command {
+        Command::Run(args) => run(args, &cancel).await,
+        Command::Demo(args) => {
+            let options = demo::DemoOptions {
+                rows: args.rows,
+                run: run_options(String::new(), Vec::new(), true, &args.tuning),
+            };
+            demo::run(&options, &cancel).await.map(|r| {
+                println!(
+                    "demo complete: {} rows migrated online in {:.1} s, lock held {:.1} ms, writer worst latency {:.1} ms, {} writer errors, {} mismatched rows",
+                    r.rows,
+                    r.migration.as_secs_f64(),
+                    r.lock_held.as_secs_f64() * 1000.0,
+                    r.writer.max_latency.as_secs_f64() * 1000.0,
+                    r.writer.errors,
+                    r.mismatches
+                );
+            })
+        }
+        Command::Cleanup(args) => cleanup(args).await,
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            let refused = e.downcast_ref::<Refused>().is_some();
+            eprintln!("error: {e:#}");
+            if refused {
+                ExitCode::from(2)
+            } else {
+                ExitCode::from(1)
+            }
+        }
+    }
+}
+
+async fn run(args: RunArgs, cancel: &Cancel) -> anyhow::Result<()> {
+    let config = conninfo::resolve(args.conn.dsn.as_deref())?;
+    tracing::info!("connecting to {}", conninfo::describe(&config));
+    let options = run_options(args.table, args.alters, args.execute, &args.tuning);
+    match migration::run(&config, &options, cancel).await? {
+        Outcome::Planned(plan) => {
+            let client = conninfo::connect(&config).await?;
+            let script = cutover::script(&client, &plan, options.lock_timeout).await?;
+            println!("{}", migration::render_plan(&plan, &script));
+            println!("dry run: nothing was changed. Add --execute to migrate.");
+        }
+        Outcome::Migrated(report) => {
+            println!(
+                "migrated {}: {} rows copied, {} changes applied, verified {} rows in {} chunks",
+                report.plan.original.qualified(),
+                report.copy.rows,
+                report.applied_changes,
+                report.verify.rows,
+                report.verify.chunks
+            );
+            for (phase, d) in &report.phases {
+                println!("  {phase:<24}{:.2} s", d.as_secs_f64());
+            }
+            println!(
+                "cutover: lock held {:.1} ms after {} attempt(s); total {:.1} s",
+                report.cutover.lock_held.as_secs_f64() * 1000.0,
+                report.cutover.attempts,
+                report.total.as_secs_f64()
+            );
+            for (name, err) in &report.cutover.unvalidated {
+                println!(
+                    "warning: foreign key {name} is NOT VALID: validation failed ({err}); run ALTER TABLE .. VALIDATE CONSTRAINT {name}"
+                );
+            }
+            println!("old table kept as {}", report.plan.names.old_qualified());
+            println!(
+                "rollback script: {}",
+                report.cutover.rollback_path.display()
+            );
+        }
+    }
+    Ok(())
+}
+
+async fn cleanup(args: CleanupArgs) -> anyhow::Result<()> {
+    let config = conninfo::resolve(args.conn.dsn.as_deref())?;
+    let report = migration::cleanup(&config, &args.table).await?;
+    if report.removed.is_empty() {
+        println!("nothing to clean up for {}", args.table);
+    } else {
+        for r in &report.removed {
+            println!("removed {r}");
+        }
+    }
+    Ok(())
+}

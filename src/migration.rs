@@ -159,7 +159,9 @@ pub fn render_plan(plan: &Plan, script: &cutover::Script) -> String {
     ));
     out.push_str(match plan.rewrite {
         Rewrite::Rewrite => "cost if run directly: full table rewrite under ACCESS EXCLUSIVE\n",
-        Rewrite::ScanUnderLock => "cost if run directly: a scan or index build under its lock (no rewrite)\n",
+        Rewrite::ScanUnderLock => {
+            "cost if run directly: a scan or index build under its lock (no rewrite)\n"
+        }
         Rewrite::MetadataOnly => "cost if run directly: metadata-only (no rewrite)\n",
     });
     out.push_str("preflight: all checks passed\n");
@@ -187,7 +189,9 @@ pub fn render_plan(plan: &Plan, script: &cutover::Script) -> String {
     {
         out.push_str(&format!("  {s};\n"));
     }
-    out.push_str("\ncutover (one transaction, after LOCK TABLE .. IN ACCESS EXCLUSIVE MODE and a fence):\n");
+    out.push_str(
+        "\ncutover (one transaction, after LOCK TABLE .. IN ACCESS EXCLUSIVE MODE and a fence):\n",
+    );
     for s in &script.forward {
         out.push_str(&format!("  {s};\n"));
     }
@@ -200,7 +204,11 @@ pub fn render_plan(plan: &Plan, script: &cutover::Script) -> String {
 
 /// Runs a migration (or, without `execute`, a dry run). On any error before the cutover
 /// commits, everything created is removed and the original is untouched.
-pub async fn run(config: &tokio_postgres::Config, options: &RunOptions, cancel: &Cancel) -> Result<Outcome> {
+pub async fn run(
+    config: &tokio_postgres::Config,
+    options: &RunOptions,
+    cancel: &Cancel,
+) -> Result<Outcome> {
     let started = Instant::now();
     let mut control = conninfo::connect(config).await?;
     control
@@ -227,16 +235,30 @@ pub async fn run(config: &tokio_postgres::Config, options: &RunOptions, cancel: 
     }
     let plan = Arc::new(plan);
     let mut created = Created::default();
-    let result = execute(config, &mut control, plan.clone(), options, cancel, &mut created, started).await;
+    let result = execute(
+        config,
+        &mut control,
+        plan.clone(),
+        options,
+        cancel,
+        &mut created,
+        started,
+    )
+    .await;
     match result {
         Ok(report) => Ok(Outcome::Migrated(Box::new(report))),
         Err(e) => {
             if !created.cut_over {
                 let removed = cleanup_created(&control, &plan, &created).await;
                 match removed {
-                    Ok(list) if !list.is_empty() => tracing::info!("cleaned up: {}", list.join(", ")),
+                    Ok(list) if !list.is_empty() => {
+                        tracing::info!("cleaned up: {}", list.join(", "))
+                    }
                     Ok(_) => {}
-                    Err(ce) => tracing::error!("cleanup after failure also failed: {ce:#}; run `doppel cleanup --table {}`", plan.original.qualified()),
+                    Err(ce) => tracing::error!(
+                        "cleanup after failure also failed: {ce:#}; run `doppel cleanup --table {}`",
+                        plan.original.qualified()
+                    ),
                 }
             }
             Err(e)
@@ -248,7 +270,10 @@ async fn cleanup_created(control: &Client, plan: &Plan, created: &Created) -> Re
     let mut removed = Vec::new();
     if created.publication {
         control
-            .batch_execute(&format!("DROP PUBLICATION IF EXISTS {}", ident(&plan.names.publication)))
+            .batch_execute(&format!(
+                "DROP PUBLICATION IF EXISTS {}",
+                ident(&plan.names.publication)
+            ))
             .await?;
         removed.push(format!("publication {}", plan.names.publication));
     }
@@ -279,7 +304,8 @@ async fn execute(
         s.rows_estimate = plan.original.rows_estimate.max(0) as u64;
         s.phase = "starting".into();
     });
-    let reporter = progress::spawn_reporter(progress.clone(), options.display, options.status_interval);
+    let reporter =
+        progress::spawn_reporter(progress.clone(), options.display, options.status_interval);
     let _reporter = AbortOnDrop(reporter);
     let mut phases: Vec<(&'static str, Duration)> = Vec::new();
     let table_q = plan.original.qualified();
@@ -323,9 +349,12 @@ async fn execute(
             .isolation_level(tokio_postgres::IsolationLevel::RepeatableRead)
             .start()
             .await?;
-        tx.batch_execute(&format!("SET TRANSACTION SNAPSHOT {}", literal(&snapshot_name)))
-            .await
-            .context("importing the slot's exported snapshot")?;
+        tx.batch_execute(&format!(
+            "SET TRANSACTION SNAPSHOT {}",
+            literal(&snapshot_name)
+        ))
+        .await
+        .context("importing the slot's exported snapshot")?;
         let text: String = tx
             .query_one("SELECT pg_current_snapshot()::text", &[])
             .await?
@@ -334,11 +363,20 @@ async fn execute(
         applier::parse_snapshot(&text)?
     };
     let stream = replication
-        .start_logical_replication(&plan.names.slot, slot.consistent_point, &plan.names.publication, true)
+        .start_logical_replication(
+            &plan.names.slot,
+            slot.consistent_point,
+            &plan.names.publication,
+            true,
+        )
         .await
         .context("starting replication")?;
-    std::fs::create_dir_all(&options.work_dir)
-        .with_context(|| format!("cannot create the work directory {}", options.work_dir.display()))?;
+    std::fs::create_dir_all(&options.work_dir).with_context(|| {
+        format!(
+            "cannot create the work directory {}",
+            options.work_dir.display()
+        )
+    })?;
     let spool_path = options.work_dir.join(format!(
         "doppel-{}-{}.spool",
         plan.original.oid,
@@ -352,14 +390,28 @@ async fn execute(
         applier: None,
     };
     let result = run_phases(
-        config, control, &plan, options, cancel, &progress, guard, reader, exported, slot.consistent_point,
-        &fingerprint, &mut phases, phase,
+        config,
+        control,
+        &plan,
+        options,
+        cancel,
+        &progress,
+        guard,
+        reader,
+        exported,
+        slot.consistent_point,
+        &fingerprint,
+        &mut phases,
+        phase,
     )
     .await;
     let (copy, verify, cutover, applied) = result?;
     created.cut_over = true;
     control
-        .batch_execute(&format!("DROP PUBLICATION IF EXISTS {}", ident(&plan.names.publication)))
+        .batch_execute(&format!(
+            "DROP PUBLICATION IF EXISTS {}",
+            ident(&plan.names.publication)
+        ))
         .await
         .context("dropping the publication after cutover")?;
     if let Some(path) = created.spool.take() {
@@ -405,13 +457,15 @@ impl TaskGuard {
     async fn shutdown(&mut self) -> Result<()> {
         let mut first_error = None;
         if let Some(a) = self.applier.take()
-            && let Err(e) = a.stop().await {
-                first_error.get_or_insert(e);
-            }
+            && let Err(e) = a.stop().await
+        {
+            first_error.get_or_insert(e);
+        }
         if let Some(s) = self.streamer.take()
-            && let Err(e) = s.stop().await {
-                first_error.get_or_insert(e);
-            }
+            && let Err(e) = s.stop().await
+        {
+            first_error.get_or_insert(e);
+        }
         match first_error {
             Some(e) => Err(e),
             None => Ok(()),
@@ -438,8 +492,19 @@ async fn run_phases(
     setup_started: Instant,
 ) -> Result<PhaseResult> {
     let result = phases_inner(
-        config, control, plan, options, cancel, progress, &mut guard, reader, exported, start_lsn, fingerprint,
-        phases, setup_started,
+        config,
+        control,
+        plan,
+        options,
+        cancel,
+        progress,
+        &mut guard,
+        reader,
+        exported,
+        start_lsn,
+        fingerprint,
+        phases,
+        setup_started,
     )
     .await;
     let stopped = guard.shutdown().await;
@@ -513,30 +578,49 @@ async fn phases_inner(
     };
     progress.update(|s| s.copy_ended = Some(Instant::now()));
     phases.push(("copy", phase.elapsed()));
-    tracing::info!(rows = copy.rows, chunks = copy.chunks, secs = copy.elapsed.as_secs_f64(), "backfill complete");
+    tracing::info!(
+        rows = copy.rows,
+        chunks = copy.chunks,
+        secs = copy.elapsed.as_secs_f64(),
+        "backfill complete"
+    );
 
     // Primary key, then the backlog.
     let phase = Instant::now();
     progress.update(|s| s.phase = "building primary key".into());
     for statement in shadow::primary_key_sql(plan) {
-        run_cancellable(control, &statement, cancel).await.context("building the shadow's primary key")?;
+        run_cancellable(control, &statement, cancel)
+            .await
+            .context("building the shadow's primary key")?;
     }
     phases.push(("primary key", phase.elapsed()));
     let phase = Instant::now();
     progress.update(|s| s.phase = "catching up".into());
     let apply_client = conninfo::connect(config).await?;
-    apply_client.batch_execute("SET application_name = 'doppel applier'").await?;
+    apply_client
+        .batch_execute("SET application_name = 'doppel applier'")
+        .await?;
     let applier = Applier::spawn(apply_client, plan.clone(), reader).await?;
     let apply_status = applier.watch();
     guard.applier = Some(applier);
     let fence_client = conninfo::connect(config).await?;
-    fence_client.batch_execute("SET application_name = 'doppel fence'").await?;
+    fence_client
+        .batch_execute("SET application_name = 'doppel fence'")
+        .await?;
     let fencer = Fencer::new(fence_client, &plan.names.message_prefix).await?;
     let applier_ref = |g: &TaskGuard| -> Result<()> { g.check() };
     if let Some(a) = guard.applier.as_ref() {
         a.resume();
     }
-    catch_up(guard, &fencer, cancel, &sync_progress, &stream_status, &apply_status).await?;
+    catch_up(
+        guard,
+        &fencer,
+        cancel,
+        &sync_progress,
+        &stream_status,
+        &apply_status,
+    )
+    .await?;
     phases.push(("catch-up", phase.elapsed()));
 
     // Secondary indexes and constraints, with the applier paused (the spool absorbs changes).
@@ -558,23 +642,42 @@ async fn phases_inner(
     if let Some(a) = guard.applier.as_ref() {
         a.resume();
     }
-    run_cancellable(control, &vacuum, cancel).await.context("VACUUM (ANALYZE) of the shadow")?;
+    run_cancellable(control, &vacuum, cancel)
+        .await
+        .context("VACUUM (ANALYZE) of the shadow")?;
     phases.push(("indexes", phase.elapsed()));
     let phase = Instant::now();
     progress.update(|s| s.phase = "catching up".into());
-    catch_up(guard, &fencer, cancel, &sync_progress, &stream_status, &apply_status).await?;
+    catch_up(
+        guard,
+        &fencer,
+        cancel,
+        &sync_progress,
+        &stream_status,
+        &apply_status,
+    )
+    .await?;
     phases.push(("catch-up after indexes", phase.elapsed()));
 
     // Verify.
     let phase = Instant::now();
     progress.update(|s| s.phase = "verifying".into());
-    let applier = guard.applier.as_ref().ok_or_else(|| anyhow!("no applier"))?;
+    let applier = guard
+        .applier
+        .as_ref()
+        .ok_or_else(|| anyhow!("no applier"))?;
     let verify = tokio::select! {
         r = verify::verify(control, plan, &fencer, applier) => r?,
         _ = cancel.cancelled() => bail!("interrupted during verification: cleaning up"),
     };
     phases.push(("verify", phase.elapsed()));
-    tracing::info!(chunks = verify.chunks, rows = verify.rows, rechecks = verify.rechecks, deferred_keys = verify.unsettled.len(), "verification passed");
+    tracing::info!(
+        chunks = verify.chunks,
+        rows = verify.rows,
+        rechecks = verify.rechecks,
+        deferred_keys = verify.unsettled.len(),
+        "verification passed"
+    );
 
     // Cutover.
     let phase = Instant::now();
@@ -617,7 +720,10 @@ async fn catch_up(
         cancel.check()?;
         guard.check()?;
         sync(Some(&apply.borrow()), &stream.borrow());
-        let applier = guard.applier.as_ref().ok_or_else(|| anyhow!("no applier"))?;
+        let applier = guard
+            .applier
+            .as_ref()
+            .ok_or_else(|| anyhow!("no applier"))?;
         match applier.wait_fence(n, Duration::from_millis(500)).await {
             Ok(()) => return Ok(()),
             Err(_) => continue,
@@ -641,7 +747,13 @@ fn index_error(e: anyhow::Error, plan: &Plan, statement: &str) -> anyhow::Error 
     let db = e
         .downcast_ref::<tokio_postgres::Error>()
         .and_then(|e| e.as_db_error())
-        .map(|d| format!("{}{}", d.message(), d.detail().map(|x| format!(" ({x})")).unwrap_or_default()));
+        .map(|d| {
+            format!(
+                "{}{}",
+                d.message(),
+                d.detail().map(|x| format!(" ({x})")).unwrap_or_default()
+            )
+        });
     match db {
         Some(msg) => anyhow!(
             "building an index or constraint of the new schema failed: {msg}; the rows of {} violate it. Nothing was cut over; the original table is untouched. Statement: {statement}",
@@ -670,7 +782,9 @@ async fn wait_exported_visible(client: &Client, exported: &(u64, u64, Vec<u64>))
             return Ok(());
         }
         if Instant::now() > deadline {
-            bail!("transactions {pending:?} committed before the slot was created but are still not visible after 60 s (a synchronous standby not acknowledging?)");
+            bail!(
+                "transactions {pending:?} committed before the slot was created but are still not visible after 60 s (a synchronous standby not acknowledging?)"
+            );
         }
         tokio::time::sleep(Duration::from_millis(5)).await;
     }
@@ -699,7 +813,10 @@ pub async fn cleanup(config: &tokio_postgres::Config, table: &str) -> Result<Cle
         .await?
         .get(0);
     if !free {
-        bail!("a doppel run is active on {} (it holds the advisory lock): stop it first (Ctrl-C cleans up by itself)", t.qualified());
+        bail!(
+            "a doppel run is active on {} (it holds the advisory lock): stop it first (Ctrl-C cleans up by itself)",
+            t.qualified()
+        );
     }
     let mut report = CleanupReport::default();
     let slots = client
@@ -711,7 +828,10 @@ pub async fn cleanup(config: &tokio_postgres::Config, table: &str) -> Result<Cle
     for s in slots {
         let (name, active, pid): (String, bool, Option<i32>) = (s.get(0), s.get(1), s.get(2));
         if active {
-            bail!("replication slot {name} is in use by pid {}: stop that process first", pid.unwrap_or(0));
+            bail!(
+                "replication slot {name} is in use by pid {}: stop that process first",
+                pid.unwrap_or(0)
+            );
         }
         client
             .execute("SELECT pg_drop_replication_slot($1)", &[&name])
@@ -719,22 +839,34 @@ pub async fn cleanup(config: &tokio_postgres::Config, table: &str) -> Result<Cle
         report.removed.push(format!("replication slot {name}"));
     }
     let has_pub: bool = client
-        .query_one("SELECT EXISTS (SELECT 1 FROM pg_publication WHERE pubname = $1)", &[&names.publication])
+        .query_one(
+            "SELECT EXISTS (SELECT 1 FROM pg_publication WHERE pubname = $1)",
+            &[&names.publication],
+        )
         .await?
         .get(0);
     if has_pub {
         client
             .batch_execute(&format!("DROP PUBLICATION {}", ident(&names.publication)))
             .await?;
-        report.removed.push(format!("publication {}", names.publication));
+        report
+            .removed
+            .push(format!("publication {}", names.publication));
     }
     let has_shadow: bool = client
-        .query_one("SELECT to_regclass($1) IS NOT NULL", &[&names.shadow_qualified()])
+        .query_one(
+            "SELECT to_regclass($1) IS NOT NULL",
+            &[&names.shadow_qualified()],
+        )
         .await?
         .get(0);
     if has_shadow {
-        client.batch_execute(&shadow::drop_sql(&names.schema, &names.shadow)).await?;
-        report.removed.push(format!("shadow table {}", names.shadow_qualified()));
+        client
+            .batch_execute(&shadow::drop_sql(&names.schema, &names.shadow))
+            .await?;
+        report
+            .removed
+            .push(format!("shadow table {}", names.shadow_qualified()));
     }
     Ok(report)
 }

@@ -168,7 +168,10 @@ impl Projection {
         if sets.is_empty() {
             format!(" ON CONFLICT ({key_list}) DO NOTHING")
         } else {
-            format!(" ON CONFLICT ({key_list}) DO UPDATE SET {}", sets.join(", "))
+            format!(
+                " ON CONFLICT ({key_list}) DO UPDATE SET {}",
+                sets.join(", ")
+            )
         }
     }
 
@@ -218,7 +221,11 @@ impl Projection {
             .map(|k| format!("src.{}::text", ident(&k.source.name)))
             .collect();
         let filter = if has_lower {
-            format!(" WHERE {} > {}", self.source_key_tuple(), self.key_params(2))
+            format!(
+                " WHERE {} > {}",
+                self.source_key_tuple(),
+                self.key_params(2)
+            )
         } else {
             String::new()
         };
@@ -235,11 +242,19 @@ impl Projection {
         let mut parts = Vec::new();
         let mut next = 1;
         if has_lower {
-            parts.push(format!("{} > {}", self.source_key_tuple(), self.key_params(next)));
+            parts.push(format!(
+                "{} > {}",
+                self.source_key_tuple(),
+                self.key_params(next)
+            ));
             next += self.key.len();
         }
         if has_upper {
-            parts.push(format!("{} <= {}", self.source_key_tuple(), self.key_params(next)));
+            parts.push(format!(
+                "{} <= {}",
+                self.source_key_tuple(),
+                self.key_params(next)
+            ));
         }
         if parts.is_empty() {
             "true".to_string()
@@ -303,7 +318,9 @@ impl Projection {
             .enumerate()
             .map(|(i, c)| format!("u.p{}::{} AS {}", i + 1, c.type_sql, ident(&c.name)))
             .collect();
-        let params: Vec<String> = (1..=columns.len()).map(|i| format!("${i}::text[]")).collect();
+        let params: Vec<String> = (1..=columns.len())
+            .map(|i| format!("${i}::text[]"))
+            .collect();
         let aliases: Vec<String> = (1..=columns.len()).map(|i| format!("p{i}")).collect();
         format!(
             "SELECT {} FROM unnest({}) AS u({})",
@@ -387,7 +404,11 @@ impl Projection {
 
     /// The same aggregate over the shadow's rows in the same key range.
     pub fn verify_target_sql(&self, shadow: &str, has_lower: bool, has_upper: bool) -> String {
-        let row: Vec<String> = self.written().iter().map(|c| ident(&c.target.name)).collect();
+        let row: Vec<String> = self
+            .written()
+            .iter()
+            .map(|c| ident(&c.target.name))
+            .collect();
         hash_aggregate(&format!(
             "SELECT md5(ROW({})::text) AS h FROM ONLY {shadow} WHERE {}",
             row.join(", "),
@@ -398,13 +419,23 @@ impl Projection {
     /// Keys whose projected rows differ between original and shadow in a key range:
     /// `(key text[] in the original's key types, side)` rows, at most `$n` of them, where `$n` follows the range parameters
     /// (which are passed twice: once for the original, once for the shadow).
-    pub fn diff_keys_sql(&self, table: &str, shadow: &str, has_lower: bool, has_upper: bool) -> String {
+    pub fn diff_keys_sql(
+        &self,
+        table: &str,
+        shadow: &str,
+        has_lower: bool,
+        has_upper: bool,
+    ) -> String {
         let src_row: Vec<String> = self
             .written()
             .iter()
             .map(|c| format!("CAST({} AS {})", c.expression, c.target.type_sql))
             .collect();
-        let dst_row: Vec<String> = self.written().iter().map(|c| ident(&c.target.name)).collect();
+        let dst_row: Vec<String> = self
+            .written()
+            .iter()
+            .map(|c| ident(&c.target.name))
+            .collect();
         let src_key: Vec<String> = self
             .key
             .iter()
@@ -485,7 +516,11 @@ pub fn comment_sql(target: &str, text: Option<&str>) -> String {
 }
 
 /// `GRANT` statements reproducing the original's table and column grants on `target`.
-pub fn grant_sql(table: &Table, target: &str, column_name: impl Fn(&str) -> Option<String>) -> Vec<String> {
+pub fn grant_sql(
+    table: &Table,
+    target: &str,
+    column_name: impl Fn(&str) -> Option<String>,
+) -> Vec<String> {
     let mut out = Vec::new();
     for (grantee, privilege, grantable) in &table.grants {
         out.push(format!(
@@ -555,7 +590,11 @@ impl Projection {
             .iter()
             .map(|c| format!("CAST({} AS {})", c.expression, c.target.type_sql))
             .collect();
-        let dst_row: Vec<String> = self.written().iter().map(|c| ident(&c.target.name)).collect();
+        let dst_row: Vec<String> = self
+            .written()
+            .iter()
+            .map(|c| ident(&c.target.name))
+            .collect();
         let key_cols: Vec<String> = self.key.iter().map(|k| ident(&k.source.name)).collect();
         let cast_keys: Vec<String> = self
             .key

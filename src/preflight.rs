@@ -354,7 +354,7 @@ async fn build_clone(
         }
     }
     let clone_oid: u32 = tx
-        .query_one("SELECT $1::regclass::oid", &[&clone])
+        .query_one("SELECT $1::text::regclass::oid", &[&clone])
         .await?
         .get(0);
     let before = catalog::inspect(&tx, clone_oid).await?;
@@ -389,7 +389,7 @@ async fn build_clone(
         ));
     }
     let target = catalog::inspect(&tx, clone_oid).await?;
-    if target.persistence != 'p' {
+    if target.persistence == 'u' {
         tx.rollback().await.ok();
         return Ok(Err(
             "the ALTER makes the table UNLOGGED: doppel needs its changes in the WAL; run it directly".into(),
@@ -402,7 +402,7 @@ async fn build_clone(
                 "SELECT format('START WITH %s INCREMENT BY %s MINVALUE %s MAXVALUE %s CACHE %s %s',
                                seqstart, seqincrement, seqmin, seqmax, seqcache,
                                CASE WHEN seqcycle THEN 'CYCLE' ELSE 'NO CYCLE' END)
-                 FROM pg_sequence WHERE seqrelid = $1::regclass",
+                 FROM pg_sequence WHERE seqrelid = $1::text::regclass",
                 &[&qualified(&seq.schema, &seq.name)],
             )
             .await?;
@@ -432,7 +432,12 @@ pub fn retarget_index(definition: &str, from: &str, to: &str) -> Option<String> 
 }
 
 /// Replaces the index name in a `pg_get_indexdef` definition whose table part is `on`.
-pub fn rename_index_definition(definition: &str, on: &str, new_name: &str, new_table: &str) -> Option<String> {
+pub fn rename_index_definition(
+    definition: &str,
+    on: &str,
+    new_name: &str,
+    new_table: &str,
+) -> Option<String> {
     let needle = format!(" ON {on} USING ");
     let at = definition.find(&needle)?;
     let head = if definition.starts_with("CREATE UNIQUE INDEX ") {
@@ -482,7 +487,11 @@ fn classify(before: &Table, after: &Table) -> Rewrite {
 /// Maps each clone column to the original column it comes from (the clone was created with
 /// `LIKE`, so clone attnum `i` is the original's `i`-th live column; renames and type changes
 /// keep the attnum) and checks the key. `Err(reason)` when doppel cannot carry the change.
-fn project(t: &Table, target: &Table, alter: &AlterSpec) -> std::result::Result<Projection, String> {
+fn project(
+    t: &Table,
+    target: &Table,
+    alter: &AlterSpec,
+) -> std::result::Result<Projection, String> {
     for using in &alter.usings {
         if t.column(&using.column).is_none() {
             return Err(format!(

@@ -80,7 +80,9 @@ impl Progress {
         let eta = match (s.copy_started, s.copy_ended) {
             (Some(a), None) if s.rows_copied > 0 && s.rows_estimate > s.rows_copied => {
                 let rate = s.rows_copied as f64 / a.elapsed().as_secs_f64().max(0.001);
-                format_duration(Duration::from_secs_f64((s.rows_estimate - s.rows_copied) as f64 / rate))
+                format_duration(Duration::from_secs_f64(
+                    (s.rows_estimate - s.rows_copied) as f64 / rate,
+                ))
             }
             (Some(_), None) => "-".to_string(),
             _ => "0s".to_string(),
@@ -94,9 +96,17 @@ impl Progress {
             format_bytes(s.backlog_bytes),
             format_duration(self.elapsed()),
             format_duration(copy_time),
-            if s.stream_lsn.is_empty() { "-" } else { &s.stream_lsn },
+            if s.stream_lsn.is_empty() {
+                "-"
+            } else {
+                &s.stream_lsn
+            },
             format_bytes(s.lag_bytes),
-            if s.phase.is_empty() { "starting" } else { &s.phase },
+            if s.phase.is_empty() {
+                "starting"
+            } else {
+                &s.phase
+            },
             eta
         )
     }
@@ -140,7 +150,11 @@ pub enum Display {
 }
 
 /// Runs the reporter until the returned handle is aborted.
-pub fn spawn_reporter(progress: Arc<Progress>, display: Display, interval: Duration) -> tokio::task::JoinHandle<()> {
+pub fn spawn_reporter(
+    progress: Arc<Progress>,
+    display: Display,
+    interval: Duration,
+) -> tokio::task::JoinHandle<()> {
     tokio::spawn(async move {
         match display {
             Display::Lines => loop {
@@ -186,7 +200,10 @@ mod tests {
             s.phase = "copying".into();
         });
         let line = p.status_line();
-        assert!(line.starts_with("Copy: 50/200 25.0%; Applied: 0;"), "{line}");
+        assert!(
+            line.starts_with("Copy: 50/200 25.0%; Applied: 0;"),
+            "{line}"
+        );
         assert!(line.contains("State: copying"));
         assert_eq!(format_bytes(3 * 1024 * 1024 + 100_000), "3.1 MiB");
         assert_eq!(format_duration(Duration::from_secs(160)), "2m40s");

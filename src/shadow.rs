@@ -44,8 +44,18 @@ pub fn indexes(plan: &Plan) -> Vec<ShadowIndex> {
                     "ALTER TABLE {shadow} ADD CONSTRAINT {} {def}",
                     ident(&temp_name)
                 ),
-                None => rename_index_definition(&index.definition, &plan.clone_text, &temp_name, &shadow)
-                    .unwrap_or_else(|| format!("-- cannot rebuild index {:?}: {}", index.name, index.definition)),
+                None => rename_index_definition(
+                    &index.definition,
+                    &plan.clone_text,
+                    &temp_name,
+                    &shadow,
+                )
+                .unwrap_or_else(|| {
+                    format!(
+                        "-- cannot rebuild index {:?}: {}",
+                        index.name, index.definition
+                    )
+                }),
             };
             ShadowIndex {
                 final_name: index.name.clone(),
@@ -89,8 +99,16 @@ pub fn create_sql(plan: &Plan) -> Vec<String> {
         }
         defs.push(def);
     }
-    for con in target.constraints.iter().filter(|c| c.kind == 'c' && c.validated) {
-        defs.push(format!("CONSTRAINT {} {}", ident(&con.name), con.definition));
+    for con in target
+        .constraints
+        .iter()
+        .filter(|c| c.kind == 'c' && c.validated)
+    {
+        defs.push(format!(
+            "CONSTRAINT {} {}",
+            ident(&con.name),
+            con.definition
+        ));
     }
     let tablespace = target
         .tablespace
@@ -105,7 +123,9 @@ pub fn create_sql(plan: &Plan) -> Vec<String> {
     let mut options: Vec<String> = target
         .reloptions
         .iter()
-        .filter(|o| !o.starts_with("autovacuum_enabled=") && !o.starts_with("toast.autovacuum_enabled="))
+        .filter(|o| {
+            !o.starts_with("autovacuum_enabled=") && !o.starts_with("toast.autovacuum_enabled=")
+        })
         .cloned()
         .collect();
     options.push("autovacuum_enabled = false".into());
@@ -119,7 +139,10 @@ pub fn create_sql(plan: &Plan) -> Vec<String> {
                 'm' => "MAIN",
                 _ => "EXTENDED",
             };
-            out.push(format!("ALTER TABLE {shadow} ALTER COLUMN {} SET STORAGE {kind}", ident(&c.name)));
+            out.push(format!(
+                "ALTER TABLE {shadow} ALTER COLUMN {} SET STORAGE {kind}",
+                ident(&c.name)
+            ));
         }
         if let Some(method) = c.compression {
             let method = if method == 'l' { "lz4" } else { "pglz" };
@@ -144,7 +167,10 @@ pub fn create_sql(plan: &Plan) -> Vec<String> {
     if target.replica_identity == 'f' {
         out.push(format!("ALTER TABLE {shadow} REPLICA IDENTITY FULL"));
     }
-    out.push(format!("ALTER TABLE {shadow} OWNER TO {}", ident(&plan.original.owner)));
+    out.push(format!(
+        "ALTER TABLE {shadow} OWNER TO {}",
+        ident(&plan.original.owner)
+    ));
     let renamed = |column: &str| {
         plan.projection
             .columns
@@ -154,7 +180,10 @@ pub fn create_sql(plan: &Plan) -> Vec<String> {
     };
     out.extend(grant_sql(&plan.original, &shadow, renamed));
     if plan.original.comment.is_some() {
-        out.push(comment_sql(&format!("TABLE {shadow}"), plan.original.comment.as_deref()));
+        out.push(comment_sql(
+            &format!("TABLE {shadow}"),
+            plan.original.comment.as_deref(),
+        ));
     }
     out
 }
@@ -202,7 +231,9 @@ pub fn finish_sql(plan: &Plan) -> (Vec<String>, String) {
         .target
         .reloptions
         .iter()
-        .filter(|o| o.starts_with("autovacuum_enabled=") || o.starts_with("toast.autovacuum_enabled="))
+        .filter(|o| {
+            o.starts_with("autovacuum_enabled=") || o.starts_with("toast.autovacuum_enabled=")
+        })
         .cloned()
         .collect();
     if !kept.is_empty() {

@@ -181,12 +181,21 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let (mut w, mut r) = create(&dir.path().join("spool")).unwrap();
         w.append(Lsn(10), b"Bhello").unwrap();
-        assert!(r.try_next().unwrap().is_none(), "unpublished records are invisible");
+        assert!(
+            r.try_next().unwrap().is_none(),
+            "unpublished records are invisible"
+        );
         w.publish().unwrap();
-        assert_eq!(r.try_next().unwrap(), Some((Lsn(10), Bytes::from_static(b"Bhello"))));
+        assert_eq!(
+            r.try_next().unwrap(),
+            Some((Lsn(10), Bytes::from_static(b"Bhello")))
+        );
         w.append(Lsn(11), b"C").unwrap();
         w.sync().unwrap();
-        assert_eq!(r.next().await.unwrap(), Some((Lsn(11), Bytes::from_static(b"C"))));
+        assert_eq!(
+            r.next().await.unwrap(),
+            Some((Lsn(11), Bytes::from_static(b"C")))
+        );
         drop(w);
         assert_eq!(r.next().await.unwrap(), None);
     }

@@ -40,7 +40,12 @@ pub struct VerifyReport {
 }
 
 /// Compares every chunk. Errors: an unexplained mismatch (with example keys), or a failure.
-pub async fn verify(client: &mut Client, plan: &Plan, fencer: &Fencer, applier: &Applier) -> Result<VerifyReport> {
+pub async fn verify(
+    client: &mut Client,
+    plan: &Plan,
+    fencer: &Fencer,
+    applier: &Applier,
+) -> Result<VerifyReport> {
     let table = plan.original.qualified();
     let shadow = plan.names.shadow_qualified();
     let p = &plan.projection;
@@ -53,7 +58,10 @@ pub async fn verify(client: &mut Client, plan: &Plan, fencer: &Fencer, applier: 
             if let Some(lo) = &lower {
                 params.extend(lo.iter().map(|v| v as &(dyn ToSql + Sync)));
             }
-            client.query_opt(&sql, &params).await.context("finding a verification chunk")?
+            client
+                .query_opt(&sql, &params)
+                .await
+                .context("finding a verification chunk")?
         };
         let upper: Option<Vec<Option<String>>> =
             boundary.map(|row| (0..p.key.len()).map(|i| row.get(i)).collect());
@@ -79,10 +87,14 @@ pub async fn verify(client: &mut Client, plan: &Plan, fencer: &Fencer, applier: 
             if attempt == RECHECKS {
                 let diff_sql = p.diff_keys_sql(&table, &shadow, has_lower, has_upper);
                 let limit = (MAX_UNSETTLED + 1 - report.unsettled.len().min(MAX_UNSETTLED)) as i64;
-                let mut all: Vec<&(dyn ToSql + Sync)> = params.iter().map(|v| v as &(dyn ToSql + Sync)).collect();
+                let mut all: Vec<&(dyn ToSql + Sync)> =
+                    params.iter().map(|v| v as &(dyn ToSql + Sync)).collect();
                 all.extend(params.iter().map(|v| v as &(dyn ToSql + Sync)));
                 all.push(&limit);
-                let rows = client.query(&diff_sql, &all).await.context("listing differing keys")?;
+                let rows = client
+                    .query(&diff_sql, &all)
+                    .await
+                    .context("listing differing keys")?;
                 for row in &rows {
                     let key: Vec<Option<String>> = row.get(0);
                     if !report.unsettled.contains(&key) {
@@ -94,7 +106,15 @@ pub async fn verify(client: &mut Client, plan: &Plan, fencer: &Fencer, applier: 
                         .unsettled
                         .iter()
                         .take(10)
-                        .map(|k| format!("({})", k.iter().map(|v| v.clone().unwrap_or_else(|| "NULL".into())).collect::<Vec<_>>().join(", ")))
+                        .map(|k| {
+                            format!(
+                                "({})",
+                                k.iter()
+                                    .map(|v| v.clone().unwrap_or_else(|| "NULL".into()))
+                                    .collect::<Vec<_>>()
+                                    .join(", ")
+                            )
+                        })
                         .collect();
                     bail!(
                         "verification failed: the shadow differs from {} (original {} rows, shadow {} rows in a chunk) and the difference did not settle; differing keys include {}. Refusing to cut over; the original table is untouched",
@@ -134,14 +154,24 @@ async fn compare(
         .start()
         .await?;
     let refs: Vec<&(dyn ToSql + Sync)> = params.iter().map(|v| v as &(dyn ToSql + Sync)).collect();
-    let a = tx.query_one(source_sql, &refs).await.context("hashing an original chunk")?;
-    let b = tx.query_one(target_sql, &refs).await.context("hashing a shadow chunk")?;
+    let a = tx
+        .query_one(source_sql, &refs)
+        .await
+        .context("hashing an original chunk")?;
+    let b = tx
+        .query_one(target_sql, &refs)
+        .await
+        .context("hashing a shadow chunk")?;
     tx.commit().await?;
     Ok(((a.get(0), a.get(1)), (b.get(0), b.get(1))))
 }
 
 /// Under the cutover lock: how many of the deferred keys still differ (must be 0).
-pub async fn recheck_keys(client: &impl tokio_postgres::GenericClient, plan: &Plan, keys: &[Vec<Option<String>>]) -> Result<i64> {
+pub async fn recheck_keys(
+    client: &impl tokio_postgres::GenericClient,
+    plan: &Plan,
+    keys: &[Vec<Option<String>>],
+) -> Result<i64> {
     if keys.is_empty() {
         return Ok(0);
     }
@@ -153,6 +183,9 @@ pub async fn recheck_keys(client: &impl tokio_postgres::GenericClient, plan: &Pl
     let sql = plan
         .projection
         .recheck_keys_sql(&plan.original.qualified(), &plan.names.shadow_qualified());
-    let row = client.query_one(&sql, &refs).await.context("re-checking deferred keys")?;
+    let row = client
+        .query_one(&sql, &refs)
+        .await
+        .context("re-checking deferred keys")?;
     Ok(row.get(0))
 }
