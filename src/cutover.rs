@@ -417,7 +417,7 @@ pub async fn run(
             continue;
         }
         let fence_wait = fence_started.elapsed();
-        let differing = verify::recheck_keys(&tx, plan, unsettled).await?;
+        let differing = verify::differing_keys(&tx, plan, unsettled).await?.len();
         if differing != 0 {
             tx.rollback().await.ok();
             bail!(

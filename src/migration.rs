@@ -540,21 +540,34 @@ async fn phases_inner(
         .as_ref()
         .map(|s| s.watch())
         .ok_or_else(|| anyhow!("no stream"))?;
-    let sync_progress = {
+    // Keep the progress counters fed from the stream and (once it exists) the applier.
+    let apply_watch: Arc<std::sync::Mutex<Option<watch::Receiver<applier::ApplyStatus>>>> =
+        Arc::new(std::sync::Mutex::new(None));
+    let _sync = AbortOnDrop(tokio::spawn({
         let progress = progress.clone();
-        move |applied: Option<&applier::ApplyStatus>, stream: &crate::stream::StreamStatus| {
-            progress.update(|s| {
-                s.stream_lsn = stream.received.to_string();
-                let head = stream.received.max(stream.server_wal_end);
-                let done = applied.map(|a| a.applied).unwrap_or(start_lsn);
-                s.lag_bytes = head.bytes_since(done);
-                s.backlog_bytes = stream.received.bytes_since(done);
-                if let Some(a) = applied {
-                    s.applied = a.changes;
-                }
-            });
+        let stream_status = stream_status.clone();
+        let apply_watch = apply_watch.clone();
+        async move {
+            loop {
+                let applied = apply_watch
+                    .lock()
+                    .ok()
+                    .and_then(|w| w.as_ref().map(|r| r.borrow().clone()));
+                let stream = stream_status.borrow().clone();
+                progress.update(|s| {
+                    s.stream_lsn = stream.received.to_string();
+                    let head = stream.received.max(stream.server_wal_end);
+                    let done = applied.as_ref().map(|a| a.applied).unwrap_or(start_lsn).max(start_lsn);
+                    s.lag_bytes = head.bytes_since(done);
+                    s.backlog_bytes = stream.received.bytes_since(done);
+                    if let Some(a) = &applied {
+                        s.applied = a.changes;
+                    }
+                });
+                tokio::time::sleep(Duration::from_millis(250)).await;
+            }
         }
-    };
+    }));
 
     // F3 (DESIGN.md §1.3): transactions the exported snapshot sees as committed must be
     // visible to the copier's own snapshots before the first chunk.
@@ -571,7 +584,6 @@ async fn phases_inner(
         let check = || {
             cancel.check()?;
             guard.check()?;
-            sync_progress(None, &stream_status.borrow());
             Ok(())
         };
         copier::backfill(control, plan, &options.copy, progress, check).await?
@@ -601,7 +613,9 @@ async fn phases_inner(
         .batch_execute("SET application_name = 'doppel applier'")
         .await?;
     let applier = Applier::spawn(apply_client, plan.clone(), reader).await?;
-    let apply_status = applier.watch();
+    if let Ok(mut w) = apply_watch.lock() {
+        *w = Some(applier.watch());
+    }
     guard.applier = Some(applier);
     let fence_client = conninfo::connect(config).await?;
     fence_client
@@ -612,14 +626,7 @@ async fn phases_inner(
     if let Some(a) = guard.applier.as_ref() {
         a.resume();
     }
-    catch_up(
-        guard,
-        &fencer,
-        cancel,
-        &sync_progress,
-        &stream_status,
-        &apply_status,
-    )
+    catch_up(guard, &fencer, cancel)
     .await?;
     phases.push(("catch-up", phase.elapsed()));
 
@@ -648,14 +655,7 @@ async fn phases_inner(
     phases.push(("indexes", phase.elapsed()));
     let phase = Instant::now();
     progress.update(|s| s.phase = "catching up".into());
-    catch_up(
-        guard,
-        &fencer,
-        cancel,
-        &sync_progress,
-        &stream_status,
-        &apply_status,
-    )
+    catch_up(guard, &fencer, cancel)
     .await?;
     phases.push(("catch-up after indexes", phase.elapsed()));
 
@@ -707,19 +707,11 @@ async fn phases_inner(
 
 /// Waits until the applier has applied everything committed before now (a fence), checking
 /// the tasks and the cancel signal while it waits.
-async fn catch_up(
-    guard: &TaskGuard,
-    fencer: &Fencer,
-    cancel: &Cancel,
-    sync: &impl Fn(Option<&applier::ApplyStatus>, &crate::stream::StreamStatus),
-    stream: &watch::Receiver<crate::stream::StreamStatus>,
-    apply: &watch::Receiver<applier::ApplyStatus>,
-) -> Result<()> {
+async fn catch_up(guard: &TaskGuard, fencer: &Fencer, cancel: &Cancel) -> Result<()> {
     let n = fencer.emit().await?;
     loop {
         cancel.check()?;
         guard.check()?;
-        sync(Some(&apply.borrow()), &stream.borrow());
         let applier = guard
             .applier
             .as_ref()

@@ -387,8 +387,8 @@ impl Projection {
     }
 
     /// Verification aggregate over the original's key range: `count(*)` and an
-    /// order-independent 128-bit sum of per-row md5 hashes of the projected row, each value
-    /// cast to its shadow type. Parameters as [`Projection::source_range`].
+    /// order-independent 128-bit multiset hash of the projected rows (each value cast to its
+    /// shadow type), see `hash_aggregate`. Parameters as [`Projection::source_range`].
     pub fn verify_source_sql(&self, table: &str, has_lower: bool, has_upper: bool) -> String {
         let row: Vec<String> = self
             .written()
@@ -396,7 +396,7 @@ impl Projection {
             .map(|c| format!("CAST({} AS {})", c.expression, c.target.type_sql))
             .collect();
         hash_aggregate(&format!(
-            "SELECT md5(ROW({})::text) AS h FROM ONLY {table} AS src WHERE {}",
+            "SELECT ROW({})::text AS r FROM ONLY {table} AS src WHERE {}",
             row.join(", "),
             self.source_range(has_lower, has_upper)
         ))
@@ -410,7 +410,7 @@ impl Projection {
             .map(|c| ident(&c.target.name))
             .collect();
         hash_aggregate(&format!(
-            "SELECT md5(ROW({})::text) AS h FROM ONLY {shadow} WHERE {}",
+            "SELECT ROW({})::text AS r FROM ONLY {shadow} WHERE {}",
             row.join(", "),
             self.target_range(has_lower, has_upper)
         ))
@@ -491,14 +491,15 @@ fn shift_params(sql: &str, by: usize) -> String {
     out
 }
 
-/// `SELECT count, hash FROM (<rows>)`: the row count and an order-independent 128-bit sum
-/// of the rows' md5 hashes (two 64-bit halves summed as numeric), as text `sum1:sum2`.
-fn hash_aggregate(hashed_rows: &str) -> String {
+/// `SELECT count, hash FROM (<rows>)`: the row count and an order-independent 128-bit set
+/// hash — the XOR of two independent 64-bit hashes (`hashtextextended` with seeds 0 and 1) of
+/// each row's text — as text `x0:x1`. `<rows>` yields the row text as `r`. Every row contains
+/// its primary key, so no row can appear twice and XOR loses nothing a sum would catch.
+fn hash_aggregate(rows: &str) -> String {
     format!(
         "SELECT count(*)::bigint,
-                coalesce(sum(('x' || substr(h, 1, 16))::bit(64)::bigint::numeric), 0)::text
-                || ':' || coalesce(sum(('x' || substr(h, 17, 16))::bit(64)::bigint::numeric), 0)::text
-         FROM ({hashed_rows}) AS hashed"
+                coalesce(bit_xor(hashtextextended(r, 0)), 0)::text || ':' || coalesce(bit_xor(hashtextextended(r, 1)), 0)::text
+         FROM ({rows}) AS hashed"
     )
 }
 
@@ -580,9 +581,10 @@ pub struct Plan {
 }
 
 impl Projection {
-    /// Number of projected rows that differ between original and shadow for a set of keys:
-    /// one `text[]` parameter per key column (the original's key values as text). Used under
-    /// the cutover lock for keys that were still changing during verification.
+    /// Keys (as `text[]` in the original's key types) among a given set whose projected rows
+    /// differ between original and shadow: one `text[]` parameter per key column (the
+    /// original's key values as text). Used to re-check keys that were changing during
+    /// verification, and under the cutover lock, when nothing can change them.
     pub fn recheck_keys_sql(&self, table: &str, shadow: &str) -> String {
         let keys: Vec<&Column> = self.key.iter().map(|k| &k.source).collect();
         let src_row: Vec<String> = self
@@ -590,12 +592,18 @@ impl Projection {
             .iter()
             .map(|c| format!("CAST({} AS {})", c.expression, c.target.type_sql))
             .collect();
-        let dst_row: Vec<String> = self
-            .written()
-            .iter()
-            .map(|c| ident(&c.target.name))
-            .collect();
+        let dst_row: Vec<String> = self.written().iter().map(|c| ident(&c.target.name)).collect();
         let key_cols: Vec<String> = self.key.iter().map(|k| ident(&k.source.name)).collect();
+        let src_key: Vec<String> = self
+            .key
+            .iter()
+            .map(|k| format!("src.{}::text", ident(&k.source.name)))
+            .collect();
+        let dst_key: Vec<String> = self
+            .key
+            .iter()
+            .map(|k| format!("{}::{}::text", ident(&k.target.name), k.source.type_sql))
+            .collect();
         let cast_keys: Vec<String> = self
             .key
             .iter()
@@ -603,14 +611,15 @@ impl Projection {
             .collect();
         format!(
             "WITH k AS ({}),
-                  a AS (SELECT md5(ROW({})::text) AS h FROM ONLY {table} AS src WHERE {} IN (SELECT {} FROM k)),
-                  b AS (SELECT md5(ROW({})::text) AS h FROM ONLY {shadow} WHERE {} IN (SELECT {} FROM k AS k))
-             SELECT (SELECT count(*) FROM (SELECT h FROM a EXCEPT ALL SELECT h FROM b) x)
-                  + (SELECT count(*) FROM (SELECT h FROM b EXCEPT ALL SELECT h FROM a) y)",
+                  a AS (SELECT ARRAY[{}] AS k, md5(ROW({})::text) AS h FROM ONLY {table} AS src WHERE {} IN (SELECT {} FROM k)),
+                  b AS (SELECT ARRAY[{}] AS k, md5(ROW({})::text) AS h FROM ONLY {shadow} WHERE {} IN (SELECT {} FROM k AS k))
+             SELECT DISTINCT k FROM ((SELECT * FROM a EXCEPT ALL SELECT * FROM b) UNION ALL (SELECT * FROM b EXCEPT ALL SELECT * FROM a)) d",
             Self::unnest_source(&keys),
+            src_key.join(", "),
             src_row.join(", "),
             self.source_key_tuple(),
             key_cols.join(", "),
+            dst_key.join(", "),
             dst_row.join(", "),
             self.target_key_tuple(),
             cast_keys.join(", "),

@@ -84,52 +84,60 @@ pub async fn verify(
             if a == b {
                 break;
             }
-            if attempt == RECHECKS {
-                let diff_sql = p.diff_keys_sql(&table, &shadow, has_lower, has_upper);
-                let limit = (MAX_UNSETTLED + 1 - report.unsettled.len().min(MAX_UNSETTLED)) as i64;
-                let mut all: Vec<&(dyn ToSql + Sync)> =
-                    params.iter().map(|v| v as &(dyn ToSql + Sync)).collect();
-                all.extend(params.iter().map(|v| v as &(dyn ToSql + Sync)));
-                all.push(&limit);
-                let rows = client
-                    .query(&diff_sql, &all)
-                    .await
-                    .context("listing differing keys")?;
-                for row in &rows {
-                    let key: Vec<Option<String>> = row.get(0);
-                    if !report.unsettled.contains(&key) {
-                        report.unsettled.push(key);
-                    }
+            // The shadow trails the stream: find the differing keys (cheap when few), then
+            // re-check just those after fences.
+            let diff_sql = p.diff_keys_sql(&table, &shadow, has_lower, has_upper);
+            let limit = (MAX_UNSETTLED + 1) as i64;
+            let mut all: Vec<&(dyn ToSql + Sync)> = params.iter().map(|v| v as &(dyn ToSql + Sync)).collect();
+            all.extend(params.iter().map(|v| v as &(dyn ToSql + Sync)));
+            all.push(&limit);
+            let rows = client.query(&diff_sql, &all).await.context("listing differing keys")?;
+            let mut keys: Vec<Vec<Option<String>>> = Vec::new();
+            for row in &rows {
+                let key: Vec<Option<String>> = row.get(0);
+                if !keys.contains(&key) {
+                    keys.push(key);
                 }
-                if report.unsettled.len() > MAX_UNSETTLED || (rows.is_empty() && a.0 != b.0) {
-                    let examples: Vec<String> = report
-                        .unsettled
-                        .iter()
-                        .take(10)
-                        .map(|k| {
-                            format!(
-                                "({})",
-                                k.iter()
-                                    .map(|v| v.clone().unwrap_or_else(|| "NULL".into()))
-                                    .collect::<Vec<_>>()
-                                    .join(", ")
-                            )
-                        })
-                        .collect();
+            }
+            if keys.len() > MAX_UNSETTLED {
+                // Too many to track one by one: re-check the whole chunk after a fence.
+                if attempt == RECHECKS {
                     bail!(
-                        "verification failed: the shadow differs from {} (original {} rows, shadow {} rows in a chunk) and the difference did not settle; differing keys include {}. Refusing to cut over; the original table is untouched",
+                        "verification failed: more than {MAX_UNSETTLED} rows of a chunk of {} differ from the shadow (original {} rows, shadow {} rows) and the difference did not settle; refusing to cut over, the original table is untouched",
                         plan.original.qualified(),
                         a.0,
-                        b.0,
-                        examples.join(", ")
+                        b.0
                     );
                 }
-                break;
+                attempt += 1;
+                report.rechecks += 1;
+                let n = fencer.emit().await?;
+                applier.wait_fence(n, Duration::from_secs(60)).await?;
+                continue;
             }
-            attempt += 1;
-            report.rechecks += 1;
-            let n = fencer.emit().await?;
-            applier.wait_fence(n, Duration::from_secs(60)).await?;
+            for _ in 0..RECHECKS {
+                if keys.is_empty() {
+                    break;
+                }
+                report.rechecks += 1;
+                let n = fencer.emit().await?;
+                applier.wait_fence(n, Duration::from_secs(60)).await?;
+                keys = differing_keys(&*client, plan, &keys).await?;
+            }
+            for key in keys {
+                if !report.unsettled.contains(&key) {
+                    report.unsettled.push(key);
+                }
+            }
+            if report.unsettled.len() > MAX_UNSETTLED {
+                bail!(
+                    "verification failed: {} rows of {} still differ from the shadow after {RECHECKS} fenced re-checks (for example key {}); refusing to cut over, the original table is untouched",
+                    report.unsettled.len(),
+                    plan.original.qualified(),
+                    describe_key(&report.unsettled[0])
+                );
+            }
+            break;
         }
         report.chunks += 1;
         match upper {
@@ -166,14 +174,25 @@ async fn compare(
     Ok(((a.get(0), a.get(1)), (b.get(0), b.get(1))))
 }
 
-/// Under the cutover lock: how many of the deferred keys still differ (must be 0).
-pub async fn recheck_keys(
+fn describe_key(key: &[Option<String>]) -> String {
+    format!(
+        "({})",
+        key.iter()
+            .map(|v| v.clone().unwrap_or_else(|| "NULL".into()))
+            .collect::<Vec<_>>()
+            .join(", ")
+    )
+}
+
+/// The keys among `keys` whose projected rows still differ between original and shadow
+/// (read under the statement's snapshot). Used after fences and under the cutover lock.
+pub async fn differing_keys(
     client: &impl tokio_postgres::GenericClient,
     plan: &Plan,
     keys: &[Vec<Option<String>>],
-) -> Result<i64> {
+) -> Result<Vec<Vec<Option<String>>>> {
     if keys.is_empty() {
-        return Ok(0);
+        return Ok(Vec::new());
     }
     let width = plan.projection.key.len();
     let columns: Vec<Vec<Option<String>>> = (0..width)
@@ -183,9 +202,6 @@ pub async fn recheck_keys(
     let sql = plan
         .projection
         .recheck_keys_sql(&plan.original.qualified(), &plan.names.shadow_qualified());
-    let row = client
-        .query_one(&sql, &refs)
-        .await
-        .context("re-checking deferred keys")?;
-    Ok(row.get(0))
+    let rows = client.query(&sql, &refs).await.context("re-checking differing keys")?;
+    Ok(rows.iter().map(|r| r.get(0)).collect())
 }

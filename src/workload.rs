@@ -61,7 +61,7 @@ pub async fn create_tables(client: &Client, name: &str, twin: &str, rows: i64) -
     client
         .batch_execute(&format!(
             "INSERT INTO {t} (customer_id, status, amount, note, created_at, tags, payload, ref, flag, ratio, due, blob, ip, span)
-             SELECT (i * 7919) % 100000,
+             SELECT ((i::bigint * 7919) % 100000)::int,
                     (ARRAY['pending','paid','shipped','refunded'])[1 + i % 4],
                     ((i * 37) % 100000) / 100.0,
                     CASE WHEN i % 10 = 0 THEN NULL WHEN i % 10 = 1 THEN '' ELSE md5(i::text) || md5((i * 7)::text) END,
