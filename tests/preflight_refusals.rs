@@ -261,11 +261,12 @@ async fn table_state(client: &Client, table: &str) -> TableState {
 async fn doppel_objects(client: &Client) -> Vec<String> {
     client
         .query(
-            "SELECT 'relation "' || replace(n.nspname, '"', '""') || '"."' || replace(c.relname, '"', '""') || '"'
-             FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace WHERE c.relname LIKE '\\_doppel\\_%'
-             UNION ALL SELECT 'publication ' || pubname FROM pg_publication WHERE pubname LIKE 'doppel\\_%'
-             UNION ALL SELECT 'replication slot ' || slot_name FROM pg_replication_slots
-             ORDER BY 1",
+            r#"SELECT 'relation "' || replace(n.nspname, '"', '""') || '"."' || replace(c.relname, '"', '""') || '"'
+               FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace
+               WHERE c.relname LIKE '\_doppel\_%'
+               UNION ALL SELECT 'publication ' || pubname FROM pg_publication WHERE pubname LIKE 'doppel\_%'
+               UNION ALL SELECT 'replication slot ' || slot_name FROM pg_replication_slots
+               ORDER BY 1"#,
             &[],
         )
         .await
@@ -446,6 +447,7 @@ async fn alter_smuggling_a_second_statement_is_refused_before_the_server_sees_it
         .batch_execute("CREATE TABLE victim (id int PRIMARY KEY)")
         .await
         .unwrap();
+    let victim = table_state(&client, "public.victim").await;
 
     let reasons = expect_refusal(
         &cluster,
@@ -461,12 +463,11 @@ async fn alter_smuggling_a_second_statement_is_refused_before_the_server_sees_it
     )
     .await;
     reason_with(&reasons, &["starts with ALTER TABLE"]);
-    let victim: Option<u32> = client
-        .query_one("SELECT to_regclass('public.victim')::oid", &[])
-        .await
-        .unwrap()
-        .get(0);
-    assert!(victim.is_some(), "the smuggled DROP TABLE ran");
+    assert_eq!(
+        table_state(&client, "public.victim").await,
+        victim,
+        "the smuggled statement touched another table"
+    );
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -1079,4 +1080,36 @@ async fn using_clause_transforms_values_as_written() {
     assert_eq!(kept.oid, before.oid);
     assert_eq!(kept.digest, before.digest);
     assert_only_old_table_left(&client, &dirs, names, before.oid).await;
+}
+
+// ---------------------------------------------------------------------------------------------
+// Known bug (see the report): the dry run of a table with an identity column
+// ---------------------------------------------------------------------------------------------
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "src/cutover.rs `script`: pg_get_serial_sequence() on the not-yet-created shadow fails the dry run"]
+async fn dry_run_of_a_table_with_an_identity_column_prints_the_plan() {
+    let cluster = common::cluster().await;
+    let client = cluster.connect("postgres").await.unwrap();
+    client
+        .batch_execute(
+            "CREATE TABLE tickets (id int GENERATED ALWAYS AS IDENTITY PRIMARY KEY, v int);
+             INSERT INTO tickets (v) SELECT i FROM generate_series(1, 200) i;",
+        )
+        .await
+        .unwrap();
+    let before = table_state(&client, "public.tickets").await;
+    let dirs = Dirs::new();
+    let output = doppel_cli_run(
+        &cluster.conninfo("postgres"),
+        "public.tickets",
+        &["ALTER COLUMN v TYPE bigint"],
+        &dirs,
+    )
+    .await;
+    let (stdout, _) = expect_exit(&output, 0);
+    assert!(stdout.contains("shadow DDL:"), "{stdout}");
+    assert!(stdout.contains("ALTER SEQUENCE"), "{stdout}");
+    assert_eq!(table_state(&client, "public.tickets").await, before);
+    assert_nothing_created(&client, &dirs).await;
 }

@@ -78,3 +78,22 @@ pub fn processes_mentioning(dir: &Path) -> Vec<u32> {
         .filter(|&pid| pid_alive(pid))
         .collect()
 }
+
+/// Polls the async `condition` every 20 ms until it holds; false if it still does not after
+/// `timeout`.
+pub async fn wait_until_async<F, Fut>(timeout: Duration, mut condition: F) -> bool
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = bool>,
+{
+    let deadline = Instant::now() + timeout;
+    loop {
+        if condition().await {
+            return true;
+        }
+        if Instant::now() >= deadline {
+            return false;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
