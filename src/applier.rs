@@ -17,10 +17,13 @@
 //! - TRUNCATE, or a Relation message whose columns differ from the original's → abort: DDL
 //!   ran on the original during the migration.
 //!
-//! Many source transactions go into one shadow transaction; consecutive changes of one kind
-//! on distinct keys become one multi-row statement (`unnest` of `text[]` parameters), in
-//! source order. Progress (applied LSN, fences) is published only after the shadow
-//! transaction commits.
+//! Many source transactions go into one shadow transaction. While only the primary key
+//! constrains the shadow (the whole backlog, and afterwards when the new schema has no other
+//! unique or exclusion index), changes are collapsed to the last write per key and applied as
+//! one multi-row statement per kind (`unnest` of `text[]` parameters); otherwise consecutive
+//! changes of one kind on distinct keys share a statement, in source order, so a unique index
+//! never sees a state the original did not pass through. Statements are pipelined. Progress
+//! (applied LSN, fences) is published only after the shadow transaction commits.
 
 use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
@@ -33,7 +36,7 @@ use tokio_postgres::types::ToSql;
 use tokio_postgres::{Client, Statement, Transaction};
 
 use crate::lsn::Lsn;
-use crate::pgoutput::{self, ColumnValue, OldTuple, PgOutputMessage, TupleData};
+use crate::pgoutput::{self, ColumnValue, PgOutputMessage, TupleData};
 use crate::plan::Plan;
 use crate::spool::SpoolReader;
 use crate::sql::ident;
@@ -71,6 +74,7 @@ enum Control {
 
 /// A running applier task.
 pub struct Applier {
+    collapse: Arc<std::sync::atomic::AtomicBool>,
     control: watch::Sender<Control>,
     status: watch::Receiver<ApplyStatus>,
     handle: JoinHandle<Result<()>>,
@@ -80,7 +84,8 @@ impl Applier {
     /// Prepares the apply statements on `client` (a session of its own) and starts the task,
     /// paused. Errors: a statement does not prepare (the shadow lacks its primary key).
     pub async fn spawn(client: Client, plan: Arc<Plan>, reader: SpoolReader) -> Result<Applier> {
-        let worker = Worker::new(client, plan, reader).await?;
+        let collapse = Arc::new(std::sync::atomic::AtomicBool::new(true));
+        let worker = Worker::new(client, plan, reader, collapse.clone()).await?;
         let (control_tx, control_rx) = watch::channel(Control::Pause);
         let (status_tx, status_rx) = watch::channel(ApplyStatus {
             paused: true,
@@ -94,10 +99,20 @@ impl Applier {
             result
         });
         Ok(Applier {
+            collapse,
             control: control_tx,
             status: status_rx,
             handle,
         })
+    }
+
+    /// Whether changes to the same key within a batch may be collapsed to the last write and
+    /// applied in any key order (true by default). Only sound while nothing but the primary
+    /// key constrains the shadow: turn it off before unique or exclusion indexes are built.
+    /// Takes effect at the next batch.
+    pub fn set_collapse(&self, collapse: bool) {
+        self.collapse
+            .store(collapse, std::sync::atomic::Ordering::SeqCst);
     }
 
     /// Lets the applier run.
@@ -186,20 +201,87 @@ impl Val {
     }
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Kind {
-    Upsert,
+type Key = Vec<Option<String>>;
+
+/// One change to apply to one key.
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum Op {
+    /// Full row (every replicated column), text values.
+    Upsert(Vec<Option<String>>),
+    /// Delete the key.
     Delete,
+    /// Copy the key's current row from the original (its event's transaction is `xid`).
     ReRead,
+    /// Set the sent columns (`Unchanged` = not sent); if the key is absent, re-read it.
+    Partial(Vec<Val>),
 }
 
-/// Consecutive changes of one kind on distinct keys, applied as one statement.
-struct Run {
-    kind: Kind,
-    rows: Vec<Vec<Option<String>>>,
-    keys: HashSet<Vec<Option<String>>>,
+impl Op {
+    /// `self` followed by `later` on the same key, as one op (last write wins; a partial
+    /// update is merged into what it updates).
+    fn then(self, later: Op) -> Op {
+        match (self, later) {
+            (Op::Upsert(mut row), Op::Partial(sent)) => {
+                for (slot, v) in row.iter_mut().zip(sent) {
+                    if v != Val::Unchanged {
+                        *slot = v.bind();
+                    }
+                }
+                Op::Upsert(row)
+            }
+            (Op::Partial(mut row), Op::Partial(sent)) => {
+                for (slot, v) in row.iter_mut().zip(sent) {
+                    if v != Val::Unchanged {
+                        *slot = v;
+                    }
+                }
+                Op::Partial(row)
+            }
+            (_, later) => later,
+        }
+    }
+}
+
+/// Changes buffered for the current shadow transaction: in source order, or collapsed to the
+/// last write per key when nothing but the primary key constrains the shadow (then the order
+/// of writes to different keys cannot matter).
+struct Pending {
+    ordered: Vec<(Key, Op)>,
+    collapsed: HashMap<Key, Op>,
     xids: Vec<u32>,
 }
+
+impl Pending {
+    fn new() -> Pending {
+        Pending {
+            ordered: Vec::new(),
+            collapsed: HashMap::new(),
+            xids: Vec::new(),
+        }
+    }
+
+    fn len(&self) -> usize {
+        self.ordered.len() + self.collapsed.len()
+    }
+
+    fn push(&mut self, collapse: bool, key: Key, op: Op, xid: u32) {
+        if matches!(op, Op::ReRead | Op::Partial(_)) && self.xids.last() != Some(&xid) {
+            self.xids.push(xid);
+        }
+        if collapse {
+            let merged = match self.collapsed.remove(&key) {
+                Some(prev) => prev.then(op),
+                None => op,
+            };
+            self.collapsed.insert(key, merged);
+        } else {
+            self.ordered.push((key, op));
+        }
+    }
+}
+
+/// Buffered changes beyond which they are sent to the server mid-transaction (memory bound).
+const MAX_PENDING: usize = 50_000;
 
 struct Worker {
     client: Client,
@@ -212,10 +294,10 @@ struct Worker {
     /// Partial updates may set sent columns directly (no written column uses USING).
     direct_partial: bool,
     relation_checked: bool,
+    collapse: Arc<std::sync::atomic::AtomicBool>,
 }
 
 struct Batch {
-    run: Option<Run>,
     changes: u64,
     transactions: u64,
     applied: Lsn,
@@ -224,7 +306,12 @@ struct Batch {
 }
 
 impl Worker {
-    async fn new(client: Client, plan: Arc<Plan>, reader: SpoolReader) -> Result<Worker> {
+    async fn new(
+        client: Client,
+        plan: Arc<Plan>,
+        reader: SpoolReader,
+        collapse: Arc<std::sync::atomic::AtomicBool>,
+    ) -> Result<Worker> {
         let shadow = plan.names.shadow_qualified();
         let table = plan.original.qualified();
         let p = &plan.projection;
@@ -255,6 +342,7 @@ impl Worker {
             partial: HashMap::new(),
             direct_partial,
             relation_checked: false,
+            collapse,
         })
     }
 
@@ -299,29 +387,24 @@ impl Worker {
     /// the spool is drained, in one shadow transaction.
     async fn apply_batch(&mut self, first: (Lsn, bytes::Bytes)) -> Result<Batch> {
         let mut batch = Batch {
-            run: None,
             changes: 0,
             transactions: 0,
             applied: Lsn::INVALID,
             fence: 0,
             xid: 0,
         };
+        let collapse = self.collapse.load(std::sync::atomic::Ordering::SeqCst);
         let plan = self.plan.clone();
-        let upsert = self.upsert.clone();
-        let delete = self.delete.clone();
-        let reread = self.reread.clone();
-        let direct_partial = self.direct_partial;
+        let mut pending = Pending::new();
         let mut partial = std::mem::take(&mut self.partial);
-        let mut relation_checked = self.relation_checked;
         let tx = self.client.transaction().await?;
-        let mut ctx = Ctx {
+        let mut exec = Exec {
             tx: &tx,
             plan: &plan,
-            upsert: &upsert,
-            delete: &delete,
-            reread: &reread,
+            upsert: &self.upsert,
+            delete: &self.delete,
+            reread: &self.reread,
             partial: &mut partial,
-            direct_partial,
         };
         let mut in_source_txn = false;
         let mut record = first;
@@ -340,25 +423,44 @@ impl Worker {
                 }
                 PgOutputMessage::Relation(rel) => {
                     check_relation(&plan, &rel)?;
-                    relation_checked = true;
+                    self.relation_checked = true;
                 }
                 PgOutputMessage::Insert { relation_id, new } => {
-                    ctx.expect_relation(relation_id, relation_checked)?;
-                    let row = values(&new)?.iter().map(Val::bind).collect();
-                    ctx.push(&mut batch, Kind::Upsert, row).await?;
+                    expect_relation(&plan, relation_id, self.relation_checked)?;
+                    let row: Vec<Option<String>> = values(&new)?.iter().map(Val::bind).collect();
+                    let key = key_of_bound(&plan, &row)?;
+                    pending.push(collapse, key, Op::Upsert(row), batch.xid);
+                    batch.changes += 1;
                 }
                 PgOutputMessage::Update {
                     relation_id,
                     old,
                     new,
                 } => {
-                    ctx.expect_relation(relation_id, relation_checked)?;
-                    ctx.update(&mut batch, old.as_ref(), &new).await?;
+                    expect_relation(&plan, relation_id, self.relation_checked)?;
+                    let row = values(&new)?;
+                    let new_key = key_of(&plan, &row)?;
+                    if let Some(old) = &old {
+                        let old_key = key_of(&plan, &values(old.tuple())?)?;
+                        if old_key != new_key {
+                            pending.push(collapse, old_key, Op::Delete, batch.xid);
+                        }
+                    }
+                    let op = if row.iter().all(|v| *v != Val::Unchanged) {
+                        Op::Upsert(row.iter().map(Val::bind).collect())
+                    } else if self.direct_partial {
+                        Op::Partial(row)
+                    } else {
+                        Op::ReRead
+                    };
+                    pending.push(collapse, new_key, op, batch.xid);
+                    batch.changes += 1;
                 }
                 PgOutputMessage::Delete { relation_id, old } => {
-                    ctx.expect_relation(relation_id, relation_checked)?;
-                    let key = ctx.key_of(&values(old.tuple())?)?;
-                    ctx.push(&mut batch, Kind::Delete, key).await?;
+                    expect_relation(&plan, relation_id, self.relation_checked)?;
+                    let key = key_of(&plan, &values(old.tuple())?)?;
+                    pending.push(collapse, key, Op::Delete, batch.xid);
+                    batch.changes += 1;
                 }
                 PgOutputMessage::Truncate { .. } => bail!(
                     "TRUNCATE ran on {} during the migration: the shadow cannot follow it; aborting (the original table is untouched; run doppel again)",
@@ -378,6 +480,10 @@ impl Worker {
                 }
                 PgOutputMessage::Type { .. } | PgOutputMessage::Origin { .. } => {}
             }
+            if pending.len() >= MAX_PENDING {
+                exec.flush(std::mem::replace(&mut pending, Pending::new()))
+                    .await?;
+            }
             if !in_source_txn
                 && (batch.changes as usize >= BATCH_CHANGES || !self.reader.has_more())
             {
@@ -388,182 +494,237 @@ impl Worker {
                 None => break,
             };
         }
-        ctx.flush(&mut batch).await?;
-
+        exec.flush(pending).await?;
         tx.commit().await.context("committing applied changes")?;
         self.partial = partial;
-        self.relation_checked = relation_checked;
         Ok(batch)
     }
 }
 
-struct Ctx<'a> {
+fn expect_relation(plan: &Plan, relation_id: u32, checked: bool) -> Result<()> {
+    if relation_id != plan.original.oid {
+        bail!(
+            "a change for relation {relation_id} arrived on doppel's publication, which covers only {} (oid {})",
+            plan.original.qualified(),
+            plan.original.oid
+        );
+    }
+    if !checked {
+        bail!("a change arrived before its Relation message");
+    }
+    Ok(())
+}
+
+fn key_of(plan: &Plan, row: &[Val]) -> Result<Key> {
+    plan.projection
+        .key
+        .iter()
+        .map(|k| match row.get(k.relation_position) {
+            Some(Val::Text(s)) => Ok(Some(s.clone())),
+            Some(Val::Unchanged) => Err(anyhow!(
+                "primary-key column {:?} arrived as an unchanged TOASTed value; keys this large are not supported",
+                k.source.name
+            )),
+            _ => Err(anyhow!("a streamed change lacks primary-key column {:?}", k.source.name)),
+        })
+        .collect()
+}
+
+fn key_of_bound(plan: &Plan, row: &[Option<String>]) -> Result<Key> {
+    plan.projection
+        .key
+        .iter()
+        .map(|k| match row.get(k.relation_position) {
+            Some(Some(s)) => Ok(Some(s.clone())),
+            _ => Err(anyhow!(
+                "a streamed change lacks primary-key column {:?}",
+                k.source.name
+            )),
+        })
+        .collect()
+}
+
+/// Sends buffered changes to the shadow inside the open transaction, as pipelined statements.
+struct Exec<'a> {
     tx: &'a Transaction<'a>,
     plan: &'a Plan,
     upsert: &'a Statement,
     delete: &'a Statement,
     reread: &'a Statement,
     partial: &'a mut HashMap<Vec<bool>, Statement>,
-    direct_partial: bool,
 }
 
-impl Ctx<'_> {
-    fn expect_relation(&self, relation_id: u32, checked: bool) -> Result<()> {
-        if relation_id != self.plan.original.oid {
-            bail!(
-                "a change for relation {relation_id} arrived on doppel's publication, which covers only {} (oid {})",
-                self.plan.original.qualified(),
-                self.plan.original.oid
-            );
-        }
-        if !checked {
-            bail!("a change arrived before its Relation message");
-        }
-        Ok(())
-    }
+/// One statement to send: the statement and its parameters.
+struct Call {
+    statement: Statement,
+    /// One array per parameter, or (when `scalar`) one single-element vector per parameter.
+    params: Vec<Vec<Option<String>>>,
+    scalar: bool,
+    first_key: Key,
+}
 
-    fn key_of(&self, row: &[Val]) -> Result<Vec<Option<String>>> {
-        self.plan
-            .projection
-            .key
-            .iter()
-            .map(|k| match row.get(k.relation_position) {
-                Some(Val::Text(s)) => Ok(Some(s.clone())),
-                Some(Val::Unchanged) => Err(anyhow!(
-                    "primary-key column {:?} arrived as an unchanged TOASTed value; keys this large are not supported",
-                    k.source.name
-                )),
-                _ => Err(anyhow!("a streamed change lacks primary-key column {:?}", k.source.name)),
-            })
-            .collect()
-    }
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Kind {
+    Upsert,
+    Delete,
+    ReRead,
+}
 
-    async fn update(
-        &mut self,
-        batch: &mut Batch,
-        old: Option<&OldTuple>,
-        new: &TupleData,
-    ) -> Result<()> {
-        let row = values(new)?;
-        let new_key = self.key_of(&row)?;
-        if let Some(old) = old {
-            let old_key = self.key_of(&values(old.tuple())?)?;
-            if old_key != new_key {
-                self.push(batch, Kind::Delete, old_key).await?;
+impl Exec<'_> {
+    async fn flush(&mut self, pending: Pending) -> Result<()> {
+        if pending.len() == 0 {
+            return Ok(());
+        }
+        // A re-read must see the event's transaction (DESIGN.md F3).
+        for xid in &pending.xids {
+            wait_visible(self.tx, *xid).await?;
+        }
+        let mut calls = Vec::new();
+        if pending.collapsed.is_empty() {
+            // Source order: consecutive changes of one kind on distinct keys share a statement.
+            let mut run: Option<(Kind, Vec<(Key, Vec<Option<String>>)>, HashSet<Key>)> = None;
+            for (key, op) in pending.ordered {
+                let (kind, row) = match op {
+                    Op::Upsert(row) => (Kind::Upsert, row),
+                    Op::Delete => (Kind::Delete, key.clone()),
+                    Op::ReRead => (Kind::ReRead, key.clone()),
+                    Op::Partial(row) => {
+                        if let Some((k, rows, _)) = run.take() {
+                            calls.push(self.call(k, rows));
+                        }
+                        calls.push(self.partial_call(&key, &row).await?);
+                        continue;
+                    }
+                };
+                let fits = run.as_ref().is_some_and(|(k, rows, keys)| {
+                    *k == kind && rows.len() < RUN_ROWS && !keys.contains(&key)
+                });
+                if !fits {
+                    if let Some((k, rows, _)) = run.take() {
+                        calls.push(self.call(k, rows));
+                    }
+                    run = Some((kind, Vec::new(), HashSet::new()));
+                }
+                if let Some((_, rows, keys)) = run.as_mut() {
+                    keys.insert(key.clone());
+                    rows.push((key, row));
+                }
+            }
+            if let Some((k, rows, _)) = run.take() {
+                calls.push(self.call(k, rows));
+            }
+        } else {
+            // Collapsed: one op per key; different keys commute.
+            let mut deletes = Vec::new();
+            let mut upserts = Vec::new();
+            let mut rereads = Vec::new();
+            let mut partials = Vec::new();
+            for (key, op) in pending.collapsed {
+                match op {
+                    Op::Delete => deletes.push((key.clone(), key)),
+                    Op::Upsert(row) => upserts.push((key, row)),
+                    Op::ReRead => rereads.push((key.clone(), key)),
+                    Op::Partial(row) => partials.push((key, row)),
+                }
+            }
+            for (kind, rows) in [
+                (Kind::Delete, deletes),
+                (Kind::Upsert, upserts),
+                (Kind::ReRead, rereads),
+            ] {
+                let mut rows = rows;
+                while !rows.is_empty() {
+                    let rest = rows.split_off(rows.len().min(RUN_ROWS));
+                    calls.push(self.call(kind, rows));
+                    rows = rest;
+                }
+            }
+            for (key, row) in partials {
+                calls.push(self.partial_call(&key, &row).await?);
             }
         }
-        if row.iter().all(|v| *v != Val::Unchanged) {
-            let bound = row.iter().map(Val::bind).collect();
-            return self.push(batch, Kind::Upsert, bound).await;
+        self.execute(calls).await
+    }
+
+    fn call(&self, kind: Kind, rows: Vec<(Key, Vec<Option<String>>)>) -> Call {
+        let width = rows.first().map(|(_, r)| r.len()).unwrap_or(0);
+        let mut params: Vec<Vec<Option<String>>> = vec![Vec::with_capacity(rows.len()); width];
+        let first_key = rows.first().map(|(k, _)| k.clone()).unwrap_or_default();
+        for (_, row) in rows {
+            for (i, v) in row.into_iter().enumerate() {
+                params[i].push(v);
+            }
         }
-        if !self.direct_partial {
-            return self.push(batch, Kind::ReRead, new_key).await;
+        let statement = match kind {
+            Kind::Upsert => self.upsert.clone(),
+            Kind::Delete => self.delete.clone(),
+            Kind::ReRead => self.reread.clone(),
+        };
+        Call {
+            statement,
+            params,
+            scalar: false,
+            first_key,
         }
-        // Set the sent columns on the key, in order with everything before it.
-        self.flush(batch).await?;
+    }
+
+    async fn partial_call(&mut self, key: &Key, row: &[Val]) -> Result<Call> {
         let mask: Vec<bool> = row.iter().map(|v| *v != Val::Unchanged).collect();
         let statement = match self.partial.get(&mask) {
             Some(s) => s.clone(),
             None => {
-                let sql = partial_update_sql(self.plan, &mask);
+                let sql = self.plan.projection.partial_update_sql(
+                    &self.plan.original.qualified(),
+                    &self.plan.names.shadow_qualified(),
+                    &mask,
+                );
                 let s = self
                     .tx
                     .prepare(&sql)
                     .await
                     .context("preparing a partial update")?;
-                self.partial.insert(mask.clone(), s.clone());
+                self.partial.insert(mask, s.clone());
                 s
             }
         };
-        let params: Vec<Option<String>> = row
+        let params = row
             .iter()
             .filter(|v| **v != Val::Unchanged)
-            .map(Val::bind)
+            .map(|v| vec![v.bind()])
+            .chain(key.iter().map(|k| vec![k.clone()]))
             .collect();
-        let refs: Vec<&(dyn ToSql + Sync)> =
-            params.iter().map(|p| p as &(dyn ToSql + Sync)).collect();
-        let updated = self
-            .tx
-            .execute(&statement, &refs)
-            .await
-            .map_err(|e| apply_error(e, self.plan, &new_key))?;
-        batch.changes += 1;
-        if updated == 0 {
-            self.push(batch, Kind::ReRead, new_key).await?;
-        }
-        Ok(())
+        Ok(Call {
+            statement,
+            params,
+            scalar: true,
+            first_key: key.clone(),
+        })
     }
 
-    async fn push(
-        &mut self,
-        batch: &mut Batch,
-        kind: Kind,
-        row: Vec<Option<String>>,
-    ) -> Result<()> {
-        let key = match kind {
-            Kind::Upsert => self
-                .plan
-                .projection
-                .key
-                .iter()
-                .map(|k| row.get(k.relation_position).cloned().flatten())
-                .collect(),
-            Kind::Delete | Kind::ReRead => row.clone(),
-        };
-        let fits = batch
-            .run
-            .as_ref()
-            .is_some_and(|r| r.kind == kind && r.rows.len() < RUN_ROWS && !r.keys.contains(&key));
-        if !fits {
-            self.flush(batch).await?;
-            batch.run = Some(Run {
-                kind,
-                rows: Vec::new(),
-                keys: HashSet::new(),
-                xids: Vec::new(),
+    /// Sends all calls pipelined (the server runs them in order) and waits for every result.
+    async fn execute(&self, calls: Vec<Call>) -> Result<()> {
+        let results = {
+            let futures = calls.iter().map(|call| {
+                let params: Vec<&(dyn ToSql + Sync)> = call
+                    .params
+                    .iter()
+                    .map(|p| {
+                        if call.scalar {
+                            &p[0] as &(dyn ToSql + Sync)
+                        } else {
+                            p as &(dyn ToSql + Sync)
+                        }
+                    })
+                    .collect();
+                let tx = self.tx;
+                async move { tx.execute(&call.statement, &params).await }
             });
-        }
-        let xid = batch.xid;
-        if let Some(run) = batch.run.as_mut() {
-            run.rows.push(row);
-            run.keys.insert(key);
-            if kind == Kind::ReRead && run.xids.last() != Some(&xid) {
-                run.xids.push(xid);
-            }
-        }
-        batch.changes += 1;
-        Ok(())
-    }
-
-    async fn flush(&mut self, batch: &mut Batch) -> Result<()> {
-        let Some(run) = batch.run.take() else {
-            return Ok(());
+            futures_util::future::join_all(futures).await
         };
-        if run.rows.is_empty() {
-            return Ok(());
-        }
-        let width = run.rows[0].len();
-        let mut columns: Vec<Vec<Option<String>>> = vec![Vec::with_capacity(run.rows.len()); width];
-        for row in &run.rows {
-            for (i, v) in row.iter().enumerate() {
-                columns[i].push(v.clone());
+        for (call, result) in calls.iter().zip(results) {
+            if let Err(e) = result {
+                return Err(apply_error(e, self.plan, &call.first_key));
             }
-        }
-        let refs: Vec<&(dyn ToSql + Sync)> =
-            columns.iter().map(|c| c as &(dyn ToSql + Sync)).collect();
-        let statement = match run.kind {
-            Kind::Upsert => self.upsert,
-            Kind::Delete => self.delete,
-            Kind::ReRead => {
-                for xid in &run.xids {
-                    wait_visible(self.tx, *xid).await?;
-                }
-                self.reread
-            }
-        };
-        if let Err(e) = self.tx.execute(statement, &refs).await {
-            let first_key = run.keys.iter().next().cloned().unwrap_or_default();
-            return Err(apply_error(e, self.plan, &first_key));
         }
         Ok(())
     }
@@ -587,66 +748,6 @@ fn apply_error(e: tokio_postgres::Error, plan: &Plan, key: &[Option<String>]) ->
         }
         _ => anyhow::Error::new(e).context("applying streamed changes to the shadow"),
     }
-}
-
-/// `UPDATE shadow SET <sent, written, non-key columns> FROM (<sent values>) AS src WHERE key`.
-/// Parameters: the sent relation columns' text values, in relation order.
-fn partial_update_sql(plan: &Plan, sent: &[bool]) -> String {
-    let p = &plan.projection;
-    let shadow = plan.names.shadow_qualified();
-    let mut casts = Vec::new();
-    let mut n = 0;
-    for (i, col) in p.relation.iter().enumerate() {
-        if sent.get(i).copied().unwrap_or(false) {
-            n += 1;
-            casts.push(format!(
-                "${n}::text::{} AS {}",
-                col.type_sql,
-                ident(&col.name)
-            ));
-        }
-    }
-    let sent_names: Vec<&str> = p
-        .relation
-        .iter()
-        .enumerate()
-        .filter(|(i, _)| sent.get(*i).copied().unwrap_or(false))
-        .map(|(_, c)| c.name.as_str())
-        .collect();
-    let keys: Vec<&str> = p.key.iter().map(|k| k.target.name.as_str()).collect();
-    let mut sets: Vec<String> = p
-        .written()
-        .iter()
-        .filter(|c| !keys.contains(&c.target.name.as_str()))
-        .filter(|c| {
-            c.source
-                .as_ref()
-                .is_some_and(|s| sent_names.contains(&s.name.as_str()))
-        })
-        .map(|c| format!("{} = {}", ident(&c.target.name), c.expression))
-        .collect();
-    if sets.is_empty() {
-        let k = &p.key[0].target.name;
-        sets.push(format!("{0} = {1}.{0}", ident(k), shadow));
-    }
-    let key_match: Vec<String> = p
-        .key
-        .iter()
-        .map(|k| {
-            format!(
-                "{shadow}.{} = CAST(src.{} AS {})",
-                ident(&k.target.name),
-                ident(&k.source.name),
-                k.target.type_sql
-            )
-        })
-        .collect();
-    format!(
-        "UPDATE {shadow} SET {} FROM (SELECT {}) AS src WHERE {}",
-        sets.join(", "),
-        casts.join(", "),
-        key_match.join(" AND ")
-    )
 }
 
 fn values(tuple: &TupleData) -> Result<Vec<Val>> {

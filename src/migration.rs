@@ -557,7 +557,11 @@ async fn phases_inner(
                 progress.update(|s| {
                     s.stream_lsn = stream.received.to_string();
                     let head = stream.received.max(stream.server_wal_end);
-                    let done = applied.as_ref().map(|a| a.applied).unwrap_or(start_lsn).max(start_lsn);
+                    let done = applied
+                        .as_ref()
+                        .map(|a| a.applied)
+                        .unwrap_or(start_lsn)
+                        .max(start_lsn);
                     s.lag_bytes = head.bytes_since(done);
                     s.backlog_bytes = stream.received.bytes_since(done);
                     if let Some(a) = &applied {
@@ -626,8 +630,7 @@ async fn phases_inner(
     if let Some(a) = guard.applier.as_ref() {
         a.resume();
     }
-    catch_up(guard, &fencer, cancel)
-    .await?;
+    catch_up(guard, &fencer, cancel).await?;
     phases.push(("catch-up", phase.elapsed()));
 
     // Secondary indexes and constraints, with the applier paused (the spool absorbs changes).
@@ -635,6 +638,13 @@ async fn phases_inner(
     progress.update(|s| s.phase = "building indexes".into());
     if let Some(a) = guard.applier.as_ref() {
         a.pause().await?;
+        // Unique and exclusion indexes must see writes in source order from now on.
+        let constrained = plan.target.indexes.iter().any(|i| {
+            !i.is_primary
+                && (i.definition.starts_with("CREATE UNIQUE")
+                    || matches!(i.constraint, Some(('x', _))))
+        });
+        a.set_collapse(!constrained);
     }
     for statement in shadow::secondary_sql(plan) {
         applier_ref(guard)?;
@@ -655,8 +665,7 @@ async fn phases_inner(
     phases.push(("indexes", phase.elapsed()));
     let phase = Instant::now();
     progress.update(|s| s.phase = "catching up".into());
-    catch_up(guard, &fencer, cancel)
-    .await?;
+    catch_up(guard, &fencer, cancel).await?;
     phases.push(("catch-up after indexes", phase.elapsed()));
 
     // Verify.

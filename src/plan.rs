@@ -378,6 +378,69 @@ impl Projection {
         )
     }
 
+    /// Applier partial update (pgoutput sent the row without its unchanged TOASTed values):
+    /// set the sent, written, non-key columns on the key; if the key is absent from the
+    /// shadow, re-read the row from the original instead. Parameters: the sent relation
+    /// columns' text values in relation order, then the key values as text.
+    pub fn partial_update_sql(&self, table: &str, shadow: &str, sent: &[bool]) -> String {
+        let mut casts = Vec::new();
+        let mut sent_names = Vec::new();
+        let mut n = 0;
+        for (i, col) in self.relation.iter().enumerate() {
+            if sent.get(i).copied().unwrap_or(false) {
+                n += 1;
+                casts.push(format!(
+                    "${n}::text::{} AS {}",
+                    col.type_sql,
+                    ident(&col.name)
+                ));
+                sent_names.push(col.name.as_str());
+            }
+        }
+        let keys: Vec<&str> = self.key.iter().map(|k| k.target.name.as_str()).collect();
+        let mut sets: Vec<String> = self
+            .written()
+            .iter()
+            .filter(|c| !keys.contains(&c.target.name.as_str()))
+            .filter(|c| {
+                c.source
+                    .as_ref()
+                    .is_some_and(|s| sent_names.contains(&s.name.as_str()))
+            })
+            .map(|c| format!("{} = {}", ident(&c.target.name), c.expression))
+            .collect();
+        if sets.is_empty() {
+            sets.push(format!("{0} = {0}", ident(keys[0])));
+        }
+        let key_match: Vec<String> = self
+            .key
+            .iter()
+            .map(|k| {
+                format!(
+                    "{shadow}.{} = CAST(src.{} AS {})",
+                    ident(&k.target.name),
+                    ident(&k.source.name),
+                    k.target.type_sql
+                )
+            })
+            .collect();
+        format!(
+            "WITH src AS (SELECT {}),
+                  upd AS (UPDATE {shadow} SET {} FROM src WHERE {} RETURNING 1)
+             INSERT INTO {shadow} ({}){} SELECT {} FROM ONLY {table} AS src
+             WHERE {} = {} AND NOT EXISTS (SELECT 1 FROM upd){}",
+            casts.join(", "),
+            sets.join(", "),
+            key_match.join(" AND "),
+            self.target_list(),
+            self.overriding(),
+            self.expression_list(),
+            self.source_key_tuple(),
+            self.key_params(n + 1),
+            self.on_conflict()
+        )
+    }
+
     fn key_expression<'a>(&'a self, key: &'a KeyColumn) -> &'a str {
         self.columns
             .iter()
@@ -592,7 +655,11 @@ impl Projection {
             .iter()
             .map(|c| format!("CAST({} AS {})", c.expression, c.target.type_sql))
             .collect();
-        let dst_row: Vec<String> = self.written().iter().map(|c| ident(&c.target.name)).collect();
+        let dst_row: Vec<String> = self
+            .written()
+            .iter()
+            .map(|c| ident(&c.target.name))
+            .collect();
         let key_cols: Vec<String> = self.key.iter().map(|k| ident(&k.source.name)).collect();
         let src_key: Vec<String> = self
             .key

@@ -88,10 +88,14 @@ pub async fn verify(
             // re-check just those after fences.
             let diff_sql = p.diff_keys_sql(&table, &shadow, has_lower, has_upper);
             let limit = (MAX_UNSETTLED + 1) as i64;
-            let mut all: Vec<&(dyn ToSql + Sync)> = params.iter().map(|v| v as &(dyn ToSql + Sync)).collect();
+            let mut all: Vec<&(dyn ToSql + Sync)> =
+                params.iter().map(|v| v as &(dyn ToSql + Sync)).collect();
             all.extend(params.iter().map(|v| v as &(dyn ToSql + Sync)));
             all.push(&limit);
-            let rows = client.query(&diff_sql, &all).await.context("listing differing keys")?;
+            let rows = client
+                .query(&diff_sql, &all)
+                .await
+                .context("listing differing keys")?;
             let mut keys: Vec<Vec<Option<String>>> = Vec::new();
             for row in &rows {
                 let key: Vec<Option<String>> = row.get(0);
@@ -202,6 +206,9 @@ pub async fn differing_keys(
     let sql = plan
         .projection
         .recheck_keys_sql(&plan.original.qualified(), &plan.names.shadow_qualified());
-    let rows = client.query(&sql, &refs).await.context("re-checking differing keys")?;
+    let rows = client
+        .query(&sql, &refs)
+        .await
+        .context("re-checking differing keys")?;
     Ok(rows.iter().map(|r| r.get(0)).collect())
 }

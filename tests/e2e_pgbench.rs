@@ -26,8 +26,13 @@ async fn one_million_rows_under_pgbench_writer() {
     let cluster = common::cluster().await;
     let client = cluster.connect("postgres").await.unwrap();
     let load = Instant::now();
-    workload::create_tables(&client, "orders", "orders_twin", 1_000_000).await.unwrap();
-    println!("loaded 1,000,000 rows in {:.1} s", load.elapsed().as_secs_f64());
+    workload::create_tables(&client, "orders", "orders_twin", 1_000_000)
+        .await
+        .unwrap();
+    println!(
+        "loaded 1,000,000 rows in {:.1} s",
+        load.elapsed().as_secs_f64()
+    );
     let script = cluster.scratch_dir().join("writer.sql");
     std::fs::write(&script, SCRIPT).unwrap();
     std::fs::set_permissions(&script, std::os::unix::fs::PermissionsExt::from_mode(0o644)).unwrap();
@@ -70,7 +75,8 @@ async fn one_million_rows_under_pgbench_writer() {
             .output()
             .expect("pgbench runs");
         rounds += 1;
-        let text = String::from_utf8_lossy(&out.stdout).to_string() + &String::from_utf8_lossy(&out.stderr);
+        let text = String::from_utf8_lossy(&out.stdout).to_string()
+            + &String::from_utf8_lossy(&out.stderr);
         for line in text.lines() {
             if line.contains("number of transactions actually processed") {
                 transactions += line
@@ -98,7 +104,9 @@ async fn one_million_rows_under_pgbench_writer() {
     assert!(output.status.success(), "doppel failed");
     assert!(failed_lines.is_empty(), "writer errors: {failed_lines:?}");
     assert!(transactions > 1000, "the writer ran during the migration");
-    let mismatches = workload::mismatches(&client, "orders", "orders_twin").await.unwrap();
+    let mismatches = workload::mismatches(&client, "orders", "orders_twin")
+        .await
+        .unwrap();
     println!("rows differing from the twin: {mismatches}");
     assert_eq!(mismatches, 0);
     let slots: i64 = client
@@ -108,4 +116,3 @@ async fn one_million_rows_under_pgbench_writer() {
         .get(0);
     assert_eq!(slots, 0, "no replication slot left behind");
 }
-

@@ -62,7 +62,12 @@ async fn wait_for_copy_in_progress(client: &tokio_postgres::Client) {
 }
 
 async fn original_intact(client: &tokio_postgres::Client) {
-    assert_eq!(workload::mismatches(client, "orders", "orders_twin").await.unwrap(), 0);
+    assert_eq!(
+        workload::mismatches(client, "orders", "orders_twin")
+            .await
+            .unwrap(),
+        0
+    );
     let ty: String = client
         .query_one(
             "SELECT format_type(atttypid, atttypmod) FROM pg_attribute WHERE attrelid = 'orders'::regclass AND attname = 'customer_id'",
@@ -78,18 +83,35 @@ async fn original_intact(client: &tokio_postgres::Client) {
 async fn sigint_mid_copy_drops_slot_publication_and_shadow() {
     let cluster = common::cluster().await;
     let client = cluster.connect("postgres").await.unwrap();
-    workload::create_tables(&client, "orders", "orders_twin", 50_000).await.unwrap();
+    workload::create_tables(&client, "orders", "orders_twin", 50_000)
+        .await
+        .unwrap();
     let dir = tempfile::tempdir().unwrap();
     let child = start_slow_run(&cluster.conninfo("postgres"), dir.path());
     wait_for_copy_in_progress(&client).await;
     // SAFETY: sending a signal to our own child process.
     unsafe { libc::kill(child.id() as libc::pid_t, libc::SIGINT) };
-    let status = tokio::task::spawn_blocking(move || child.wait_with_output()).await.unwrap().unwrap();
-    assert!(!status.status.success(), "an interrupted run exits non-zero");
+    let status = tokio::task::spawn_blocking(move || child.wait_with_output())
+        .await
+        .unwrap()
+        .unwrap();
+    assert!(
+        !status.status.success(),
+        "an interrupted run exits non-zero"
+    );
     let stderr = String::from_utf8_lossy(&status.stderr);
-    assert!(stderr.contains("interrupted"), "says why it stopped: {stderr}");
-    assert_eq!(count(&client, "SELECT count(*) FROM pg_replication_slots").await, 0);
-    assert_eq!(count(&client, "SELECT count(*) FROM pg_publication").await, 0);
+    assert!(
+        stderr.contains("interrupted"),
+        "says why it stopped: {stderr}"
+    );
+    assert_eq!(
+        count(&client, "SELECT count(*) FROM pg_replication_slots").await,
+        0
+    );
+    assert_eq!(
+        count(&client, "SELECT count(*) FROM pg_publication").await,
+        0
+    );
     assert_eq!(count(&client, SHADOW_EXISTS).await, 0);
     original_intact(&client).await;
 }
@@ -98,7 +120,9 @@ async fn sigint_mid_copy_drops_slot_publication_and_shadow() {
 async fn kill_9_mid_copy_then_cleanup_removes_everything() {
     let cluster = common::cluster().await;
     let client = cluster.connect("postgres").await.unwrap();
-    workload::create_tables(&client, "orders", "orders_twin", 50_000).await.unwrap();
+    workload::create_tables(&client, "orders", "orders_twin", 50_000)
+        .await
+        .unwrap();
     let dir = tempfile::tempdir().unwrap();
     let mut child = start_slow_run(&cluster.conninfo("postgres"), dir.path());
     wait_for_copy_in_progress(&client).await;
@@ -110,27 +134,51 @@ async fn kill_9_mid_copy_then_cleanup_removes_everything() {
     })
     .await;
     assert!(gone, "the temporary slot is dropped when doppel dies");
-    assert_eq!(count(&client, "SELECT count(*) FROM pg_publication").await, 1);
+    assert_eq!(
+        count(&client, "SELECT count(*) FROM pg_publication").await,
+        1
+    );
     assert_eq!(count(&client, SHADOW_EXISTS).await, 1);
     original_intact(&client).await;
 
     // A new run refuses while the leftovers exist, and says how to remove them.
     let refused = Command::new(env!("CARGO_BIN_EXE_doppel"))
-        .args(["run", "--dsn", &cluster.conninfo("postgres"), "--table", "orders", "--alter", "ALTER COLUMN customer_id TYPE bigint"])
+        .args([
+            "run",
+            "--dsn",
+            &cluster.conninfo("postgres"),
+            "--table",
+            "orders",
+            "--alter",
+            "ALTER COLUMN customer_id TYPE bigint",
+        ])
         .output()
         .unwrap();
     assert_eq!(refused.status.code(), Some(2));
     assert!(String::from_utf8_lossy(&refused.stderr).contains("doppel cleanup --table"));
 
     let cleanup = Command::new(env!("CARGO_BIN_EXE_doppel"))
-        .args(["cleanup", "--dsn", &cluster.conninfo("postgres"), "--table", "orders"])
+        .args([
+            "cleanup",
+            "--dsn",
+            &cluster.conninfo("postgres"),
+            "--table",
+            "orders",
+        ])
         .output()
         .unwrap();
-    assert!(cleanup.status.success(), "{}", String::from_utf8_lossy(&cleanup.stderr));
+    assert!(
+        cleanup.status.success(),
+        "{}",
+        String::from_utf8_lossy(&cleanup.stderr)
+    );
     let out = String::from_utf8_lossy(&cleanup.stdout);
     assert!(out.contains("removed publication doppel_"), "{out}");
     assert!(out.contains("removed shadow table"), "{out}");
-    assert_eq!(count(&client, "SELECT count(*) FROM pg_publication").await, 0);
+    assert_eq!(
+        count(&client, "SELECT count(*) FROM pg_publication").await,
+        0
+    );
     assert_eq!(count(&client, SHADOW_EXISTS).await, 0);
     original_intact(&client).await;
 }

@@ -34,14 +34,21 @@ fn options(dir: &Path, table: &str, alters: &[&str]) -> RunOptions {
 async fn concurrent_writer_leaves_new_table_equal_to_twin() {
     let cluster = common::cluster().await;
     let client = cluster.connect("postgres").await.unwrap();
-    workload::create_tables(&client, "orders", "orders_twin", 30_000).await.unwrap();
+    workload::create_tables(&client, "orders", "orders_twin", 30_000)
+        .await
+        .unwrap();
     let config: tokio_postgres::Config = cluster.conninfo("postgres").parse().unwrap();
-    let writer = Workload::start(&config, "orders", "orders_twin", 7, Duration::ZERO).await.unwrap();
+    let writer = Workload::start(&config, "orders", "orders_twin", 7, Duration::ZERO)
+        .await
+        .unwrap();
     // Let the writer produce changes (including TOASTed values) before the slot exists.
     assert!(
         common::wait_until_async(Duration::from_secs(30), || async {
             client
-                .query_one("SELECT count(*) FROM orders WHERE id < 0 OR note IS NULL", &[])
+                .query_one(
+                    "SELECT count(*) FROM orders WHERE id < 0 OR note IS NULL",
+                    &[],
+                )
                 .await
                 .map(|r| r.get::<_, i64>(0) > 3_000)
                 .unwrap_or(false)
@@ -64,9 +71,18 @@ async fn concurrent_writer_leaves_new_table_equal_to_twin() {
         panic!("expected a migration")
     };
     assert_eq!(report.errors, 0, "writer errors: {:?}", report.first_errors);
-    assert!(report.transactions > 100, "the writer ran {} transactions", report.transactions);
+    assert!(
+        report.transactions > 100,
+        "the writer ran {} transactions",
+        report.transactions
+    );
     assert!(run.applied_changes > 0, "changes were streamed and applied");
-    assert_eq!(workload::mismatches(&client, "orders", "orders_twin").await.unwrap(), 0);
+    assert_eq!(
+        workload::mismatches(&client, "orders", "orders_twin")
+            .await
+            .unwrap(),
+        0
+    );
     let ty: String = client
         .query_one(
             "SELECT format_type(atttypid, atttypmod) FROM pg_attribute WHERE attrelid = 'orders'::regclass AND attname = 'customer_id'",
@@ -84,7 +100,10 @@ async fn concurrent_writer_leaves_new_table_equal_to_twin() {
         .await
         .unwrap()
         .get(0);
-    assert_eq!(leftovers, 0, "slot and publication are dropped after the run");
+    assert_eq!(
+        leftovers, 0,
+        "slot and publication are dropped after the run"
+    );
     // Indexes keep their names; the old table is kept; inserts keep numbering.
     let names: Vec<String> = client
         .query(
@@ -96,7 +115,10 @@ async fn concurrent_writer_leaves_new_table_equal_to_twin() {
         .iter()
         .map(|r| r.get(0))
         .collect();
-    assert_eq!(names, vec!["orders_created_idx", "orders_customer_idx", "orders_pkey"]);
+    assert_eq!(
+        names,
+        vec!["orders_created_idx", "orders_customer_idx", "orders_pkey"]
+    );
     let old = run.plan.names.old_qualified();
     let old_exists: bool = client
         .query_one("SELECT to_regclass($1) IS NOT NULL", &[&old])
@@ -104,7 +126,11 @@ async fn concurrent_writer_leaves_new_table_equal_to_twin() {
         .unwrap()
         .get(0);
     assert!(old_exists, "{old} is kept for rollback");
-    let max_before: i64 = client.query_one("SELECT max(id) FROM orders", &[]).await.unwrap().get(0);
+    let max_before: i64 = client
+        .query_one("SELECT max(id) FROM orders", &[])
+        .await
+        .unwrap()
+        .get(0);
     let new_id: i64 = client
         .query_one(
             "INSERT INTO orders (customer_id, status, amount) VALUES (1, 'new', 1) RETURNING id",
@@ -113,7 +139,10 @@ async fn concurrent_writer_leaves_new_table_equal_to_twin() {
         .await
         .unwrap()
         .get(0);
-    assert!(new_id > max_before, "the sequence continues after cutover ({new_id} > {max_before})");
+    assert!(
+        new_id > max_before,
+        "the sequence continues after cutover ({new_id} > {max_before})"
+    );
     assert!(run.cutover.rollback_path.exists());
 }
 
@@ -121,19 +150,40 @@ async fn concurrent_writer_leaves_new_table_equal_to_twin() {
 async fn rollback_script_restores_the_original_table() {
     let cluster = common::cluster().await;
     let client = cluster.connect("postgres").await.unwrap();
-    workload::create_tables(&client, "orders", "orders_twin", 2_000).await.unwrap();
+    workload::create_tables(&client, "orders", "orders_twin", 2_000)
+        .await
+        .unwrap();
     let config: tokio_postgres::Config = cluster.conninfo("postgres").parse().unwrap();
     let dir = tempfile::tempdir().unwrap();
-    let opts = options(dir.path(), "public.orders", &["ALTER COLUMN customer_id TYPE bigint"]);
-    let Outcome::Migrated(run) = migration::run(&config, &opts, &Cancel::never()).await.unwrap() else {
+    let opts = options(
+        dir.path(),
+        "public.orders",
+        &["ALTER COLUMN customer_id TYPE bigint"],
+    );
+    let Outcome::Migrated(run) = migration::run(&config, &opts, &Cancel::never())
+        .await
+        .unwrap()
+    else {
         panic!("expected a migration")
     };
     let output = std::process::Command::new("psql")
-        .args(["-X", "-q", "-v", "ON_ERROR_STOP=1", "-d", &cluster.conninfo("postgres"), "-f"])
+        .args([
+            "-X",
+            "-q",
+            "-v",
+            "ON_ERROR_STOP=1",
+            "-d",
+            &cluster.conninfo("postgres"),
+            "-f",
+        ])
         .arg(&run.cutover.rollback_path)
         .output()
         .expect("psql runs");
-    assert!(output.status.success(), "rollback failed: {}", String::from_utf8_lossy(&output.stderr));
+    assert!(
+        output.status.success(),
+        "rollback failed: {}",
+        String::from_utf8_lossy(&output.stderr)
+    );
     let ty: String = client
         .query_one(
             "SELECT format_type(atttypid, atttypmod) FROM pg_attribute WHERE attrelid = 'orders'::regclass AND attname = 'customer_id'",
@@ -143,7 +193,12 @@ async fn rollback_script_restores_the_original_table() {
         .unwrap()
         .get(0);
     assert_eq!(ty, "integer", "the original table is back under its name");
-    assert_eq!(workload::mismatches(&client, "orders", "orders_twin").await.unwrap(), 0);
+    assert_eq!(
+        workload::mismatches(&client, "orders", "orders_twin")
+            .await
+            .unwrap(),
+        0
+    );
     let pkey_on_orders: bool = client
         .query_one(
             "SELECT EXISTS (SELECT 1 FROM pg_index WHERE indrelid = 'orders'::regclass AND indexrelid = 'orders_pkey'::regclass)",

@@ -25,6 +25,10 @@ use tokio_postgres::Client;
 /// Upper bound for one run of the binary.
 const CLI_TIMEOUT: Duration = Duration::from_secs(120);
 
+/// How long a TEMPORARY slot may stay listed after its connection closed (the server drops it
+/// asynchronously, see `ReplicationStream::close`).
+const SLOT_GONE_TIMEOUT: Duration = Duration::from_secs(15);
+
 /// A spool directory and a rollback directory for one run, removed on drop.
 struct Dirs {
     _base: TempDir,
@@ -303,9 +307,32 @@ async fn assert_nothing_created(client: &Client, dirs: &Dirs) {
     );
 }
 
+/// Waits (polling) until no replication slot is listed; panics after [`SLOT_GONE_TIMEOUT`].
+async fn wait_slots_gone(client: &Client) {
+    let deadline = tokio::time::Instant::now() + SLOT_GONE_TIMEOUT;
+    loop {
+        let slots: Vec<String> = client
+            .query("SELECT slot_name::text FROM pg_replication_slots", &[])
+            .await
+            .expect("pg_replication_slots")
+            .iter()
+            .map(|r| r.get(0))
+            .collect();
+        if slots.is_empty() {
+            return;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "replication slots still listed after {SLOT_GONE_TIMEOUT:?}: {slots:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
 /// Asserts what a completed migration leaves: the kept original (and its renamed indexes and
 /// sequences), a rollback script, and nothing else.
 async fn assert_only_old_table_left(client: &Client, dirs: &Dirs, names: &Names, old_oid: u32) {
+    wait_slots_gone(client).await;
     let objects = doppel_objects(client).await;
     let old = format!("relation {}", names.old_qualified());
     let old_prefix = format!("_doppel_{old_oid}_old_");
