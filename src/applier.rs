@@ -563,6 +563,9 @@ struct Call {
     first_key: Key,
 }
 
+/// Consecutive changes of one kind on distinct keys: kind, rows (key, parameters), keys.
+type OrderedRun = (Kind, Vec<(Key, Vec<Option<String>>)>, HashSet<Key>);
+
 #[derive(Clone, Copy, PartialEq, Eq)]
 enum Kind {
     Upsert,
@@ -582,7 +585,7 @@ impl Exec<'_> {
         let mut calls = Vec::new();
         if pending.collapsed.is_empty() {
             // Source order: consecutive changes of one kind on distinct keys share a statement.
-            let mut run: Option<(Kind, Vec<(Key, Vec<Option<String>>)>, HashSet<Key>)> = None;
+            let mut run: Option<OrderedRun> = None;
             for (key, op) in pending.ordered {
                 let (kind, row) = match op {
                     Op::Upsert(row) => (Kind::Upsert, row),

@@ -171,18 +171,22 @@ pub async fn script(client: &Client, plan: &Plan, lock_timeout: Duration) -> Res
     for target_seq in plan.target.sequences.iter().filter(|s| s.identity) {
         // The shadow's identity sequence (in a dry run, before the shadow exists, the name
         // PostgreSQL will give it).
-        let current_name: String = client
-            .query_one(
-                "SELECT coalesce(
-                    (SELECT s.relname::text FROM pg_class s
-                     WHERE to_regclass($1) IS NOT NULL
-                       AND s.oid = pg_get_serial_sequence($1, $2)::regclass),
-                    left($3 || '_' || $2, 59) || '_seq')",
-                &[&shadow_q, &target_seq.column, &n.shadow],
+        let current: Option<String> = client
+            .query_opt(
+                "SELECT s.relname::text FROM pg_depend d
+                 JOIN pg_class s ON s.oid = d.objid AND s.relkind = 'S'
+                 JOIN pg_attribute a ON a.attrelid = d.refobjid AND a.attnum = d.refobjsubid
+                 WHERE d.classid = 'pg_class'::regclass AND d.refclassid = 'pg_class'::regclass
+                   AND d.deptype = 'i' AND d.refobjid = to_regclass($1) AND a.attname = $2",
+                &[&shadow_q, &target_seq.column],
             )
             .await
             .context("reading the shadow's identity sequences")?
-            .get(0);
+            .map(|r| r.get(0));
+        // In a dry run the shadow does not exist yet: name its sequence by what it is.
+        let current_name = current.unwrap_or_else(|| {
+            format!("<identity sequence of {}.{}>", n.shadow, target_seq.column)
+        });
         seq_forward.push(format!(
             "ALTER SEQUENCE {} RENAME TO {}",
             qualified(schema, &current_name),

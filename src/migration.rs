@@ -223,12 +223,13 @@ pub async fn run(
         .await?
         .get(0);
     if !locked {
-        bail!(
+        return Err(preflight::Refused(vec![format!(
             "another doppel run holds the lock on {} (advisory lock {}, {}): one run per table at a time",
             plan.original.qualified(),
             ADVISORY_LOCK_CLASS,
             plan.original.oid
-        );
+        )])
+        .into());
     }
     if !options.execute {
         return Ok(Outcome::Planned(Box::new(plan)));
@@ -268,6 +269,29 @@ pub async fn run(
 
 async fn cleanup_created(control: &Client, plan: &Plan, created: &Created) -> Result<Vec<String>> {
     let mut removed = Vec::new();
+    // The TEMPORARY slot is dropped by the server once its connection is gone; wait for it so
+    // that a failed run returns only when nothing of it is left.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let slot_left: bool = control
+            .query_one(
+                "SELECT EXISTS (SELECT 1 FROM pg_replication_slots WHERE slot_name = $1)",
+                &[&plan.names.slot],
+            )
+            .await?
+            .get(0);
+        if !slot_left {
+            break;
+        }
+        if Instant::now() > deadline {
+            removed.push(format!(
+                "(replication slot {} still present: run doppel cleanup)",
+                plan.names.slot
+            ));
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
     if created.publication {
         control
             .batch_execute(&format!(

@@ -88,7 +88,13 @@ pub async fn run(client: &mut Client, table: &str, alters: &[String]) -> Result<
         ));
     }
 
-    let oid = catalog::resolve(&*client, table).await?;
+    let oid = match catalog::resolve(&*client, table).await {
+        Ok(oid) => oid,
+        Err(e) => {
+            refusals.push(format!("{e:#}"));
+            return Err(Refused(refusals).into());
+        }
+    };
     let original = catalog::inspect(&*client, oid).await?;
     let names = Names::new(&original.schema, &original.name, oid);
     check_table(client, &original, &names, &mut refusals).await?;

@@ -1110,11 +1110,10 @@ async fn using_clause_transforms_values_as_written() {
 }
 
 // ---------------------------------------------------------------------------------------------
-// Known bug (see the report): the dry run of a table with an identity column
+// The dry run of a table with an identity column (the shadow's sequence does not exist yet)
 // ---------------------------------------------------------------------------------------------
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-#[ignore = "src/cutover.rs `script`: pg_get_serial_sequence() on the not-yet-created shadow fails the dry run"]
 async fn dry_run_of_a_table_with_an_identity_column_prints_the_plan() {
     let cluster = common::cluster().await;
     let client = cluster.connect("postgres").await.unwrap();
