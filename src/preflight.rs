@@ -124,7 +124,21 @@ pub async fn run(client: &mut Client, table: &str, alters: &[String]) -> Result<
             return Err(Refused(refusals).into());
         }
     };
+    let mut projection = projection;
     validate_projection(client, &original, &projection, &mut refusals).await?;
+    // Verification hashes rows with hash_record_extended; types without an extended hash
+    // function are hashed through their text form.
+    let written: Vec<(String, String)> = projection
+        .written()
+        .iter()
+        .map(|c| (c.target.name.clone(), c.target.type_sql.clone()))
+        .collect();
+    for (name, type_sql) in written {
+        let probe = format!("SELECT hash_record_extended(ROW(NULL::{type_sql}), 0)");
+        if client.query_one(&probe, &[]).await.is_err() {
+            projection.text_hashed.push(name);
+        }
+    }
     check_new_names(client, &original, &clone.target, &mut refusals).await?;
     if !refusals.is_empty() {
         return Err(Refused(refusals).into());
@@ -586,6 +600,7 @@ fn project(
         key,
         relation,
         has_identity,
+        text_hashed: Vec::new(),
     })
 }
 

@@ -18,9 +18,10 @@ use tokio_postgres::{Client, IsolationLevel};
 use crate::applier::Applier;
 use crate::fence::Fencer;
 use crate::plan::Plan;
+use crate::sql::literal;
 
 /// Rows per verification chunk.
-pub const VERIFY_CHUNK_ROWS: i64 = 100_000;
+pub const VERIFY_CHUNK_ROWS: i64 = 250_000;
 /// Fenced re-checks of a differing chunk before its keys are deferred to the cutover.
 pub const RECHECKS: usize = 5;
 /// Keys that may be deferred to the cutover.
@@ -40,8 +41,12 @@ pub struct VerifyReport {
 }
 
 /// Compares every chunk. Errors: an unexplained mismatch (with example keys), or a failure.
+///
+/// `client` lists chunks and hashes the original's side; `peer` hashes the shadow's side at the
+/// same time, under the same exported snapshot.
 pub async fn verify(
     client: &mut Client,
+    peer: &mut Client,
     plan: &Plan,
     fencer: &Fencer,
     applier: &Applier,
@@ -77,7 +82,7 @@ pub async fn verify(
         let target_sql = p.verify_target_sql(&shadow, has_lower, has_upper);
         let mut attempt = 0;
         loop {
-            let (a, b) = compare(client, &source_sql, &target_sql, &params).await?;
+            let (a, b) = compare(client, peer, &source_sql, &target_sql, &params).await?;
             if attempt == 0 {
                 report.rows += a.0 as u64;
             }
@@ -152,29 +157,43 @@ pub async fn verify(
     Ok(report)
 }
 
-/// `(count, hash)` of the original's and the shadow's chunk under one snapshot.
+/// `(count, hash)` of the original's and the shadow's chunk, computed in parallel on two
+/// sessions that share one snapshot (`pg_export_snapshot` / `SET TRANSACTION SNAPSHOT`).
 async fn compare(
     client: &mut Client,
+    peer: &mut Client,
     source_sql: &str,
     target_sql: &str,
     params: &[Option<String>],
 ) -> Result<((i64, String), (i64, String))> {
-    let tx = client
+    let ta = client
         .build_transaction()
         .isolation_level(IsolationLevel::RepeatableRead)
         .read_only(true)
         .start()
         .await?;
+    let snapshot: String = ta
+        .query_one("SELECT pg_export_snapshot()", &[])
+        .await?
+        .get(0);
+    let tb = peer
+        .build_transaction()
+        .isolation_level(IsolationLevel::RepeatableRead)
+        .read_only(true)
+        .start()
+        .await?;
+    tb.batch_execute(&format!("SET TRANSACTION SNAPSHOT {}", literal(&snapshot)))
+        .await
+        .context("sharing the verification snapshot")?;
     let refs: Vec<&(dyn ToSql + Sync)> = params.iter().map(|v| v as &(dyn ToSql + Sync)).collect();
-    let a = tx
-        .query_one(source_sql, &refs)
-        .await
-        .context("hashing an original chunk")?;
-    let b = tx
-        .query_one(target_sql, &refs)
-        .await
-        .context("hashing a shadow chunk")?;
-    tx.commit().await?;
+    let (a, b) = tokio::join!(
+        ta.query_one(source_sql, &refs),
+        tb.query_one(target_sql, &refs)
+    );
+    let a = a.context("hashing an original chunk")?;
+    let b = b.context("hashing a shadow chunk")?;
+    tb.commit().await?;
+    ta.commit().await?;
     Ok(((a.get(0), a.get(1)), (b.get(0), b.get(1))))
 }
 

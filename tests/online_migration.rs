@@ -12,21 +12,18 @@ use doppel::workload::{self, Workload};
 
 fn options(dir: &Path, table: &str, alters: &[&str]) -> RunOptions {
     RunOptions {
-        table: table.into(),
-        alters: alters.iter().map(|s| s.to_string()).collect(),
         execute: true,
         copy: doppel::copier::CopyOptions {
             chunk_time: Duration::from_millis(50),
             nice_ratio: 0.0,
             initial_rows: 500,
         },
-        lock_timeout: Duration::from_millis(200),
         cutover_retries: 20,
         fence_timeout: Duration::from_millis(2000),
         work_dir: dir.to_path_buf(),
         rollback_dir: dir.to_path_buf(),
-        display: doppel::progress::Display::Lines,
         status_interval: Duration::from_secs(60),
+        ..RunOptions::new(table, alters)
     }
 }
 

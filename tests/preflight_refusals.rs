@@ -14,11 +14,9 @@ use std::process::Output;
 use std::time::Duration;
 
 use doppel::cluster::LocalCluster;
-use doppel::copier::CopyOptions;
 use doppel::migration::{self, ADVISORY_LOCK_CLASS, Cancel, Outcome, RunOptions, RunReport};
 use doppel::plan::{Names, Plan, Rewrite};
 use doppel::preflight::Refused;
-use doppel::progress::Display;
 use tempfile::TempDir;
 use tokio_postgres::Client;
 
@@ -58,21 +56,11 @@ impl Dirs {
 /// with status lines and this test's directories.
 fn run_options(table: &str, alters: &[&str], execute: bool, dirs: &Dirs) -> RunOptions {
     RunOptions {
-        table: table.to_string(),
-        alters: alters.iter().map(|a| a.to_string()).collect(),
         execute,
-        copy: CopyOptions {
-            chunk_time: Duration::from_millis(500),
-            nice_ratio: 0.0,
-            ..CopyOptions::default()
-        },
-        lock_timeout: Duration::from_millis(200),
-        cutover_retries: 10,
         fence_timeout: Duration::from_millis(5000),
         work_dir: dirs.work.clone(),
         rollback_dir: dirs.rollback.clone(),
-        display: Display::Lines,
-        status_interval: Duration::from_secs(10),
+        ..RunOptions::new(table, alters)
     }
 }
 
