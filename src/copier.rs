@@ -139,9 +139,8 @@ pub async fn backfill(
             .await
         }
     });
-    let (produced, worked) = tokio::join!(producer, futures_util::future::try_join_all(work));
-    worked?;
-    produced?;
+    // The first error (a worker's or the planner's) ends the copy; the rest is dropped.
+    tokio::try_join!(producer, futures_util::future::try_join_all(work))?;
     Ok(CopyReport {
         rows: copied.load(Ordering::Relaxed),
         chunks: chunks.load(Ordering::Relaxed),

@@ -10,6 +10,7 @@ pub mod conninfo;
 pub mod copier;
 pub mod cutover;
 pub mod demo;
+pub mod dependents;
 pub mod fence;
 pub mod lsn;
 pub mod migration;

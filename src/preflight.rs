@@ -117,6 +117,20 @@ pub async fn run(client: &mut Client, table: &str, alters: &[String]) -> Result<
             return Err(Refused(refusals).into());
         }
     };
+    for index in clone
+        .target
+        .indexes
+        .iter()
+        .filter(|i| i.constraint.is_none())
+    {
+        if rename_index_definition(&index.definition, &clone.clone_text, "x", "y").is_none() {
+            refusals.push(format!(
+                "cannot rebuild index {:?} on the new table: unexpected definition {:?}",
+                index.name, index.definition
+            ));
+            return Err(Refused(refusals).into());
+        }
+    }
     let projection = match project(&original, &clone.target, &alter) {
         Ok(p) => p,
         Err(refusal) => {
@@ -329,8 +343,16 @@ async fn build_clone(
     ))
     .await
     .context("creating the temporary clone")?;
+    // How pg_get_indexdef qualifies the clone: `pg_temp.<t>` from PostgreSQL 15 on, the
+    // session's own temporary schema (`pg_temp_3.<t>`) before.
     let clone_text: String = tx
-        .query_one("SELECT 'pg_temp.' || quote_ident($1)", &[&t.name])
+        .query_one(
+            "SELECT CASE WHEN current_setting('server_version_num')::int >= 150000 THEN 'pg_temp'
+                         ELSE (SELECT quote_ident(nspname) FROM pg_namespace
+                               WHERE oid = pg_my_temp_schema()) END
+                    || '.' || quote_ident($1)",
+            &[&t.name],
+        )
         .await?
         .get(0);
     let original_text: String = tx

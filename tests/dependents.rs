@@ -1,0 +1,738 @@
+//! Integration tests of `doppel::dependents` against a real server: a table with every kind of
+//! dependent bound to its OID (inbound foreign keys from two children, a view and a view on
+//! that view with owners, options, grants to two roles and comments, a trigger with a side
+//! effect, a rule, RLS policies and a policy of another table that reads it, extended
+//! statistics, publications with a row filter and a column list, REPLICA IDENTITY FULL, TOAST
+//! reloptions) goes through a simulated cutover (new table, renames, `forward()`, commit,
+//! `forward_after_commit()`) and a simulated rollback, and after each step behaves as before.
+//! `blockers()` is tested on dependents that cannot be moved.
+//!
+//! Each test starts its own private PostgreSQL cluster (`common::cluster`).
+
+mod common;
+
+use doppel::dependents::{self, Dependents};
+use doppel::plan::Names;
+use tokio_postgres::Client;
+
+const SCHEMA: &str = "
+CREATE ROLE app NOLOGIN;
+CREATE ROLE reader_a NOLOGIN;
+CREATE ROLE reader_b NOLOGIN;
+CREATE ROLE tenant NOLOGIN;
+CREATE TABLE public.t (id bigint PRIMARY KEY, tenant text NOT NULL, amount int NOT NULL, note text);
+COMMENT ON TABLE public.t IS 'the table';
+ALTER TABLE public.t REPLICA IDENTITY FULL;
+ALTER TABLE public.t SET (toast.autovacuum_vacuum_threshold = 1234);
+GRANT SELECT ON public.t TO app;
+GRANT SELECT, INSERT ON public.t TO tenant;
+CREATE TABLE public.audit (n bigserial PRIMARY KEY, op text NOT NULL, id bigint);
+CREATE FUNCTION public.audit_fn() RETURNS trigger LANGUAGE plpgsql SECURITY DEFINER
+  SET search_path = public AS $$
+BEGIN
+  INSERT INTO audit (op, id) VALUES (TG_OP, CASE WHEN TG_OP = 'DELETE' THEN OLD.id ELSE NEW.id END);
+  RETURN NULL;
+END $$;
+CREATE TRIGGER t_audit AFTER INSERT OR UPDATE OR DELETE ON public.t
+  FOR EACH ROW EXECUTE FUNCTION public.audit_fn();
+CREATE RULE t_log_delete AS ON DELETE TO public.t
+  DO ALSO INSERT INTO public.audit (op, id) VALUES ('rule', OLD.id);
+CREATE TABLE public.child_a (id int PRIMARY KEY, t_id bigint REFERENCES public.t (id));
+CREATE TABLE public.child_b (id int PRIMARY KEY, t_id bigint,
+  CONSTRAINT child_b_t FOREIGN KEY (t_id) REFERENCES public.t (id) ON DELETE CASCADE);
+CREATE VIEW public.v WITH (security_barrier) AS SELECT id, tenant, amount FROM public.t WHERE amount > 0;
+CREATE VIEW public.vv AS SELECT id, amount FROM public.v WHERE amount < 100000 WITH LOCAL CHECK OPTION;
+ALTER VIEW public.v OWNER TO app;
+ALTER VIEW public.vv OWNER TO app;
+GRANT SELECT ON public.v TO reader_a, reader_b;
+GRANT SELECT ON public.vv TO reader_b;
+GRANT SELECT (id) ON public.vv TO reader_a;
+COMMENT ON VIEW public.v IS 'positive amounts';
+COMMENT ON COLUMN public.v.amount IS 'the amount';
+ALTER TABLE public.t ENABLE ROW LEVEL SECURITY;
+CREATE POLICY app_all ON public.t TO app USING (true);
+CREATE POLICY tenant_rows ON public.t FOR SELECT TO tenant USING (tenant = current_user);
+CREATE POLICY tenant_insert ON public.t FOR INSERT TO tenant WITH CHECK (tenant = current_user);
+CREATE POLICY no_negative ON public.t AS RESTRICTIVE FOR INSERT TO tenant WITH CHECK (amount >= 0);
+GRANT SELECT ON public.child_a TO app;
+ALTER TABLE public.child_a ENABLE ROW LEVEL SECURITY;
+CREATE POLICY child_a_known ON public.child_a TO app
+  USING (EXISTS (SELECT 1 FROM public.t WHERE t.id = child_a.t_id));
+CREATE STATISTICS public.t_stats (dependencies) ON tenant, amount FROM public.t;
+COMMENT ON STATISTICS public.t_stats IS 'tenant and amount';
+CREATE PUBLICATION pub FOR TABLE public.t WHERE (amount > 10);
+CREATE PUBLICATION pub_cols FOR TABLE public.t (id, amount) WITH (publish = 'insert');
+INSERT INTO public.t
+  SELECT g, CASE WHEN g % 2 = 0 THEN 'tenant' ELSE 'other' END, g * 10, 'n' FROM generate_series(1, 20) g;
+INSERT INTO public.child_a VALUES (1, 1), (2, 2);
+INSERT INTO public.child_b VALUES (1, 3), (2, 4);
+";
+
+async fn count(client: &Client, sql: &str) -> i64 {
+    client
+        .query_one(sql, &[])
+        .await
+        .unwrap_or_else(|e| panic!("{sql}: {e}"))
+        .get(0)
+}
+
+async fn text(client: &Client, sql: &str) -> Option<String> {
+    client
+        .query_one(sql, &[])
+        .await
+        .unwrap_or_else(|e| panic!("{sql}: {e}"))
+        .get(0)
+}
+
+async fn oid_of(client: &Client, name: &str) -> u32 {
+    client
+        .query_one("SELECT to_regclass($1)::oid", &[&name])
+        .await
+        .unwrap()
+        .get::<_, Option<u32>>(0)
+        .unwrap_or_else(|| panic!("{name} does not exist"))
+}
+
+/// Runs `statements` one by one in `client`'s current transaction, naming the failing one.
+async fn run_all(client: &impl tokio_postgres::GenericClient, statements: &[String]) {
+    for s in statements {
+        if let Err(e) = client.batch_execute(s).await {
+            panic!("statement failed: {s}\n{e:?}");
+        }
+    }
+}
+
+/// The SQLSTATE of the error `sql` fails with (panics if it succeeds).
+async fn fails(client: &Client, sql: &str) -> String {
+    match client.batch_execute(sql).await {
+        Ok(()) => panic!("expected {sql} to fail"),
+        Err(e) => e
+            .as_db_error()
+            .map(|d| d.code().code().to_string())
+            .unwrap_or_else(|| panic!("{sql}: {e}")),
+    }
+}
+
+/// Simulates doppel's cutover: under the locks, a new table with `prepare` applied to it
+/// (the shadow's DDL), filled from the original; renames; `forward()`; commit;
+/// `forward_after_commit()`.
+async fn cutover(client: &mut Client, deps: &Dependents, names: &Names, prepare: &str) {
+    let table = names.table_qualified();
+    let shadow = names.shadow_qualified();
+    let tx = client.transaction().await.unwrap();
+    tx.batch_execute("SET LOCAL lock_timeout = '60s'")
+        .await
+        .unwrap();
+    run_all(&tx, &deps.lock_sql()).await;
+    tx.batch_execute(&format!(
+        "LOCK TABLE {table} IN ACCESS EXCLUSIVE MODE;
+         CREATE TABLE {shadow} (LIKE {table} INCLUDING ALL EXCLUDING STATISTICS);
+         {prepare}
+         INSERT INTO {shadow} SELECT * FROM {table};
+         ALTER TABLE {table} RENAME TO {};
+         ALTER TABLE {shadow} RENAME TO {};",
+        doppel::sql::ident(&names.old),
+        doppel::sql::ident(&names.table),
+    ))
+    .await
+    .unwrap();
+    run_all(&tx, &deps.forward(names)).await;
+    tx.commit().await.unwrap();
+    run_all(&*client, &deps.forward_after_commit(names)).await;
+}
+
+/// Simulates the rollback script: the new table back to the shadow name, the old one back to
+/// the original name, `rollback()`, commit, `rollback_after_commit()`.
+async fn rollback(client: &mut Client, deps: &Dependents, names: &Names) {
+    let table = names.table_qualified();
+    let old = names.old_qualified();
+    let tx = client.transaction().await.unwrap();
+    tx.batch_execute("SET LOCAL lock_timeout = '60s'")
+        .await
+        .unwrap();
+    run_all(&tx, &deps.lock_sql()).await;
+    tx.batch_execute(&format!(
+        "LOCK TABLE {table}, {old} IN ACCESS EXCLUSIVE MODE;
+         ALTER TABLE {table} RENAME TO {};
+         ALTER TABLE {old} RENAME TO {};",
+        doppel::sql::ident(&names.shadow),
+        doppel::sql::ident(&names.table),
+    ))
+    .await
+    .unwrap();
+    run_all(&tx, &deps.rollback(names)).await;
+    tx.commit().await.unwrap();
+    run_all(&*client, &deps.rollback_after_commit(names)).await;
+}
+
+/// Checks every dependent is bound to the relation `public.t` has now (OID `bound`), and
+/// behaves: views return its rows, foreign keys reject orphans, policies filter, grants
+/// allow, the trigger fires once per write on it and never on `other` (the other table of
+/// the pair), publications list it with their filter and column list.
+async fn assert_wired(client: &Client, bound: u32, other: &str, amount_type: &str) {
+    assert_eq!(oid_of(client, "public.t").await, bound);
+    // Views: bound to the table, of the new column type, with owner, options, comments.
+    for view in ["public.v", "public.vv"] {
+        assert_eq!(
+            text(
+                client,
+                &format!("SELECT pg_get_userbyid(relowner)::text FROM pg_class WHERE oid = '{view}'::regclass")
+            )
+            .await
+            .as_deref(),
+            Some("app"),
+            "{view} owner"
+        );
+    }
+    let view_refs = |relation: String| {
+        format!(
+            "SELECT count(*) FROM pg_depend d JOIN pg_rewrite r ON r.oid = d.objid
+             WHERE r.ev_class = 'public.v'::regclass AND d.refclassid = 'pg_class'::regclass
+               AND d.refobjid = {relation}"
+        )
+    };
+    assert!(count(client, &view_refs(bound.to_string())).await > 0);
+    assert_eq!(
+        count(client, &view_refs(format!("'{other}'::regclass::oid"))).await,
+        0,
+        "v is bound to the table, not to {other}"
+    );
+    assert_eq!(
+        text(
+            client,
+            "SELECT format_type(atttypid, atttypmod) FROM pg_attribute WHERE attrelid = 'public.vv'::regclass AND attname = 'amount'"
+        )
+        .await
+        .as_deref(),
+        Some(amount_type)
+    );
+    assert_eq!(
+        text(
+            client,
+            "SELECT array_to_string(reloptions, ',') FROM pg_class WHERE oid = 'public.v'::regclass"
+        )
+        .await
+        .as_deref(),
+        Some("security_barrier=true")
+    );
+    assert_eq!(
+        text(client, "SELECT array_to_string(reloptions, ',') FROM pg_class WHERE oid = 'public.vv'::regclass").await.as_deref(),
+        Some("check_option=local")
+    );
+    assert_eq!(
+        text(
+            client,
+            "SELECT obj_description('public.v'::regclass, 'pg_class')"
+        )
+        .await
+        .as_deref(),
+        Some("positive amounts")
+    );
+    assert_eq!(
+        text(client, "SELECT col_description('public.v'::regclass, 3)")
+            .await
+            .as_deref(),
+        Some("the amount")
+    );
+    let rows = count(client, "SELECT count(*) FROM public.t WHERE amount > 0").await;
+    assert_eq!(count(client, "SELECT count(*) FROM public.v").await, rows);
+    assert_eq!(count(client, "SELECT count(*) FROM public.vv").await, rows);
+    let max_id = count(client, "SELECT max(id) FROM public.t").await;
+    assert_eq!(count(client, "SELECT max(id) FROM public.vv").await, max_id);
+
+    // Grants on the views, to two roles (views run as their owner `app`, whom a policy lets
+    // see every row).
+    client.batch_execute("SET ROLE reader_a").await.unwrap();
+    assert_eq!(count(client, "SELECT count(*) FROM public.v").await, rows);
+    assert_eq!(count(client, "SELECT count(id) FROM public.vv").await, rows);
+    assert_eq!(fails(client, "SELECT amount FROM public.vv").await, "42501");
+    client.batch_execute("RESET ROLE").await.unwrap();
+    client.batch_execute("SET ROLE reader_b").await.unwrap();
+    assert_eq!(count(client, "SELECT count(*) FROM public.vv").await, rows);
+    assert_eq!(count(client, "SELECT count(*) FROM public.v").await, rows);
+    assert_eq!(fails(client, "SELECT 1 FROM public.t").await, "42501");
+    client.batch_execute("RESET ROLE").await.unwrap();
+
+    // The trigger fires once per write on the table, never on the other one; the rule too.
+    let audit = "SELECT count(*) FROM public.audit";
+    let before = count(client, audit).await;
+    let mark = count(client, "SELECT coalesce(max(n), 0) FROM public.audit").await;
+    client
+        .batch_execute("INSERT INTO public.t VALUES (1000, 'other', 5, 'x')")
+        .await
+        .unwrap();
+    assert_eq!(count(client, audit).await, before + 1, "trigger on insert");
+    client
+        .batch_execute("UPDATE public.t SET note = 'y' WHERE id = 1000")
+        .await
+        .unwrap();
+    assert_eq!(count(client, audit).await, before + 2, "trigger on update");
+    client
+        .batch_execute(&format!(
+            "INSERT INTO {other} VALUES (1001, 'other', 5, 'x'); UPDATE {other} SET note = 'z' WHERE id = 1001; DELETE FROM {other} WHERE id = 1001"
+        ))
+        .await
+        .unwrap();
+    assert_eq!(
+        count(client, audit).await,
+        before + 2,
+        "nothing fires on {other}"
+    );
+    client
+        .batch_execute("DELETE FROM public.t WHERE id = 1000")
+        .await
+        .unwrap();
+    assert_eq!(
+        count(client, audit).await,
+        before + 4,
+        "a delete fires the trigger and the rule once each"
+    );
+    assert_eq!(
+        count(
+            client,
+            &format!(
+                "SELECT count(*) FROM public.audit WHERE n > {mark} AND id = 1000
+                 AND op IN ('INSERT', 'UPDATE', 'DELETE', 'rule')"
+            )
+        )
+        .await,
+        4
+    );
+    for (relation, expected) in [("public.t", 1), (other, 0)] {
+        assert_eq!(
+            count(
+                client,
+                &format!("SELECT count(*) FROM pg_trigger WHERE tgrelid = '{relation}'::regclass AND NOT tgisinternal")
+            )
+            .await,
+            expected,
+            "user triggers on {relation}"
+        );
+        assert_eq!(
+            count(
+                client,
+                &format!("SELECT count(*) FROM pg_rewrite WHERE ev_class = '{relation}'::regclass")
+            )
+            .await,
+            expected,
+            "rules on {relation}"
+        );
+        assert_eq!(
+            count(
+                client,
+                &format!("SELECT count(*) FROM pg_policy WHERE polrelid = '{relation}'::regclass")
+            )
+            .await,
+            4 * expected,
+            "policies on {relation}"
+        );
+    }
+
+    // Policies filter for a non-owner role; the restrictive one still restricts.
+    let tenant_rows = count(
+        client,
+        "SELECT count(*) FROM public.t WHERE tenant = 'tenant'",
+    )
+    .await;
+    assert!(tenant_rows > 0);
+    client.batch_execute("SET ROLE tenant").await.unwrap();
+    assert_eq!(
+        count(client, "SELECT count(*) FROM public.t").await,
+        tenant_rows
+    );
+    assert_eq!(
+        fails(
+            client,
+            "INSERT INTO public.t VALUES (2000, 'tenant', -1, 'x')"
+        )
+        .await,
+        "42501",
+        "restrictive policy"
+    );
+    assert_eq!(
+        fails(
+            client,
+            "INSERT INTO public.t VALUES (2000, 'other', 1, 'x')"
+        )
+        .await,
+        "42501",
+        "WITH CHECK"
+    );
+    client
+        .batch_execute("INSERT INTO public.t VALUES (2000, 'tenant', 1, 'x')")
+        .await
+        .unwrap();
+    assert_eq!(
+        count(client, "SELECT count(*) FROM public.t").await,
+        tenant_rows + 1
+    );
+    client.batch_execute("RESET ROLE").await.unwrap();
+    assert_eq!(
+        text(
+            client,
+            "SELECT relrowsecurity::text FROM pg_class WHERE oid = 'public.t'::regclass"
+        )
+        .await
+        .as_deref(),
+        Some("true")
+    );
+
+    // Foreign keys: bound to the table, validated, rejecting orphans in each child, and the
+    // cascade works.
+    assert_eq!(
+        count(
+            client,
+            &format!(
+                "SELECT count(*) FROM pg_constraint WHERE contype = 'f' AND confrelid = {bound} AND convalidated
+                 AND conrelid IN ('public.child_a'::regclass, 'public.child_b'::regclass)"
+            )
+        )
+        .await,
+        2
+    );
+    assert_eq!(
+        fails(client, "INSERT INTO public.child_a VALUES (100, 99999)").await,
+        "23503"
+    );
+    assert_eq!(
+        fails(client, "INSERT INTO public.child_b VALUES (100, 99999)").await,
+        "23503"
+    );
+    client
+        .batch_execute("INSERT INTO public.child_a VALUES (100, 2000); INSERT INTO public.child_b VALUES (100, 2000)")
+        .await
+        .unwrap();
+    client
+        .batch_execute(
+            "DELETE FROM public.child_a WHERE id = 100; DELETE FROM public.t WHERE id = 2000",
+        )
+        .await
+        .unwrap();
+    assert_eq!(
+        count(client, "SELECT count(*) FROM public.child_b WHERE id = 100").await,
+        0,
+        "ON DELETE CASCADE"
+    );
+
+    // The other table's policy reads this table: a child row is visible to `app` exactly
+    // when its parent exists here.
+    client
+        .batch_execute(
+            "INSERT INTO public.t VALUES (3000, 'other', 1, 'x'); INSERT INTO public.child_a VALUES (300, 3000)",
+        )
+        .await
+        .unwrap();
+    let children = count(client, "SELECT count(*) FROM public.child_a").await;
+    client.batch_execute("SET ROLE app").await.unwrap();
+    assert_eq!(
+        count(client, "SELECT count(*) FROM public.child_a").await,
+        children
+    );
+    client.batch_execute("RESET ROLE").await.unwrap();
+    client
+        .batch_execute(
+            "DELETE FROM public.child_a WHERE id = 300; DELETE FROM public.t WHERE id = 3000",
+        )
+        .await
+        .unwrap();
+
+    // Publications: the table with its row filter and column list.
+    let row = client
+        .query_one(
+            "SELECT pr.prrelid, pg_get_expr(pr.prqual, pr.prrelid) FROM pg_publication_rel pr
+             JOIN pg_publication p ON p.oid = pr.prpubid WHERE p.pubname = 'pub'",
+            &[],
+        )
+        .await
+        .unwrap();
+    assert_eq!(row.get::<_, u32>(0), bound);
+    assert_eq!(row.get::<_, String>(1), "(amount > 10)");
+    let row = client
+        .query_one(
+            "SELECT pr.prrelid, pr.prattrs::text FROM pg_publication_rel pr
+             JOIN pg_publication p ON p.oid = pr.prpubid WHERE p.pubname = 'pub_cols'",
+            &[],
+        )
+        .await
+        .unwrap();
+    assert_eq!(row.get::<_, u32>(0), bound);
+    assert_eq!(row.get::<_, String>(1), "1 3");
+    assert_eq!(
+        count(
+            client,
+            "SELECT count(*) FROM pg_publication_tables WHERE pubname IN ('pub', 'pub_cols')
+             AND schemaname = 'public' AND tablename = 't'"
+        )
+        .await,
+        2
+    );
+
+    // Replica identity and extended statistics.
+    assert_eq!(
+        text(
+            client,
+            "SELECT relreplident::text FROM pg_class WHERE oid = 'public.t'::regclass"
+        )
+        .await
+        .as_deref(),
+        Some("f")
+    );
+    let row = client
+        .query_one(
+            "SELECT stxrelid, obj_description(oid, 'pg_statistic_ext') FROM pg_statistic_ext WHERE stxname = 't_stats'",
+            &[],
+        )
+        .await
+        .unwrap();
+    assert_eq!(row.get::<_, u32>(0), bound);
+    assert_eq!(
+        row.get::<_, Option<String>>(1).as_deref(),
+        Some("tenant and amount")
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn moves_every_dependent_and_back() {
+    let cluster = common::cluster().await;
+    let mut client = cluster.connect("postgres").await.unwrap();
+    client.batch_execute(SCHEMA).await.unwrap();
+    let original = oid_of(&client, "public.t").await;
+    let names = Names::new("public", "t", original);
+    // doppel's own publication is not a dependent to move.
+    client
+        .batch_execute(&format!(
+            "CREATE PUBLICATION {} FOR TABLE public.t",
+            doppel::sql::ident(&names.publication)
+        ))
+        .await
+        .unwrap();
+    // The search_path of the session is left as it was.
+    client
+        .batch_execute("SET search_path = public, pg_temp")
+        .await
+        .unwrap();
+
+    let deps = dependents::read(&client, original, &names.publication)
+        .await
+        .unwrap();
+    assert_eq!(
+        text(&client, "SELECT current_setting('search_path')")
+            .await
+            .as_deref(),
+        Some("public, pg_temp")
+    );
+    client.batch_execute("RESET search_path").await.unwrap();
+    let again = dependents::read(&client, original, &names.publication)
+        .await
+        .unwrap();
+    assert_eq!(deps, again, "two reads of an unchanged catalog are equal");
+
+    assert_eq!(deps.foreign_keys.len(), 2, "{:#?}", deps.foreign_keys);
+    assert!(deps.foreign_keys.iter().all(|f| f.validated));
+    assert_eq!(
+        deps.views
+            .iter()
+            .map(|v| (v.name.as_str(), v.depth))
+            .collect::<Vec<_>>(),
+        vec![("v", 1), ("vv", 2)]
+    );
+    assert_eq!(deps.views[0].grants.len(), 2);
+    assert_eq!(deps.views[1].grants.len(), 2);
+    assert_eq!(deps.triggers.len(), 1);
+    assert_eq!(deps.rules.len(), 1);
+    assert_eq!(deps.policies.len(), 4);
+    assert_eq!(deps.other_policies.len(), 1);
+    assert!(deps.row_security && !deps.force_row_security);
+    assert_eq!(
+        deps.publications
+            .iter()
+            .map(|p| p.name.as_str())
+            .collect::<Vec<_>>(),
+        vec!["pub", "pub_cols"]
+    );
+    assert_eq!(deps.replica_identity, 'f');
+    assert_eq!(deps.statistics.len(), 1);
+    assert_eq!(
+        deps.toast_reloptions,
+        vec!["autovacuum_vacuum_threshold=1234".to_string()]
+    );
+    assert!(
+        deps.unsupported.is_empty(),
+        "unexpected: {:#?}",
+        deps.unsupported
+    );
+    assert!(deps.blockers(&[], &[]).is_empty());
+    // `note` is used by no dependent; `tenant` by the view and the policies.
+    assert!(deps.blockers(&[], &["note".to_string()]).is_empty());
+    let blocked = deps.blockers(&[("tenant".to_string(), "owner".to_string())], &[]);
+    assert!(
+        blocked.iter().any(|b| b.contains("view \"public\".\"v\"")),
+        "{blocked:#?}"
+    );
+    assert!(
+        blocked.iter().any(|b| b.contains("policy tenant_rows")),
+        "{blocked:#?}"
+    );
+    assert_eq!(
+        deps.lock_sql(),
+        vec![
+            "LOCK TABLE \"public\".\"child_a\", \"public\".\"child_b\" IN ACCESS EXCLUSIVE MODE",
+            "ALTER VIEW \"public\".\"vv\" OWNER TO \"app\"",
+            "ALTER VIEW \"public\".\"v\" OWNER TO \"app\""
+        ]
+    );
+
+    // Cutover, with a column type change that CREATE OR REPLACE VIEW would refuse.
+    let shadow = names.shadow_qualified();
+    cutover(
+        &mut client,
+        &deps,
+        &names,
+        &format!(
+            "ALTER TABLE {shadow} ALTER COLUMN amount TYPE bigint;
+             GRANT SELECT ON {shadow} TO app; GRANT SELECT, INSERT ON {shadow} TO tenant;"
+        ),
+    )
+    .await;
+    let new = oid_of(&client, "public.t").await;
+    assert_ne!(new, original);
+    assert_wired(&client, new, &names.old_qualified(), "bigint").await;
+    assert_eq!(
+        text(
+            &client,
+            "SELECT array_to_string(t.reloptions, ',') FROM pg_class c JOIN pg_class t ON t.oid = c.reltoastrelid
+             WHERE c.oid = 'public.t'::regclass"
+        )
+        .await
+        .as_deref(),
+        Some("autovacuum_vacuum_threshold=1234")
+    );
+    // doppel's own publication stays with the old table (cleanup drops it).
+    assert_eq!(
+        count(
+            &client,
+            &format!(
+                "SELECT count(*) FROM pg_publication_rel pr JOIN pg_publication p ON p.oid = pr.prpubid
+                 WHERE p.pubname = '{}' AND pr.prrelid = {original}",
+                names.publication
+            )
+        )
+        .await,
+        1
+    );
+    // A row only the new table has.
+    client
+        .batch_execute("INSERT INTO public.t VALUES (500, 'tenant', 7, 'new')")
+        .await
+        .unwrap();
+    assert_eq!(
+        count(&client, "SELECT count(*) FROM public.vv WHERE id = 500").await,
+        1
+    );
+
+    // Rollback: the original takes its name and its dependents back.
+    rollback(&mut client, &deps, &names).await;
+    assert_wired(&client, original, &names.shadow_qualified(), "integer").await;
+    assert_eq!(
+        count(&client, "SELECT count(*) FROM public.vv WHERE id = 500").await,
+        0,
+        "writes after the cutover are not in the old table"
+    );
+    assert_eq!(
+        fails(&client, "INSERT INTO public.child_a VALUES (500, 500)").await,
+        "23503"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn blockers_name_what_cannot_move() {
+    let cluster = common::cluster().await;
+    let mut client = cluster.connect("postgres").await.unwrap();
+    client
+        .batch_execute(
+            "CREATE TABLE public.parent (id int PRIMARY KEY);
+             INSERT INTO public.parent VALUES (1);
+             CREATE TABLE public.t (id bigint PRIMARY KEY, note text, amount int CHECK (amount > 0),
+                                    parent_id int DEFAULT 1 REFERENCES public.parent, n serial);
+             CREATE INDEX t_amount ON public.t (amount);
+             INSERT INTO public.t (id, note, amount) SELECT g, 'n', g FROM generate_series(1, 10) g;
+             CREATE FUNCTION public.noop() RETURNS trigger LANGUAGE plpgsql AS 'BEGIN RETURN NULL; END';
+             CREATE CONSTRAINT TRIGGER ct AFTER INSERT ON public.parent FROM public.t
+               FOR EACH ROW EXECUTE FUNCTION public.noop();
+             CREATE VIEW public.vn AS SELECT id, note FROM public.t;
+             CREATE FUNCTION public.f() RETURNS bigint BEGIN ATOMIC SELECT count(*) FROM public.t; END;
+             CREATE MATERIALIZED VIEW public.mv AS SELECT id, amount FROM public.t;
+             CREATE UNIQUE INDEX mv_id ON public.mv (id);
+             CREATE FUNCTION public.rows_of() RETURNS SETOF public.t LANGUAGE sql AS 'SELECT * FROM public.t';",
+        )
+        .await
+        .unwrap();
+    let oid = oid_of(&client, "public.t").await;
+    let names = Names::new("public", "t", oid);
+    let deps = dependents::read(&client, oid, &names.publication)
+        .await
+        .unwrap();
+    let always = deps.blockers(&[], &[]);
+    assert!(
+        always
+            .iter()
+            .any(|b| b.contains("function public.f()") && b.contains("SQL-standard body")),
+        "{always:#?}"
+    );
+    assert!(
+        always
+            .iter()
+            .any(|b| b.contains("function public.rows_of()") && b.contains("row type")),
+        "{always:#?}"
+    );
+    assert!(
+        always
+            .iter()
+            .any(|b| b.contains("materialized view \"public\".\"mv\"")),
+        "{always:#?}"
+    );
+    assert!(
+        always
+            .iter()
+            .any(|b| b.contains("trigger ct on table public.parent")),
+        "{always:#?}"
+    );
+    // The table's own foreign key, serial, CHECK and index are not dependents to report.
+    assert_eq!(always.len(), 4, "{always:#?}");
+
+    let dropped = deps.blockers(&[], &["note".to_string()]);
+    let about_vn: Vec<&String> = dropped
+        .iter()
+        .filter(|b| b.contains("\"public\".\"vn\""))
+        .collect();
+    assert_eq!(about_vn.len(), 1, "{dropped:#?}");
+    assert!(
+        about_vn[0].contains("column note") && about_vn[0].contains("drops"),
+        "{about_vn:?}"
+    );
+    let renamed = deps.blockers(&[("note".to_string(), "memo".to_string())], &[]);
+    assert!(
+        renamed
+            .iter()
+            .any(|b| b.contains("\"public\".\"vn\"") && b.contains("renames to memo")),
+        "{renamed:#?}"
+    );
+    // A column used only by the materialized view.
+    assert_eq!(deps.blockers(&[], &["amount".to_string()]).len(), 5);
+
+    // The blockers are real: after a cutover the SQL-body function still counts the old
+    // table. The materialized view itself is recreated (with its index) by forward().
+    cutover(&mut client, &deps, &names, "").await;
+    client
+        .batch_execute("INSERT INTO public.t (id, note, amount) VALUES (11, 'n', 11)")
+        .await
+        .unwrap();
+    assert_eq!(count(&client, "SELECT public.f()").await, 10);
+    assert_eq!(count(&client, "SELECT count(*) FROM public.vn").await, 11);
+    assert_eq!(count(&client, "SELECT count(*) FROM public.mv").await, 10);
+    client
+        .batch_execute("REFRESH MATERIALIZED VIEW CONCURRENTLY public.mv")
+        .await
+        .unwrap();
+    assert_eq!(count(&client, "SELECT count(*) FROM public.mv").await, 11);
+}

@@ -1,0 +1,266 @@
+//! Behaviour of a run beyond the happy path: grants and comments carried to the new table, a
+//! live write that violates a constraint the ALTER adds, and a cutover that has to wait for
+//! (and retry around) a lock held by another session.
+
+mod common;
+
+use std::time::Duration;
+
+use doppel::migration::{self, Cancel, Outcome, RunOptions};
+
+fn opts(dir: &std::path::Path, table: &str, alters: &[&str]) -> RunOptions {
+    RunOptions {
+        execute: true,
+        work_dir: dir.to_path_buf(),
+        rollback_dir: dir.to_path_buf(),
+        ..RunOptions::new(table, alters)
+    }
+}
+
+async fn scalar(client: &tokio_postgres::Client, sql: &str) -> i64 {
+    client.query_one(sql, &[]).await.unwrap().get(0)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn grants_and_comments_are_carried_to_the_new_table() {
+    let cluster = common::cluster().await;
+    let client = cluster.connect("postgres").await.unwrap();
+    client
+        .batch_execute(
+            "CREATE ROLE reader; CREATE ROLE clerk;
+             CREATE TABLE accounts (id int PRIMARY KEY, balance int NOT NULL, note text);
+             INSERT INTO accounts SELECT i, i * 10, 'n' || i FROM generate_series(1, 500) i;
+             GRANT SELECT ON accounts TO reader;
+             GRANT SELECT, INSERT ON accounts TO clerk WITH GRANT OPTION;
+             GRANT UPDATE (note) ON accounts TO reader;
+             COMMENT ON TABLE accounts IS 'customer balances';
+             COMMENT ON COLUMN accounts.balance IS 'in cents';",
+        )
+        .await
+        .unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let config = cluster.conninfo("postgres").parse().unwrap();
+    let outcome = migration::run(
+        &config,
+        &opts(
+            dir.path(),
+            "accounts",
+            &["ALTER COLUMN balance TYPE bigint"],
+        ),
+        &Cancel::never(),
+    )
+    .await
+    .unwrap();
+    assert!(matches!(outcome, Outcome::Migrated(_)));
+    let row = client
+        .query_one(
+            "SELECT has_table_privilege('reader', 'accounts', 'SELECT'),
+                    has_table_privilege('reader', 'accounts', 'INSERT'),
+                    has_table_privilege('clerk', 'accounts', 'INSERT WITH GRANT OPTION'),
+                    has_column_privilege('reader', 'accounts', 'note', 'UPDATE'),
+                    has_column_privilege('reader', 'accounts', 'balance', 'UPDATE'),
+                    obj_description('accounts'::regclass, 'pg_class'),
+                    col_description('accounts'::regclass, 2)",
+            &[],
+        )
+        .await
+        .unwrap();
+    assert!(row.get::<_, bool>(0), "reader can still SELECT");
+    assert!(!row.get::<_, bool>(1), "reader still cannot INSERT");
+    assert!(
+        row.get::<_, bool>(2),
+        "clerk keeps INSERT WITH GRANT OPTION"
+    );
+    assert!(row.get::<_, bool>(3), "the column grant is kept");
+    assert!(
+        !row.get::<_, bool>(4),
+        "no column grant appears that was not there"
+    );
+    assert_eq!(
+        row.get::<_, Option<String>>(5).as_deref(),
+        Some("customer balances")
+    );
+    assert_eq!(row.get::<_, Option<String>>(6).as_deref(), Some("in cents"));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn live_write_violating_an_added_check_aborts_naming_the_row() {
+    let cluster = common::cluster().await;
+    let client = cluster.connect("postgres").await.unwrap();
+    client
+        .batch_execute(
+            "CREATE TABLE items (id int PRIMARY KEY, qty int NOT NULL);
+             INSERT INTO items SELECT i, i FROM generate_series(1, 20000) i;",
+        )
+        .await
+        .unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let config: tokio_postgres::Config = cluster.conninfo("postgres").parse().unwrap();
+    let mut options = opts(
+        dir.path(),
+        "items",
+        &["ADD CONSTRAINT qty_positive CHECK (qty > 0)"],
+    );
+    // Slow the backfill down so the violating write lands while the run is in progress.
+    options.copy.chunk_time = Duration::from_millis(5);
+    options.copy.nice_ratio = 20.0;
+    options.copy_workers = 1;
+    let run =
+        tokio::spawn(async move { migration::run(&config, &options, &Cancel::never()).await });
+    // Wait until row 1 has been copied into the shadow: the violating version of it can then
+    // only arrive through the stream.
+    let shadow = client
+        .query_one(
+            "SELECT format('%I', '_doppel_' || 'items'::regclass::oid || '_new_items')",
+            &[],
+        )
+        .await
+        .unwrap()
+        .get::<_, String>(0);
+    let copied = common::wait_until_async(Duration::from_secs(60), || async {
+        client
+            .query_one(&format!("SELECT count(*) FROM {shadow} WHERE id = 1"), &[])
+            .await
+            .map(|r| r.get::<_, i64>(0) == 1)
+            .unwrap_or(false)
+    })
+    .await;
+    assert!(copied, "the first chunk was copied");
+    client
+        .batch_execute("UPDATE items SET qty = -5 WHERE id = 1")
+        .await
+        .unwrap();
+    let err = run.await.unwrap().expect_err("the run must abort");
+    let msg = format!("{err:#}");
+    assert!(msg.contains("live write"), "blames the live write: {msg}");
+    assert!(msg.contains("qty_positive"), "names the constraint: {msg}");
+    assert!(msg.contains("near key 1"), "names the key: {msg}");
+    assert!(
+        msg.contains("untouched"),
+        "says the original is untouched: {msg}"
+    );
+    assert_eq!(
+        scalar(
+            &client,
+            "SELECT count(*) FROM pg_class WHERE relname LIKE '\\_doppel\\_%'"
+        )
+        .await,
+        0
+    );
+    assert_eq!(
+        scalar(&client, "SELECT count(*) FROM pg_publication").await,
+        0
+    );
+    assert_eq!(
+        scalar(
+            &client,
+            "SELECT count(*) FROM pg_constraint WHERE conname = 'qty_positive'"
+        )
+        .await,
+        0
+    );
+    assert_eq!(
+        scalar(&client, "SELECT qty::bigint FROM items WHERE id = 1").await,
+        -5
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cutover_retries_while_another_session_holds_a_lock() {
+    let cluster = common::cluster().await;
+    let client = cluster.connect("postgres").await.unwrap();
+    client
+        .batch_execute(
+            "CREATE TABLE events (id bigint PRIMARY KEY, v int);
+             INSERT INTO events SELECT i, i FROM generate_series(1, 5000) i;",
+        )
+        .await
+        .unwrap();
+    let mut holder = cluster.connect("postgres").await.unwrap();
+    let tx = holder.transaction().await.unwrap();
+    tx.batch_execute("SELECT count(*) FROM events")
+        .await
+        .unwrap(); // ACCESS SHARE until commit
+    let dir = tempfile::tempdir().unwrap();
+    let config: tokio_postgres::Config = cluster.conninfo("postgres").parse().unwrap();
+    let mut options = opts(dir.path(), "events", &["ALTER COLUMN v TYPE bigint"]);
+    options.lock_timeout = Duration::from_millis(50);
+    options.cutover_retries = 1000;
+    let run =
+        tokio::spawn(async move { migration::run(&config, &options, &Cancel::never()).await });
+    // Wait until doppel has asked for the ACCESS EXCLUSIVE lock at least once (and been refused).
+    let waited = common::wait_until_async(Duration::from_secs(60), || async {
+        scalar(
+            &client,
+            "SELECT count(*) FROM pg_locks WHERE relation = 'events'::regclass AND mode = 'AccessExclusiveLock' AND NOT granted",
+        )
+        .await
+            > 0
+    })
+    .await;
+    assert!(waited, "doppel tried to lock the table");
+    tx.commit().await.unwrap();
+    let Outcome::Migrated(report) = run.await.unwrap().unwrap() else {
+        panic!("expected a migration")
+    };
+    assert!(report.cutover.attempts >= 1);
+    assert!(
+        report.cutover.lock_held < Duration::from_secs(1),
+        "lock held {:?}",
+        report.cutover.lock_held
+    );
+    assert_eq!(scalar(&client, "SELECT count(*) FROM events").await, 5000);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cutover_gives_up_cleanly_when_the_lock_never_comes() {
+    let cluster = common::cluster().await;
+    let client = cluster.connect("postgres").await.unwrap();
+    client
+        .batch_execute(
+            "CREATE TABLE events (id bigint PRIMARY KEY, v int);
+             INSERT INTO events SELECT i, i FROM generate_series(1, 1000) i;",
+        )
+        .await
+        .unwrap();
+    let mut holder = cluster.connect("postgres").await.unwrap();
+    let tx = holder.transaction().await.unwrap();
+    tx.batch_execute("SELECT count(*) FROM events")
+        .await
+        .unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let config: tokio_postgres::Config = cluster.conninfo("postgres").parse().unwrap();
+    let mut options = opts(dir.path(), "events", &["ALTER COLUMN v TYPE bigint"]);
+    options.lock_timeout = Duration::from_millis(20);
+    options.cutover_retries = 3;
+    let err = migration::run(&config, &options, &Cancel::never())
+        .await
+        .expect_err("no lock, no cutover");
+    let msg = format!("{err:#}");
+    assert!(
+        msg.contains("not granted") && msg.contains("3 attempts"),
+        "{msg}"
+    );
+    tx.rollback().await.unwrap();
+    let ty: String = client
+        .query_one(
+            "SELECT format_type(atttypid, atttypmod) FROM pg_attribute WHERE attrelid = 'events'::regclass AND attname = 'v'",
+            &[],
+        )
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(ty, "integer", "the original is untouched");
+    assert_eq!(
+        scalar(
+            &client,
+            "SELECT count(*) FROM pg_class WHERE relname LIKE '\\_doppel\\_%'"
+        )
+        .await,
+        0
+    );
+    assert_eq!(
+        scalar(&client, "SELECT count(*) FROM pg_replication_slots").await,
+        0
+    );
+}
