@@ -30,8 +30,10 @@ pub struct Column {
     pub default_sql: Option<String>,
     /// `attidentity`: `a` (ALWAYS), `d` (BY DEFAULT) or `None`.
     pub identity: Option<char>,
-    /// Stored generation expression for `GENERATED ALWAYS AS (..) STORED` columns.
+    /// Generation expression for `GENERATED ALWAYS AS (..)` columns.
     pub generated_sql: Option<String>,
+    /// `attgenerated`: `s` stored, `v` virtual (PostgreSQL 18).
+    pub generated_kind: Option<char>,
     /// `attstorage` when it differs from the type's default storage.
     pub storage: Option<char>,
     /// `attcompression` (`p` pglz, `l` lz4) when set.
@@ -72,6 +74,8 @@ pub struct Constraint {
     pub definition: String,
     /// `convalidated`.
     pub validated: bool,
+    /// The constrained columns (`conkey`), in key order.
+    pub columns: Vec<String>,
 }
 
 /// A sequence owned by one of the table's columns (serial or identity).
@@ -284,7 +288,8 @@ async fn columns(client: &impl GenericClient, oid: u32) -> Result<Vec<Column>> {
                     CASE WHEN a.attstorage <> t.typstorage THEN a.attstorage::text END,
                     nullif(a.attcompression::text, ''),
                     nullif(a.attstattarget::int, -1),
-                    col_description(a.attrelid, a.attnum)
+                    col_description(a.attrelid, a.attnum),
+                    nullif(a.attgenerated::text, '')
              FROM pg_attribute a
              JOIN pg_type t ON t.oid = a.atttypid
              LEFT JOIN pg_attrdef d ON d.adrelid = a.attrelid AND d.adnum = a.attnum
@@ -317,6 +322,7 @@ async fn columns(client: &impl GenericClient, oid: u32) -> Result<Vec<Column>> {
                 .and_then(|s| s.chars().next()),
             stattarget: r.get(12),
             comment: r.get(13),
+            generated_kind: r.get::<_, Option<String>>(14).and_then(|s| s.chars().next()),
         })
         .collect())
 }
@@ -356,9 +362,12 @@ async fn indexes(client: &impl GenericClient, oid: u32) -> Result<Vec<Index>> {
 async fn constraints(client: &impl GenericClient, oid: u32) -> Result<Vec<Constraint>> {
     let rows = client
         .query(
-            "SELECT conname::text, contype::text, pg_get_constraintdef(oid), convalidated
-             FROM pg_constraint WHERE conrelid = $1 AND contype NOT IN ('p', 'u', 'x')
-             ORDER BY conname",
+            "SELECT c.conname::text, c.contype::text, pg_get_constraintdef(c.oid), c.convalidated,
+                    coalesce((SELECT array_agg(a.attname::text ORDER BY k.ord)
+                              FROM unnest(c.conkey) WITH ORDINALITY AS k(attnum, ord)
+                              JOIN pg_attribute a ON a.attrelid = c.conrelid AND a.attnum = k.attnum), '{}')
+             FROM pg_constraint c WHERE c.conrelid = $1 AND c.contype NOT IN ('p', 'u', 'x')
+             ORDER BY c.conname",
             &[&oid],
         )
         .await
@@ -370,6 +379,7 @@ async fn constraints(client: &impl GenericClient, oid: u32) -> Result<Vec<Constr
             kind: r.get::<_, String>(1).chars().next().unwrap_or(' '),
             definition: r.get(2),
             validated: r.get(3),
+            columns: r.get(4),
         })
         .collect())
 }

@@ -81,7 +81,8 @@ pub fn create_sql(plan: &Plan) -> Vec<String> {
             def.push_str(&c.collate_sql);
         }
         if let Some(expr) = &c.generated_sql {
-            def.push_str(&format!(" GENERATED ALWAYS AS ({expr}) STORED"));
+            let kind = if c.generated_kind == Some('v') { "VIRTUAL" } else { "STORED" };
+            def.push_str(&format!(" GENERATED ALWAYS AS ({expr}) {kind}"));
         } else if let Some(kind) = c.identity {
             let options = plan
                 .identity_options
@@ -94,8 +95,17 @@ pub fn create_sql(plan: &Plan) -> Vec<String> {
         } else if let Some(default) = &c.default_sql {
             def.push_str(&format!(" DEFAULT {default}"));
         }
-        if c.not_null {
-            def.push_str(" NOT NULL");
+        // PostgreSQL 18 keeps NOT NULL as named constraints: keep the names, and add a
+        // NOT VALID one only after the backfill (existing rows may violate it).
+        let named = target
+            .constraints
+            .iter()
+            .find(|k| k.kind == 'n' && k.columns.len() == 1 && k.columns[0] == c.name);
+        match named {
+            Some(k) if !k.validated => {}
+            Some(k) => def.push_str(&format!(" CONSTRAINT {} NOT NULL", ident(&k.name))),
+            None if c.not_null => def.push_str(" NOT NULL"),
+            None => {}
         }
         defs.push(def);
     }
@@ -209,7 +219,7 @@ pub fn secondary_sql(plan: &Plan) -> Vec<String> {
         .target
         .constraints
         .iter()
-        .filter(|c| c.kind == 'c' && !c.validated)
+        .filter(|c| (c.kind == 'c' || c.kind == 'n') && !c.validated)
     {
         out.push(format!(
             "ALTER TABLE {shadow} ADD CONSTRAINT {} {}",
