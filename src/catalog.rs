@@ -91,15 +91,6 @@ pub struct OwnedSequence {
     pub identity: bool,
 }
 
-/// An object bound to the table's OID that a rename would leave behind.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Dependent {
-    /// What it is: `foreign key from another table`, `view`, `trigger`, `rule`, `policy`, `publication`, ...
-    pub kind: &'static str,
-    /// Its qualified name.
-    pub name: String,
-}
-
 /// The table as doppel sees it before it acts.
 #[derive(Debug, Clone)]
 pub struct Table {
@@ -322,7 +313,9 @@ async fn columns(client: &impl GenericClient, oid: u32) -> Result<Vec<Column>> {
                 .and_then(|s| s.chars().next()),
             stattarget: r.get(12),
             comment: r.get(13),
-            generated_kind: r.get::<_, Option<String>>(14).and_then(|s| s.chars().next()),
+            generated_kind: r
+                .get::<_, Option<String>>(14)
+                .and_then(|s| s.chars().next()),
         })
         .collect())
 }
@@ -408,65 +401,6 @@ async fn sequences(client: &impl GenericClient, oid: u32) -> Result<Vec<OwnedSeq
             identity: r.get(3),
         })
         .collect())
-}
-
-/// Objects bound to the table's OID that this version's cutover does not move yet: foreign
-/// keys from other tables, views and materialized views, triggers, rules, row-level security
-/// policies (and RLS flags), and publications other than doppel's own (`own_publication`).
-pub async fn unmoved_dependents(
-    client: &impl GenericClient,
-    oid: u32,
-    own_publication: &str,
-) -> Result<Vec<Dependent>> {
-    let mut found = Vec::new();
-    let rows = client
-        .query(
-            "SELECT kind, name FROM (
-               SELECT 'foreign key from another table' AS kind,
-                      con.conname || ' on ' || con.conrelid::regclass::text AS name
-               FROM pg_constraint con WHERE con.contype = 'f' AND con.confrelid = $1 AND con.conrelid <> $1
-               UNION ALL
-               SELECT DISTINCT CASE v.relkind WHEN 'm' THEN 'materialized view' ELSE 'view' END,
-                      v.oid::regclass::text
-               FROM pg_depend d JOIN pg_rewrite r ON r.oid = d.objid
-               JOIN pg_class v ON v.oid = r.ev_class
-               WHERE d.classid = 'pg_rewrite'::regclass AND d.refclassid = 'pg_class'::regclass
-                 AND d.refobjid = $1 AND r.ev_class <> $1
-               UNION ALL
-               SELECT 'trigger', tgname::text FROM pg_trigger WHERE tgrelid = $1 AND NOT tgisinternal
-               UNION ALL
-               SELECT 'rule', rulename::text FROM pg_rewrite WHERE ev_class = $1 AND rulename <> '_RETURN'
-               UNION ALL
-               SELECT 'row-level security policy', polname::text FROM pg_policy WHERE polrelid = $1
-               UNION ALL
-               SELECT 'row-level security setting', 'ENABLE ROW LEVEL SECURITY' FROM pg_class
-               WHERE oid = $1 AND (relrowsecurity OR relforcerowsecurity)
-               UNION ALL
-               SELECT 'publication', p.pubname::text FROM pg_publication_rel pr
-               JOIN pg_publication p ON p.oid = pr.prpubid WHERE pr.prrelid = $1 AND p.pubname <> $2
-             ) deps ORDER BY kind, name",
-            &[&oid, &own_publication],
-        )
-        .await
-        .context("reading dependents")?;
-    for r in rows {
-        let kind: String = r.get(0);
-        let kind: &'static str = match kind.as_str() {
-            "foreign key from another table" => "foreign key from another table",
-            "materialized view" => "materialized view",
-            "view" => "view",
-            "trigger" => "trigger",
-            "rule" => "rule",
-            "row-level security policy" => "row-level security policy",
-            "row-level security setting" => "row-level security setting",
-            _ => "publication",
-        };
-        found.push(Dependent {
-            kind,
-            name: r.get(1),
-        });
-    }
-    Ok(found)
 }
 
 /// A fingerprint (md5) of the table's catalog state that a rename would not carry along:

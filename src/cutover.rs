@@ -58,6 +58,9 @@ pub struct CutoverReport {
 /// The SQL of the swap and of its reverse.
 #[derive(Debug, Clone)]
 pub struct Script {
+    /// Locks taken (under the same `lock_timeout`) before the table's own ACCESS EXCLUSIVE
+    /// lock: dependent views and child tables, in a fixed order.
+    pub locks: Vec<String>,
     /// Statements run inside the cutover transaction, after the fence.
     pub forward: Vec<String>,
     /// `ALTER TABLE .. VALIDATE CONSTRAINT ..` run after commit.
@@ -263,6 +266,20 @@ pub async fn script(client: &Client, plan: &Plan, lock_timeout: Duration) -> Res
         ));
     }
 
+    // Dependents bound to the original's OID: views, foreign keys from other tables,
+    // triggers, rules, policies, publications, replica identity, statistics objects.
+    let deps = &plan.dependents;
+    forward.extend(deps.forward(n));
+    for sql in deps.forward_after_commit(n) {
+        validate.push(("foreign key from another table".to_string(), sql));
+    }
+    back.extend(deps.rollback(n));
+    let rollback_locks: String = deps.lock_sql().iter().map(|l| format!("{l};\n")).collect();
+    let after_commit: String = deps
+        .rollback_after_commit(n)
+        .iter()
+        .map(|l| format!("{l};\n"))
+        .collect();
     let rollback = format!(
         "-- doppel rollback script for {table}\n\
          -- Swaps the original table back: {old} becomes {table} again and the migrated table\n\
@@ -276,9 +293,11 @@ pub async fn script(client: &Client, plan: &Plan, lock_timeout: Duration) -> Res
          \\set ON_ERROR_STOP on\n\
          BEGIN;\n\
          SET LOCAL lock_timeout = '{lock_ms}ms';\n\
+         {rollback_locks}\
          LOCK TABLE {table_q}, {old_q} IN ACCESS EXCLUSIVE MODE;\n\
          {statements};\n\
-         COMMIT;\n",
+         COMMIT;\n\
+         {after_commit}",
         table = plan.original.qualified(),
         old = old_q,
         shadow = shadow_q,
@@ -286,6 +305,7 @@ pub async fn script(client: &Client, plan: &Plan, lock_timeout: Duration) -> Res
         statements = back.join(";\n"),
     );
     Ok(Script {
+        locks: deps.lock_sql(),
         forward,
         validate,
         rollback,
@@ -368,10 +388,9 @@ pub async fn run(
         ))
         .await?;
         let lock_start = Instant::now();
-        if let Err(e) = tx
-            .batch_execute(&format!("LOCK TABLE {table_q} IN ACCESS EXCLUSIVE MODE"))
-            .await
-        {
+        let mut locking = script.locks.clone();
+        locking.push(format!("LOCK TABLE {table_q} IN ACCESS EXCLUSIVE MODE"));
+        if let Err(e) = tx.batch_execute(&locking.join(";\n")).await {
             let timed_out = e.as_db_error().is_some_and(|d| d.code().code() == "55P03");
             tx.rollback().await.ok();
             if !timed_out {
@@ -399,6 +418,14 @@ pub async fn run(
             tx.rollback().await.ok();
             bail!(
                 "the definition of {} changed during the migration (an index, constraint, trigger, grant or other DDL): the shadow does not carry it; aborting, the original table is untouched. Run doppel again",
+                plan.original.qualified()
+            );
+        }
+        let now = crate::dependents::read(&tx, plan.original.oid, &plan.names.publication).await?;
+        if now != plan.dependents {
+            tx.rollback().await.ok();
+            bail!(
+                "a view, trigger, policy, foreign key or publication bound to {} changed during the migration: the cutover would put back the old definition; aborting, the original table is untouched. Run doppel again",
                 plan.original.qualified()
             );
         }

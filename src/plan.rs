@@ -660,6 +660,8 @@ pub struct Plan {
     pub alter: crate::alter::AlterSpec,
     /// What the ALTER would cost if run directly.
     pub rewrite: Rewrite,
+    /// Objects bound to the original's OID that the cutover moves to the new table.
+    pub dependents: crate::dependents::Dependents,
     /// Things the DBA should know that do not stop the run.
     pub warnings: Vec<String>,
 }

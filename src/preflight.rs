@@ -139,6 +139,30 @@ pub async fn run(client: &mut Client, table: &str, alters: &[String]) -> Result<
         }
     };
     let mut projection = projection;
+    let dependents = crate::dependents::read(&*client, original.oid, &names.publication).await?;
+    let renamed: Vec<(String, String)> = projection
+        .columns
+        .iter()
+        .filter_map(|m| m.source.as_ref().map(|s| (s, &m.target)))
+        .filter(|(s, t)| s.name != t.name)
+        .map(|(s, t)| (s.name.clone(), t.name.clone()))
+        .collect();
+    let dropped: Vec<String> = original
+        .columns
+        .iter()
+        .filter(|c| {
+            !projection
+                .columns
+                .iter()
+                .any(|m| m.source.as_ref().is_some_and(|s| s.name == c.name))
+        })
+        .map(|c| c.name.clone())
+        .collect();
+    for blocker in dependents.blockers(&renamed, &dropped) {
+        refusals.push(format!(
+            "{blocker}; drop and recreate it around the migration"
+        ));
+    }
     validate_projection(client, &original, &projection, &mut refusals).await?;
     // Verification hashes rows with hash_record_extended; types without an extended hash
     // function are hashed through their text form.
@@ -196,6 +220,7 @@ pub async fn run(client: &mut Client, table: &str, alters: &[String]) -> Result<
         projection,
         alter,
         rewrite: clone.rewrite,
+        dependents,
         warnings,
     })
 }
@@ -289,12 +314,6 @@ async fn check_table(
                 ident(&t.schema)
             ));
         }
-    }
-    for dep in catalog::unmoved_dependents(client, t.oid, &names.publication).await? {
-        refusals.push(format!(
-            "{what} has a {} ({}) that this doppel version's cutover does not move yet; drop and recreate it around the migration, or wait for dependent support",
-            dep.kind, dep.name
-        ));
     }
     let leftovers = client
         .query(

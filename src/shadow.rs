@@ -81,7 +81,11 @@ pub fn create_sql(plan: &Plan) -> Vec<String> {
             def.push_str(&c.collate_sql);
         }
         if let Some(expr) = &c.generated_sql {
-            let kind = if c.generated_kind == Some('v') { "VIRTUAL" } else { "STORED" };
+            let kind = if c.generated_kind == Some('v') {
+                "VIRTUAL"
+            } else {
+                "STORED"
+            };
             def.push_str(&format!(" GENERATED ALWAYS AS ({expr}) {kind}"));
         } else if let Some(kind) = c.identity {
             let options = plan

@@ -264,3 +264,115 @@ async fn cutover_gives_up_cleanly_when_the_lock_never_comes() {
         0
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn views_triggers_foreign_keys_policies_and_publications_move_with_the_table() {
+    let cluster = common::cluster().await;
+    let client = cluster.connect("postgres").await.unwrap();
+    client
+        .batch_execute(
+            "CREATE ROLE analyst;
+             CREATE TABLE orders (id int PRIMARY KEY, customer int NOT NULL, amount int NOT NULL);
+             INSERT INTO orders SELECT i, i % 10, i FROM generate_series(1, 1000) i;
+             CREATE TABLE order_lines (id int PRIMARY KEY, order_id int NOT NULL REFERENCES orders (id));
+             CREATE TABLE refunds (id int PRIMARY KEY, order_id int REFERENCES orders (id) ON DELETE CASCADE);
+             INSERT INTO order_lines SELECT i, i FROM generate_series(1, 100) i;
+             INSERT INTO refunds SELECT i, 200 + i FROM generate_series(1, 10) i;
+             CREATE VIEW big_orders AS SELECT id, amount FROM orders WHERE amount > 500;
+             CREATE VIEW big_order_count AS SELECT count(*) AS n FROM big_orders;
+             GRANT SELECT ON big_orders TO analyst;
+             CREATE TABLE audit (order_id int, op text);
+             CREATE FUNCTION audit_orders() RETURNS trigger LANGUAGE plpgsql AS
+               $$ BEGIN INSERT INTO audit VALUES (NEW.id, TG_OP); RETURN NEW; END $$;
+             CREATE TRIGGER orders_audit AFTER INSERT OR UPDATE ON orders FOR EACH ROW EXECUTE FUNCTION audit_orders();
+             GRANT SELECT ON orders TO analyst;
+             CREATE POLICY small_only ON orders FOR SELECT TO analyst USING (amount < 100);
+             ALTER TABLE orders ENABLE ROW LEVEL SECURITY;
+             CREATE PUBLICATION reporting FOR TABLE orders;",
+        )
+        .await
+        .unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let config = cluster.conninfo("postgres").parse().unwrap();
+    let outcome = migration::run(
+        &config,
+        &opts(dir.path(), "orders", &["ALTER COLUMN amount TYPE bigint"]),
+        &Cancel::never(),
+    )
+    .await
+    .unwrap();
+    let Outcome::Migrated(report) = outcome else {
+        panic!("expected a migration")
+    };
+    assert!(
+        report.cutover.unvalidated.is_empty(),
+        "{:?}",
+        report.cutover.unvalidated
+    );
+
+    client
+        .batch_execute("INSERT INTO orders VALUES (5000, 1, 900)")
+        .await
+        .unwrap();
+    // The views read the new table (and the column type changed under them).
+    assert_eq!(
+        scalar(&client, "SELECT count(*) FROM big_orders WHERE id = 5000").await,
+        1
+    );
+    assert_eq!(scalar(&client, "SELECT n FROM big_order_count").await, 501);
+    let view_type: String = client
+        .query_one("SELECT format_type(atttypid, atttypmod) FROM pg_attribute WHERE attrelid = 'big_orders'::regclass AND attname = 'amount'", &[])
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(view_type, "bigint");
+    // The trigger fires once per write, on the new table only.
+    assert_eq!(
+        scalar(&client, "SELECT count(*) FROM audit WHERE order_id = 5000").await,
+        1
+    );
+    // Foreign keys from both children point at the new table and are validated.
+    let orphan = client
+        .batch_execute("INSERT INTO order_lines VALUES (9999, 424242)")
+        .await;
+    assert!(orphan.is_err(), "an orphan line is rejected");
+    let validated = scalar(
+        &client,
+        "SELECT count(*) FROM pg_constraint WHERE contype = 'f' AND confrelid = 'orders'::regclass AND convalidated",
+    )
+    .await;
+    assert_eq!(validated, 2);
+    client
+        .batch_execute("DELETE FROM orders WHERE id = 205")
+        .await
+        .unwrap();
+    assert_eq!(
+        scalar(&client, "SELECT count(*) FROM refunds WHERE order_id = 205").await,
+        0,
+        "ON DELETE CASCADE works"
+    );
+    // The policy still filters for the analyst; the grant on the view still allows.
+    let mut analyst = cluster.connect("postgres").await.unwrap();
+    let tx = analyst.transaction().await.unwrap();
+    tx.batch_execute("SET LOCAL ROLE analyst").await.unwrap();
+    let visible: i64 = tx
+        .query_one("SELECT count(*) FROM orders", &[])
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(visible, 99, "the policy filters the new table");
+    let via_view: i64 = tx
+        .query_one("SELECT count(*) FROM big_orders", &[])
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(via_view, 501);
+    tx.rollback().await.unwrap();
+    // The publication now contains the new table.
+    let published = scalar(
+        &client,
+        "SELECT count(*) FROM pg_publication_rel pr JOIN pg_publication p ON p.oid = pr.prpubid WHERE p.pubname = 'reporting' AND pr.prrelid = 'orders'::regclass",
+    )
+    .await;
+    assert_eq!(published, 1);
+}

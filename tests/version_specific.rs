@@ -15,7 +15,9 @@ async fn migrate(cluster: &doppel::cluster::LocalCluster, table: &str, alters: &
         ..RunOptions::new(table, alters)
     };
     let config = cluster.conninfo("postgres").parse().unwrap();
-    migration::run(&config, &options, &Cancel::never()).await.unwrap()
+    migration::run(&config, &options, &Cancel::never())
+        .await
+        .unwrap()
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -30,9 +32,15 @@ async fn stored_generated_columns_are_recomputed_by_the_new_table() {
         )
         .await
         .unwrap();
-    assert!(matches!(migrate(&cluster, "prices", &["ALTER COLUMN label TYPE bigint"]).await, Outcome::Migrated(_)));
+    assert!(matches!(
+        migrate(&cluster, "prices", &["ALTER COLUMN label TYPE bigint"]).await,
+        Outcome::Migrated(_)
+    ));
     let wrong: i64 = client
-        .query_one("SELECT count(*) FROM prices WHERE gross IS DISTINCT FROM net * 1.2", &[])
+        .query_one(
+            "SELECT count(*) FROM prices WHERE gross IS DISTINCT FROM net * 1.2",
+            &[],
+        )
         .await
         .unwrap()
         .get(0);
@@ -49,7 +57,9 @@ async fn stored_generated_columns_are_recomputed_by_the_new_table() {
 async fn postgres_18_virtual_columns_and_not_null_names_survive() {
     let cluster = common::cluster().await;
     if cluster.server_version_num() < 180000 {
-        eprintln!("skipped: virtual generated columns and named NOT NULL constraints are PostgreSQL 18 features");
+        eprintln!(
+            "skipped: virtual generated columns and named NOT NULL constraints are PostgreSQL 18 features"
+        );
         return;
     }
     let client = cluster.connect("postgres").await.unwrap();
@@ -61,7 +71,10 @@ async fn postgres_18_virtual_columns_and_not_null_names_survive() {
         )
         .await
         .unwrap();
-    assert!(matches!(migrate(&cluster, "parts", &["ALTER COLUMN label TYPE bigint"]).await, Outcome::Migrated(_)));
+    assert!(matches!(
+        migrate(&cluster, "parts", &["ALTER COLUMN label TYPE bigint"]).await,
+        Outcome::Migrated(_)
+    ));
     let row = client
         .query_one(
             "SELECT (SELECT attgenerated::text FROM pg_attribute WHERE attrelid = 'parts'::regclass AND attname = 'double_w'),
@@ -72,6 +85,9 @@ async fn postgres_18_virtual_columns_and_not_null_names_survive() {
         .await
         .unwrap();
     assert_eq!(row.get::<_, String>(0), "v", "the column stays virtual");
-    assert!(row.get::<_, bool>(1), "the NOT NULL constraint keeps its name");
+    assert!(
+        row.get::<_, bool>(1),
+        "the NOT NULL constraint keeps its name"
+    );
     assert_eq!(row.get::<_, i64>(2), 2 * (300 * 301 / 2));
 }
