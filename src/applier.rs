@@ -579,9 +579,7 @@ impl Exec<'_> {
             return Ok(());
         }
         // A re-read must see the event's transaction (DESIGN.md F3).
-        for xid in &pending.xids {
-            wait_visible(self.tx, *xid).await?;
-        }
+        wait_visible(self.tx, &pending.xids).await?;
         let mut calls = Vec::new();
         if pending.collapsed.is_empty() {
             // Source order: consecutive changes of one kind on distinct keys share a statement.
@@ -793,9 +791,16 @@ fn check_relation(plan: &Plan, rel: &pgoutput::Relation) -> Result<()> {
     Ok(())
 }
 
-/// Waits until transaction `xid` (32-bit, committed) is visible to new snapshots of this
-/// session: its commit can be decoded before it leaves the ProcArray (DESIGN.md F3).
-pub async fn wait_visible(client: &impl tokio_postgres::GenericClient, xid: u32) -> Result<()> {
+/// Waits until the transactions `xids` (32-bit, committed) are visible to new snapshots of
+/// this session: a commit can be decoded before it leaves the ProcArray (DESIGN.md F3). One
+/// `pg_current_snapshot()` per check, whatever the number of transactions.
+///
+/// Errors: a transaction still invisible after 60 s (a synchronous standby that never
+/// acknowledges), or a failed query.
+pub async fn wait_visible(client: &impl tokio_postgres::GenericClient, xids: &[u32]) -> Result<()> {
+    if xids.is_empty() {
+        return Ok(());
+    }
     let deadline = std::time::Instant::now() + Duration::from_secs(60);
     loop {
         let snapshot: String = client
@@ -803,10 +808,13 @@ pub async fn wait_visible(client: &impl tokio_postgres::GenericClient, xid: u32)
             .await?
             .get(0);
         let (xmin, xmax, xip) = parse_snapshot(&snapshot)?;
-        let full = widen_xid(xid, xmax);
-        if full < xmin || (full < xmax && !xip.contains(&full)) {
+        let invisible = xids.iter().copied().find(|xid| {
+            let full = widen_xid(*xid, xmax);
+            !(full < xmin || (full < xmax && !xip.contains(&full)))
+        });
+        let Some(xid) = invisible else {
             return Ok(());
-        }
+        };
         if std::time::Instant::now() > deadline {
             bail!(
                 "transaction {xid} was decoded but did not become visible within 60 s (a synchronous standby not acknowledging?)"

@@ -38,6 +38,33 @@ pub struct CutoverOptions {
     pub fence_timeout: Duration,
     /// Directory the rollback script is written to.
     pub rollback_dir: PathBuf,
+    /// While this file exists the cutover waits, keeping the shadow caught up (gh-ost's
+    /// `--postpone-cut-over-flag-file`).
+    pub postpone_flag_file: Option<PathBuf>,
+}
+
+/// Sessions that hold a lock on `table_oid` or have a transaction open longer than 10 s: the
+/// ones that can make the cutover's lock wait. `(pid, description)`.
+pub async fn blockers(client: &Client, table_oid: u32) -> Result<Vec<(i32, String)>> {
+    let rows = client
+        .query(
+            "SELECT a.pid, format('pid %s (%s, %s, transaction open %s s%s): %s', a.pid,
+                           coalesce(a.usename::text, '?'), a.state,
+                           coalesce(extract(epoch FROM now() - a.xact_start)::bigint, 0),
+                           CASE WHEN l.mode IS NOT NULL THEN ', holds ' || l.mode ELSE '' END,
+                           left(regexp_replace(coalesce(a.query, ''), '\\s+', ' ', 'g'), 60))
+             FROM pg_stat_activity a
+             LEFT JOIN LATERAL (SELECT string_agg(mode, '+') AS mode FROM pg_locks
+                                WHERE pid = a.pid AND relation = $1 AND granted) l ON true
+             WHERE a.pid <> pg_backend_pid() AND a.backend_type = 'client backend'
+               AND (l.mode IS NOT NULL OR a.xact_start < now() - interval '10 seconds')
+               AND a.application_name NOT LIKE 'doppel%'
+             ORDER BY a.xact_start",
+            &[&table_oid],
+        )
+        .await
+        .context("listing sessions that could block the cutover")?;
+    Ok(rows.iter().map(|r| (r.get(0), r.get(1))).collect())
 }
 
 /// What the cutover did.
@@ -374,6 +401,24 @@ pub async fn run(
     let rollback_path = write_rollback(&options.rollback_dir, plan, script)?;
     tracing::info!("rollback script written to {}", rollback_path.display());
     let table_q = plan.names.table_qualified();
+    if let Some(flag) = &options.postpone_flag_file {
+        let mut announced = false;
+        while flag.exists() {
+            if !announced {
+                tracing::info!(
+                    "cutover postponed while {} exists: remove it to cut over (the shadow is kept caught up)",
+                    flag.display()
+                );
+                announced = true;
+            }
+            let n = fencer.emit().await?;
+            applier.wait_fence(n, Duration::from_secs(300)).await?;
+            tokio::time::sleep(Duration::from_millis(500)).await;
+        }
+    }
+    for (_, who) in blockers(client, plan.original.oid).await? {
+        tracing::warn!("before cutover: {who}");
+    }
     let mut attempt = 0;
     loop {
         attempt += 1;
@@ -396,10 +441,21 @@ pub async fn run(
             if !timed_out {
                 return Err(anyhow::Error::new(e).context("locking the table for cutover"));
             }
+            let who: Vec<String> = blockers(client, plan.original.oid)
+                .await
+                .unwrap_or_default()
+                .into_iter()
+                .map(|(_, w)| w)
+                .collect();
             tracing::warn!(
                 attempt,
                 waited_ms = lock_start.elapsed().as_millis() as u64,
-                "cutover lock not granted within lock_timeout; rolled back"
+                "cutover lock not granted within lock_timeout; rolled back. Possible blockers: {}",
+                if who.is_empty() {
+                    "none visible".to_string()
+                } else {
+                    who.join("; ")
+                }
             );
             if attempt >= options.retries {
                 bail!(

@@ -85,6 +85,10 @@ struct TuningArgs {
     /// Directory for the change spool (default: the system temp dir).
     #[arg(long)]
     work_dir: Option<PathBuf>,
+    /// While this file exists doppel keeps the shadow caught up and does not cut over;
+    /// remove it to cut over (gh-ost's --postpone-cut-over-flag-file).
+    #[arg(long)]
+    postpone_cutover_flag_file: Option<PathBuf>,
     /// Directory for the rollback script (default: the current directory).
     #[arg(long, default_value = ".")]
     rollback_dir: PathBuf,
@@ -150,6 +154,7 @@ fn run_options(table: String, alters: Vec<String>, execute: bool, t: &TuningArgs
         fence_timeout: Duration::from_millis(t.fence_timeout.max(1)),
         work_dir: t.work_dir.clone().unwrap_or_else(std::env::temp_dir),
         rollback_dir: t.rollback_dir.clone(),
+        postpone_cutover_flag_file: t.postpone_cutover_flag_file.clone(),
         display,
         status_interval: Duration::from_secs(t.status_interval.max(1)),
     }

@@ -60,6 +60,8 @@ pub struct RunOptions {
     pub work_dir: PathBuf,
     /// Directory for the rollback script.
     pub rollback_dir: PathBuf,
+    /// While this file exists, the cutover waits (the shadow is kept caught up).
+    pub postpone_cutover_flag_file: Option<PathBuf>,
     /// How progress is shown.
     pub display: progress::Display,
     /// Interval between status lines.
@@ -82,6 +84,7 @@ impl RunOptions {
             fence_timeout: Duration::from_millis(1000),
             work_dir: std::env::temp_dir(),
             rollback_dir: PathBuf::from("."),
+            postpone_cutover_flag_file: None,
             display: progress::Display::Lines,
             status_interval: Duration::from_secs(10),
         }
@@ -773,6 +776,7 @@ async fn phases_inner(
             retries: options.cutover_retries,
             fence_timeout: options.fence_timeout,
             rollback_dir: options.rollback_dir.clone(),
+            postpone_flag_file: options.postpone_cutover_flag_file.clone(),
         },
     )
     .await?;

@@ -376,3 +376,68 @@ async fn views_triggers_foreign_keys_policies_and_publications_move_with_the_tab
     .await;
     assert_eq!(published, 1);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn postpone_flag_file_holds_the_cutover_until_removed() {
+    let cluster = common::cluster().await;
+    let client = cluster.connect("postgres").await.unwrap();
+    client
+        .batch_execute(
+            "CREATE TABLE jobs (id int PRIMARY KEY, state text NOT NULL);
+             INSERT INTO jobs SELECT i, 'queued' FROM generate_series(1, 2000) i;",
+        )
+        .await
+        .unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let flag = dir.path().join("postpone");
+    std::fs::write(&flag, b"").unwrap();
+    let config: tokio_postgres::Config = cluster.conninfo("postgres").parse().unwrap();
+    let mut options = opts(dir.path(), "jobs", &["ALTER COLUMN state TYPE varchar(20)"]);
+    options.postpone_cutover_flag_file = Some(flag.clone());
+    let run =
+        tokio::spawn(async move { migration::run(&config, &options, &Cancel::never()).await });
+    // The shadow was vacuumed: every phase before the cutover is done.
+    let ready = common::wait_until_async(Duration::from_secs(60), || async {
+        scalar(
+            &client,
+            "SELECT count(*) FROM pg_stat_user_tables WHERE relname LIKE '\\_doppel\\_%\\_new\\_jobs' AND vacuum_count > 0",
+        )
+        .await
+            == 1
+    })
+    .await;
+    assert!(ready, "the run reached the cutover");
+    // While the flag exists the table is not swapped, and writes keep flowing to the shadow.
+    let swapped_early = common::wait_until_async(Duration::from_secs(1), || async {
+        scalar(
+            &client,
+            "SELECT count(*) FROM pg_class WHERE relname LIKE '\\_doppel\\_%\\_old\\_jobs'",
+        )
+        .await
+            > 0
+    })
+    .await;
+    assert!(!swapped_early, "no cutover while the flag file exists");
+    client
+        .batch_execute("INSERT INTO jobs VALUES (2001, 'late')")
+        .await
+        .unwrap();
+    std::fs::remove_file(&flag).unwrap();
+    let Outcome::Migrated(_) = run.await.unwrap().unwrap() else {
+        panic!("expected a migration")
+    };
+    assert_eq!(
+        scalar(
+            &client,
+            "SELECT count(*) FROM jobs WHERE id = 2001 AND state = 'late'"
+        )
+        .await,
+        1
+    );
+    let ty: String = client
+        .query_one("SELECT format_type(atttypid, atttypmod) FROM pg_attribute WHERE attrelid = 'jobs'::regclass AND attname = 'state'", &[])
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(ty, "character varying(20)");
+}
