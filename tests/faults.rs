@@ -1,0 +1,213 @@
+//! Faults and hostile events during a run: the server terminating doppel's replication
+//! connection, TRUNCATE and DDL on the original. Each ends with the original untouched and
+//! nothing of doppel's left; plus invariant I4 (no snapshot held longer than about one chunk).
+
+mod common;
+
+use std::collections::HashMap;
+use std::time::{Duration, Instant};
+
+use doppel::migration::{self, Cancel, RunOptions};
+
+async fn scalar(client: &tokio_postgres::Client, sql: &str) -> i64 {
+    client.query_one(sql, &[]).await.unwrap().get(0)
+}
+
+/// A run slowed down so events can land while it copies: small chunks, long pauses.
+fn slow(dir: &std::path::Path, table: &str) -> RunOptions {
+    let mut o = RunOptions {
+        execute: true,
+        work_dir: dir.to_path_buf(),
+        rollback_dir: dir.to_path_buf(),
+        copy_workers: 1,
+        ..RunOptions::new(table, &["ALTER COLUMN v TYPE bigint"])
+    };
+    o.copy.chunk_time = Duration::from_millis(5);
+    o.copy.nice_ratio = 30.0;
+    o.copy.initial_rows = 100;
+    o
+}
+
+async fn setup(client: &tokio_postgres::Client, rows: i64) {
+    client
+        .batch_execute(&format!(
+            "CREATE TABLE t (id int PRIMARY KEY, v int NOT NULL);
+             INSERT INTO t SELECT i, i FROM generate_series(1, {rows}) i;
+             CREATE TABLE twin AS SELECT * FROM t;"
+        ))
+        .await
+        .unwrap();
+}
+
+/// Waits until the run has its slot and has copied at least one chunk.
+async fn wait_copying(client: &tokio_postgres::Client) {
+    let ok = common::wait_until_async(Duration::from_secs(60), || async {
+        scalar(client, "SELECT count(*) FROM pg_replication_slots WHERE active").await == 1
+            && scalar(
+                client,
+                "SELECT count(*) FROM pg_class WHERE relname LIKE '\\_doppel\\_%\\_new\\_t' AND pg_relation_size(oid) > 0",
+            )
+            .await
+                == 1
+    })
+    .await;
+    assert!(ok, "the run reached the backfill");
+}
+
+async fn assert_clean(client: &tokio_postgres::Client) {
+    let gone = common::wait_until_async(Duration::from_secs(15), || async {
+        scalar(client, "SELECT count(*) FROM pg_replication_slots").await == 0
+    })
+    .await;
+    assert!(gone, "no slot left");
+    assert_eq!(
+        scalar(client, "SELECT count(*) FROM pg_publication").await,
+        0
+    );
+    assert_eq!(
+        scalar(
+            client,
+            "SELECT count(*) FROM pg_class WHERE relname LIKE '\\_doppel\\_%'"
+        )
+        .await,
+        0
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn walsender_terminated_by_the_server_aborts_cleanly() {
+    let cluster = common::cluster().await;
+    let client = cluster.connect("postgres").await.unwrap();
+    setup(&client, 20_000).await;
+    let dir = tempfile::tempdir().unwrap();
+    let config: tokio_postgres::Config = cluster.conninfo("postgres").parse().unwrap();
+    let options = slow(dir.path(), "t");
+    let run =
+        tokio::spawn(async move { migration::run(&config, &options, &Cancel::never()).await });
+    wait_copying(&client).await;
+    let killed = scalar(
+        &client,
+        "SELECT count(*) FROM (SELECT pg_terminate_backend(active_pid) FROM pg_replication_slots WHERE active) k",
+    )
+    .await;
+    assert_eq!(killed, 1);
+    let err = run.await.unwrap().expect_err("the run must stop");
+    assert!(
+        format!("{err:#}").contains("replication"),
+        "says the stream failed: {err:#}"
+    );
+    assert_clean(&client).await;
+    assert_eq!(
+        scalar(
+            &client,
+            "SELECT count(*) FROM (SELECT * FROM t EXCEPT SELECT * FROM twin) d"
+        )
+        .await,
+        0,
+        "the original is untouched"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn truncate_during_the_run_aborts_and_says_why() {
+    let cluster = common::cluster().await;
+    let client = cluster.connect("postgres").await.unwrap();
+    setup(&client, 20_000).await;
+    let dir = tempfile::tempdir().unwrap();
+    let config: tokio_postgres::Config = cluster.conninfo("postgres").parse().unwrap();
+    let options = slow(dir.path(), "t");
+    let run =
+        tokio::spawn(async move { migration::run(&config, &options, &Cancel::never()).await });
+    wait_copying(&client).await;
+    client.batch_execute("TRUNCATE t").await.unwrap();
+    let err = run.await.unwrap().expect_err("the run must abort");
+    assert!(format!("{err:#}").contains("TRUNCATE"), "{err:#}");
+    assert_clean(&client).await;
+    assert_eq!(
+        scalar(&client, "SELECT count(*) FROM t").await,
+        0,
+        "the TRUNCATE itself stands"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ddl_on_the_original_during_the_run_aborts_and_says_why() {
+    let cluster = common::cluster().await;
+    let client = cluster.connect("postgres").await.unwrap();
+    setup(&client, 20_000).await;
+    let dir = tempfile::tempdir().unwrap();
+    let config: tokio_postgres::Config = cluster.conninfo("postgres").parse().unwrap();
+    let options = slow(dir.path(), "t");
+    let run =
+        tokio::spawn(async move { migration::run(&config, &options, &Cancel::never()).await });
+    wait_copying(&client).await;
+    client
+        .batch_execute(
+            "ALTER TABLE t ADD COLUMN extra text; INSERT INTO t VALUES (999999, 1, 'x');",
+        )
+        .await
+        .unwrap();
+    let err = run.await.unwrap().expect_err("the run must abort");
+    assert!(
+        format!("{err:#}").contains("changed during the migration"),
+        "{err:#}"
+    );
+    assert_clean(&client).await;
+    assert_eq!(scalar(&client, "SELECT count(*) FROM t").await, 20_001);
+}
+
+/// I4: every doppel session's snapshot (`backend_xmin`) is short-lived: sampled throughout a
+/// run, no session keeps the same xmin for much longer than one chunk (5 ms here; the bound
+/// allows for the machine's scheduling and the verification chunks).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn no_doppel_session_holds_a_snapshot_longer_than_a_chunk() {
+    let cluster = common::cluster().await;
+    let client = cluster.connect("postgres").await.unwrap();
+    setup(&client, 60_000).await;
+    let writer = cluster.connect("postgres").await.unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let config: tokio_postgres::Config = cluster.conninfo("postgres").parse().unwrap();
+    let options = slow(dir.path(), "t");
+    let started = Instant::now();
+    let run =
+        tokio::spawn(async move { migration::run(&config, &options, &Cancel::never()).await });
+    // (pid, xmin) → first seen; the longest any one snapshot was observed.
+    let mut first_seen: HashMap<(i32, String), Instant> = HashMap::new();
+    let mut longest = Duration::ZERO;
+    let mut samples = 0;
+    while !run.is_finished() {
+        // Keep xids moving so a held snapshot would show as an unchanged xmin.
+        writer
+            .batch_execute("UPDATE twin SET v = v WHERE id = 1")
+            .await
+            .unwrap();
+        let rows = client
+            .query(
+                "SELECT pid, backend_xmin::text FROM pg_stat_activity
+                 WHERE application_name LIKE 'doppel%' AND backend_xmin IS NOT NULL",
+                &[],
+            )
+            .await
+            .unwrap();
+        let now = Instant::now();
+        for r in rows {
+            let key = (r.get::<_, i32>(0), r.get::<_, String>(1));
+            let since = *first_seen.entry(key).or_insert(now);
+            longest = longest.max(now - since);
+        }
+        samples += 1;
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    run.await.unwrap().unwrap();
+    let lasted = started.elapsed();
+    assert!(samples > 20, "sampled the run {samples} times");
+    // The bound must be well below the run's length, or the test could not fail.
+    assert!(
+        lasted > Duration::from_secs(3),
+        "the run lasted only {lasted:?}"
+    );
+    assert!(
+        longest < Duration::from_millis(1500),
+        "a doppel session kept one snapshot for {longest:?} of a {lasted:?} run"
+    );
+}
