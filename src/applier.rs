@@ -83,9 +83,18 @@ pub struct Applier {
 impl Applier {
     /// Prepares the apply statements on `client` (a session of its own) and starts the task,
     /// paused. Errors: a statement does not prepare (the shadow lacks its primary key).
-    pub async fn spawn(client: Client, plan: Arc<Plan>, reader: SpoolReader) -> Result<Applier> {
+    ///
+    /// While `hold` reports throttle reasons, no new batch starts (the spool absorbs the
+    /// stream meanwhile).
+    pub async fn spawn(
+        client: Client,
+        plan: Arc<Plan>,
+        reader: SpoolReader,
+        hold: Option<watch::Receiver<crate::throttle::ThrottleState>>,
+    ) -> Result<Applier> {
         let collapse = Arc::new(std::sync::atomic::AtomicBool::new(true));
-        let worker = Worker::new(client, plan, reader, collapse.clone()).await?;
+        let mut worker = Worker::new(client, plan, reader, collapse.clone()).await?;
+        worker.hold = hold;
         let (control_tx, control_rx) = watch::channel(Control::Pause);
         let (status_tx, status_rx) = watch::channel(ApplyStatus {
             paused: true,
@@ -295,6 +304,7 @@ struct Worker {
     direct_partial: bool,
     relation_checked: bool,
     collapse: Arc<std::sync::atomic::AtomicBool>,
+    hold: Option<watch::Receiver<crate::throttle::ThrottleState>>,
 }
 
 struct Batch {
@@ -343,6 +353,7 @@ impl Worker {
             direct_partial,
             relation_checked: false,
             collapse,
+            hold: None,
         })
     }
 
@@ -363,6 +374,17 @@ impl Worker {
                     continue;
                 }
                 Control::Run => status.send_modify(|s| s.paused = false),
+            }
+            if let Some(hold) = self.hold.as_mut() {
+                let throttled = !hold.borrow_and_update().reasons.is_empty();
+                if throttled {
+                    status.send_modify(|s| s.paused = true);
+                    tokio::select! {
+                        _ = hold.changed() => {}
+                        _ = control.changed() => {}
+                    }
+                    continue;
+                }
             }
             let first = tokio::select! {
                 record = self.reader.next() => record?,

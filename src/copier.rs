@@ -69,13 +69,15 @@ type Range = (Option<Vec<Option<String>>>, Option<Vec<Option<String>>>);
 /// Copies every row of the original into the shadow. `client` plans the chunks (index-only
 /// boundary scans); each of `workers` (one session each) copies ranges as they come, so
 /// `workers.len()` chunks run at once. `check` is called between chunks and stops the copy
-/// with its error (cancellation, a failed stream).
+/// with its error (cancellation, a failed stream); while `throttle` reports a reason, no new
+/// chunk starts.
 pub async fn backfill(
     client: &Client,
     workers: &[Client],
     plan: &Plan,
     options: &CopyOptions,
     progress: &Arc<Progress>,
+    throttle: Option<&crate::throttle::Throttler>,
     check: impl Fn() -> Result<()>,
 ) -> Result<CopyReport> {
     let table = plan.original.qualified();
@@ -96,6 +98,9 @@ pub async fn backfill(
         let mut lower: Option<Vec<Option<String>>> = None;
         loop {
             check()?;
+            if let Some(t) = throttle {
+                t.wait_clear().await?;
+            }
             let rows = rows_target.load(Ordering::Relaxed);
             let boundary = match &lower {
                 None => client.query_opt(&first_boundary, &[&rows]).await,

@@ -23,5 +23,6 @@ pub mod shadow;
 pub mod spool;
 pub mod sql;
 pub mod stream;
+pub mod throttle;
 pub mod verify;
 pub mod workload;

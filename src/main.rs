@@ -10,6 +10,7 @@ use doppel::copier::CopyOptions;
 use doppel::migration::{self, Cancel, Outcome, RunOptions};
 use doppel::preflight::Refused;
 use doppel::progress::Display;
+use doppel::throttle::ThrottleOptions;
 use doppel::{conninfo, cutover, demo};
 
 /// Online ALTER TABLE for PostgreSQL: shadow table, chunked backfill, logical replication
@@ -89,6 +90,34 @@ struct TuningArgs {
     /// remove it to cut over (gh-ost's --postpone-cut-over-flag-file).
     #[arg(long)]
     postpone_cutover_flag_file: Option<PathBuf>,
+    /// Throttle while a standby's replay lag exceeds this many ms (pg_stat_replication, and
+    /// the heartbeat on each --throttle-replica).
+    #[arg(long)]
+    max_replica_lag: Option<u64>,
+    /// Throttle while a standby's replay position trails the primary by more bytes of WAL.
+    #[arg(long)]
+    max_replica_lag_bytes: Option<u64>,
+    /// A standby to measure heartbeat lag on (DSN; repeatable).
+    #[arg(long = "throttle-replica")]
+    throttle_replicas: Vec<String>,
+    /// Throttle while doppel's replication slot retains more bytes of WAL.
+    #[arg(long)]
+    max_retained_wal: Option<u64>,
+    /// Abort (and clean up) when doppel's slot retains more bytes of WAL.
+    #[arg(long)]
+    critical_retained_wal: Option<u64>,
+    /// Throttle while this query returns a positive number.
+    #[arg(long)]
+    throttle_query: Option<String>,
+    /// Abort (and clean up) when this query returns a positive number.
+    #[arg(long)]
+    critical_query: Option<String>,
+    /// Throttle while this file exists.
+    #[arg(long)]
+    throttle_flag_file: Option<PathBuf>,
+    /// Abort (and clean up) as soon as this file exists.
+    #[arg(long)]
+    panic_flag_file: Option<PathBuf>,
     /// Directory for the rollback script (default: the current directory).
     #[arg(long, default_value = ".")]
     rollback_dir: PathBuf,
@@ -131,14 +160,23 @@ enum ProgressMode {
     Lines,
 }
 
-fn run_options(table: String, alters: Vec<String>, execute: bool, t: &TuningArgs) -> RunOptions {
+fn run_options(
+    table: String,
+    alters: Vec<String>,
+    execute: bool,
+    t: &TuningArgs,
+) -> anyhow::Result<RunOptions> {
     let display = match t.progress {
         ProgressMode::Bars => Display::Bars,
         ProgressMode::Lines => Display::Lines,
         ProgressMode::Auto if std::io::stderr().is_terminal() => Display::Bars,
         ProgressMode::Auto => Display::Lines,
     };
-    RunOptions {
+    let mut replicas = Vec::new();
+    for dsn in &t.throttle_replicas {
+        replicas.push(conninfo::resolve(Some(dsn))?);
+    }
+    Ok(RunOptions {
         table,
         alters,
         execute,
@@ -155,9 +193,20 @@ fn run_options(table: String, alters: Vec<String>, execute: bool, t: &TuningArgs
         work_dir: t.work_dir.clone().unwrap_or_else(std::env::temp_dir),
         rollback_dir: t.rollback_dir.clone(),
         postpone_cutover_flag_file: t.postpone_cutover_flag_file.clone(),
+        throttle: ThrottleOptions {
+            max_replica_lag: t.max_replica_lag.map(Duration::from_millis),
+            max_replica_lag_bytes: t.max_replica_lag_bytes,
+            replicas,
+            max_retained_wal: t.max_retained_wal,
+            critical_retained_wal: t.critical_retained_wal,
+            throttle_query: t.throttle_query.clone(),
+            critical_query: t.critical_query.clone(),
+            throttle_flag_file: t.throttle_flag_file.clone(),
+            panic_flag_file: t.panic_flag_file.clone(),
+        },
         display,
         status_interval: Duration::from_secs(t.status_interval.max(1)),
-    }
+    })
 }
 
 fn init_logging(format: LogFormat) {
@@ -202,7 +251,13 @@ async fn main() -> ExitCode {
         Command::Demo(args) => {
             let options = demo::DemoOptions {
                 rows: args.rows,
-                run: run_options(String::new(), Vec::new(), true, &args.tuning),
+                run: match run_options(String::new(), Vec::new(), true, &args.tuning) {
+                    Ok(r) => r,
+                    Err(e) => {
+                        eprintln!("error: {e:#}");
+                        return ExitCode::from(2);
+                    }
+                },
             };
             demo::run(&options, &cancel).await.map(|r| {
                 println!(
@@ -235,7 +290,7 @@ async fn main() -> ExitCode {
 async fn run(args: RunArgs, cancel: &Cancel) -> anyhow::Result<()> {
     let config = conninfo::resolve(args.conn.dsn.as_deref())?;
     tracing::info!("connecting to {}", conninfo::describe(&config));
-    let options = run_options(args.table, args.alters, args.execute, &args.tuning);
+    let options = run_options(args.table, args.alters, args.execute, &args.tuning)?;
     match migration::run(&config, &options, cancel).await? {
         Outcome::Planned(plan) => {
             let client = conninfo::connect(&config).await?;

@@ -62,6 +62,8 @@ pub struct RunOptions {
     pub rollback_dir: PathBuf,
     /// While this file exists, the cutover waits (the shadow is kept caught up).
     pub postpone_cutover_flag_file: Option<PathBuf>,
+    /// When to slow down or abort.
+    pub throttle: crate::throttle::ThrottleOptions,
     /// How progress is shown.
     pub display: progress::Display,
     /// Interval between status lines.
@@ -85,6 +87,7 @@ impl RunOptions {
             work_dir: std::env::temp_dir(),
             rollback_dir: PathBuf::from("."),
             postpone_cutover_flag_file: None,
+            throttle: crate::throttle::ThrottleOptions::default(),
             display: progress::Display::Lines,
             status_interval: Duration::from_secs(10),
         }
@@ -626,6 +629,28 @@ async fn phases_inner(
         }
     }));
 
+    let throttler = crate::throttle::Throttler::spawn(
+        config,
+        options.throttle.clone(),
+        &plan.names.slot,
+        &plan.names.message_prefix,
+    )
+    .await
+    .context("starting the throttle checker")?;
+    let _throttle_progress = AbortOnDrop(tokio::spawn({
+        let progress = progress.clone();
+        let mut rx = throttler.watch();
+        async move {
+            loop {
+                let reasons = rx.borrow_and_update().reasons.join("; ");
+                progress.update(|s| s.throttled = reasons);
+                if rx.changed().await.is_err() {
+                    return;
+                }
+            }
+        }
+    }));
+
     // F3 (DESIGN.md §1.3): transactions the exported snapshot sees as committed must be
     // visible to the copier's own snapshots before the first chunk.
     wait_exported_visible(control, &exported).await?;
@@ -641,6 +666,7 @@ async fn phases_inner(
         let check = || {
             cancel.check()?;
             guard.check()?;
+            throttler.check_critical()?;
             Ok(())
         };
         let mut workers = Vec::new();
@@ -650,7 +676,16 @@ async fn phases_inner(
                 .await?;
             workers.push(w);
         }
-        copier::backfill(control, &workers, plan, &options.copy, progress, check).await?
+        copier::backfill(
+            control,
+            &workers,
+            plan,
+            &options.copy,
+            progress,
+            Some(&throttler),
+            check,
+        )
+        .await?
     };
     progress.update(|s| s.copy_ended = Some(Instant::now()));
     phases.push(("copy", phase.elapsed()));
@@ -683,7 +718,8 @@ async fn phases_inner(
     apply_client
         .batch_execute("SET application_name = 'doppel applier'")
         .await?;
-    let applier = Applier::spawn(apply_client, plan.clone(), reader).await?;
+    let applier =
+        Applier::spawn(apply_client, plan.clone(), reader, Some(throttler.watch())).await?;
     if let Ok(mut w) = apply_watch.lock() {
         *w = Some(applier.watch());
     }
@@ -697,7 +733,7 @@ async fn phases_inner(
     if let Some(a) = guard.applier.as_ref() {
         a.resume();
     }
-    catch_up(guard, &fencer, cancel).await?;
+    catch_up(guard, &fencer, cancel, &throttler).await?;
     phases.push(("catch-up", phase.elapsed()));
 
     // Secondary indexes and constraints, with the applier paused (the spool absorbs changes).
@@ -732,7 +768,7 @@ async fn phases_inner(
     phases.push(("indexes", phase.elapsed()));
     let phase = Instant::now();
     progress.update(|s| s.phase = "catching up".into());
-    catch_up(guard, &fencer, cancel).await?;
+    catch_up(guard, &fencer, cancel, &throttler).await?;
     phases.push(("catch-up after indexes", phase.elapsed()));
 
     // Verify.
@@ -762,6 +798,7 @@ async fn phases_inner(
     let phase = Instant::now();
     progress.update(|s| s.phase = "cutover".into());
     cancel.check()?;
+    throttler.wait_clear().await?;
     let script = cutover::script(control, plan, options.lock_timeout).await?;
     let cut = cutover::run(
         control,
@@ -787,11 +824,17 @@ async fn phases_inner(
 
 /// Waits until the applier has applied everything committed before now (a fence), checking
 /// the tasks and the cancel signal while it waits.
-async fn catch_up(guard: &TaskGuard, fencer: &Fencer, cancel: &Cancel) -> Result<()> {
+async fn catch_up(
+    guard: &TaskGuard,
+    fencer: &Fencer,
+    cancel: &Cancel,
+    throttler: &crate::throttle::Throttler,
+) -> Result<()> {
     let n = fencer.emit().await?;
     loop {
         cancel.check()?;
         guard.check()?;
+        throttler.check_critical()?;
         let applier = guard
             .applier
             .as_ref()

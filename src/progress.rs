@@ -36,6 +36,8 @@ pub struct State {
     pub copy_started: Option<Instant>,
     /// When the backfill ended.
     pub copy_ended: Option<Instant>,
+    /// Active throttle reasons (empty when not throttled).
+    pub throttled: String,
 }
 
 impl Progress {

@@ -1,0 +1,835 @@
+//! The operator's control socket, in gh-ost's manner: a Unix socket (mode 0600) on which an
+//! operator changes a running migration — throttle it, change the chunk time or the lag and
+//! lock budgets, postpone or trigger the cutover, abort — and reads its status.
+//!
+//! Protocol: one command per line, any number of lines per connection; each command gets one
+//! reply line (`help` several, ended by an empty line). Errors start with `error:` and say what
+//! is accepted.
+//!
+//! | command | effect |
+//! |---|---|
+//! | `status` | the status line |
+//! | `status --json` | the status and the live settings as one JSON line |
+//! | `throttle` / `no-throttle` | set / release the operator's throttle |
+//! | `chunk-time=MS` | target duration of a backfill chunk |
+//! | `max-replica-lag=MS` | replica lag above which doppel throttles (gh-ost: `max-lag-millis`) |
+//! | `lock-timeout=MS` | `lock_timeout` of each cutover attempt |
+//! | `postpone` | do not cut over until `cut-over` |
+//! | `cut-over` | lift a postponement (gh-ost: `unpostpone`) |
+//! | `abort` | stop and remove everything doppel created (gh-ost: `panic`) |
+//! | `KEY=?` | read `chunk-time`, `max-replica-lag`, `lock-timeout`, `throttle`, `postpone` |
+//! | `help` | the list of commands |
+//!
+//! [`Controls`] holds the live values; the run reads them, and waits on them with
+//! [`Controls::wait_until`]. `doppel ctl` uses [`send`].
+
+use std::ops::RangeInclusive;
+use std::os::unix::fs::{FileTypeExt, MetadataExt, PermissionsExt};
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::time::Duration;
+
+use anyhow::{Context, Result, bail};
+use serde_json::json;
+use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
+use tokio::net::{UnixListener, UnixStream};
+use tokio::sync::watch;
+use tokio::task::JoinSet;
+
+use crate::progress::Progress;
+
+/// Accepted values of `chunk-time=MS`.
+pub const CHUNK_TIME_MS: RangeInclusive<u64> = 1..=600_000;
+/// Accepted values of `max-replica-lag=MS`.
+pub const MAX_REPLICA_LAG_MS: RangeInclusive<u64> = 1..=86_400_000;
+/// Accepted values of `lock-timeout=MS` (every query on the table queues behind a waiting
+/// cutover lock, so more than a minute is refused).
+pub const LOCK_TIMEOUT_MS: RangeInclusive<u64> = 1..=60_000;
+
+/// Longest command line the server reads.
+const MAX_LINE: usize = 4096;
+/// How long `send` waits for a connection and for the reply.
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
+const REPLY_TIMEOUT: Duration = Duration::from_secs(30);
+/// Longest path of a Unix socket on Linux (`sun_path` is 108 bytes with the NUL).
+const MAX_SOCKET_PATH: usize = 107;
+
+/// Live settings an operator can change at runtime. Every value is an atomic; every change
+/// bumps a generation that [`Controls::subscribe`] and [`Controls::wait_until`] observe.
+#[derive(Debug)]
+pub struct Controls {
+    throttle_forced: AtomicBool,
+    chunk_time_ms: AtomicU64,
+    max_replica_lag_ms: AtomicU64,
+    lock_timeout_ms: AtomicU64,
+    postponed: AtomicBool,
+    cut_over_requested: AtomicBool,
+    abort_requested: AtomicBool,
+    generation: watch::Sender<u64>,
+}
+
+/// A copy of the [`Controls`] at one moment.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ControlsSnapshot {
+    /// The operator's `throttle` is in force.
+    pub throttle_forced: bool,
+    /// Target duration of a backfill chunk, ms.
+    pub chunk_time_ms: u64,
+    /// Replica lag above which doppel throttles, ms.
+    pub max_replica_lag_ms: u64,
+    /// `lock_timeout` of each cutover attempt, ms.
+    pub lock_timeout_ms: u64,
+    /// The cutover is postponed.
+    pub postponed: bool,
+    /// The operator sent `cut-over`.
+    pub cut_over_requested: bool,
+    /// The operator sent `abort`.
+    pub abort_requested: bool,
+}
+
+impl ControlsSnapshot {
+    /// The settings as JSON (the `controls` member of `status --json`).
+    pub fn to_json(&self) -> serde_json::Value {
+        json!({
+            "throttle_forced": self.throttle_forced,
+            "chunk_time_ms": self.chunk_time_ms,
+            "max_replica_lag_ms": self.max_replica_lag_ms,
+            "lock_timeout_ms": self.lock_timeout_ms,
+            "postponed": self.postponed,
+            "cut_over_requested": self.cut_over_requested,
+            "abort_requested": self.abort_requested,
+        })
+    }
+}
+
+impl Controls {
+    /// The run's starting values (from its flags); no throttle, cutover not requested, no abort.
+    /// `postponed` is true when the run starts postponed (e.g. its postpone flag file exists).
+    pub fn new(
+        chunk_time_ms: u64,
+        max_replica_lag_ms: u64,
+        lock_timeout_ms: u64,
+        postponed: bool,
+    ) -> Arc<Controls> {
+        Arc::new(Controls {
+            throttle_forced: AtomicBool::new(false),
+            chunk_time_ms: AtomicU64::new(chunk_time_ms),
+            max_replica_lag_ms: AtomicU64::new(max_replica_lag_ms),
+            lock_timeout_ms: AtomicU64::new(lock_timeout_ms),
+            postponed: AtomicBool::new(postponed),
+            cut_over_requested: AtomicBool::new(false),
+            abort_requested: AtomicBool::new(false),
+            generation: watch::Sender::new(0),
+        })
+    }
+
+    fn changed(&self) {
+        self.generation.send_modify(|g| *g = g.wrapping_add(1));
+    }
+
+    /// Whether the operator's `throttle` is in force.
+    pub fn throttle_forced(&self) -> bool {
+        self.throttle_forced.load(Ordering::SeqCst)
+    }
+
+    /// Sets (`throttle`) or releases (`no-throttle`) the operator's throttle.
+    pub fn set_throttle_forced(&self, on: bool) {
+        self.throttle_forced.store(on, Ordering::SeqCst);
+        self.changed();
+    }
+
+    /// Target duration of a backfill chunk, ms.
+    pub fn chunk_time_ms(&self) -> u64 {
+        self.chunk_time_ms.load(Ordering::SeqCst)
+    }
+
+    /// Target duration of a backfill chunk.
+    pub fn chunk_time(&self) -> Duration {
+        Duration::from_millis(self.chunk_time_ms())
+    }
+
+    /// Sets the target chunk duration, ms (the socket accepts [`CHUNK_TIME_MS`]).
+    pub fn set_chunk_time_ms(&self, ms: u64) {
+        self.chunk_time_ms.store(ms, Ordering::SeqCst);
+        self.changed();
+    }
+
+    /// Replica lag above which doppel throttles, ms.
+    pub fn max_replica_lag_ms(&self) -> u64 {
+        self.max_replica_lag_ms.load(Ordering::SeqCst)
+    }
+
+    /// Replica lag above which doppel throttles.
+    pub fn max_replica_lag(&self) -> Duration {
+        Duration::from_millis(self.max_replica_lag_ms())
+    }
+
+    /// Sets the replica lag threshold, ms (the socket accepts [`MAX_REPLICA_LAG_MS`]).
+    pub fn set_max_replica_lag_ms(&self, ms: u64) {
+        self.max_replica_lag_ms.store(ms, Ordering::SeqCst);
+        self.changed();
+    }
+
+    /// `lock_timeout` of each cutover attempt, ms.
+    pub fn lock_timeout_ms(&self) -> u64 {
+        self.lock_timeout_ms.load(Ordering::SeqCst)
+    }
+
+    /// `lock_timeout` of each cutover attempt.
+    pub fn lock_timeout(&self) -> Duration {
+        Duration::from_millis(self.lock_timeout_ms())
+    }
+
+    /// Sets the cutover `lock_timeout`, ms (the socket accepts [`LOCK_TIMEOUT_MS`]).
+    pub fn set_lock_timeout_ms(&self, ms: u64) {
+        self.lock_timeout_ms.store(ms, Ordering::SeqCst);
+        self.changed();
+    }
+
+    /// Whether the cutover is postponed (by `postpone` or the starting value).
+    pub fn postponed(&self) -> bool {
+        self.postponed.load(Ordering::SeqCst)
+    }
+
+    /// `postpone`: the cutover waits; an earlier `cut-over` request is withdrawn.
+    pub fn postpone(&self) {
+        self.cut_over_requested.store(false, Ordering::SeqCst);
+        self.postponed.store(true, Ordering::SeqCst);
+        self.changed();
+    }
+
+    /// Whether the operator sent `cut-over` (and no `postpone` since).
+    pub fn cut_over_requested(&self) -> bool {
+        self.cut_over_requested.load(Ordering::SeqCst)
+    }
+
+    /// `cut-over`: lifts the postponement and records the request.
+    pub fn request_cut_over(&self) {
+        self.postponed.store(false, Ordering::SeqCst);
+        self.cut_over_requested.store(true, Ordering::SeqCst);
+        self.changed();
+    }
+
+    /// Whether the operator sent `abort`.
+    pub fn abort_requested(&self) -> bool {
+        self.abort_requested.load(Ordering::SeqCst)
+    }
+
+    /// `abort`: the run should stop and clean up.
+    pub fn request_abort(&self) {
+        self.abort_requested.store(true, Ordering::SeqCst);
+        self.changed();
+    }
+
+    /// All values at once.
+    pub fn snapshot(&self) -> ControlsSnapshot {
+        ControlsSnapshot {
+            throttle_forced: self.throttle_forced(),
+            chunk_time_ms: self.chunk_time_ms(),
+            max_replica_lag_ms: self.max_replica_lag_ms(),
+            lock_timeout_ms: self.lock_timeout_ms(),
+            postponed: self.postponed(),
+            cut_over_requested: self.cut_over_requested(),
+            abort_requested: self.abort_requested(),
+        }
+    }
+
+    /// A receiver whose value changes (a generation counter) after every change of a setting.
+    pub fn subscribe(&self) -> watch::Receiver<u64> {
+        self.generation.subscribe()
+    }
+
+    /// Resolves once `condition` holds (checked now and after every change).
+    pub async fn wait_until(&self, condition: impl Fn(&Controls) -> bool) {
+        let mut rx = self.generation.subscribe();
+        loop {
+            if condition(self) {
+                return;
+            }
+            // The sender lives in `self`, so this cannot fail while we borrow it.
+            if rx.changed().await.is_err() {
+                std::future::pending::<()>().await;
+            }
+        }
+    }
+
+    /// Resolves once the operator sends `abort`.
+    pub async fn aborted(&self) {
+        self.wait_until(|c| c.abort_requested()).await
+    }
+}
+
+/// What `status` reports; the run implements it from its progress counters (and its throttle
+/// state). Called from the socket's tasks, so it must not block.
+pub trait StatusSource: Send + Sync + 'static {
+    /// The one-line status (gh-ost's fields). Newlines are replaced by spaces.
+    fn status_line(&self) -> String;
+    /// The status as JSON. If it is an object, `status --json` adds a `controls` member.
+    fn status_json(&self) -> serde_json::Value;
+}
+
+/// The progress counters as a status source (no throttle reason: wrap it to add one).
+impl StatusSource for Progress {
+    fn status_line(&self) -> String {
+        Progress::status_line(self)
+    }
+
+    fn status_json(&self) -> serde_json::Value {
+        let s = self.snapshot();
+        let copy_s = match (s.copy_started, s.copy_ended) {
+            (Some(a), Some(b)) => (b - a).as_secs_f64(),
+            (Some(a), None) => a.elapsed().as_secs_f64(),
+            _ => 0.0,
+        };
+        json!({
+            "phase": if s.phase.is_empty() { "starting" } else { &s.phase },
+            "rows_copied": s.rows_copied,
+            "rows_estimate": s.rows_estimate,
+            "applied": s.applied,
+            "backlog_bytes": s.backlog_bytes,
+            "stream_lsn": s.stream_lsn,
+            "lag_bytes": s.lag_bytes,
+            "elapsed_s": self.elapsed().as_secs_f64(),
+            "copy_s": copy_s,
+            "line": Progress::status_line(self),
+        })
+    }
+}
+
+/// Default socket path for a table OID: `<dir>/doppel-<oid>.sock`.
+pub fn default_path(dir: &Path, table_oid: u32) -> PathBuf {
+    dir.join(format!("doppel-{table_oid}.sock"))
+}
+
+/// The control socket server. It listens until dropped; dropping it stops the listener and
+/// every connection and removes the socket file (if it is still the one this server created).
+#[derive(Debug)]
+pub struct ControlServer {
+    path: PathBuf,
+    /// Device and inode of the socket file this server bound.
+    identity: (u64, u64),
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl ControlServer {
+    /// Binds the socket at `path` (mode 0600) and serves it. Refuses when a server answers on
+    /// `path` already (another run) or when `path` is something other than a socket; a stale
+    /// socket file (nothing listening) is replaced. Must be called inside a Tokio runtime.
+    pub async fn start(
+        path: &Path,
+        controls: Arc<Controls>,
+        status: Arc<dyn StatusSource>,
+    ) -> Result<ControlServer> {
+        let len = path.as_os_str().len();
+        if len > MAX_SOCKET_PATH {
+            bail!(
+                "control socket path {} is {len} bytes; Unix sockets allow at most {MAX_SOCKET_PATH}: choose a shorter path",
+                path.display()
+            );
+        }
+        match std::fs::symlink_metadata(path) {
+            Ok(meta) => {
+                if !meta.file_type().is_socket() {
+                    bail!(
+                        "{} exists and is not a socket: refusing to replace it (remove it or choose another control socket path)",
+                        path.display()
+                    );
+                }
+                match tokio::time::timeout(Duration::from_secs(1), UnixStream::connect(path))
+                    .await
+                {
+                    Ok(Ok(_)) => bail!(
+                        "another doppel run answers on the control socket {}: refusing to take it over (one run per socket; is this table being migrated already?)",
+                        path.display()
+                    ),
+                    Ok(Err(e)) if e.kind() == std::io::ErrorKind::ConnectionRefused => {
+                        tracing::info!(
+                            "replacing the stale control socket {} (nothing listens on it)",
+                            path.display()
+                        );
+                        match std::fs::remove_file(path) {
+                            Ok(()) => {}
+                            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+                            Err(e) => {
+                                return Err(e).with_context(|| {
+                                    format!(
+                                        "removing the stale control socket {}",
+                                        path.display()
+                                    )
+                                });
+                            }
+                        }
+                    }
+                    Ok(Err(e)) if e.kind() == std::io::ErrorKind::NotFound => {}
+                    Ok(Err(e)) => {
+                        return Err(e).with_context(|| {
+                            format!(
+                                "{} exists and cannot be checked for a live doppel run",
+                                path.display()
+                            )
+                        });
+                    }
+                    Err(_) => bail!(
+                        "{} exists and its listener does not accept connections within 1 s: refusing to replace it",
+                        path.display()
+                    ),
+                }
+            }
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+            Err(e) => {
+                return Err(e)
+                    .with_context(|| format!("checking the control socket path {}", path.display()));
+            }
+        }
+        let listener = UnixListener::bind(path)
+            .with_context(|| format!("creating the control socket {}", path.display()))?;
+        // The mode is set right after bind; connections are also checked for the owner's uid,
+        // so one made before the chmod by another user is refused anyway.
+        let meta = std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600))
+            .and_then(|()| std::fs::metadata(path));
+        let meta = match meta {
+            Ok(m) => m,
+            Err(e) => {
+                drop(listener);
+                std::fs::remove_file(path).ok();
+                return Err(e).with_context(|| {
+                    format!("setting mode 0600 on the control socket {}", path.display())
+                });
+            }
+        };
+        let owner = meta.uid();
+        let task = tokio::spawn(serve(listener, controls, status, owner));
+        tracing::info!("control socket: {}", path.display());
+        Ok(ControlServer {
+            path: path.to_path_buf(),
+            identity: (meta.dev(), meta.ino()),
+            task,
+        })
+    }
+
+    /// The socket's path.
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+}
+
+impl Drop for ControlServer {
+    fn drop(&mut self) {
+        self.task.abort();
+        if let Ok(meta) = std::fs::symlink_metadata(&self.path)
+            && (meta.dev(), meta.ino()) == self.identity
+        {
+            std::fs::remove_file(&self.path).ok();
+        }
+    }
+}
+
+async fn serve(
+    listener: UnixListener,
+    controls: Arc<Controls>,
+    status: Arc<dyn StatusSource>,
+    owner: u32,
+) {
+    // Connections live in the set, so aborting this task ends them too.
+    let mut connections = JoinSet::new();
+    loop {
+        tokio::select! {
+            accepted = listener.accept() => match accepted {
+                Ok((stream, _)) => {
+                    connections.spawn(connection(stream, controls.clone(), status.clone(), owner));
+                }
+                Err(e) => {
+                    tracing::warn!("control socket: accept failed: {e}");
+                    // E.g. out of file descriptors: do not spin.
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                }
+            },
+            Some(_) = connections.join_next(), if !connections.is_empty() => {}
+        }
+    }
+}
+
+async fn connection(
+    mut stream: UnixStream,
+    controls: Arc<Controls>,
+    status: Arc<dyn StatusSource>,
+    owner: u32,
+) {
+    if let Ok(cred) = stream.peer_cred()
+        && cred.uid() != owner
+        && cred.uid() != 0
+    {
+        tracing::warn!(
+            "control socket: refused a connection from uid {} (the run's owner is uid {owner})",
+            cred.uid()
+        );
+        stream
+            .write_all(
+                b"error: permission denied: only the owner of this doppel run may control it\n",
+            )
+            .await
+            .ok();
+        return;
+    }
+    let (read, mut write) = stream.into_split();
+    let mut reader = BufReader::new(read);
+    let mut buf = Vec::new();
+    loop {
+        buf.clear();
+        let n = match (&mut reader)
+            .take(MAX_LINE as u64 + 1)
+            .read_until(b'\n', &mut buf)
+            .await
+        {
+            Ok(0) | Err(_) => return,
+            Ok(n) => n,
+        };
+        if n > MAX_LINE && buf.last() != Some(&b'\n') {
+            write
+                .write_all(
+                    format!("error: command longer than {MAX_LINE} bytes; closing\n").as_bytes(),
+                )
+                .await
+                .ok();
+            return;
+        }
+        let line = String::from_utf8_lossy(&buf);
+        let command = line.trim();
+        if command.is_empty() {
+            continue;
+        }
+        let (reply, changed) = execute(command, &controls, status.as_ref());
+        if changed {
+            tracing::info!("control socket: {command}: {reply}");
+        }
+        let mut out = reply.into_bytes();
+        out.push(b'\n');
+        if write.write_all(&out).await.is_err() {
+            return;
+        }
+    }
+}
+
+const COMMANDS: &str = "status, status --json, throttle, no-throttle, chunk-time=MS, max-replica-lag=MS, lock-timeout=MS, postpone, cut-over, abort, help; KEY=? reads chunk-time, max-replica-lag, lock-timeout, throttle or postpone";
+
+fn help() -> String {
+    format!(
+        "doppel control socket: one command per line, one reply line per command (this help ends with an empty line)\n\
+status               the status line\n\
+status --json        the status and the live settings as one JSON line\n\
+throttle             pause the copy and the apply until no-throttle\n\
+no-throttle          release the operator's throttle (other throttle reasons still apply)\n\
+chunk-time=MS        target duration of one backfill chunk ({}..={})\n\
+max-replica-lag=MS   throttle while a standby lags more than this ({}..={}; gh-ost: max-lag-millis)\n\
+lock-timeout=MS      lock_timeout of each cutover attempt ({}..={})\n\
+postpone             do not cut over until cut-over\n\
+cut-over             lift a postponement: cut over once ready (gh-ost: unpostpone)\n\
+abort                stop now and remove everything doppel created (gh-ost: panic)\n\
+KEY=?                read a value: chunk-time, max-replica-lag, lock-timeout, throttle, postpone\n\
+help                 this text\n",
+        CHUNK_TIME_MS.start(),
+        CHUNK_TIME_MS.end(),
+        MAX_REPLICA_LAG_MS.start(),
+        MAX_REPLICA_LAG_MS.end(),
+        LOCK_TIMEOUT_MS.start(),
+        LOCK_TIMEOUT_MS.end(),
+    )
+}
+
+/// Which numeric setting a `key=` command names.
+#[derive(Clone, Copy)]
+enum Setting {
+    ChunkTime,
+    MaxReplicaLag,
+    LockTimeout,
+}
+
+impl Setting {
+    fn parse(key: &str) -> Option<Setting> {
+        match key {
+            "chunk-time" => Some(Setting::ChunkTime),
+            "max-replica-lag" | "max-lag-millis" => Some(Setting::MaxReplicaLag),
+            "lock-timeout" => Some(Setting::LockTimeout),
+            _ => None,
+        }
+    }
+
+    fn name(self) -> &'static str {
+        match self {
+            Setting::ChunkTime => "chunk-time",
+            Setting::MaxReplicaLag => "max-replica-lag",
+            Setting::LockTimeout => "lock-timeout",
+        }
+    }
+
+    fn range(self) -> RangeInclusive<u64> {
+        match self {
+            Setting::ChunkTime => CHUNK_TIME_MS,
+            Setting::MaxReplicaLag => MAX_REPLICA_LAG_MS,
+            Setting::LockTimeout => LOCK_TIMEOUT_MS,
+        }
+    }
+
+    fn get(self, c: &Controls) -> u64 {
+        match self {
+            Setting::ChunkTime => c.chunk_time_ms(),
+            Setting::MaxReplicaLag => c.max_replica_lag_ms(),
+            Setting::LockTimeout => c.lock_timeout_ms(),
+        }
+    }
+
+    fn set(self, c: &Controls, ms: u64) {
+        match self {
+            Setting::ChunkTime => c.set_chunk_time_ms(ms),
+            Setting::MaxReplicaLag => c.set_max_replica_lag_ms(ms),
+            Setting::LockTimeout => c.set_lock_timeout_ms(ms),
+        }
+    }
+}
+
+/// Runs one command (trimmed, non-empty) and returns its reply, without the final newline.
+fn execute(command: &str, controls: &Controls, status: &dyn StatusSource) -> String {
+    let lower = command.to_ascii_lowercase();
+    let words: Vec<&str> = lower.split_whitespace().collect();
+    match words.as_slice() {
+        ["status"] | ["info"] => return status.status_line().replace(['\n', '\r'], " "),
+        ["status", "--json"] | ["status", "json"] => {
+            let mut value = status.status_json();
+            let settings = controls.snapshot().to_json();
+            match value.as_object_mut() {
+                Some(object) => {
+                    object.insert("controls".into(), settings);
+                }
+                None => value = json!({ "status": value, "controls": settings }),
+            }
+            return value.to_string();
+        }
+        ["help"] | ["?"] => return help(),
+        ["throttle"] => {
+            controls.set_throttle_forced(true);
+            return "ok: throttled by the operator: the copy and the apply pause until no-throttle"
+                .into();
+        }
+        ["no-throttle"] | ["unthrottle"] => {
+            let was = controls.throttle_forced();
+            controls.set_throttle_forced(false);
+            return if was {
+                "ok: the operator's throttle is released (other throttle reasons still apply)"
+                    .into()
+            } else {
+                "ok: the operator's throttle was not set (other throttle reasons still apply)"
+                    .into()
+            };
+        }
+        ["postpone"] => {
+            controls.postpone();
+            return "ok: cutover postponed: the shadow is kept caught up until cut-over".into();
+        }
+        ["cut-over"] | ["cutover"] | ["unpostpone"] => {
+            let was = controls.postponed();
+            controls.request_cut_over();
+            return if was {
+                "ok: postponement lifted: cutting over once ready".into()
+            } else {
+                "ok: cut-over requested (it was not postponed: doppel cuts over once ready)".into()
+            };
+        }
+        ["abort"] | ["panic"] => {
+            controls.request_abort();
+            return "ok: aborting: doppel stops and removes what it created".into();
+        }
+        [_] => {}
+        _ => {
+            return format!("error: unknown command {command:?}; accepted: {COMMANDS}");
+        }
+    }
+    let Some((key, value)) = lower.split_once('=') else {
+        return format!("error: unknown command {command:?}; accepted: {COMMANDS}");
+    };
+    if let Some(setting) = Setting::parse(key) {
+        let name = setting.name();
+        let range = setting.range();
+        if value == "?" {
+            return format!("{name}={}", setting.get(controls));
+        }
+        return match value.parse::<u64>() {
+            Ok(ms) if range.contains(&ms) => {
+                let was = setting.get(controls);
+                setting.set(controls, ms);
+                format!("ok: {name}={ms} (was {was})")
+            }
+            _ => format!(
+                "error: {name} takes whole milliseconds from {} to {}, or ? to read it; got {value:?}",
+                range.start(),
+                range.end()
+            ),
+        };
+    }
+    match (key, value) {
+        ("throttle", "?") => format!("throttle={}", controls.throttle_forced()),
+        ("postpone" | "postponed", "?") => format!("postpone={}", controls.postponed()),
+        ("throttle" | "postpone" | "postponed", _) => format!(
+            "error: {key} takes no value; send `{key}` to set it{}, `{key}=?` to read it",
+            if key == "throttle" {
+                ", `no-throttle` to release it"
+            } else {
+                ", `cut-over` to lift it"
+            }
+        ),
+        ("chunk-size", _) => {
+            "error: doppel sizes chunks by time, not rows: use chunk-time=MS".to_string()
+        }
+        _ => format!("error: unknown setting {key:?}; accepted: {COMMANDS}"),
+    }
+}
+
+/// Sends one command to the control socket at `path` and returns the reply (several lines for
+/// `help`), without the final newline. A reply starting with `error:` is still `Ok`: the server
+/// answered. Fails when nothing answers on `path`.
+pub async fn send(path: &Path, command: &str) -> Result<String> {
+    let command = command.trim();
+    if command.is_empty() || command.contains(['\n', '\r']) {
+        bail!("send one command, on one line (try help)");
+    }
+    let mut stream = match tokio::time::timeout(CONNECT_TIMEOUT, UnixStream::connect(path)).await
+    {
+        Ok(Ok(s)) => s,
+        Ok(Err(e)) => {
+            return Err(e).with_context(|| {
+                format!(
+                    "no doppel run answers on {} (doppel prints its control socket's path when it starts)",
+                    path.display()
+                )
+            });
+        }
+        Err(_) => bail!(
+            "the control socket {} did not accept a connection within {} s",
+            path.display(),
+            CONNECT_TIMEOUT.as_secs()
+        ),
+    };
+    let exchange = async {
+        stream.write_all(format!("{command}\n").as_bytes()).await?;
+        // Half-close: the server answers, sees the end of input and closes.
+        stream.shutdown().await?;
+        let mut reply = String::new();
+        stream.read_to_string(&mut reply).await?;
+        Ok::<_, std::io::Error>(reply)
+    };
+    let reply = tokio::time::timeout(REPLY_TIMEOUT, exchange)
+        .await
+        .map_err(|_| {
+            anyhow::anyhow!(
+                "no reply from the control socket {} within {} s",
+                path.display(),
+                REPLY_TIMEOUT.as_secs()
+            )
+        })?
+        .with_context(|| format!("talking to the control socket {}", path.display()))?;
+    Ok(reply.trim_end_matches(['\n', '\r']).to_string())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    struct Fixed;
+
+    impl StatusSource for Fixed {
+        fn status_line(&self) -> String {
+            "Copy: 1/2 50.0%;\nState: copying".into()
+        }
+        fn status_json(&self) -> serde_json::Value {
+            json!({ "phase": "copying" })
+        }
+    }
+
+    fn run(c: &Controls, command: &str) -> String {
+        execute(command, c, &Fixed)
+    }
+
+    #[test]
+    fn settings_parse_validate_and_read() {
+        let c = Controls::new(500, 1000, 200, false);
+        assert_eq!(run(&c, "chunk-time=250"), "ok: chunk-time=250 (was 500)");
+        assert_eq!(c.chunk_time(), Duration::from_millis(250));
+        assert_eq!(run(&c, "chunk-time=?"), "chunk-time=250");
+        assert_eq!(run(&c, "MAX-LAG-MILLIS=1500"), "ok: max-replica-lag=1500 (was 1000)");
+        assert_eq!(run(&c, "max-replica-lag=?"), "max-replica-lag=1500");
+        for bad in [
+            "chunk-time=0",
+            "chunk-time=-1",
+            "chunk-time=abc",
+            "chunk-time=",
+            "lock-timeout=60001",
+            "max-replica-lag=1.5",
+        ] {
+            let reply = run(&c, bad);
+            assert!(reply.starts_with("error: "), "{bad}: {reply}");
+            assert!(reply.contains("milliseconds from"), "{bad}: {reply}");
+        }
+        assert_eq!(c.chunk_time_ms(), 250);
+        assert_eq!(c.lock_timeout_ms(), 200);
+        assert!(run(&c, "chunk-size=1000").contains("chunk-time=MS"));
+        assert!(run(&c, "throttle=1").starts_with("error: throttle takes no value"));
+        let unknown = run(&c, "frobnicate");
+        assert!(unknown.starts_with("error: unknown command"), "{unknown}");
+        assert!(unknown.contains("chunk-time=MS"), "{unknown}");
+        assert!(run(&c, "status now please").starts_with("error: unknown command"));
+    }
+
+    #[test]
+    fn state_commands_and_aliases() {
+        let c = Controls::new(500, 1000, 200, true);
+        assert_eq!(run(&c, "postpone=?"), "postpone=true");
+        run(&c, "unpostpone");
+        assert!(!c.postponed() && c.cut_over_requested());
+        run(&c, "postpone");
+        assert!(c.postponed() && !c.cut_over_requested());
+        run(&c, "throttle");
+        assert_eq!(run(&c, "throttle=?"), "throttle=true");
+        run(&c, "no-throttle");
+        assert!(!c.throttle_forced());
+        run(&c, "panic");
+        assert!(c.abort_requested());
+    }
+
+    #[test]
+    fn status_is_one_line_and_json_carries_controls() {
+        let c = Controls::new(500, 1000, 200, false);
+        assert_eq!(run(&c, "status"), "Copy: 1/2 50.0%; State: copying");
+        let v: serde_json::Value = serde_json::from_str(&run(&c, "status --json")).unwrap();
+        assert_eq!(v["phase"], "copying");
+        assert_eq!(v["controls"]["chunk_time_ms"], 500);
+        assert_eq!(v["controls"]["postponed"], false);
+        assert!(help().ends_with("this text\n"));
+        assert!(!mutates("status --json") && !mutates("chunk-time=?") && mutates("abort"));
+    }
+
+    #[tokio::test]
+    async fn wait_until_sees_changes() {
+        let c = Controls::new(500, 1000, 200, false);
+        let waiter = tokio::spawn({
+            let c = c.clone();
+            async move { c.aborted().await }
+        });
+        let mut rx = c.subscribe();
+        c.set_chunk_time_ms(100);
+        rx.changed().await.unwrap();
+        assert!(!waiter.is_finished());
+        c.request_abort();
+        tokio::time::timeout(Duration::from_secs(10), waiter)
+            .await
+            .expect("aborted() resolves after request_abort")
+            .unwrap();
+    }
+
+    #[test]
+    fn default_path_names_the_oid() {
+        assert_eq!(
+            default_path(Path::new("/run/doppel"), 16384),
+            PathBuf::from("/run/doppel/doppel-16384.sock")
+        );
+    }
+}

@@ -1,0 +1,351 @@
+//! Throttling (gh-ost's model, DESIGN.md §5): a checker samples every reason to slow down
+//! every [`CHECK_INTERVAL`] and publishes the active ones; the backfill and the applier stop
+//! at their next chunk or batch boundary while any is active, and resume when all clear. The
+//! replication stream is consumed regardless, so throttling never moves the backlog onto the
+//! primary's WAL.
+//!
+//! Reasons: the operator (`throttle` on the control socket, or `--throttle-flag-file`
+//! existing); physical standbys' replay lag from `pg_stat_replication` (`--max-replica-lag`,
+//! time, and `--max-replica-lag-bytes`); named standbys' lag measured from a heartbeat
+//! (`--throttle-replica DSN`: `now() - pg_last_xact_replay_timestamp()` on the standby while
+//! doppel commits a tiny heartbeat transaction on the primary every 100 ms, gh-ost's
+//! heartbeat made native); the WAL retained by doppel's slot (`--max-retained-wal`); and a
+//! `--throttle-query` that returns a positive number. Critical conditions abort the run:
+//! `--panic-flag-file` existing, `--critical-retained-wal` exceeded, `--critical-query`
+//! returning a positive number.
+
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::time::Duration;
+
+use anyhow::{Context, Result, bail};
+use tokio::sync::watch;
+use tokio::task::JoinHandle;
+
+use crate::conninfo;
+
+/// How often the throttle reasons are sampled.
+pub const CHECK_INTERVAL: Duration = Duration::from_millis(100);
+
+/// Throttle settings (all optional).
+#[derive(Debug, Clone, Default)]
+pub struct ThrottleOptions {
+    /// Throttle while a standby's `replay_lag` exceeds this.
+    pub max_replica_lag: Option<Duration>,
+    /// Throttle while a standby's replay position trails the primary by more bytes.
+    pub max_replica_lag_bytes: Option<u64>,
+    /// Standbys to measure heartbeat lag on (time, compared with `max_replica_lag`).
+    pub replicas: Vec<tokio_postgres::Config>,
+    /// Throttle while doppel's slot retains more WAL (bytes).
+    pub max_retained_wal: Option<u64>,
+    /// Abort when doppel's slot retains more WAL (bytes), before the disk fills.
+    pub critical_retained_wal: Option<u64>,
+    /// Throttle while this query returns a positive number.
+    pub throttle_query: Option<String>,
+    /// Abort when this query returns a positive number.
+    pub critical_query: Option<String>,
+    /// Throttle while this file exists.
+    pub throttle_flag_file: Option<PathBuf>,
+    /// Abort (and clean up) as soon as this file exists.
+    pub panic_flag_file: Option<PathBuf>,
+}
+
+/// What the checker found at its last sample.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct ThrottleState {
+    /// Active reasons to throttle, human-readable (empty = not throttled).
+    pub reasons: Vec<String>,
+    /// A reason to abort the run.
+    pub critical: Option<String>,
+}
+
+/// Settings an operator may change while the run goes on.
+#[derive(Debug, Default)]
+pub struct LiveThrottle {
+    /// Throttle forced by the operator.
+    pub forced: AtomicBool,
+    /// `--max-replica-lag` in ms (0 = off).
+    pub max_replica_lag_ms: AtomicU64,
+}
+
+/// The running checker.
+pub struct Throttler {
+    state: watch::Receiver<ThrottleState>,
+    live: Arc<LiveThrottle>,
+    handle: JoinHandle<()>,
+    heartbeat: Option<JoinHandle<()>>,
+}
+
+impl Throttler {
+    /// Starts the checker (own sessions to the primary and to each named standby) for the slot
+    /// `slot`. Errors: a session cannot be opened, or a query does not prepare.
+    pub async fn spawn(
+        config: &tokio_postgres::Config,
+        options: ThrottleOptions,
+        slot: &str,
+        message_prefix: &str,
+    ) -> Result<Throttler> {
+        let primary = conninfo::connect(config).await?;
+        primary
+            .batch_execute("SET application_name = 'doppel throttle'")
+            .await?;
+        let mut replicas = Vec::new();
+        for r in &options.replicas {
+            let c = conninfo::connect(r).await.with_context(|| {
+                format!(
+                    "connecting to the throttle replica {}",
+                    conninfo::describe(r)
+                )
+            })?;
+            replicas.push((conninfo::describe(r), c));
+        }
+        let heartbeat = if replicas.is_empty() {
+            None
+        } else {
+            // A commit on the primary every 100 ms, so the standby's last replayed commit time
+            // measures its lag.
+            let hb = conninfo::connect(config).await?;
+            hb.batch_execute(
+                "SET application_name = 'doppel heartbeat'; SET synchronous_commit = local",
+            )
+            .await?;
+            let prefix = message_prefix.to_string();
+            Some(tokio::spawn(async move {
+                loop {
+                    if hb
+                        .execute(
+                            "SELECT pg_logical_emit_message(true, $1, 'heartbeat')",
+                            &[&prefix],
+                        )
+                        .await
+                        .is_err()
+                    {
+                        return;
+                    }
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                }
+            }))
+        };
+        let live = Arc::new(LiveThrottle::default());
+        live.max_replica_lag_ms.store(
+            options
+                .max_replica_lag
+                .map(|d| d.as_millis() as u64)
+                .unwrap_or(0),
+            Ordering::SeqCst,
+        );
+        let (tx, rx) = watch::channel(ThrottleState::default());
+        let slot = slot.to_string();
+        let checker_live = live.clone();
+        let handle = tokio::spawn(async move {
+            loop {
+                let state = sample(&primary, &replicas, &options, &checker_live, &slot).await;
+                tx.send_if_modified(|old| {
+                    if *old != state {
+                        if state.reasons.is_empty() && !old.reasons.is_empty() {
+                            tracing::info!("throttle cleared");
+                        } else if !state.reasons.is_empty() && old.reasons != state.reasons {
+                            tracing::warn!("throttled: {}", state.reasons.join("; "));
+                        }
+                        *old = state;
+                        true
+                    } else {
+                        false
+                    }
+                });
+                tokio::time::sleep(CHECK_INTERVAL).await;
+            }
+        });
+        Ok(Throttler {
+            state: rx,
+            live,
+            handle,
+            heartbeat,
+        })
+    }
+
+    /// Settings an operator may change at runtime.
+    pub fn live(&self) -> Arc<LiveThrottle> {
+        self.live.clone()
+    }
+
+    /// The latest sample.
+    pub fn state(&self) -> ThrottleState {
+        self.state.borrow().clone()
+    }
+
+    /// A receiver of samples.
+    pub fn watch(&self) -> watch::Receiver<ThrottleState> {
+        self.state.clone()
+    }
+
+    /// Error if a critical condition was seen.
+    pub fn check_critical(&self) -> Result<()> {
+        if let Some(why) = &self.state.borrow().critical {
+            bail!("aborting: {why}; the original table is untouched");
+        }
+        Ok(())
+    }
+
+    /// Waits while throttled. Errors on a critical condition.
+    pub async fn wait_clear(&self) -> Result<()> {
+        let mut rx = self.state.clone();
+        loop {
+            {
+                let s = rx.borrow_and_update();
+                if let Some(why) = &s.critical {
+                    bail!("aborting: {why}; the original table is untouched");
+                }
+                if s.reasons.is_empty() {
+                    return Ok(());
+                }
+            }
+            if rx.changed().await.is_err() {
+                return Ok(());
+            }
+        }
+    }
+}
+
+impl Drop for Throttler {
+    fn drop(&mut self) {
+        self.handle.abort();
+        if let Some(h) = &self.heartbeat {
+            h.abort();
+        }
+    }
+}
+
+async fn sample(
+    primary: &tokio_postgres::Client,
+    replicas: &[(String, tokio_postgres::Client)],
+    options: &ThrottleOptions,
+    live: &LiveThrottle,
+    slot: &str,
+) -> ThrottleState {
+    let mut state = ThrottleState::default();
+    if let Some(flag) = &options.panic_flag_file
+        && flag.exists()
+    {
+        state.critical = Some(format!("panic flag file {} exists", flag.display()));
+        return state;
+    }
+    if live.forced.load(Ordering::SeqCst) {
+        state.reasons.push("throttled by the operator".into());
+    }
+    if let Some(flag) = &options.throttle_flag_file
+        && flag.exists()
+    {
+        state
+            .reasons
+            .push(format!("throttle flag file {} exists", flag.display()));
+    }
+    let max_lag_ms = live.max_replica_lag_ms.load(Ordering::SeqCst);
+    if max_lag_ms > 0 || options.max_replica_lag_bytes.is_some() {
+        match primary
+            .query(
+                "SELECT coalesce(application_name, client_addr::text, pid::text),
+                        coalesce((extract(epoch FROM replay_lag) * 1000)::bigint, 0),
+                        coalesce(pg_wal_lsn_diff(pg_current_wal_lsn(), replay_lsn), 0)::bigint
+                 FROM pg_stat_replication WHERE state = 'streaming' AND replay_lsn IS NOT NULL",
+                &[],
+            )
+            .await
+        {
+            Ok(rows) => {
+                for r in rows {
+                    let (name, lag_ms, lag_bytes): (String, i64, i64) =
+                        (r.get(0), r.get(1), r.get(2));
+                    if max_lag_ms > 0 && lag_ms as u64 > max_lag_ms {
+                        state.reasons.push(format!(
+                            "standby {name} replay lag {lag_ms} ms > {max_lag_ms} ms"
+                        ));
+                    }
+                    if let Some(max) = options.max_replica_lag_bytes
+                        && lag_bytes as u64 > max
+                    {
+                        state.reasons.push(format!(
+                            "standby {name} trails by {lag_bytes} bytes of WAL > {max}"
+                        ));
+                    }
+                }
+            }
+            Err(e) => state
+                .reasons
+                .push(format!("cannot read pg_stat_replication: {e}")),
+        }
+    }
+    for (name, replica) in replicas {
+        match replica
+            .query_one(
+                "SELECT coalesce((extract(epoch FROM now() - pg_last_xact_replay_timestamp()) * 1000)::bigint, 0)",
+                &[],
+            )
+            .await
+        {
+            Ok(row) => {
+                let lag_ms: i64 = row.get(0);
+                if max_lag_ms > 0 && lag_ms as u64 > max_lag_ms {
+                    state
+                        .reasons
+                        .push(format!("replica {name} heartbeat lag {lag_ms} ms > {max_lag_ms} ms"));
+                }
+            }
+            Err(e) => state.reasons.push(format!("cannot measure lag on replica {name}: {e}")),
+        }
+    }
+    if (options.max_retained_wal.is_some() || options.critical_retained_wal.is_some())
+        && let Ok(Some(row)) = primary
+            .query_opt(
+                "SELECT pg_wal_lsn_diff(pg_current_wal_lsn(), restart_lsn)::bigint FROM pg_replication_slots WHERE slot_name = $1",
+                &[&slot],
+            )
+            .await
+        {
+            let retained: Option<i64> = row.get(0);
+            let retained = retained.unwrap_or(0).max(0) as u64;
+            if let Some(max) = options.critical_retained_wal
+                && retained > max {
+                    state.critical = Some(format!(
+                        "replication slot {slot} retains {retained} bytes of WAL > --critical-retained-wal {max}"
+                    ));
+                }
+            if let Some(max) = options.max_retained_wal
+                && retained > max {
+                    state
+                        .reasons
+                        .push(format!("slot {slot} retains {retained} bytes of WAL > {max}"));
+                }
+        }
+    if let Some(q) = &options.critical_query
+        && positive(primary, q).await
+    {
+        state.critical = Some(format!("--critical-query returned a positive value ({q})"));
+    }
+    if let Some(q) = &options.throttle_query
+        && positive(primary, q).await
+    {
+        state
+            .reasons
+            .push(format!("--throttle-query returned a positive value ({q})"));
+    }
+    state
+}
+
+/// True when `query`'s first column of its first row is a positive number.
+async fn positive(client: &tokio_postgres::Client, query: &str) -> bool {
+    match client.simple_query(query).await {
+        Ok(messages) => messages.iter().any(|m| match m {
+            tokio_postgres::SimpleQueryMessage::Row(row) => row
+                .get(0)
+                .and_then(|v| v.trim().parse::<f64>().ok())
+                .is_some_and(|v| v > 0.0),
+            _ => false,
+        }),
+        Err(e) => {
+            tracing::warn!("throttle query failed: {e}");
+            false
+        }
+    }
+}

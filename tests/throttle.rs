@@ -1,0 +1,295 @@
+//! Throttling on a real server: flag files, the panic flag, and a physical standby (started
+//! from `pg_basebackup`) whose replay is paused with `pg_wal_replay_pause()` to create lag.
+//! While throttled the backfill makes no progress; it resumes when the reason clears.
+
+mod common;
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+use doppel::cluster::LocalCluster;
+use doppel::migration::{self, Cancel, Outcome, RunOptions};
+
+async fn scalar(client: &tokio_postgres::Client, sql: &str) -> i64 {
+    client.query_one(sql, &[]).await.unwrap().get(0)
+}
+
+fn slow(dir: &Path) -> RunOptions {
+    let mut o = RunOptions {
+        execute: true,
+        work_dir: dir.to_path_buf(),
+        rollback_dir: dir.to_path_buf(),
+        copy_workers: 1,
+        ..RunOptions::new("t", &["ALTER COLUMN v TYPE bigint"])
+    };
+    o.copy.chunk_time = Duration::from_millis(5);
+    o.copy.nice_ratio = 10.0;
+    o.copy.initial_rows = 100;
+    o
+}
+
+async fn setup(client: &tokio_postgres::Client) {
+    client
+        .batch_execute(
+            "CREATE TABLE t (id int PRIMARY KEY, v int NOT NULL);
+             INSERT INTO t SELECT i, i FROM generate_series(1, 100000) i;",
+        )
+        .await
+        .unwrap();
+}
+
+async fn shadow_rows(client: &tokio_postgres::Client) -> i64 {
+    // Statistics are flushed at most once a second; force a fresh read.
+    client
+        .batch_execute("SELECT pg_stat_clear_snapshot()")
+        .await
+        .unwrap();
+    let shadow: Option<String> = client
+        .query_opt("SELECT format('%I', relname) FROM pg_class WHERE relname LIKE '\\_doppel\\_%\\_new\\_t'", &[])
+        .await
+        .unwrap()
+        .map(|r| r.get(0));
+    match shadow {
+        Some(name) => client
+            .query_one(&format!("SELECT count(*) FROM {name}"), &[])
+            .await
+            .map(|r| r.get(0))
+            .unwrap_or(-1),
+        None => -1,
+    }
+}
+
+/// Waits until the shadow stops growing (no new rows over 500 ms); returns how long it took.
+async fn wait_stalled(client: &tokio_postgres::Client, within: Duration) -> Option<Duration> {
+    let started = Instant::now();
+    let mut last = shadow_rows(client).await;
+    while started.elapsed() < within {
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        let now = shadow_rows(client).await;
+        if now == last && now >= 0 {
+            return Some(started.elapsed());
+        }
+        last = now;
+    }
+    None
+}
+
+async fn wait_growing(client: &tokio_postgres::Client) {
+    let base = shadow_rows(client).await;
+    let grew = common::wait_until_async(Duration::from_secs(60), || async {
+        shadow_rows(client).await > base
+    })
+    .await;
+    assert!(grew, "the backfill makes progress");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn throttle_flag_file_pauses_the_backfill_until_removed() {
+    let cluster = common::cluster().await;
+    let client = cluster.connect("postgres").await.unwrap();
+    setup(&client).await;
+    let dir = tempfile::tempdir().unwrap();
+    let flag = dir.path().join("throttle");
+    let mut options = slow(dir.path());
+    options.throttle.throttle_flag_file = Some(flag.clone());
+    let config: tokio_postgres::Config = cluster.conninfo("postgres").parse().unwrap();
+    let run =
+        tokio::spawn(async move { migration::run(&config, &options, &Cancel::never()).await });
+    wait_growing(&client).await;
+    std::fs::write(&flag, b"").unwrap();
+    let stalled = wait_stalled(&client, Duration::from_secs(5)).await;
+    assert!(
+        stalled.is_some(),
+        "the backfill stops while the flag file exists"
+    );
+    let held = shadow_rows(&client).await;
+    let moved = common::wait_until_async(Duration::from_secs(1), || async {
+        shadow_rows(&client).await != held
+    })
+    .await;
+    assert!(!moved, "no chunk is copied while throttled");
+    std::fs::remove_file(&flag).unwrap();
+    wait_growing(&client).await;
+    assert!(matches!(run.await.unwrap().unwrap(), Outcome::Migrated(_)));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn panic_flag_file_aborts_and_cleans_up_promptly() {
+    let cluster = common::cluster().await;
+    let client = cluster.connect("postgres").await.unwrap();
+    setup(&client).await;
+    let dir = tempfile::tempdir().unwrap();
+    let flag = dir.path().join("panic");
+    let mut options = slow(dir.path());
+    options.throttle.panic_flag_file = Some(flag.clone());
+    let config: tokio_postgres::Config = cluster.conninfo("postgres").parse().unwrap();
+    let run =
+        tokio::spawn(async move { migration::run(&config, &options, &Cancel::never()).await });
+    wait_growing(&client).await;
+    std::fs::write(&flag, b"").unwrap();
+    let created = Instant::now();
+    let err = run.await.unwrap().expect_err("the run aborts");
+    let reaction = created.elapsed();
+    assert!(format!("{err:#}").contains("panic flag file"), "{err:#}");
+    assert!(
+        reaction < Duration::from_secs(5),
+        "aborted and cleaned up in {reaction:?}"
+    );
+    assert_eq!(
+        scalar(
+            &client,
+            "SELECT count(*) FROM pg_class WHERE relname LIKE '\\_doppel\\_%'"
+        )
+        .await,
+        0
+    );
+    assert_eq!(
+        scalar(&client, "SELECT count(*) FROM pg_publication").await,
+        0
+    );
+}
+
+/// A hot standby of `primary`, started from `pg_basebackup`; stopped on drop.
+struct Standby {
+    dir: PathBuf,
+    port: u16,
+    pg_ctl: PathBuf,
+}
+
+impl Standby {
+    fn start(primary: &LocalCluster) -> Option<Standby> {
+        let version = primary
+            .command("pg_basebackup")
+            .arg("--version")
+            .output()
+            .ok()?;
+        let tool_major: u32 = String::from_utf8_lossy(&version.stdout)
+            .split_whitespace()
+            .last()
+            .and_then(|v| v.split('.').next())
+            .and_then(|m| m.parse().ok())
+            .unwrap_or(0);
+        if tool_major != primary.server_version_num() / 10000 {
+            eprintln!("skipped: no pg_basebackup of the server's major here");
+            return None;
+        }
+        let dir = primary.scratch_dir().join("standby");
+        let out = primary
+            .command("pg_basebackup")
+            .arg("-D")
+            .arg(&dir)
+            .args([
+                "-R",
+                "-X",
+                "stream",
+                "-c",
+                "fast",
+                "-h",
+                primary.host(),
+                "-p",
+                &primary.port().to_string(),
+                "-U",
+                "postgres",
+            ])
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "pg_basebackup: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let port = {
+            let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+            l.local_addr().unwrap().port()
+        };
+        let conf = format!(
+            "\nport = {port}\nunix_socket_directories = '{}'\nhot_standby = on\nwal_receiver_status_interval = 1s\n",
+            primary.scratch_dir().display()
+        );
+        let auto = dir.join("postgresql.auto.conf");
+        let mut text = std::fs::read_to_string(&auto).unwrap_or_default();
+        text.push_str(&conf);
+        std::fs::write(&auto, text).unwrap();
+        let pg_ctl = primary.bin("pg_ctl");
+        let out = primary
+            .command("pg_ctl")
+            .arg("-D")
+            .arg(&dir)
+            .arg("-l")
+            .arg(primary.scratch_dir().join("standby.log"))
+            .args(["-w", "start"])
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "standby start: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        Some(Standby { dir, port, pg_ctl })
+    }
+
+    fn conninfo(&self) -> String {
+        format!(
+            "host=127.0.0.1 port={} user=postgres dbname=postgres",
+            self.port
+        )
+    }
+}
+
+impl Drop for Standby {
+    fn drop(&mut self) {
+        let _ = Command::new("runuser")
+            .args(["-u", "postgres", "--"])
+            .arg(&self.pg_ctl)
+            .arg("-D")
+            .arg(&self.dir)
+            .args(["-m", "immediate", "stop"])
+            .output();
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn standby_replay_lag_throttles_and_clearing_it_resumes() {
+    let cluster = common::cluster().await;
+    let client = cluster.connect("postgres").await.unwrap();
+    setup(&client).await;
+    let Some(standby) = Standby::start(&cluster) else {
+        return;
+    };
+    let (replica, conn) = tokio_postgres::connect(&standby.conninfo(), tokio_postgres::NoTls)
+        .await
+        .unwrap();
+    tokio::spawn(conn);
+    let dir = tempfile::tempdir().unwrap();
+    let mut options = slow(dir.path());
+    options.throttle.max_replica_lag = Some(Duration::from_millis(500));
+    options.throttle.replicas = vec![standby.conninfo().parse().unwrap()];
+    let config: tokio_postgres::Config = cluster.conninfo("postgres").parse().unwrap();
+    let run =
+        tokio::spawn(async move { migration::run(&config, &options, &Cancel::never()).await });
+    wait_growing(&client).await;
+    replica
+        .batch_execute("SELECT pg_wal_replay_pause()")
+        .await
+        .unwrap();
+    // Lag crosses 500 ms half a second after the pause; the backfill must stop within 1 s of
+    // that (plus the 500 ms it takes to see a stall).
+    let stalled = wait_stalled(&client, Duration::from_secs(10)).await;
+    assert!(
+        stalled.is_some_and(|d| d < Duration::from_millis(2500)),
+        "the backfill stalled after {stalled:?}"
+    );
+    let held = shadow_rows(&client).await;
+    let moved = common::wait_until_async(Duration::from_secs(1), || async {
+        shadow_rows(&client).await != held
+    })
+    .await;
+    assert!(!moved, "no chunk is copied while the standby lags");
+    replica
+        .batch_execute("SELECT pg_wal_replay_resume()")
+        .await
+        .unwrap();
+    wait_growing(&client).await;
+    assert!(matches!(run.await.unwrap().unwrap(), Outcome::Migrated(_)));
+}
