@@ -63,6 +63,8 @@ pub struct ApplyStatus {
     pub idle: bool,
     /// Why the applier stopped, when it failed.
     pub error: Option<String>,
+    /// The failure's class, when it had one.
+    pub error_kind: Option<crate::failure::FailureKind>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -103,7 +105,11 @@ impl Applier {
         let handle = tokio::spawn(async move {
             let result = worker.run(control_rx, &status_tx).await;
             if let Err(e) = &result {
-                status_tx.send_modify(|s| s.error = Some(format!("{e:#}")));
+                let kind = crate::failure::kind_of(e);
+                status_tx.send_modify(|s| {
+                    s.error = Some(format!("{e:#}"));
+                    s.error_kind = kind;
+                });
             }
             result
         });
@@ -158,11 +164,18 @@ impl Applier {
     /// Fails with the applier's error if its task has ended.
     pub fn check(&self) -> Result<()> {
         if self.handle.is_finished() {
-            let why = self.status.borrow().error.clone();
-            bail!(
+            let (why, kind) = {
+                let s = self.status.borrow();
+                (s.error.clone(), s.error_kind)
+            };
+            let message = format!(
                 "applying streamed changes failed: {}",
                 why.unwrap_or_else(|| "the applier stopped".into())
             );
+            return Err(match kind {
+                Some(kind) => crate::failure::fail(kind, message),
+                None => anyhow!(message),
+            });
         }
         Ok(())
     }
@@ -484,10 +497,15 @@ impl Worker {
                     pending.push(collapse, key, Op::Delete, batch.xid);
                     batch.changes += 1;
                 }
-                PgOutputMessage::Truncate { .. } => bail!(
-                    "TRUNCATE ran on {} during the migration: the shadow cannot follow it; aborting (the original table is untouched; run doppel again)",
-                    plan.original.qualified()
-                ),
+                PgOutputMessage::Truncate { .. } => {
+                    return Err(crate::failure::fail(
+                        crate::failure::FailureKind::Conflict,
+                        format!(
+                            "TRUNCATE ran on {} during the migration: the shadow cannot follow it; aborting (the original table is untouched; run doppel again)",
+                            plan.original.qualified()
+                        ),
+                    ));
+                }
                 PgOutputMessage::Message {
                     prefix, content, ..
                 } => {
@@ -801,14 +819,17 @@ fn check_relation(plan: &Plan, rel: &pgoutput::Relation) -> Result<()> {
             .zip(expected)
             .all(|(a, b)| a.name == b.name && a.type_oid == b.type_oid);
     if !same {
-        bail!(
-            "the definition of {} changed during the migration (DDL ran on it: columns now {:?}); aborting — the shadow was built for the old definition. The original table is untouched; run doppel again",
-            plan.original.qualified(),
-            rel.columns
-                .iter()
-                .map(|c| c.name.as_str())
-                .collect::<Vec<_>>()
-        );
+        return Err(crate::failure::fail(
+            crate::failure::FailureKind::Conflict,
+            format!(
+                "the definition of {} changed during the migration (DDL ran on it: columns now {:?}); aborting — the shadow was built for the old definition. The original table is untouched; run doppel again",
+                plan.original.qualified(),
+                rel.columns
+                    .iter()
+                    .map(|c| c.name.as_str())
+                    .collect::<Vec<_>>()
+            ),
+        ));
     }
     Ok(())
 }

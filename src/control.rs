@@ -336,8 +336,7 @@ impl ControlServer {
                         path.display()
                     );
                 }
-                match tokio::time::timeout(Duration::from_secs(1), UnixStream::connect(path))
-                    .await
+                match tokio::time::timeout(Duration::from_secs(1), UnixStream::connect(path)).await
                 {
                     Ok(Ok(_)) => bail!(
                         "another doppel run answers on the control socket {}: refusing to take it over (one run per socket; is this table being migrated already?)",
@@ -353,10 +352,7 @@ impl ControlServer {
                             Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
                             Err(e) => {
                                 return Err(e).with_context(|| {
-                                    format!(
-                                        "removing the stale control socket {}",
-                                        path.display()
-                                    )
+                                    format!("removing the stale control socket {}", path.display())
                                 });
                             }
                         }
@@ -378,8 +374,9 @@ impl ControlServer {
             }
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
             Err(e) => {
-                return Err(e)
-                    .with_context(|| format!("checking the control socket path {}", path.display()));
+                return Err(e).with_context(|| {
+                    format!("checking the control socket path {}", path.display())
+                });
             }
         }
         let listener = UnixListener::bind(path)
@@ -588,12 +585,21 @@ impl Setting {
     }
 }
 
-/// Runs one command (trimmed, non-empty) and returns its reply, without the final newline.
-fn execute(command: &str, controls: &Controls, status: &dyn StatusSource) -> String {
-    let lower = command.to_ascii_lowercase();
+/// Runs one command (trimmed, non-empty); returns its reply, without the final newline, and
+/// whether it changed a setting (for the audit log).
+fn execute(command: &str, controls: &Controls, status: &dyn StatusSource) -> (String, bool) {
+    let mut lower = command.to_ascii_lowercase();
+    if lower.contains('=') {
+        // `chunk-time = 500` is `chunk-time=500`.
+        lower.retain(|c| !c.is_whitespace());
+    }
+    let unknown = || format!("error: unknown command {command:?}; accepted: {COMMANDS}");
     let words: Vec<&str> = lower.split_whitespace().collect();
+    let done = |reply: &str| (reply.to_string(), true);
     match words.as_slice() {
-        ["status"] | ["info"] => return status.status_line().replace(['\n', '\r'], " "),
+        ["status"] | ["info"] => {
+            return (status.status_line().replace(['\n', '\r'], " "), false);
+        }
         ["status", "--json"] | ["status", "json"] => {
             let mut value = status.status_json();
             let settings = controls.snapshot().to_json();
@@ -603,85 +609,80 @@ fn execute(command: &str, controls: &Controls, status: &dyn StatusSource) -> Str
                 }
                 None => value = json!({ "status": value, "controls": settings }),
             }
-            return value.to_string();
+            return (value.to_string(), false);
         }
-        ["help"] | ["?"] => return help(),
+        ["help"] | ["?"] => return (help(), false),
         ["throttle"] => {
             controls.set_throttle_forced(true);
-            return "ok: throttled by the operator: the copy and the apply pause until no-throttle"
-                .into();
+            return done(
+                "ok: throttled by the operator: the copy and the apply pause until no-throttle",
+            );
         }
         ["no-throttle"] | ["unthrottle"] => {
             let was = controls.throttle_forced();
             controls.set_throttle_forced(false);
-            return if was {
+            return done(if was {
                 "ok: the operator's throttle is released (other throttle reasons still apply)"
-                    .into()
             } else {
                 "ok: the operator's throttle was not set (other throttle reasons still apply)"
-                    .into()
-            };
+            });
         }
         ["postpone"] => {
             controls.postpone();
-            return "ok: cutover postponed: the shadow is kept caught up until cut-over".into();
+            return done("ok: cutover postponed: the shadow is kept caught up until cut-over");
         }
         ["cut-over"] | ["cutover"] | ["unpostpone"] => {
             let was = controls.postponed();
             controls.request_cut_over();
-            return if was {
-                "ok: postponement lifted: cutting over once ready".into()
+            return done(if was {
+                "ok: postponement lifted: cutting over once ready"
             } else {
-                "ok: cut-over requested (it was not postponed: doppel cuts over once ready)".into()
-            };
+                "ok: cut-over requested (it was not postponed: doppel cuts over once ready)"
+            });
         }
         ["abort"] | ["panic"] => {
             controls.request_abort();
-            return "ok: aborting: doppel stops and removes what it created".into();
+            return done("ok: aborting: doppel stops and removes what it created");
         }
         [_] => {}
-        _ => {
-            return format!("error: unknown command {command:?}; accepted: {COMMANDS}");
-        }
+        _ => return (unknown(), false),
     }
     let Some((key, value)) = lower.split_once('=') else {
-        return format!("error: unknown command {command:?}; accepted: {COMMANDS}");
+        return (unknown(), false);
     };
     if let Some(setting) = Setting::parse(key) {
         let name = setting.name();
         let range = setting.range();
         if value == "?" {
-            return format!("{name}={}", setting.get(controls));
+            return (format!("{name}={}", setting.get(controls)), false);
         }
         return match value.parse::<u64>() {
             Ok(ms) if range.contains(&ms) => {
                 let was = setting.get(controls);
                 setting.set(controls, ms);
-                format!("ok: {name}={ms} (was {was})")
+                (format!("ok: {name}={ms} (was {was})"), true)
             }
-            _ => format!(
-                "error: {name} takes whole milliseconds from {} to {}, or ? to read it; got {value:?}",
-                range.start(),
-                range.end()
+            _ => (
+                format!(
+                    "error: {name} takes whole milliseconds from {} to {}, or ? to read it; got {value:?}",
+                    range.start(),
+                    range.end()
+                ),
+                false,
             ),
         };
     }
-    match (key, value) {
+    let reply = match (key, value) {
         ("throttle", "?") => format!("throttle={}", controls.throttle_forced()),
         ("postpone" | "postponed", "?") => format!("postpone={}", controls.postponed()),
-        ("throttle" | "postpone" | "postponed", _) => format!(
-            "error: {key} takes no value; send `{key}` to set it{}, `{key}=?` to read it",
-            if key == "throttle" {
-                ", `no-throttle` to release it"
-            } else {
-                ", `cut-over` to lift it"
-            }
-        ),
+        ("throttle", _) => "error: throttle takes no value: send `throttle` to set it, `no-throttle` to release it, `throttle=?` to read it".to_string(),
+        ("postpone" | "postponed", _) => "error: postpone takes no value: send `postpone` to set it, `cut-over` to lift it, `postpone=?` to read it".to_string(),
         ("chunk-size", _) => {
             "error: doppel sizes chunks by time, not rows: use chunk-time=MS".to_string()
         }
         _ => format!("error: unknown setting {key:?}; accepted: {COMMANDS}"),
-    }
+    };
+    (reply, false)
 }
 
 /// Sends one command to the control socket at `path` and returns the reply (several lines for
@@ -692,8 +693,7 @@ pub async fn send(path: &Path, command: &str) -> Result<String> {
     if command.is_empty() || command.contains(['\n', '\r']) {
         bail!("send one command, on one line (try help)");
     }
-    let mut stream = match tokio::time::timeout(CONNECT_TIMEOUT, UnixStream::connect(path)).await
-    {
+    let mut stream = match tokio::time::timeout(CONNECT_TIMEOUT, UnixStream::connect(path)).await {
         Ok(Ok(s)) => s,
         Ok(Err(e)) => {
             return Err(e).with_context(|| {
@@ -746,7 +746,7 @@ mod tests {
     }
 
     fn run(c: &Controls, command: &str) -> String {
-        execute(command, c, &Fixed)
+        execute(command, c, &Fixed).0
     }
 
     #[test]
@@ -755,7 +755,10 @@ mod tests {
         assert_eq!(run(&c, "chunk-time=250"), "ok: chunk-time=250 (was 500)");
         assert_eq!(c.chunk_time(), Duration::from_millis(250));
         assert_eq!(run(&c, "chunk-time=?"), "chunk-time=250");
-        assert_eq!(run(&c, "MAX-LAG-MILLIS=1500"), "ok: max-replica-lag=1500 (was 1000)");
+        assert_eq!(
+            run(&c, "MAX-LAG-MILLIS=1500"),
+            "ok: max-replica-lag=1500 (was 1000)"
+        );
         assert_eq!(run(&c, "max-replica-lag=?"), "max-replica-lag=1500");
         for bad in [
             "chunk-time=0",
@@ -804,7 +807,11 @@ mod tests {
         assert_eq!(v["controls"]["chunk_time_ms"], 500);
         assert_eq!(v["controls"]["postponed"], false);
         assert!(help().ends_with("this text\n"));
-        assert!(!mutates("status --json") && !mutates("chunk-time=?") && mutates("abort"));
+        assert!(!execute("status --json", &c, &Fixed).1);
+        assert!(!execute("chunk-time=?", &c, &Fixed).1);
+        assert!(!execute("chunk-time=0", &c, &Fixed).1);
+        assert!(execute("chunk-time = 400", &c, &Fixed).1);
+        assert_eq!(c.chunk_time_ms(), 400);
     }
 
     #[tokio::test]

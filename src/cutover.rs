@@ -16,7 +16,7 @@
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
-use anyhow::{Context, Result, bail};
+use anyhow::{Context, Result};
 use tokio_postgres::Client;
 
 use crate::applier::Applier;
@@ -458,12 +458,15 @@ pub async fn run(
                 }
             );
             if attempt >= options.retries {
-                bail!(
-                    "cutover failed: the ACCESS EXCLUSIVE lock on {} was not granted within {} ms in {} attempts (long transactions or heavy lock traffic on the table); the original table is untouched. Retry later or raise --lock-timeout / --cutover-retries",
-                    plan.original.qualified(),
-                    options.lock_timeout.as_millis(),
-                    attempt
-                );
+                return Err(crate::failure::fail(
+                    crate::failure::FailureKind::LockBudget,
+                    format!(
+                        "cutover failed: the ACCESS EXCLUSIVE lock on {} was not granted within {} ms in {} attempts (long transactions or heavy lock traffic on the table); the original table is untouched. Retry later or raise --lock-timeout / --cutover-retries",
+                        plan.original.qualified(),
+                        options.lock_timeout.as_millis(),
+                        attempt
+                    ),
+                ));
             }
             tokio::time::sleep(backoff(attempt)).await;
             continue;
@@ -472,18 +475,24 @@ pub async fn run(
         let current = catalog::fingerprint(&tx, plan.original.oid).await?;
         if current != fingerprint {
             tx.rollback().await.ok();
-            bail!(
-                "the definition of {} changed during the migration (an index, constraint, trigger, grant or other DDL): the shadow does not carry it; aborting, the original table is untouched. Run doppel again",
-                plan.original.qualified()
-            );
+            return Err(crate::failure::fail(
+                crate::failure::FailureKind::Conflict,
+                format!(
+                    "the definition of {} changed during the migration (an index, constraint, trigger, grant or other DDL): the shadow does not carry it; aborting, the original table is untouched. Run doppel again",
+                    plan.original.qualified()
+                ),
+            ));
         }
         let now = crate::dependents::read(&tx, plan.original.oid, &plan.names.publication).await?;
         if now != plan.dependents {
             tx.rollback().await.ok();
-            bail!(
-                "a view, trigger, policy, foreign key or publication bound to {} changed during the migration: the cutover would put back the old definition; aborting, the original table is untouched. Run doppel again",
-                plan.original.qualified()
-            );
+            return Err(crate::failure::fail(
+                crate::failure::FailureKind::Conflict,
+                format!(
+                    "a view, trigger, policy, foreign key or publication bound to {} changed during the migration: the cutover would put back the old definition; aborting, the original table is untouched. Run doppel again",
+                    plan.original.qualified()
+                ),
+            ));
         }
         let n = fencer.emit().await?;
         let fence_started = Instant::now();
@@ -495,10 +504,13 @@ pub async fn run(
                 "applier did not reach the fence inside the lock budget ({e}); rolled back"
             );
             if attempt >= options.retries {
-                bail!(
-                    "cutover failed: the applier could not drain the last changes within {} ms under the lock; the original table is untouched",
-                    options.fence_timeout.as_millis()
-                );
+                return Err(crate::failure::fail(
+                    crate::failure::FailureKind::LockBudget,
+                    format!(
+                        "cutover failed: the applier could not drain the last changes within {} ms under the lock; the original table is untouched",
+                        options.fence_timeout.as_millis()
+                    ),
+                ));
             }
             tokio::time::sleep(backoff(attempt)).await;
             continue;
@@ -507,10 +519,13 @@ pub async fn run(
         let differing = verify::differing_keys(&tx, plan, unsettled).await?.len();
         if differing != 0 {
             tx.rollback().await.ok();
-            bail!(
-                "verification failed under the cutover lock: {differing} row(s) differ between {} and the shadow; refusing to cut over, the original table is untouched",
-                plan.original.qualified()
-            );
+            return Err(crate::failure::fail(
+                crate::failure::FailureKind::Verification,
+                format!(
+                    "verification failed under the cutover lock: {differing} row(s) differ between {} and the shadow; refusing to cut over, the original table is untouched",
+                    plan.original.qualified()
+                ),
+            ));
         }
         for statement in &script.forward {
             if let Err(e) = tx.batch_execute(statement).await {

@@ -8,7 +8,6 @@ use std::time::Duration;
 use clap::{Args, Parser, Subcommand, ValueEnum};
 use doppel::copier::CopyOptions;
 use doppel::migration::{self, Cancel, Outcome, RunOptions};
-use doppel::preflight::Refused;
 use doppel::progress::Display;
 use doppel::throttle::ThrottleOptions;
 use doppel::{conninfo, cutover, demo};
@@ -276,13 +275,8 @@ async fn main() -> ExitCode {
     match result {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
-            let refused = e.downcast_ref::<Refused>().is_some();
             eprintln!("error: {e:#}");
-            if refused {
-                ExitCode::from(2)
-            } else {
-                ExitCode::from(1)
-            }
+            ExitCode::from(doppel::failure::exit_code(&e))
         }
     }
 }

@@ -143,7 +143,10 @@ impl Cancel {
     /// Error if cancelled.
     pub fn check(&self) -> Result<()> {
         if *self.0.borrow() {
-            bail!("interrupted: stopping and cleaning up");
+            return Err(crate::failure::fail(
+                crate::failure::FailureKind::Aborted,
+                "interrupted: stopping and cleaning up",
+            ));
         }
         Ok(())
     }
@@ -783,7 +786,7 @@ async fn phases_inner(
         .await?;
     let verify = tokio::select! {
         r = verify::verify(control, &mut peer, plan, &fencer, applier) => r?,
-        _ = cancel.cancelled() => bail!("interrupted during verification: cleaning up"),
+        _ = cancel.cancelled() => return Err(crate::failure::fail(crate::failure::FailureKind::Aborted, "interrupted during verification: cleaning up")),
     };
     phases.push(("verify", phase.elapsed()));
     tracing::info!(
@@ -853,7 +856,7 @@ async fn run_cancellable(client: &Client, sql: &str, cancel: &Cancel) -> Result<
         r = client.batch_execute(sql) => r.map_err(anyhow::Error::new),
         _ = cancel.cancelled() => {
             token.cancel_query(tokio_postgres::NoTls).await.ok();
-            bail!("interrupted: stopping and cleaning up")
+            Err(crate::failure::fail(crate::failure::FailureKind::Aborted, "interrupted: stopping and cleaning up"))
         }
     }
 }

@@ -74,10 +74,13 @@ impl Streamer {
     pub fn check(&self) -> Result<()> {
         if self.handle.is_finished() {
             let why = self.status.borrow().error.clone();
-            bail!(
-                "the replication stream stopped: {}",
-                why.unwrap_or_else(|| "unknown reason".into())
-            );
+            return Err(crate::failure::fail(
+                crate::failure::FailureKind::StreamLost,
+                format!(
+                    "the replication stream stopped: {}; the original table is untouched",
+                    why.unwrap_or_else(|| "unknown reason".into())
+                ),
+            ));
         }
         Ok(())
     }

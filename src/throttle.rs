@@ -19,7 +19,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::Duration;
 
-use anyhow::{Context, Result, bail};
+use anyhow::{Context, Result};
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
 
@@ -183,7 +183,7 @@ impl Throttler {
     /// Error if a critical condition was seen.
     pub fn check_critical(&self) -> Result<()> {
         if let Some(why) = &self.state.borrow().critical {
-            bail!("aborting: {why}; the original table is untouched");
+            return Err(critical(why));
         }
         Ok(())
     }
@@ -195,7 +195,7 @@ impl Throttler {
             {
                 let s = rx.borrow_and_update();
                 if let Some(why) = &s.critical {
-                    bail!("aborting: {why}; the original table is untouched");
+                    return Err(critical(why));
                 }
                 if s.reasons.is_empty() {
                     return Ok(());
@@ -215,6 +215,19 @@ impl Drop for Throttler {
             h.abort();
         }
     }
+}
+
+/// The classified error for a critical condition: the panic flag is the operator's abort.
+fn critical(why: &str) -> anyhow::Error {
+    let kind = if why.starts_with("panic flag file") {
+        crate::failure::FailureKind::Aborted
+    } else {
+        crate::failure::FailureKind::Critical
+    };
+    crate::failure::fail(
+        kind,
+        format!("aborting: {why}; the original table is untouched"),
+    )
 }
 
 async fn sample(

@@ -11,7 +11,7 @@
 
 use std::time::Duration;
 
-use anyhow::{Context, Result, bail};
+use anyhow::{Context, Result};
 use tokio_postgres::types::ToSql;
 use tokio_postgres::{Client, IsolationLevel};
 
@@ -111,12 +111,15 @@ pub async fn verify(
             if keys.len() > MAX_UNSETTLED {
                 // Too many to track one by one: re-check the whole chunk after a fence.
                 if attempt == RECHECKS {
-                    bail!(
-                        "verification failed: more than {MAX_UNSETTLED} rows of a chunk of {} differ from the shadow (original {} rows, shadow {} rows) and the difference did not settle; refusing to cut over, the original table is untouched",
-                        plan.original.qualified(),
-                        a.0,
-                        b.0
-                    );
+                    return Err(crate::failure::fail(
+                        crate::failure::FailureKind::Verification,
+                        format!(
+                            "verification failed: more than {MAX_UNSETTLED} rows of a chunk of {} differ from the shadow (original {} rows, shadow {} rows) and the difference did not settle; refusing to cut over, the original table is untouched",
+                            plan.original.qualified(),
+                            a.0,
+                            b.0
+                        ),
+                    ));
                 }
                 attempt += 1;
                 report.rechecks += 1;
@@ -139,12 +142,15 @@ pub async fn verify(
                 }
             }
             if report.unsettled.len() > MAX_UNSETTLED {
-                bail!(
-                    "verification failed: {} rows of {} still differ from the shadow after {RECHECKS} fenced re-checks (for example key {}); refusing to cut over, the original table is untouched",
-                    report.unsettled.len(),
-                    plan.original.qualified(),
-                    describe_key(&report.unsettled[0])
-                );
+                return Err(crate::failure::fail(
+                    crate::failure::FailureKind::Verification,
+                    format!(
+                        "verification failed: {} rows of {} still differ from the shadow after {RECHECKS} fenced re-checks (for example key {}); refusing to cut over, the original table is untouched",
+                        report.unsettled.len(),
+                        plan.original.qualified(),
+                        describe_key(&report.unsettled[0])
+                    ),
+                ));
             }
             break;
         }
