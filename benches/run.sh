@@ -1,0 +1,595 @@
+#!/usr/bin/env bash
+# benches/run.sh: the side-by-side benchmark of issue 5, in one run on a fresh private cluster.
+#
+#   benches/run.sh [--rows N] [options]          (10,000,000 rows by default; see --help)
+#
+# On the table of ../shared/BASELINES.md it times, each on a freshly restored table:
+#   a. the locking ALTER TABLE orders ALTER COLUMN customer_id TYPE bigint
+#   b. pg_repack -t orders (Debian package postgresql-<major>-repack, installed if missing)
+#   c. the physical floor: CREATE TABLE AS SELECT * + ADD PRIMARY KEY + 2 x CREATE INDEX
+#   d. doppel run --execute (same ALTER), with its per-phase times
+#   e. the same doppel run under a steady pgbench write load (fixed rate): wall time, changes
+#      applied, apply rate, lag, lock hold, writer p50/p99/max before vs during, writer
+#      errors, doppel's peak RSS
+#   f. prints the ratios and writes them to BENCHMARKS.md (one section per --rows value).
+# The cluster lives in a temp dir and is stopped and removed on any exit. Logs of the run are
+# kept in target/bench-results/<date>-<rows>/.
+set -euo pipefail
+
+usage() {
+  cat <<'EOF'
+usage: benches/run.sh [options]
+  --rows N            rows in the generated orders table (default 10000000)
+  --rate R            pgbench fixed rate, transactions/s, for the load run (default 1000)
+  --clients C         pgbench clients (default 8; 4 cannot sustain 1000 tx/s here: ~4 ms commits)
+  --jobs J            pgbench threads (default 2)
+  --baseline-secs S   seconds of load measured before doppel starts (default 20)
+  --port P            cluster port (default: a free 127.0.0.1 port)
+  --no-repack         skip pg_repack
+  --no-load           skip the run under load (e)
+  --no-write          do not update BENCHMARKS.md
+  --out FILE          the markdown file to update (default BENCHMARKS.md at the repo root)
+Environment: DOPPEL_PG_BINDIR (server binaries; default /usr/lib/postgresql/15/bin).
+Must run as root or as a user that can run initdb (as root, the cluster runs as 'postgres').
+EOF
+}
+
+ROWS=10000000
+RATE=1000
+CLIENTS=8
+JOBS=2
+BASELINE_SECS=20
+WARMUP_SECS=5
+TAIL_SECS=5
+PORT=""
+DO_REPACK=1
+DO_LOAD=1
+DO_WRITE=1
+HERE=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
+ROOT=$(dirname "$HERE")
+OUT_MD="$ROOT/BENCHMARKS.md"
+INVOCATION="benches/run.sh${*:+ $*}"
+
+while [[ $# -gt 0 ]]; do
+  case "$1" in
+    --rows) ROWS=${2:?--rows needs a value}; shift 2 ;;
+    --rate) RATE=${2:?--rate needs a value}; shift 2 ;;
+    --clients) CLIENTS=${2:?--clients needs a value}; shift 2 ;;
+    --jobs) JOBS=${2:?--jobs needs a value}; shift 2 ;;
+    --baseline-secs) BASELINE_SECS=${2:?--baseline-secs needs a value}; shift 2 ;;
+    --port) PORT=${2:?--port needs a value}; shift 2 ;;
+    --no-repack) DO_REPACK=0; shift ;;
+    --no-load) DO_LOAD=0; shift ;;
+    --no-write) DO_WRITE=0; shift ;;
+    --out) OUT_MD=${2:?--out needs a value}; shift 2 ;;
+    -h|--help) usage; exit 0 ;;
+    *) echo "run.sh: unknown argument '$1'" >&2; usage >&2; exit 2 ;;
+  esac
+done
+for v in ROWS RATE CLIENTS JOBS BASELINE_SECS; do
+  [[ ${!v} =~ ^[0-9]+$ && ${!v} -gt 0 ]] || { echo "run.sh: --${v,,} must be a positive integer" >&2; exit 2; }
+done
+[[ -z $PORT || $PORT =~ ^[0-9]+$ ]] || { echo "run.sh: --port must be a number" >&2; exit 2; }
+
+BINDIR=${DOPPEL_PG_BINDIR:-/usr/lib/postgresql/15/bin}
+PSQL="$BINDIR/psql"
+PGBENCH="$BINDIR/pgbench"
+DOPPEL="${CARGO_TARGET_DIR:-$ROOT/target}/release/doppel"
+STAMP=$(date -u +%Y%m%dT%H%M%SZ)
+LOAD_START=$(cut -d' ' -f1-3 /proc/loadavg)
+RESULTS="$ROOT/target/bench-results/$STAMP-$ROWS"
+
+log() { printf '[%s] %s\n' "$(date +%H:%M:%S)" "$*"; }
+die() { printf '[%s] ERROR: %s\n' "$(date +%H:%M:%S)" "$*" >&2; exit 1; }
+now() { date +%s.%N; }
+# secs between two `now` values, 3 decimals
+elapsed() { awk -v a="$1" -v b="$2" 'BEGIN { printf "%.3f", b - a }'; }
+# a / b with 2 decimals, "n/a" when either is missing or b is 0
+ratio() { awk -v a="$1" -v b="$2" 'BEGIN { if (a == "" || b == "" || a == "n/a" || b == "n/a" || b + 0 == 0) print "n/a"; else printf "%.2f", a / b }'; }
+
+# ---------------------------------------------------------------- cleanup (always runs)
+WORK=""
+PGDATA=""
+PGBENCH_PID=""
+cleanup() {
+  local rc=$?
+  trap - EXIT INT TERM
+  # stdout may be a pipe whose reader is gone (`run.sh | tee` after Ctrl-C): never die of it here.
+  trap '' PIPE
+  set +e
+  if [[ -n $PGBENCH_PID ]] && kill -0 "$PGBENCH_PID" 2>/dev/null; then
+    kill -TERM "$PGBENCH_PID" 2>/dev/null
+    wait "$PGBENCH_PID" 2>/dev/null
+  fi
+  if [[ -n $PGDATA && -f $PGDATA/postmaster.pid ]]; then
+    log "stopping the cluster"
+    if ! as_pg "$BINDIR/pg_ctl" -D "$PGDATA" -m fast -w -t 60 stop >/dev/null 2>&1; then
+      local pid
+      pid=$(head -n 1 "$PGDATA/postmaster.pid" 2>/dev/null)
+      if [[ $pid =~ ^[0-9]+$ ]]; then
+        log "fast shutdown failed: killing postmaster $pid"
+        kill -QUIT "$pid" 2>/dev/null
+        sleep 2
+        kill -KILL "$pid" 2>/dev/null
+      fi
+    fi
+  fi
+  if [[ -n $WORK && -d $WORK ]]; then
+    mkdir -p "$RESULTS"
+    cp "$WORK"/*.out "$WORK"/*.err "$WORK"/*.time "$WORK"/*.txt "$RESULTS"/ 2>/dev/null
+    [[ -f $WORK/pglog/server.log ]] && tail -n 300 "$WORK/pglog/server.log" >"$RESULTS/server.log.tail"
+    rm -rf "$WORK"
+    log "logs kept in ${RESULTS#"$ROOT"/}"
+  fi
+  if [[ $rc -ne 0 ]]; then
+    echo "run.sh: FAILED (exit $rc); the cluster was stopped and removed" >&2
+  fi
+  exit "$rc"
+}
+trap cleanup EXIT
+trap 'trap "" PIPE; echo "run.sh: interrupted" >&2; exit 130' INT TERM
+
+# Runs a server binary as the cluster's owner ('postgres' when we are root).
+as_pg() {
+  if [[ $(id -u) -eq 0 ]]; then
+    runuser -u postgres -- "$@"
+  else
+    "$@"
+  fi
+}
+
+# ---------------------------------------------------------------- prerequisites
+[[ -x $BINDIR/initdb && -x $BINDIR/pg_ctl && -x $BINDIR/postgres ]] \
+  || die "no PostgreSQL server binaries in $BINDIR (set DOPPEL_PG_BINDIR)"
+[[ -x $PSQL ]] || PSQL=$(command -v psql) || die "psql not found"
+[[ -x $PGBENCH ]] || PGBENCH=$(command -v pgbench) || die "pgbench not found"
+if [[ $(id -u) -eq 0 ]]; then
+  id postgres >/dev/null 2>&1 || die "running as root needs a 'postgres' OS user for initdb"
+fi
+PG_MAJOR=$("$BINDIR/postgres" --version | sed -E 's/.* ([0-9]+)(\.[0-9]+)?.*/\1/')
+APT_UPDATED=0
+apt_install() { # package: installs with apt-get when we are root; returns non-zero if impossible
+  [[ $(id -u) -eq 0 ]] && command -v apt-get >/dev/null || return 1
+  if [[ $APT_UPDATED -eq 0 ]]; then
+    log "apt-get update"
+    DEBIAN_FRONTEND=noninteractive apt-get update -qq >/dev/null || return 1
+    APT_UPDATED=1
+  fi
+  log "apt-get install $1"
+  # One retry: a concurrent apt run (another process on the machine) can make the first fail.
+  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "$1" >/dev/null \
+    || { sleep 5; DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "$1" >/dev/null; }
+}
+if [[ ! -x /usr/bin/time ]]; then
+  apt_install time || die "/usr/bin/time (GNU time) is missing and could not be installed: apt-get install time"
+fi
+find_repack() {
+  local p
+  for p in "$BINDIR/pg_repack" /usr/lib/postgresql/"$PG_MAJOR"/bin/pg_repack "$(command -v pg_repack || true)"; do
+    [[ -n $p && -x $p ]] && { echo "$p"; return 0; }
+  done
+  return 1
+}
+REPACK=""
+REPACK_NOTE=""
+if [[ $DO_REPACK -eq 1 ]]; then
+  if ! REPACK=$(find_repack); then
+    apt_install "postgresql-$PG_MAJOR-repack" || true
+    REPACK=$(find_repack) || REPACK=""
+  fi
+  [[ -n $REPACK ]] || REPACK_NOTE="pg_repack skipped: postgresql-$PG_MAJOR-repack is not installed and could not be installed"
+else
+  REPACK_NOTE="pg_repack skipped (--no-repack)"
+fi
+
+log "building doppel (cargo build --release)"
+(cd "$ROOT" && cargo build --release --quiet) || die "cargo build --release failed"
+[[ -x $DOPPEL ]] || die "$DOPPEL was not built"
+
+# ---------------------------------------------------------------- the cluster
+WORK=$(mktemp -d "${TMPDIR:-/tmp}/doppel-bench.XXXXXX")
+chmod 755 "$WORK"
+PGDATA="$WORK/data"
+mkdir "$PGDATA" "$WORK/sock" "$WORK/pglog"
+[[ $(id -u) -eq 0 ]] && chown postgres: "$PGDATA" "$WORK/sock" "$WORK/pglog"
+SERVER_LOG="$WORK/pglog/server.log"
+
+port_free() { ! (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null; }
+if [[ -z $PORT ]]; then
+  for _ in $(seq 1 200); do
+    p=$((20000 + RANDOM % 30000))
+    if port_free "$p"; then PORT=$p; break; fi
+  done
+  [[ -n $PORT ]] || die "no free port found"
+else
+  port_free "$PORT" || die "port $PORT is in use"
+fi
+
+log "initdb into $PGDATA (port $PORT)"
+as_pg "$BINDIR/initdb" -D "$PGDATA" -U postgres --auth=trust -E UTF8 --locale=C >"$WORK/initdb.out" 2>&1 \
+  || { cat "$WORK/initdb.out" >&2; die "initdb failed"; }
+cat >>"$PGDATA/postgresql.conf" <<EOF
+
+# benches/run.sh (settings of ../shared/BASELINES.md)
+listen_addresses = '127.0.0.1'
+port = $PORT
+unix_socket_directories = '$WORK/sock'
+wal_level = logical
+shared_buffers = 2GB
+max_wal_size = 8GB
+fsync = on
+max_replication_slots = 10
+max_wal_senders = 10
+EOF
+as_pg "$BINDIR/pg_ctl" -D "$PGDATA" -l "$SERVER_LOG" -w -t 120 start >/dev/null \
+  || { tail -n 30 "$SERVER_LOG" >&2; die "the cluster did not start"; }
+
+export PGHOST=127.0.0.1 PGPORT=$PORT PGUSER=postgres PGDATABASE=bench
+export PGOPTIONS="-c client_min_messages=warning"
+DSN="postgres://postgres@127.0.0.1:$PORT/bench"
+"$PSQL" -X -q -d postgres -c "CREATE DATABASE bench" >/dev/null
+q() { "$PSQL" -X -q -A -t -v ON_ERROR_STOP=1 -c "$1"; }
+PG_VERSION=$(q "SHOW server_version")
+log "PostgreSQL $PG_VERSION on 127.0.0.1:$PORT"
+
+# Times one SQL statement (wall, psql round trip included); prints the seconds.
+time_sql() {
+  local t0 t1
+  t0=$(now)
+  "$PSQL" -X -q -v ON_ERROR_STOP=1 -c "$1" >>"$WORK/sql.out" 2>&1 || { tail -n 5 "$WORK/sql.out" >&2; die "failed: $1"; }
+  t1=$(now)
+  elapsed "$t0" "$t1"
+}
+
+# ---------------------------------------------------------------- the table
+declare -A R
+log "generating $ROWS rows (bench.orders_pristine)"
+t0=$(now)
+"$PSQL" -X -q -v rows="$ROWS" -f "$HERE/orders_generate.sql" >>"$WORK/sql.out" 2>&1 \
+  || { tail -n 5 "$WORK/sql.out" >&2; die "generating the table failed"; }
+R[generate]=$(elapsed "$t0" "$(now)")
+restore() {
+  local t0
+  t0=$(now)
+  "$PSQL" -X -q -f "$HERE/orders_restore.sql" >>"$WORK/sql.out" 2>&1 \
+    || { tail -n 5 "$WORK/sql.out" >&2; die "restoring public.orders failed"; }
+  log "  public.orders restored ($(elapsed "$t0" "$(now)") s)"
+}
+restore
+R[heap]=$(q "SELECT pg_size_pretty(pg_relation_size('public.orders'))")
+R[total_size]=$(q "SELECT pg_size_pretty(pg_total_relation_size('public.orders'))")
+log "table: $ROWS rows, heap ${R[heap]}, with indexes ${R[total_size]} (generated in ${R[generate]} s)"
+
+# ---------------------------------------------------------------- c. physical floor
+log "c. physical floor: CREATE TABLE AS + ADD PRIMARY KEY + 2 x CREATE INDEX"
+R[floor_ctas]=$(time_sql "CREATE TABLE public.floor_copy AS SELECT * FROM public.orders")
+R[floor_pk]=$(time_sql "ALTER TABLE public.floor_copy ADD PRIMARY KEY (id)")
+R[floor_idx1]=$(time_sql "CREATE INDEX floor_customer_idx ON public.floor_copy(customer_id)")
+R[floor_idx2]=$(time_sql "CREATE INDEX floor_created_idx ON public.floor_copy(created_at)")
+R[floor_idx]=$(awk -v a="${R[floor_idx1]}" -v b="${R[floor_idx2]}" 'BEGIN { printf "%.3f", a + b }')
+R[floor]=$(awk -v a="${R[floor_ctas]}" -v b="${R[floor_pk]}" -v c="${R[floor_idx]}" 'BEGIN { printf "%.3f", a + b + c }')
+log "   CTAS ${R[floor_ctas]} s + PK ${R[floor_pk]} s + indexes ${R[floor_idx]} s = ${R[floor]} s"
+q "DROP TABLE public.floor_copy" >/dev/null
+q "CHECKPOINT" >/dev/null
+
+# ---------------------------------------------------------------- a. locking ALTER
+log "a. ALTER TABLE orders ALTER COLUMN customer_id TYPE bigint (locking)"
+R[alter]=$(time_sql "ALTER TABLE public.orders ALTER COLUMN customer_id TYPE bigint")
+log "   ${R[alter]} s"
+
+# ---------------------------------------------------------------- b. pg_repack
+if [[ -n $REPACK ]]; then
+  restore
+  if q "CREATE EXTENSION IF NOT EXISTS pg_repack" >>"$WORK/sql.out" 2>&1; then
+    log "b. pg_repack -t public.orders"
+    t0=$(now)
+    if "$REPACK" -h 127.0.0.1 -p "$PORT" -U postgres -d bench -t public.orders >"$WORK/pg_repack.out" 2>"$WORK/pg_repack.err"; then
+      R[repack]=$(elapsed "$t0" "$(now)")
+      log "   ${R[repack]} s"
+    else
+      REPACK_NOTE="pg_repack failed: $(tail -n 2 "$WORK/pg_repack.err" | tr '\n' ' ')"
+      log "   $REPACK_NOTE"
+    fi
+  else
+    REPACK_NOTE="pg_repack skipped: CREATE EXTENSION pg_repack failed (extension not installed for this server?)"
+  fi
+fi
+[[ -n $REPACK_NOTE ]] && log "b. $REPACK_NOTE"
+
+# ---------------------------------------------------------------- doppel
+# Runs doppel on public.orders under /usr/bin/time -v; $1 = tag. Fills R[<tag>_*].
+run_doppel() {
+  local tag=$1 t0 t1 out="$WORK/doppel_$1.out" err="$WORK/doppel_$1.err"
+  t0=$(now)
+  R[${tag}_start]=$t0
+  if ! NO_COLOR=1 /usr/bin/time -v -o "$WORK/doppel_$tag.time" \
+      "$DOPPEL" run --dsn "$DSN" --table public.orders \
+      --alter "ALTER COLUMN customer_id TYPE bigint" --execute \
+      --progress lines --status-interval 1 --work-dir "$WORK" --rollback-dir "$WORK" \
+      >"$out" 2>"$err"; then
+    echo "----- doppel stdout" >&2; tail -n 20 "$out" >&2
+    echo "----- doppel stderr" >&2; tail -n 20 "$err" >&2
+    die "doppel run ($tag) failed"
+  fi
+  t1=$(now)
+  R[${tag}_end]=$t1
+  R[${tag}_wall]=$(elapsed "$t0" "$t1")
+  sed -i 's/\x1b\[[0-9;]*m//g' "$err"
+  R[${tag}_total]=$(sed -nE 's/^cutover: lock held .*; total ([0-9.]+) s$/\1/p' "$out")
+  R[${tag}_lock_ms]=$(sed -nE 's/^cutover: lock held ([0-9.]+) ms.*/\1/p' "$out")
+  R[${tag}_attempts]=$(sed -nE 's/^cutover: lock held .* after ([0-9]+) attempt.*/\1/p' "$out")
+  R[${tag}_applied]=$(sed -nE 's/^migrated .*, ([0-9]+) changes applied.*/\1/p' "$out")
+  R[${tag}_copied]=$(sed -nE 's/^migrated .*: ([0-9]+) rows copied.*/\1/p' "$out")
+  R[${tag}_rss_kb]=$(sed -nE 's/^[[:space:]]*Maximum resident set size \(kbytes\): ([0-9]+)/\1/p' "$WORK/doppel_$tag.time")
+  # per-phase lines: "  <phase><padding><secs> s"
+  sed -nE 's/^  ([a-z][a-z -]*[a-z]) +([0-9.]+) s$/\1|\2/p' "$out" >"$WORK/doppel_${tag}_phases.txt"
+  # status lines: time of day, Applied, Lag, State -> apply rate and the lag before cutover
+  grep -E 'Copy: .*Applied: ' "$err" | awk '
+    {
+      if (match($0, /[0-9][0-9]:[0-9][0-9]:[0-9][0-9](\.[0-9]+)?/) == 0) next
+      split(substr($0, RSTART, RLENGTH), hms, ":")
+      t = hms[1] * 3600 + hms[2] * 60 + hms[3]
+      if (n > 0 && t < prev_t) t += 86400
+      match($0, /Applied: [0-9]+/); applied = substr($0, RSTART + 9, RLENGTH - 9) + 0
+      match($0, /Lag: [^;]*/); lag = substr($0, RSTART + 5, RLENGTH - 5)
+      match($0, /State: [^;]*/); state = substr($0, RSTART + 7, RLENGTH - 7)
+      if (n > 0 && state == "catching up" && prev_state == "catching up" && t > prev_t) {
+        r = (applied - prev_applied) / (t - prev_t)
+        if (r > peak) peak = r
+      }
+      if (state == "catching up" || state == "verifying" || state == "cutover") last_lag = lag
+      # the applier is paused while the secondary indexes build: the first such line holds
+      # what the first catch-up applied
+      if (state == "building indexes" && first_idx == "") first_idx = applied
+      prev_t = t; prev_applied = applied; prev_state = state; n++
+    }
+    END { printf "%s|%s|%s\n", (peak > 0 ? sprintf("%.0f", peak) : "n/a"), (last_lag == "" ? "n/a" : last_lag), (first_idx == "" ? "n/a" : first_idx) }
+  ' >"$WORK/doppel_${tag}_status.txt"
+  IFS="|" read -r "R[${tag}_peak_apply]" "R[${tag}_last_lag]" "R[${tag}_catchup_applied]" <"$WORK/doppel_${tag}_status.txt"
+  local cu
+  cu=$(awk -F'|' '$1 == "catch-up" { print $2 }' "$WORK/doppel_${tag}_phases.txt")
+  R[${tag}_catchup_secs]=${cu:-n/a}
+  R[${tag}_catchup_rate]=$(awk -v n="${R[${tag}_catchup_applied]}" -v t="${cu:-0}" 'BEGIN { if (n == "n/a" || t + 0 < 0.5) print "n/a"; else printf "%.0f", n / t }')
+  local t
+  t=$(q "SELECT format_type(atttypid, atttypmod) FROM pg_attribute WHERE attrelid = 'public.orders'::regclass AND attname = 'customer_id'")
+  [[ $t == bigint ]] || die "after doppel ($tag) customer_id is '$t', not bigint"
+}
+print_doppel() {
+  local tag=$1
+  log "   wall ${R[${tag}_wall]} s (doppel total ${R[${tag}_total]:-?} s), lock held ${R[${tag}_lock_ms]:-?} ms, ${R[${tag}_applied]:-?} changes applied, peak RSS $(( ${R[${tag}_rss_kb]:-0} / 1024 )) MiB"
+  while IFS='|' read -r phase secs; do
+    printf '      %-24s %8s s\n' "$phase" "$secs"
+  done <"$WORK/doppel_${tag}_phases.txt"
+}
+
+log "d. doppel run --execute (idle table)"
+restore
+run_doppel idle
+[[ $(q "SELECT count(*) FROM public.orders") -eq $ROWS ]] || die "after doppel (idle) public.orders does not have $ROWS rows"
+print_doppel idle
+
+# ---------------------------------------------------------------- e. doppel under load
+# Latency per window from pgbench's per-transaction logs (--log with -R: field 3 is the
+# latency in us measured from the scheduled start, so schedule lag is included; fields 5-6
+# are the completion time). Prints "count p50_ms p99_ms max_ms failed".
+window_stats() {
+  local from=$1 to=$2
+  cat "$WORK"/pgbench_log.* 2>/dev/null | awk -v a="$from" -v b="$to" '
+    { ts = $5 + $6 / 1e6; if (ts < a || ts > b) next
+      if ($3 ~ /^[0-9]+$/) print $3; else failed++ }
+    END { if (failed > 0) print "failed", failed }' >"$WORK/window.txt"
+  local failed
+  failed=$(awk '$1 == "failed" { print $2 }' "$WORK/window.txt")
+  grep -v '^failed' "$WORK/window.txt" | sort -n | awk -v failed="${failed:-0}" '
+    function q(p,  i) { i = int(NR * p); if (i < NR * p) i++; if (i < 1) i = 1; return v[i] / 1000 }
+    { v[NR] = $1 }
+    END { if (NR == 0) print 0, "n/a", "n/a", "n/a", failed
+          else printf "%d %.2f %.2f %.2f %d\n", NR, q(0.5), q(0.99), v[NR] / 1000, failed }'
+}
+
+if [[ $DO_LOAD -eq 1 ]]; then
+  log "e. doppel run --execute under pgbench -R $RATE -c $CLIENTS -j $JOBS ($BASELINE_SECS s baseline first)"
+  restore
+  (cd "$WORK" && exec "$PGBENCH" -n -c "$CLIENTS" -j "$JOBS" -R "$RATE" -T 7200 -P 5 \
+      -f "$HERE/writer.pgbench.sql" -D rows="$ROWS" --log --log-prefix=pgbench_log bench \
+      >"$WORK/pgbench.out" 2>"$WORK/pgbench.err") &
+  PGBENCH_PID=$!
+  load_t0=$(now)
+  sleep $((WARMUP_SECS + BASELINE_SECS))
+  kill -0 "$PGBENCH_PID" 2>/dev/null || { tail -n 20 "$WORK/pgbench.err" >&2; die "pgbench stopped before the migration"; }
+  run_doppel load
+  sleep "$TAIL_SECS"
+  kill -0 "$PGBENCH_PID" 2>/dev/null || { tail -n 20 "$WORK/pgbench.err" >&2; die "pgbench stopped during the migration"; }
+  kill -TERM "$PGBENCH_PID" 2>/dev/null || true
+  wait "$PGBENCH_PID" 2>/dev/null || true
+  PGBENCH_PID=""
+  base_from=$(awk -v a="$load_t0" -v w="$WARMUP_SECS" 'BEGIN { printf "%.6f", a + w }')
+  read -r "R[base_n]" "R[base_p50]" "R[base_p99]" "R[base_max]" "R[base_failed]" < <(window_stats "$base_from" "${R[load_start]}")
+  read -r "R[during_n]" "R[during_p50]" "R[during_p99]" "R[during_max]" "R[during_failed]" < <(window_stats "${R[load_start]}" "${R[load_end]}")
+  # Writer latency per doppel phase: windows laid from doppel's start by its phase durations
+  # (the unlisted preflight and cleanup are a fraction of a second); the last one ends with doppel.
+  : >"$WORK/writer_phases.txt"
+  ph_t=${R[load_start]}
+  nph=$(wc -l <"$WORK/doppel_load_phases.txt")
+  i=0
+  while IFS='|' read -r phase secs; do
+    i=$((i + 1))
+    if [[ $i -eq $nph ]]; then ph_end=${R[load_end]}; else ph_end=$(awk -v a="$ph_t" -v d="$secs" 'BEGIN { printf "%.6f", a + d }'); fi
+    read -r n p50 p99 mx _ < <(window_stats "$ph_t" "$ph_end")
+    echo "$phase|$secs|$n|$p50|$p99|$mx" >>"$WORK/writer_phases.txt"
+    ph_t=$ph_end
+  done <"$WORK/doppel_load_phases.txt"
+  R[base_tps]=$(awk -v n="${R[base_n]}" -v a="$base_from" -v b="${R[load_start]}" 'BEGIN { printf "%.0f", n / (b - a) }')
+  R[during_tps]=$(awk -v n="${R[during_n]}" -v a="${R[load_start]}" -v b="${R[load_end]}" 'BEGIN { printf "%.0f", n / (b - a) }')
+  # Errors: failed transactions in the log, plus clients aborted by an error (pgbench stops
+  # a client on any error other than a serialization failure or deadlock).
+  R[aborted]=$(grep -ciE 'aborted|error' "$WORK/pgbench.err" || true)
+  R[writer_errors]=$(( ${R[base_failed]:-0} + ${R[during_failed]:-0} + ${R[aborted]:-0} ))
+  R[load_avg_apply]=$(awk -v n="${R[load_applied]:-0}" -v t="${R[load_wall]}" 'BEGIN { printf "%.0f", n / t }')
+  print_doppel load
+  log "   writer before: ${R[base_tps]} tx/s, p50 ${R[base_p50]} ms, p99 ${R[base_p99]} ms, max ${R[base_max]} ms"
+  log "   writer during: ${R[during_tps]} tx/s, p50 ${R[during_p50]} ms, p99 ${R[during_p99]} ms, max ${R[during_max]} ms"
+  while IFS='|' read -r phase secs n p50 p99 mx; do
+    printf '      writer during %-24s %6s tx  p50 %8s  p99 %8s  max %8s ms\n' "$phase" "$n" "$p50" "$p99" "$mx"
+  done <"$WORK/writer_phases.txt"
+  log "   writer errors: ${R[writer_errors]} (failed ${R[base_failed]}+${R[during_failed]}, aborted-client/error lines ${R[aborted]})"
+  log "   apply: backlog ${R[load_catchup_rate]} changes/s (${R[load_catchup_applied]} changes in the ${R[load_catchup_secs]} s catch-up), peak ${R[load_peak_apply]} changes/s (1 s status lines while catching up), average over the run ${R[load_avg_apply]} changes/s; last status Lag before cutover ${R[load_last_lag]}"
+fi
+
+# ---------------------------------------------------------------- f. report
+NPROC=$(nproc)
+MEM=$(awk '/^MemTotal:/ { printf "%.1f GiB", $2 / 1048576 }' /proc/meminfo)
+CPU=$(awk -F': ' '/^model name/ { print $2; exit }' /proc/cpuinfo)
+DATE=$(date -u '+%Y-%m-%d %H:%M UTC')
+COMMIT=$(cd "$ROOT" && git rev-parse --short HEAD 2>/dev/null || echo unknown)
+if [[ -n $(cd "$ROOT" && git status --porcelain -- src 2>/dev/null) ]]; then COMMIT="$COMMIT + uncommitted changes in src/"; fi
+fmt_rows=$(echo "$ROWS" | sed -E ':a; s/([0-9])([0-9]{3})($|,)/\1,\2\3/; ta')
+dw=${R[idle_wall]}
+
+MD="$WORK/section.md"
+{
+  echo "<!-- run.sh rows=$ROWS begin -->"
+  echo "## $fmt_rows rows ($DATE)"
+  echo
+  echo "Command: \`$INVOCATION\` (doppel $COMMIT). Machine: $NPROC cores ($CPU), $MEM memory."
+  echo "PostgreSQL $PG_VERSION, wal_level=logical, shared_buffers=2GB, max_wal_size=8GB, fsync on."
+  echo "Table \`orders\` as in BASELINES.md: heap ${R[heap]}, ${R[total_size]} with its PK and 2 indexes."
+  echo "ALTER under test: \`ALTER COLUMN customer_id TYPE bigint\`. Each figure is one run, each on a freshly restored table."
+  echo "Load average (1/5/15 min) at the start: $LOAD_START; at the end: $(cut -d' ' -f1-3 /proc/loadavg) (other work on the machine makes figures noisy)."
+  echo
+  echo "| operation | wall (s) |"
+  echo "|---|---:|"
+  echo "| locking \`ALTER TABLE\` (ACCESS EXCLUSIVE throughout) | ${R[alter]} |"
+  echo "| \`pg_repack -t orders\` (online, same schema) | ${R[repack]:-n/a} |"
+  echo "| physical floor: CTAS ${R[floor_ctas]} + PK ${R[floor_pk]} + 2 indexes ${R[floor_idx]} | ${R[floor]} |"
+  echo "| doppel run --execute, idle table | $dw |"
+  [[ $DO_LOAD -eq 1 ]] && echo "| doppel run --execute, under $RATE tx/s | ${R[load_wall]} |"
+  echo
+  if [[ $DO_LOAD -eq 1 ]]; then
+    echo "| ratio | doppel idle | doppel under load |"
+    echo "|---|---:|---:|"
+    echo "| doppel / locking ALTER | **$(ratio "$dw" "${R[alter]}")** | $(ratio "${R[load_wall]}" "${R[alter]}") |"
+    echo "| doppel / pg_repack | **$(ratio "$dw" "${R[repack]:-}")** | $(ratio "${R[load_wall]}" "${R[repack]:-}") |"
+    echo "| doppel / physical floor | **$(ratio "$dw" "${R[floor]}")** | $(ratio "${R[load_wall]}" "${R[floor]}") |"
+  else
+    echo "| ratio | doppel idle |"
+    echo "|---|---:|"
+    echo "| doppel / locking ALTER | **$(ratio "$dw" "${R[alter]}")** |"
+    echo "| doppel / pg_repack | **$(ratio "$dw" "${R[repack]:-}")** |"
+    echo "| doppel / physical floor | **$(ratio "$dw" "${R[floor]}")** |"
+  fi
+  [[ -n $REPACK_NOTE ]] && { echo; echo "$REPACK_NOTE."; }
+  echo
+  echo "doppel by phase (s):"
+  echo
+  phases=$(cut -d'|' -f1 "$WORK/doppel_idle_phases.txt")
+  if [[ $DO_LOAD -eq 1 ]]; then
+    echo "| phase | idle | under load |"
+    echo "|---|---:|---:|"
+  else
+    echo "| phase | idle |"
+    echo "|---|---:|"
+  fi
+  while IFS= read -r ph; do
+    [[ -n $ph ]] || continue
+    a=$(awk -F'|' -v p="$ph" '$1 == p { print $2 }' "$WORK/doppel_idle_phases.txt")
+    if [[ $DO_LOAD -eq 1 ]]; then
+      b=$(awk -F'|' -v p="$ph" '$1 == p { print $2 }' "$WORK/doppel_load_phases.txt")
+      echo "| $ph | $a | ${b:-n/a} |"
+    else
+      echo "| $ph | $a |"
+    fi
+  done <<<"$phases"
+  if [[ $DO_LOAD -eq 1 ]]; then
+    echo "| total (doppel's own clock) | ${R[idle_total]} | ${R[load_total]} |"
+  else
+    echo "| total (doppel's own clock) | ${R[idle_total]} |"
+  fi
+  echo
+  echo "| doppel | idle | under load |"
+  echo "|---|---:|---:|"
+  echo "| lock hold (ms) | ${R[idle_lock_ms]} | ${R[load_lock_ms]:-n/a} |"
+  echo "| cutover attempts | ${R[idle_attempts]} | ${R[load_attempts]:-n/a} |"
+  echo "| changes applied | ${R[idle_applied]} | ${R[load_applied]:-n/a} |"
+  echo "| peak RSS (MiB) | $(( ${R[idle_rss_kb]:-0} / 1024 )) | $( [[ -n ${R[load_rss_kb]:-} ]] && echo $(( R[load_rss_kb] / 1024 )) || echo n/a) |"
+  if [[ $DO_LOAD -eq 1 ]]; then
+    echo
+    echo "Under load: \`pgbench -n -c $CLIENTS -j $JOBS -R $RATE -f benches/writer.pgbench.sql\` (per transaction: UPDATE by PK + INSERT, DELETE in 1 of 10),"
+    echo "started $((WARMUP_SECS + BASELINE_SECS)) s before doppel (the first $WARMUP_SECS s are not measured), stopped $TAIL_SECS s after it."
+    echo "Latency is pgbench's per-transaction latency from the scheduled start (schedule lag included)."
+    echo
+    echo "| writer | before ($BASELINE_SECS s idle baseline) | during the migration |"
+    echo "|---|---:|---:|"
+    echo "| transactions (tx/s) | ${R[base_n]} (${R[base_tps]}) | ${R[during_n]} (${R[during_tps]}) |"
+    echo "| p50 latency (ms) | ${R[base_p50]} | ${R[during_p50]} |"
+    echo "| p99 latency (ms) | ${R[base_p99]} | ${R[during_p99]} ($(ratio "${R[during_p99]}" "${R[base_p99]}")x) |"
+    echo "| max latency (ms) | ${R[base_max]} | ${R[during_max]} |"
+    echo "| failed transactions | ${R[base_failed]} | ${R[during_failed]} |"
+    echo
+    echo "Writer latency by doppel phase (windows laid from doppel's start by its phase durations):"
+    echo
+    echo "| phase | s | transactions | p50 (ms) | p99 (ms) | max (ms) |"
+    echo "|---|---:|---:|---:|---:|---:|"
+    while IFS='|' read -r phase secs n p50 p99 mx; do
+      echo "| $phase | $secs | $n | $p50 | $p99 | $mx |"
+    done <"$WORK/writer_phases.txt"
+    echo
+    echo "Writer errors in total (failed transactions + aborted clients): **${R[writer_errors]}**."
+    echo "Apply rate: the backlog spooled during the copy was applied at **${R[load_catchup_rate]} changes/s** (${R[load_catchup_applied]} changes in the ${R[load_catchup_secs]} s catch-up phase;"
+    echo "n/a when it was under 0.5 s); peak ${R[load_peak_apply]} changes/s between two 1 s status lines while catching up; ${R[load_avg_apply]} changes/s"
+    echo "averaged over the whole run (bounded by the writer's rate). Stream lag in the last status line before the cutover: ${R[load_last_lag]} (WAL bytes)."
+  fi
+  echo "<!-- run.sh rows=$ROWS end -->"
+} >"$MD"
+
+echo
+echo "================ ratios ($fmt_rows rows, PostgreSQL $PG_VERSION, $NPROC cores, $MEM)"
+printf '  %-28s %10s s\n' "locking ALTER" "${R[alter]}" "pg_repack" "${R[repack]:-n/a}" "physical floor" "${R[floor]}" "doppel (idle)" "$dw"
+[[ $DO_LOAD -eq 1 ]] && printf '  %-28s %10s s\n' "doppel (under $RATE tx/s)" "${R[load_wall]}"
+printf '  %-28s %10s\n' "doppel / ALTER" "$(ratio "$dw" "${R[alter]}")" "doppel / pg_repack" "$(ratio "$dw" "${R[repack]:-}")" "doppel / floor" "$(ratio "$dw" "${R[floor]}")"
+if [[ $DO_LOAD -eq 1 ]]; then
+  printf '  %-28s %10s\n' "lock hold idle / load (ms)" "${R[idle_lock_ms]} / ${R[load_lock_ms]}" \
+    "writer p99 before / during" "${R[base_p99]} / ${R[during_p99]} ms" \
+    "writer max before / during" "${R[base_max]} / ${R[during_max]} ms" \
+    "writer errors" "${R[writer_errors]}" \
+    "changes applied (load)" "${R[load_applied]}" \
+    "peak RSS idle / load" "$(( ${R[idle_rss_kb]:-0} / 1024 )) / $(( ${R[load_rss_kb]:-0} / 1024 )) MiB"
+fi
+[[ -n $REPACK_NOTE ]] && echo "  note: $REPACK_NOTE"
+cp "$MD" "$WORK/section.txt"
+
+if [[ $DO_WRITE -eq 1 ]]; then
+  if [[ ! -f $OUT_MD ]]; then
+    cat >"$OUT_MD" <<'EOF'
+# Benchmarks
+
+Same-run comparisons of doppel with the locking `ALTER TABLE`, `pg_repack` and the physical
+floor of a rewrite (issue 5), written by `benches/run.sh` (one section per table size; a new
+run replaces the section of its size). Reproduce with `benches/run.sh --rows N` from a clean
+checkout (needs the PostgreSQL 15 server binaries, root or a user that can run initdb).
+Micro-benchmarks: `cargo bench --bench pgoutput_decode`.
+
+EOF
+  fi
+  begin="<!-- run.sh rows=$ROWS begin -->"
+  end="<!-- run.sh rows=$ROWS end -->"
+  if grep -qF "$begin" "$OUT_MD"; then
+    # replace this size's section
+    awk -v b="$begin" -v e="$end" -v f="$MD" '
+      $0 == b { while ((getline line < f) > 0) print line; skip = 1; next }
+      $0 == e { skip = 0; next }
+      !skip { print }' "$OUT_MD" >"$WORK/bench.md.new"
+  else
+    # insert before the first section of a smaller table (largest first), else append
+    awk -v rows="$ROWS" -v f="$MD" '
+      function emit() { while ((getline line < f) > 0) print line; print ""; done = 1 }
+      !done && match($0, /^<!-- run\.sh rows=[0-9]+ begin -->$/) {
+        n = $0; gsub(/[^0-9]/, "", n); if (n + 0 < rows + 0) emit()
+      }
+      { print }
+      END { if (!done) { print ""; while ((getline line < f) > 0) print line } }' "$OUT_MD" >"$WORK/bench.md.new"
+  fi
+  cat "$WORK/bench.md.new" >"$OUT_MD"
+  log "wrote ${OUT_MD#"$ROOT"/} (section rows=$ROWS)"
+fi
+log "done"
