@@ -12,7 +12,7 @@
 //! | `status --json` | the status and the live settings as one JSON line |
 //! | `throttle` / `no-throttle` | set / release the operator's throttle |
 //! | `chunk-time=MS` | target duration of a backfill chunk |
-//! | `max-replica-lag=MS` | replica lag above which doppel throttles (gh-ost: `max-lag-millis`) |
+//! | `max-replica-lag=MS` | replica lag above which doppel throttles, 0 = off (gh-ost: `max-lag-millis`) |
 //! | `lock-timeout=MS` | `lock_timeout` of each cutover attempt |
 //! | `postpone` | do not cut over until `cut-over` |
 //! | `cut-over` | lift a postponement (gh-ost: `unpostpone`) |
@@ -41,8 +41,9 @@ use crate::progress::Progress;
 
 /// Accepted values of `chunk-time=MS`.
 pub const CHUNK_TIME_MS: RangeInclusive<u64> = 1..=600_000;
-/// Accepted values of `max-replica-lag=MS`.
-pub const MAX_REPLICA_LAG_MS: RangeInclusive<u64> = 1..=86_400_000;
+/// Accepted values of `max-replica-lag=MS` (0 turns the replica lag check off, as in
+/// `throttle::LiveThrottle`).
+pub const MAX_REPLICA_LAG_MS: RangeInclusive<u64> = 0..=86_400_000;
 /// Accepted values of `lock-timeout=MS` (every query on the table queues behind a waiting
 /// cutover lock, so more than a minute is refused).
 pub const LOCK_TIMEOUT_MS: RangeInclusive<u64> = 1..=60_000;
@@ -76,7 +77,7 @@ pub struct ControlsSnapshot {
     pub throttle_forced: bool,
     /// Target duration of a backfill chunk, ms.
     pub chunk_time_ms: u64,
-    /// Replica lag above which doppel throttles, ms.
+    /// Replica lag above which doppel throttles, ms (0 = off).
     pub max_replica_lag_ms: u64,
     /// `lock_timeout` of each cutover attempt, ms.
     pub lock_timeout_ms: u64,
@@ -155,7 +156,7 @@ impl Controls {
         self.changed();
     }
 
-    /// Replica lag above which doppel throttles, ms.
+    /// Replica lag above which doppel throttles, ms (0 = off).
     pub fn max_replica_lag_ms(&self) -> u64 {
         self.max_replica_lag_ms.load(Ordering::SeqCst)
     }
@@ -518,7 +519,7 @@ status --json        the status and the live settings as one JSON line\n\
 throttle             pause the copy and the apply until no-throttle\n\
 no-throttle          release the operator's throttle (other throttle reasons still apply)\n\
 chunk-time=MS        target duration of one backfill chunk ({}..={})\n\
-max-replica-lag=MS   throttle while a standby lags more than this ({}..={}; gh-ost: max-lag-millis)\n\
+max-replica-lag=MS   throttle while a standby lags more than this ({}..={}, 0 = off; gh-ost: max-lag-millis)\n\
 lock-timeout=MS      lock_timeout of each cutover attempt ({}..={})\n\
 postpone             do not cut over until cut-over\n\
 cut-over             lift a postponement: cut over once ready (gh-ost: unpostpone)\n\
@@ -760,6 +761,14 @@ mod tests {
             "ok: max-replica-lag=1500 (was 1000)"
         );
         assert_eq!(run(&c, "max-replica-lag=?"), "max-replica-lag=1500");
+        assert_eq!(
+            run(&c, "max-replica-lag=0"),
+            "ok: max-replica-lag=0 (was 1500)"
+        );
+        assert_eq!(
+            run(&c, "max-replica-lag=1500"),
+            "ok: max-replica-lag=1500 (was 0)"
+        );
         for bad in [
             "chunk-time=0",
             "chunk-time=-1",

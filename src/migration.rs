@@ -209,7 +209,7 @@ pub fn render_plan(plan: &Plan, script: &cutover::Script) -> String {
         t.qualified(),
         plan.names.slot,
         plan.names.shadow_qualified(),
-        shadow::secondary_sql(plan).len(),
+        shadow::plain_index_sql(plan).len() + shadow::constraining_sql(plan).len(),
         t.qualified(),
         plan.names.old_qualified()
     ));
@@ -220,7 +220,8 @@ pub fn render_plan(plan: &Plan, script: &cutover::Script) -> String {
     out.push_str("\nafter the backfill:\n");
     for s in shadow::primary_key_sql(plan)
         .into_iter()
-        .chain(shadow::secondary_sql(plan))
+        .chain(shadow::plain_index_sql(plan))
+        .chain(shadow::constraining_sql(plan))
     {
         out.push_str(&format!("  {s};\n"));
     }
@@ -714,7 +715,14 @@ async fn phases_inner(
             .await
             .context("building the shadow's primary key")?;
     }
-    phases.push(("primary key", phase.elapsed()));
+    // Non-unique indexes now: logical decoding is still working through the backfill's WAL,
+    // and the backlog cannot be applied before it has.
+    for statement in shadow::plain_index_sql(plan) {
+        run_cancellable(control, &statement, cancel)
+            .await
+            .map_err(|e| index_error(e, plan, &statement))?;
+    }
+    phases.push(("primary key + indexes", phase.elapsed()));
     let phase = Instant::now();
     progress.update(|s| s.phase = "catching up".into());
     let apply_client = conninfo::connect(config).await?;
@@ -739,20 +747,16 @@ async fn phases_inner(
     catch_up(guard, &fencer, cancel, &throttler).await?;
     phases.push(("catch-up", phase.elapsed()));
 
-    // Secondary indexes and constraints, with the applier paused (the spool absorbs changes).
+    // Unique and exclusion indexes and NOT VALID checks, with the applier paused (the spool
+    // absorbs changes).
     let phase = Instant::now();
     progress.update(|s| s.phase = "building indexes".into());
     if let Some(a) = guard.applier.as_ref() {
         a.pause().await?;
         // Unique and exclusion indexes must see writes in source order from now on.
-        let constrained = plan.target.indexes.iter().any(|i| {
-            !i.is_primary
-                && (i.definition.starts_with("CREATE UNIQUE")
-                    || matches!(i.constraint, Some(('x', _))))
-        });
-        a.set_collapse(!constrained);
+        a.set_collapse(!shadow::has_constraining_indexes(plan));
     }
-    for statement in shadow::secondary_sql(plan) {
+    for statement in shadow::constraining_sql(plan) {
         applier_ref(guard)?;
         run_cancellable(control, &statement, cancel)
             .await
@@ -768,7 +772,7 @@ async fn phases_inner(
     run_cancellable(control, &vacuum, cancel)
         .await
         .context("VACUUM (ANALYZE) of the shadow")?;
-    phases.push(("indexes", phase.elapsed()));
+    phases.push(("unique indexes + vacuum", phase.elapsed()));
     let phase = Instant::now();
     progress.update(|s| s.phase = "catching up".into());
     catch_up(guard, &fencer, cancel, &throttler).await?;

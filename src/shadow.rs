@@ -5,8 +5,10 @@
 //!    CHECK constraints, storage, owner, grants, comments; autovacuum off. No index.
 //! 2. [`primary_key_sql`] — after the backfill, before the backlog is applied (the applier
 //!    upserts by key).
-//! 3. [`secondary_sql`] — the other indexes and index-backed constraints, and NOT VALID checks,
-//!    after the backlog is applied (so unique indexes never see replay's transient states).
+//! 3. [`plain_index_sql`] — non-unique secondary indexes, right after the primary key (while
+//!    logical decoding catches up with the backfill's WAL); then [`constraining_sql`] — unique
+//!    and exclusion indexes and NOT VALID checks, after the backlog is applied (so they never
+//!    see replay's transient states).
 //! 4. [`finish_sql`] — autovacuum settings restored, `VACUUM (ANALYZE)`.
 //!
 //! Indexes get temporary names (`_doppel_<oid>_new_i<n>`) until the cutover gives them the
@@ -27,6 +29,9 @@ pub struct ShadowIndex {
     pub create_sql: String,
     /// True for the primary key.
     pub is_primary: bool,
+    /// True for unique and exclusion indexes: they must only ever see states the original
+    /// passed through, so they are built after the backlog is applied.
+    pub constrains: bool,
 }
 
 /// The shadow's indexes (primary key first), with their DDL.
@@ -62,6 +67,8 @@ pub fn indexes(plan: &Plan) -> Vec<ShadowIndex> {
                 temp_name,
                 create_sql,
                 is_primary: index.is_primary,
+                constrains: index.definition.starts_with("CREATE UNIQUE")
+                    || matches!(index.constraint, Some(('x', _))),
             }
         })
         .collect();
@@ -211,12 +218,29 @@ pub fn primary_key_sql(plan: &Plan) -> Vec<String> {
         .collect()
 }
 
-/// Secondary indexes, index-backed constraints and NOT VALID checks, built after the backlog.
-pub fn secondary_sql(plan: &Plan) -> Vec<String> {
+/// Non-unique secondary indexes: built right after the primary key, before the backlog is
+/// applied (their order of maintenance cannot matter), while logical decoding catches up with
+/// the backfill's WAL.
+pub fn plain_index_sql(plan: &Plan) -> Vec<String> {
+    indexes(plan)
+        .into_iter()
+        .filter(|i| !i.is_primary && !i.constrains)
+        .map(|i| i.create_sql)
+        .collect()
+}
+
+/// True when the new schema has unique or exclusion indexes besides the primary key.
+pub fn has_constraining_indexes(plan: &Plan) -> bool {
+    indexes(plan).iter().any(|i| !i.is_primary && i.constrains)
+}
+
+/// Unique and exclusion indexes (and their constraints) and NOT VALID checks: built after the
+/// backlog is applied, so they only ever see states the original passed through.
+pub fn constraining_sql(plan: &Plan) -> Vec<String> {
     let shadow = plan.names.shadow_qualified();
     let mut out: Vec<String> = indexes(plan)
         .into_iter()
-        .filter(|i| !i.is_primary)
+        .filter(|i| !i.is_primary && i.constrains)
         .map(|i| i.create_sql)
         .collect();
     for con in plan

@@ -156,14 +156,17 @@ async fn ddl_on_the_original_during_the_run_aborts_and_says_why() {
     assert_eq!(scalar(&client, "SELECT count(*) FROM t").await, 20_001);
 }
 
-/// I4: every doppel session's snapshot (`backend_xmin`) is short-lived: sampled throughout a
-/// run, no session keeps the same xmin for much longer than one chunk (5 ms here; the bound
-/// allows for the machine's scheduling and the verification chunks).
+/// I4: the snapshots (`backend_xmin`) of doppel's copy, apply and verify sessions are
+/// short-lived: sampled throughout a run, none keeps the same xmin for much longer than one
+/// chunk (5 ms here; the bound allows for the machine's scheduling and the verification
+/// chunks). Index builds on the shadow (`CREATE INDEX`, `ALTER TABLE .. ADD CONSTRAINT`) and
+/// its `VACUUM` hold one snapshot for their duration, as any such statement does; they are
+/// left out and documented in the README.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn no_doppel_session_holds_a_snapshot_longer_than_a_chunk() {
+async fn copy_apply_and_verify_sessions_hold_no_snapshot_longer_than_a_chunk() {
     let cluster = common::cluster().await;
     let client = cluster.connect("postgres").await.unwrap();
-    setup(&client, 60_000).await;
+    setup(&client, 120_000).await;
     let writer = cluster.connect("postgres").await.unwrap();
     let dir = tempfile::tempdir().unwrap();
     let config: tokio_postgres::Config = cluster.conninfo("postgres").parse().unwrap();
@@ -184,7 +187,8 @@ async fn no_doppel_session_holds_a_snapshot_longer_than_a_chunk() {
         let rows = client
             .query(
                 "SELECT pid, backend_xmin::text FROM pg_stat_activity
-                 WHERE application_name LIKE 'doppel%' AND backend_xmin IS NOT NULL",
+                 WHERE application_name LIKE 'doppel%' AND backend_xmin IS NOT NULL
+                   AND query !~* '^\\s*(CREATE (UNIQUE )?INDEX|ALTER TABLE|VACUUM)'",
                 &[],
             )
             .await
