@@ -71,6 +71,7 @@ type Range = (Option<Vec<Option<String>>>, Option<Vec<Option<String>>>);
 /// `workers.len()` chunks run at once. `check` is called between chunks and stops the copy
 /// with its error (cancellation, a failed stream); while `throttle` reports a reason, no new
 /// chunk starts.
+#[allow(clippy::too_many_arguments)]
 pub async fn backfill(
     client: &Client,
     workers: &[Client],
@@ -78,6 +79,7 @@ pub async fn backfill(
     options: &CopyOptions,
     progress: &Arc<Progress>,
     throttle: Option<&crate::throttle::Throttler>,
+    controls: Option<&Arc<crate::control::Controls>>,
     check: impl Fn() -> Result<()>,
 ) -> Result<CopyReport> {
     let table = plan.original.qualified();
@@ -133,6 +135,8 @@ pub async fn backfill(
         async move {
             copy_ranges(
                 worker,
+                controls,
+                throttle,
                 plan,
                 options,
                 progress,
@@ -157,6 +161,8 @@ pub async fn backfill(
 #[allow(clippy::too_many_arguments)]
 async fn copy_ranges(
     worker: &Client,
+    controls: Option<&Arc<crate::control::Controls>>,
+    throttle: Option<&crate::throttle::Throttler>,
     plan: &Plan,
     options: &CopyOptions,
     progress: &Arc<Progress>,
@@ -185,6 +191,10 @@ async fn copy_ranges(
         let Some((lower, upper)) = next else {
             return Ok(());
         };
+        // A range planned before the throttle started waits too.
+        if let Some(t) = throttle {
+            t.wait_clear().await?;
+        }
         let statement = match (&lower, &upper) {
             (None, Some(_)) => &copy_first,
             (Some(_), Some(_)) => &copy_middle,
@@ -210,8 +220,12 @@ async fn copy_ranges(
         progress.update(|s| s.rows_copied = total);
         tracing::debug!(rows = n, ms = took.as_millis() as u64, "chunk copied");
         if upper.is_some() {
+            // The target chunk time can be changed at runtime on the control socket.
+            let target = controls
+                .map(|c| c.chunk_time())
+                .unwrap_or(options.chunk_time);
             rows_target.store(
-                next_chunk_rows(rows_planned, took, options.chunk_time),
+                next_chunk_rows(rows_planned, took, target),
                 Ordering::Relaxed,
             );
         }

@@ -41,6 +41,8 @@ pub struct CutoverOptions {
     /// While this file exists the cutover waits, keeping the shadow caught up (gh-ost's
     /// `--postpone-cut-over-flag-file`).
     pub postpone_flag_file: Option<PathBuf>,
+    /// Live settings from the control socket: `postpone` / `cut-over` and `lock-timeout`.
+    pub controls: Option<std::sync::Arc<crate::control::Controls>>,
 }
 
 /// Sessions that hold a lock on `table_oid` or have a transaction open longer than 10 s: the
@@ -401,19 +403,44 @@ pub async fn run(
     let rollback_path = write_rollback(&options.rollback_dir, plan, script)?;
     tracing::info!("rollback script written to {}", rollback_path.display());
     let table_q = plan.names.table_qualified();
-    if let Some(flag) = &options.postpone_flag_file {
+    {
+        let postponed = || {
+            let by_flag = options
+                .postpone_flag_file
+                .as_ref()
+                .is_some_and(|f| f.exists())
+                && !options
+                    .controls
+                    .as_ref()
+                    .is_some_and(|c| c.cut_over_requested());
+            by_flag || options.controls.as_ref().is_some_and(|c| c.postponed())
+        };
         let mut announced = false;
-        while flag.exists() {
+        while postponed() {
             if !announced {
                 tracing::info!(
-                    "cutover postponed while {} exists: remove it to cut over (the shadow is kept caught up)",
-                    flag.display()
+                    "cutover postponed (flag file {}, or `postpone` on the control socket): remove the file or send `cut-over`; the shadow is kept caught up",
+                    options
+                        .postpone_flag_file
+                        .as_ref()
+                        .map(|f| f.display().to_string())
+                        .unwrap_or_else(|| "-".into())
                 );
                 announced = true;
             }
             let n = fencer.emit().await?;
             applier.wait_fence(n, Duration::from_secs(300)).await?;
-            tokio::time::sleep(Duration::from_millis(500)).await;
+            // Re-check every 500 ms, or at once when the operator changes a setting.
+            match &options.controls {
+                Some(c) => {
+                    let _ = tokio::time::timeout(
+                        Duration::from_millis(500),
+                        c.wait_until(|c| c.cut_over_requested() || c.abort_requested()),
+                    )
+                    .await;
+                }
+                None => tokio::time::sleep(Duration::from_millis(500)).await,
+            }
         }
     }
     for (_, who) in blockers(client, plan.original.oid).await? {
@@ -427,9 +454,14 @@ pub async fn run(
         applier.wait_fence(n, Duration::from_secs(300)).await?;
 
         let tx = client.transaction().await?;
+        let lock_timeout = options
+            .controls
+            .as_ref()
+            .map(|c| c.lock_timeout())
+            .unwrap_or(options.lock_timeout);
         tx.batch_execute(&format!(
             "SET LOCAL lock_timeout = '{}ms'",
-            options.lock_timeout.as_millis().max(1)
+            lock_timeout.as_millis().max(1)
         ))
         .await?;
         let lock_start = Instant::now();

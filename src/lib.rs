@@ -17,6 +17,7 @@ pub mod fence;
 pub mod hooks;
 pub mod lsn;
 pub mod migration;
+pub mod operator;
 pub mod pgoutput;
 pub mod plan;
 pub mod preflight;

@@ -32,6 +32,28 @@ enum Command {
     Demo(DemoArgs),
     /// Remove what an interrupted run left behind (slot, publication, shadow table).
     Cleanup(CleanupArgs),
+    /// Send a command to a running migration's control socket (`status`, `throttle`,
+    /// `no-throttle`, `chunk-time=MS`, `max-replica-lag=MS`, `lock-timeout=MS`, `postpone`,
+    /// `cut-over`, `abort`, `help`; `key=?` reads a value).
+    Ctl(CtlArgs),
+}
+
+#[derive(Args, Debug)]
+struct CtlArgs {
+    #[command(flatten)]
+    conn: ConnArgs,
+    /// The table being migrated (finds the socket `<work dir>/doppel-<oid>.sock`).
+    #[arg(long, required_unless_present = "control_socket")]
+    table: Option<String>,
+    /// The control socket's path (instead of finding it from --table).
+    #[arg(long)]
+    control_socket: Option<PathBuf>,
+    /// The run's --work-dir (default: the system temp dir).
+    #[arg(long)]
+    work_dir: Option<PathBuf>,
+    /// The command, e.g. `status` or `chunk-time=200`.
+    #[arg(required = true, num_args = 1..)]
+    command: Vec<String>,
 }
 
 #[derive(Args, Debug)]
@@ -117,6 +139,14 @@ struct TuningArgs {
     /// Abort (and clean up) as soon as this file exists.
     #[arg(long)]
     panic_flag_file: Option<PathBuf>,
+    /// Control socket path (default: `<work dir>/doppel-<table oid>.sock`).
+    #[arg(long)]
+    control_socket: Option<PathBuf>,
+    /// Directory of hook executables named after phases (on-startup, on-preflight-ok,
+    /// before-copy, copy-complete, on-throttled, before-cutover, after-cutover, on-success,
+    /// on-failure, on-status).
+    #[arg(long)]
+    hooks_dir: Option<PathBuf>,
     /// Directory for the rollback script (default: the current directory).
     #[arg(long, default_value = ".")]
     rollback_dir: PathBuf,
@@ -203,6 +233,8 @@ fn run_options(
             throttle_flag_file: t.throttle_flag_file.clone(),
             panic_flag_file: t.panic_flag_file.clone(),
         },
+        control_socket: t.control_socket.clone(),
+        hooks_dir: t.hooks_dir.clone(),
         display,
         status_interval: Duration::from_secs(t.status_interval.max(1)),
     })
@@ -271,6 +303,7 @@ async fn main() -> ExitCode {
             })
         }
         Command::Cleanup(args) => cleanup(args).await,
+        Command::Ctl(args) => ctl(args).await,
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
@@ -334,6 +367,27 @@ async fn cleanup(args: CleanupArgs) -> anyhow::Result<()> {
         for r in &report.removed {
             println!("removed {r}");
         }
+    }
+    Ok(())
+}
+
+async fn ctl(args: CtlArgs) -> anyhow::Result<()> {
+    let path = match (args.control_socket, args.table) {
+        (Some(path), _) => path,
+        (None, Some(table)) => {
+            let config = conninfo::resolve(args.conn.dsn.as_deref())?;
+            let client = conninfo::connect(&config).await?;
+            let oid = doppel::catalog::resolve(&client, &table).await?;
+            doppel::control::default_path(&args.work_dir.unwrap_or_else(std::env::temp_dir), oid)
+        }
+        (None, None) => anyhow::bail!("give --table or --control-socket"),
+    };
+    let reply = doppel::control::send(&path, &args.command.join(" "))
+        .await
+        .map_err(|e| e.context(format!("no doppel run answers on {} (is one running on this table? pass --work-dir if it used one)", path.display())))?;
+    println!("{}", reply.trim_end());
+    if reply.starts_with("error:") {
+        std::process::exit(1);
     }
     Ok(())
 }

@@ -64,6 +64,10 @@ pub struct RunOptions {
     pub postpone_cutover_flag_file: Option<PathBuf>,
     /// When to slow down or abort.
     pub throttle: crate::throttle::ThrottleOptions,
+    /// The control socket's path (default: `<work_dir>/doppel-<oid>.sock`).
+    pub control_socket: Option<PathBuf>,
+    /// Directory of hook executables (gh-ost's `--hooks-path`).
+    pub hooks_dir: Option<PathBuf>,
     /// How progress is shown.
     pub display: progress::Display,
     /// Interval between status lines.
@@ -88,6 +92,8 @@ impl RunOptions {
             rollback_dir: PathBuf::from("."),
             postpone_cutover_flag_file: None,
             throttle: crate::throttle::ThrottleOptions::default(),
+            control_socket: None,
+            hooks_dir: None,
             display: progress::Display::Lines,
             status_interval: Duration::from_secs(10),
         }
@@ -246,6 +252,7 @@ pub async fn run(
     cancel: &Cancel,
 ) -> Result<Outcome> {
     let started = Instant::now();
+    let hooks = crate::hooks::Hooks::new(options.hooks_dir.clone())?;
     let mut control = conninfo::connect(config).await?;
     control
         .batch_execute("SET application_name = 'doppel'; SET lock_timeout = '5s'")
@@ -271,20 +278,57 @@ pub async fn run(
         return Ok(Outcome::Planned(Box::new(plan)));
     }
     let plan = Arc::new(plan);
-    let mut created = Created::default();
-    let result = execute(
-        config,
-        &mut control,
+    let progress = Progress::new();
+    let socket = options
+        .control_socket
+        .clone()
+        .unwrap_or_else(|| crate::control::default_path(&options.work_dir, plan.original.oid));
+    let mut operator = crate::operator::Operator::start(
         plan.clone(),
-        options,
-        cancel,
-        &mut created,
-        started,
+        progress.clone(),
+        hooks,
+        Some(socket),
+        options.copy.chunk_time,
+        options.throttle.max_replica_lag,
+        options.lock_timeout,
     )
+    .await?;
+    // The run stops on the caller's signal or on the operator's `abort`.
+    let (abort, internal) = Cancel::new();
+    operator.drive_abort(abort.clone());
+    let forward = AbortOnDrop(tokio::spawn({
+        let outer = cancel.clone();
+        async move {
+            outer.cancelled().await;
+            abort.send_replace(true);
+        }
+    }));
+    let mut created = Created::default();
+    let result = async {
+        operator.hook("on-startup").await?;
+        operator.hook("on-preflight-ok").await?;
+        execute(
+            config,
+            &mut control,
+            plan.clone(),
+            options,
+            &internal,
+            &mut created,
+            started,
+            &progress,
+            &mut operator,
+        )
+        .await
+    }
     .await;
+    drop(forward);
     match result {
-        Ok(report) => Ok(Outcome::Migrated(Box::new(report))),
+        Ok(report) => {
+            operator.hook("on-success").await.ok();
+            Ok(Outcome::Migrated(Box::new(report)))
+        }
         Err(e) => {
+            operator.hook("on-failure").await.ok();
             if !created.cut_over {
                 let removed = cleanup_created(&control, &plan, &created).await;
                 match removed {
@@ -358,8 +402,10 @@ async fn execute(
     cancel: &Cancel,
     created: &mut Created,
     started: Instant,
+    progress: &Arc<Progress>,
+    operator: &mut crate::operator::Operator,
 ) -> Result<RunReport> {
-    let progress = Progress::new();
+    let progress = progress.clone();
     progress.update(|s| {
         s.rows_estimate = plan.original.rows_estimate.max(0) as u64;
         s.phase = "starting".into();
@@ -463,10 +509,12 @@ async fn execute(
         &fingerprint,
         &mut phases,
         phase,
+        operator,
     )
     .await;
     let (copy, verify, cutover, applied) = result?;
     created.cut_over = true;
+    operator.hook("after-cutover").await.ok();
     control
         .batch_execute(&format!(
             "DROP PUBLICATION IF EXISTS {}",
@@ -550,6 +598,7 @@ async fn run_phases(
     fingerprint: &str,
     phases: &mut Vec<(&'static str, Duration)>,
     setup_started: Instant,
+    operator: &mut crate::operator::Operator,
 ) -> Result<PhaseResult> {
     let result = phases_inner(
         config,
@@ -565,6 +614,7 @@ async fn run_phases(
         fingerprint,
         phases,
         setup_started,
+        operator,
     )
     .await;
     let stopped = guard.shutdown().await;
@@ -594,6 +644,7 @@ async fn phases_inner(
     fingerprint: &str,
     phases: &mut Vec<(&'static str, Duration)>,
     setup_started: Instant,
+    operator: &mut crate::operator::Operator,
 ) -> Result<PhaseResult> {
     let stream_status = guard
         .streamer
@@ -641,13 +692,21 @@ async fn phases_inner(
     )
     .await
     .context("starting the throttle checker")?;
+    operator.drive_throttle(throttler.live());
+    operator.drive_hooks(throttler.watch());
     let _throttle_progress = AbortOnDrop(tokio::spawn({
         let progress = progress.clone();
         let mut rx = throttler.watch();
         async move {
             loop {
-                let reasons = rx.borrow_and_update().reasons.join("; ");
-                progress.update(|s| s.throttled = reasons);
+                let (reasons, lag) = {
+                    let s = rx.borrow_and_update();
+                    (s.reasons.join("; "), s.replica_lag_ms)
+                };
+                progress.update(|s| {
+                    s.throttled = reasons;
+                    s.replica_lag_ms = lag;
+                });
                 if rx.changed().await.is_err() {
                     return;
                 }
@@ -661,6 +720,7 @@ async fn phases_inner(
     phases.push(("setup", setup_started.elapsed()));
 
     // Backfill.
+    operator.hook("before-copy").await?;
     let phase = Instant::now();
     progress.update(|s| {
         s.phase = "copying".into();
@@ -687,11 +747,13 @@ async fn phases_inner(
             &options.copy,
             progress,
             Some(&throttler),
+            Some(&operator.controls),
             check,
         )
         .await?
     };
     progress.update(|s| s.copy_ended = Some(Instant::now()));
+    operator.hook("copy-complete").await?;
     phases.push(("copy", phase.elapsed()));
     tracing::info!(
         rows = copy.rows,
@@ -806,6 +868,7 @@ async fn phases_inner(
     progress.update(|s| s.phase = "cutover".into());
     cancel.check()?;
     throttler.wait_clear().await?;
+    operator.hook("before-cutover").await?;
     let script = cutover::script(control, plan, options.lock_timeout).await?;
     let cut = cutover::run(
         control,
@@ -821,6 +884,7 @@ async fn phases_inner(
             fence_timeout: options.fence_timeout,
             rollback_dir: options.rollback_dir.clone(),
             postpone_flag_file: options.postpone_cutover_flag_file.clone(),
+            controls: Some(operator.controls.clone()),
         },
     )
     .await?;

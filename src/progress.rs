@@ -38,6 +38,8 @@ pub struct State {
     pub copy_ended: Option<Instant>,
     /// Active throttle reasons (empty when not throttled).
     pub throttled: String,
+    /// Worst replica lag seen by the throttler (ms), when it measures one.
+    pub replica_lag_ms: Option<u64>,
 }
 
 impl Progress {
@@ -89,6 +91,11 @@ impl Progress {
             (Some(_), None) => "-".to_string(),
             _ => "0s".to_string(),
         };
+        let state = match (s.phase.is_empty(), s.throttled.is_empty()) {
+            (true, _) => "starting".to_string(),
+            (false, true) => s.phase.clone(),
+            (false, false) => format!("{} (throttled: {})", s.phase, s.throttled),
+        };
         format!(
             "Copy: {}/{} {:.1}%; Applied: {}; Backlog: {}; Time: {}(total), {}(copy); streamer: {}; Lag: {}; State: {}; ETA: {}",
             s.rows_copied,
@@ -104,11 +111,7 @@ impl Progress {
                 &s.stream_lsn
             },
             format_bytes(s.lag_bytes),
-            if s.phase.is_empty() {
-                "starting"
-            } else {
-                &s.phase
-            },
+            state,
             eta
         )
     }

@@ -58,6 +58,8 @@ pub struct ThrottleState {
     pub reasons: Vec<String>,
     /// A reason to abort the run.
     pub critical: Option<String>,
+    /// The worst replica lag measured (ms), when any standby is watched.
+    pub replica_lag_ms: Option<u64>,
 }
 
 /// Settings an operator may change while the run goes on.
@@ -270,6 +272,7 @@ async fn sample(
                 for r in rows {
                     let (name, lag_ms, lag_bytes): (String, i64, i64) =
                         (r.get(0), r.get(1), r.get(2));
+                    state.replica_lag_ms = state.replica_lag_ms.max(Some(lag_ms.max(0) as u64));
                     if max_lag_ms > 0 && lag_ms as u64 > max_lag_ms {
                         state.reasons.push(format!(
                             "standby {name} replay lag {lag_ms} ms > {max_lag_ms} ms"
@@ -299,6 +302,7 @@ async fn sample(
         {
             Ok(row) => {
                 let lag_ms: i64 = row.get(0);
+                state.replica_lag_ms = state.replica_lag_ms.max(Some(lag_ms.max(0) as u64));
                 if max_lag_ms > 0 && lag_ms as u64 > max_lag_ms {
                     state
                         .reasons
