@@ -98,9 +98,10 @@ async fn throttle_flag_file_pauses_the_backfill_until_removed() {
         tokio::spawn(async move { migration::run(&config, &options, &Cancel::never()).await });
     wait_growing(&client).await;
     std::fs::write(&flag, b"").unwrap();
+    // The flag acts within 1 s; seeing a stall takes one more 500 ms sample.
     let stalled = wait_stalled(&client, Duration::from_secs(5)).await;
     assert!(
-        stalled.is_some(),
+        stalled.is_some_and(|d| d <= Duration::from_millis(2000)),
         "the backfill stops while the flag file exists"
     );
     let held = shadow_rows(&client).await;
@@ -133,7 +134,7 @@ async fn panic_flag_file_aborts_and_cleans_up_promptly() {
     let reaction = created.elapsed();
     assert!(format!("{err:#}").contains("panic flag file"), "{err:#}");
     assert!(
-        reaction < Duration::from_secs(5),
+        reaction < Duration::from_secs(2),
         "aborted and cleaned up in {reaction:?}"
     );
     assert_eq!(
