@@ -322,7 +322,7 @@ run_doppel() {
   R[${tag}_copied]=$(sed -nE 's/^migrated .*: ([0-9]+) rows copied.*/\1/p' "$out")
   R[${tag}_rss_kb]=$(sed -nE 's/^[[:space:]]*Maximum resident set size \(kbytes\): ([0-9]+)/\1/p' "$WORK/doppel_$tag.time")
   # per-phase lines: "  <phase><padding><secs> s"
-  sed -nE 's/^  ([a-z][a-z -]*[a-z]) +([0-9.]+) s$/\1|\2/p' "$out" >"$WORK/doppel_${tag}_phases.txt"
+  sed -nE 's/^  ([a-z][a-z +-]*[a-z]) +([0-9.]+) s$/\1|\2/p' "$out" >"$WORK/doppel_${tag}_phases.txt"
   # status lines: time of day, Applied, Lag, State -> apply rate and the lag before cutover
   grep -E 'Copy: .*Applied: ' "$err" | awk '
     {
