@@ -63,6 +63,7 @@ pub struct Controls {
     throttle_forced: AtomicBool,
     chunk_time_ms: AtomicU64,
     max_replica_lag_ms: AtomicU64,
+    max_retained_wal: AtomicU64,
     lock_timeout_ms: AtomicU64,
     postponed: AtomicBool,
     cut_over_requested: AtomicBool,
@@ -79,6 +80,8 @@ pub struct ControlsSnapshot {
     pub chunk_time_ms: u64,
     /// Replica lag above which doppel throttles, ms (0 = off).
     pub max_replica_lag_ms: u64,
+    /// WAL retained by doppel's slot above which doppel throttles, bytes (0 = off).
+    pub max_retained_wal: u64,
     /// `lock_timeout` of each cutover attempt, ms.
     pub lock_timeout_ms: u64,
     /// The cutover is postponed.
@@ -96,6 +99,7 @@ impl ControlsSnapshot {
             "throttle_forced": self.throttle_forced,
             "chunk_time_ms": self.chunk_time_ms,
             "max_replica_lag_ms": self.max_replica_lag_ms,
+            "max_retained_wal": self.max_retained_wal,
             "lock_timeout_ms": self.lock_timeout_ms,
             "postponed": self.postponed,
             "cut_over_requested": self.cut_over_requested,
@@ -117,6 +121,7 @@ impl Controls {
             throttle_forced: AtomicBool::new(false),
             chunk_time_ms: AtomicU64::new(chunk_time_ms),
             max_replica_lag_ms: AtomicU64::new(max_replica_lag_ms),
+            max_retained_wal: AtomicU64::new(0),
             lock_timeout_ms: AtomicU64::new(lock_timeout_ms),
             postponed: AtomicBool::new(postponed),
             cut_over_requested: AtomicBool::new(false),
@@ -169,6 +174,17 @@ impl Controls {
     /// Sets the replica lag threshold, ms (the socket accepts [`MAX_REPLICA_LAG_MS`]).
     pub fn set_max_replica_lag_ms(&self, ms: u64) {
         self.max_replica_lag_ms.store(ms, Ordering::SeqCst);
+        self.changed();
+    }
+
+    /// WAL retained by doppel's slot above which doppel throttles, bytes (0 = off).
+    pub fn max_retained_wal(&self) -> u64 {
+        self.max_retained_wal.load(Ordering::SeqCst)
+    }
+
+    /// Sets the retained-WAL throttle threshold (bytes, 0 = off).
+    pub fn set_max_retained_wal(&self, bytes: u64) {
+        self.max_retained_wal.store(bytes, Ordering::SeqCst);
         self.changed();
     }
 
@@ -229,6 +245,7 @@ impl Controls {
             throttle_forced: self.throttle_forced(),
             chunk_time_ms: self.chunk_time_ms(),
             max_replica_lag_ms: self.max_replica_lag_ms(),
+            max_retained_wal: self.max_retained_wal(),
             lock_timeout_ms: self.lock_timeout_ms(),
             postponed: self.postponed(),
             cut_over_requested: self.cut_over_requested(),
@@ -509,7 +526,7 @@ async fn connection(
     }
 }
 
-const COMMANDS: &str = "status, status --json, throttle, no-throttle, chunk-time=MS, max-replica-lag=MS, lock-timeout=MS, postpone, cut-over, abort, help; KEY=? reads chunk-time, max-replica-lag, lock-timeout, throttle or postpone";
+const COMMANDS: &str = "status, status --json, throttle, no-throttle, chunk-time=MS, max-replica-lag=MS, max-retained-wal=BYTES, lock-timeout=MS, postpone, cut-over, abort, help; KEY=? reads chunk-time, max-replica-lag, max-retained-wal, lock-timeout, throttle or postpone";
 
 fn help() -> String {
     format!(
@@ -540,6 +557,7 @@ help                 this text\n",
 enum Setting {
     ChunkTime,
     MaxReplicaLag,
+    MaxRetainedWal,
     LockTimeout,
 }
 
@@ -549,6 +567,7 @@ impl Setting {
             "chunk-time" => Some(Setting::ChunkTime),
             "max-replica-lag" | "max-lag-millis" => Some(Setting::MaxReplicaLag),
             "lock-timeout" => Some(Setting::LockTimeout),
+            "max-retained-wal" => Some(Setting::MaxRetainedWal),
             _ => None,
         }
     }
@@ -558,6 +577,14 @@ impl Setting {
             Setting::ChunkTime => "chunk-time",
             Setting::MaxReplicaLag => "max-replica-lag",
             Setting::LockTimeout => "lock-timeout",
+            Setting::MaxRetainedWal => "max-retained-wal",
+        }
+    }
+
+    fn unit(self) -> &'static str {
+        match self {
+            Setting::MaxRetainedWal => "bytes",
+            _ => "milliseconds",
         }
     }
 
@@ -566,6 +593,7 @@ impl Setting {
             Setting::ChunkTime => CHUNK_TIME_MS,
             Setting::MaxReplicaLag => MAX_REPLICA_LAG_MS,
             Setting::LockTimeout => LOCK_TIMEOUT_MS,
+            Setting::MaxRetainedWal => 0..=(1 << 50),
         }
     }
 
@@ -574,6 +602,7 @@ impl Setting {
             Setting::ChunkTime => c.chunk_time_ms(),
             Setting::MaxReplicaLag => c.max_replica_lag_ms(),
             Setting::LockTimeout => c.lock_timeout_ms(),
+            Setting::MaxRetainedWal => c.max_retained_wal(),
         }
     }
 
@@ -582,6 +611,7 @@ impl Setting {
             Setting::ChunkTime => c.set_chunk_time_ms(ms),
             Setting::MaxReplicaLag => c.set_max_replica_lag_ms(ms),
             Setting::LockTimeout => c.set_lock_timeout_ms(ms),
+            Setting::MaxRetainedWal => c.set_max_retained_wal(ms),
         }
     }
 }
@@ -665,7 +695,8 @@ fn execute(command: &str, controls: &Controls, status: &dyn StatusSource) -> (St
             }
             _ => (
                 format!(
-                    "error: {name} takes whole milliseconds from {} to {}, or ? to read it; got {value:?}",
+                    "error: {name} takes whole {} from {} to {}, or ? to read it; got {value:?}",
+                    setting.unit(),
                     range.start(),
                     range.end()
                 ),

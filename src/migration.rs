@@ -288,9 +288,7 @@ pub async fn run(
         progress.clone(),
         hooks,
         Some(socket),
-        options.copy.chunk_time,
-        options.throttle.max_replica_lag,
-        options.lock_timeout,
+        options,
     )
     .await?;
     // The run stops on the caller's signal or on the operator's `abort`.

@@ -52,7 +52,8 @@ pub struct Operator {
 }
 
 impl Operator {
-    /// Starts the control socket at `socket` (when given) for `plan`'s run.
+    /// Starts the control socket at `socket` (when given) for `plan`'s run, with the live
+    /// settings initialised from `options`.
     ///
     /// Errors: the socket cannot be created, or another run answers on it.
     pub async fn start(
@@ -60,16 +61,19 @@ impl Operator {
         progress: Arc<Progress>,
         hooks: Hooks,
         socket: Option<PathBuf>,
-        chunk_time: Duration,
-        max_replica_lag: Option<Duration>,
-        lock_timeout: Duration,
+        options: &crate::migration::RunOptions,
     ) -> Result<Operator> {
         let controls = Controls::new(
-            chunk_time.as_millis() as u64,
-            max_replica_lag.map(|d| d.as_millis() as u64).unwrap_or(0),
-            lock_timeout.as_millis() as u64,
+            options.copy.chunk_time.as_millis() as u64,
+            options
+                .throttle
+                .max_replica_lag
+                .map(|d| d.as_millis() as u64)
+                .unwrap_or(0),
+            options.lock_timeout.as_millis() as u64,
             false,
         );
+        controls.set_max_retained_wal(options.throttle.max_retained_wal.unwrap_or(0));
         let server = match socket {
             Some(path) => {
                 let server = ControlServer::start(
@@ -114,6 +118,10 @@ impl Operator {
                 );
                 live.max_replica_lag_ms.store(
                     controls.max_replica_lag_ms(),
+                    std::sync::atomic::Ordering::SeqCst,
+                );
+                live.max_retained_wal.store(
+                    controls.max_retained_wal(),
                     std::sync::atomic::Ordering::SeqCst,
                 );
                 if changes.changed().await.is_err() {

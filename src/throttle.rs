@@ -69,6 +69,8 @@ pub struct LiveThrottle {
     pub forced: AtomicBool,
     /// `--max-replica-lag` in ms (0 = off).
     pub max_replica_lag_ms: AtomicU64,
+    /// `--max-retained-wal` in bytes (0 = off).
+    pub max_retained_wal: AtomicU64,
 }
 
 /// The running checker.
@@ -137,6 +139,8 @@ impl Throttler {
                 .unwrap_or(0),
             Ordering::SeqCst,
         );
+        live.max_retained_wal
+            .store(options.max_retained_wal.unwrap_or(0), Ordering::SeqCst);
         let (tx, rx) = watch::channel(ThrottleState::default());
         let slot = slot.to_string();
         let checker_live = live.clone();
@@ -312,7 +316,8 @@ async fn sample(
             Err(e) => state.reasons.push(format!("cannot measure lag on replica {name}: {e}")),
         }
     }
-    if (options.max_retained_wal.is_some() || options.critical_retained_wal.is_some())
+    let max_retained = live.max_retained_wal.load(Ordering::SeqCst);
+    if (max_retained > 0 || options.critical_retained_wal.is_some())
         && let Ok(Some(row)) = primary
             .query_opt(
                 "SELECT pg_wal_lsn_diff(pg_current_wal_lsn(), restart_lsn)::bigint FROM pg_replication_slots WHERE slot_name = $1",
@@ -328,12 +333,11 @@ async fn sample(
                         "replication slot {slot} retains {retained} bytes of WAL > --critical-retained-wal {max}"
                     ));
                 }
-            if let Some(max) = options.max_retained_wal
-                && retained > max {
-                    state
-                        .reasons
-                        .push(format!("slot {slot} retains {retained} bytes of WAL > {max}"));
-                }
+            if max_retained > 0 && retained > max_retained {
+                state.reasons.push(format!(
+                    "slot {slot} retains {retained} bytes of WAL > {max_retained}"
+                ));
+            }
         }
     if let Some(q) = &options.critical_query
         && positive(primary, q).await

@@ -94,6 +94,37 @@ async fn control_socket_commands_steer_a_running_migration() {
             .unwrap()
             .starts_with("error:")
     );
+    assert!(
+        control::send(&socket, "max-retained-wal=1000000000")
+            .await
+            .unwrap()
+            .starts_with("ok")
+    );
+    assert_eq!(
+        control::send(&socket, "max-retained-wal=?")
+            .await
+            .unwrap()
+            .trim(),
+        "max-retained-wal=1000000000"
+    );
+    assert!(
+        control::send(&socket, "max-replica-lag=5000")
+            .await
+            .unwrap()
+            .starts_with("ok")
+    );
+    assert!(
+        control::send(&socket, "lock-timeout=300")
+            .await
+            .unwrap()
+            .starts_with("ok")
+    );
+    assert!(
+        control::send(&socket, "help")
+            .await
+            .unwrap()
+            .contains("cut-over")
+    );
 
     // `throttle` stops the backfill; `no-throttle` lets it go on.
     control::send(&socket, "throttle").await.unwrap();
@@ -140,7 +171,7 @@ async fn control_socket_commands_steer_a_running_migration() {
     assert!(out.status.success(), "{out:?}");
     assert_eq!(
         String::from_utf8_lossy(&out.stdout).trim(),
-        "lock-timeout=200"
+        "lock-timeout=300"
     );
 
     // `abort` stops the run and cleans up; the exit class is the operator's abort.
