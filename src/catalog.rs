@@ -7,7 +7,7 @@
 use anyhow::{Context, Result, bail};
 use tokio_postgres::GenericClient;
 
-use crate::sql::{ident, qualified};
+use crate::sql::qualified;
 
 /// A column as the catalog describes it (`pg_attribute` + `pg_attrdef`).
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -428,13 +428,4 @@ pub async fn fingerprint(client: &impl GenericClient, oid: u32) -> Result<String
         .await
         .context("computing the catalog fingerprint")?;
     Ok(row.get(0))
-}
-
-/// `ident(name)` for each column name, comma separated.
-pub fn column_list(columns: &[&Column]) -> String {
-    columns
-        .iter()
-        .map(|c| ident(&c.name))
-        .collect::<Vec<_>>()
-        .join(", ")
 }

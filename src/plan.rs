@@ -587,11 +587,6 @@ fn hash_aggregate(row: &str, from: &str) -> String {
     )
 }
 
-/// A SQL comment line for plans and scripts.
-pub fn comment(text: &str) -> String {
-    format!("-- {}", text.replace('\n', " "))
-}
-
 /// `COMMENT ON ..` with a literal (or `NULL`).
 pub fn comment_sql(target: &str, text: Option<&str>) -> String {
     format!(

@@ -16,7 +16,7 @@
 
 use crate::plan::{Plan, comment_sql, grant_sql};
 use crate::preflight::rename_index_definition;
-use crate::sql::{ident, literal};
+use crate::sql::ident;
 
 /// One index of the shadow: its final name and its temporary name before cutover.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -286,18 +286,5 @@ pub fn drop_sql(plan_schema: &str, shadow: &str) -> String {
         "DROP TABLE IF EXISTS {}.{}",
         ident(plan_schema),
         ident(shadow)
-    )
-}
-
-/// `COMMENT` marking the shadow as doppel's, so `cleanup` can recognise it.
-pub fn marker_sql(plan: &Plan) -> String {
-    format!(
-        "COMMENT ON TABLE {} IS {}",
-        plan.names.shadow_qualified(),
-        literal(&format!(
-            "doppel shadow of {} (oid {})",
-            plan.original.qualified(),
-            plan.original.oid
-        ))
     )
 }

@@ -8,7 +8,7 @@
 //! writer buffers at most one `BufWriter` (1 MiB), the reader one record.
 
 use std::fs::{File, OpenOptions};
-use std::io::{BufReader, BufWriter, Read, Seek, SeekFrom, Write};
+use std::io::{BufReader, BufWriter, Read, Write};
 use std::path::{Path, PathBuf};
 
 use anyhow::{Context, Result, bail};
@@ -107,11 +107,6 @@ impl SpoolWriter {
 }
 
 impl SpoolReader {
-    /// Bytes already read.
-    pub fn position(&self) -> u64 {
-        self.pos
-    }
-
     /// Bytes published by the writer but not yet read.
     pub fn pending(&self) -> u64 {
         self.visible.borrow().saturating_sub(self.pos)
@@ -162,13 +157,6 @@ impl SpoolReader {
             bail!("the change spool is corrupt: a record runs past the written end");
         }
         Ok((Lsn(lsn), Bytes::from(payload)))
-    }
-
-    /// Re-positions at byte `pos` (a record boundary).
-    pub fn seek(&mut self, pos: u64) -> Result<()> {
-        self.file.seek(SeekFrom::Start(pos))?;
-        self.pos = pos;
-        Ok(())
     }
 }
 

@@ -85,11 +85,6 @@ impl Streamer {
         Ok(())
     }
 
-    /// True when the task has ended.
-    pub fn is_finished(&self) -> bool {
-        self.handle.is_finished()
-    }
-
     /// Stops the consumer: syncs the spool, confirms, closes the connection (the server then
     /// drops a TEMPORARY slot). Returns the task's error if it had failed.
     pub async fn stop(self) -> Result<()> {
