@@ -127,7 +127,10 @@ struct TuningArgs {
     /// Abort (and clean up) when doppel's slot retains more bytes of WAL.
     #[arg(long)]
     critical_retained_wal: Option<u64>,
-    /// Throttle while this query returns a positive number.
+    /// Throttle while more client sessions than this are running a statement.
+    #[arg(long)]
+    max_active_backends: Option<i64>,
+    /// Throttle while this query returns a positive number (or true).
     #[arg(long)]
     throttle_query: Option<String>,
     /// Abort (and clean up) when this query returns a positive number.
@@ -228,6 +231,7 @@ fn run_options(
             replicas,
             max_retained_wal: t.max_retained_wal,
             critical_retained_wal: t.critical_retained_wal,
+            max_active_backends: t.max_active_backends,
             throttle_query: t.throttle_query.clone(),
             critical_query: t.critical_query.clone(),
             throttle_flag_file: t.throttle_flag_file.clone(),

@@ -41,7 +41,10 @@ pub struct ThrottleOptions {
     pub max_retained_wal: Option<u64>,
     /// Abort when doppel's slot retains more WAL (bytes), before the disk fills.
     pub critical_retained_wal: Option<u64>,
-    /// Throttle while this query returns a positive number.
+    /// Throttle while more client sessions than this are running a statement (gh-ost's
+    /// `--max-load Threads_running`).
+    pub max_active_backends: Option<i64>,
+    /// Throttle while this query returns a positive number (or true).
     pub throttle_query: Option<String>,
     /// Abort when this query returns a positive number.
     pub critical_query: Option<String>,
@@ -339,6 +342,23 @@ async fn sample(
                 ));
             }
         }
+    if let Some(max) = options.max_active_backends
+        && let Ok(row) = primary
+            .query_one(
+                "SELECT count(*) FROM pg_stat_activity
+                 WHERE state = 'active' AND backend_type = 'client backend'
+                   AND pid <> pg_backend_pid() AND application_name NOT LIKE 'doppel%'",
+                &[],
+            )
+            .await
+    {
+        let active: i64 = row.get(0);
+        if active > max {
+            state.reasons.push(format!(
+                "{active} active sessions > --max-active-backends {max}"
+            ));
+        }
+    }
     if let Some(q) = &options.critical_query
         && positive(primary, q).await
     {
@@ -358,10 +378,12 @@ async fn sample(
 async fn positive(client: &tokio_postgres::Client, query: &str) -> bool {
     match client.simple_query(query).await {
         Ok(messages) => messages.iter().any(|m| match m {
-            tokio_postgres::SimpleQueryMessage::Row(row) => row
-                .get(0)
-                .and_then(|v| v.trim().parse::<f64>().ok())
-                .is_some_and(|v| v > 0.0),
+            tokio_postgres::SimpleQueryMessage::Row(row) => row.get(0).is_some_and(|v| {
+                let v = v.trim();
+                v == "t"
+                    || v.eq_ignore_ascii_case("true")
+                    || v.parse::<f64>().is_ok_and(|n| n > 0.0)
+            }),
             _ => false,
         }),
         Err(e) => {

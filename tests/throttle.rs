@@ -294,3 +294,51 @@ async fn standby_replay_lag_throttles_and_clearing_it_resumes() {
     wait_growing(&client).await;
     assert!(matches!(run.await.unwrap().unwrap(), Outcome::Migrated(_)));
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn busy_server_throttles_until_the_load_goes() {
+    let cluster = common::cluster().await;
+    let client = cluster.connect("postgres").await.unwrap();
+    setup(&client).await;
+    let dir = tempfile::tempdir().unwrap();
+    let mut options = slow(dir.path());
+    // The test's own short queries count as one active session at times: allow one.
+    options.throttle.max_active_backends = Some(1);
+    let config: tokio_postgres::Config = cluster.conninfo("postgres").parse().unwrap();
+    let run =
+        tokio::spawn(async move { migration::run(&config, &options, &Cancel::never()).await });
+    wait_growing(&client).await;
+    // Two long statements on other sessions are load above one active session.
+    let mut sleepers = Vec::new();
+    for _ in 0..2 {
+        let busy = cluster.connect("postgres").await.unwrap();
+        busy.batch_execute("SET application_name = 'busy'")
+            .await
+            .unwrap();
+        sleepers.push(tokio::spawn(async move {
+            busy.batch_execute("SELECT pg_sleep(60)").await
+        }));
+    }
+    let stalled = wait_stalled(&client, Duration::from_secs(10)).await;
+    assert!(
+        stalled.is_some(),
+        "the backfill stops while the server is busy"
+    );
+    let held = shadow_rows(&client).await;
+    let moved = common::wait_until_async(Duration::from_secs(1), || async {
+        shadow_rows(&client).await != held
+    })
+    .await;
+    assert!(!moved, "no chunk is copied while the server is busy");
+    client
+        .batch_execute(
+            "SELECT pg_cancel_backend(pid) FROM pg_stat_activity WHERE application_name = 'busy'",
+        )
+        .await
+        .unwrap();
+    for s in sleepers {
+        let _ = s.await;
+    }
+    wait_growing(&client).await;
+    assert!(matches!(run.await.unwrap().unwrap(), Outcome::Migrated(_)));
+}
