@@ -93,6 +93,8 @@ async fn throttle_flag_file_pauses_the_backfill_until_removed() {
     let flag = dir.path().join("throttle");
     let mut options = slow(dir.path());
     options.throttle.throttle_flag_file = Some(flag.clone());
+    let hooks = hooks_dir(dir.path(), "on-throttled");
+    options.hooks_dir = Some(hooks.clone());
     let config: tokio_postgres::Config = cluster.conninfo("postgres").parse().unwrap();
     let run =
         tokio::spawn(async move { migration::run(&config, &options, &Cancel::never()).await });
@@ -110,9 +112,32 @@ async fn throttle_flag_file_pauses_the_backfill_until_removed() {
     })
     .await;
     assert!(!moved, "no chunk is copied while throttled");
+    let ran = common::wait_until_async(Duration::from_secs(5), || async {
+        hooks.join("on-throttled.env").exists()
+    })
+    .await;
+    assert!(ran, "the on-throttled hook ran");
+    let env = std::fs::read_to_string(hooks.join("on-throttled.env")).unwrap();
+    assert!(env.contains("DOPPEL_PHASE=copying"), "{env}");
     std::fs::remove_file(&flag).unwrap();
     wait_growing(&client).await;
     assert!(matches!(run.await.unwrap().unwrap(), Outcome::Migrated(_)));
+}
+
+/// A hooks directory with one hook, `name`, that writes its DOPPEL_* environment to
+/// `<dir>/<name>.env`.
+fn hooks_dir(parent: &Path, name: &str) -> PathBuf {
+    use std::os::unix::fs::PermissionsExt;
+    let dir = parent.join("hooks");
+    std::fs::create_dir_all(&dir).unwrap();
+    let script = dir.join(name);
+    std::fs::write(
+        &script,
+        format!("#!/bin/sh\nenv | grep '^DOPPEL_' > {}/{name}.env.tmp && mv {}/{name}.env.tmp {}/{name}.env\n", dir.display(), dir.display(), dir.display()),
+    )
+    .unwrap();
+    std::fs::set_permissions(&script, std::fs::Permissions::from_mode(0o755)).unwrap();
+    dir
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -124,6 +149,8 @@ async fn panic_flag_file_aborts_and_cleans_up_promptly() {
     let flag = dir.path().join("panic");
     let mut options = slow(dir.path());
     options.throttle.panic_flag_file = Some(flag.clone());
+    let hooks = hooks_dir(dir.path(), "on-failure");
+    options.hooks_dir = Some(hooks.clone());
     let config: tokio_postgres::Config = cluster.conninfo("postgres").parse().unwrap();
     let run =
         tokio::spawn(async move { migration::run(&config, &options, &Cancel::never()).await });
@@ -149,6 +176,8 @@ async fn panic_flag_file_aborts_and_cleans_up_promptly() {
         scalar(&client, "SELECT count(*) FROM pg_publication").await,
         0
     );
+    let env = std::fs::read_to_string(hooks.join("on-failure.env")).expect("on-failure ran");
+    assert!(env.contains("DOPPEL_TABLE=\"public\".\"t\""), "{env}");
 }
 
 /// A hot standby of `primary`, started from `pg_basebackup`; stopped on drop.
