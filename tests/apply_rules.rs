@@ -9,10 +9,6 @@ use std::time::Duration;
 
 use doppel::migration::{self, Cancel, Outcome, RunOptions};
 
-async fn scalar(client: &tokio_postgres::Client, sql: &str) -> i64 {
-    client.query_one(sql, &[]).await.unwrap().get(0)
-}
-
 /// Runs `statement` on `t` and the same on `twin`, in one transaction.
 async fn mirrored(client: &mut tokio_postgres::Client, statement: &str) {
     let tx = client.transaction().await.unwrap();
@@ -60,7 +56,7 @@ async fn toast_key_change_and_reinsert_during_the_backfill_end_equal_to_the_twin
     let run =
         tokio::spawn(async move { migration::run(&config, &options, &Cancel::never()).await });
     let copying = common::wait_until_async(Duration::from_secs(60), || async {
-        scalar(
+        common::scalar(
             &client,
             "SELECT count(*) FROM pg_class WHERE relname LIKE '\\_doppel\\_%\\_new\\_t' AND pg_relation_size(oid) > 0",
         )
@@ -102,7 +98,7 @@ async fn toast_key_change_and_reinsert_during_the_backfill_end_equal_to_the_twin
         "the stream carried the updates: {}",
         report.applied_changes
     );
-    let differing = scalar(
+    let differing = common::scalar(
         &client,
         "SELECT (SELECT count(*) FROM (SELECT id, v::int, doc FROM t EXCEPT ALL SELECT * FROM twin) a)
               + (SELECT count(*) FROM (SELECT * FROM twin EXCEPT ALL SELECT id, v::int, doc FROM t) b)",
@@ -110,7 +106,7 @@ async fn toast_key_change_and_reinsert_during_the_backfill_end_equal_to_the_twin
     .await;
     assert_eq!(differing, 0);
     assert_eq!(
-        scalar(
+        common::scalar(
             &client,
             "SELECT count(*) FROM t WHERE doc IS NOT NULL AND length(doc) = 8000"
         )

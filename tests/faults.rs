@@ -9,10 +9,6 @@ use std::time::{Duration, Instant};
 
 use doppel::migration::{self, Cancel, RunOptions};
 
-async fn scalar(client: &tokio_postgres::Client, sql: &str) -> i64 {
-    client.query_one(sql, &[]).await.unwrap().get(0)
-}
-
 /// A run slowed down so events can land while it copies: small chunks, long pauses.
 fn slow(dir: &std::path::Path, table: &str) -> RunOptions {
     let mut o = RunOptions {
@@ -42,8 +38,8 @@ async fn setup(client: &tokio_postgres::Client, rows: i64) {
 /// Waits until the run has its slot and has copied at least one chunk.
 async fn wait_copying(client: &tokio_postgres::Client) {
     let ok = common::wait_until_async(Duration::from_secs(60), || async {
-        scalar(client, "SELECT count(*) FROM pg_replication_slots WHERE active").await == 1
-            && scalar(
+        common::scalar(client, "SELECT count(*) FROM pg_replication_slots WHERE active").await == 1
+            && common::scalar(
                 client,
                 "SELECT count(*) FROM pg_class WHERE relname LIKE '\\_doppel\\_%\\_new\\_t' AND pg_relation_size(oid) > 0",
             )
@@ -56,16 +52,16 @@ async fn wait_copying(client: &tokio_postgres::Client) {
 
 async fn assert_clean(client: &tokio_postgres::Client) {
     let gone = common::wait_until_async(Duration::from_secs(15), || async {
-        scalar(client, "SELECT count(*) FROM pg_replication_slots").await == 0
+        common::scalar(client, "SELECT count(*) FROM pg_replication_slots").await == 0
     })
     .await;
     assert!(gone, "no slot left");
     assert_eq!(
-        scalar(client, "SELECT count(*) FROM pg_publication").await,
+        common::scalar(client, "SELECT count(*) FROM pg_publication").await,
         0
     );
     assert_eq!(
-        scalar(
+        common::scalar(
             client,
             "SELECT count(*) FROM pg_class WHERE relname LIKE '\\_doppel\\_%'"
         )
@@ -85,7 +81,7 @@ async fn walsender_terminated_by_the_server_aborts_cleanly() {
     let run =
         tokio::spawn(async move { migration::run(&config, &options, &Cancel::never()).await });
     wait_copying(&client).await;
-    let killed = scalar(
+    let killed = common::scalar(
         &client,
         "SELECT count(*) FROM (SELECT pg_terminate_backend(active_pid) FROM pg_replication_slots WHERE active) k",
     )
@@ -98,7 +94,7 @@ async fn walsender_terminated_by_the_server_aborts_cleanly() {
     );
     assert_clean(&client).await;
     assert_eq!(
-        scalar(
+        common::scalar(
             &client,
             "SELECT count(*) FROM (SELECT * FROM t EXCEPT SELECT * FROM twin) d"
         )
@@ -124,7 +120,7 @@ async fn truncate_during_the_run_aborts_and_says_why() {
     assert!(format!("{err:#}").contains("TRUNCATE"), "{err:#}");
     assert_clean(&client).await;
     assert_eq!(
-        scalar(&client, "SELECT count(*) FROM t").await,
+        common::scalar(&client, "SELECT count(*) FROM t").await,
         0,
         "the TRUNCATE itself stands"
     );
@@ -153,7 +149,10 @@ async fn ddl_on_the_original_during_the_run_aborts_and_says_why() {
         "{err:#}"
     );
     assert_clean(&client).await;
-    assert_eq!(scalar(&client, "SELECT count(*) FROM t").await, 20_001);
+    assert_eq!(
+        common::scalar(&client, "SELECT count(*) FROM t").await,
+        20_001
+    );
 }
 
 /// I4: the snapshots (`backend_xmin`) of doppel's copy, apply and verify sessions are

@@ -37,16 +37,12 @@ fn start_slow_run(conninfo: &str, dir: &std::path::Path) -> Child {
         .expect("doppel starts")
 }
 
-async fn count(client: &tokio_postgres::Client, sql: &str) -> i64 {
-    client.query_one(sql, &[]).await.unwrap().get(0)
-}
-
 const SHADOW_EXISTS: &str = "SELECT count(*) FROM pg_class WHERE relname LIKE '\\_doppel\\_%'";
 
 async fn wait_for_copy_in_progress(client: &tokio_postgres::Client) {
     // The shadow exists, the slot exists, and at least one chunk has been copied.
     let copying = common::wait_until_async(Duration::from_secs(60), || async {
-        let slots = count(client, "SELECT count(*) FROM pg_replication_slots").await;
+        let slots = common::scalar(client, "SELECT count(*) FROM pg_replication_slots").await;
         let copied = client
             .query_opt(
                 "SELECT 1 FROM pg_class c WHERE c.relname LIKE '\\_doppel\\_%\\_new\\_orders' AND pg_relation_size(c.oid) > 0",
@@ -105,14 +101,14 @@ async fn sigint_mid_copy_drops_slot_publication_and_shadow() {
         "says why it stopped: {stderr}"
     );
     assert_eq!(
-        count(&client, "SELECT count(*) FROM pg_replication_slots").await,
+        common::scalar(&client, "SELECT count(*) FROM pg_replication_slots").await,
         0
     );
     assert_eq!(
-        count(&client, "SELECT count(*) FROM pg_publication").await,
+        common::scalar(&client, "SELECT count(*) FROM pg_publication").await,
         0
     );
-    assert_eq!(count(&client, SHADOW_EXISTS).await, 0);
+    assert_eq!(common::scalar(&client, SHADOW_EXISTS).await, 0);
     original_intact(&client).await;
 }
 
@@ -130,15 +126,15 @@ async fn kill_9_mid_copy_then_cleanup_removes_everything() {
     child.wait().unwrap();
     // The TEMPORARY slot goes with its connection.
     let gone = common::wait_until_async(Duration::from_secs(30), || async {
-        count(&client, "SELECT count(*) FROM pg_replication_slots").await == 0
+        common::scalar(&client, "SELECT count(*) FROM pg_replication_slots").await == 0
     })
     .await;
     assert!(gone, "the temporary slot is dropped when doppel dies");
     assert_eq!(
-        count(&client, "SELECT count(*) FROM pg_publication").await,
+        common::scalar(&client, "SELECT count(*) FROM pg_publication").await,
         1
     );
-    assert_eq!(count(&client, SHADOW_EXISTS).await, 1);
+    assert_eq!(common::scalar(&client, SHADOW_EXISTS).await, 1);
     original_intact(&client).await;
 
     // A new run refuses while the leftovers exist, and says how to remove them.
@@ -176,9 +172,9 @@ async fn kill_9_mid_copy_then_cleanup_removes_everything() {
     assert!(out.contains("removed publication doppel_"), "{out}");
     assert!(out.contains("removed shadow table"), "{out}");
     assert_eq!(
-        count(&client, "SELECT count(*) FROM pg_publication").await,
+        common::scalar(&client, "SELECT count(*) FROM pg_publication").await,
         0
     );
-    assert_eq!(count(&client, SHADOW_EXISTS).await, 0);
+    assert_eq!(common::scalar(&client, SHADOW_EXISTS).await, 0);
     original_intact(&client).await;
 }

@@ -12,10 +12,6 @@ use doppel::control;
 use doppel::failure::{FailureKind, kind_of};
 use doppel::migration::{self, Cancel, Outcome, RunOptions};
 
-async fn scalar(client: &tokio_postgres::Client, sql: &str) -> i64 {
-    client.query_one(sql, &[]).await.unwrap().get(0)
-}
-
 fn slow(dir: &Path) -> RunOptions {
     let mut o = RunOptions {
         execute: true,
@@ -41,22 +37,6 @@ async fn setup(client: &tokio_postgres::Client) {
         .unwrap();
 }
 
-async fn shadow_rows(client: &tokio_postgres::Client) -> i64 {
-    let shadow: Option<String> = client
-        .query_opt("SELECT format('%I', relname) FROM pg_class WHERE relname LIKE '\\_doppel\\_%\\_new\\_t'", &[])
-        .await
-        .unwrap()
-        .map(|r| r.get(0));
-    match shadow {
-        Some(name) => client
-            .query_one(&format!("SELECT count(*) FROM {name}"), &[])
-            .await
-            .map(|r| r.get(0))
-            .unwrap_or(-1),
-        None => -1,
-    }
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn control_socket_commands_steer_a_running_migration() {
     let cluster = common::cluster().await;
@@ -69,7 +49,7 @@ async fn control_socket_commands_steer_a_running_migration() {
     let run =
         tokio::spawn(async move { migration::run(&config, &options, &Cancel::never()).await });
     let copying = common::wait_until_async(Duration::from_secs(60), || async {
-        shadow_rows(&client).await > 0
+        common::shadow_rows(&client, "t").await > 0
     })
     .await;
     assert!(copying, "the backfill started");
@@ -137,26 +117,26 @@ async fn control_socket_commands_steer_a_running_migration() {
     .await;
     assert!(throttled, "the status line shows the operator's throttle");
     // Chunks already running finish; then nothing more is copied.
-    let last = std::cell::Cell::new(shadow_rows(&client).await);
+    let last = std::cell::Cell::new(common::shadow_rows(&client, "t").await);
     let settled = common::wait_until_async(Duration::from_secs(5), || {
         let (client, last) = (&client, &last);
         async move {
             tokio::time::sleep(Duration::from_millis(300)).await;
-            let now = shadow_rows(client).await;
+            let now = common::shadow_rows(client, "t").await;
             now == last.replace(now)
         }
     })
     .await;
     assert!(settled, "the backfill stops");
-    let held = shadow_rows(&client).await;
+    let held = common::shadow_rows(&client, "t").await;
     let moved = common::wait_until_async(Duration::from_secs(1), || async {
-        shadow_rows(&client).await != held
+        common::shadow_rows(&client, "t").await != held
     })
     .await;
     assert!(!moved, "no chunk is copied while throttled");
     control::send(&socket, "no-throttle").await.unwrap();
     let grew = common::wait_until_async(Duration::from_secs(30), || async {
-        shadow_rows(&client).await > held
+        common::shadow_rows(&client, "t").await > held
     })
     .await;
     assert!(grew, "the backfill resumes");
@@ -179,7 +159,7 @@ async fn control_socket_commands_steer_a_running_migration() {
     let err = run.await.unwrap().expect_err("aborted");
     assert_eq!(kind_of(&err), Some(FailureKind::Aborted), "{err:#}");
     assert_eq!(
-        scalar(
+        common::scalar(
             &client,
             "SELECT count(*) FROM pg_class WHERE relname LIKE '\\_doppel\\_%'"
         )
@@ -259,7 +239,7 @@ async fn hooks_run_with_their_environment_and_a_failing_before_cutover_postpones
         "a failing before-cutover hook postpones the cutover"
     );
     assert_eq!(
-        scalar(
+        common::scalar(
             &client,
             "SELECT count(*) FROM pg_class WHERE relname LIKE '\\_doppel\\_%\\_old\\_t'"
         )

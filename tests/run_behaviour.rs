@@ -17,10 +17,6 @@ fn opts(dir: &std::path::Path, table: &str, alters: &[&str]) -> RunOptions {
     }
 }
 
-async fn scalar(client: &tokio_postgres::Client, sql: &str) -> i64 {
-    client.query_one(sql, &[]).await.unwrap().get(0)
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn grants_and_comments_are_carried_to_the_new_table() {
     let cluster = common::cluster().await;
@@ -140,7 +136,7 @@ async fn live_write_violating_an_added_check_aborts_naming_the_row() {
         "says the original is untouched: {msg}"
     );
     assert_eq!(
-        scalar(
+        common::scalar(
             &client,
             "SELECT count(*) FROM pg_class WHERE relname LIKE '\\_doppel\\_%'"
         )
@@ -148,11 +144,11 @@ async fn live_write_violating_an_added_check_aborts_naming_the_row() {
         0
     );
     assert_eq!(
-        scalar(&client, "SELECT count(*) FROM pg_publication").await,
+        common::scalar(&client, "SELECT count(*) FROM pg_publication").await,
         0
     );
     assert_eq!(
-        scalar(
+        common::scalar(
             &client,
             "SELECT count(*) FROM pg_constraint WHERE conname = 'qty_positive'"
         )
@@ -160,7 +156,7 @@ async fn live_write_violating_an_added_check_aborts_naming_the_row() {
         0
     );
     assert_eq!(
-        scalar(&client, "SELECT qty::bigint FROM items WHERE id = 1").await,
+        common::scalar(&client, "SELECT qty::bigint FROM items WHERE id = 1").await,
         -5
     );
 }
@@ -190,7 +186,7 @@ async fn cutover_retries_while_another_session_holds_a_lock() {
         tokio::spawn(async move { migration::run(&config, &options, &Cancel::never()).await });
     // Wait until doppel has asked for the ACCESS EXCLUSIVE lock at least once (and been refused).
     let waited = common::wait_until_async(Duration::from_secs(60), || async {
-        scalar(
+        common::scalar(
             &client,
             "SELECT count(*) FROM pg_locks WHERE relation = 'events'::regclass AND mode = 'AccessExclusiveLock' AND NOT granted",
         )
@@ -209,7 +205,10 @@ async fn cutover_retries_while_another_session_holds_a_lock() {
         "lock held {:?}",
         report.cutover.lock_held
     );
-    assert_eq!(scalar(&client, "SELECT count(*) FROM events").await, 5000);
+    assert_eq!(
+        common::scalar(&client, "SELECT count(*) FROM events").await,
+        5000
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -252,7 +251,7 @@ async fn cutover_gives_up_cleanly_when_the_lock_never_comes() {
         .get(0);
     assert_eq!(ty, "integer", "the original is untouched");
     assert_eq!(
-        scalar(
+        common::scalar(
             &client,
             "SELECT count(*) FROM pg_class WHERE relname LIKE '\\_doppel\\_%'"
         )
@@ -260,7 +259,7 @@ async fn cutover_gives_up_cleanly_when_the_lock_never_comes() {
         0
     );
     assert_eq!(
-        scalar(&client, "SELECT count(*) FROM pg_replication_slots").await,
+        common::scalar(&client, "SELECT count(*) FROM pg_replication_slots").await,
         0
     );
 }
@@ -316,10 +315,13 @@ async fn views_triggers_foreign_keys_policies_and_publications_move_with_the_tab
         .unwrap();
     // The views read the new table (and the column type changed under them).
     assert_eq!(
-        scalar(&client, "SELECT count(*) FROM big_orders WHERE id = 5000").await,
+        common::scalar(&client, "SELECT count(*) FROM big_orders WHERE id = 5000").await,
         1
     );
-    assert_eq!(scalar(&client, "SELECT n FROM big_order_count").await, 501);
+    assert_eq!(
+        common::scalar(&client, "SELECT n FROM big_order_count").await,
+        501
+    );
     let view_type: String = client
         .query_one("SELECT format_type(atttypid, atttypmod) FROM pg_attribute WHERE attrelid = 'big_orders'::regclass AND attname = 'amount'", &[])
         .await
@@ -328,7 +330,7 @@ async fn views_triggers_foreign_keys_policies_and_publications_move_with_the_tab
     assert_eq!(view_type, "bigint");
     // The trigger fires once per write, on the new table only.
     assert_eq!(
-        scalar(&client, "SELECT count(*) FROM audit WHERE order_id = 5000").await,
+        common::scalar(&client, "SELECT count(*) FROM audit WHERE order_id = 5000").await,
         1
     );
     // Foreign keys from both children point at the new table and are validated.
@@ -336,7 +338,7 @@ async fn views_triggers_foreign_keys_policies_and_publications_move_with_the_tab
         .batch_execute("INSERT INTO order_lines VALUES (9999, 424242)")
         .await;
     assert!(orphan.is_err(), "an orphan line is rejected");
-    let validated = scalar(
+    let validated = common::scalar(
         &client,
         "SELECT count(*) FROM pg_constraint WHERE contype = 'f' AND confrelid = 'orders'::regclass AND convalidated",
     )
@@ -347,7 +349,7 @@ async fn views_triggers_foreign_keys_policies_and_publications_move_with_the_tab
         .await
         .unwrap();
     assert_eq!(
-        scalar(&client, "SELECT count(*) FROM refunds WHERE order_id = 205").await,
+        common::scalar(&client, "SELECT count(*) FROM refunds WHERE order_id = 205").await,
         0,
         "ON DELETE CASCADE works"
     );
@@ -369,7 +371,7 @@ async fn views_triggers_foreign_keys_policies_and_publications_move_with_the_tab
     assert_eq!(via_view, 501);
     tx.rollback().await.unwrap();
     // The publication now contains the new table.
-    let published = scalar(
+    let published = common::scalar(
         &client,
         "SELECT count(*) FROM pg_publication_rel pr JOIN pg_publication p ON p.oid = pr.prpubid WHERE p.pubname = 'reporting' AND pr.prrelid = 'orders'::regclass",
     )
@@ -398,7 +400,7 @@ async fn postpone_flag_file_holds_the_cutover_until_removed() {
         tokio::spawn(async move { migration::run(&config, &options, &Cancel::never()).await });
     // The shadow was vacuumed: every phase before the cutover is done.
     let ready = common::wait_until_async(Duration::from_secs(60), || async {
-        scalar(
+        common::scalar(
             &client,
             "SELECT count(*) FROM pg_stat_user_tables WHERE relname LIKE '\\_doppel\\_%\\_new\\_jobs' AND vacuum_count > 0",
         )
@@ -409,7 +411,7 @@ async fn postpone_flag_file_holds_the_cutover_until_removed() {
     assert!(ready, "the run reached the cutover");
     // While the flag exists the table is not swapped, and writes keep flowing to the shadow.
     let swapped_early = common::wait_until_async(Duration::from_secs(1), || async {
-        scalar(
+        common::scalar(
             &client,
             "SELECT count(*) FROM pg_class WHERE relname LIKE '\\_doppel\\_%\\_old\\_jobs'",
         )
@@ -427,7 +429,7 @@ async fn postpone_flag_file_holds_the_cutover_until_removed() {
         panic!("expected a migration")
     };
     assert_eq!(
-        scalar(
+        common::scalar(
             &client,
             "SELECT count(*) FROM jobs WHERE id = 2001 AND state = 'late'"
         )

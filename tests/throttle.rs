@@ -11,10 +11,6 @@ use std::time::{Duration, Instant};
 use doppel::cluster::LocalCluster;
 use doppel::migration::{self, Cancel, Outcome, RunOptions};
 
-async fn scalar(client: &tokio_postgres::Client, sql: &str) -> i64 {
-    client.query_one(sql, &[]).await.unwrap().get(0)
-}
-
 fn slow(dir: &Path) -> RunOptions {
     let mut o = RunOptions {
         execute: true,
@@ -39,34 +35,13 @@ async fn setup(client: &tokio_postgres::Client) {
         .unwrap();
 }
 
-async fn shadow_rows(client: &tokio_postgres::Client) -> i64 {
-    // Statistics are flushed at most once a second; force a fresh read.
-    client
-        .batch_execute("SELECT pg_stat_clear_snapshot()")
-        .await
-        .unwrap();
-    let shadow: Option<String> = client
-        .query_opt("SELECT format('%I', relname) FROM pg_class WHERE relname LIKE '\\_doppel\\_%\\_new\\_t'", &[])
-        .await
-        .unwrap()
-        .map(|r| r.get(0));
-    match shadow {
-        Some(name) => client
-            .query_one(&format!("SELECT count(*) FROM {name}"), &[])
-            .await
-            .map(|r| r.get(0))
-            .unwrap_or(-1),
-        None => -1,
-    }
-}
-
 /// Waits until the shadow stops growing (no new rows over 500 ms); returns how long it took.
 async fn wait_stalled(client: &tokio_postgres::Client, within: Duration) -> Option<Duration> {
     let started = Instant::now();
-    let mut last = shadow_rows(client).await;
+    let mut last = common::shadow_rows(client, "t").await;
     while started.elapsed() < within {
         tokio::time::sleep(Duration::from_millis(500)).await;
-        let now = shadow_rows(client).await;
+        let now = common::shadow_rows(client, "t").await;
         if now == last && now >= 0 {
             return Some(started.elapsed());
         }
@@ -77,9 +52,9 @@ async fn wait_stalled(client: &tokio_postgres::Client, within: Duration) -> Opti
 
 async fn wait_growing(client: &tokio_postgres::Client) {
     // -1 while the shadow does not exist yet: growth means rows copied into it.
-    let base = shadow_rows(client).await.max(0);
+    let base = common::shadow_rows(client, "t").await.max(0);
     let grew = common::wait_until_async(Duration::from_secs(60), || async {
-        shadow_rows(client).await > base
+        common::shadow_rows(client, "t").await > base
     })
     .await;
     assert!(grew, "the backfill makes progress");
@@ -107,9 +82,9 @@ async fn throttle_flag_file_pauses_the_backfill_until_removed() {
         stalled.is_some_and(|d| d <= Duration::from_millis(2000)),
         "the backfill stops while the flag file exists"
     );
-    let held = shadow_rows(&client).await;
+    let held = common::shadow_rows(&client, "t").await;
     let moved = common::wait_until_async(Duration::from_secs(1), || async {
-        shadow_rows(&client).await != held
+        common::shadow_rows(&client, "t").await != held
     })
     .await;
     assert!(!moved, "no chunk is copied while throttled");
@@ -167,7 +142,7 @@ async fn panic_flag_file_aborts_and_cleans_up_promptly() {
         "aborted and cleaned up in {reaction:?}"
     );
     assert_eq!(
-        scalar(
+        common::scalar(
             &client,
             "SELECT count(*) FROM pg_class WHERE relname LIKE '\\_doppel\\_%'"
         )
@@ -175,7 +150,7 @@ async fn panic_flag_file_aborts_and_cleans_up_promptly() {
         0
     );
     assert_eq!(
-        scalar(&client, "SELECT count(*) FROM pg_publication").await,
+        common::scalar(&client, "SELECT count(*) FROM pg_publication").await,
         0
     );
     let env = std::fs::read_to_string(hooks.join("on-failure.env")).expect("on-failure ran");
@@ -312,9 +287,9 @@ async fn standby_replay_lag_throttles_and_clearing_it_resumes() {
         stalled.is_some_and(|d| d < Duration::from_millis(2500)),
         "the backfill stalled after {stalled:?}"
     );
-    let held = shadow_rows(&client).await;
+    let held = common::shadow_rows(&client, "t").await;
     let moved = common::wait_until_async(Duration::from_secs(1), || async {
-        shadow_rows(&client).await != held
+        common::shadow_rows(&client, "t").await != held
     })
     .await;
     assert!(!moved, "no chunk is copied while the standby lags");
@@ -355,9 +330,9 @@ async fn busy_server_throttles_until_the_load_goes() {
         stalled.is_some(),
         "the backfill stops while the server is busy"
     );
-    let held = shadow_rows(&client).await;
+    let held = common::shadow_rows(&client, "t").await;
     let moved = common::wait_until_async(Duration::from_secs(1), || async {
-        shadow_rows(&client).await != held
+        common::shadow_rows(&client, "t").await != held
     })
     .await;
     assert!(!moved, "no chunk is copied while the server is busy");

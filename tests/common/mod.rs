@@ -97,3 +97,37 @@ where
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
 }
+
+/// The first column of the first row of `sql`, as a count.
+///
+/// # Panics
+/// If the query fails; the message names the query.
+pub async fn scalar(client: &tokio_postgres::Client, sql: &str) -> i64 {
+    client
+        .query_one(sql, &[])
+        .await
+        .unwrap_or_else(|e| panic!("{sql}: {e}"))
+        .get(0)
+}
+
+/// Rows in the shadow doppel builds for table `table` (`_doppel_<oid>_new_<table>`), or -1
+/// while it does not exist.
+pub async fn shadow_rows(client: &tokio_postgres::Client, table: &str) -> i64 {
+    let shadow: Option<String> = client
+        .query_opt(
+            "SELECT format('%I', relname) FROM pg_class
+             WHERE relname LIKE '\\_doppel\\_%\\_new\\_' || $1",
+            &[&table],
+        )
+        .await
+        .unwrap()
+        .map(|r| r.get(0));
+    match shadow {
+        Some(name) => client
+            .query_one(&format!("SELECT count(*) FROM {name}"), &[])
+            .await
+            .map(|r| r.get(0))
+            .unwrap_or(-1),
+        None => -1,
+    }
+}
