@@ -32,6 +32,8 @@ pub struct CopyOptions {
     pub nice_ratio: f64,
     /// Rows in the first chunk.
     pub initial_rows: i64,
+    /// Test-only pause points (`copying`: the first chunk committed).
+    pub pauses: crate::pause::Pauses,
 }
 
 impl Default for CopyOptions {
@@ -40,6 +42,7 @@ impl Default for CopyOptions {
             chunk_time: Duration::from_millis(500),
             nice_ratio: 0.0,
             initial_rows: 1_000,
+            pauses: crate::pause::Pauses::default(),
         }
     }
 }
@@ -218,6 +221,10 @@ async fn copy_ranges(
         let total = copied.fetch_add(n, Ordering::Relaxed) + n;
         chunks.fetch_add(1, Ordering::Relaxed);
         progress.update(|s| s.rows_copied = total);
+        options
+            .pauses
+            .point("copying", &format!("{total} rows copied"))
+            .await;
         tracing::debug!(rows = n, ms = took.as_millis() as u64, "chunk copied");
         if upper.is_some() {
             // The target chunk time can be changed at runtime on the control socket.

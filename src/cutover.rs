@@ -43,6 +43,8 @@ pub struct CutoverOptions {
     pub postpone_flag_file: Option<PathBuf>,
     /// Live settings from the control socket: `postpone` / `cut-over` and `lock-timeout`.
     pub controls: Option<std::sync::Arc<crate::control::Controls>>,
+    /// Test-only pause points (`cutover-locked`: renames done, not yet committed).
+    pub pauses: crate::pause::Pauses,
 }
 
 /// Sessions that hold a lock on `table_oid` or have a transaction open longer than 10 s: the
@@ -567,6 +569,10 @@ pub async fn run(
                 )));
             }
         }
+        options
+            .pauses
+            .point("cutover-locked", &plan.original.qualified())
+            .await;
         tx.commit().await.context("committing the cutover")?;
         let lock_held = granted.elapsed();
         let mut unvalidated = Vec::new();

@@ -18,6 +18,7 @@ pub mod hooks;
 pub mod lsn;
 pub mod migration;
 pub mod operator;
+pub mod pause;
 pub mod pgoutput;
 pub mod plan;
 pub mod preflight;

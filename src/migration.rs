@@ -413,6 +413,8 @@ async fn execute(
     let _reporter = AbortOnDrop(reporter);
     let mut phases: Vec<(&'static str, Duration)> = Vec::new();
     let table_q = plan.original.qualified();
+    let pauses = crate::pause::Pauses::new(&options.work_dir);
+    pauses.point("after-preflight", &table_q).await;
 
     // Publication first, then the shadow, then the slot (DESIGN.md §1.3).
     let phase = Instant::now();
@@ -434,6 +436,7 @@ async fn execute(
         tx.commit().await?;
     }
     created.shadow = true;
+    pauses.point("shadow-built", &plan.names.shadow).await;
     let fingerprint = catalog::fingerprint(&*control, plan.original.oid).await?;
 
     let mut replication = ReplicationClient::connect(config)
@@ -718,6 +721,7 @@ async fn phases_inner(
     phases.push(("setup", setup_started.elapsed()));
 
     // Backfill.
+    let pauses = crate::pause::Pauses::new(&options.work_dir);
     operator.hook("before-copy").await?;
     let phase = Instant::now();
     progress.update(|s| {
@@ -738,11 +742,15 @@ async fn phases_inner(
                 .await?;
             workers.push(w);
         }
+        let copy_options = CopyOptions {
+            pauses: pauses.clone(),
+            ..options.copy.clone()
+        };
         copier::backfill(
             control,
             &workers,
             plan,
-            &options.copy,
+            &copy_options,
             progress,
             Some(&throttler),
             Some(&operator.controls),
@@ -804,6 +812,7 @@ async fn phases_inner(
     if let Some(a) = guard.applier.as_ref() {
         a.resume();
     }
+    pauses.point("catch-up", &plan.names.shadow).await;
     catch_up(guard, &fencer, cancel, &throttler).await?;
     phases.push(("catch-up", phase.elapsed()));
 
@@ -848,6 +857,7 @@ async fn phases_inner(
     let mut peer = conninfo::connect(config).await?;
     peer.batch_execute("SET application_name = 'doppel verify'")
         .await?;
+    pauses.point("verifying", &plan.names.shadow).await;
     let verify = tokio::select! {
         r = verify::verify(control, &mut peer, plan, &fencer, applier) => r?,
         _ = cancel.cancelled() => return Err(crate::failure::fail(crate::failure::FailureKind::Aborted, "interrupted during verification: cleaning up")),
@@ -883,6 +893,7 @@ async fn phases_inner(
             rollback_dir: options.rollback_dir.clone(),
             postpone_flag_file: options.postpone_cutover_flag_file.clone(),
             controls: Some(operator.controls.clone()),
+            pauses: pauses.clone(),
         },
     )
     .await?;
