@@ -45,6 +45,29 @@ pub struct CutoverOptions {
     pub controls: Option<std::sync::Arc<crate::control::Controls>>,
     /// Test-only pause points (`cutover-locked`: renames done, not yet committed).
     pub pauses: crate::pause::Pauses,
+    /// `--kill-blockers`: sessions seen blocking the lock for at least this long (the grace
+    /// period) are cancelled (`pg_cancel_backend`); one still blocking at a later attempt is
+    /// terminated (`pg_terminate_backend`). `None` (the default) kills nobody.
+    pub kill_blockers: Option<Duration>,
+    /// Ctrl-C / SIGTERM / `abort`: checked between attempts and while catching up before
+    /// one (never inside the lock, where the transaction rolls back by itself on error).
+    pub cancel: crate::migration::Cancel,
+}
+
+/// Outcome of one cutover attempt, as logged and stored in the cutover record.
+#[derive(Debug, Clone)]
+pub struct Attempt {
+    /// 1-based attempt number.
+    pub attempt: u32,
+    /// `granted`, `lock timeout`, or `drain timeout` (the applier did not reach the fence
+    /// within `--fence-timeout` under the lock).
+    pub outcome: String,
+    /// Time spent waiting for the lock (ms).
+    pub lock_wait_ms: f64,
+    /// Predicted drain under the lock (ms): the last catch-up round trip before locking.
+    pub predicted_drain_ms: f64,
+    /// Sessions `pg_blocking_pids` reported blocking this attempt's lock request.
+    pub blockers: Vec<i32>,
 }
 
 /// Sessions that hold a lock on `table_oid` or have a transaction open longer than 10 s: the
@@ -84,6 +107,16 @@ pub struct CutoverReport {
     pub rollback_path: PathBuf,
     /// Foreign keys re-added NOT VALID whose validation after commit failed (name, error).
     pub unvalidated: Vec<(String, String)>,
+    /// Every attempt, in order.
+    pub history: Vec<Attempt>,
+    /// Sessions cancelled or terminated by `--kill-blockers` (`cancelled pid ..: ..`).
+    pub killed: Vec<String>,
+    /// Where the lock hold went, step by step: fingerprint re-check, dependents re-check,
+    /// fence and drain, deferred keys re-check, renames and dependents, commit.
+    pub inside_lock: Vec<(&'static str, Duration)>,
+    /// The cutover record (JSON: attempts, lock hold, fence wait, killed sessions) written
+    /// next to the rollback script after commit.
+    pub record_path: PathBuf,
 }
 
 /// The SQL of the swap and of its reverse.
@@ -394,6 +427,7 @@ pub fn backoff(attempt: u32) -> Duration {
 #[allow(clippy::too_many_arguments)]
 pub async fn run(
     client: &mut Client,
+    monitor: &Client,
     plan: &Plan,
     script: &Script,
     fencer: &Fencer,
@@ -448,12 +482,22 @@ pub async fn run(
     for (_, who) in blockers(client, plan.original.oid).await? {
         tracing::warn!("before cutover: {who}");
     }
+    let my_pid: i32 = client
+        .query_one("SELECT pg_backend_pid()", &[])
+        .await?
+        .get(0);
+    let mut killer = BlockerKiller::new(options.kill_blockers);
+    let mut history: Vec<Attempt> = Vec::new();
     let mut attempt = 0;
     loop {
         attempt += 1;
-        // Catch up outside the lock first, so the drain inside it is only the last moments.
-        let n = fencer.emit().await?;
-        applier.wait_fence(n, Duration::from_secs(300)).await?;
+        // Catch up outside the lock first, so the drain inside it is only the last moments;
+        // attempt only when that drain is predicted to fit the budget.
+        options.cancel.check()?;
+        let predicted = tokio::select! {
+            r = drain_until_it_fits(fencer, applier, options.fence_timeout) => r?,
+            _ = options.cancel.cancelled() => options.cancel.check().map(|_| Duration::ZERO)?,
+        };
 
         let tx = client.transaction().await?;
         let lock_timeout = options
@@ -469,12 +513,47 @@ pub async fn run(
         let lock_start = Instant::now();
         let mut locking = script.locks.clone();
         locking.push(format!("LOCK TABLE {table_q} IN ACCESS EXCLUSIVE MODE"));
-        if let Err(e) = tx.batch_execute(&locking.join(";\n")).await {
+        let locked = {
+            let blocking = std::sync::Mutex::new(Vec::<i32>::new());
+            // Watch who blocks the request while it waits (pg_blocking_pids, every 10 ms).
+            let watch = async {
+                loop {
+                    let pids = blocking_pids(monitor, my_pid).await;
+                    if let Ok(mut b) = blocking.lock() {
+                        for pid in pids {
+                            if !b.contains(&pid) {
+                                b.push(pid);
+                            }
+                        }
+                    }
+                    tokio::time::sleep(Duration::from_millis(10)).await;
+                }
+            };
+            let lock_sql = locking.join(";\n");
+            let result = tokio::select! {
+                r = tx.batch_execute(&lock_sql) => r,
+                never = watch => never,
+            };
+            let blocking = blocking.into_inner().unwrap_or_default();
+            result.map_err(|e| (e, blocking))
+        };
+        let lock_wait = lock_start.elapsed();
+        let mut record = |outcome: &str, blockers: Vec<i32>| {
+            history.push(Attempt {
+                attempt,
+                outcome: outcome.to_string(),
+                lock_wait_ms: lock_wait.as_secs_f64() * 1000.0,
+                predicted_drain_ms: predicted.as_secs_f64() * 1000.0,
+                blockers,
+            });
+        };
+        if let Err((e, blocking)) = locked {
             let timed_out = e.as_db_error().is_some_and(|d| d.code().code() == "55P03");
             tx.rollback().await.ok();
             if !timed_out {
                 return Err(anyhow::Error::new(e).context("locking the table for cutover"));
             }
+            record("lock timeout", blocking.clone());
             let who: Vec<String> = blockers(client, plan.original.oid)
                 .await
                 .unwrap_or_default()
@@ -483,7 +562,8 @@ pub async fn run(
                 .collect();
             tracing::warn!(
                 attempt,
-                waited_ms = lock_start.elapsed().as_millis() as u64,
+                waited_ms = lock_wait.as_millis() as u64,
+                blocking_pids = ?blocking,
                 "cutover lock not granted within lock_timeout; rolled back. Possible blockers: {}",
                 if who.is_empty() {
                     "none visible".to_string()
@@ -491,11 +571,12 @@ pub async fn run(
                     who.join("; ")
                 }
             );
+            killer.act(client, &blocking).await;
             if attempt >= options.retries {
                 return Err(crate::failure::fail(
                     crate::failure::FailureKind::LockBudget,
                     format!(
-                        "cutover failed: the ACCESS EXCLUSIVE lock on {} was not granted within {} ms in {} attempts (long transactions or heavy lock traffic on the table); the original table is untouched. Retry later or raise --lock-timeout / --cutover-retries",
+                        "cutover failed: the ACCESS EXCLUSIVE lock on {} was not granted within {} ms in {} attempts (long transactions or heavy lock traffic on the table); the original table is untouched. Retry later, raise --lock-timeout / --cutover-retries, or end the blocking sessions (--kill-blockers does it after a grace period)",
                         plan.original.qualified(),
                         options.lock_timeout.as_millis(),
                         attempt
@@ -506,7 +587,15 @@ pub async fn run(
             continue;
         }
         let granted = Instant::now();
+        let mut inside: Vec<(&'static str, Duration)> = Vec::new();
+        let mut mark = granted;
+        let mut lap = |name: &'static str| {
+            let now = Instant::now();
+            inside.push((name, now - mark));
+            mark = now;
+        };
         let current = catalog::fingerprint(&tx, plan.original.oid).await?;
+        lap("fingerprint re-check");
         if current != fingerprint {
             tx.rollback().await.ok();
             return Err(crate::failure::fail(
@@ -528,11 +617,13 @@ pub async fn run(
                 ),
             ));
         }
+        lap("dependents re-check");
         let n = fencer.emit().await?;
         let fence_started = Instant::now();
         if let Err(e) = applier.wait_fence(n, options.fence_timeout).await {
             tx.rollback().await.ok();
             applier.check()?;
+            record("drain timeout", Vec::new());
             tracing::warn!(
                 attempt,
                 "applier did not reach the fence inside the lock budget ({e}); rolled back"
@@ -550,6 +641,7 @@ pub async fn run(
             continue;
         }
         let fence_wait = fence_started.elapsed();
+        lap("fence and drain");
         let differing = verify::differing_keys(&tx, plan, unsettled).await?.len();
         if differing != 0 {
             tx.rollback().await.ok();
@@ -561,6 +653,7 @@ pub async fn run(
                 ),
             ));
         }
+        lap("deferred keys re-check");
         for statement in &script.forward {
             if let Err(e) = tx.batch_execute(statement).await {
                 tx.rollback().await.ok();
@@ -573,22 +666,190 @@ pub async fn run(
             .pauses
             .point("cutover-locked", &plan.original.qualified())
             .await;
+        lap("renames and dependents");
         tx.commit().await.context("committing the cutover")?;
+        lap("commit");
         let lock_held = granted.elapsed();
+        record("granted", Vec::new());
+        tracing::info!(
+            attempt,
+            lock_held_ms = lock_held.as_secs_f64() * 1000.0,
+            "cutover committed; inside the lock: {}",
+            inside
+                .iter()
+                .map(|(step, d)| format!("{step} {:.1} ms", d.as_secs_f64() * 1000.0))
+                .collect::<Vec<_>>()
+                .join(", ")
+        );
         let mut unvalidated = Vec::new();
         for (name, sql) in &script.validate {
             if let Err(e) = client.batch_execute(sql).await {
                 unvalidated.push((name.clone(), e.to_string()));
             }
         }
-        return Ok(CutoverReport {
+        let mut report = CutoverReport {
             attempts: attempt,
             lock_held,
             fence_wait,
+            record_path: rollback_path.with_extension("json"),
             rollback_path,
             unvalidated,
-        });
+            history,
+            killed: killer.killed,
+            inside_lock: inside,
+        };
+        match write_record(plan, &report) {
+            Ok(path) => report.record_path = path,
+            Err(e) => tracing::warn!("could not store the cutover record: {e:#}"),
+        }
+        return Ok(report);
     }
+}
+
+/// Catch-up rounds before a lock attempt (DESIGN.md §4 step 1): a fence is emitted and
+/// awaited; the round trip is the drain the lock would have to wait for (it drains what
+/// arrived during the previous round). Repeats until one round trip takes at most half of
+/// `budget` (`--fence-timeout`; the other half absorbs what arrives while the lock is
+/// requested). Returns the last round trip, the predicted drain under the lock.
+///
+/// Errors: the applier failed, or one round did not finish within 300 s.
+async fn drain_until_it_fits(
+    fencer: &Fencer,
+    applier: &Applier,
+    budget: Duration,
+) -> Result<Duration> {
+    let mut rounds = 0u32;
+    loop {
+        let started = Instant::now();
+        let n = fencer.emit().await?;
+        applier.wait_fence(n, Duration::from_secs(300)).await?;
+        let took = started.elapsed();
+        rounds += 1;
+        if took <= budget / 2 {
+            return Ok(took);
+        }
+        if rounds == 1 || rounds.is_multiple_of(20) {
+            tracing::info!(
+                drain_ms = took.as_millis() as u64,
+                budget_ms = budget.as_millis() as u64,
+                rounds,
+                "backlog drain predicted not to fit half the lock budget (--fence-timeout); catching up before locking"
+            );
+        }
+    }
+}
+
+/// Sessions blocking backend `pid`'s lock request (`pg_blocking_pids`); empty on error.
+async fn blocking_pids(monitor: &Client, pid: i32) -> Vec<i32> {
+    match monitor
+        .query_one("SELECT pg_blocking_pids($1)", &[&pid])
+        .await
+    {
+        Ok(row) => row.get::<_, Vec<i32>>(0),
+        Err(_) => Vec::new(),
+    }
+}
+
+/// `--kill-blockers`: cancels, then terminates, the sessions that block the cutover lock.
+struct BlockerKiller {
+    grace: Option<Duration>,
+    first_seen: std::collections::HashMap<i32, Instant>,
+    cancelled: std::collections::HashSet<i32>,
+    killed: Vec<String>,
+}
+
+impl BlockerKiller {
+    fn new(grace: Option<Duration>) -> BlockerKiller {
+        BlockerKiller {
+            grace,
+            first_seen: Default::default(),
+            cancelled: Default::default(),
+            killed: Vec::new(),
+        }
+    }
+
+    /// After a timed-out attempt: `blocking` are the pids `pg_blocking_pids` reported. A pid
+    /// blocking for at least the grace period is cancelled; one already cancelled that still
+    /// blocks is terminated. Sessions of doppel itself are never touched.
+    async fn act(&mut self, client: &Client, blocking: &[i32]) {
+        let Some(grace) = self.grace else { return };
+        let now = Instant::now();
+        for &pid in blocking {
+            let since = *self.first_seen.entry(pid).or_insert(now);
+            let (function, verb) = if self.cancelled.contains(&pid) {
+                ("pg_terminate_backend", "terminated")
+            } else if now.duration_since(since) >= grace {
+                ("pg_cancel_backend", "cancelled")
+            } else {
+                continue;
+            };
+            let row = client
+                .query_opt(
+                    &format!(
+                        "SELECT {function}(pid), format('pid %s (%s, %s): %s', pid, coalesce(usename::text, '?'), state,
+                                left(regexp_replace(coalesce(query, ''), '\\s+', ' ', 'g'), 60))
+                         FROM pg_stat_activity
+                         WHERE pid = $1 AND application_name NOT LIKE 'doppel%'"
+                    ),
+                    &[&pid],
+                )
+                .await;
+            match row {
+                Ok(Some(r)) if r.get::<_, bool>(0) => {
+                    let who: String = r.get(1);
+                    tracing::warn!("--kill-blockers: {verb} {who}");
+                    self.killed.push(format!("{verb} {who}"));
+                    self.cancelled.insert(pid);
+                }
+                Ok(_) => {}
+                Err(e) => tracing::warn!("--kill-blockers: could not signal pid {pid}: {e}"),
+            }
+        }
+    }
+}
+
+/// Stores the cutover record (JSON) next to the rollback script: attempts with their
+/// outcomes, lock hold and fence wait (ms), killed sessions. Returns its path.
+///
+/// Errors: the file cannot be written.
+fn write_record(plan: &Plan, report: &CutoverReport) -> Result<PathBuf> {
+    let attempts: Vec<serde_json::Value> = report
+        .history
+        .iter()
+        .map(|a| {
+            serde_json::json!({
+                "attempt": a.attempt,
+                "outcome": a.outcome,
+                "lock_wait_ms": a.lock_wait_ms,
+                "predicted_drain_ms": a.predicted_drain_ms,
+                "blocking_pids": a.blockers,
+            })
+        })
+        .collect();
+    let record = serde_json::json!({
+        "table": plan.original.qualified(),
+        "table_oid": plan.original.oid,
+        "kept_as": plan.names.old_qualified(),
+        "finished_at_unix": std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_secs())
+            .unwrap_or(0),
+        "lock_held_ms": report.lock_held.as_secs_f64() * 1000.0,
+        "fence_wait_ms": report.fence_wait.as_secs_f64() * 1000.0,
+        "inside_lock_ms": report
+            .inside_lock
+            .iter()
+            .map(|(step, d)| serde_json::json!({"step": step, "ms": d.as_secs_f64() * 1000.0}))
+            .collect::<Vec<_>>(),
+        "attempts": attempts,
+        "killed": report.killed,
+        "rollback_script": report.rollback_path.display().to_string(),
+        "unvalidated": report.unvalidated.iter().map(|(n, e)| serde_json::json!({"name": n, "error": e})).collect::<Vec<_>>(),
+    });
+    let path = report.rollback_path.with_extension("json");
+    std::fs::write(&path, serde_json::to_string_pretty(&record)?)
+        .with_context(|| format!("cannot write the cutover record {}", path.display()))?;
+    Ok(path)
 }
 
 #[cfg(test)]

@@ -111,6 +111,14 @@ struct TuningArgs {
     /// remove it to cut over (gh-ost's --postpone-cut-over-flag-file).
     #[arg(long)]
     postpone_cutover_flag_file: Option<PathBuf>,
+    /// Cancel (pg_cancel_backend), then terminate (pg_terminate_backend), the sessions that
+    /// block the cutover lock once they have blocked it for --kill-blockers-grace. Off by
+    /// default: without it doppel only reports them and retries.
+    #[arg(long)]
+    kill_blockers: bool,
+    /// Grace period, in ms, before --kill-blockers cancels a blocking session.
+    #[arg(long, default_value_t = 2000)]
+    kill_blockers_grace: u64,
     /// Throttle while a standby's replay lag exceeds this many ms (pg_stat_replication, and
     /// the heartbeat on each --throttle-replica).
     #[arg(long)]
@@ -225,6 +233,9 @@ fn run_options(
         work_dir: t.work_dir.clone().unwrap_or_else(std::env::temp_dir),
         rollback_dir: t.rollback_dir.clone(),
         postpone_cutover_flag_file: t.postpone_cutover_flag_file.clone(),
+        kill_blockers: t
+            .kill_blockers
+            .then(|| Duration::from_millis(t.kill_blockers_grace)),
         throttle: ThrottleOptions {
             max_replica_lag: t.max_replica_lag.map(Duration::from_millis),
             max_replica_lag_bytes: t.max_replica_lag_bytes,
@@ -352,7 +363,11 @@ async fn run(args: RunArgs, cancel: &Cancel) -> anyhow::Result<()> {
                     "warning: foreign key {name} is NOT VALID: validation failed ({err}); run ALTER TABLE .. VALIDATE CONSTRAINT {name}"
                 );
             }
+            for who in &report.cutover.killed {
+                println!("--kill-blockers: {who}");
+            }
             println!("old table kept as {}", report.plan.names.old_qualified());
+            println!("cutover record: {}", report.cutover.record_path.display());
             println!(
                 "rollback script: {}",
                 report.cutover.rollback_path.display()

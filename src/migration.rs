@@ -62,6 +62,9 @@ pub struct RunOptions {
     pub rollback_dir: PathBuf,
     /// While this file exists, the cutover waits (the shadow is kept caught up).
     pub postpone_cutover_flag_file: Option<PathBuf>,
+    /// `--kill-blockers` with its grace period: sessions blocking the cutover lock that long
+    /// are cancelled, then terminated. `None`: nobody is killed.
+    pub kill_blockers: Option<Duration>,
     /// When to slow down or abort.
     pub throttle: crate::throttle::ThrottleOptions,
     /// The control socket's path (default: `<work_dir>/doppel-<oid>.sock`).
@@ -91,6 +94,7 @@ impl RunOptions {
             work_dir: std::env::temp_dir(),
             rollback_dir: PathBuf::from("."),
             postpone_cutover_flag_file: None,
+            kill_blockers: None,
             throttle: crate::throttle::ThrottleOptions::default(),
             control_socket: None,
             hooks_dir: None,
@@ -880,6 +884,7 @@ async fn phases_inner(
     let script = cutover::script(control, plan, options.lock_timeout).await?;
     let cut = cutover::run(
         control,
+        &peer,
         plan,
         &script,
         &fencer,
@@ -894,6 +899,8 @@ async fn phases_inner(
             postpone_flag_file: options.postpone_cutover_flag_file.clone(),
             controls: Some(operator.controls.clone()),
             pauses: pauses.clone(),
+            kill_blockers: options.kill_blockers,
+            cancel: cancel.clone(),
         },
     )
     .await?;
