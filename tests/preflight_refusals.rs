@@ -652,6 +652,62 @@ async fn partitioned_table_is_refused() {
     reason_with(&reasons, &["\"public\".\"events_2024\"", "partition"]);
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn inheritance_parent_and_child_are_refused() {
+    let cluster = common::cluster().await;
+    let client = cluster.connect("postgres").await.unwrap();
+    client
+        .batch_execute(
+            "CREATE TABLE animals (id int PRIMARY KEY, v int);
+             CREATE TABLE dogs (bark text) INHERITS (animals);
+             ALTER TABLE dogs ADD PRIMARY KEY (id);
+             INSERT INTO animals SELECT i, i FROM generate_series(1, 100) i;
+             INSERT INTO dogs SELECT i, i, 'woof' FROM generate_series(101, 200) i;",
+        )
+        .await
+        .unwrap();
+    for table in ["public.animals", "public.dogs"] {
+        let reasons = expect_refusal(&cluster, table, &["ALTER COLUMN v TYPE bigint"]).await;
+        reason_with(&reasons, &["inheritance"]);
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn table_in_a_for_all_tables_publication_is_refused_naming_it() {
+    let cluster = common::cluster().await;
+    let client = cluster.connect("postgres").await.unwrap();
+    create_orders(&client, "public.orders").await;
+    client
+        .batch_execute("CREATE PUBLICATION everything FOR ALL TABLES")
+        .await
+        .unwrap();
+    let reasons = expect_refusal(&cluster, "public.orders", &["ALTER COLUMN a TYPE bigint"]).await;
+    reason_with(&reasons, &["everything", "FOR ALL TABLES"]);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn temporary_table_is_not_found_from_another_session() {
+    // A temporary table is private to its session: doppel's sessions cannot see it.
+    let cluster = common::cluster().await;
+    let client = cluster.connect("postgres").await.unwrap();
+    client
+        .batch_execute("CREATE TEMPORARY TABLE scratch (id int PRIMARY KEY, v int)")
+        .await
+        .unwrap();
+    let dirs = Dirs::new();
+    let result = run_doppel(
+        &cluster.conninfo("postgres"),
+        "scratch",
+        &["ALTER COLUMN v TYPE bigint"],
+        true,
+        &dirs,
+    )
+    .await;
+    let msg = format!("{:#}", result.expect_err("a temporary table is refused"));
+    assert!(msg.contains("scratch"), "{msg}");
+    assert_nothing_created(&client, &dirs).await;
+}
+
 // ---------------------------------------------------------------------------------------------
 // 6. Hostile identifiers
 // ---------------------------------------------------------------------------------------------
