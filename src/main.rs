@@ -36,6 +36,41 @@ enum Command {
     /// `no-throttle`, `chunk-time=MS`, `max-replica-lag=MS`, `lock-timeout=MS`, `postpone`,
     /// `cut-over`, `abort`, `help`; `key=?` reads a value).
     Ctl(CtlArgs),
+    /// Compare a table with its run's shadow (during a run) or with the kept old table (after
+    /// the cutover, --against) chunk by chunk, as the verify phase does. Exit 0: equal;
+    /// 6: rows differ (listed).
+    Verify(VerifyArgs),
+}
+
+#[derive(Args, Debug)]
+struct VerifyArgs {
+    #[command(flatten)]
+    conn: ConnArgs,
+    /// The table: during a run the original (compared with `_doppel_<oid>_new_<name>`), after
+    /// the cutover the new table (compared with --against).
+    #[arg(long)]
+    table: String,
+    /// The old table kept by the cutover (`_doppel_<oid>_old_<name>`): its columns are
+    /// projected onto the new table's by name.
+    #[arg(long)]
+    against: Option<String>,
+    /// The run's --alter clauses (repeatable), only for their USING expressions; without them
+    /// each old value is cast to the new column's type.
+    #[arg(long = "alter")]
+    alters: Vec<String>,
+    /// Rows per chunk.
+    #[arg(long, default_value_t = doppel::verify::VERIFY_CHUNK_ROWS)]
+    chunk_rows: i64,
+    /// Re-checks of a differing key before it is reported (a live stream applies changes a
+    /// moment after they commit).
+    #[arg(long, default_value_t = doppel::verify::RECHECKS)]
+    rechecks: usize,
+    /// Pause before each re-check, in ms.
+    #[arg(long, default_value_t = 1000)]
+    recheck_interval: u64,
+    /// Differing keys listed at most.
+    #[arg(long, default_value_t = 100)]
+    max_keys: usize,
 }
 
 #[derive(Args, Debug)]
@@ -116,6 +151,10 @@ struct TuningArgs {
     /// default: without it doppel only reports them and retries.
     #[arg(long)]
     kill_blockers: bool,
+    /// logical_decoding_work_mem of doppel's WAL sender: server memory for decoding before
+    /// transactions spill to disk (the backfill's own chunks are decoded too).
+    #[arg(long, default_value = "256MB")]
+    logical_decoding_work_mem: String,
     /// Grace period, in ms, before --kill-blockers cancels a blocking session.
     #[arg(long, default_value_t = 2000)]
     kill_blockers_grace: u64,
@@ -233,6 +272,7 @@ fn run_options(
         work_dir: t.work_dir.clone().unwrap_or_else(std::env::temp_dir),
         rollback_dir: t.rollback_dir.clone(),
         postpone_cutover_flag_file: t.postpone_cutover_flag_file.clone(),
+        logical_decoding_work_mem: t.logical_decoding_work_mem.clone(),
         kill_blockers: t
             .kill_blockers
             .then(|| Duration::from_millis(t.kill_blockers_grace)),
@@ -319,6 +359,7 @@ async fn main() -> ExitCode {
         }
         Command::Cleanup(args) => cleanup(args).await,
         Command::Ctl(args) => ctl(args).await,
+        Command::Verify(args) => verify(args).await,
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
@@ -388,6 +429,85 @@ async fn cleanup(args: CleanupArgs) -> anyhow::Result<()> {
         }
     }
     Ok(())
+}
+
+/// `doppel verify`: prints chunks, rows and the keys that still differ; exit 6 when any do.
+async fn verify(args: VerifyArgs) -> anyhow::Result<()> {
+    use doppel::verify::{CheckOptions, KeyDifference, check, describe_key};
+    let config = conninfo::resolve(args.conn.dsn.as_deref())?;
+    let options = CheckOptions {
+        against: args.against,
+        alters: args.alters,
+        chunk_rows: args.chunk_rows,
+        rechecks: args.rechecks,
+        recheck_interval: Duration::from_millis(args.recheck_interval),
+        max_keys: args.max_keys,
+        ..CheckOptions::new(&args.table)
+    };
+    let report = check(&config, &options).await?;
+    println!(
+        "compared {} with {}: {} chunks, {} rows ({} in {}), {} re-checks",
+        report.source,
+        report.target,
+        report.chunks,
+        report.rows,
+        report.target_rows,
+        report.target,
+        report.rechecks
+    );
+    println!("columns compared: {}", report.compared_columns.join(", "));
+    if !report.target_only_columns.is_empty() {
+        println!(
+            "not compared (only in {}): {}",
+            report.target,
+            report.target_only_columns.join(", ")
+        );
+    }
+    if !report.source_only_columns.is_empty() {
+        println!(
+            "not compared (only in {}): {}",
+            report.source,
+            report.source_only_columns.join(", ")
+        );
+    }
+    if report.equal() {
+        println!("equal");
+        return Ok(());
+    }
+    println!(
+        "differing keys ({}{}):",
+        report.differing.len(),
+        if report.truncated {
+            ", more not listed"
+        } else {
+            ""
+        }
+    );
+    for (key, how) in &report.differing {
+        let how = match how {
+            KeyDifference::Values => "values differ".to_string(),
+            KeyDifference::MissingFromTarget => format!("only in {}", report.source),
+            KeyDifference::OnlyInTarget => format!("only in {}", report.target),
+        };
+        println!("  {}: {how}", describe_key(key));
+    }
+    println!("not equal");
+    Err(doppel::failure::fail(
+        doppel::failure::FailureKind::Verification,
+        format!(
+            "{} and {} differ in {} chunk(s) ({} key(s) listed{}) after {} re-check(s)",
+            report.source,
+            report.target,
+            report.differing_chunks,
+            report.differing.len(),
+            if report.truncated {
+                ", more not listed"
+            } else {
+                ""
+            },
+            args.rechecks
+        ),
+    ))
 }
 
 async fn ctl(args: CtlArgs) -> anyhow::Result<()> {

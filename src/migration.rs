@@ -62,6 +62,11 @@ pub struct RunOptions {
     pub rollback_dir: PathBuf,
     /// While this file exists, the cutover waits (the shadow is kept caught up).
     pub postpone_cutover_flag_file: Option<PathBuf>,
+    /// `logical_decoding_work_mem` of doppel's WAL sender (e.g. `256MB`): the memory the
+    /// server may use to decode transactions before spilling them to disk. The backfill's own
+    /// chunk transactions pass through the decoder too; above this size they spill, and the
+    /// catch-up waits for the spill to be read back.
+    pub logical_decoding_work_mem: String,
     /// `--kill-blockers` with its grace period: sessions blocking the cutover lock that long
     /// are cancelled, then terminated. `None`: nobody is killed.
     pub kill_blockers: Option<Duration>,
@@ -95,6 +100,7 @@ impl RunOptions {
             rollback_dir: PathBuf::from("."),
             postpone_cutover_flag_file: None,
             kill_blockers: None,
+            logical_decoding_work_mem: "256MB".into(),
             throttle: crate::throttle::ThrottleOptions::default(),
             control_socket: None,
             hooks_dir: None,
@@ -443,9 +449,12 @@ async fn execute(
     pauses.point("shadow-built", &plan.names.shadow).await;
     let fingerprint = catalog::fingerprint(&*control, plan.original.oid).await?;
 
-    let mut replication = ReplicationClient::connect(config)
-        .await
-        .context("opening the replication connection")?;
+    let mut replication = ReplicationClient::connect(&walsender_config(
+        config,
+        &options.logical_decoding_work_mem,
+    ))
+    .await
+    .context("opening the replication connection")?;
     let slot = replication
         .create_logical_slot(&plan.names.slot, true)
         .await
@@ -1071,4 +1080,18 @@ pub async fn cleanup(config: &tokio_postgres::Config, table: &str) -> Result<Cle
             .push(format!("shadow table {}", names.shadow_qualified()));
     }
     Ok(report)
+}
+
+/// The replication connection's configuration: `config` plus
+/// `-c logical_decoding_work_mem=<work_mem>` in the startup options, so the WAL sender decodes
+/// the backfill's chunk transactions in memory instead of spilling them to disk.
+fn walsender_config(config: &tokio_postgres::Config, work_mem: &str) -> tokio_postgres::Config {
+    let mut config = config.clone();
+    let setting = format!("-c logical_decoding_work_mem={}", work_mem.replace(' ', ""));
+    let options = match config.get_options() {
+        Some(existing) if !existing.is_empty() => format!("{existing} {setting}"),
+        _ => setting,
+    };
+    config.options(&options);
+    config
 }
