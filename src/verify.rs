@@ -1,24 +1,31 @@
-//! Verification before cutover: original and shadow compared chunk by chunk — row count and an
-//! order-independent hash of the projected rows — with one short REPEATABLE READ snapshot per
-//! chunk covering both tables (DESIGN.md §1.6, I1, I4).
+//! Verification: the original and the shadow (or, after a cutover, the kept old table and the
+//! new one) compared chunk by chunk — row count and an order-independent hash of the projected
+//! rows — with one short REPEATABLE READ snapshot per chunk covering both tables (DESIGN.md
+//! §1.6, I1, I4).
 //!
-//! The shadow trails the original by the stream, so a chunk that differs is re-checked after a
-//! fence proves the applier has caught up with everything committed before the comparison. A
-//! chunk that still differs after several fences is one the workload keeps changing: its
-//! differing keys (at most [`MAX_UNSETTLED`]) are handed to the cutover, which re-checks them
-//! under the lock, when nothing can change them. More than that is an unexplained mismatch and
-//! stops the run.
+//! Inside a run ([`verify`]) the shadow trails the original by the stream, so a chunk that
+//! differs is re-checked after a fence proves the applier has caught up with everything
+//! committed before the comparison. A chunk that still differs after several fences is one the
+//! workload keeps changing: its differing keys (at most [`MAX_UNSETTLED`]) are handed to the
+//! cutover, which re-checks them under the lock, when nothing can change them. More than that
+//! is an unexplained mismatch and stops the run.
+//!
+//! On demand (`doppel verify`, [`check`]) the same comparison runs from outside a run: during
+//! a run against the run's shadow, where a differing key is re-checked a few times after a
+//! pause (the live stream may not have applied it yet), or after a cutover against the kept
+//! old table, whose columns are projected onto the new table's by name.
 
 use std::time::Duration;
 
-use anyhow::{Context, Result};
+use anyhow::{Context, Result, bail};
 use tokio_postgres::types::ToSql;
-use tokio_postgres::{Client, IsolationLevel};
+use tokio_postgres::{Client, GenericClient, IsolationLevel};
 
 use crate::applier::Applier;
+use crate::catalog::{self, Table};
 use crate::fence::Fencer;
-use crate::plan::Plan;
-use crate::sql::literal;
+use crate::plan::{ColumnMap, KeyColumn, Names, Plan, Projection};
+use crate::sql::{ident, literal};
 
 /// Rows per verification chunk.
 pub const VERIFY_CHUNK_ROWS: i64 = 250_000;
@@ -26,6 +33,9 @@ pub const VERIFY_CHUNK_ROWS: i64 = 250_000;
 pub const RECHECKS: usize = 5;
 /// Keys that may be deferred to the cutover.
 pub const MAX_UNSETTLED: usize = 1_000;
+
+/// A key's values as text, in the source's key column order (`None` for NULL).
+pub type Key = Vec<Option<String>>;
 
 /// Outcome of a verification pass.
 #[derive(Debug, Clone, Default)]
@@ -37,7 +47,70 @@ pub struct VerifyReport {
     /// Chunk comparisons repeated after a fence.
     pub rechecks: u64,
     /// Keys (original key values as text) still differing; re-checked under the cutover lock.
-    pub unsettled: Vec<Vec<Option<String>>>,
+    pub unsettled: Vec<Key>,
+}
+
+/// How a difference is given time to settle before it is compared again.
+enum Settle<'a> {
+    /// Inside a run: a fence, once applied, proves every change committed before it is in the
+    /// shadow.
+    Fence(&'a Fencer, &'a Applier),
+    /// From outside a run: wait this long (the run's applier keeps going meanwhile).
+    Wait(Duration),
+}
+
+impl Settle<'_> {
+    async fn wait(&self) -> Result<()> {
+        match self {
+            Settle::Fence(fencer, applier) => {
+                let n = fencer.emit().await?;
+                applier.wait_fence(n, Duration::from_secs(60)).await
+            }
+            Settle::Wait(pause) => {
+                tokio::time::sleep(*pause).await;
+                Ok(())
+            }
+        }
+    }
+}
+
+/// What to compare: `source` (the original, or the kept old table) projected through
+/// `projection` against `target` (the shadow, or the new table). Names are quoted SQL.
+struct Pair<'a> {
+    projection: &'a Projection,
+    source: String,
+    target: String,
+}
+
+/// Limits of one comparison pass.
+struct Limits {
+    chunk_rows: i64,
+    rechecks: usize,
+    max_keys: usize,
+    /// Stop at the first overflow (a run refuses at once) or go on counting (the command).
+    stop_on_overflow: bool,
+}
+
+/// A difference too large to list key by key.
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum Overflow {
+    /// A chunk differed in more than `max_keys` rows (or in no nameable row) after every
+    /// re-check: its source and target row counts.
+    Chunk { source_rows: i64, target_rows: i64 },
+    /// More than `max_keys` keys still differ in total.
+    Keys,
+}
+
+/// Raw result of a comparison pass.
+#[derive(Debug, Default)]
+struct Comparison {
+    chunks: u64,
+    rows: u64,
+    target_rows: u64,
+    rechecks: u64,
+    differing_chunks: u64,
+    keys: Vec<Key>,
+    overflow: Option<Overflow>,
 }
 
 /// Compares every chunk. Errors: an unexplained mismatch (with example keys), or a failure.
@@ -51,15 +124,70 @@ pub async fn verify(
     fencer: &Fencer,
     applier: &Applier,
 ) -> Result<VerifyReport> {
-    let table = plan.original.qualified();
-    let shadow = plan.names.shadow_qualified();
-    let p = &plan.projection;
-    let mut report = VerifyReport::default();
-    let mut lower: Option<Vec<Option<String>>> = None;
+    let pair = Pair {
+        projection: &plan.projection,
+        source: plan.original.qualified(),
+        target: plan.names.shadow_qualified(),
+    };
+    let limits = Limits {
+        chunk_rows: VERIFY_CHUNK_ROWS,
+        rechecks: RECHECKS,
+        max_keys: MAX_UNSETTLED,
+        stop_on_overflow: true,
+    };
+    let c = compare_all(
+        client,
+        peer,
+        &pair,
+        &limits,
+        &Settle::Fence(fencer, applier),
+    )
+    .await?;
+    match c.overflow {
+        Some(Overflow::Chunk {
+            source_rows,
+            target_rows,
+        }) => Err(crate::failure::fail(
+            crate::failure::FailureKind::Verification,
+            format!(
+                "verification failed: more than {MAX_UNSETTLED} rows of a chunk of {} differ from the shadow (original {source_rows} rows, shadow {target_rows} rows) and the difference did not settle; refusing to cut over, the original table is untouched",
+                plan.original.qualified(),
+            ),
+        )),
+        Some(Overflow::Keys) => Err(crate::failure::fail(
+            crate::failure::FailureKind::Verification,
+            format!(
+                "verification failed: {} rows of {} still differ from the shadow after {RECHECKS} fenced re-checks (for example key {}); refusing to cut over, the original table is untouched",
+                c.keys.len(),
+                plan.original.qualified(),
+                describe_key(c.keys.first().map(Vec::as_slice).unwrap_or_default())
+            ),
+        )),
+        None => Ok(VerifyReport {
+            chunks: c.chunks,
+            rows: c.rows,
+            rechecks: c.rechecks,
+            unsettled: c.keys,
+        }),
+    }
+}
+
+/// The chunk loop shared by the run's verification and `doppel verify`.
+async fn compare_all(
+    client: &mut Client,
+    peer: &mut Client,
+    pair: &Pair<'_>,
+    limits: &Limits,
+    settle: &Settle<'_>,
+) -> Result<Comparison> {
+    let (table, shadow) = (&pair.source, &pair.target);
+    let p = pair.projection;
+    let mut report = Comparison::default();
+    let mut lower: Option<Key> = None;
     loop {
         let boundary = {
-            let sql = p.chunk_boundary_sql(&table, lower.is_some());
-            let mut params: Vec<&(dyn ToSql + Sync)> = vec![&VERIFY_CHUNK_ROWS];
+            let sql = p.chunk_boundary_sql(table, lower.is_some());
+            let mut params: Vec<&(dyn ToSql + Sync)> = vec![&limits.chunk_rows];
             if let Some(lo) = &lower {
                 params.extend(lo.iter().map(|v| v as &(dyn ToSql + Sync)));
             }
@@ -68,8 +196,7 @@ pub async fn verify(
                 .await
                 .context("finding a verification chunk")?
         };
-        let upper: Option<Vec<Option<String>>> =
-            boundary.map(|row| (0..p.key.len()).map(|i| row.get(i)).collect());
+        let upper: Option<Key> = boundary.map(|row| (0..p.key.len()).map(|i| row.get(i)).collect());
         let mut params: Vec<Option<String>> = Vec::new();
         if let Some(lo) = &lower {
             params.extend(lo.iter().cloned());
@@ -78,21 +205,23 @@ pub async fn verify(
             params.extend(hi.iter().cloned());
         }
         let (has_lower, has_upper) = (lower.is_some(), upper.is_some());
-        let source_sql = p.verify_source_sql(&table, has_lower, has_upper);
-        let target_sql = p.verify_target_sql(&shadow, has_lower, has_upper);
+        let source_sql = p.verify_source_sql(table, has_lower, has_upper);
+        let target_sql = p.verify_target_sql(shadow, has_lower, has_upper);
+        let range = describe_range(lower.as_deref(), upper.as_deref());
         let mut attempt = 0;
         loop {
             let (a, b) = compare(client, peer, &source_sql, &target_sql, &params).await?;
             if attempt == 0 {
                 report.rows += a.0 as u64;
+                report.target_rows += b.0 as u64;
             }
             if a == b {
                 break;
             }
-            // The shadow trails the stream: find the differing keys (cheap when few), then
-            // re-check just those after fences.
-            let diff_sql = p.diff_keys_sql(&table, &shadow, has_lower, has_upper);
-            let limit = (MAX_UNSETTLED + 1) as i64;
+            // The shadow may trail the stream: find the differing keys (cheap when few), then
+            // re-check just those after the difference had time to settle.
+            let diff_sql = p.diff_keys_sql(table, shadow, has_lower, has_upper);
+            let limit = (limits.max_keys + 1) as i64;
             let mut all: Vec<&(dyn ToSql + Sync)> =
                 params.iter().map(|v| v as &(dyn ToSql + Sync)).collect();
             all.extend(params.iter().map(|v| v as &(dyn ToSql + Sync)));
@@ -101,56 +230,76 @@ pub async fn verify(
                 .query(&diff_sql, &all)
                 .await
                 .context("listing differing keys")?;
-            let mut keys: Vec<Vec<Option<String>>> = Vec::new();
+            let mut keys: Vec<Key> = Vec::new();
             for row in &rows {
-                let key: Vec<Option<String>> = row.get(0);
+                let key: Key = row.get(0);
                 if !keys.contains(&key) {
                     keys.push(key);
                 }
             }
-            if keys.len() > MAX_UNSETTLED {
-                // Too many to track one by one: re-check the whole chunk after a fence.
-                if attempt == RECHECKS {
-                    return Err(crate::failure::fail(
-                        crate::failure::FailureKind::Verification,
-                        format!(
-                            "verification failed: more than {MAX_UNSETTLED} rows of a chunk of {} differ from the shadow (original {} rows, shadow {} rows) and the difference did not settle; refusing to cut over, the original table is untouched",
-                            plan.original.qualified(),
-                            a.0,
-                            b.0
-                        ),
-                    ));
+            if keys.is_empty() || keys.len() > limits.max_keys {
+                // Too many to track one by one (or none to name): re-check the whole chunk.
+                if attempt == limits.rechecks {
+                    report.differing_chunks += 1;
+                    report.overflow = Some(Overflow::Chunk {
+                        source_rows: a.0,
+                        target_rows: b.0,
+                    });
+                    if limits.stop_on_overflow {
+                        return Ok(report);
+                    }
+                    for key in keys {
+                        if report.keys.len() >= limits.max_keys {
+                            break;
+                        }
+                        if !report.keys.contains(&key) {
+                            report.keys.push(key);
+                        }
+                    }
+                    break;
                 }
                 attempt += 1;
                 report.rechecks += 1;
-                let n = fencer.emit().await?;
-                applier.wait_fence(n, Duration::from_secs(60)).await?;
+                tracing::info!(
+                    "chunk {range} differs (source {} rows, target {} rows, {} key(s) listed); re-checking the chunk (attempt {attempt} of {})",
+                    a.0,
+                    b.0,
+                    keys.len(),
+                    limits.rechecks
+                );
+                settle.wait().await?;
                 continue;
             }
-            for _ in 0..RECHECKS {
+            for round in 1..=limits.rechecks {
                 if keys.is_empty() {
                     break;
                 }
                 report.rechecks += 1;
-                let n = fencer.emit().await?;
-                applier.wait_fence(n, Duration::from_secs(60)).await?;
-                keys = differing_keys(&*client, plan, &keys).await?;
+                tracing::info!(
+                    "{} key(s) differ in chunk {range} (for example {}); re-checking them (attempt {round} of {})",
+                    keys.len(),
+                    describe_key(&keys[0]),
+                    limits.rechecks
+                );
+                settle.wait().await?;
+                keys = differing_keys_between(&*client, pair, &keys).await?;
+            }
+            if !keys.is_empty() {
+                report.differing_chunks += 1;
             }
             for key in keys {
-                if !report.unsettled.contains(&key) {
-                    report.unsettled.push(key);
+                if !report.keys.contains(&key) {
+                    report.keys.push(key);
                 }
             }
-            if report.unsettled.len() > MAX_UNSETTLED {
-                return Err(crate::failure::fail(
-                    crate::failure::FailureKind::Verification,
-                    format!(
-                        "verification failed: {} rows of {} still differ from the shadow after {RECHECKS} fenced re-checks (for example key {}); refusing to cut over, the original table is untouched",
-                        report.unsettled.len(),
-                        plan.original.qualified(),
-                        describe_key(&report.unsettled[0])
-                    ),
-                ));
+            if report.keys.len() > limits.max_keys {
+                if report.overflow.is_none() {
+                    report.overflow = Some(Overflow::Keys);
+                }
+                if limits.stop_on_overflow {
+                    return Ok(report);
+                }
+                report.keys.truncate(limits.max_keys);
             }
             break;
         }
@@ -203,7 +352,8 @@ async fn compare(
     Ok(((a.get(0), a.get(1)), (b.get(0), b.get(1))))
 }
 
-fn describe_key(key: &[Option<String>]) -> String {
+/// `(v1, v2)`, NULLs as `NULL`.
+pub fn describe_key(key: &[Option<String>]) -> String {
     format!(
         "({})",
         key.iter()
@@ -213,27 +363,416 @@ fn describe_key(key: &[Option<String>]) -> String {
     )
 }
 
+fn describe_range(lower: Option<&[Option<String>]>, upper: Option<&[Option<String>]>) -> String {
+    format!(
+        "({}, {}]",
+        lower.map(describe_key).unwrap_or_else(|| "start".into()),
+        upper.map(describe_key).unwrap_or_else(|| "end".into())
+    )
+}
+
 /// The keys among `keys` whose projected rows still differ between original and shadow
 /// (read under the statement's snapshot). Used after fences and under the cutover lock.
 pub async fn differing_keys(
-    client: &impl tokio_postgres::GenericClient,
+    client: &impl GenericClient,
     plan: &Plan,
-    keys: &[Vec<Option<String>>],
-) -> Result<Vec<Vec<Option<String>>>> {
+    keys: &[Key],
+) -> Result<Vec<Key>> {
+    let pair = Pair {
+        projection: &plan.projection,
+        source: plan.original.qualified(),
+        target: plan.names.shadow_qualified(),
+    };
+    differing_keys_between(client, &pair, keys).await
+}
+
+/// One `text[]` per key column, one element per key: the parameters of the key-set queries.
+fn key_columns(width: usize, keys: &[Key]) -> Vec<Vec<Option<String>>> {
+    (0..width)
+        .map(|i| keys.iter().map(|k| k.get(i).cloned().flatten()).collect())
+        .collect()
+}
+
+async fn differing_keys_between(
+    client: &impl GenericClient,
+    pair: &Pair<'_>,
+    keys: &[Key],
+) -> Result<Vec<Key>> {
     if keys.is_empty() {
         return Ok(Vec::new());
     }
-    let width = plan.projection.key.len();
-    let columns: Vec<Vec<Option<String>>> = (0..width)
-        .map(|i| keys.iter().map(|k| k.get(i).cloned().flatten()).collect())
-        .collect();
+    let columns = key_columns(pair.projection.key.len(), keys);
     let refs: Vec<&(dyn ToSql + Sync)> = columns.iter().map(|c| c as &(dyn ToSql + Sync)).collect();
-    let sql = plan
-        .projection
-        .recheck_keys_sql(&plan.original.qualified(), &plan.names.shadow_qualified());
+    let sql = pair.projection.recheck_keys_sql(&pair.source, &pair.target);
     let rows = client
         .query(&sql, &refs)
         .await
         .context("re-checking differing keys")?;
     Ok(rows.iter().map(|r| r.get(0)).collect())
+}
+
+// ---------------------------------------------------------------------------------------------
+// `doppel verify`: the comparison on demand.
+// ---------------------------------------------------------------------------------------------
+
+/// What `doppel verify` compares and how patiently.
+#[derive(Debug, Clone)]
+pub struct CheckOptions {
+    /// The table, as SQL writes it (during a run: the original; after a cutover: the new
+    /// table).
+    pub table: String,
+    /// After a cutover: the kept old table (`_doppel_<oid>_old_<name>`) to compare the new
+    /// table with. Without it, `table` is compared with its run's shadow.
+    pub against: Option<String>,
+    /// The run's `--alter` clauses, for their `USING` expressions (optional: without them each
+    /// old value is cast to the new column's type).
+    pub alters: Vec<String>,
+    /// Rows per chunk.
+    pub chunk_rows: i64,
+    /// Re-checks of a differing key (or chunk) before it is reported.
+    pub rechecks: usize,
+    /// Pause before each re-check.
+    pub recheck_interval: Duration,
+    /// Differing keys listed at most.
+    pub max_keys: usize,
+}
+
+impl CheckOptions {
+    /// Defaults for `table`: its run's shadow, 250,000-row chunks, 5 re-checks 1 s apart, at
+    /// most 100 keys listed.
+    pub fn new(table: &str) -> CheckOptions {
+        CheckOptions {
+            table: table.to_string(),
+            against: None,
+            alters: Vec::new(),
+            chunk_rows: VERIFY_CHUNK_ROWS,
+            rechecks: RECHECKS,
+            recheck_interval: Duration::from_secs(1),
+            max_keys: 100,
+        }
+    }
+}
+
+/// How one key still differs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum KeyDifference {
+    /// The row is on both sides with different values.
+    Values,
+    /// Only the source (original / old table) has the row.
+    MissingFromTarget,
+    /// Only the target (shadow / new table) has the row.
+    OnlyInTarget,
+}
+
+/// What `doppel verify` found.
+#[derive(Debug, Clone)]
+pub struct CheckReport {
+    /// The source side (the original, or the kept old table), quoted.
+    pub source: String,
+    /// The target side (the shadow, or the new table), quoted.
+    pub target: String,
+    /// Columns compared (target names).
+    pub compared_columns: Vec<String>,
+    /// Target columns not compared: added by the ALTER, renamed, or generated.
+    pub target_only_columns: Vec<String>,
+    /// Source columns with no same-named target column (dropped or renamed).
+    pub source_only_columns: Vec<String>,
+    /// Chunks compared.
+    pub chunks: u64,
+    /// Rows on the source side.
+    pub rows: u64,
+    /// Rows on the target side.
+    pub target_rows: u64,
+    /// Comparisons repeated to let a live stream catch up.
+    pub rechecks: u64,
+    /// Chunks that still differed after the re-checks.
+    pub differing_chunks: u64,
+    /// Keys still differing after the re-checks (at most `max_keys`), with how.
+    pub differing: Vec<(Key, KeyDifference)>,
+    /// More rows differ than are listed.
+    pub truncated: bool,
+}
+
+impl CheckReport {
+    /// True when every chunk compared equal.
+    pub fn equal(&self) -> bool {
+        self.differing_chunks == 0 && self.differing.is_empty() && !self.truncated
+    }
+}
+
+/// Runs `doppel verify`: resolves the two tables, projects the source's columns onto the
+/// target's by name, and compares them chunk by chunk as the run's verification does.
+///
+/// Errors: a table is missing (during a run: no shadow), no primary key, key types that
+/// cannot be matched, or a query failure. A difference is not an error: see
+/// [`CheckReport::equal`].
+pub async fn check(config: &tokio_postgres::Config, options: &CheckOptions) -> Result<CheckReport> {
+    let mut client = crate::conninfo::connect(config).await?;
+    let mut peer = crate::conninfo::connect(config).await?;
+    for c in [&client, &peer] {
+        c.batch_execute("SET application_name = 'doppel verify'")
+            .await?;
+    }
+    let oid = catalog::resolve(&client, &options.table).await?;
+    let table = catalog::inspect(&client, oid).await?;
+    let (source, target) = match &options.against {
+        Some(old) => {
+            let old_oid = catalog::resolve(&client, old).await?;
+            (catalog::inspect(&client, old_oid).await?, table)
+        }
+        None => {
+            let names = Names::new(&table.schema, &table.name, oid);
+            let shadow: Option<u32> = client
+                .query_one("SELECT to_regclass($1)::oid", &[&names.shadow_qualified()])
+                .await?
+                .get(0);
+            match shadow {
+                Some(shadow) => (table, catalog::inspect(&client, shadow).await?),
+                None => {
+                    let old: Vec<String> = client
+                        .query(
+                            "SELECT format('%I.%I', n.nspname, c.relname) FROM pg_class c
+                             JOIN pg_namespace n ON n.oid = c.relnamespace
+                             WHERE n.nspname = $1 AND c.relkind = 'r'
+                               AND c.relname LIKE '\\_doppel\\_%\\_old\\_' || $2 ORDER BY 1",
+                            &[&table.schema, &table.name],
+                        )
+                        .await?
+                        .iter()
+                        .map(|r| r.get(0))
+                        .collect();
+                    let hint = if old.is_empty() {
+                        String::new()
+                    } else {
+                        format!(
+                            "; after a cutover compare with the kept old table: --against {}",
+                            old.join(" or --against ")
+                        )
+                    };
+                    bail!(
+                        "{} has no shadow table {} (no doppel run is in progress on it){hint}",
+                        table.qualified(),
+                        names.shadow_qualified()
+                    );
+                }
+            }
+        }
+    };
+    let alter = if options.alters.is_empty() {
+        None
+    } else {
+        Some(crate::alter::analyze(&options.alters).context("reading --alter")?)
+    };
+    let projection = projection_between(&client, &source, &target, alter.as_ref()).await?;
+    let pair = Pair {
+        projection: &projection,
+        source: source.qualified(),
+        target: target.qualified(),
+    };
+    let limits = Limits {
+        chunk_rows: options.chunk_rows.max(1),
+        rechecks: options.rechecks,
+        max_keys: options.max_keys.max(1),
+        stop_on_overflow: false,
+    };
+    let settle = Settle::Wait(options.recheck_interval);
+    let c = compare_all(&mut client, &mut peer, &pair, &limits, &settle).await?;
+    let kinds = classify(&client, &pair, &c.keys).await?;
+    let written: Vec<String> = projection
+        .written()
+        .iter()
+        .map(|m| m.target.name.clone())
+        .collect();
+    Ok(CheckReport {
+        source: pair.source.clone(),
+        target: pair.target.clone(),
+        target_only_columns: target
+            .columns
+            .iter()
+            .filter(|col| !written.contains(&col.name))
+            .map(|col| col.name.clone())
+            .collect(),
+        source_only_columns: source
+            .columns
+            .iter()
+            .filter(|col| target.column(&col.name).is_none())
+            .map(|col| col.name.clone())
+            .collect(),
+        compared_columns: written,
+        chunks: c.chunks,
+        rows: c.rows,
+        target_rows: c.target_rows,
+        rechecks: c.rechecks,
+        differing_chunks: c.differing_chunks,
+        differing: c.keys.into_iter().zip(kinds).collect(),
+        truncated: c.overflow.is_some(),
+    })
+}
+
+/// The projection of `source`'s rows onto `target`'s columns, matched by name: each value cast
+/// to the target column's type, or computed by the ALTER's `USING` expression when `alter`
+/// has one for the column. The key is the source's primary key.
+async fn projection_between(
+    client: &Client,
+    source: &Table,
+    target: &Table,
+    alter: Option<&crate::alter::AlterSpec>,
+) -> Result<Projection> {
+    if source.pk_columns.is_empty() {
+        bail!(
+            "{} has no primary key: verification compares chunks of the primary key",
+            source.qualified()
+        );
+    }
+    let columns: Vec<ColumnMap> = target
+        .columns
+        .iter()
+        .map(|col| {
+            let source_col = source.column(&col.name).cloned();
+            let expression = match (&source_col, alter.and_then(|a| a.using_for(&col.name))) {
+                (Some(_), Some(using)) => format!("({using})"),
+                (Some(s), None) => format!("src.{}", ident(&s.name)),
+                (None, _) => String::new(),
+            };
+            ColumnMap {
+                target: col.clone(),
+                source: source_col,
+                expression,
+            }
+        })
+        .collect();
+    let relation: Vec<_> = source
+        .columns
+        .iter()
+        .filter(|c| c.generated_sql.is_none())
+        .cloned()
+        .collect();
+    let mut key = Vec::new();
+    for name in &source.pk_columns {
+        let (Some(s), Some(t)) = (source.column(name), target.column(name)) else {
+            bail!(
+                "primary-key column {name:?} of {} is not a column of {}: cannot match rows",
+                source.qualified(),
+                target.qualified()
+            );
+        };
+        let widening = matches!((s.type_oid, t.type_oid), (21, 23) | (21, 20) | (23, 20));
+        if s.type_oid != t.type_oid && !widening {
+            bail!(
+                "primary-key column {name:?} is {} in {} but {} in {}: cannot match rows",
+                s.type_sql,
+                source.qualified(),
+                t.type_sql,
+                target.qualified()
+            );
+        }
+        key.push(KeyColumn {
+            source: s.clone(),
+            target: t.clone(),
+            relation_position: relation.iter().position(|c| &c.name == name).unwrap_or(0),
+        });
+    }
+    let mut projection = Projection {
+        columns,
+        key,
+        relation,
+        has_identity: target.columns.iter().any(|c| c.identity.is_some()),
+        text_hashed: Vec::new(),
+    };
+    if projection.written().is_empty() {
+        bail!(
+            "{} and {} have no column in common to compare",
+            source.qualified(),
+            target.qualified()
+        );
+    }
+    // As preflight does: types without an extended hash function are hashed as text.
+    let written: Vec<(String, String, String)> = projection
+        .written()
+        .iter()
+        .map(|c| {
+            (
+                c.target.name.clone(),
+                c.target.type_sql.clone(),
+                c.expression.clone(),
+            )
+        })
+        .collect();
+    for (name, type_sql, expression) in &written {
+        let probe = format!("SELECT hash_record_extended(ROW(NULL::{type_sql}), 0)");
+        if client.query_one(&probe, &[]).await.is_err() {
+            projection.text_hashed.push(name.clone());
+        }
+        let cast = format!(
+            "SELECT CAST({expression} AS {type_sql}) FROM ONLY {} AS src LIMIT 0",
+            source.qualified()
+        );
+        if let Err(e) = client.prepare(&cast).await {
+            bail!(
+                "column {name:?}: {expression} cannot be cast to {type_sql} ({}); pass the run's --alter if it had a USING expression",
+                e.as_db_error()
+                    .map(|d| d.message().to_string())
+                    .unwrap_or_else(|| e.to_string())
+            );
+        }
+    }
+    Ok(projection)
+}
+
+/// For each key: is the row on both sides, or on one only?
+async fn classify(client: &Client, pair: &Pair<'_>, keys: &[Key]) -> Result<Vec<KeyDifference>> {
+    if keys.is_empty() {
+        return Ok(Vec::new());
+    }
+    let key = &pair.projection.key;
+    let aliases: Vec<String> = (0..key.len()).map(|i| format!("p{i}")).collect();
+    let params: Vec<String> = (1..=key.len()).map(|i| format!("${i}::text[]")).collect();
+    let source_match: Vec<String> = key
+        .iter()
+        .enumerate()
+        .map(|(i, k)| {
+            format!(
+                "src.{} = u.p{i}::{}",
+                ident(&k.source.name),
+                k.source.type_sql
+            )
+        })
+        .collect();
+    let target_match: Vec<String> = key
+        .iter()
+        .enumerate()
+        .map(|(i, k)| {
+            format!(
+                "dst.{} = CAST(u.p{i}::{} AS {})",
+                ident(&k.target.name),
+                k.source.type_sql,
+                k.target.type_sql
+            )
+        })
+        .collect();
+    let sql = format!(
+        "SELECT EXISTS (SELECT 1 FROM ONLY {} AS src WHERE {}),
+                EXISTS (SELECT 1 FROM ONLY {} AS dst WHERE {})
+         FROM unnest({}) WITH ORDINALITY AS u({}, n) ORDER BY n",
+        pair.source,
+        source_match.join(" AND "),
+        pair.target,
+        target_match.join(" AND "),
+        params.join(", "),
+        aliases.join(", ")
+    );
+    let columns = key_columns(key.len(), keys);
+    let refs: Vec<&(dyn ToSql + Sync)> = columns.iter().map(|c| c as &(dyn ToSql + Sync)).collect();
+    let rows = client
+        .query(&sql, &refs)
+        .await
+        .context("classifying differing keys")?;
+    Ok(rows
+        .iter()
+        .map(|r| match (r.get::<_, bool>(0), r.get::<_, bool>(1)) {
+            (true, false) => KeyDifference::MissingFromTarget,
+            (false, true) => KeyDifference::OnlyInTarget,
+            _ => KeyDifference::Values,
+        })
+        .collect())
 }
