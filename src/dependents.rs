@@ -4,10 +4,11 @@
 //! `ALTER TABLE t RENAME TO old` keeps every object that refers to `t` by OID attached to
 //! `old`: foreign keys from other tables, views (and views on those views), triggers, rules,
 //! row-level security policies and flags, publication membership, replica identity, extended
-//! statistics. The new table takes the name but none of these. This module reads them from
-//! the catalog **before** the cutover ([`read`], while the original still has its name, so
-//! every `pg_get_*def` text names the table as `schema.table`, which resolves to the new table
-//! once it has taken the name), says which of them cannot be moved safely
+//! statistics, materialized views. The new table takes the name but none of these. This
+//! module reads them from the catalog **before** the cutover ([`read`], while the original
+//! still has its name, so every `pg_get_*def` text names the table as `schema.table`, which
+//! resolves to the new table once it has taken the name), says which of them cannot be moved
+//! safely
 //! ([`Dependents::blockers`]), and produces the SQL that moves them
 //! ([`Dependents::forward`], [`Dependents::forward_after_commit`]) and moves them back
 //! ([`Dependents::rollback`], [`Dependents::rollback_after_commit`]).
@@ -28,6 +29,18 @@
 //!   under the lock) and validated after commit (`VALIDATE CONSTRAINT` takes only SHARE UPDATE
 //!   EXCLUSIVE on the child: PostgreSQL docs, ALTER TABLE). Child tables are locked in OID
 //!   order (DESIGN.md §4: "take the locks in a fixed order").
+//! - Materialized views are not touched by the cutover transaction: they stay populated and
+//!   readable (they are stale by nature) while still reading the old table. After the commit
+//!   each is rebuilt ([`Dependents::forward_after_commit`]): a copy is created `WITH NO DATA`
+//!   from the definition read before the cutover, given the owner, grants, comments, storage
+//!   options and indexes, filled by `REFRESH MATERIALIZED VIEW` (which runs the query as the
+//!   owner in a security-restricted operation, as every refresh does: PostgreSQL docs, REFRESH
+//!   MATERIALIZED VIEW / `ExecRefreshMatView`), then swapped in: lock the old one under a short
+//!   retried `lock_timeout`, drop it, rename the copy and its indexes. One `DO` block, so a
+//!   failure leaves the old materialized view exactly as it was and nothing else behind. The
+//!   rollback script does the same against the restored original. Materialized views that
+//!   something depends on (views, policies, statistics) or that use a dependent view are
+//!   refused ([`Dependents::unsupported`]).
 //! - `LOCK TABLE` on a view also locks, in the same mode, every relation its query uses
 //!   (PostgreSQL 11+, docs of LOCK) after checking the view owner's privileges on them, and
 //!   refuses materialized views; [`Dependents::lock_sql`] locks views with a no-op owner
@@ -137,6 +150,17 @@ pub struct Policy {
     pub columns: Vec<String>,
 }
 
+impl ForeignKey {
+    /// `ALTER TABLE child VALIDATE CONSTRAINT name`.
+    fn validate_sql(&self) -> String {
+        format!(
+            "ALTER TABLE {} VALIDATE CONSTRAINT {}",
+            self.child,
+            ident(&self.name)
+        )
+    }
+}
+
 impl Policy {
     /// `CREATE POLICY` reproducing this policy on its relation (the equivalent of the
     /// `pg_get_policydef` PostgreSQL does not have; `pg_dump`'s `dumpPolicy` builds the same).
@@ -211,6 +235,33 @@ pub struct StatisticsObject {
     pub columns: Vec<String>,
 }
 
+/// An index of a dependent materialized view, recreated on its rebuilt copy.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct MatviewIndex {
+    /// OID of the index (names the temporary index of the rebuild).
+    pub oid: u32,
+    /// Index name (the rebuilt index takes it once the old one is dropped).
+    pub name: String,
+    /// `UNIQUE` index.
+    pub unique: bool,
+    /// `pg_get_indexdef` after `CREATE [UNIQUE] INDEX name ON schema.matview `: `USING
+    /// method (columns) [INCLUDE ..] [WITH (..)] [WHERE ..]`.
+    pub body: String,
+    /// Tablespace when not the database default.
+    pub tablespace: Option<String>,
+    /// The materialized view is clustered on this index (`ALTER .. CLUSTER ON`).
+    pub clustered: bool,
+    /// Comment on the index.
+    pub comment: Option<String>,
+}
+
+/// `lock_timeout` of each try to take the lock that swaps a rebuilt materialized view in.
+pub const MATVIEW_SWAP_LOCK_TIMEOUT_MS: u32 = 200;
+
+/// Tries to take that lock before the rebuild gives up (backoff between tries: 50 ms × 2^n,
+/// at most 2 s, ±50% jitter; about 10 s in all).
+pub const MATVIEW_SWAP_ATTEMPTS: u32 = 10;
+
 /// A view or materialized view that references the table, directly or through other views.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct View {
@@ -250,8 +301,8 @@ pub struct View {
     pub triggers: Vec<Trigger>,
     /// Rules on the view other than its `_RETURN` rule.
     pub rules: Vec<Rule>,
-    /// `pg_get_indexdef` of each index of a materialized view.
-    pub indexes: Vec<String>,
+    /// Indexes of a materialized view.
+    pub indexes: Vec<MatviewIndex>,
     /// Columns of the table the view's query uses directly, from `pg_depend`.
     pub columns: Vec<String>,
 }
@@ -270,38 +321,45 @@ impl View {
         }
     }
 
-    /// Statements creating the view again with everything a DROP removed.
+    /// Statements creating the (plain) view again with everything a DROP removed.
     fn create_sql(&self) -> Vec<String> {
         let q = self.qualified();
-        let kw = self.keyword();
-        let options = if self.options.is_empty() {
-            String::new()
-        } else {
-            format!(" WITH ({})", options_sql(&self.options))
-        };
-        let mut out = Vec::new();
-        if self.materialized {
-            let tablespace = self
-                .tablespace
-                .as_ref()
-                .map(|t| format!(" TABLESPACE {}", ident(t)))
-                .unwrap_or_default();
-            out.push(format!(
-                "CREATE MATERIALIZED VIEW {q}{options}{tablespace} AS {} WITH {}DATA",
-                self.definition,
-                if self.populated { "" } else { "NO " }
-            ));
-            out.extend(self.indexes.iter().cloned());
-        } else {
-            out.push(format!("CREATE VIEW {q}{options} AS {}", self.definition));
-        }
-        out.push(format!("ALTER {kw} {q} OWNER TO {}", ident(&self.owner)));
+        let mut out = vec![format!(
+            "CREATE VIEW {q}{} AS {}",
+            self.with_options(),
+            self.definition
+        )];
+        out.extend(self.decorations(&q));
         for (column, default) in &self.column_defaults {
             out.push(format!(
                 "ALTER VIEW {q} ALTER COLUMN {} SET DEFAULT {default}",
                 ident(column)
             ));
         }
+        for t in &self.triggers {
+            out.push(t.definition.clone());
+            out.extend(enable_sql("TRIGGER", &q, &t.name, t.enabled));
+        }
+        for r in &self.rules {
+            out.push(r.definition.clone());
+            out.extend(enable_sql("RULE", &q, &r.name, r.enabled));
+        }
+        out
+    }
+
+    /// ` WITH (options)`, or nothing.
+    fn with_options(&self) -> String {
+        if self.options.is_empty() {
+            String::new()
+        } else {
+            format!(" WITH ({})", options_sql(&self.options))
+        }
+    }
+
+    /// Owner, grants and comments of the view, applied to the relation `q`.
+    fn decorations(&self, q: &str) -> Vec<String> {
+        let kw = self.keyword();
+        let mut out = vec![format!("ALTER {kw} {q} OWNER TO {}", ident(&self.owner))];
         for g in &self.grants {
             let column = g
                 .column
@@ -328,15 +386,132 @@ impl View {
                 Some(comment),
             ));
         }
-        for t in &self.triggers {
-            out.push(t.definition.clone());
-            out.extend(enable_sql("TRIGGER", &q, &t.name, t.enabled));
-        }
-        for r in &self.rules {
-            out.push(r.definition.clone());
-            out.extend(enable_sql("RULE", &q, &r.name, r.enabled));
-        }
         out
+    }
+
+    /// Name of the copy a rebuild of this materialized view builds before the swap
+    /// (`_doppel_<table oid>_mv<matview oid>`, in the matview's schema).
+    pub fn rebuild_name(&self, table_oid: u32) -> String {
+        format!("_doppel_{table_oid}_mv{}", self.oid)
+    }
+
+    /// The rebuild of a materialized view after a cutover (or a rollback) commits, as one
+    /// statement (a `DO` block, hence one transaction): create a copy from the definition
+    /// read before the cutover (which names the table by its name, now the other relation)
+    /// `WITH NO DATA`, with its storage options, tablespace, owner, grants, comments and
+    /// indexes, and fill it with `REFRESH MATERIALIZED VIEW` (as the owner, like any
+    /// refresh; skipped when the materialized view was not populated); then, each try
+    /// under a `lock_timeout` of [`MATVIEW_SWAP_LOCK_TIMEOUT_MS`] with up to
+    /// [`MATVIEW_SWAP_ATTEMPTS`] tries and backoff, lock the materialized view (a no-op owner
+    /// change: `LOCK TABLE` refuses materialized views), drop it, and rename the copy and its
+    /// indexes into place. Readers of the materialized view wait only for the drop and the
+    /// renames. On any error nothing is left: the copy is rolled back, the materialized view
+    /// is unchanged (still reading `still_reads`), and the error names it, says so and
+    /// carries the server's message and SQLSTATE. `onto` names the relation the rebuilt view
+    /// reads, for the message.
+    fn rebuild_sql(&self, table_oid: u32, onto: &str, still_reads: &str) -> String {
+        let q = self.qualified();
+        let tmp_name = self.rebuild_name(table_oid);
+        let tmp = qualified(&self.schema, &tmp_name);
+        let tablespace = self
+            .tablespace
+            .as_ref()
+            .map(|t| format!(" TABLESPACE {}", ident(t)))
+            .unwrap_or_default();
+        // Created empty by the current user (which runs no query), then filled by REFRESH,
+        // which runs the query as the owner in a security-restricted operation, exactly as
+        // the refreshes the owner runs: a definition cannot act with the rights of the role
+        // running doppel.
+        let mut build = vec![format!(
+            "CREATE MATERIALIZED VIEW {tmp}{}{tablespace} AS {} WITH NO DATA",
+            self.with_options(),
+            self.definition,
+        )];
+        build.extend(self.decorations(&tmp));
+        let mut swap = vec![
+            format!("DROP MATERIALIZED VIEW {q}"),
+            format!(
+                "ALTER MATERIALIZED VIEW {tmp} RENAME TO {}",
+                ident(&self.name)
+            ),
+        ];
+        for index in &self.indexes {
+            let index_tmp = format!("_doppel_{table_oid}_mvi{}", index.oid);
+            if let Some(space) = &index.tablespace {
+                build.push(format!("SET LOCAL default_tablespace = {}", ident(space)));
+            }
+            build.push(format!(
+                "CREATE {}INDEX {} ON {tmp} {}",
+                if index.unique { "UNIQUE " } else { "" },
+                ident(&index_tmp),
+                index.body
+            ));
+            if index.tablespace.is_some() {
+                build.push("SET LOCAL default_tablespace = ''".to_string());
+            }
+            if index.clustered {
+                build.push(format!(
+                    "ALTER MATERIALIZED VIEW {tmp} CLUSTER ON {}",
+                    ident(&index_tmp)
+                ));
+            }
+            if index.comment.is_some() {
+                build.push(comment_sql(
+                    &format!("INDEX {}", qualified(&self.schema, &index_tmp)),
+                    index.comment.as_deref(),
+                ));
+            }
+            swap.push(format!(
+                "ALTER INDEX {} RENAME TO {}",
+                qualified(&self.schema, &index_tmp),
+                ident(&index.name)
+            ));
+        }
+        if self.populated {
+            build.push(format!("REFRESH MATERIALIZED VIEW {tmp}"));
+        }
+        let lock = format!(
+            "ALTER MATERIALIZED VIEW {q} OWNER TO {}",
+            ident(&self.owner)
+        );
+        let execute = |sql: &str| format!("EXECUTE {};", literal(sql));
+        // Names go into a comment line: no line break may end it early.
+        let comment = |text: &str| text.replace(|c: char| c.is_control(), " ");
+        let mut body = String::new();
+        body.push_str("DECLARE\n  attempt int := 0;\nBEGIN\n");
+        body.push_str(&format!(
+            "  -- rebuild {} on {}: a copy first, then swapped in under a short lock\n",
+            comment(&q),
+            comment(onto)
+        ));
+        for sql in &build {
+            body.push_str(&format!("  {}\n", execute(sql)));
+        }
+        body.push_str(&format!(
+            "  LOOP\n    BEGIN\n      PERFORM set_config('lock_timeout', '{MATVIEW_SWAP_LOCK_TIMEOUT_MS}ms', true);\n      {}\n      EXIT;\n    EXCEPTION WHEN lock_not_available THEN\n      attempt := attempt + 1;\n      IF attempt >= {MATVIEW_SWAP_ATTEMPTS} THEN RAISE; END IF;\n      PERFORM pg_sleep(least(2.0, 0.05 * 2 ^ attempt) * (0.5 + random()));\n    END;\n  END LOOP;\n",
+            execute(&lock)
+        ));
+        for sql in &swap {
+            body.push_str(&format!("  {}\n", execute(sql)));
+        }
+        let message = format!(
+            "materialized view {q} was not rebuilt on {onto}; it is unchanged and still reads {still_reads} (REFRESH MATERIALIZED VIEW would not see rows written to {onto}): "
+        );
+        let hint = format!(
+            "Fix the cause and rebuild it: create it again from its definition, which names {onto}, with its indexes, owner and grants (or drop it and create it again). Until then {still_reads} cannot be dropped without CASCADE."
+        );
+        body.push_str(&format!(
+            "EXCEPTION WHEN OTHERS THEN\n  RAISE EXCEPTION USING MESSAGE = {} || SQLERRM, ERRCODE = SQLSTATE, HINT = {};\nEND",
+            literal(&message),
+            literal(&hint)
+        ));
+        let mut tag = "$doppel$".to_string();
+        let mut n = 0;
+        while body.contains(&tag) {
+            n += 1;
+            tag = format!("$doppel{n}$");
+        }
+        format!("DO {tag}\n{body}\n{tag}")
     }
 }
 
@@ -394,7 +569,8 @@ pub struct Dependents {
     pub other_rules: Vec<Rule>,
     /// Reasons found while reading that make a safe move impossible whatever the ALTER:
     /// SQL-standard-body functions, users of the row type, temporary views, dependents owned
-    /// by roles the current user cannot act as, other objects bound to the OID.
+    /// by roles the current user cannot act as, materialized views that something depends on
+    /// or that use a dependent view, other objects bound to the OID.
     pub unsupported: Vec<String>,
 }
 
@@ -691,18 +867,110 @@ async fn read_qualified(
                 .column_defaults
                 .push((r.get(1), r.get(2)));
         }
+        // pg_get_indexdef starts with `CREATE [UNIQUE] INDEX name ON schema.relation `
+        // (quote_ident'ed, always qualified: ruleutils' generate_qualified_relation_name);
+        // the rest (`USING ..`) is reused on the rebuilt copy.
         for r in client
             .query(
-                "SELECT indrelid, pg_get_indexdef(indexrelid) FROM pg_index
-                 WHERE indrelid = ANY($1::oid[]) ORDER BY indrelid, indexrelid",
+                "SELECT i.indrelid, i.indexrelid, ic.relname::text, i.indisunique,
+                        pg_get_indexdef(i.indexrelid),
+                        format('CREATE %sINDEX %s ON %s.%s ', CASE WHEN i.indisunique THEN 'UNIQUE ' ELSE '' END,
+                               quote_ident(ic.relname), quote_ident(n.nspname), quote_ident(c.relname)),
+                        (SELECT spcname::text FROM pg_tablespace WHERE oid = ic.reltablespace),
+                        i.indisclustered, obj_description(i.indexrelid, 'pg_class')
+                 FROM pg_index i JOIN pg_class ic ON ic.oid = i.indexrelid
+                 JOIN pg_class c ON c.oid = i.indrelid JOIN pg_namespace n ON n.oid = c.relnamespace
+                 WHERE i.indrelid = ANY($1::oid[]) ORDER BY i.indrelid, i.indexrelid",
                 &[&view_oids],
             )
             .await
             .context("reading indexes of dependent materialized views")?
         {
-            deps.views[view_index[&r.get::<_, u32>(0)]]
-                .indexes
-                .push(r.get(1));
+            let view = &mut deps.views[view_index[&r.get::<_, u32>(0)]];
+            let definition: String = r.get(4);
+            let prefix: String = r.get(5);
+            let Some(body) = definition.strip_prefix(&prefix) else {
+                deps.unsupported.push(format!(
+                    "index {} of materialized view {} has a definition doppel cannot rebuild on a copy ({definition}): drop the materialized view before the migration and recreate it after",
+                    r.get::<_, String>(2),
+                    view.qualified()
+                ));
+                continue;
+            };
+            view.indexes.push(MatviewIndex {
+                oid: r.get(1),
+                name: r.get(2),
+                unique: r.get(3),
+                body: body.to_string(),
+                tablespace: r.get(6),
+                clustered: r.get(7),
+                comment: r.get(8),
+            });
+        }
+
+        // Materialized views are rebuilt after the cutover commits (a new relation replaces
+        // each): nothing may depend on one, and one may not depend on a plain view (which
+        // the cutover drops and recreates).
+        let matviews: Vec<u32> = deps
+            .views
+            .iter()
+            .filter(|v| v.materialized)
+            .map(|v| v.oid)
+            .collect();
+        if !matviews.is_empty() {
+            let plain: Vec<u32> = deps
+                .views
+                .iter()
+                .filter(|v| !v.materialized)
+                .map(|v| v.oid)
+                .collect();
+            for r in client
+                .query(
+                    "SELECT DISTINCT format('%I.%I', mn.nspname, m.relname), format('%I.%I', vn.nspname, v.relname)
+                     FROM pg_rewrite r JOIN pg_depend d ON d.classid = 'pg_rewrite'::regclass AND d.objid = r.oid
+                     JOIN pg_class v ON (d.refclassid = 'pg_class'::regclass AND v.oid = d.refobjid)
+                                     OR (d.refclassid = 'pg_type'::regclass AND v.reltype = d.refobjid)
+                     JOIN pg_namespace vn ON vn.oid = v.relnamespace
+                     JOIN pg_class m ON m.oid = r.ev_class JOIN pg_namespace mn ON mn.oid = m.relnamespace
+                     WHERE r.rulename = '_RETURN' AND r.ev_class = ANY($1::oid[]) AND v.oid = ANY($2::oid[])
+                     ORDER BY 1, 2",
+                    &[&matviews, &plain],
+                )
+                .await
+                .context("reading the views materialized views use")?
+            {
+                deps.unsupported.push(format!(
+                    "materialized view {} uses the view {}, which depends on {table_q}: the cutover recreates that view, which it cannot do while a materialized view uses it; drop the materialized view before the migration and recreate it after",
+                    r.get::<_, String>(0),
+                    r.get::<_, String>(1)
+                ));
+            }
+            for r in client
+                .query(
+                    "SELECT DISTINCT format('%I.%I', mn.nspname, m.relname),
+                            coalesce((SELECT pg_describe_object('pg_class'::regclass, r.ev_class, 0) FROM pg_rewrite r
+                                      WHERE d.classid = 'pg_rewrite'::regclass AND r.oid = d.objid AND r.rulename = '_RETURN'),
+                                     pg_describe_object(d.classid, d.objid, 0))
+                     FROM pg_depend d
+                     JOIN pg_class m ON (d.refclassid = 'pg_class'::regclass AND m.oid = d.refobjid)
+                                     OR (d.refclassid = 'pg_type'::regclass AND m.reltype = d.refobjid)
+                     JOIN pg_namespace mn ON mn.oid = m.relnamespace
+                     WHERE m.oid = ANY($1::oid[]) AND d.deptype IN ('n', 'a')
+                       AND d.classid IN ('pg_rewrite'::regclass, 'pg_policy'::regclass, 'pg_statistic_ext'::regclass)
+                       AND NOT (d.classid = 'pg_rewrite'::regclass
+                                AND d.objid IN (SELECT oid FROM pg_rewrite WHERE ev_class = m.oid))
+                     ORDER BY 1, 2",
+                    &[&matviews],
+                )
+                .await
+                .context("reading what depends on materialized views")?
+            {
+                deps.unsupported.push(format!(
+                    "{} depends on materialized view {}, which doppel rebuilds after the cutover (a new relation replaces it, so the old one cannot be dropped while this uses it): drop it before the migration and recreate it after",
+                    r.get::<_, String>(1),
+                    r.get::<_, String>(0)
+                ));
+            }
         }
     }
 
@@ -1062,12 +1330,15 @@ impl Dependents {
     /// 1. `LOCK TABLE <tables> IN ACCESS EXCLUSIVE MODE` for the foreign-key children and the
     ///    tables whose policies or rules are recreated, by OID (DESIGN.md §4: child locks in a
     ///    fixed order). `ALTER TABLE .. DROP CONSTRAINT` needs ACCESS EXCLUSIVE on the child.
-    /// 2. For each view, leaf first, `ALTER [MATERIALIZED] VIEW v OWNER TO <its owner>`: a
+    /// 2. For each plain view, leaf first, `ALTER VIEW v OWNER TO <its owner>`: a
     ///    no-op owner change takes ACCESS EXCLUSIVE on the view alone and changes no catalog
     ///    row (PostgreSQL's `ATExecChangeOwner` does nothing when the owner is unchanged).
     ///    `LOCK TABLE` is not usable here: on a view it also locks the view's base tables
     ///    after checking that the *view owner* holds UPDATE/DELETE/TRUNCATE on them (which a
-    ///    read-only view owner does not), and it refuses materialized views.
+    ///    read-only view owner does not).
+    ///
+    /// Materialized views are not locked: the cutover leaves them alone (they are rebuilt
+    /// after it commits, see [`Dependents::forward_after_commit`]).
     ///
     /// A query on a view locks the view, then its tables; taking the views before the table
     /// keeps the cutover in that order, so a reader that opened a view just before the table
@@ -1093,10 +1364,9 @@ impl Dependents {
                 tables.into_values().collect::<Vec<_>>().join(", ")
             ));
         }
-        for v in self.views.iter().rev() {
+        for v in self.views.iter().rev().filter(|v| !v.materialized) {
             out.push(format!(
-                "ALTER {} {} OWNER TO {}",
-                v.keyword(),
+                "ALTER VIEW {} OWNER TO {}",
                 v.qualified(),
                 ident(&v.owner)
             ));
@@ -1107,9 +1377,9 @@ impl Dependents {
     /// Problems that make a safe move impossible, each with its reason; empty = everything
     /// movable. `renamed_columns` are (old name, new name) pairs and `dropped_columns` the
     /// columns the ALTER removes: a definition naming such a column cannot be recreated on
-    /// the new table. Also reported: everything in [`Dependents::unsupported`], materialized
-    /// views (recreating one re-runs its query under the cutover lock), foreign keys from
-    /// partitioned tables (no `NOT VALID` foreign key on a partitioned table before
+    /// the new table. Also reported: everything in [`Dependents::unsupported`] (including
+    /// materialized views something depends on or that use a dependent view), foreign keys
+    /// from partitioned tables (no `NOT VALID` foreign key on a partitioned table before
     /// PostgreSQL 18).
     ///
     /// Not detected: an expression that no longer type-checks after a column type change
@@ -1122,12 +1392,6 @@ impl Dependents {
     ) -> Vec<String> {
         let table = qualified(&self.schema, &self.table);
         let mut out = self.unsupported.clone();
-        for v in self.views.iter().filter(|v| v.materialized) {
-            out.push(format!(
-                "materialized view {} depends on {table}: recreating it would re-run its query under the cutover lock; drop it before the migration and recreate it after",
-                v.qualified()
-            ));
-        }
         for fk in self.foreign_keys.iter().filter(|f| f.child_partitioned) {
             out.push(format!(
                 "foreign key {} on the partitioned table {} references {table}: a foreign key cannot be re-added NOT VALID on a partitioned table, and validating it under the cutover lock would scan every partition; drop it before the migration and re-add it after",
@@ -1193,17 +1457,35 @@ impl Dependents {
     /// list); extended statistics; TOAST reloptions; create the views root first with owner,
     /// options, grants, comments, defaults, triggers and rules; recreate the other tables'
     /// policies and rules. The old table keeps its RLS flags (without policies it denies
-    /// every role but its owner) and its replica identity.
+    /// every role but its owner) and its replica identity. Materialized views are left
+    /// alone (still populated, still reading the old table until their rebuild after commit).
     pub fn forward(&self, names: &Names) -> Vec<String> {
         self.script(names, &names.old_qualified(), true)
     }
 
-    /// Run after the cutover commits, outside its transaction: `ALTER TABLE child VALIDATE
-    /// CONSTRAINT ..` for each foreign key that was validated before (SHARE UPDATE EXCLUSIVE
-    /// on the child: reads and writes continue). A failure leaves the key `NOT VALID` but
-    /// enforced for new rows; report it.
-    pub fn forward_after_commit(&self, _names: &Names) -> Vec<String> {
-        self.validate_sql()
+    /// Run after the cutover commits, outside its transaction, each entry with one
+    /// `batch_execute` (an entry may be several statements): first the rebuild of each
+    /// materialized view on the new table (one `DO` block each, see [`View`]; on failure the
+    /// materialized view is unchanged, still reads the kept old table, and the error says
+    /// so), then `ALTER TABLE child VALIDATE CONSTRAINT ..` for each foreign key that was
+    /// validated before (SHARE UPDATE EXCLUSIVE on the child: reads and writes continue; a
+    /// failure leaves the key `NOT VALID` but enforced for new rows). Report failures.
+    /// [`Dependents::forward_after_commit_labeled`] names what each entry does.
+    pub fn forward_after_commit(&self, names: &Names) -> Vec<String> {
+        self.forward_after_commit_labeled(names)
+            .into_iter()
+            .map(|(_, sql)| sql)
+            .collect()
+    }
+
+    /// [`Dependents::forward_after_commit`] as (what, SQL) pairs: `what` is
+    /// `materialized view "schema"."name"` for a rebuild and the constraint name for a
+    /// validation, for reporting a failed entry.
+    pub fn forward_after_commit_labeled(&self, names: &Names) -> Vec<(String, String)> {
+        self.after_commit(
+            &format!("the new table {}", names.table_qualified()),
+            &format!("the kept old table {}", names.old_qualified()),
+        )
     }
 
     /// The same in reverse for the rollback script, run after the new table was renamed back
@@ -1215,25 +1497,44 @@ impl Dependents {
         self.script(names, &names.shadow_qualified(), false)
     }
 
-    /// After the rollback commits: the `VALIDATE CONSTRAINT` statements again. They fail when
-    /// a child row references a row written only to the new table after the cutover (such
-    /// writes are lost by a rollback); the key then stays `NOT VALID`.
-    pub fn rollback_after_commit(&self, _names: &Names) -> Vec<String> {
-        self.validate_sql()
+    /// After the rollback commits, in the rollback script: the rebuild of each materialized
+    /// view on the restored original (as in [`Dependents::forward_after_commit`]; on failure
+    /// it still reads the migrated table, renamed back to `names.shadow`), then the
+    /// `VALIDATE CONSTRAINT` statements. The rebuilds come first because psql stops at the
+    /// first error (`ON_ERROR_STOP`) and a validation fails when a child row references a
+    /// row written only to the new table after the cutover (such writes are lost by a
+    /// rollback); the key then stays `NOT VALID`.
+    pub fn rollback_after_commit(&self, names: &Names) -> Vec<String> {
+        self.after_commit(
+            &format!("the restored table {}", names.table_qualified()),
+            &format!("the migrated table {}", names.shadow_qualified()),
+        )
+        .into_iter()
+        .map(|(_, sql)| sql)
+        .collect()
     }
 
-    fn validate_sql(&self) -> Vec<String> {
-        self.foreign_keys
+    /// Matview rebuilds (reading `onto`; on failure still reading `still_reads`), then
+    /// foreign-key validations.
+    fn after_commit(&self, onto: &str, still_reads: &str) -> Vec<(String, String)> {
+        let mut out: Vec<(String, String)> = self
+            .views
             .iter()
-            .filter(|fk| fk.validated)
-            .map(|fk| {
-                format!(
-                    "ALTER TABLE {} VALIDATE CONSTRAINT {}",
-                    fk.child,
-                    ident(&fk.name)
+            .filter(|v| v.materialized)
+            .map(|v| {
+                (
+                    format!("materialized view {}", v.qualified()),
+                    v.rebuild_sql(self.table_oid, onto, still_reads),
                 )
             })
-            .collect()
+            .collect();
+        out.extend(
+            self.foreign_keys
+                .iter()
+                .filter(|fk| fk.validated)
+                .map(|fk| (fk.name.clone(), fk.validate_sql())),
+        );
+        out
     }
 
     /// The move, from the relation `from` (where the table-bound objects are now) to the
@@ -1247,8 +1548,8 @@ impl Dependents {
         for r in &self.other_rules {
             out.push(format!("DROP RULE {} ON {}", ident(&r.name), r.relation));
         }
-        for v in self.views.iter().rev() {
-            out.push(format!("DROP {} {}", v.keyword(), v.qualified()));
+        for v in self.views.iter().rev().filter(|v| !v.materialized) {
+            out.push(format!("DROP VIEW {}", v.qualified()));
         }
         for fk in &self.foreign_keys {
             out.push(format!(
@@ -1339,7 +1640,7 @@ impl Dependents {
                 options_sql(&prefixed)
             ));
         }
-        for v in &self.views {
+        for v in self.views.iter().filter(|v| !v.materialized) {
             out.extend(v.create_sql());
         }
         for r in &self.other_rules {

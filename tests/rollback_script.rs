@@ -1,0 +1,509 @@
+//! End to end: a table with every kind of dependent is migrated by doppel, behaves exactly as
+//! before, then the rollback script doppel wrote is run with `psql -v ON_ERROR_STOP=1` and the
+//! restored original behaves exactly as before too.
+//!
+//! The dependents: inbound foreign keys from two child tables (one `ON DELETE CASCADE`), a
+//! view and a view on that view, a trigger with a side effect (an audit insert), grants to two
+//! roles, row-level security policies with `ENABLE` and `FORCE`, comments on the table and its
+//! columns, a publication, an identity column, a materialized view with a unique index and a
+//! grant, and a foreign key from the table to a parent. Each behaviour is checked before the
+//! migration too, so every check is known to hold on the original.
+
+mod common;
+
+use doppel::cluster::LocalCluster;
+use doppel::migration::{self, Cancel, Outcome, RunOptions};
+use doppel::plan::Names;
+use tokio_postgres::Client;
+
+const SCHEMA: &str = "
+CREATE ROLE reader_a NOLOGIN;
+CREATE ROLE reader_b NOLOGIN;
+CREATE TABLE public.parent (id int PRIMARY KEY);
+INSERT INTO public.parent SELECT generate_series(1, 10);
+CREATE TABLE public.t (
+  id bigint GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
+  tenant text NOT NULL,
+  amount int NOT NULL,
+  parent_id int NOT NULL REFERENCES public.parent (id),
+  note text);
+COMMENT ON TABLE public.t IS 'the table';
+COMMENT ON COLUMN public.t.tenant IS 'who may see the row';
+COMMENT ON COLUMN public.t.amount IS 'in cents';
+GRANT SELECT ON public.t TO reader_a;
+GRANT SELECT, INSERT ON public.t TO reader_b;
+ALTER TABLE public.t ENABLE ROW LEVEL SECURITY;
+ALTER TABLE public.t FORCE ROW LEVEL SECURITY;
+CREATE POLICY own_rows ON public.t FOR SELECT USING (tenant = current_user);
+CREATE POLICY own_inserts ON public.t FOR INSERT TO reader_b WITH CHECK (tenant = current_user);
+CREATE TABLE public.audit (n bigserial PRIMARY KEY, op text NOT NULL, id bigint);
+CREATE FUNCTION public.audit_fn() RETURNS trigger LANGUAGE plpgsql SECURITY DEFINER
+  SET search_path = public AS $$
+BEGIN
+  INSERT INTO audit (op, id) VALUES (TG_OP, CASE WHEN TG_OP = 'DELETE' THEN OLD.id ELSE NEW.id END);
+  RETURN NULL;
+END $$;
+CREATE TRIGGER t_audit AFTER INSERT OR UPDATE OR DELETE ON public.t
+  FOR EACH ROW EXECUTE FUNCTION public.audit_fn();
+CREATE TABLE public.child_a (id int PRIMARY KEY, t_id bigint REFERENCES public.t (id));
+CREATE TABLE public.child_b (id int PRIMARY KEY,
+  t_id bigint REFERENCES public.t (id) ON DELETE CASCADE);
+CREATE VIEW public.v AS SELECT id, tenant, amount FROM public.t WHERE amount >= 0;
+CREATE VIEW public.vv AS SELECT id, amount FROM public.v;
+GRANT SELECT ON public.vv TO reader_a;
+CREATE PUBLICATION pub FOR TABLE public.t;
+CREATE MATERIALIZED VIEW public.mv AS SELECT id, amount FROM public.t;
+CREATE UNIQUE INDEX mv_id ON public.mv (id);
+GRANT SELECT ON public.mv TO reader_a;
+INSERT INTO public.t (tenant, amount, parent_id, note)
+  SELECT (ARRAY['reader_a', 'reader_b', 'other'])[g % 3 + 1], g, g % 10 + 1, 'n'
+  FROM generate_series(1, 300) g;
+INSERT INTO public.child_a SELECT g, g FROM generate_series(1, 5) g;
+INSERT INTO public.child_b SELECT g, g + 10 FROM generate_series(1, 5) g;
+REFRESH MATERIALIZED VIEW public.mv;
+";
+
+async fn count(client: &Client, sql: &str) -> i64 {
+    common::scalar(client, sql).await
+}
+
+async fn text(client: &Client, sql: &str) -> Option<String> {
+    client
+        .query_one(sql, &[])
+        .await
+        .unwrap_or_else(|e| panic!("{sql}: {e}"))
+        .get(0)
+}
+
+async fn oid_of(client: &Client, name: &str) -> u32 {
+    client
+        .query_one("SELECT to_regclass($1)::oid", &[&name])
+        .await
+        .unwrap()
+        .get::<_, Option<u32>>(0)
+        .unwrap_or_else(|| panic!("{name} does not exist"))
+}
+
+/// The SQLSTATE of the error `sql` fails with (panics if it succeeds).
+async fn fails(client: &Client, sql: &str) -> String {
+    match client.batch_execute(sql).await {
+        Ok(()) => panic!("expected {sql} to fail"),
+        Err(e) => e
+            .as_db_error()
+            .map(|d| d.code().code().to_string())
+            .unwrap_or_else(|| panic!("{sql}: {e}")),
+    }
+}
+
+/// What the checks carry from one phase to the next.
+struct State {
+    /// The last value the identity of `public.t` handed out.
+    last_id: i64,
+}
+
+impl State {
+    /// Inserts a row into `public.t` as the session's current role and checks the identity
+    /// gave it the next number. Returns the id.
+    async fn insert(&mut self, client: &Client, tenant: &str, parent: i32) -> i64 {
+        let id: i64 = client
+            .query_one(
+                "INSERT INTO public.t (tenant, amount, parent_id, note) VALUES ($1, 42, $2, 'check')
+                 RETURNING id",
+                &[&tenant, &parent],
+            )
+            .await
+            .unwrap_or_else(|e| panic!("insert ({tenant}, {parent}): {e}"))
+            .get(0);
+        assert_eq!(id, self.last_id + 1, "the identity keeps numbering");
+        self.last_id = id;
+        id
+    }
+
+    /// Runs an INSERT into `public.t` that must fail with `sqlstate`, then `RESET ROLE`; the
+    /// identity value the INSERT drew is taken as the last one handed out.
+    async fn insert_fails(&mut self, client: &Client, sql: &str, sqlstate: &str) {
+        assert_eq!(fails(client, sql).await, sqlstate, "{sql}");
+        client.batch_execute("RESET ROLE").await.unwrap();
+        self.last_id = count(
+            client,
+            "SELECT currval(pg_get_serial_sequence('public.t', 'id'))",
+        )
+        .await;
+    }
+}
+
+/// Checks every dependent behaves on the relation named `public.t` now (OID `bound`, column
+/// `amount` of type `amount_type`); `kept` is the other table of the pair (None before the
+/// migration). `parent` is a parent id referenced by rows of both tables: deleting it after
+/// deleting its rows from `public.t` must not be blocked by the kept table's copies.
+async fn behaves(
+    client: &Client,
+    state: &mut State,
+    bound: u32,
+    amount_type: &str,
+    kept: Option<&str>,
+    parent: i32,
+) {
+    assert_eq!(oid_of(client, "public.t").await, bound);
+    assert_eq!(
+        text(
+            client,
+            "SELECT format_type(atttypid, atttypmod) FROM pg_attribute
+             WHERE attrelid = 'public.t'::regclass AND attname = 'amount'"
+        )
+        .await
+        .as_deref(),
+        Some(amount_type)
+    );
+
+    // Comments on the table and its columns.
+    let row = client
+        .query_one(
+            "SELECT obj_description('public.t'::regclass, 'pg_class'),
+                    col_description('public.t'::regclass, 2), col_description('public.t'::regclass, 3)",
+            &[],
+        )
+        .await
+        .unwrap();
+    assert_eq!(
+        row.get::<_, Option<String>>(0).as_deref(),
+        Some("the table")
+    );
+    assert_eq!(
+        row.get::<_, Option<String>>(1).as_deref(),
+        Some("who may see the row")
+    );
+    assert_eq!(row.get::<_, Option<String>>(2).as_deref(), Some("in cents"));
+
+    // RLS flags, and policies on this table only.
+    let row = client
+        .query_one(
+            "SELECT relrowsecurity, relforcerowsecurity FROM pg_class WHERE oid = 'public.t'::regclass",
+            &[],
+        )
+        .await
+        .unwrap();
+    assert!(
+        row.get::<_, bool>(0) && row.get::<_, bool>(1),
+        "ENABLE and FORCE"
+    );
+    assert_eq!(
+        count(
+            client,
+            &format!("SELECT count(*) FROM pg_policy WHERE polrelid = {bound}")
+        )
+        .await,
+        2
+    );
+
+    // Grants allow, and the policies filter: each reader sees its own rows only.
+    let own_a = count(
+        client,
+        "SELECT count(*) FROM public.t WHERE tenant = 'reader_a'",
+    )
+    .await;
+    assert!(own_a > 0);
+    client.batch_execute("SET ROLE reader_a").await.unwrap();
+    assert_eq!(count(client, "SELECT count(*) FROM public.t").await, own_a);
+    assert_eq!(
+        fails(
+            client,
+            "INSERT INTO public.t (tenant, amount, parent_id) VALUES ('reader_a', 1, 1)"
+        )
+        .await,
+        "42501",
+        "reader_a may not insert"
+    );
+    client.batch_execute("RESET ROLE").await.unwrap();
+    // (A refused INSERT draws no identity value: privileges are checked first.)
+    client.batch_execute("SET ROLE reader_b").await.unwrap();
+    let b_id = state.insert(client, "reader_b", 1).await;
+    assert_eq!(
+        count(
+            client,
+            &format!("SELECT count(*) FROM public.t WHERE id = {b_id}")
+        )
+        .await,
+        1
+    );
+    assert_eq!(
+        count(
+            client,
+            "SELECT count(*) FROM public.t WHERE tenant <> 'reader_b'"
+        )
+        .await,
+        0,
+        "reader_b sees only its rows"
+    );
+    state
+        .insert_fails(
+            client,
+            "INSERT INTO public.t (tenant, amount, parent_id) VALUES ('other', 1, 1)",
+            "42501",
+        )
+        .await;
+
+    // The trigger fires once per write on this table, never on the kept one.
+    let audit = "SELECT count(*) FROM public.audit";
+    let before = count(client, audit).await;
+    let id = state.insert(client, "other", 2).await;
+    assert_eq!(count(client, audit).await, before + 1, "insert");
+    client
+        .batch_execute(&format!(
+            "UPDATE public.t SET note = 'updated' WHERE id = {id}"
+        ))
+        .await
+        .unwrap();
+    assert_eq!(count(client, audit).await, before + 2, "update");
+    // The view and the view on it return the new row; reader_a may read the outer one.
+    assert_eq!(
+        count(
+            client,
+            &format!("SELECT count(*) FROM public.vv WHERE id = {id}")
+        )
+        .await,
+        1
+    );
+    assert_eq!(
+        count(client, "SELECT count(*) FROM public.v").await,
+        count(client, "SELECT count(*) FROM public.t").await
+    );
+    client.batch_execute("SET ROLE reader_a").await.unwrap();
+    assert_eq!(
+        count(
+            client,
+            &format!("SELECT count(*) FROM public.vv WHERE id = {id}")
+        )
+        .await,
+        1
+    );
+    client.batch_execute("RESET ROLE").await.unwrap();
+    client
+        .batch_execute(&format!("DELETE FROM public.t WHERE id = {id}"))
+        .await
+        .unwrap();
+    assert_eq!(count(client, audit).await, before + 3, "delete");
+    if let Some(kept) = kept {
+        client
+            .batch_execute(&format!(
+                "INSERT INTO {kept} (id, tenant, amount, parent_id) OVERRIDING SYSTEM VALUE
+                   VALUES (-1, 'other', 1, 1);
+                 UPDATE {kept} SET note = 'x' WHERE id = -1;
+                 DELETE FROM {kept} WHERE id = -1;"
+            ))
+            .await
+            .unwrap();
+        assert_eq!(
+            count(client, audit).await,
+            before + 3,
+            "nothing fires on {kept}"
+        );
+    }
+
+    // The foreign key to the parent is enforced on new rows...
+    state
+        .insert_fails(
+            client,
+            "INSERT INTO public.t (tenant, amount, parent_id) VALUES ('other', 1, 999)",
+            "23503",
+        )
+        .await;
+    // ... and a parent whose rows are gone from this table can be deleted, although the kept
+    // table still has copies of them.
+    if let Some(kept) = kept {
+        assert!(
+            count(
+                client,
+                &format!("SELECT count(*) FROM {kept} WHERE parent_id = {parent}")
+            )
+            .await
+                > 0
+        );
+    }
+    client
+        .batch_execute(&format!(
+            "DELETE FROM public.t WHERE parent_id = {parent}; DELETE FROM public.parent WHERE id = {parent};"
+        ))
+        .await
+        .unwrap_or_else(|e| panic!("deleting parent {parent}: {e:?}"));
+
+    // Inbound foreign keys: bound to this table, validated, rejecting orphans, cascading.
+    assert_eq!(
+        count(
+            client,
+            &format!(
+                "SELECT count(*) FROM pg_constraint WHERE contype = 'f' AND confrelid = {bound} AND convalidated
+                 AND conrelid IN ('public.child_a'::regclass, 'public.child_b'::regclass)"
+            )
+        )
+        .await,
+        2
+    );
+    assert_eq!(
+        fails(client, "INSERT INTO public.child_a VALUES (100, 999999)").await,
+        "23503"
+    );
+    assert_eq!(
+        fails(client, "INSERT INTO public.child_b VALUES (100, 999999)").await,
+        "23503"
+    );
+    let id = state.insert(client, "other", 3).await;
+    client
+        .batch_execute(&format!(
+            "INSERT INTO public.child_a VALUES (100, {id}); INSERT INTO public.child_b VALUES (100, {id})"
+        ))
+        .await
+        .unwrap();
+    assert_eq!(
+        fails(client, &format!("DELETE FROM public.t WHERE id = {id}")).await,
+        "23503",
+        "child_a's key blocks the delete"
+    );
+    client
+        .batch_execute(&format!(
+            "DELETE FROM public.child_a WHERE id = 100; DELETE FROM public.t WHERE id = {id}"
+        ))
+        .await
+        .unwrap();
+    assert_eq!(
+        count(client, "SELECT count(*) FROM public.child_b WHERE id = 100").await,
+        0,
+        "ON DELETE CASCADE"
+    );
+
+    // The publication lists this table.
+    assert_eq!(
+        count(
+            client,
+            &format!(
+                "SELECT count(*) FROM pg_publication_rel pr JOIN pg_publication p ON p.oid = pr.prpubid
+                 WHERE p.pubname = 'pub' AND pr.prrelid = {bound}"
+            )
+        )
+        .await,
+        1
+    );
+
+    // The materialized view reads this table: a refresh sees a new row; index and grant kept.
+    assert_eq!(
+        count(
+            client,
+            &format!(
+                "SELECT count(*) FROM pg_depend d JOIN pg_rewrite r ON r.oid = d.objid
+                 WHERE r.ev_class = 'public.mv'::regclass AND d.refclassid = 'pg_class'::regclass
+                   AND d.refobjid = {bound}"
+            )
+        )
+        .await,
+        2,
+        "mv's query uses this table's id and amount"
+    );
+    let id = state.insert(client, "other", 4).await;
+    client
+        .batch_execute("REFRESH MATERIALIZED VIEW CONCURRENTLY public.mv")
+        .await
+        .unwrap();
+    client.batch_execute("SET ROLE reader_a").await.unwrap();
+    assert_eq!(
+        count(
+            client,
+            &format!("SELECT count(*) FROM public.mv WHERE id = {id}")
+        )
+        .await,
+        1
+    );
+    client.batch_execute("RESET ROLE").await.unwrap();
+    assert_eq!(
+        count(client, "SELECT count(*) FROM public.mv").await,
+        count(client, "SELECT count(*) FROM public.t").await
+    );
+    client
+        .batch_execute(&format!(
+            "DELETE FROM public.t WHERE id = {id}; REFRESH MATERIALIZED VIEW public.mv"
+        ))
+        .await
+        .unwrap();
+}
+
+/// Runs `file` with `psql -X -v ON_ERROR_STOP=1` on `cluster` (psql reads it from stdin: it
+/// runs as the cluster's OS user, who may not be able to open the file).
+fn run_psql_file(cluster: &LocalCluster, file: &std::path::Path) {
+    let output = cluster
+        .command("psql")
+        .args(["-X", "-q", "-v", "ON_ERROR_STOP=1", "-f", "-"])
+        .stdin(std::fs::File::open(file).expect("the rollback script exists"))
+        .output()
+        .expect("psql runs");
+    assert!(
+        output.status.success(),
+        "rollback script failed: {}{}",
+        String::from_utf8_lossy(&output.stdout),
+        String::from_utf8_lossy(&output.stderr)
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_dependent_behaves_after_migration_and_after_the_rollback_script() {
+    let cluster = common::cluster().await;
+    let client = cluster.connect("postgres").await.unwrap();
+    client.batch_execute(SCHEMA).await.unwrap();
+    let original = oid_of(&client, "public.t").await;
+    let names = Names::new("public", "t", original);
+    let mut state = State {
+        last_id: count(&client, "SELECT max(id) FROM public.t").await,
+    };
+    behaves(&client, &mut state, original, "integer", None, 7).await;
+
+    let dir = tempfile::tempdir().unwrap();
+    let options = RunOptions {
+        execute: true,
+        work_dir: dir.path().to_path_buf(),
+        rollback_dir: dir.path().to_path_buf(),
+        ..RunOptions::new("public.t", &["ALTER COLUMN amount TYPE bigint"])
+    };
+    let config = cluster.conninfo("postgres").parse().unwrap();
+    let outcome = migration::run(&config, &options, &Cancel::never())
+        .await
+        .unwrap();
+    let Outcome::Migrated(report) = outcome else {
+        panic!("expected a migration, got {outcome:?}")
+    };
+    assert!(
+        report.cutover.unvalidated.is_empty(),
+        "every after-commit step succeeded: {:?}",
+        report.cutover.unvalidated
+    );
+    let new = oid_of(&client, "public.t").await;
+    assert_ne!(new, original);
+    assert_eq!(oid_of(&client, &names.old_qualified()).await, original);
+    behaves(
+        &client,
+        &mut state,
+        new,
+        "bigint",
+        Some(&names.old_qualified()),
+        8,
+    )
+    .await;
+
+    run_psql_file(&cluster, &report.cutover.rollback_path);
+    assert_eq!(oid_of(&client, &names.shadow_qualified()).await, new);
+    behaves(
+        &client,
+        &mut state,
+        original,
+        "integer",
+        Some(&names.shadow_qualified()),
+        9,
+    )
+    .await;
+    // Nothing doppel built for the rebuilds is left.
+    assert_eq!(
+        count(
+            &client,
+            "SELECT count(*) FROM pg_class WHERE relname LIKE '\\_doppel\\_%\\_mv%'"
+        )
+        .await,
+        0
+    );
+}
