@@ -224,6 +224,10 @@ struct CleanupArgs {
     /// The table whose leftovers to remove.
     #[arg(long)]
     table: String,
+    /// The interrupted run's --work-dir: also remove its change spool files and control
+    /// socket there.
+    #[arg(long)]
+    work_dir: Option<PathBuf>,
 }
 
 #[derive(ValueEnum, Clone, Copy, Debug)]
@@ -420,7 +424,7 @@ async fn run(args: RunArgs, cancel: &Cancel) -> anyhow::Result<()> {
 
 async fn cleanup(args: CleanupArgs) -> anyhow::Result<()> {
     let config = conninfo::resolve(args.conn.dsn.as_deref())?;
-    let report = migration::cleanup(&config, &args.table).await?;
+    let report = migration::cleanup(&config, &args.table, args.work_dir.as_deref()).await?;
     if report.removed.is_empty() {
         println!("nothing to clean up for {}", args.table);
     } else {

@@ -872,7 +872,7 @@ async fn phases_inner(
         .await?;
     pauses.point("verifying", &plan.names.shadow).await;
     let verify = tokio::select! {
-        r = verify::verify(control, &mut peer, plan, &fencer, applier) => r?,
+        r = verify::verify(control, &mut peer, plan, &fencer, applier) => r.map_err(|e| stream_error_first(guard, e))?,
         _ = cancel.cancelled() => return Err(crate::failure::fail(crate::failure::FailureKind::Aborted, "interrupted during verification: cleaning up")),
     };
     phases.push(("verify", phase.elapsed()));
@@ -912,10 +912,20 @@ async fn phases_inner(
             cancel: cancel.clone(),
         },
     )
-    .await?;
+    .await
+    .map_err(|e| stream_error_first(guard, e))?;
     phases.push(("cutover", phase.elapsed()));
     let applied = applier.status().changes;
     Ok((copy, verify, cut, applied))
+}
+
+/// When a phase fails because the applier stopped, the cause is often the stream that fed it
+/// (a terminated WAL sender): report that error (exit code 4) rather than its consequence.
+fn stream_error_first(guard: &TaskGuard, e: anyhow::Error) -> anyhow::Error {
+    match guard.streamer.as_ref().map(|s| s.check()) {
+        Some(Err(stream)) => stream.context(format!("{e:#}")),
+        _ => e,
+    }
 }
 
 /// Waits until the applier has applied everything committed before now (a fence), checking
@@ -1009,9 +1019,17 @@ pub struct CleanupReport {
 }
 
 /// Removes what an interrupted run on `table` left behind: the shadow table, the publication
-/// and an inactive slot named after the table's OID. Refuses while a run holds the table's
-/// advisory lock.
-pub async fn cleanup(config: &tokio_postgres::Config, table: &str) -> Result<CleanupReport> {
+/// and an inactive slot named after the table's OID, and, given the run's `work_dir`, its
+/// change spool files (`doppel-<oid>-<pid>.spool`) and control socket (`doppel-<oid>.sock`).
+/// Refuses while a run holds the table's advisory lock.
+///
+/// Errors: the table does not exist, a run is active on it, a slot is in use, or a DROP or
+/// file removal failed.
+pub async fn cleanup(
+    config: &tokio_postgres::Config,
+    table: &str,
+    work_dir: Option<&std::path::Path>,
+) -> Result<CleanupReport> {
     let client = conninfo::connect(config).await?;
     let oid = catalog::resolve(&client, table).await?;
     let t = catalog::inspect(&client, oid).await?;
@@ -1078,6 +1096,31 @@ pub async fn cleanup(config: &tokio_postgres::Config, table: &str) -> Result<Cle
         report
             .removed
             .push(format!("shadow table {}", names.shadow_qualified()));
+    }
+    if let Some(dir) = work_dir {
+        let spool_prefix = format!("doppel-{oid}-");
+        let socket = format!("doppel-{oid}.sock");
+        let entries = std::fs::read_dir(dir)
+            .with_context(|| format!("cannot read the work directory {}", dir.display()))?;
+        let mut files: Vec<_> = entries
+            .flatten()
+            .filter(|e| {
+                let name = e.file_name().to_string_lossy().to_string();
+                (name.starts_with(&spool_prefix) && name.ends_with(".spool")) || name == socket
+            })
+            .map(|e| e.path())
+            .collect();
+        files.sort();
+        for path in files {
+            std::fs::remove_file(&path)
+                .with_context(|| format!("cannot remove {}", path.display()))?;
+            let what = if path.extension().is_some_and(|x| x == "sock") {
+                "control socket"
+            } else {
+                "change spool"
+            };
+            report.removed.push(format!("{what} {}", path.display()));
+        }
     }
     Ok(report)
 }
