@@ -49,7 +49,8 @@
 use std::collections::{BTreeMap, HashMap};
 
 use anyhow::{Context, Result, bail};
-use tokio_postgres::GenericClient;
+use tokio_postgres::types::ToSql;
+use tokio_postgres::{GenericClient, Row};
 
 use crate::plan::{Names, comment_sql};
 use crate::sql::{ident, literal, qualified};
@@ -631,29 +632,225 @@ fn references(rels: usize, types: usize) -> String {
     )
 }
 
+/// Rows of `sql`; errors carry `what` (e.g. "reading triggers").
+async fn fetch(
+    client: &impl GenericClient,
+    sql: &str,
+    params: &[&(dyn ToSql + Sync)],
+    what: &'static str,
+) -> Result<Vec<Row>> {
+    client.query(sql, params).await.context(what)
+}
+
+/// The row of `sql`, if any; errors carry `what`.
+async fn fetch_opt(
+    client: &impl GenericClient,
+    sql: &str,
+    params: &[&(dyn ToSql + Sync)],
+    what: &'static str,
+) -> Result<Option<Row>> {
+    client.query_opt(sql, params).await.context(what)
+}
+
+/// Catalog query of [`read`]: the table.
+const TABLE_SQL: &str =
+    "SELECT n.nspname::text, c.relname::text, c.relrowsecurity, c.relforcerowsecurity,
+           c.relreplident::text,
+           (SELECT ic.relname::text FROM pg_index i JOIN pg_class ic ON ic.oid = i.indexrelid
+             WHERE i.indrelid = c.oid AND i.indisreplident),
+           coalesce(c.reloptions, '{}')::text[], coalesce(tc.reloptions, '{}')::text[], c.reltype
+    FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace
+    LEFT JOIN pg_class tc ON tc.oid = c.reltoastrelid
+    WHERE c.oid = $1";
+
+/// Catalog query of [`read`]: statistics targets.
+const STATISTICS_TARGETS_SQL: &str = "SELECT attname::text, attstattarget::int FROM pg_attribute
+    WHERE attrelid = $1 AND attnum > 0 AND NOT attisdropped
+      AND nullif(attstattarget::int, -1) IS NOT NULL ORDER BY attnum";
+
+/// Catalog query of [`read`]: column dependencies.
+const COLUMN_USE_SQL: &str =
+    "SELECT d.classid::regclass::text, d.objid::oid, array_agg(DISTINCT a.attname::text)
+    FROM pg_depend d
+    JOIN pg_attribute a ON a.attrelid = d.refobjid AND a.attnum = d.refobjsubid
+    WHERE d.refclassid = 'pg_class'::regclass AND d.refobjid = $1 AND d.refobjsubid > 0
+    GROUP BY 1, 2";
+
+/// Catalog query of [`read`]: dependent views.
+const VIEWS_SQL: &str = "WITH RECURSIVE chain(oid, depth) AS (
+      SELECT r.ev_class, 1
+      FROM pg_depend d JOIN pg_rewrite r ON r.oid = d.objid
+      WHERE d.classid = 'pg_rewrite'::regclass AND r.rulename = '_RETURN' AND r.ev_class <> $1
+        AND ((d.refclassid = 'pg_class'::regclass AND d.refobjid = $1)
+          OR (d.refclassid = 'pg_type'::regclass
+              AND d.refobjid = (SELECT reltype FROM pg_class WHERE oid = $1)))
+      UNION
+      SELECT r.ev_class, chain.depth + 1
+      FROM chain JOIN pg_class base ON base.oid = chain.oid
+      JOIN pg_depend d ON d.classid = 'pg_rewrite'::regclass
+        AND ((d.refclassid = 'pg_class'::regclass AND d.refobjid = base.oid)
+          OR (d.refclassid = 'pg_type'::regclass AND d.refobjid = base.reltype))
+      JOIN pg_rewrite r ON r.oid = d.objid
+      WHERE r.rulename = '_RETURN' AND r.ev_class <> base.oid AND chain.depth < 1000
+    ), deepest AS (SELECT oid, max(depth) AS depth FROM chain GROUP BY oid)
+    SELECT v.oid, n.nspname::text, v.relname::text, v.relkind = 'm', v.relispopulated,
+           v.relpersistence = 't', deepest.depth, pg_get_viewdef(v.oid, false),
+           coalesce(v.reloptions, '{}')::text[], pg_get_userbyid(v.relowner)::text,
+           pg_has_role(v.relowner, 'USAGE'),
+           (SELECT spcname::text FROM pg_tablespace WHERE oid = v.reltablespace),
+           obj_description(v.oid, 'pg_class'),
+           (SELECT r.oid FROM pg_rewrite r WHERE r.ev_class = v.oid AND r.rulename = '_RETURN'),
+           v.reltype
+    FROM deepest JOIN pg_class v ON v.oid = deepest.oid
+    JOIN pg_namespace n ON n.oid = v.relnamespace
+    ORDER BY deepest.depth, v.oid";
+
+/// Catalog query of [`read`]: foreign keys from other tables.
+const FOREIGN_KEYS_SQL: &str =
+    "SELECT con.conrelid, n.nspname::text, c.relname::text, c.relkind = 'p',
+           con.conname::text, pg_get_constraintdef(con.oid), con.convalidated,
+           ARRAY(SELECT a.attname::text FROM unnest(con.confkey) WITH ORDINALITY AS k(attnum, ord)
+                 JOIN pg_attribute a ON a.attrelid = con.confrelid AND a.attnum = k.attnum
+                 ORDER BY k.ord),
+           (SELECT relname::text FROM pg_class WHERE oid = con.conindid),
+           pg_has_role(c.relowner, 'USAGE'), pg_get_userbyid(c.relowner)::text
+    FROM pg_constraint con JOIN pg_class c ON c.oid = con.conrelid
+    JOIN pg_namespace n ON n.oid = c.relnamespace
+    WHERE con.contype = 'f' AND con.confrelid = $1 AND con.conrelid <> $1
+      AND con.conparentid = 0
+    ORDER BY con.conrelid, con.conname";
+
+/// Catalog query of [`read`]: extended statistics.
+const STATISTICS_SQL: &str =
+    "SELECT s.oid, n.nspname::text, s.stxname::text, pg_get_statisticsobjdef(s.oid),
+           nullif(coalesce(s.stxstattarget::int, -1), -1),
+           pg_get_userbyid(s.stxowner)::text, pg_has_role(s.stxowner, 'USAGE'),
+           obj_description(s.oid, 'pg_statistic_ext')
+    FROM pg_statistic_ext s JOIN pg_namespace n ON n.oid = s.stxnamespace
+    WHERE s.stxrelid = $1 ORDER BY n.nspname, s.stxname";
+
+/// Catalog query of [`read`]: grants on dependent views.
+const VIEW_GRANTS_SQL: &str = "SELECT c.oid, NULL::text,
+           CASE WHEN a.grantee = 0 THEN 'PUBLIC' ELSE quote_ident(pg_get_userbyid(a.grantee)) END,
+           a.privilege_type::text, a.is_grantable
+    FROM pg_class c, aclexplode(c.relacl) a
+    WHERE c.oid = ANY($1::oid[]) AND a.grantee <> c.relowner
+    UNION ALL
+    SELECT att.attrelid, att.attname::text,
+           CASE WHEN a.grantee = 0 THEN 'PUBLIC' ELSE quote_ident(pg_get_userbyid(a.grantee)) END,
+           a.privilege_type::text, a.is_grantable
+    FROM pg_attribute att JOIN pg_class c ON c.oid = att.attrelid, aclexplode(att.attacl) a
+    WHERE att.attrelid = ANY($1::oid[]) AND att.attnum > 0 AND NOT att.attisdropped
+      AND a.grantee <> c.relowner
+    ORDER BY 1, 2 NULLS FIRST, 3, 4";
+
+/// Catalog query of [`read`]: column comments of dependent views.
+const VIEW_COLUMN_COMMENTS_SQL: &str = "SELECT d.objoid, a.attname::text, d.description
+    FROM pg_description d
+    JOIN pg_attribute a ON a.attrelid = d.objoid AND a.attnum = d.objsubid
+    WHERE d.classoid = 'pg_class'::regclass AND d.objoid = ANY($1::oid[]) AND d.objsubid > 0
+    ORDER BY 1, a.attnum";
+
+/// Catalog query of [`read`]: column defaults of dependent views.
+const VIEW_COLUMN_DEFAULTS_SQL: &str =
+    "SELECT ad.adrelid, a.attname::text, pg_get_expr(ad.adbin, ad.adrelid)
+    FROM pg_attrdef ad
+    JOIN pg_attribute a ON a.attrelid = ad.adrelid AND a.attnum = ad.adnum
+    WHERE ad.adrelid = ANY($1::oid[]) ORDER BY 1, a.attnum";
+
+/// Catalog query of [`read`]: indexes of dependent materialized views.
+const MATVIEW_INDEXES_SQL: &str =
+    "SELECT i.indrelid, i.indexrelid, ic.relname::text, i.indisunique,
+           pg_get_indexdef(i.indexrelid),
+           format('CREATE %sINDEX %s ON %s.%s ', CASE WHEN i.indisunique THEN 'UNIQUE ' ELSE '' END,
+                  quote_ident(ic.relname), quote_ident(n.nspname), quote_ident(c.relname)),
+           (SELECT spcname::text FROM pg_tablespace WHERE oid = ic.reltablespace),
+           i.indisclustered, obj_description(i.indexrelid, 'pg_class')
+    FROM pg_index i JOIN pg_class ic ON ic.oid = i.indexrelid
+    JOIN pg_class c ON c.oid = i.indrelid JOIN pg_namespace n ON n.oid = c.relnamespace
+    WHERE i.indrelid = ANY($1::oid[]) ORDER BY i.indrelid, i.indexrelid";
+
+/// Catalog query of [`read`]: the views materialized views use.
+const MATVIEW_VIEWS_SQL: &str =
+    "SELECT DISTINCT format('%I.%I', mn.nspname, m.relname), format('%I.%I', vn.nspname, v.relname)
+    FROM pg_rewrite r JOIN pg_depend d ON d.classid = 'pg_rewrite'::regclass AND d.objid = r.oid
+    JOIN pg_class v ON (d.refclassid = 'pg_class'::regclass AND v.oid = d.refobjid)
+                    OR (d.refclassid = 'pg_type'::regclass AND v.reltype = d.refobjid)
+    JOIN pg_namespace vn ON vn.oid = v.relnamespace
+    JOIN pg_class m ON m.oid = r.ev_class JOIN pg_namespace mn ON mn.oid = m.relnamespace
+    WHERE r.rulename = '_RETURN' AND r.ev_class = ANY($1::oid[]) AND v.oid = ANY($2::oid[])
+    ORDER BY 1, 2";
+
+/// Catalog query of [`read`]: what depends on materialized views.
+const MATVIEW_DEPENDENTS_SQL: &str = "SELECT DISTINCT format('%I.%I', mn.nspname, m.relname),
+           coalesce((SELECT pg_describe_object('pg_class'::regclass, r.ev_class, 0) FROM pg_rewrite r
+                     WHERE d.classid = 'pg_rewrite'::regclass AND r.oid = d.objid AND r.rulename = '_RETURN'),
+                    pg_describe_object(d.classid, d.objid, 0))
+    FROM pg_depend d
+    JOIN pg_class m ON (d.refclassid = 'pg_class'::regclass AND m.oid = d.refobjid)
+                    OR (d.refclassid = 'pg_type'::regclass AND m.reltype = d.refobjid)
+    JOIN pg_namespace mn ON mn.oid = m.relnamespace
+    WHERE m.oid = ANY($1::oid[]) AND d.deptype IN ('n', 'a')
+      AND d.classid IN ('pg_rewrite'::regclass, 'pg_policy'::regclass, 'pg_statistic_ext'::regclass)
+      AND NOT (d.classid = 'pg_rewrite'::regclass
+               AND d.objid IN (SELECT oid FROM pg_rewrite WHERE ev_class = m.oid))
+    ORDER BY 1, 2";
+
+/// Catalog query of [`read`]: triggers.
+const TRIGGERS_SQL: &str =
+    "SELECT tg.oid, tg.tgrelid, n.nspname::text, c.relname::text, tg.tgname::text,
+           pg_get_triggerdef(tg.oid, false), tg.tgenabled::text
+    FROM pg_trigger tg JOIN pg_class c ON c.oid = tg.tgrelid
+    JOIN pg_namespace n ON n.oid = c.relnamespace
+    WHERE tg.tgrelid = ANY($1::oid[]) AND NOT tg.tgisinternal
+    ORDER BY tg.tgrelid, tg.tgname";
+
 async fn read_qualified(
     client: &impl GenericClient,
     oid: u32,
     own_publication: &str,
 ) -> Result<Dependents> {
-    let version: i32 = client
-        .query_one("SELECT current_setting('server_version_num')::int", &[])
-        .await?
-        .get(0);
-    let row = client
-        .query_opt(
-            "SELECT n.nspname::text, c.relname::text, c.relrowsecurity, c.relforcerowsecurity,
-                    c.relreplident::text,
-                    (SELECT ic.relname::text FROM pg_index i JOIN pg_class ic ON ic.oid = i.indexrelid
-                      WHERE i.indrelid = c.oid AND i.indisreplident),
-                    coalesce(c.reloptions, '{}')::text[], coalesce(tc.reloptions, '{}')::text[]
-             FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace
-             LEFT JOIN pg_class tc ON tc.oid = c.reltoastrelid
-             WHERE c.oid = $1",
-            &[&oid],
-        )
-        .await
-        .context("reading the table")?;
+    // Every query that needs only the table's OID, pipelined (sent together on the
+    // connection, not one round trip after the other): the read runs again under the
+    // cutover lock, where each round trip lengthens the lock hold.
+    let by_oid: [&(dyn ToSql + Sync); 1] = [&oid];
+    let (version, row, stat_targets, column_rows, view_rows, fk_rows, statistics_rows) = futures_util::try_join!(
+        fetch_opt(
+            client,
+            "SELECT current_setting('server_version_num')::int",
+            &[],
+            "reading the server version"
+        ),
+        fetch_opt(client, TABLE_SQL, &by_oid, "reading the table"),
+        fetch(
+            client,
+            STATISTICS_TARGETS_SQL,
+            &by_oid,
+            "reading statistics targets"
+        ),
+        fetch(
+            client,
+            COLUMN_USE_SQL,
+            &by_oid,
+            "reading column dependencies"
+        ),
+        fetch(client, VIEWS_SQL, &by_oid, "reading dependent views"),
+        fetch(
+            client,
+            FOREIGN_KEYS_SQL,
+            &by_oid,
+            "reading foreign keys from other tables"
+        ),
+        fetch(
+            client,
+            STATISTICS_SQL,
+            &by_oid,
+            "reading extended statistics"
+        ),
+    )?;
+    let version: i32 = version
+        .map(|r| r.get(0))
+        .context("reading the server version")?;
     let Some(row) = row else {
         bail!("no relation has OID {oid}: was the table dropped?");
     };
@@ -680,34 +877,13 @@ async fn read_qualified(
         unsupported: Vec::new(),
     };
     let table_q = qualified(&deps.schema, &deps.table);
+    let table_type: u32 = row.get(8);
 
-    deps.statistics_targets = client
-        .query(
-            "SELECT attname::text, attstattarget::int FROM pg_attribute
-             WHERE attrelid = $1 AND attnum > 0 AND NOT attisdropped
-               AND nullif(attstattarget::int, -1) IS NOT NULL ORDER BY attnum",
-            &[&oid],
-        )
-        .await
-        .context("reading statistics targets")?
-        .iter()
-        .map(|r| (r.get(0), r.get(1)))
-        .collect();
+    deps.statistics_targets = stat_targets.iter().map(|r| (r.get(0), r.get(1))).collect();
 
     // Which columns of the table each dependent object uses (pg_depend on the column).
     let mut columns: ColumnUse = HashMap::new();
-    for r in client
-        .query(
-            "SELECT d.classid::regclass::text, d.objid::oid, array_agg(DISTINCT a.attname::text)
-             FROM pg_depend d
-             JOIN pg_attribute a ON a.attrelid = d.refobjid AND a.attnum = d.refobjsubid
-             WHERE d.refclassid = 'pg_class'::regclass AND d.refobjid = $1 AND d.refobjsubid > 0
-             GROUP BY 1, 2",
-            &[&oid],
-        )
-        .await
-        .context("reading column dependencies")?
-    {
+    for r in column_rows {
         let catalog: String = r.get(0);
         let catalog = catalog.trim_start_matches("pg_catalog.").to_string();
         columns.insert((catalog, r.get(1)), r.get(2));
@@ -715,39 +891,10 @@ async fn read_qualified(
 
     // Views, transitively: a view depends on the table (or a view, or their row types)
     // through its _RETURN rule. Depth is the longest chain from the table.
-    let rows = client
-        .query(
-            "WITH RECURSIVE chain(oid, depth) AS (
-               SELECT r.ev_class, 1
-               FROM pg_depend d JOIN pg_rewrite r ON r.oid = d.objid
-               WHERE d.classid = 'pg_rewrite'::regclass AND r.rulename = '_RETURN' AND r.ev_class <> $1
-                 AND ((d.refclassid = 'pg_class'::regclass AND d.refobjid = $1)
-                   OR (d.refclassid = 'pg_type'::regclass
-                       AND d.refobjid = (SELECT reltype FROM pg_class WHERE oid = $1)))
-               UNION
-               SELECT r.ev_class, chain.depth + 1
-               FROM chain JOIN pg_class base ON base.oid = chain.oid
-               JOIN pg_depend d ON d.classid = 'pg_rewrite'::regclass
-                 AND ((d.refclassid = 'pg_class'::regclass AND d.refobjid = base.oid)
-                   OR (d.refclassid = 'pg_type'::regclass AND d.refobjid = base.reltype))
-               JOIN pg_rewrite r ON r.oid = d.objid
-               WHERE r.rulename = '_RETURN' AND r.ev_class <> base.oid AND chain.depth < 1000
-             ), deepest AS (SELECT oid, max(depth) AS depth FROM chain GROUP BY oid)
-             SELECT v.oid, n.nspname::text, v.relname::text, v.relkind = 'm', v.relispopulated,
-                    v.relpersistence = 't', deepest.depth, pg_get_viewdef(v.oid, false),
-                    coalesce(v.reloptions, '{}')::text[], pg_get_userbyid(v.relowner)::text,
-                    pg_has_role(v.relowner, 'USAGE'),
-                    (SELECT spcname::text FROM pg_tablespace WHERE oid = v.reltablespace),
-                    obj_description(v.oid, 'pg_class'),
-                    (SELECT r.oid FROM pg_rewrite r WHERE r.ev_class = v.oid AND r.rulename = '_RETURN')
-             FROM deepest JOIN pg_class v ON v.oid = deepest.oid
-             JOIN pg_namespace n ON n.oid = v.relnamespace
-             ORDER BY deepest.depth, v.oid",
-            &[&oid],
-        )
-        .await
-        .context("reading dependent views")?;
+    let rows = view_rows;
+    let mut set_types: Vec<u32> = vec![table_type];
     for r in &rows {
+        set_types.push(r.get(14));
         let view = View {
             oid: r.get(0),
             schema: r.get(1),
@@ -790,43 +937,176 @@ async fn read_qualified(
     let view_oids: Vec<u32> = deps.views.iter().map(|v| v.oid).collect();
     let mut set: Vec<u32> = vec![oid];
     set.extend(&view_oids);
-    let set_types: Vec<u32> = client
-        .query(
-            "SELECT reltype FROM pg_class WHERE oid = ANY($1::oid[]) AND reltype <> 0",
-            &[&set],
-        )
-        .await?
-        .iter()
-        .map(|r| r.get(0))
-        .collect();
     let view_index: HashMap<u32, usize> = deps
         .views
         .iter()
         .enumerate()
         .map(|(i, v)| (v.oid, i))
         .collect();
+    let matviews: Vec<u32> = deps
+        .views
+        .iter()
+        .filter(|v| v.materialized)
+        .map(|v| v.oid)
+        .collect();
+    let plain: Vec<u32> = deps
+        .views
+        .iter()
+        .filter(|v| !v.materialized)
+        .map(|v| v.oid)
+        .collect();
+    let rules_sql = format!(
+        "SELECT r.oid, r.ev_class, n.nspname::text, c.relname::text, r.rulename::text,
+                pg_get_ruledef(r.oid, false), r.ev_enabled::text, pg_has_role(c.relowner, 'USAGE'),
+                pg_get_userbyid(c.relowner)::text, c.relkind IN ('r', 'p')
+         FROM pg_rewrite r JOIN pg_class c ON c.oid = r.ev_class
+         JOIN pg_namespace n ON n.oid = c.relnamespace
+         WHERE r.rulename <> '_RETURN'
+           AND (r.ev_class = ANY($1::oid[])
+                OR r.oid IN (SELECT d.objid FROM pg_depend d
+                             WHERE d.classid = 'pg_rewrite'::regclass AND {}))
+         ORDER BY r.ev_class, r.rulename",
+        references(1, 2)
+    );
+    let policies_sql = format!(
+        "SELECT p.oid, p.polrelid, n.nspname::text, c.relname::text, p.polname::text,
+                p.polcmd::text, p.polpermissive,
+                ARRAY(SELECT CASE WHEN r = 0 THEN 'PUBLIC' ELSE quote_ident(pg_get_userbyid(r)) END
+                      FROM unnest(p.polroles) AS r),
+                pg_get_expr(p.polqual, p.polrelid), pg_get_expr(p.polwithcheck, p.polrelid),
+                pg_has_role(c.relowner, 'USAGE'), pg_get_userbyid(c.relowner)::text
+         FROM pg_policy p JOIN pg_class c ON c.oid = p.polrelid
+         JOIN pg_namespace n ON n.oid = c.relnamespace
+         WHERE p.polrelid = $3
+            OR p.oid IN (SELECT d.objid FROM pg_depend d
+                         WHERE d.classid = 'pg_policy'::regclass AND {})
+         ORDER BY p.polrelid, p.polname",
+        references(1, 2)
+    );
+    let publications_sql = if version >= 150000 {
+        "SELECT p.pubname::text, pg_get_expr(pr.prqual, pr.prrelid),
+                CASE WHEN pr.prattrs IS NULL THEN NULL ELSE
+                  ARRAY(SELECT a.attname::text FROM unnest(pr.prattrs::int2[]) WITH ORDINALITY AS k(attnum, ord)
+                        JOIN pg_attribute a ON a.attrelid = pr.prrelid AND a.attnum = k.attnum
+                        ORDER BY k.ord) END,
+                pr.oid, pg_has_role(p.pubowner, 'USAGE'), pg_get_userbyid(p.pubowner)::text
+         FROM pg_publication_rel pr JOIN pg_publication p ON p.oid = pr.prpubid
+         WHERE pr.prrelid = $1 AND p.pubname <> $2 ORDER BY 1"
+    } else {
+        "SELECT p.pubname::text, NULL::text, NULL::text[], pr.oid,
+                pg_has_role(p.pubowner, 'USAGE'), pg_get_userbyid(p.pubowner)::text
+         FROM pg_publication_rel pr JOIN pg_publication p ON p.oid = pr.prpubid
+         WHERE pr.prrelid = $1 AND p.pubname <> $2 ORDER BY 1"
+    };
+    let others_sql = format!(
+        "SELECT DISTINCT pg_describe_object(d.classid, d.objid, 0),
+                d.classid = 'pg_proc'::regclass
+                  AND EXISTS (SELECT 1 FROM pg_proc p WHERE p.oid = d.objid AND p.prosqlbody IS NOT NULL),
+                d.refclassid = 'pg_type'::regclass,
+                pg_describe_object(CASE WHEN d.refclassid = 'pg_type'::regclass
+                                        THEN 'pg_class'::regclass ELSE d.refclassid END,
+                                   CASE WHEN d.refclassid = 'pg_type'::regclass
+                                        THEN (SELECT typrelid FROM pg_type WHERE oid = d.refobjid)
+                                        ELSE d.refobjid END, 0)
+         FROM pg_depend d
+         WHERE {} AND d.deptype IN ('n', 'a')
+           AND d.classid NOT IN ('pg_rewrite'::regclass, 'pg_policy'::regclass,
+                                 'pg_publication_rel'::regclass, 'pg_statistic_ext'::regclass)
+           AND NOT (d.classid = 'pg_class'::regclass AND d.refclassid = 'pg_class'::regclass)
+           AND NOT (d.classid = 'pg_trigger'::regclass AND EXISTS (
+                 SELECT 1 FROM pg_trigger tg LEFT JOIN pg_constraint con ON con.oid = tg.tgconstraint
+                 WHERE tg.oid = d.objid
+                   AND (tg.tgrelid = ANY($1::oid[]) OR con.conrelid = $3
+                        OR (con.contype = 'f' AND con.confrelid = $3))))
+           AND NOT (d.classid = 'pg_constraint'::regclass AND EXISTS (
+                 SELECT 1 FROM pg_constraint con WHERE con.oid = d.objid
+                   AND (con.conrelid = ANY($1::oid[]) OR (con.contype = 'f' AND con.confrelid = $3))))
+           AND NOT (d.classid = 'pg_attrdef'::regclass AND EXISTS (
+                 SELECT 1 FROM pg_attrdef ad WHERE ad.oid = d.objid AND ad.adrelid = ANY($1::oid[])))
+         ORDER BY 1",
+        references(1, 2)
+    );
+    let by_views: [&(dyn ToSql + Sync); 1] = [&view_oids];
+    let by_matviews: [&(dyn ToSql + Sync); 1] = [&matviews];
+    let by_matviews_plain: [&(dyn ToSql + Sync); 2] = [&matviews, &plain];
+    let by_set: [&(dyn ToSql + Sync); 1] = [&set];
+    let by_set_types: [&(dyn ToSql + Sync); 2] = [&set, &set_types];
+    let by_set_types_oid: [&(dyn ToSql + Sync); 3] = [&set, &set_types, &oid];
+    let by_oid_publication: [&(dyn ToSql + Sync); 2] = [&oid, &own_publication];
+    // Everything else, pipelined as well.
+    let (
+        grant_rows,
+        comment_rows,
+        default_rows,
+        index_rows,
+        mv_view_rows,
+        mv_dependent_rows,
+        trigger_rows,
+        rule_rows,
+        policy_rows,
+        publication_rows,
+        other_rows,
+    ) = futures_util::try_join!(
+        fetch(
+            client,
+            VIEW_GRANTS_SQL,
+            &by_views,
+            "reading grants on dependent views"
+        ),
+        fetch(
+            client,
+            VIEW_COLUMN_COMMENTS_SQL,
+            &by_views,
+            "reading column comments of dependent views"
+        ),
+        fetch(
+            client,
+            VIEW_COLUMN_DEFAULTS_SQL,
+            &by_views,
+            "reading column defaults of dependent views"
+        ),
+        fetch(
+            client,
+            MATVIEW_INDEXES_SQL,
+            &by_views,
+            "reading indexes of dependent materialized views"
+        ),
+        fetch(
+            client,
+            MATVIEW_VIEWS_SQL,
+            &by_matviews_plain,
+            "reading the views materialized views use"
+        ),
+        fetch(
+            client,
+            MATVIEW_DEPENDENTS_SQL,
+            &by_matviews,
+            "reading what depends on materialized views"
+        ),
+        fetch(client, TRIGGERS_SQL, &by_set, "reading triggers"),
+        fetch(client, &rules_sql, &by_set_types, "reading rules"),
+        fetch(
+            client,
+            &policies_sql,
+            &by_set_types_oid,
+            "reading row-level security policies"
+        ),
+        fetch(
+            client,
+            publications_sql,
+            &by_oid_publication,
+            "reading publication membership"
+        ),
+        fetch(
+            client,
+            &others_sql,
+            &by_set_types_oid,
+            "reading other dependents"
+        ),
+    )?;
 
     if !view_oids.is_empty() {
-        for r in client
-            .query(
-                "SELECT c.oid, NULL::text,
-                        CASE WHEN a.grantee = 0 THEN 'PUBLIC' ELSE quote_ident(pg_get_userbyid(a.grantee)) END,
-                        a.privilege_type::text, a.is_grantable
-                 FROM pg_class c, aclexplode(c.relacl) a
-                 WHERE c.oid = ANY($1::oid[]) AND a.grantee <> c.relowner
-                 UNION ALL
-                 SELECT att.attrelid, att.attname::text,
-                        CASE WHEN a.grantee = 0 THEN 'PUBLIC' ELSE quote_ident(pg_get_userbyid(a.grantee)) END,
-                        a.privilege_type::text, a.is_grantable
-                 FROM pg_attribute att JOIN pg_class c ON c.oid = att.attrelid, aclexplode(att.attacl) a
-                 WHERE att.attrelid = ANY($1::oid[]) AND att.attnum > 0 AND NOT att.attisdropped
-                   AND a.grantee <> c.relowner
-                 ORDER BY 1, 2 NULLS FIRST, 3, 4",
-                &[&view_oids],
-            )
-            .await
-            .context("reading grants on dependent views")?
-        {
+        for r in grant_rows {
             deps.views[view_index[&r.get::<_, u32>(0)]]
                 .grants
                 .push(Grant {
@@ -836,33 +1116,12 @@ async fn read_qualified(
                     grantable: r.get(4),
                 });
         }
-        for r in client
-            .query(
-                "SELECT d.objoid, a.attname::text, d.description
-                 FROM pg_description d
-                 JOIN pg_attribute a ON a.attrelid = d.objoid AND a.attnum = d.objsubid
-                 WHERE d.classoid = 'pg_class'::regclass AND d.objoid = ANY($1::oid[]) AND d.objsubid > 0
-                 ORDER BY 1, a.attnum",
-                &[&view_oids],
-            )
-            .await
-            .context("reading column comments of dependent views")?
-        {
+        for r in comment_rows {
             deps.views[view_index[&r.get::<_, u32>(0)]]
                 .column_comments
                 .push((r.get(1), r.get(2)));
         }
-        for r in client
-            .query(
-                "SELECT ad.adrelid, a.attname::text, pg_get_expr(ad.adbin, ad.adrelid)
-                 FROM pg_attrdef ad
-                 JOIN pg_attribute a ON a.attrelid = ad.adrelid AND a.attnum = ad.adnum
-                 WHERE ad.adrelid = ANY($1::oid[]) ORDER BY 1, a.attnum",
-                &[&view_oids],
-            )
-            .await
-            .context("reading column defaults of dependent views")?
-        {
+        for r in default_rows {
             deps.views[view_index[&r.get::<_, u32>(0)]]
                 .column_defaults
                 .push((r.get(1), r.get(2)));
@@ -870,22 +1129,7 @@ async fn read_qualified(
         // pg_get_indexdef starts with `CREATE [UNIQUE] INDEX name ON schema.relation `
         // (quote_ident'ed, always qualified: ruleutils' generate_qualified_relation_name);
         // the rest (`USING ..`) is reused on the rebuilt copy.
-        for r in client
-            .query(
-                "SELECT i.indrelid, i.indexrelid, ic.relname::text, i.indisunique,
-                        pg_get_indexdef(i.indexrelid),
-                        format('CREATE %sINDEX %s ON %s.%s ', CASE WHEN i.indisunique THEN 'UNIQUE ' ELSE '' END,
-                               quote_ident(ic.relname), quote_ident(n.nspname), quote_ident(c.relname)),
-                        (SELECT spcname::text FROM pg_tablespace WHERE oid = ic.reltablespace),
-                        i.indisclustered, obj_description(i.indexrelid, 'pg_class')
-                 FROM pg_index i JOIN pg_class ic ON ic.oid = i.indexrelid
-                 JOIN pg_class c ON c.oid = i.indrelid JOIN pg_namespace n ON n.oid = c.relnamespace
-                 WHERE i.indrelid = ANY($1::oid[]) ORDER BY i.indrelid, i.indexrelid",
-                &[&view_oids],
-            )
-            .await
-            .context("reading indexes of dependent materialized views")?
-        {
+        for r in index_rows {
             let view = &mut deps.views[view_index[&r.get::<_, u32>(0)]];
             let definition: String = r.get(4);
             let prefix: String = r.get(5);
@@ -911,60 +1155,15 @@ async fn read_qualified(
         // Materialized views are rebuilt after the cutover commits (a new relation replaces
         // each): nothing may depend on one, and one may not depend on a plain view (which
         // the cutover drops and recreates).
-        let matviews: Vec<u32> = deps
-            .views
-            .iter()
-            .filter(|v| v.materialized)
-            .map(|v| v.oid)
-            .collect();
         if !matviews.is_empty() {
-            let plain: Vec<u32> = deps
-                .views
-                .iter()
-                .filter(|v| !v.materialized)
-                .map(|v| v.oid)
-                .collect();
-            for r in client
-                .query(
-                    "SELECT DISTINCT format('%I.%I', mn.nspname, m.relname), format('%I.%I', vn.nspname, v.relname)
-                     FROM pg_rewrite r JOIN pg_depend d ON d.classid = 'pg_rewrite'::regclass AND d.objid = r.oid
-                     JOIN pg_class v ON (d.refclassid = 'pg_class'::regclass AND v.oid = d.refobjid)
-                                     OR (d.refclassid = 'pg_type'::regclass AND v.reltype = d.refobjid)
-                     JOIN pg_namespace vn ON vn.oid = v.relnamespace
-                     JOIN pg_class m ON m.oid = r.ev_class JOIN pg_namespace mn ON mn.oid = m.relnamespace
-                     WHERE r.rulename = '_RETURN' AND r.ev_class = ANY($1::oid[]) AND v.oid = ANY($2::oid[])
-                     ORDER BY 1, 2",
-                    &[&matviews, &plain],
-                )
-                .await
-                .context("reading the views materialized views use")?
-            {
+            for r in mv_view_rows {
                 deps.unsupported.push(format!(
                     "materialized view {} uses the view {}, which depends on {table_q}: the cutover recreates that view, which it cannot do while a materialized view uses it; drop the materialized view before the migration and recreate it after",
                     r.get::<_, String>(0),
                     r.get::<_, String>(1)
                 ));
             }
-            for r in client
-                .query(
-                    "SELECT DISTINCT format('%I.%I', mn.nspname, m.relname),
-                            coalesce((SELECT pg_describe_object('pg_class'::regclass, r.ev_class, 0) FROM pg_rewrite r
-                                      WHERE d.classid = 'pg_rewrite'::regclass AND r.oid = d.objid AND r.rulename = '_RETURN'),
-                                     pg_describe_object(d.classid, d.objid, 0))
-                     FROM pg_depend d
-                     JOIN pg_class m ON (d.refclassid = 'pg_class'::regclass AND m.oid = d.refobjid)
-                                     OR (d.refclassid = 'pg_type'::regclass AND m.reltype = d.refobjid)
-                     JOIN pg_namespace mn ON mn.oid = m.relnamespace
-                     WHERE m.oid = ANY($1::oid[]) AND d.deptype IN ('n', 'a')
-                       AND d.classid IN ('pg_rewrite'::regclass, 'pg_policy'::regclass, 'pg_statistic_ext'::regclass)
-                       AND NOT (d.classid = 'pg_rewrite'::regclass
-                                AND d.objid IN (SELECT oid FROM pg_rewrite WHERE ev_class = m.oid))
-                     ORDER BY 1, 2",
-                    &[&matviews],
-                )
-                .await
-                .context("reading what depends on materialized views")?
-            {
+            for r in mv_dependent_rows {
                 deps.unsupported.push(format!(
                     "{} depends on materialized view {}, which doppel rebuilds after the cutover (a new relation replaces it, so the old one cannot be dropped while this uses it): drop it before the migration and recreate it after",
                     r.get::<_, String>(1),
@@ -975,19 +1174,7 @@ async fn read_qualified(
     }
 
     // Triggers on the table and on the views.
-    for r in client
-        .query(
-            "SELECT tg.oid, tg.tgrelid, n.nspname::text, c.relname::text, tg.tgname::text,
-                    pg_get_triggerdef(tg.oid, false), tg.tgenabled::text
-             FROM pg_trigger tg JOIN pg_class c ON c.oid = tg.tgrelid
-             JOIN pg_namespace n ON n.oid = c.relnamespace
-             WHERE tg.tgrelid = ANY($1::oid[]) AND NOT tg.tgisinternal
-             ORDER BY tg.tgrelid, tg.tgname",
-            &[&set],
-        )
-        .await
-        .context("reading triggers")?
-    {
+    for r in trigger_rows {
         let relid: u32 = r.get(1);
         let trigger = Trigger {
             name: r.get(4),
@@ -1004,24 +1191,7 @@ async fn read_qualified(
     }
 
     // Rules on the table, on the views, and on other relations that use them.
-    let sql = format!(
-        "SELECT r.oid, r.ev_class, n.nspname::text, c.relname::text, r.rulename::text,
-                pg_get_ruledef(r.oid, false), r.ev_enabled::text, pg_has_role(c.relowner, 'USAGE'),
-                pg_get_userbyid(c.relowner)::text, c.relkind IN ('r', 'p')
-         FROM pg_rewrite r JOIN pg_class c ON c.oid = r.ev_class
-         JOIN pg_namespace n ON n.oid = c.relnamespace
-         WHERE r.rulename <> '_RETURN'
-           AND (r.ev_class = ANY($1::oid[])
-                OR r.oid IN (SELECT d.objid FROM pg_depend d
-                             WHERE d.classid = 'pg_rewrite'::regclass AND {}))
-         ORDER BY r.ev_class, r.rulename",
-        references(1, 2)
-    );
-    for r in client
-        .query(&sql, &[&set, &set_types])
-        .await
-        .context("reading rules")?
-    {
+    for r in rule_rows {
         let relid: u32 = r.get(1);
         let rule = Rule {
             name: r.get(4),
@@ -1050,26 +1220,7 @@ async fn read_qualified(
     }
 
     // Policies on the table, and on other tables whose expressions use it or a view.
-    let sql = format!(
-        "SELECT p.oid, p.polrelid, n.nspname::text, c.relname::text, p.polname::text,
-                p.polcmd::text, p.polpermissive,
-                ARRAY(SELECT CASE WHEN r = 0 THEN 'PUBLIC' ELSE quote_ident(pg_get_userbyid(r)) END
-                      FROM unnest(p.polroles) AS r),
-                pg_get_expr(p.polqual, p.polrelid), pg_get_expr(p.polwithcheck, p.polrelid),
-                pg_has_role(c.relowner, 'USAGE'), pg_get_userbyid(c.relowner)::text
-         FROM pg_policy p JOIN pg_class c ON c.oid = p.polrelid
-         JOIN pg_namespace n ON n.oid = c.relnamespace
-         WHERE p.polrelid = $3
-            OR p.oid IN (SELECT d.objid FROM pg_depend d
-                         WHERE d.classid = 'pg_policy'::regclass AND {})
-         ORDER BY p.polrelid, p.polname",
-        references(1, 2)
-    );
-    for r in client
-        .query(&sql, &[&set, &set_types, &oid])
-        .await
-        .context("reading row-level security policies")?
-    {
+    for r in policy_rows {
         let relid: u32 = r.get(1);
         let command = match first_char(r.get(5)) {
             'r' => "SELECT",
@@ -1105,25 +1256,7 @@ async fn read_qualified(
     }
 
     // Foreign keys from other tables (not the clones on partitions: they follow the parent).
-    for r in client
-        .query(
-            "SELECT con.conrelid, n.nspname::text, c.relname::text, c.relkind = 'p',
-                    con.conname::text, pg_get_constraintdef(con.oid), con.convalidated,
-                    ARRAY(SELECT a.attname::text FROM unnest(con.confkey) WITH ORDINALITY AS k(attnum, ord)
-                          JOIN pg_attribute a ON a.attrelid = con.confrelid AND a.attnum = k.attnum
-                          ORDER BY k.ord),
-                    (SELECT relname::text FROM pg_class WHERE oid = con.conindid),
-                    pg_has_role(c.relowner, 'USAGE'), pg_get_userbyid(c.relowner)::text
-             FROM pg_constraint con JOIN pg_class c ON c.oid = con.conrelid
-             JOIN pg_namespace n ON n.oid = c.relnamespace
-             WHERE con.contype = 'f' AND con.confrelid = $1 AND con.conrelid <> $1
-               AND con.conparentid = 0
-             ORDER BY con.conrelid, con.conname",
-            &[&oid],
-        )
-        .await
-        .context("reading foreign keys from other tables")?
-    {
+    for r in fk_rows {
         let definition: String = r.get(5);
         let fk = ForeignKey {
             child_oid: r.get(0),
@@ -1151,26 +1284,7 @@ async fn read_qualified(
     }
 
     // Publications (row filters and column lists exist from PostgreSQL 15).
-    let sql = if version >= 150000 {
-        "SELECT p.pubname::text, pg_get_expr(pr.prqual, pr.prrelid),
-                CASE WHEN pr.prattrs IS NULL THEN NULL ELSE
-                  ARRAY(SELECT a.attname::text FROM unnest(pr.prattrs::int2[]) WITH ORDINALITY AS k(attnum, ord)
-                        JOIN pg_attribute a ON a.attrelid = pr.prrelid AND a.attnum = k.attnum
-                        ORDER BY k.ord) END,
-                pr.oid, pg_has_role(p.pubowner, 'USAGE'), pg_get_userbyid(p.pubowner)::text
-         FROM pg_publication_rel pr JOIN pg_publication p ON p.oid = pr.prpubid
-         WHERE pr.prrelid = $1 AND p.pubname <> $2 ORDER BY 1"
-    } else {
-        "SELECT p.pubname::text, NULL::text, NULL::text[], pr.oid,
-                pg_has_role(p.pubowner, 'USAGE'), pg_get_userbyid(p.pubowner)::text
-         FROM pg_publication_rel pr JOIN pg_publication p ON p.oid = pr.prpubid
-         WHERE pr.prrelid = $1 AND p.pubname <> $2 ORDER BY 1"
-    };
-    for r in client
-        .query(sql, &[&oid, &own_publication])
-        .await
-        .context("reading publication membership")?
-    {
+    for r in publication_rows {
         let list: Option<Vec<String>> = r.get(2);
         let mut used_columns = used(&columns, "pg_publication_rel", r.get(3));
         for c in list.iter().flatten() {
@@ -1195,19 +1309,7 @@ async fn read_qualified(
     }
 
     // Extended statistics objects.
-    for r in client
-        .query(
-            "SELECT s.oid, n.nspname::text, s.stxname::text, pg_get_statisticsobjdef(s.oid),
-                    nullif(coalesce(s.stxstattarget::int, -1), -1),
-                    pg_get_userbyid(s.stxowner)::text, pg_has_role(s.stxowner, 'USAGE'),
-                    obj_description(s.oid, 'pg_statistic_ext')
-             FROM pg_statistic_ext s JOIN pg_namespace n ON n.oid = s.stxnamespace
-             WHERE s.stxrelid = $1 ORDER BY n.nspname, s.stxname",
-            &[&oid],
-        )
-        .await
-        .context("reading extended statistics")?
-    {
+    for r in statistics_rows {
         let stats = StatisticsObject {
             name: qualified(&r.get::<_, String>(1), &r.get::<_, String>(2)),
             definition: r.get(3),
@@ -1226,39 +1328,7 @@ async fn read_qualified(
     }
 
     // Anything else bound to the table, a view or their row types that is not moved above.
-    let sql = format!(
-        "SELECT DISTINCT pg_describe_object(d.classid, d.objid, 0),
-                d.classid = 'pg_proc'::regclass
-                  AND EXISTS (SELECT 1 FROM pg_proc p WHERE p.oid = d.objid AND p.prosqlbody IS NOT NULL),
-                d.refclassid = 'pg_type'::regclass,
-                pg_describe_object(CASE WHEN d.refclassid = 'pg_type'::regclass
-                                        THEN 'pg_class'::regclass ELSE d.refclassid END,
-                                   CASE WHEN d.refclassid = 'pg_type'::regclass
-                                        THEN (SELECT typrelid FROM pg_type WHERE oid = d.refobjid)
-                                        ELSE d.refobjid END, 0)
-         FROM pg_depend d
-         WHERE {} AND d.deptype IN ('n', 'a')
-           AND d.classid NOT IN ('pg_rewrite'::regclass, 'pg_policy'::regclass,
-                                 'pg_publication_rel'::regclass, 'pg_statistic_ext'::regclass)
-           AND NOT (d.classid = 'pg_class'::regclass AND d.refclassid = 'pg_class'::regclass)
-           AND NOT (d.classid = 'pg_trigger'::regclass AND EXISTS (
-                 SELECT 1 FROM pg_trigger tg LEFT JOIN pg_constraint con ON con.oid = tg.tgconstraint
-                 WHERE tg.oid = d.objid
-                   AND (tg.tgrelid = ANY($1::oid[]) OR con.conrelid = $3
-                        OR (con.contype = 'f' AND con.confrelid = $3))))
-           AND NOT (d.classid = 'pg_constraint'::regclass AND EXISTS (
-                 SELECT 1 FROM pg_constraint con WHERE con.oid = d.objid
-                   AND (con.conrelid = ANY($1::oid[]) OR (con.contype = 'f' AND con.confrelid = $3))))
-           AND NOT (d.classid = 'pg_attrdef'::regclass AND EXISTS (
-                 SELECT 1 FROM pg_attrdef ad WHERE ad.oid = d.objid AND ad.adrelid = ANY($1::oid[])))
-         ORDER BY 1",
-        references(1, 2)
-    );
-    for r in client
-        .query(&sql, &[&set, &set_types, &oid])
-        .await
-        .context("reading other dependents")?
-    {
+    for r in other_rows {
         let what: String = r.get(0);
         let sql_body: bool = r.get(1);
         let row_type: bool = r.get(2);
