@@ -105,7 +105,9 @@ pub struct CutoverReport {
     pub fence_wait: Duration,
     /// The rollback script.
     pub rollback_path: PathBuf,
-    /// Foreign keys re-added NOT VALID whose validation after commit failed (name, error).
+    /// After-commit steps that failed (what, server error): foreign keys re-added NOT VALID
+    /// whose validation failed (named by the constraint), and materialized views not rebuilt
+    /// on the new table (`materialized view "s"."mv"`; they still read the kept old table).
     pub unvalidated: Vec<(String, String)>,
     /// Every attempt, in order.
     pub history: Vec<Attempt>,
@@ -334,9 +336,7 @@ pub async fn script(client: &Client, plan: &Plan, lock_timeout: Duration) -> Res
     // triggers, rules, policies, publications, replica identity, statistics objects.
     let deps = &plan.dependents;
     forward.extend(deps.forward(n));
-    for sql in deps.forward_after_commit(n) {
-        validate.push(("foreign key from another table".to_string(), sql));
-    }
+    validate.extend(deps.forward_after_commit_labeled(n));
     back.extend(deps.rollback(n));
     let rollback_locks: String = deps.lock_sql().iter().map(|l| format!("{l};\n")).collect();
     let after_commit: String = deps
@@ -684,7 +684,11 @@ pub async fn run(
         let mut unvalidated = Vec::new();
         for (name, sql) in &script.validate {
             if let Err(e) = client.batch_execute(sql).await {
-                unvalidated.push((name.clone(), e.to_string()));
+                let why = e
+                    .as_db_error()
+                    .map(|d| d.to_string())
+                    .unwrap_or_else(|| e.to_string());
+                unvalidated.push((name.clone(), why));
             }
         }
         let mut report = CutoverReport {

@@ -404,9 +404,15 @@ async fn run(args: RunArgs, cancel: &Cancel) -> anyhow::Result<()> {
                 report.total.as_secs_f64()
             );
             for (name, err) in &report.cutover.unvalidated {
-                println!(
-                    "warning: foreign key {name} is NOT VALID: validation failed ({err}); run ALTER TABLE .. VALIDATE CONSTRAINT {name}"
-                );
+                if name.starts_with("materialized view") {
+                    println!(
+                        "warning: {name} was not rebuilt on the new table ({err}); it still reads the kept old table (dropping that table needs CASCADE): fix the cause, then recreate the view from its definition (pg_get_viewdef) on the new table"
+                    );
+                } else {
+                    println!(
+                        "warning: foreign key {name} is NOT VALID: validation failed ({err}); run ALTER TABLE .. VALIDATE CONSTRAINT {name}"
+                    );
+                }
             }
             for who in &report.cutover.killed {
                 println!("--kill-blockers: {who}");

@@ -976,9 +976,13 @@ fn index_error(e: anyhow::Error, plan: &Plan, statement: &str) -> anyhow::Error 
             )
         });
     match db {
-        Some(msg) => anyhow!(
-            "building an index or constraint of the new schema failed: {msg}; the rows of {} violate it. Nothing was cut over; the original table is untouched. Statement: {statement}",
-            plan.original.qualified()
+        Some(msg) => crate::failure::fail(
+            crate::failure::FailureKind::Conflict,
+            format!(
+                "building an index or constraint of the new schema failed: {}; the rows of {} violate it. Nothing was cut over; the original table is untouched. Statement: {statement}",
+                shadow::user_names(plan, &msg),
+                plan.original.qualified()
+            ),
         ),
         None => e.context("building secondary indexes"),
     }

@@ -288,3 +288,21 @@ pub fn drop_sql(plan_schema: &str, shadow: &str) -> String {
         ident(shadow)
     )
 }
+
+/// `text` (a server message about the shadow) with doppel's temporary names replaced by the
+/// names the user knows: each index's and constraint's temporary name by its final name, the
+/// shadow table by the original table's name.
+pub fn user_names(plan: &Plan, text: &str) -> String {
+    let mut out = text.to_string();
+    // Longest first, so `.._i1` does not clobber the front of `.._i10`.
+    let mut renames: Vec<(String, String)> = indexes(plan)
+        .into_iter()
+        .map(|i| (i.temp_name, i.final_name))
+        .collect();
+    renames.push((plan.names.shadow.clone(), plan.names.table.clone()));
+    renames.sort_by_key(|(temp, _)| std::cmp::Reverse(temp.len()));
+    for (temp, user) in renames {
+        out = out.replace(&temp, &user);
+    }
+    out
+}

@@ -1255,6 +1255,13 @@ async fn migration_reports_a_failed_materialized_view_rebuild_and_keeps_it_intac
         "the failed rebuild is reported: {:?}",
         report.cutover.unvalidated
     );
+    let (what, why) = &report.cutover.unvalidated[0];
+    assert!(what.starts_with("materialized view"), "{what}");
+    assert!(what.contains("mv"), "{what}");
+    assert!(
+        why.contains("42P07") || why.contains("already exists"),
+        "the server's reason, not just 'db error': {why}"
+    );
     // Intact, still reading the old table, with its rows; the old table is protected.
     assert_eq!(oid_of(&client, "public.mv").await, matview);
     assert_eq!(matview_reads(&client).await, vec![original]);

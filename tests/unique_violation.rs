@@ -111,6 +111,10 @@ async fn existing_rows_violate(setup: &str, alter: &str, key: &str) {
     let msg = run_expecting_failure(&cluster, alter).await;
     assert!(msg.contains(key), "names the conflicting key {key}: {msg}");
     assert!(
+        !msg.split("Statement:").next().unwrap().contains("_doppel_"),
+        "names the user's constraint, not doppel's temporary one (the statement on the shadow follows): {msg}"
+    );
+    assert!(
         msg.contains("untouched"),
         "says the original is untouched: {msg}"
     );
@@ -126,6 +130,29 @@ async fn existing_duplicates_fail_an_added_unique_constraint_naming_the_key() {
         "Key (x)=(10) is duplicated",
     )
     .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn existing_duplicates_name_the_constraint_and_exit_as_a_conflict() {
+    let cluster = common::cluster().await;
+    let client = cluster.connect("postgres").await.unwrap();
+    client.batch_execute(SCHEMA).await.unwrap();
+    client
+        .batch_execute("UPDATE public.u SET x = 10 WHERE id = 2000")
+        .await
+        .unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let config: tokio_postgres::Config = cluster.conninfo("postgres").parse().unwrap();
+    let err = migration::run(
+        &config,
+        &options(dir.path(), "ADD CONSTRAINT u_x UNIQUE (x)"),
+        &Cancel::never(),
+    )
+    .await
+    .expect_err("duplicates refuse the unique constraint");
+    let msg = format!("{err:#}");
+    assert!(msg.contains("\"u_x\""), "names u_x: {msg}");
+    assert_eq!(doppel::failure::exit_code(&err), 8, "{msg}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
