@@ -11,7 +11,16 @@
 #   e. the same doppel run under a steady pgbench write load (fixed rate): wall time, changes
 #      applied, apply rate, lag, lock hold, writer p50/p99/max before vs during, writer
 #      errors, doppel's peak RSS
-#   f. prints the ratios and writes them to BENCHMARKS.md (one section per --rows value).
+#   f. prints the ratios and writes them to BENCHMARKS.md (one section per --rows value),
+#      plus one line listing doppel's peak RSS for every --rows section in the file.
+# With --means, also what each means of doppel's bulk path buys, on the idle table:
+#   m1. plain SQL, one session, the same chunks both ways: copying into a table that already
+#       has its PK + 2 indexes vs copying into a bare table and building them after (doppel)
+#   m2. doppel run --execute --copy-workers 1 vs the default 2 (parallel chunk workers)
+#   m3. --chunk-time 100 and 2000 vs the default 500 (chunks sized by time)
+#   m4. during every doppel run: the WAL doppel's slot retains at its peak (sampled every
+#       second) vs the peak size of the spool file doppel writes instead, and the WAL written
+#       during the run (what the slot would hold if nothing consumed it until the end)
 # The cluster lives in a temp dir and is stopped and removed on any exit. Logs of the run are
 # kept in target/bench-results/<date>-<rows>/.
 set -euo pipefail
@@ -27,6 +36,9 @@ usage: benches/run.sh [options]
   --port P            cluster port (default: a free 127.0.0.1 port)
   --no-repack         skip pg_repack
   --no-load           skip the run under load (e)
+  --means             also measure what each means of the bulk path buys (build indexes
+                      after the copy, parallel copy workers, chunk time, spooling instead
+                      of retaining WAL): 3 more doppel runs and 2 SQL copies
   --no-write          do not update BENCHMARKS.md
   --out FILE          the markdown file to update (default BENCHMARKS.md at the repo root)
 Environment: DOPPEL_PG_BINDIR (server binaries; default /usr/lib/postgresql/15/bin).
@@ -45,6 +57,7 @@ PORT=""
 DO_REPACK=1
 DO_LOAD=1
 DO_WRITE=1
+DO_MEANS=0
 HERE=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
 ROOT=$(dirname "$HERE")
 OUT_MD="$ROOT/BENCHMARKS.md"
@@ -61,6 +74,7 @@ while [[ $# -gt 0 ]]; do
     --no-repack) DO_REPACK=0; shift ;;
     --no-load) DO_LOAD=0; shift ;;
     --no-write) DO_WRITE=0; shift ;;
+    --means) DO_MEANS=1; shift ;;
     --out) OUT_MD=${2:?--out needs a value}; shift 2 ;;
     -h|--help) usage; exit 0 ;;
     *) echo "run.sh: unknown argument '$1'" >&2; usage >&2; exit 2 ;;
@@ -91,6 +105,7 @@ ratio() { awk -v a="$1" -v b="$2" 'BEGIN { if (a == "" || b == "" || a == "n/a" 
 WORK=""
 PGDATA=""
 PGBENCH_PID=""
+SAMPLER_PID=""
 cleanup() {
   local rc=$?
   trap - EXIT INT TERM
@@ -100,6 +115,10 @@ cleanup() {
   if [[ -n $PGBENCH_PID ]] && kill -0 "$PGBENCH_PID" 2>/dev/null; then
     kill -TERM "$PGBENCH_PID" 2>/dev/null
     wait "$PGBENCH_PID" 2>/dev/null
+  fi
+  if [[ -n $SAMPLER_PID ]] && kill -0 "$SAMPLER_PID" 2>/dev/null; then
+    kill -TERM "$SAMPLER_PID" 2>/dev/null
+    wait "$SAMPLER_PID" 2>/dev/null
   fi
   if [[ -n $PGDATA && -f $PGDATA/postmaster.pid ]]; then
     log "stopping the cluster"
@@ -240,6 +259,52 @@ time_sql() {
   t1=$(now)
   elapsed "$t0" "$t1"
 }
+# Times one SQL file (psql -f: each statement its own transaction); prints the seconds.
+time_sql_file() {
+  local t0 t1
+  t0=$(now)
+  "$PSQL" -X -q -v ON_ERROR_STOP=1 -f "$1" >>"$WORK/sql.out" 2>&1 || { tail -n 5 "$WORK/sql.out" >&2; die "failed: $1"; }
+  t1=$(now)
+  elapsed "$t0" "$t1"
+}
+# Bytes in a readable unit; "n/a" when empty.
+fmt_bytes() {
+  awk -v b="$1" 'BEGIN {
+    if (b == "" || b == "n/a") print "n/a"
+    else if (b >= 1073741824) printf "%.2f GiB", b / 1073741824
+    else if (b >= 1048576) printf "%.1f MiB", b / 1048576
+    else if (b >= 1024) printf "%.1f KiB", b / 1024
+    else printf "%d B", b }'
+}
+# a + b (+ c ..) with 3 decimals
+sum() { awk 'BEGIN { s = 0; for (i = 1; i < ARGC; i++) s += ARGV[i]; printf "%.3f", s }' "$@"; }
+
+# --means (m4): samples, every second while doppel runs, the WAL its slot retains
+# (current - restart_lsn), the WAL not yet confirmed (current - confirmed_flush_lsn) and the
+# size of its spool file in --work-dir, into $WORK/wal_<tag>.txt: "time retained unconfirmed spool".
+start_sampler() {
+  local file="$WORK/wal_$1.txt"
+  (
+    set +e
+    trap - EXIT INT TERM
+    while :; do
+      s=$("$PSQL" -X -q -A -t -F ' ' -c "SELECT coalesce(max(pg_wal_lsn_diff(pg_current_wal_lsn(), restart_lsn)), 0)::bigint,
+                 coalesce(max(pg_wal_lsn_diff(pg_current_wal_lsn(), confirmed_flush_lsn)), 0)::bigint
+            FROM pg_replication_slots" 2>/dev/null)
+      sp=$(stat -c %s "$WORK"/doppel-*.spool 2>/dev/null | sort -n | tail -n 1)
+      echo "$(now) ${s:-0 0} ${sp:-0}"
+      sleep 1
+    done
+  ) >"$file" &
+  SAMPLER_PID=$!
+}
+stop_sampler() {
+  if [[ -n $SAMPLER_PID ]]; then
+    kill -TERM "$SAMPLER_PID" 2>/dev/null || true
+    wait "$SAMPLER_PID" 2>/dev/null || true
+    SAMPLER_PID=""
+  fi
+}
 
 # ---------------------------------------------------------------- the table
 declare -A R
@@ -272,6 +337,46 @@ log "   CTAS ${R[floor_ctas]} s + PK ${R[floor_pk]} s + indexes ${R[floor_idx]} 
 q "DROP TABLE public.floor_copy" >/dev/null
 q "CHECKPOINT" >/dev/null
 
+# ---------------------------------------------------------------- m1. indexes before or after the copy
+# Plain SQL on the still pristine table, one session, the ALTER's target shape (customer_id
+# bigint; autovacuum off, as on doppel's shadow). Both ways copy the same id ranges, each range
+# its own INSERT .. SELECT and transaction, sized to about 500 ms into the bare table at the
+# CTAS rate above (doppel's default --chunk-time): (1) into a table that already has its PK
+# + 2 indexes; (2) into the bare table, then PK + 2 indexes built with maintenance_work_mem
+# 1GB, as doppel builds them.
+if [[ $DO_MEANS -eq 1 ]]; then
+  log "m1. copy into a table with its PK + 2 indexes vs copy, then build them (plain SQL, one session)"
+  R[m_chunk_rows]=$(awk -v n="$ROWS" -v t="${R[floor_ctas]}" 'BEGIN {
+    c = (t > 0) ? int(n / t * 0.5) : n; if (c < 10000) c = 10000; if (c > n) c = n; print c }')
+  awk -v n="$ROWS" -v c="${R[m_chunk_rows]}" 'BEGIN {
+    for (lo = 0; lo < n; lo += c) { hi = lo + c; if (hi > n) hi = n
+      printf "INSERT INTO public.means_copy SELECT * FROM ONLY public.orders WHERE id > %d AND id <= %d;\n", lo, hi } }' \
+    >"$WORK/means_chunks.sql"
+  R[m_chunks]=$(wc -l <"$WORK/means_chunks.sql")
+  means_table="CREATE TABLE public.means_copy (id bigint NOT NULL, customer_id bigint NOT NULL, status text NOT NULL,
+    amount numeric(12,2) NOT NULL, note text, created_at timestamptz NOT NULL)
+    WITH (autovacuum_enabled = false, toast.autovacuum_enabled = false)"
+  q "$means_table" >/dev/null
+  q "ALTER TABLE public.means_copy ADD PRIMARY KEY (id)" >/dev/null
+  q "CREATE INDEX means_customer_idx ON public.means_copy(customer_id)" >/dev/null
+  q "CREATE INDEX means_created_idx ON public.means_copy(created_at)" >/dev/null
+  R[m_indexed_copy]=$(time_sql_file "$WORK/means_chunks.sql")
+  q "DROP TABLE public.means_copy" >/dev/null
+  q "CHECKPOINT" >/dev/null
+  q "$means_table" >/dev/null
+  R[m_bare_copy]=$(time_sql_file "$WORK/means_chunks.sql")
+  R[m_build_pk]=$(time_sql "SET maintenance_work_mem = '1GB'; ALTER TABLE public.means_copy ADD PRIMARY KEY (id)")
+  R[m_build_idx1]=$(time_sql "SET maintenance_work_mem = '1GB'; CREATE INDEX means_customer_idx ON public.means_copy(customer_id)")
+  R[m_build_idx2]=$(time_sql "SET maintenance_work_mem = '1GB'; CREATE INDEX means_created_idx ON public.means_copy(created_at)")
+  R[m_build]=$(sum "${R[m_build_pk]}" "${R[m_build_idx1]}" "${R[m_build_idx2]}")
+  R[m_bare_total]=$(sum "${R[m_bare_copy]}" "${R[m_build]}")
+  q "DROP TABLE public.means_copy" >/dev/null
+  q "CHECKPOINT" >/dev/null
+  log "   ${R[m_chunks]} chunk(s) of ${R[m_chunk_rows]} rows: into the indexed table ${R[m_indexed_copy]} s;" \
+    "bare ${R[m_bare_copy]} s + PK ${R[m_build_pk]} s + indexes $(sum "${R[m_build_idx1]}" "${R[m_build_idx2]}") s = ${R[m_bare_total]} s" \
+    "($(ratio "${R[m_indexed_copy]}" "${R[m_bare_total]}")x)"
+fi
+
 # ---------------------------------------------------------------- a. locking ALTER
 log "a. ALTER TABLE orders ALTER COLUMN customer_id TYPE bigint (locking)"
 R[alter]=$(time_sql "ALTER TABLE public.orders ALTER COLUMN customer_id TYPE bigint")
@@ -297,15 +402,21 @@ fi
 [[ -n $REPACK_NOTE ]] && log "b. $REPACK_NOTE"
 
 # ---------------------------------------------------------------- doppel
-# Runs doppel on public.orders under /usr/bin/time -v; $1 = tag. Fills R[<tag>_*].
+# Runs doppel on public.orders under /usr/bin/time -v; $1 = tag, further arguments go to
+# doppel run. Fills R[<tag>_*]. With --means, samples slot-retained WAL and the spool (m4).
 run_doppel() {
-  local tag=$1 t0 t1 out="$WORK/doppel_$1.out" err="$WORK/doppel_$1.err"
+  local tag=$1 t0 t1 out="$WORK/doppel_$1.out" err="$WORK/doppel_$1.err" lsn0=""
+  shift
+  if [[ $DO_MEANS -eq 1 ]]; then
+    lsn0=$(q "SELECT pg_current_wal_lsn()")
+    start_sampler "$tag"
+  fi
   t0=$(now)
   R[${tag}_start]=$t0
   if ! NO_COLOR=1 /usr/bin/time -v -o "$WORK/doppel_$tag.time" \
       "$DOPPEL" run --dsn "$DSN" --table public.orders \
       --alter "ALTER COLUMN customer_id TYPE bigint" --execute \
-      --progress lines --status-interval 1 --work-dir "$WORK" --rollback-dir "$WORK" \
+      --progress lines --status-interval 1 --work-dir "$WORK" --rollback-dir "$WORK" "$@" \
       >"$out" 2>"$err"; then
     echo "----- doppel stdout" >&2; tail -n 20 "$out" >&2
     echo "----- doppel stderr" >&2; tail -n 20 "$err" >&2
@@ -314,6 +425,13 @@ run_doppel() {
   t1=$(now)
   R[${tag}_end]=$t1
   R[${tag}_wall]=$(elapsed "$t0" "$t1")
+  if [[ $DO_MEANS -eq 1 ]]; then
+    stop_sampler
+    R[${tag}_wal_written]=$(q "SELECT pg_wal_lsn_diff(pg_current_wal_lsn(), '$lsn0')::bigint")
+    read -r "R[${tag}_peak_retained]" "R[${tag}_peak_unconfirmed]" "R[${tag}_peak_spool]" "R[${tag}_samples]" < <(awk '
+      { if ($2 > r) r = $2; if ($3 > u) u = $3; if ($4 > s) s = $4; n++ }
+      END { printf "%d %d %d %d\n", r, u, s, n }' "$WORK/wal_$tag.txt")
+  fi
   sed -i 's/\x1b\[[0-9;]*m//g' "$err"
   R[${tag}_total]=$(sed -nE 's/^cutover: lock held .*; total ([0-9.]+) s$/\1/p' "$out")
   R[${tag}_lock_ms]=$(sed -nE 's/^cutover: lock held ([0-9.]+) ms.*/\1/p' "$out")
@@ -323,8 +441,11 @@ run_doppel() {
   R[${tag}_rss_kb]=$(sed -nE 's/^[[:space:]]*Maximum resident set size \(kbytes\): ([0-9]+)/\1/p' "$WORK/doppel_$tag.time")
   # per-phase lines: "  <phase><padding><secs> s"
   sed -nE 's/^  ([a-z][a-z +-]*[a-z]) +([0-9.]+) s$/\1|\2/p' "$out" >"$WORK/doppel_${tag}_phases.txt"
+  R[${tag}_copy]=$(awk -F'|' '$1 == "copy" { print $2 }' "$WORK/doppel_${tag}_phases.txt")
+  R[${tag}_chunks]=$(sed -nE 's/.*backfill complete rows=[0-9]+ chunks=([0-9]+).*/\1/p' "$err" | head -n 1)
   # status lines: time of day, Applied, Lag, State -> apply rate and the lag before cutover
-  grep -E 'Copy: .*Applied: ' "$err" | awk '
+  # (a run under a second prints no status line: grep finds nothing, which is not an error)
+  { grep -E 'Copy: .*Applied: ' "$err" || true; } | awk '
     {
       if (match($0, /[0-9][0-9]:[0-9][0-9]:[0-9][0-9](\.[0-9]+)?/) == 0) next
       split(substr($0, RSTART, RLENGTH), hms, ":")
@@ -360,6 +481,9 @@ print_doppel() {
   while IFS='|' read -r phase secs; do
     printf '      %-24s %8s s\n' "$phase" "$secs"
   done <"$WORK/doppel_${tag}_phases.txt"
+  if [[ $DO_MEANS -eq 1 ]]; then
+    log "   copy in ${R[${tag}_chunks]:-?} chunks; WAL written during the run $(fmt_bytes "${R[${tag}_wal_written]}"), slot-retained WAL at its peak $(fmt_bytes "${R[${tag}_peak_retained]}"), spool file at its peak $(fmt_bytes "${R[${tag}_peak_spool]}") (${R[${tag}_samples]} samples 1 s apart)"
+  fi
 }
 
 log "d. doppel run --execute (idle table)"
@@ -367,6 +491,22 @@ restore
 run_doppel idle
 [[ $(q "SELECT count(*) FROM public.orders") -eq $ROWS ]] || die "after doppel (idle) public.orders does not have $ROWS rows"
 print_doppel idle
+
+# ---------------------------------------------------------------- m2, m3. copy workers, chunk time
+# Three more doppel runs on the idle table, each freshly restored, one setting changed from
+# the defaults of the run above (--copy-workers 2, --chunk-time 500).
+MEANS_RUNS=("w1|--copy-workers 1" "ct100|--chunk-time 100" "ct2000|--chunk-time 2000")
+if [[ $DO_MEANS -eq 1 ]]; then
+  for spec in "${MEANS_RUNS[@]}"; do
+    tag=${spec%%|*}
+    read -r -a args <<<"${spec#*|}"
+    log "m2/m3. doppel run --execute ${args[*]} (idle table)"
+    restore
+    run_doppel "$tag" "${args[@]}"
+    [[ $(q "SELECT count(*) FROM public.orders") -eq $ROWS ]] || die "after doppel ($tag) public.orders does not have $ROWS rows"
+    print_doppel "$tag"
+  done
+fi
 
 # ---------------------------------------------------------------- e. doppel under load
 # Latency per window from pgbench's per-transaction logs (--log with -R: field 3 is the
@@ -539,6 +679,43 @@ MD="$WORK/section.md"
     echo "n/a when it was under 0.5 s); peak ${R[load_peak_apply]} changes/s between two 1 s status lines while catching up; ${R[load_avg_apply]} changes/s"
     echo "averaged over the whole run (bounded by the writer's rate). Stream lag in the last status line before the cutover: ${R[load_last_lag]} (WAL bytes)."
   fi
+  if [[ $DO_MEANS -eq 1 ]]; then
+    mib() { [[ -n ${1:-} ]] && echo $(( $1 / 1024 )) || echo n/a; }
+    echo
+    echo "### What each means bought (\`--means\`)"
+    echo
+    echo "Idle table, one run each, each on a freshly restored table. *Bought* = the alternative's figure / doppel's"
+    echo "(above 1: doppel's way is faster, or holds less)."
+    echo
+    echo "| means | doppel's way | alternative | bought |"
+    echo "|---|---|---|---:|"
+    echo "| PK + 2 indexes built after the copy (plain SQL, 1 session, ${R[m_chunks]} chunk(s) of ${R[m_chunk_rows]} rows) | copy ${R[m_bare_copy]} s + build ${R[m_build]} s = ${R[m_bare_total]} s | copy into a table that has them: ${R[m_indexed_copy]} s | **$(ratio "${R[m_indexed_copy]}" "${R[m_bare_total]}")** |"
+    echo "| 2 parallel chunk workers (default \`--copy-workers 2\`) | copy ${R[idle_copy]} s (run $dw s) | \`--copy-workers 1\`: copy ${R[w1_copy]} s (run ${R[w1_wall]} s) | **$(ratio "${R[w1_copy]}" "${R[idle_copy]}")** (run $(ratio "${R[w1_wall]}" "$dw")) |"
+    echo "| chunks sized by time (default \`--chunk-time 500\`) | copy ${R[idle_copy]} s in ${R[idle_chunks]} chunks | \`--chunk-time 100\`: copy ${R[ct100_copy]} s in ${R[ct100_chunks]} chunks | **$(ratio "${R[ct100_copy]}" "${R[idle_copy]}")** |"
+    echo "| chunks sized by time (default \`--chunk-time 500\`) | copy ${R[idle_copy]} s in ${R[idle_chunks]} chunks | \`--chunk-time 2000\`: copy ${R[ct2000_copy]} s in ${R[ct2000_chunks]} chunks | **$(ratio "${R[ct2000_copy]}" "${R[idle_copy]}")** |"
+    echo "| changes spooled on doppel's side, idle | slot-retained WAL at its peak $(fmt_bytes "${R[idle_peak_retained]}"); spool file at its peak $(fmt_bytes "${R[idle_peak_spool]}") | a slot nobody reads until the end retains the run's WAL: $(fmt_bytes "${R[idle_wal_written]}") | **$(ratio "${R[idle_wal_written]}" "${R[idle_peak_retained]}")** |"
+    if [[ $DO_LOAD -eq 1 ]]; then
+      echo "| changes spooled on doppel's side, under $RATE tx/s | slot-retained WAL at its peak $(fmt_bytes "${R[load_peak_retained]}"); spool file at its peak $(fmt_bytes "${R[load_peak_spool]}") | a slot nobody reads until the end retains the run's WAL: $(fmt_bytes "${R[load_wal_written]}") | **$(ratio "${R[load_wal_written]}" "${R[load_peak_retained]}")** |"
+    fi
+    echo
+    echo "| doppel run, idle table | copy (s) | chunks | wall (s) | peak RSS (MiB) |"
+    echo "|---|---:|---:|---:|---:|"
+    echo "| defaults (\`--copy-workers 2 --chunk-time 500\`) | ${R[idle_copy]} | ${R[idle_chunks]} | $dw | $(mib "${R[idle_rss_kb]:-}") |"
+    for spec in "${MEANS_RUNS[@]}"; do
+      tag=${spec%%|*}
+      echo "| \`${spec#*|}\` | ${R[${tag}_copy]} | ${R[${tag}_chunks]} | ${R[${tag}_wall]} | $(mib "${R[${tag}_rss_kb]:-}") |"
+    done
+    echo
+    echo "Plain SQL copy: \`INSERT INTO copy SELECT * FROM ONLY orders WHERE id > lo AND id <= hi\`, one statement and transaction per chunk"
+    echo "(chunk rows: 500 ms at the CTAS rate), into the ALTER's target shape with autovacuum off; PK ${R[m_build_pk]} s and"
+    echo "indexes $(sum "${R[m_build_idx1]}" "${R[m_build_idx2]}") s built with maintenance_work_mem 1GB, as doppel builds them."
+    echo "Slot-retained WAL is \`pg_current_wal_lsn() - restart_lsn\` of doppel's slot, sampled every second with the spool file's size"
+    echo "(${R[idle_samples]} samples idle$( [[ $DO_LOAD -eq 1 ]] && echo ", ${R[load_samples]} under load")); restart_lsn advances only at the server's running-transactions records"
+    echo "(logged every 15 s while there is activity, and at checkpoints), so a run of a few seconds retains nearly all of its WAL whatever doppel confirms. WAL not yet"
+    echo "confirmed by doppel (\`- confirmed_flush_lsn\`) peaked at $(fmt_bytes "${R[idle_peak_unconfirmed]}") idle$( [[ $DO_LOAD -eq 1 ]] && echo " and $(fmt_bytes "${R[load_peak_unconfirmed]}") under load")."
+    echo "The WAL written during the run bounds what the slot would retain if nothing read it before the end (a tool that"
+    echo "decodes only after its copy and index builds retains most of it)."
+  fi
   echo "<!-- run.sh rows=$ROWS end -->"
 } >"$MD"
 
@@ -555,6 +732,13 @@ if [[ $DO_LOAD -eq 1 ]]; then
     "changes applied (load)" "${R[load_applied]}" \
     "peak RSS idle / load" "$(( ${R[idle_rss_kb]:-0} / 1024 )) / $(( ${R[load_rss_kb]:-0} / 1024 )) MiB"
 fi
+if [[ $DO_MEANS -eq 1 ]]; then
+  printf '  %-28s %10s\n' "means: indexed copy / copy+build" "${R[m_indexed_copy]} / ${R[m_bare_total]} s ($(ratio "${R[m_indexed_copy]}" "${R[m_bare_total]}")x)" \
+    "means: copy, 1 / 2 workers" "${R[w1_copy]} / ${R[idle_copy]} s ($(ratio "${R[w1_copy]}" "${R[idle_copy]}")x)" \
+    "means: copy, chunk 100/500/2000" "${R[ct100_copy]} / ${R[idle_copy]} / ${R[ct2000_copy]} s (${R[ct100_chunks]} / ${R[idle_chunks]} / ${R[ct2000_chunks]} chunks)" \
+    "means: idle WAL run/retained/spool" "$(fmt_bytes "${R[idle_wal_written]}") / $(fmt_bytes "${R[idle_peak_retained]}") / $(fmt_bytes "${R[idle_peak_spool]}")"
+  [[ $DO_LOAD -eq 1 ]] && printf '  %-28s %10s\n' "means: load WAL run/retained/spool" "$(fmt_bytes "${R[load_wal_written]}") / $(fmt_bytes "${R[load_peak_retained]}") / $(fmt_bytes "${R[load_peak_spool]}")"
+fi
 [[ -n $REPACK_NOTE ]] && echo "  note: $REPACK_NOTE"
 cp "$MD" "$WORK/section.txt"
 
@@ -567,7 +751,7 @@ Same-run comparisons of doppel with the locking `ALTER TABLE`, `pg_repack` and t
 floor of a rewrite (issue 5), written by `benches/run.sh` (one section per table size; a new
 run replaces the section of its size). Reproduce with `benches/run.sh --rows N` from a clean
 checkout (needs the PostgreSQL 15 server binaries, root or a user that can run initdb).
-Micro-benchmarks: `cargo bench --bench pgoutput_decode`.
+Micro-benchmarks: `cargo bench --bench pgoutput_decode`, `cargo bench --bench apply_batching`.
 
 EOF
   fi
@@ -590,6 +774,27 @@ EOF
       END { if (!done) { print ""; while ((getline line < f) > 0) print line } }' "$OUT_MD" >"$WORK/bench.md.new"
   fi
   cat "$WORK/bench.md.new" >"$OUT_MD"
+  # One line listing doppel's peak RSS (idle / under load) in every --rows section of the
+  # file, largest table first, between its own markers before the first section.
+  rss=$(awk '
+    function commas(n,  s) { s = n; while (s ~ /[0-9][0-9][0-9][0-9]/) sub(/[0-9][0-9][0-9]($|,)/, ",&", s); return s }
+    match($0, /^<!-- run\.sh rows=[0-9]+ begin -->$/) { rows = $0; gsub(/[^0-9]/, "", rows); next }
+    /^<!-- run\.sh rows=[0-9]+ end -->$/ { rows = ""; next }
+    rows != "" && !(rows in seen) && /^\| peak RSS \(MiB\) \|/ {
+      split($0, f, "|"); gsub(/ /, "", f[3]); gsub(/ /, "", f[4])
+      seen[rows] = 1; out = out (out == "" ? "" : "; ") commas(rows) " rows: " f[3] " / " f[4] " MiB"
+    }
+    END { print out }' "$OUT_MD")
+  awk -v line="Peak RSS of doppel by table size (idle / under load), from the sections below: $rss." '
+    $0 == "<!-- run.sh rss begin -->" { skip = 1; next }
+    skip { if ($0 == "<!-- run.sh rss end -->") { skip = 0; drop_blank = 1 }; next }
+    drop_blank && $0 == "" { drop_blank = 0; next }
+    { drop_blank = 0 }
+    !done && /^<!-- run\.sh rows=[0-9]+ begin -->$/ {
+      print "<!-- run.sh rss begin -->"; print line; print "<!-- run.sh rss end -->"; print ""; done = 1
+    }
+    { print }' "$OUT_MD" >"$WORK/bench.md.rss"
+  cat "$WORK/bench.md.rss" >"$OUT_MD"
   log "wrote ${OUT_MD#"$ROOT"/} (section rows=$ROWS)"
 fi
 log "done"
