@@ -9,7 +9,8 @@
 //!
 //! A third group measures the applier's input path without a server: the spool file
 //! (append, publish, read back) plus decoding. The apply batching itself (`applier`) needs a
-//! PostgreSQL connection and is measured end to end by `benches/run.sh` instead.
+//! PostgreSQL connection: `cargo bench --bench apply_batching` measures it against a private
+//! server, and `benches/run.sh` end to end.
 //!
 //! Run: `cargo bench --bench pgoutput_decode` (add `-- --quick` for a short run).
 
