@@ -89,7 +89,7 @@ pub async fn create_tables(client: &Client, name: &str, twin: &str, rows: i64) -
 }
 
 /// Rows of `table` (projected onto the twin's columns and types) and of `twin` that have no
-/// exact counterpart in the other, plus the difference in counts: 0 means equal multisets.
+/// exact counterpart in the other: 0 means equal multisets (see [`Difference::rows`]).
 ///
 /// Values are compared by their text form (see [`compare`]), so `-0` and `0`, `1.5` and
 /// `1.50`, `'1 day'` and `'24 hours'` differ, and types without an equality operator
@@ -114,10 +114,11 @@ pub struct Difference {
 }
 
 impl Difference {
-    /// Mismatched rows: rows without a counterpart on either side plus the difference in
-    /// counts (0 means equal multisets).
+    /// Mismatched rows: rows without an exact counterpart on the other side, both sides
+    /// together (a stale row counts twice, a lost or ghost row once; the difference in counts
+    /// is `only_left - only_right`). 0 means equal multisets.
     pub fn rows(&self) -> i64 {
-        self.only_left + self.only_right + (self.left_rows - self.right_rows).abs()
+        self.only_left + self.only_right
     }
 }
 

@@ -235,6 +235,7 @@ async fn every_type_and_edge_value_arrives_exactly_through_copy_and_apply() {
     let with_xml = workload::server_has_xml(&client).await;
     let columns = workload::matrix_columns(with_xml);
     assert!(columns.len() >= 36, "{} column types", columns.len());
+    println!("{} column types (xml: {with_xml})", columns.len());
     client
         .batch_execute(workload::MATRIX_TYPES_SQL)
         .await
