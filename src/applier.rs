@@ -24,6 +24,10 @@
 //! changes of one kind on distinct keys share a statement, in source order, so a unique index
 //! never sees a state the original did not pass through. Statements are pipelined. Progress
 //! (applied LSN, fences) is published only after the shadow transaction commits.
+//!
+//! Test-only (the `pause-points` feature, see [`crate::pause`]): the race points `applied`
+//! and `visibility-wait`, and the deliberately broken orderings of [`crate::pause::Broken`]
+//! that concern the apply (captured when the applier is spawned).
 
 use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
@@ -36,6 +40,7 @@ use tokio_postgres::types::ToSql;
 use tokio_postgres::{Client, Statement, Transaction};
 
 use crate::lsn::Lsn;
+use crate::pause::Broken;
 use crate::pgoutput::{self, ColumnValue, PgOutputMessage, TupleData};
 use crate::plan::Plan;
 use crate::spool::SpoolReader;
@@ -318,6 +323,11 @@ struct Worker {
     relation_checked: bool,
     collapse: Arc<std::sync::atomic::AtomicBool>,
     hold: Option<watch::Receiver<crate::throttle::ThrottleState>>,
+    /// Test-only pause points (`applied`, `visibility-wait`) of the run.
+    pauses: crate::pause::Pauses,
+    /// Test-only deliberately broken ordering captured at spawn (always `None` in a normal
+    /// build; see [`crate::pause::Broken`]).
+    broken: Option<Arc<crate::pause::BrokenRun>>,
 }
 
 struct Batch {
@@ -326,6 +336,8 @@ struct Batch {
     applied: Lsn,
     fence: u64,
     xid: u32,
+    /// Source transactions in this batch (for the test-only `applied` pause point).
+    xids: Vec<u32>,
 }
 
 impl Worker {
@@ -355,6 +367,7 @@ impl Worker {
                 .as_ref()
                 .is_some_and(|s| c.expression == format!("src.{}", ident(&s.name)))
         });
+        let pauses = reader.pauses().clone();
         Ok(Worker {
             client,
             plan,
@@ -367,6 +380,8 @@ impl Worker {
             relation_checked: false,
             collapse,
             hold: None,
+            pauses,
+            broken: crate::pause::current(),
         })
     }
 
@@ -407,6 +422,22 @@ impl Worker {
                 return Ok(());
             };
             let batch = self.apply_batch(first).await?;
+            self.pauses
+                .point_if(
+                    "applied",
+                    &format!(
+                        "lsn={} xids={}",
+                        batch.applied,
+                        batch
+                            .xids
+                            .iter()
+                            .map(u32::to_string)
+                            .collect::<Vec<_>>()
+                            .join(",")
+                    ),
+                    |c| crate::pause::names_xid(c, &batch.xids),
+                )
+                .await;
             let idle = !self.reader.has_more();
             status.send_modify(|s| {
                 s.applied = s.applied.max(batch.applied);
@@ -427,8 +458,18 @@ impl Worker {
             applied: Lsn::INVALID,
             fence: 0,
             xid: 0,
+            xids: Vec::new(),
         };
-        let collapse = self.collapse.load(std::sync::atomic::Ordering::SeqCst);
+        let broken = self.broken.as_ref().map(|b| b.variant());
+        // Test-only broken orderings (never in a normal build): changes are not collapsed per
+        // key; transactions applied during the backfill are not applied again.
+        let collapse = self.collapse.load(std::sync::atomic::Ordering::SeqCst)
+            && broken != Some(Broken::UnorderedBatch);
+        let applied_during_copy = match &self.broken {
+            Some(b) if b.variant() == Broken::ApplyDuringCopy => b.applied_during_copy(),
+            _ => Lsn::INVALID,
+        };
+        let mut skip_txn = false;
         let plan = self.plan.clone();
         let mut pending = Pending::new();
         let mut partial = std::mem::take(&mut self.partial);
@@ -440,6 +481,8 @@ impl Worker {
             delete: &self.delete,
             reread: &self.reread,
             partial: &mut partial,
+            pauses: &self.pauses,
+            broken,
         };
         let mut in_source_txn = false;
         let mut record = first;
@@ -447,9 +490,11 @@ impl Worker {
             let message = pgoutput::decode_bytes(record.1.clone())
                 .with_context(|| format!("decoding the spooled message at {}", record.0))?;
             match message {
-                PgOutputMessage::Begin { xid, .. } => {
+                PgOutputMessage::Begin { xid, final_lsn, .. } => {
                     in_source_txn = true;
                     batch.xid = xid;
+                    batch.xids.push(xid);
+                    skip_txn = final_lsn < applied_during_copy;
                 }
                 PgOutputMessage::Commit { end_lsn, .. } => {
                     in_source_txn = false;
@@ -460,6 +505,10 @@ impl Worker {
                     check_relation(&plan, &rel)?;
                     self.relation_checked = true;
                 }
+                PgOutputMessage::Insert { .. }
+                | PgOutputMessage::Update { .. }
+                | PgOutputMessage::Delete { .. }
+                    if skip_txn => {}
                 PgOutputMessage::Insert { relation_id, new } => {
                     expect_relation(&plan, relation_id, self.relation_checked)?;
                     let row: Vec<Option<String>> = values(&new)?.iter().map(Val::bind).collect();
@@ -481,7 +530,9 @@ impl Worker {
                             pending.push(collapse, old_key, Op::Delete, batch.xid);
                         }
                     }
-                    let op = if row.iter().all(|v| *v != Val::Unchanged) {
+                    let op = if row.iter().all(|v| *v != Val::Unchanged)
+                        || broken == Some(Broken::PartialAsFull)
+                    {
                         Op::Upsert(row.iter().map(Val::bind).collect())
                     } else if self.direct_partial {
                         Op::Partial(row)
@@ -592,6 +643,8 @@ struct Exec<'a> {
     delete: &'a Statement,
     reread: &'a Statement,
     partial: &'a mut HashMap<Vec<bool>, Statement>,
+    pauses: &'a crate::pause::Pauses,
+    broken: Option<Broken>,
 }
 
 /// One statement to send: the statement and its parameters.
@@ -619,12 +672,30 @@ impl Exec<'_> {
             return Ok(());
         }
         // A re-read must see the event's transaction (DESIGN.md F3).
-        wait_visible(self.tx, &pending.xids).await?;
+        if self.broken != Some(Broken::NoVisibilityWait) {
+            wait_visible_pausing(self.tx, &pending.xids, Some(self.pauses)).await?;
+        }
+        let mut ordered = pending.ordered;
+        match self.broken {
+            // Test-only broken orderings: kinds grouped regardless of source order; re-reads
+            // dropped.
+            Some(Broken::UnorderedBatch) => ordered.sort_by_key(|(_, op)| match op {
+                Op::Upsert(_) => 0,
+                Op::Partial(_) | Op::ReRead => 1,
+                Op::Delete => 2,
+            }),
+            Some(Broken::NoReread) => ordered.retain(|(_, op)| *op != Op::ReRead),
+            _ => {}
+        }
+        let mut collapsed = pending.collapsed;
+        if self.broken == Some(Broken::NoReread) {
+            collapsed.retain(|_, op| *op != Op::ReRead);
+        }
         let mut calls = Vec::new();
-        if pending.collapsed.is_empty() {
+        if collapsed.is_empty() {
             // Source order: consecutive changes of one kind on distinct keys share a statement.
             let mut run: Option<OrderedRun> = None;
-            for (key, op) in pending.ordered {
+            for (key, op) in ordered {
                 let (kind, row) = match op {
                     Op::Upsert(row) => (Kind::Upsert, row),
                     Op::Delete => (Kind::Delete, key.clone()),
@@ -660,7 +731,7 @@ impl Exec<'_> {
             let mut upserts = Vec::new();
             let mut rereads = Vec::new();
             let mut partials = Vec::new();
-            for (key, op) in pending.collapsed {
+            for (key, op) in collapsed {
                 match op {
                     Op::Delete => deletes.push((key.clone(), key)),
                     Op::Upsert(row) => upserts.push((key, row)),
@@ -714,11 +785,19 @@ impl Exec<'_> {
         let statement = match self.partial.get(&mask) {
             Some(s) => s.clone(),
             None => {
-                let sql = self.plan.projection.partial_update_sql(
+                let mut sql = self.plan.projection.partial_update_sql(
                     &self.plan.original.qualified(),
                     &self.plan.names.shadow_qualified(),
                     &mask,
                 );
+                if self.broken == Some(Broken::NoReread) {
+                    // Test-only broken ordering: the re-read of an absent key never inserts.
+                    let guard = "AND NOT EXISTS (SELECT 1 FROM upd)";
+                    if !sql.contains(guard) {
+                        bail!("the NoReread test variant does not recognise the partial update");
+                    }
+                    sql = sql.replace(guard, &format!("{guard} AND false"));
+                }
                 let s = self
                     .tx
                     .prepare(&sql)
@@ -841,10 +920,21 @@ fn check_relation(plan: &Plan, rel: &pgoutput::Relation) -> Result<()> {
 /// Errors: a transaction still invisible after 60 s (a synchronous standby that never
 /// acknowledges), or a failed query.
 pub async fn wait_visible(client: &impl tokio_postgres::GenericClient, xids: &[u32]) -> Result<()> {
+    wait_visible_pausing(client, xids, None).await
+}
+
+/// [`wait_visible`], stopping once at the test-only `visibility-wait` pause point of `pauses`
+/// when a transaction is found invisible.
+async fn wait_visible_pausing(
+    client: &impl tokio_postgres::GenericClient,
+    xids: &[u32],
+    pauses: Option<&crate::pause::Pauses>,
+) -> Result<()> {
     if xids.is_empty() {
         return Ok(());
     }
     let deadline = std::time::Instant::now() + Duration::from_secs(60);
+    let mut pauses = pauses;
     loop {
         let snapshot: String = client
             .query_one("SELECT pg_current_snapshot()::text", &[])
@@ -858,6 +948,9 @@ pub async fn wait_visible(client: &impl tokio_postgres::GenericClient, xids: &[u
         let Some(xid) = invisible else {
             return Ok(());
         };
+        if let Some(p) = pauses.take() {
+            p.point("visibility-wait", &format!("xid={xid}")).await;
+        }
         if std::time::Instant::now() > deadline {
             bail!(
                 "transaction {xid} was decoded but did not become visible within 60 s (a synchronous standby not acknowledging?)"
@@ -865,6 +958,31 @@ pub async fn wait_visible(client: &impl tokio_postgres::GenericClient, xids: &[u
         }
         tokio::time::sleep(Duration::from_millis(2)).await;
     }
+}
+
+/// Transactions that the snapshot `exported` counts as committed but that are not visible to
+/// the newer snapshot `current` yet: in `current`'s in-progress list, or at or above its
+/// `xmax` (a transaction still in the ProcArray has not advanced the latest completed xid, so
+/// a new snapshot's `xmax` can stop at or below it). Both snapshots as [`parse_snapshot`]
+/// returns them. A slot's exported snapshot can count a commit that is in WAL but not yet
+/// visible (DESIGN.md §1.3, F3); the backfill must wait until this is empty.
+///
+/// Always empty under the test-only [`Broken::NoVisibilityWait`] variant.
+pub fn committed_but_not_visible(
+    exported: &(u64, u64, Vec<u64>),
+    current: &(u64, u64, Vec<u64>),
+) -> Vec<u64> {
+    if crate::pause::broken() == Some(Broken::NoVisibilityWait) {
+        return Vec::new();
+    }
+    let (_, exported_xmax, exported_xip) = exported;
+    let (_, current_xmax, current_xip) = current;
+    let counted = |x: &u64| *x < *exported_xmax && !exported_xip.contains(x);
+    let mut pending: Vec<u64> = current_xip.iter().copied().filter(counted).collect();
+    pending.extend((*current_xmax..*exported_xmax).filter(counted));
+    pending.sort_unstable();
+    pending.dedup();
+    pending
 }
 
 /// Parses `pg_snapshot` text `xmin:xmax:xip1,xip2,..` into 64-bit transaction ids.
@@ -907,6 +1025,24 @@ mod tests {
         );
         assert_eq!(parse_snapshot("10:10:").unwrap(), (10, 10, vec![]));
         assert!(parse_snapshot("x").is_err());
+    }
+
+    #[test]
+    fn exported_commits_not_yet_visible_are_found() {
+        // PostgreSQL 14: the writer (739) is committed in the exported snapshot, and a new
+        // snapshot's xmax stops at it because it has not left the ProcArray.
+        let exported = (739, 740, vec![]);
+        assert_eq!(
+            committed_but_not_visible(&exported, &(739, 739, vec![])),
+            vec![739]
+        );
+        assert!(committed_but_not_visible(&exported, &(740, 740, vec![])).is_empty());
+        // In the in-progress list; 705 was in progress for the exported snapshot too.
+        let exported = (700, 750, vec![705]);
+        assert_eq!(
+            committed_but_not_visible(&exported, &(700, 760, vec![705, 720, 755])),
+            vec![720]
+        );
     }
 
     #[test]

@@ -11,6 +11,11 @@
 //! range is copied by its own statement: rows that enter the range after its copy are carried
 //! by the stream, which the applier replays after the whole backfill. One session plans the
 //! ranges; `--copy-workers` sessions copy them concurrently.
+//!
+//! Test-only (the `pause-points` feature, see [`crate::pause`]): the race points `chunk-open`
+//! and `copying`, and the deliberately broken ordering
+//! [`crate::pause::Broken::ApplyDuringCopy`], which runs an applier while the chunks are
+//! copied.
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
@@ -32,7 +37,8 @@ pub struct CopyOptions {
     pub nice_ratio: f64,
     /// Rows in the first chunk.
     pub initial_rows: i64,
-    /// Test-only pause points (`copying`: the first chunk committed).
+    /// Test-only pause points: `chunk-open` (a chunk's statement ran, its transaction is not
+    /// committed) and `copying` (a chunk committed); see [`crate::pause`].
     pub pauses: crate::pause::Pauses,
 }
 
@@ -151,8 +157,13 @@ pub async fn backfill(
             .await
         }
     });
+    let during_copy = DuringCopy::start(client, plan).await?;
     // The first error (a worker's or the planner's) ends the copy; the rest is dropped.
-    tokio::try_join!(producer, futures_util::future::try_join_all(work))?;
+    let copied_all = tokio::try_join!(producer, futures_util::future::try_join_all(work));
+    if let Some(during_copy) = during_copy {
+        during_copy.finish(client, plan).await?;
+    }
+    copied_all?;
     Ok(CopyReport {
         rows: copied.load(Ordering::Relaxed),
         chunks: chunks.load(Ordering::Relaxed),
@@ -177,18 +188,20 @@ async fn copy_ranges(
     let table = plan.original.qualified();
     let shadow = plan.names.shadow_qualified();
     let p = &plan.projection;
-    let copy_first = worker
-        .prepare(&p.copy_sql(&table, &shadow, false, true))
-        .await?;
-    let copy_middle = worker
-        .prepare(&p.copy_sql(&table, &shadow, true, true))
-        .await?;
-    let copy_last = worker
-        .prepare(&p.copy_sql(&table, &shadow, true, false))
-        .await?;
-    let copy_all = worker
-        .prepare(&p.copy_sql(&table, &shadow, false, false))
-        .await?;
+    // Test-only broken ordering (never in a normal build): rows the applier running during the
+    // backfill wrote first are kept.
+    let conflict = if crate::pause::broken() == Some(crate::pause::Broken::ApplyDuringCopy) {
+        " ON CONFLICT DO NOTHING"
+    } else {
+        ""
+    };
+    let sql = |lower: bool, upper: bool| {
+        format!("{}{conflict}", p.copy_sql(&table, &shadow, lower, upper))
+    };
+    let copy_first = worker.prepare(&sql(false, true)).await?;
+    let copy_middle = worker.prepare(&sql(true, true)).await?;
+    let copy_last = worker.prepare(&sql(true, false)).await?;
+    let copy_all = worker.prepare(&sql(false, false)).await?;
     loop {
         let next = rx.lock().await.recv().await;
         let Some((lower, upper)) = next else {
@@ -213,17 +226,49 @@ async fn copy_ranges(
         }
         let chunk_start = Instant::now();
         let rows_planned = rows_target.load(Ordering::Relaxed);
-        let n = worker
-            .execute(statement, &params)
-            .await
-            .map_err(|e| copy_error(e, plan))?;
+        let in_range = |c: &str| crate::pause::key_in_range(c, lower.as_deref(), upper.as_deref());
+        let range = describe_range(&lower, &upper);
+        // Test-only: with `chunk-open` armed for this chunk, the chunk runs in an explicit
+        // transaction and stops between its statement (its snapshot) and its commit.
+        let held_open = options
+            .pauses
+            .armed("chunk-open")
+            .is_some_and(|c| c.is_empty() || in_range(&c));
+        let n = if held_open {
+            worker.batch_execute("BEGIN").await?;
+            let n = match worker.execute(statement, &params).await {
+                Ok(n) => n,
+                Err(e) => {
+                    worker.batch_execute("ROLLBACK").await.ok();
+                    return Err(copy_error(e, plan));
+                }
+            };
+            options
+                .pauses
+                .point_if("chunk-open", &format!("range={range} rows={n}"), in_range)
+                .await;
+            worker
+                .batch_execute("COMMIT")
+                .await
+                .context("committing a chunk")?;
+            n
+        } else {
+            worker
+                .execute(statement, &params)
+                .await
+                .map_err(|e| copy_error(e, plan))?
+        };
         let took = chunk_start.elapsed();
         let total = copied.fetch_add(n, Ordering::Relaxed) + n;
         chunks.fetch_add(1, Ordering::Relaxed);
         progress.update(|s| s.rows_copied = total);
         options
             .pauses
-            .point("copying", &format!("{total} rows copied"))
+            .point_if(
+                "copying",
+                &format!("range={range} rows={n} total={total}"),
+                in_range,
+            )
             .await;
         tracing::debug!(rows = n, ms = took.as_millis() as u64, "chunk copied");
         if upper.is_some() {
@@ -239,6 +284,85 @@ async fn copy_ranges(
         if options.nice_ratio > 0.0 {
             tokio::time::sleep(took.mul_f64(options.nice_ratio)).await;
         }
+    }
+}
+
+/// `(lo, hi]` of a chunk for pause-point details (`-inf`/`+inf` for open bounds).
+fn describe_range(
+    lower: &Option<Vec<Option<String>>>,
+    upper: &Option<Vec<Option<String>>>,
+) -> String {
+    let show = |b: &Option<Vec<Option<String>>>, open: &str| match b {
+        None => open.to_string(),
+        Some(values) => values
+            .iter()
+            .map(|v| v.clone().unwrap_or_else(|| "NULL".into()))
+            .collect::<Vec<_>>()
+            .join(","),
+    };
+    format!("({}, {}]", show(lower, "-inf"), show(upper, "+inf"))
+}
+
+/// Test-only broken ordering [`crate::pause::Broken::ApplyDuringCopy`] (never in a normal
+/// build): an applier replaying the spool into the shadow while the backfill runs — the
+/// races table's lock-free copy and apply (DESIGN.md §2).
+struct DuringCopy {
+    run: Arc<crate::pause::BrokenRun>,
+    applier: crate::applier::Applier,
+    index: String,
+}
+
+impl DuringCopy {
+    /// Starts the applier when the variant is in scope: a unique index on the shadow's key
+    /// (the applier's upserts need one), a session of its own, the spool's second reader.
+    async fn start(client: &Client, plan: &Plan) -> Result<Option<DuringCopy>> {
+        let Some(run) = crate::pause::current()
+            .filter(|r| r.variant() == crate::pause::Broken::ApplyDuringCopy)
+        else {
+            return Ok(None);
+        };
+        let index = format!("_doppel_{}_during_copy", plan.original.oid);
+        client
+            .batch_execute(&format!(
+                "CREATE UNIQUE INDEX {} ON {} {}",
+                crate::sql::ident(&index),
+                plan.names.shadow_qualified(),
+                plan.projection.target_key_tuple()
+            ))
+            .await
+            .context("creating the key index for the applier during the copy")?;
+        let reader = run.take_during_copy_reader().ok_or_else(|| {
+            anyhow::anyhow!("no second spool reader for the applier during the copy")
+        })?;
+        let session = crate::conninfo::connect(run.config()).await?;
+        session
+            .batch_execute("SET application_name = 'doppel applier (during copy)'")
+            .await?;
+        let applier =
+            crate::applier::Applier::spawn(session, Arc::new(plan.clone()), reader, None).await?;
+        applier.resume();
+        Ok(Some(DuringCopy {
+            run,
+            applier,
+            index,
+        }))
+    }
+
+    /// Stops the applier at a transaction boundary, records how far it got (the applier
+    /// after the backfill resumes there) and drops the index.
+    async fn finish(self, client: &Client, plan: &Plan) -> Result<()> {
+        self.applier.pause().await?;
+        self.run
+            .set_applied_during_copy(self.applier.status().applied);
+        self.applier.stop().await?;
+        client
+            .batch_execute(&format!(
+                "DROP INDEX {}.{}",
+                crate::sql::ident(&plan.names.schema),
+                crate::sql::ident(&self.index)
+            ))
+            .await
+            .context("dropping the key index of the applier during the copy")
     }
 }
 

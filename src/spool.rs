@@ -16,6 +16,7 @@ use bytes::Bytes;
 use tokio::sync::watch;
 
 use crate::lsn::Lsn;
+use crate::pause::Pauses;
 
 const HEADER: usize = 12;
 
@@ -25,17 +26,21 @@ pub struct SpoolWriter {
     path: PathBuf,
     offset: u64,
     visible: watch::Sender<u64>,
+    pauses: Pauses,
 }
 
 /// Reads records in order, waiting for the writer at the end.
+#[derive(Debug)]
 pub struct SpoolReader {
     file: BufReader<File>,
     pos: u64,
     visible: watch::Receiver<u64>,
+    pauses: Pauses,
 }
 
 /// Creates (truncating) the spool file at `path`. Returns the writer and a reader starting at
-/// the first record.
+/// the first record. The pause points of both ([`crate::pause`]) are those of the run whose
+/// work directory holds the spool.
 ///
 /// Errors: the file cannot be created or opened.
 pub fn create(path: &Path) -> Result<(SpoolWriter, SpoolReader)> {
@@ -46,20 +51,34 @@ pub fn create(path: &Path) -> Result<(SpoolWriter, SpoolReader)> {
         .open(path)
         .with_context(|| format!("cannot create the change spool {}", path.display()))?;
     let (tx, rx) = watch::channel(0u64);
-    let reader = File::open(path)
-        .with_context(|| format!("cannot open the change spool {}", path.display()))?;
+    let pauses = Pauses::new(path.parent().unwrap_or_else(|| Path::new(".")));
+    let open_reader = |rx: watch::Receiver<u64>| -> Result<SpoolReader> {
+        let reader = File::open(path)
+            .with_context(|| format!("cannot open the change spool {}", path.display()))?;
+        Ok(SpoolReader {
+            file: BufReader::with_capacity(1 << 20, reader),
+            pos: 0,
+            visible: rx,
+            pauses: pauses.clone(),
+        })
+    };
+    // Test-only (never in a normal build): the broken ordering that applies changes during
+    // the backfill reads the spool with a second reader.
+    if let Some(run) = crate::pause::current()
+        && run.variant() == crate::pause::Broken::ApplyDuringCopy
+    {
+        run.set_during_copy_reader(open_reader(rx.clone())?);
+    }
+    let reader = open_reader(rx)?;
     Ok((
         SpoolWriter {
             file: BufWriter::with_capacity(1 << 20, file),
             path: path.to_path_buf(),
             offset: 0,
             visible: tx,
+            pauses: pauses.clone(),
         },
-        SpoolReader {
-            file: BufReader::with_capacity(1 << 20, reader),
-            pos: 0,
-            visible: rx,
-        },
+        reader,
     ))
 }
 
@@ -104,9 +123,19 @@ impl SpoolWriter {
     pub fn path(&self) -> &Path {
         &self.path
     }
+
+    /// The pause points of the run that writes this spool.
+    pub fn pauses(&self) -> &Pauses {
+        &self.pauses
+    }
 }
 
 impl SpoolReader {
+    /// The pause points of the run that reads this spool.
+    pub fn pauses(&self) -> &Pauses {
+        &self.pauses
+    }
+
     /// Bytes published by the writer but not yet read.
     pub fn pending(&self) -> u64 {
         self.visible.borrow().saturating_sub(self.pos)

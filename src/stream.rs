@@ -6,6 +6,9 @@
 //!
 //! It runs as its own task so that throttling or pausing the copy and the applier never
 //! stops consumption: the backlog grows on doppel's disk, not in the primary's `pg_wal`.
+//!
+//! Test-only: the pause point `spooled` (see [`crate::pause`]) stops the consumer once a
+//! source transaction's Commit is in the spool.
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -118,6 +121,8 @@ async fn consume_inner(
     let mut tick = tokio::time::interval(STATUS_INTERVAL);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut in_transaction = false;
+    // The transaction being received (for the test-only `spooled` pause point).
+    let mut xid = 0u32;
     let mut last_commit_end = Lsn::INVALID;
     let mut idle_position = Lsn::INVALID;
     let mut st = StreamStatus::default();
@@ -140,7 +145,10 @@ async fn consume_inner(
                         st.messages += 1;
                         st.received = st.received.max(wal_end).max(wal_start);
                         match data.first() {
-                            Some(b'B') => in_transaction = true,
+                            Some(b'B') => {
+                                in_transaction = true;
+                                xid = begin_xid(&data).unwrap_or(0);
+                            }
                             Some(b'C') => {
                                 in_transaction = false;
                                 if let Some(end) = commit_end_lsn(&data) {
@@ -150,6 +158,12 @@ async fn consume_inner(
                                 st.transactions += 1;
                                 spool.publish()?;
                                 last_publish = Instant::now();
+                                spool
+                                    .pauses()
+                                    .point_if("spooled", &format!("xid={xid}"), |c| {
+                                        crate::pause::names_xid(c, &[xid])
+                                    })
+                                    .await;
                             }
                             Some(b'M') if !in_transaction => {
                                 spool.publish()?;
@@ -202,6 +216,12 @@ fn confirmable(in_transaction: bool, last_commit_end: Lsn, idle_position: Lsn) -
     }
 }
 
+/// Transaction id of a pgoutput Begin message (`B`, final LSN u64, commit time i64, xid u32).
+fn begin_xid(data: &[u8]) -> Option<u32> {
+    let bytes: [u8; 4] = data.get(17..21)?.try_into().ok()?;
+    Some(u32::from_be_bytes(bytes))
+}
+
 /// End LSN of a pgoutput Commit message (`C`, flags u8, commit LSN u64, end LSN u64, time).
 fn commit_end_lsn(data: &[u8]) -> Option<Lsn> {
     let bytes: [u8; 8] = data.get(10..18)?.try_into().ok()?;
@@ -226,5 +246,15 @@ mod tests {
         m.extend_from_slice(&200u64.to_be_bytes());
         m.extend_from_slice(&0i64.to_be_bytes());
         assert_eq!(commit_end_lsn(&m), Some(Lsn(200)));
+    }
+
+    #[test]
+    fn reads_begin_xid() {
+        let mut m = vec![b'B'];
+        m.extend_from_slice(&100u64.to_be_bytes());
+        m.extend_from_slice(&0i64.to_be_bytes());
+        m.extend_from_slice(&742u32.to_be_bytes());
+        assert_eq!(begin_xid(&m), Some(742));
+        assert_eq!(begin_xid(b"B"), None);
     }
 }

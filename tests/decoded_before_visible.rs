@@ -1,0 +1,683 @@
+//! Decoded before visible (DESIGN.md F3): a transaction's commit record can be in WAL — and so
+//! decoded, spooled and applied — before new snapshots see it. The window is forced, not
+//! waited for: `synchronous_standby_names` names a standby that does not exist, every session
+//! of doppel and of the test runs with `synchronous_commit=local`, and only the workload's
+//! writer commits with `synchronous_commit=on`, so its COMMIT stays in WAL (decodable) and
+//! invisible until the test releases it with `pg_cancel_backend` (the commit then completes
+//! locally).
+//!
+//! Three cases, each run against a deliberately wrong ordering (expecting the exact mismatch)
+//! and against doppel's (expecting the shadow, and after cutover the new table, to equal the
+//! twin that every write goes to in the same transaction):
+//!
+//! - the slot's exported snapshot counts a commit that is not visible yet (DESIGN.md §1.3):
+//!   the copy must wait for it (`wait_exported_visible` in migration.rs);
+//! - a DELETE decoded (and, with a concurrent applier, applied) while invisible, before the
+//!   next chunk copies the row (the races table's "A applied a DELETE, then C's next snapshot
+//!   does not yet see it"): ordering (a) applies it after the copy;
+//! - a partial UPDATE (`u`) whose key is absent from the shadow is re-read from the original:
+//!   the re-read must wait until the event's transaction is visible.
+
+mod common;
+
+use std::path::Path;
+use std::time::Duration;
+
+use doppel::migration::{self, Cancel, Outcome, RunOptions};
+use doppel::pause::{self, Broken};
+use tokio::task::JoinHandle;
+use tokio_postgres::Client;
+
+/// Longest wait for any forced step.
+const WAIT: Duration = Duration::from_secs(60);
+
+/// The ALTER of every scenario (rewrites the table; `v` is compared as bigint).
+const ALTER: &str = "ALTER COLUMN v TYPE bigint";
+
+/// Compared columns (TOASTed values shown by an md5 prefix).
+const COLUMNS: &str = "id, v::bigint, CASE WHEN doc IS NULL THEN 'null' ELSE left(md5(doc), 8) END";
+
+/// The standby `synchronous_standby_names` waits for; it never connects.
+const ABSENT_STANDBY: &str = "doppel_absent_standby";
+
+/// Rows present on one side only (each the text of the compared columns), in key order.
+#[derive(Debug, Default, PartialEq, Eq)]
+struct Diff {
+    only_new: Vec<String>,
+    only_twin: Vec<String>,
+}
+
+impl Diff {
+    fn is_empty(&self) -> bool {
+        self.only_new.is_empty() && self.only_twin.is_empty()
+    }
+
+    fn keys(rows: &[String]) -> Vec<i64> {
+        rows.iter()
+            .map(|r| {
+                r.trim_start_matches('(')
+                    .split(',')
+                    .next()
+                    .and_then(|k| k.parse().ok())
+                    .unwrap_or_else(|| panic!("no key in {r}"))
+            })
+            .collect()
+    }
+
+    fn new_keys(&self) -> Vec<i64> {
+        Self::keys(&self.only_new)
+    }
+
+    fn twin_keys(&self) -> Vec<i64> {
+        Self::keys(&self.only_twin)
+    }
+}
+
+/// `relation` against `twin` on `columns`.
+async fn diff(client: &Client, relation: &str, columns: &str) -> Diff {
+    let side = |a: &str, b: &str| {
+        format!(
+            "SELECT r::text FROM (SELECT ROW({columns}) AS r FROM {a}
+                                  EXCEPT ALL SELECT ROW({columns}) FROM {b}) d ORDER BY d.r"
+        )
+    };
+    let rows = |sql: String| async move {
+        client
+            .query(&sql, &[])
+            .await
+            .unwrap_or_else(|e| panic!("{sql}: {e}"))
+            .iter()
+            .map(|r| r.get::<_, String>(0))
+            .collect::<Vec<_>>()
+    };
+    Diff {
+        only_new: rows(side(relation, "twin")).await,
+        only_twin: rows(side("twin", relation)).await,
+    }
+}
+
+/// (Re)creates `t` (`id`, `v`, `doc` stored out of line) with `rows` rows keyed `10, 20, ..`
+/// (so keys in between are free), rows whose key is a multiple of `toast_every` carrying an
+/// incompressible 8 kB `doc` (TOASTed), and its twin.
+async fn create_tables(client: &Client, rows: i64, toast_every: i64) {
+    client
+        .batch_execute(&format!(
+            "DROP TABLE IF EXISTS t, twin;
+             CREATE TABLE t (id int PRIMARY KEY, v int NOT NULL, doc text);
+             ALTER TABLE t ALTER COLUMN doc SET STORAGE EXTERNAL;
+             INSERT INTO t SELECT 10 * i, 10 * i,
+                    CASE WHEN (10 * i) % {toast_every} = 0
+                         THEN (SELECT string_agg(md5(i::text || g), '') FROM generate_series(1, 250) g)
+                    END
+             FROM generate_series(1, {rows}) i;
+             CREATE TABLE twin AS SELECT * FROM t;"
+        ))
+        .await
+        .unwrap();
+}
+
+/// A session writing to `t` and `twin`: statements containing `{t}` run on both tables in
+/// the same transaction, others (`SAVEPOINT ..`) once.
+struct Writer {
+    client: Client,
+}
+
+impl Writer {
+    async fn new(config: &tokio_postgres::Config) -> Writer {
+        Writer {
+            client: doppel::conninfo::connect(config).await.unwrap(),
+        }
+    }
+
+    /// `BEGIN`; returns the transaction's (32-bit) xid.
+    async fn begin(&self) -> u32 {
+        self.client.batch_execute("BEGIN").await.unwrap();
+        let xid: i64 = self
+            .client
+            .query_one(
+                "SELECT pg_current_xact_id()::text::bigint % 4294967296",
+                &[],
+            )
+            .await
+            .unwrap()
+            .get(0);
+        xid as u32
+    }
+
+    async fn run(&self, statements: &[&str]) {
+        for s in statements {
+            let targets: &[&str] = if s.contains("{t}") {
+                &["t", "twin"]
+            } else {
+                &[""]
+            };
+            for target in targets {
+                let sql = s.replace("{t}", target);
+                self.client
+                    .batch_execute(&sql)
+                    .await
+                    .unwrap_or_else(|e| panic!("{sql}: {e}"));
+            }
+        }
+    }
+}
+
+/// One in-process `doppel run --execute` of [`ALTER`] on `t`, armed to stop at `verifying`.
+struct Run {
+    dir: tempfile::TempDir,
+    broken: Option<Broken>,
+    cancel: tokio::sync::watch::Sender<bool>,
+    handle: Option<JoinHandle<anyhow::Result<Outcome>>>,
+}
+
+impl Run {
+    /// Starts the run under `broken` (or doppel's ordering), with `arms` (point, condition)
+    /// armed before it starts; `tune` adjusts the options (one copy worker, 100-row chunks).
+    fn start(
+        config: &tokio_postgres::Config,
+        broken: Option<Broken>,
+        arms: &[(&str, &str)],
+        tune: impl FnOnce(&mut RunOptions),
+    ) -> Run {
+        let dir = tempfile::tempdir().unwrap();
+        pause::arm(dir.path(), "verifying").unwrap();
+        for (name, condition) in arms {
+            pause::arm_when(dir.path(), name, condition).unwrap();
+        }
+        let mut options = RunOptions {
+            execute: true,
+            copy_workers: 1,
+            work_dir: dir.path().to_path_buf(),
+            rollback_dir: dir.path().to_path_buf(),
+            status_interval: Duration::from_secs(600),
+            fence_timeout: Duration::from_secs(5),
+            ..RunOptions::new("t", &[ALTER])
+        };
+        // A zero target keeps every chunk at the 100-row minimum.
+        options.copy.chunk_time = Duration::ZERO;
+        options.copy.initial_rows = 100;
+        tune(&mut options);
+        let (cancel, signal) = Cancel::new();
+        let run_config = config.clone();
+        let future = async move { migration::run(&run_config, &options, &signal).await };
+        let handle = match broken {
+            Some(b) => tokio::spawn(pause::with_broken(b, config.clone(), future)),
+            None => tokio::spawn(future),
+        };
+        Run {
+            dir,
+            broken,
+            cancel,
+            handle: Some(handle),
+        }
+    }
+
+    fn dir(&self) -> &Path {
+        self.dir.path()
+    }
+
+    fn arm(&self, name: &str, condition: &str) {
+        pause::arm_when(self.dir(), name, condition).unwrap();
+    }
+
+    fn release(&self, name: &str) {
+        pause::release(self.dir(), name).unwrap();
+    }
+
+    /// Panics with the run's error if it has ended.
+    async fn check_running(&mut self, waiting_for: &str) {
+        if self.handle.as_ref().is_some_and(|h| h.is_finished()) {
+            let result = self.handle.take().unwrap().await.unwrap();
+            panic!("the run ended while the test waited for {waiting_for}: {result:?}");
+        }
+    }
+
+    /// Waits until the run stops at `name`; returns the point's detail.
+    async fn reached(&mut self, name: &str) -> String {
+        let deadline = tokio::time::Instant::now() + WAIT;
+        loop {
+            if let Some(detail) = pause::reached(self.dir(), name) {
+                return detail;
+            }
+            self.check_running(name).await;
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "the run did not reach {name} within {WAIT:?}"
+            );
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+    }
+
+    /// Under [`Broken::ApplyDuringCopy`]: arms `applied` for transaction `xid` (before it
+    /// commits), for [`Run::applied_during_copy`].
+    fn expect_applied_during_copy(&self, xid: u32) {
+        if self.broken == Some(Broken::ApplyDuringCopy) {
+            self.arm("applied", &format!("xid={xid}"));
+        }
+    }
+
+    /// Under [`Broken::ApplyDuringCopy`]: waits until the applier running during the copy has
+    /// applied transaction `xid` or is blocked on a row the held chunk inserted (F2); does
+    /// nothing under other orderings.
+    async fn applied_during_copy(&mut self, client: &Client, xid: u32) {
+        if self.broken != Some(Broken::ApplyDuringCopy) {
+            return;
+        }
+        let deadline = tokio::time::Instant::now() + WAIT;
+        loop {
+            if pause::reached(self.dir(), "applied").is_some() {
+                break;
+            }
+            let blocked = common::scalar(
+                client,
+                "SELECT count(*) FROM pg_stat_activity
+                 WHERE application_name = 'doppel applier (during copy)' AND wait_event_type = 'Lock'",
+            )
+            .await;
+            if blocked > 0 {
+                break;
+            }
+            self.check_running("the applier during the copy").await;
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "transaction {xid} was not applied during the copy within {WAIT:?}"
+            );
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+        self.release("applied");
+    }
+
+    /// Waits for `verifying` and compares the shadow with the twin on `columns`.
+    async fn shadow_diff(&mut self, client: &Client, columns: &str) -> Diff {
+        self.reached("verifying").await;
+        diff(client, &shadow_name(client).await, columns).await
+    }
+
+    /// A broken run is cancelled (its shadow is dropped, `t` untouched); a correct run cuts
+    /// over and the new `t` must equal the twin.
+    async fn finish(mut self, client: &Client, columns: &str) {
+        let handle = self.handle.take().unwrap();
+        if self.broken.is_some() {
+            self.cancel.send_replace(true);
+            self.release("verifying");
+            let result = handle.await.unwrap();
+            assert!(result.is_err(), "the cancelled run did not stop");
+        } else {
+            self.release("verifying");
+            match handle.await.unwrap() {
+                Ok(Outcome::Migrated(_)) => {}
+                other => panic!("expected a migration, got {other:?}"),
+            }
+            let after = diff(client, "t", columns).await;
+            assert!(
+                after.is_empty(),
+                "the migrated table differs from the twin: {after:?}"
+            );
+        }
+    }
+}
+
+/// The shadow doppel builds for `t`.
+async fn shadow_name(client: &Client) -> String {
+    client
+        .query_one(
+            "SELECT c.oid::regclass::text FROM pg_class c
+             WHERE c.relname = '_doppel_' || 't'::regclass::oid || '_new_t'",
+            &[],
+        )
+        .await
+        .unwrap()
+        .get(0)
+}
+
+/// A private cluster whose commits wait for an absent synchronous standby unless the session
+/// sets `synchronous_commit=local` (as the returned session and configuration do).
+async fn stand() -> (
+    doppel::cluster::LocalCluster,
+    Client,
+    tokio_postgres::Config,
+) {
+    let cluster = common::cluster().await;
+    cluster
+        .alter_system("synchronous_standby_names", ABSENT_STANDBY)
+        .await
+        .unwrap();
+    let mut config: tokio_postgres::Config = cluster.conninfo("postgres").parse().unwrap();
+    config.options("-c synchronous_commit=local");
+    let client = doppel::conninfo::connect(&config).await.unwrap();
+    // New sessions see the reloaded setting once the postmaster has processed the reload.
+    assert!(
+        common::wait_until_async(WAIT, || async {
+            let fresh = doppel::conninfo::connect(&config).await.unwrap();
+            let names: String = fresh
+                .query_one("SHOW synchronous_standby_names", &[])
+                .await
+                .unwrap()
+                .get(0);
+            names == ABSENT_STANDBY
+        })
+        .await
+    );
+    (cluster, client, config)
+}
+
+/// The chunk range `(lo, hi]` in a copier pause point's detail.
+fn chunk_range(detail: &str) -> (i64, i64) {
+    let range = detail
+        .split("range=(")
+        .nth(1)
+        .and_then(|r| r.split(']').next())
+        .unwrap_or_else(|| panic!("no range in {detail:?}"));
+    let (lo, hi) = range.split_once(", ").unwrap();
+    let bound = |b: &str, open: i64| b.parse().unwrap_or(open);
+    (bound(lo, i64::MIN), bound(hi, i64::MAX))
+}
+
+/// Whether a walsender waits for transaction `xid` to end (slot creation waits for the
+/// transactions running when it starts building its snapshot).
+async fn slot_waits_for(client: &Client, xid: u32) -> bool {
+    common::scalar(
+        client,
+        &format!(
+            "SELECT count(*) FROM pg_locks l JOIN pg_stat_activity a USING (pid)
+             WHERE l.locktype = 'transactionid' AND NOT l.granted
+               AND l.transactionid::text = '{xid}' AND a.backend_type = 'walsender'"
+        ),
+    )
+    .await
+        > 0
+}
+
+/// A writer transaction whose COMMIT waits for the absent standby: committed in WAL (and
+/// decodable), invisible to other sessions until [`Stuck::release`].
+struct Stuck {
+    pid: i32,
+    commit: JoinHandle<Result<(), tokio_postgres::Error>>,
+}
+
+/// Opens the writer's transaction with `synchronous_commit=on`; returns the writer and xid.
+async fn begin_stuck(config: &tokio_postgres::Config) -> (Writer, u32) {
+    let writer = Writer::new(config).await;
+    writer
+        .client
+        .batch_execute("SET synchronous_commit = on")
+        .await
+        .unwrap();
+    let xid = writer.begin().await;
+    (writer, xid)
+}
+
+impl Stuck {
+    /// Sends the writer's COMMIT and waits until it waits for the standby.
+    async fn commit(writer: Writer, client: &Client) -> Stuck {
+        let pid: i32 = writer
+            .client
+            .query_one("SELECT pg_backend_pid()", &[])
+            .await
+            .unwrap()
+            .get(0);
+        let commit = tokio::spawn(async move { writer.client.batch_execute("COMMIT").await });
+        let waiting = format!(
+            "SELECT count(*) FROM pg_stat_activity WHERE pid = {pid} AND wait_event = 'SyncRep'"
+        );
+        assert!(
+            common::wait_until_async(WAIT, || async {
+                common::scalar(client, &waiting).await == 1
+            })
+            .await,
+            "the writer's COMMIT does not wait for the absent standby"
+        );
+        Stuck { pid, commit }
+    }
+
+    /// Cancels the wait: the transaction completes (committed locally) and becomes visible.
+    async fn release(self, client: &Client) {
+        client
+            .execute("SELECT pg_cancel_backend($1)", &[&self.pid])
+            .await
+            .unwrap();
+        self.commit
+            .await
+            .unwrap()
+            .expect("a COMMIT whose standby wait is cancelled completes");
+    }
+}
+
+/// Whether doppel's control session has run `SELECT pg_current_snapshot()` outside a
+/// transaction at two different times: the wait before the backfill is polling.
+async fn polls_for_visibility(client: &Client, seen: &mut Vec<String>) -> bool {
+    let started: Option<String> = client
+        .query_opt(
+            "SELECT query_start::text FROM pg_stat_activity
+             WHERE application_name = 'doppel' AND state = 'idle'
+               AND query = 'SELECT pg_current_snapshot()::text'",
+            &[],
+        )
+        .await
+        .unwrap()
+        .map(|r| r.get(0));
+    if let Some(s) = started
+        && !seen.contains(&s)
+    {
+        seen.push(s);
+    }
+    seen.len() >= 2
+}
+
+/// The slot-creation case (DESIGN.md §1.3). Two transactions the test holds keep the slot
+/// building its snapshot; meanwhile the writer commits (decoded: the slot's snapshot counts it
+/// as committed, and its changes are before the slot's consistent point, so never streamed)
+/// without becoming visible. The backfill must not start before the commit is visible, or its
+/// changes are lost.
+///
+/// Recent PostgreSQL minor releases close this window in the server: exporting the slot's
+/// snapshot waits for such a transaction to end (the walsender waits on its xid). Returns the
+/// shadow's difference and whether the server waited so.
+async fn commit_invisible_at_slot_snapshot(broken: Option<Broken>) -> (Diff, bool) {
+    let (_cluster, client, config) = stand().await;
+    create_tables(&client, 3000, i64::MAX).await;
+    let hold1 = Writer::new(&config).await;
+    let hold2 = Writer::new(&config).await;
+    let y1 = hold1.begin().await;
+    let mut run = Run::start(&config, broken, &[("copying", "")], |_| {});
+    assert!(
+        common::wait_until_async(WAIT, || slot_waits_for(&client, y1)).await,
+        "the slot did not wait for the first held transaction"
+    );
+    let y2 = hold2.begin().await;
+    hold1.client.batch_execute("ROLLBACK").await.unwrap();
+    assert!(
+        common::wait_until_async(WAIT, || slot_waits_for(&client, y2)).await,
+        "the slot did not wait for the second held transaction"
+    );
+    // The writer starts after the slot's second wait began, so the slot does not wait for it
+    // to become consistent.
+    let (writer, x) = begin_stuck(&config).await;
+    writer
+        .run(&[
+            "UPDATE {t} SET v = -1 WHERE id = 50",
+            "INSERT INTO {t} VALUES (5, 5, NULL)",
+        ])
+        .await;
+    let stuck = Stuck::commit(writer, &client).await;
+    // The slot becomes consistent with the writer committed, yet in progress for every new
+    // snapshot.
+    hold2.client.batch_execute("ROLLBACK").await.unwrap();
+    let mut seen = Vec::new();
+    let deadline = tokio::time::Instant::now() + WAIT;
+    let (server_waits, held, copied) = loop {
+        let server_waits = slot_waits_for(&client, x).await;
+        let copied = pause::reached(run.dir(), "copying").is_some();
+        let held = polls_for_visibility(&client, &mut seen).await;
+        if server_waits || copied || held {
+            break (server_waits, held, copied);
+        }
+        run.check_running("the slot, the backfill or the visibility wait")
+            .await;
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "neither the slot, the backfill nor the visibility wait moved"
+        );
+        tokio::time::sleep(Duration::from_millis(2)).await;
+    };
+    if server_waits {
+        assert!(
+            !copied && !held,
+            "the slot's snapshot was exported while it waited"
+        );
+    } else if broken.is_some() {
+        assert!(
+            copied,
+            "the broken run copies a chunk while the commit is invisible"
+        );
+    } else {
+        assert!(
+            held && !copied,
+            "the backfill must wait until the commit is visible (waiting {held}, copied {copied})"
+        );
+    }
+    stuck.release(&client).await;
+    run.release("copying");
+    let d = run.shadow_diff(&client, COLUMNS).await;
+    run.finish(&client, COLUMNS).await;
+    (d, server_waits)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn slot_snapshot_counts_a_commit_not_yet_visible() {
+    let (broken, server_waits) =
+        commit_invisible_at_slot_snapshot(Some(Broken::NoVisibilityWait)).await;
+    if server_waits {
+        // This server waits for the transaction before exporting the snapshot: the window
+        // is closed before doppel's own wait could matter, and no ordering of doppel's can
+        // lose the writer's changes.
+        assert!(broken.is_empty(), "{broken:?}");
+    } else {
+        assert_eq!(
+            (broken.new_keys(), broken.twin_keys()),
+            (vec![50], vec![5, 50]),
+            "without the wait the writer's update and insert are lost: {broken:?}"
+        );
+    }
+    let (correct, _) = commit_invisible_at_slot_snapshot(None).await;
+    assert!(correct.is_empty(), "{correct:?}");
+}
+
+/// The writer deletes a row of a range not copied yet; its commit is decoded (and, under
+/// [`Broken::ApplyDuringCopy`], applied) but invisible when the copy reaches that range, so
+/// the chunk copies the row.
+async fn delete_decoded_before_its_chunk(broken: Option<Broken>) -> Diff {
+    let (_cluster, client, config) = stand().await;
+    create_tables(&client, 3000, i64::MAX).await;
+    let mut run = Run::start(
+        &config,
+        broken,
+        &[("chunk-open", "key=5000"), ("copying", "key=25000")],
+        |_| {},
+    );
+    run.reached("chunk-open").await;
+    let (writer, xid) = begin_stuck(&config).await;
+    run.arm("spooled", &format!("xid={xid}"));
+    run.expect_applied_during_copy(xid);
+    writer.run(&["DELETE FROM {t} WHERE id = 25000"]).await;
+    let stuck = Stuck::commit(writer, &client).await;
+    run.reached("spooled").await;
+    run.release("spooled");
+    run.applied_during_copy(&client, xid).await;
+    assert_eq!(
+        common::scalar(&client, "SELECT count(*) FROM t WHERE id = 25000").await,
+        1,
+        "the delete is decoded but not visible"
+    );
+    run.release("chunk-open");
+    let detail = run.reached("copying").await;
+    let (lo, hi) = chunk_range(&detail);
+    assert!(lo < 25000 && 25000 <= hi, "{detail}");
+    let copied = common::scalar(
+        &client,
+        &format!(
+            "SELECT count(*) FROM {} WHERE id = 25000",
+            shadow_name(&client).await
+        ),
+    )
+    .await;
+    assert_eq!(
+        copied, 1,
+        "the chunk copied the row whose delete it cannot see"
+    );
+    stuck.release(&client).await;
+    run.release("copying");
+    let d = run.shadow_diff(&client, COLUMNS).await;
+    run.finish(&client, COLUMNS).await;
+    d
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn delete_decoded_before_visible_is_applied_after_the_chunk_copies_the_row() {
+    let broken = delete_decoded_before_its_chunk(Some(Broken::ApplyDuringCopy)).await;
+    assert_eq!(
+        broken.new_keys(),
+        vec![25000],
+        "applied during the copy, the delete leaves the row the next chunk copied: {broken:?}"
+    );
+    assert!(broken.only_twin.is_empty(), "{broken:?}");
+    let correct = delete_decoded_before_its_chunk(None).await;
+    assert!(correct.is_empty(), "{correct:?}");
+}
+
+/// The writer moves a TOASTed row to a new key (`doc` unchanged: pgoutput `u`) and stays
+/// invisible through the copy, which copies the row under its old key. At apply time the new
+/// key is absent from the shadow, so the partial image is completed by a re-read from the
+/// original, which sees the row under its new key only once the writer is visible.
+async fn reread_of_an_invisible_event(broken: Option<Broken>) -> Diff {
+    let (_cluster, client, config) = stand().await;
+    create_tables(&client, 3000, 500).await;
+    let mut run = Run::start(&config, broken, &[("chunk-open", "key=5000")], |_| {});
+    run.reached("chunk-open").await;
+    let (writer, xid) = begin_stuck(&config).await;
+    run.arm("visibility-wait", "");
+    run.arm("applied", &format!("xid={xid}"));
+    writer
+        .run(&["UPDATE {t} SET id = 25005 WHERE id = 25000"])
+        .await;
+    let stuck = Stuck::commit(writer, &client).await;
+    run.release("chunk-open");
+    let deadline = tokio::time::Instant::now() + WAIT;
+    let (waited, applied) = loop {
+        let waited = pause::reached(run.dir(), "visibility-wait").is_some();
+        let applied = pause::reached(run.dir(), "applied").is_some();
+        if waited || applied {
+            break (waited, applied);
+        }
+        run.check_running("the applier").await;
+        assert!(tokio::time::Instant::now() < deadline, "nothing happened");
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    };
+    if broken.is_some() {
+        assert!(applied && !waited, "the broken run re-read without waiting");
+    } else {
+        assert!(
+            waited && !applied,
+            "the applier must wait for the writer before re-reading"
+        );
+    }
+    stuck.release(&client).await;
+    run.release("visibility-wait");
+    run.release("applied");
+    let d = run.shadow_diff(&client, COLUMNS).await;
+    run.finish(&client, COLUMNS).await;
+    d
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn reread_waits_until_the_event_is_visible() {
+    let broken = reread_of_an_invisible_event(Some(Broken::NoVisibilityWait)).await;
+    assert_eq!(
+        broken.twin_keys(),
+        vec![25005],
+        "a re-read before the writer is visible finds nothing and loses the row: {broken:?}"
+    );
+    assert!(broken.only_new.is_empty(), "{broken:?}");
+    let correct = reread_of_an_invisible_event(None).await;
+    assert!(correct.is_empty(), "{correct:?}");
+}
