@@ -5,7 +5,7 @@
 //! server's own parse of the ALTER.
 
 use anyhow::{Context, Result, bail};
-use tokio_postgres::GenericClient;
+use tokio_postgres::{GenericClient, Statement};
 
 use crate::sql::qualified;
 
@@ -403,29 +403,73 @@ async fn sequences(client: &impl GenericClient, oid: u32) -> Result<Vec<OwnedSeq
         .collect())
 }
 
+/// The query of [`fingerprint`]; `$1` is the table's OID.
+const FINGERPRINT_SQL: &str = "SELECT md5(concat_ws('|',
+     (SELECT string_agg(attname || ':' || atttypid || ':' || atttypmod || ':' || attnotnull
+                        || ':' || attisdropped || ':' || coalesce(attacl::text, ''), ',' ORDER BY attnum)
+        FROM pg_attribute WHERE attrelid = $1 AND attnum > 0),
+     (SELECT string_agg(pg_get_indexdef(indexrelid), ',' ORDER BY indexrelid) FROM pg_index WHERE indrelid = $1),
+     (SELECT string_agg(conname || pg_get_constraintdef(oid), ',' ORDER BY conname)
+        FROM pg_constraint WHERE conrelid = $1 OR confrelid = $1),
+     (SELECT string_agg(tgname, ',' ORDER BY tgname) FROM pg_trigger WHERE tgrelid = $1),
+     (SELECT string_agg(rulename::text, ',' ORDER BY rulename) FROM pg_rewrite WHERE ev_class = $1),
+     (SELECT string_agg(polname::text, ',' ORDER BY polname) FROM pg_policy WHERE polrelid = $1),
+     (SELECT string_agg(prpubid::text, ',' ORDER BY prpubid) FROM pg_publication_rel WHERE prrelid = $1),
+     (SELECT concat_ws(':', relacl::text, relreplident, reloptions::text, relrowsecurity, relname, relnamespace)
+        FROM pg_class WHERE oid = $1)))";
+
 /// A fingerprint (md5) of the table's catalog state that a rename would not carry along:
 /// columns, indexes, constraints, triggers, rules, policies, grants, replica identity,
 /// reloptions, publication membership. Compared before the shadow is built and again under the
 /// cutover lock: DDL that ran on the original during the migration changes it.
 pub async fn fingerprint(client: &impl GenericClient, oid: u32) -> Result<String> {
     let row = client
-        .query_one(
-            "SELECT md5(concat_ws('|',
-               (SELECT string_agg(attname || ':' || atttypid || ':' || atttypmod || ':' || attnotnull
-                                  || ':' || attisdropped || ':' || coalesce(attacl::text, ''), ',' ORDER BY attnum)
-                  FROM pg_attribute WHERE attrelid = $1 AND attnum > 0),
-               (SELECT string_agg(pg_get_indexdef(indexrelid), ',' ORDER BY indexrelid) FROM pg_index WHERE indrelid = $1),
-               (SELECT string_agg(conname || pg_get_constraintdef(oid), ',' ORDER BY conname)
-                  FROM pg_constraint WHERE conrelid = $1 OR confrelid = $1),
-               (SELECT string_agg(tgname, ',' ORDER BY tgname) FROM pg_trigger WHERE tgrelid = $1),
-               (SELECT string_agg(rulename::text, ',' ORDER BY rulename) FROM pg_rewrite WHERE ev_class = $1),
-               (SELECT string_agg(polname::text, ',' ORDER BY polname) FROM pg_policy WHERE polrelid = $1),
-               (SELECT string_agg(prpubid::text, ',' ORDER BY prpubid) FROM pg_publication_rel WHERE prrelid = $1),
-               (SELECT concat_ws(':', relacl::text, relreplident, reloptions::text, relrowsecurity, relname, relnamespace)
-                  FROM pg_class WHERE oid = $1)))",
-            &[&oid],
-        )
+        .query_one(FINGERPRINT_SQL, &[&oid])
         .await
         .context("computing the catalog fingerprint")?;
     Ok(row.get(0))
+}
+
+/// [`fingerprint`] of one table, prepared and planned on one connection so that
+/// [`PreparedFingerprint::compute`] on that connection only executes it (the cutover prepares
+/// it before asking for its lock and computes it under the lock).
+///
+/// The statement is [`fingerprint`]'s SQL with the OID written in (no parameter), which makes
+/// the server plan it once, at its first execution ([`PreparedFingerprint::new`] runs it), and
+/// keep that plan; a statement with parameters is planned again at each of its first five
+/// executions. Each execution reads the catalog afresh: the plan says how, not what.
+pub struct PreparedFingerprint {
+    statement: Statement,
+}
+
+impl PreparedFingerprint {
+    /// Prepares the fingerprint of the table `oid` on `client`'s connection, under its
+    /// current `search_path` (the definitions' text depends on it, so compute it under the
+    /// same one as the fingerprint compared with), and computes it once.
+    ///
+    /// Errors: the statement cannot be prepared or run.
+    pub async fn new(client: &impl GenericClient, oid: u32) -> Result<PreparedFingerprint> {
+        // `$1` is the only placeholder in the text; the OID is an integer, safe to write in.
+        let sql = FINGERPRINT_SQL.replace("$1", &format!("{oid}::oid"));
+        let statement = client
+            .prepare(&sql)
+            .await
+            .context("preparing the catalog fingerprint")?;
+        let prepared = PreparedFingerprint { statement };
+        prepared.compute(client).await?;
+        Ok(prepared)
+    }
+
+    /// [`fingerprint`] with the prepared statement, on the connection it was prepared on (or a
+    /// transaction of it): the same result, without parsing or planning.
+    ///
+    /// Errors: the query fails (including on another connection, where the statement does not
+    /// exist).
+    pub async fn compute(&self, client: &impl GenericClient) -> Result<String> {
+        let row = client
+            .query_one(&self.statement, &[])
+            .await
+            .context("computing the catalog fingerprint")?;
+        Ok(row.get(0))
+    }
 }

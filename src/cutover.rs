@@ -491,6 +491,13 @@ pub async fn run(
     let mut attempt = 0;
     loop {
         attempt += 1;
+        // The re-checks run under the lock, parsed and planned now (on this connection, each
+        // attempt): under the lock only their execution remains.
+        let fingerprint_check =
+            catalog::PreparedFingerprint::new(&*client, plan.original.oid).await?;
+        let dependents_check =
+            crate::dependents::Prepared::new(&*client, plan.original.oid, &plan.names.publication)
+                .await?;
         // Catch up outside the lock first, so the drain inside it is only the last moments;
         // attempt only when that drain is predicted to fit the budget.
         options.cancel.check()?;
@@ -594,7 +601,7 @@ pub async fn run(
             inside.push((name, now - mark));
             mark = now;
         };
-        let current = catalog::fingerprint(&tx, plan.original.oid).await?;
+        let current = fingerprint_check.compute(&tx).await?;
         lap("fingerprint re-check");
         if current != fingerprint {
             tx.rollback().await.ok();
@@ -606,7 +613,7 @@ pub async fn run(
                 ),
             ));
         }
-        let now = crate::dependents::read(&tx, plan.original.oid, &plan.names.publication).await?;
+        let now = dependents_check.read(&tx).await?;
         if now != plan.dependents {
             tx.rollback().await.ok();
             return Err(crate::failure::fail(

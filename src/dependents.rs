@@ -50,7 +50,7 @@ use std::collections::{BTreeMap, HashMap};
 
 use anyhow::{Context, Result, bail};
 use tokio_postgres::types::ToSql;
-use tokio_postgres::{GenericClient, Row};
+use tokio_postgres::{GenericClient, Row, Statement};
 
 use crate::plan::{Names, comment_sql};
 use crate::sql::{ident, literal, qualified};
@@ -587,22 +587,142 @@ pub async fn read(
     table_oid: u32,
     own_publication: &str,
 ) -> Result<Dependents> {
-    let saved: String = client
-        .query_one("SELECT current_setting('search_path')", &[])
+    let row = client
+        .query_one(
+            "SELECT current_setting('search_path'), current_setting('server_version_num')::int",
+            &[],
+        )
         .await
-        .context("reading search_path")?
-        .get(0);
+        .context("reading search_path")?;
+    let (saved, version): (String, i32) = (row.get(0), row.get(1));
     client
         .execute("SELECT set_config('search_path', '', false)", &[])
         .await
         .context("clearing search_path to read qualified definitions")?;
-    let result = read_qualified(client, table_oid, own_publication).await;
+    let result = read_qualified(client, Source::Text, table_oid, own_publication, version).await;
     let restored = client
         .execute("SELECT set_config('search_path', $1, false)", &[&saved])
         .await;
     let dependents = result?;
     restored.context("restoring search_path after reading the dependents")?;
     Ok(dependents)
+}
+
+/// The statements of [`read`] for one table, prepared on one connection and planned there,
+/// so that a later [`Prepared::read`] on that connection only executes them.
+///
+/// The cutover prepares them before it asks for its lock and reads the dependents again
+/// under the lock: the reads then cost their execution only (parsing and planning ~20
+/// catalog queries is most of what a [`read`] costs). The statements are the same SQL as
+/// [`read`]'s, executed with their parameters under the empty `search_path` they were
+/// parsed with; each execution takes a new snapshot (or, in a `REPEATABLE READ` transaction,
+/// the transaction's), so a read returns what [`read`] would return at that moment, changes
+/// committed after the preparation included. A plan the server finds stale (the plan cache
+/// is invalidated by changes to the catalogs' own definitions or statistics) is simply made
+/// again at that execution.
+///
+/// Plans are kept by forcing generic plans (`plan_cache_mode = force_generic_plan`) for the
+/// duration of each read: a statement with parameters is otherwise planned again for each
+/// of its first five executions. The plans are made by the first read, which [`Prepared::new`]
+/// runs.
+pub struct Prepared {
+    table_oid: u32,
+    own_publication: String,
+    version: i32,
+    /// [`SETUP_SQL`], prepared under the connection's own `search_path` (where it runs).
+    setup: Statement,
+    /// [`RESTORE_SQL`].
+    restore: Statement,
+    /// `search_path` and `plan_cache_mode` when prepared: put back if a read fails.
+    saved: (String, String),
+    statements: HashMap<Query, Statement>,
+}
+
+impl Prepared {
+    /// Prepares the statements of [`read`] for the table `table_oid` (skipping membership in
+    /// `own_publication`) on `client`'s connection and runs them once, which plans them.
+    /// Leaves the connection's `search_path` and `plan_cache_mode` as they were.
+    ///
+    /// Errors: a statement cannot be prepared or the first read fails (see [`read`]); the
+    /// settings cannot be restored.
+    pub async fn new(
+        client: &impl GenericClient,
+        table_oid: u32,
+        own_publication: &str,
+    ) -> Result<Prepared> {
+        let version: i32 = client
+            .query_one("SELECT current_setting('server_version_num')::int", &[])
+            .await
+            .context("reading the server version")?
+            .get(0);
+        let setup = client
+            .prepare(SETUP_SQL)
+            .await
+            .context("preparing the dependents read")?;
+        // Everything else is parsed under the empty search_path it runs with (a statement
+        // parsed under another one is analysed again at its next execution).
+        let saved = client
+            .query_one(&setup, &[])
+            .await
+            .context("clearing search_path to prepare the dependents read")?;
+        let saved: (String, String) = (saved.get(0), saved.get(1));
+        let queries: Vec<Query> = Query::ALL
+            .into_iter()
+            .filter(|q| q.runs_on(version))
+            .collect();
+        let statements = futures_util::future::try_join_all(
+            queries
+                .iter()
+                .map(|q| client.prepare(q.sql()))
+                .chain(std::iter::once(client.prepare(RESTORE_SQL))),
+        )
+        .await
+        .context("preparing the dependents read");
+        let restored = client
+            .execute(RESTORE_SQL, &[&saved.0, &saved.1])
+            .await
+            .context("restoring search_path after preparing the dependents read");
+        let mut statements = statements?;
+        restored?;
+        let restore = statements.pop().context("the restore statement")?;
+        let prepared = Prepared {
+            table_oid,
+            own_publication: own_publication.to_string(),
+            version,
+            setup,
+            restore,
+            saved,
+            statements: queries.into_iter().zip(statements).collect(),
+        };
+        prepared.read(client).await?;
+        Ok(prepared)
+    }
+
+    /// [`read`] with the prepared statements, on the connection they were prepared on (or a
+    /// transaction of it): the same result, without parsing or planning. Two round trips:
+    /// the settings change and the queries that need only the table's OID, then the others
+    /// and the settings restore, each pipelined.
+    ///
+    /// Errors: as [`read`]; also when `client` is another connection (the server knows no
+    /// such prepared statement).
+    pub async fn read(&self, client: &impl GenericClient) -> Result<Dependents> {
+        let result = read_qualified(
+            client,
+            Source::Prepared(self),
+            self.table_oid,
+            &self.own_publication,
+            self.version,
+        )
+        .await;
+        if result.is_err() {
+            // Best effort: in a transaction the failure aborted it, and its rollback puts the
+            // settings back.
+            let _ = client
+                .execute(&self.restore, &[&self.saved.0, &self.saved.1])
+                .await;
+        }
+        result
+    }
 }
 
 /// Columns of the table used by each dependent object, keyed by (catalog, object OID).
@@ -623,34 +743,151 @@ fn strip_semicolon(def: &str) -> String {
     def.trim().trim_end_matches(';').trim_end().to_string()
 }
 
-/// The `pg_depend` condition "references one of the relations `$rels` or their row types
-/// `$types`" for the alias `d`, with the parameter numbers given.
-fn references(rels: usize, types: usize) -> String {
-    format!(
-        "((d.refclassid = 'pg_class'::regclass AND d.refobjid = ANY(${rels}::oid[]))
-          OR (d.refclassid = 'pg_type'::regclass AND d.refobjid = ANY(${types}::oid[])))"
-    )
+/// The `pg_depend` condition "references one of the relations `$1` or their row types `$2`"
+/// for the alias `d`, as a literal for `concat!`.
+macro_rules! references_1_2 {
+    () => {
+        "((d.refclassid = 'pg_class'::regclass AND d.refobjid = ANY($1::oid[]))
+          OR (d.refclassid = 'pg_type'::regclass AND d.refobjid = ANY($2::oid[])))"
+    };
 }
 
-/// Rows of `sql`; errors carry `what` (e.g. "reading triggers").
+/// Where [`read_qualified`] takes its statements from.
+#[derive(Clone, Copy)]
+enum Source<'a> {
+    /// The SQL text: each call parses, plans, runs and closes its statement.
+    Text,
+    /// Statements prepared and planned on the connection.
+    Prepared(&'a Prepared),
+}
+
+/// Rows of `query`; errors carry `what` (e.g. "reading triggers").
+///
+/// With [`Source::Prepared`], the request is sent when the future is first polled, so
+/// futures polled together (`try_join!`) run on the server in the order they are listed.
 async fn fetch(
     client: &impl GenericClient,
-    sql: &str,
+    source: Source<'_>,
+    query: Query,
     params: &[&(dyn ToSql + Sync)],
     what: &'static str,
 ) -> Result<Vec<Row>> {
-    client.query(sql, params).await.context(what)
+    match source {
+        Source::Text => client.query(query.sql(), params).await,
+        Source::Prepared(p) => match p.statements.get(&query) {
+            Some(statement) => client.query(statement, params).await,
+            None => bail!("{what}: the statement was not prepared"),
+        },
+    }
+    .context(what)
 }
 
-/// The row of `sql`, if any; errors carry `what`.
+/// The row of `query`, if any; errors carry `what`.
 async fn fetch_opt(
     client: &impl GenericClient,
-    sql: &str,
+    source: Source<'_>,
+    query: Query,
     params: &[&(dyn ToSql + Sync)],
     what: &'static str,
 ) -> Result<Option<Row>> {
-    client.query_opt(sql, params).await.context(what)
+    let mut rows = fetch(client, source, query, params, what).await?;
+    if rows.len() > 1 {
+        bail!("{what}: more than one row");
+    }
+    Ok(rows.pop())
 }
+
+/// The catalog queries of [`read`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+enum Query {
+    Table,
+    StatisticsTargets,
+    ColumnUse,
+    Views,
+    ForeignKeys,
+    Statistics,
+    ViewGrants,
+    ViewColumnComments,
+    ViewColumnDefaults,
+    MatviewIndexes,
+    MatviewViews,
+    MatviewDependents,
+    Triggers,
+    Rules,
+    Policies,
+    Publications,
+    PublicationsBefore15,
+    Others,
+}
+
+impl Query {
+    const ALL: [Query; 18] = [
+        Query::Table,
+        Query::StatisticsTargets,
+        Query::ColumnUse,
+        Query::Views,
+        Query::ForeignKeys,
+        Query::Statistics,
+        Query::ViewGrants,
+        Query::ViewColumnComments,
+        Query::ViewColumnDefaults,
+        Query::MatviewIndexes,
+        Query::MatviewViews,
+        Query::MatviewDependents,
+        Query::Triggers,
+        Query::Rules,
+        Query::Policies,
+        Query::Publications,
+        Query::PublicationsBefore15,
+        Query::Others,
+    ];
+
+    fn sql(self) -> &'static str {
+        match self {
+            Query::Table => TABLE_SQL,
+            Query::StatisticsTargets => STATISTICS_TARGETS_SQL,
+            Query::ColumnUse => COLUMN_USE_SQL,
+            Query::Views => VIEWS_SQL,
+            Query::ForeignKeys => FOREIGN_KEYS_SQL,
+            Query::Statistics => STATISTICS_SQL,
+            Query::ViewGrants => VIEW_GRANTS_SQL,
+            Query::ViewColumnComments => VIEW_COLUMN_COMMENTS_SQL,
+            Query::ViewColumnDefaults => VIEW_COLUMN_DEFAULTS_SQL,
+            Query::MatviewIndexes => MATVIEW_INDEXES_SQL,
+            Query::MatviewViews => MATVIEW_VIEWS_SQL,
+            Query::MatviewDependents => MATVIEW_DEPENDENTS_SQL,
+            Query::Triggers => TRIGGERS_SQL,
+            Query::Rules => RULES_SQL,
+            Query::Policies => POLICIES_SQL,
+            Query::Publications => PUBLICATIONS_SQL,
+            Query::PublicationsBefore15 => PUBLICATIONS_BEFORE_15_SQL,
+            Query::Others => OTHERS_SQL,
+        }
+    }
+
+    /// The query is valid SQL on the server version `version` (`server_version_num`).
+    fn runs_on(self, version: i32) -> bool {
+        match self {
+            Query::Publications => version >= 150000,
+            Query::PublicationsBefore15 => version < 150000,
+            _ => true,
+        }
+    }
+}
+
+/// [`Prepared::read`]'s first statement: returns `search_path` and `plan_cache_mode`, then
+/// empties the one (qualified definitions) and forces generic plans (planned once, kept).
+/// `MATERIALIZED`: the values are read before they are changed.
+const SETUP_SQL: &str = "WITH saved AS MATERIALIZED (
+      SELECT current_setting('search_path') AS search_path,
+             current_setting('plan_cache_mode') AS plan_cache_mode)
+    SELECT search_path, plan_cache_mode, set_config('search_path', '', false),
+           set_config('plan_cache_mode', 'force_generic_plan', false)
+    FROM saved";
+
+/// [`Prepared::read`]'s last statement: puts back what [`SETUP_SQL`] returned.
+const RESTORE_SQL: &str =
+    "SELECT set_config('search_path', $1, false), set_config('plan_cache_mode', $2, false)";
 
 /// Catalog query of [`read`]: the table.
 const TABLE_SQL: &str =
@@ -805,52 +1042,154 @@ const TRIGGERS_SQL: &str =
     WHERE tg.tgrelid = ANY($1::oid[]) AND NOT tg.tgisinternal
     ORDER BY tg.tgrelid, tg.tgname";
 
+/// Catalog query of [`read`]: rules.
+const RULES_SQL: &str = concat!(
+    "SELECT r.oid, r.ev_class, n.nspname::text, c.relname::text, r.rulename::text,
+            pg_get_ruledef(r.oid, false), r.ev_enabled::text, pg_has_role(c.relowner, 'USAGE'),
+            pg_get_userbyid(c.relowner)::text, c.relkind IN ('r', 'p')
+     FROM pg_rewrite r JOIN pg_class c ON c.oid = r.ev_class
+     JOIN pg_namespace n ON n.oid = c.relnamespace
+     WHERE r.rulename <> '_RETURN'
+       AND (r.ev_class = ANY($1::oid[])
+            OR r.oid IN (SELECT d.objid FROM pg_depend d
+                         WHERE d.classid = 'pg_rewrite'::regclass AND ",
+    references_1_2!(),
+    "))
+     ORDER BY r.ev_class, r.rulename"
+);
+
+/// Catalog query of [`read`]: row-level security policies.
+const POLICIES_SQL: &str = concat!(
+    "SELECT p.oid, p.polrelid, n.nspname::text, c.relname::text, p.polname::text,
+            p.polcmd::text, p.polpermissive,
+            ARRAY(SELECT CASE WHEN r = 0 THEN 'PUBLIC' ELSE quote_ident(pg_get_userbyid(r)) END
+                  FROM unnest(p.polroles) AS r),
+            pg_get_expr(p.polqual, p.polrelid), pg_get_expr(p.polwithcheck, p.polrelid),
+            pg_has_role(c.relowner, 'USAGE'), pg_get_userbyid(c.relowner)::text
+     FROM pg_policy p JOIN pg_class c ON c.oid = p.polrelid
+     JOIN pg_namespace n ON n.oid = c.relnamespace
+     WHERE p.polrelid = $3
+        OR p.oid IN (SELECT d.objid FROM pg_depend d
+                     WHERE d.classid = 'pg_policy'::regclass AND ",
+    references_1_2!(),
+    ")
+     ORDER BY p.polrelid, p.polname"
+);
+
+/// Catalog query of [`read`]: publication membership (PostgreSQL 15+: row filters and
+/// column lists).
+const PUBLICATIONS_SQL: &str = "SELECT p.pubname::text, pg_get_expr(pr.prqual, pr.prrelid),
+            CASE WHEN pr.prattrs IS NULL THEN NULL ELSE
+              ARRAY(SELECT a.attname::text FROM unnest(pr.prattrs::int2[]) WITH ORDINALITY AS k(attnum, ord)
+                    JOIN pg_attribute a ON a.attrelid = pr.prrelid AND a.attnum = k.attnum
+                    ORDER BY k.ord) END,
+            pr.oid, pg_has_role(p.pubowner, 'USAGE'), pg_get_userbyid(p.pubowner)::text
+     FROM pg_publication_rel pr JOIN pg_publication p ON p.oid = pr.prpubid
+     WHERE pr.prrelid = $1 AND p.pubname <> $2 ORDER BY 1";
+
+/// Catalog query of [`read`]: publication membership before PostgreSQL 15.
+const PUBLICATIONS_BEFORE_15_SQL: &str = "SELECT p.pubname::text, NULL::text, NULL::text[], pr.oid,
+            pg_has_role(p.pubowner, 'USAGE'), pg_get_userbyid(p.pubowner)::text
+     FROM pg_publication_rel pr JOIN pg_publication p ON p.oid = pr.prpubid
+     WHERE pr.prrelid = $1 AND p.pubname <> $2 ORDER BY 1";
+
+/// Catalog query of [`read`]: other objects bound to the table, a view or their row types.
+const OTHERS_SQL: &str = concat!(
+    "SELECT DISTINCT pg_describe_object(d.classid, d.objid, 0),
+            d.classid = 'pg_proc'::regclass
+              AND EXISTS (SELECT 1 FROM pg_proc p WHERE p.oid = d.objid AND p.prosqlbody IS NOT NULL),
+            d.refclassid = 'pg_type'::regclass,
+            pg_describe_object(CASE WHEN d.refclassid = 'pg_type'::regclass
+                                    THEN 'pg_class'::regclass ELSE d.refclassid END,
+                               CASE WHEN d.refclassid = 'pg_type'::regclass
+                                    THEN (SELECT typrelid FROM pg_type WHERE oid = d.refobjid)
+                                    ELSE d.refobjid END, 0)
+     FROM pg_depend d
+     WHERE ",
+    references_1_2!(),
+    " AND d.deptype IN ('n', 'a')
+       AND d.classid NOT IN ('pg_rewrite'::regclass, 'pg_policy'::regclass,
+                             'pg_publication_rel'::regclass, 'pg_statistic_ext'::regclass)
+       AND NOT (d.classid = 'pg_class'::regclass AND d.refclassid = 'pg_class'::regclass)
+       AND NOT (d.classid = 'pg_trigger'::regclass AND EXISTS (
+             SELECT 1 FROM pg_trigger tg LEFT JOIN pg_constraint con ON con.oid = tg.tgconstraint
+             WHERE tg.oid = d.objid
+               AND (tg.tgrelid = ANY($1::oid[]) OR con.conrelid = $3
+                    OR (con.contype = 'f' AND con.confrelid = $3))))
+       AND NOT (d.classid = 'pg_constraint'::regclass AND EXISTS (
+             SELECT 1 FROM pg_constraint con WHERE con.oid = d.objid
+               AND (con.conrelid = ANY($1::oid[]) OR (con.contype = 'f' AND con.confrelid = $3))))
+       AND NOT (d.classid = 'pg_attrdef'::regclass AND EXISTS (
+             SELECT 1 FROM pg_attrdef ad WHERE ad.oid = d.objid AND ad.adrelid = ANY($1::oid[])))
+     ORDER BY 1"
+);
+
+/// The reads of [`read`] and [`Prepared::read`], with `search_path` already empty for
+/// [`Source::Text`] (for [`Source::Prepared`], its first and last statements empty it and put
+/// it back). `version` is the server's `server_version_num`.
 async fn read_qualified(
     client: &impl GenericClient,
+    source: Source<'_>,
     oid: u32,
     own_publication: &str,
+    version: i32,
 ) -> Result<Dependents> {
     // Every query that needs only the table's OID, pipelined (sent together on the
     // connection, not one round trip after the other): the read runs again under the
-    // cutover lock, where each round trip lengthens the lock hold.
+    // cutover lock, where each round trip lengthens the lock hold. The prepared read's
+    // settings change goes first in the same round trip.
+    let setup = async {
+        match source {
+            Source::Prepared(p) => client
+                .query_one(&p.setup, &[])
+                .await
+                .map(Some)
+                .context("clearing search_path to read qualified definitions"),
+            Source::Text => Ok(None),
+        }
+    };
     let by_oid: [&(dyn ToSql + Sync); 1] = [&oid];
-    let (version, row, stat_targets, column_rows, view_rows, fk_rows, statistics_rows) = futures_util::try_join!(
-        fetch_opt(
-            client,
-            "SELECT current_setting('server_version_num')::int",
-            &[],
-            "reading the server version"
-        ),
-        fetch_opt(client, TABLE_SQL, &by_oid, "reading the table"),
+    let (saved, row, stat_targets, column_rows, view_rows, fk_rows, statistics_rows) = futures_util::try_join!(
+        setup,
+        fetch_opt(client, source, Query::Table, &by_oid, "reading the table"),
         fetch(
             client,
-            STATISTICS_TARGETS_SQL,
+            source,
+            Query::StatisticsTargets,
             &by_oid,
             "reading statistics targets"
         ),
         fetch(
             client,
-            COLUMN_USE_SQL,
+            source,
+            Query::ColumnUse,
             &by_oid,
             "reading column dependencies"
         ),
-        fetch(client, VIEWS_SQL, &by_oid, "reading dependent views"),
         fetch(
             client,
-            FOREIGN_KEYS_SQL,
+            source,
+            Query::Views,
+            &by_oid,
+            "reading dependent views"
+        ),
+        fetch(
+            client,
+            source,
+            Query::ForeignKeys,
             &by_oid,
             "reading foreign keys from other tables"
         ),
         fetch(
             client,
-            STATISTICS_SQL,
+            source,
+            Query::Statistics,
             &by_oid,
             "reading extended statistics"
         ),
     )?;
-    let version: i32 = version
-        .map(|r| r.get(0))
-        .context("reading the server version")?;
+    // What the prepared read's last statement puts back.
+    let saved: Option<(String, String)> = saved.map(|r| (r.get(0), r.get(1)));
     let Some(row) = row else {
         bail!("no relation has OID {oid}: was the table dropped?");
     };
@@ -955,77 +1294,6 @@ async fn read_qualified(
         .filter(|v| !v.materialized)
         .map(|v| v.oid)
         .collect();
-    let rules_sql = format!(
-        "SELECT r.oid, r.ev_class, n.nspname::text, c.relname::text, r.rulename::text,
-                pg_get_ruledef(r.oid, false), r.ev_enabled::text, pg_has_role(c.relowner, 'USAGE'),
-                pg_get_userbyid(c.relowner)::text, c.relkind IN ('r', 'p')
-         FROM pg_rewrite r JOIN pg_class c ON c.oid = r.ev_class
-         JOIN pg_namespace n ON n.oid = c.relnamespace
-         WHERE r.rulename <> '_RETURN'
-           AND (r.ev_class = ANY($1::oid[])
-                OR r.oid IN (SELECT d.objid FROM pg_depend d
-                             WHERE d.classid = 'pg_rewrite'::regclass AND {}))
-         ORDER BY r.ev_class, r.rulename",
-        references(1, 2)
-    );
-    let policies_sql = format!(
-        "SELECT p.oid, p.polrelid, n.nspname::text, c.relname::text, p.polname::text,
-                p.polcmd::text, p.polpermissive,
-                ARRAY(SELECT CASE WHEN r = 0 THEN 'PUBLIC' ELSE quote_ident(pg_get_userbyid(r)) END
-                      FROM unnest(p.polroles) AS r),
-                pg_get_expr(p.polqual, p.polrelid), pg_get_expr(p.polwithcheck, p.polrelid),
-                pg_has_role(c.relowner, 'USAGE'), pg_get_userbyid(c.relowner)::text
-         FROM pg_policy p JOIN pg_class c ON c.oid = p.polrelid
-         JOIN pg_namespace n ON n.oid = c.relnamespace
-         WHERE p.polrelid = $3
-            OR p.oid IN (SELECT d.objid FROM pg_depend d
-                         WHERE d.classid = 'pg_policy'::regclass AND {})
-         ORDER BY p.polrelid, p.polname",
-        references(1, 2)
-    );
-    let publications_sql = if version >= 150000 {
-        "SELECT p.pubname::text, pg_get_expr(pr.prqual, pr.prrelid),
-                CASE WHEN pr.prattrs IS NULL THEN NULL ELSE
-                  ARRAY(SELECT a.attname::text FROM unnest(pr.prattrs::int2[]) WITH ORDINALITY AS k(attnum, ord)
-                        JOIN pg_attribute a ON a.attrelid = pr.prrelid AND a.attnum = k.attnum
-                        ORDER BY k.ord) END,
-                pr.oid, pg_has_role(p.pubowner, 'USAGE'), pg_get_userbyid(p.pubowner)::text
-         FROM pg_publication_rel pr JOIN pg_publication p ON p.oid = pr.prpubid
-         WHERE pr.prrelid = $1 AND p.pubname <> $2 ORDER BY 1"
-    } else {
-        "SELECT p.pubname::text, NULL::text, NULL::text[], pr.oid,
-                pg_has_role(p.pubowner, 'USAGE'), pg_get_userbyid(p.pubowner)::text
-         FROM pg_publication_rel pr JOIN pg_publication p ON p.oid = pr.prpubid
-         WHERE pr.prrelid = $1 AND p.pubname <> $2 ORDER BY 1"
-    };
-    let others_sql = format!(
-        "SELECT DISTINCT pg_describe_object(d.classid, d.objid, 0),
-                d.classid = 'pg_proc'::regclass
-                  AND EXISTS (SELECT 1 FROM pg_proc p WHERE p.oid = d.objid AND p.prosqlbody IS NOT NULL),
-                d.refclassid = 'pg_type'::regclass,
-                pg_describe_object(CASE WHEN d.refclassid = 'pg_type'::regclass
-                                        THEN 'pg_class'::regclass ELSE d.refclassid END,
-                                   CASE WHEN d.refclassid = 'pg_type'::regclass
-                                        THEN (SELECT typrelid FROM pg_type WHERE oid = d.refobjid)
-                                        ELSE d.refobjid END, 0)
-         FROM pg_depend d
-         WHERE {} AND d.deptype IN ('n', 'a')
-           AND d.classid NOT IN ('pg_rewrite'::regclass, 'pg_policy'::regclass,
-                                 'pg_publication_rel'::regclass, 'pg_statistic_ext'::regclass)
-           AND NOT (d.classid = 'pg_class'::regclass AND d.refclassid = 'pg_class'::regclass)
-           AND NOT (d.classid = 'pg_trigger'::regclass AND EXISTS (
-                 SELECT 1 FROM pg_trigger tg LEFT JOIN pg_constraint con ON con.oid = tg.tgconstraint
-                 WHERE tg.oid = d.objid
-                   AND (tg.tgrelid = ANY($1::oid[]) OR con.conrelid = $3
-                        OR (con.contype = 'f' AND con.confrelid = $3))))
-           AND NOT (d.classid = 'pg_constraint'::regclass AND EXISTS (
-                 SELECT 1 FROM pg_constraint con WHERE con.oid = d.objid
-                   AND (con.conrelid = ANY($1::oid[]) OR (con.contype = 'f' AND con.confrelid = $3))))
-           AND NOT (d.classid = 'pg_attrdef'::regclass AND EXISTS (
-                 SELECT 1 FROM pg_attrdef ad WHERE ad.oid = d.objid AND ad.adrelid = ANY($1::oid[])))
-         ORDER BY 1",
-        references(1, 2)
-    );
     let by_views: [&(dyn ToSql + Sync); 1] = [&view_oids];
     let by_matviews: [&(dyn ToSql + Sync); 1] = [&matviews];
     let by_matviews_plain: [&(dyn ToSql + Sync); 2] = [&matviews, &plain];
@@ -1033,7 +1301,22 @@ async fn read_qualified(
     let by_set_types: [&(dyn ToSql + Sync); 2] = [&set, &set_types];
     let by_set_types_oid: [&(dyn ToSql + Sync); 3] = [&set, &set_types, &oid];
     let by_oid_publication: [&(dyn ToSql + Sync); 2] = [&oid, &own_publication];
-    // Everything else, pipelined as well.
+    let publications = if version >= 150000 {
+        Query::Publications
+    } else {
+        Query::PublicationsBefore15
+    };
+    let restore = async {
+        match (source, &saved) {
+            (Source::Prepared(p), Some((search_path, plan_cache_mode))) => client
+                .execute(&p.restore, &[search_path, plan_cache_mode])
+                .await
+                .map(|_| ())
+                .context("restoring search_path after reading the dependents"),
+            _ => Ok(()),
+        }
+    };
+    // Everything else, pipelined as well; the prepared read's settings restore goes last.
     let (
         grant_rows,
         comment_rows,
@@ -1046,63 +1329,74 @@ async fn read_qualified(
         policy_rows,
         publication_rows,
         other_rows,
+        (),
     ) = futures_util::try_join!(
         fetch(
             client,
-            VIEW_GRANTS_SQL,
+            source,
+            Query::ViewGrants,
             &by_views,
             "reading grants on dependent views"
         ),
         fetch(
             client,
-            VIEW_COLUMN_COMMENTS_SQL,
+            source,
+            Query::ViewColumnComments,
             &by_views,
             "reading column comments of dependent views"
         ),
         fetch(
             client,
-            VIEW_COLUMN_DEFAULTS_SQL,
+            source,
+            Query::ViewColumnDefaults,
             &by_views,
             "reading column defaults of dependent views"
         ),
         fetch(
             client,
-            MATVIEW_INDEXES_SQL,
+            source,
+            Query::MatviewIndexes,
             &by_views,
             "reading indexes of dependent materialized views"
         ),
         fetch(
             client,
-            MATVIEW_VIEWS_SQL,
+            source,
+            Query::MatviewViews,
             &by_matviews_plain,
             "reading the views materialized views use"
         ),
         fetch(
             client,
-            MATVIEW_DEPENDENTS_SQL,
+            source,
+            Query::MatviewDependents,
             &by_matviews,
             "reading what depends on materialized views"
         ),
-        fetch(client, TRIGGERS_SQL, &by_set, "reading triggers"),
-        fetch(client, &rules_sql, &by_set_types, "reading rules"),
+        fetch(client, source, Query::Triggers, &by_set, "reading triggers"),
+        fetch(client, source, Query::Rules, &by_set_types, "reading rules"),
         fetch(
             client,
-            &policies_sql,
+            source,
+            Query::Policies,
             &by_set_types_oid,
             "reading row-level security policies"
         ),
         fetch(
             client,
-            publications_sql,
+            source,
+            publications,
             &by_oid_publication,
             "reading publication membership"
         ),
         fetch(
             client,
-            &others_sql,
+            source,
+            Query::Others,
             &by_set_types_oid,
             "reading other dependents"
         ),
+        restore,
     )?;
 
     if !view_oids.is_empty() {
@@ -1762,5 +2056,122 @@ mod tests {
             p.create_sql(),
             "CREATE POLICY \"p\" ON \"public\".\"t\" AS RESTRICTIVE FOR INSERT TO tenant WITH CHECK ((amount >= 0))"
         );
+    }
+
+    /// The prepared read (and the prepared fingerprint) return what the unprepared ones do,
+    /// including changes committed by another session after the preparation, read in a
+    /// transaction holding the table's ACCESS EXCLUSIVE lock as the cutover does; the
+    /// connection's settings are left as they were, after a failed read too.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn prepared_reads_see_changes_committed_after_preparing() {
+        use crate::catalog::{PreparedFingerprint, fingerprint};
+        let cluster = crate::cluster::LocalCluster::start(Default::default())
+            .await
+            .unwrap();
+        let mut client = cluster.connect("postgres").await.unwrap();
+        let other = cluster.connect("postgres").await.unwrap();
+        client
+            .batch_execute(
+                "CREATE TABLE t (id int PRIMARY KEY, v int);
+                 CREATE VIEW v1 AS SELECT id, v FROM t;
+                 CREATE FUNCTION f() RETURNS trigger LANGUAGE plpgsql AS $$BEGIN RETURN NEW; END$$;",
+            )
+            .await
+            .unwrap();
+        let oid = crate::catalog::resolve(&client, "t").await.unwrap();
+        async fn settings_of(c: &tokio_postgres::Client) -> (String, String) {
+            let r = c
+                .query_one(
+                    "SELECT current_setting('search_path'), current_setting('plan_cache_mode')",
+                    &[],
+                )
+                .await
+                .unwrap();
+            (r.get(0), r.get(1))
+        }
+        let initial = settings_of(&client).await;
+        let prepared = Prepared::new(&client, oid, "doppel_own").await.unwrap();
+        let prepared_fingerprint = PreparedFingerprint::new(&client, oid).await.unwrap();
+        assert_eq!(settings_of(&client).await, initial);
+        let mut previous = read(&client, oid, "doppel_own").await.unwrap();
+        assert_eq!(prepared.read(&client).await.unwrap(), previous);
+        assert_eq!(settings_of(&client).await, initial);
+        let mut previous_fingerprint = fingerprint(&client, oid).await.unwrap();
+        assert_eq!(
+            prepared_fingerprint.compute(&client).await.unwrap(),
+            previous_fingerprint
+        );
+
+        for (ddl, changes_fingerprint) in [
+            ("CREATE VIEW v2 AS SELECT id FROM v1", false),
+            ("GRANT SELECT ON v1 TO PUBLIC", false),
+            ("COMMENT ON COLUMN v1.v IS 'x'", false),
+            ("CREATE RULE r AS ON DELETE TO v1 DO INSTEAD NOTHING", false),
+            ("ALTER VIEW v1 ALTER COLUMN v SET DEFAULT 1", false),
+            (
+                "CREATE TRIGGER tg BEFORE INSERT ON t FOR EACH ROW EXECUTE FUNCTION f()",
+                true,
+            ),
+            ("CREATE POLICY pol ON t USING (v > 0)", true),
+            ("CREATE TABLE c (t_id int REFERENCES t (id))", true),
+            ("ALTER TABLE t SET (fillfactor = 50)", true),
+            ("ALTER TABLE t ALTER COLUMN v SET STATISTICS 500", false),
+            ("CREATE STATISTICS st ON id, v FROM t", false),
+            ("CREATE PUBLICATION p2 FOR TABLE t", true),
+            ("ALTER TABLE t ADD COLUMN w int", true),
+            ("CREATE INDEX t_v ON t (v)", true),
+        ] {
+            other.batch_execute(ddl).await.unwrap();
+            let tx = client.transaction().await.unwrap();
+            tx.batch_execute("LOCK TABLE t IN ACCESS EXCLUSIVE MODE")
+                .await
+                .unwrap();
+            let now_fingerprint = prepared_fingerprint.compute(&tx).await.unwrap();
+            let now = prepared.read(&tx).await.unwrap();
+            tx.rollback().await.unwrap();
+            assert_eq!(
+                now,
+                read(&client, oid, "doppel_own").await.unwrap(),
+                "{ddl}"
+            );
+            assert_eq!(now_fingerprint, fingerprint(&client, oid).await.unwrap());
+            if ddl.starts_with("ALTER TABLE t ADD") || ddl.starts_with("CREATE INDEX") {
+                assert_eq!(now, previous, "{ddl}: not a dependent");
+            } else {
+                assert_ne!(now, previous, "{ddl}");
+            }
+            assert_eq!(
+                now_fingerprint != previous_fingerprint,
+                changes_fingerprint,
+                "{ddl}"
+            );
+            assert_eq!(settings_of(&client).await, initial, "{ddl}");
+            previous = now;
+            previous_fingerprint = now_fingerprint;
+        }
+
+        // Every prepared statement was planned once (generic plans), never per execution.
+        let plans = client
+            .query_one(
+                "SELECT count(*), count(*) FILTER (WHERE custom_plans > 0),
+                        min(generic_plans) FILTER (WHERE statement NOT LIKE '%pg_prepared_statements%')
+                 FROM pg_prepared_statements",
+                &[],
+            )
+            .await
+            .unwrap();
+        let (statements, custom, generic): (i64, i64, i64) =
+            (plans.get(0), plans.get(1), plans.get(2));
+        assert!(statements >= 20, "{statements} statements prepared");
+        assert_eq!(custom, 0, "no statement planned for its parameters");
+        assert!(generic >= 15, "each ran with its generic plan: {generic}");
+
+        other.batch_execute("DROP TABLE t CASCADE").await.unwrap();
+        let err = prepared.read(&client).await.unwrap_err();
+        assert!(
+            format!("{err:#}").contains("no relation has OID"),
+            "{err:#}"
+        );
+        assert_eq!(settings_of(&client).await, initial);
     }
 }
