@@ -533,7 +533,9 @@ async fn commit_invisible_at_slot_snapshot(broken: Option<Broken>) -> (Diff, boo
     } else {
         assert!(
             held && !copied,
-            "the backfill must wait until the commit is visible (waiting {held}, copied {copied})"
+            "the backfill must wait until the commit is visible (waiting {held}, copied {copied}); \
+             a commit still in the ProcArray can be at or above a new snapshot's xmax rather than \
+             in its in-progress list: see applier::committed_but_not_visible"
         );
     }
     stuck.release(&client).await;
