@@ -112,7 +112,7 @@ pub fn describe(config: &tokio_postgres::Config) -> String {
 /// Errors: the server's error (authentication, unknown database, ...), with the target from
 /// [`describe`] for context.
 pub async fn connect(config: &tokio_postgres::Config) -> Result<tokio_postgres::Client> {
-    let (client, connection) = config
+    let (client, connection) = with_exact_output(config)
         .connect(tokio_postgres::NoTls)
         .await
         .with_context(|| format!("cannot connect to {}", describe(config)))?;
@@ -122,6 +122,25 @@ pub async fn connect(config: &tokio_postgres::Config) -> Result<tokio_postgres::
         }
     });
     Ok(client)
+}
+
+/// Settings that make values round-trip exactly as text, whatever the database or role sets:
+/// floats with all their digits, ISO dates, PostgreSQL-style intervals (what PostgreSQL's own
+/// logical replication worker sets). The WAL sender applies the database's settings to the
+/// values it streams, so `extra_float_digits = 0` there would stream rounded floats.
+pub const EXACT_OUTPUT_OPTIONS: &str =
+    "-c extra_float_digits=3 -c datestyle=ISO -c intervalstyle=postgres";
+
+/// `config` with [`EXACT_OUTPUT_OPTIONS`] appended to its startup `options` (so a user's
+/// own `-c` settings in the DSN stay, and these win for the three settings).
+pub fn with_exact_output(config: &tokio_postgres::Config) -> tokio_postgres::Config {
+    let mut config = config.clone();
+    let options = match config.get_options() {
+        Some(existing) if !existing.is_empty() => format!("{existing} {EXACT_OUTPUT_OPTIONS}"),
+        _ => EXACT_OUTPUT_OPTIONS.to_string(),
+    };
+    config.options(&options);
+    config
 }
 
 #[cfg(test)]

@@ -1128,11 +1128,12 @@ pub async fn cleanup(
     Ok(report)
 }
 
-/// The replication connection's configuration: `config` plus
+/// The replication connection's configuration: `config` plus the exact-output settings
+/// ([`conninfo::EXACT_OUTPUT_OPTIONS`]: the WAL sender formats streamed values with them) and
 /// `-c logical_decoding_work_mem=<work_mem>` in the startup options, so the WAL sender decodes
 /// the backfill's chunk transactions in memory instead of spilling them to disk.
 fn walsender_config(config: &tokio_postgres::Config, work_mem: &str) -> tokio_postgres::Config {
-    let mut config = config.clone();
+    let mut config = conninfo::with_exact_output(config);
     let setting = format!("-c logical_decoding_work_mem={}", work_mem.replace(' ', ""));
     let options = match config.get_options() {
         Some(existing) if !existing.is_empty() => format!("{existing} {setting}"),
