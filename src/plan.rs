@@ -381,11 +381,77 @@ impl Projection {
         )
     }
 
+    /// Applier re-read of keys missing from the shadow: [`Projection::reread_sql`] that keeps
+    /// a row already in the shadow (`ON CONFLICT .. DO NOTHING`). Runs after a batch for the
+    /// keys a [`Projection::partial_update_shadow_sql`] found absent: a later change in the
+    /// same batch may have written them since, and its version is newer than any re-read.
+    pub fn reread_missing_sql(&self, table: &str, shadow: &str) -> String {
+        let keys: Vec<&Column> = self.key.iter().map(|k| &k.source).collect();
+        let key_cols: Vec<String> = self.key.iter().map(|k| ident(&k.source.name)).collect();
+        let key_list: Vec<String> = self.key.iter().map(|k| ident(&k.target.name)).collect();
+        format!(
+            "INSERT INTO {shadow} ({}){} SELECT {} FROM ONLY {table} AS src WHERE {} IN (SELECT {} FROM ({}) AS k) ON CONFLICT ({}) DO NOTHING",
+            self.target_list(),
+            self.overriding(),
+            self.expression_list(),
+            self.source_key_tuple(),
+            key_cols.join(", "),
+            Self::unnest_source(&keys),
+            key_list.join(", ")
+        )
+    }
+
+    /// Applier partial update that touches only the shadow (so it never waits for a lock on
+    /// the original, e.g. while the cutover holds ACCESS EXCLUSIVE on it): sets the sent,
+    /// written, non-key columns on the key and reports 0 rows when the key is absent (the
+    /// applier then re-reads it with [`Projection::reread_missing_sql`]). Parameters as
+    /// [`Projection::partial_update_sql`]: the sent relation columns' text values in relation
+    /// order, then the key values as text.
+    pub fn partial_update_shadow_sql(&self, shadow: &str, sent: &[bool]) -> String {
+        let (casts, sets, key_match, n) = self.partial_parts(shadow, sent);
+        // The key parameters are referenced in src so that they keep their types.
+        let key_refs: Vec<String> = (0..self.key.len())
+            .map(|i| format!("${}::text AS doppel_key_{i}", n + 1 + i))
+            .collect();
+        format!(
+            "WITH src AS (SELECT {}, {}) UPDATE {shadow} SET {} FROM src WHERE {}",
+            casts.join(", "),
+            key_refs.join(", "),
+            sets.join(", "),
+            key_match.join(" AND ")
+        )
+    }
+
     /// Applier partial update (pgoutput sent the row without its unchanged TOASTed values):
     /// set the sent, written, non-key columns on the key; if the key is absent from the
     /// shadow, re-read the row from the original instead. Parameters: the sent relation
     /// columns' text values in relation order, then the key values as text.
     pub fn partial_update_sql(&self, table: &str, shadow: &str, sent: &[bool]) -> String {
+        let (casts, sets, key_match, n) = self.partial_parts(shadow, sent);
+        format!(
+            "WITH src AS (SELECT {}),
+                  upd AS (UPDATE {shadow} SET {} FROM src WHERE {} RETURNING 1)
+             INSERT INTO {shadow} ({}){} SELECT {} FROM ONLY {table} AS src
+             WHERE {} = {} AND NOT EXISTS (SELECT 1 FROM upd){}",
+            casts.join(", "),
+            sets.join(", "),
+            key_match.join(" AND "),
+            self.target_list(),
+            self.overriding(),
+            self.expression_list(),
+            self.source_key_tuple(),
+            self.key_params(n + 1),
+            self.on_conflict()
+        )
+    }
+
+    /// The parts of a partial update: the sent values cast to their source types (`src`
+    /// columns), the `SET` list, the key match against `src`, and the number of sent values.
+    fn partial_parts(
+        &self,
+        shadow: &str,
+        sent: &[bool],
+    ) -> (Vec<String>, Vec<String>, Vec<String>, usize) {
         let mut casts = Vec::new();
         let mut sent_names = Vec::new();
         let mut n = 0;
@@ -427,21 +493,7 @@ impl Projection {
                 )
             })
             .collect();
-        format!(
-            "WITH src AS (SELECT {}),
-                  upd AS (UPDATE {shadow} SET {} FROM src WHERE {} RETURNING 1)
-             INSERT INTO {shadow} ({}){} SELECT {} FROM ONLY {table} AS src
-             WHERE {} = {} AND NOT EXISTS (SELECT 1 FROM upd){}",
-            casts.join(", "),
-            sets.join(", "),
-            key_match.join(" AND "),
-            self.target_list(),
-            self.overriding(),
-            self.expression_list(),
-            self.source_key_tuple(),
-            self.key_params(n + 1),
-            self.on_conflict()
-        )
+        (casts, sets, key_match, n)
     }
 
     fn key_expression<'a>(&'a self, key: &'a KeyColumn) -> &'a str {

@@ -686,7 +686,6 @@ async fn date_and_interval_styles_of_the_database_do_not_change_streamed_values(
 /// subscriber connects with `options=-c extra_float_digits=3` (and `datestyle=ISO`,
 /// `intervalstyle=postgres`) for this reason; doppel's replication connection sets none.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-#[ignore = "doppel bug: the replication connection does not set extra_float_digits = 3, so a database with extra_float_digits = 0 streams rounded floats (verification then refuses the cutover)"]
 async fn float_output_precision_of_the_database_does_not_change_streamed_values() {
     streamed_values_survive_database_settings(
         "ALTER DATABASE postgres SET extra_float_digits = 0;",
@@ -701,7 +700,6 @@ async fn float_output_precision_of_the_database_does_not_change_streamed_values(
 /// query on the table) and rolls back — and on a table with a steady stream of such updates
 /// the cutover never succeeds.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-#[ignore = "doppel bug: the applier's partial-update statement (plan.rs partial_update_sql) always reads FROM ONLY <original>, so under the cutover's ACCESS EXCLUSIVE lock it blocks until fence_timeout and the attempt fails"]
 async fn toast_unchanged_update_committed_as_the_cutover_waits_does_not_stall_the_fence() {
     let cluster = common::cluster().await;
     let mut client = cluster.connect("postgres").await.unwrap();
