@@ -304,6 +304,7 @@ impl StatusSource for Progress {
             "phase": if s.phase.is_empty() { "starting" } else { &s.phase },
             "rows_copied": s.rows_copied,
             "rows_estimate": s.rows_estimate,
+            "rows_verified": s.rows_verified,
             "applied": s.applied,
             "backlog_bytes": s.backlog_bytes,
             "stream_lsn": s.stream_lsn,

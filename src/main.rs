@@ -121,12 +121,17 @@ struct TuningArgs {
     /// Target duration of one backfill chunk, in ms.
     #[arg(long, default_value_t = 500)]
     chunk_time: u64,
-    /// Sleep this many times each chunk's duration after it (gh-ost's --nice-ratio).
+    /// Sleep this many times each chunk's duration after it, backfill and verification chunks
+    /// alike (gh-ost's --nice-ratio).
     #[arg(long, default_value_t = 0.0)]
     nice_ratio: f64,
     /// Sessions copying chunks at once.
     #[arg(long, default_value_t = 2)]
     copy_workers: usize,
+    /// Rows per verification chunk: each is compared under one short snapshot, and the
+    /// throttles and --nice-ratio act between chunks.
+    #[arg(long, default_value_t = doppel::verify::VERIFY_CHUNK_ROWS)]
+    verify_chunk_rows: i64,
     /// maintenance_work_mem for building the shadow's indexes.
     #[arg(long, default_value = "1GB")]
     maintenance_work_mem: String,
@@ -269,6 +274,7 @@ fn run_options(
             ..CopyOptions::default()
         },
         copy_workers: t.copy_workers.max(1),
+        verify_chunk_rows: t.verify_chunk_rows.max(1),
         maintenance_work_mem: t.maintenance_work_mem.clone(),
         lock_timeout: Duration::from_millis(t.lock_timeout.max(1)),
         cutover_retries: t.cutover_retries.max(1),

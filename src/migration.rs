@@ -48,6 +48,9 @@ pub struct RunOptions {
     pub copy: CopyOptions,
     /// Sessions copying chunks at once.
     pub copy_workers: usize,
+    /// Rows per verification chunk (each compared under one short snapshot; throttling and
+    /// `nice_ratio` act between chunks).
+    pub verify_chunk_rows: i64,
     /// `maintenance_work_mem` for the index builds (e.g. `1GB`).
     pub maintenance_work_mem: String,
     /// `lock_timeout` per cutover attempt.
@@ -92,6 +95,7 @@ impl RunOptions {
             execute: false,
             copy: CopyOptions::default(),
             copy_workers: 2,
+            verify_chunk_rows: crate::verify::VERIFY_CHUNK_ROWS,
             maintenance_work_mem: "1GB".into(),
             lock_timeout: Duration::from_millis(200),
             cutover_retries: 10,
@@ -871,8 +875,21 @@ async fn phases_inner(
     peer.batch_execute("SET application_name = 'doppel verify'")
         .await?;
     pauses.point("verifying", &plan.names.shadow).await;
+    let pace = verify::Pace {
+        throttle: Some(&throttler),
+        nice_ratio: options.copy.nice_ratio,
+        progress: Some(progress),
+    };
     let verify = tokio::select! {
-        r = verify::verify(control, &mut peer, plan, &fencer, applier) => r.map_err(|e| stream_error_first(guard, e))?,
+        r = verify::verify(
+            control,
+            &mut peer,
+            plan,
+            &fencer,
+            applier,
+            options.verify_chunk_rows,
+            &pace,
+        ) => r.map_err(|e| stream_error_first(guard, e))?,
         _ = cancel.cancelled() => return Err(crate::failure::fail(crate::failure::FailureKind::Aborted, "interrupted during verification: cleaning up")),
     };
     phases.push(("verify", phase.elapsed()));

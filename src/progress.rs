@@ -24,6 +24,8 @@ pub struct State {
     pub rows_copied: u64,
     /// Estimated rows in the original (`reltuples`; 0 when unknown).
     pub rows_estimate: u64,
+    /// Rows of the original compared with the shadow by the verify phase so far.
+    pub rows_verified: u64,
     /// Row changes applied from the stream.
     pub applied: u64,
     /// Bytes received from the stream but not yet applied.
@@ -91,10 +93,15 @@ impl Progress {
             (Some(_), None) => "-".to_string(),
             _ => "0s".to_string(),
         };
+        let phase = if s.phase == "verifying" {
+            format!("verifying {}/{} rows", s.rows_verified, s.rows_copied)
+        } else {
+            s.phase.clone()
+        };
         let state = match (s.phase.is_empty(), s.throttled.is_empty()) {
             (true, _) => "starting".to_string(),
-            (false, true) => s.phase.clone(),
-            (false, false) => format!("{} (throttled: {})", s.phase, s.throttled),
+            (false, true) => phase,
+            (false, false) => format!("{phase} (throttled: {})", s.throttled),
         };
         format!(
             "Copy: {}/{} {:.1}%; Applied: {}; Backlog: {}; Time: {}(total), {}(copy); streamer: {}; Lag: {}; State: {}; ETA: {}",
@@ -210,6 +217,15 @@ mod tests {
             "{line}"
         );
         assert!(line.contains("State: copying"));
+        p.update(|s| {
+            s.phase = "verifying".into();
+            s.rows_verified = 25;
+        });
+        assert!(
+            p.status_line().contains("State: verifying 25/50 rows;"),
+            "{}",
+            p.status_line()
+        );
         assert_eq!(format_bytes(3 * 1024 * 1024 + 100_000), "3.1 MiB");
         assert_eq!(format_duration(Duration::from_secs(160)), "2m40s");
     }

@@ -14,6 +14,11 @@
 //! a run against the run's shadow, where a differing key is re-checked a few times after a
 //! pause (the live stream may not have applied it yet), or after a cutover against the kept
 //! old table, whose columns are projected onto the new table's by name.
+//!
+//! Inside a run the verification yields to the server as the backfill does ([`Pace`]): no
+//! chunk starts while the run is throttled, and `--nice-ratio` sleeps after each chunk. It is
+//! a full read of both tables, so a DBA who throttles doppel to protect the workload needs it
+//! to stop too.
 
 use std::time::Duration;
 
@@ -27,7 +32,7 @@ use crate::fence::Fencer;
 use crate::plan::{ColumnMap, KeyColumn, Names, Plan, Projection};
 use crate::sql::{ident, literal};
 
-/// Rows per verification chunk.
+/// Rows per verification chunk (the default of `--verify-chunk-rows`).
 pub const VERIFY_CHUNK_ROWS: i64 = 250_000;
 /// Fenced re-checks of a differing chunk before its keys are deferred to the cutover.
 pub const RECHECKS: usize = 5;
@@ -48,6 +53,18 @@ pub struct VerifyReport {
     pub rechecks: u64,
     /// Keys (original key values as text) still differing; re-checked under the cutover lock.
     pub unsettled: Vec<Key>,
+}
+
+/// How the run's verification yields to the server between chunks.
+#[derive(Clone, Copy, Default)]
+pub struct Pace<'a> {
+    /// While it reports a throttle reason, no chunk starts (checked before each chunk).
+    pub throttle: Option<&'a crate::throttle::Throttler>,
+    /// Sleep after each chunk, as a multiple of the time its comparison took (0 = none;
+    /// gh-ost's `--nice-ratio`, shared with the backfill).
+    pub nice_ratio: f64,
+    /// Where rows verified so far are counted (`rows_verified` of the status).
+    pub progress: Option<&'a crate::progress::Progress>,
 }
 
 /// How a difference is given time to settle before it is compared again.
@@ -116,13 +133,17 @@ struct Comparison {
 /// Compares every chunk. Errors: an unexplained mismatch (with example keys), or a failure.
 ///
 /// `client` lists chunks and hashes the original's side; `peer` hashes the shadow's side at the
-/// same time, under the same exported snapshot.
+/// same time, under the same exported snapshot. Chunks hold `chunk_rows` rows (the last one
+/// fewer); `pace` says when to wait between them. Errors also when the throttle's critical
+/// condition aborts the run while it waits.
 pub async fn verify(
     client: &mut Client,
     peer: &mut Client,
     plan: &Plan,
     fencer: &Fencer,
     applier: &Applier,
+    chunk_rows: i64,
+    pace: &Pace<'_>,
 ) -> Result<VerifyReport> {
     let pair = Pair {
         projection: &plan.projection,
@@ -130,7 +151,7 @@ pub async fn verify(
         target: plan.names.shadow_qualified(),
     };
     let limits = Limits {
-        chunk_rows: VERIFY_CHUNK_ROWS,
+        chunk_rows: chunk_rows.max(1),
         rechecks: RECHECKS,
         max_keys: MAX_UNSETTLED,
         stop_on_overflow: true,
@@ -141,6 +162,7 @@ pub async fn verify(
         &pair,
         &limits,
         &Settle::Fence(fencer, applier),
+        pace,
     )
     .await?;
     match c.overflow {
@@ -179,12 +201,16 @@ async fn compare_all(
     pair: &Pair<'_>,
     limits: &Limits,
     settle: &Settle<'_>,
+    pace: &Pace<'_>,
 ) -> Result<Comparison> {
     let (table, shadow) = (&pair.source, &pair.target);
     let p = pair.projection;
     let mut report = Comparison::default();
     let mut lower: Option<Key> = None;
     loop {
+        if let Some(t) = pace.throttle {
+            t.wait_clear().await?;
+        }
         let boundary = {
             let sql = p.chunk_boundary_sql(table, lower.is_some());
             let mut params: Vec<&(dyn ToSql + Sync)> = vec![&limits.chunk_rows];
@@ -209,11 +235,18 @@ async fn compare_all(
         let target_sql = p.verify_target_sql(shadow, has_lower, has_upper);
         let range = describe_range(lower.as_deref(), upper.as_deref());
         let mut attempt = 0;
+        let mut took = Duration::ZERO;
         loop {
+            let started = std::time::Instant::now();
             let (a, b) = compare(client, peer, &source_sql, &target_sql, &params).await?;
             if attempt == 0 {
+                took = started.elapsed();
                 report.rows += a.0 as u64;
                 report.target_rows += b.0 as u64;
+                if let Some(progress) = pace.progress {
+                    let rows = report.rows;
+                    progress.update(|s| s.rows_verified = rows);
+                }
             }
             if a == b {
                 break;
@@ -304,6 +337,9 @@ async fn compare_all(
             break;
         }
         report.chunks += 1;
+        if pace.nice_ratio > 0.0 {
+            tokio::time::sleep(took.mul_f64(pace.nice_ratio)).await;
+        }
         match upper {
             Some(hi) => lower = Some(hi),
             None => break,
@@ -576,7 +612,15 @@ pub async fn check(config: &tokio_postgres::Config, options: &CheckOptions) -> R
         stop_on_overflow: false,
     };
     let settle = Settle::Wait(options.recheck_interval);
-    let c = compare_all(&mut client, &mut peer, &pair, &limits, &settle).await?;
+    let c = compare_all(
+        &mut client,
+        &mut peer,
+        &pair,
+        &limits,
+        &settle,
+        &Pace::default(),
+    )
+    .await?;
     let kinds = classify(&client, &pair, &c.keys).await?;
     let written: Vec<String> = projection
         .written()

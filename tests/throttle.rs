@@ -101,6 +101,78 @@ async fn throttle_flag_file_pauses_the_backfill_until_removed() {
     assert!(matches!(run.await.unwrap().unwrap(), Outcome::Migrated(_)));
 }
 
+/// The verify phase is a full read of both tables: a throttled run must not start a
+/// verification chunk either. The run is held at the start of verification, throttled, then
+/// let go: with 1,000-row chunks its 100 chunks would take well under the 3 s watched, yet no
+/// row is verified until the flag file goes.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn throttle_flag_file_pauses_verification_until_removed() {
+    let cluster = common::cluster().await;
+    let client = cluster.connect("postgres").await.unwrap();
+    setup(&client).await;
+    let dir = tempfile::tempdir().unwrap();
+    let flag = dir.path().join("throttle");
+    let socket = dir.path().join("ctl.sock");
+    let mut options = RunOptions {
+        execute: true,
+        work_dir: dir.path().to_path_buf(),
+        rollback_dir: dir.path().to_path_buf(),
+        verify_chunk_rows: 1_000,
+        control_socket: Some(socket.clone()),
+        ..RunOptions::new("t", &["ALTER COLUMN v TYPE bigint"])
+    };
+    options.throttle.throttle_flag_file = Some(flag.clone());
+    doppel::pause::arm(dir.path(), "verifying").unwrap();
+    let config: tokio_postgres::Config = cluster.conninfo("postgres").parse().unwrap();
+    let run =
+        tokio::spawn(async move { migration::run(&config, &options, &Cancel::never()).await });
+    assert!(
+        doppel::pause::wait_reached(dir.path(), "verifying", Duration::from_secs(60))
+            .await
+            .is_some(),
+        "the run reaches verification"
+    );
+    std::fs::write(&flag, b"").unwrap();
+    let status = || async { doppel::control::send(&socket, "status").await.unwrap() };
+    let throttled = common::wait_until_async(Duration::from_secs(10), || async {
+        status().await.contains("throttled")
+    })
+    .await;
+    assert!(
+        throttled,
+        "the flag file throttles the run: {}",
+        status().await
+    );
+    doppel::pause::release(dir.path(), "verifying").unwrap();
+    let verified = || async {
+        let json = doppel::control::send(&socket, "status --json")
+            .await
+            .unwrap();
+        let v: serde_json::Value = serde_json::from_str(&json).unwrap();
+        v["rows_verified"].as_u64().unwrap()
+    };
+    let moved =
+        common::wait_until_async(Duration::from_secs(3), || async { verified().await > 0 }).await;
+    assert!(
+        !moved,
+        "no verification chunk runs while throttled: {}",
+        status().await
+    );
+    assert!(
+        !run.is_finished(),
+        "the run waits for the throttle to clear"
+    );
+    std::fs::remove_file(&flag).unwrap();
+    match run.await.unwrap().unwrap() {
+        Outcome::Migrated(report) => {
+            assert_eq!(report.verify.rows, 100_000);
+            // 100 full chunks, then the (empty) range after the last boundary.
+            assert_eq!(report.verify.chunks, 101);
+        }
+        other => panic!("expected a migration, got {other:?}"),
+    }
+}
+
 /// A hooks directory with one hook, `name`, that writes its DOPPEL_* environment to
 /// `<dir>/<name>.env`.
 fn hooks_dir(parent: &Path, name: &str) -> PathBuf {
