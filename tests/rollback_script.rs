@@ -1,6 +1,8 @@
 //! End to end: a table with every kind of dependent is migrated by doppel, behaves exactly as
 //! before, then the rollback script doppel wrote is run with `psql -v ON_ERROR_STOP=1` and the
-//! restored original behaves exactly as before too.
+//! restored original behaves exactly as before too. One test per kind of dependent checks that
+//! kind's behaviour (on a fresh cluster, with every dependent present), and one checks them all
+//! in sequence.
 //!
 //! The dependents: inbound foreign keys from two child tables (one `ON DELETE CASCADE`), a
 //! view and a view on that view, a trigger with a side effect (an audit insert), grants to two
@@ -132,19 +134,60 @@ impl State {
     }
 }
 
-/// Checks every dependent behaves on the relation named `public.t` now (OID `bound`, column
-/// `amount` of type `amount_type`); `kept` is the other table of the pair (None before the
-/// migration). `parent` is a parent id referenced by rows of both tables: deleting it after
-/// deleting its rows from `public.t` must not be blocked by the kept table's copies.
-async fn behaves(
-    client: &Client,
-    state: &mut State,
+/// A kind of dependent, and the behaviour checked for it.
+#[derive(Debug, Clone, Copy)]
+enum Kind {
+    /// Comments on the table and its columns.
+    Comments,
+    /// Grants to two roles allow what they allowed, RLS (`ENABLE`, `FORCE`) and the policies
+    /// filter what they filtered.
+    GrantsAndPolicies,
+    /// The audit trigger fires once per write on `public.t`, never on the other table.
+    Trigger,
+    /// The view and the view on it return new rows; the grant on the outer one still allows.
+    Views,
+    /// The identity column keeps numbering without gaps or repeats.
+    Identity,
+    /// The foreign key to `parent` is enforced, and a parent whose rows left `public.t` can be
+    /// deleted although the other table of the pair still has copies of them.
+    ForeignKeyToParent,
+    /// The foreign keys of two child tables point at `public.t`, validated, rejecting orphans,
+    /// blocking or cascading deletes.
+    InboundForeignKeys,
+    /// The publication lists `public.t`.
+    Publication,
+    /// The materialized view reads `public.t`: a refresh sees a new row; index and grant kept.
+    MaterializedView,
+}
+
+/// Every kind, in the order the combined test checks them.
+const ALL: [Kind; 9] = [
+    Kind::Comments,
+    Kind::GrantsAndPolicies,
+    Kind::Trigger,
+    Kind::Views,
+    Kind::Identity,
+    Kind::ForeignKeyToParent,
+    Kind::InboundForeignKeys,
+    Kind::Publication,
+    Kind::MaterializedView,
+];
+
+/// The relation named `public.t` at one step of a scenario.
+struct Step<'a> {
+    /// Its OID.
     bound: u32,
-    amount_type: &str,
-    kept: Option<&str>,
+    /// The type of its `amount` column.
+    amount_type: &'static str,
+    /// The other table of the pair (None before the migration).
+    kept: Option<&'a str>,
+    /// A parent id referenced by rows of both tables, deleted by the foreign-key check.
     parent: i32,
-) {
-    assert_eq!(oid_of(client, "public.t").await, bound);
+}
+
+/// Checks `kinds` on the relation named `public.t` now.
+async fn behaves(client: &Client, state: &mut State, step: &Step<'_>, kinds: &[Kind]) {
+    assert_eq!(oid_of(client, "public.t").await, step.bound);
     assert_eq!(
         text(
             client,
@@ -153,10 +196,24 @@ async fn behaves(
         )
         .await
         .as_deref(),
-        Some(amount_type)
+        Some(step.amount_type)
     );
+    for kind in kinds {
+        match kind {
+            Kind::Comments => comments(client).await,
+            Kind::GrantsAndPolicies => grants_and_policies(client, state, step).await,
+            Kind::Trigger => trigger(client, state, step).await,
+            Kind::Views => views(client, state).await,
+            Kind::Identity => identity(client, state).await,
+            Kind::ForeignKeyToParent => foreign_key_to_parent(client, state, step).await,
+            Kind::InboundForeignKeys => inbound_foreign_keys(client, state, step).await,
+            Kind::Publication => publication(client, step).await,
+            Kind::MaterializedView => materialized_view(client, state, step).await,
+        }
+    }
+}
 
-    // Comments on the table and its columns.
+async fn comments(client: &Client) {
     let row = client
         .query_one(
             "SELECT obj_description('public.t'::regclass, 'pg_class'),
@@ -174,8 +231,9 @@ async fn behaves(
         Some("who may see the row")
     );
     assert_eq!(row.get::<_, Option<String>>(2).as_deref(), Some("in cents"));
+}
 
-    // RLS flags, and policies on this table only.
+async fn grants_and_policies(client: &Client, state: &mut State, step: &Step<'_>) {
     let row = client
         .query_one(
             "SELECT relrowsecurity, relforcerowsecurity FROM pg_class WHERE oid = 'public.t'::regclass",
@@ -190,13 +248,15 @@ async fn behaves(
     assert_eq!(
         count(
             client,
-            &format!("SELECT count(*) FROM pg_policy WHERE polrelid = {bound}")
+            &format!(
+                "SELECT count(*) FROM pg_policy WHERE polrelid = {}",
+                step.bound
+            )
         )
         .await,
         2
     );
-
-    // Grants allow, and the policies filter: each reader sees its own rows only.
+    // Each reader sees its own rows only; reader_a may read but not insert.
     let own_a = count(
         client,
         "SELECT count(*) FROM public.t WHERE tenant = 'reader_a'",
@@ -235,6 +295,7 @@ async fn behaves(
         0,
         "reader_b sees only its rows"
     );
+    // The INSERT policy's WITH CHECK refuses another tenant's row.
     state
         .insert_fails(
             client,
@@ -242,8 +303,9 @@ async fn behaves(
             "42501",
         )
         .await;
+}
 
-    // The trigger fires once per write on this table, never on the kept one.
+async fn trigger(client: &Client, state: &mut State, step: &Step<'_>) {
     let audit = "SELECT count(*) FROM public.audit";
     let before = count(client, audit).await;
     let id = state.insert(client, "other", 2).await;
@@ -255,7 +317,31 @@ async fn behaves(
         .await
         .unwrap();
     assert_eq!(count(client, audit).await, before + 2, "update");
-    // The view and the view on it return the new row; reader_a may read the outer one.
+    client
+        .batch_execute(&format!("DELETE FROM public.t WHERE id = {id}"))
+        .await
+        .unwrap();
+    assert_eq!(count(client, audit).await, before + 3, "delete");
+    if let Some(kept) = step.kept {
+        client
+            .batch_execute(&format!(
+                "INSERT INTO {kept} (id, tenant, amount, parent_id) OVERRIDING SYSTEM VALUE
+                   VALUES (-1, 'other', 1, 1);
+                 UPDATE {kept} SET note = 'x' WHERE id = -1;
+                 DELETE FROM {kept} WHERE id = -1;"
+            ))
+            .await
+            .unwrap();
+        assert_eq!(
+            count(client, audit).await,
+            before + 3,
+            "nothing fires on {kept}"
+        );
+    }
+}
+
+async fn views(client: &Client, state: &mut State) {
+    let id = state.insert(client, "other", 2).await;
     assert_eq!(
         count(
             client,
@@ -282,25 +368,55 @@ async fn behaves(
         .batch_execute(&format!("DELETE FROM public.t WHERE id = {id}"))
         .await
         .unwrap();
-    assert_eq!(count(client, audit).await, before + 3, "delete");
-    if let Some(kept) = kept {
+    assert_eq!(
+        count(
+            client,
+            &format!("SELECT count(*) FROM public.vv WHERE id = {id}")
+        )
+        .await,
+        0
+    );
+}
+
+async fn identity(client: &Client, state: &mut State) {
+    assert_eq!(
+        text(
+            client,
+            "SELECT attidentity::text FROM pg_attribute
+             WHERE attrelid = 'public.t'::regclass AND attname = 'id'"
+        )
+        .await
+        .as_deref(),
+        Some("a"),
+        "GENERATED ALWAYS AS IDENTITY"
+    );
+    assert!(
+        text(client, "SELECT pg_get_serial_sequence('public.t', 'id')")
+            .await
+            .is_some(),
+        "the identity sequence belongs to this table"
+    );
+    // Each insert asserts the next number: no gap, no repeat (a repeat would also fail on
+    // the primary key).
+    for _ in 0..3 {
+        let id = state.insert(client, "other", 2).await;
         client
-            .batch_execute(&format!(
-                "INSERT INTO {kept} (id, tenant, amount, parent_id) OVERRIDING SYSTEM VALUE
-                   VALUES (-1, 'other', 1, 1);
-                 UPDATE {kept} SET note = 'x' WHERE id = -1;
-                 DELETE FROM {kept} WHERE id = -1;"
-            ))
+            .batch_execute(&format!("DELETE FROM public.t WHERE id = {id}"))
             .await
             .unwrap();
-        assert_eq!(
-            count(client, audit).await,
-            before + 3,
-            "nothing fires on {kept}"
-        );
     }
+    assert_eq!(
+        fails(
+            client,
+            "INSERT INTO public.t (id, tenant, amount, parent_id) VALUES (1, 'other', 1, 1)"
+        )
+        .await,
+        "428C9",
+        "GENERATED ALWAYS refuses an explicit id"
+    );
+}
 
-    // The foreign key to the parent is enforced on new rows...
+async fn foreign_key_to_parent(client: &Client, state: &mut State, step: &Step<'_>) {
     state
         .insert_fails(
             client,
@@ -308,9 +424,8 @@ async fn behaves(
             "23503",
         )
         .await;
-    // ... and a parent whose rows are gone from this table can be deleted, although the kept
-    // table still has copies of them.
-    if let Some(kept) = kept {
+    let parent = step.parent;
+    if let Some(kept) = step.kept {
         assert!(
             count(
                 client,
@@ -326,14 +441,16 @@ async fn behaves(
         ))
         .await
         .unwrap_or_else(|e| panic!("deleting parent {parent}: {e:?}"));
+}
 
-    // Inbound foreign keys: bound to this table, validated, rejecting orphans, cascading.
+async fn inbound_foreign_keys(client: &Client, state: &mut State, step: &Step<'_>) {
     assert_eq!(
         count(
             client,
             &format!(
-                "SELECT count(*) FROM pg_constraint WHERE contype = 'f' AND confrelid = {bound} AND convalidated
-                 AND conrelid IN ('public.child_a'::regclass, 'public.child_b'::regclass)"
+                "SELECT count(*) FROM pg_constraint WHERE contype = 'f' AND confrelid = {} AND convalidated
+                 AND conrelid IN ('public.child_a'::regclass, 'public.child_b'::regclass)",
+                step.bound
             )
         )
         .await,
@@ -370,28 +487,45 @@ async fn behaves(
         0,
         "ON DELETE CASCADE"
     );
+}
 
-    // The publication lists this table.
+async fn publication(client: &Client, step: &Step<'_>) {
     assert_eq!(
         count(
             client,
             &format!(
                 "SELECT count(*) FROM pg_publication_rel pr JOIN pg_publication p ON p.oid = pr.prpubid
-                 WHERE p.pubname = 'pub' AND pr.prrelid = {bound}"
+                 WHERE p.pubname = 'pub' AND pr.prrelid = {}",
+                step.bound
             )
         )
         .await,
         1
     );
+    if let Some(kept) = step.kept {
+        assert_eq!(
+            count(
+                client,
+                &format!(
+                    "SELECT count(*) FROM pg_publication_rel WHERE prrelid = '{kept}'::regclass"
+                )
+            )
+            .await,
+            0,
+            "{kept} is not published"
+        );
+    }
+}
 
-    // The materialized view reads this table: a refresh sees a new row; index and grant kept.
+async fn materialized_view(client: &Client, state: &mut State, step: &Step<'_>) {
     assert_eq!(
         count(
             client,
             &format!(
                 "SELECT count(*) FROM pg_depend d JOIN pg_rewrite r ON r.oid = d.objid
                  WHERE r.ev_class = 'public.mv'::regclass AND d.refclassid = 'pg_class'::regclass
-                   AND d.refobjid = {bound}"
+                   AND d.refobjid = {}",
+                step.bound
             )
         )
         .await,
@@ -442,8 +576,10 @@ fn run_psql_file(cluster: &LocalCluster, file: &std::path::Path) {
     );
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn every_dependent_behaves_after_migration_and_after_the_rollback_script() {
+/// On a fresh cluster with the whole schema: checks `kinds` on the original, migrates
+/// (`amount` to bigint), checks them on the new table, runs the rollback script doppel wrote,
+/// and checks them on the restored original.
+async fn migrate_and_roll_back(kinds: &[Kind]) {
     let cluster = common::cluster().await;
     let client = cluster.connect("postgres").await.unwrap();
     client.batch_execute(SCHEMA).await.unwrap();
@@ -452,7 +588,13 @@ async fn every_dependent_behaves_after_migration_and_after_the_rollback_script()
     let mut state = State {
         last_id: count(&client, "SELECT max(id) FROM public.t").await,
     };
-    behaves(&client, &mut state, original, "integer", None, 7).await;
+    let before = Step {
+        bound: original,
+        amount_type: "integer",
+        kept: None,
+        parent: 7,
+    };
+    behaves(&client, &mut state, &before, kinds).await;
 
     let dir = tempfile::tempdir().unwrap();
     let options = RunOptions {
@@ -476,27 +618,25 @@ async fn every_dependent_behaves_after_migration_and_after_the_rollback_script()
     let new = oid_of(&client, "public.t").await;
     assert_ne!(new, original);
     assert_eq!(oid_of(&client, &names.old_qualified()).await, original);
-    behaves(
-        &client,
-        &mut state,
-        new,
-        "bigint",
-        Some(&names.old_qualified()),
-        8,
-    )
-    .await;
+    let old = names.old_qualified();
+    let after = Step {
+        bound: new,
+        amount_type: "bigint",
+        kept: Some(&old),
+        parent: 8,
+    };
+    behaves(&client, &mut state, &after, kinds).await;
 
     run_psql_file(&cluster, &report.cutover.rollback_path);
     assert_eq!(oid_of(&client, &names.shadow_qualified()).await, new);
-    behaves(
-        &client,
-        &mut state,
-        original,
-        "integer",
-        Some(&names.shadow_qualified()),
-        9,
-    )
-    .await;
+    let shadow = names.shadow_qualified();
+    let rolled_back = Step {
+        bound: original,
+        amount_type: "integer",
+        kept: Some(&shadow),
+        parent: 9,
+    };
+    behaves(&client, &mut state, &rolled_back, kinds).await;
     // Nothing doppel built for the rebuilds is left.
     assert_eq!(
         count(
@@ -506,4 +646,54 @@ async fn every_dependent_behaves_after_migration_and_after_the_rollback_script()
         .await,
         0
     );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn comments_on_the_table_and_its_columns_follow_the_name() {
+    migrate_and_roll_back(&[Kind::Comments]).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn grants_still_allow_and_policies_still_filter() {
+    migrate_and_roll_back(&[Kind::GrantsAndPolicies]).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_trigger_fires_once_per_write() {
+    migrate_and_roll_back(&[Kind::Trigger]).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_view_and_the_view_on_it_return_new_rows() {
+    migrate_and_roll_back(&[Kind::Views]).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn inserts_keep_numbering_the_identity_column() {
+    migrate_and_roll_back(&[Kind::Identity]).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_foreign_key_to_the_parent_is_enforced_and_does_not_pin_parents() {
+    migrate_and_roll_back(&[Kind::ForeignKeyToParent]).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn foreign_keys_from_two_child_tables_reject_orphans_and_cascade() {
+    migrate_and_roll_back(&[Kind::InboundForeignKeys]).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_publication_lists_the_table() {
+    migrate_and_roll_back(&[Kind::Publication]).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_materialized_view_refreshes_from_the_table() {
+    migrate_and_roll_back(&[Kind::MaterializedView]).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_dependent_behaves_after_migration_and_after_the_rollback_script() {
+    migrate_and_roll_back(&ALL).await;
 }
