@@ -49,9 +49,13 @@ pub struct CutoverOptions {
     /// period) are cancelled (`pg_cancel_backend`); one still blocking at a later attempt is
     /// terminated (`pg_terminate_backend`). `None` (the default) kills nobody.
     pub kill_blockers: Option<Duration>,
-    /// Ctrl-C / SIGTERM / `abort`: checked between attempts and while catching up before
-    /// one (never inside the lock, where the transaction rolls back by itself on error).
+    /// Ctrl-C / SIGTERM / `abort`: checked while the cutover is postponed, between attempts
+    /// and while catching up before one (never inside the lock, where the transaction rolls
+    /// back by itself on error).
     pub cancel: crate::migration::Cancel,
+    /// The throttle checker's samples: a critical condition (the panic flag file, ...) aborts
+    /// a postponed cutover and stops further attempts. `None`: not watched.
+    pub throttle: Option<tokio::sync::watch::Receiver<crate::throttle::ThrottleState>>,
 }
 
 /// Outcome of one cutover attempt, as logged and stored in the cutover record.
@@ -438,6 +442,69 @@ pub async fn run(
 ) -> Result<CutoverReport> {
     let rollback_path = write_rollback(&options.rollback_dir, plan, script)?;
     tracing::info!("rollback script written to {}", rollback_path.display());
+    let mut committing = false;
+    let result = attempts(
+        client,
+        monitor,
+        plan,
+        script,
+        fencer,
+        applier,
+        unsettled,
+        fingerprint,
+        options,
+        rollback_path.clone(),
+        &mut committing,
+    )
+    .await;
+    if result.is_err() {
+        if committing {
+            tracing::warn!(
+                "the cutover's COMMIT failed or its outcome is unknown: check whether {} is the new table before using the rollback script {}",
+                plan.original.qualified(),
+                rollback_path.display()
+            );
+        } else {
+            // Nothing was cut over: a rollback script for it would only mislead.
+            match std::fs::remove_file(&rollback_path) {
+                Ok(()) => tracing::info!(
+                    "removed the rollback script {}: nothing was cut over",
+                    rollback_path.display()
+                ),
+                Err(e) => tracing::warn!(
+                    "nothing was cut over, but the rollback script {} could not be removed ({e}): delete it",
+                    rollback_path.display()
+                ),
+            }
+        }
+    }
+    result
+}
+
+/// The postponement and the lock attempts of [`run`]. `committing` is set just before the
+/// COMMIT, so an error after it may mean the cutover did commit.
+#[allow(clippy::too_many_arguments)]
+async fn attempts(
+    client: &mut Client,
+    monitor: &Client,
+    plan: &Plan,
+    script: &Script,
+    fencer: &Fencer,
+    applier: &Applier,
+    unsettled: &[Vec<Option<String>>],
+    fingerprint: &str,
+    options: &CutoverOptions,
+    rollback_path: PathBuf,
+    committing: &mut bool,
+) -> Result<CutoverReport> {
+    let critical = || match options
+        .throttle
+        .as_ref()
+        .and_then(|rx| rx.borrow().critical_error())
+    {
+        Some(e) => Err(e),
+        None => Ok(()),
+    };
     let table_q = plan.names.table_qualified();
     {
         let postponed = || {
@@ -452,7 +519,11 @@ pub async fn run(
             by_flag || options.controls.as_ref().is_some_and(|c| c.postponed())
         };
         let mut announced = false;
+        let mut fence: Option<u64> = None;
         while postponed() {
+            options.cancel.check()?;
+            critical()?;
+            applier.check()?;
             if !announced {
                 tracing::info!(
                     "cutover postponed (flag file {}, or `postpone` on the control socket): remove the file or send `cut-over`; the shadow is kept caught up",
@@ -464,18 +535,27 @@ pub async fn run(
                 );
                 announced = true;
             }
-            let n = fencer.emit().await?;
-            applier.wait_fence(n, Duration::from_secs(300)).await?;
-            // Re-check every 500 ms, or at once when the operator changes a setting.
-            match &options.controls {
-                Some(c) => {
-                    let _ = tokio::time::timeout(
-                        Duration::from_millis(500),
-                        c.wait_until(|c| c.cut_over_requested() || c.abort_requested()),
-                    )
-                    .await;
+            // One fence at a time keeps the slot confirmed and shows the applier keeps up; a
+            // throttled applier only makes it wait (the postponement is not bounded).
+            if fence.is_none_or(|n| applier.status().fence >= n) {
+                fence = Some(fencer.emit().await?);
+            }
+            // Re-check every 500 ms, or at once when the operator changes a setting or aborts.
+            let tick = async {
+                match &options.controls {
+                    Some(c) => {
+                        let _ = tokio::time::timeout(
+                            Duration::from_millis(500),
+                            c.wait_until(|c| c.cut_over_requested() || c.abort_requested()),
+                        )
+                        .await;
+                    }
+                    None => tokio::time::sleep(Duration::from_millis(500)).await,
                 }
-                None => tokio::time::sleep(Duration::from_millis(500)).await,
+            };
+            tokio::select! {
+                _ = tick => {}
+                _ = options.cancel.cancelled() => {}
             }
         }
     }
@@ -501,6 +581,7 @@ pub async fn run(
         // Catch up outside the lock first, so the drain inside it is only the last moments;
         // attempt only when that drain is predicted to fit the budget.
         options.cancel.check()?;
+        critical()?;
         let predicted = tokio::select! {
             r = drain_until_it_fits(fencer, applier, options.fence_timeout) => r?,
             _ = options.cancel.cancelled() => options.cancel.check().map(|_| Duration::ZERO)?,
@@ -674,6 +755,7 @@ pub async fn run(
             .point("cutover-locked", &plan.original.qualified())
             .await;
         lap("renames and dependents");
+        *committing = true;
         tx.commit().await.context("committing the cutover")?;
         lap("commit");
         let lock_held = granted.elapsed();

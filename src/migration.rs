@@ -533,13 +533,18 @@ async fn execute(
     let (copy, verify, cutover, applied) = result?;
     created.cut_over = true;
     operator.hook("after-cutover").await.ok();
-    control
-        .batch_execute(&format!(
-            "DROP PUBLICATION IF EXISTS {}",
-            ident(&plan.names.publication)
-        ))
-        .await
-        .context("dropping the publication after cutover")?;
+    // The cutover has committed: from here a failure is reported, not returned, so the exit
+    // status says the table was migrated.
+    let drop_publication = format!(
+        "DROP PUBLICATION IF EXISTS {}",
+        ident(&plan.names.publication)
+    );
+    if let Err(e) = control.batch_execute(&drop_publication).await {
+        tracing::warn!(
+            "the cutover committed, but dropping doppel's publication failed ({e}); drop it with `{drop_publication}` or `doppel cleanup --table {}`",
+            plan.original.qualified()
+        );
+    }
     if let Some(path) = created.spool.take() {
         std::fs::remove_file(path).ok();
     }
@@ -702,7 +707,7 @@ async fn phases_inner(
         }
     }));
 
-    let throttler = crate::throttle::Throttler::spawn(
+    let mut throttler = crate::throttle::Throttler::spawn(
         config,
         options.throttle.clone(),
         &plan.names.slot,
@@ -710,6 +715,7 @@ async fn phases_inner(
     )
     .await
     .context("starting the throttle checker")?;
+    throttler.abort_on(cancel.clone());
     operator.drive_throttle(throttler.live());
     operator.drive_hooks(throttler.watch());
     let _throttle_progress = AbortOnDrop(tokio::spawn({
@@ -796,14 +802,14 @@ async fn phases_inner(
         .await
         .context("setting maintenance_work_mem for the index builds")?;
     for statement in shadow::primary_key_sql(plan) {
-        run_cancellable(control, &statement, cancel)
+        run_cancellable(control, &statement, cancel, &throttler)
             .await
             .context("building the shadow's primary key")?;
     }
     // Non-unique indexes now: logical decoding is still working through the backfill's WAL,
     // and the backlog cannot be applied before it has.
     for statement in shadow::plain_index_sql(plan) {
-        run_cancellable(control, &statement, cancel)
+        run_cancellable(control, &statement, cancel, &throttler)
             .await
             .map_err(|e| index_error(e, plan, &statement))?;
     }
@@ -844,7 +850,7 @@ async fn phases_inner(
     }
     for statement in shadow::constraining_sql(plan) {
         applier_ref(guard)?;
-        run_cancellable(control, &statement, cancel)
+        run_cancellable(control, &statement, cancel, &throttler)
             .await
             .map_err(|e| index_error(e, plan, &statement))?;
     }
@@ -855,7 +861,7 @@ async fn phases_inner(
     if let Some(a) = guard.applier.as_ref() {
         a.resume();
     }
-    run_cancellable(control, &vacuum, cancel)
+    run_cancellable(control, &vacuum, cancel, &throttler)
         .await
         .context("VACUUM (ANALYZE) of the shadow")?;
     phases.push(("unique indexes + vacuum", phase.elapsed()));
@@ -927,6 +933,7 @@ async fn phases_inner(
             pauses: pauses.clone(),
             kill_blockers: options.kill_blockers,
             cancel: cancel.clone(),
+            throttle: Some(throttler.watch()),
         },
     )
     .await
@@ -969,14 +976,24 @@ async fn catch_up(
     }
 }
 
-/// Runs one long statement; on cancel asks the server to cancel it.
-async fn run_cancellable(client: &Client, sql: &str, cancel: &Cancel) -> Result<()> {
+/// Runs one long statement; on cancel, or on a critical throttle condition (the panic flag
+/// file, ...), asks the server to cancel it and returns that abort.
+async fn run_cancellable(
+    client: &Client,
+    sql: &str,
+    cancel: &Cancel,
+    throttler: &crate::throttle::Throttler,
+) -> Result<()> {
     let token = client.cancel_token();
     tokio::select! {
         r = client.batch_execute(sql) => r.map_err(anyhow::Error::new),
         _ = cancel.cancelled() => {
             token.cancel_query(tokio_postgres::NoTls).await.ok();
             Err(crate::failure::fail(crate::failure::FailureKind::Aborted, "interrupted: stopping and cleaning up"))
+        }
+        e = throttler.critical() => {
+            token.cancel_query(tokio_postgres::NoTls).await.ok();
+            Err(e)
         }
     }
 }

@@ -186,8 +186,13 @@ pub fn spawn_reporter(
                     let s = progress.snapshot();
                     bar.set_length(s.rows_estimate.max(s.rows_copied));
                     bar.set_position(s.rows_copied);
+                    let throttled = if s.throttled.is_empty() {
+                        String::new()
+                    } else {
+                        format!(" throttled: {}", s.throttled)
+                    };
                     bar.set_message(format!(
-                        "{} applied={} lag={}",
+                        "{} applied={} lag={}{throttled}",
                         s.phase,
                         s.applied,
                         format_bytes(s.lag_bytes)

@@ -12,7 +12,10 @@
 //! heartbeat made native); the WAL retained by doppel's slot (`--max-retained-wal`); and a
 //! `--throttle-query` that returns a positive number. Critical conditions abort the run:
 //! `--panic-flag-file` existing, `--critical-retained-wal` exceeded, `--critical-query`
-//! returning a positive number.
+//! returning a positive number. A run notices them between chunks and batches, and also
+//! while a long statement runs (an index build: [`Throttler::critical`] cancels it) and while
+//! the cutover is postponed. Waiting while throttled ([`Throttler::wait_clear`]) also ends
+//! on the run's cancel signal (Ctrl-C, SIGTERM, `abort`), so a throttled run can be aborted.
 
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -65,6 +68,14 @@ pub struct ThrottleState {
     pub replica_lag_ms: Option<u64>,
 }
 
+impl ThrottleState {
+    /// The abort error of the critical condition seen at this sample, if any (exit 3 for the
+    /// panic flag file, 7 for a critical threshold).
+    pub fn critical_error(&self) -> Option<anyhow::Error> {
+        self.critical.as_deref().map(critical)
+    }
+}
+
 /// Settings an operator may change while the run goes on.
 #[derive(Debug, Default)]
 pub struct LiveThrottle {
@@ -82,6 +93,8 @@ pub struct Throttler {
     live: Arc<LiveThrottle>,
     handle: JoinHandle<()>,
     heartbeat: Option<JoinHandle<()>>,
+    /// The run's cancel signal: ends [`Throttler::wait_clear`] with an abort.
+    cancel: Option<crate::migration::Cancel>,
 }
 
 impl Throttler {
@@ -171,7 +184,27 @@ impl Throttler {
             live,
             handle,
             heartbeat,
+            cancel: None,
         })
+    }
+
+    /// Makes [`Throttler::wait_clear`] end with the abort error once `cancel` fires.
+    pub fn abort_on(&mut self, cancel: crate::migration::Cancel) {
+        self.cancel = Some(cancel);
+    }
+
+    /// Resolves with the abort error once a critical condition is seen (never, if the checker
+    /// stops first). For `tokio::select!` beside a long statement.
+    pub async fn critical(&self) -> anyhow::Error {
+        let mut rx = self.state.clone();
+        loop {
+            if let Some(why) = &rx.borrow_and_update().critical {
+                return critical(why);
+            }
+            if rx.changed().await.is_err() {
+                return std::future::pending().await;
+            }
+        }
     }
 
     /// Settings an operator may change at runtime.
@@ -197,10 +230,14 @@ impl Throttler {
         Ok(())
     }
 
-    /// Waits while throttled. Errors on a critical condition.
+    /// Waits while throttled. Errors on a critical condition, and on the run's cancel signal
+    /// (see [`Throttler::abort_on`]).
     pub async fn wait_clear(&self) -> Result<()> {
         let mut rx = self.state.clone();
         loop {
+            if let Some(cancel) = &self.cancel {
+                cancel.check()?;
+            }
             {
                 let s = rx.borrow_and_update();
                 if let Some(why) = &s.critical {
@@ -210,7 +247,14 @@ impl Throttler {
                     return Ok(());
                 }
             }
-            if rx.changed().await.is_err() {
+            let changed = match &self.cancel {
+                Some(cancel) => tokio::select! {
+                    c = rx.changed() => c.is_ok(),
+                    _ = cancel.cancelled() => true,
+                },
+                None => rx.changed().await.is_ok(),
+            };
+            if !changed {
                 return Ok(());
             }
         }
