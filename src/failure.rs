@@ -6,13 +6,13 @@
 //! |---|---|
 //! | 0 | migrated and verified, or a dry run with nothing to refuse |
 //! | 1 | internal or unexpected error (connection lost, query failed, ...) |
-//! | 2 | preflight refused (see `preflight::Refused`) |
-//! | 3 | aborted by the operator: Ctrl-C, SIGTERM, the panic flag file, the `abort` command |
+//! | 2 | preflight refused (see `preflight::Refused`), or an invalid command line |
+//! | 3 | aborted by the operator: Ctrl-C, SIGTERM, the panic flag file, the `abort` command, a failing start-up hook |
 //! | 4 | the replication stream or slot was lost |
-//! | 5 | the cutover lock budget was exhausted |
+//! | 5 | the cutover budget was exhausted (every attempt timed out on the lock or on the drain under it) |
 //! | 6 | verification found an unexplained difference |
 //! | 7 | a critical threshold was crossed (`--critical-retained-wal`, `--critical-query`) |
-//! | 8 | the original changed in a way the migration cannot follow (DDL, TRUNCATE, a live write that violates the new schema) |
+//! | 8 | the original changed in a way the migration cannot follow (DDL, TRUNCATE), or rows, existing or written live, that the new schema rejects (a new UNIQUE, EXCLUDE, CHECK or NOT NULL, a failing cast) |
 
 use crate::preflight::Refused;
 

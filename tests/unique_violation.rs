@@ -3,7 +3,8 @@
 //! rows) and leaves nothing behind (no slot, publication or shadow). Both for rows that were
 //! there before the run and for a duplicate written by a live session during the run: while
 //! the backfill copies (the unique index build then fails) and after the unique index exists
-//! on the shadow (the applier then fails).
+//! on the shadow (the applier then fails). The same for an added CHECK constraint, which the
+//! copy (existing rows) or the applier (a live write) meets. Every one exits 8.
 
 mod common;
 
@@ -175,19 +176,66 @@ async fn existing_conflicts_fail_an_added_exclusion_constraint_naming_the_keys()
     .await;
 }
 
+/// Existing rows violate an added CHECK: the copy meets them; the run exits 8 naming the
+/// constraint, the original is untouched and nothing is left.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn existing_rows_violating_an_added_check_exit_as_a_conflict() {
+    let cluster = common::cluster().await;
+    let client = cluster.connect("postgres").await.unwrap();
+    client.batch_execute(SCHEMA).await.unwrap();
+    client
+        .batch_execute("UPDATE public.u SET x = -5 WHERE id = 1500")
+        .await
+        .unwrap();
+    let before = snapshot(&client).await;
+    let dir = tempfile::tempdir().unwrap();
+    let config: tokio_postgres::Config = cluster.conninfo("postgres").parse().unwrap();
+    let err = migration::run(
+        &config,
+        &options(dir.path(), "ADD CONSTRAINT u_x_positive CHECK (x >= 0)"),
+        &Cancel::never(),
+    )
+    .await
+    .expect_err("a row violates the CHECK");
+    let msg = format!("{err:#}");
+    assert!(msg.contains("u_x_positive"), "names the constraint: {msg}");
+    assert!(msg.contains("untouched"), "{msg}");
+    assert_eq!(doppel::failure::exit_code(&err), 8, "{msg}");
+    assert_eq!(snapshot(&client).await, before, "the original is untouched");
+    assert_nothing_left(&client, before.oid).await;
+}
+
 /// Runs the migration adding `UNIQUE (x)`, stopped at pause point `point`; there a live
 /// session inserts a row duplicating `x = 10`. Returns the run's error and the original's
 /// snapshot taken after the live write.
 async fn live_duplicate_at(
     point: &str,
 ) -> (String, Snapshot, Client, doppel::cluster::LocalCluster) {
+    let (msg, code, snapshot, client, cluster) = live_write_at(
+        point,
+        "ADD CONSTRAINT u_x UNIQUE (x)",
+        "INSERT INTO public.u VALUES (5001, 10, 'live')",
+    )
+    .await;
+    assert_eq!(code, 8, "a conflict: {msg}");
+    (msg, snapshot, client, cluster)
+}
+
+/// Runs the migration with `alter`, stopped at pause point `point`; there a live session runs
+/// `write`. Returns the run's error, its exit code and the original's snapshot taken after the
+/// live write.
+async fn live_write_at(
+    point: &str,
+    alter: &str,
+    write: &str,
+) -> (String, u8, Snapshot, Client, doppel::cluster::LocalCluster) {
     let cluster = common::cluster().await;
     let client = cluster.connect("postgres").await.unwrap();
     client.batch_execute(SCHEMA).await.unwrap();
     let oid = snapshot(&client).await.oid;
     let dir = tempfile::tempdir().unwrap();
     doppel::pause::arm(dir.path(), point).unwrap();
-    let opts = options(dir.path(), "ADD CONSTRAINT u_x UNIQUE (x)");
+    let opts = options(dir.path(), alter);
     let config: tokio_postgres::Config = cluster.conninfo("postgres").parse().unwrap();
     let run = tokio::spawn(async move { migration::run(&config, &opts, &Cancel::never()).await });
     let work_dir = dir.path().to_path_buf();
@@ -198,10 +246,7 @@ async fn live_duplicate_at(
         }),
         "the run reaches {point}"
     );
-    client
-        .batch_execute("INSERT INTO public.u VALUES (5001, 10, 'live')")
-        .await
-        .unwrap();
+    client.batch_execute(write).await.unwrap();
     let after_write = snapshot(&client).await;
     assert_eq!(after_write.oid, oid);
     doppel::pause::release(dir.path(), point).unwrap();
@@ -213,7 +258,8 @@ async fn live_duplicate_at(
         Ok(outcome) => panic!("the migration must fail, got {outcome:?}"),
         Err(e) => e,
     };
-    (format!("{err:#}"), after_write, client, cluster)
+    let code = doppel::failure::exit_code(&err);
+    (format!("{err:#}"), code, after_write, client, cluster)
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -255,6 +301,30 @@ async fn live_duplicate_written_after_the_unique_index_exists_aborts_naming_the_
         msg.contains("untouched"),
         "says the original is untouched: {msg}"
     );
+    assert_eq!(
+        snapshot(&client).await,
+        after_write,
+        "the original is untouched"
+    );
+    assert_nothing_left(&client, after_write.oid).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn live_write_violating_an_added_check_exits_as_a_conflict_naming_the_key() {
+    // Paused before verification: the applier meets the row the shadow's CHECK refuses.
+    let (msg, code, after_write, client, _cluster) = live_write_at(
+        "verifying",
+        "ADD CONSTRAINT u_x_positive CHECK (x >= 0)",
+        "INSERT INTO public.u VALUES (5002, -7, 'live')",
+    )
+    .await;
+    assert!(msg.contains("live write"), "blames the live write: {msg}");
+    assert!(msg.contains("u_x_positive"), "names the constraint: {msg}");
+    assert!(
+        msg.contains("near key 5002"),
+        "names the written row: {msg}"
+    );
+    assert_eq!(code, 8, "a conflict: {msg}");
     assert_eq!(
         snapshot(&client).await,
         after_write,
