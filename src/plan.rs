@@ -539,7 +539,7 @@ impl Projection {
     }
 
     /// Verification aggregate over the original's key range: `count(*)` and an
-    /// order-independent 128-bit set hash of the projected rows, see `hash_aggregate`.
+    /// order-independent 64-bit set hash of the projected rows, see `hash_aggregate`.
     /// Parameters as [`Projection::source_range`].
     pub fn verify_source_sql(&self, table: &str, has_lower: bool, has_upper: bool) -> String {
         hash_aggregate(
@@ -627,14 +627,15 @@ fn shift_params(sql: &str, by: usize) -> String {
     out
 }
 
-/// `SELECT count, hash FROM <from>`: the row count and an order-independent 128-bit set
-/// hash — the XOR of two independent 64-bit hashes (`hash_record_extended` with seeds 0 and
-/// 1, PostgreSQL 14+) of each row — as text `x0:x1`. Every row contains its primary key, so no
-/// row can appear twice and XOR loses nothing a sum would catch.
+/// `SELECT count, hash FROM <from>`: the row count and an order-independent 64-bit set hash
+/// — the XOR of each row's `hash_record_extended(row, 0)` (PostgreSQL 14+) — as text. Every
+/// row contains its primary key, so no row can appear twice and XOR loses nothing a sum would
+/// catch; a chunk that differs compares equal with probability about 2^-64. One hash per row
+/// instead of two (seeds 0 and 1, a 128-bit hash) makes a chunk's comparison about 40%
+/// cheaper (250,000 rows of BASELINES.md's `orders`: 50 ms instead of 85 ms).
 fn hash_aggregate(row: &str, from: &str) -> String {
     format!(
-        "SELECT count(*)::bigint,
-                coalesce(bit_xor(hash_record_extended({row}, 0)), 0)::text || ':' || coalesce(bit_xor(hash_record_extended({row}, 1)), 0)::text
+        "SELECT count(*)::bigint, coalesce(bit_xor(hash_record_extended({row}, 0)), 0)::text
          FROM {from}"
     )
 }
