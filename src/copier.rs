@@ -45,7 +45,7 @@ pub struct CopyOptions {
 impl Default for CopyOptions {
     fn default() -> Self {
         CopyOptions {
-            chunk_time: Duration::from_millis(500),
+            chunk_time: Duration::from_millis(100),
             nice_ratio: 0.0,
             initial_rows: 1_000,
             pauses: crate::pause::Pauses::default(),

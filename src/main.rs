@@ -119,7 +119,7 @@ struct RunArgs {
 #[derive(Args, Debug, Clone)]
 struct TuningArgs {
     /// Target duration of one backfill chunk, in ms.
-    #[arg(long, default_value_t = 500)]
+    #[arg(long, default_value_t = 100)]
     chunk_time: u64,
     /// Sleep this many times each chunk's duration after it, backfill and verification chunks
     /// alike (gh-ost's --nice-ratio).
