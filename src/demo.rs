@@ -81,6 +81,9 @@ async fn run_on(
         "ADD COLUMN note2 text".into(),
     ];
     run.execute = true;
+    // The rollback script and cutover record belong to this throwaway cluster: keep them in
+    // its scratch directory, removed with it, not in the current directory.
+    run.rollback_dir = cluster.scratch_dir().to_path_buf();
     println!(
         "running: doppel run --table public.orders --alter \"ALTER COLUMN customer_id TYPE bigint\" --alter \"ADD COLUMN note2 text\" --execute"
     );
@@ -126,7 +129,7 @@ async fn run_on(
     println!("rows differing from the twin table: {mismatches}");
     println!("replication slots left: {slots}");
     println!(
-        "rollback script: {}",
+        "rollback script: {} (removed with the demo cluster)",
         report.cutover.rollback_path.display()
     );
     if mismatches != 0 {
