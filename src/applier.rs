@@ -880,21 +880,19 @@ impl Exec<'_> {
 /// the server's detail (which names the key).
 fn apply_error(e: tokio_postgres::Error, plan: &Plan, key: &[Option<String>]) -> anyhow::Error {
     match e.as_db_error() {
-        Some(db) if db.code().code().starts_with("23") || db.code().code().starts_with("22") => {
-            crate::failure::fail(
-                crate::failure::FailureKind::Conflict,
-                format!(
-                    "a live write to {} cannot be applied to the new schema: {}{} (near key {}); aborting before cutover, the original table is untouched",
-                    plan.original.qualified(),
-                    db.message(),
-                    db.detail().map(|d| format!(" — {d}")).unwrap_or_default(),
-                    key.iter()
-                        .map(|k| k.clone().unwrap_or_else(|| "NULL".into()))
-                        .collect::<Vec<_>>()
-                        .join(", ")
-                ),
-            )
-        }
+        Some(db) if crate::failure::rejected_by_schema(db) => crate::failure::fail(
+            crate::failure::FailureKind::Conflict,
+            format!(
+                "a live write to {} cannot be applied to the new schema: {}{} (near key {}); aborting before cutover, the original table is untouched",
+                plan.original.qualified(),
+                db.message(),
+                db.detail().map(|d| format!(" — {d}")).unwrap_or_default(),
+                key.iter()
+                    .map(|k| k.clone().unwrap_or_else(|| "NULL".into()))
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            ),
+        ),
         _ => anyhow::Error::new(e).context("applying streamed changes to the shadow"),
     }
 }

@@ -367,27 +367,26 @@ impl DuringCopy {
 }
 
 fn copy_error(e: tokio_postgres::Error, plan: &Plan) -> anyhow::Error {
-    match e.as_db_error() {
-        // Integrity (23) and data (22) errors: existing rows the new schema rejects (a new
-        // CHECK or NOT NULL, a cast that fails): exit 8, as for a constraint build.
-        Some(db) if db.code().code().starts_with("23") || db.code().code().starts_with("22") => {
-            crate::failure::fail(
-                crate::failure::FailureKind::Conflict,
-                format!(
-                    "copying rows of {} into the new schema failed: {}{}; the existing rows violate the new schema. Nothing was cut over; the original table is untouched",
-                    plan.original.qualified(),
-                    db.message(),
-                    db.detail().map(|d| format!(" ({d})")).unwrap_or_default()
-                ),
-            )
-        }
-        Some(db) => anyhow::anyhow!(
-            "copying rows of {} into the new schema failed: {}{}; the original table is untouched",
-            plan.original.qualified(),
-            db.message(),
-            db.detail().map(|d| format!(" ({d})")).unwrap_or_default()
-        ),
-        None => anyhow::Error::new(e).context("copying a chunk"),
+    let Some(db) = e.as_db_error() else {
+        return anyhow::Error::new(e).context("copying a chunk");
+    };
+    let failed = format!(
+        "copying rows of {} into the new schema failed: {}{}",
+        plan.original.qualified(),
+        db.message(),
+        db.detail().map(|d| format!(" ({d})")).unwrap_or_default()
+    );
+    // Existing rows the new schema rejects (a new CHECK or NOT NULL, a cast that fails): exit
+    // 8, as for a constraint build.
+    if crate::failure::rejected_by_schema(db) {
+        crate::failure::fail(
+            crate::failure::FailureKind::Conflict,
+            format!(
+                "{failed}; the existing rows violate the new schema. Nothing was cut over; the original table is untouched"
+            ),
+        )
+    } else {
+        anyhow::anyhow!("{failed}; the original table is untouched")
     }
 }
 

@@ -380,6 +380,33 @@ pub async fn script(client: &Client, plan: &Plan, lock_timeout: Duration) -> Res
     })
 }
 
+/// The rollback script of a cutover that has not reached its COMMIT: dropped, it removes
+/// the file (a script for a cutover that never happened would only mislead).
+struct UnusedScript(Option<PathBuf>);
+
+impl UnusedScript {
+    /// The COMMIT is about to be sent: the script stays.
+    fn keep(&mut self) {
+        self.0 = None;
+    }
+}
+
+impl Drop for UnusedScript {
+    fn drop(&mut self) {
+        let Some(path) = self.0.take() else { return };
+        match std::fs::remove_file(&path) {
+            Ok(()) => tracing::info!(
+                "removed the rollback script {}: nothing was cut over",
+                path.display()
+            ),
+            Err(e) => tracing::warn!(
+                "nothing was cut over, but the rollback script {} could not be removed ({e}): delete it",
+                path.display()
+            ),
+        }
+    }
+}
+
 /// Writes the rollback script to `dir` and returns its path.
 pub fn write_rollback(dir: &Path, plan: &Plan, script: &Script) -> Result<PathBuf> {
     std::fs::create_dir_all(dir)
@@ -442,61 +469,8 @@ pub async fn run(
 ) -> Result<CutoverReport> {
     let rollback_path = write_rollback(&options.rollback_dir, plan, script)?;
     tracing::info!("rollback script written to {}", rollback_path.display());
-    let mut committing = false;
-    let result = attempts(
-        client,
-        monitor,
-        plan,
-        script,
-        fencer,
-        applier,
-        unsettled,
-        fingerprint,
-        options,
-        rollback_path.clone(),
-        &mut committing,
-    )
-    .await;
-    if result.is_err() {
-        if committing {
-            tracing::warn!(
-                "the cutover's COMMIT failed or its outcome is unknown: check whether {} is the new table before using the rollback script {}",
-                plan.original.qualified(),
-                rollback_path.display()
-            );
-        } else {
-            // Nothing was cut over: a rollback script for it would only mislead.
-            match std::fs::remove_file(&rollback_path) {
-                Ok(()) => tracing::info!(
-                    "removed the rollback script {}: nothing was cut over",
-                    rollback_path.display()
-                ),
-                Err(e) => tracing::warn!(
-                    "nothing was cut over, but the rollback script {} could not be removed ({e}): delete it",
-                    rollback_path.display()
-                ),
-            }
-        }
-    }
-    result
-}
-
-/// The postponement and the lock attempts of [`run`]. `committing` is set just before the
-/// COMMIT, so an error after it may mean the cutover did commit.
-#[allow(clippy::too_many_arguments)]
-async fn attempts(
-    client: &mut Client,
-    monitor: &Client,
-    plan: &Plan,
-    script: &Script,
-    fencer: &Fencer,
-    applier: &Applier,
-    unsettled: &[Vec<Option<String>>],
-    fingerprint: &str,
-    options: &CutoverOptions,
-    rollback_path: PathBuf,
-    committing: &mut bool,
-) -> Result<CutoverReport> {
+    // Removes the script on every way out before the COMMIT is sent: nothing was cut over.
+    let mut script_file = UnusedScript(Some(rollback_path.clone()));
     let critical = || match options
         .throttle
         .as_ref()
@@ -755,8 +729,15 @@ async fn attempts(
             .point("cutover-locked", &plan.original.qualified())
             .await;
         lap("renames and dependents");
-        *committing = true;
-        tx.commit().await.context("committing the cutover")?;
+        // From here the cutover may have committed even if COMMIT reports an error.
+        script_file.keep();
+        tx.commit().await.with_context(|| {
+            format!(
+                "committing the cutover (its outcome is unknown: check whether {} is the new table before using the rollback script {})",
+                plan.original.qualified(),
+                rollback_path.display()
+            )
+        })?;
         lap("commit");
         let lock_held = granted.elapsed();
         record("granted", Vec::new());

@@ -66,6 +66,14 @@ pub fn fail(kind: FailureKind, message: impl Into<String>) -> anyhow::Error {
     .into()
 }
 
+/// True for the server errors a row gets when the new schema rejects it: SQLSTATE classes
+/// 23 (integrity constraint violation: UNIQUE, CHECK, NOT NULL, EXCLUDE) and 22 (data
+/// exception: a cast that fails). Such a failure is a [`FailureKind::Conflict`] (exit 8).
+pub fn rejected_by_schema(db: &tokio_postgres::error::DbError) -> bool {
+    let code = db.code().code();
+    code.starts_with("23") || code.starts_with("22")
+}
+
 /// The class of `err`, looking through its context chain.
 pub fn kind_of(err: &anyhow::Error) -> Option<FailureKind> {
     err.chain()

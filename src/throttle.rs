@@ -247,15 +247,15 @@ impl Throttler {
                     return Ok(());
                 }
             }
-            let changed = match &self.cancel {
-                Some(cancel) => tokio::select! {
-                    c = rx.changed() => c.is_ok(),
-                    _ = cancel.cancelled() => true,
-                },
-                None => rx.changed().await.is_ok(),
+            let cancelled = async {
+                match &self.cancel {
+                    Some(cancel) => cancel.cancelled().await,
+                    None => std::future::pending().await,
+                }
             };
-            if !changed {
-                return Ok(());
+            tokio::select! {
+                c = rx.changed() => if c.is_err() { return Ok(()) },
+                _ = cancelled => {}
             }
         }
     }
