@@ -57,6 +57,24 @@ fn start(cluster: &doppel::cluster::LocalCluster, options: RunOptions, cancel: C
     tokio::spawn(async move { migration::run(&config, &options, &cancel).await })
 }
 
+/// Starts the run held at the `shadow-built` pause point and waits until it is there.
+async fn start_at_shadow_built(
+    cluster: &doppel::cluster::LocalCluster,
+    options: RunOptions,
+    cancel: Cancel,
+) -> Run {
+    doppel::pause::arm(&options.work_dir, "shadow-built").unwrap();
+    let dir = options.work_dir.clone();
+    let run = start(cluster, options, cancel);
+    assert!(
+        doppel::pause::wait_reached(&dir, "shadow-built", Duration::from_secs(60))
+            .await
+            .is_some(),
+        "the run builds the shadow"
+    );
+    run
+}
+
 /// The run ends within [`PROMPT`] with exit code 3 (aborted).
 async fn ends_aborted(run: Run) {
     let err = match tokio::time::timeout(PROMPT, run).await {
@@ -76,25 +94,7 @@ async fn nothing_left(client: &Client, before: &(u32, String), dir: &Path) {
         before,
         "the original is untouched"
     );
-    let gone = common::wait_until_async(Duration::from_secs(15), || async {
-        common::scalar(client, "SELECT count(*) FROM pg_replication_slots").await == 0
-    })
-    .await;
-    assert!(gone, "no slot left");
-    assert_eq!(
-        common::scalar(client, "SELECT count(*) FROM pg_publication").await,
-        0,
-        "no publication left"
-    );
-    assert_eq!(
-        common::scalar(
-            client,
-            "SELECT count(*) FROM pg_class WHERE relname LIKE '\\_doppel\\_%'"
-        )
-        .await,
-        0,
-        "no shadow left"
-    );
+    common::assert_no_doppel_objects(client).await;
     let scripts: Vec<String> = std::fs::read_dir(dir)
         .unwrap()
         .filter_map(|e| e.ok())
@@ -119,14 +119,8 @@ async fn ctrl_c_while_the_backfill_is_throttled_aborts_and_cleans_up() {
     let flag = dir.path().join("throttle");
     let mut opts = options(dir.path());
     opts.throttle.throttle_flag_file = Some(flag.clone());
-    doppel::pause::arm(dir.path(), "shadow-built").unwrap();
     let (cancel, signal) = Cancel::new();
-    let run = start(&cluster, opts, signal);
-    assert!(
-        doppel::pause::wait_reached(dir.path(), "shadow-built", Duration::from_secs(60))
-            .await
-            .is_some()
-    );
+    let run = start_at_shadow_built(&cluster, opts, signal).await;
     std::fs::write(&flag, b"").unwrap();
     doppel::pause::release(dir.path(), "shadow-built").unwrap();
     let socket = dir.path().join("ctl.sock");
@@ -185,13 +179,7 @@ async fn panic_flag_file_stops_a_blocked_index_build() {
     let panic_flag = dir.path().join("panic");
     let mut opts = options(dir.path());
     opts.throttle.panic_flag_file = Some(panic_flag.clone());
-    doppel::pause::arm(dir.path(), "shadow-built").unwrap();
-    let run = start(&cluster, opts, Cancel::never());
-    assert!(
-        doppel::pause::wait_reached(dir.path(), "shadow-built", Duration::from_secs(60))
-            .await
-            .is_some()
-    );
+    let run = start_at_shadow_built(&cluster, opts, Cancel::never()).await;
     // A session holding ROW EXCLUSIVE on the shadow lets the copy's INSERTs through but
     // blocks the primary key's build (SHARE or ACCESS EXCLUSIVE).
     let holder = cluster.connect("postgres").await.unwrap();

@@ -50,26 +50,6 @@ async fn wait_copying(client: &tokio_postgres::Client) {
     assert!(ok, "the run reached the backfill");
 }
 
-async fn assert_clean(client: &tokio_postgres::Client) {
-    let gone = common::wait_until_async(Duration::from_secs(15), || async {
-        common::scalar(client, "SELECT count(*) FROM pg_replication_slots").await == 0
-    })
-    .await;
-    assert!(gone, "no slot left");
-    assert_eq!(
-        common::scalar(client, "SELECT count(*) FROM pg_publication").await,
-        0
-    );
-    assert_eq!(
-        common::scalar(
-            client,
-            "SELECT count(*) FROM pg_class WHERE relname LIKE '\\_doppel\\_%'"
-        )
-        .await,
-        0
-    );
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn walsender_terminated_by_the_server_aborts_cleanly() {
     let cluster = common::cluster().await;
@@ -92,7 +72,7 @@ async fn walsender_terminated_by_the_server_aborts_cleanly() {
         format!("{err:#}").contains("replication"),
         "says the stream failed: {err:#}"
     );
-    assert_clean(&client).await;
+    common::assert_no_doppel_objects(&client).await;
     assert_eq!(
         common::scalar(
             &client,
@@ -118,7 +98,7 @@ async fn truncate_during_the_run_aborts_and_says_why() {
     client.batch_execute("TRUNCATE t").await.unwrap();
     let err = run.await.unwrap().expect_err("the run must abort");
     assert!(format!("{err:#}").contains("TRUNCATE"), "{err:#}");
-    assert_clean(&client).await;
+    common::assert_no_doppel_objects(&client).await;
     assert_eq!(
         common::scalar(&client, "SELECT count(*) FROM t").await,
         0,
@@ -148,7 +128,7 @@ async fn ddl_on_the_original_during_the_run_aborts_and_says_why() {
         format!("{err:#}").contains("changed during the migration"),
         "{err:#}"
     );
-    assert_clean(&client).await;
+    common::assert_no_doppel_objects(&client).await;
     assert_eq!(
         common::scalar(&client, "SELECT count(*) FROM t").await,
         20_001

@@ -131,3 +131,28 @@ pub async fn shadow_rows(client: &tokio_postgres::Client, table: &str) -> i64 {
         None => -1,
     }
 }
+
+/// Asserts nothing doppel creates on the server is left: no replication slot (waited for up
+/// to 15 s: a temporary slot goes with its session, which ends just after the run), no
+/// publication, no relation named `_doppel_…` (shadow, its indexes, a kept old table).
+pub async fn assert_no_doppel_objects(client: &tokio_postgres::Client) {
+    let gone = wait_until_async(Duration::from_secs(15), || async {
+        scalar(client, "SELECT count(*) FROM pg_replication_slots").await == 0
+    })
+    .await;
+    assert!(gone, "no slot left");
+    assert_eq!(
+        scalar(client, "SELECT count(*) FROM pg_publication").await,
+        0,
+        "no publication left"
+    );
+    assert_eq!(
+        scalar(
+            client,
+            "SELECT count(*) FROM pg_class WHERE relname LIKE '\\_doppel\\_%'"
+        )
+        .await,
+        0,
+        "no shadow left"
+    );
+}
