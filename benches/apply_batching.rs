@@ -1,14 +1,14 @@
-//! Apply throughput of `doppel::applier::Applier` against a real server (row changes/s),
+//! Apply throughput of `doppel::phases::apply::Applier` against a real server (row changes/s),
 //! issue 5.
 //!
-//! Setup (once): a private cluster (`doppel::cluster::LocalCluster`, fsync on), the
+//! Setup (once): a private cluster (`doppel_testkit::cluster::LocalCluster`, fsync on), the
 //! benchmark's `orders` table (`benches/orders_generate.sql` + `orders_restore.sql`: bigserial
 //! PK, indexes on `customer_id` and `created_at`), a `Plan` from `doppel::preflight::run` for
 //! `ALTER COLUMN customer_id TYPE bigint`, and the shadow as `doppel run` has it while it
 //! catches up: `shadow::create_sql`, the backfill (`Projection::copy_sql`),
 //! `shadow::primary_key_sql` and `shadow::plain_index_sql`, then `VACUUM (ANALYZE)`.
 //!
-//! Each timed run: a spool (`doppel::spool::create`) holding hand-built pgoutput messages —
+//! Each timed run: a spool (`doppel::phases::capture::spool::create`) holding hand-built pgoutput messages —
 //! one Relation with the table's real OID and column type OIDs, then Begin, Insert / Update /
 //! Delete, Commit per source transaction, and last a transaction holding the fence logical
 //! message (`fence:1` under the plan's message prefix) — is written and published, an
@@ -39,10 +39,10 @@ use std::time::{Duration, Instant};
 use anyhow::{Context, Result};
 use bytes::{BufMut, Bytes, BytesMut};
 use criterion::{Criterion, SamplingMode, Throughput};
-use doppel::applier::Applier;
-use doppel::cluster::{ClusterOptions, LocalCluster};
-use doppel::lsn::Lsn;
+use doppel::phases::apply::Applier;
 use doppel::plan::Plan;
+use doppel_testkit::cluster::{ClusterOptions, LocalCluster};
+use pglogrepl::lsn::Lsn;
 use tokio::runtime::Runtime;
 use tokio_postgres::Client;
 
@@ -355,11 +355,11 @@ impl Env {
                 .context("preflight")?;
             let shadow = plan.names.shadow_qualified();
             let table = plan.original.qualified();
-            let mut ddl = doppel::shadow::create_sql(&plan);
+            let mut ddl = doppel::phases::shadow::create_sql(&plan);
             ddl.push(plan.projection.copy_sql(&table, &shadow, false, false));
             ddl.push("SET maintenance_work_mem = '1GB'".into());
-            ddl.extend(doppel::shadow::primary_key_sql(&plan));
-            ddl.extend(doppel::shadow::plain_index_sql(&plan));
+            ddl.extend(doppel::phases::shadow::primary_key_sql(&plan));
+            ddl.extend(doppel::phases::shadow::plain_index_sql(&plan));
             for statement in ddl {
                 admin
                     .batch_execute(&statement)
@@ -374,7 +374,7 @@ impl Env {
                 cluster.server_version_num(),
                 cluster.host(),
                 cluster.port(),
-                doppel::shadow::plain_index_sql(&plan).len(),
+                doppel::phases::shadow::plain_index_sql(&plan).len(),
                 t0.elapsed().as_secs_f64()
             );
             anyhow::Ok((cluster, admin, plan))
@@ -392,7 +392,7 @@ impl Env {
     /// One timed run: spool `g`, spawn the applier, time `resume()` .. `wait_fence(1)`.
     fn apply(&self, g: &Generated, collapse: bool) -> Result<Duration> {
         let path = self.spool_dir.path().join("bench.spool");
-        let (mut writer, reader) = doppel::spool::create(&path)?;
+        let (mut writer, reader) = doppel::phases::capture::spool::create(&path)?;
         for (i, m) in g.messages.iter().enumerate() {
             writer.append(Lsn(0x1_5000_0000 + i as u64), m)?;
         }

@@ -2,16 +2,17 @@
 //!
 //! Starts a private PostgreSQL cluster from the installed server binaries, loads the demo
 //! table (default 1,000,000 rows) and its twin, runs the concurrent writer
-//! ([`crate::workload`]) during `ALTER COLUMN customer_id TYPE bigint, ADD COLUMN note2 text`,
+//! ([`doppel_testkit::workload`]) during `ALTER COLUMN customer_id TYPE bigint, ADD COLUMN note2 text`,
 //! checks the result against the twin, prints the figures and removes the cluster.
 
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, bail};
 
-use crate::cluster::{ClusterOptions, LocalCluster};
-use crate::migration::{self, Cancel, Outcome, RunOptions};
-use crate::workload::{self, Workload};
+use crate::cancel::Cancel;
+use crate::run::{self, Outcome, RunOptions};
+use doppel_testkit::cluster::{ClusterOptions, LocalCluster};
+use doppel_testkit::workload::{self, Workload};
 
 /// Demo settings.
 #[derive(Debug, Clone)]
@@ -88,7 +89,7 @@ async fn run_on(
         "running: doppel run --table public.orders --alter \"ALTER COLUMN customer_id TYPE bigint\" --alter \"ADD COLUMN note2 text\" --execute"
     );
     let started = Instant::now();
-    let outcome = migration::run(&config, &run, cancel).await;
+    let outcome = run::run(&config, &run, cancel).await;
     let migration_time = started.elapsed();
     let writer_report = writer.stop().await?;
     let report = match outcome? {

@@ -6,11 +6,13 @@ use std::process::ExitCode;
 use std::time::Duration;
 
 use clap::{Args, Parser, Subcommand, ValueEnum};
-use doppel::copier::CopyOptions;
-use doppel::migration::{self, Cancel, Outcome, RunOptions};
-use doppel::progress::Display;
-use doppel::throttle::ThrottleOptions;
-use doppel::{conninfo, cutover, demo};
+use doppel::cancel::Cancel;
+use doppel::ops::progress::Display;
+use doppel::ops::throttle::ThrottleOptions;
+use doppel::phases::backfill::CopyOptions;
+use doppel::phases::cutover;
+use doppel::run::{self, Outcome, RunOptions};
+use doppel::{conninfo, demo};
 
 /// Online ALTER TABLE for PostgreSQL: shadow table, chunked backfill, logical replication
 /// catch-up, verification, and a cutover under a lock held for milliseconds.
@@ -59,11 +61,11 @@ struct VerifyArgs {
     #[arg(long = "alter")]
     alters: Vec<String>,
     /// Rows per chunk.
-    #[arg(long, default_value_t = doppel::verify::VERIFY_CHUNK_ROWS)]
+    #[arg(long, default_value_t = doppel::phases::verify::VERIFY_CHUNK_ROWS)]
     chunk_rows: i64,
     /// Re-checks of a differing key before it is reported (a live stream applies changes a
     /// moment after they commit).
-    #[arg(long, default_value_t = doppel::verify::RECHECKS)]
+    #[arg(long, default_value_t = doppel::phases::verify::RECHECKS)]
     rechecks: usize,
     /// Pause before each re-check, in ms.
     #[arg(long, default_value_t = 1000)]
@@ -130,7 +132,7 @@ struct TuningArgs {
     copy_workers: usize,
     /// Rows per verification chunk: each is compared under one short snapshot, and the
     /// throttles and --nice-ratio act between chunks.
-    #[arg(long, default_value_t = doppel::verify::VERIFY_CHUNK_ROWS)]
+    #[arg(long, default_value_t = doppel::phases::verify::VERIFY_CHUNK_ROWS)]
     verify_chunk_rows: i64,
     /// maintenance_work_mem for building the shadow's indexes.
     #[arg(long, default_value = "1GB")]
@@ -384,11 +386,11 @@ async fn run(args: RunArgs, cancel: &Cancel) -> anyhow::Result<()> {
     let config = conninfo::resolve(args.conn.dsn.as_deref())?;
     tracing::info!("connecting to {}", conninfo::describe(&config));
     let options = run_options(args.table, args.alters, args.execute, &args.tuning)?;
-    match migration::run(&config, &options, cancel).await? {
+    match run::run(&config, &options, cancel).await? {
         Outcome::Planned(plan) => {
             let client = conninfo::connect(&config).await?;
             let script = cutover::script(&client, &plan, options.lock_timeout).await?;
-            println!("{}", migration::render_plan(&plan, &script));
+            println!("{}", run::render_plan(&plan, &script));
             println!("dry run: nothing was changed. Add --execute to migrate.");
         }
         Outcome::Migrated(report) => {
@@ -436,7 +438,7 @@ async fn run(args: RunArgs, cancel: &Cancel) -> anyhow::Result<()> {
 
 async fn cleanup(args: CleanupArgs) -> anyhow::Result<()> {
     let config = conninfo::resolve(args.conn.dsn.as_deref())?;
-    let report = migration::cleanup(&config, &args.table, args.work_dir.as_deref()).await?;
+    let report = run::cleanup(&config, &args.table, args.work_dir.as_deref()).await?;
     if report.removed.is_empty() {
         println!("nothing to clean up for {}", args.table);
     } else {
@@ -449,7 +451,7 @@ async fn cleanup(args: CleanupArgs) -> anyhow::Result<()> {
 
 /// `doppel verify`: prints chunks, rows and the keys that still differ; exit 6 when any do.
 async fn verify(args: VerifyArgs) -> anyhow::Result<()> {
-    use doppel::verify::{CheckOptions, KeyDifference, check, describe_key};
+    use doppel::phases::verify::{CheckOptions, KeyDifference, check, describe_key};
     let config = conninfo::resolve(args.conn.dsn.as_deref())?;
     let options = CheckOptions {
         against: args.against,
@@ -532,12 +534,15 @@ async fn ctl(args: CtlArgs) -> anyhow::Result<()> {
         (None, Some(table)) => {
             let config = conninfo::resolve(args.conn.dsn.as_deref())?;
             let client = conninfo::connect(&config).await?;
-            let oid = doppel::catalog::resolve(&client, &table).await?;
-            doppel::control::default_path(&args.work_dir.unwrap_or_else(std::env::temp_dir), oid)
+            let oid = doppel::model::catalog::resolve(&client, &table).await?;
+            doppel::ops::control::default_path(
+                &args.work_dir.unwrap_or_else(std::env::temp_dir),
+                oid,
+            )
         }
         (None, None) => anyhow::bail!("give --table or --control-socket"),
     };
-    let reply = doppel::control::send(&path, &args.command.join(" "))
+    let reply = doppel::ops::control::send(&path, &args.command.join(" "))
         .await
         .map_err(|e| e.context(format!("no doppel run answers on {} (is one running on this table? pass --work-dir if it used one)", path.display())))?;
     println!("{}", reply.trim_end());

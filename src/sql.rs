@@ -41,6 +41,14 @@ pub fn truncate_bytes(name: &str, max: usize) -> &str {
     &name[..end]
 }
 
+/// `COMMENT ON ..` with a literal (or `NULL`).
+pub fn comment_sql(target: &str, text: Option<&str>) -> String {
+    format!(
+        "COMMENT ON {target} IS {}",
+        text.map(literal).unwrap_or_else(|| "NULL".into())
+    )
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -9,7 +9,8 @@ mod common;
 use std::path::Path;
 use std::time::Duration;
 
-use doppel::migration::{self, Cancel, Outcome, RunOptions};
+use doppel::cancel::Cancel;
+use doppel::run::{self, Outcome, RunOptions};
 use tokio::task::JoinHandle;
 use tokio_postgres::Client;
 
@@ -52,22 +53,26 @@ fn options(dir: &Path) -> RunOptions {
     }
 }
 
-fn start(cluster: &doppel::cluster::LocalCluster, options: RunOptions, cancel: Cancel) -> Run {
+fn start(
+    cluster: &doppel_testkit::cluster::LocalCluster,
+    options: RunOptions,
+    cancel: Cancel,
+) -> Run {
     let config: tokio_postgres::Config = cluster.conninfo("postgres").parse().unwrap();
-    tokio::spawn(async move { migration::run(&config, &options, &cancel).await })
+    tokio::spawn(async move { run::run(&config, &options, &cancel).await })
 }
 
 /// Starts the run held at the `shadow-built` pause point and waits until it is there.
 async fn start_at_shadow_built(
-    cluster: &doppel::cluster::LocalCluster,
+    cluster: &doppel_testkit::cluster::LocalCluster,
     options: RunOptions,
     cancel: Cancel,
 ) -> Run {
-    doppel::pause::arm(&options.work_dir, "shadow-built").unwrap();
+    doppel::testing::pause::arm(&options.work_dir, "shadow-built").unwrap();
     let dir = options.work_dir.clone();
     let run = start(cluster, options, cancel);
     assert!(
-        doppel::pause::wait_reached(&dir, "shadow-built", Duration::from_secs(60))
+        doppel::testing::pause::wait_reached(&dir, "shadow-built", Duration::from_secs(60))
             .await
             .is_some(),
         "the run builds the shadow"
@@ -105,7 +110,7 @@ async fn nothing_left(client: &Client, before: &(u32, String), dir: &Path) {
 }
 
 async fn status(socket: &Path) -> String {
-    doppel::control::send(socket, "status")
+    doppel::ops::control::send(socket, "status")
         .await
         .unwrap_or_default()
 }
@@ -122,7 +127,7 @@ async fn ctrl_c_while_the_backfill_is_throttled_aborts_and_cleans_up() {
     let (cancel, signal) = Cancel::new();
     let run = start_at_shadow_built(&cluster, opts, signal).await;
     std::fs::write(&flag, b"").unwrap();
-    doppel::pause::release(dir.path(), "shadow-built").unwrap();
+    doppel::testing::pause::release(dir.path(), "shadow-built").unwrap();
     let socket = dir.path().join("ctl.sock");
     let throttled = common::wait_until_async(Duration::from_secs(30), || async {
         status(&socket).await.contains("State: copying (throttled")
@@ -164,7 +169,7 @@ async fn abort_on_the_control_socket_while_the_cutover_is_postponed() {
     let socket = dir.path().join("ctl.sock");
     assert!(status(&socket).await.contains("State: cutover"));
     assert!(!run.is_finished(), "postponed while the flag file exists");
-    let reply = doppel::control::send(&socket, "abort").await.unwrap();
+    let reply = doppel::ops::control::send(&socket, "abort").await.unwrap();
     assert!(!reply.starts_with("error"), "{reply}");
     ends_aborted(run).await;
     nothing_left(&client, &before, dir.path()).await;
@@ -197,7 +202,7 @@ async fn panic_flag_file_stops_a_blocked_index_build() {
         .batch_execute(&format!("BEGIN; LOCK TABLE {shadow} IN ROW EXCLUSIVE MODE"))
         .await
         .unwrap();
-    doppel::pause::release(dir.path(), "shadow-built").unwrap();
+    doppel::testing::pause::release(dir.path(), "shadow-built").unwrap();
     let building = "SELECT count(*) FROM pg_stat_activity
                     WHERE wait_event_type = 'Lock' AND pid <> pg_backend_pid()
                       AND (query ILIKE '%INDEX%' OR query ILIKE '%PRIMARY KEY%')";

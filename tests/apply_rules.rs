@@ -7,7 +7,8 @@ mod common;
 
 use std::time::Duration;
 
-use doppel::migration::{self, Cancel, Outcome, RunOptions};
+use doppel::cancel::Cancel;
+use doppel::run::{self, Outcome, RunOptions};
 
 /// Runs `statement` on `t` and the same on `twin`, in one transaction.
 async fn mirrored(client: &mut tokio_postgres::Client, statement: &str) {
@@ -53,8 +54,7 @@ async fn toast_key_change_and_reinsert_during_the_backfill_end_equal_to_the_twin
     options.copy.chunk_time = Duration::from_millis(5);
     options.copy.nice_ratio = 30.0;
     options.copy.initial_rows = 100;
-    let run =
-        tokio::spawn(async move { migration::run(&config, &options, &Cancel::never()).await });
+    let run = tokio::spawn(async move { run::run(&config, &options, &Cancel::never()).await });
     let copying = common::wait_until_async(Duration::from_secs(60), || async {
         common::scalar(
             &client,

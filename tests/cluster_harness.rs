@@ -6,7 +6,7 @@ mod common;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use doppel::cluster::{ClusterOptions, LocalCluster};
+use doppel_testkit::cluster::{ClusterOptions, LocalCluster};
 
 /// How long a stopped postmaster may take to disappear from the process table.
 const GONE_TIMEOUT: Duration = Duration::from_secs(15);

@@ -10,8 +10,8 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use doppel::control::{self, ControlServer, Controls, StatusSource};
-use doppel::hooks::{HOOK_NAMES, HookEnv, HookOutcome, Hooks};
+use doppel::ops::control::{self, ControlServer, Controls, StatusSource};
+use doppel::ops::hooks::{HOOK_NAMES, HookEnv, HookOutcome, Hooks};
 use serde_json::json;
 use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
 use tokio::net::UnixStream;

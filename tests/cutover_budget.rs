@@ -8,14 +8,15 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
-use doppel::migration::{self, Cancel, Outcome, RunOptions};
+use doppel::cancel::Cancel;
+use doppel::run::{self, Outcome, RunOptions};
 
 fn opts(dir: &std::path::Path, table: &str, alters: &[&str]) -> RunOptions {
     RunOptions {
         execute: true,
         work_dir: dir.to_path_buf(),
         rollback_dir: dir.to_path_buf(),
-        copy: doppel::copier::CopyOptions {
+        copy: doppel::phases::backfill::CopyOptions {
             chunk_time: Duration::from_millis(50),
             ..Default::default()
         },
@@ -77,9 +78,7 @@ async fn kill_blockers_cancels_a_running_blocker_and_terminates_an_idle_one() {
     options.lock_timeout = Duration::from_millis(100);
     options.cutover_retries = 50;
     options.kill_blockers = Some(Duration::from_millis(300));
-    let Outcome::Migrated(report) = migration::run(&config, &options, &Cancel::never())
-        .await
-        .unwrap()
+    let Outcome::Migrated(report) = run::run(&config, &options, &Cancel::never()).await.unwrap()
     else {
         panic!("expected a migration")
     };
@@ -218,7 +217,7 @@ async fn twenty_cutovers_under_a_writer_fail_no_write_and_lose_no_row() {
         let ty = if i % 2 == 0 { "bigint" } else { "integer" };
         let alter = format!("ALTER COLUMN v TYPE {ty}");
         let options = opts(dir.path(), "events", &[alter.as_str()]);
-        let outcome = migration::run(&config, &options, &Cancel::never())
+        let outcome = run::run(&config, &options, &Cancel::never())
             .await
             .unwrap_or_else(|e| panic!("cutover {i}: {e:#}"));
         let Outcome::Migrated(report) = outcome else {

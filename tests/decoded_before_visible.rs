@@ -23,8 +23,9 @@ mod common;
 use std::path::Path;
 use std::time::Duration;
 
-use doppel::migration::{self, Cancel, Outcome, RunOptions};
-use doppel::pause::{self, Broken};
+use doppel::cancel::Cancel;
+use doppel::run::{self, Outcome, RunOptions};
+use doppel::testing::pause::{self, Broken};
 use tokio::task::JoinHandle;
 use tokio_postgres::Client;
 
@@ -199,7 +200,7 @@ impl Run {
         tune(&mut options);
         let (cancel, signal) = Cancel::new();
         let run_config = config.clone();
-        let future = async move { migration::run(&run_config, &options, &signal).await };
+        let future = async move { run::run(&run_config, &options, &signal).await };
         let handle = match broken {
             Some(b) => tokio::spawn(pause::with_broken(b, config.clone(), future)),
             None => tokio::spawn(future),
@@ -333,7 +334,7 @@ async fn shadow_name(client: &Client) -> String {
 /// A private cluster whose commits wait for an absent synchronous standby unless the session
 /// sets `synchronous_commit=local` (as the returned session and configuration do).
 async fn stand() -> (
-    doppel::cluster::LocalCluster,
+    doppel_testkit::cluster::LocalCluster,
     Client,
     tokio_postgres::Config,
 ) {

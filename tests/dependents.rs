@@ -12,7 +12,7 @@
 mod common;
 
 use doppel::dependents::{self, Dependents};
-use doppel::plan::Names;
+use doppel::model::names::Names;
 use tokio_postgres::Client;
 
 const SCHEMA: &str = "
@@ -1207,7 +1207,8 @@ async fn materialized_views_with_dependents_are_refused() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn migration_reports_a_failed_materialized_view_rebuild_and_keeps_it_intact() {
-    use doppel::migration::{self, Cancel, Outcome, RunOptions};
+    use doppel::cancel::Cancel;
+    use doppel::run::{self, Outcome, RunOptions};
     let cluster = common::cluster().await;
     let client = cluster.connect("postgres").await.unwrap();
     client.batch_execute(MATVIEW_SCHEMA).await.unwrap();
@@ -1218,7 +1219,7 @@ async fn migration_reports_a_failed_materialized_view_rebuild_and_keeps_it_intac
     let obstacle = format!("public._doppel_{original}_mvi{index}");
 
     let dir = tempfile::tempdir().unwrap();
-    doppel::pause::arm(dir.path(), "cutover-locked").unwrap();
+    doppel::testing::pause::arm(dir.path(), "cutover-locked").unwrap();
     let options = RunOptions {
         execute: true,
         work_dir: dir.path().to_path_buf(),
@@ -1226,12 +1227,11 @@ async fn migration_reports_a_failed_materialized_view_rebuild_and_keeps_it_intac
         ..RunOptions::new("public.t", &["ALTER COLUMN amount TYPE bigint"])
     };
     let config: tokio_postgres::Config = cluster.conninfo("postgres").parse().unwrap();
-    let run =
-        tokio::spawn(async move { migration::run(&config, &options, &Cancel::never()).await });
+    let run = tokio::spawn(async move { run::run(&config, &options, &Cancel::never()).await });
     let work_dir = dir.path().to_path_buf();
     assert!(
         common::wait_until(std::time::Duration::from_secs(60), || {
-            doppel::pause::reached(&work_dir, "cutover-locked").is_some()
+            doppel::testing::pause::reached(&work_dir, "cutover-locked").is_some()
         }),
         "the cutover reaches its lock"
     );
@@ -1240,7 +1240,7 @@ async fn migration_reports_a_failed_materialized_view_rebuild_and_keeps_it_intac
         .batch_execute(&format!("CREATE TABLE {obstacle} ()"))
         .await
         .unwrap();
-    doppel::pause::release(dir.path(), "cutover-locked").unwrap();
+    doppel::testing::pause::release(dir.path(), "cutover-locked").unwrap();
     let outcome = run.await.unwrap().unwrap();
     let Outcome::Migrated(report) = outcome else {
         panic!("the cutover committed: expected a migration, got {outcome:?}")

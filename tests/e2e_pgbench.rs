@@ -10,7 +10,7 @@ mod common;
 use std::process::{Command, Stdio};
 use std::time::Instant;
 
-use doppel::workload;
+use doppel_testkit::workload;
 
 const SCRIPT: &str = r#"\set id random(1, 1000000)
 \set c random(1, 100000)

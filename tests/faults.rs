@@ -7,7 +7,8 @@ mod common;
 use std::collections::HashMap;
 use std::time::{Duration, Instant};
 
-use doppel::migration::{self, Cancel, RunOptions};
+use doppel::cancel::Cancel;
+use doppel::run::{self, RunOptions};
 
 /// A run slowed down so events can land while it copies: small chunks, long pauses.
 fn slow(dir: &std::path::Path, table: &str) -> RunOptions {
@@ -58,8 +59,7 @@ async fn walsender_terminated_by_the_server_aborts_cleanly() {
     let dir = tempfile::tempdir().unwrap();
     let config: tokio_postgres::Config = cluster.conninfo("postgres").parse().unwrap();
     let options = slow(dir.path(), "t");
-    let run =
-        tokio::spawn(async move { migration::run(&config, &options, &Cancel::never()).await });
+    let run = tokio::spawn(async move { run::run(&config, &options, &Cancel::never()).await });
     wait_copying(&client).await;
     let killed = common::scalar(
         &client,
@@ -92,8 +92,7 @@ async fn truncate_during_the_run_aborts_and_says_why() {
     let dir = tempfile::tempdir().unwrap();
     let config: tokio_postgres::Config = cluster.conninfo("postgres").parse().unwrap();
     let options = slow(dir.path(), "t");
-    let run =
-        tokio::spawn(async move { migration::run(&config, &options, &Cancel::never()).await });
+    let run = tokio::spawn(async move { run::run(&config, &options, &Cancel::never()).await });
     wait_copying(&client).await;
     client.batch_execute("TRUNCATE t").await.unwrap();
     let err = run.await.unwrap().expect_err("the run must abort");
@@ -114,8 +113,7 @@ async fn ddl_on_the_original_during_the_run_aborts_and_says_why() {
     let dir = tempfile::tempdir().unwrap();
     let config: tokio_postgres::Config = cluster.conninfo("postgres").parse().unwrap();
     let options = slow(dir.path(), "t");
-    let run =
-        tokio::spawn(async move { migration::run(&config, &options, &Cancel::never()).await });
+    let run = tokio::spawn(async move { run::run(&config, &options, &Cancel::never()).await });
     wait_copying(&client).await;
     client
         .batch_execute(
@@ -151,8 +149,7 @@ async fn copy_apply_and_verify_sessions_hold_no_snapshot_longer_than_a_chunk() {
     let config: tokio_postgres::Config = cluster.conninfo("postgres").parse().unwrap();
     let options = slow(dir.path(), "t");
     let started = Instant::now();
-    let run =
-        tokio::spawn(async move { migration::run(&config, &options, &Cancel::never()).await });
+    let run = tokio::spawn(async move { run::run(&config, &options, &Cancel::never()).await });
     // (pid, xmin) → first seen; the longest any one snapshot was observed.
     let mut first_seen: HashMap<(i32, String), Instant> = HashMap::new();
     let mut longest = Duration::ZERO;

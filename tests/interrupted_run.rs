@@ -7,7 +7,7 @@ mod common;
 use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
-use doppel::workload;
+use doppel_testkit::workload;
 
 fn start_slow_run(conninfo: &str, dir: &std::path::Path) -> Child {
     Command::new(env!("CARGO_BIN_EXE_doppel"))

@@ -18,8 +18,8 @@ mod common;
 use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
-use doppel::cluster::LocalCluster;
-use doppel::workload::{self, Workload};
+use doppel_testkit::cluster::LocalCluster;
+use doppel_testkit::workload::{self, Workload};
 use tokio_postgres::Client;
 
 /// Rows of the test table: several copy chunks (the first chunk is 1,000 rows).
@@ -84,7 +84,7 @@ impl Stand {
     fn start_run(&self, point: Option<&str>) -> Child {
         let dir = self.dir.path();
         if let Some(point) = point {
-            doppel::pause::arm(dir, point).unwrap();
+            doppel::testing::pause::arm(dir, point).unwrap();
         }
         Command::new(env!("CARGO_BIN_EXE_doppel"))
             .args([
@@ -120,9 +120,10 @@ impl Stand {
     async fn wait_reached(&self, child: &mut Child, point: &str) -> String {
         let dir = self.dir.path();
         let reached = common::wait_until(Duration::from_secs(180), || {
-            doppel::pause::reached(dir, point).is_some() || child.try_wait().unwrap().is_some()
+            doppel::testing::pause::reached(dir, point).is_some()
+                || child.try_wait().unwrap().is_some()
         });
-        let detail = doppel::pause::reached(dir, point);
+        let detail = doppel::testing::pause::reached(dir, point);
         assert!(
             reached && detail.is_some(),
             "doppel did not reach pause point {point}: {}",
@@ -421,7 +422,7 @@ async fn walsender_terminated_at(point: &str) -> (Option<i32>, String) {
     )
     .await;
     assert_eq!(terminated, 1, "doppel's walsender was terminated");
-    doppel::pause::release(stand.dir.path(), point).unwrap();
+    doppel::testing::pause::release(stand.dir.path(), point).unwrap();
     let status = tokio::task::spawn_blocking(move || child.wait())
         .await
         .unwrap()

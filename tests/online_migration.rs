@@ -7,13 +7,14 @@ mod common;
 use std::path::Path;
 use std::time::Duration;
 
-use doppel::migration::{self, Cancel, Outcome, RunOptions};
-use doppel::workload::{self, Workload};
+use doppel::cancel::Cancel;
+use doppel::run::{self, Outcome, RunOptions};
+use doppel_testkit::workload::{self, Workload};
 
 fn options(dir: &Path, table: &str, alters: &[&str]) -> RunOptions {
     RunOptions {
         execute: true,
-        copy: doppel::copier::CopyOptions {
+        copy: doppel::phases::backfill::CopyOptions {
             chunk_time: Duration::from_millis(50),
             nice_ratio: 0.0,
             initial_rows: 500,
@@ -63,7 +64,7 @@ async fn concurrent_writer_leaves_new_table_equal_to_twin() {
             "ALTER COLUMN amount TYPE numeric(14,2)",
         ],
     );
-    let outcome = migration::run(&config, &opts, &Cancel::never()).await;
+    let outcome = run::run(&config, &opts, &Cancel::never()).await;
     let report = writer.stop().await.unwrap();
     let Outcome::Migrated(run) = outcome.unwrap() else {
         panic!("expected a migration")
@@ -158,10 +159,7 @@ async fn rollback_script_restores_the_original_table() {
         "public.orders",
         &["ALTER COLUMN customer_id TYPE bigint"],
     );
-    let Outcome::Migrated(run) = migration::run(&config, &opts, &Cancel::never())
-        .await
-        .unwrap()
-    else {
+    let Outcome::Migrated(run) = run::run(&config, &opts, &Cancel::never()).await.unwrap() else {
         panic!("expected a migration")
     };
     let output = std::process::Command::new("psql")

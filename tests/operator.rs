@@ -8,9 +8,10 @@ use std::os::unix::fs::PermissionsExt;
 use std::path::Path;
 use std::time::Duration;
 
-use doppel::control;
+use doppel::cancel::Cancel;
 use doppel::failure::{FailureKind, kind_of};
-use doppel::migration::{self, Cancel, Outcome, RunOptions};
+use doppel::ops::control;
+use doppel::run::{self, Outcome, RunOptions};
 
 fn slow(dir: &Path) -> RunOptions {
     let mut o = RunOptions {
@@ -46,8 +47,7 @@ async fn control_socket_commands_steer_a_running_migration() {
     let socket = dir.path().join("ctl.sock");
     let config: tokio_postgres::Config = cluster.conninfo("postgres").parse().unwrap();
     let options = slow(dir.path());
-    let run =
-        tokio::spawn(async move { migration::run(&config, &options, &Cancel::never()).await });
+    let run = tokio::spawn(async move { run::run(&config, &options, &Cancel::never()).await });
     let copying = common::wait_until_async(Duration::from_secs(60), || async {
         common::shadow_rows(&client, "t").await > 0
     })
@@ -220,8 +220,7 @@ async fn hooks_run_with_their_environment_and_a_failing_before_cutover_postpones
         hooks_dir: Some(hooks.clone()),
         ..RunOptions::new("t", &["ALTER COLUMN v TYPE bigint"])
     };
-    let run =
-        tokio::spawn(async move { migration::run(&config, &options, &Cancel::never()).await });
+    let run = tokio::spawn(async move { run::run(&config, &options, &Cancel::never()).await });
     let hook_ran = common::wait_until_async(Duration::from_secs(60), || async {
         out.join("before-cutover").exists()
     })

@@ -1,4 +1,4 @@
-//! Integration tests of preflight (`doppel::preflight`) through `doppel::migration::run` and
+//! Integration tests of preflight (`doppel::preflight`) through `doppel::run::run` and
 //! the `doppel` binary: every refusal names its reason and leaves nothing behind (no
 //! `_doppel_*` relation, no `doppel_*` publication, no replication slot, no spool file, the
 //! original table's definition and rows unchanged); accepted dry runs print the plan and
@@ -13,10 +13,12 @@ use std::path::{Path, PathBuf};
 use std::process::Output;
 use std::time::Duration;
 
-use doppel::cluster::LocalCluster;
-use doppel::migration::{self, ADVISORY_LOCK_CLASS, Cancel, Outcome, RunOptions, RunReport};
-use doppel::plan::{Names, Plan, Rewrite};
+use doppel::cancel::Cancel;
+use doppel::model::names::Names;
+use doppel::plan::{Plan, Rewrite};
 use doppel::preflight::Refused;
+use doppel::run::{self, ADVISORY_LOCK_CLASS, Outcome, RunOptions, RunReport};
+use doppel_testkit::cluster::LocalCluster;
 use tempfile::TempDir;
 use tokio_postgres::Client;
 
@@ -64,7 +66,7 @@ fn run_options(table: &str, alters: &[&str], execute: bool, dirs: &Dirs) -> RunO
     }
 }
 
-/// `doppel::migration::run` against `dsn`.
+/// `doppel::run::run` against `dsn`.
 async fn run_doppel(
     dsn: &str,
     table: &str,
@@ -73,7 +75,7 @@ async fn run_doppel(
     dirs: &Dirs,
 ) -> anyhow::Result<Outcome> {
     let config: tokio_postgres::Config = dsn.parse()?;
-    migration::run(
+    run::run(
         &config,
         &run_options(table, alters, execute, dirs),
         &Cancel::never(),
@@ -846,7 +848,7 @@ async fn sixty_three_byte_table_name_keeps_names_within_the_identifier_limit() {
     let names = &report.plan.names;
     for generated in [&names.shadow, &names.old, &names.publication, &names.slot] {
         assert!(
-            generated.len() <= doppel::plan::MAX_IDENT,
+            generated.len() <= doppel::model::names::MAX_IDENT,
             "{generated:?} is {} bytes",
             generated.len()
         );

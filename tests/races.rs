@@ -5,7 +5,7 @@
 //! equal the twin; a correct run then cuts over and the new `t` must equal the twin too.
 //!
 //! Each test runs its scenario twice: once against a deliberately wrong ordering
-//! ([`doppel::pause::Broken`]) expecting the exact mismatch that ordering produces (so the test
+//! ([`doppel::testing::pause::Broken`]) expecting the exact mismatch that ordering produces (so the test
 //! is known to bite), then against doppel's ordering (a) expecting equality.
 //!
 //! The backfill runs with one copy worker and 100-row chunks, so chunks are copied strictly
@@ -29,8 +29,9 @@ mod common;
 use std::path::Path;
 use std::time::Duration;
 
-use doppel::migration::{self, Cancel, Outcome, RunOptions};
-use doppel::pause::{self, Broken};
+use doppel::cancel::Cancel;
+use doppel::run::{self, Outcome, RunOptions};
+use doppel::testing::pause::{self, Broken};
 use tokio::task::JoinHandle;
 use tokio_postgres::Client;
 
@@ -218,7 +219,7 @@ impl Run {
         tune(&mut options);
         let (cancel, signal) = Cancel::new();
         let run_config = config.clone();
-        let future = async move { migration::run(&run_config, &options, &signal).await };
+        let future = async move { run::run(&run_config, &options, &signal).await };
         let handle = match broken {
             Some(b) => tokio::spawn(pause::with_broken(b, config.clone(), future)),
             None => tokio::spawn(future),
@@ -351,7 +352,7 @@ async fn shadow_name(client: &Client) -> String {
 
 /// A private cluster, a session on it, and the run configuration.
 async fn stand() -> (
-    doppel::cluster::LocalCluster,
+    doppel_testkit::cluster::LocalCluster,
     Client,
     tokio_postgres::Config,
 ) {

@@ -2,7 +2,7 @@
 //! oracle (issue 3, DESIGN.md §2 I1/I2/I3).
 //!
 //! Per seed, on a database of its own (with a random session time zone): a table of the type
-//! matrix plus rounding columns (`doppel::workload::matrix_columns`, `rounding_columns`) and
+//! matrix plus rounding columns (`doppel_testkit::workload::matrix_columns`, `rounding_columns`) and
 //! its twin are loaded with a few thousand rows (TOASTed text and bytea, edge values); a random
 //! ALTER of one to three clauses is chosen from a set (key widening, rounding type changes,
 //! `USING`, added and dropped columns, a TOASTed column's type, ...); then doppel runs while
@@ -33,10 +33,11 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
-use doppel::cluster::LocalCluster;
-use doppel::migration::{self, Cancel, Outcome, RunOptions};
-use doppel::pause;
-use doppel::workload::{self, MatrixColumn, Mirror};
+use doppel::cancel::Cancel;
+use doppel::run::{self, Outcome, RunOptions};
+use doppel::testing::pause;
+use doppel_testkit::cluster::LocalCluster;
+use doppel_testkit::workload::{self, MatrixColumn, Mirror};
 use rand::rngs::StdRng;
 use rand::{RngExt, SeedableRng};
 
@@ -381,7 +382,7 @@ async fn seed_on(
     }
     let run_config = config.clone();
     let mut run =
-        tokio::spawn(async move { migration::run(&run_config, &options, &Cancel::never()).await });
+        tokio::spawn(async move { run::run(&run_config, &options, &Cancel::never()).await });
 
     let slot_exists = common::wait_until_async(Duration::from_secs(60), || async {
         run.is_finished()

@@ -8,8 +8,8 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::{Duration, Instant};
 
-use doppel::lsn::Lsn;
-use doppel::replication::{ReplicationClient, ReplicationError, ReplicationMessage};
+use pglogrepl::client::{ReplicationClient, ReplicationError, ReplicationMessage};
+use pglogrepl::lsn::Lsn;
 use tokio_postgres::NoTls;
 
 /// Upper bound for every wait on the server.
@@ -510,7 +510,7 @@ where
 }
 
 // ---------------------------------------------------------------------------------------
-// A private throwaway cluster (until the shared `doppel::cluster::LocalCluster` is ready).
+// A private throwaway cluster (until the shared `doppel_testkit::cluster::LocalCluster` is ready).
 // ---------------------------------------------------------------------------------------
 
 const PG_BIN: &str = "/usr/lib/postgresql/15/bin";

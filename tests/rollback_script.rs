@@ -13,9 +13,10 @@
 
 mod common;
 
-use doppel::cluster::LocalCluster;
-use doppel::migration::{self, Cancel, Outcome, RunOptions};
-use doppel::plan::Names;
+use doppel::cancel::Cancel;
+use doppel::model::names::Names;
+use doppel::run::{self, Outcome, RunOptions};
+use doppel_testkit::cluster::LocalCluster;
 use tokio_postgres::Client;
 
 const SCHEMA: &str = "
@@ -604,9 +605,7 @@ async fn migrate_and_roll_back(kinds: &[Kind]) {
         ..RunOptions::new("public.t", &["ALTER COLUMN amount TYPE bigint"])
     };
     let config = cluster.conninfo("postgres").parse().unwrap();
-    let outcome = migration::run(&config, &options, &Cancel::never())
-        .await
-        .unwrap();
+    let outcome = run::run(&config, &options, &Cancel::never()).await.unwrap();
     let Outcome::Migrated(report) = outcome else {
         panic!("expected a migration, got {outcome:?}")
     };

@@ -6,7 +6,8 @@ mod common;
 
 use std::time::Duration;
 
-use doppel::migration::{self, Cancel, Outcome, RunOptions};
+use doppel::cancel::Cancel;
+use doppel::run::{self, Outcome, RunOptions};
 
 fn opts(dir: &std::path::Path, table: &str, alters: &[&str]) -> RunOptions {
     RunOptions {
@@ -36,7 +37,7 @@ async fn grants_and_comments_are_carried_to_the_new_table() {
         .unwrap();
     let dir = tempfile::tempdir().unwrap();
     let config = cluster.conninfo("postgres").parse().unwrap();
-    let outcome = migration::run(
+    let outcome = run::run(
         &config,
         &opts(
             dir.path(),
@@ -101,8 +102,7 @@ async fn live_write_violating_an_added_check_aborts_naming_the_row() {
     options.copy.chunk_time = Duration::from_millis(5);
     options.copy.nice_ratio = 20.0;
     options.copy_workers = 1;
-    let run =
-        tokio::spawn(async move { migration::run(&config, &options, &Cancel::never()).await });
+    let run = tokio::spawn(async move { run::run(&config, &options, &Cancel::never()).await });
     // Wait until row 1 has been copied into the shadow: the violating version of it can then
     // only arrive through the stream.
     let shadow = client
@@ -182,8 +182,7 @@ async fn cutover_retries_while_another_session_holds_a_lock() {
     let mut options = opts(dir.path(), "events", &["ALTER COLUMN v TYPE bigint"]);
     options.lock_timeout = Duration::from_millis(50);
     options.cutover_retries = 1000;
-    let run =
-        tokio::spawn(async move { migration::run(&config, &options, &Cancel::never()).await });
+    let run = tokio::spawn(async move { run::run(&config, &options, &Cancel::never()).await });
     // Wait until doppel has asked for the ACCESS EXCLUSIVE lock at least once (and been refused).
     let waited = common::wait_until_async(Duration::from_secs(60), || async {
         common::scalar(
@@ -232,7 +231,7 @@ async fn cutover_gives_up_cleanly_when_the_lock_never_comes() {
     let mut options = opts(dir.path(), "events", &["ALTER COLUMN v TYPE bigint"]);
     options.lock_timeout = Duration::from_millis(20);
     options.cutover_retries = 3;
-    let err = migration::run(&config, &options, &Cancel::never())
+    let err = run::run(&config, &options, &Cancel::never())
         .await
         .expect_err("no lock, no cutover");
     let msg = format!("{err:#}");
@@ -293,7 +292,7 @@ async fn views_triggers_foreign_keys_policies_and_publications_move_with_the_tab
         .unwrap();
     let dir = tempfile::tempdir().unwrap();
     let config = cluster.conninfo("postgres").parse().unwrap();
-    let outcome = migration::run(
+    let outcome = run::run(
         &config,
         &opts(dir.path(), "orders", &["ALTER COLUMN amount TYPE bigint"]),
         &Cancel::never(),
@@ -396,8 +395,7 @@ async fn postpone_flag_file_holds_the_cutover_until_removed() {
     let config: tokio_postgres::Config = cluster.conninfo("postgres").parse().unwrap();
     let mut options = opts(dir.path(), "jobs", &["ALTER COLUMN state TYPE varchar(20)"]);
     options.postpone_cutover_flag_file = Some(flag.clone());
-    let run =
-        tokio::spawn(async move { migration::run(&config, &options, &Cancel::never()).await });
+    let run = tokio::spawn(async move { run::run(&config, &options, &Cancel::never()).await });
     // The shadow was vacuumed: every phase before the cutover is done.
     let ready = common::wait_until_async(Duration::from_secs(60), || async {
         common::scalar(

@@ -8,8 +8,9 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::{Duration, Instant};
 
-use doppel::cluster::LocalCluster;
-use doppel::migration::{self, Cancel, Outcome, RunOptions};
+use doppel::cancel::Cancel;
+use doppel::run::{self, Outcome, RunOptions};
+use doppel_testkit::cluster::LocalCluster;
 
 fn slow(dir: &Path) -> RunOptions {
     let mut o = RunOptions {
@@ -72,8 +73,7 @@ async fn throttle_flag_file_pauses_the_backfill_until_removed() {
     let hooks = hooks_dir(dir.path(), "on-throttled");
     options.hooks_dir = Some(hooks.clone());
     let config: tokio_postgres::Config = cluster.conninfo("postgres").parse().unwrap();
-    let run =
-        tokio::spawn(async move { migration::run(&config, &options, &Cancel::never()).await });
+    let run = tokio::spawn(async move { run::run(&config, &options, &Cancel::never()).await });
     wait_growing(&client).await;
     std::fs::write(&flag, b"").unwrap();
     // The flag acts within 1 s; seeing a stall takes one more 500 ms sample.
@@ -122,18 +122,17 @@ async fn throttle_flag_file_pauses_verification_until_removed() {
         ..RunOptions::new("t", &["ALTER COLUMN v TYPE bigint"])
     };
     options.throttle.throttle_flag_file = Some(flag.clone());
-    doppel::pause::arm(dir.path(), "verifying").unwrap();
+    doppel::testing::pause::arm(dir.path(), "verifying").unwrap();
     let config: tokio_postgres::Config = cluster.conninfo("postgres").parse().unwrap();
-    let run =
-        tokio::spawn(async move { migration::run(&config, &options, &Cancel::never()).await });
+    let run = tokio::spawn(async move { run::run(&config, &options, &Cancel::never()).await });
     assert!(
-        doppel::pause::wait_reached(dir.path(), "verifying", Duration::from_secs(60))
+        doppel::testing::pause::wait_reached(dir.path(), "verifying", Duration::from_secs(60))
             .await
             .is_some(),
         "the run reaches verification"
     );
     std::fs::write(&flag, b"").unwrap();
-    let status = || async { doppel::control::send(&socket, "status").await.unwrap() };
+    let status = || async { doppel::ops::control::send(&socket, "status").await.unwrap() };
     let throttled = common::wait_until_async(Duration::from_secs(10), || async {
         status().await.contains("throttled")
     })
@@ -143,9 +142,9 @@ async fn throttle_flag_file_pauses_verification_until_removed() {
         "the flag file throttles the run: {}",
         status().await
     );
-    doppel::pause::release(dir.path(), "verifying").unwrap();
+    doppel::testing::pause::release(dir.path(), "verifying").unwrap();
     let verified = || async {
-        let json = doppel::control::send(&socket, "status --json")
+        let json = doppel::ops::control::send(&socket, "status --json")
             .await
             .unwrap();
         let v: serde_json::Value = serde_json::from_str(&json).unwrap();
@@ -201,8 +200,7 @@ async fn panic_flag_file_aborts_and_cleans_up_promptly() {
     let hooks = hooks_dir(dir.path(), "on-failure");
     options.hooks_dir = Some(hooks.clone());
     let config: tokio_postgres::Config = cluster.conninfo("postgres").parse().unwrap();
-    let run =
-        tokio::spawn(async move { migration::run(&config, &options, &Cancel::never()).await });
+    let run = tokio::spawn(async move { run::run(&config, &options, &Cancel::never()).await });
     wait_growing(&client).await;
     std::fs::write(&flag, b"").unwrap();
     let created = Instant::now();
@@ -345,8 +343,7 @@ async fn standby_replay_lag_throttles_and_clearing_it_resumes() {
     options.throttle.max_replica_lag = Some(Duration::from_millis(500));
     options.throttle.replicas = vec![standby.conninfo().parse().unwrap()];
     let config: tokio_postgres::Config = cluster.conninfo("postgres").parse().unwrap();
-    let run =
-        tokio::spawn(async move { migration::run(&config, &options, &Cancel::never()).await });
+    let run = tokio::spawn(async move { run::run(&config, &options, &Cancel::never()).await });
     wait_growing(&client).await;
     replica
         .batch_execute("SELECT pg_wal_replay_pause()")
@@ -383,8 +380,7 @@ async fn busy_server_throttles_until_the_load_goes() {
     // The test's own short queries count as one active session at times: allow one.
     options.throttle.max_active_backends = Some(1);
     let config: tokio_postgres::Config = cluster.conninfo("postgres").parse().unwrap();
-    let run =
-        tokio::spawn(async move { migration::run(&config, &options, &Cancel::never()).await });
+    let run = tokio::spawn(async move { run::run(&config, &options, &Cancel::never()).await });
     wait_growing(&client).await;
     // Two long statements on other sessions are load above one active session.
     let mut sleepers = Vec::new();

@@ -27,9 +27,10 @@ mod common;
 use std::path::Path;
 use std::time::Duration;
 
-use doppel::migration::{self, Cancel, Outcome, RunOptions, RunReport};
-use doppel::pause;
-use doppel::workload::{self, MatrixColumn, Mirror};
+use doppel::cancel::Cancel;
+use doppel::run::{self, Outcome, RunOptions, RunReport};
+use doppel::testing::pause;
+use doppel_testkit::workload::{self, MatrixColumn, Mirror};
 use tokio::task::JoinHandle;
 
 /// Options for a run stopped at pause points: one copy worker (so the `copying` pause stops
@@ -55,7 +56,7 @@ type Run = JoinHandle<anyhow::Result<Outcome>>;
 /// Starts the migration in the background.
 fn spawn_run(config: &tokio_postgres::Config, options: RunOptions) -> Run {
     let config = config.clone();
-    tokio::spawn(async move { migration::run(&config, &options, &Cancel::never()).await })
+    tokio::spawn(async move { run::run(&config, &options, &Cancel::never()).await })
 }
 
 /// Waits until the run stopped at pause point `name`; panics with the run's outcome if it

@@ -11,7 +11,8 @@ mod common;
 use std::path::Path;
 use std::time::Duration;
 
-use doppel::migration::{self, Cancel, RunOptions};
+use doppel::cancel::Cancel;
+use doppel::run::{self, RunOptions};
 use tokio_postgres::Client;
 
 /// 3000 rows with `x = id`, `y = 'r' || id`.
@@ -90,10 +91,13 @@ async fn assert_nothing_left(client: &Client, oid: u32) {
 }
 
 /// Runs the migration adding `alter` and returns its error, as text with its causes.
-async fn run_expecting_failure(cluster: &doppel::cluster::LocalCluster, alter: &str) -> String {
+async fn run_expecting_failure(
+    cluster: &doppel_testkit::cluster::LocalCluster,
+    alter: &str,
+) -> String {
     let dir = tempfile::tempdir().unwrap();
     let config: tokio_postgres::Config = cluster.conninfo("postgres").parse().unwrap();
-    let result = migration::run(&config, &options(dir.path(), alter), &Cancel::never()).await;
+    let result = run::run(&config, &options(dir.path(), alter), &Cancel::never()).await;
     let err = match result {
         Ok(outcome) => panic!("the migration must fail, got {outcome:?}"),
         Err(e) => e,
@@ -144,7 +148,7 @@ async fn existing_duplicates_name_the_constraint_and_exit_as_a_conflict() {
         .unwrap();
     let dir = tempfile::tempdir().unwrap();
     let config: tokio_postgres::Config = cluster.conninfo("postgres").parse().unwrap();
-    let err = migration::run(
+    let err = run::run(
         &config,
         &options(dir.path(), "ADD CONSTRAINT u_x UNIQUE (x)"),
         &Cancel::never(),
@@ -190,7 +194,7 @@ async fn existing_rows_violating_an_added_check_exit_as_a_conflict() {
     let before = snapshot(&client).await;
     let dir = tempfile::tempdir().unwrap();
     let config: tokio_postgres::Config = cluster.conninfo("postgres").parse().unwrap();
-    let err = migration::run(
+    let err = run::run(
         &config,
         &options(dir.path(), "ADD CONSTRAINT u_x_positive CHECK (x >= 0)"),
         &Cancel::never(),
@@ -210,7 +214,12 @@ async fn existing_rows_violating_an_added_check_exit_as_a_conflict() {
 /// snapshot taken after the live write.
 async fn live_duplicate_at(
     point: &str,
-) -> (String, Snapshot, Client, doppel::cluster::LocalCluster) {
+) -> (
+    String,
+    Snapshot,
+    Client,
+    doppel_testkit::cluster::LocalCluster,
+) {
     let (msg, code, snapshot, client, cluster) = live_write_at(
         point,
         "ADD CONSTRAINT u_x UNIQUE (x)",
@@ -228,28 +237,34 @@ async fn live_write_at(
     point: &str,
     alter: &str,
     write: &str,
-) -> (String, u8, Snapshot, Client, doppel::cluster::LocalCluster) {
+) -> (
+    String,
+    u8,
+    Snapshot,
+    Client,
+    doppel_testkit::cluster::LocalCluster,
+) {
     let cluster = common::cluster().await;
     let client = cluster.connect("postgres").await.unwrap();
     client.batch_execute(SCHEMA).await.unwrap();
     let oid = snapshot(&client).await.oid;
     let dir = tempfile::tempdir().unwrap();
-    doppel::pause::arm(dir.path(), point).unwrap();
+    doppel::testing::pause::arm(dir.path(), point).unwrap();
     let opts = options(dir.path(), alter);
     let config: tokio_postgres::Config = cluster.conninfo("postgres").parse().unwrap();
-    let run = tokio::spawn(async move { migration::run(&config, &opts, &Cancel::never()).await });
+    let run = tokio::spawn(async move { run::run(&config, &opts, &Cancel::never()).await });
     let work_dir = dir.path().to_path_buf();
     let point_name = point.to_string();
     assert!(
         common::wait_until(Duration::from_secs(60), || {
-            doppel::pause::reached(&work_dir, &point_name).is_some()
+            doppel::testing::pause::reached(&work_dir, &point_name).is_some()
         }),
         "the run reaches {point}"
     );
     client.batch_execute(write).await.unwrap();
     let after_write = snapshot(&client).await;
     assert_eq!(after_write.oid, oid);
-    doppel::pause::release(dir.path(), point).unwrap();
+    doppel::testing::pause::release(dir.path(), point).unwrap();
     let err = match tokio::time::timeout(Duration::from_secs(120), run)
         .await
         .expect("the run ends")

@@ -16,8 +16,8 @@ use std::io::BufRead;
 use std::process::{Child, Command, Output, Stdio};
 use std::time::Duration;
 
-use doppel::cluster::LocalCluster;
-use doppel::workload::{self, Workload};
+use doppel_testkit::cluster::LocalCluster;
+use doppel_testkit::workload::{self, Workload};
 use tokio_postgres::Client;
 
 fn doppel(dsn: &str, args: &[&str]) -> Output {
@@ -332,7 +332,7 @@ async fn during_a_paused_run_the_shadow_compares_equal() {
     let oid = oid_of(&client, "orders").await;
     let shadow = format!("public._doppel_{oid}_new_orders");
     let dir = tempfile::tempdir().unwrap();
-    doppel::pause::arm(dir.path(), "verifying").unwrap();
+    doppel::testing::pause::arm(dir.path(), "verifying").unwrap();
     let mut run = Command::new(env!("CARGO_BIN_EXE_doppel"))
         .args(["run", "--dsn", &dsn, "--table", "orders", "--execute"])
         .args(["--progress", "lines"])
@@ -351,11 +351,11 @@ async fn during_a_paused_run_the_shadow_compares_equal() {
             + &std::fs::read_to_string(dir.path().join("run.out")).unwrap_or_default()
     };
     let reached = common::wait_until(Duration::from_secs(180), || {
-        doppel::pause::reached(dir.path(), "verifying").is_some()
+        doppel::testing::pause::reached(dir.path(), "verifying").is_some()
             || run.try_wait().unwrap().is_some()
     });
     assert!(
-        reached && doppel::pause::reached(dir.path(), "verifying").is_some(),
+        reached && doppel::testing::pause::reached(dir.path(), "verifying").is_some(),
         "the run reached its verify phase: {}",
         run_output()
     );
@@ -458,7 +458,7 @@ async fn during_a_paused_run_the_shadow_compares_equal() {
     client.batch_execute(&repair).await.unwrap();
 
     // The run goes on and completes; the result matches the oracle.
-    doppel::pause::release(dir.path(), "verifying").unwrap();
+    doppel::testing::pause::release(dir.path(), "verifying").unwrap();
     let status = tokio::task::spawn_blocking(move || run.wait())
         .await
         .unwrap()

@@ -4,9 +4,14 @@
 
 mod common;
 
-use doppel::migration::{self, Cancel, Outcome, RunOptions};
+use doppel::cancel::Cancel;
+use doppel::run::{self, Outcome, RunOptions};
 
-async fn migrate(cluster: &doppel::cluster::LocalCluster, table: &str, alters: &[&str]) -> Outcome {
+async fn migrate(
+    cluster: &doppel_testkit::cluster::LocalCluster,
+    table: &str,
+    alters: &[&str],
+) -> Outcome {
     let dir = tempfile::tempdir().unwrap();
     let options = RunOptions {
         execute: true,
@@ -15,9 +20,7 @@ async fn migrate(cluster: &doppel::cluster::LocalCluster, table: &str, alters: &
         ..RunOptions::new(table, alters)
     };
     let config = cluster.conninfo("postgres").parse().unwrap();
-    migration::run(&config, &options, &Cancel::never())
-        .await
-        .unwrap()
+    run::run(&config, &options, &Cancel::never()).await.unwrap()
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

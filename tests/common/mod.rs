@@ -7,7 +7,7 @@
 use std::path::Path;
 use std::time::{Duration, Instant};
 
-use doppel::cluster::{ClusterOptions, LocalCluster};
+use doppel_testkit::cluster::{ClusterOptions, LocalCluster};
 
 /// Starts a private cluster with default options (logical WAL, no fsync).
 ///

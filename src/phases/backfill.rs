@@ -14,7 +14,7 @@
 //!
 //! Test-only (the `pause-points` feature, see [`crate::pause`]): the race points `chunk-open`
 //! and `copying`, and the deliberately broken ordering
-//! [`crate::pause::Broken::ApplyDuringCopy`], which runs an applier while the chunks are
+//! [`crate::testing::pause::Broken::ApplyDuringCopy`], which runs an applier while the chunks are
 //! copied.
 
 use std::sync::Arc;
@@ -25,8 +25,8 @@ use anyhow::{Context, Result};
 use tokio_postgres::Client;
 use tokio_postgres::types::ToSql;
 
+use crate::ops::progress::Progress;
 use crate::plan::Plan;
-use crate::progress::Progress;
 
 /// Backfill settings.
 #[derive(Debug, Clone)]
@@ -39,7 +39,7 @@ pub struct CopyOptions {
     pub initial_rows: i64,
     /// Test-only pause points: `chunk-open` (a chunk's statement ran, its transaction is not
     /// committed) and `copying` (a chunk committed); see [`crate::pause`].
-    pub pauses: crate::pause::Pauses,
+    pub pauses: crate::testing::pause::Pauses,
 }
 
 impl Default for CopyOptions {
@@ -48,7 +48,7 @@ impl Default for CopyOptions {
             chunk_time: Duration::from_millis(100),
             nice_ratio: 0.0,
             initial_rows: 1_000,
-            pauses: crate::pause::Pauses::default(),
+            pauses: crate::testing::pause::Pauses::default(),
         }
     }
 }
@@ -87,8 +87,8 @@ pub async fn backfill(
     plan: &Plan,
     options: &CopyOptions,
     progress: &Arc<Progress>,
-    throttle: Option<&crate::throttle::Throttler>,
-    controls: Option<&Arc<crate::control::Controls>>,
+    throttle: Option<&crate::ops::throttle::Throttler>,
+    controls: Option<&Arc<crate::ops::control::Controls>>,
     check: impl Fn() -> Result<()>,
 ) -> Result<CopyReport> {
     let table = plan.original.qualified();
@@ -175,8 +175,8 @@ pub async fn backfill(
 #[allow(clippy::too_many_arguments)]
 async fn copy_ranges(
     worker: &Client,
-    controls: Option<&Arc<crate::control::Controls>>,
-    throttle: Option<&crate::throttle::Throttler>,
+    controls: Option<&Arc<crate::ops::control::Controls>>,
+    throttle: Option<&crate::ops::throttle::Throttler>,
     plan: &Plan,
     options: &CopyOptions,
     progress: &Arc<Progress>,
@@ -190,7 +190,9 @@ async fn copy_ranges(
     let p = &plan.projection;
     // Test-only broken ordering (never in a normal build): rows the applier running during the
     // backfill wrote first are kept.
-    let conflict = if crate::pause::broken() == Some(crate::pause::Broken::ApplyDuringCopy) {
+    let conflict = if crate::testing::pause::broken()
+        == Some(crate::testing::pause::Broken::ApplyDuringCopy)
+    {
         " ON CONFLICT DO NOTHING"
     } else {
         ""
@@ -226,7 +228,8 @@ async fn copy_ranges(
         }
         let chunk_start = Instant::now();
         let rows_planned = rows_target.load(Ordering::Relaxed);
-        let in_range = |c: &str| crate::pause::key_in_range(c, lower.as_deref(), upper.as_deref());
+        let in_range =
+            |c: &str| crate::testing::pause::key_in_range(c, lower.as_deref(), upper.as_deref());
         let range = describe_range(&lower, &upper);
         // Test-only: with `chunk-open` armed for this chunk, the chunk runs in an explicit
         // transaction and stops between its statement (its snapshot) and its commit.
@@ -303,12 +306,12 @@ fn describe_range(
     format!("({}, {}]", show(lower, "-inf"), show(upper, "+inf"))
 }
 
-/// Test-only broken ordering [`crate::pause::Broken::ApplyDuringCopy`] (never in a normal
+/// Test-only broken ordering [`crate::testing::pause::Broken::ApplyDuringCopy`] (never in a normal
 /// build): an applier replaying the spool into the shadow while the backfill runs — the
 /// races table's lock-free copy and apply (DESIGN.md §2).
 struct DuringCopy {
-    run: Arc<crate::pause::BrokenRun>,
-    applier: crate::applier::Applier,
+    run: Arc<crate::testing::pause::BrokenRun>,
+    applier: crate::phases::apply::Applier,
     index: String,
 }
 
@@ -316,8 +319,8 @@ impl DuringCopy {
     /// Starts the applier when the variant is in scope: a unique index on the shadow's key
     /// (the applier's upserts need one), a session of its own, the spool's second reader.
     async fn start(client: &Client, plan: &Plan) -> Result<Option<DuringCopy>> {
-        let Some(run) = crate::pause::current()
-            .filter(|r| r.variant() == crate::pause::Broken::ApplyDuringCopy)
+        let Some(run) = crate::testing::pause::current()
+            .filter(|r| r.variant() == crate::testing::pause::Broken::ApplyDuringCopy)
         else {
             return Ok(None);
         };
@@ -339,7 +342,8 @@ impl DuringCopy {
             .batch_execute("SET application_name = 'doppel applier (during copy)'")
             .await?;
         let applier =
-            crate::applier::Applier::spawn(session, Arc::new(plan.clone()), reader, None).await?;
+            crate::phases::apply::Applier::spawn(session, Arc::new(plan.clone()), reader, None)
+                .await?;
         applier.resume();
         Ok(Some(DuringCopy {
             run,

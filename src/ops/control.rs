@@ -37,7 +37,7 @@ use tokio::net::{UnixListener, UnixStream};
 use tokio::sync::watch;
 use tokio::task::JoinSet;
 
-use crate::progress::Progress;
+use crate::ops::progress::Progress;
 
 /// Accepted values of `chunk-time=MS`.
 pub const CHUNK_TIME_MS: RangeInclusive<u64> = 1..=600_000;

@@ -19,13 +19,13 @@ use std::time::{Duration, Instant};
 use anyhow::{Context, Result};
 use tokio_postgres::Client;
 
-use crate::applier::Applier;
-use crate::catalog;
-use crate::fence::Fencer;
+use crate::model::catalog;
+use crate::phases::apply::Applier;
+use crate::phases::fence::Fencer;
+use crate::phases::shadow;
+use crate::phases::verify;
 use crate::plan::Plan;
-use crate::shadow;
 use crate::sql::{ident, literal, qualified};
-use crate::verify;
 
 /// Cutover settings.
 #[derive(Debug, Clone)]
@@ -42,9 +42,9 @@ pub struct CutoverOptions {
     /// `--postpone-cut-over-flag-file`).
     pub postpone_flag_file: Option<PathBuf>,
     /// Live settings from the control socket: `postpone` / `cut-over` and `lock-timeout`.
-    pub controls: Option<std::sync::Arc<crate::control::Controls>>,
+    pub controls: Option<std::sync::Arc<crate::ops::control::Controls>>,
     /// Test-only pause points (`cutover-locked`: renames done, not yet committed).
-    pub pauses: crate::pause::Pauses,
+    pub pauses: crate::testing::pause::Pauses,
     /// `--kill-blockers`: sessions seen blocking the lock for at least this long (the grace
     /// period) are cancelled (`pg_cancel_backend`); one still blocking at a later attempt is
     /// terminated (`pg_terminate_backend`). `None` (the default) kills nobody.
@@ -52,10 +52,10 @@ pub struct CutoverOptions {
     /// Ctrl-C / SIGTERM / `abort`: checked while the cutover is postponed, between attempts
     /// and while catching up before one (never inside the lock, where the transaction rolls
     /// back by itself on error).
-    pub cancel: crate::migration::Cancel,
+    pub cancel: crate::cancel::Cancel,
     /// The throttle checker's samples: a critical condition (the panic flag file, ...) aborts
     /// a postponed cutover and stops further attempts. `None`: not watched.
-    pub throttle: Option<tokio::sync::watch::Receiver<crate::throttle::ThrottleState>>,
+    pub throttle: Option<tokio::sync::watch::Receiver<crate::ops::throttle::ThrottleState>>,
 }
 
 /// Outcome of one cutover attempt, as logged and stored in the cutover record.

@@ -14,8 +14,10 @@
 //! Indexes get temporary names (`_doppel_<oid>_new_i<n>`) until the cutover gives them the
 //! final ones, which are still taken by the original's indexes until then.
 
-use crate::plan::{Plan, comment_sql, grant_sql};
+use crate::model::catalog::grant_sql;
+use crate::plan::Plan;
 use crate::preflight::rename_index_definition;
+use crate::sql::comment_sql;
 use crate::sql::ident;
 
 /// One index of the shadow: its final name and its temporary name before cutover.

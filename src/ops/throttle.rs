@@ -94,7 +94,7 @@ pub struct Throttler {
     handle: JoinHandle<()>,
     heartbeat: Option<JoinHandle<()>>,
     /// The run's cancel signal: ends [`Throttler::wait_clear`] with an abort.
-    cancel: Option<crate::migration::Cancel>,
+    cancel: Option<crate::cancel::Cancel>,
 }
 
 impl Throttler {
@@ -189,7 +189,7 @@ impl Throttler {
     }
 
     /// Makes [`Throttler::wait_clear`] end with the abort error once `cancel` fires.
-    pub fn abort_on(&mut self, cancel: crate::migration::Cancel) {
+    pub fn abort_on(&mut self, cancel: crate::cancel::Cancel) {
         self.cancel = Some(cancel);
     }
 

@@ -26,7 +26,7 @@
 //! (applied LSN, fences) is published only after the shadow transaction commits.
 //!
 //! Test-only (the `pause-points` feature, see [`crate::pause`]): the race points `applied`
-//! and `visibility-wait`, and the deliberately broken orderings of [`crate::pause::Broken`]
+//! and `visibility-wait`, and the deliberately broken orderings of [`crate::testing::pause::Broken`]
 //! that concern the apply (captured when the applier is spawned).
 
 use std::collections::{HashMap, HashSet};
@@ -39,12 +39,12 @@ use tokio::task::JoinHandle;
 use tokio_postgres::types::ToSql;
 use tokio_postgres::{Client, Statement, Transaction};
 
-use crate::lsn::Lsn;
-use crate::pause::Broken;
-use crate::pgoutput::{self, ColumnValue, PgOutputMessage, TupleData};
+use crate::phases::capture::spool::SpoolReader;
 use crate::plan::Plan;
-use crate::spool::SpoolReader;
 use crate::sql::ident;
+use crate::testing::pause::Broken;
+use pglogrepl::lsn::Lsn;
+use pglogrepl::pgoutput::{self, ColumnValue, PgOutputMessage, TupleData};
 
 /// Source changes per shadow transaction (a soft limit: transactions are never split).
 pub const BATCH_CHANGES: usize = 20_000;
@@ -97,7 +97,7 @@ impl Applier {
         client: Client,
         plan: Arc<Plan>,
         reader: SpoolReader,
-        hold: Option<watch::Receiver<crate::throttle::ThrottleState>>,
+        hold: Option<watch::Receiver<crate::ops::throttle::ThrottleState>>,
     ) -> Result<Applier> {
         let collapse = Arc::new(std::sync::atomic::AtomicBool::new(true));
         let mut worker = Worker::new(client, plan, reader, collapse.clone()).await?;
@@ -323,12 +323,12 @@ struct Worker {
     direct_partial: bool,
     relation_checked: bool,
     collapse: Arc<std::sync::atomic::AtomicBool>,
-    hold: Option<watch::Receiver<crate::throttle::ThrottleState>>,
+    hold: Option<watch::Receiver<crate::ops::throttle::ThrottleState>>,
     /// Test-only pause points (`applied`, `visibility-wait`) of the run.
-    pauses: crate::pause::Pauses,
+    pauses: crate::testing::pause::Pauses,
     /// Test-only deliberately broken ordering captured at spawn (always `None` in a normal
-    /// build; see [`crate::pause::Broken`]).
-    broken: Option<Arc<crate::pause::BrokenRun>>,
+    /// build; see [`crate::testing::pause::Broken`]).
+    broken: Option<Arc<crate::testing::pause::BrokenRun>>,
 }
 
 struct Batch {
@@ -387,7 +387,7 @@ impl Worker {
             collapse,
             hold: None,
             pauses,
-            broken: crate::pause::current(),
+            broken: crate::testing::pause::current(),
         })
     }
 
@@ -441,7 +441,7 @@ impl Worker {
                             .collect::<Vec<_>>()
                             .join(",")
                     ),
-                    |c| crate::pause::names_xid(c, &batch.xids),
+                    |c| crate::testing::pause::names_xid(c, &batch.xids),
                 )
                 .await;
             let idle = !self.reader.has_more();
@@ -651,7 +651,7 @@ struct Exec<'a> {
     reread: &'a Statement,
     reread_missing: &'a Statement,
     partial: &'a mut HashMap<Vec<bool>, Statement>,
-    pauses: &'a crate::pause::Pauses,
+    pauses: &'a crate::testing::pause::Pauses,
     broken: Option<Broken>,
 }
 
@@ -955,7 +955,7 @@ pub async fn wait_visible(client: &impl tokio_postgres::GenericClient, xids: &[u
 async fn wait_visible_pausing(
     client: &impl tokio_postgres::GenericClient,
     xids: &[u32],
-    pauses: Option<&crate::pause::Pauses>,
+    pauses: Option<&crate::testing::pause::Pauses>,
 ) -> Result<()> {
     if xids.is_empty() {
         return Ok(());
@@ -999,7 +999,7 @@ pub fn committed_but_not_visible(
     exported: &(u64, u64, Vec<u64>),
     current: &(u64, u64, Vec<u64>),
 ) -> Vec<u64> {
-    if crate::pause::broken() == Some(Broken::NoVisibilityWait) {
+    if crate::testing::pause::broken() == Some(Broken::NoVisibilityWait) {
         return Vec::new();
     }
     let (_, exported_xmax, exported_xip) = exported;

@@ -1,4 +1,4 @@
-//! Decode throughput of `doppel::pgoutput::decode_bytes` (messages/s), issue 5.
+//! Decode throughput of `pglogrepl::pgoutput::decode_bytes` (messages/s), issue 5.
 //!
 //! Messages are built by hand following the pgoutput protocol version 1 format, shaped like
 //! the benchmark's `orders` table (`id bigint, customer_id int, status text,
@@ -17,9 +17,8 @@
 use std::hint::black_box;
 
 use bytes::{BufMut, Bytes, BytesMut};
-use criterion::{BatchSize, Criterion, Throughput, criterion_group, criterion_main};
-use doppel::lsn::Lsn;
-use doppel::pgoutput::{PgOutputMessage, decode_bytes};
+use criterion::{Criterion, Throughput, criterion_group, criterion_main};
+use pglogrepl::pgoutput::{PgOutputMessage, decode_bytes};
 
 /// OID of the `orders` table in the hand-built messages.
 const ORDERS: u32 = 16_390;
@@ -275,36 +274,5 @@ fn bench_captured(c: &mut Criterion) {
     g.finish();
 }
 
-/// Spool append + publish + read back + decode: what the applier's input costs per message,
-/// without the SQL side.
-fn bench_spool(c: &mut Criterion) {
-    let stream = orders_stream(2000);
-    let dir = tempfile::tempdir().expect("temp dir");
-    let path = dir.path().join("spool");
-    let mut g = c.benchmark_group("spool_roundtrip_decode");
-    g.throughput(Throughput::Elements(stream.len() as u64));
-    g.bench_function(format!("orders_{}_msgs", stream.len()), |b| {
-        b.iter_batched(
-            || doppel::spool::create(&path).expect("spool"),
-            |(mut w, mut r)| {
-                for (i, m) in stream.iter().enumerate() {
-                    w.append(Lsn(i as u64), m).expect("append");
-                }
-                w.publish().expect("publish");
-                let mut n = 0usize;
-                while let Some((_, payload)) = r.try_next().expect("read") {
-                    if decode_bytes(payload).is_ok() {
-                        n += 1;
-                    }
-                }
-                assert_eq!(n, stream.len());
-                n
-            },
-            BatchSize::PerIteration,
-        )
-    });
-    g.finish();
-}
-
-criterion_group!(benches, bench_orders, bench_captured, bench_spool);
+criterion_group!(benches, bench_orders, bench_captured);
 criterion_main!(benches);

@@ -14,12 +14,12 @@ use anyhow::Result;
 use serde_json::json;
 use tokio::sync::watch;
 
-use crate::control::{ControlServer, Controls, StatusSource};
 use crate::failure::{FailureKind, fail};
-use crate::hooks::{HookEnv, Hooks};
+use crate::ops::control::{ControlServer, Controls, StatusSource};
+use crate::ops::hooks::{HookEnv, Hooks};
+use crate::ops::progress::Progress;
+use crate::ops::throttle::LiveThrottle;
 use crate::plan::Plan;
-use crate::progress::Progress;
-use crate::throttle::LiveThrottle;
 
 /// The status the control socket reports: the progress counters and the throttle reasons.
 struct Status(Arc<Progress>);
@@ -61,7 +61,7 @@ impl Operator {
         progress: Arc<Progress>,
         hooks: Hooks,
         socket: Option<PathBuf>,
-        options: &crate::migration::RunOptions,
+        options: &crate::run::RunOptions,
     ) -> Result<Operator> {
         let controls = Controls::new(
             options.copy.chunk_time.as_millis() as u64,
@@ -144,7 +144,7 @@ impl Operator {
     /// Runs the `on-status` hook every minute and `on-throttled` when throttling starts.
     pub fn drive_hooks(
         self: &mut Operator,
-        throttle: watch::Receiver<crate::throttle::ThrottleState>,
+        throttle: watch::Receiver<crate::ops::throttle::ThrottleState>,
     ) {
         if self.hooks.dir().is_none() {
             return;

@@ -17,9 +17,9 @@ use anyhow::{Context, Result, bail};
 use tokio::sync::{Notify, watch};
 use tokio::task::JoinHandle;
 
-use crate::lsn::Lsn;
-use crate::replication::{ReplicationMessage, ReplicationStream};
-use crate::spool::SpoolWriter;
+use crate::phases::capture::spool::SpoolWriter;
+use pglogrepl::client::{ReplicationMessage, ReplicationStream};
+use pglogrepl::lsn::Lsn;
 
 /// How often the spool is synced and the position confirmed.
 pub const STATUS_INTERVAL: Duration = Duration::from_millis(500);
@@ -161,7 +161,7 @@ async fn consume_inner(
                                 spool
                                     .pauses()
                                     .point_if("spooled", &format!("xid={xid}"), |c| {
-                                        crate::pause::names_xid(c, &[xid])
+                                        crate::testing::pause::names_xid(c, &[xid])
                                     })
                                     .await;
                             }

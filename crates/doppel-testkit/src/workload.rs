@@ -19,8 +19,7 @@ use tokio::sync::watch;
 use tokio::task::JoinHandle;
 use tokio_postgres::{Client, Transaction};
 
-use crate::conninfo;
-use crate::sql::{ident, literal};
+use postgres_protocol::escape::{escape_identifier as ident, escape_literal as literal};
 
 /// Columns of the demo table, shared by the table and its twin.
 pub const COLUMNS: &str = "id, customer_id, status, amount, note, created_at, tags, payload, ref, flag, ratio, due, blob, ip, span";
@@ -317,7 +316,7 @@ impl Workload {
         seed: u64,
         pause: Duration,
     ) -> Result<Workload> {
-        let client = conninfo::connect(config).await?;
+        let client = crate::connect(config).await?;
         client
             .batch_execute("SET application_name = 'doppel workload'")
             .await?;

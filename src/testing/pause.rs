@@ -44,8 +44,8 @@
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 
-use crate::lsn::Lsn;
-use crate::spool::SpoolReader;
+use crate::phases::capture::spool::SpoolReader;
+use pglogrepl::lsn::Lsn;
 
 /// Where a run's pause points are armed (`<work_dir>/pause`). Cheap to clone.
 #[derive(Debug, Clone, Default)]
@@ -220,7 +220,7 @@ pub enum Broken {
     /// Changes are not collapsed per key: each flush of a batch runs its upserts, then its
     /// partial updates and re-reads, then its deletes, whatever their source order.
     UnorderedBatch,
-    /// Neither F3 wait: [`crate::applier::committed_but_not_visible`] reports nothing, so the
+    /// Neither F3 wait: [`crate::phases::apply::committed_but_not_visible`] reports nothing, so the
     /// backfill need not wait for the transactions the slot's exported snapshot counts as
     /// committed to become visible, and re-reads run without waiting for their event's
     /// transaction to be visible.
@@ -281,7 +281,7 @@ tokio::task_local! {
     static BROKEN: Arc<BrokenRun>;
 }
 
-/// Test side: runs `future` (a migration, e.g. `migration::run(..)`) with `variant` in scope;
+/// Test side: runs `future` (a migration, e.g. `run::run(..)`) with `variant` in scope;
 /// `config` is used for the sessions the variant opens by itself. Tasks the migration spawns
 /// do not inherit the scope: the applier captures it when it is started.
 #[cfg(feature = "pause-points")]

@@ -7,6 +7,8 @@
 //! commits nothing is dropped: the original survives as `_doppel_<oid>_old_<name>` with a
 //! rollback script.
 
+pub mod operator;
+
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -15,22 +17,23 @@ use anyhow::{Context, Result, anyhow, bail};
 use tokio::sync::watch;
 use tokio_postgres::Client;
 
-use crate::applier::{self, Applier};
-use crate::catalog;
+use crate::cancel::Cancel;
 use crate::conninfo;
-use crate::copier::{self, CopyOptions, CopyReport};
-use crate::cutover::{self, CutoverOptions, CutoverReport};
-use crate::fence::Fencer;
-use crate::lsn::Lsn;
+use crate::model::catalog;
+use crate::ops::progress::{self, Progress};
+use crate::phases::apply::{self, Applier};
+use crate::phases::backfill::{self, CopyOptions, CopyReport};
+use crate::phases::capture::spool;
+use crate::phases::capture::stream::Streamer;
+use crate::phases::cutover::{self, CutoverOptions, CutoverReport};
+use crate::phases::fence::Fencer;
+use crate::phases::shadow;
+use crate::phases::verify::{self, VerifyReport};
 use crate::plan::{Plan, Rewrite};
 use crate::preflight;
-use crate::progress::{self, Progress};
-use crate::replication::ReplicationClient;
-use crate::shadow;
-use crate::spool;
 use crate::sql::{ident, literal};
-use crate::stream::Streamer;
-use crate::verify::{self, VerifyReport};
+use pglogrepl::client::ReplicationClient;
+use pglogrepl::lsn::Lsn;
 
 /// First key of doppel's advisory locks (`'dop'`); the second is the table's OID.
 pub const ADVISORY_LOCK_CLASS: i32 = 0x0064_6f70;
@@ -74,7 +77,7 @@ pub struct RunOptions {
     /// are cancelled, then terminated. `None`: nobody is killed.
     pub kill_blockers: Option<Duration>,
     /// When to slow down or abort.
-    pub throttle: crate::throttle::ThrottleOptions,
+    pub throttle: crate::ops::throttle::ThrottleOptions,
     /// The control socket's path (default: `<work_dir>/doppel-<oid>.sock`).
     pub control_socket: Option<PathBuf>,
     /// Directory of hook executables (gh-ost's `--hooks-path`).
@@ -95,7 +98,7 @@ impl RunOptions {
             execute: false,
             copy: CopyOptions::default(),
             copy_workers: 2,
-            verify_chunk_rows: crate::verify::VERIFY_CHUNK_ROWS,
+            verify_chunk_rows: crate::phases::verify::VERIFY_CHUNK_ROWS,
             maintenance_work_mem: "1GB".into(),
             lock_timeout: Duration::from_millis(200),
             cutover_retries: 10,
@@ -105,7 +108,7 @@ impl RunOptions {
             postpone_cutover_flag_file: None,
             kill_blockers: None,
             logical_decoding_work_mem: "256MB".into(),
-            throttle: crate::throttle::ThrottleOptions::default(),
+            throttle: crate::ops::throttle::ThrottleOptions::default(),
             control_socket: None,
             hooks_dir: None,
             display: progress::Display::Lines,
@@ -140,46 +143,6 @@ pub enum Outcome {
     Planned(Box<Plan>),
     /// The migration completed and verified.
     Migrated(Box<RunReport>),
-}
-
-/// A cancellation signal (Ctrl-C, SIGTERM, or a test).
-#[derive(Debug, Clone)]
-pub struct Cancel(watch::Receiver<bool>);
-
-impl Cancel {
-    /// A signal and its trigger.
-    pub fn new() -> (watch::Sender<bool>, Cancel) {
-        let (tx, rx) = watch::channel(false);
-        (tx, Cancel(rx))
-    }
-
-    /// A signal that never fires.
-    pub fn never() -> Cancel {
-        let (tx, rx) = watch::channel(false);
-        std::mem::forget(tx);
-        Cancel(rx)
-    }
-
-    /// Error if cancelled.
-    pub fn check(&self) -> Result<()> {
-        if *self.0.borrow() {
-            return Err(crate::failure::fail(
-                crate::failure::FailureKind::Aborted,
-                "interrupted: stopping and cleaning up",
-            ));
-        }
-        Ok(())
-    }
-
-    /// Resolves when cancelled.
-    pub async fn cancelled(&self) {
-        let mut rx = self.0.clone();
-        while !*rx.borrow_and_update() {
-            if rx.changed().await.is_err() {
-                std::future::pending::<()>().await;
-            }
-        }
-    }
 }
 
 /// What this run created, so a failure can remove exactly that.
@@ -266,7 +229,7 @@ pub async fn run(
     cancel: &Cancel,
 ) -> Result<Outcome> {
     let started = Instant::now();
-    let hooks = crate::hooks::Hooks::new(options.hooks_dir.clone())?;
+    let hooks = crate::ops::hooks::Hooks::new(options.hooks_dir.clone())?;
     let mut control = conninfo::connect(config).await?;
     control
         .batch_execute("SET application_name = 'doppel'; SET lock_timeout = '5s'")
@@ -296,15 +259,10 @@ pub async fn run(
     let socket = options
         .control_socket
         .clone()
-        .unwrap_or_else(|| crate::control::default_path(&options.work_dir, plan.original.oid));
-    let mut operator = crate::operator::Operator::start(
-        plan.clone(),
-        progress.clone(),
-        hooks,
-        Some(socket),
-        options,
-    )
-    .await?;
+        .unwrap_or_else(|| crate::ops::control::default_path(&options.work_dir, plan.original.oid));
+    let mut operator =
+        operator::Operator::start(plan.clone(), progress.clone(), hooks, Some(socket), options)
+            .await?;
     // The run stops on the caller's signal or on the operator's `abort`.
     let (abort, internal) = Cancel::new();
     operator.drive_abort(abort.clone());
@@ -415,7 +373,7 @@ async fn execute(
     created: &mut Created,
     started: Instant,
     progress: &Arc<Progress>,
-    operator: &mut crate::operator::Operator,
+    operator: &mut operator::Operator,
 ) -> Result<RunReport> {
     let progress = progress.clone();
     progress.update(|s| {
@@ -427,7 +385,7 @@ async fn execute(
     let _reporter = AbortOnDrop(reporter);
     let mut phases: Vec<(&'static str, Duration)> = Vec::new();
     let table_q = plan.original.qualified();
-    let pauses = crate::pause::Pauses::new(&options.work_dir);
+    let pauses = crate::testing::pause::Pauses::new(&options.work_dir);
     pauses.point("after-preflight", &table_q).await;
 
     // Publication first, then the shadow, then the slot (DESIGN.md §1.3).
@@ -484,7 +442,7 @@ async fn execute(
             .await?
             .get(0);
         tx.commit().await?;
-        applier::parse_snapshot(&text)?
+        apply::parse_snapshot(&text)?
     };
     let stream = replication
         .start_logical_replication(
@@ -621,7 +579,7 @@ async fn run_phases(
     fingerprint: &str,
     phases: &mut Vec<(&'static str, Duration)>,
     setup_started: Instant,
-    operator: &mut crate::operator::Operator,
+    operator: &mut operator::Operator,
 ) -> Result<PhaseResult> {
     let result = phases_inner(
         config,
@@ -667,7 +625,7 @@ async fn phases_inner(
     fingerprint: &str,
     phases: &mut Vec<(&'static str, Duration)>,
     setup_started: Instant,
-    operator: &mut crate::operator::Operator,
+    operator: &mut operator::Operator,
 ) -> Result<PhaseResult> {
     let stream_status = guard
         .streamer
@@ -675,7 +633,7 @@ async fn phases_inner(
         .map(|s| s.watch())
         .ok_or_else(|| anyhow!("no stream"))?;
     // Keep the progress counters fed from the stream and (once it exists) the applier.
-    let apply_watch: Arc<std::sync::Mutex<Option<watch::Receiver<applier::ApplyStatus>>>> =
+    let apply_watch: Arc<std::sync::Mutex<Option<watch::Receiver<apply::ApplyStatus>>>> =
         Arc::new(std::sync::Mutex::new(None));
     let _sync = AbortOnDrop(tokio::spawn({
         let progress = progress.clone();
@@ -707,7 +665,7 @@ async fn phases_inner(
         }
     }));
 
-    let mut throttler = crate::throttle::Throttler::spawn(
+    let mut throttler = crate::ops::throttle::Throttler::spawn(
         config,
         options.throttle.clone(),
         &plan.names.slot,
@@ -744,7 +702,7 @@ async fn phases_inner(
     phases.push(("setup", setup_started.elapsed()));
 
     // Backfill.
-    let pauses = crate::pause::Pauses::new(&options.work_dir);
+    let pauses = crate::testing::pause::Pauses::new(&options.work_dir);
     operator.hook("before-copy").await?;
     let phase = Instant::now();
     progress.update(|s| {
@@ -769,7 +727,7 @@ async fn phases_inner(
             pauses: pauses.clone(),
             ..options.copy.clone()
         };
-        copier::backfill(
+        backfill::backfill(
             control,
             &workers,
             plan,
@@ -958,7 +916,7 @@ async fn catch_up(
     guard: &TaskGuard,
     fencer: &Fencer,
     cancel: &Cancel,
-    throttler: &crate::throttle::Throttler,
+    throttler: &crate::ops::throttle::Throttler,
 ) -> Result<()> {
     let n = fencer.emit().await?;
     loop {
@@ -982,7 +940,7 @@ async fn run_cancellable(
     client: &Client,
     sql: &str,
     cancel: &Cancel,
-    throttler: &crate::throttle::Throttler,
+    throttler: &crate::ops::throttle::Throttler,
 ) -> Result<()> {
     let token = client.cancel_token();
     tokio::select! {
@@ -1025,7 +983,7 @@ fn index_error(e: anyhow::Error, plan: &Plan, statement: &str) -> anyhow::Error 
 /// Waits until every transaction the exported snapshot sees as committed is visible to new
 /// snapshots on `client` (its commit can be flushed before it leaves the ProcArray). Such a
 /// transaction can be in the new snapshot's in-progress list or at or above its `xmax`
-/// ([`applier::committed_but_not_visible`]); PostgreSQL 15 waits for it before exporting the
+/// ([`apply::committed_but_not_visible`]); PostgreSQL 15 waits for it before exporting the
 /// snapshot, 14 and 18 do not (tests/decoded_before_visible.rs).
 async fn wait_exported_visible(client: &Client, exported: &(u64, u64, Vec<u64>)) -> Result<()> {
     let deadline = Instant::now() + Duration::from_secs(60);
@@ -1034,8 +992,8 @@ async fn wait_exported_visible(client: &Client, exported: &(u64, u64, Vec<u64>))
             .query_one("SELECT pg_current_snapshot()::text", &[])
             .await?
             .get(0);
-        let current = applier::parse_snapshot(&text)?;
-        let pending = applier::committed_but_not_visible(exported, &current);
+        let current = apply::parse_snapshot(&text)?;
+        let pending = apply::committed_but_not_visible(exported, &current);
         if pending.is_empty() {
             return Ok(());
         }
@@ -1070,7 +1028,7 @@ pub async fn cleanup(
     let client = conninfo::connect(config).await?;
     let oid = catalog::resolve(&client, table).await?;
     let t = catalog::inspect(&client, oid).await?;
-    let names = crate::plan::Names::new(&t.schema, &t.name, oid);
+    let names = crate::model::names::Names::new(&t.schema, &t.name, oid);
     let free: bool = client
         .query_one(
             "SELECT pg_try_advisory_lock($1, $2::oid::int)",

@@ -15,8 +15,8 @@ use anyhow::{Context, Result, bail};
 use bytes::Bytes;
 use tokio::sync::watch;
 
-use crate::lsn::Lsn;
-use crate::pause::Pauses;
+use crate::testing::pause::Pauses;
+use pglogrepl::lsn::Lsn;
 
 const HEADER: usize = 12;
 
@@ -64,8 +64,8 @@ pub fn create(path: &Path) -> Result<(SpoolWriter, SpoolReader)> {
     };
     // Test-only (never in a normal build): the broken ordering that applies changes during
     // the backfill reads the spool with a second reader.
-    if let Some(run) = crate::pause::current()
-        && run.variant() == crate::pause::Broken::ApplyDuringCopy
+    if let Some(run) = crate::testing::pause::current()
+        && run.variant() == crate::testing::pause::Broken::ApplyDuringCopy
     {
         run.set_during_copy_reader(open_reader(rx.clone())?);
     }

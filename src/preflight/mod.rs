@@ -9,9 +9,11 @@
 use anyhow::{Context, Result, anyhow};
 use tokio_postgres::Client;
 
-use crate::alter::{self, AlterSpec};
-use crate::catalog::{self, Table};
-use crate::plan::{ColumnMap, KeyColumn, Names, Plan, Projection, Rewrite};
+use crate::model::alter::{self, AlterSpec};
+use crate::model::catalog::{self, Table};
+use crate::model::names::Names;
+use crate::model::projection::{ColumnMap, KeyColumn, Projection};
+use crate::plan::{Plan, Rewrite};
 use crate::sql::{ident, qualified};
 
 /// Oldest supported server (`server_version_num`).

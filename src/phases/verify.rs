@@ -26,10 +26,12 @@ use anyhow::{Context, Result, bail};
 use tokio_postgres::types::ToSql;
 use tokio_postgres::{Client, GenericClient, IsolationLevel};
 
-use crate::applier::Applier;
-use crate::catalog::{self, Table};
-use crate::fence::Fencer;
-use crate::plan::{ColumnMap, KeyColumn, Names, Plan, Projection};
+use crate::model::catalog::{self, Table};
+use crate::model::names::Names;
+use crate::model::projection::{ColumnMap, KeyColumn, Projection};
+use crate::phases::apply::Applier;
+use crate::phases::fence::Fencer;
+use crate::plan::Plan;
 use crate::sql::{ident, literal};
 
 /// Rows per verification chunk (the default of `--verify-chunk-rows`).
@@ -59,12 +61,12 @@ pub struct VerifyReport {
 #[derive(Clone, Copy, Default)]
 pub struct Pace<'a> {
     /// While it reports a throttle reason, no chunk starts (checked before each chunk).
-    pub throttle: Option<&'a crate::throttle::Throttler>,
+    pub throttle: Option<&'a crate::ops::throttle::Throttler>,
     /// Sleep after each chunk, as a multiple of the time its comparison took (0 = none;
     /// gh-ost's `--nice-ratio`, shared with the backfill).
     pub nice_ratio: f64,
     /// Where rows verified so far are counted (`rows_verified` of the status).
-    pub progress: Option<&'a crate::progress::Progress>,
+    pub progress: Option<&'a crate::ops::progress::Progress>,
 }
 
 /// How a difference is given time to settle before it is compared again.
@@ -597,7 +599,7 @@ pub async fn check(config: &tokio_postgres::Config, options: &CheckOptions) -> R
     let alter = if options.alters.is_empty() {
         None
     } else {
-        Some(crate::alter::analyze(&options.alters).context("reading --alter")?)
+        Some(crate::model::alter::analyze(&options.alters).context("reading --alter")?)
     };
     let projection = projection_between(&client, &source, &target, alter.as_ref()).await?;
     let pair = Pair {
@@ -660,7 +662,7 @@ async fn projection_between(
     client: &Client,
     source: &Table,
     target: &Table,
-    alter: Option<&crate::alter::AlterSpec>,
+    alter: Option<&crate::model::alter::AlterSpec>,
 ) -> Result<Projection> {
     if source.pk_columns.is_empty() {
         bail!(

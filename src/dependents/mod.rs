@@ -52,7 +52,8 @@ use anyhow::{Context, Result, bail};
 use tokio_postgres::types::ToSql;
 use tokio_postgres::{GenericClient, Row, Statement};
 
-use crate::plan::{Names, comment_sql};
+use crate::model::names::Names;
+use crate::sql::comment_sql;
 use crate::sql::{ident, literal, qualified};
 
 /// A privilege granted on a view (or one of its columns), as `aclexplode` reports it.
@@ -2064,8 +2065,8 @@ mod tests {
     /// connection's settings are left as they were, after a failed read too.
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn prepared_reads_see_changes_committed_after_preparing() {
-        use crate::catalog::{PreparedFingerprint, fingerprint};
-        let cluster = crate::cluster::LocalCluster::start(Default::default())
+        use crate::model::catalog::{PreparedFingerprint, fingerprint};
+        let cluster = doppel_testkit::cluster::LocalCluster::start(Default::default())
             .await
             .unwrap();
         let mut client = cluster.connect("postgres").await.unwrap();
@@ -2078,7 +2079,7 @@ mod tests {
             )
             .await
             .unwrap();
-        let oid = crate::catalog::resolve(&client, "t").await.unwrap();
+        let oid = crate::model::catalog::resolve(&client, "t").await.unwrap();
         async fn settings_of(c: &tokio_postgres::Client) -> (String, String) {
             let r = c
                 .query_one(

@@ -7,7 +7,7 @@
 use anyhow::{Context, Result, bail};
 use tokio_postgres::{GenericClient, Statement};
 
-use crate::sql::qualified;
+use crate::sql::{ident, qualified};
 
 /// A column as the catalog describes it (`pg_attribute` + `pg_attrdef`).
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -472,4 +472,29 @@ impl PreparedFingerprint {
             .context("computing the catalog fingerprint")?;
         Ok(row.get(0))
     }
+}
+
+/// `GRANT` statements reproducing the original's table and column grants on `target`.
+pub fn grant_sql(
+    table: &Table,
+    target: &str,
+    column_name: impl Fn(&str) -> Option<String>,
+) -> Vec<String> {
+    let mut out = Vec::new();
+    for (grantee, privilege, grantable) in &table.grants {
+        out.push(format!(
+            "GRANT {privilege} ON {target} TO {grantee}{}",
+            if *grantable { " WITH GRANT OPTION" } else { "" }
+        ));
+    }
+    for (column, grantee, privilege, grantable) in &table.column_grants {
+        if let Some(name) = column_name(column) {
+            out.push(format!(
+                "GRANT {privilege} ({}) ON {target} TO {grantee}{}",
+                ident(&name),
+                if *grantable { " WITH GRANT OPTION" } else { "" }
+            ));
+        }
+    }
+    out
 }

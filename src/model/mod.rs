@@ -1,0 +1,8 @@
+//! What a migration is about, without I/O beyond catalog reads: the table as the catalog
+//! describes it, the `--alter` text, doppel's names, the column projection from original
+//! rows to shadow rows, and the phase a run is in.
+
+pub mod alter;
+pub mod catalog;
+pub mod names;
+pub mod projection;

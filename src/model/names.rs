@@ -1,0 +1,79 @@
+//! Names of everything doppel creates for one run: the shadow table, the kept old table, the
+//! publication, the replication slot and the logical-message prefix, all derived from the
+//! original table's OID so runs on different tables never collide and a leftover is
+//! recognisable.
+
+use crate::sql::{qualified, truncate_bytes};
+
+/// PostgreSQL's identifier length limit in bytes (NAMEDATALEN - 1).
+pub const MAX_IDENT: usize = 63;
+
+/// Names of everything doppel creates for one run on the table with OID `oid`. Built from the
+/// OID so two runs on different tables never collide and a leftover is recognisable; each
+/// within the 63-byte identifier limit.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Names {
+    /// Schema of the original (and of the shadow).
+    pub schema: String,
+    /// The original's name.
+    pub table: String,
+    /// The shadow table: `_doppel_<oid>_new_<name>`.
+    pub shadow: String,
+    /// The name the original is kept under after cutover: `_doppel_<oid>_old_<name>`.
+    pub old: String,
+    /// The publication `doppel_<oid>` (FOR TABLE the original only).
+    pub publication: String,
+    /// The logical replication slot `doppel_<oid>`.
+    pub slot: String,
+    /// Prefix of doppel's logical messages (fences) for this run.
+    pub message_prefix: String,
+}
+
+impl Names {
+    /// Names for the table `schema.table` with OID `oid`.
+    pub fn new(schema: &str, table: &str, oid: u32) -> Names {
+        let with_prefix = |prefix: String| {
+            let room = MAX_IDENT - prefix.len();
+            format!("{prefix}{}", truncate_bytes(table, room))
+        };
+        Names {
+            schema: schema.to_string(),
+            table: table.to_string(),
+            shadow: with_prefix(format!("_doppel_{oid}_new_")),
+            old: with_prefix(format!("_doppel_{oid}_old_")),
+            publication: format!("doppel_{oid}"),
+            slot: format!("doppel_{oid}"),
+            message_prefix: format!("doppel_{oid}"),
+        }
+    }
+
+    /// `"schema"."shadow"`.
+    pub fn shadow_qualified(&self) -> String {
+        qualified(&self.schema, &self.shadow)
+    }
+
+    /// `"schema"."table"`.
+    pub fn table_qualified(&self) -> String {
+        qualified(&self.schema, &self.table)
+    }
+
+    /// `"schema"."old"`.
+    pub fn old_qualified(&self) -> String {
+        qualified(&self.schema, &self.old)
+    }
+
+    /// Temporary name of the shadow's `n`-th index until cutover: `_doppel_<oid>_new_i<n>`.
+    pub fn shadow_index(&self, oid: u32, n: usize) -> String {
+        format!("_doppel_{oid}_new_i{n}")
+    }
+
+    /// Name the original's `n`-th index is kept under after cutover: `_doppel_<oid>_old_i<n>`.
+    pub fn old_index(&self, oid: u32, n: usize) -> String {
+        format!("_doppel_{oid}_old_i{n}")
+    }
+
+    /// Name the original's `n`-th owned sequence is kept under after cutover.
+    pub fn old_sequence(&self, oid: u32, n: usize) -> String {
+        format!("_doppel_{oid}_old_s{n}")
+    }
+}

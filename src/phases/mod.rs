@@ -1,0 +1,12 @@
+//! The phases of a migration, in the order a run takes them (docs/design.md §1): the
+//! [`shadow`] table, [`capture`] of the change stream into a local spool, the [`backfill`]
+//! in chunks, [`apply`] of the spooled and live changes, the [`fence`] that proves a catch-up,
+//! [`verify`], and the [`cutover`].
+
+pub mod apply;
+pub mod backfill;
+pub mod capture;
+pub mod cutover;
+pub mod fence;
+pub mod shadow;
+pub mod verify;
