@@ -402,7 +402,14 @@ impl Env {
             client
                 .batch_execute("SET application_name = 'doppel applier'")
                 .await?;
-            let applier = Applier::spawn(client, self.plan.clone(), reader, None).await?;
+            let applier = Applier::spawn(
+                client,
+                self.plan.clone(),
+                reader,
+                None,
+                doppel::testing::Probe::default(),
+            )
+            .await?;
             applier.set_collapse(collapse);
             let t0 = Instant::now();
             applier.resume();

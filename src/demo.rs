@@ -108,7 +108,7 @@ async fn run_on(
         migration_time.as_secs_f64()
     );
     for (phase, d) in &report.phases {
-        println!("  {phase:<24}{:.2} s", d.as_secs_f64());
+        println!("  {:<24}{:.2} s", phase.label(), d.as_secs_f64());
     }
     println!("rows copied:            {}", report.copy.rows);
     println!("changes applied:        {}", report.applied_changes);

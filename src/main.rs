@@ -403,7 +403,7 @@ async fn run(args: RunArgs, cancel: &Cancel) -> anyhow::Result<()> {
                 report.verify.chunks
             );
             for (phase, d) in &report.phases {
-                println!("  {phase:<24}{:.2} s", d.as_secs_f64());
+                println!("  {:<24}{:.2} s", phase.label(), d.as_secs_f64());
             }
             println!(
                 "cutover: lock held {:.1} ms after {} attempt(s); total {:.1} s",

@@ -10,7 +10,7 @@ use std::path::Path;
 use std::time::Duration;
 
 use doppel::cancel::Cancel;
-use doppel::run::{self, Outcome, RunOptions};
+use doppel::run::{Outcome, RunOptions};
 use tokio::task::JoinHandle;
 use tokio_postgres::Client;
 
@@ -59,7 +59,7 @@ fn start(
     cancel: Cancel,
 ) -> Run {
     let config: tokio_postgres::Config = cluster.conninfo("postgres").parse().unwrap();
-    tokio::spawn(async move { run::run(&config, &options, &cancel).await })
+    tokio::spawn(async move { common::run_paused(&config, &options, &cancel).await })
 }
 
 /// Starts the run held at the `shadow-built` pause point and waits until it is there.
@@ -68,13 +68,17 @@ async fn start_at_shadow_built(
     options: RunOptions,
     cancel: Cancel,
 ) -> Run {
-    doppel::testing::pause::arm(&options.work_dir, "shadow-built").unwrap();
+    doppel::testing::arm(&common::pause_dir(&options.work_dir), "shadow-built").unwrap();
     let dir = options.work_dir.clone();
     let run = start(cluster, options, cancel);
     assert!(
-        doppel::testing::pause::wait_reached(&dir, "shadow-built", Duration::from_secs(60))
-            .await
-            .is_some(),
+        doppel::testing::wait_reached(
+            &common::pause_dir(&dir),
+            "shadow-built",
+            Duration::from_secs(60)
+        )
+        .await
+        .is_some(),
         "the run builds the shadow"
     );
     run
@@ -127,7 +131,7 @@ async fn ctrl_c_while_the_backfill_is_throttled_aborts_and_cleans_up() {
     let (cancel, signal) = Cancel::new();
     let run = start_at_shadow_built(&cluster, opts, signal).await;
     std::fs::write(&flag, b"").unwrap();
-    doppel::testing::pause::release(dir.path(), "shadow-built").unwrap();
+    doppel::testing::release(&common::pause_dir(dir.path()), "shadow-built").unwrap();
     let socket = dir.path().join("ctl.sock");
     let throttled = common::wait_until_async(Duration::from_secs(30), || async {
         status(&socket).await.contains("State: copying (throttled")
@@ -202,7 +206,7 @@ async fn panic_flag_file_stops_a_blocked_index_build() {
         .batch_execute(&format!("BEGIN; LOCK TABLE {shadow} IN ROW EXCLUSIVE MODE"))
         .await
         .unwrap();
-    doppel::testing::pause::release(dir.path(), "shadow-built").unwrap();
+    doppel::testing::release(&common::pause_dir(dir.path()), "shadow-built").unwrap();
     let building = "SELECT count(*) FROM pg_stat_activity
                     WHERE wait_event_type = 'Lock' AND pid <> pg_backend_pid()
                       AND (query ILIKE '%INDEX%' OR query ILIKE '%PRIMARY KEY%')";

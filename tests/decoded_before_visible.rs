@@ -25,7 +25,7 @@ use std::time::Duration;
 
 use doppel::cancel::Cancel;
 use doppel::run::{self, Outcome, RunOptions};
-use doppel::testing::pause::{self, Broken};
+use doppel::testing::{self as pause, Broken};
 use tokio::task::JoinHandle;
 use tokio_postgres::Client;
 
@@ -181,9 +181,9 @@ impl Run {
         tune: impl FnOnce(&mut RunOptions),
     ) -> Run {
         let dir = tempfile::tempdir().unwrap();
-        pause::arm(dir.path(), "verifying").unwrap();
+        pause::arm(&common::pause_dir(dir.path()), "verifying").unwrap();
         for (name, condition) in arms {
-            pause::arm_when(dir.path(), name, condition).unwrap();
+            pause::arm_when(&common::pause_dir(dir.path()), name, condition).unwrap();
         }
         let mut options = RunOptions {
             execute: true,
@@ -200,11 +200,12 @@ impl Run {
         tune(&mut options);
         let (cancel, signal) = Cancel::new();
         let run_config = config.clone();
-        let future = async move { run::run(&run_config, &options, &signal).await };
-        let handle = match broken {
-            Some(b) => tokio::spawn(pause::with_broken(b, config.clone(), future)),
-            None => tokio::spawn(future),
-        };
+        let pause_dir = common::pause_dir(dir.path());
+        let broken_config = broken.map(|b| (b, config.clone()));
+        let handle = tokio::spawn(async move {
+            let run = run::run(&run_config, &options, &signal);
+            pause::scoped(Some(&pause_dir), broken_config, run).await
+        });
         Run {
             dir,
             broken,
@@ -218,11 +219,11 @@ impl Run {
     }
 
     fn arm(&self, name: &str, condition: &str) {
-        pause::arm_when(self.dir(), name, condition).unwrap();
+        pause::arm_when(&common::pause_dir(self.dir()), name, condition).unwrap();
     }
 
     fn release(&self, name: &str) {
-        pause::release(self.dir(), name).unwrap();
+        pause::release(&common::pause_dir(self.dir()), name).unwrap();
     }
 
     /// Panics with the run's error if it has ended.
@@ -237,7 +238,7 @@ impl Run {
     async fn reached(&mut self, name: &str) -> String {
         let deadline = tokio::time::Instant::now() + WAIT;
         loop {
-            if let Some(detail) = pause::reached(self.dir(), name) {
+            if let Some(detail) = pause::reached(&common::pause_dir(self.dir()), name) {
                 return detail;
             }
             self.check_running(name).await;
@@ -266,7 +267,7 @@ impl Run {
         }
         let deadline = tokio::time::Instant::now() + WAIT;
         loop {
-            if pause::reached(self.dir(), "applied").is_some() {
+            if pause::reached(&common::pause_dir(self.dir()), "applied").is_some() {
                 break;
             }
             let blocked = common::scalar(
@@ -508,7 +509,7 @@ async fn commit_invisible_at_slot_snapshot(broken: Option<Broken>) -> (Diff, boo
     let deadline = tokio::time::Instant::now() + WAIT;
     let (server_waits, held, copied) = loop {
         let server_waits = slot_waits_for(&client, x).await;
-        let copied = pause::reached(run.dir(), "copying").is_some();
+        let copied = pause::reached(&common::pause_dir(run.dir()), "copying").is_some();
         let held = polls_for_visibility(&client, &mut seen).await;
         if server_waits || copied || held {
             break (server_waits, held, copied);
@@ -647,8 +648,8 @@ async fn reread_of_an_invisible_event(broken: Option<Broken>) -> Diff {
     run.release("chunk-open");
     let deadline = tokio::time::Instant::now() + WAIT;
     let (waited, applied) = loop {
-        let waited = pause::reached(run.dir(), "visibility-wait").is_some();
-        let applied = pause::reached(run.dir(), "applied").is_some();
+        let waited = pause::reached(&common::pause_dir(run.dir()), "visibility-wait").is_some();
+        let applied = pause::reached(&common::pause_dir(run.dir()), "applied").is_some();
         if waited || applied {
             break (waited, applied);
         }

@@ -1208,7 +1208,7 @@ async fn materialized_views_with_dependents_are_refused() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn migration_reports_a_failed_materialized_view_rebuild_and_keeps_it_intact() {
     use doppel::cancel::Cancel;
-    use doppel::run::{self, Outcome, RunOptions};
+    use doppel::run::{Outcome, RunOptions};
     let cluster = common::cluster().await;
     let client = cluster.connect("postgres").await.unwrap();
     client.batch_execute(MATVIEW_SCHEMA).await.unwrap();
@@ -1219,7 +1219,7 @@ async fn migration_reports_a_failed_materialized_view_rebuild_and_keeps_it_intac
     let obstacle = format!("public._doppel_{original}_mvi{index}");
 
     let dir = tempfile::tempdir().unwrap();
-    doppel::testing::pause::arm(dir.path(), "cutover-locked").unwrap();
+    doppel::testing::arm(&common::pause_dir(dir.path()), "cutover-locked").unwrap();
     let options = RunOptions {
         execute: true,
         work_dir: dir.path().to_path_buf(),
@@ -1227,11 +1227,12 @@ async fn migration_reports_a_failed_materialized_view_rebuild_and_keeps_it_intac
         ..RunOptions::new("public.t", &["ALTER COLUMN amount TYPE bigint"])
     };
     let config: tokio_postgres::Config = cluster.conninfo("postgres").parse().unwrap();
-    let run = tokio::spawn(async move { run::run(&config, &options, &Cancel::never()).await });
+    let run =
+        tokio::spawn(async move { common::run_paused(&config, &options, &Cancel::never()).await });
     let work_dir = dir.path().to_path_buf();
     assert!(
         common::wait_until(std::time::Duration::from_secs(60), || {
-            doppel::testing::pause::reached(&work_dir, "cutover-locked").is_some()
+            doppel::testing::reached(&common::pause_dir(&work_dir), "cutover-locked").is_some()
         }),
         "the cutover reaches its lock"
     );
@@ -1240,7 +1241,7 @@ async fn migration_reports_a_failed_materialized_view_rebuild_and_keeps_it_intac
         .batch_execute(&format!("CREATE TABLE {obstacle} ()"))
         .await
         .unwrap();
-    doppel::testing::pause::release(dir.path(), "cutover-locked").unwrap();
+    doppel::testing::release(&common::pause_dir(dir.path()), "cutover-locked").unwrap();
     let outcome = run.await.unwrap().unwrap();
     let Outcome::Migrated(report) = outcome else {
         panic!("the cutover committed: expected a migration, got {outcome:?}")

@@ -84,9 +84,10 @@ impl Stand {
     fn start_run(&self, point: Option<&str>) -> Child {
         let dir = self.dir.path();
         if let Some(point) = point {
-            doppel::testing::pause::arm(dir, point).unwrap();
+            doppel::testing::arm(&common::pause_dir(dir), point).unwrap();
         }
         Command::new(env!("CARGO_BIN_EXE_doppel"))
+            .env(doppel::testing::PAUSE_DIR_VAR, common::pause_dir(dir))
             .args([
                 "run",
                 "--dsn",
@@ -120,10 +121,10 @@ impl Stand {
     async fn wait_reached(&self, child: &mut Child, point: &str) -> String {
         let dir = self.dir.path();
         let reached = common::wait_until(Duration::from_secs(180), || {
-            doppel::testing::pause::reached(dir, point).is_some()
+            doppel::testing::reached(&common::pause_dir(dir), point).is_some()
                 || child.try_wait().unwrap().is_some()
         });
-        let detail = doppel::testing::pause::reached(dir, point);
+        let detail = doppel::testing::reached(&common::pause_dir(dir), point);
         assert!(
             reached && detail.is_some(),
             "doppel did not reach pause point {point}: {}",
@@ -422,7 +423,7 @@ async fn walsender_terminated_at(point: &str) -> (Option<i32>, String) {
     )
     .await;
     assert_eq!(terminated, 1, "doppel's walsender was terminated");
-    doppel::testing::pause::release(stand.dir.path(), point).unwrap();
+    doppel::testing::release(&common::pause_dir(stand.dir.path()), point).unwrap();
     let status = tokio::task::spawn_blocking(move || child.wait())
         .await
         .unwrap()

@@ -18,7 +18,6 @@ fn options(dir: &Path, table: &str, alters: &[&str]) -> RunOptions {
             chunk_time: Duration::from_millis(50),
             nice_ratio: 0.0,
             initial_rows: 500,
-            ..Default::default()
         },
         cutover_retries: 20,
         fence_timeout: Duration::from_millis(2000),

@@ -5,7 +5,7 @@
 //! equal the twin; a correct run then cuts over and the new `t` must equal the twin too.
 //!
 //! Each test runs its scenario twice: once against a deliberately wrong ordering
-//! ([`doppel::testing::pause::Broken`]) expecting the exact mismatch that ordering produces (so the test
+//! ([`doppel::testing::Broken`]) expecting the exact mismatch that ordering produces (so the test
 //! is known to bite), then against doppel's ordering (a) expecting equality.
 //!
 //! The backfill runs with one copy worker and 100-row chunks, so chunks are copied strictly
@@ -31,7 +31,7 @@ use std::time::Duration;
 
 use doppel::cancel::Cancel;
 use doppel::run::{self, Outcome, RunOptions};
-use doppel::testing::pause::{self, Broken};
+use doppel::testing::{self as pause, Broken};
 use tokio::task::JoinHandle;
 use tokio_postgres::Client;
 
@@ -200,9 +200,9 @@ impl Run {
         tune: impl FnOnce(&mut RunOptions),
     ) -> Run {
         let dir = tempfile::tempdir().unwrap();
-        pause::arm(dir.path(), "verifying").unwrap();
+        pause::arm(&common::pause_dir(dir.path()), "verifying").unwrap();
         for (name, condition) in arms {
-            pause::arm_when(dir.path(), name, condition).unwrap();
+            pause::arm_when(&common::pause_dir(dir.path()), name, condition).unwrap();
         }
         let mut options = RunOptions {
             execute: true,
@@ -219,11 +219,12 @@ impl Run {
         tune(&mut options);
         let (cancel, signal) = Cancel::new();
         let run_config = config.clone();
-        let future = async move { run::run(&run_config, &options, &signal).await };
-        let handle = match broken {
-            Some(b) => tokio::spawn(pause::with_broken(b, config.clone(), future)),
-            None => tokio::spawn(future),
-        };
+        let pause_dir = common::pause_dir(dir.path());
+        let broken_config = broken.map(|b| (b, config.clone()));
+        let handle = tokio::spawn(async move {
+            let run = run::run(&run_config, &options, &signal);
+            pause::scoped(Some(&pause_dir), broken_config, run).await
+        });
         Run {
             dir,
             broken,
@@ -237,11 +238,11 @@ impl Run {
     }
 
     fn arm(&self, name: &str, condition: &str) {
-        pause::arm_when(self.dir(), name, condition).unwrap();
+        pause::arm_when(&common::pause_dir(self.dir()), name, condition).unwrap();
     }
 
     fn release(&self, name: &str) {
-        pause::release(self.dir(), name).unwrap();
+        pause::release(&common::pause_dir(self.dir()), name).unwrap();
     }
 
     /// Panics with the run's error if it has ended.
@@ -256,7 +257,7 @@ impl Run {
     async fn reached(&mut self, name: &str) -> String {
         let deadline = tokio::time::Instant::now() + WAIT;
         loop {
-            if let Some(detail) = pause::reached(self.dir(), name) {
+            if let Some(detail) = pause::reached(&common::pause_dir(self.dir()), name) {
                 return detail;
             }
             self.check_running(name).await;
@@ -285,7 +286,7 @@ impl Run {
         }
         let deadline = tokio::time::Instant::now() + WAIT;
         loop {
-            if pause::reached(self.dir(), "applied").is_some() {
+            if pause::reached(&common::pause_dir(self.dir()), "applied").is_some() {
                 break;
             }
             let blocked = common::scalar(

@@ -34,8 +34,8 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use doppel::cancel::Cancel;
-use doppel::run::{self, Outcome, RunOptions};
-use doppel::testing::pause;
+use doppel::run::{Outcome, RunOptions};
+use doppel::testing as pause;
 use doppel_testkit::cluster::LocalCluster;
 use doppel_testkit::workload::{self, MatrixColumn, Mirror};
 use rand::rngs::StdRng;
@@ -376,13 +376,15 @@ async fn seed_on(
         writer.run(&mut c, &writer_mirror).await
     });
 
-    pause::arm(dir.path(), "copying")?;
+    pause::arm(&common::pause_dir(dir.path()), "copying")?;
     if hold_catch_up {
-        pause::arm(dir.path(), "catch-up")?;
+        pause::arm(&common::pause_dir(dir.path()), "catch-up")?;
     }
     let run_config = config.clone();
     let mut run =
-        tokio::spawn(async move { run::run(&run_config, &options, &Cancel::never()).await });
+        tokio::spawn(
+            async move { common::run_paused(&run_config, &options, &Cancel::never()).await },
+        );
 
     let slot_exists = common::wait_until_async(Duration::from_secs(60), || async {
         run.is_finished()
@@ -443,7 +445,7 @@ async fn seed_on(
 
     let paused = |name: &'static str| {
         let dir = dir.path().to_path_buf();
-        async move { pause::reached(&dir, name).is_some() }
+        async move { pause::reached(&common::pause_dir(&dir), name).is_some() }
     };
     let wait_writer = |more: u64| {
         let progress = progress.clone();
@@ -478,7 +480,7 @@ async fn seed_on(
             "the writer stalled during the copy"
         );
     }
-    pause::release(dir.path(), "copying")?;
+    pause::release(&common::pause_dir(dir.path()), "copying")?;
     if hold_catch_up {
         let stopped = common::wait_until_async(Duration::from_secs(180), || async {
             paused("catch-up").await || run.is_finished()
@@ -491,7 +493,7 @@ async fn seed_on(
                 "the writer stalled at catch-up"
             );
         }
-        pause::release(dir.path(), "catch-up")?;
+        pause::release(&common::pause_dir(dir.path()), "catch-up")?;
     }
 
     calm.store(true, Ordering::Relaxed);
@@ -512,7 +514,7 @@ async fn seed_on(
             let mut phases: Vec<String> = run
                 .phases
                 .iter()
-                .map(|(name, d)| format!("{name} {:.1}s", d.as_secs_f64()))
+                .map(|(phase, d)| format!("{} {:.1}s", phase.label(), d.as_secs_f64()))
                 .collect();
             phases.push(format!(
                 "{} cutover attempts, lock held {} ms",

@@ -9,7 +9,7 @@ use std::process::Command;
 use std::time::{Duration, Instant};
 
 use doppel::cancel::Cancel;
-use doppel::run::{self, Outcome, RunOptions};
+use doppel::run::{Outcome, RunOptions};
 use doppel_testkit::cluster::LocalCluster;
 
 fn slow(dir: &Path) -> RunOptions {
@@ -73,7 +73,8 @@ async fn throttle_flag_file_pauses_the_backfill_until_removed() {
     let hooks = hooks_dir(dir.path(), "on-throttled");
     options.hooks_dir = Some(hooks.clone());
     let config: tokio_postgres::Config = cluster.conninfo("postgres").parse().unwrap();
-    let run = tokio::spawn(async move { run::run(&config, &options, &Cancel::never()).await });
+    let run =
+        tokio::spawn(async move { common::run_paused(&config, &options, &Cancel::never()).await });
     wait_growing(&client).await;
     std::fs::write(&flag, b"").unwrap();
     // The flag acts within 1 s; seeing a stall takes one more 500 ms sample.
@@ -122,13 +123,18 @@ async fn throttle_flag_file_pauses_verification_until_removed() {
         ..RunOptions::new("t", &["ALTER COLUMN v TYPE bigint"])
     };
     options.throttle.throttle_flag_file = Some(flag.clone());
-    doppel::testing::pause::arm(dir.path(), "verifying").unwrap();
+    doppel::testing::arm(&common::pause_dir(dir.path()), "verifying").unwrap();
     let config: tokio_postgres::Config = cluster.conninfo("postgres").parse().unwrap();
-    let run = tokio::spawn(async move { run::run(&config, &options, &Cancel::never()).await });
+    let run =
+        tokio::spawn(async move { common::run_paused(&config, &options, &Cancel::never()).await });
     assert!(
-        doppel::testing::pause::wait_reached(dir.path(), "verifying", Duration::from_secs(60))
-            .await
-            .is_some(),
+        doppel::testing::wait_reached(
+            &common::pause_dir(dir.path()),
+            "verifying",
+            Duration::from_secs(60)
+        )
+        .await
+        .is_some(),
         "the run reaches verification"
     );
     std::fs::write(&flag, b"").unwrap();
@@ -142,7 +148,7 @@ async fn throttle_flag_file_pauses_verification_until_removed() {
         "the flag file throttles the run: {}",
         status().await
     );
-    doppel::testing::pause::release(dir.path(), "verifying").unwrap();
+    doppel::testing::release(&common::pause_dir(dir.path()), "verifying").unwrap();
     let verified = || async {
         let json = doppel::ops::control::send(&socket, "status --json")
             .await
@@ -200,7 +206,8 @@ async fn panic_flag_file_aborts_and_cleans_up_promptly() {
     let hooks = hooks_dir(dir.path(), "on-failure");
     options.hooks_dir = Some(hooks.clone());
     let config: tokio_postgres::Config = cluster.conninfo("postgres").parse().unwrap();
-    let run = tokio::spawn(async move { run::run(&config, &options, &Cancel::never()).await });
+    let run =
+        tokio::spawn(async move { common::run_paused(&config, &options, &Cancel::never()).await });
     wait_growing(&client).await;
     std::fs::write(&flag, b"").unwrap();
     let created = Instant::now();
@@ -343,7 +350,8 @@ async fn standby_replay_lag_throttles_and_clearing_it_resumes() {
     options.throttle.max_replica_lag = Some(Duration::from_millis(500));
     options.throttle.replicas = vec![standby.conninfo().parse().unwrap()];
     let config: tokio_postgres::Config = cluster.conninfo("postgres").parse().unwrap();
-    let run = tokio::spawn(async move { run::run(&config, &options, &Cancel::never()).await });
+    let run =
+        tokio::spawn(async move { common::run_paused(&config, &options, &Cancel::never()).await });
     wait_growing(&client).await;
     replica
         .batch_execute("SELECT pg_wal_replay_pause()")
@@ -380,7 +388,8 @@ async fn busy_server_throttles_until_the_load_goes() {
     // The test's own short queries count as one active session at times: allow one.
     options.throttle.max_active_backends = Some(1);
     let config: tokio_postgres::Config = cluster.conninfo("postgres").parse().unwrap();
-    let run = tokio::spawn(async move { run::run(&config, &options, &Cancel::never()).await });
+    let run =
+        tokio::spawn(async move { common::run_paused(&config, &options, &Cancel::never()).await });
     wait_growing(&client).await;
     // Two long statements on other sessions are load above one active session.
     let mut sleepers = Vec::new();

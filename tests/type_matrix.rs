@@ -28,8 +28,8 @@ use std::path::Path;
 use std::time::Duration;
 
 use doppel::cancel::Cancel;
-use doppel::run::{self, Outcome, RunOptions, RunReport};
-use doppel::testing::pause;
+use doppel::run::{Outcome, RunOptions, RunReport};
+use doppel::testing as pause;
 use doppel_testkit::workload::{self, MatrixColumn, Mirror};
 use tokio::task::JoinHandle;
 
@@ -56,17 +56,17 @@ type Run = JoinHandle<anyhow::Result<Outcome>>;
 /// Starts the migration in the background.
 fn spawn_run(config: &tokio_postgres::Config, options: RunOptions) -> Run {
     let config = config.clone();
-    tokio::spawn(async move { run::run(&config, &options, &Cancel::never()).await })
+    tokio::spawn(async move { common::run_paused(&config, &options, &Cancel::never()).await })
 }
 
 /// Waits until the run stopped at pause point `name`; panics with the run's outcome if it
 /// ended instead, or after 120 s.
 async fn wait_paused(dir: &Path, name: &str, run: &mut Run) -> String {
     let stopped = common::wait_until_async(Duration::from_secs(120), || async {
-        pause::reached(dir, name).is_some() || run.is_finished()
+        pause::reached(&common::pause_dir(dir), name).is_some() || run.is_finished()
     })
     .await;
-    if let Some(detail) = pause::reached(dir, name) {
+    if let Some(detail) = pause::reached(&common::pause_dir(dir), name) {
         return detail;
     }
     if run.is_finished() {
@@ -292,8 +292,8 @@ async fn every_type_and_edge_value_arrives_exactly_through_copy_and_apply() {
         "ALTER COLUMN id TYPE bigint",
         "ADD COLUMN added text DEFAULT 'd'",
     ];
-    pause::arm(dir.path(), "copying").unwrap();
-    pause::arm(dir.path(), "catch-up").unwrap();
+    pause::arm(&common::pause_dir(dir.path()), "copying").unwrap();
+    pause::arm(&common::pause_dir(dir.path()), "catch-up").unwrap();
     let mut run = spawn_run(&config, options(dir.path(), "m", &alters));
 
     // Phase 0: the first chunk is committed, nothing else copied yet.
@@ -316,12 +316,12 @@ async fn every_type_and_edge_value_arrives_exactly_through_copy_and_apply() {
         "one chunk copied at the pause ({detail}): keys {lo}..={hi}, {n} rows"
     );
     run_mirrored(&mut client, &mirror, &phase_writes(&columns, 0)).await;
-    pause::release(dir.path(), "copying").unwrap();
+    pause::release(&common::pause_dir(dir.path()), "copying").unwrap();
 
     // Phase 1: everything copied, the primary key built; only the stream carries these.
     wait_paused(dir.path(), "catch-up", &mut run).await;
     run_mirrored(&mut client, &mirror, &phase_writes(&columns, 1)).await;
-    pause::release(dir.path(), "catch-up").unwrap();
+    pause::release(&common::pause_dir(dir.path()), "catch-up").unwrap();
 
     let report = migrated(run).await;
     assert!(
@@ -539,8 +539,8 @@ async fn rounding_type_changes_agree_on_both_paths_with_alter_table() {
 
     let dir = tempfile::tempdir().unwrap();
     let config: tokio_postgres::Config = cluster.conninfo("postgres").parse().unwrap();
-    pause::arm(dir.path(), "copying").unwrap();
-    pause::arm(dir.path(), "catch-up").unwrap();
+    pause::arm(&common::pause_dir(dir.path()), "copying").unwrap();
+    pause::arm(&common::pause_dir(dir.path()), "catch-up").unwrap();
     let mut run = spawn_run(&config, options(dir.path(), "r", ROUNDING_ALTERS));
 
     wait_paused(dir.path(), "copying", &mut run).await;
@@ -553,13 +553,13 @@ async fn rounding_type_changes_agree_on_both_paths_with_alter_table() {
     during_copy.extend(rounding_update(100, "update in copied range"));
     during_copy.extend(rounding_update(900, "update ahead of the copy"));
     run_mirrored(&mut client, &mirror, &[during_copy]).await;
-    pause::release(dir.path(), "copying").unwrap();
+    pause::release(&common::pause_dir(dir.path()), "copying").unwrap();
 
     wait_paused(dir.path(), "catch-up", &mut run).await;
     let mut after_copy = vec![rounding_insert(6000, "insert after the copy")];
     after_copy.extend(rounding_update(7000, "update after the copy"));
     run_mirrored(&mut client, &mirror, &[after_copy]).await;
-    pause::release(dir.path(), "catch-up").unwrap();
+    pause::release(&common::pause_dir(dir.path()), "catch-up").unwrap();
 
     migrated(run).await;
     let alters: Vec<String> = ROUNDING_ALTERS.iter().map(|a| a.to_string()).collect();
@@ -645,7 +645,7 @@ async fn streamed_values_survive_database_settings(settings: &str) {
     run_mirrored(&mut client, &mirror, &[vec![insert(0)]]).await;
     let dir = tempfile::tempdir().unwrap();
     let config: tokio_postgres::Config = cluster.conninfo("postgres").parse().unwrap();
-    pause::arm(dir.path(), "catch-up").unwrap();
+    pause::arm(&common::pause_dir(dir.path()), "catch-up").unwrap();
     let mut run = spawn_run(
         &config,
         options(dir.path(), "s", &["ALTER COLUMN id TYPE bigint"]),
@@ -661,7 +661,7 @@ async fn streamed_values_survive_database_settings(settings: &str) {
         ]],
     )
     .await;
-    pause::release(dir.path(), "catch-up").unwrap();
+    pause::release(&common::pause_dir(dir.path()), "catch-up").unwrap();
     migrated(run).await;
     let twin = workload::compare_with_twin(&client, "s", "s_twin")
         .await
@@ -721,7 +721,7 @@ async fn toast_unchanged_update_committed_as_the_cutover_waits_does_not_stall_th
     o.cutover_retries = 1;
     o.lock_timeout = Duration::from_secs(20);
     o.fence_timeout = Duration::from_secs(2);
-    pause::arm(dir.path(), "verifying").unwrap();
+    pause::arm(&common::pause_dir(dir.path()), "verifying").unwrap();
     let mut run = spawn_run(&config, o);
     wait_paused(dir.path(), "verifying", &mut run).await;
 
@@ -732,7 +732,7 @@ async fn toast_unchanged_update_committed_as_the_cutover_waits_does_not_stall_th
         .execute(&tx, "UPDATE {t} SET v = v + 1000000 WHERE id = 10")
         .await
         .unwrap();
-    pause::release(dir.path(), "verifying").unwrap();
+    pause::release(&common::pause_dir(dir.path()), "verifying").unwrap();
     let observer = cluster.connect("postgres").await.unwrap();
     let waiting = common::wait_until_async(Duration::from_secs(60), || async {
         common::scalar(

@@ -12,7 +12,7 @@ use std::path::Path;
 use std::time::Duration;
 
 use doppel::cancel::Cancel;
-use doppel::run::{self, RunOptions};
+use doppel::run::RunOptions;
 use tokio_postgres::Client;
 
 /// 3000 rows with `x = id`, `y = 'r' || id`.
@@ -97,7 +97,7 @@ async fn run_expecting_failure(
 ) -> String {
     let dir = tempfile::tempdir().unwrap();
     let config: tokio_postgres::Config = cluster.conninfo("postgres").parse().unwrap();
-    let result = run::run(&config, &options(dir.path(), alter), &Cancel::never()).await;
+    let result = common::run_paused(&config, &options(dir.path(), alter), &Cancel::never()).await;
     let err = match result {
         Ok(outcome) => panic!("the migration must fail, got {outcome:?}"),
         Err(e) => e,
@@ -148,7 +148,7 @@ async fn existing_duplicates_name_the_constraint_and_exit_as_a_conflict() {
         .unwrap();
     let dir = tempfile::tempdir().unwrap();
     let config: tokio_postgres::Config = cluster.conninfo("postgres").parse().unwrap();
-    let err = run::run(
+    let err = common::run_paused(
         &config,
         &options(dir.path(), "ADD CONSTRAINT u_x UNIQUE (x)"),
         &Cancel::never(),
@@ -194,7 +194,7 @@ async fn existing_rows_violating_an_added_check_exit_as_a_conflict() {
     let before = snapshot(&client).await;
     let dir = tempfile::tempdir().unwrap();
     let config: tokio_postgres::Config = cluster.conninfo("postgres").parse().unwrap();
-    let err = run::run(
+    let err = common::run_paused(
         &config,
         &options(dir.path(), "ADD CONSTRAINT u_x_positive CHECK (x >= 0)"),
         &Cancel::never(),
@@ -249,22 +249,23 @@ async fn live_write_at(
     client.batch_execute(SCHEMA).await.unwrap();
     let oid = snapshot(&client).await.oid;
     let dir = tempfile::tempdir().unwrap();
-    doppel::testing::pause::arm(dir.path(), point).unwrap();
+    doppel::testing::arm(&common::pause_dir(dir.path()), point).unwrap();
     let opts = options(dir.path(), alter);
     let config: tokio_postgres::Config = cluster.conninfo("postgres").parse().unwrap();
-    let run = tokio::spawn(async move { run::run(&config, &opts, &Cancel::never()).await });
+    let run =
+        tokio::spawn(async move { common::run_paused(&config, &opts, &Cancel::never()).await });
     let work_dir = dir.path().to_path_buf();
     let point_name = point.to_string();
     assert!(
         common::wait_until(Duration::from_secs(60), || {
-            doppel::testing::pause::reached(&work_dir, &point_name).is_some()
+            doppel::testing::reached(&common::pause_dir(&work_dir), &point_name).is_some()
         }),
         "the run reaches {point}"
     );
     client.batch_execute(write).await.unwrap();
     let after_write = snapshot(&client).await;
     assert_eq!(after_write.oid, oid);
-    doppel::testing::pause::release(dir.path(), point).unwrap();
+    doppel::testing::release(&common::pause_dir(dir.path()), point).unwrap();
     let err = match tokio::time::timeout(Duration::from_secs(120), run)
         .await
         .expect("the run ends")

@@ -332,8 +332,12 @@ async fn during_a_paused_run_the_shadow_compares_equal() {
     let oid = oid_of(&client, "orders").await;
     let shadow = format!("public._doppel_{oid}_new_orders");
     let dir = tempfile::tempdir().unwrap();
-    doppel::testing::pause::arm(dir.path(), "verifying").unwrap();
+    doppel::testing::arm(&common::pause_dir(dir.path()), "verifying").unwrap();
     let mut run = Command::new(env!("CARGO_BIN_EXE_doppel"))
+        .env(
+            doppel::testing::PAUSE_DIR_VAR,
+            common::pause_dir(dir.path()),
+        )
         .args(["run", "--dsn", &dsn, "--table", "orders", "--execute"])
         .args(["--progress", "lines"])
         .args(ORDERS_ALTER.iter().flat_map(|a| ["--alter", a]))
@@ -351,11 +355,11 @@ async fn during_a_paused_run_the_shadow_compares_equal() {
             + &std::fs::read_to_string(dir.path().join("run.out")).unwrap_or_default()
     };
     let reached = common::wait_until(Duration::from_secs(180), || {
-        doppel::testing::pause::reached(dir.path(), "verifying").is_some()
+        doppel::testing::reached(&common::pause_dir(dir.path()), "verifying").is_some()
             || run.try_wait().unwrap().is_some()
     });
     assert!(
-        reached && doppel::testing::pause::reached(dir.path(), "verifying").is_some(),
+        reached && doppel::testing::reached(&common::pause_dir(dir.path()), "verifying").is_some(),
         "the run reached its verify phase: {}",
         run_output()
     );
@@ -458,7 +462,7 @@ async fn during_a_paused_run_the_shadow_compares_equal() {
     client.batch_execute(&repair).await.unwrap();
 
     // The run goes on and completes; the result matches the oracle.
-    doppel::testing::pause::release(dir.path(), "verifying").unwrap();
+    doppel::testing::release(&common::pause_dir(dir.path()), "verifying").unwrap();
     let status = tokio::task::spawn_blocking(move || run.wait())
         .await
         .unwrap()

@@ -5,4 +5,6 @@
 pub mod alter;
 pub mod catalog;
 pub mod names;
+pub mod phase;
 pub mod projection;
+pub mod snapshot;

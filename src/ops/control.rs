@@ -301,7 +301,7 @@ impl StatusSource for Progress {
             _ => 0.0,
         };
         json!({
-            "phase": if s.phase.is_empty() { "starting" } else { &s.phase },
+            "phase": s.state_name(),
             "rows_copied": s.rows_copied,
             "rows_estimate": s.rows_estimate,
             "rows_verified": s.rows_verified,

@@ -8,6 +8,8 @@ use std::time::{Duration, Instant};
 
 use indicatif::{ProgressBar, ProgressStyle};
 
+use crate::model::phase::Phase;
+
 /// Shared progress counters, updated by the phases and read by the reporter.
 #[derive(Debug)]
 pub struct Progress {
@@ -18,8 +20,8 @@ pub struct Progress {
 /// A snapshot of the counters.
 #[derive(Debug, Clone, Default)]
 pub struct State {
-    /// Current phase (`preflight`, `copying`, `indexing`, `catching up`, `verifying`, `cutover`, `done`).
-    pub phase: String,
+    /// Current phase; `None` before the first (shown as `starting`).
+    pub phase: Option<Phase>,
     /// Rows copied by the backfill.
     pub rows_copied: u64,
     /// Estimated rows in the original (`reltuples`; 0 when unknown).
@@ -42,6 +44,13 @@ pub struct State {
     pub throttled: String,
     /// Worst replica lag seen by the throttler (ms), when it measures one.
     pub replica_lag_ms: Option<u64>,
+}
+
+impl State {
+    /// The phase's state name (`starting` before the first phase).
+    pub fn state_name(&self) -> &'static str {
+        self.phase.map_or("starting", Phase::state)
+    }
 }
 
 impl Progress {
@@ -93,12 +102,12 @@ impl Progress {
             (Some(_), None) => "-".to_string(),
             _ => "0s".to_string(),
         };
-        let phase = if s.phase == "verifying" {
+        let phase = if s.phase == Some(Phase::Verify) {
             format!("verifying {}/{} rows", s.rows_verified, s.rows_copied)
         } else {
-            s.phase.clone()
+            s.state_name().to_string()
         };
-        let state = match (s.phase.is_empty(), s.throttled.is_empty()) {
+        let state = match (s.phase.is_none(), s.throttled.is_empty()) {
             (true, _) => "starting".to_string(),
             (false, true) => phase,
             (false, false) => format!("{phase} (throttled: {})", s.throttled),
@@ -193,7 +202,7 @@ pub fn spawn_reporter(
                     };
                     bar.set_message(format!(
                         "{} applied={} lag={}{throttled}",
-                        s.phase,
+                        s.state_name(),
                         s.applied,
                         format_bytes(s.lag_bytes)
                     ));
@@ -214,7 +223,7 @@ mod tests {
         p.update(|s| {
             s.rows_copied = 50;
             s.rows_estimate = 200;
-            s.phase = "copying".into();
+            s.phase = Some(Phase::Copy);
         });
         let line = p.status_line();
         assert!(
@@ -223,7 +232,7 @@ mod tests {
         );
         assert!(line.contains("State: copying"));
         p.update(|s| {
-            s.phase = "verifying".into();
+            s.phase = Some(Phase::Verify);
             s.rows_verified = 25;
         });
         assert!(

@@ -25,9 +25,9 @@
 //! never sees a state the original did not pass through. Statements are pipelined. Progress
 //! (applied LSN, fences) is published only after the shadow transaction commits.
 //!
-//! Test-only (the `pause-points` feature, see [`crate::pause`]): the race points `applied`
-//! and `visibility-wait`, and the deliberately broken orderings of [`crate::testing::pause::Broken`]
-//! that concern the apply (captured when the applier is spawned).
+//! Test hooks (the `pause-points` feature, see [`crate::testing`]): the race points `applied`
+//! and `visibility-wait`, and the deliberately broken orderings that concern the apply, from
+//! the probe the applier is spawned with.
 
 use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
@@ -39,10 +39,11 @@ use tokio::task::JoinHandle;
 use tokio_postgres::types::ToSql;
 use tokio_postgres::{Client, Statement, Transaction};
 
+use crate::model::snapshot::Snapshot;
 use crate::phases::capture::spool::SpoolReader;
 use crate::plan::Plan;
 use crate::sql::ident;
-use crate::testing::pause::Broken;
+use crate::testing::{Probe, broken, pause_point};
 use pglogrepl::lsn::Lsn;
 use pglogrepl::pgoutput::{self, ColumnValue, PgOutputMessage, TupleData};
 
@@ -92,15 +93,16 @@ impl Applier {
     /// paused. Errors: a statement does not prepare (the shadow lacks its primary key).
     ///
     /// While `hold` reports throttle reasons, no new batch starts (the spool absorbs the
-    /// stream meanwhile).
+    /// stream meanwhile). `probe` carries the run's test hooks (`Probe::default()`: none).
     pub async fn spawn(
         client: Client,
         plan: Arc<Plan>,
         reader: SpoolReader,
         hold: Option<watch::Receiver<crate::ops::throttle::ThrottleState>>,
+        probe: Probe,
     ) -> Result<Applier> {
         let collapse = Arc::new(std::sync::atomic::AtomicBool::new(true));
-        let mut worker = Worker::new(client, plan, reader, collapse.clone()).await?;
+        let mut worker = Worker::new(client, plan, reader, collapse.clone(), probe).await?;
         worker.hold = hold;
         let (control_tx, control_rx) = watch::channel(Control::Pause);
         let (status_tx, status_rx) = watch::channel(ApplyStatus {
@@ -324,11 +326,8 @@ struct Worker {
     relation_checked: bool,
     collapse: Arc<std::sync::atomic::AtomicBool>,
     hold: Option<watch::Receiver<crate::ops::throttle::ThrottleState>>,
-    /// Test-only pause points (`applied`, `visibility-wait`) of the run.
-    pauses: crate::testing::pause::Pauses,
-    /// Test-only deliberately broken ordering captured at spawn (always `None` in a normal
-    /// build; see [`crate::testing::pause::Broken`]).
-    broken: Option<Arc<crate::testing::pause::BrokenRun>>,
+    /// The run's test hooks (pause points `applied`, `visibility-wait`; broken orderings).
+    probe: Probe,
 }
 
 struct Batch {
@@ -347,6 +346,7 @@ impl Worker {
         plan: Arc<Plan>,
         reader: SpoolReader,
         collapse: Arc<std::sync::atomic::AtomicBool>,
+        probe: Probe,
     ) -> Result<Worker> {
         let shadow = plan.names.shadow_qualified();
         let table = plan.original.qualified();
@@ -372,7 +372,6 @@ impl Worker {
                 .as_ref()
                 .is_some_and(|s| c.expression == format!("src.{}", ident(&s.name)))
         });
-        let pauses = reader.pauses().clone();
         Ok(Worker {
             client,
             plan,
@@ -386,8 +385,7 @@ impl Worker {
             relation_checked: false,
             collapse,
             hold: None,
-            pauses,
-            broken: crate::testing::pause::current(),
+            probe,
         })
     }
 
@@ -428,22 +426,21 @@ impl Worker {
                 return Ok(());
             };
             let batch = self.apply_batch(first).await?;
-            self.pauses
-                .point_if(
-                    "applied",
-                    &format!(
-                        "lsn={} xids={}",
-                        batch.applied,
-                        batch
-                            .xids
-                            .iter()
-                            .map(u32::to_string)
-                            .collect::<Vec<_>>()
-                            .join(",")
-                    ),
-                    |c| crate::testing::pause::names_xid(c, &batch.xids),
-                )
-                .await;
+            pause_point!(
+                self.probe,
+                "applied",
+                format!(
+                    "lsn={} xids={}",
+                    batch.applied,
+                    batch
+                        .xids
+                        .iter()
+                        .map(u32::to_string)
+                        .collect::<Vec<_>>()
+                        .join(",")
+                ),
+                |c: &str| crate::testing::names_xid(c, &batch.xids)
+            );
             let idle = !self.reader.has_more();
             status.send_modify(|s| {
                 s.applied = s.applied.max(batch.applied);
@@ -453,6 +450,16 @@ impl Worker {
                 s.idle = idle;
             });
         }
+    }
+
+    /// Test-only ([`crate::testing::Broken::ApplyDuringCopy`]): where the applier that ran
+    /// during the backfill stopped; [`Lsn::INVALID`] in every normal run.
+    fn applied_during_copy(&self) -> Lsn {
+        #[cfg(feature = "pause-points")]
+        if broken!(self.probe, ApplyDuringCopy) {
+            return self.probe.applied_during_copy();
+        }
+        Lsn::INVALID
     }
 
     /// Applies records from `first` up to a transaction boundary where the batch is full or
@@ -466,15 +473,11 @@ impl Worker {
             xid: 0,
             xids: Vec::new(),
         };
-        let broken = self.broken.as_ref().map(|b| b.variant());
         // Test-only broken orderings (never in a normal build): changes are not collapsed per
         // key; transactions applied during the backfill are not applied again.
         let collapse = self.collapse.load(std::sync::atomic::Ordering::SeqCst)
-            && broken != Some(Broken::UnorderedBatch);
-        let applied_during_copy = match &self.broken {
-            Some(b) if b.variant() == Broken::ApplyDuringCopy => b.applied_during_copy(),
-            _ => Lsn::INVALID,
-        };
+            && !broken!(self.probe, UnorderedBatch);
+        let applied_during_copy = self.applied_during_copy();
         let mut skip_txn = false;
         let plan = self.plan.clone();
         let mut pending = Pending::new();
@@ -488,8 +491,7 @@ impl Worker {
             reread: &self.reread,
             reread_missing: &self.reread_missing,
             partial: &mut partial,
-            pauses: &self.pauses,
-            broken,
+            probe: &self.probe,
         };
         let mut in_source_txn = false;
         let mut record = first;
@@ -538,7 +540,7 @@ impl Worker {
                         }
                     }
                     let op = if row.iter().all(|v| *v != Val::Unchanged)
-                        || broken == Some(Broken::PartialAsFull)
+                        || broken!(self.probe, PartialAsFull)
                     {
                         Op::Upsert(row.iter().map(Val::bind).collect())
                     } else if self.direct_partial {
@@ -651,8 +653,7 @@ struct Exec<'a> {
     reread: &'a Statement,
     reread_missing: &'a Statement,
     partial: &'a mut HashMap<Vec<bool>, Statement>,
-    pauses: &'a crate::testing::pause::Pauses,
-    broken: Option<Broken>,
+    probe: &'a Probe,
 }
 
 /// One statement to send: the statement and its parameters.
@@ -682,24 +683,23 @@ impl Exec<'_> {
         if pending.len() == 0 {
             return Ok(());
         }
-        // A re-read must see the event's transaction (DESIGN.md F3).
-        if self.broken != Some(Broken::NoVisibilityWait) {
-            wait_visible_pausing(self.tx, &pending.xids, Some(self.pauses)).await?;
+        // A re-read must see the event's transaction (docs/design.md §2.6, F3).
+        if !broken!(self.probe, NoVisibilityWait) {
+            wait_visible_pausing(self.tx, &pending.xids, self.probe).await?;
         }
         let mut ordered = pending.ordered;
-        match self.broken {
-            // Test-only broken orderings: kinds grouped regardless of source order; re-reads
-            // dropped.
-            Some(Broken::UnorderedBatch) => ordered.sort_by_key(|(_, op)| match op {
+        let mut collapsed = pending.collapsed;
+        // Test-only broken orderings: kinds grouped regardless of source order; re-reads
+        // dropped.
+        if broken!(self.probe, UnorderedBatch) {
+            ordered.sort_by_key(|(_, op)| match op {
                 Op::Upsert(_) => 0,
                 Op::Partial(_) | Op::ReRead => 1,
                 Op::Delete => 2,
-            }),
-            Some(Broken::NoReread) => ordered.retain(|(_, op)| *op != Op::ReRead),
-            _ => {}
+            });
         }
-        let mut collapsed = pending.collapsed;
-        if self.broken == Some(Broken::NoReread) {
+        if broken!(self.probe, NoReread) {
+            ordered.retain(|(_, op)| *op != Op::ReRead);
             collapsed.retain(|_, op| *op != Op::ReRead);
         }
         let mut calls = Vec::new();
@@ -857,7 +857,7 @@ impl Exec<'_> {
         }
         // Keys a partial update did not find: copy their current version from the original
         // (keeping a row a later change of this batch wrote meanwhile).
-        if !missing.is_empty() && self.broken != Some(Broken::NoReread) {
+        if !missing.is_empty() && !broken!(self.probe, NoReread) {
             let width = missing[0].len();
             let mut params: Vec<Vec<Option<String>>> = vec![Vec::new(); width];
             for key in &missing {
@@ -947,36 +947,32 @@ fn check_relation(plan: &Plan, rel: &pgoutput::Relation) -> Result<()> {
 /// Errors: a transaction still invisible after 60 s (a synchronous standby that never
 /// acknowledges), or a failed query.
 pub async fn wait_visible(client: &impl tokio_postgres::GenericClient, xids: &[u32]) -> Result<()> {
-    wait_visible_pausing(client, xids, None).await
+    wait_visible_pausing(client, xids, &Probe::default()).await
 }
 
-/// [`wait_visible`], stopping once at the test-only `visibility-wait` pause point of `pauses`
+/// [`wait_visible`], stopping once at the test-only `visibility-wait` pause point of `probe`
 /// when a transaction is found invisible.
 async fn wait_visible_pausing(
     client: &impl tokio_postgres::GenericClient,
     xids: &[u32],
-    pauses: Option<&crate::testing::pause::Pauses>,
+    probe: &Probe,
 ) -> Result<()> {
     if xids.is_empty() {
         return Ok(());
     }
     let deadline = std::time::Instant::now() + Duration::from_secs(60);
-    let mut pauses = pauses;
+    let mut first = true;
     loop {
-        let snapshot: String = client
+        let text: String = client
             .query_one("SELECT pg_current_snapshot()::text", &[])
             .await?
             .get(0);
-        let (xmin, xmax, xip) = parse_snapshot(&snapshot)?;
-        let invisible = xids.iter().copied().find(|xid| {
-            let full = widen_xid(*xid, xmax);
-            !(full < xmin || (full < xmax && !xip.contains(&full)))
-        });
-        let Some(xid) = invisible else {
+        let snapshot = Snapshot::parse(&text)?;
+        let Some(xid) = xids.iter().copied().find(|x| !snapshot.sees_xid32(*x)) else {
             return Ok(());
         };
-        if let Some(p) = pauses.take() {
-            p.point("visibility-wait", &format!("xid={xid}")).await;
+        if std::mem::take(&mut first) {
+            pause_point!(probe, "visibility-wait", format!("xid={xid}"));
         }
         if std::time::Instant::now() > deadline {
             bail!(
@@ -984,102 +980,5 @@ async fn wait_visible_pausing(
             );
         }
         tokio::time::sleep(Duration::from_millis(2)).await;
-    }
-}
-
-/// Transactions that the snapshot `exported` counts as committed but that are not visible to
-/// the newer snapshot `current` yet: in `current`'s in-progress list, or at or above its
-/// `xmax` (a transaction still in the ProcArray has not advanced the latest completed xid, so
-/// a new snapshot's `xmax` can stop at or below it). Both snapshots as [`parse_snapshot`]
-/// returns them. A slot's exported snapshot can count a commit that is in WAL but not yet
-/// visible (DESIGN.md §1.3, F3); the backfill must wait until this is empty.
-///
-/// Always empty under the test-only [`Broken::NoVisibilityWait`] variant.
-pub fn committed_but_not_visible(
-    exported: &(u64, u64, Vec<u64>),
-    current: &(u64, u64, Vec<u64>),
-) -> Vec<u64> {
-    if crate::testing::pause::broken() == Some(Broken::NoVisibilityWait) {
-        return Vec::new();
-    }
-    let (_, exported_xmax, exported_xip) = exported;
-    let (_, current_xmax, current_xip) = current;
-    let counted = |x: &u64| *x < *exported_xmax && !exported_xip.contains(x);
-    let mut pending: Vec<u64> = current_xip.iter().copied().filter(counted).collect();
-    pending.extend((*current_xmax..*exported_xmax).filter(counted));
-    pending.sort_unstable();
-    pending.dedup();
-    pending
-}
-
-/// Parses `pg_snapshot` text `xmin:xmax:xip1,xip2,..` into 64-bit transaction ids.
-pub fn parse_snapshot(text: &str) -> Result<(u64, u64, Vec<u64>)> {
-    let mut parts = text.split(':');
-    let bad = || anyhow!("unexpected pg_snapshot text {text:?}");
-    let xmin: u64 = parts.next().ok_or_else(bad)?.parse().map_err(|_| bad())?;
-    let xmax: u64 = parts.next().ok_or_else(bad)?.parse().map_err(|_| bad())?;
-    let xip = parts
-        .next()
-        .unwrap_or("")
-        .split(',')
-        .filter(|s| !s.is_empty())
-        .map(|s| s.parse::<u64>().map_err(|_| bad()))
-        .collect::<Result<Vec<_>>>()?;
-    Ok((xmin, xmax, xip))
-}
-
-/// The 64-bit id of a recent 32-bit `xid`, relative to a snapshot's `xmax` (the epoch of the
-/// nearest id at or below `xmax`).
-pub fn widen_xid(xid: u32, xmax: u64) -> u64 {
-    let epoch = xmax >> 32;
-    let candidate = (epoch << 32) | u64::from(xid);
-    if candidate > xmax && epoch > 0 {
-        candidate - (1 << 32)
-    } else {
-        candidate
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn snapshot_text_parses() {
-        assert_eq!(
-            parse_snapshot("724:730:725,727").unwrap(),
-            (724, 730, vec![725, 727])
-        );
-        assert_eq!(parse_snapshot("10:10:").unwrap(), (10, 10, vec![]));
-        assert!(parse_snapshot("x").is_err());
-    }
-
-    #[test]
-    fn exported_commits_not_yet_visible_are_found() {
-        // PostgreSQL 14: the writer (739) is committed in the exported snapshot, and a new
-        // snapshot's xmax stops at it because it has not left the ProcArray.
-        let exported = (739, 740, vec![]);
-        assert_eq!(
-            committed_but_not_visible(&exported, &(739, 739, vec![])),
-            vec![739]
-        );
-        assert!(committed_but_not_visible(&exported, &(740, 740, vec![])).is_empty());
-        // In the in-progress list; 705 was in progress for the exported snapshot too.
-        let exported = (700, 750, vec![705]);
-        assert_eq!(
-            committed_but_not_visible(&exported, &(700, 760, vec![705, 720, 755])),
-            vec![720]
-        );
-    }
-
-    #[test]
-    fn xids_widen_into_the_right_epoch() {
-        assert_eq!(widen_xid(5, 10), 5);
-        let xmax = (3u64 << 32) | 100;
-        assert_eq!(widen_xid(50, xmax), (3 << 32) | 50);
-        assert_eq!(
-            widen_xid(u32::MAX - 1, xmax),
-            (2 << 32) | u64::from(u32::MAX - 1)
-        );
     }
 }

@@ -1,7 +1,7 @@
 //! The backfill: existing rows copied into the shadow in primary-key chunks, each chunk one
 //! short server-side statement (`INSERT INTO shadow .. SELECT <projection> FROM ONLY t AS src
 //! WHERE key IN (lo, hi]`) in its own transaction, so no snapshot lives longer than one chunk
-//! (DESIGN.md §1.4, invariant I4).
+//! (docs/design.md §1.4, invariant I4).
 //!
 //! Chunks are sized by time, not rows (spirit's approach): each chunk's row count is scaled
 //! by `target / measured duration`, at most doubling or halving per step. After each chunk the
@@ -12,21 +12,24 @@
 //! by the stream, which the applier replays after the whole backfill. One session plans the
 //! ranges; `--copy-workers` sessions copy them concurrently.
 //!
-//! Test-only (the `pause-points` feature, see [`crate::pause`]): the race points `chunk-open`
-//! and `copying`, and the deliberately broken ordering
-//! [`crate::testing::pause::Broken::ApplyDuringCopy`], which runs an applier while the chunks are
-//! copied.
+//! Test hooks (the `pause-points` feature, see [`crate::testing`]): the race points
+//! `chunk-open` and `copying`, and the deliberately broken ordering `ApplyDuringCopy`, which
+//! runs an applier while the chunks are copied (`phases::broken`).
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result};
-use tokio_postgres::Client;
+use tokio::sync::{Mutex, mpsc};
 use tokio_postgres::types::ToSql;
+use tokio_postgres::{Client, Statement};
 
+use crate::ops::control::Controls;
 use crate::ops::progress::Progress;
+use crate::ops::throttle::Throttler;
 use crate::plan::Plan;
+use crate::testing::{Probe, broken, pause_armed, pause_point};
 
 /// Backfill settings.
 #[derive(Debug, Clone)]
@@ -37,9 +40,6 @@ pub struct CopyOptions {
     pub nice_ratio: f64,
     /// Rows in the first chunk.
     pub initial_rows: i64,
-    /// Test-only pause points: `chunk-open` (a chunk's statement ran, its transaction is not
-    /// committed) and `copying` (a chunk committed); see [`crate::pause`].
-    pub pauses: crate::testing::pause::Pauses,
 }
 
 impl Default for CopyOptions {
@@ -48,7 +48,6 @@ impl Default for CopyOptions {
             chunk_time: Duration::from_millis(100),
             nice_ratio: 0.0,
             initial_rows: 1_000,
-            pauses: crate::testing::pause::Pauses::default(),
         }
     }
 }
@@ -72,47 +71,121 @@ pub fn next_chunk_rows(rows: i64, took: Duration, target: Duration) -> i64 {
     ((rows as f64 * factor) as i64).clamp(100, 5_000_000)
 }
 
-/// A key range `(lower, upper]` to copy; `None` bounds are open.
-type Range = (Option<Vec<Option<String>>>, Option<Vec<Option<String>>>);
+/// One bound of a key range, as text per key column; `None` is open.
+type Bound = Option<Vec<Option<String>>>;
 
-/// Copies every row of the original into the shadow. `client` plans the chunks (index-only
-/// boundary scans); each of `workers` (one session each) copies ranges as they come, so
-/// `workers.len()` chunks run at once. `check` is called between chunks and stops the copy
-/// with its error (cancellation, a failed stream); while `throttle` reports a reason, no new
-/// chunk starts.
-#[allow(clippy::too_many_arguments)]
-pub async fn backfill(
-    client: &Client,
-    workers: &[Client],
-    plan: &Plan,
-    options: &CopyOptions,
-    progress: &Arc<Progress>,
-    throttle: Option<&crate::ops::throttle::Throttler>,
-    controls: Option<&Arc<crate::ops::control::Controls>>,
-    check: impl Fn() -> Result<()>,
-) -> Result<CopyReport> {
-    let table = plan.original.qualified();
-    let p = &plan.projection;
-    let first_boundary = client
-        .prepare(&p.chunk_boundary_sql(&table, false))
-        .await
-        .context("preparing the chunk boundary query")?;
-    let next_boundary = client.prepare(&p.chunk_boundary_sql(&table, true)).await?;
-    let started = Instant::now();
-    let rows_target = Arc::new(AtomicI64::new(options.initial_rows));
-    let copied = Arc::new(AtomicU64::new(0));
-    let chunks = Arc::new(AtomicU64::new(0));
-    let (tx, rx) = tokio::sync::mpsc::channel::<Range>(workers.len().max(1));
-    let rx = Arc::new(tokio::sync::Mutex::new(rx));
+/// A key range `(lower, upper]` to copy.
+type Range = (Bound, Bound);
 
-    let producer = async {
-        let mut lower: Option<Vec<Option<String>>> = None;
+/// One backfill: the plan and settings, and what paces and watches it.
+pub struct Backfill<'a> {
+    /// The plan being run.
+    pub plan: &'a Plan,
+    /// Chunk sizing and pacing.
+    pub options: &'a CopyOptions,
+    /// Counters the status line and bars show (`rows_copied`).
+    pub progress: &'a Progress,
+    /// While it reports a reason, no new chunk starts.
+    pub throttle: Option<&'a Throttler>,
+    /// The control socket's live settings (`chunk-time=MS`).
+    pub controls: Option<&'a Arc<Controls>>,
+    /// The run's test hooks.
+    pub(crate) probe: Probe,
+}
+
+/// Shared by the planner and the copy workers of one backfill.
+struct Counters {
+    /// Rows the next chunk should hold.
+    rows_target: AtomicI64,
+    copied: AtomicU64,
+    chunks: AtomicU64,
+}
+
+/// The statements one copy worker runs, by which bounds its range has.
+struct CopyStatements {
+    first: Statement,
+    middle: Statement,
+    last: Statement,
+    all: Statement,
+}
+
+impl CopyStatements {
+    fn for_range(&self, range: &Range) -> &Statement {
+        match range {
+            (None, Some(_)) => &self.first,
+            (Some(_), Some(_)) => &self.middle,
+            (Some(_), None) => &self.last,
+            (None, None) => &self.all,
+        }
+    }
+}
+
+impl Backfill<'_> {
+    /// Copies every row of the original into the shadow. `client` plans the chunks
+    /// (index-only boundary scans); each of `workers` (one session each) copies ranges as
+    /// they come, so `workers.len()` chunks run at once. `check` is called between chunks
+    /// and stops the copy with its error (cancellation, a failed stream).
+    ///
+    /// Errors: `check`'s error; a chunk the new schema rejects (exit 8, see [`copy_error`]);
+    /// a failed query.
+    pub async fn run(
+        &self,
+        client: &Client,
+        workers: &[Client],
+        check: impl Fn() -> Result<()>,
+    ) -> Result<CopyReport> {
+        let started = Instant::now();
+        let counters = Counters {
+            rows_target: AtomicI64::new(self.options.initial_rows),
+            copied: AtomicU64::new(0),
+            chunks: AtomicU64::new(0),
+        };
+        let (tx, rx) = mpsc::channel::<Range>(workers.len().max(1));
+        let rx = Mutex::new(rx);
+        let producer = self.plan_ranges(client, &counters, tx, check);
+        let work = workers
+            .iter()
+            .map(|worker| self.copy_ranges(worker, &rx, &counters));
+        #[cfg(feature = "pause-points")]
+        let during_copy =
+            crate::phases::broken::DuringCopy::start(&self.probe, client, self.plan).await?;
+        // The first error (a worker's or the planner's) ends the copy; the rest is dropped.
+        let copied_all = tokio::try_join!(producer, futures_util::future::try_join_all(work));
+        #[cfg(feature = "pause-points")]
+        if let Some(during_copy) = during_copy {
+            during_copy.finish(&self.probe, client, self.plan).await?;
+        }
+        copied_all?;
+        Ok(CopyReport {
+            rows: counters.copied.load(Ordering::Relaxed),
+            chunks: counters.chunks.load(Ordering::Relaxed),
+            elapsed: started.elapsed(),
+        })
+    }
+
+    /// The planner: finds each chunk's upper bound (`rows_target` rows past the lower one)
+    /// and queues the range, until the last, open-ended one.
+    async fn plan_ranges(
+        &self,
+        client: &Client,
+        counters: &Counters,
+        tx: mpsc::Sender<Range>,
+        check: impl Fn() -> Result<()>,
+    ) -> Result<()> {
+        let table = self.plan.original.qualified();
+        let p = &self.plan.projection;
+        let first_boundary = client
+            .prepare(&p.chunk_boundary_sql(&table, false))
+            .await
+            .context("preparing the chunk boundary query")?;
+        let next_boundary = client.prepare(&p.chunk_boundary_sql(&table, true)).await?;
+        let mut lower: Bound = None;
         loop {
             check()?;
-            if let Some(t) = throttle {
+            if let Some(t) = self.throttle {
                 t.wait_clear().await?;
             }
-            let rows = rows_target.load(Ordering::Relaxed);
+            let rows = counters.rows_target.load(Ordering::Relaxed);
             let boundary = match &lower {
                 None => client.query_opt(&first_boundary, &[&rows]).await,
                 Some(lo) => {
@@ -122,180 +195,151 @@ pub async fn backfill(
                 }
             }
             .context("finding the next chunk boundary")?;
-            let upper: Option<Vec<Option<String>>> =
-                boundary.map(|row| (0..p.key.len()).map(|i| row.get(i)).collect());
+            let upper: Bound = boundary.map(|row| (0..p.key.len()).map(|i| row.get(i)).collect());
             let last = upper.is_none();
-            if tx.send((lower.clone(), upper.clone())).await.is_err() {
-                break;
-            }
-            if last {
-                break;
+            if tx.send((lower.clone(), upper.clone())).await.is_err() || last {
+                return Ok(());
             }
             lower = upper;
         }
-        drop(tx);
-        Ok::<(), anyhow::Error>(())
-    };
-    let work = workers.iter().map(|worker| {
-        let rx = rx.clone();
-        let rows_target = rows_target.clone();
-        let copied = copied.clone();
-        let chunks = chunks.clone();
-        async move {
-            copy_ranges(
-                worker,
-                controls,
-                throttle,
-                plan,
-                options,
-                progress,
-                &rx,
-                &rows_target,
-                &copied,
-                &chunks,
-            )
-            .await
-        }
-    });
-    let during_copy = DuringCopy::start(client, plan).await?;
-    // The first error (a worker's or the planner's) ends the copy; the rest is dropped.
-    let copied_all = tokio::try_join!(producer, futures_util::future::try_join_all(work));
-    if let Some(during_copy) = during_copy {
-        during_copy.finish(client, plan).await?;
     }
-    copied_all?;
-    Ok(CopyReport {
-        rows: copied.load(Ordering::Relaxed),
-        chunks: chunks.load(Ordering::Relaxed),
-        elapsed: started.elapsed(),
-    })
-}
 
-/// One copy worker: takes ranges until the producer is done.
-#[allow(clippy::too_many_arguments)]
-async fn copy_ranges(
-    worker: &Client,
-    controls: Option<&Arc<crate::ops::control::Controls>>,
-    throttle: Option<&crate::ops::throttle::Throttler>,
-    plan: &Plan,
-    options: &CopyOptions,
-    progress: &Arc<Progress>,
-    rx: &tokio::sync::Mutex<tokio::sync::mpsc::Receiver<Range>>,
-    rows_target: &AtomicI64,
-    copied: &AtomicU64,
-    chunks: &AtomicU64,
-) -> Result<()> {
-    let table = plan.original.qualified();
-    let shadow = plan.names.shadow_qualified();
-    let p = &plan.projection;
-    // Test-only broken ordering (never in a normal build): rows the applier running during the
-    // backfill wrote first are kept.
-    let conflict = if crate::testing::pause::broken()
-        == Some(crate::testing::pause::Broken::ApplyDuringCopy)
-    {
-        " ON CONFLICT DO NOTHING"
-    } else {
-        ""
-    };
-    let sql = |lower: bool, upper: bool| {
-        format!("{}{conflict}", p.copy_sql(&table, &shadow, lower, upper))
-    };
-    let copy_first = worker.prepare(&sql(false, true)).await?;
-    let copy_middle = worker.prepare(&sql(true, true)).await?;
-    let copy_last = worker.prepare(&sql(true, false)).await?;
-    let copy_all = worker.prepare(&sql(false, false)).await?;
-    loop {
-        let next = rx.lock().await.recv().await;
-        let Some((lower, upper)) = next else {
-            return Ok(());
+    /// Prepares the four copy statements (open or closed bounds) on `worker`.
+    async fn prepare(&self, worker: &Client) -> Result<CopyStatements> {
+        let table = self.plan.original.qualified();
+        let shadow = self.plan.names.shadow_qualified();
+        let p = &self.plan.projection;
+        // Test-only broken ordering (never in a normal build): rows the applier running
+        // during the backfill wrote first are kept.
+        let conflict = if broken!(self.probe, ApplyDuringCopy) {
+            " ON CONFLICT DO NOTHING"
+        } else {
+            ""
         };
-        // A range planned before the throttle started waits too.
-        if let Some(t) = throttle {
-            t.wait_clear().await?;
+        let sql = |lower: bool, upper: bool| {
+            format!("{}{conflict}", p.copy_sql(&table, &shadow, lower, upper))
+        };
+        Ok(CopyStatements {
+            first: worker.prepare(&sql(false, true)).await?,
+            middle: worker.prepare(&sql(true, true)).await?,
+            last: worker.prepare(&sql(true, false)).await?,
+            all: worker.prepare(&sql(false, false)).await?,
+        })
+    }
+
+    /// One copy worker: takes ranges until the planner is done.
+    async fn copy_ranges(
+        &self,
+        worker: &Client,
+        rx: &Mutex<mpsc::Receiver<Range>>,
+        counters: &Counters,
+    ) -> Result<()> {
+        let statements = self.prepare(worker).await?;
+        loop {
+            let next = rx.lock().await.recv().await;
+            let Some(range) = next else {
+                return Ok(());
+            };
+            // A range planned before the throttle started waits too.
+            if let Some(t) = self.throttle {
+                t.wait_clear().await?;
+            }
+            self.copy_chunk(worker, statements.for_range(&range), &range, counters)
+                .await?;
         }
-        let statement = match (&lower, &upper) {
-            (None, Some(_)) => &copy_first,
-            (Some(_), Some(_)) => &copy_middle,
-            (Some(_), None) => &copy_last,
-            (None, None) => &copy_all,
-        };
+    }
+
+    /// Copies one range, counts it and sizes the next chunk from its duration.
+    async fn copy_chunk(
+        &self,
+        worker: &Client,
+        statement: &Statement,
+        range: &Range,
+        counters: &Counters,
+    ) -> Result<()> {
+        let (lower, upper) = range;
         let mut params: Vec<&(dyn ToSql + Sync)> = Vec::new();
-        if let Some(lo) = &lower {
-            params.extend(lo.iter().map(|v| v as &(dyn ToSql + Sync)));
-        }
-        if let Some(hi) = &upper {
-            params.extend(hi.iter().map(|v| v as &(dyn ToSql + Sync)));
+        for bound in [lower, upper].into_iter().flatten() {
+            params.extend(bound.iter().map(|v| v as &(dyn ToSql + Sync)));
         }
         let chunk_start = Instant::now();
-        let rows_planned = rows_target.load(Ordering::Relaxed);
-        let in_range =
-            |c: &str| crate::testing::pause::key_in_range(c, lower.as_deref(), upper.as_deref());
-        let range = describe_range(&lower, &upper);
-        // Test-only: with `chunk-open` armed for this chunk, the chunk runs in an explicit
-        // transaction and stops between its statement (its snapshot) and its commit.
-        let held_open = options
-            .pauses
-            .armed("chunk-open")
-            .is_some_and(|c| c.is_empty() || in_range(&c));
-        let n = if held_open {
-            worker.batch_execute("BEGIN").await?;
-            let n = match worker.execute(statement, &params).await {
-                Ok(n) => n,
-                Err(e) => {
-                    worker.batch_execute("ROLLBACK").await.ok();
-                    return Err(copy_error(e, plan));
-                }
-            };
-            options
-                .pauses
-                .point_if("chunk-open", &format!("range={range} rows={n}"), in_range)
-                .await;
-            worker
-                .batch_execute("COMMIT")
-                .await
-                .context("committing a chunk")?;
-            n
-        } else {
-            worker
-                .execute(statement, &params)
-                .await
-                .map_err(|e| copy_error(e, plan))?
-        };
+        let rows_planned = counters.rows_target.load(Ordering::Relaxed);
+        let n = self
+            .execute_chunk(worker, statement, &params, range)
+            .await?;
         let took = chunk_start.elapsed();
-        let total = copied.fetch_add(n, Ordering::Relaxed) + n;
-        chunks.fetch_add(1, Ordering::Relaxed);
-        progress.update(|s| s.rows_copied = total);
-        options
-            .pauses
-            .point_if(
-                "copying",
-                &format!("range={range} rows={n} total={total}"),
-                in_range,
-            )
-            .await;
+        let total = counters.copied.fetch_add(n, Ordering::Relaxed) + n;
+        counters.chunks.fetch_add(1, Ordering::Relaxed);
+        self.progress.update(|s| s.rows_copied = total);
+        pause_point!(
+            self.probe,
+            "copying",
+            format!("range={} rows={n} total={total}", describe_range(range)),
+            |c: &str| crate::testing::key_in_range(c, lower.as_deref(), upper.as_deref())
+        );
         tracing::debug!(rows = n, ms = took.as_millis() as u64, "chunk copied");
         if upper.is_some() {
             // The target chunk time can be changed at runtime on the control socket.
-            let target = controls
+            let target = self
+                .controls
                 .map(|c| c.chunk_time())
-                .unwrap_or(options.chunk_time);
-            rows_target.store(
+                .unwrap_or(self.options.chunk_time);
+            counters.rows_target.store(
                 next_chunk_rows(rows_planned, took, target),
                 Ordering::Relaxed,
             );
         }
-        if options.nice_ratio > 0.0 {
-            tokio::time::sleep(took.mul_f64(options.nice_ratio)).await;
+        if self.options.nice_ratio > 0.0 {
+            tokio::time::sleep(took.mul_f64(self.options.nice_ratio)).await;
         }
+        Ok(())
+    }
+
+    /// Runs one chunk's statement in its own transaction; returns the rows copied.
+    async fn execute_chunk(
+        &self,
+        worker: &Client,
+        statement: &Statement,
+        params: &[&(dyn ToSql + Sync)],
+        range: &Range,
+    ) -> Result<u64> {
+        // Test-only: with `chunk-open` armed for this chunk, the chunk runs in an explicit
+        // transaction and stops between its statement (its snapshot) and its commit.
+        let (lower, upper) = range;
+        let in_range =
+            |c: &str| crate::testing::key_in_range(c, lower.as_deref(), upper.as_deref());
+        if !pause_armed!(self.probe, "chunk-open", in_range) {
+            return worker
+                .execute(statement, params)
+                .await
+                .map_err(|e| copy_error(e, self.plan));
+        }
+        worker.batch_execute("BEGIN").await?;
+        let n = match worker.execute(statement, params).await {
+            Ok(n) => n,
+            Err(e) => {
+                worker.batch_execute("ROLLBACK").await.ok();
+                return Err(copy_error(e, self.plan));
+            }
+        };
+        pause_point!(
+            self.probe,
+            "chunk-open",
+            format!("range={} rows={n}", describe_range(range)),
+            in_range
+        );
+        worker
+            .batch_execute("COMMIT")
+            .await
+            .context("committing a chunk")?;
+        Ok(n)
     }
 }
 
 /// `(lo, hi]` of a chunk for pause-point details (`-inf`/`+inf` for open bounds).
-fn describe_range(
-    lower: &Option<Vec<Option<String>>>,
-    upper: &Option<Vec<Option<String>>>,
-) -> String {
-    let show = |b: &Option<Vec<Option<String>>>, open: &str| match b {
+#[cfg(feature = "pause-points")]
+fn describe_range((lower, upper): &Range) -> String {
+    let show = |b: &Bound, open: &str| match b {
         None => open.to_string(),
         Some(values) => values
             .iter()
@@ -306,70 +350,7 @@ fn describe_range(
     format!("({}, {}]", show(lower, "-inf"), show(upper, "+inf"))
 }
 
-/// Test-only broken ordering [`crate::testing::pause::Broken::ApplyDuringCopy`] (never in a normal
-/// build): an applier replaying the spool into the shadow while the backfill runs — the
-/// races table's lock-free copy and apply (DESIGN.md §2).
-struct DuringCopy {
-    run: Arc<crate::testing::pause::BrokenRun>,
-    applier: crate::phases::apply::Applier,
-    index: String,
-}
-
-impl DuringCopy {
-    /// Starts the applier when the variant is in scope: a unique index on the shadow's key
-    /// (the applier's upserts need one), a session of its own, the spool's second reader.
-    async fn start(client: &Client, plan: &Plan) -> Result<Option<DuringCopy>> {
-        let Some(run) = crate::testing::pause::current()
-            .filter(|r| r.variant() == crate::testing::pause::Broken::ApplyDuringCopy)
-        else {
-            return Ok(None);
-        };
-        let index = format!("_doppel_{}_during_copy", plan.original.oid);
-        client
-            .batch_execute(&format!(
-                "CREATE UNIQUE INDEX {} ON {} {}",
-                crate::sql::ident(&index),
-                plan.names.shadow_qualified(),
-                plan.projection.target_key_tuple()
-            ))
-            .await
-            .context("creating the key index for the applier during the copy")?;
-        let reader = run.take_during_copy_reader().ok_or_else(|| {
-            anyhow::anyhow!("no second spool reader for the applier during the copy")
-        })?;
-        let session = crate::conninfo::connect(run.config()).await?;
-        session
-            .batch_execute("SET application_name = 'doppel applier (during copy)'")
-            .await?;
-        let applier =
-            crate::phases::apply::Applier::spawn(session, Arc::new(plan.clone()), reader, None)
-                .await?;
-        applier.resume();
-        Ok(Some(DuringCopy {
-            run,
-            applier,
-            index,
-        }))
-    }
-
-    /// Stops the applier at a transaction boundary, records how far it got (the applier
-    /// after the backfill resumes there) and drops the index.
-    async fn finish(self, client: &Client, plan: &Plan) -> Result<()> {
-        self.applier.pause().await?;
-        self.run
-            .set_applied_during_copy(self.applier.status().applied);
-        self.applier.stop().await?;
-        client
-            .batch_execute(&format!(
-                "DROP INDEX {}.{}",
-                crate::sql::ident(&plan.names.schema),
-                crate::sql::ident(&self.index)
-            ))
-            .await
-            .context("dropping the key index of the applier during the copy")
-    }
-}
-
+/// A failed chunk: rows the new schema rejects are a conflict (exit 8).
 fn copy_error(e: tokio_postgres::Error, plan: &Plan) -> anyhow::Error {
     let Some(db) = e.as_db_error() else {
         return anyhow::Error::new(e).context("copying a chunk");

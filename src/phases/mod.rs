@@ -5,6 +5,8 @@
 
 pub mod apply;
 pub mod backfill;
+#[cfg(feature = "pause-points")]
+pub(crate) mod broken;
 pub mod capture;
 pub mod cutover;
 pub mod fence;

@@ -250,7 +250,7 @@ pub fn env_for(plan: &Plan, progress: &Progress) -> HookEnv {
             .map(|a| a.text.as_str())
             .collect::<Vec<_>>()
             .join("; "),
-        phase: s.phase.clone(),
+        phase: s.state_name().to_string(),
         rows_copied: s.rows_copied,
         rows_estimate: s.rows_estimate,
         lag_ms: s.replica_lag_ms,

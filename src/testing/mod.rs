@@ -1,5 +1,185 @@
-//! Test-only support compiled into the library: pause points and the deliberately broken
-//! orderings the race tests run against. Everything here is inert without the
-//! `pause-points` feature.
+//! Test hooks: pause points that stop a run at a named moment, and the deliberately broken
+//! orderings the race tests run against. Both exist only with the `pause-points` cargo
+//! feature, which the test suite turns on through the crate's dev-dependency on itself; a
+//! release build has neither (the macros below expand to nothing, and [`Probe`] is an empty
+//! type).
+//!
+//! A run carries its hooks in a [`Probe`], captured once when the run starts and handed to
+//! the tasks it spawns; nothing in the run's public options selects them. A probe is active
+//! only when a test asked for it explicitly:
+//!
+//! - in-process, by running the migration inside [`scoped`] (with a pause directory, and
+//!   optionally a broken ordering);
+//! - in a `doppel` child process, through the environment variable [`PAUSE_DIR_VAR`].
+//!
+//! Pause protocol: a test *arms* point `name` by creating the file `<pause dir>/<name>`
+//! ([`arm`], [`arm_when`]). When the run reaches an armed point it writes
+//! `<pause dir>/<name>.reached` (a detail line, e.g. the chunk's key range) and waits, polling
+//! every 5 ms, until the test removes `<pause dir>/<name>` ([`release`]). Arming is one-shot:
+//! a point passed while unarmed does not stop. The armed file may hold a condition: `key=N`
+//! (the copier's chunk points) matches the chunk whose key range holds the single integer
+//! key `N`; `xid=N` (`spooled`, `applied`) the passage that handled source transaction `N`.
+//!
+//! Points: `after-preflight`, `shadow-built`, `catch-up` (backfill and primary key done,
+//! applier started), `verifying`, `cutover-locked` (inside the cutover transaction, ACCESS
+//! EXCLUSIVE granted, before the renames), and the race points:
+//!
+//! - `chunk-open` (backfill): a chunk's `INSERT .. SELECT` has run (its snapshot is taken and
+//!   its rows inserted) but its transaction has not committed. While this point is armed
+//!   for a chunk, that chunk runs inside an explicit transaction, so a test can commit writes
+//!   between the chunk's snapshot and its commit (docs/design.md §2.2, the races table).
+//! - `copying` (backfill): a chunk committed.
+//! - `spooled` (capture): a source transaction's Commit was appended to the spool (the
+//!   transaction is decoded, whether or not it is visible yet: F3).
+//! - `applied` (apply): a shadow transaction committed; the detail lists the source
+//!   transactions it applied.
+//! - `visibility-wait` (apply): a batch waits for a decoded transaction to become visible
+//!   before re-reading rows from the original (F3); reached at the first check that finds it
+//!   invisible.
 
-pub mod pause;
+#[cfg(feature = "pause-points")]
+mod scope;
+
+#[cfg(feature = "pause-points")]
+pub use scope::{Broken, PAUSE_DIR_VAR, arm, arm_when, reached, release, scoped, wait_reached};
+
+/// The test hooks of one run. Cheap to clone. Without the `pause-points` feature it is an
+/// empty type and every hook is inert.
+#[derive(Debug, Clone, Default)]
+pub struct Probe {
+    #[cfg(feature = "pause-points")]
+    pub(crate) scope: Option<std::sync::Arc<scope::Scope>>,
+}
+
+impl Probe {
+    /// The hooks a test set for the run starting now: the [`scoped`] scope around it, else a
+    /// pause directory named by [`PAUSE_DIR_VAR`], else none. Always none without the
+    /// feature.
+    pub(crate) fn capture() -> Probe {
+        #[cfg(feature = "pause-points")]
+        {
+            Probe {
+                scope: scope::Scope::current(),
+            }
+        }
+        #[cfg(not(feature = "pause-points"))]
+        {
+            Probe {}
+        }
+    }
+}
+
+/// Stops at pause point `$name` while a test holds it armed (see the module docs):
+/// `pause_point!(probe, "name", detail)` or, with a condition matcher over the armed text,
+/// `pause_point!(probe, "name", detail, |condition| ..)`. The detail is evaluated only when
+/// the point is armed. Expands to nothing without the `pause-points` feature.
+macro_rules! pause_point {
+    ($probe:expr, $name:literal, $detail:expr) => {
+        $crate::testing::pause_point!($probe, $name, $detail, |_: &str| true)
+    };
+    ($probe:expr, $name:literal, $detail:expr, $matches:expr) => {{
+        #[cfg(feature = "pause-points")]
+        {
+            $probe.pause($name, || $detail, $matches).await;
+        }
+        #[cfg(not(feature = "pause-points"))]
+        {
+            let _ = (&$probe, &$matches);
+        }
+    }};
+}
+
+/// True when pause point `$name` is armed with a condition `$matches` accepts (an empty
+/// condition matches); always false without the `pause-points` feature.
+macro_rules! pause_armed {
+    ($probe:expr, $name:literal, $matches:expr) => {{
+        #[cfg(feature = "pause-points")]
+        {
+            $probe.armed($name, $matches)
+        }
+        #[cfg(not(feature = "pause-points"))]
+        {
+            let _ = (&$probe, &$matches);
+            false
+        }
+    }};
+}
+
+/// True when the run executes under the deliberately broken ordering
+/// `$crate::testing::Broken::$variant` (race tests only); always false without the
+/// `pause-points` feature, so the broken branch is dead code in a release build.
+macro_rules! broken {
+    ($probe:expr, $variant:ident) => {{
+        #[cfg(feature = "pause-points")]
+        {
+            $probe.broken() == Some($crate::testing::Broken::$variant)
+        }
+        #[cfg(not(feature = "pause-points"))]
+        {
+            let _ = &$probe;
+            false
+        }
+    }};
+}
+
+pub(crate) use {broken, pause_armed, pause_point};
+
+/// Whether `condition` is `key=N` with `N` inside the key range `(lower, upper]` (`None` =
+/// unbounded) of a single integer key column. Other conditions and keys never match.
+pub(crate) fn key_in_range(
+    condition: &str,
+    lower: Option<&[Option<String>]>,
+    upper: Option<&[Option<String>]>,
+) -> bool {
+    let Some(key) = condition
+        .strip_prefix("key=")
+        .and_then(|k| k.trim().parse::<i64>().ok())
+    else {
+        return false;
+    };
+    let bound = |b: Option<&[Option<String>]>| -> Option<Option<i64>> {
+        match b {
+            None => Some(None),
+            Some([Some(v)]) => v.parse::<i64>().ok().map(Some),
+            Some(_) => None,
+        }
+    };
+    match (bound(lower), bound(upper)) {
+        (Some(lo), Some(hi)) => lo.is_none_or(|lo| key > lo) && hi.is_none_or(|hi| key <= hi),
+        _ => false,
+    }
+}
+
+/// Whether `condition` is `xid=N` with `N` among `xids`.
+pub(crate) fn names_xid(condition: &str, xids: &[u32]) -> bool {
+    condition
+        .strip_prefix("xid=")
+        .and_then(|x| x.trim().parse::<u32>().ok())
+        .is_some_and(|x| xids.contains(&x))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn k(v: &str) -> Vec<Option<String>> {
+        vec![Some(v.to_string())]
+    }
+
+    #[test]
+    fn key_conditions_match_half_open_ranges() {
+        assert!(key_in_range("key=5", Some(&k("4")), Some(&k("5"))));
+        assert!(!key_in_range("key=4", Some(&k("4")), Some(&k("5"))));
+        assert!(key_in_range("key=-7", None, Some(&k("0"))));
+        assert!(key_in_range("key=99", Some(&k("5")), None));
+        assert!(!key_in_range("xid=5", None, None));
+        assert!(!key_in_range("key=5", Some(&k("x")), None));
+    }
+
+    #[test]
+    fn xid_conditions_match_listed_transactions() {
+        assert!(names_xid("xid=742", &[740, 742]));
+        assert!(!names_xid("xid=741", &[740, 742]));
+        assert!(!names_xid("key=742", &[742]));
+    }
+}

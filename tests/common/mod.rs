@@ -4,8 +4,11 @@
 //! helper.
 #![allow(dead_code)]
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
+
+use doppel::cancel::Cancel;
+use doppel::run::{Outcome, RunOptions};
 
 use doppel_testkit::cluster::{ClusterOptions, LocalCluster};
 
@@ -155,4 +158,21 @@ pub async fn assert_no_doppel_objects(client: &tokio_postgres::Client) {
         0,
         "no shadow left"
     );
+}
+
+/// The pause directory of a test run whose work directory is `work_dir`: pause points of the
+/// run are armed and reached there (`doppel::testing`).
+pub fn pause_dir(work_dir: &Path) -> PathBuf {
+    work_dir.join("pause")
+}
+
+/// `doppel::run::run` in-process, with its pause points armed through
+/// `pause_dir(options.work_dir)`.
+pub async fn run_paused(
+    config: &tokio_postgres::Config,
+    options: &RunOptions,
+    cancel: &Cancel,
+) -> anyhow::Result<Outcome> {
+    let dir = pause_dir(&options.work_dir);
+    doppel::testing::scoped(Some(&dir), None, doppel::run::run(config, options, cancel)).await
 }

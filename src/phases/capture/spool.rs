@@ -15,7 +15,6 @@ use anyhow::{Context, Result, bail};
 use bytes::Bytes;
 use tokio::sync::watch;
 
-use crate::testing::pause::Pauses;
 use pglogrepl::lsn::Lsn;
 
 const HEADER: usize = 12;
@@ -26,21 +25,21 @@ pub struct SpoolWriter {
     path: PathBuf,
     offset: u64,
     visible: watch::Sender<u64>,
-    pauses: Pauses,
 }
 
 /// Reads records in order, waiting for the writer at the end.
 #[derive(Debug)]
 pub struct SpoolReader {
     file: BufReader<File>,
+    /// For a second reader (test-only).
+    #[cfg(feature = "pause-points")]
+    path: PathBuf,
     pos: u64,
     visible: watch::Receiver<u64>,
-    pauses: Pauses,
 }
 
 /// Creates (truncating) the spool file at `path`. Returns the writer and a reader starting at
-/// the first record. The pause points of both ([`crate::pause`]) are those of the run whose
-/// work directory holds the spool.
+/// the first record.
 ///
 /// Errors: the file cannot be created or opened.
 pub fn create(path: &Path) -> Result<(SpoolWriter, SpoolReader)> {
@@ -51,32 +50,13 @@ pub fn create(path: &Path) -> Result<(SpoolWriter, SpoolReader)> {
         .open(path)
         .with_context(|| format!("cannot create the change spool {}", path.display()))?;
     let (tx, rx) = watch::channel(0u64);
-    let pauses = Pauses::new(path.parent().unwrap_or_else(|| Path::new(".")));
-    let open_reader = |rx: watch::Receiver<u64>| -> Result<SpoolReader> {
-        let reader = File::open(path)
-            .with_context(|| format!("cannot open the change spool {}", path.display()))?;
-        Ok(SpoolReader {
-            file: BufReader::with_capacity(1 << 20, reader),
-            pos: 0,
-            visible: rx,
-            pauses: pauses.clone(),
-        })
-    };
-    // Test-only (never in a normal build): the broken ordering that applies changes during
-    // the backfill reads the spool with a second reader.
-    if let Some(run) = crate::testing::pause::current()
-        && run.variant() == crate::testing::pause::Broken::ApplyDuringCopy
-    {
-        run.set_during_copy_reader(open_reader(rx.clone())?);
-    }
-    let reader = open_reader(rx)?;
+    let reader = SpoolReader::open(path, rx)?;
     Ok((
         SpoolWriter {
             file: BufWriter::with_capacity(1 << 20, file),
             path: path.to_path_buf(),
             offset: 0,
             visible: tx,
-            pauses: pauses.clone(),
         },
         reader,
     ))
@@ -123,17 +103,26 @@ impl SpoolWriter {
     pub fn path(&self) -> &Path {
         &self.path
     }
-
-    /// The pause points of the run that writes this spool.
-    pub fn pauses(&self) -> &Pauses {
-        &self.pauses
-    }
 }
 
 impl SpoolReader {
-    /// The pause points of the run that reads this spool.
-    pub fn pauses(&self) -> &Pauses {
-        &self.pauses
+    fn open(path: &Path, visible: watch::Receiver<u64>) -> Result<SpoolReader> {
+        let file = File::open(path)
+            .with_context(|| format!("cannot open the change spool {}", path.display()))?;
+        Ok(SpoolReader {
+            file: BufReader::with_capacity(1 << 20, file),
+            #[cfg(feature = "pause-points")]
+            path: path.to_path_buf(),
+            pos: 0,
+            visible,
+        })
+    }
+
+    /// A second reader of the same spool, from its first record (test-only: the broken
+    /// ordering that applies changes during the backfill reads the spool twice).
+    #[cfg(feature = "pause-points")]
+    pub(crate) fn reopen(&self) -> Result<SpoolReader> {
+        SpoolReader::open(&self.path, self.visible.clone())
     }
 
     /// Bytes published by the writer but not yet read.

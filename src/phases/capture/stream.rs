@@ -18,6 +18,7 @@ use tokio::sync::{Notify, watch};
 use tokio::task::JoinHandle;
 
 use crate::phases::capture::spool::SpoolWriter;
+use crate::testing::{Probe, pause_point};
 use pglogrepl::client::{ReplicationMessage, ReplicationStream};
 use pglogrepl::lsn::Lsn;
 
@@ -51,11 +52,12 @@ pub struct Streamer {
 }
 
 impl Streamer {
-    /// Starts consuming `stream` into `spool`.
-    pub fn spawn(stream: ReplicationStream, spool: SpoolWriter) -> Streamer {
+    /// Starts consuming `stream` into `spool`; `probe` carries the run's test hooks (the
+    /// `spooled` pause point).
+    pub fn spawn(stream: ReplicationStream, spool: SpoolWriter, probe: Probe) -> Streamer {
         let stop = Arc::new(Notify::new());
         let (tx, rx) = watch::channel(StreamStatus::default());
-        let handle = tokio::spawn(consume(stream, spool, stop.clone(), tx));
+        let handle = tokio::spawn(consume(stream, spool, stop.clone(), tx, probe));
         Streamer {
             stop,
             handle,
@@ -104,8 +106,9 @@ async fn consume(
     spool: SpoolWriter,
     stop: Arc<Notify>,
     status: watch::Sender<StreamStatus>,
+    probe: Probe,
 ) -> Result<()> {
-    let result = consume_inner(stream, spool, stop, &status).await;
+    let result = consume_inner(stream, spool, stop, &status, &probe).await;
     if let Err(e) = &result {
         status.send_modify(|s| s.error = Some(format!("{e:#}")));
     }
@@ -117,6 +120,7 @@ async fn consume_inner(
     mut spool: SpoolWriter,
     stop: Arc<Notify>,
     status: &watch::Sender<StreamStatus>,
+    probe: &Probe,
 ) -> Result<()> {
     let mut tick = tokio::time::interval(STATUS_INTERVAL);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -158,12 +162,12 @@ async fn consume_inner(
                                 st.transactions += 1;
                                 spool.publish()?;
                                 last_publish = Instant::now();
-                                spool
-                                    .pauses()
-                                    .point_if("spooled", &format!("xid={xid}"), |c| {
-                                        crate::testing::pause::names_xid(c, &[xid])
-                                    })
-                                    .await;
+                                pause_point!(
+                                    probe,
+                                    "spooled",
+                                    format!("xid={xid}"),
+                                    |c: &str| crate::testing::names_xid(c, &[xid])
+                                );
                             }
                             Some(b'M') if !in_transaction => {
                                 spool.publish()?;

@@ -43,8 +43,8 @@ pub struct CutoverOptions {
     pub postpone_flag_file: Option<PathBuf>,
     /// Live settings from the control socket: `postpone` / `cut-over` and `lock-timeout`.
     pub controls: Option<std::sync::Arc<crate::ops::control::Controls>>,
-    /// Test-only pause points (`cutover-locked`: renames done, not yet committed).
-    pub pauses: crate::testing::pause::Pauses,
+    /// The run's test hooks (pause point `cutover-locked`: renames done, not yet committed).
+    pub(crate) probe: crate::testing::Probe,
     /// `--kill-blockers`: sessions seen blocking the lock for at least this long (the grace
     /// period) are cancelled (`pg_cancel_backend`); one still blocking at a later attempt is
     /// terminated (`pg_terminate_backend`). `None` (the default) kills nobody.
@@ -724,10 +724,7 @@ pub async fn run(
                 )));
             }
         }
-        options
-            .pauses
-            .point("cutover-locked", &plan.original.qualified())
-            .await;
+        crate::testing::pause_point!(options.probe, "cutover-locked", plan.original.qualified());
         lap("renames and dependents");
         // From here the cutover may have committed even if COMMIT reports an error.
         script_file.keep();

@@ -1,0 +1,78 @@
+//! What a run created, so that a failure before the cutover commits removes exactly that and
+//! leaves the original untouched.
+
+use std::path::PathBuf;
+use std::time::{Duration, Instant};
+
+use anyhow::Result;
+use tokio_postgres::Client;
+
+use crate::phases::shadow;
+use crate::plan::Plan;
+use crate::sql::ident;
+
+/// The objects and files of one run that exist so far.
+#[derive(Default)]
+pub(crate) struct Created {
+    /// The publication `doppel_<oid>`.
+    pub(crate) publication: bool,
+    /// The shadow table.
+    pub(crate) shadow: bool,
+    /// The cutover committed: from here nothing is removed.
+    pub(crate) cut_over: bool,
+    /// The change spool file.
+    pub(crate) spool: Option<PathBuf>,
+}
+
+impl Created {
+    /// Removes what it lists (waiting up to 10 s for the TEMPORARY slot to go with its
+    /// connection) and returns what it removed, described.
+    ///
+    /// Errors: a catalog query or a DROP failed.
+    pub(crate) async fn remove(&self, control: &Client, plan: &Plan) -> Result<Vec<String>> {
+        let created = self;
+        let mut removed = Vec::new();
+        // The TEMPORARY slot is dropped by the server once its connection is gone; wait for it so
+        // that a failed run returns only when nothing of it is left.
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            let slot_left: bool = control
+                .query_one(
+                    "SELECT EXISTS (SELECT 1 FROM pg_replication_slots WHERE slot_name = $1)",
+                    &[&plan.names.slot],
+                )
+                .await?
+                .get(0);
+            if !slot_left {
+                break;
+            }
+            if Instant::now() > deadline {
+                removed.push(format!(
+                    "(replication slot {} still present: run doppel cleanup)",
+                    plan.names.slot
+                ));
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        if created.publication {
+            control
+                .batch_execute(&format!(
+                    "DROP PUBLICATION IF EXISTS {}",
+                    ident(&plan.names.publication)
+                ))
+                .await?;
+            removed.push(format!("publication {}", plan.names.publication));
+        }
+        if created.shadow {
+            control
+                .batch_execute(&shadow::drop_sql(&plan.names.schema, &plan.names.shadow))
+                .await?;
+            removed.push(format!("shadow table {}", plan.names.shadow_qualified()));
+        }
+        if let Some(path) = &created.spool {
+            std::fs::remove_file(path).ok();
+        }
+        Ok(removed)
+    }
+}

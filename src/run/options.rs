@@ -1,0 +1,87 @@
+//! Everything `doppel run` takes, with the CLI's defaults.
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use crate::ops::progress;
+use crate::ops::throttle::ThrottleOptions;
+use crate::phases::backfill::CopyOptions;
+
+/// Everything `doppel run` takes.
+#[derive(Debug, Clone)]
+pub struct RunOptions {
+    /// The table, as SQL writes it.
+    pub table: String,
+    /// `--alter` clauses.
+    pub alters: Vec<String>,
+    /// False for a dry run (preflight and plan only).
+    pub execute: bool,
+    /// Backfill settings.
+    pub copy: CopyOptions,
+    /// Sessions copying chunks at once.
+    pub copy_workers: usize,
+    /// Rows per verification chunk (each compared under one short snapshot; throttling and
+    /// `nice_ratio` act between chunks).
+    pub verify_chunk_rows: i64,
+    /// `maintenance_work_mem` for the index builds (e.g. `1GB`).
+    pub maintenance_work_mem: String,
+    /// `lock_timeout` per cutover attempt.
+    pub lock_timeout: Duration,
+    /// Cutover attempts.
+    pub cutover_retries: u32,
+    /// Longest wait for the applier inside the cutover lock.
+    pub fence_timeout: Duration,
+    /// Directory for the change spool.
+    pub work_dir: PathBuf,
+    /// Directory for the rollback script.
+    pub rollback_dir: PathBuf,
+    /// While this file exists, the cutover waits (the shadow is kept caught up).
+    pub postpone_cutover_flag_file: Option<PathBuf>,
+    /// `logical_decoding_work_mem` of doppel's WAL sender (e.g. `256MB`): the memory the
+    /// server may use to decode transactions before spilling them to disk. The backfill's own
+    /// chunk transactions pass through the decoder too; above this size they spill, and the
+    /// catch-up waits for the spill to be read back.
+    pub logical_decoding_work_mem: String,
+    /// `--kill-blockers` with its grace period: sessions blocking the cutover lock that long
+    /// are cancelled, then terminated. `None`: nobody is killed.
+    pub kill_blockers: Option<Duration>,
+    /// When to slow down or abort.
+    pub throttle: ThrottleOptions,
+    /// The control socket's path (default: `<work_dir>/doppel-<oid>.sock`).
+    pub control_socket: Option<PathBuf>,
+    /// Directory of hook executables (gh-ost's `--hooks-path`).
+    pub hooks_dir: Option<PathBuf>,
+    /// How progress is shown.
+    pub display: progress::Display,
+    /// Interval between status lines.
+    pub status_interval: Duration,
+}
+
+impl RunOptions {
+    /// The defaults of `doppel run` (a dry run; spool in the system temp dir, rollback script
+    /// in the current directory, status lines every 10 s) for `table` and `alters`.
+    pub fn new(table: &str, alters: &[&str]) -> RunOptions {
+        RunOptions {
+            table: table.to_string(),
+            alters: alters.iter().map(|a| a.to_string()).collect(),
+            execute: false,
+            copy: CopyOptions::default(),
+            copy_workers: 2,
+            verify_chunk_rows: crate::phases::verify::VERIFY_CHUNK_ROWS,
+            maintenance_work_mem: "1GB".into(),
+            lock_timeout: Duration::from_millis(200),
+            cutover_retries: 10,
+            fence_timeout: Duration::from_millis(1000),
+            work_dir: std::env::temp_dir(),
+            rollback_dir: PathBuf::from("."),
+            postpone_cutover_flag_file: None,
+            kill_blockers: None,
+            logical_decoding_work_mem: "256MB".into(),
+            throttle: ThrottleOptions::default(),
+            control_socket: None,
+            hooks_dir: None,
+            display: progress::Display::Lines,
+            status_interval: Duration::from_secs(10),
+        }
+    }
+}

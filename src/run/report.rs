@@ -1,0 +1,106 @@
+//! What a run returns: the dry run's plan (rendered for a DBA) or the migration's report.
+
+use std::time::Duration;
+
+use crate::model::phase::Phase;
+use crate::ops::progress;
+use crate::phases::backfill::CopyReport;
+use crate::phases::cutover::{self, CutoverReport};
+use crate::phases::shadow;
+use crate::phases::verify::VerifyReport;
+use crate::plan::{Plan, Rewrite};
+
+/// What a completed migration did.
+#[derive(Debug, Clone)]
+pub struct RunReport {
+    /// The plan that ran.
+    pub plan: Plan,
+    /// Backfill figures.
+    pub copy: CopyReport,
+    /// Verification figures.
+    pub verify: VerifyReport,
+    /// Cutover figures.
+    pub cutover: CutoverReport,
+    /// Row changes applied from the stream.
+    pub applied_changes: u64,
+    /// Wall time of each phase, in order.
+    pub phases: Vec<(Phase, Duration)>,
+    /// Whole run.
+    pub total: Duration,
+}
+
+/// The result of `run`.
+#[derive(Debug)]
+pub enum Outcome {
+    /// A dry run: the plan, nothing created.
+    Planned(Box<Plan>),
+    /// The migration completed and verified.
+    Migrated(Box<RunReport>),
+}
+
+/// Renders the dry-run plan for a DBA: checks passed, warnings, the shadow DDL, the phases,
+/// the cutover and rollback SQL.
+pub fn render_plan(plan: &Plan, script: &cutover::Script) -> String {
+    let mut out = String::new();
+    let t = &plan.original;
+    out.push_str(&format!(
+        "doppel plan for {} (oid {}, about {} rows, {} with indexes and TOAST)\n",
+        t.qualified(),
+        t.oid,
+        t.rows_estimate.max(0),
+        progress::format_bytes(t.total_bytes.max(0) as u64)
+    ));
+    out.push_str(&format!(
+        "ALTER: {}\n",
+        plan.alter
+            .statements
+            .iter()
+            .map(|s| s.text.as_str())
+            .collect::<Vec<_>>()
+            .join("; ")
+    ));
+    out.push_str(match plan.rewrite {
+        Rewrite::Rewrite => "cost if run directly: full table rewrite under ACCESS EXCLUSIVE\n",
+        Rewrite::ScanUnderLock => {
+            "cost if run directly: a scan or index build under its lock (no rewrite)\n"
+        }
+        Rewrite::MetadataOnly => "cost if run directly: metadata-only (no rewrite)\n",
+    });
+    out.push_str("preflight: all checks passed\n");
+    for w in &plan.warnings {
+        out.push_str(&format!("warning: {w}\n"));
+    }
+    out.push_str(&format!(
+        "\nphases:\n  1. create publication {} FOR TABLE {} and TEMPORARY logical slot {} (pgoutput)\n  2. create shadow {} (no indexes; autovacuum off)\n  3. backfill in primary-key chunks (time-sized), streaming changes to a local spool\n  4. build the primary key, apply the spooled changes, build {} secondary index(es)/constraint(s), VACUUM (ANALYZE)\n  5. verify counts and hashes chunk by chunk\n  6. cutover under ACCESS EXCLUSIVE with lock_timeout, then keep {} as {}\n",
+        plan.names.publication,
+        t.qualified(),
+        plan.names.slot,
+        plan.names.shadow_qualified(),
+        shadow::plain_index_sql(plan).len() + shadow::constraining_sql(plan).len(),
+        t.qualified(),
+        plan.names.old_qualified()
+    ));
+    out.push_str("\nshadow DDL:\n");
+    for s in shadow::create_sql(plan) {
+        out.push_str(&format!("  {s};\n"));
+    }
+    out.push_str("\nafter the backfill:\n");
+    for s in shadow::primary_key_sql(plan)
+        .into_iter()
+        .chain(shadow::plain_index_sql(plan))
+        .chain(shadow::constraining_sql(plan))
+    {
+        out.push_str(&format!("  {s};\n"));
+    }
+    out.push_str(
+        "\ncutover (one transaction, after LOCK TABLE .. IN ACCESS EXCLUSIVE MODE and a fence):\n",
+    );
+    for s in &script.forward {
+        out.push_str(&format!("  {s};\n"));
+    }
+    out.push_str("\nrollback script (written to disk before the cutover commits):\n");
+    for line in script.rollback.lines() {
+        out.push_str(&format!("  {line}\n"));
+    }
+    out
+}

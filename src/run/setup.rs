@@ -1,0 +1,198 @@
+//! The run's setup (docs/design.md §1.2, §1.3): the publication, the shadow table, the
+//! replication slot with its exported snapshot, and the stream consumed into the spool.
+//! Publication first, then the shadow, then the slot.
+
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, Result, anyhow, bail};
+use pglogrepl::client::{CreatedSlot, ReplicationClient, ReplicationStream};
+use pglogrepl::lsn::Lsn;
+use tokio_postgres::Client;
+
+use super::Run;
+use super::tasks::Tasks;
+use crate::conninfo;
+use crate::model::catalog;
+use crate::model::snapshot::Snapshot;
+use crate::phases::capture::spool::{self, SpoolReader};
+use crate::phases::capture::stream::Streamer;
+use crate::phases::shadow;
+use crate::sql::{ident, literal};
+use crate::testing::{broken, pause_point};
+
+/// What the setup leaves for the phases: the stream and its spool, the slot's snapshot and
+/// position, the original's catalog fingerprint.
+pub(crate) struct Capture {
+    /// The stream consumer, and the applier once the catch-up starts it.
+    pub(crate) tasks: Tasks,
+    /// The spool's reader, until the applier takes it.
+    pub(crate) reader: Option<SpoolReader>,
+    /// The snapshot the slot exported: the backfill must see every commit it counts.
+    pub(crate) exported: Snapshot,
+    /// The slot's consistent point: where the stream starts.
+    pub(crate) start_lsn: Lsn,
+    /// The original's catalog fingerprint, re-checked under the cutover lock.
+    pub(crate) fingerprint: String,
+}
+
+impl Run<'_> {
+    /// Creates the publication, the shadow and the slot, and starts consuming the stream.
+    ///
+    /// Errors: a statement failed (creating nothing more; what was created is removed by
+    /// the caller), the slot exported no snapshot, the work directory or spool cannot be
+    /// created.
+    pub(super) async fn set_up(&mut self) -> Result<Capture> {
+        self.create_publication_and_shadow().await?;
+        pause_point!(self.probe, "shadow-built", self.plan.names.shadow.clone());
+        let fingerprint = catalog::fingerprint(&self.control, self.plan.original.oid).await?;
+        let mut replication = ReplicationClient::connect(&walsender_config(
+            self.config,
+            &self.options.logical_decoding_work_mem,
+        ))
+        .await
+        .context("opening the replication connection")?;
+        let slot = replication
+            .create_logical_slot(&self.plan.names.slot, true)
+            .await
+            .context("creating the logical replication slot")?;
+        let exported = self.import_snapshot(&slot).await?;
+        let stream = replication
+            .start_logical_replication(
+                &self.plan.names.slot,
+                slot.consistent_point,
+                &self.plan.names.publication,
+                true,
+            )
+            .await
+            .context("starting replication")?;
+        let (tasks, reader) = self.spool_stream(stream)?;
+        Ok(Capture {
+            tasks,
+            reader: Some(reader),
+            exported,
+            start_lsn: slot.consistent_point,
+            fingerprint,
+        })
+    }
+
+    /// `CREATE PUBLICATION .. FOR TABLE` the original, then the shadow in one transaction.
+    async fn create_publication_and_shadow(&mut self) -> Result<()> {
+        self.control
+            .batch_execute(&format!(
+                "CREATE PUBLICATION {} FOR TABLE {}",
+                ident(&self.plan.names.publication),
+                self.plan.original.qualified()
+            ))
+            .await
+            .context("creating the publication")?;
+        self.created.publication = true;
+        let tx = self.control.transaction().await?;
+        for statement in shadow::create_sql(&self.plan) {
+            tx.batch_execute(&statement)
+                .await
+                .with_context(|| format!("creating the shadow table: {statement}"))?;
+        }
+        tx.commit().await?;
+        self.created.shadow = true;
+        Ok(())
+    }
+
+    /// Reads the slot's exported snapshot (it is valid only until the next command on the
+    /// replication connection, so this comes first).
+    async fn import_snapshot(&mut self, slot: &CreatedSlot) -> Result<Snapshot> {
+        let snapshot_name = slot
+            .snapshot_name
+            .clone()
+            .ok_or_else(|| anyhow!("the server exported no snapshot with the slot"))?;
+        let tx = self
+            .control
+            .build_transaction()
+            .isolation_level(tokio_postgres::IsolationLevel::RepeatableRead)
+            .start()
+            .await?;
+        tx.batch_execute(&format!(
+            "SET TRANSACTION SNAPSHOT {}",
+            literal(&snapshot_name)
+        ))
+        .await
+        .context("importing the slot's exported snapshot")?;
+        let text: String = tx
+            .query_one("SELECT pg_current_snapshot()::text", &[])
+            .await?
+            .get(0);
+        tx.commit().await?;
+        Snapshot::parse(&text)
+    }
+
+    /// Creates the spool in the work directory and starts consuming `stream` into it.
+    fn spool_stream(&mut self, stream: ReplicationStream) -> Result<(Tasks, SpoolReader)> {
+        let work_dir = &self.options.work_dir;
+        std::fs::create_dir_all(work_dir)
+            .with_context(|| format!("cannot create the work directory {}", work_dir.display()))?;
+        let path = work_dir.join(format!(
+            "doppel-{}-{}.spool",
+            self.plan.original.oid,
+            std::process::id()
+        ));
+        let (writer, reader) = spool::create(&path)?;
+        self.created.spool = Some(path);
+        #[cfg(feature = "pause-points")]
+        crate::phases::broken::DuringCopy::keep_reader(&self.probe, &reader)?;
+        let streamer = Streamer::spawn(stream, writer, self.probe.clone());
+        let tasks = Tasks {
+            streamer: Some(streamer),
+            applier: None,
+        };
+        Ok((tasks, reader))
+    }
+
+    /// Waits until every transaction the exported snapshot sees as committed is visible to
+    /// new snapshots of the control session (its commit can be flushed before it leaves the
+    /// ProcArray). Such a transaction can be in the new snapshot's in-progress list or at or
+    /// above its `xmax` ([`Snapshot::committed_but_not_visible`]); PostgreSQL 15 waits for it
+    /// before exporting the snapshot, 14 and 18 do not (docs/design.md §2.6, F3).
+    ///
+    /// Errors: a transaction still invisible after 60 s (a synchronous standby not
+    /// acknowledging), or a failed query.
+    pub(super) async fn wait_exported_visible(&self, exported: &Snapshot) -> Result<()> {
+        if broken!(self.probe, NoVisibilityWait) {
+            return Ok(());
+        }
+        wait_until_visible(&self.control, exported).await
+    }
+}
+
+async fn wait_until_visible(client: &Client, exported: &Snapshot) -> Result<()> {
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let text: String = client
+            .query_one("SELECT pg_current_snapshot()::text", &[])
+            .await?
+            .get(0);
+        let pending = exported.committed_but_not_visible(&Snapshot::parse(&text)?);
+        if pending.is_empty() {
+            return Ok(());
+        }
+        if Instant::now() > deadline {
+            bail!(
+                "transactions {pending:?} committed before the slot was created but are still not visible after 60 s (a synchronous standby not acknowledging?)"
+            );
+        }
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+}
+
+/// The replication connection's configuration: `config` plus the exact-output settings
+/// ([`conninfo::EXACT_OUTPUT_OPTIONS`]: the WAL sender formats streamed values with them) and
+/// `-c logical_decoding_work_mem=<work_mem>` in the startup options, so the WAL sender decodes
+/// the backfill's chunk transactions in memory instead of spilling them to disk.
+fn walsender_config(config: &tokio_postgres::Config, work_mem: &str) -> tokio_postgres::Config {
+    let mut config = conninfo::with_exact_output(config);
+    let setting = format!("-c logical_decoding_work_mem={}", work_mem.replace(' ', ""));
+    let options = match config.get_options() {
+        Some(existing) if !existing.is_empty() => format!("{existing} {setting}"),
+        _ => setting,
+    };
+    config.options(&options);
+    config
+}

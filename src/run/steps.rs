@@ -1,0 +1,413 @@
+//! The phases after the setup, one method each, in the order [`Run::phases`] takes them:
+//! backfill, primary key and indexes, catch-up, constraints, catch-up again, verify,
+//! cutover (docs/design.md §1.4–§1.7).
+
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, Result};
+use tokio_postgres::Client;
+
+use super::Run;
+use super::setup::Capture;
+use super::tasks::{AbortOnDrop, ApplyWatch, Tasks, feed_stream_progress, feed_throttle_progress};
+use crate::cancel::Cancel;
+use crate::conninfo;
+use crate::failure::{FailureKind, fail};
+use crate::model::phase::Phase;
+use crate::ops::throttle::Throttler;
+use crate::phases::apply::Applier;
+use crate::phases::backfill::{Backfill, CopyReport};
+use crate::phases::cutover::{self, CutoverOptions, CutoverReport};
+use crate::phases::fence::Fencer;
+use crate::phases::shadow;
+use crate::phases::verify::{self, VerifyReport};
+use crate::plan::Plan;
+use crate::sql::literal;
+use crate::testing::pause_point;
+
+/// What the phases leave for the report once the cutover committed.
+pub(crate) struct Done {
+    pub(crate) copy: CopyReport,
+    pub(crate) verify: VerifyReport,
+    pub(crate) cutover: CutoverReport,
+    /// Row changes applied from the stream.
+    pub(crate) applied: u64,
+}
+
+/// The throttle checker and the tasks feeding the progress counters, for the phases'
+/// duration.
+struct Watchers {
+    throttler: Throttler,
+    apply: ApplyWatch,
+    _feeds: [AbortOnDrop; 2],
+}
+
+impl Run<'_> {
+    /// Runs the phases from the backfill to the committed cutover. `setup_started` is when
+    /// the setup began (its timing ends once the backfill may start).
+    pub(super) async fn phases(
+        &mut self,
+        capture: &mut Capture,
+        setup_started: Instant,
+    ) -> Result<Done> {
+        let watchers = self.start_watchers(capture).await?;
+        self.wait_exported_visible(&capture.exported).await?;
+        self.timed(Phase::Setup, setup_started);
+        let copy = self.backfill(&capture.tasks, &watchers.throttler).await?;
+        self.build_indexes(&watchers.throttler).await?;
+        let fencer = self.start_applier(capture, &watchers).await?;
+        self.build_constraints(&capture.tasks, &watchers.throttler)
+            .await?;
+        let since = Instant::now();
+        self.enter(Phase::CatchUpAfterIndexes);
+        catch_up(&capture.tasks, &fencer, &self.cancel, &watchers.throttler).await?;
+        self.timed(Phase::CatchUpAfterIndexes, since);
+        let (verify, peer) = self
+            .verify(&capture.tasks, &fencer, &watchers.throttler)
+            .await?;
+        let cutover = self
+            .cutover(capture, &fencer, &peer, &verify, &watchers.throttler)
+            .await?;
+        let applied = capture.tasks.applier()?.status().changes;
+        Ok(Done {
+            copy,
+            verify,
+            cutover,
+            applied,
+        })
+    }
+
+    /// Starts the throttle checker (wired to the control socket and the hooks) and the tasks
+    /// that feed the progress counters from it and from the stream.
+    async fn start_watchers(&mut self, capture: &Capture) -> Result<Watchers> {
+        let stream = capture
+            .tasks
+            .streamer
+            .as_ref()
+            .map(|s| s.watch())
+            .ok_or_else(|| anyhow::anyhow!("no stream"))?;
+        let apply = ApplyWatch::default();
+        let stream_feed = feed_stream_progress(
+            self.progress.clone(),
+            stream,
+            apply.clone(),
+            capture.start_lsn,
+        );
+        let mut throttler = Throttler::spawn(
+            self.config,
+            self.options.throttle.clone(),
+            &self.plan.names.slot,
+            &self.plan.names.message_prefix,
+        )
+        .await
+        .context("starting the throttle checker")?;
+        throttler.abort_on(self.cancel.clone());
+        self.operator.drive_throttle(throttler.live());
+        self.operator.drive_hooks(throttler.watch());
+        let throttle_feed = feed_throttle_progress(self.progress.clone(), throttler.watch());
+        Ok(Watchers {
+            throttler,
+            apply,
+            _feeds: [stream_feed, throttle_feed],
+        })
+    }
+
+    /// The backfill (docs/design.md §1.4) in `--copy-workers` sessions of their own.
+    async fn backfill(&mut self, tasks: &Tasks, throttler: &Throttler) -> Result<CopyReport> {
+        self.operator.hook("before-copy").await?;
+        let since = Instant::now();
+        self.progress.update(|s| {
+            s.phase = Some(Phase::Copy);
+            s.copy_started = Some(Instant::now());
+        });
+        let mut workers = Vec::new();
+        for _ in 0..self.options.copy_workers.max(1) {
+            let w = conninfo::connect(self.config).await?;
+            w.batch_execute("SET application_name = 'doppel copy'")
+                .await?;
+            workers.push(w);
+        }
+        let backfill = Backfill {
+            plan: &self.plan,
+            options: &self.options.copy,
+            progress: &self.progress,
+            throttle: Some(throttler),
+            controls: Some(&self.operator.controls),
+            probe: self.probe.clone(),
+        };
+        let check = || {
+            self.cancel.check()?;
+            tasks.check()?;
+            throttler.check_critical()
+        };
+        let copy = backfill.run(&self.control, &workers, check).await?;
+        self.progress
+            .update(|s| s.copy_ended = Some(Instant::now()));
+        self.operator.hook("copy-complete").await?;
+        self.timed(Phase::Copy, since);
+        tracing::info!(
+            rows = copy.rows,
+            chunks = copy.chunks,
+            secs = copy.elapsed.as_secs_f64(),
+            "backfill complete"
+        );
+        Ok(copy)
+    }
+
+    /// The shadow's primary key, then its non-unique indexes: logical decoding is still
+    /// working through the backfill's WAL, and the backlog cannot be applied before it has.
+    async fn build_indexes(&mut self, throttler: &Throttler) -> Result<()> {
+        let since = Instant::now();
+        self.enter(Phase::Indexes);
+        self.control
+            .batch_execute(&format!(
+                "SET maintenance_work_mem = {}",
+                literal(&self.options.maintenance_work_mem)
+            ))
+            .await
+            .context("setting maintenance_work_mem for the index builds")?;
+        for statement in shadow::primary_key_sql(&self.plan) {
+            run_cancellable(&self.control, &statement, &self.cancel, throttler)
+                .await
+                .context("building the shadow's primary key")?;
+        }
+        for statement in shadow::plain_index_sql(&self.plan) {
+            run_cancellable(&self.control, &statement, &self.cancel, throttler)
+                .await
+                .map_err(|e| index_error(e, &self.plan, &statement))?;
+        }
+        self.timed(Phase::Indexes, since);
+        Ok(())
+    }
+
+    /// Starts the applier on the spooled backlog and the fencer, and catches up once.
+    async fn start_applier(
+        &mut self,
+        capture: &mut Capture,
+        watchers: &Watchers,
+    ) -> Result<Fencer> {
+        let since = Instant::now();
+        self.enter(Phase::CatchUp);
+        let apply_client = conninfo::connect(self.config).await?;
+        apply_client
+            .batch_execute("SET application_name = 'doppel applier'")
+            .await?;
+        let reader = capture
+            .reader
+            .take()
+            .ok_or_else(|| anyhow::anyhow!("the spool reader was already taken"))?;
+        let applier = Applier::spawn(
+            apply_client,
+            self.plan.clone(),
+            reader,
+            Some(watchers.throttler.watch()),
+            self.probe.clone(),
+        )
+        .await?;
+        if let Ok(mut w) = watchers.apply.lock() {
+            *w = Some(applier.watch());
+        }
+        capture.tasks.applier = Some(applier);
+        let fence_client = conninfo::connect(self.config).await?;
+        fence_client
+            .batch_execute("SET application_name = 'doppel fence'")
+            .await?;
+        let fencer = Fencer::new(fence_client, &self.plan.names.message_prefix).await?;
+        capture.tasks.applier()?.resume();
+        pause_point!(self.probe, "catch-up", self.plan.names.shadow.clone());
+        catch_up(&capture.tasks, &fencer, &self.cancel, &watchers.throttler).await?;
+        self.timed(Phase::CatchUp, since);
+        Ok(fencer)
+    }
+
+    /// Unique and exclusion indexes and NOT VALID checks, with the applier paused (the spool
+    /// absorbs changes), then `VACUUM (ANALYZE)` of the shadow.
+    async fn build_constraints(&mut self, tasks: &Tasks, throttler: &Throttler) -> Result<()> {
+        let since = Instant::now();
+        self.enter(Phase::Constraints);
+        let applier = tasks.applier()?;
+        applier.pause().await?;
+        // Unique and exclusion indexes must see writes in source order from now on.
+        applier.set_collapse(!shadow::has_constraining_indexes(&self.plan));
+        for statement in shadow::constraining_sql(&self.plan) {
+            tasks.check()?;
+            run_cancellable(&self.control, &statement, &self.cancel, throttler)
+                .await
+                .map_err(|e| index_error(e, &self.plan, &statement))?;
+        }
+        let (finish, vacuum) = shadow::finish_sql(&self.plan);
+        for statement in finish {
+            self.control.batch_execute(&statement).await?;
+        }
+        applier.resume();
+        run_cancellable(&self.control, &vacuum, &self.cancel, throttler)
+            .await
+            .context("VACUUM (ANALYZE) of the shadow")?;
+        self.timed(Phase::Constraints, since);
+        Ok(())
+    }
+
+    /// Verification (docs/design.md §1.6) on the control session and a peer session, which
+    /// the cutover then uses to watch for blockers.
+    async fn verify(
+        &mut self,
+        tasks: &Tasks,
+        fencer: &Fencer,
+        throttler: &Throttler,
+    ) -> Result<(VerifyReport, Client)> {
+        let since = Instant::now();
+        self.enter(Phase::Verify);
+        let mut peer = conninfo::connect(self.config).await?;
+        peer.batch_execute("SET application_name = 'doppel verify'")
+            .await?;
+        pause_point!(self.probe, "verifying", self.plan.names.shadow.clone());
+        let pace = verify::Pace {
+            throttle: Some(throttler),
+            nice_ratio: self.options.copy.nice_ratio,
+            progress: Some(&self.progress),
+        };
+        let applier = tasks.applier()?;
+        let report = tokio::select! {
+            r = verify::verify(
+                &mut self.control,
+                &mut peer,
+                &self.plan,
+                fencer,
+                applier,
+                self.options.verify_chunk_rows,
+                &pace,
+            ) => r.map_err(|e| tasks.stream_error_first(e))?,
+            _ = self.cancel.cancelled() => return Err(self.aborted("verification")),
+        };
+        self.timed(Phase::Verify, since);
+        tracing::info!(
+            chunks = report.chunks,
+            rows = report.rows,
+            rechecks = report.rechecks,
+            deferred_keys = report.unsettled.len(),
+            "verification passed"
+        );
+        Ok((report, peer))
+    }
+
+    /// The cutover (docs/design.md §4), once the throttles are clear and the
+    /// `before-cutover` hook passed.
+    async fn cutover(
+        &mut self,
+        capture: &Capture,
+        fencer: &Fencer,
+        peer: &Client,
+        verify: &VerifyReport,
+        throttler: &Throttler,
+    ) -> Result<CutoverReport> {
+        let since = Instant::now();
+        self.enter(Phase::Cutover);
+        self.cancel.check()?;
+        throttler.wait_clear().await?;
+        self.operator.hook("before-cutover").await?;
+        let script = cutover::script(&self.control, &self.plan, self.options.lock_timeout).await?;
+        let options = self.cutover_options(throttler);
+        let report = cutover::run(
+            &mut self.control,
+            peer,
+            &self.plan,
+            &script,
+            fencer,
+            capture.tasks.applier()?,
+            &verify.unsettled,
+            &capture.fingerprint,
+            &options,
+        )
+        .await
+        .map_err(|e| capture.tasks.stream_error_first(e))?;
+        self.timed(Phase::Cutover, since);
+        Ok(report)
+    }
+
+    fn cutover_options(&self, throttler: &Throttler) -> CutoverOptions {
+        CutoverOptions {
+            lock_timeout: self.options.lock_timeout,
+            retries: self.options.cutover_retries,
+            fence_timeout: self.options.fence_timeout,
+            rollback_dir: self.options.rollback_dir.clone(),
+            postpone_flag_file: self.options.postpone_cutover_flag_file.clone(),
+            controls: Some(self.operator.controls.clone()),
+            probe: self.probe.clone(),
+            kill_blockers: self.options.kill_blockers,
+            cancel: self.cancel.clone(),
+            throttle: Some(throttler.watch()),
+        }
+    }
+}
+
+/// Waits until the applier has applied everything committed before now (a fence), checking
+/// the tasks, the cancel signal and the critical throttle conditions while it waits.
+async fn catch_up(
+    tasks: &Tasks,
+    fencer: &Fencer,
+    cancel: &Cancel,
+    throttler: &Throttler,
+) -> Result<()> {
+    let n = fencer.emit().await?;
+    loop {
+        cancel.check()?;
+        tasks.check()?;
+        throttler.check_critical()?;
+        if tasks
+            .applier()?
+            .wait_fence(n, Duration::from_millis(500))
+            .await
+            .is_ok()
+        {
+            return Ok(());
+        }
+    }
+}
+
+/// Runs one long statement; on cancel, or on a critical throttle condition (the panic flag
+/// file, ...), asks the server to cancel it and returns that abort.
+async fn run_cancellable(
+    client: &Client,
+    sql: &str,
+    cancel: &Cancel,
+    throttler: &Throttler,
+) -> Result<()> {
+    let token = client.cancel_token();
+    tokio::select! {
+        r = client.batch_execute(sql) => r.map_err(anyhow::Error::new),
+        _ = cancel.cancelled() => {
+            token.cancel_query(tokio_postgres::NoTls).await.ok();
+            Err(fail(FailureKind::Aborted, "interrupted: stopping and cleaning up"))
+        }
+        e = throttler.critical() => {
+            token.cancel_query(tokio_postgres::NoTls).await.ok();
+            Err(e)
+        }
+    }
+}
+
+/// An index or constraint build the existing rows violate is a conflict (exit 8), named
+/// with the user's index and constraint names.
+fn index_error(e: anyhow::Error, plan: &Plan, statement: &str) -> anyhow::Error {
+    let db = e
+        .downcast_ref::<tokio_postgres::Error>()
+        .and_then(|e| e.as_db_error())
+        .map(|d| {
+            format!(
+                "{}{}",
+                d.message(),
+                d.detail().map(|x| format!(" ({x})")).unwrap_or_default()
+            )
+        });
+    match db {
+        Some(msg) => fail(
+            FailureKind::Conflict,
+            format!(
+                "building an index or constraint of the new schema failed: {}; the rows of {} violate it. Nothing was cut over; the original table is untouched. Statement: {statement}",
+                shadow::user_names(plan, &msg),
+                plan.original.qualified()
+            ),
+        ),
+        None => e.context("building secondary indexes"),
+    }
+}

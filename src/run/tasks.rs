@@ -1,0 +1,137 @@
+//! The background tasks a run owns: the stream consumer and the applier (stopped on every
+//! exit path), and the small tasks that feed the progress counters from them and from the
+//! throttle checker.
+
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use anyhow::{Result, anyhow};
+use pglogrepl::lsn::Lsn;
+use tokio::sync::watch;
+
+use crate::ops::progress::Progress;
+use crate::ops::throttle::ThrottleState;
+use crate::phases::apply::{Applier, ApplyStatus};
+use crate::phases::capture::stream::{StreamStatus, Streamer};
+
+/// A spawned task aborted when this is dropped.
+pub(crate) struct AbortOnDrop(pub(crate) tokio::task::JoinHandle<()>);
+
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
+}
+
+/// Owns the stream consumer and the applier; stops both on every exit path.
+pub(crate) struct Tasks {
+    pub(crate) streamer: Option<Streamer>,
+    pub(crate) applier: Option<Applier>,
+}
+
+impl Tasks {
+    /// Fails if the stream consumer or the applier stopped with an error.
+    pub(crate) fn check(&self) -> Result<()> {
+        if let Some(s) = &self.streamer {
+            s.check()?;
+        }
+        if let Some(a) = &self.applier {
+            a.check()?;
+        }
+        Ok(())
+    }
+
+    /// The applier (once the catch-up started it).
+    pub(crate) fn applier(&self) -> Result<&Applier> {
+        self.applier.as_ref().ok_or_else(|| anyhow!("no applier"))
+    }
+
+    /// When a phase fails because the applier stopped, the cause is often the stream that
+    /// fed it (a terminated WAL sender): report that error (exit code 4) rather than its
+    /// consequence.
+    pub(crate) fn stream_error_first(&self, e: anyhow::Error) -> anyhow::Error {
+        match self.streamer.as_ref().map(|s| s.check()) {
+            Some(Err(stream)) => stream.context(format!("{e:#}")),
+            _ => e,
+        }
+    }
+
+    /// Stops the applier, then the stream; the first error of either.
+    pub(crate) async fn shutdown(&mut self) -> Result<()> {
+        let mut first_error = None;
+        if let Some(a) = self.applier.take()
+            && let Err(e) = a.stop().await
+        {
+            first_error.get_or_insert(e);
+        }
+        if let Some(s) = self.streamer.take()
+            && let Err(e) = s.stop().await
+        {
+            first_error.get_or_insert(e);
+        }
+        match first_error {
+            Some(e) => Err(e),
+            None => Ok(()),
+        }
+    }
+}
+
+/// The applier's status, once there is an applier, for [`feed_stream_progress`].
+pub(crate) type ApplyWatch = Arc<Mutex<Option<watch::Receiver<ApplyStatus>>>>;
+
+/// Every 250 ms, copies the stream's position and the applier's progress into `progress`:
+/// stream LSN, lag and backlog (bytes, from `start_lsn` until something is applied), changes
+/// applied.
+pub(crate) fn feed_stream_progress(
+    progress: Arc<Progress>,
+    stream: watch::Receiver<StreamStatus>,
+    apply: ApplyWatch,
+    start_lsn: Lsn,
+) -> AbortOnDrop {
+    AbortOnDrop(tokio::spawn(async move {
+        loop {
+            let applied = apply
+                .lock()
+                .ok()
+                .and_then(|w| w.as_ref().map(|r| r.borrow().clone()));
+            let stream = stream.borrow().clone();
+            progress.update(|s| {
+                s.stream_lsn = stream.received.to_string();
+                let head = stream.received.max(stream.server_wal_end);
+                let done = applied
+                    .as_ref()
+                    .map(|a| a.applied)
+                    .unwrap_or(start_lsn)
+                    .max(start_lsn);
+                s.lag_bytes = head.bytes_since(done);
+                s.backlog_bytes = stream.received.bytes_since(done);
+                if let Some(a) = &applied {
+                    s.applied = a.changes;
+                }
+            });
+            tokio::time::sleep(Duration::from_millis(250)).await;
+        }
+    }))
+}
+
+/// Copies each throttle sample's reasons and replica lag into `progress` as it arrives.
+pub(crate) fn feed_throttle_progress(
+    progress: Arc<Progress>,
+    mut rx: watch::Receiver<ThrottleState>,
+) -> AbortOnDrop {
+    AbortOnDrop(tokio::spawn(async move {
+        loop {
+            let (reasons, lag) = {
+                let s = rx.borrow_and_update();
+                (s.reasons.join("; "), s.replica_lag_ms)
+            };
+            progress.update(|s| {
+                s.throttled = reasons;
+                s.replica_lag_ms = lag;
+            });
+            if rx.changed().await.is_err() {
+                return;
+            }
+        }
+    }))
+}
