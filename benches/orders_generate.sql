@@ -1,4 +1,5 @@
--- benches/orders_generate.sql: the table of ../shared/BASELINES.md, generated once per
+-- benches/orders_generate.sql: the benchmark table orders (bigserial id, customer_id int, status,
+-- amount numeric(12,2), note, created_at timestamptz; 10M rows by default), generated once per
 -- benchmark run into bench.orders_pristine (deterministic: setseed). benches/orders_restore.sql
 -- rebuilds public.orders from it before every timed operation.
 -- psql variable: rows (number of rows).

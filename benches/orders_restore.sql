@@ -1,4 +1,4 @@
--- benches/orders_restore.sql: (re)creates public.orders exactly as BASELINES.md builds it
+-- benches/orders_restore.sql: (re)creates public.orders as orders_generate.sql defines it
 -- (bigserial PK, indexes on customer_id and created_at), from bench.orders_pristine.
 -- Drops what earlier steps left: orders, doppel's kept old table, the floor copy.
 \set ON_ERROR_STOP on

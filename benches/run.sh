@@ -3,7 +3,8 @@
 #
 #   benches/run.sh [--rows N] [options]          (10,000,000 rows by default; see --help)
 #
-# On the table of ../shared/BASELINES.md it times, each on a freshly restored table:
+# On the benchmark table (benches/orders_generate.sql: orders, 10M rows, bigserial PK, indexes on
+# customer_id and created_at) it times, each on a freshly restored table:
 #   a. the locking ALTER TABLE orders ALTER COLUMN customer_id TYPE bigint
 #   b. pg_repack -t orders (Debian package postgresql-<major>-repack, installed if missing)
 #   c. the physical floor: CREATE TABLE AS SELECT * + ADD PRIMARY KEY + 2 x CREATE INDEX
@@ -229,7 +230,7 @@ as_pg "$BINDIR/initdb" -D "$PGDATA" -U postgres --auth=trust -E UTF8 --locale=C 
   || { cat "$WORK/initdb.out" >&2; die "initdb failed"; }
 cat >>"$PGDATA/postgresql.conf" <<EOF
 
-# benches/run.sh (settings of ../shared/BASELINES.md)
+# benches/run.sh (shared_buffers=2GB, max_wal_size=8GB, fsync on)
 listen_addresses = '127.0.0.1'
 port = $PORT
 unix_socket_directories = '$WORK/sock'
@@ -595,7 +596,7 @@ MD="$WORK/section.md"
   echo
   echo "Command: \`$INVOCATION\` (doppel $COMMIT). Machine: $NPROC cores ($CPU), $MEM memory."
   echo "PostgreSQL $PG_VERSION, wal_level=logical, shared_buffers=2GB, max_wal_size=8GB, fsync on."
-  echo "Table \`orders\` as in BASELINES.md: heap ${R[heap]}, ${R[total_size]} with its PK and 2 indexes."
+  echo "Table \`orders\` (benches/orders_generate.sql): heap ${R[heap]}, ${R[total_size]} with its PK and 2 indexes."
   echo "ALTER under test: \`ALTER COLUMN customer_id TYPE bigint\`. Each figure is one run, each on a freshly restored table."
   echo "Load average (1/5/15 min) at the start: $LOAD_START; at the end: $(cut -d' ' -f1-3 /proc/loadavg) (other work on the machine makes figures noisy)."
   echo

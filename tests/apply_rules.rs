@@ -1,4 +1,4 @@
-//! The applier's rules (DESIGN.md §2) exercised while a backfill is in progress: UPDATEs that
+//! The applier's rules (docs/design.md §2) exercised while a backfill is in progress: UPDATEs that
 //! pgoutput sends without their unchanged TOASTed values (`u`), primary-key changes, delete and
 //! re-insert of one key, and a transaction that spans many keys. Every statement is mirrored
 //! into a twin table in the same transaction; afterwards the new table must equal the twin.

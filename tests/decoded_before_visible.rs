@@ -1,4 +1,4 @@
-//! Decoded before visible (DESIGN.md F3): a transaction's commit record can be in WAL — and so
+//! Decoded before visible (docs/design.md F3): a transaction's commit record can be in WAL — and so
 //! decoded, spooled and applied — before new snapshots see it. The window is forced, not
 //! waited for: `synchronous_standby_names` names a standby that does not exist, every session
 //! of doppel and of the test runs with `synchronous_commit=local`, and only the workload's
@@ -10,7 +10,7 @@
 //! and against doppel's (expecting the shadow, and after cutover the new table, to equal the
 //! twin that every write goes to in the same transaction):
 //!
-//! - the slot's exported snapshot counts a commit that is not visible yet (DESIGN.md §1.3):
+//! - the slot's exported snapshot counts a commit that is not visible yet (docs/design.md §1.3):
 //!   the copy must wait for it (`wait_exported_visible` in migration.rs);
 //! - a DELETE decoded (and, with a concurrent applier, applied) while invisible, before the
 //!   next chunk copies the row (the races table's "A applied a DELETE, then C's next snapshot
@@ -466,7 +466,7 @@ async fn polls_for_visibility(client: &Client, seen: &mut Vec<String>) -> bool {
     seen.len() >= 2
 }
 
-/// The slot-creation case (DESIGN.md §1.3). Two transactions the test holds keep the slot
+/// The slot-creation case (docs/design.md §1.3). Two transactions the test holds keep the slot
 /// building its snapshot; meanwhile the writer commits (decoded: the slot's snapshot counts it
 /// as committed, and its changes are before the slot's consistent point, so never streamed)
 /// without becoming visible. The backfill must not start before the commit is visible, or its

@@ -1,5 +1,5 @@
 //! End-to-end migrations on a real server with a concurrent writer and the twin-table oracle
-//! (DESIGN.md §2): after the migration the new table, projected onto the twin's columns,
+//! (docs/design.md §2): after the migration the new table, projected onto the twin's columns,
 //! equals the twin exactly.
 
 mod common;

@@ -1,4 +1,4 @@
-//! Race-forcing tests (DESIGN.md §2, the races table): each case is forced by pause points
+//! Race-forcing tests (docs/design.md §2, the races table): each case is forced by pause points
 //! (src/pause.rs), not by timing luck, and checked with the twin oracle: every write goes to
 //! `t` and to an untouched `twin` in the same transaction, and the shadow — compared when the
 //! run reaches `verifying` (caught up, before verification could refuse or re-check) — must

@@ -1,5 +1,5 @@
 //! Seeded random workloads against a table while doppel migrates it, checked with the twin
-//! oracle (issue 3, DESIGN.md §2 I1/I2/I3).
+//! oracle (issue 3, docs/design.md §2 I1/I2/I3).
 //!
 //! Per seed, on a database of its own (with a random session time zone): a table of the type
 //! matrix plus rounding columns (`doppel_testkit::workload::matrix_columns`, `rounding_columns`) and

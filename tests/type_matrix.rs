@@ -1,4 +1,4 @@
-//! The copy/stream handoff is exact for every column type (issue 3, DESIGN.md §2 I1).
+//! The copy/stream handoff is exact for every column type (issue 3, docs/design.md §2 I1).
 //!
 //! A table of 36 column types (37 with `xml`) holding their edge values — NaN, ±infinity,
 //! -0, subnormal floats, huge numerics, BC dates, empty arrays and arrays with NULLs or a

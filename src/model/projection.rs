@@ -7,7 +7,7 @@
 //! the assignment cast, exactly as `ALTER COLUMN .. TYPE` without `USING` does). The copy
 //! evaluates it over `FROM ONLY t AS src`; the applier over
 //! `FROM (SELECT u.p1::oldtype AS "col", ..) AS src` built from the decoded text values, so a
-//! value takes the same path from old type to new on both sides (DESIGN.md §2). Columns the
+//! value takes the same path from old type to new on both sides (docs/design.md §2). Columns the
 //! ALTER adds get their defaults; generated columns are computed by the shadow.
 
 use crate::model::catalog::Column;
@@ -559,7 +559,7 @@ fn shift_params(sql: &str, by: usize) -> String {
 /// row contains its primary key, so no row can appear twice and XOR loses nothing a sum would
 /// catch; a chunk that differs compares equal with probability about 2^-64. One hash per row
 /// instead of two (seeds 0 and 1, a 128-bit hash) makes a chunk's comparison about 40%
-/// cheaper (250,000 rows of BASELINES.md's `orders`: 50 ms instead of 85 ms).
+/// cheaper (250,000 rows of the benchmark's `orders` table: 50 ms instead of 85 ms).
 fn hash_aggregate(row: &str, from: &str) -> String {
     format!(
         "SELECT count(*)::bigint, coalesce(bit_xor(hash_record_extended({row}, 0)), 0)::text

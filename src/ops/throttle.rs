@@ -1,4 +1,4 @@
-//! Throttling (gh-ost's model, DESIGN.md §5): a checker samples every reason to slow down
+//! Throttling (gh-ost's model): a checker samples every reason to slow down
 //! every [`CHECK_INTERVAL`] and publishes the active ones; the backfill and the applier stop
 //! at their next chunk or batch boundary while any is active, and resume when all clear. The
 //! replication stream is consumed regardless, so throttling never moves the backlog onto the

@@ -1,5 +1,5 @@
 //! The applier: replays spooled pgoutput transactions into the shadow table, in commit order,
-//! through the copy's own projection (DESIGN.md §2, ordering (a)).
+//! through the copy's own projection (docs/design.md §2, ordering (a)).
 //!
 //! It starts only after the backfill and the shadow's primary key exist, so every event is
 //! applied after every copied chunk: each key ends at its last write, either the copy (latest
@@ -941,7 +941,7 @@ fn check_relation(plan: &Plan, rel: &pgoutput::Relation) -> Result<()> {
 }
 
 /// Waits until the transactions `xids` (32-bit, committed) are visible to new snapshots of
-/// this session: a commit can be decoded before it leaves the ProcArray (DESIGN.md F3). One
+/// this session: a commit can be decoded before it leaves the ProcArray (docs/design.md F3). One
 /// `pg_current_snapshot()` per check, whatever the number of transactions.
 ///
 /// Errors: a transaction still invisible after 60 s (a synchronous standby that never

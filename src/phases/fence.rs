@@ -5,7 +5,7 @@
 //! commit order, so once the applier has committed the batch that contains fence N, every
 //! change committed on the original before the fence's commit is in the shadow. The fence's
 //! commit is flushed locally (`synchronous_commit = local`), and walsenders send only flushed
-//! WAL, so the fence reaches the stream without waiting for other activity (DESIGN.md §4.3:
+//! WAL, so the fence reaches the stream without waiting for other activity (docs/design.md §4.3:
 //! before PostgreSQL 17 a non-transactional message is not flushed by itself).
 
 use std::sync::atomic::{AtomicU64, Ordering};

@@ -1,6 +1,6 @@
 //! Verification: the original and the shadow (or, after a cutover, the kept old table and the
 //! new one) compared chunk by chunk — row count and an order-independent hash of the projected
-//! rows — with one short REPEATABLE READ snapshot per chunk covering both tables (DESIGN.md
+//! rows — with one short REPEATABLE READ snapshot per chunk covering both tables (docs/design.md
 //! §1.6, I1, I4).
 //!
 //! Inside a run ([`verify`]) the shadow trails the original by the stream, so a chunk that

@@ -1,4 +1,4 @@
-//! A concurrent writer with a twin-table oracle (DESIGN.md §2, "the oracle test pattern"),
+//! A concurrent writer with a twin-table oracle (docs/design.md §2, "the oracle test pattern"),
 //! used by `doppel demo`, the tests and the benchmarks.
 //!
 //! Every change the writer makes to the table is mirrored into an untouched twin table in the
@@ -212,7 +212,7 @@ pub async fn table_columns(client: &Client, table: &str) -> Result<Vec<(String, 
 }
 
 /// `table` projected onto the twin's columns and types compared with `twin` (the oracle of
-/// DESIGN.md §2), exactly, by text ([`compare`]).
+/// docs/design.md §2), exactly, by text ([`compare`]).
 ///
 /// Errors: a column of the twin is missing from `table` or cannot be cast back.
 pub async fn compare_with_twin(client: &Client, table: &str, twin: &str) -> Result<Difference> {
@@ -1248,7 +1248,7 @@ pub fn edge_rows(columns: &[MatrixColumn], first_id: i64) -> Vec<(i64, Vec<Strin
 }
 
 /// Runs each statement on a table and on its twin in the same transaction: the oracle of
-/// DESIGN.md §2 for deterministic statements (no `random()`, `now()`, `LIMIT` without
+/// docs/design.md §2 for deterministic statements (no `random()`, `now()`, `LIMIT` without
 /// `ORDER BY`). Templates name the table `{t}`.
 #[derive(Debug, Clone)]
 pub struct Mirror {

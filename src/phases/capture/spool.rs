@@ -1,5 +1,5 @@
 //! The change spool: pgoutput messages received from the replication slot, appended to a
-//! local file as they arrive and read back by the applier (DESIGN.md §2, ordering (a)).
+//! local file as they arrive and read back by the applier (docs/design.md §2, ordering (a)).
 //!
 //! The stream is consumed continuously while the backfill runs, so the primary does not have
 //! to retain WAL for the whole copy: the slot's position is confirmed once the messages are

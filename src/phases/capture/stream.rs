@@ -1,6 +1,6 @@
 //! The replication stream consumer: reads pgoutput messages from the slot without pause,
 //! appends them to the spool, and confirms to the server (standby status update, flush LSN)
-//! only what is synced to the spool (DESIGN.md §2: "confirm the LSN only after the spool is
+//! only what is synced to the spool (docs/design.md §2: "confirm the LSN only after the spool is
 //! synced"). While no transaction is open it confirms keepalive positions too, so an idle
 //! stream does not pin WAL.
 //!
