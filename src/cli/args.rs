@@ -1,0 +1,191 @@
+//! Flags shared by several subcommands: the connection, the tuning of a run (also the
+//! demo's), the log format and the progress display.
+
+use std::io::IsTerminal;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use clap::{Args, ValueEnum};
+use doppel::conninfo;
+use doppel::ops::progress::Display;
+use doppel::ops::throttle::ThrottleOptions;
+use doppel::phases::backfill::CopyOptions;
+use doppel::run::RunOptions;
+
+#[derive(Args, Debug)]
+pub(crate) struct ConnArgs {
+    /// Connection string: URI (postgres://user@host:5432/db) or key=value pairs. Without it,
+    /// PGHOST, PGPORT, PGUSER, PGPASSWORD and PGDATABASE are used, as libpq does.
+    #[arg(long)]
+    pub(crate) dsn: Option<String>,
+}
+
+#[derive(Args, Debug, Clone)]
+pub(crate) struct TuningArgs {
+    /// Target duration of one backfill chunk, in ms.
+    #[arg(long, default_value_t = 100)]
+    pub(crate) chunk_time: u64,
+    /// Sleep this many times each chunk's duration after it, backfill and verification chunks
+    /// alike (gh-ost's --nice-ratio).
+    #[arg(long, default_value_t = 0.0)]
+    pub(crate) nice_ratio: f64,
+    /// Sessions copying chunks at once.
+    #[arg(long, default_value_t = 2)]
+    pub(crate) copy_workers: usize,
+    /// Rows per verification chunk: each is compared under one short snapshot, and the
+    /// throttles and --nice-ratio act between chunks.
+    #[arg(long, default_value_t = doppel::phases::verify::VERIFY_CHUNK_ROWS)]
+    pub(crate) verify_chunk_rows: i64,
+    /// maintenance_work_mem for building the shadow's indexes.
+    #[arg(long, default_value = "1GB")]
+    pub(crate) maintenance_work_mem: String,
+    /// lock_timeout of each cutover attempt, in ms.
+    #[arg(long, default_value_t = 200)]
+    pub(crate) lock_timeout: u64,
+    /// Cutover attempts before giving up.
+    #[arg(long, default_value_t = 10)]
+    pub(crate) cutover_retries: u32,
+    /// Longest wait, in ms, for the last changes to be applied while the cutover lock is held.
+    #[arg(long, default_value_t = 1000)]
+    pub(crate) fence_timeout: u64,
+    /// Directory for the change spool (default: the system temp dir).
+    #[arg(long)]
+    pub(crate) work_dir: Option<PathBuf>,
+    /// While this file exists doppel keeps the shadow caught up and does not cut over;
+    /// remove it to cut over (gh-ost's --postpone-cut-over-flag-file).
+    #[arg(long)]
+    pub(crate) postpone_cutover_flag_file: Option<PathBuf>,
+    /// Cancel (pg_cancel_backend), then terminate (pg_terminate_backend), the sessions that
+    /// block the cutover lock once they have blocked it for --kill-blockers-grace. Off by
+    /// default: without it doppel only reports them and retries.
+    #[arg(long)]
+    pub(crate) kill_blockers: bool,
+    /// logical_decoding_work_mem of doppel's WAL sender: server memory for decoding before
+    /// transactions spill to disk (the backfill's own chunks are decoded too).
+    #[arg(long, default_value = "256MB")]
+    pub(crate) logical_decoding_work_mem: String,
+    /// Grace period, in ms, before --kill-blockers cancels a blocking session.
+    #[arg(long, default_value_t = 2000)]
+    pub(crate) kill_blockers_grace: u64,
+    /// Throttle while a standby's replay lag exceeds this many ms (pg_stat_replication, and
+    /// the heartbeat on each --throttle-replica).
+    #[arg(long)]
+    pub(crate) max_replica_lag: Option<u64>,
+    /// Throttle while a standby's replay position trails the primary by more bytes of WAL.
+    #[arg(long)]
+    pub(crate) max_replica_lag_bytes: Option<u64>,
+    /// A standby to measure heartbeat lag on (DSN; repeatable).
+    #[arg(long = "throttle-replica")]
+    pub(crate) throttle_replicas: Vec<String>,
+    /// Throttle while doppel's replication slot retains more bytes of WAL.
+    #[arg(long)]
+    pub(crate) max_retained_wal: Option<u64>,
+    /// Abort (and clean up) when doppel's slot retains more bytes of WAL.
+    #[arg(long)]
+    pub(crate) critical_retained_wal: Option<u64>,
+    /// Throttle while more client sessions than this are running a statement.
+    #[arg(long)]
+    pub(crate) max_active_backends: Option<i64>,
+    /// Throttle while this query returns a positive number (or true).
+    #[arg(long)]
+    pub(crate) throttle_query: Option<String>,
+    /// Abort (and clean up) when this query returns a positive number.
+    #[arg(long)]
+    pub(crate) critical_query: Option<String>,
+    /// Throttle while this file exists.
+    #[arg(long)]
+    pub(crate) throttle_flag_file: Option<PathBuf>,
+    /// Abort (and clean up) as soon as this file exists.
+    #[arg(long)]
+    pub(crate) panic_flag_file: Option<PathBuf>,
+    /// Control socket path (default: `<work dir>/doppel-<table oid>.sock`).
+    #[arg(long)]
+    pub(crate) control_socket: Option<PathBuf>,
+    /// Directory of hook executables named after phases (on-startup, on-preflight-ok,
+    /// before-copy, copy-complete, on-throttled, before-cutover, after-cutover, on-success,
+    /// on-failure, on-status).
+    #[arg(long)]
+    pub(crate) hooks_dir: Option<PathBuf>,
+    /// Directory for the rollback script (default: the current directory).
+    #[arg(long, default_value = ".")]
+    pub(crate) rollback_dir: PathBuf,
+    /// Progress display: bars on a TTY, status lines otherwise.
+    #[arg(long, value_enum, default_value_t = ProgressMode::Auto)]
+    pub(crate) progress: ProgressMode,
+    /// Seconds between status lines.
+    #[arg(long, default_value_t = 10)]
+    pub(crate) status_interval: u64,
+}
+
+#[derive(ValueEnum, Clone, Copy, Debug)]
+pub(crate) enum LogFormat {
+    Text,
+    Json,
+}
+
+#[derive(ValueEnum, Clone, Copy, Debug)]
+pub(crate) enum ProgressMode {
+    Auto,
+    Bars,
+    Lines,
+}
+
+/// The library's run options from the command line's.
+///
+/// Errors: a `--throttle-replica` DSN that does not parse.
+pub(crate) fn run_options(
+    table: String,
+    alters: Vec<String>,
+    execute: bool,
+    t: &TuningArgs,
+) -> anyhow::Result<RunOptions> {
+    let display = match t.progress {
+        ProgressMode::Bars => Display::Bars,
+        ProgressMode::Lines => Display::Lines,
+        ProgressMode::Auto if std::io::stderr().is_terminal() => Display::Bars,
+        ProgressMode::Auto => Display::Lines,
+    };
+    let mut replicas = Vec::new();
+    for dsn in &t.throttle_replicas {
+        replicas.push(conninfo::resolve(Some(dsn))?);
+    }
+    Ok(RunOptions {
+        table,
+        alters,
+        execute,
+        copy: CopyOptions {
+            chunk_time: Duration::from_millis(t.chunk_time.max(1)),
+            nice_ratio: t.nice_ratio.max(0.0),
+            ..CopyOptions::default()
+        },
+        copy_workers: t.copy_workers.max(1),
+        verify_chunk_rows: t.verify_chunk_rows.max(1),
+        maintenance_work_mem: t.maintenance_work_mem.clone(),
+        lock_timeout: Duration::from_millis(t.lock_timeout.max(1)),
+        cutover_retries: t.cutover_retries.max(1),
+        fence_timeout: Duration::from_millis(t.fence_timeout.max(1)),
+        work_dir: t.work_dir.clone().unwrap_or_else(std::env::temp_dir),
+        rollback_dir: t.rollback_dir.clone(),
+        postpone_cutover_flag_file: t.postpone_cutover_flag_file.clone(),
+        logical_decoding_work_mem: t.logical_decoding_work_mem.clone(),
+        kill_blockers: t
+            .kill_blockers
+            .then(|| Duration::from_millis(t.kill_blockers_grace)),
+        throttle: ThrottleOptions {
+            max_replica_lag: t.max_replica_lag.map(Duration::from_millis),
+            max_replica_lag_bytes: t.max_replica_lag_bytes,
+            replicas,
+            max_retained_wal: t.max_retained_wal,
+            critical_retained_wal: t.critical_retained_wal,
+            max_active_backends: t.max_active_backends,
+            throttle_query: t.throttle_query.clone(),
+            critical_query: t.critical_query.clone(),
+            throttle_flag_file: t.throttle_flag_file.clone(),
+            panic_flag_file: t.panic_flag_file.clone(),
+        },
+        control_socket: t.control_socket.clone(),
+        hooks_dir: t.hooks_dir.clone(),
+        display,
+        status_interval: Duration::from_secs(t.status_interval.max(1)),
+    })
+}

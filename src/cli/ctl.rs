@@ -1,0 +1,51 @@
+//! `doppel ctl`: a command to a running migration's control socket.
+
+use std::path::PathBuf;
+
+use clap::Args;
+use doppel::conninfo;
+
+use super::args::ConnArgs;
+
+#[derive(Args, Debug)]
+pub(crate) struct CtlArgs {
+    #[command(flatten)]
+    pub(crate) conn: ConnArgs,
+    /// The table being migrated (finds the socket `<work dir>/doppel-<oid>.sock`).
+    #[arg(long, required_unless_present = "control_socket")]
+    pub(crate) table: Option<String>,
+    /// The control socket's path (instead of finding it from --table).
+    #[arg(long)]
+    pub(crate) control_socket: Option<PathBuf>,
+    /// The run's --work-dir (default: the system temp dir).
+    #[arg(long)]
+    pub(crate) work_dir: Option<PathBuf>,
+    /// The command, e.g. `status` or `chunk-time=200`.
+    #[arg(required = true, num_args = 1..)]
+    pub(crate) command: Vec<String>,
+}
+
+/// Sends the command and prints the reply; exit 1 when the run answers `error:`.
+pub(crate) async fn ctl(args: CtlArgs) -> anyhow::Result<()> {
+    let path = match (args.control_socket, args.table) {
+        (Some(path), _) => path,
+        (None, Some(table)) => {
+            let config = conninfo::resolve(args.conn.dsn.as_deref())?;
+            let client = conninfo::connect(&config).await?;
+            let oid = doppel::model::catalog::resolve(&client, &table).await?;
+            doppel::ops::control::default_path(
+                &args.work_dir.unwrap_or_else(std::env::temp_dir),
+                oid,
+            )
+        }
+        (None, None) => anyhow::bail!("give --table or --control-socket"),
+    };
+    let reply = doppel::ops::control::send(&path, &args.command.join(" "))
+        .await
+        .map_err(|e| e.context(format!("no doppel run answers on {} (is one running on this table? pass --work-dir if it used one)", path.display())))?;
+    println!("{}", reply.trim_end());
+    if reply.starts_with("error:") {
+        std::process::exit(1);
+    }
+    Ok(())
+}

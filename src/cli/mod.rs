@@ -1,0 +1,100 @@
+//! The subcommands, one file each: `run`, `demo`, `cleanup`, `ctl`, `verify`; `args` holds
+//! the flags they share (connection, tuning, output).
+
+mod args;
+mod cleanup;
+mod ctl;
+mod demo;
+mod run;
+mod verify;
+
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+use doppel::cancel::Cancel;
+
+use args::LogFormat;
+
+/// Online ALTER TABLE for PostgreSQL: shadow table, chunked backfill, logical replication
+/// catch-up, verification, and a cutover under a lock held for milliseconds.
+#[derive(Parser, Debug)]
+#[command(name = "doppel", version, about)]
+pub(crate) struct Cli {
+    #[command(subcommand)]
+    pub(crate) command: Command,
+    /// Log format on stderr.
+    #[arg(long, value_enum, default_value_t = LogFormat::Text, global = true)]
+    pub(crate) log_format: LogFormat,
+}
+
+#[derive(Subcommand, Debug)]
+pub(crate) enum Command {
+    /// Migrate a table (a dry run unless --execute is given).
+    Run(run::RunArgs),
+    /// Run a real online migration on a throwaway local cluster, with a concurrent writer.
+    Demo(demo::DemoArgs),
+    /// Remove what an interrupted run left behind (slot, publication, shadow table).
+    Cleanup(cleanup::CleanupArgs),
+    /// Send a command to a running migration's control socket (`status`, `throttle`,
+    /// `no-throttle`, `chunk-time=MS`, `max-replica-lag=MS`, `lock-timeout=MS`, `postpone`,
+    /// `cut-over`, `abort`, `help`; `key=?` reads a value).
+    Ctl(ctl::CtlArgs),
+    /// Compare a table with its run's shadow (during a run) or with the kept old table (after
+    /// the cutover, --against) chunk by chunk, as the verify phase does. Exit 0: equal;
+    /// 6: rows differ (listed).
+    Verify(verify::VerifyArgs),
+}
+
+fn init_logging(format: LogFormat) {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    match format {
+        LogFormat::Json => builder.json().init(),
+        LogFormat::Text => builder.init(),
+    }
+}
+
+/// Cancels on Ctrl-C or SIGTERM.
+fn install_signals() -> Cancel {
+    let (tx, cancel) = Cancel::new();
+    tokio::spawn(async move {
+        let mut term =
+            match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+                Ok(s) => s,
+                Err(_) => return,
+            };
+        tokio::select! {
+            _ = tokio::signal::ctrl_c() => {}
+            _ = term.recv() => {}
+        }
+        tracing::warn!("signal received: stopping and cleaning up");
+        tx.send_replace(true);
+        std::mem::forget(tx);
+    });
+    cancel
+}
+
+/// Parses the command line, runs the subcommand, and maps its error to the exit code
+/// (`doppel::failure::exit_code`), printing the error on stderr.
+pub(crate) async fn main() -> ExitCode {
+    let cli = Cli::parse();
+    init_logging(cli.log_format);
+    let cancel = install_signals();
+    let result = match cli.command {
+        Command::Run(args) => run::run(args, &cancel).await,
+        Command::Demo(args) => demo::demo(args, &cancel).await,
+        Command::Cleanup(args) => cleanup::cleanup(args).await,
+        Command::Ctl(args) => ctl::ctl(args).await,
+        Command::Verify(args) => verify::verify(args).await,
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            ExitCode::from(doppel::failure::exit_code(&e))
+        }
+    }
+}
