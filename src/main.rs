@@ -389,7 +389,7 @@ async fn run(args: RunArgs, cancel: &Cancel) -> anyhow::Result<()> {
     match run::run(&config, &options, cancel).await? {
         Outcome::Planned(plan) => {
             let client = conninfo::connect(&config).await?;
-            let script = cutover::script(&client, &plan, options.lock_timeout).await?;
+            let script = cutover::Script::build(&client, &plan, options.lock_timeout).await?;
             println!("{}", run::render_plan(&plan, &script));
             println!("dry run: nothing was changed. Add --execute to migrate.");
         }
