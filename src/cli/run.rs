@@ -32,7 +32,7 @@ pub(crate) async fn run(args: RunArgs, cancel: &Cancel) -> anyhow::Result<()> {
     match migration::run(&config, &options, cancel).await? {
         Outcome::Planned(plan) => {
             let client = conninfo::connect(&config).await?;
-            let script = cutover::script(&client, &plan, options.lock_timeout).await?;
+            let script = cutover::Script::build(&client, &plan, options.lock_timeout).await?;
             println!("{}", migration::render_plan(&plan, &script));
             println!("dry run: nothing was changed. Add --execute to migrate.");
         }

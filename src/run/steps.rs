@@ -17,7 +17,7 @@ use crate::model::phase::Phase;
 use crate::ops::throttle::Throttler;
 use crate::phases::apply::Applier;
 use crate::phases::backfill::{Backfill, CopyReport};
-use crate::phases::cutover::{self, CutoverOptions, CutoverReport};
+use crate::phases::cutover::{Cutover, CutoverOptions, CutoverReport, Script};
 use crate::phases::fence::Fencer;
 use crate::phases::shadow;
 use crate::phases::verify::{self, VerifyReport};
@@ -305,21 +305,20 @@ impl Run<'_> {
         self.cancel.check()?;
         throttler.wait_clear().await?;
         self.operator.hook("before-cutover").await?;
-        let script = cutover::script(&self.control, &self.plan, self.options.lock_timeout).await?;
-        let options = self.cutover_options(throttler);
-        let report = cutover::run(
-            &mut self.control,
-            peer,
-            &self.plan,
-            &script,
+        let script = Script::build(&self.control, &self.plan, self.options.lock_timeout).await?;
+        let cutover = Cutover {
+            plan: &self.plan,
+            script: &script,
             fencer,
-            capture.tasks.applier()?,
-            &verify.unsettled,
-            &capture.fingerprint,
-            &options,
-        )
-        .await
-        .map_err(|e| capture.tasks.stream_error_first(e))?;
+            applier: capture.tasks.applier()?,
+            unsettled: &verify.unsettled,
+            fingerprint: &capture.fingerprint,
+            options: self.cutover_options(throttler),
+        };
+        let report = cutover
+            .run(&mut self.control, peer)
+            .await
+            .map_err(|e| capture.tasks.stream_error_first(e))?;
         self.timed(Phase::Cutover, since);
         Ok(report)
     }

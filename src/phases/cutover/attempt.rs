@@ -1,0 +1,384 @@
+//! One cutover attempt (docs/design.md §4.2, step 2: take the lock, briefly): the re-checks
+//! prepared, the catch-up, `BEGIN; SET LOCAL lock_timeout`, the dependents' locks and `LOCK
+//! TABLE .. IN ACCESS EXCLUSIVE MODE` while a monitor session watches who blocks the request;
+//! then either the steps under the lock, or, after a timeout, the blockers reported (and
+//! killed with `--kill-blockers`) and a backoff with jitter before the next attempt.
+
+use std::collections::{HashMap, HashSet};
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, Result};
+use tokio_postgres::{Client, Transaction};
+
+use super::locked::{Committed, Inside, Rechecks};
+use super::script::RollbackFile;
+use super::{Attempt, Cutover};
+use crate::failure::{FailureKind, fail};
+
+/// How often the monitor session asks `pg_blocking_pids` who blocks the lock request (ms).
+const WATCH_INTERVAL: Duration = Duration::from_millis(10);
+
+/// Sessions that hold a lock on `table_oid` or have a transaction open longer than 10 s: the
+/// ones that can make the cutover's lock wait. `(pid, description)`, oldest transaction
+/// first; doppel's own sessions are left out.
+///
+/// Errors: the query failed (exit 1).
+pub async fn blockers(client: &Client, table_oid: u32) -> Result<Vec<(i32, String)>> {
+    let rows = client
+        .query(
+            "SELECT a.pid, format('pid %s (%s, %s, transaction open %s s%s): %s', a.pid,
+                           coalesce(a.usename::text, '?'), a.state,
+                           coalesce(extract(epoch FROM now() - a.xact_start)::bigint, 0),
+                           CASE WHEN l.mode IS NOT NULL THEN ', holds ' || l.mode ELSE '' END,
+                           left(regexp_replace(coalesce(a.query, ''), '\\s+', ' ', 'g'), 60))
+             FROM pg_stat_activity a
+             LEFT JOIN LATERAL (SELECT string_agg(mode, '+') AS mode FROM pg_locks
+                                WHERE pid = a.pid AND relation = $1 AND granted) l ON true
+             WHERE a.pid <> pg_backend_pid() AND a.backend_type = 'client backend'
+               AND (l.mode IS NOT NULL OR a.xact_start < now() - interval '10 seconds')
+               AND a.application_name NOT LIKE 'doppel%'
+             ORDER BY a.xact_start",
+            &[&table_oid],
+        )
+        .await
+        .context("listing sessions that could block the cutover")?;
+    Ok(rows.iter().map(|r| (r.get(0), r.get(1))).collect())
+}
+
+/// Backoff before attempt `attempt + 1` after attempt `attempt` (1-based) timed out:
+/// 100 ms × 2^(attempt-1), capped at 10 s, with ±50% jitter (so between 50 ms and 15 s).
+pub fn backoff(attempt: u32) -> Duration {
+    let base = 100u64
+        .saturating_mul(1 << attempt.saturating_sub(1).min(7))
+        .min(10_000);
+    let jitter = rand::random::<u64>() % (base + 1);
+    Duration::from_millis(base / 2 + jitter)
+}
+
+/// The attempts of one cutover so far.
+pub(super) struct Attempts {
+    /// The cutover connection's backend pid, whose lock request the monitor watches.
+    pid: i32,
+    /// Attempts started (the current one's number).
+    pub(super) made: u32,
+    /// Every finished attempt, in order.
+    pub(super) history: Vec<Attempt>,
+    /// `--kill-blockers`.
+    pub(super) killer: BlockerKiller,
+}
+
+impl Attempts {
+    /// No attempt yet; reads the cutover connection's pid.
+    ///
+    /// Errors: the query failed (exit 1).
+    pub(super) async fn start(client: &Client, kill_blockers: Option<Duration>) -> Result<Self> {
+        let pid: i32 = client
+            .query_one("SELECT pg_backend_pid()", &[])
+            .await?
+            .get(0);
+        Ok(Attempts {
+            pid,
+            made: 0,
+            history: Vec::new(),
+            killer: BlockerKiller::new(kill_blockers),
+        })
+    }
+}
+
+/// What one attempt measured before its outcome is known.
+struct Tried {
+    /// 1-based.
+    attempt: u32,
+    /// Time spent waiting for the lock.
+    lock_wait: Duration,
+    /// The drain predicted before locking.
+    predicted: Duration,
+}
+
+impl Tried {
+    /// The attempt as recorded, with its `outcome` and the pids seen `blocking` it.
+    fn record(&self, outcome: &str, blocking: Vec<i32>) -> Attempt {
+        Attempt {
+            attempt: self.attempt,
+            outcome: outcome.to_string(),
+            lock_wait_ms: self.lock_wait.as_secs_f64() * 1000.0,
+            predicted_drain_ms: self.predicted.as_secs_f64() * 1000.0,
+            blockers: blocking,
+        }
+    }
+}
+
+impl Cutover<'_> {
+    /// One attempt (docs/design.md §4.1–§4.4). Returns the committed cutover, or `None`
+    /// when the attempt timed out on the lock or on the drain under it, was rolled back, and
+    /// the backoff before the next one has been slept.
+    ///
+    /// Errors: the last of `--cutover-retries` attempts timed out (exit 5; the original is
+    /// untouched), the catch-up or the steps under the lock failed (see
+    /// [`Cutover::drain_before_attempt`], [`Cutover::inside_the_lock`]: exit 3, 6, 7 or 8),
+    /// the lock request failed other than by timeout (exit 1).
+    pub(super) async fn attempt(
+        &self,
+        client: &mut Client,
+        monitor: &Client,
+        attempts: &mut Attempts,
+        rollback: &mut RollbackFile,
+    ) -> Result<Option<Committed>> {
+        attempts.made += 1;
+        let attempt = attempts.made;
+        // The re-checks run under the lock, parsed and planned now (on this connection, each
+        // attempt): under the lock only their execution remains.
+        let rechecks = Rechecks::prepare(client, self.plan).await?;
+        // Catch up outside the lock first, so the drain inside it is only the last moments;
+        // attempt only when that drain is predicted to fit the budget.
+        let predicted = self.drain_before_attempt().await?;
+
+        let tx = client.transaction().await?;
+        self.set_lock_timeout(&tx).await?;
+        let lock_start = Instant::now();
+        let locked = self.request_lock(&tx, monitor, attempts.pid).await;
+        let tried = Tried {
+            attempt,
+            lock_wait: lock_start.elapsed(),
+            predicted,
+        };
+        if let Err((e, blocking)) = locked {
+            let timed_out = e.as_db_error().is_some_and(|d| d.code().code() == "55P03");
+            tx.rollback().await.ok();
+            if !timed_out {
+                return Err(anyhow::Error::new(e).context("locking the table for cutover"));
+            }
+            attempts
+                .history
+                .push(tried.record("lock timeout", blocking.clone()));
+            self.lock_timed_out(client, attempts, &tried, &blocking)
+                .await?;
+            return Ok(None);
+        }
+        match self.inside_the_lock(tx, &rechecks, rollback).await? {
+            Inside::DrainTimeout(e) => {
+                attempts
+                    .history
+                    .push(tried.record("drain timeout", Vec::new()));
+                tracing::warn!(
+                    attempt,
+                    "applier did not reach the fence inside the lock budget ({e}); rolled back"
+                );
+                if attempt >= self.options.retries {
+                    return Err(self.drain_budget_exhausted());
+                }
+                tokio::time::sleep(backoff(attempt)).await;
+                Ok(None)
+            }
+            Inside::Committed(committed) => {
+                attempts.history.push(tried.record("granted", Vec::new()));
+                committed.log(attempt);
+                Ok(Some(committed))
+            }
+        }
+    }
+
+    /// `SET LOCAL lock_timeout` on `tx`: the live value from the control socket
+    /// (`lock-timeout=MS`) if any, else `--lock-timeout` (ms, at least 1).
+    ///
+    /// Errors: the statement failed (exit 1).
+    async fn set_lock_timeout(&self, tx: &Transaction<'_>) -> Result<()> {
+        let options = &self.options;
+        let lock_timeout = options
+            .controls
+            .as_ref()
+            .map(|c| c.lock_timeout())
+            .unwrap_or(options.lock_timeout);
+        tx.batch_execute(&format!(
+            "SET LOCAL lock_timeout = '{}ms'",
+            lock_timeout.as_millis().max(1)
+        ))
+        .await?;
+        Ok(())
+    }
+
+    /// Requests the dependents' locks and the table's ACCESS EXCLUSIVE lock in one batch on
+    /// `tx`, while `monitor` polls `pg_blocking_pids(pid)` every 10 ms. Returns the pids seen
+    /// blocking the request together with the error when it was not granted.
+    async fn request_lock(
+        &self,
+        tx: &Transaction<'_>,
+        monitor: &Client,
+        pid: i32,
+    ) -> std::result::Result<(), (tokio_postgres::Error, Vec<i32>)> {
+        let table_q = self.plan.names.table_qualified();
+        let mut locking = self.script.locks.clone();
+        locking.push(format!("LOCK TABLE {table_q} IN ACCESS EXCLUSIVE MODE"));
+        let blocking = std::sync::Mutex::new(Vec::<i32>::new());
+        // Watch who blocks the request while it waits (pg_blocking_pids, every 10 ms).
+        let watch = async {
+            loop {
+                let pids = blocking_pids(monitor, pid).await;
+                if let Ok(mut b) = blocking.lock() {
+                    for pid in pids {
+                        if !b.contains(&pid) {
+                            b.push(pid);
+                        }
+                    }
+                }
+                tokio::time::sleep(WATCH_INTERVAL).await;
+            }
+        };
+        let lock_sql = locking.join(";\n");
+        let result = tokio::select! {
+            r = tx.batch_execute(&lock_sql) => r,
+            never = watch => never,
+        };
+        let blocking = blocking.into_inner().unwrap_or_default();
+        result.map_err(|e| (e, blocking))
+    }
+
+    /// After an attempt timed out on the lock (rolled back): logs the likely blockers, lets
+    /// `--kill-blockers` act on the pids seen `blocking`, then sleeps the backoff.
+    ///
+    /// Errors: that was the last of `--cutover-retries` attempts (exit 5).
+    async fn lock_timed_out(
+        &self,
+        client: &Client,
+        attempts: &mut Attempts,
+        tried: &Tried,
+        blocking: &[i32],
+    ) -> Result<()> {
+        let attempt = tried.attempt;
+        let who: Vec<String> = blockers(client, self.plan.original.oid)
+            .await
+            .unwrap_or_default()
+            .into_iter()
+            .map(|(_, w)| w)
+            .collect();
+        tracing::warn!(
+            attempt,
+            waited_ms = tried.lock_wait.as_millis() as u64,
+            blocking_pids = ?blocking,
+            "cutover lock not granted within lock_timeout; rolled back. Possible blockers: {}",
+            if who.is_empty() {
+                "none visible".to_string()
+            } else {
+                who.join("; ")
+            }
+        );
+        attempts.killer.act(client, blocking).await;
+        if attempt >= self.options.retries {
+            return Err(self.lock_budget_exhausted(attempt));
+        }
+        tokio::time::sleep(backoff(attempt)).await;
+        Ok(())
+    }
+
+    /// Every attempt timed out on the lock (exit 5).
+    fn lock_budget_exhausted(&self, attempts: u32) -> anyhow::Error {
+        fail(
+            FailureKind::LockBudget,
+            format!(
+                "cutover failed: the ACCESS EXCLUSIVE lock on {} was not granted within {} ms in {} attempts (long transactions or heavy lock traffic on the table); the original table is untouched. Retry later, raise --lock-timeout / --cutover-retries, or end the blocking sessions (--kill-blockers does it after a grace period)",
+                self.plan.original.qualified(),
+                self.options.lock_timeout.as_millis(),
+                attempts
+            ),
+        )
+    }
+
+    /// The last attempt timed out on the drain under the lock (exit 5).
+    fn drain_budget_exhausted(&self) -> anyhow::Error {
+        fail(
+            FailureKind::LockBudget,
+            format!(
+                "cutover failed: the applier could not drain the last changes within {} ms under the lock; the original table is untouched",
+                self.options.fence_timeout.as_millis()
+            ),
+        )
+    }
+}
+
+/// Sessions blocking backend `pid`'s lock request (`pg_blocking_pids`); empty on error.
+async fn blocking_pids(monitor: &Client, pid: i32) -> Vec<i32> {
+    match monitor
+        .query_one("SELECT pg_blocking_pids($1)", &[&pid])
+        .await
+    {
+        Ok(row) => row.get::<_, Vec<i32>>(0),
+        Err(_) => Vec::new(),
+    }
+}
+
+/// `--kill-blockers`: cancels, then terminates, the sessions that block the cutover lock.
+pub(super) struct BlockerKiller {
+    /// `--kill-blockers-grace`; `None`: kill nobody.
+    grace: Option<Duration>,
+    /// When each pid was first seen blocking.
+    first_seen: HashMap<i32, Instant>,
+    /// Pids cancelled so far (terminated if seen blocking again).
+    cancelled: HashSet<i32>,
+    /// What was done (`cancelled pid ..: ..`, `terminated pid ..: ..`), for the report.
+    pub(super) killed: Vec<String>,
+}
+
+impl BlockerKiller {
+    fn new(grace: Option<Duration>) -> BlockerKiller {
+        BlockerKiller {
+            grace,
+            first_seen: Default::default(),
+            cancelled: Default::default(),
+            killed: Vec::new(),
+        }
+    }
+
+    /// After a timed-out attempt: `blocking` are the pids `pg_blocking_pids` reported. A pid
+    /// blocking for at least the grace period is cancelled; one already cancelled that still
+    /// blocks is terminated. Sessions of doppel itself are never touched.
+    async fn act(&mut self, client: &Client, blocking: &[i32]) {
+        let Some(grace) = self.grace else { return };
+        let now = Instant::now();
+        for &pid in blocking {
+            let since = *self.first_seen.entry(pid).or_insert(now);
+            let (function, verb) = if self.cancelled.contains(&pid) {
+                ("pg_terminate_backend", "terminated")
+            } else if now.duration_since(since) >= grace {
+                ("pg_cancel_backend", "cancelled")
+            } else {
+                continue;
+            };
+            let row = client
+                .query_opt(
+                    &format!(
+                        "SELECT {function}(pid), format('pid %s (%s, %s): %s', pid, coalesce(usename::text, '?'), state,
+                                left(regexp_replace(coalesce(query, ''), '\\s+', ' ', 'g'), 60))
+                         FROM pg_stat_activity
+                         WHERE pid = $1 AND application_name NOT LIKE 'doppel%'"
+                    ),
+                    &[&pid],
+                )
+                .await;
+            match row {
+                Ok(Some(r)) if r.get::<_, bool>(0) => {
+                    let who: String = r.get(1);
+                    tracing::warn!("--kill-blockers: {verb} {who}");
+                    self.killed.push(format!("{verb} {who}"));
+                    self.cancelled.insert(pid);
+                }
+                Ok(_) => {}
+                Err(e) => tracing::warn!("--kill-blockers: could not signal pid {pid}: {e}"),
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn backoff_grows_and_is_capped() {
+        for attempt in 1..20 {
+            let d = backoff(attempt);
+            assert!(d <= Duration::from_millis(15_000), "{d:?}");
+        }
+        assert!(backoff(1) <= Duration::from_millis(150));
+        assert!(backoff(5) >= Duration::from_millis(800));
+    }
+}

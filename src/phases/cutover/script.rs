@@ -1,0 +1,447 @@
+//! The SQL of the swap and of its reverse (docs/design.md §4.4, §4.5): the forward statements
+//! run inside the cutover transaction, the after-commit validations, and the rollback script,
+//! which is written and fsynced to `--rollback-dir` as the cutover phase starts and removed
+//! again if the phase ends without sending COMMIT.
+
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use anyhow::{Context, Result};
+use tokio_postgres::Client;
+
+use crate::model::catalog::OwnedSequence;
+use crate::phases::shadow;
+use crate::plan::Plan;
+use crate::sql::{ident, literal, qualified};
+
+/// The SQL of the swap and of its reverse.
+#[derive(Debug, Clone)]
+pub struct Script {
+    /// Locks taken (under the same `lock_timeout`) before the table's own ACCESS EXCLUSIVE
+    /// lock: dependent views and child tables, in a fixed order.
+    pub locks: Vec<String>,
+    /// Statements run inside the cutover transaction, after the fence.
+    pub forward: Vec<String>,
+    /// After-commit steps, `(label, SQL)` in order: `ALTER TABLE .. VALIDATE CONSTRAINT ..`
+    /// for the table's own foreign keys, then the dependents' (materialized view rebuilds,
+    /// the children's foreign-key validations).
+    pub validate: Vec<(String, String)>,
+    /// The rollback script (psql-runnable).
+    pub rollback: String,
+}
+
+impl Script {
+    /// Builds the swap and rollback SQL (docs/design.md §4.4, §4.5). `lock_timeout` is the
+    /// rollback script's `SET LOCAL lock_timeout` (written in ms). Reads the shadow's identity
+    /// sequence names, so in an execution it must run after the shadow exists (in a dry run
+    /// the sequence is named by what it is).
+    ///
+    /// Errors: reading the shadow's identity sequences failed (exit 1).
+    pub async fn build(client: &Client, plan: &Plan, lock_timeout: Duration) -> Result<Script> {
+        let n = &plan.names;
+        let mut forward = Vec::new();
+        let mut back = Vec::new();
+        renames(plan, &mut forward, &mut back);
+
+        let sequences = Sequences::of(client, plan).await?;
+        forward.extend(sequences.forward);
+        back.extend(sequences.back_first);
+        back.extend(sequences.back);
+        back.extend(sequences.back_values);
+
+        let mut validate = foreign_keys(plan, &mut forward, &mut back);
+
+        // Dependents bound to the original's OID: views, foreign keys from other tables,
+        // triggers, rules, policies, publications, replica identity, statistics objects.
+        let deps = &plan.dependents;
+        forward.extend(deps.forward(n));
+        validate.extend(deps.forward_after_commit_labeled(n));
+        back.extend(deps.rollback(n));
+        let rollback = rollback_text(plan, &back, lock_timeout);
+        Ok(Script {
+            locks: deps.lock_sql(),
+            forward,
+            validate,
+            rollback,
+        })
+    }
+}
+
+/// The table and index renames (docs/design.md §4.4, first item): original → kept name, its
+/// indexes out of the way, shadow → original name, shadow indexes → final names; the
+/// rollback mirrored.
+fn renames(plan: &Plan, forward: &mut Vec<String>, back: &mut Vec<String>) {
+    let n = &plan.names;
+    let oid = plan.original.oid;
+    let schema = &n.schema;
+    let table_q = n.table_qualified();
+    let shadow_q = n.shadow_qualified();
+    let old_q = n.old_qualified();
+
+    forward.push(format!("ALTER TABLE {table_q} RENAME TO {}", ident(&n.old)));
+    for (i, index) in plan.original.indexes.iter().enumerate() {
+        let old_name = n.old_index(oid, i);
+        forward.push(format!(
+            "ALTER INDEX {} RENAME TO {}",
+            qualified(schema, &index.name),
+            ident(&old_name)
+        ));
+    }
+    forward.push(format!(
+        "ALTER TABLE {shadow_q} RENAME TO {}",
+        ident(&n.table)
+    ));
+    let shadow_indexes = shadow::indexes(plan);
+    for index in &shadow_indexes {
+        forward.push(format!(
+            "ALTER INDEX {} RENAME TO {}",
+            qualified(schema, &index.temp_name),
+            ident(&index.final_name)
+        ));
+    }
+
+    // Rollback, mirrored: new table back to the shadow name, old table back to its name.
+    back.push(format!(
+        "ALTER TABLE {table_q} RENAME TO {}",
+        ident(&n.shadow)
+    ));
+    for index in &shadow_indexes {
+        back.push(format!(
+            "ALTER INDEX {} RENAME TO {}",
+            qualified(schema, &index.final_name),
+            ident(&index.temp_name)
+        ));
+    }
+    back.push(format!("ALTER TABLE {old_q} RENAME TO {}", ident(&n.table)));
+    for (i, index) in plan.original.indexes.iter().enumerate() {
+        back.push(format!(
+            "ALTER INDEX {} RENAME TO {}",
+            qualified(schema, &n.old_index(oid, i)),
+            ident(&index.name)
+        ));
+    }
+}
+
+/// Sequences (docs/design.md §4.4, second item). Identity sequences belong to their table:
+/// the original's are renamed out of the way, the shadow's take their names and continue from
+/// their values. Serial sequences change owner.
+#[derive(Default)]
+struct Sequences {
+    forward: Vec<String>,
+    /// The original's sequences, back to their names and owner.
+    back: Vec<String>,
+    /// The new table's identity sequences, out of the way (run before `back`).
+    back_first: Vec<String>,
+    /// The original's identity sequences continue from the new table's values.
+    back_values: Vec<String>,
+    /// Identity sequences of the original renamed out of the way:
+    /// `(column, kept-as name, original name)`.
+    renamed_identity: Vec<(String, String, String)>,
+}
+
+impl Sequences {
+    /// The statements for the original's sequences, then the shadow's identity sequences.
+    ///
+    /// Errors: reading the shadow's identity sequences failed.
+    async fn of(client: &Client, plan: &Plan) -> Result<Sequences> {
+        let mut sequences = Sequences::default();
+        sequences.original(plan);
+        for target_seq in plan.target.sequences.iter().filter(|s| s.identity) {
+            sequences.shadow_identity(client, plan, target_seq).await?;
+        }
+        Ok(sequences)
+    }
+
+    /// The original's sequences: identity sequences renamed out of the way, serial sequences
+    /// owned by the new table's column.
+    fn original(&mut self, plan: &Plan) {
+        let n = &plan.names;
+        let oid = plan.original.oid;
+        let table_q = n.table_qualified();
+        let target_name = |source: &str| {
+            plan.projection
+                .columns
+                .iter()
+                .find(|m| m.source.as_ref().is_some_and(|s| s.name == source))
+                .map(|m| m.target.clone())
+        };
+        for (i, seq) in plan.original.sequences.iter().enumerate() {
+            if seq.identity {
+                let kept = n.old_sequence(oid, i);
+                self.forward.push(format!(
+                    "ALTER SEQUENCE {} RENAME TO {}",
+                    qualified(&seq.schema, &seq.name),
+                    ident(&kept)
+                ));
+                self.back.push(format!(
+                    "ALTER SEQUENCE {} RENAME TO {}",
+                    qualified(&seq.schema, &kept),
+                    ident(&seq.name)
+                ));
+                self.renamed_identity
+                    .push((seq.column.clone(), kept, seq.name.clone()));
+            } else if let Some(col) = target_name(&seq.column)
+                && col
+                    .default_sql
+                    .as_deref()
+                    .is_some_and(|d| d.contains("nextval"))
+            {
+                self.forward.push(format!(
+                    "ALTER SEQUENCE {} OWNED BY {table_q}.{}",
+                    qualified(&seq.schema, &seq.name),
+                    ident(&col.name)
+                ));
+                self.back.push(format!(
+                    "ALTER SEQUENCE {} OWNED BY {table_q}.{}",
+                    qualified(&seq.schema, &seq.name),
+                    ident(&seq.column)
+                ));
+            }
+        }
+    }
+
+    /// One identity sequence of the shadow: takes the original's sequence name and continues
+    /// from its value (`setval(last_value, is_called)`).
+    ///
+    /// Errors: reading the shadow's identity sequence failed.
+    async fn shadow_identity(
+        &mut self,
+        client: &Client,
+        plan: &Plan,
+        target_seq: &OwnedSequence,
+    ) -> Result<()> {
+        let n = &plan.names;
+        let schema = &n.schema;
+        let shadow_q = n.shadow_qualified();
+        // The shadow's identity sequence (in a dry run, before the shadow exists, the name
+        // PostgreSQL will give it).
+        let current: Option<String> = client
+            .query_opt(
+                "SELECT s.relname::text FROM pg_depend d
+                 JOIN pg_class s ON s.oid = d.objid AND s.relkind = 'S'
+                 JOIN pg_attribute a ON a.attrelid = d.refobjid AND a.attnum = d.refobjsubid
+                 WHERE d.classid = 'pg_class'::regclass AND d.refclassid = 'pg_class'::regclass
+                   AND d.deptype = 'i' AND d.refobjid = to_regclass($1) AND a.attname = $2",
+                &[&shadow_q, &target_seq.column],
+            )
+            .await
+            .context("reading the shadow's identity sequences")?
+            .map(|r| r.get(0));
+        // In a dry run the shadow does not exist yet: name its sequence by what it is.
+        let current_name = current.unwrap_or_else(|| {
+            format!("<identity sequence of {}.{}>", n.shadow, target_seq.column)
+        });
+        self.forward.push(format!(
+            "ALTER SEQUENCE {} RENAME TO {}",
+            qualified(schema, &current_name),
+            ident(&target_seq.name)
+        ));
+        self.back_first.push(format!(
+            "ALTER SEQUENCE {} RENAME TO {}",
+            qualified(schema, &target_seq.name),
+            ident(&current_name)
+        ));
+        let source_col = plan
+            .projection
+            .columns
+            .iter()
+            .find(|m| m.target.name == target_seq.column)
+            .and_then(|m| m.source.as_ref())
+            .map(|s| s.name.clone());
+        if let Some((_, kept, original_name)) = self
+            .renamed_identity
+            .iter()
+            .find(|(col, _, _)| Some(col) == source_col.as_ref())
+        {
+            self.forward.push(format!(
+                "SELECT setval({}::regclass, s.last_value, s.is_called) FROM {} AS s",
+                literal(&qualified(schema, &target_seq.name)),
+                qualified(schema, kept)
+            ));
+            self.back_values.push(format!(
+                "SELECT setval({}::regclass, s.last_value, s.is_called) FROM {} AS s",
+                literal(&qualified(schema, original_name)),
+                qualified(schema, &current_name)
+            ));
+        }
+        Ok(())
+    }
+}
+
+/// Foreign keys from this table (docs/design.md §4.4, third item): moved to the new table
+/// (NOT VALID, validated after commit) and dropped from the kept old table, whose stale rows
+/// would otherwise block valid deletes on the parents. Returns the after-commit validations
+/// of the keys that were valid.
+fn foreign_keys(
+    plan: &Plan,
+    forward: &mut Vec<String>,
+    back: &mut Vec<String>,
+) -> Vec<(String, String)> {
+    let n = &plan.names;
+    let table_q = n.table_qualified();
+    let old_q = n.old_qualified();
+    let mut validate = Vec::new();
+    for fk in plan.original.constraints.iter().filter(|c| c.kind == 'f') {
+        let def = if fk.definition.ends_with("NOT VALID") {
+            fk.definition.clone()
+        } else {
+            format!("{} NOT VALID", fk.definition)
+        };
+        forward.push(format!(
+            "ALTER TABLE {old_q} DROP CONSTRAINT {}",
+            ident(&fk.name)
+        ));
+        forward.push(format!(
+            "ALTER TABLE {table_q} ADD CONSTRAINT {} {def}",
+            ident(&fk.name)
+        ));
+        if fk.validated {
+            validate.push((
+                fk.name.clone(),
+                format!(
+                    "ALTER TABLE {table_q} VALIDATE CONSTRAINT {}",
+                    ident(&fk.name)
+                ),
+            ));
+        }
+        back.push(format!(
+            "ALTER TABLE {} DROP CONSTRAINT {}",
+            qualified(&n.schema, &n.shadow),
+            ident(&fk.name)
+        ));
+        back.push(format!(
+            "ALTER TABLE {table_q} ADD CONSTRAINT {} {def}",
+            ident(&fk.name)
+        ));
+    }
+    validate
+}
+
+/// The rollback script's text (docs/design.md §4.5): header with its warnings, `BEGIN`,
+/// `SET LOCAL lock_timeout` (`lock_timeout` in ms), the dependents' locks, both tables locked,
+/// the `back` statements, `COMMIT`, then the dependents' after-commit steps.
+fn rollback_text(plan: &Plan, back: &[String], lock_timeout: Duration) -> String {
+    let n = &plan.names;
+    let table_q = n.table_qualified();
+    let shadow_q = n.shadow_qualified();
+    let old_q = n.old_qualified();
+    let deps = &plan.dependents;
+    let rollback_locks: String = deps.lock_sql().iter().map(|l| format!("{l};\n")).collect();
+    let after_commit: String = deps
+        .rollback_after_commit(n)
+        .iter()
+        .map(|l| format!("{l};\n"))
+        .collect();
+    format!(
+        "-- doppel rollback script for {table}\n\
+         -- Swaps the original table back: {old} becomes {table} again and the migrated table\n\
+         -- becomes {shadow}. Run it with: psql -v ON_ERROR_STOP=1 -f <this file>\n\
+         --\n\
+         -- WARNING: writes made to {table} after the cutover are NOT in the old table; this\n\
+         -- rollback loses them (a lossless reverse stream is future work). Foreign keys are\n\
+         -- re-added NOT VALID: run ALTER TABLE .. VALIDATE CONSTRAINT afterwards.\n\
+         -- If the lock is not granted within the timeout the transaction fails and changes\n\
+         -- nothing: run the script again.\n\
+         \\set ON_ERROR_STOP on\n\
+         BEGIN;\n\
+         SET LOCAL lock_timeout = '{lock_ms}ms';\n\
+         {rollback_locks}\
+         LOCK TABLE {table_q}, {old_q} IN ACCESS EXCLUSIVE MODE;\n\
+         {statements};\n\
+         COMMIT;\n\
+         {after_commit}",
+        table = plan.original.qualified(),
+        old = old_q,
+        shadow = shadow_q,
+        lock_ms = lock_timeout.as_millis(),
+        statements = back.join(";\n"),
+    )
+}
+
+/// The rollback script on disk (docs/design.md §4.5). Until [`RollbackFile::keep`] is called,
+/// dropping it removes the file: a script for a cutover that never happened would only
+/// mislead.
+pub(super) struct RollbackFile {
+    path: PathBuf,
+    remove_on_drop: bool,
+}
+
+impl RollbackFile {
+    /// Writes and fsyncs the rollback script to `dir` (logged).
+    ///
+    /// Errors: the directory or the file cannot be written (exit 1).
+    pub(super) fn write(dir: &Path, plan: &Plan, script: &Script) -> Result<RollbackFile> {
+        let path = write_rollback(dir, plan, script)?;
+        tracing::info!("rollback script written to {}", path.display());
+        Ok(RollbackFile {
+            path,
+            remove_on_drop: true,
+        })
+    }
+
+    /// Where the script is.
+    pub(super) fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// The COMMIT is about to be sent: the script stays. From here the cutover may have
+    /// committed even if COMMIT reports an error.
+    pub(super) fn keep(&mut self) {
+        self.remove_on_drop = false;
+    }
+}
+
+impl Drop for RollbackFile {
+    fn drop(&mut self) {
+        if !self.remove_on_drop {
+            return;
+        }
+        self.remove_on_drop = false;
+        match std::fs::remove_file(&self.path) {
+            Ok(()) => tracing::info!(
+                "removed the rollback script {}: nothing was cut over",
+                self.path.display()
+            ),
+            Err(e) => tracing::warn!(
+                "nothing was cut over, but the rollback script {} could not be removed ({e}): delete it",
+                self.path.display()
+            ),
+        }
+    }
+}
+
+/// Writes the rollback script to `dir` as `doppel-rollback-<oid>-<name>-<unix time>.sql`,
+/// fsynced, and returns its path.
+///
+/// Errors: the directory or the file cannot be written (exit 1).
+pub fn write_rollback(dir: &Path, plan: &Plan, script: &Script) -> Result<PathBuf> {
+    std::fs::create_dir_all(dir)
+        .with_context(|| format!("cannot create the rollback directory {}", dir.display()))?;
+    let stamp = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0);
+    let path = dir.join(format!(
+        "doppel-rollback-{}-{}-{stamp}.sql",
+        plan.original.oid,
+        sanitize(&plan.names.table)
+    ));
+    std::fs::write(&path, &script.rollback)
+        .with_context(|| format!("cannot write the rollback script {}", path.display()))?;
+    let file = std::fs::File::open(&path)?;
+    file.sync_all()?;
+    Ok(path)
+}
+
+/// `name` with every character other than ASCII letters, digits and `_` replaced by `_`.
+fn sanitize(name: &str) -> String {
+    name.chars()
+        .map(|c| {
+            if c.is_ascii_alphanumeric() || c == '_' {
+                c
+            } else {
+                '_'
+            }
+        })
+        .collect()
+}
