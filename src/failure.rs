@@ -6,15 +6,17 @@
 //! |---|---|
 //! | 0 | migrated and verified, or a dry run with nothing to refuse |
 //! | 1 | internal or unexpected error (connection lost, query failed, ...) |
-//! | 2 | preflight refused (see `preflight::Refused`), or an invalid command line |
+//! | 2 | preflight refused (see [`Refused`]), or an invalid command line |
 //! | 3 | aborted by the operator: Ctrl-C, SIGTERM, the panic flag file, the `abort` command, a failing start-up hook |
 //! | 4 | the replication stream or slot was lost |
 //! | 5 | the cutover budget was exhausted (every attempt timed out on the lock or on the drain under it) |
 //! | 6 | verification found an unexplained difference |
 //! | 7 | a critical threshold was crossed (`--critical-retained-wal`, `--critical-query`) |
 //! | 8 | the original changed in a way the migration cannot follow (DDL, TRUNCATE), or rows, existing or written live, that the new schema rejects (a new UNIQUE, EXCLUDE, CHECK or NOT NULL, a failing cast) |
-
-use crate::preflight::Refused;
+//!
+//! A refusal is typed: [`Refused`] holds one [`Refusal`] per reason, each naming the
+//! [`Check`] that refused, what is wrong and how to fix it. Preflight (`crate::preflight`)
+//! produces them; this module only defines them, so it depends on no phase.
 
 /// A class of failure with its own exit code.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -89,6 +91,135 @@ pub fn exit_code(err: &anyhow::Error) -> u8 {
     kind_of(err).map(FailureKind::exit_code).unwrap_or(1)
 }
 
+/// The check behind a [`Refusal`]: one variant per thing preflight (docs/design.md §1.1) or
+/// the run's start refuses, so callers and tests can tell refusals apart by kind.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Check {
+    /// `server_version_num` below 140000 (PostgreSQL 14). Refused at once, alone.
+    ServerVersion,
+    /// `wal_level` is not `logical`.
+    WalLevel,
+    /// Every replication slot is taken (`max_replication_slots`, `pg_replication_slots`).
+    ReplicationSlots,
+    /// Every WAL sender is taken (`max_wal_senders`, walsenders in `pg_stat_activity`).
+    WalSenders,
+    /// The database encoding is neither UTF8 nor SQL_ASCII (`server_encoding`).
+    Encoding,
+    /// The role has neither REPLICATION nor SUPERUSER (`pg_roles`).
+    ReplicationPrivilege,
+    /// `--table` is not a valid name or names no table visible to doppel (`to_regclass`).
+    TableName,
+    /// The relation is not a plain table: partitioned, foreign, a view (`pg_class.relkind`).
+    TableKind,
+    /// The table is a partition (`pg_class.relispartition`).
+    Partition,
+    /// The table has inheritance parents or children (`pg_inherits`, `relhassubclass`).
+    Inheritance,
+    /// The table is UNLOGGED or temporary (`pg_class.relpersistence`).
+    Persistence,
+    /// The current user neither owns the table nor is a member of its owner role
+    /// (`pg_has_role` on `pg_class.relowner`).
+    Ownership,
+    /// The table has no primary key (`pg_index.indisprimary`).
+    PrimaryKey,
+    /// REPLICA IDENTITY NOTHING, or USING INDEX of an index other than the primary key
+    /// (`pg_class.relreplident`, `pg_index.indisreplident`).
+    ReplicaIdentity,
+    /// A `FOR ALL TABLES` publication, or a `FOR TABLES IN SCHEMA` publication on the table's
+    /// schema (`pg_publication`, `pg_publication_namespace`).
+    Publication,
+    /// doppel's shadow table, publication or slot for this table already exists.
+    Leftovers,
+    /// The `--alter` text, read before the server sees it: empty, several statements, a
+    /// whole `ALTER TABLE`, a foreign key, unterminated quotes, an unsupported `USING`.
+    AlterText,
+    /// The ALTER as the server runs it on the empty clone: rejected, renaming or moving the
+    /// table, making it UNLOGGED.
+    Alter,
+    /// An index of the altered table whose definition doppel cannot rebuild on the shadow.
+    IndexDefinition,
+    /// The ALTER changes the primary key: drops or changes a key column beyond widening an
+    /// integer, gives it a `USING`, or makes it generated.
+    KeyChange,
+    /// doppel cannot carry a column from the original row to the new one: a `USING` it cannot
+    /// evaluate or for a column the table lacks, a generated column that stops being
+    /// generated, no column left to copy.
+    Projection,
+    /// A dependent bound to the table's OID that the cutover cannot move (views on a dropped
+    /// column, materialized views with dependents, SQL-standard function bodies, ...).
+    Dependents,
+    /// The ALTER creates an index whose name is already taken in the schema.
+    NameTaken,
+    /// Another doppel run holds the table's advisory lock.
+    ConcurrentRun,
+}
+
+/// One reason doppel refuses to run, with what to do about it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Refusal {
+    /// The check that refused.
+    pub check: Check,
+    /// What is wrong, and why doppel cannot work with it.
+    pub reason: String,
+    /// How to fix it; `None` when there is nothing to change on the server (a feature doppel
+    /// does not support yet, a relation that is not a table, ...).
+    pub fix: Option<String>,
+}
+
+impl Refusal {
+    /// A refusal with its fix.
+    pub fn new(check: Check, reason: impl Into<String>, fix: impl Into<String>) -> Refusal {
+        Refusal {
+            check,
+            reason: reason.into(),
+            fix: Some(fix.into()),
+        }
+    }
+
+    /// A refusal with no fix to offer.
+    pub fn without_fix(check: Check, reason: impl Into<String>) -> Refusal {
+        Refusal {
+            check,
+            reason: reason.into(),
+            fix: None,
+        }
+    }
+}
+
+/// `<reason>; <fix>`, or the reason alone.
+impl std::fmt::Display for Refusal {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match &self.fix {
+            Some(fix) => write!(f, "{}; {fix}", self.reason),
+            None => f.write_str(&self.reason),
+        }
+    }
+}
+
+/// doppel refused the migration before creating anything (exit 2): every reason, each with
+/// its fix. Preflight collects all it finds; the advisory lock adds [`Check::ConcurrentRun`].
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("preflight refused the migration:{}", list(.0))]
+pub struct Refused(pub Vec<Refusal>);
+
+impl From<Refusal> for Refused {
+    fn from(refusal: Refusal) -> Refused {
+        Refused(vec![refusal])
+    }
+}
+
+impl Refused {
+    /// The first refusal of `check`, if any.
+    pub fn find(&self, check: Check) -> Option<&Refusal> {
+        self.0.iter().find(|r| r.check == check)
+    }
+}
+
+/// One `\n  - <refusal>` line per refusal.
+fn list(refusals: &[Refusal]) -> String {
+    refusals.iter().map(|r| format!("\n  - {r}")).collect()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -98,7 +229,26 @@ mod tests {
         let e = fail(FailureKind::LockBudget, "no lock").context("cutover");
         assert_eq!(exit_code(&e), 5);
         assert_eq!(exit_code(&anyhow::anyhow!("boom")), 1);
-        let refused: anyhow::Error = Refused(vec!["no".into()]).into();
+        let refused: anyhow::Error =
+            Refused(vec![Refusal::without_fix(Check::WalLevel, "no")]).into();
         assert_eq!(exit_code(&refused), 2);
+        assert_eq!(exit_code(&refused.context("preflight")), 2);
+    }
+
+    #[test]
+    fn refusals_render_one_line_each_with_their_fix() {
+        let refused = Refused(vec![
+            Refusal::new(Check::WalLevel, "wal_level is 'replica'", "set it"),
+            Refusal::without_fix(Check::TableKind, "t is a view, not a table"),
+        ]);
+        assert_eq!(
+            refused.to_string(),
+            "preflight refused the migration:\n  - wal_level is 'replica'; set it\n  - t is a view, not a table"
+        );
+        assert_eq!(
+            refused.find(Check::TableKind).map(|r| r.fix.is_none()),
+            Some(true)
+        );
+        assert!(refused.find(Check::Leftovers).is_none());
     }
 }

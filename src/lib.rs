@@ -3,7 +3,7 @@
 //! The library behind the `doppel` command. Its modules are layered; each depends only on
 //! the ones listed before it (checked by the test suite):
 //!
-//! 1. foundations: [`sql`] (quoting), [`failure`] (error classes and exit codes),
+//! 1. foundations: [`sql`] (quoting), [`failure`] (error classes, exit codes, typed refusals),
 //!    [`cancel`], [`conninfo`] (connection settings); the replication protocol and the
 //!    `pgoutput` decoder are the separate crate `pglogrepl`;
 //! 2. [`testing`]: test-only pause points (empty without the `pause-points` feature);

@@ -14,9 +14,9 @@ use std::process::Output;
 use std::time::Duration;
 
 use doppel::cancel::Cancel;
+use doppel::failure::{Check, Refusal, Refused};
 use doppel::model::names::Names;
 use doppel::plan::{Plan, Rewrite};
-use doppel::preflight::Refused;
 use doppel::run::{self, ADVISORY_LOCK_CLASS, Outcome, RunOptions, RunReport};
 use doppel_testkit::cluster::LocalCluster;
 use tempfile::TempDir;
@@ -83,8 +83,8 @@ async fn run_doppel(
     .await
 }
 
-/// The reasons of a preflight refusal; panics on success or on any other error.
-fn refusal_reasons(result: anyhow::Result<Outcome>) -> Vec<String> {
+/// The refusals of a refused run; panics on success or on any other error.
+fn refusals(result: anyhow::Result<Outcome>) -> Vec<Refusal> {
     match result {
         Ok(outcome) => panic!("expected a preflight refusal, the run was accepted: {outcome:?}"),
         Err(e) => match e.downcast_ref::<Refused>() {
@@ -97,12 +97,26 @@ fn refusal_reasons(result: anyhow::Result<Outcome>) -> Vec<String> {
     }
 }
 
-/// The reason that contains every one of `needles`; panics (listing all reasons) if none does.
-fn reason_with<'a>(reasons: &'a [String], needles: &[&str]) -> &'a str {
-    reasons
+/// The refusal of `check` whose text (reason and fix, as printed) contains every one of
+/// `needles`; panics (listing all refusals) if none does.
+fn refusal_of<'a>(refusals: &'a [Refusal], check: Check, needles: &[&str]) -> &'a Refusal {
+    refusals
         .iter()
-        .find(|r| needles.iter().all(|n| r.contains(n)))
-        .unwrap_or_else(|| panic!("no refusal reason contains all of {needles:?}: {reasons:#?}"))
+        .find(|r| {
+            let text = r.to_string();
+            r.check == check && needles.iter().all(|n| text.contains(n))
+        })
+        .unwrap_or_else(|| {
+            panic!("no {check:?} refusal contains all of {needles:?}: {refusals:#?}")
+        })
+}
+
+/// The fix of `refusal`; panics if it has none.
+fn fix_of(refusal: &Refusal) -> &str {
+    refusal
+        .fix
+        .as_deref()
+        .unwrap_or_else(|| panic!("the refusal does not say how to fix it: {refusal:?}"))
 }
 
 fn planned(result: anyhow::Result<Outcome>) -> Box<Plan> {
@@ -382,20 +396,20 @@ async fn create_orders(client: &Client, table: &str) {
 }
 
 /// Runs `alters` on `table` with `--execute` through the library, expects a refusal, and checks
-/// that neither the table nor anything else changed. Returns the reasons.
-async fn expect_refusal(cluster: &LocalCluster, table: &str, alters: &[&str]) -> Vec<String> {
+/// that neither the table nor anything else changed. Returns the refusals.
+async fn expect_refusal(cluster: &LocalCluster, table: &str, alters: &[&str]) -> Vec<Refusal> {
     let client = cluster.connect("postgres").await.expect("connect");
     let before = table_state(&client, table).await;
     let dirs = Dirs::new();
     let result = run_doppel(&cluster.conninfo("postgres"), table, alters, true, &dirs).await;
-    let reasons = refusal_reasons(result);
+    let refused = refusals(result);
     assert_eq!(
         table_state(&client, table).await,
         before,
         "a refused run changed {table}"
     );
     assert_nothing_created(&client, &dirs).await;
-    reasons
+    refused
 }
 
 /// Runs the binary (dry run) on `table`, expects exit status 2 and an unchanged database;
@@ -434,25 +448,29 @@ async fn invalid_alter_is_refused_quoting_the_server_error() {
     let missing = "ALTER COLUMN nosuch TYPE int";
     let server_says = server_error(&client, &format!("ALTER TABLE public.orders {missing}")).await;
     assert!(server_says.contains("nosuch"), "{server_says}");
-    let reasons = expect_refusal(&cluster, "public.orders", &[missing]).await;
-    let reason = reason_with(&reasons, &["the server rejected", missing, &server_says]);
-    assert!(reason.contains("nothing was created"), "{reason}");
+    let refused = expect_refusal(&cluster, "public.orders", &[missing]).await;
+    let refusal = refusal_of(&refused, Check::Alter, &[missing, &server_says]);
+    assert!(
+        refusal.reason.contains("the server rejected")
+            && refusal.reason.contains("nothing was created"),
+        "{refusal}"
+    );
 
     // A syntax error.
     let typo = "ALTER COLUMN a TYPO bigint";
     let server_says = server_error(&client, &format!("ALTER TABLE public.orders {typo}")).await;
     assert!(server_says.contains("syntax error"), "{server_says}");
-    let reasons = expect_refusal(&cluster, "public.orders", &[typo]).await;
-    reason_with(&reasons, &["the server rejected", typo, &server_says]);
+    let refused = expect_refusal(&cluster, "public.orders", &[typo]).await;
+    refusal_of(&refused, Check::Alter, &[typo, &server_says]);
 
     // The second of two clauses is bad: the first is not applied either.
-    let reasons = expect_refusal(
+    let refused = expect_refusal(
         &cluster,
         "public.orders",
         &["ADD COLUMN fine text", "ADD COLUMN broken notatype"],
     )
     .await;
-    reason_with(&reasons, &["the server rejected", "notatype"]);
+    refusal_of(&refused, Check::Alter, &["notatype"]);
 
     // The binary: exit status 2, the server's message on stderr.
     let stderr = expect_cli_refusal(&cluster, "public.orders", &[missing]).await;
@@ -471,20 +489,20 @@ async fn alter_smuggling_a_second_statement_is_refused_before_the_server_sees_it
         .unwrap();
     let victim = table_state(&client, "public.victim").await;
 
-    let reasons = expect_refusal(
+    let refused = expect_refusal(
         &cluster,
         "public.orders",
         &["ADD COLUMN x int; DROP TABLE victim"],
     )
     .await;
-    reason_with(&reasons, &["contains ';'"]);
-    let reasons = expect_refusal(
+    refusal_of(&refused, Check::AlterText, &["contains ';'"]);
+    let refused = expect_refusal(
         &cluster,
         "public.orders",
         &["ALTER TABLE victim ADD COLUMN y int"],
     )
     .await;
-    reason_with(&reasons, &["starts with ALTER TABLE"]);
+    refusal_of(&refused, Check::AlterText, &["starts with ALTER TABLE"]);
     assert_eq!(
         table_state(&client, "public.victim").await,
         victim,
@@ -509,12 +527,13 @@ async fn table_without_primary_key_is_refused_with_how_to_add_one() {
         .await
         .unwrap();
 
-    let reasons = expect_refusal(&cluster, "public.nokey", &["ALTER COLUMN v TYPE bigint"]).await;
-    let reason = reason_with(&reasons, &["\"public\".\"nokey\"", "no primary key"]);
+    let refused = expect_refusal(&cluster, "public.nokey", &["ALTER COLUMN v TYPE bigint"]).await;
+    let refusal = refusal_of(&refused, Check::PrimaryKey, &["\"public\".\"nokey\""]);
+    let fix = fix_of(refusal);
     assert!(
-        reason.contains("ADD PRIMARY KEY USING INDEX")
-            && reason.contains("CREATE UNIQUE INDEX CONCURRENTLY"),
-        "the refusal does not say how to add a primary key: {reason}"
+        fix.contains("ADD PRIMARY KEY USING INDEX")
+            && fix.contains("CREATE UNIQUE INDEX CONCURRENTLY"),
+        "the refusal does not say how to add a primary key: {refusal}"
     );
 
     let stderr =
@@ -543,11 +562,12 @@ async fn wal_level_replica_is_refused_with_how_to_fix_it() {
         .get(0);
     assert_eq!(level, "replica");
 
-    let reasons = expect_refusal(&cluster, "public.orders", &["ALTER COLUMN a TYPE bigint"]).await;
-    let reason = reason_with(&reasons, &["wal_level is 'replica'"]);
+    let refused = expect_refusal(&cluster, "public.orders", &["ALTER COLUMN a TYPE bigint"]).await;
+    let refusal = refusal_of(&refused, Check::WalLevel, &["'replica'"]);
+    let fix = fix_of(refusal);
     assert!(
-        reason.contains("set wal_level = logical") && reason.contains("restart"),
-        "{reason}"
+        fix.contains("set wal_level = logical") && fix.contains("restart"),
+        "{refusal}"
     );
 
     let stderr =
@@ -565,8 +585,8 @@ async fn refused_for_dependent(setup: &str, alters: &[&str], name: &str) {
     let client = cluster.connect("postgres").await.unwrap();
     create_orders(&client, "public.orders").await;
     client.batch_execute(setup).await.unwrap();
-    let reasons = expect_refusal(&cluster, "public.orders", alters).await;
-    reason_with(&reasons, &[name]);
+    let refused = expect_refusal(&cluster, "public.orders", alters).await;
+    refusal_of(&refused, Check::Dependents, &[name]);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -615,9 +635,12 @@ async fn replica_identity_nothing_is_refused() {
         .batch_execute("ALTER TABLE orders REPLICA IDENTITY NOTHING")
         .await
         .unwrap();
-    let reasons = expect_refusal(&cluster, "public.orders", &["ALTER COLUMN a TYPE bigint"]).await;
-    let reason = reason_with(&reasons, &["REPLICA IDENTITY NOTHING"]);
-    assert!(reason.contains("REPLICA IDENTITY DEFAULT"), "{reason}");
+    let refused = expect_refusal(&cluster, "public.orders", &["ALTER COLUMN a TYPE bigint"]).await;
+    let refusal = refusal_of(&refused, Check::ReplicaIdentity, &["NOTHING"]);
+    assert!(
+        fix_of(refusal).contains("REPLICA IDENTITY DEFAULT"),
+        "{refusal}"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -631,9 +654,13 @@ async fn unlogged_table_is_refused() {
         )
         .await
         .unwrap();
-    let reasons = expect_refusal(&cluster, "public.scratch", &["ALTER COLUMN v TYPE bigint"]).await;
-    let reason = reason_with(&reasons, &["\"public\".\"scratch\"", "UNLOGGED"]);
-    assert!(reason.contains("SET LOGGED"), "{reason}");
+    let refused = expect_refusal(&cluster, "public.scratch", &["ALTER COLUMN v TYPE bigint"]).await;
+    let refusal = refusal_of(
+        &refused,
+        Check::Persistence,
+        &["\"public\".\"scratch\"", "UNLOGGED"],
+    );
+    assert!(fix_of(refusal).contains("SET LOGGED"), "{refusal}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -649,17 +676,21 @@ async fn partitioned_table_is_refused() {
         )
         .await
         .unwrap();
-    let reasons = expect_refusal(&cluster, "public.events", &["ALTER COLUMN v TYPE bigint"]).await;
-    reason_with(&reasons, &["\"public\".\"events\"", "partitioned table"]);
+    let refused = expect_refusal(&cluster, "public.events", &["ALTER COLUMN v TYPE bigint"]).await;
+    refusal_of(
+        &refused,
+        Check::TableKind,
+        &["\"public\".\"events\"", "partitioned table"],
+    );
 
     // A partition on its own is refused too.
-    let reasons = expect_refusal(
+    let refused = expect_refusal(
         &cluster,
         "public.events_2024",
         &["ALTER COLUMN v TYPE bigint"],
     )
     .await;
-    reason_with(&reasons, &["\"public\".\"events_2024\"", "partition"]);
+    refusal_of(&refused, Check::Partition, &["\"public\".\"events_2024\""]);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -677,8 +708,8 @@ async fn inheritance_parent_and_child_are_refused() {
         .await
         .unwrap();
     for table in ["public.animals", "public.dogs"] {
-        let reasons = expect_refusal(&cluster, table, &["ALTER COLUMN v TYPE bigint"]).await;
-        reason_with(&reasons, &["inheritance"]);
+        let refused = expect_refusal(&cluster, table, &["ALTER COLUMN v TYPE bigint"]).await;
+        refusal_of(&refused, Check::Inheritance, &["inheritance"]);
     }
 }
 
@@ -691,8 +722,12 @@ async fn table_in_a_for_all_tables_publication_is_refused_naming_it() {
         .batch_execute("CREATE PUBLICATION everything FOR ALL TABLES")
         .await
         .unwrap();
-    let reasons = expect_refusal(&cluster, "public.orders", &["ALTER COLUMN a TYPE bigint"]).await;
-    reason_with(&reasons, &["everything", "FOR ALL TABLES"]);
+    let refused = expect_refusal(&cluster, "public.orders", &["ALTER COLUMN a TYPE bigint"]).await;
+    refusal_of(
+        &refused,
+        Check::Publication,
+        &["everything", "FOR ALL TABLES"],
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -713,8 +748,7 @@ async fn temporary_table_is_not_found_from_another_session() {
         &dirs,
     )
     .await;
-    let msg = format!("{:#}", result.expect_err("a temporary table is refused"));
-    assert!(msg.contains("scratch"), "{msg}");
+    refusal_of(&refusals(result), Check::TableName, &["scratch"]);
     assert_nothing_created(&client, &dirs).await;
 }
 
@@ -1032,18 +1066,19 @@ async fn second_concurrent_run_on_the_same_table_is_refused() {
 
     let dsn = cluster.conninfo("postgres");
     let dirs = Dirs::new();
-    let err = run_doppel(
+    let result = run_doppel(
         &dsn,
         "public.orders",
         &["ALTER COLUMN a TYPE bigint"],
         true,
         &dirs,
     )
-    .await
-    .expect_err("a second run was accepted while the lock is held");
-    let message = format!("{err:#}");
-    assert!(message.contains("another doppel run"), "{message}");
-    assert!(message.contains(&before.oid.to_string()), "{message}");
+    .await;
+    refusal_of(
+        &refusals(result),
+        Check::ConcurrentRun,
+        &["another doppel run", &before.oid.to_string()],
+    );
     assert_eq!(table_state(&client, "public.orders").await, before);
     assert_nothing_created(&client, &dirs).await;
 

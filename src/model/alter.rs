@@ -8,7 +8,7 @@
 //! (`'..'`, `E'..'`, `".."`, `$tag$..$tag$`, comments, parentheses) finds clause boundaries
 //! and keywords without being fooled by quoted text.
 
-use thiserror::Error;
+use crate::failure::{Check, Refusal};
 
 /// One `--alter` argument after analysis.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -48,37 +48,82 @@ impl AlterSpec {
     }
 }
 
-/// Why an `--alter` argument is refused before it reaches the server.
-#[derive(Debug, Clone, PartialEq, Eq, Error)]
+/// Why an `--alter` argument is refused before it reaches the server. Its Display is the
+/// [`Refusal`] preflight reports ([`AlterError::refusal`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub enum AlterError {
     /// No `--alter` given, or an empty one.
-    #[error("no ALTER clause given: pass one or more --alter \"ALTER COLUMN .. TYPE ..\" clauses")]
     Empty,
     /// A quote, dollar quote or comment that never ends.
-    #[error("--alter {0:?}: unterminated quoted text or comment")]
     Unterminated(String),
     /// Parentheses that do not balance.
-    #[error("--alter {0:?}: unbalanced parentheses")]
     Unbalanced(String),
     /// A `;` outside quotes: only clauses of one ALTER TABLE are accepted.
-    #[error(
-        "--alter {0:?} contains ';': give only the clauses of ALTER TABLE (e.g. \"ALTER COLUMN x TYPE bigint\"), one statement per --alter"
-    )]
     MultipleStatements(String),
     /// `ALTER TABLE` / `ALTER TABLE name` repeated inside the clause.
-    #[error(
-        "--alter {0:?} starts with ALTER TABLE: give only the clause (e.g. \"ADD COLUMN note text\"); the table comes from --table"
-    )]
     WholeStatement(String),
     /// Adding or dropping foreign keys.
-    #[error(
-        "--alter {0:?} adds or changes a foreign key, which doppel cannot do yet; PostgreSQL already does it online: ALTER TABLE .. ADD CONSTRAINT .. FOREIGN KEY .. NOT VALID, then ALTER TABLE .. VALIDATE CONSTRAINT .."
-    )]
     ForeignKey(String),
     /// A USING expression that doppel cannot carry exactly.
-    #[error("--alter {0:?}: {1}")]
-    Using(String, String),
+    Using {
+        /// The `--alter` text.
+        text: String,
+        /// What is wrong with the `USING` clause.
+        reason: String,
+        /// How to write it instead.
+        fix: String,
+    },
 }
+
+impl AlterError {
+    /// The refusal preflight reports for this error ([`Check::AlterText`]): what is wrong
+    /// with the `--alter` text and how to write it.
+    pub fn refusal(&self) -> Refusal {
+        let check = Check::AlterText;
+        match self {
+            AlterError::Empty => Refusal::new(
+                check,
+                "no ALTER clause given",
+                "pass one or more --alter \"ALTER COLUMN .. TYPE ..\" clauses",
+            ),
+            AlterError::Unterminated(text) => Refusal::without_fix(
+                check,
+                format!("--alter {text:?}: unterminated quoted text or comment"),
+            ),
+            AlterError::Unbalanced(text) => {
+                Refusal::without_fix(check, format!("--alter {text:?}: unbalanced parentheses"))
+            }
+            AlterError::MultipleStatements(text) => Refusal::new(
+                check,
+                format!("--alter {text:?} contains ';'"),
+                "give only the clauses of ALTER TABLE (e.g. \"ALTER COLUMN x TYPE bigint\"), one statement per --alter",
+            ),
+            AlterError::WholeStatement(text) => Refusal::new(
+                check,
+                format!("--alter {text:?} starts with ALTER TABLE"),
+                "give only the clause (e.g. \"ADD COLUMN note text\"); the table comes from --table",
+            ),
+            AlterError::ForeignKey(text) => Refusal::new(
+                check,
+                format!(
+                    "--alter {text:?} adds or changes a foreign key, which doppel cannot do yet"
+                ),
+                "PostgreSQL already does it online: ALTER TABLE .. ADD CONSTRAINT .. FOREIGN KEY .. NOT VALID, then ALTER TABLE .. VALIDATE CONSTRAINT ..",
+            ),
+            AlterError::Using { text, reason, fix } => {
+                Refusal::new(check, format!("--alter {text:?}: {reason}"), fix)
+            }
+        }
+    }
+}
+
+impl std::fmt::Display for AlterError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        self.refusal().fmt(f)
+    }
+}
+
+impl std::error::Error for AlterError {}
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 enum Tok {
@@ -259,19 +304,18 @@ pub fn analyze(alters: &[String]) -> Result<AlterSpec, AlterError> {
             }
             if let Some(using) = using_clause(&text, clause) {
                 if renamed {
-                    return Err(AlterError::Using(
-                        text.clone(),
-                        "a USING clause after a RENAME is not supported: put the type change before the rename".into(),
-                    ));
+                    return Err(AlterError::Using {
+                        text: text.clone(),
+                        reason: "a USING clause after a RENAME is not supported".into(),
+                        fix: "put the type change before the rename".into(),
+                    });
                 }
                 if spec.using_for(&using.column).is_some() {
-                    return Err(AlterError::Using(
-                        text.clone(),
-                        format!(
-                            "column {:?} has more than one USING clause: combine them into one expression",
-                            using.column
-                        ),
-                    ));
+                    return Err(AlterError::Using {
+                        text: text.clone(),
+                        reason: format!("column {:?} has more than one USING clause", using.column),
+                        fix: "combine them into one expression".into(),
+                    });
                 }
                 spec.usings.push(using);
             }
@@ -388,7 +432,25 @@ mod tests {
             "ALTER a TYPE int USING a::int".into(),
             "ALTER a TYPE bigint USING a * 2".into(),
         ]);
-        assert!(matches!(twice, Err(AlterError::Using(..))));
+        assert!(matches!(twice, Err(AlterError::Using { .. })));
+    }
+
+    #[test]
+    fn errors_are_alter_text_refusals_with_their_fix() {
+        let e = one("ADD COLUMN a int; DROP TABLE x").unwrap_err();
+        let refusal = e.refusal();
+        assert_eq!(refusal.check, Check::AlterText);
+        assert!(refusal.reason.contains("contains ';'"), "{refusal}");
+        assert!(
+            refusal
+                .fix
+                .as_deref()
+                .is_some_and(|f| f.contains("one statement per --alter")),
+            "{refusal}"
+        );
+        assert_eq!(e.to_string(), refusal.to_string());
+        let unbalanced = one("ADD COLUMN a numeric(10,2").unwrap_err().refusal();
+        assert_eq!(unbalanced.fix, None);
     }
 
     #[test]

@@ -28,7 +28,7 @@ use tokio_postgres::Client;
 
 use crate::cancel::Cancel;
 use crate::conninfo;
-use crate::failure::{FailureKind, fail};
+use crate::failure::{Check, FailureKind, Refusal, Refused, fail};
 use crate::model::phase::Phase;
 use crate::ops::hooks::Hooks;
 use crate::ops::progress::Progress;
@@ -89,12 +89,15 @@ async fn plan_and_lock(
         .await?
         .get(0);
     if !locked {
-        return Err(preflight::Refused(vec![format!(
-            "another doppel run holds the lock on {} (advisory lock {}, {}): one run per table at a time",
-            plan.original.qualified(),
-            ADVISORY_LOCK_CLASS,
-            plan.original.oid
-        )])
+        return Err(Refused::from(Refusal::without_fix(
+            Check::ConcurrentRun,
+            format!(
+                "another doppel run holds the lock on {} (advisory lock {}, {}): one run per table at a time",
+                plan.original.qualified(),
+                ADVISORY_LOCK_CLASS,
+                plan.original.oid
+            ),
+        ))
         .into());
     }
     Ok((control, plan))
