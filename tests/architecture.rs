@@ -5,7 +5,7 @@
 //! - inside every folder, the sibling modules use each other without a cycle (a parent and
 //!   its own children may refer to each other: that is how Rust splits one module into
 //!   files);
-//! - no `#[allow(clippy::too_many_arguments)]` anywhere in the workspace.
+//! - no allowance of clippy's `too_many_arguments` lint anywhere in the workspace.
 //!
 //! References are read from the code with comments removed: every `crate::a::b` path and
 //! every `super::` path, resolved to the longest module path that exists as a file.
