@@ -181,6 +181,15 @@ async fn rollback(client: &mut Client, deps: &Dependents, names: &Names) {
 /// the pair), publications list it with their filter and column list.
 async fn assert_wired(client: &Client, bound: u32, other: &str, amount_type: &str, pg15: bool) {
     assert_eq!(oid_of(client, "public.t").await, bound);
+    assert_views_wired(client, bound, other, amount_type).await;
+    assert_triggers_and_rules_wired(client, other).await;
+    assert_policies_wired(client).await;
+    assert_foreign_keys_wired(client, bound).await;
+    assert_publications_wired(client, bound, pg15).await;
+}
+
+/// [`assert_wired`]: the views, their columns, options, comments and grants.
+async fn assert_views_wired(client: &Client, bound: u32, other: &str, amount_type: &str) {
     // Views: bound to the table, of the new column type, with owner, options, comments.
     for view in ["public.v", "public.vv"] {
         assert_eq!(
@@ -262,7 +271,11 @@ async fn assert_wired(client: &Client, bound: u32, other: &str, amount_type: &st
     assert_eq!(count(client, "SELECT count(*) FROM public.v").await, rows);
     assert_eq!(fails(client, "SELECT 1 FROM public.t").await, "42501");
     client.batch_execute("RESET ROLE").await.unwrap();
+}
 
+/// [`assert_wired`]: the trigger and the rule fire on the table only; triggers, rules and
+/// policies are on it, none on `other`.
+async fn assert_triggers_and_rules_wired(client: &Client, other: &str) {
     // The trigger fires once per write on the table, never on the other one; the rule too.
     let audit = "SELECT count(*) FROM public.audit";
     let before = count(client, audit).await;
@@ -337,7 +350,10 @@ async fn assert_wired(client: &Client, bound: u32, other: &str, amount_type: &st
             "policies on {relation}"
         );
     }
+}
 
+/// [`assert_wired`]: the policies filter and the RLS flag is set.
+async fn assert_policies_wired(client: &Client) {
     // Policies filter for a non-owner role; the restrictive one still restricts.
     let tenant_rows = count(
         client,
@@ -386,7 +402,10 @@ async fn assert_wired(client: &Client, bound: u32, other: &str, amount_type: &st
         .as_deref(),
         Some("true")
     );
+}
 
+/// [`assert_wired`]: the foreign keys and the other table's policy that reads the table.
+async fn assert_foreign_keys_wired(client: &Client, bound: u32) {
     // Foreign keys: bound to the table, validated, rejecting orphans in each child, and the
     // cascade works.
     assert_eq!(
@@ -445,7 +464,10 @@ async fn assert_wired(client: &Client, bound: u32, other: &str, amount_type: &st
         )
         .await
         .unwrap();
+}
 
+/// [`assert_wired`]: publication membership, replica identity, extended statistics.
+async fn assert_publications_wired(client: &Client, bound: u32, pg15: bool) {
     // Publications: the table with its row filter and column list (PostgreSQL 15+).
     let (filter, attrs) = if pg15 {
         ("pg_get_expr(pr.prqual, pr.prrelid)", "pr.prattrs::text")
