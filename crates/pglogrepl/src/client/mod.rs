@@ -1,0 +1,180 @@
+//! A minimal PostgreSQL logical replication client.
+//!
+//! tokio-postgres does not speak the streaming replication protocol, so this crate carries its
+//! own small client built on `postgres-protocol` message encoding and a plain tokio socket. It
+//! is the transport only:
+//!
+//! 1. [`ReplicationClient::connect`] opens one connection with `replication=database` in the
+//!    startup packet (trust, cleartext, MD5 or SCRAM-SHA-256 authentication; no TLS yet).
+//! 2. [`ReplicationClient::identify_system`], [`ReplicationClient::create_logical_slot`] and
+//!    [`ReplicationClient::simple_query`] run replication (or plain SQL) commands with the
+//!    simple-query protocol.
+//! 3. [`ReplicationClient::start_logical_replication`] turns the connection into a
+//!    [`ReplicationStream`] (CopyBoth mode) that yields [`ReplicationMessage`]s: each
+//!    `XLogData` carries the raw pgoutput payload bytes, which `crate::pgoutput` decodes.
+//!
+//! Standby status updates are sent by the caller with
+//! [`ReplicationStream::send_standby_status`]; nothing is acknowledged automatically.
+//!
+//! One module per concern, each depending only on those listed before it:
+//! `error` ([`ReplicationError`], server error and notice parsing), `conn` (the framed
+//! socket), `auth` (password authentication), `connect` (targets, sockets, startup and
+//! handshake), `commands` (simple query, `IDENTIFY_SYSTEM`, `CREATE_REPLICATION_SLOT`, command
+//! text), `stream` (`START_REPLICATION` and the [`ReplicationStream`]). This module holds the
+//! [`ReplicationClient`] type, whose methods delegate to them.
+
+mod auth;
+mod commands;
+mod conn;
+mod connect;
+mod error;
+mod stream;
+
+use std::fmt;
+
+use crate::lsn::Lsn;
+use conn::Conn;
+
+pub use commands::{CreatedSlot, SystemInfo};
+pub use error::ReplicationError;
+pub use stream::{ReplicationMessage, ReplicationStream};
+
+/// One connection to PostgreSQL with `replication=database`, in command mode.
+///
+/// Obtained from [`ReplicationClient::connect`]; consumed by
+/// [`ReplicationClient::start_logical_replication`]. Dropping it closes the socket without a
+/// Terminate message, which the server treats as a client disconnect.
+pub struct ReplicationClient {
+    conn: Conn,
+    backend_pid: i32,
+}
+
+impl fmt::Debug for ReplicationClient {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("ReplicationClient")
+            .field("backend_pid", &self.backend_pid)
+            .finish_non_exhaustive()
+    }
+}
+
+impl ReplicationClient {
+    /// Connects using the same settings as a [`tokio_postgres::Config`]: hosts (TCP names or
+    /// addresses, `hostaddr`, or Unix socket directories, for which the socket is
+    /// `<dir>/.s.PGSQL.<port>`), ports (one for all hosts or one per host; default 5432), user
+    /// (default `$USER`), password, dbname, application_name, options and connect_timeout
+    /// (applied to each host's whole connect-and-authenticate attempt). Adds
+    /// `replication=database` and `client_encoding=UTF8` to the startup packet. Hosts are tried
+    /// in order; the first that accepts wins.
+    ///
+    /// Authentication: trust, cleartext password, MD5 and SCRAM-SHA-256 (without channel
+    /// binding).
+    ///
+    /// # Errors
+    /// * [`ReplicationError::Unsupported`] for `sslmode=require` or `channel_binding=require`
+    ///   (TLS is not supported yet: plain TCP only; `sslmode=prefer` silently connects without
+    ///   TLS) and for Kerberos/GSSAPI/SSPI or non-SCRAM SASL authentication.
+    /// * [`ReplicationError::Config`] if there is no host, the host/port counts mismatch, or
+    ///   no user is configured nor `$USER` set.
+    /// * Otherwise the error of the last host tried: [`ReplicationError::Io`] (unreachable,
+    ///   `TimedOut` after connect_timeout), [`ReplicationError::Server`] (e.g. `28P01` wrong
+    ///   password, `28000` no pg_hba.conf entry, `3D000` no such database),
+    ///   [`ReplicationError::Auth`] (password needed but not configured, SCRAM failure).
+    pub async fn connect(
+        config: &tokio_postgres::Config,
+    ) -> Result<ReplicationClient, ReplicationError> {
+        let (conn, backend_pid) = connect::connect(config).await?;
+        Ok(ReplicationClient { conn, backend_pid })
+    }
+
+    /// Runs `sql` with the simple-query protocol and returns all rows of all result sets, each
+    /// column as text (`None` = SQL NULL). Replication commands (IDENTIFY_SYSTEM, SHOW,
+    /// DROP_REPLICATION_SLOT, ...) and, on a `replication=database` connection, plain SQL both
+    /// work. Commands returning no rows give an empty vector.
+    ///
+    /// # Errors
+    /// [`ReplicationError::Server`] if the server reports an error (the connection stays
+    /// usable); [`ReplicationError::Protocol`] for a COPY or streaming command (which this
+    /// method refuses and unwinds) or malformed replies; [`ReplicationError::Io`] on socket
+    /// failure.
+    pub async fn simple_query(
+        &mut self,
+        sql: &str,
+    ) -> Result<Vec<Vec<Option<String>>>, ReplicationError> {
+        commands::simple_query(&mut self.conn, sql).await
+    }
+
+    /// Runs `IDENTIFY_SYSTEM`.
+    ///
+    /// # Errors
+    /// Those of [`ReplicationClient::simple_query`], and [`ReplicationError::Protocol`] if the
+    /// reply is not one row of at least four columns with a numeric timeline and an LSN.
+    pub async fn identify_system(&mut self) -> Result<SystemInfo, ReplicationError> {
+        commands::identify_system(&mut self.conn).await
+    }
+
+    /// Runs `CREATE_REPLICATION_SLOT "<name>" [TEMPORARY] LOGICAL pgoutput EXPORT_SNAPSHOT`
+    /// (the legacy syntax, accepted by PostgreSQL 14 through 18). The name is quoted as an
+    /// identifier, so it must already be a valid slot name (lower-case letters, digits, `_`).
+    ///
+    /// A TEMPORARY slot is dropped by the server when this connection ends (including after
+    /// [`ReplicationStream::close`]). The exported snapshot stays valid only until the next
+    /// command on this connection: import it elsewhere first (see [`CreatedSlot`]).
+    ///
+    /// # Errors
+    /// Those of [`ReplicationClient::simple_query`] (e.g. Server `42710` when the slot
+    /// exists, `55000` when `wal_level` is not `logical`), and [`ReplicationError::Protocol`]
+    /// for a reply of the wrong shape.
+    pub async fn create_logical_slot(
+        &mut self,
+        name: &str,
+        temporary: bool,
+    ) -> Result<CreatedSlot, ReplicationError> {
+        commands::create_logical_slot(&mut self.conn, name, temporary).await
+    }
+
+    /// Runs `START_REPLICATION SLOT "<slot>" LOGICAL <start> (proto_version '1',
+    /// publication_names '"<publication>"'[, messages 'true'])` and, once the server enters
+    /// CopyBoth mode, returns the stream. `start` is usually the slot's consistent point or
+    /// the last flushed position; the server never streams from before the slot's
+    /// `confirmed_flush_lsn`. `messages` asks pgoutput to also send logical decoding messages
+    /// (`pg_logical_emit_message`).
+    ///
+    /// # Errors
+    /// [`ReplicationError::Server`] if the server refuses (e.g. `42704` unknown slot or
+    /// publication, `55006` slot active elsewhere); [`ReplicationError::Protocol`] if the
+    /// server does not enter CopyBoth mode; [`ReplicationError::Io`] on socket failure.
+    pub async fn start_logical_replication(
+        self,
+        slot: &str,
+        start: Lsn,
+        publication: &str,
+        messages: bool,
+    ) -> Result<ReplicationStream, ReplicationError> {
+        stream::start_logical_replication(
+            self.conn,
+            self.backend_pid,
+            slot,
+            start,
+            publication,
+            messages,
+        )
+        .await
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn futures_are_send() {
+        fn assert_send<T: Send>(_: &T) {}
+        let config = tokio_postgres::Config::new();
+        assert_send(&ReplicationClient::connect(&config));
+        let (client, _server) = tokio::io::duplex(64);
+        let mut stream = ReplicationStream::new(Conn::new(Box::new(client)), 0);
+        assert_send(&stream.recv());
+        assert_send(&stream.send_standby_status(Lsn(1), Lsn(1), Lsn(1), false));
+        assert_send(&stream.close());
+    }
+}
