@@ -1,57 +1,130 @@
-//! Integration tests of `doppel::replication` against throwaway PostgreSQL 15 clusters.
+//! Integration tests of `pglogrepl::client` against throwaway PostgreSQL clusters.
 //!
-//! Each test starts its own cluster (see `TestCluster` at the bottom of this file), which is
-//! stopped with `pg_ctl stop -m immediate` when the test ends, pass or fail.
+//! Each test starts its own cluster (`doppel_testkit::cluster::LocalCluster`: a temporary
+//! directory, a free port of 127.0.0.1, `wal_level=logical`; as root the server runs as the
+//! `postgres` OS user), which is stopped and removed when the test ends, pass or fail.
 
 use std::future::Future;
-use std::path::{Path, PathBuf};
-use std::process::Command;
+use std::path::Path;
 use std::time::{Duration, Instant};
 
-use pglogrepl::client::{ReplicationClient, ReplicationError, ReplicationMessage};
+use doppel_testkit::cluster::{ClusterOptions, LocalCluster};
+use pglogrepl::client::{
+    CreatedSlot, ReplicationClient, ReplicationError, ReplicationMessage, ReplicationStream,
+};
 use pglogrepl::lsn::Lsn;
-use tokio_postgres::NoTls;
 
 /// Upper bound for every wait on the server.
 const WAIT: Duration = Duration::from_secs(30);
 
-const TRUST_HBA: &str = "local all all trust\nhost all all 127.0.0.1/32 trust\n";
+const SLOT: &str = "pglogrepl_test_slot";
+const APPLICATION: &str = "pglogrepl-test";
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn streams_pgoutput_changes_and_acknowledges_them() {
     // A short wal_sender_timeout makes the server ask for replies about once a second.
-    let cluster = TestCluster::start(TRUST_HBA, "wal_sender_timeout = '2s'\n");
-    let admin = cluster.connect_sql().await;
+    let cluster = start_cluster(ClusterOptions {
+        extra_conf: vec![("wal_sender_timeout".into(), "2s".into())],
+        ..ClusterOptions::default()
+    })
+    .await;
+    let admin = connect_sql(&cluster).await;
     admin
         .batch_execute(
             "CREATE TABLE items (id int PRIMARY KEY, note text NOT NULL);
              INSERT INTO items VALUES (0, 'before-slot');
-             CREATE PUBLICATION doppel_pub FOR TABLE items;",
+             CREATE PUBLICATION test_pub FOR TABLE items;",
         )
         .await
         .unwrap();
 
-    let mut config = cluster.tcp_config("postgres");
-    config.application_name("doppel-repl-test");
+    let mut config = tcp_config(&cluster, "postgres");
+    config.application_name(APPLICATION);
     let mut repl = ReplicationClient::connect(&config).await.unwrap();
+    let slot = create_slot_and_import_snapshot(&cluster, &admin, &mut repl).await;
 
+    let mut stream = repl
+        .start_logical_replication(SLOT, slot.consistent_point, "test_pub", true)
+        .await
+        .unwrap();
+    let walsenders: i64 = admin
+        .query_one(
+            "SELECT count(*) FROM pg_stat_replication WHERE application_name = $1",
+            &[&APPLICATION],
+        )
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(walsenders, 1, "application_name reaches the server");
+
+    admin
+        .batch_execute(
+            "BEGIN;
+             INSERT INTO items VALUES (2, 'row-two'), (3, 'row-three');
+             INSERT INTO items VALUES (4, 'row-four');
+             SELECT pg_logical_emit_message(true, 'pglogrepl', 'hello');
+             COMMIT;",
+        )
+        .await
+        .unwrap();
+
+    let (transactions, flushed) = receive_two_transactions(&mut stream, &slot).await;
+    let tags = |txn: &Vec<Vec<u8>>| txn.iter().map(|m| m[0] as char).collect::<String>();
+    assert_eq!(
+        tags(&transactions[0]),
+        "BRIC",
+        "first transaction: one insert"
+    );
+    assert_eq!(
+        tags(&transactions[1]),
+        "BIIIMC",
+        "second: three inserts and a message"
+    );
+    assert!(contains(&transactions[0][2], b"after-slot"));
+    assert!(contains(&transactions[1][1], b"row-two"));
+    assert!(contains(&transactions[1][4], b"hello"));
+    assert!(flushed > slot.consistent_point);
+
+    answer_reply_requests(&mut stream, &admin, flushed).await;
+
+    stream.close().await.unwrap();
+    wait_for("the temporary slot to be dropped", || async {
+        confirmed_flush(&admin, SLOT).await.is_none()
+    })
+    .await;
+    wait_for("the walsender to exit", || async {
+        let n: i64 = admin
+            .query_one("SELECT count(*) FROM pg_stat_replication", &[])
+            .await
+            .unwrap()
+            .get(0);
+        n == 0
+    })
+    .await;
+}
+
+/// IDENTIFY_SYSTEM, then a temporary slot [`SLOT`] whose exported snapshot is imported by
+/// `admin` (it must not see a row inserted after the slot was created); checks what the
+/// server reports about both.
+async fn create_slot_and_import_snapshot(
+    cluster: &LocalCluster,
+    admin: &tokio_postgres::Client,
+    repl: &mut ReplicationClient,
+) -> CreatedSlot {
     let system = repl.identify_system().await.unwrap();
     assert_eq!(system.timeline, 1);
     assert_eq!(system.dbname.as_deref(), Some("postgres"));
     assert!(system.xlogpos > Lsn::INVALID);
     assert!(system.system_id.parse::<u64>().is_ok(), "{system:?}");
 
-    let slot = repl
-        .create_logical_slot("doppel_test_slot", true)
-        .await
-        .unwrap();
-    assert_eq!(slot.slot_name, "doppel_test_slot");
+    let slot = repl.create_logical_slot(SLOT, true).await.unwrap();
+    assert_eq!(slot.slot_name, SLOT);
     assert_eq!(slot.output_plugin, "pgoutput");
     assert!(slot.consistent_point >= system.xlogpos);
     let snapshot = slot.snapshot_name.clone().expect("exported snapshot");
 
     // A change made after the slot exists: streamed, but invisible to the exported snapshot.
-    let other = cluster.connect_sql().await;
+    let other = connect_sql(cluster).await;
     other
         .execute("INSERT INTO items VALUES (1, 'after-slot')", &[])
         .await
@@ -76,49 +149,25 @@ async fn streams_pgoutput_changes_and_acknowledges_them() {
 
     let row = admin
         .query_one(
-            "SELECT temporary, plugin, slot_type FROM pg_replication_slots \
-             WHERE slot_name = 'doppel_test_slot'",
-            &[],
+            "SELECT temporary, plugin, slot_type FROM pg_replication_slots WHERE slot_name = $1",
+            &[&SLOT],
         )
         .await
         .unwrap();
     assert!(row.get::<_, bool>(0));
     assert_eq!(row.get::<_, String>(1), "pgoutput");
     assert_eq!(row.get::<_, String>(2), "logical");
+    slot
+}
 
-    let mut stream = repl
-        .start_logical_replication(
-            "doppel_test_slot",
-            slot.consistent_point,
-            "doppel_pub",
-            true,
-        )
-        .await
-        .unwrap();
-
-    let walsenders: i64 = admin
-        .query_one(
-            "SELECT count(*) FROM pg_stat_replication WHERE application_name = 'doppel-repl-test'",
-            &[],
-        )
-        .await
-        .unwrap()
-        .get(0);
-    assert_eq!(walsenders, 1, "application_name reaches the server");
-
-    admin
-        .batch_execute(
-            "BEGIN;
-             INSERT INTO items VALUES (2, 'row-two'), (3, 'row-three');
-             INSERT INTO items VALUES (4, 'row-four');
-             SELECT pg_logical_emit_message(true, 'doppel', 'hello');
-             COMMIT;",
-        )
-        .await
-        .unwrap();
-
-    // Phase 1: receive both transactions, with a timer racing `recv` in select! (exercising
-    // its cancel safety) that acknowledges what has been fully received so far.
+/// Phase 1 of the streaming test: receives two transactions (each as its pgoutput messages,
+/// Begin to Commit), with a timer racing `recv` in `select!` (exercising its cancel safety)
+/// that acknowledges what has been fully received so far. Returns them and the end LSN of
+/// the last.
+async fn receive_two_transactions(
+    stream: &mut ReplicationStream,
+    slot: &CreatedSlot,
+) -> (Vec<Vec<Vec<u8>>>, Lsn) {
     let mut transactions: Vec<Vec<Vec<u8>>> = Vec::new();
     let mut current: Option<Vec<Vec<u8>>> = None;
     let mut flushed = slot.consistent_point;
@@ -159,25 +208,17 @@ async fn streams_pgoutput_changes_and_acknowledges_them() {
             }
         }
     }
+    (transactions, flushed)
+}
 
-    let tags = |txn: &Vec<Vec<u8>>| txn.iter().map(|m| m[0] as char).collect::<String>();
-    assert_eq!(
-        tags(&transactions[0]),
-        "BRIC",
-        "first transaction: one insert"
-    );
-    assert_eq!(
-        tags(&transactions[1]),
-        "BIIIMC",
-        "second: three inserts and a message"
-    );
-    assert!(contains(&transactions[0][2], b"after-slot"));
-    assert!(contains(&transactions[1][1], b"row-two"));
-    assert!(contains(&transactions[1][4], b"hello"));
-    assert!(flushed > slot.consistent_point);
-
-    // Phase 2: no more timer; only answer the server's reply requests. Three answered
-    // requests span more than wal_sender_timeout, so the replies keep the connection alive.
+/// Phase 2 of the streaming test: no more timer; only answer the server's reply requests.
+/// Three answered requests span more than wal_sender_timeout, so the replies keep the
+/// connection alive; ends once the slot's confirmed_flush_lsn is `flushed`.
+async fn answer_reply_requests(
+    stream: &mut ReplicationStream,
+    admin: &tokio_postgres::Client,
+    flushed: Lsn,
+) {
     stream
         .send_standby_status(flushed, flushed, flushed, false)
         .await
@@ -213,44 +254,34 @@ async fn streams_pgoutput_changes_and_acknowledges_them() {
                 }
             },
         }
-        confirmed = confirmed_flush(&admin, "doppel_test_slot")
-            .await
-            .expect("slot exists");
+        confirmed = confirmed_flush(admin, SLOT).await.expect("slot exists");
     }
     assert_eq!(confirmed, flushed, "confirmed_flush_lsn is what we sent");
-
-    stream.close().await.unwrap();
-    wait_for("the temporary slot to be dropped", || async {
-        confirmed_flush(&admin, "doppel_test_slot").await.is_none()
-    })
-    .await;
-    wait_for("the walsender to exit", || async {
-        let n: i64 = admin
-            .query_one("SELECT count(*) FROM pg_stat_replication", &[])
-            .await
-            .unwrap()
-            .get(0);
-        n == 0
-    })
-    .await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn password_authentication_methods() {
-    let hba = "local all all trust\n\
-               host all md5user 127.0.0.1/32 md5\n\
-               host all scramuser 127.0.0.1/32 scram-sha-256\n\
-               host all clearuser 127.0.0.1/32 password\n\
-               host all all 127.0.0.1/32 reject\n";
-    let cluster = TestCluster::start(hba, "");
-    let admin = cluster.connect_sql().await;
+    // These lines come before the cluster's own trust lines, so they win for these users.
+    let hba_extra = [
+        "host all md5user 127.0.0.1/32 md5",
+        "host all scramuser 127.0.0.1/32 scram-sha-256",
+        "host all clearuser 127.0.0.1/32 password",
+        "host all rejecteduser 127.0.0.1/32 reject",
+    ];
+    let cluster = start_cluster(ClusterOptions {
+        hba_extra: hba_extra.iter().map(|l| l.to_string()).collect(),
+        ..ClusterOptions::default()
+    })
+    .await;
+    let admin = connect_sql(&cluster).await;
     admin
         .batch_execute(
             "SET password_encryption = 'md5';
              CREATE ROLE md5user LOGIN REPLICATION PASSWORD 'md5-secret-pw';
              SET password_encryption = 'scram-sha-256';
              CREATE ROLE scramuser LOGIN REPLICATION PASSWORD 'scram-secret-pw';
-             CREATE ROLE clearuser LOGIN REPLICATION PASSWORD 'clear-secret-pw';",
+             CREATE ROLE clearuser LOGIN REPLICATION PASSWORD 'clear-secret-pw';
+             CREATE ROLE rejecteduser LOGIN REPLICATION;",
         )
         .await
         .unwrap();
@@ -269,7 +300,7 @@ async fn password_authentication_methods() {
         ("scramuser", "scram-secret-pw"),
         ("clearuser", "clear-secret-pw"),
     ] {
-        let mut config = cluster.tcp_config(user);
+        let mut config = tcp_config(&cluster, user);
         config.password(password);
         let mut repl = ReplicationClient::connect(&config)
             .await
@@ -284,7 +315,7 @@ async fn password_authentication_methods() {
 
     // Wrong password: the server's 28P01, and the password appears nowhere.
     for user in ["md5user", "scramuser", "clearuser"] {
-        let mut config = cluster.tcp_config(user);
+        let mut config = tcp_config(&cluster, user);
         config.password("wrong-pw-0123");
         let err = ReplicationClient::connect(&config).await.unwrap_err();
         assert_eq!(err.sqlstate(), Some("28P01"), "{user}: {err}");
@@ -293,25 +324,30 @@ async fn password_authentication_methods() {
     }
 
     // A password is required but none is configured.
-    let err = ReplicationClient::connect(&cluster.tcp_config("scramuser"))
+    let err = ReplicationClient::connect(&tcp_config(&cluster, "scramuser"))
         .await
         .unwrap_err();
     assert!(matches!(err, ReplicationError::Auth(_)), "{err}");
 
     // pg_hba.conf rejects the user.
-    let err = ReplicationClient::connect(&cluster.tcp_config("postgres"))
+    let err = ReplicationClient::connect(&tcp_config(&cluster, "rejecteduser"))
         .await
         .unwrap_err();
     assert_eq!(err.sqlstate(), Some("28000"), "{err}");
 
-    // Hosts are tried in order: a dead port first, then the cluster.
+    hosts_are_tried_in_order(&cluster).await;
+}
+
+/// A dead port first, then the cluster: the second host wins. Only the dead host: an I/O
+/// error naming it.
+async fn hosts_are_tried_in_order(cluster: &LocalCluster) {
     let dead_port = free_port();
     let mut config = tokio_postgres::Config::new();
     config
         .host("127.0.0.1")
         .port(dead_port)
-        .host("127.0.0.1")
-        .port(cluster.port)
+        .host(cluster.host())
+        .port(cluster.port())
         .user("scramuser")
         .password("scram-secret-pw")
         .dbname("postgres");
@@ -321,7 +357,6 @@ async fn password_authentication_methods() {
         Some("postgres")
     );
 
-    // Only the dead host: an I/O error naming it.
     let mut config = tokio_postgres::Config::new();
     config.host("127.0.0.1").port(dead_port).user("postgres");
     match ReplicationClient::connect(&config).await.unwrap_err() {
@@ -332,8 +367,8 @@ async fn password_authentication_methods() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn unix_socket_queries_errors_and_persistent_slots() {
-    let cluster = TestCluster::start(TRUST_HBA, "");
-    let admin = cluster.connect_sql().await;
+    let cluster = start_cluster(ClusterOptions::default()).await;
+    let admin = connect_sql(&cluster).await;
     admin
         .batch_execute(
             "CREATE TABLE t (id int PRIMARY KEY);
@@ -345,8 +380,8 @@ async fn unix_socket_queries_errors_and_persistent_slots() {
 
     let mut config = tokio_postgres::Config::new();
     config
-        .host_path(cluster.socket_dir())
-        .port(cluster.port)
+        .host_path(socket_dir(&cluster))
+        .port(cluster.port())
         .user("postgres")
         .dbname("postgres");
     let mut repl = ReplicationClient::connect(&config).await.unwrap();
@@ -366,7 +401,46 @@ async fn unix_socket_queries_errors_and_persistent_slots() {
     );
     assert!(repl.simple_query("").await.unwrap().is_empty());
 
-    // Server errors carry SQLSTATE, detail and hint, and leave the connection usable.
+    server_errors_leave_the_connection_usable(&mut repl).await;
+
+    // A persistent slot outlives the connection that made it.
+    let slot = repl.create_logical_slot("keep_me", false).await.unwrap();
+    assert_eq!(slot.slot_name, "keep_me");
+    let err = repl
+        .create_logical_slot("keep_me", false)
+        .await
+        .unwrap_err();
+    assert_eq!(err.sqlstate(), Some("42710"), "{err}");
+
+    // simple_query refuses a streaming command but unwinds it.
+    let err = repl
+        .simple_query(&format!(
+            "START_REPLICATION SLOT keep_me LOGICAL {} (proto_version '1', publication_names 'p')",
+            slot.consistent_point
+        ))
+        .await
+        .unwrap_err();
+    assert!(matches!(err, ReplicationError::Protocol(_)), "{err}");
+    assert!(repl.identify_system().await.is_ok());
+
+    // Errors from START_REPLICATION itself.
+    let err = repl
+        .start_logical_replication("no_such_slot", Lsn::INVALID, "p", false)
+        .await
+        .unwrap_err();
+    assert_eq!(err.sqlstate(), Some("42704"), "{err}");
+
+    stream_from_persistent_slot(&config, &admin, &slot).await;
+
+    let mut repl = ReplicationClient::connect(&config).await.unwrap();
+    repl.simple_query("DROP_REPLICATION_SLOT keep_me")
+        .await
+        .unwrap();
+    assert!(confirmed_flush(&admin, "keep_me").await.is_none());
+}
+
+/// Server errors carry SQLSTATE, detail and hint, and leave the connection usable.
+async fn server_errors_leave_the_connection_usable(repl: &mut ReplicationClient) {
     let err = repl
         .simple_query("SELECT no_such_function(1)")
         .await
@@ -401,36 +475,16 @@ async fn unix_socket_queries_errors_and_persistent_slots() {
         repl.simple_query("SELECT 3").await.unwrap(),
         vec![vec![Some("3".to_string())]]
     );
+}
 
-    // A persistent slot outlives the connection that made it.
-    let slot = repl.create_logical_slot("keep_me", false).await.unwrap();
-    assert_eq!(slot.slot_name, "keep_me");
-    let err = repl
-        .create_logical_slot("keep_me", false)
-        .await
-        .unwrap_err();
-    assert_eq!(err.sqlstate(), Some("42710"), "{err}");
-
-    // simple_query refuses a streaming command but unwinds it.
-    let err = repl
-        .simple_query(&format!(
-            "START_REPLICATION SLOT keep_me LOGICAL {} (proto_version '1', publication_names 'p')",
-            slot.consistent_point
-        ))
-        .await
-        .unwrap_err();
-    assert!(matches!(err, ReplicationError::Protocol(_)), "{err}");
-    assert!(repl.identify_system().await.is_ok());
-
-    // Errors from START_REPLICATION itself.
-    let err = repl
-        .start_logical_replication("no_such_slot", Lsn::INVALID, "p", false)
-        .await
-        .unwrap_err();
-    assert_eq!(err.sqlstate(), Some("42704"), "{err}");
-
-    // Stream from the persistent slot, close, and the slot is still there.
-    let repl = ReplicationClient::connect(&config).await.unwrap();
+/// Streams one transaction from the persistent slot `keep_me` on a new connection, closes
+/// the stream, and the slot is still there (inactive).
+async fn stream_from_persistent_slot(
+    config: &tokio_postgres::Config,
+    admin: &tokio_postgres::Client,
+    slot: &CreatedSlot,
+) {
+    let repl = ReplicationClient::connect(config).await.unwrap();
     let mut stream = repl
         .start_logical_replication("keep_me", slot.consistent_point, "p", false)
         .await
@@ -465,12 +519,6 @@ async fn unix_socket_queries_errors_and_persistent_slots() {
             .get::<_, bool>(0)
     })
     .await;
-
-    let mut repl = ReplicationClient::connect(&config).await.unwrap();
-    repl.simple_query("DROP_REPLICATION_SLOT keep_me")
-        .await
-        .unwrap();
-    assert!(confirmed_flush(&admin, "keep_me").await.is_none());
 }
 
 /// End LSN of the transaction from a pgoutput Commit message
@@ -509,138 +557,39 @@ where
     }
 }
 
-// ---------------------------------------------------------------------------------------
-// A private throwaway cluster (until the shared `doppel_testkit::cluster::LocalCluster` is ready).
-// ---------------------------------------------------------------------------------------
-
-const PG_BIN: &str = "/usr/lib/postgresql/15/bin";
-const OS_USER: &str = "postgres";
-
-/// A PostgreSQL 15 cluster in a temporary directory, run by the `postgres` OS user, listening
-/// on a free port of 127.0.0.1 and on a Unix socket in the directory. Stopped on drop.
-struct TestCluster {
-    dir: tempfile::TempDir,
-    port: u16,
-    running: bool,
+/// Starts a throwaway cluster; panics with the error (and the server log) if it cannot.
+async fn start_cluster(options: ClusterOptions) -> LocalCluster {
+    LocalCluster::start(options)
+        .await
+        .unwrap_or_else(|e| panic!("could not start a test cluster: {e:#}"))
 }
 
-impl TestCluster {
-    /// initdb (trust for the `postgres` superuser), the given pg_hba.conf and extra
-    /// postgresql.conf lines, then start and wait until it accepts connections.
-    fn start(hba: &str, extra_conf: &str) -> TestCluster {
-        let dir = tempfile::Builder::new()
-            .prefix("doppel-repltest-")
-            .tempdir()
-            .unwrap();
-        let mut cluster = TestCluster {
-            dir,
-            port: 0,
-            running: false,
-        };
-        run(Command::new("chown")
-            .arg(format!("{OS_USER}:"))
-            .arg(cluster.dir.path()));
-        run(as_postgres("initdb")
-            .arg("-D")
-            .arg(cluster.data_dir())
-            .args(["-U", "postgres", "-A", "trust", "-E", "UTF8", "--no-sync"]));
-        std::fs::write(cluster.data_dir().join("pg_hba.conf"), hba).unwrap();
-
-        // The port is only reserved by probing; retry if another process grabs it first.
-        for attempt in 1..=3 {
-            cluster.port = free_port();
-            let conf = format!(
-                "listen_addresses = '127.0.0.1'\nport = {}\nunix_socket_directories = '{}'\n\
-                 wal_level = logical\nmax_wal_senders = 10\nmax_replication_slots = 10\n\
-                 fsync = off\nsynchronous_commit = off\n{extra_conf}",
-                cluster.port,
-                cluster.dir.path().display()
-            );
-            std::fs::write(cluster.data_dir().join("postgresql.auto.conf"), conf).unwrap();
-            let status = as_postgres("pg_ctl")
-                .arg("start")
-                .arg("-D")
-                .arg(cluster.data_dir())
-                .arg("-l")
-                .arg(cluster.dir.path().join("server.log"))
-                .args(["-w", "-t", "60"])
-                .status()
-                .unwrap();
-            if status.success() {
-                cluster.running = true;
-                return cluster;
-            }
-            let log =
-                std::fs::read_to_string(cluster.dir.path().join("server.log")).unwrap_or_default();
-            assert!(attempt < 3, "pg_ctl start failed:\n{log}");
-        }
-        unreachable!()
-    }
-
-    fn data_dir(&self) -> PathBuf {
-        self.dir.path().join("data")
-    }
-
-    fn socket_dir(&self) -> &Path {
-        self.dir.path()
-    }
-
-    /// Settings for a TCP connection as `user` to database `postgres`.
-    fn tcp_config(&self, user: &str) -> tokio_postgres::Config {
-        let mut config = tokio_postgres::Config::new();
-        config
-            .host("127.0.0.1")
-            .port(self.port)
-            .user(user)
-            .dbname("postgres");
-        config
-    }
-
-    /// An ordinary SQL connection as the superuser (Unix socket, trust).
-    async fn connect_sql(&self) -> tokio_postgres::Client {
-        let mut config = tokio_postgres::Config::new();
-        config
-            .host_path(self.socket_dir())
-            .port(self.port)
-            .user("postgres")
-            .dbname("postgres");
-        let (client, connection) = config.connect(NoTls).await.unwrap();
-        tokio::spawn(async move {
-            let _ = connection.await;
-        });
-        client
-    }
+/// An ordinary SQL session as the superuser `postgres`.
+async fn connect_sql(cluster: &LocalCluster) -> tokio_postgres::Client {
+    cluster
+        .connect("postgres")
+        .await
+        .unwrap_or_else(|e| panic!("{e:#}"))
 }
 
-impl Drop for TestCluster {
-    fn drop(&mut self) {
-        if self.running {
-            let _ = as_postgres("pg_ctl")
-                .arg("stop")
-                .arg("-D")
-                .arg(self.data_dir())
-                .args(["-m", "immediate", "-w", "-t", "60"])
-                .status();
-        }
-    }
+/// Settings for a TCP connection to the cluster as `user` to database `postgres`.
+fn tcp_config(cluster: &LocalCluster, user: &str) -> tokio_postgres::Config {
+    let mut config = tokio_postgres::Config::new();
+    config
+        .host(cluster.host())
+        .port(cluster.port())
+        .user(user)
+        .dbname("postgres");
+    config
 }
 
-/// A server binary run as the `postgres` OS user (initdb refuses root).
-fn as_postgres(binary: &str) -> Command {
-    let mut cmd = Command::new("runuser");
-    cmd.args(["-u", OS_USER, "--"])
-        .arg(Path::new(PG_BIN).join(binary));
-    cmd
-}
-
-fn run(cmd: &mut Command) {
-    let out = cmd.output().unwrap();
-    assert!(
-        out.status.success(),
-        "{cmd:?} failed:\n{}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
+/// The directory of the cluster's Unix socket: its temporary directory, the parent of the
+/// data directory (`unix_socket_directories`).
+fn socket_dir(cluster: &LocalCluster) -> &Path {
+    cluster
+        .data_dir()
+        .parent()
+        .expect("the data directory is inside the cluster's directory")
 }
 
 /// A TCP port of 127.0.0.1 that was free a moment ago.
