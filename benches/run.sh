@@ -754,7 +754,7 @@ Same-run comparisons of doppel with the locking `ALTER TABLE`, `pg_repack` and t
 floor of a rewrite (issue 5), written by `benches/run.sh` (one section per table size; a new
 run replaces the section of its size). Reproduce with `benches/run.sh --rows N` from a clean
 checkout (needs the PostgreSQL 15 server binaries, root or a user that can run initdb).
-Micro-benchmarks: `cargo bench --bench pgoutput_decode`, `cargo bench --bench apply_batching`.
+Micro-benchmarks: `cargo bench -p pglogrepl --bench pgoutput_decode`, `cargo bench --bench apply_batching`.
 
 EOF
   fi

@@ -1,18 +1,13 @@
-//! Decode throughput of `pglogrepl::pgoutput::decode_bytes` (messages/s), issue 5.
+//! Decode throughput of `pglogrepl::pgoutput::decode_bytes` (messages/s).
 //!
 //! Messages are built by hand following the pgoutput protocol version 1 format, shaped like
-//! the benchmark's `orders` table (`id bigint, customer_id int, status text,
-//! amount numeric(12,2), note text, created_at timestamptz`) and the changes the
-//! `benches/writer.sql` pgbench load makes; a second group decodes payloads captured from a
-//! PostgreSQL 15 server (the fixtures of `src/pgoutput.rs`). Criterion reports `elem/s`,
-//! which is messages per second.
+//! an `orders` table (`id bigint, customer_id int, status text, amount numeric(12,2),
+//! note text, created_at timestamptz`) under a write load of one UPDATE and one INSERT per
+//! transaction and a DELETE every fourth; a second group decodes payloads captured from a
+//! PostgreSQL 15 server (the fixtures of `src/pgoutput/fixtures.rs`). Criterion reports
+//! `elem/s`, which is messages per second.
 //!
-//! A third group measures the applier's input path without a server: the spool file
-//! (append, publish, read back) plus decoding. The apply batching itself (`applier`) needs a
-//! PostgreSQL connection: `cargo bench --bench apply_batching` measures it against a private
-//! server, and `benches/run.sh` end to end.
-//!
-//! Run: `cargo bench --bench pgoutput_decode` (add `-- --quick` for a short run).
+//! Run: `cargo bench -p pglogrepl --bench pgoutput_decode` (add `-- --quick` for a short run).
 
 use std::hint::black_box;
 
@@ -174,7 +169,7 @@ fn unhex(s: &str) -> Bytes {
         .into()
 }
 
-/// Payloads captured from PostgreSQL 15 (the fixtures of `src/pgoutput.rs`): the `B`, an `I`
+/// Payloads captured from PostgreSQL 15 (the fixtures of `src/pgoutput/fixtures.rs`): the `B`, an `I`
 /// without TOAST, the two `U` forms, a `D` and the `C` of table `t`/`f`.
 const CAPTURED: &[(&str, &str)] = &[
     ("begin", "420000000001535c78000303d2dfe59c04000002db"),
