@@ -16,3 +16,8 @@ pub mod pgoutput;
 
 pub use client::{ReplicationClient, ReplicationError, ReplicationMessage, ReplicationStream};
 pub use lsn::Lsn;
+
+/// The README's example, compiled (not run) as a doctest.
+#[cfg(doctest)]
+#[doc = include_str!("../README.md")]
+pub struct ReadmeDoctests;
