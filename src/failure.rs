@@ -152,6 +152,10 @@ pub enum Check {
     NameTaken,
     /// Another doppel run holds the table's advisory lock.
     ConcurrentRun,
+    /// `doppel cleanup` found, under the shadow's name, the migrated table a rollback or a
+    /// revert swapped out (it may hold writes made after the cutover) and was not given
+    /// `--drop-new-table`.
+    SwappedOutTable,
 }
 
 /// One reason doppel refuses to run, with what to do about it.

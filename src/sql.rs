@@ -49,6 +49,19 @@ pub fn comment_sql(target: &str, text: Option<&str>) -> String {
     )
 }
 
+/// `DO <tag> <body> <tag>`: an anonymous PL/pgSQL block, dollar-quoted with a tag
+/// (`$doppel$`, `$doppel1$`, ...) that does not occur in `body`, so identifiers and literals
+/// inside it cannot end the block.
+pub fn do_block(body: &str) -> String {
+    let mut tag = "$doppel$".to_string();
+    let mut n = 0;
+    while body.contains(&tag) {
+        n += 1;
+        tag = format!("$doppel{n}$");
+    }
+    format!("DO {tag}\n{body}\n{tag}")
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -59,6 +72,16 @@ mod tests {
         assert_eq!(ident("a\"b"), "\"a\"\"b\"");
         assert_eq!(qualified("Sales Data", "x"), "\"Sales Data\".\"x\"");
         assert_eq!(literal("it's"), "'it''s'");
+    }
+
+    #[test]
+    fn do_blocks_pick_a_tag_the_body_does_not_hold() {
+        assert_eq!(
+            do_block("BEGIN NULL; END"),
+            "DO $doppel$\nBEGIN NULL; END\n$doppel$"
+        );
+        let hostile = "BEGIN PERFORM 1 FROM \"x$doppel$y\"; END";
+        assert!(do_block(hostile).starts_with("DO $doppel1$\n"));
     }
 
     #[test]

@@ -560,12 +560,23 @@ async fn materialized_view(client: &Client, state: &mut State, step: &Step<'_>) 
         .unwrap();
 }
 
-/// Runs `file` with `psql -X -v ON_ERROR_STOP=1` on `cluster` (psql reads it from stdin: it
-/// runs as the cluster's OS user, who may not be able to open the file).
+/// Runs `file` with `psql -X -v ON_ERROR_STOP=1 -v force=1` on `cluster` (psql reads it from
+/// stdin: it runs as the cluster's OS user, who may not be able to open the file). The checks
+/// of each kind write to the new table, so the script's guard against losing writes made
+/// after the cutover is overridden on purpose (tests/rollback_guard.rs tests the guard).
 fn run_psql_file(cluster: &LocalCluster, file: &std::path::Path) {
     let output = cluster
         .command("psql")
-        .args(["-X", "-q", "-v", "ON_ERROR_STOP=1", "-f", "-"])
+        .args([
+            "-X",
+            "-q",
+            "-v",
+            "ON_ERROR_STOP=1",
+            "-v",
+            "force=1",
+            "-f",
+            "-",
+        ])
         .stdin(std::fs::File::open(file).expect("the rollback script exists"))
         .output()
         .expect("psql runs");

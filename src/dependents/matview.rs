@@ -225,13 +225,7 @@ impl View {
             literal(&message),
             literal(&hint)
         ));
-        let mut tag = "$doppel$".to_string();
-        let mut n = 0;
-        while body.contains(&tag) {
-            n += 1;
-            tag = format!("$doppel{n}$");
-        }
-        format!("DO {tag}\n{body}\n{tag}")
+        crate::sql::do_block(&body)
     }
 
     /// The statements of a rebuild: those building the filled copy (created empty by the

@@ -49,6 +49,19 @@ impl Fencer {
         Ok(n)
     }
 
+    /// Reserves the next fence number for a message another session commits (the cutover
+    /// transaction carries one, so the stream marks exactly where the cutover committed);
+    /// returns the number and the statement that emits it.
+    pub fn reserve(&self) -> (u64, String) {
+        let n = self.next.fetch_add(1, Ordering::SeqCst);
+        let sql = format!(
+            "SELECT pg_logical_emit_message(true, {}, {})",
+            crate::sql::literal(&self.prefix),
+            crate::sql::literal(&format!("fence:{n}"))
+        );
+        (n, sql)
+    }
+
     /// The fence session, for other short statements.
     pub fn client(&self) -> &Client {
         &self.client

@@ -1,13 +1,31 @@
-//! `doppel cleanup`: removes what an interrupted run left behind.
+//! `doppel cleanup`: removes what an interrupted run left behind, and never a table that may
+//! hold rows that exist nowhere else.
+
+use std::path::{Path, PathBuf};
 
 use anyhow::{Context, Result, bail};
+use tokio_postgres::Client;
 
 use crate::conninfo;
+use crate::failure::{Check, Refusal, Refused};
 use crate::model::catalog;
 use crate::model::names::Names;
+use crate::phases::cutover::SWAPPED_OUT_MARK;
 use crate::phases::shadow;
 use crate::run::ADVISORY_LOCK_CLASS;
 use crate::sql::ident;
+
+/// What `doppel cleanup` may remove besides an interrupted run's leftovers.
+#[derive(Debug, Clone, Default)]
+pub struct CleanupOptions {
+    /// The interrupted run's `--work-dir`: its change spool files (`doppel-<oid>-<pid>.spool`)
+    /// and control socket (`doppel-<oid>.sock`) there are removed too.
+    pub work_dir: Option<PathBuf>,
+    /// `--drop-new-table`: also drop a migrated table that a rollback or a revert swapped out
+    /// (it may hold the writes made between the cutover and the rollback). Without it such a
+    /// table is kept and cleanup refuses.
+    pub drop_new_table: bool,
+}
 
 /// What `doppel cleanup` found and removed.
 #[derive(Debug, Clone, Default)]
@@ -17,16 +35,20 @@ pub struct CleanupReport {
 }
 
 /// Removes what an interrupted run on `table` left behind: the shadow table, the publication
-/// and an inactive slot named after the table's OID, and, given the run's `work_dir`, its
-/// change spool files (`doppel-<oid>-<pid>.spool`) and control socket (`doppel-<oid>.sock`).
-/// Refuses while a run holds the table's advisory lock.
+/// and an inactive slot named after the table's OID, and the local files of
+/// [`CleanupOptions::work_dir`]. Refuses while a run holds the table's advisory lock.
 ///
-/// Errors: the table does not exist, a run is active on it, a slot is in use, or a DROP or
-/// file removal failed.
+/// A table under the shadow's name that a rollback script or a revert swapped out (its
+/// comment starts with the mark they set) is the migrated table, which received the writes
+/// made after the cutover: it is dropped only with [`CleanupOptions::drop_new_table`];
+/// without it cleanup refuses (exit 2), changing nothing, and says what the table holds.
+///
+/// Errors: the table does not exist, a run is active on it, a slot is in use, the refusal
+/// above, or a DROP or file removal failed.
 pub async fn cleanup(
     config: &tokio_postgres::Config,
     table: &str,
-    work_dir: Option<&std::path::Path>,
+    options: &CleanupOptions,
 ) -> Result<CleanupReport> {
     let client = conninfo::connect(config).await?;
     let oid = catalog::resolve(&client, table).await?;
@@ -45,7 +67,84 @@ pub async fn cleanup(
             t.qualified()
         );
     }
+    let shadow = shadow_state(&client, &names).await?;
+    if let Some(swapped_out) = &shadow
+        && swapped_out.mark.is_some()
+        && !options.drop_new_table
+    {
+        return Err(Refused(vec![keep_refusal(&names, swapped_out)]).into());
+    }
     let mut report = CleanupReport::default();
+    drop_slot(&client, &names, &mut report).await?;
+    drop_publication(&client, &names, &mut report).await?;
+    if let Some(state) = shadow {
+        client
+            .batch_execute(&shadow::drop_sql(&names.schema, &names.shadow))
+            .await?;
+        let what = match state.mark {
+            Some(_) => "migrated table (swapped out after the cutover, --drop-new-table)",
+            None => "shadow table",
+        };
+        report
+            .removed
+            .push(format!("{what} {}", names.shadow_qualified()));
+    }
+    if let Some(dir) = &options.work_dir {
+        remove_files(dir, oid, &mut report)?;
+    }
+    Ok(report)
+}
+
+/// A table under the shadow's name: its row count and the mark a rollback or a revert put
+/// on it, if any.
+struct ShadowState {
+    rows: i64,
+    mark: Option<String>,
+}
+
+/// The table under the shadow's name, if one exists.
+async fn shadow_state(client: &Client, names: &Names) -> Result<Option<ShadowState>> {
+    let row = client
+        .query_one(
+            "SELECT to_regclass($1) IS NOT NULL, obj_description(to_regclass($1), 'pg_class')",
+            &[&names.shadow_qualified()],
+        )
+        .await?;
+    if !row.get::<_, bool>(0) {
+        return Ok(None);
+    }
+    let comment: Option<String> = row.get(1);
+    let mark = comment.filter(|c| c.starts_with(SWAPPED_OUT_MARK));
+    let rows: i64 = client
+        .query_one(
+            &format!("SELECT count(*) FROM {}", names.shadow_qualified()),
+            &[],
+        )
+        .await
+        .context("counting the rows of the table under the shadow's name")?
+        .get(0);
+    Ok(Some(ShadowState { rows, mark }))
+}
+
+/// Why cleanup keeps a swapped-out migrated table, and how to keep or drop it.
+fn keep_refusal(names: &Names, state: &ShadowState) -> Refusal {
+    let table = names.shadow_qualified();
+    Refusal::new(
+        Check::SwappedOutTable,
+        format!(
+            "{table} is the migrated table that a rollback or a revert swapped out, not a leftover shadow: it holds {} row(s), and the writes made to {} between the cutover and the rollback exist only there. Its comment says: {}",
+            state.rows,
+            names.table_qualified(),
+            state.mark.as_deref().unwrap_or_default()
+        ),
+        format!(
+            "nothing was removed. Copy what you need from it (or keep it under another name: ALTER TABLE {table} RENAME TO ..), then run doppel cleanup again with --drop-new-table to drop it"
+        ),
+    )
+}
+
+/// Drops doppel's inactive slot for the table.
+async fn drop_slot(client: &Client, names: &Names, report: &mut CleanupReport) -> Result<()> {
     let slots = client
         .query(
             "SELECT slot_name::text, active, active_pid FROM pg_replication_slots WHERE slot_name = $1",
@@ -65,6 +164,15 @@ pub async fn cleanup(
             .await?;
         report.removed.push(format!("replication slot {name}"));
     }
+    Ok(())
+}
+
+/// Drops doppel's publication for the table.
+async fn drop_publication(
+    client: &Client,
+    names: &Names,
+    report: &mut CleanupReport,
+) -> Result<()> {
     let has_pub: bool = client
         .query_one(
             "SELECT EXISTS (SELECT 1 FROM pg_publication WHERE pubname = $1)",
@@ -80,45 +188,32 @@ pub async fn cleanup(
             .removed
             .push(format!("publication {}", names.publication));
     }
-    let has_shadow: bool = client
-        .query_one(
-            "SELECT to_regclass($1) IS NOT NULL",
-            &[&names.shadow_qualified()],
-        )
-        .await?
-        .get(0);
-    if has_shadow {
-        client
-            .batch_execute(&shadow::drop_sql(&names.schema, &names.shadow))
-            .await?;
-        report
-            .removed
-            .push(format!("shadow table {}", names.shadow_qualified()));
+    Ok(())
+}
+
+/// Removes the run's spool files and control socket from `dir`.
+fn remove_files(dir: &Path, oid: u32, report: &mut CleanupReport) -> Result<()> {
+    let spool_prefix = format!("doppel-{oid}-");
+    let socket = format!("doppel-{oid}.sock");
+    let entries = std::fs::read_dir(dir)
+        .with_context(|| format!("cannot read the work directory {}", dir.display()))?;
+    let mut files: Vec<_> = entries
+        .flatten()
+        .filter(|e| {
+            let name = e.file_name().to_string_lossy().to_string();
+            (name.starts_with(&spool_prefix) && name.ends_with(".spool")) || name == socket
+        })
+        .map(|e| e.path())
+        .collect();
+    files.sort();
+    for path in files {
+        std::fs::remove_file(&path).with_context(|| format!("cannot remove {}", path.display()))?;
+        let what = if path.extension().is_some_and(|x| x == "sock") {
+            "control socket"
+        } else {
+            "change spool"
+        };
+        report.removed.push(format!("{what} {}", path.display()));
     }
-    if let Some(dir) = work_dir {
-        let spool_prefix = format!("doppel-{oid}-");
-        let socket = format!("doppel-{oid}.sock");
-        let entries = std::fs::read_dir(dir)
-            .with_context(|| format!("cannot read the work directory {}", dir.display()))?;
-        let mut files: Vec<_> = entries
-            .flatten()
-            .filter(|e| {
-                let name = e.file_name().to_string_lossy().to_string();
-                (name.starts_with(&spool_prefix) && name.ends_with(".spool")) || name == socket
-            })
-            .map(|e| e.path())
-            .collect();
-        files.sort();
-        for path in files {
-            std::fs::remove_file(&path)
-                .with_context(|| format!("cannot remove {}", path.display()))?;
-            let what = if path.extension().is_some_and(|x| x == "sock") {
-                "control socket"
-            } else {
-                "change spool"
-            };
-            report.removed.push(format!("{what} {}", path.display()));
-        }
-    }
-    Ok(report)
+    Ok(())
 }

@@ -36,7 +36,7 @@ use crate::plan::Plan;
 use crate::preflight;
 use crate::testing::Probe;
 
-pub use cleanup::{CleanupReport, cleanup};
+pub use cleanup::{CleanupOptions, CleanupReport, cleanup};
 pub use options::RunOptions;
 pub use report::{Outcome, RunReport, render_plan};
 

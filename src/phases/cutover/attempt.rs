@@ -11,7 +11,7 @@ use anyhow::{Context, Result};
 use tokio_postgres::{Client, Transaction};
 
 use super::locked::{Committed, Inside, Rechecks};
-use super::script::RollbackFile;
+use super::rollback::RollbackFile;
 use super::{Attempt, Cutover};
 use crate::failure::{FailureKind, fail};
 

@@ -9,7 +9,7 @@ use anyhow::{Context, Result};
 use tokio_postgres::{Client, Transaction};
 
 use super::Cutover;
-use super::script::RollbackFile;
+use super::rollback::RollbackFile;
 use crate::failure::{FailureKind, fail};
 use crate::model::catalog;
 use crate::phases::verify;
@@ -48,8 +48,15 @@ pub(super) enum Inside {
     DrainTimeout(anyhow::Error),
 }
 
-/// A committed cutover's lock hold.
+/// A committed cutover's lock hold, and what marks it.
 pub(super) struct Committed {
+    /// The fence number the cutover transaction itself carried: once the applier reached
+    /// it, its applied position is the cutover's commit LSN.
+    pub(super) fence: u64,
+    /// `pg_current_snapshot()` inside the cutover transaction: a row of the new table whose
+    /// `xmin` this snapshot does not see was written after the cutover (the rollback script's
+    /// check, docs/design.md §4.5).
+    pub(super) snapshot: String,
     /// From grant to commit.
     pub(super) lock_held: Duration,
     /// Part of the hold spent waiting for the applier to reach the fence.
@@ -158,6 +165,13 @@ impl Cutover<'_> {
                 )));
             }
         }
+        let (fence, snapshot) = match self.mark(&tx, rollback).await {
+            Ok(mark) => mark,
+            Err(e) => {
+                tx.rollback().await.ok();
+                return Err(e);
+            }
+        };
         crate::testing::pause_point!(
             self.options.probe,
             "cutover-locked",
@@ -175,10 +189,36 @@ impl Cutover<'_> {
         })?;
         laps.lap("commit");
         Ok(Inside::Committed(Committed {
+            fence,
+            snapshot,
             lock_held: granted.elapsed(),
             fence_wait,
             inside: laps.inside,
         }))
+    }
+}
+
+impl Cutover<'_> {
+    /// Marks the cutover inside its transaction: a fence message (so the stream shows where
+    /// it committed), and the kept old table's comment with the transaction's snapshot and
+    /// the rollback script's path. Returns the fence number and the snapshot.
+    ///
+    /// Errors: a statement failed (the caller rolls back).
+    async fn mark(&self, tx: &Transaction<'_>, rollback: &RollbackFile) -> Result<(u64, String)> {
+        let (fence, message) = self.fencer.reserve();
+        let row = tx
+            .query_one(&format!("{message}, pg_current_snapshot()::text"), &[])
+            .await
+            .context("marking the cutover")?;
+        let snapshot: String = row.get(1);
+        tx.batch_execute(&super::rollback::kept_comment_sql(
+            self.plan,
+            &snapshot,
+            rollback.path(),
+        ))
+        .await
+        .context("commenting the kept old table")?;
+        Ok((fence, snapshot))
     }
 }
 

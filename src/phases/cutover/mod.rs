@@ -31,6 +31,7 @@ mod drain;
 mod locked;
 mod postpone;
 mod record;
+mod rollback;
 mod script;
 
 use std::path::PathBuf;
@@ -40,12 +41,15 @@ use std::time::Duration;
 use anyhow::Result;
 use tokio_postgres::Client;
 
+use pglogrepl::lsn::Lsn;
+
 use crate::phases::apply::Applier;
 use crate::phases::fence::Fencer;
 use crate::plan::Plan;
 
 pub use attempt::{backoff, blockers};
-pub use script::{Script, write_rollback};
+pub use rollback::{SWAPPED_OUT_MARK, snapshot_of_comment, write_rollback};
+pub use script::Script;
 
 /// Cutover settings.
 #[derive(Debug, Clone)]
@@ -123,6 +127,15 @@ pub struct CutoverReport {
     /// The cutover record (JSON: attempts, lock hold, fence wait, killed sessions) written
     /// next to the rollback script after commit.
     pub record_path: PathBuf,
+    /// The database the cutover ran in.
+    pub database: String,
+    /// End of the cutover transaction's commit record in the WAL: every later change to the
+    /// table comes after it in the stream. `None` when the stream did not show it within
+    /// `--fence-timeout` after the commit (logged).
+    pub commit_lsn: Option<Lsn>,
+    /// `pg_current_snapshot()` inside the cutover transaction (`xmin:xmax:xip,..`), also in
+    /// the kept old table's comment: what the rollback script compares rows against.
+    pub snapshot: String,
 }
 
 /// One cutover: what it swaps and with what it checks. Build it once the shadow is verified,
@@ -165,7 +178,11 @@ impl Cutover<'_> {
     pub async fn run(&self, client: &mut Client, monitor: &Client) -> Result<CutoverReport> {
         // Removes the script on every way out before the COMMIT is sent: nothing was cut over.
         let mut rollback =
-            script::RollbackFile::write(&self.options.rollback_dir, self.plan, self.script)?;
+            rollback::RollbackFile::write(&self.options.rollback_dir, self.plan, self.script)?;
+        let database: String = client
+            .query_one("SELECT current_database()::text", &[])
+            .await?
+            .get(0);
         self.wait_while_postponed().await?;
         for (_, who) in blockers(client, self.plan.original.oid).await? {
             tracing::warn!("before cutover: {who}");
@@ -179,6 +196,7 @@ impl Cutover<'_> {
                 break committed;
             }
         };
+        let commit_lsn = self.commit_lsn(committed.fence).await;
         let unvalidated = self.after_commit(client).await;
         let rollback_path = rollback.path().to_path_buf();
         let mut report = CutoverReport {
@@ -191,12 +209,32 @@ impl Cutover<'_> {
             history: attempts.history,
             killed: attempts.killer.killed,
             inside_lock: committed.inside,
+            database,
+            commit_lsn,
+            snapshot: committed.snapshot,
         };
         match record::write(self.plan, &report) {
             Ok(path) => report.record_path = path,
             Err(e) => tracing::warn!("could not store the cutover record: {e:#}"),
         }
         Ok(report)
+    }
+
+    /// The cutover's commit LSN: where the applier stood once it applied the fence the
+    /// cutover transaction carried (nothing else can commit on the original in between: it
+    /// was locked, then renamed). `None`, logged, if that takes longer than `--fence-timeout`.
+    async fn commit_lsn(&self, fence: u64) -> Option<Lsn> {
+        match self
+            .applier
+            .wait_fence(fence, self.options.fence_timeout)
+            .await
+        {
+            Ok(()) => Some(self.applier.status().applied),
+            Err(e) => {
+                tracing::warn!("the cutover committed; its commit LSN is unknown ({e:#})");
+                None
+            }
+        }
     }
 
     /// Fails when the throttle checker saw a critical condition: exit 7 for a critical

@@ -11,7 +11,9 @@ use crate::plan::Plan;
 /// Stores the cutover record (JSON) next to the rollback script (same name, `.json`): table
 /// and OID, the kept name, lock hold and fence wait (ms), the steps inside the lock (ms),
 /// every attempt with its outcome, lock wait and predicted drain (ms) and blocking pids,
-/// killed sessions, the script's path and the failed after-commit steps. Returns its path.
+/// killed sessions, the database, the commit LSN and the snapshot of the cutover
+/// transaction, the script's absolute path and the failed after-commit steps. Returns its
+/// path.
 ///
 /// Errors: the record cannot be serialized or the file cannot be written (the caller only
 /// warns: the cutover has committed).
@@ -46,7 +48,13 @@ pub(super) fn write(plan: &Plan, report: &CutoverReport) -> Result<PathBuf> {
             .collect::<Vec<_>>(),
         "attempts": attempts,
         "killed": report.killed,
-        "rollback_script": report.rollback_path.display().to_string(),
+        "database": report.database,
+        "commit_lsn": report.commit_lsn.map(|l| l.to_string()),
+        "snapshot": report.snapshot,
+        "rollback_script": std::path::absolute(&report.rollback_path)
+            .unwrap_or_else(|_| report.rollback_path.clone())
+            .display()
+            .to_string(),
         "unvalidated": report.unvalidated.iter().map(|(n, e)| serde_json::json!({"name": n, "error": e})).collect::<Vec<_>>(),
     });
     let path = report.rollback_path.with_extension("json");

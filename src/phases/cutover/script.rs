@@ -3,7 +3,6 @@
 //! which is written and fsynced to `--rollback-dir` as the cutover phase starts and removed
 //! again if the phase ends without sending COMMIT.
 
-use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use anyhow::{Context, Result};
@@ -26,6 +25,9 @@ pub struct Script {
     /// for the table's own foreign keys, then the dependents' (materialized view rebuilds,
     /// the children's foreign-key validations).
     pub validate: Vec<(String, String)>,
+    /// The statements of the reverse swap, in order (the rollback script runs them after its
+    /// check and its locks).
+    pub back: Vec<String>,
     /// The rollback script (psql-runnable).
     pub rollback: String,
 }
@@ -49,7 +51,8 @@ impl Script {
         back.extend(sequences.back);
         back.extend(sequences.back_values);
 
-        let mut validate = foreign_keys(plan, &mut forward, &mut back);
+        let own_validations = foreign_keys(plan, &mut forward, &mut back);
+        let mut validate = own_validations.clone();
 
         // Dependents bound to the original's OID: views, foreign keys from other tables,
         // triggers, rules, policies, publications, replica identity, statistics objects.
@@ -57,11 +60,12 @@ impl Script {
         forward.extend(deps.forward(n));
         validate.extend(deps.forward_after_commit_labeled(n));
         back.extend(deps.rollback(n));
-        let rollback = rollback_text(plan, &back, lock_timeout);
+        let rollback = super::rollback::script_text(plan, &back, &own_validations, lock_timeout);
         Ok(Script {
             locks: deps.lock_sql(),
             forward,
             validate,
+            back,
             rollback,
         })
     }
@@ -315,133 +319,4 @@ fn foreign_keys(
         ));
     }
     validate
-}
-
-/// The rollback script's text (docs/design.md §4.5): header with its warnings, `BEGIN`,
-/// `SET LOCAL lock_timeout` (`lock_timeout` in ms), the dependents' locks, both tables locked,
-/// the `back` statements, `COMMIT`, then the dependents' after-commit steps.
-fn rollback_text(plan: &Plan, back: &[String], lock_timeout: Duration) -> String {
-    let n = &plan.names;
-    let table_q = n.table_qualified();
-    let shadow_q = n.shadow_qualified();
-    let old_q = n.old_qualified();
-    let deps = &plan.dependents;
-    let rollback_locks: String = deps.lock_sql().iter().map(|l| format!("{l};\n")).collect();
-    let after_commit: String = deps
-        .rollback_after_commit(n)
-        .iter()
-        .map(|l| format!("{l};\n"))
-        .collect();
-    format!(
-        "-- doppel rollback script for {table}\n\
-         -- Swaps the original table back: {old} becomes {table} again and the migrated table\n\
-         -- becomes {shadow}. Run it with: psql -v ON_ERROR_STOP=1 -f <this file>\n\
-         --\n\
-         -- WARNING: writes made to {table} after the cutover are NOT in the old table; this\n\
-         -- rollback loses them (a lossless reverse stream is future work). Foreign keys are\n\
-         -- re-added NOT VALID: run ALTER TABLE .. VALIDATE CONSTRAINT afterwards.\n\
-         -- If the lock is not granted within the timeout the transaction fails and changes\n\
-         -- nothing: run the script again.\n\
-         \\set ON_ERROR_STOP on\n\
-         BEGIN;\n\
-         SET LOCAL lock_timeout = '{lock_ms}ms';\n\
-         {rollback_locks}\
-         LOCK TABLE {table_q}, {old_q} IN ACCESS EXCLUSIVE MODE;\n\
-         {statements};\n\
-         COMMIT;\n\
-         {after_commit}",
-        table = plan.original.qualified(),
-        old = old_q,
-        shadow = shadow_q,
-        lock_ms = lock_timeout.as_millis(),
-        statements = back.join(";\n"),
-    )
-}
-
-/// The rollback script on disk (docs/design.md §4.5). Until [`RollbackFile::keep`] is called,
-/// dropping it removes the file: a script for a cutover that never happened would only
-/// mislead.
-pub(super) struct RollbackFile {
-    path: PathBuf,
-    remove_on_drop: bool,
-}
-
-impl RollbackFile {
-    /// Writes and fsyncs the rollback script to `dir` (logged).
-    ///
-    /// Errors: the directory or the file cannot be written (exit 1).
-    pub(super) fn write(dir: &Path, plan: &Plan, script: &Script) -> Result<RollbackFile> {
-        let path = write_rollback(dir, plan, script)?;
-        tracing::info!("rollback script written to {}", path.display());
-        Ok(RollbackFile {
-            path,
-            remove_on_drop: true,
-        })
-    }
-
-    /// Where the script is.
-    pub(super) fn path(&self) -> &Path {
-        &self.path
-    }
-
-    /// The COMMIT is about to be sent: the script stays. From here the cutover may have
-    /// committed even if COMMIT reports an error.
-    pub(super) fn keep(&mut self) {
-        self.remove_on_drop = false;
-    }
-}
-
-impl Drop for RollbackFile {
-    fn drop(&mut self) {
-        if !self.remove_on_drop {
-            return;
-        }
-        self.remove_on_drop = false;
-        match std::fs::remove_file(&self.path) {
-            Ok(()) => tracing::info!(
-                "removed the rollback script {}: nothing was cut over",
-                self.path.display()
-            ),
-            Err(e) => tracing::warn!(
-                "nothing was cut over, but the rollback script {} could not be removed ({e}): delete it",
-                self.path.display()
-            ),
-        }
-    }
-}
-
-/// Writes the rollback script to `dir` as `doppel-rollback-<oid>-<name>-<unix time>.sql`,
-/// fsynced, and returns its path.
-///
-/// Errors: the directory or the file cannot be written (exit 1).
-pub fn write_rollback(dir: &Path, plan: &Plan, script: &Script) -> Result<PathBuf> {
-    std::fs::create_dir_all(dir)
-        .with_context(|| format!("cannot create the rollback directory {}", dir.display()))?;
-    let stamp = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_secs())
-        .unwrap_or(0);
-    let path = dir.join(format!(
-        "doppel-rollback-{}-{}-{stamp}.sql",
-        plan.original.oid,
-        sanitize(&plan.names.table)
-    ));
-    std::fs::write(&path, &script.rollback)
-        .with_context(|| format!("cannot write the rollback script {}", path.display()))?;
-    let file = std::fs::File::open(&path)?;
-    file.sync_all()?;
-    Ok(path)
-}
-
-/// `name` with every character other than ASCII letters, digits and `_` replaced by `_`.
-fn sanitize(name: &str) -> String {
-    name.chars()
-        .map(|c| {
-            if c.is_ascii_alphanumeric() || c == '_' {
-                c
-            } else {
-                '_'
-            }
-        })
-        .collect()
 }
