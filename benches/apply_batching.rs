@@ -406,8 +406,7 @@ impl Env {
                 client,
                 self.plan.clone(),
                 reader,
-                None,
-                doppel::testing::Probe::default(),
+                doppel::phases::apply::ApplyOptions::default(),
             )
             .await?;
             applier.set_collapse(collapse);

@@ -116,7 +116,7 @@ async fn with_no_write_after_the_cutover_the_script_rolls_back_and_loses_nothing
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn writes_after_the_cutover_make_the_script_refuse_and_change_nothing() {
-    let (cluster, client, report, original, _dir) = migrated().await;
+    let (cluster, client, report, _, _dir) = migrated().await;
     let new = oid_of(&client, "public.t").await;
     client
         .batch_execute(

@@ -115,6 +115,12 @@ pub(crate) struct TuningArgs {
     /// Seconds between status lines.
     #[arg(long, default_value_t = 10)]
     pub(crate) status_interval: u64,
+    /// After the cutover, keep streaming the new table's changes back into the kept old
+    /// table for this long (e.g. `30m`, `2h`), so `doppel ctl --table T revert` swaps back
+    /// without losing a write (`finalize` ends it early). Off by default: doppel exits once
+    /// the cutover commits.
+    #[arg(long, value_parser = humantime::parse_duration)]
+    pub(crate) revert_window: Option<Duration>,
 }
 
 #[derive(ValueEnum, Clone, Copy, Debug)]
@@ -187,5 +193,6 @@ pub(crate) fn run_options(
         hooks_dir: t.hooks_dir.clone(),
         display,
         status_interval: Duration::from_secs(t.status_interval.max(1)),
+        revert_window: t.revert_window,
     })
 }

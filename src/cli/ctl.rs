@@ -20,8 +20,8 @@ pub(crate) struct CtlArgs {
     /// The run's --work-dir (default: the system temp dir).
     #[arg(long)]
     pub(crate) work_dir: Option<PathBuf>,
-    /// The command, e.g. `status` or `chunk-time=200`.
-    #[arg(required = true, num_args = 1..)]
+    /// The command, e.g. `status`, `status --json` or `chunk-time=200` (`help` lists them).
+    #[arg(required = true, num_args = 1.., trailing_var_arg = true, allow_hyphen_values = true)]
     pub(crate) command: Vec<String>,
 }
 
@@ -40,7 +40,18 @@ pub(crate) async fn ctl(args: CtlArgs) -> anyhow::Result<()> {
         }
         (None, None) => anyhow::bail!("give --table or --control-socket"),
     };
-    let reply = doppel::ops::control::send(&path, &args.command.join(" "))
+    let command = args.command.join(" ");
+    // A revert answers once the tables are swapped back, or it failed.
+    let wait = if command
+        .trim_start()
+        .to_ascii_lowercase()
+        .starts_with("revert")
+    {
+        std::time::Duration::from_secs(3600)
+    } else {
+        std::time::Duration::from_secs(30)
+    };
+    let reply = doppel::ops::control::send_waiting(&path, &command, wait)
         .await
         .map_err(|e| e.context(format!("no doppel run answers on {} (is one running on this table? pass --work-dir if it used one)", path.display())))?;
     println!("{}", reply.trim_end());

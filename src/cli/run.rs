@@ -68,13 +68,63 @@ pub(crate) async fn run(args: RunArgs, cancel: &Cancel) -> anyhow::Result<()> {
             for who in &report.cutover.killed {
                 println!("--kill-blockers: {who}");
             }
-            println!("old table kept as {}", report.plan.names.old_qualified());
-            println!("cutover record: {}", report.cutover.record_path.display());
-            println!(
-                "rollback script: {}",
-                report.cutover.rollback_path.display()
-            );
+            match &report.window {
+                Some(window) => print_window(&report, window),
+                None => print_kept(&report),
+            }
         }
     }
     Ok(())
+}
+
+/// The kept old table, the record and the rollback script.
+fn print_kept(report: &migration::RunReport) {
+    println!("old table kept as {}", report.plan.names.old_qualified());
+    println!("cutover record: {}", report.cutover.record_path.display());
+    println!(
+        "rollback script: {}",
+        report.cutover.rollback_path.display()
+    );
+}
+
+/// How the revert window ended, and what stays.
+fn print_window(report: &migration::RunReport, window: &migration::WindowReport) {
+    let table = report.plan.original.qualified();
+    let open =
+        humantime::format_duration(std::time::Duration::from_secs(window.open_for.as_secs()));
+    match &window.end {
+        migration::WindowEnd::Reverted(outcome) => {
+            println!(
+                "reverted: {table} is the original table again (revert lock held {:.1} ms after {} attempt(s)); {} change(s) made after the cutover were written back during the {open} window",
+                outcome.swap.lock_held.as_secs_f64() * 1000.0,
+                outcome.swap.attempts,
+                window.applied
+            );
+            for (key, why) in &outcome.lost {
+                println!("lost by the forced revert: key {key:?}: {why}");
+            }
+            for (name, err) in &outcome.swap.unvalidated {
+                println!("warning: after the revert, {name} failed ({err})");
+            }
+            println!(
+                "the migrated table is kept as {}; drop it with doppel cleanup --table {table} --drop-new-table once you no longer need it",
+                report.plan.names.shadow_qualified()
+            );
+            println!("revert record: {}", outcome.swap.record_path.display());
+        }
+        end => {
+            let how = match end {
+                migration::WindowEnd::Expired => "expired".to_string(),
+                migration::WindowEnd::Finalized => "finalized".to_string(),
+                migration::WindowEnd::Interrupted => "ended by a signal or abort".to_string(),
+                migration::WindowEnd::NotOpened(why) => format!("could not open ({why})"),
+                migration::WindowEnd::Reverted(_) => unreachable!(),
+            };
+            println!(
+                "revert window {how} after {open}: {} change(s) written back; the migration stands",
+                window.applied
+            );
+            print_kept(report);
+        }
+    }
 }

@@ -27,6 +27,13 @@ pub struct Names {
     pub slot: String,
     /// Prefix of doppel's logical messages (fences) for this run.
     pub message_prefix: String,
+    /// The revert window's publication `doppel_<oid>_rev` (FOR TABLE the migrated table).
+    pub revert_publication: String,
+    /// The revert window's logical replication slot `doppel_<oid>_rev`.
+    pub revert_slot: String,
+    /// Prefix of the revert window's logical messages: the marker the cutover transaction
+    /// carries, and the fences of a revert.
+    pub revert_prefix: String,
 }
 
 impl Names {
@@ -44,6 +51,9 @@ impl Names {
             publication: format!("doppel_{oid}"),
             slot: format!("doppel_{oid}"),
             message_prefix: format!("doppel_{oid}"),
+            revert_publication: format!("doppel_{oid}_rev"),
+            revert_slot: format!("doppel_{oid}_rev"),
+            revert_prefix: format!("doppel_{oid}_rev"),
         }
     }
 

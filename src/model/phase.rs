@@ -24,12 +24,15 @@ pub enum Phase {
     Cutover,
     /// The cutover committed; the run is finishing.
     Done,
+    /// After the cutover, changes to the new table are streamed back into the kept old table
+    /// so that a revert loses nothing (`--revert-window`).
+    RevertWindow,
 }
 
 impl Phase {
     /// The state shown by the status line, `status --json` and `DOPPEL_PHASE`: `starting`,
     /// `copying`, `building primary key`, `catching up`, `building indexes`, `verifying`,
-    /// `cutover`, `done`.
+    /// `cutover`, `done`, `revert window`.
     pub fn state(self) -> &'static str {
         match self {
             Phase::Setup => "starting",
@@ -40,12 +43,13 @@ impl Phase {
             Phase::Verify => "verifying",
             Phase::Cutover => "cutover",
             Phase::Done => "done",
+            Phase::RevertWindow => "revert window",
         }
     }
 
     /// The name of the phase's line in the run's timings: `setup`, `copy`, `primary key +
     /// indexes`, `catch-up`, `unique indexes + vacuum`, `catch-up after indexes`, `verify`,
-    /// `cutover`, `done`.
+    /// `cutover`, `done`, `revert window`.
     pub fn label(self) -> &'static str {
         match self {
             Phase::Setup => "setup",
@@ -57,6 +61,7 @@ impl Phase {
             Phase::Verify => "verify",
             Phase::Cutover => "cutover",
             Phase::Done => "done",
+            Phase::RevertWindow => "revert window",
         }
     }
 }

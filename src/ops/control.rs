@@ -17,6 +17,8 @@
 //! | `postpone` | do not cut over until `cut-over` |
 //! | `cut-over` | lift a postponement (gh-ost: `unpostpone`) |
 //! | `abort` | stop and remove everything doppel created (gh-ost: `panic`) |
+//! | `revert`, `revert --force` | during the revert window: swap the tables back (`--force`: even when changes written after the cutover could not be written back) |
+//! | `finalize` | end the revert window now |
 //! | `KEY=?` | read `chunk-time`, `max-replica-lag`, `lock-timeout`, `throttle`, `postpone` |
 //! | `help` | the list of commands |
 //!
@@ -27,7 +29,7 @@ use std::ops::RangeInclusive;
 use std::os::unix::fs::{FileTypeExt, MetadataExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU8, AtomicU64, Ordering};
 use std::time::Duration;
 
 use anyhow::{Context, Result, bail};
@@ -68,6 +70,16 @@ pub struct Controls {
     postponed: AtomicBool,
     cut_over_requested: AtomicBool,
     abort_requested: AtomicBool,
+    window_open: AtomicBool,
+    /// 0: no revert asked; 1: `revert`; 2: `revert --force`.
+    revert_requested: AtomicU8,
+    finalize_requested: AtomicBool,
+    /// Keys the revert window could not write back (a revert without `--force` refuses).
+    window_rejected: AtomicU64,
+    /// Revert requests so far; the latest request's number.
+    revert_ids: AtomicU64,
+    /// The outcome of the latest finished revert request: (its number, the reply line).
+    revert_results: watch::Sender<(u64, String)>,
     generation: watch::Sender<u64>,
 }
 
@@ -126,6 +138,12 @@ impl Controls {
             postponed: AtomicBool::new(postponed),
             cut_over_requested: AtomicBool::new(false),
             abort_requested: AtomicBool::new(false),
+            window_open: AtomicBool::new(false),
+            revert_requested: AtomicU8::new(0),
+            finalize_requested: AtomicBool::new(false),
+            window_rejected: AtomicU64::new(0),
+            revert_ids: AtomicU64::new(0),
+            revert_results: watch::Sender::new((0, String::new())),
             generation: watch::Sender::new(0),
         })
     }
@@ -239,6 +257,87 @@ impl Controls {
         self.changed();
     }
 
+    /// Whether a revert window is open (`revert` and `finalize` are accepted).
+    pub fn window_open(&self) -> bool {
+        self.window_open.load(Ordering::SeqCst)
+    }
+
+    /// The revert window opened or closed; `rejected` keys it could not write back so far.
+    pub fn set_window(&self, open: bool, rejected: u64) {
+        let changed = self.window_open.swap(open, Ordering::SeqCst) != open
+            || self.window_rejected.swap(rejected, Ordering::SeqCst) != rejected;
+        if changed {
+            self.changed();
+        }
+    }
+
+    /// Keys the revert window could not write back so far.
+    pub fn window_rejected(&self) -> u64 {
+        self.window_rejected.load(Ordering::SeqCst)
+    }
+
+    /// `revert` (`force`: `revert --force`) was asked and not yet taken: `Some(force)`.
+    pub fn revert_requested(&self) -> Option<bool> {
+        match self.revert_requested.load(Ordering::SeqCst) {
+            0 => None,
+            1 => Some(false),
+            _ => Some(true),
+        }
+    }
+
+    /// `revert` / `revert --force`; returns the request's number (see
+    /// [`Controls::revert_outcome`]).
+    pub fn request_revert(&self, force: bool) -> u64 {
+        let id = self.revert_ids.fetch_add(1, Ordering::SeqCst) + 1;
+        self.revert_requested
+            .store(if force { 2 } else { 1 }, Ordering::SeqCst);
+        self.changed();
+        id
+    }
+
+    /// The revert window finished acting on the latest revert request: `reply` (`ok: ..` or
+    /// `error: ..`) answers every request up to it.
+    pub fn finish_revert(&self, reply: String) {
+        let id = self.revert_ids.load(Ordering::SeqCst);
+        self.revert_results.send_replace((id, reply));
+    }
+
+    /// Resolves with the reply to revert request `id` once the window has acted on it.
+    pub async fn revert_outcome(&self, id: u64) -> String {
+        let mut rx = self.revert_results.subscribe();
+        loop {
+            {
+                let (done, reply) = &*rx.borrow_and_update();
+                if *done >= id {
+                    return reply.clone();
+                }
+            }
+            if rx.changed().await.is_err() {
+                return "error: the run ended before the revert finished".to_string();
+            }
+        }
+    }
+
+    /// Takes the pending revert request (the window acts on it once).
+    pub fn take_revert_request(&self) -> Option<bool> {
+        match self.revert_requested.swap(0, Ordering::SeqCst) {
+            0 => None,
+            1 => Some(false),
+            _ => Some(true),
+        }
+    }
+
+    /// Whether `finalize` was sent.
+    pub fn finalize_requested(&self) -> bool {
+        self.finalize_requested.load(Ordering::SeqCst)
+    }
+
+    /// `finalize`: end the revert window now.
+    pub fn request_finalize(&self) {
+        self.finalize_requested.store(true, Ordering::SeqCst);
+        self.changed();
+    }
+
     /// All values at once.
     pub fn snapshot(&self) -> ControlsSnapshot {
         ControlsSnapshot {
@@ -312,6 +411,7 @@ impl StatusSource for Progress {
             "elapsed_s": self.elapsed().as_secs_f64(),
             "copy_s": copy_s,
             "line": Progress::status_line(self),
+            "window": s.window.as_ref().map(|w| w.to_json()),
         })
     }
 }
@@ -515,7 +615,10 @@ async fn connection(
         if command.is_empty() {
             continue;
         }
-        let (reply, changed) = execute(command, &controls, status.as_ref());
+        let (reply, changed) = match revert_asked(command) {
+            Some(force) => (revert_command(&controls, force).await, false),
+            None => execute(command, &controls, status.as_ref()),
+        };
         if changed {
             tracing::info!("control socket: {command}: {reply}");
         }
@@ -527,7 +630,7 @@ async fn connection(
     }
 }
 
-const COMMANDS: &str = "status, status --json, throttle, no-throttle, chunk-time=MS, max-replica-lag=MS, max-retained-wal=BYTES, lock-timeout=MS, postpone, cut-over, abort, help; KEY=? reads chunk-time, max-replica-lag, max-retained-wal, lock-timeout, throttle or postpone";
+const COMMANDS: &str = "status, status --json, throttle, no-throttle, chunk-time=MS, max-replica-lag=MS, max-retained-wal=BYTES, lock-timeout=MS, postpone, cut-over, abort, revert, revert --force, finalize, help; KEY=? reads chunk-time, max-replica-lag, max-retained-wal, lock-timeout, throttle or postpone";
 
 fn help() -> String {
     format!(
@@ -542,6 +645,9 @@ lock-timeout=MS      lock_timeout of each cutover attempt ({}..={})\n\
 postpone             do not cut over until cut-over\n\
 cut-over             lift a postponement: cut over once ready (gh-ost: unpostpone)\n\
 abort                stop now and remove everything doppel created (gh-ost: panic)\n\
+revert               in the revert window: swap the tables back, losing no write\n\
+revert --force       the same even when changes made after the cutover could not be written back\n\
+finalize             end the revert window now (drops its slot and publication)\n\
 KEY=?                read a value: chunk-time, max-replica-lag, lock-timeout, throttle, postpone\n\
 help                 this text\n",
         CHUNK_TIME_MS.start(),
@@ -617,6 +723,40 @@ impl Setting {
     }
 }
 
+/// The reply to `revert` or `finalize` when no revert window is open.
+const NO_WINDOW: &str = "error: no revert window is open: start doppel run with --revert-window DURATION to keep one open after the cutover (the rollback script works without one)";
+
+/// `revert` / `revert --force`: refused when no window is open, or when changes could not be
+/// written back and it is not forced; otherwise requested, and answered once the window has
+/// reverted (or failed to): `ok: reverted ..` or `error: ..`.
+async fn revert_command(controls: &Controls, force: bool) -> String {
+    if !controls.window_open() {
+        return NO_WINDOW.to_string();
+    }
+    let rejected = controls.window_rejected();
+    if rejected > 0 && !force {
+        return format!(
+            "error: revert is no longer lossless: {rejected} key(s) written after the cutover cannot be written back to the old table (see status --json, window.rejected); `revert --force` reverts anyway, losing those changes"
+        );
+    }
+    let id = controls.request_revert(force);
+    tracing::info!(
+        "control socket: revert{} requested",
+        if force { " --force" } else { "" }
+    );
+    controls.revert_outcome(id).await
+}
+
+/// Whether `command` is `revert` (`Some(force)`).
+fn revert_asked(command: &str) -> Option<bool> {
+    let lower = command.to_ascii_lowercase();
+    match lower.split_whitespace().collect::<Vec<_>>().as_slice() {
+        ["revert"] => Some(false),
+        ["revert", "--force" | "force"] => Some(true),
+        _ => None,
+    }
+}
+
 /// Runs one command (trimmed, non-empty); returns its reply, without the final newline, and
 /// whether it changed a setting (for the audit log).
 fn execute(command: &str, controls: &Controls, status: &dyn StatusSource) -> (String, bool) {
@@ -676,6 +816,15 @@ fn execute(command: &str, controls: &Controls, status: &dyn StatusSource) -> (St
             controls.request_abort();
             return done("ok: aborting: doppel stops and removes what it created");
         }
+        ["finalize"] => {
+            if !controls.window_open() {
+                return (NO_WINDOW.to_string(), false);
+            }
+            controls.request_finalize();
+            return done(
+                "ok: finalizing: the revert window closes, its slot and publication are dropped; the old table stays for you to drop",
+            );
+        }
         [_] => {}
         _ => return (unknown(), false),
     }
@@ -722,6 +871,13 @@ fn execute(command: &str, controls: &Controls, status: &dyn StatusSource) -> (St
 /// `help`), without the final newline. A reply starting with `error:` is still `Ok`: the server
 /// answered. Fails when nothing answers on `path`.
 pub async fn send(path: &Path, command: &str) -> Result<String> {
+    send_waiting(path, command, REPLY_TIMEOUT).await
+}
+
+/// [`send`], waiting up to `reply_timeout` for the reply (a revert answers once it is done).
+///
+/// Errors: as [`send`].
+pub async fn send_waiting(path: &Path, command: &str, reply_timeout: Duration) -> Result<String> {
     let command = command.trim();
     if command.is_empty() || command.contains(['\n', '\r']) {
         bail!("send one command, on one line (try help)");
@@ -750,13 +906,13 @@ pub async fn send(path: &Path, command: &str) -> Result<String> {
         stream.read_to_string(&mut reply).await?;
         Ok::<_, std::io::Error>(reply)
     };
-    let reply = tokio::time::timeout(REPLY_TIMEOUT, exchange)
+    let reply = tokio::time::timeout(reply_timeout, exchange)
         .await
         .map_err(|_| {
             anyhow::anyhow!(
                 "no reply from the control socket {} within {} s",
                 path.display(),
-                REPLY_TIMEOUT.as_secs()
+                reply_timeout.as_secs()
             )
         })?
         .with_context(|| format!("talking to the control socket {}", path.display()))?;

@@ -44,6 +44,75 @@ pub struct State {
     pub throttled: String,
     /// Worst replica lag seen by the throttler (ms), when it measures one.
     pub replica_lag_ms: Option<u64>,
+    /// The revert window, once it is open (`--revert-window`).
+    pub window: Option<WindowView>,
+}
+
+/// The revert window as the status shows it.
+#[derive(Debug, Clone, Default)]
+pub struct WindowView {
+    /// When it closes by itself.
+    pub ends: Option<Instant>,
+    /// The cutover's marker came through: changes made after it are being written back.
+    pub streaming: bool,
+    /// Changes written back into the kept old table.
+    pub applied: u64,
+    /// Reverse stream lag: WAL not yet written back (bytes).
+    pub lag_bytes: u64,
+    /// Keys changed after the cutover that could not be written back (a revert would lose
+    /// them), with the reasons of the first ones.
+    pub rejected: Vec<String>,
+    /// How many keys could not be written back.
+    pub rejected_count: u64,
+    /// Why a revert is no longer possible, when the reverse stream failed.
+    pub broken: Option<String>,
+    /// `open`, `reverting`, `reverted`, `finalized`, `expired`, `interrupted`, or `revert
+    /// refused: <why>` (the last revert request's refusal).
+    pub state: String,
+}
+
+impl WindowView {
+    /// A revert loses nothing now.
+    pub fn lossless(&self) -> bool {
+        self.rejected_count == 0 && self.broken.is_none()
+    }
+
+    /// The status line's state: `revert window (12m3s left; 52 changes written back, lag
+    /// 1.2 KiB; lossless)`.
+    pub fn describe(&self) -> String {
+        let left = self
+            .ends
+            .map(|e| format_duration(e.saturating_duration_since(Instant::now())))
+            .unwrap_or_else(|| "-".into());
+        let quality = match (&self.broken, self.rejected_count) {
+            (Some(why), _) => format!("revert no longer possible: {why}"),
+            (None, 0) => "lossless".to_string(),
+            (None, n) => format!("revert is no longer lossless: {n} key(s) cannot be written back"),
+        };
+        format!(
+            "revert window {} ({left} left; {} change(s) written back, lag {}; {quality})",
+            self.state,
+            self.applied,
+            format_bytes(self.lag_bytes)
+        )
+    }
+
+    /// The window as the `window` member of `status --json`.
+    pub fn to_json(&self) -> serde_json::Value {
+        serde_json::json!({
+            "state": self.state,
+            "seconds_left": self
+                .ends
+                .map(|e| e.saturating_duration_since(Instant::now()).as_secs()),
+            "streaming": self.streaming,
+            "applied": self.applied,
+            "lag_bytes": self.lag_bytes,
+            "lossless": self.lossless(),
+            "rejected_count": self.rejected_count,
+            "rejected": self.rejected,
+            "broken": self.broken,
+        })
+    }
 }
 
 impl State {
@@ -102,10 +171,12 @@ impl Progress {
             (Some(_), None) => "-".to_string(),
             _ => "0s".to_string(),
         };
-        let phase = if s.phase == Some(Phase::Verify) {
-            format!("verifying {}/{} rows", s.rows_verified, s.rows_copied)
-        } else {
-            s.state_name().to_string()
+        let phase = match (&s.phase, &s.window) {
+            (Some(Phase::Verify), _) => {
+                format!("verifying {}/{} rows", s.rows_verified, s.rows_copied)
+            }
+            (Some(Phase::RevertWindow), Some(w)) => w.describe(),
+            _ => s.state_name().to_string(),
         };
         let state = match (s.phase.is_none(), s.throttled.is_empty()) {
             (true, _) => "starting".to_string(),

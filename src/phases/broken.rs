@@ -8,7 +8,7 @@ use std::sync::Arc;
 use anyhow::{Context, Result, anyhow};
 use tokio_postgres::Client;
 
-use crate::phases::apply::Applier;
+use crate::phases::apply::{Applier, ApplyOptions};
 use crate::phases::capture::spool::SpoolReader;
 use crate::plan::Plan;
 use crate::sql::ident;
@@ -60,8 +60,11 @@ impl DuringCopy {
         session
             .batch_execute("SET application_name = 'doppel applier (during copy)'")
             .await?;
-        let applier =
-            Applier::spawn(session, Arc::new(plan.clone()), reader, None, probe.clone()).await?;
+        let options = ApplyOptions {
+            probe: probe.clone(),
+            ..ApplyOptions::default()
+        };
+        let applier = Applier::spawn(session, Arc::new(plan.clone()), reader, options).await?;
         applier.resume();
         Ok(Some(DuringCopy { applier, index }))
     }

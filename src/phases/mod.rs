@@ -10,5 +10,6 @@ pub(crate) mod broken;
 pub mod capture;
 pub mod cutover;
 pub mod fence;
+pub mod revert;
 pub mod shadow;
 pub mod verify;

@@ -16,6 +16,8 @@ use crate::sql::ident;
 pub(crate) struct Created {
     /// The publication `doppel_<oid>`.
     pub(crate) publication: bool,
+    /// The revert window's publication `doppel_<oid>_rev` (its slot is TEMPORARY).
+    pub(crate) revert_publication: bool,
     /// The shadow table.
     pub(crate) shadow: bool,
     /// The cutover committed: from here nothing is removed.
@@ -35,25 +37,35 @@ impl Created {
         // The TEMPORARY slot is dropped by the server once its connection is gone; wait for it so
         // that a failed run returns only when nothing of it is left.
         let deadline = Instant::now() + Duration::from_secs(10);
-        loop {
-            let slot_left: bool = control
-                .query_one(
-                    "SELECT EXISTS (SELECT 1 FROM pg_replication_slots WHERE slot_name = $1)",
-                    &[&plan.names.slot],
-                )
-                .await?
-                .get(0);
-            if !slot_left {
-                break;
+        for slot in [&plan.names.slot, &plan.names.revert_slot] {
+            loop {
+                let slot_left: bool = control
+                    .query_one(
+                        "SELECT EXISTS (SELECT 1 FROM pg_replication_slots WHERE slot_name = $1)",
+                        &[slot],
+                    )
+                    .await?
+                    .get(0);
+                if !slot_left {
+                    break;
+                }
+                if Instant::now() > deadline {
+                    removed.push(format!(
+                        "(replication slot {slot} still present: run doppel cleanup)"
+                    ));
+                    break;
+                }
+                tokio::time::sleep(Duration::from_millis(20)).await;
             }
-            if Instant::now() > deadline {
-                removed.push(format!(
-                    "(replication slot {} still present: run doppel cleanup)",
-                    plan.names.slot
-                ));
-                break;
-            }
-            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        if created.revert_publication {
+            control
+                .batch_execute(&format!(
+                    "DROP PUBLICATION IF EXISTS {}",
+                    ident(&plan.names.revert_publication)
+                ))
+                .await?;
+            removed.push(format!("publication {}", plan.names.revert_publication));
         }
         if created.publication {
             control

@@ -19,6 +19,7 @@ mod report;
 mod setup;
 mod steps;
 mod tasks;
+mod window;
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -39,6 +40,7 @@ use crate::testing::Probe;
 pub use cleanup::{CleanupOptions, CleanupReport, cleanup};
 pub use options::RunOptions;
 pub use report::{Outcome, RunReport, render_plan};
+pub use window::{WindowEnd, WindowReport};
 
 use created::Created;
 use operator::Operator;
@@ -199,11 +201,22 @@ impl<'a> Run<'a> {
                 tracing::warn!("stopping the stream after cutover: {e:#}");
                 done
             }
-            (Err(e), _) => return Err(e),
+            (Err(e), _) => {
+                if let Some(reverse) = capture.reverse.take() {
+                    reverse.stop().await.ok();
+                }
+                return Err(e);
+            }
         };
         self.created.cut_over = true;
         self.operator.hook("after-cutover").await.ok();
         self.after_cutover().await;
+        let window = match (capture.reverse.take(), self.options.revert_window) {
+            (Some(stream), Some(duration)) => {
+                Some(self.revert_window(stream, &done.script, duration).await)
+            }
+            _ => None,
+        };
         Ok(RunReport {
             plan: (*self.plan).clone(),
             copy: done.copy,
@@ -212,6 +225,7 @@ impl<'a> Run<'a> {
             applied_changes: done.applied,
             phases: std::mem::take(&mut self.timings),
             total: self.started.elapsed(),
+            window,
         })
     }
 

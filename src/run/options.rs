@@ -55,6 +55,10 @@ pub struct RunOptions {
     pub display: progress::Display,
     /// Interval between status lines.
     pub status_interval: Duration,
+    /// `--revert-window`: after the cutover commits, keep streaming the new table's changes
+    /// back into the kept old table for this long, so `doppel ctl .. revert` loses nothing.
+    /// `None` (the default): the run ends at the cutover.
+    pub revert_window: Option<Duration>,
 }
 
 impl RunOptions {
@@ -82,6 +86,7 @@ impl RunOptions {
             hooks_dir: None,
             display: progress::Display::Lines,
             status_interval: Duration::from_secs(10),
+            revert_window: None,
         }
     }
 }

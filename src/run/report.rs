@@ -27,6 +27,8 @@ pub struct RunReport {
     pub phases: Vec<(Phase, Duration)>,
     /// Whole run.
     pub total: Duration,
+    /// The revert window, when `--revert-window` opened one after the cutover.
+    pub window: Option<super::WindowReport>,
 }
 
 /// The result of `run`.

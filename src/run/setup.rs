@@ -33,6 +33,8 @@ pub(crate) struct Capture {
     pub(crate) start_lsn: Lsn,
     /// The original's catalog fingerprint, re-checked under the cutover lock.
     pub(crate) fingerprint: String,
+    /// With `--revert-window`: the reverse stream, set up just before the cutover.
+    pub(crate) reverse: Option<crate::phases::revert::ReverseStream>,
 }
 
 impl Run<'_> {
@@ -72,6 +74,7 @@ impl Run<'_> {
             exported,
             start_lsn: slot.consistent_point,
             fingerprint,
+            reverse: None,
         })
     }
 
@@ -186,7 +189,10 @@ async fn wait_until_visible(client: &Client, exported: &Snapshot) -> Result<()> 
 /// ([`conninfo::EXACT_OUTPUT_OPTIONS`]: the WAL sender formats streamed values with them) and
 /// `-c logical_decoding_work_mem=<work_mem>` in the startup options, so the WAL sender decodes
 /// the backfill's chunk transactions in memory instead of spilling them to disk.
-fn walsender_config(config: &tokio_postgres::Config, work_mem: &str) -> tokio_postgres::Config {
+pub(super) fn walsender_config(
+    config: &tokio_postgres::Config,
+    work_mem: &str,
+) -> tokio_postgres::Config {
     let mut config = conninfo::with_exact_output(config);
     let setting = format!("-c logical_decoding_work_mem={}", work_mem.replace(' ', ""));
     let options = match config.get_options() {

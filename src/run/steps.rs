@@ -15,10 +15,11 @@ use crate::conninfo;
 use crate::failure::{FailureKind, fail};
 use crate::model::phase::Phase;
 use crate::ops::throttle::Throttler;
-use crate::phases::apply::Applier;
+use crate::phases::apply::{Applier, ApplyOptions};
 use crate::phases::backfill::{Backfill, CopyReport};
 use crate::phases::cutover::{Cutover, CutoverOptions, CutoverReport, Script};
 use crate::phases::fence::Fencer;
+use crate::phases::revert;
 use crate::phases::shadow;
 use crate::phases::verify::{self, VerifyReport};
 use crate::plan::Plan;
@@ -30,6 +31,8 @@ pub(crate) struct Done {
     pub(crate) copy: CopyReport,
     pub(crate) verify: VerifyReport,
     pub(crate) cutover: CutoverReport,
+    /// The swap's SQL: a revert runs its reverse statements.
+    pub(crate) script: Script,
     /// Row changes applied from the stream.
     pub(crate) applied: u64,
 }
@@ -65,7 +68,7 @@ impl Run<'_> {
         let (verify, peer) = self
             .verify(&capture.tasks, &fencer, &watchers.throttler)
             .await?;
-        let cutover = self
+        let (cutover, script) = self
             .cutover(capture, &fencer, &peer, &verify, &watchers.throttler)
             .await?;
         let applied = capture.tasks.applier()?.status().changes;
@@ -73,6 +76,7 @@ impl Run<'_> {
             copy,
             verify,
             cutover,
+            script,
             applied,
         })
     }
@@ -200,8 +204,11 @@ impl Run<'_> {
             apply_client,
             self.plan.clone(),
             reader,
-            Some(watchers.throttler.watch()),
-            self.probe.clone(),
+            ApplyOptions {
+                hold: Some(watchers.throttler.watch()),
+                probe: self.probe.clone(),
+                ..ApplyOptions::default()
+            },
         )
         .await?;
         if let Ok(mut w) = watchers.apply.lock() {
@@ -294,18 +301,23 @@ impl Run<'_> {
     /// `before-cutover` hook passed.
     async fn cutover(
         &mut self,
-        capture: &Capture,
+        capture: &mut Capture,
         fencer: &Fencer,
         peer: &Client,
         verify: &VerifyReport,
         throttler: &Throttler,
-    ) -> Result<CutoverReport> {
+    ) -> Result<(CutoverReport, Script)> {
         let since = Instant::now();
         self.enter(Phase::Cutover);
         self.cancel.check()?;
         throttler.wait_clear().await?;
         self.operator.hook("before-cutover").await?;
         let script = Script::build(&self.control, &self.plan, self.options.lock_timeout).await?;
+        let mut options = self.cutover_options(throttler);
+        if self.options.revert_window.is_some() {
+            capture.reverse = Some(self.prepare_reverse_stream().await?);
+            options.revert_marker = Some(revert::marker_sql(&self.plan));
+        }
         let cutover = Cutover {
             plan: &self.plan,
             script: &script,
@@ -313,14 +325,33 @@ impl Run<'_> {
             applier: capture.tasks.applier()?,
             unsettled: &verify.unsettled,
             fingerprint: &capture.fingerprint,
-            options: self.cutover_options(throttler),
+            options,
+            revert: false,
+            after_drain: None,
         };
         let report = cutover
             .run(&mut self.control, peer)
             .await
             .map_err(|e| capture.tasks.stream_error_first(e))?;
         self.timed(Phase::Cutover, since);
-        Ok(report)
+        Ok((report, script))
+    }
+
+    /// The revert window's reverse stream (`--revert-window`), set up before the cutover
+    /// commits: its publication (recorded for removal on failure), its TEMPORARY slot and
+    /// its consumer (docs/design.md §1.8).
+    async fn prepare_reverse_stream(&mut self) -> Result<revert::ReverseStream> {
+        self.created.revert_publication = true;
+        let replication =
+            super::setup::walsender_config(self.config, &self.options.logical_decoding_work_mem);
+        revert::ReverseStream::prepare(
+            &self.control,
+            &replication,
+            &self.plan,
+            &self.options.work_dir,
+            self.probe.clone(),
+        )
+        .await
     }
 
     fn cutover_options(&self, throttler: &Throttler) -> CutoverOptions {
@@ -335,6 +366,7 @@ impl Run<'_> {
             kill_blockers: self.options.kill_blockers,
             cancel: self.cancel.clone(),
             throttle: Some(throttler.watch()),
+            revert_marker: None,
         }
     }
 }

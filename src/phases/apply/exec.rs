@@ -1,7 +1,7 @@
 //! Sending a batch's changes to the shadow inside its transaction: multi-row statements per
 //! kind (collapsed) or in source order, pipelined; partial updates; re-reads of absent keys.
 
-use std::collections::{HashMap, HashSet};
+use std::collections::{BTreeMap, HashMap, HashSet};
 
 use anyhow::{Context, Result};
 use tokio_postgres::types::ToSql;
@@ -23,6 +23,9 @@ pub(super) struct Exec<'a> {
     pub(super) reread_missing: &'a Statement,
     pub(super) partial: &'a mut HashMap<Vec<bool>, Statement>,
     pub(super) probe: &'a Probe,
+    /// Tolerant mode ([`super::ApplyOptions::tolerant`]): the keys whose latest change the
+    /// target rejected, with the reason.
+    pub(super) rejected: Option<&'a mut BTreeMap<Key, String>>,
 }
 
 /// One statement to send: the statement and its parameters.
@@ -32,6 +35,8 @@ pub(super) struct Call {
     pub(super) params: Vec<Vec<Option<String>>>,
     pub(super) scalar: bool,
     pub(super) first_key: Key,
+    /// The key of each row, in parameter order.
+    pub(super) keys: Vec<Key>,
     /// A shadow-only partial update: when it updates no row, the key is re-read from the
     /// original after the batch.
     pub(super) reread_if_absent: bool,
@@ -142,10 +147,12 @@ impl Exec<'_> {
         let width = rows.first().map(|(_, r)| r.len()).unwrap_or(0);
         let mut params: Vec<Vec<Option<String>>> = vec![Vec::with_capacity(rows.len()); width];
         let first_key = rows.first().map(|(k, _)| k.clone()).unwrap_or_default();
-        for (_, row) in rows {
+        let mut keys = Vec::with_capacity(rows.len());
+        for (key, row) in rows {
             for (i, v) in row.into_iter().enumerate() {
                 params[i].push(v);
             }
+            keys.push(key);
         }
         let statement = match kind {
             Kind::Upsert => self.upsert.clone(),
@@ -157,6 +164,7 @@ impl Exec<'_> {
             params,
             scalar: false,
             first_key,
+            keys,
             reread_if_absent: false,
         }
     }
@@ -193,11 +201,15 @@ impl Exec<'_> {
             params,
             scalar: true,
             first_key: key.clone(),
+            keys: vec![key.clone()],
             reread_if_absent: true,
         })
     }
 
-    pub(super) async fn execute(&self, calls: Vec<Call>) -> Result<()> {
+    pub(super) async fn execute(&mut self, calls: Vec<Call>) -> Result<()> {
+        if self.rejected.is_some() {
+            return self.execute_tolerant(calls).await;
+        }
         let results = {
             let futures = calls.iter().map(|call| {
                 let params: Vec<&(dyn ToSql + Sync)> = call
@@ -242,6 +254,141 @@ impl Exec<'_> {
                 .map_err(|e| apply_error(e, self.plan, missing[0]))?;
         }
         Ok(())
+    }
+}
+
+impl Call {
+    /// The parameters as the statement binds them.
+    fn bound(&self) -> Vec<&(dyn ToSql + Sync)> {
+        self.params
+            .iter()
+            .map(|p| {
+                if self.scalar {
+                    &p[0] as &(dyn ToSql + Sync)
+                } else {
+                    p as &(dyn ToSql + Sync)
+                }
+            })
+            .collect()
+    }
+
+    /// One call per row (a multi-row call split), each with its key.
+    fn rows(&self) -> Vec<Call> {
+        if self.scalar || self.keys.len() <= 1 {
+            return vec![self.clone_call(self.params.clone(), self.keys.clone())];
+        }
+        (0..self.keys.len())
+            .map(|i| {
+                let params = self.params.iter().map(|p| vec![p[i].clone()]).collect();
+                self.clone_call(params, vec![self.keys[i].clone()])
+            })
+            .collect()
+    }
+
+    fn clone_call(&self, params: Vec<Vec<Option<String>>>, keys: Vec<Key>) -> Call {
+        Call {
+            statement: self.statement.clone(),
+            params,
+            scalar: self.scalar,
+            first_key: keys.first().cloned().unwrap_or_default(),
+            keys,
+            reread_if_absent: self.reread_if_absent,
+        }
+    }
+}
+
+impl Exec<'_> {
+    /// Tolerant mode: each call under a savepoint. A call the target rejects (SQLSTATE
+    /// classes 22 and 23) is rolled back and its rows applied one by one, each under its own
+    /// savepoint: a rejected row's key is recorded with the server's reason and skipped; an
+    /// applied row's key leaves the record. Keys a partial update did not find are re-read
+    /// from the source the same way.
+    ///
+    /// Errors: any other failure (exit 1, or its class).
+    async fn execute_tolerant(&mut self, calls: Vec<Call>) -> Result<()> {
+        let mut missing = Vec::new();
+        for call in calls {
+            let rows = match self.savepointed(&call).await? {
+                Ok(n) => vec![(call, n)],
+                Err(_) => {
+                    let mut applied = Vec::new();
+                    for row in call.rows() {
+                        match self.savepointed(&row).await? {
+                            Ok(n) => applied.push((row, n)),
+                            Err(reason) => self.reject(&row.first_key, reason),
+                        }
+                    }
+                    applied
+                }
+            };
+            for (call, n) in rows {
+                self.accept(&call.keys);
+                if n == 0 && call.reread_if_absent {
+                    missing.push(call.first_key.clone());
+                }
+            }
+        }
+        for key in missing {
+            let reread = Call {
+                statement: self.reread_missing.clone(),
+                params: key.iter().map(|v| vec![v.clone()]).collect(),
+                scalar: false,
+                first_key: key.clone(),
+                keys: vec![key.clone()],
+                reread_if_absent: false,
+            };
+            match self.savepointed(&reread).await? {
+                Ok(_) => self.accept(&reread.keys),
+                Err(reason) => self.reject(&key, reason),
+            }
+        }
+        Ok(())
+    }
+
+    /// Runs `call` under a savepoint: `Ok(Ok(rows))` when applied, `Ok(Err(reason))` when the
+    /// target rejected it (rolled back to the savepoint).
+    ///
+    /// Errors: any other failure.
+    async fn savepointed(&self, call: &Call) -> Result<std::result::Result<u64, String>> {
+        self.tx.batch_execute("SAVEPOINT doppel_change").await?;
+        match self.tx.execute(&call.statement, &call.bound()).await {
+            Ok(n) => {
+                self.tx
+                    .batch_execute("RELEASE SAVEPOINT doppel_change")
+                    .await?;
+                Ok(Ok(n))
+            }
+            Err(e) => match e.as_db_error() {
+                Some(db) if crate::failure::rejected_by_schema(db) => {
+                    self.tx
+                        .batch_execute("ROLLBACK TO SAVEPOINT doppel_change")
+                        .await?;
+                    Ok(Err(format!(
+                        "{} (SQLSTATE {})",
+                        db.message(),
+                        db.code().code()
+                    )))
+                }
+                _ => Err(apply_error(e, self.plan, &call.first_key)),
+            },
+        }
+    }
+
+    fn reject(&mut self, key: &Key, reason: String) {
+        if let Some(rejected) = self.rejected.as_deref_mut() {
+            tracing::warn!(key = ?key, "a change the target rejects was skipped: {reason}");
+            rejected.insert(key.clone(), reason);
+        }
+    }
+
+    fn accept(&mut self, keys: &[Key]) {
+        if let Some(rejected) = self.rejected.as_deref_mut()
+            && !rejected.is_empty()
+        {
+            for key in keys {
+                rejected.remove(key);
+            }
+        }
     }
 }
 

@@ -75,6 +75,32 @@ pub struct ApplyStatus {
     pub error: Option<String>,
     /// The failure's class, when it had one.
     pub error_kind: Option<crate::failure::FailureKind>,
+    /// With [`ApplyOptions::after_marker`]: whether the marked transaction has been seen (the
+    /// changes after it are being applied).
+    pub past_marker: bool,
+    /// With [`ApplyOptions::tolerant`]: keys whose latest change the target rejected (a value
+    /// out of the old type's range, a failing cast, a constraint), with the server's reason;
+    /// a key leaves the list when a later change of it is applied.
+    pub rejected: Vec<(Vec<Option<String>>, String)>,
+}
+
+/// How an applier runs.
+#[derive(Debug, Default)]
+pub struct ApplyOptions {
+    /// While this reports throttle reasons, no new batch starts (the spool absorbs the stream
+    /// meanwhile). `None`: never held.
+    pub hold: Option<watch::Receiver<crate::ops::throttle::ThrottleState>>,
+    /// The run's test hooks (`Probe::default()`: none).
+    pub probe: Probe,
+    /// Apply only what commits after the transaction that carries the logical message with
+    /// the plan's message prefix and this content: every transaction up to and including it is
+    /// skipped (a revert window's stream begins before the cutover commits and carries the
+    /// applier's own writes to the shadow until then).
+    pub after_marker: Option<String>,
+    /// A change the target rejects (SQLSTATE classes 22 and 23) does not stop the applier: it
+    /// is skipped and its key reported in [`ApplyStatus::rejected`] (a revert window keeps
+    /// streaming and says the revert is no longer lossless).
+    pub tolerant: bool,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -96,18 +122,15 @@ impl Applier {
     /// Prepares the apply statements on `client` (a session of its own) and starts the task,
     /// paused. Errors: a statement does not prepare (the shadow lacks its primary key).
     ///
-    /// While `hold` reports throttle reasons, no new batch starts (the spool absorbs the
-    /// stream meanwhile). `probe` carries the run's test hooks (`Probe::default()`: none).
+    /// See [`ApplyOptions`] for how it runs.
     pub async fn spawn(
         client: Client,
         plan: Arc<Plan>,
         reader: SpoolReader,
-        hold: Option<watch::Receiver<crate::ops::throttle::ThrottleState>>,
-        probe: Probe,
+        options: ApplyOptions,
     ) -> Result<Applier> {
         let collapse = Arc::new(std::sync::atomic::AtomicBool::new(true));
-        let mut worker = Worker::new(client, plan, reader, collapse.clone(), probe).await?;
-        worker.hold = hold;
+        let worker = Worker::new(client, plan, reader, collapse.clone(), options).await?;
         let (control_tx, control_rx) = watch::channel(Control::Pause);
         let (status_tx, status_rx) = watch::channel(ApplyStatus {
             paused: true,

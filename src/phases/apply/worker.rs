@@ -1,7 +1,7 @@
 //! The applier's task: reads the spool, decodes each transaction into per-key changes and
 //! applies a batch of source transactions in one shadow transaction.
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
 
 use anyhow::{Context, Result};
@@ -11,7 +11,7 @@ use tokio_postgres::{Client, Statement};
 use super::changes::{Op, Pending, Val};
 use super::exec::Exec;
 use super::relation::{check_relation, expect_relation, key_of, key_of_bound, values};
-use super::{ApplyStatus, BATCH_CHANGES, Control};
+use super::{ApplyOptions, ApplyStatus, BATCH_CHANGES, Control};
 use crate::phases::capture::spool::SpoolReader;
 use crate::plan::Plan;
 use crate::sql::ident;
@@ -38,7 +38,14 @@ pub(super) struct Worker {
     pub(super) hold: Option<watch::Receiver<crate::ops::throttle::ThrottleState>>,
     /// The run's test hooks (pause points `applied`, `visibility-wait`; broken orderings).
     pub(super) probe: Probe,
+    /// [`ApplyOptions::after_marker`], until the marked transaction has committed.
+    pub(super) waiting_for: Option<String>,
+    /// [`ApplyOptions::tolerant`]: the keys whose latest change the target rejected.
+    pub(super) rejected: Option<BTreeMap<super::changes::Key, String>>,
 }
+
+/// Rejected keys published in [`ApplyStatus::rejected`] at most.
+const REJECTED_SHOWN: usize = 1_000;
 
 pub(super) struct Batch {
     pub(super) changes: u64,
@@ -56,7 +63,7 @@ impl Worker {
         plan: Arc<Plan>,
         reader: SpoolReader,
         collapse: Arc<std::sync::atomic::AtomicBool>,
-        probe: Probe,
+        options: ApplyOptions,
     ) -> Result<Worker> {
         let shadow = plan.names.shadow_qualified();
         let table = plan.original.qualified();
@@ -94,8 +101,10 @@ impl Worker {
             direct_partial,
             relation_checked: false,
             collapse,
-            hold: None,
-            probe,
+            hold: options.hold,
+            probe: options.probe,
+            waiting_for: options.after_marker,
+            rejected: options.tolerant.then(BTreeMap::new),
         })
     }
 
@@ -152,7 +161,17 @@ impl Worker {
                 |c: &str| crate::testing::names_xid(c, &batch.xids)
             );
             let idle = !self.reader.has_more();
+            let past_marker = self.waiting_for.is_none();
+            let rejected: Vec<_> = self
+                .rejected
+                .iter()
+                .flatten()
+                .take(REJECTED_SHOWN)
+                .map(|(k, why)| (k.clone(), why.clone()))
+                .collect();
             status.send_modify(|s| {
+                s.past_marker = past_marker;
+                s.rejected = rejected;
                 s.applied = s.applied.max(batch.applied);
                 s.changes += batch.changes;
                 s.transactions += batch.transactions;
@@ -189,6 +208,7 @@ impl Worker {
             && !broken!(self.probe, UnorderedBatch);
         let applied_during_copy = self.applied_during_copy();
         let mut skip_txn = false;
+        let mut marker_in_txn = false;
         let plan = self.plan.clone();
         let mut pending = Pending::new();
         let mut partial = std::mem::take(&mut self.partial);
@@ -202,6 +222,7 @@ impl Worker {
             reread_missing: &self.reread_missing,
             partial: &mut partial,
             probe: &self.probe,
+            rejected: self.rejected.as_mut(),
         };
         let mut in_source_txn = false;
         let mut record = first;
@@ -213,10 +234,13 @@ impl Worker {
                     in_source_txn = true;
                     batch.xid = xid;
                     batch.xids.push(xid);
-                    skip_txn = final_lsn < applied_during_copy;
+                    skip_txn = final_lsn < applied_during_copy || self.waiting_for.is_some();
                 }
                 PgOutputMessage::Commit { end_lsn, .. } => {
                     in_source_txn = false;
+                    if std::mem::take(&mut marker_in_txn) {
+                        self.waiting_for = None;
+                    }
                     batch.transactions += 1;
                     batch.applied = batch.applied.max(end_lsn);
                 }
@@ -279,13 +303,19 @@ impl Worker {
                 PgOutputMessage::Message {
                     prefix, content, ..
                 } => {
+                    let content = std::str::from_utf8(&content).ok();
                     if prefix == plan.names.message_prefix
-                        && let Some(n) = std::str::from_utf8(&content)
-                            .ok()
+                        && let Some(n) = content
                             .and_then(|c| c.strip_prefix("fence:"))
                             .and_then(|n| n.parse::<u64>().ok())
                     {
                         batch.fence = batch.fence.max(n);
+                    }
+                    if prefix == plan.names.message_prefix
+                        && content.is_some()
+                        && content == self.waiting_for.as_deref()
+                    {
+                        marker_in_txn = true;
                     }
                 }
                 PgOutputMessage::Type { .. } | PgOutputMessage::Origin { .. } => {}

@@ -146,6 +146,12 @@ impl Cutover<'_> {
             return Ok(Inside::DrainTimeout(e));
         }
         let fence_wait = fence_started.elapsed();
+        if let Some(check) = self.after_drain
+            && let Err(e) = check()
+        {
+            tx.rollback().await.ok();
+            return Err(e);
+        }
         laps.lap("fence and drain");
         // 4. Deferred keys: those verification could not settle, compared once more.
         let differing = verify::differing_keys(&tx, plan, self.unsettled)
@@ -165,7 +171,11 @@ impl Cutover<'_> {
                 )));
             }
         }
-        let (fence, snapshot) = match self.mark(&tx, rollback).await {
+        let marked = match self.revert {
+            false => self.mark(&tx, rollback).await,
+            true => Ok((0, String::new())),
+        };
+        let (fence, snapshot) = match marked {
             Ok(mark) => mark,
             Err(e) => {
                 tx.rollback().await.ok();
@@ -200,8 +210,9 @@ impl Cutover<'_> {
 
 impl Cutover<'_> {
     /// Marks the cutover inside its transaction: a fence message (so the stream shows where
-    /// it committed), and the kept old table's comment with the transaction's snapshot and
-    /// the rollback script's path. Returns the fence number and the snapshot.
+    /// it committed), the revert window's marker when there is one, and the kept old table's
+    /// comment with the transaction's snapshot and the rollback script's path. Returns the
+    /// fence number and the snapshot.
     ///
     /// Errors: a statement failed (the caller rolls back).
     async fn mark(&self, tx: &Transaction<'_>, rollback: &RollbackFile) -> Result<(u64, String)> {
@@ -211,6 +222,11 @@ impl Cutover<'_> {
             .await
             .context("marking the cutover")?;
         let snapshot: String = row.get(1);
+        if let Some(marker) = &self.options.revert_marker {
+            tx.batch_execute(marker)
+                .await
+                .context("marking the reverse stream")?;
+        }
         tx.batch_execute(&super::rollback::kept_comment_sql(
             self.plan,
             &snapshot,

@@ -84,6 +84,10 @@ pub struct CutoverOptions {
     /// a postponed cutover and stops further attempts (exit 7, or 3 for the panic flag
     /// file). `None`: not watched.
     pub throttle: Option<tokio::sync::watch::Receiver<crate::ops::throttle::ThrottleState>>,
+    /// With a revert window: the statement the cutover transaction also runs to mark the
+    /// reverse stream (see `phases::revert`), so the reverse applier applies exactly what
+    /// commits after it. `None`: no revert window.
+    pub revert_marker: Option<String>,
 }
 
 /// Outcome of one cutover attempt, as logged and stored in the cutover record.
@@ -155,6 +159,13 @@ pub struct Cutover<'a> {
     pub fingerprint: &'a str,
     /// Settings.
     pub options: CutoverOptions,
+    /// A revert (the swap back during the revert window) rather than the cutover: no rollback
+    /// script is written and nothing is marked; the record is named `doppel-revert-..`.
+    pub revert: bool,
+    /// Checked under the lock once the applier has drained (a revert refuses there when a
+    /// change could not be written back): an error rolls the attempt back and ends the
+    /// cutover with it.
+    pub after_drain: Option<&'a (dyn Fn() -> Result<()> + Sync)>,
 }
 
 impl Cutover<'_> {
@@ -177,8 +188,11 @@ impl Cutover<'_> {
     ///   check).
     pub async fn run(&self, client: &mut Client, monitor: &Client) -> Result<CutoverReport> {
         // Removes the script on every way out before the COMMIT is sent: nothing was cut over.
-        let mut rollback =
-            rollback::RollbackFile::write(&self.options.rollback_dir, self.plan, self.script)?;
+        let mut rollback = if self.revert {
+            rollback::RollbackFile::unwritten(&self.options.rollback_dir, self.plan, "revert")
+        } else {
+            rollback::RollbackFile::write(&self.options.rollback_dir, self.plan, self.script)?
+        };
         let database: String = client
             .query_one("SELECT current_database()::text", &[])
             .await?
@@ -196,7 +210,10 @@ impl Cutover<'_> {
                 break committed;
             }
         };
-        let commit_lsn = self.commit_lsn(committed.fence).await;
+        let commit_lsn = match self.revert {
+            false => self.commit_lsn(committed.fence).await,
+            true => None,
+        };
         let unvalidated = self.after_commit(client).await;
         let rollback_path = rollback.path().to_path_buf();
         let mut report = CutoverReport {

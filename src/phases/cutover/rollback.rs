@@ -239,6 +239,15 @@ impl RollbackFile {
         })
     }
 
+    /// No script: a revert writes none. `path` is where one named `doppel-<what>-..` would
+    /// be; the record is written next to it.
+    pub(super) fn unwritten(dir: &Path, plan: &Plan, what: &str) -> RollbackFile {
+        RollbackFile {
+            path: dir.join(script_name(plan, what)),
+            remove_on_drop: false,
+        }
+    }
+
     /// Where the script is.
     pub(super) fn path(&self) -> &Path {
         &self.path
@@ -277,20 +286,25 @@ impl Drop for RollbackFile {
 pub fn write_rollback(dir: &Path, plan: &Plan, script: &Script) -> Result<PathBuf> {
     std::fs::create_dir_all(dir)
         .with_context(|| format!("cannot create the rollback directory {}", dir.display()))?;
-    let stamp = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_secs())
-        .unwrap_or(0);
-    let path = dir.join(format!(
-        "doppel-rollback-{}-{}-{stamp}.sql",
-        plan.original.oid,
-        sanitize(&plan.names.table)
-    ));
+    let path = dir.join(script_name(plan, "rollback"));
     std::fs::write(&path, &script.rollback)
         .with_context(|| format!("cannot write the rollback script {}", path.display()))?;
     let file = std::fs::File::open(&path)?;
     file.sync_all()?;
     Ok(path)
+}
+
+/// `doppel-<what>-<oid>-<name>-<unix time>.sql`.
+fn script_name(plan: &Plan, what: &str) -> String {
+    let stamp = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0);
+    format!(
+        "doppel-{what}-{}-{}-{stamp}.sql",
+        plan.original.oid,
+        sanitize(&plan.names.table)
+    )
 }
 
 /// `name` with every character other than ASCII letters, digits and `_` replaced by `_`.

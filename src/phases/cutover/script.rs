@@ -26,8 +26,12 @@ pub struct Script {
     /// the children's foreign-key validations).
     pub validate: Vec<(String, String)>,
     /// The statements of the reverse swap, in order (the rollback script runs them after its
-    /// check and its locks).
+    /// check and its locks; a revert runs them under the cutover protocol).
     pub back: Vec<String>,
+    /// After a reverse swap, `(label, SQL)` in order: the dependents' steps (materialized
+    /// view rebuilds, the children's foreign-key validations), then the table's own foreign
+    /// keys validated.
+    pub back_validate: Vec<(String, String)>,
     /// The rollback script (psql-runnable).
     pub rollback: String,
 }
@@ -61,11 +65,18 @@ impl Script {
         validate.extend(deps.forward_after_commit_labeled(n));
         back.extend(deps.rollback(n));
         let rollback = super::rollback::script_text(plan, &back, &own_validations, lock_timeout);
+        let mut back_validate: Vec<(String, String)> = deps
+            .rollback_after_commit(n)
+            .into_iter()
+            .map(|sql| ("after the revert".to_string(), sql))
+            .collect();
+        back_validate.extend(own_validations);
         Ok(Script {
             locks: deps.lock_sql(),
             forward,
             validate,
             back,
+            back_validate,
             rollback,
         })
     }
