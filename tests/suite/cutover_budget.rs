@@ -2,7 +2,7 @@
 //! that block the lock; the lock hold is stored in the cutover record; and 20 cutovers in a
 //! row under a pgbench-style writer fail no write and lose no row.
 
-mod common;
+use crate::common;
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};

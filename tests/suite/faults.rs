@@ -2,7 +2,7 @@
 //! connection, TRUNCATE and DDL on the original. Each ends with the original untouched and
 //! nothing of doppel's left; plus invariant I4 (no snapshot held longer than about one chunk).
 
-mod common;
+use crate::common;
 
 use std::collections::HashMap;
 use std::time::{Duration, Instant};

@@ -2,7 +2,7 @@
 //! from `pg_basebackup`) whose replay is paused with `pg_wal_replay_pause()` to create lag.
 //! While throttled the backfill makes no progress; it resumes when the reason clears.
 
-mod common;
+use crate::common;
 
 use std::path::{Path, PathBuf};
 use std::process::Command;

@@ -7,7 +7,7 @@
 //!
 //! Each test starts its own private PostgreSQL cluster (`common::cluster`).
 
-mod common;
+use crate::common;
 
 use std::path::{Path, PathBuf};
 use std::process::Output;

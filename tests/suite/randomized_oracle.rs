@@ -25,7 +25,7 @@
 //! tables; `scripts/oracle-seeds.sh` runs the ignored `many_seeds` (50 seeds, 5,000–20,000
 //! rows) and prints `seeds: 50, mismatched rows: N`.
 
-mod common;
+use crate::common;
 
 use std::collections::VecDeque;
 use std::ops::Range;

@@ -5,7 +5,7 @@
 //! every change into the twin, and runs `doppel run --execute` meanwhile. Asserts no writer
 //! errors, 0 rows differing from the twin, and no replication slot left behind.
 
-mod common;
+use crate::common;
 
 use std::process::{Command, Stdio};
 use std::time::Instant;

@@ -2,7 +2,7 @@
 //! to and returns early (saying so) on others; `scripts/test-all-versions.sh` runs the suite
 //! on every supported major.
 
-mod common;
+use crate::common;
 
 use doppel::cancel::Cancel;
 use doppel::run::{self, Outcome, RunOptions};

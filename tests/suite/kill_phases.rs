@@ -13,7 +13,7 @@
 //! - **pg_terminate_backend on the walsender** (catch-up, verifying): doppel stops with exit 4
 //!   ("the replication stream or slot was lost") and removes everything it created by itself.
 
-mod common;
+use crate::common;
 
 use std::process::{Child, Command, Stdio};
 use std::time::Duration;

@@ -9,7 +9,7 @@
 //!
 //! Each test starts its own private PostgreSQL cluster (`common::cluster`).
 
-mod common;
+use crate::common;
 
 use doppel::dependents::{self, Dependents};
 use doppel::model::names::Names;

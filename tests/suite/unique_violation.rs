@@ -6,7 +6,7 @@
 //! on the shadow (the applier then fails). The same for an added CHECK constraint, which the
 //! copy (existing rows) or the applier (a live write) meets. Every one exits 8.
 
-mod common;
+use crate::common;
 
 use std::path::Path;
 use std::time::Duration;

@@ -2,7 +2,7 @@
 //! (docs/design.md §2): after the migration the new table, projected onto the twin's columns,
 //! equals the twin exactly.
 
-mod common;
+use crate::common;
 
 use std::path::Path;
 use std::time::Duration;

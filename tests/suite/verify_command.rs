@@ -10,7 +10,7 @@
 //!   re-check); a difference that goes away while it is re-checked is not reported, one that
 //!   stays is.
 
-mod common;
+use crate::common;
 
 use std::io::BufRead;
 use std::process::{Child, Command, Output, Stdio};

@@ -24,7 +24,7 @@
 //! | `savepoints_rolled_back_in_a_chunk_window` | rolled-back and released savepoints in the window | `ApplyDuringCopy`: ghost of the released DELETE |
 //! | `transaction_open_before_the_slot_committed_during_the_copy` | a transaction writing while the slot builds its snapshot, committed in the window | `ApplyDuringCopy`: ghost of its DELETE |
 
-mod common;
+use crate::common;
 
 use std::path::Path;
 use std::time::Duration;

@@ -2,7 +2,7 @@
 //! `doppel ctl`), and hooks with their `DOPPEL_*` environment, including a failing
 //! `before-cutover` hook that postpones the cutover until `cut-over` is sent.
 
-mod common;
+use crate::common;
 
 use std::os::unix::fs::PermissionsExt;
 use std::path::Path;

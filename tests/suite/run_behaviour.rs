@@ -2,7 +2,7 @@
 //! live write that violates a constraint the ALTER adds, and a cutover that has to wait for
 //! (and retry around) a lock held by another session.
 
-mod common;
+use crate::common;
 
 use std::time::Duration;
 

@@ -11,7 +11,7 @@
 //! grant, and a foreign key from the table to a parent. Each behaviour is checked before the
 //! migration too, so every check is known to hold on the original.
 
-mod common;
+use crate::common;
 
 use doppel::cancel::Cancel;
 use doppel::model::names::Names;

@@ -3,7 +3,7 @@
 //! stale sockets are replaced, the file goes with the server; hooks get the documented
 //! environment, report failures, and are killed at their timeout.
 
-mod common;
+use crate::common;
 
 use std::os::unix::fs::{FileTypeExt, PermissionsExt};
 use std::path::{Path, PathBuf};

@@ -2,7 +2,7 @@
 //! publication and shadow by itself; after `kill -9` the TEMPORARY slot disappears with its
 //! connection and `doppel cleanup` removes the rest. The original table is untouched.
 
-mod common;
+use crate::common;
 
 use std::process::{Child, Command, Stdio};
 use std::time::Duration;

@@ -18,7 +18,7 @@
 //! - a partial UPDATE (`u`) whose key is absent from the shadow is re-read from the original:
 //!   the re-read must wait until the event's transaction is visible.
 
-mod common;
+use crate::common;
 
 use std::path::Path;
 use std::time::Duration;

@@ -3,7 +3,7 @@
 //! re-insert of one key, and a transaction that spans many keys. Every statement is mirrored
 //! into a twin table in the same transaction; afterwards the new table must equal the twin.
 
-mod common;
+use crate::common;
 
 use std::time::Duration;
 

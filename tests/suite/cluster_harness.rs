@@ -1,7 +1,7 @@
 //! Checks that the throwaway-cluster harness (`doppel::cluster`) starts, configures,
 //! restarts and — above all — always stops and removes its clusters.
 
-mod common;
+use crate::common;
 
 use std::path::{Path, PathBuf};
 use std::time::Duration;

@@ -4,7 +4,7 @@
 //! blocked. Each run exits 3, the original keeps its OID and rows, and nothing doppel created
 //! is left: no slot, publication, shadow, or rollback script for a cutover that never ran.
 
-mod common;
+use crate::common;
 
 use std::path::Path;
 use std::time::Duration;

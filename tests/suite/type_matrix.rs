@@ -22,7 +22,7 @@
 //! time zone, text → integer `USING`, numeric → numeric(6,1), float8 → real) must give the same
 //! value on both paths as PostgreSQL's own `ALTER TABLE .. TYPE` applied to the twin.
 
-mod common;
+use crate::common;
 
 use std::path::Path;
 use std::time::Duration;
