@@ -249,7 +249,7 @@ fn layer_of(module: &str) -> usize {
     LAYERS
         .iter()
         .position(|layer| layer.contains(&module))
-        .unwrap_or_else(|| panic!("top-level module {module} is in no layer of tests/architecture.rs: add it to LAYERS"))
+        .unwrap_or_else(|| panic!("top-level module {module} is in no layer of tests/suite/architecture.rs: add it to LAYERS"))
 }
 
 #[test]

@@ -1,5 +1,5 @@
 //! The long end-to-end check (left out of the default run; see README):
-//! `cargo test --release --test e2e_pgbench -- --ignored --nocapture`.
+//! `cargo test --release --test suite e2e_pgbench -- --ignored --nocapture`.
 //!
 //! Starts a cluster, loads 1,000,000 rows (and the twin), runs a pgbench writer that mirrors
 //! every change into the twin, and runs `doppel run --execute` meanwhile. Asserts no writer

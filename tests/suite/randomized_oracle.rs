@@ -874,7 +874,7 @@ async fn random_workloads_leave_the_table_equal_to_the_oracles() {
     run_seeds(
         2,
         2_000..5_000,
-        "cargo test --test randomized_oracle random_workloads",
+        "cargo test --test suite randomized_oracle::random_workloads",
     )
     .await;
 }
@@ -886,7 +886,7 @@ async fn many_seeds() {
     run_seeds(
         50,
         5_000..20_000,
-        "cargo test --release --test randomized_oracle -- --ignored many_seeds",
+        "cargo test --release --test suite randomized_oracle::many_seeds -- --ignored",
     )
     .await;
 }

@@ -455,7 +455,7 @@ fn random_big_text_sql(rng: &mut StdRng) -> String {
 
 // ---------------------------------------------------------------------------------------------
 // The type matrix: columns of many types with their edge values, as SQL expressions, for the
-// oracle tests (tests/type_matrix.rs, tests/randomized_oracle.rs).
+// oracle tests (tests/suite/type_matrix.rs, tests/suite/randomized_oracle.rs).
 // ---------------------------------------------------------------------------------------------
 
 /// The enum and domain types the matrix columns use (`mood`, `posint`).
