@@ -4,28 +4,29 @@
 //! blocked. Each run exits 3, the original keeps its OID and rows, and nothing doppel created
 //! is left: no slot, publication, shadow, or rollback script for a cutover that never ran.
 
-use crate::common;
-
 use std::path::Path;
 use std::time::Duration;
 
 use doppel::cancel::Cancel;
 use doppel::run::{Outcome, RunOptions};
+use doppel_testkit::workload;
 use tokio::task::JoinHandle;
 use tokio_postgres::Client;
+
+use crate::common::{self, Tune};
 
 /// How long an abort may take to end the run (the throttle checker samples every 100 ms;
 /// cleanup drops the shadow and the slot).
 const PROMPT: Duration = Duration::from_secs(15);
 
+/// The ALTER of every run.
+const ALTER: &str = "ALTER COLUMN v TYPE bigint";
+
 type Run = JoinHandle<anyhow::Result<Outcome>>;
 
+/// Creates `t` with 20,000 rows; its fingerprint.
 async fn setup(client: &Client) -> (u32, String) {
-    client
-        .batch_execute(
-            "CREATE TABLE t (id int PRIMARY KEY, v int NOT NULL);
-             INSERT INTO t SELECT i, i FROM generate_series(1, 20000) i;",
-        )
+    workload::create_id_v_table(client, "t", 20_000)
         .await
         .unwrap();
     fingerprint(client).await
@@ -41,16 +42,6 @@ async fn fingerprint(client: &Client) -> (u32, String) {
         .await
         .unwrap();
     (row.get(0), row.get(1))
-}
-
-fn options(dir: &Path) -> RunOptions {
-    RunOptions {
-        execute: true,
-        work_dir: dir.to_path_buf(),
-        rollback_dir: dir.to_path_buf(),
-        control_socket: Some(dir.join("ctl.sock")),
-        ..RunOptions::new("t", &["ALTER COLUMN v TYPE bigint"])
-    }
 }
 
 fn start(
@@ -126,7 +117,8 @@ async fn ctrl_c_while_the_backfill_is_throttled_aborts_and_cleans_up() {
     let before = setup(&client).await;
     let dir = tempfile::tempdir().unwrap();
     let flag = dir.path().join("throttle");
-    let mut opts = options(dir.path());
+    let mut opts =
+        common::options(dir.path(), "t", &[ALTER]).control_socket(dir.path().join("ctl.sock"));
     opts.throttle.throttle_flag_file = Some(flag.clone());
     let (cancel, signal) = Cancel::new();
     let run = start_at_shadow_built(&cluster, opts, signal).await;
@@ -156,7 +148,8 @@ async fn abort_on_the_control_socket_while_the_cutover_is_postponed() {
     let dir = tempfile::tempdir().unwrap();
     let postpone = dir.path().join("postpone");
     std::fs::write(&postpone, b"").unwrap();
-    let mut opts = options(dir.path());
+    let mut opts =
+        common::options(dir.path(), "t", &[ALTER]).control_socket(dir.path().join("ctl.sock"));
     opts.postpone_cutover_flag_file = Some(postpone.clone());
     let run = start(&cluster, opts, Cancel::never());
     // The rollback script is written as the cutover phase starts, before the postponement.
@@ -186,7 +179,8 @@ async fn panic_flag_file_stops_a_blocked_index_build() {
     let before = setup(&client).await;
     let dir = tempfile::tempdir().unwrap();
     let panic_flag = dir.path().join("panic");
-    let mut opts = options(dir.path());
+    let mut opts =
+        common::options(dir.path(), "t", &[ALTER]).control_socket(dir.path().join("ctl.sock"));
     opts.throttle.panic_flag_file = Some(panic_flag.clone());
     let run = start_at_shadow_built(&cluster, opts, Cancel::never()).await;
     // A session holding ROW EXCLUSIVE on the shadow lets the copy's INSERTs through but

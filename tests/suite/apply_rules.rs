@@ -3,12 +3,12 @@
 //! re-insert of one key, and a transaction that spans many keys. Every statement is mirrored
 //! into a twin table in the same transaction; afterwards the new table must equal the twin.
 
-use crate::common;
-
 use std::time::Duration;
 
 use doppel::cancel::Cancel;
-use doppel::run::{self, Outcome, RunOptions};
+use doppel::run::{self, Outcome};
+
+use crate::common::{self, Tune};
 
 /// Runs `statement` on `t` and the same on `twin`, in one transaction.
 async fn mirrored(client: &mut tokio_postgres::Client, statement: &str) {
@@ -44,16 +44,7 @@ async fn toast_key_change_and_reinsert_during_the_backfill_end_equal_to_the_twin
         .unwrap();
     let dir = tempfile::tempdir().unwrap();
     let config: tokio_postgres::Config = cluster.conninfo("postgres").parse().unwrap();
-    let mut options = RunOptions {
-        execute: true,
-        work_dir: dir.path().to_path_buf(),
-        rollback_dir: dir.path().to_path_buf(),
-        copy_workers: 1,
-        ..RunOptions::new("t", &["ALTER COLUMN v TYPE bigint"])
-    };
-    options.copy.chunk_time = Duration::from_millis(5);
-    options.copy.nice_ratio = 30.0;
-    options.copy.initial_rows = 100;
+    let options = common::options(dir.path(), "t", &["ALTER COLUMN v TYPE bigint"]).slow(30.0);
     let run = tokio::spawn(async move { run::run(&config, &options, &Cancel::never()).await });
     let copying = common::wait_until_async(Duration::from_secs(60), || async {
         common::scalar(

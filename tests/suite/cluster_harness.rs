@@ -1,12 +1,12 @@
-//! Checks that the throwaway-cluster harness (`doppel::cluster`) starts, configures,
+//! Checks that the throwaway-cluster harness (`doppel_testkit::cluster`) starts, configures,
 //! restarts and — above all — always stops and removes its clusters.
-
-use crate::common;
 
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use doppel_testkit::cluster::{ClusterOptions, LocalCluster};
+
+use crate::common;
 
 /// How long a stopped postmaster may take to disappear from the process table.
 const GONE_TIMEOUT: Duration = Duration::from_secs(15);

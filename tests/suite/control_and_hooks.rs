@@ -3,8 +3,6 @@
 //! stale sockets are replaced, the file goes with the server; hooks get the documented
 //! environment, report failures, and are killed at their timeout.
 
-use crate::common;
-
 use std::os::unix::fs::{FileTypeExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -15,6 +13,8 @@ use doppel::ops::hooks::{HOOK_NAMES, HookEnv, HookOutcome, Hooks};
 use serde_json::json;
 use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
 use tokio::net::UnixStream;
+
+use crate::common;
 
 struct FakeStatus;
 

@@ -2,27 +2,14 @@
 //! that block the lock; the lock hold is stored in the cutover record; and 20 cutovers in a
 //! row under a pgbench-style writer fail no write and lose no row.
 
-use crate::common;
-
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 use doppel::cancel::Cancel;
-use doppel::run::{self, Outcome, RunOptions};
+use doppel::run::{self, Outcome};
 
-fn opts(dir: &std::path::Path, table: &str, alters: &[&str]) -> RunOptions {
-    RunOptions {
-        execute: true,
-        work_dir: dir.to_path_buf(),
-        rollback_dir: dir.to_path_buf(),
-        copy: doppel::phases::backfill::CopyOptions {
-            chunk_time: Duration::from_millis(50),
-            ..Default::default()
-        },
-        ..RunOptions::new(table, alters)
-    }
-}
+use crate::common::{self, Tune};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn kill_blockers_cancels_a_running_blocker_and_terminates_an_idle_one() {
@@ -74,7 +61,8 @@ async fn kill_blockers_cancels_a_running_blocker_and_terminates_an_idle_one() {
 
     let dir = tempfile::tempdir().unwrap();
     let config: tokio_postgres::Config = cluster.conninfo("postgres").parse().unwrap();
-    let mut options = opts(dir.path(), "events", &["ALTER COLUMN v TYPE bigint"]);
+    let mut options = common::options(dir.path(), "events", &["ALTER COLUMN v TYPE bigint"])
+        .chunk_time(Duration::from_millis(50));
     options.lock_timeout = Duration::from_millis(100);
     options.cutover_retries = 50;
     options.kill_blockers = Some(Duration::from_millis(300));
@@ -216,7 +204,8 @@ async fn twenty_cutovers_under_a_writer_fail_no_write_and_lose_no_row() {
         let dir = tempfile::tempdir().unwrap();
         let ty = if i % 2 == 0 { "bigint" } else { "integer" };
         let alter = format!("ALTER COLUMN v TYPE {ty}");
-        let options = opts(dir.path(), "events", &[alter.as_str()]);
+        let options = common::options(dir.path(), "events", &[alter.as_str()])
+            .chunk_time(Duration::from_millis(50));
         let outcome = run::run(&config, &options, &Cancel::never())
             .await
             .unwrap_or_else(|e| panic!("cutover {i}: {e:#}"));

@@ -9,11 +9,11 @@
 //!
 //! Each test starts its own private PostgreSQL cluster (`common::cluster`).
 
-use crate::common;
-
 use doppel::dependents::{self, Dependents};
 use doppel::model::names::Names;
 use tokio_postgres::Client;
+
+use crate::common::{self, fails, oid_of, scalar, text};
 
 const SCHEMA: &str = "
 CREATE ROLE app NOLOGIN;
@@ -78,48 +78,12 @@ fn publications(pg15: bool) -> &'static str {
     }
 }
 
-async fn count(client: &Client, sql: &str) -> i64 {
-    client
-        .query_one(sql, &[])
-        .await
-        .unwrap_or_else(|e| panic!("{sql}: {e}"))
-        .get(0)
-}
-
-async fn text(client: &Client, sql: &str) -> Option<String> {
-    client
-        .query_one(sql, &[])
-        .await
-        .unwrap_or_else(|e| panic!("{sql}: {e}"))
-        .get(0)
-}
-
-async fn oid_of(client: &Client, name: &str) -> u32 {
-    client
-        .query_one("SELECT to_regclass($1)::oid", &[&name])
-        .await
-        .unwrap()
-        .get::<_, Option<u32>>(0)
-        .unwrap_or_else(|| panic!("{name} does not exist"))
-}
-
 /// Runs `statements` one by one in `client`'s current transaction, naming the failing one.
 async fn run_all(client: &impl tokio_postgres::GenericClient, statements: &[String]) {
     for s in statements {
         if let Err(e) = client.batch_execute(s).await {
             panic!("statement failed: {s}\n{e:?}");
         }
-    }
-}
-
-/// The SQLSTATE of the error `sql` fails with (panics if it succeeds).
-async fn fails(client: &Client, sql: &str) -> String {
-    match client.batch_execute(sql).await {
-        Ok(()) => panic!("expected {sql} to fail"),
-        Err(e) => e
-            .as_db_error()
-            .map(|d| d.code().code().to_string())
-            .unwrap_or_else(|| panic!("{sql}: {e}")),
     }
 }
 
@@ -201,9 +165,9 @@ async fn assert_wired(client: &Client, bound: u32, other: &str, amount_type: &st
                AND d.refobjid = {relation}"
         )
     };
-    assert!(count(client, &view_refs(bound.to_string())).await > 0);
+    assert!(scalar(client, &view_refs(bound.to_string())).await > 0);
     assert_eq!(
-        count(client, &view_refs(format!("'{other}'::regclass::oid"))).await,
+        scalar(client, &view_refs(format!("'{other}'::regclass::oid"))).await,
         0,
         "v is bound to the table, not to {other}"
     );
@@ -244,39 +208,45 @@ async fn assert_wired(client: &Client, bound: u32, other: &str, amount_type: &st
             .as_deref(),
         Some("the amount")
     );
-    let rows = count(client, "SELECT count(*) FROM public.t WHERE amount > 0").await;
-    assert_eq!(count(client, "SELECT count(*) FROM public.v").await, rows);
-    assert_eq!(count(client, "SELECT count(*) FROM public.vv").await, rows);
-    let max_id = count(client, "SELECT max(id) FROM public.t").await;
-    assert_eq!(count(client, "SELECT max(id) FROM public.vv").await, max_id);
+    let rows = scalar(client, "SELECT count(*) FROM public.t WHERE amount > 0").await;
+    assert_eq!(scalar(client, "SELECT count(*) FROM public.v").await, rows);
+    assert_eq!(scalar(client, "SELECT count(*) FROM public.vv").await, rows);
+    let max_id = scalar(client, "SELECT max(id) FROM public.t").await;
+    assert_eq!(
+        scalar(client, "SELECT max(id) FROM public.vv").await,
+        max_id
+    );
 
     // Grants on the views, to two roles (views run as their owner `app`, whom a policy lets
     // see every row).
     client.batch_execute("SET ROLE reader_a").await.unwrap();
-    assert_eq!(count(client, "SELECT count(*) FROM public.v").await, rows);
-    assert_eq!(count(client, "SELECT count(id) FROM public.vv").await, rows);
+    assert_eq!(scalar(client, "SELECT count(*) FROM public.v").await, rows);
+    assert_eq!(
+        scalar(client, "SELECT count(id) FROM public.vv").await,
+        rows
+    );
     assert_eq!(fails(client, "SELECT amount FROM public.vv").await, "42501");
     client.batch_execute("RESET ROLE").await.unwrap();
     client.batch_execute("SET ROLE reader_b").await.unwrap();
-    assert_eq!(count(client, "SELECT count(*) FROM public.vv").await, rows);
-    assert_eq!(count(client, "SELECT count(*) FROM public.v").await, rows);
+    assert_eq!(scalar(client, "SELECT count(*) FROM public.vv").await, rows);
+    assert_eq!(scalar(client, "SELECT count(*) FROM public.v").await, rows);
     assert_eq!(fails(client, "SELECT 1 FROM public.t").await, "42501");
     client.batch_execute("RESET ROLE").await.unwrap();
 
     // The trigger fires once per write on the table, never on the other one; the rule too.
     let audit = "SELECT count(*) FROM public.audit";
-    let before = count(client, audit).await;
-    let mark = count(client, "SELECT coalesce(max(n), 0) FROM public.audit").await;
+    let before = scalar(client, audit).await;
+    let mark = scalar(client, "SELECT coalesce(max(n), 0) FROM public.audit").await;
     client
         .batch_execute("INSERT INTO public.t VALUES (1000, 'other', 5, 'x')")
         .await
         .unwrap();
-    assert_eq!(count(client, audit).await, before + 1, "trigger on insert");
+    assert_eq!(scalar(client, audit).await, before + 1, "trigger on insert");
     client
         .batch_execute("UPDATE public.t SET note = 'y' WHERE id = 1000")
         .await
         .unwrap();
-    assert_eq!(count(client, audit).await, before + 2, "trigger on update");
+    assert_eq!(scalar(client, audit).await, before + 2, "trigger on update");
     client
         .batch_execute(&format!(
             "INSERT INTO {other} VALUES (1001, 'other', 5, 'x'); UPDATE {other} SET note = 'z' WHERE id = 1001; DELETE FROM {other} WHERE id = 1001"
@@ -284,7 +254,7 @@ async fn assert_wired(client: &Client, bound: u32, other: &str, amount_type: &st
         .await
         .unwrap();
     assert_eq!(
-        count(client, audit).await,
+        scalar(client, audit).await,
         before + 2,
         "nothing fires on {other}"
     );
@@ -293,12 +263,12 @@ async fn assert_wired(client: &Client, bound: u32, other: &str, amount_type: &st
         .await
         .unwrap();
     assert_eq!(
-        count(client, audit).await,
+        scalar(client, audit).await,
         before + 4,
         "a delete fires the trigger and the rule once each"
     );
     assert_eq!(
-        count(
+        scalar(
             client,
             &format!(
                 "SELECT count(*) FROM public.audit WHERE n > {mark} AND id = 1000
@@ -310,7 +280,7 @@ async fn assert_wired(client: &Client, bound: u32, other: &str, amount_type: &st
     );
     for (relation, expected) in [("public.t", 1), (other, 0)] {
         assert_eq!(
-            count(
+            scalar(
                 client,
                 &format!("SELECT count(*) FROM pg_trigger WHERE tgrelid = '{relation}'::regclass AND NOT tgisinternal")
             )
@@ -319,7 +289,7 @@ async fn assert_wired(client: &Client, bound: u32, other: &str, amount_type: &st
             "user triggers on {relation}"
         );
         assert_eq!(
-            count(
+            scalar(
                 client,
                 &format!("SELECT count(*) FROM pg_rewrite WHERE ev_class = '{relation}'::regclass")
             )
@@ -328,7 +298,7 @@ async fn assert_wired(client: &Client, bound: u32, other: &str, amount_type: &st
             "rules on {relation}"
         );
         assert_eq!(
-            count(
+            scalar(
                 client,
                 &format!("SELECT count(*) FROM pg_policy WHERE polrelid = '{relation}'::regclass")
             )
@@ -339,7 +309,7 @@ async fn assert_wired(client: &Client, bound: u32, other: &str, amount_type: &st
     }
 
     // Policies filter for a non-owner role; the restrictive one still restricts.
-    let tenant_rows = count(
+    let tenant_rows = scalar(
         client,
         "SELECT count(*) FROM public.t WHERE tenant = 'tenant'",
     )
@@ -347,7 +317,7 @@ async fn assert_wired(client: &Client, bound: u32, other: &str, amount_type: &st
     assert!(tenant_rows > 0);
     client.batch_execute("SET ROLE tenant").await.unwrap();
     assert_eq!(
-        count(client, "SELECT count(*) FROM public.t").await,
+        scalar(client, "SELECT count(*) FROM public.t").await,
         tenant_rows
     );
     assert_eq!(
@@ -373,7 +343,7 @@ async fn assert_wired(client: &Client, bound: u32, other: &str, amount_type: &st
         .await
         .unwrap();
     assert_eq!(
-        count(client, "SELECT count(*) FROM public.t").await,
+        scalar(client, "SELECT count(*) FROM public.t").await,
         tenant_rows + 1
     );
     client.batch_execute("RESET ROLE").await.unwrap();
@@ -390,7 +360,7 @@ async fn assert_wired(client: &Client, bound: u32, other: &str, amount_type: &st
     // Foreign keys: bound to the table, validated, rejecting orphans in each child, and the
     // cascade works.
     assert_eq!(
-        count(
+        scalar(
             client,
             &format!(
                 "SELECT count(*) FROM pg_constraint WHERE contype = 'f' AND confrelid = {bound} AND convalidated
@@ -419,7 +389,7 @@ async fn assert_wired(client: &Client, bound: u32, other: &str, amount_type: &st
         .await
         .unwrap();
     assert_eq!(
-        count(client, "SELECT count(*) FROM public.child_b WHERE id = 100").await,
+        scalar(client, "SELECT count(*) FROM public.child_b WHERE id = 100").await,
         0,
         "ON DELETE CASCADE"
     );
@@ -432,10 +402,10 @@ async fn assert_wired(client: &Client, bound: u32, other: &str, amount_type: &st
         )
         .await
         .unwrap();
-    let children = count(client, "SELECT count(*) FROM public.child_a").await;
+    let children = scalar(client, "SELECT count(*) FROM public.child_a").await;
     client.batch_execute("SET ROLE app").await.unwrap();
     assert_eq!(
-        count(client, "SELECT count(*) FROM public.child_a").await,
+        scalar(client, "SELECT count(*) FROM public.child_a").await,
         children
     );
     client.batch_execute("RESET ROLE").await.unwrap();
@@ -481,7 +451,7 @@ async fn assert_wired(client: &Client, bound: u32, other: &str, amount_type: &st
         assert_eq!(row.get::<_, String>(1), "1 3");
     }
     assert_eq!(
-        count(
+        scalar(
             client,
             "SELECT count(*) FROM pg_publication_tables WHERE pubname IN ('pub', 'pub_cols')
              AND schemaname = 'public' AND tablename = 't'"
@@ -634,7 +604,7 @@ async fn moves_every_dependent_and_back() {
     );
     // doppel's own publication stays with the old table (cleanup drops it).
     assert_eq!(
-        count(
+        scalar(
             &client,
             &format!(
                 "SELECT count(*) FROM pg_publication_rel pr JOIN pg_publication p ON p.oid = pr.prpubid
@@ -651,7 +621,7 @@ async fn moves_every_dependent_and_back() {
         .await
         .unwrap();
     assert_eq!(
-        count(&client, "SELECT count(*) FROM public.vv WHERE id = 500").await,
+        scalar(&client, "SELECT count(*) FROM public.vv WHERE id = 500").await,
         1
     );
 
@@ -666,7 +636,7 @@ async fn moves_every_dependent_and_back() {
     )
     .await;
     assert_eq!(
-        count(&client, "SELECT count(*) FROM public.vv WHERE id = 500").await,
+        scalar(&client, "SELECT count(*) FROM public.vv WHERE id = 500").await,
         0,
         "writes after the cutover are not in the old table"
     );
@@ -764,14 +734,14 @@ async fn blockers_name_what_cannot_move() {
         .batch_execute("INSERT INTO public.t (id, note, amount) VALUES (11, 'n', 11)")
         .await
         .unwrap();
-    assert_eq!(count(&client, "SELECT public.f()").await, 10);
-    assert_eq!(count(&client, "SELECT count(*) FROM public.vn").await, 11);
-    assert_eq!(count(&client, "SELECT count(*) FROM public.mv").await, 10);
+    assert_eq!(scalar(&client, "SELECT public.f()").await, 10);
+    assert_eq!(scalar(&client, "SELECT count(*) FROM public.vn").await, 11);
+    assert_eq!(scalar(&client, "SELECT count(*) FROM public.mv").await, 10);
     client
         .batch_execute("REFRESH MATERIALIZED VIEW CONCURRENTLY public.mv")
         .await
         .unwrap();
-    assert_eq!(count(&client, "SELECT count(*) FROM public.mv").await, 11);
+    assert_eq!(scalar(&client, "SELECT count(*) FROM public.mv").await, 11);
 }
 
 const MATVIEW_SCHEMA: &str = "
@@ -845,7 +815,7 @@ async fn assert_matview_wired(client: &Client, bound: u32, amount_type: &str) {
     assert!(row.get::<_, bool>(7), "populated");
     // The rebuild ran the query as the owner, like a REFRESH (not as the role running it).
     assert_eq!(
-        count(
+        scalar(
             client,
             "SELECT count(*) FROM public.mv WHERE built_by IS DISTINCT FROM 'app'"
         )
@@ -887,7 +857,7 @@ async fn assert_matview_wired(client: &Client, bound: u32, amount_type: &str) {
         ("mv_id", true, true)
     );
     assert_eq!(
-        count(
+        scalar(
             client,
             "SELECT count(*) FROM pg_class WHERE relname LIKE '\\_doppel\\_%\\_mv%'"
         )
@@ -896,13 +866,13 @@ async fn assert_matview_wired(client: &Client, bound: u32, amount_type: &str) {
         "no temporary copy or index is left"
     );
     // Rows written now are seen by a refresh (CONCURRENTLY needs the unique index).
-    let expected = count(client, "SELECT count(*) FROM public.t WHERE amount > 50").await;
+    let expected = scalar(client, "SELECT count(*) FROM public.t WHERE amount > 50").await;
     client
         .batch_execute("INSERT INTO public.t VALUES (90001, 777, 'fresh')")
         .await
         .unwrap();
     assert_eq!(
-        count(client, "SELECT count(*) FROM public.mv WHERE id = 90001").await,
+        scalar(client, "SELECT count(*) FROM public.mv WHERE id = 90001").await,
         0
     );
     client
@@ -910,12 +880,12 @@ async fn assert_matview_wired(client: &Client, bound: u32, amount_type: &str) {
         .await
         .unwrap();
     assert_eq!(
-        count(client, "SELECT count(*) FROM public.mv").await,
+        scalar(client, "SELECT count(*) FROM public.mv").await,
         expected + 1
     );
     client.batch_execute("SET ROLE reader").await.unwrap();
     assert_eq!(
-        count(client, "SELECT count(*) FROM public.mv WHERE id = 90001").await,
+        scalar(client, "SELECT count(*) FROM public.mv WHERE id = 90001").await,
         1,
         "reader sees the refreshed row"
     );
@@ -975,7 +945,7 @@ async fn materialized_view_is_rebuilt_on_the_new_table_and_back() {
     // The kept old table is no longer used by anything: it can be dropped (then restored
     // here for the rollback by not dropping it).
     assert_eq!(
-        count(
+        scalar(
             &client,
             &format!(
                 "SELECT count(*) FROM pg_depend WHERE refclassid = 'pg_class'::regclass AND refobjid = {original}
@@ -994,7 +964,7 @@ async fn materialized_view_is_rebuilt_on_the_new_table_and_back() {
     assert_eq!(oid_of(&client, "public.t").await, original);
     assert_matview_wired(&client, original, "integer").await;
     assert_eq!(
-        count(&client, "SELECT count(*) FROM public.mv WHERE id = 500").await,
+        scalar(&client, "SELECT count(*) FROM public.mv WHERE id = 500").await,
         0,
         "the row written only to the new table is not in the restored one"
     );
@@ -1060,9 +1030,9 @@ async fn failed_materialized_view_rebuild_leaves_it_intact_and_says_so() {
     // copy left behind.
     assert_eq!(oid_of(&client, "public.mv").await, matview);
     assert_eq!(matview_reads(&client).await, vec![original]);
-    assert_eq!(count(&client, "SELECT count(*) FROM public.mv").await, 15);
+    assert_eq!(scalar(&client, "SELECT count(*) FROM public.mv").await, 15);
     assert_eq!(
-        count(
+        scalar(
             &client,
             "SELECT count(*) FROM pg_index WHERE indrelid = 'public.mv'::regclass"
         )
@@ -1070,7 +1040,7 @@ async fn failed_materialized_view_rebuild_leaves_it_intact_and_says_so() {
         2
     );
     assert_eq!(
-        count(
+        scalar(
             &client,
             &format!(
                 "SELECT count(*) FROM pg_class WHERE relname = '_doppel_{original}_mv{matview}'
@@ -1120,7 +1090,7 @@ async fn materialized_view_swap_waits_for_a_reader_then_succeeds() {
     });
     // The rebuild reaches the swap and waits for the lock (retrying on lock_timeout).
     let waiting = common::wait_until_async(std::time::Duration::from_secs(10), || async {
-        count(
+        scalar(
             &client,
             &format!(
                 "SELECT count(*) FROM pg_locks WHERE relation = {matview} AND mode = 'AccessExclusiveLock' AND NOT granted"
@@ -1208,7 +1178,7 @@ async fn materialized_views_with_dependents_are_refused() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn migration_reports_a_failed_materialized_view_rebuild_and_keeps_it_intact() {
     use doppel::cancel::Cancel;
-    use doppel::run::{Outcome, RunOptions};
+    use doppel::run::Outcome;
     let cluster = common::cluster().await;
     let client = cluster.connect("postgres").await.unwrap();
     client.batch_execute(MATVIEW_SCHEMA).await.unwrap();
@@ -1220,12 +1190,7 @@ async fn migration_reports_a_failed_materialized_view_rebuild_and_keeps_it_intac
 
     let dir = tempfile::tempdir().unwrap();
     doppel::testing::arm(&common::pause_dir(dir.path()), "cutover-locked").unwrap();
-    let options = RunOptions {
-        execute: true,
-        work_dir: dir.path().to_path_buf(),
-        rollback_dir: dir.path().to_path_buf(),
-        ..RunOptions::new("public.t", &["ALTER COLUMN amount TYPE bigint"])
-    };
+    let options = common::options(dir.path(), "public.t", &["ALTER COLUMN amount TYPE bigint"]);
     let config: tokio_postgres::Config = cluster.conninfo("postgres").parse().unwrap();
     let run =
         tokio::spawn(async move { common::run_paused(&config, &options, &Cancel::never()).await });
@@ -1266,7 +1231,7 @@ async fn migration_reports_a_failed_materialized_view_rebuild_and_keeps_it_intac
     // Intact, still reading the old table, with its rows; the old table is protected.
     assert_eq!(oid_of(&client, "public.mv").await, matview);
     assert_eq!(matview_reads(&client).await, vec![original]);
-    assert_eq!(count(&client, "SELECT count(*) FROM public.mv").await, 15);
+    assert_eq!(scalar(&client, "SELECT count(*) FROM public.mv").await, 15);
     assert_eq!(
         fails(&client, &format!("DROP TABLE {}", names.old_qualified())).await,
         "2BP01",

@@ -5,12 +5,12 @@
 //! every change into the twin, and runs `doppel run --execute` meanwhile. Asserts no writer
 //! errors, 0 rows differing from the twin, and no replication slot left behind.
 
-use crate::common;
-
 use std::process::{Command, Stdio};
 use std::time::Instant;
 
 use doppel_testkit::workload;
+
+use crate::common;
 
 const SCRIPT: &str = r#"\set id random(1, 1000000)
 \set c random(1, 100000)

@@ -2,53 +2,27 @@
 //! connection, TRUNCATE and DDL on the original. Each ends with the original untouched and
 //! nothing of doppel's left; plus invariant I4 (no snapshot held longer than about one chunk).
 
-use crate::common;
-
 use std::collections::HashMap;
 use std::time::{Duration, Instant};
 
 use doppel::cancel::Cancel;
-use doppel::run::{self, RunOptions};
+use doppel::run;
+use doppel_testkit::workload;
 
-/// A run slowed down so events can land while it copies: small chunks, long pauses.
-fn slow(dir: &std::path::Path, table: &str) -> RunOptions {
-    let mut o = RunOptions {
-        execute: true,
-        work_dir: dir.to_path_buf(),
-        rollback_dir: dir.to_path_buf(),
-        copy_workers: 1,
-        ..RunOptions::new(table, &["ALTER COLUMN v TYPE bigint"])
-    };
-    o.copy.chunk_time = Duration::from_millis(5);
-    o.copy.nice_ratio = 30.0;
-    o.copy.initial_rows = 100;
-    o
-}
+use crate::common::{self, Tune};
 
+/// The ALTER of every run.
+const ALTER: &str = "ALTER COLUMN v TYPE bigint";
+
+/// Creates `t` with `rows` rows and its twin.
 async fn setup(client: &tokio_postgres::Client, rows: i64) {
-    client
-        .batch_execute(&format!(
-            "CREATE TABLE t (id int PRIMARY KEY, v int NOT NULL);
-             INSERT INTO t SELECT i, i FROM generate_series(1, {rows}) i;
-             CREATE TABLE twin AS SELECT * FROM t;"
-        ))
+    workload::create_id_v_table(client, "t", rows)
         .await
         .unwrap();
-}
-
-/// Waits until the run has its slot and has copied at least one chunk.
-async fn wait_copying(client: &tokio_postgres::Client) {
-    let ok = common::wait_until_async(Duration::from_secs(60), || async {
-        common::scalar(client, "SELECT count(*) FROM pg_replication_slots WHERE active").await == 1
-            && common::scalar(
-                client,
-                "SELECT count(*) FROM pg_class WHERE relname LIKE '\\_doppel\\_%\\_new\\_t' AND pg_relation_size(oid) > 0",
-            )
-            .await
-                == 1
-    })
-    .await;
-    assert!(ok, "the run reached the backfill");
+    client
+        .batch_execute("CREATE TABLE twin AS SELECT * FROM t")
+        .await
+        .unwrap();
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -58,9 +32,9 @@ async fn walsender_terminated_by_the_server_aborts_cleanly() {
     setup(&client, 20_000).await;
     let dir = tempfile::tempdir().unwrap();
     let config: tokio_postgres::Config = cluster.conninfo("postgres").parse().unwrap();
-    let options = slow(dir.path(), "t");
+    let options = common::options(dir.path(), "t", &[ALTER]).slow(30.0);
     let run = tokio::spawn(async move { run::run(&config, &options, &Cancel::never()).await });
-    wait_copying(&client).await;
+    common::wait_copying(&client, "t").await;
     let killed = common::scalar(
         &client,
         "SELECT count(*) FROM (SELECT pg_terminate_backend(active_pid) FROM pg_replication_slots WHERE active) k",
@@ -91,9 +65,9 @@ async fn truncate_during_the_run_aborts_and_says_why() {
     setup(&client, 20_000).await;
     let dir = tempfile::tempdir().unwrap();
     let config: tokio_postgres::Config = cluster.conninfo("postgres").parse().unwrap();
-    let options = slow(dir.path(), "t");
+    let options = common::options(dir.path(), "t", &[ALTER]).slow(30.0);
     let run = tokio::spawn(async move { run::run(&config, &options, &Cancel::never()).await });
-    wait_copying(&client).await;
+    common::wait_copying(&client, "t").await;
     client.batch_execute("TRUNCATE t").await.unwrap();
     let err = run.await.unwrap().expect_err("the run must abort");
     assert!(format!("{err:#}").contains("TRUNCATE"), "{err:#}");
@@ -112,9 +86,9 @@ async fn ddl_on_the_original_during_the_run_aborts_and_says_why() {
     setup(&client, 20_000).await;
     let dir = tempfile::tempdir().unwrap();
     let config: tokio_postgres::Config = cluster.conninfo("postgres").parse().unwrap();
-    let options = slow(dir.path(), "t");
+    let options = common::options(dir.path(), "t", &[ALTER]).slow(30.0);
     let run = tokio::spawn(async move { run::run(&config, &options, &Cancel::never()).await });
-    wait_copying(&client).await;
+    common::wait_copying(&client, "t").await;
     client
         .batch_execute(
             "ALTER TABLE t ADD COLUMN extra text; INSERT INTO t VALUES (999999, 1, 'x');",
@@ -147,7 +121,7 @@ async fn copy_apply_and_verify_sessions_hold_no_snapshot_longer_than_a_chunk() {
     let writer = cluster.connect("postgres").await.unwrap();
     let dir = tempfile::tempdir().unwrap();
     let config: tokio_postgres::Config = cluster.conninfo("postgres").parse().unwrap();
-    let options = slow(dir.path(), "t");
+    let options = common::options(dir.path(), "t", &[ALTER]).slow(30.0);
     let started = Instant::now();
     let run = tokio::spawn(async move { run::run(&config, &options, &Cancel::never()).await });
     // (pid, xmin) → first seen; the longest any one snapshot was observed.

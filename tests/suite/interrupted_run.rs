@@ -2,12 +2,12 @@
 //! publication and shadow by itself; after `kill -9` the TEMPORARY slot disappears with its
 //! connection and `doppel cleanup` removes the rest. The original table is untouched.
 
-use crate::common;
-
 use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
 use doppel_testkit::workload;
+
+use crate::common;
 
 fn start_slow_run(conninfo: &str, dir: &std::path::Path) -> Child {
     Command::new(env!("CARGO_BIN_EXE_doppel"))
@@ -39,24 +39,6 @@ fn start_slow_run(conninfo: &str, dir: &std::path::Path) -> Child {
 
 const SHADOW_EXISTS: &str = "SELECT count(*) FROM pg_class WHERE relname LIKE '\\_doppel\\_%'";
 
-async fn wait_for_copy_in_progress(client: &tokio_postgres::Client) {
-    // The shadow exists, the slot exists, and at least one chunk has been copied.
-    let copying = common::wait_until_async(Duration::from_secs(60), || async {
-        let slots = common::scalar(client, "SELECT count(*) FROM pg_replication_slots").await;
-        let copied = client
-            .query_opt(
-                "SELECT 1 FROM pg_class c WHERE c.relname LIKE '\\_doppel\\_%\\_new\\_orders' AND pg_relation_size(c.oid) > 0",
-                &[],
-            )
-            .await
-            .unwrap()
-            .is_some();
-        slots == 1 && copied
-    })
-    .await;
-    assert!(copying, "doppel reached the backfill");
-}
-
 async fn original_intact(client: &tokio_postgres::Client) {
     assert_eq!(
         workload::mismatches(client, "orders", "orders_twin")
@@ -84,7 +66,7 @@ async fn sigint_mid_copy_drops_slot_publication_and_shadow() {
         .unwrap();
     let dir = tempfile::tempdir().unwrap();
     let child = start_slow_run(&cluster.conninfo("postgres"), dir.path());
-    wait_for_copy_in_progress(&client).await;
+    common::wait_copying(&client, "orders").await;
     // SAFETY: sending a signal to our own child process.
     unsafe { libc::kill(child.id() as libc::pid_t, libc::SIGINT) };
     let status = tokio::task::spawn_blocking(move || child.wait_with_output())
@@ -121,7 +103,7 @@ async fn kill_9_mid_copy_then_cleanup_removes_everything() {
         .unwrap();
     let dir = tempfile::tempdir().unwrap();
     let mut child = start_slow_run(&cluster.conninfo("postgres"), dir.path());
-    wait_for_copy_in_progress(&client).await;
+    common::wait_copying(&client, "orders").await;
     child.kill().unwrap();
     child.wait().unwrap();
     // The TEMPORARY slot goes with its connection.

@@ -13,14 +13,14 @@
 //! - **pg_terminate_backend on the walsender** (catch-up, verifying): doppel stops with exit 4
 //!   ("the replication stream or slot was lost") and removes everything it created by itself.
 
-use crate::common;
-
 use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
 use doppel_testkit::cluster::LocalCluster;
 use doppel_testkit::workload::{self, Workload};
 use tokio_postgres::Client;
+
+use crate::common;
 
 /// Rows of the test table: several copy chunks (the first chunk is 1,000 rows).
 const ROWS: i64 = 20_000;
@@ -51,11 +51,7 @@ impl Stand {
         workload::create_tables(&client, "orders", "orders_twin", ROWS)
             .await
             .unwrap();
-        let oid: u32 = client
-            .query_one("SELECT 'orders'::regclass::oid", &[])
-            .await
-            .unwrap()
-            .get(0);
+        let oid = common::oid_of(&client, "orders").await;
         let config: tokio_postgres::Config = cluster.conninfo("postgres").parse().unwrap();
         let writer = Workload::start(
             &config,
@@ -157,12 +153,7 @@ impl Stand {
 
     /// The original is in place and untouched: same OID, old column type, the twin's rows.
     async fn assert_original_intact(&self) {
-        let oid: u32 = self
-            .client
-            .query_one("SELECT 'public.orders'::regclass::oid", &[])
-            .await
-            .unwrap()
-            .get(0);
+        let oid = common::oid_of(&self.client, "public.orders").await;
         assert_eq!(oid, self.oid, "public.orders is still the original table");
         let ty: String = self
             .client

@@ -2,31 +2,13 @@
 //! (docs/design.md §2): after the migration the new table, projected onto the twin's columns,
 //! equals the twin exactly.
 
-use crate::common;
-
-use std::path::Path;
 use std::time::Duration;
 
 use doppel::cancel::Cancel;
-use doppel::run::{self, Outcome, RunOptions};
+use doppel::run::{self, Outcome};
 use doppel_testkit::workload::{self, Workload};
 
-fn options(dir: &Path, table: &str, alters: &[&str]) -> RunOptions {
-    RunOptions {
-        execute: true,
-        copy: doppel::phases::backfill::CopyOptions {
-            chunk_time: Duration::from_millis(50),
-            nice_ratio: 0.0,
-            initial_rows: 500,
-        },
-        cutover_retries: 20,
-        fence_timeout: Duration::from_millis(2000),
-        work_dir: dir.to_path_buf(),
-        rollback_dir: dir.to_path_buf(),
-        status_interval: Duration::from_secs(60),
-        ..RunOptions::new(table, alters)
-    }
-}
+use crate::common::{self, Tune};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn concurrent_writer_leaves_new_table_equal_to_twin() {
@@ -54,7 +36,7 @@ async fn concurrent_writer_leaves_new_table_equal_to_twin() {
         .await
     );
     let dir = tempfile::tempdir().unwrap();
-    let opts = options(
+    let opts = common::options(
         dir.path(),
         "orders",
         &[
@@ -62,7 +44,12 @@ async fn concurrent_writer_leaves_new_table_equal_to_twin() {
             "ADD COLUMN note2 text DEFAULT 'x'",
             "ALTER COLUMN amount TYPE numeric(14,2)",
         ],
-    );
+    )
+    .chunk_time(Duration::from_millis(50))
+    .initial_rows(500)
+    .cutover_retries(20)
+    .fence_timeout(Duration::from_millis(2000))
+    .status_interval(Duration::from_secs(60));
     let outcome = run::run(&config, &opts, &Cancel::never()).await;
     let report = writer.stop().await.unwrap();
     let Outcome::Migrated(run) = outcome.unwrap() else {
@@ -153,11 +140,16 @@ async fn rollback_script_restores_the_original_table() {
         .unwrap();
     let config: tokio_postgres::Config = cluster.conninfo("postgres").parse().unwrap();
     let dir = tempfile::tempdir().unwrap();
-    let opts = options(
+    let opts = common::options(
         dir.path(),
         "public.orders",
         &["ALTER COLUMN customer_id TYPE bigint"],
-    );
+    )
+    .chunk_time(Duration::from_millis(50))
+    .initial_rows(500)
+    .cutover_retries(20)
+    .fence_timeout(Duration::from_millis(2000))
+    .status_interval(Duration::from_secs(60));
     let Outcome::Migrated(run) = run::run(&config, &opts, &Cancel::never()).await.unwrap() else {
         panic!("expected a migration")
     };

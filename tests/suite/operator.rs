@@ -2,8 +2,6 @@
 //! `doppel ctl`), and hooks with their `DOPPEL_*` environment, including a failing
 //! `before-cutover` hook that postpones the cutover until `cut-over` is sent.
 
-use crate::common;
-
 use std::os::unix::fs::PermissionsExt;
 use std::path::Path;
 use std::time::Duration;
@@ -12,41 +10,26 @@ use doppel::cancel::Cancel;
 use doppel::failure::{FailureKind, kind_of};
 use doppel::ops::control;
 use doppel::run::{self, Outcome, RunOptions};
+use doppel_testkit::workload;
 
-fn slow(dir: &Path) -> RunOptions {
-    let mut o = RunOptions {
-        execute: true,
-        work_dir: dir.to_path_buf(),
-        rollback_dir: dir.to_path_buf(),
-        copy_workers: 1,
-        control_socket: Some(dir.join("ctl.sock")),
-        ..RunOptions::new("t", &["ALTER COLUMN v TYPE bigint"])
-    };
-    o.copy.chunk_time = Duration::from_millis(5);
-    o.copy.nice_ratio = 10.0;
-    o.copy.initial_rows = 100;
-    o
-}
+use crate::common::{self, Tune};
 
-async fn setup(client: &tokio_postgres::Client) {
-    client
-        .batch_execute(
-            "CREATE TABLE t (id int PRIMARY KEY, v int NOT NULL);
-             INSERT INTO t SELECT i, i FROM generate_series(1, 100000) i;",
-        )
-        .await
-        .unwrap();
-}
+/// The ALTER of every run.
+const ALTER: &str = "ALTER COLUMN v TYPE bigint";
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn control_socket_commands_steer_a_running_migration() {
     let cluster = common::cluster().await;
     let client = cluster.connect("postgres").await.unwrap();
-    setup(&client).await;
+    workload::create_id_v_table(&client, "t", 100_000)
+        .await
+        .unwrap();
     let dir = tempfile::tempdir().unwrap();
     let socket = dir.path().join("ctl.sock");
     let config: tokio_postgres::Config = cluster.conninfo("postgres").parse().unwrap();
-    let options = slow(dir.path());
+    let options = common::options(dir.path(), "t", &[ALTER])
+        .slow(10.0)
+        .control_socket(socket.clone());
     let run = tokio::spawn(async move { run::run(&config, &options, &Cancel::never()).await });
     let copying = common::wait_until_async(Duration::from_secs(60), || async {
         common::shadow_rows(&client, "t").await > 0
@@ -179,8 +162,7 @@ fn hook(dir: &Path, name: &str, body: &str) {
 async fn hooks_run_with_their_environment_and_a_failing_before_cutover_postpones() {
     let cluster = common::cluster().await;
     let client = cluster.connect("postgres").await.unwrap();
-    client
-        .batch_execute("CREATE TABLE t (id int PRIMARY KEY, v int NOT NULL); INSERT INTO t SELECT i, i FROM generate_series(1, 2000) i;")
+    workload::create_id_v_table(&client, "t", 2000)
         .await
         .unwrap();
     let dir = tempfile::tempdir().unwrap();
@@ -213,12 +195,8 @@ async fn hooks_run_with_their_environment_and_a_failing_before_cutover_postpones
     let socket = dir.path().join("ctl.sock");
     let config: tokio_postgres::Config = cluster.conninfo("postgres").parse().unwrap();
     let options = RunOptions {
-        execute: true,
-        work_dir: dir.path().to_path_buf(),
-        rollback_dir: dir.path().to_path_buf(),
-        control_socket: Some(socket.clone()),
         hooks_dir: Some(hooks.clone()),
-        ..RunOptions::new("t", &["ALTER COLUMN v TYPE bigint"])
+        ..common::options(dir.path(), "t", &[ALTER]).control_socket(socket.clone())
     };
     let run = tokio::spawn(async move { run::run(&config, &options, &Cancel::never()).await });
     let hook_ran = common::wait_until_async(Duration::from_secs(60), || async {

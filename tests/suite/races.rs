@@ -24,22 +24,13 @@
 //! | `savepoints_rolled_back_in_a_chunk_window` | rolled-back and released savepoints in the window | `ApplyDuringCopy`: ghost of the released DELETE |
 //! | `transaction_open_before_the_slot_committed_during_the_copy` | a transaction writing while the slot builds its snapshot, committed in the window | `ApplyDuringCopy`: ghost of its DELETE |
 
-use crate::common;
-
-use std::path::Path;
 use std::time::Duration;
 
-use doppel::cancel::Cancel;
-use doppel::run::{self, Outcome, RunOptions};
-use doppel::testing::{self as pause, Broken};
-use tokio::task::JoinHandle;
+use doppel::testing::Broken;
 use tokio_postgres::Client;
 
-/// Longest wait for any forced step.
-const WAIT: Duration = Duration::from_secs(60);
-
-/// The ALTER of every scenario (rewrites the table; `v` is compared as bigint).
-const ALTER: &str = "ALTER COLUMN v TYPE bigint";
+use crate::common;
+use crate::common::race::{Diff, Run, WAIT, Writer, chunk_range, create_tables, slot_waits_for};
 
 /// Compared columns of tables with a `doc` column (TOASTed values shown by an md5 prefix).
 const DOC_COLUMNS: &str =
@@ -47,309 +38,6 @@ const DOC_COLUMNS: &str =
 
 /// Compared columns of tables without `doc`.
 const PLAIN_COLUMNS: &str = "id, v::bigint";
-
-/// Rows present on one side only (each the text of the compared columns), in key order.
-#[derive(Debug, Default, PartialEq, Eq)]
-struct Diff {
-    only_new: Vec<String>,
-    only_twin: Vec<String>,
-}
-
-impl Diff {
-    fn is_empty(&self) -> bool {
-        self.only_new.is_empty() && self.only_twin.is_empty()
-    }
-
-    fn keys(rows: &[String]) -> Vec<i64> {
-        rows.iter()
-            .map(|r| {
-                r.trim_start_matches('(')
-                    .split(',')
-                    .next()
-                    .and_then(|k| k.parse().ok())
-                    .unwrap_or_else(|| panic!("no key in {r}"))
-            })
-            .collect()
-    }
-
-    fn new_keys(&self) -> Vec<i64> {
-        Self::keys(&self.only_new)
-    }
-
-    fn twin_keys(&self) -> Vec<i64> {
-        Self::keys(&self.only_twin)
-    }
-}
-
-/// `relation` against `twin` on `columns`.
-async fn diff(client: &Client, relation: &str, columns: &str) -> Diff {
-    let side = |a: &str, b: &str| {
-        format!(
-            "SELECT r::text FROM (SELECT ROW({columns}) AS r FROM {a}
-                                  EXCEPT ALL SELECT ROW({columns}) FROM {b}) d ORDER BY d.r"
-        )
-    };
-    let rows = |sql: String| async move {
-        client
-            .query(&sql, &[])
-            .await
-            .unwrap_or_else(|e| panic!("{sql}: {e}"))
-            .iter()
-            .map(|r| r.get::<_, String>(0))
-            .collect::<Vec<_>>()
-    };
-    Diff {
-        only_new: rows(side(relation, "twin")).await,
-        only_twin: rows(side("twin", relation)).await,
-    }
-}
-
-/// (Re)creates `t` (`id`, `v`, `doc` stored out of line) with `rows` rows keyed `10, 20, ..`
-/// (so keys in between are free), rows whose key is a multiple of `toast_every` carrying an
-/// incompressible 8 kB `doc` (TOASTed), and its twin.
-async fn create_tables(client: &Client, rows: i64, toast_every: i64) {
-    client
-        .batch_execute(&format!(
-            "DROP TABLE IF EXISTS t, twin;
-             CREATE TABLE t (id int PRIMARY KEY, v int NOT NULL, doc text);
-             ALTER TABLE t ALTER COLUMN doc SET STORAGE EXTERNAL;
-             INSERT INTO t SELECT 10 * i, 10 * i,
-                    CASE WHEN (10 * i) % {toast_every} = 0
-                         THEN (SELECT string_agg(md5(i::text || g), '') FROM generate_series(1, 250) g)
-                    END
-             FROM generate_series(1, {rows}) i;
-             CREATE TABLE twin AS SELECT * FROM t;"
-        ))
-        .await
-        .unwrap();
-}
-
-/// A session writing to `t` and `twin`: statements containing `{t}` run on both tables in
-/// the same transaction, others (`SAVEPOINT ..`) once.
-struct Writer {
-    client: Client,
-}
-
-impl Writer {
-    async fn new(config: &tokio_postgres::Config) -> Writer {
-        Writer {
-            client: doppel::conninfo::connect(config).await.unwrap(),
-        }
-    }
-
-    /// `BEGIN`; returns the transaction's (32-bit) xid.
-    async fn begin(&self) -> u32 {
-        self.client.batch_execute("BEGIN").await.unwrap();
-        let xid: i64 = self
-            .client
-            .query_one(
-                "SELECT pg_current_xact_id()::text::bigint % 4294967296",
-                &[],
-            )
-            .await
-            .unwrap()
-            .get(0);
-        xid as u32
-    }
-
-    async fn run(&self, statements: &[&str]) {
-        for s in statements {
-            let targets: &[&str] = if s.contains("{t}") {
-                &["t", "twin"]
-            } else {
-                &[""]
-            };
-            for target in targets {
-                let sql = s.replace("{t}", target);
-                self.client
-                    .batch_execute(&sql)
-                    .await
-                    .unwrap_or_else(|e| panic!("{sql}: {e}"));
-            }
-        }
-    }
-
-    async fn commit(&self) {
-        self.client.batch_execute("COMMIT").await.unwrap();
-    }
-
-    /// One transaction of `statements`; returns its xid.
-    async fn transaction(&self, statements: &[&str]) -> u32 {
-        let xid = self.begin().await;
-        self.run(statements).await;
-        self.commit().await;
-        xid
-    }
-}
-
-/// One in-process `doppel run --execute` of [`ALTER`] on `t`, armed to stop at `verifying`.
-struct Run {
-    dir: tempfile::TempDir,
-    broken: Option<Broken>,
-    cancel: tokio::sync::watch::Sender<bool>,
-    handle: Option<JoinHandle<anyhow::Result<Outcome>>>,
-}
-
-impl Run {
-    /// Starts the run under `broken` (or doppel's ordering), with `arms` (point, condition)
-    /// armed before it starts; `tune` adjusts the options (one copy worker, 100-row chunks).
-    fn start(
-        config: &tokio_postgres::Config,
-        broken: Option<Broken>,
-        arms: &[(&str, &str)],
-        tune: impl FnOnce(&mut RunOptions),
-    ) -> Run {
-        let dir = tempfile::tempdir().unwrap();
-        pause::arm(&common::pause_dir(dir.path()), "verifying").unwrap();
-        for (name, condition) in arms {
-            pause::arm_when(&common::pause_dir(dir.path()), name, condition).unwrap();
-        }
-        let mut options = RunOptions {
-            execute: true,
-            copy_workers: 1,
-            work_dir: dir.path().to_path_buf(),
-            rollback_dir: dir.path().to_path_buf(),
-            status_interval: Duration::from_secs(600),
-            fence_timeout: Duration::from_secs(5),
-            ..RunOptions::new("t", &[ALTER])
-        };
-        // A zero target keeps every chunk at the 100-row minimum.
-        options.copy.chunk_time = Duration::ZERO;
-        options.copy.initial_rows = 100;
-        tune(&mut options);
-        let (cancel, signal) = Cancel::new();
-        let run_config = config.clone();
-        let pause_dir = common::pause_dir(dir.path());
-        let broken_config = broken.map(|b| (b, config.clone()));
-        let handle = tokio::spawn(async move {
-            let run = run::run(&run_config, &options, &signal);
-            pause::scoped(Some(&pause_dir), broken_config, run).await
-        });
-        Run {
-            dir,
-            broken,
-            cancel,
-            handle: Some(handle),
-        }
-    }
-
-    fn dir(&self) -> &Path {
-        self.dir.path()
-    }
-
-    fn arm(&self, name: &str, condition: &str) {
-        pause::arm_when(&common::pause_dir(self.dir()), name, condition).unwrap();
-    }
-
-    fn release(&self, name: &str) {
-        pause::release(&common::pause_dir(self.dir()), name).unwrap();
-    }
-
-    /// Panics with the run's error if it has ended.
-    async fn check_running(&mut self, waiting_for: &str) {
-        if self.handle.as_ref().is_some_and(|h| h.is_finished()) {
-            let result = self.handle.take().unwrap().await.unwrap();
-            panic!("the run ended while the test waited for {waiting_for}: {result:?}");
-        }
-    }
-
-    /// Waits until the run stops at `name`; returns the point's detail.
-    async fn reached(&mut self, name: &str) -> String {
-        let deadline = tokio::time::Instant::now() + WAIT;
-        loop {
-            if let Some(detail) = pause::reached(&common::pause_dir(self.dir()), name) {
-                return detail;
-            }
-            self.check_running(name).await;
-            assert!(
-                tokio::time::Instant::now() < deadline,
-                "the run did not reach {name} within {WAIT:?}"
-            );
-            tokio::time::sleep(Duration::from_millis(5)).await;
-        }
-    }
-
-    /// Under [`Broken::ApplyDuringCopy`]: arms `applied` for transaction `xid` (before it
-    /// commits), for [`Run::applied_during_copy`].
-    fn expect_applied_during_copy(&self, xid: u32) {
-        if self.broken == Some(Broken::ApplyDuringCopy) {
-            self.arm("applied", &format!("xid={xid}"));
-        }
-    }
-
-    /// Under [`Broken::ApplyDuringCopy`]: waits until the applier running during the copy has
-    /// applied transaction `xid` or is blocked on a row the held chunk inserted (F2); does
-    /// nothing under other orderings.
-    async fn applied_during_copy(&mut self, client: &Client, xid: u32) {
-        if self.broken != Some(Broken::ApplyDuringCopy) {
-            return;
-        }
-        let deadline = tokio::time::Instant::now() + WAIT;
-        loop {
-            if pause::reached(&common::pause_dir(self.dir()), "applied").is_some() {
-                break;
-            }
-            let blocked = common::scalar(
-                client,
-                "SELECT count(*) FROM pg_stat_activity
-                 WHERE application_name = 'doppel applier (during copy)' AND wait_event_type = 'Lock'",
-            )
-            .await;
-            if blocked > 0 {
-                break;
-            }
-            self.check_running("the applier during the copy").await;
-            assert!(
-                tokio::time::Instant::now() < deadline,
-                "transaction {xid} was not applied during the copy within {WAIT:?}"
-            );
-            tokio::time::sleep(Duration::from_millis(5)).await;
-        }
-        self.release("applied");
-    }
-
-    /// Waits for `verifying` and compares the shadow with the twin on `columns`.
-    async fn shadow_diff(&mut self, client: &Client, columns: &str) -> Diff {
-        self.reached("verifying").await;
-        diff(client, &shadow_name(client).await, columns).await
-    }
-
-    /// A broken run is cancelled (its shadow is dropped, `t` untouched); a correct run cuts
-    /// over and the new `t` must equal the twin.
-    async fn finish(mut self, client: &Client, columns: &str) {
-        let handle = self.handle.take().unwrap();
-        if self.broken.is_some() {
-            self.cancel.send_replace(true);
-            self.release("verifying");
-            let result = handle.await.unwrap();
-            assert!(result.is_err(), "the cancelled run did not stop");
-        } else {
-            self.release("verifying");
-            match handle.await.unwrap() {
-                Ok(Outcome::Migrated(_)) => {}
-                other => panic!("expected a migration, got {other:?}"),
-            }
-            let after = diff(client, "t", columns).await;
-            assert!(
-                after.is_empty(),
-                "the migrated table differs from the twin: {after:?}"
-            );
-        }
-    }
-}
-
-/// The shadow doppel builds for `t`.
-async fn shadow_name(client: &Client) -> String {
-    client
-        .query_one(
-            "SELECT c.oid::regclass::text FROM pg_class c
-             WHERE c.relname = '_doppel_' || 't'::regclass::oid || '_new_t'",
-            &[],
-        )
-        .await
-        .unwrap()
-        .get(0)
-}
 
 /// A private cluster, a session on it, and the run configuration.
 async fn stand() -> (
@@ -361,18 +49,6 @@ async fn stand() -> (
     let client = cluster.connect("postgres").await.unwrap();
     let config: tokio_postgres::Config = cluster.conninfo("postgres").parse().unwrap();
     (cluster, client, config)
-}
-
-/// The chunk range `(lo, hi]` in a copier pause point's detail.
-fn chunk_range(detail: &str) -> (i64, i64) {
-    let range = detail
-        .split("range=(")
-        .nth(1)
-        .and_then(|r| r.split(']').next())
-        .unwrap_or_else(|| panic!("no range in {detail:?}"));
-    let (lo, hi) = range.split_once(", ").unwrap();
-    let bound = |b: &str, open: i64| b.parse().unwrap_or(open);
-    (bound(lo, i64::MIN), bound(hi, i64::MAX))
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -698,21 +374,6 @@ async fn savepoints_rolled_back_in_a_chunk_window() {
     assert!(correct.is_empty(), "{correct:?}");
 }
 
-/// Whether a walsender waits for transaction `xid` to end (slot creation waits for the
-/// transactions running when it starts building its snapshot).
-async fn slot_waits_for(client: &Client, xid: u32) -> bool {
-    common::scalar(
-        client,
-        &format!(
-            "SELECT count(*) FROM pg_locks l JOIN pg_stat_activity a USING (pid)
-             WHERE l.locktype = 'transactionid' AND NOT l.granted
-               AND l.transactionid::text = '{xid}' AND a.backend_type = 'walsender'"
-        ),
-    )
-    .await
-        > 0
-}
-
 /// A transaction X that writes before the slot's snapshot is exported and commits during the
 /// copy, in the window of the held chunk. Two transactions the test holds keep the slot
 /// building its snapshot (the slot waits for each) until X has written: X is in progress in
@@ -752,7 +413,10 @@ async fn transaction_spanning_the_copy_start(broken: Option<Broken>) -> Diff {
     // The copy ran with X in progress: X's first write is not in the shadow.
     let shadow_v = common::scalar(
         &client,
-        &format!("SELECT v FROM {} WHERE id = 50", shadow_name(&client).await),
+        &format!(
+            "SELECT v FROM {} WHERE id = 50",
+            common::shadow_name(&client, "t").await
+        ),
     )
     .await;
     assert_eq!(shadow_v, 50);

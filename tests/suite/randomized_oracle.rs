@@ -25,7 +25,7 @@
 //! tables; `scripts/oracle-seeds.sh` runs the ignored `many_seeds` (50 seeds, 5,000–20,000
 //! rows) and prints `seeds: 50, mismatched rows: N`.
 
-use crate::common;
+use crate::common::{self, Tune};
 
 use std::collections::VecDeque;
 use std::ops::Range;
@@ -34,7 +34,7 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use doppel::cancel::Cancel;
-use doppel::run::{Outcome, RunOptions};
+use doppel::run::Outcome;
 use doppel::testing as pause;
 use doppel_testkit::cluster::LocalCluster;
 use doppel_testkit::workload::{self, MatrixColumn, Mirror};
@@ -341,18 +341,14 @@ async fn seed_on(
     let mirror = Mirror::new("t", "twin");
     let config: tokio_postgres::Config = cluster.conninfo(db).parse()?;
     let dir = tempfile::tempdir()?;
-    let mut options = RunOptions {
-        execute: true,
-        copy_workers: rng.random_range(1..=2),
-        cutover_retries: 30,
-        fence_timeout: Duration::from_millis(1000),
-        work_dir: dir.path().to_path_buf(),
-        rollback_dir: dir.path().to_path_buf(),
-        status_interval: Duration::from_secs(60),
-        ..RunOptions::new("t", &alters.iter().map(String::as_str).collect::<Vec<_>>())
-    };
-    options.copy.chunk_time = Duration::from_millis(rng.random_range(10..60));
-    options.copy.initial_rows = rng.random_range(200..1000);
+    let alter_refs: Vec<&str> = alters.iter().map(String::as_str).collect();
+    let options = common::options(dir.path(), "t", &alter_refs)
+        .copy_workers(rng.random_range(1..=2))
+        .cutover_retries(30)
+        .fence_timeout(Duration::from_millis(1000))
+        .status_interval(Duration::from_secs(60))
+        .chunk_time(Duration::from_millis(rng.random_range(10..60)))
+        .initial_rows(rng.random_range(200..1000));
     let hold_catch_up = rng.random_bool(0.7);
 
     // A transaction with writes open before doppel starts: the slot's creation waits for it.
@@ -598,7 +594,7 @@ struct Writer {
     /// transactions, and 10 ms between transactions. A saturating writer makes the cutover
     /// retry many times: a large transaction, or an update leaving a TOASTed value unchanged
     /// (see `toast_unchanged_update_committed_as_the_cutover_waits_does_not_stall_the_fence`
-    /// in tests/type_matrix.rs), committed while the lock is requested keeps the applier from
+    /// in tests/suite/type_matrix.rs), committed while the lock is requested keeps the applier from
     /// reaching the fence in time.
     calm: Arc<AtomicBool>,
 }

@@ -11,13 +11,13 @@
 //! grant, and a foreign key from the table to a parent. Each behaviour is checked before the
 //! migration too, so every check is known to hold on the original.
 
-use crate::common;
-
 use doppel::cancel::Cancel;
 use doppel::model::names::Names;
-use doppel::run::{self, Outcome, RunOptions};
+use doppel::run::{self, Outcome};
 use doppel_testkit::cluster::LocalCluster;
 use tokio_postgres::Client;
+
+use crate::common::{self, fails, oid_of, scalar, text};
 
 const SCHEMA: &str = "
 CREATE ROLE reader_a NOLOGIN;
@@ -66,38 +66,6 @@ INSERT INTO public.child_b SELECT g, g + 10 FROM generate_series(1, 5) g;
 REFRESH MATERIALIZED VIEW public.mv;
 ";
 
-async fn count(client: &Client, sql: &str) -> i64 {
-    common::scalar(client, sql).await
-}
-
-async fn text(client: &Client, sql: &str) -> Option<String> {
-    client
-        .query_one(sql, &[])
-        .await
-        .unwrap_or_else(|e| panic!("{sql}: {e}"))
-        .get(0)
-}
-
-async fn oid_of(client: &Client, name: &str) -> u32 {
-    client
-        .query_one("SELECT to_regclass($1)::oid", &[&name])
-        .await
-        .unwrap()
-        .get::<_, Option<u32>>(0)
-        .unwrap_or_else(|| panic!("{name} does not exist"))
-}
-
-/// The SQLSTATE of the error `sql` fails with (panics if it succeeds).
-async fn fails(client: &Client, sql: &str) -> String {
-    match client.batch_execute(sql).await {
-        Ok(()) => panic!("expected {sql} to fail"),
-        Err(e) => e
-            .as_db_error()
-            .map(|d| d.code().code().to_string())
-            .unwrap_or_else(|| panic!("{sql}: {e}")),
-    }
-}
-
 /// What the checks carry from one phase to the next.
 struct State {
     /// The last value the identity of `public.t` handed out.
@@ -127,7 +95,7 @@ impl State {
     async fn insert_fails(&mut self, client: &Client, sql: &str, sqlstate: &str) {
         assert_eq!(fails(client, sql).await, sqlstate, "{sql}");
         client.batch_execute("RESET ROLE").await.unwrap();
-        self.last_id = count(
+        self.last_id = scalar(
             client,
             "SELECT currval(pg_get_serial_sequence('public.t', 'id'))",
         )
@@ -247,7 +215,7 @@ async fn grants_and_policies(client: &Client, state: &mut State, step: &Step<'_>
         "ENABLE and FORCE"
     );
     assert_eq!(
-        count(
+        scalar(
             client,
             &format!(
                 "SELECT count(*) FROM pg_policy WHERE polrelid = {}",
@@ -258,14 +226,14 @@ async fn grants_and_policies(client: &Client, state: &mut State, step: &Step<'_>
         2
     );
     // Each reader sees its own rows only; reader_a may read but not insert.
-    let own_a = count(
+    let own_a = scalar(
         client,
         "SELECT count(*) FROM public.t WHERE tenant = 'reader_a'",
     )
     .await;
     assert!(own_a > 0);
     client.batch_execute("SET ROLE reader_a").await.unwrap();
-    assert_eq!(count(client, "SELECT count(*) FROM public.t").await, own_a);
+    assert_eq!(scalar(client, "SELECT count(*) FROM public.t").await, own_a);
     assert_eq!(
         fails(
             client,
@@ -280,7 +248,7 @@ async fn grants_and_policies(client: &Client, state: &mut State, step: &Step<'_>
     client.batch_execute("SET ROLE reader_b").await.unwrap();
     let b_id = state.insert(client, "reader_b", 1).await;
     assert_eq!(
-        count(
+        scalar(
             client,
             &format!("SELECT count(*) FROM public.t WHERE id = {b_id}")
         )
@@ -288,7 +256,7 @@ async fn grants_and_policies(client: &Client, state: &mut State, step: &Step<'_>
         1
     );
     assert_eq!(
-        count(
+        scalar(
             client,
             "SELECT count(*) FROM public.t WHERE tenant <> 'reader_b'"
         )
@@ -308,21 +276,21 @@ async fn grants_and_policies(client: &Client, state: &mut State, step: &Step<'_>
 
 async fn trigger(client: &Client, state: &mut State, step: &Step<'_>) {
     let audit = "SELECT count(*) FROM public.audit";
-    let before = count(client, audit).await;
+    let before = scalar(client, audit).await;
     let id = state.insert(client, "other", 2).await;
-    assert_eq!(count(client, audit).await, before + 1, "insert");
+    assert_eq!(scalar(client, audit).await, before + 1, "insert");
     client
         .batch_execute(&format!(
             "UPDATE public.t SET note = 'updated' WHERE id = {id}"
         ))
         .await
         .unwrap();
-    assert_eq!(count(client, audit).await, before + 2, "update");
+    assert_eq!(scalar(client, audit).await, before + 2, "update");
     client
         .batch_execute(&format!("DELETE FROM public.t WHERE id = {id}"))
         .await
         .unwrap();
-    assert_eq!(count(client, audit).await, before + 3, "delete");
+    assert_eq!(scalar(client, audit).await, before + 3, "delete");
     if let Some(kept) = step.kept {
         client
             .batch_execute(&format!(
@@ -334,7 +302,7 @@ async fn trigger(client: &Client, state: &mut State, step: &Step<'_>) {
             .await
             .unwrap();
         assert_eq!(
-            count(client, audit).await,
+            scalar(client, audit).await,
             before + 3,
             "nothing fires on {kept}"
         );
@@ -344,7 +312,7 @@ async fn trigger(client: &Client, state: &mut State, step: &Step<'_>) {
 async fn views(client: &Client, state: &mut State) {
     let id = state.insert(client, "other", 2).await;
     assert_eq!(
-        count(
+        scalar(
             client,
             &format!("SELECT count(*) FROM public.vv WHERE id = {id}")
         )
@@ -352,12 +320,12 @@ async fn views(client: &Client, state: &mut State) {
         1
     );
     assert_eq!(
-        count(client, "SELECT count(*) FROM public.v").await,
-        count(client, "SELECT count(*) FROM public.t").await
+        scalar(client, "SELECT count(*) FROM public.v").await,
+        scalar(client, "SELECT count(*) FROM public.t").await
     );
     client.batch_execute("SET ROLE reader_a").await.unwrap();
     assert_eq!(
-        count(
+        scalar(
             client,
             &format!("SELECT count(*) FROM public.vv WHERE id = {id}")
         )
@@ -370,7 +338,7 @@ async fn views(client: &Client, state: &mut State) {
         .await
         .unwrap();
     assert_eq!(
-        count(
+        scalar(
             client,
             &format!("SELECT count(*) FROM public.vv WHERE id = {id}")
         )
@@ -428,7 +396,7 @@ async fn foreign_key_to_parent(client: &Client, state: &mut State, step: &Step<'
     let parent = step.parent;
     if let Some(kept) = step.kept {
         assert!(
-            count(
+            scalar(
                 client,
                 &format!("SELECT count(*) FROM {kept} WHERE parent_id = {parent}")
             )
@@ -446,7 +414,7 @@ async fn foreign_key_to_parent(client: &Client, state: &mut State, step: &Step<'
 
 async fn inbound_foreign_keys(client: &Client, state: &mut State, step: &Step<'_>) {
     assert_eq!(
-        count(
+        scalar(
             client,
             &format!(
                 "SELECT count(*) FROM pg_constraint WHERE contype = 'f' AND confrelid = {} AND convalidated
@@ -484,7 +452,7 @@ async fn inbound_foreign_keys(client: &Client, state: &mut State, step: &Step<'_
         .await
         .unwrap();
     assert_eq!(
-        count(client, "SELECT count(*) FROM public.child_b WHERE id = 100").await,
+        scalar(client, "SELECT count(*) FROM public.child_b WHERE id = 100").await,
         0,
         "ON DELETE CASCADE"
     );
@@ -492,7 +460,7 @@ async fn inbound_foreign_keys(client: &Client, state: &mut State, step: &Step<'_
 
 async fn publication(client: &Client, step: &Step<'_>) {
     assert_eq!(
-        count(
+        scalar(
             client,
             &format!(
                 "SELECT count(*) FROM pg_publication_rel pr JOIN pg_publication p ON p.oid = pr.prpubid
@@ -505,7 +473,7 @@ async fn publication(client: &Client, step: &Step<'_>) {
     );
     if let Some(kept) = step.kept {
         assert_eq!(
-            count(
+            scalar(
                 client,
                 &format!(
                     "SELECT count(*) FROM pg_publication_rel WHERE prrelid = '{kept}'::regclass"
@@ -520,7 +488,7 @@ async fn publication(client: &Client, step: &Step<'_>) {
 
 async fn materialized_view(client: &Client, state: &mut State, step: &Step<'_>) {
     assert_eq!(
-        count(
+        scalar(
             client,
             &format!(
                 "SELECT count(*) FROM pg_depend d JOIN pg_rewrite r ON r.oid = d.objid
@@ -540,7 +508,7 @@ async fn materialized_view(client: &Client, state: &mut State, step: &Step<'_>) 
         .unwrap();
     client.batch_execute("SET ROLE reader_a").await.unwrap();
     assert_eq!(
-        count(
+        scalar(
             client,
             &format!("SELECT count(*) FROM public.mv WHERE id = {id}")
         )
@@ -549,8 +517,8 @@ async fn materialized_view(client: &Client, state: &mut State, step: &Step<'_>) 
     );
     client.batch_execute("RESET ROLE").await.unwrap();
     assert_eq!(
-        count(client, "SELECT count(*) FROM public.mv").await,
-        count(client, "SELECT count(*) FROM public.t").await
+        scalar(client, "SELECT count(*) FROM public.mv").await,
+        scalar(client, "SELECT count(*) FROM public.t").await
     );
     client
         .batch_execute(&format!(
@@ -587,7 +555,7 @@ async fn migrate_and_roll_back(kinds: &[Kind]) {
     let original = oid_of(&client, "public.t").await;
     let names = Names::new("public", "t", original);
     let mut state = State {
-        last_id: count(&client, "SELECT max(id) FROM public.t").await,
+        last_id: scalar(&client, "SELECT max(id) FROM public.t").await,
     };
     let before = Step {
         bound: original,
@@ -598,12 +566,7 @@ async fn migrate_and_roll_back(kinds: &[Kind]) {
     behaves(&client, &mut state, &before, kinds).await;
 
     let dir = tempfile::tempdir().unwrap();
-    let options = RunOptions {
-        execute: true,
-        work_dir: dir.path().to_path_buf(),
-        rollback_dir: dir.path().to_path_buf(),
-        ..RunOptions::new("public.t", &["ALTER COLUMN amount TYPE bigint"])
-    };
+    let options = common::options(dir.path(), "public.t", &["ALTER COLUMN amount TYPE bigint"]);
     let config = cluster.conninfo("postgres").parse().unwrap();
     let outcome = run::run(&config, &options, &Cancel::never()).await.unwrap();
     let Outcome::Migrated(report) = outcome else {
@@ -638,7 +601,7 @@ async fn migrate_and_roll_back(kinds: &[Kind]) {
     behaves(&client, &mut state, &rolled_back, kinds).await;
     // Nothing doppel built for the rebuilds is left.
     assert_eq!(
-        count(
+        scalar(
             &client,
             "SELECT count(*) FROM pg_class WHERE relname LIKE '\\_doppel\\_%\\_mv%'"
         )

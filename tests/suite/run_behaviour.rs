@@ -2,21 +2,12 @@
 //! live write that violates a constraint the ALTER adds, and a cutover that has to wait for
 //! (and retry around) a lock held by another session.
 
-use crate::common;
-
 use std::time::Duration;
 
 use doppel::cancel::Cancel;
-use doppel::run::{self, Outcome, RunOptions};
+use doppel::run::{self, Outcome};
 
-fn opts(dir: &std::path::Path, table: &str, alters: &[&str]) -> RunOptions {
-    RunOptions {
-        execute: true,
-        work_dir: dir.to_path_buf(),
-        rollback_dir: dir.to_path_buf(),
-        ..RunOptions::new(table, alters)
-    }
-}
+use crate::common;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn grants_and_comments_are_carried_to_the_new_table() {
@@ -39,7 +30,7 @@ async fn grants_and_comments_are_carried_to_the_new_table() {
     let config = cluster.conninfo("postgres").parse().unwrap();
     let outcome = run::run(
         &config,
-        &opts(
+        &common::options(
             dir.path(),
             "accounts",
             &["ALTER COLUMN balance TYPE bigint"],
@@ -93,7 +84,7 @@ async fn live_write_violating_an_added_check_aborts_naming_the_row() {
         .unwrap();
     let dir = tempfile::tempdir().unwrap();
     let config: tokio_postgres::Config = cluster.conninfo("postgres").parse().unwrap();
-    let mut options = opts(
+    let mut options = common::options(
         dir.path(),
         "items",
         &["ADD CONSTRAINT qty_positive CHECK (qty > 0)"],
@@ -179,7 +170,7 @@ async fn cutover_retries_while_another_session_holds_a_lock() {
         .unwrap(); // ACCESS SHARE until commit
     let dir = tempfile::tempdir().unwrap();
     let config: tokio_postgres::Config = cluster.conninfo("postgres").parse().unwrap();
-    let mut options = opts(dir.path(), "events", &["ALTER COLUMN v TYPE bigint"]);
+    let mut options = common::options(dir.path(), "events", &["ALTER COLUMN v TYPE bigint"]);
     options.lock_timeout = Duration::from_millis(50);
     options.cutover_retries = 1000;
     let run = tokio::spawn(async move { run::run(&config, &options, &Cancel::never()).await });
@@ -228,7 +219,7 @@ async fn cutover_gives_up_cleanly_when_the_lock_never_comes() {
         .unwrap();
     let dir = tempfile::tempdir().unwrap();
     let config: tokio_postgres::Config = cluster.conninfo("postgres").parse().unwrap();
-    let mut options = opts(dir.path(), "events", &["ALTER COLUMN v TYPE bigint"]);
+    let mut options = common::options(dir.path(), "events", &["ALTER COLUMN v TYPE bigint"]);
     options.lock_timeout = Duration::from_millis(20);
     options.cutover_retries = 3;
     let err = run::run(&config, &options, &Cancel::never())
@@ -294,7 +285,7 @@ async fn views_triggers_foreign_keys_policies_and_publications_move_with_the_tab
     let config = cluster.conninfo("postgres").parse().unwrap();
     let outcome = run::run(
         &config,
-        &opts(dir.path(), "orders", &["ALTER COLUMN amount TYPE bigint"]),
+        &common::options(dir.path(), "orders", &["ALTER COLUMN amount TYPE bigint"]),
         &Cancel::never(),
     )
     .await
@@ -393,7 +384,7 @@ async fn postpone_flag_file_holds_the_cutover_until_removed() {
     let flag = dir.path().join("postpone");
     std::fs::write(&flag, b"").unwrap();
     let config: tokio_postgres::Config = cluster.conninfo("postgres").parse().unwrap();
-    let mut options = opts(dir.path(), "jobs", &["ALTER COLUMN state TYPE varchar(20)"]);
+    let mut options = common::options(dir.path(), "jobs", &["ALTER COLUMN state TYPE varchar(20)"]);
     options.postpone_cutover_flag_file = Some(flag.clone());
     let run = tokio::spawn(async move { run::run(&config, &options, &Cancel::never()).await });
     // The shadow was vacuumed: every phase before the cutover is done.

@@ -2,8 +2,6 @@
 //! from `pg_basebackup`) whose replay is paused with `pg_wal_replay_pause()` to create lag.
 //! While throttled the backfill makes no progress; it resumes when the reason clears.
 
-use crate::common;
-
 use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::{Duration, Instant};
@@ -11,30 +9,12 @@ use std::time::{Duration, Instant};
 use doppel::cancel::Cancel;
 use doppel::run::{Outcome, RunOptions};
 use doppel_testkit::cluster::LocalCluster;
+use doppel_testkit::workload;
 
-fn slow(dir: &Path) -> RunOptions {
-    let mut o = RunOptions {
-        execute: true,
-        work_dir: dir.to_path_buf(),
-        rollback_dir: dir.to_path_buf(),
-        copy_workers: 1,
-        ..RunOptions::new("t", &["ALTER COLUMN v TYPE bigint"])
-    };
-    o.copy.chunk_time = Duration::from_millis(5);
-    o.copy.nice_ratio = 10.0;
-    o.copy.initial_rows = 100;
-    o
-}
+use crate::common::{self, Tune};
 
-async fn setup(client: &tokio_postgres::Client) {
-    client
-        .batch_execute(
-            "CREATE TABLE t (id int PRIMARY KEY, v int NOT NULL);
-             INSERT INTO t SELECT i, i FROM generate_series(1, 100000) i;",
-        )
-        .await
-        .unwrap();
-}
+/// The ALTER of every run.
+const ALTER: &str = "ALTER COLUMN v TYPE bigint";
 
 /// Waits until the shadow stops growing (no new rows over 500 ms); returns how long it took.
 async fn wait_stalled(client: &tokio_postgres::Client, within: Duration) -> Option<Duration> {
@@ -65,10 +45,12 @@ async fn wait_growing(client: &tokio_postgres::Client) {
 async fn throttle_flag_file_pauses_the_backfill_until_removed() {
     let cluster = common::cluster().await;
     let client = cluster.connect("postgres").await.unwrap();
-    setup(&client).await;
+    workload::create_id_v_table(&client, "t", 100_000)
+        .await
+        .unwrap();
     let dir = tempfile::tempdir().unwrap();
     let flag = dir.path().join("throttle");
-    let mut options = slow(dir.path());
+    let mut options = common::options(dir.path(), "t", &[ALTER]).slow(10.0);
     options.throttle.throttle_flag_file = Some(flag.clone());
     let hooks = hooks_dir(dir.path(), "on-throttled");
     options.hooks_dir = Some(hooks.clone());
@@ -110,17 +92,15 @@ async fn throttle_flag_file_pauses_the_backfill_until_removed() {
 async fn throttle_flag_file_pauses_verification_until_removed() {
     let cluster = common::cluster().await;
     let client = cluster.connect("postgres").await.unwrap();
-    setup(&client).await;
+    workload::create_id_v_table(&client, "t", 100_000)
+        .await
+        .unwrap();
     let dir = tempfile::tempdir().unwrap();
     let flag = dir.path().join("throttle");
     let socket = dir.path().join("ctl.sock");
     let mut options = RunOptions {
-        execute: true,
-        work_dir: dir.path().to_path_buf(),
-        rollback_dir: dir.path().to_path_buf(),
         verify_chunk_rows: 1_000,
-        control_socket: Some(socket.clone()),
-        ..RunOptions::new("t", &["ALTER COLUMN v TYPE bigint"])
+        ..common::options(dir.path(), "t", &[ALTER]).control_socket(socket.clone())
     };
     options.throttle.throttle_flag_file = Some(flag.clone());
     doppel::testing::arm(&common::pause_dir(dir.path()), "verifying").unwrap();
@@ -198,10 +178,12 @@ fn hooks_dir(parent: &Path, name: &str) -> PathBuf {
 async fn panic_flag_file_aborts_and_cleans_up_promptly() {
     let cluster = common::cluster().await;
     let client = cluster.connect("postgres").await.unwrap();
-    setup(&client).await;
+    workload::create_id_v_table(&client, "t", 100_000)
+        .await
+        .unwrap();
     let dir = tempfile::tempdir().unwrap();
     let flag = dir.path().join("panic");
-    let mut options = slow(dir.path());
+    let mut options = common::options(dir.path(), "t", &[ALTER]).slow(10.0);
     options.throttle.panic_flag_file = Some(flag.clone());
     let hooks = hooks_dir(dir.path(), "on-failure");
     options.hooks_dir = Some(hooks.clone());
@@ -337,7 +319,9 @@ impl Drop for Standby {
 async fn standby_replay_lag_throttles_and_clearing_it_resumes() {
     let cluster = common::cluster().await;
     let client = cluster.connect("postgres").await.unwrap();
-    setup(&client).await;
+    workload::create_id_v_table(&client, "t", 100_000)
+        .await
+        .unwrap();
     let Some(standby) = Standby::start(&cluster) else {
         return;
     };
@@ -346,7 +330,7 @@ async fn standby_replay_lag_throttles_and_clearing_it_resumes() {
         .unwrap();
     tokio::spawn(conn);
     let dir = tempfile::tempdir().unwrap();
-    let mut options = slow(dir.path());
+    let mut options = common::options(dir.path(), "t", &[ALTER]).slow(10.0);
     options.throttle.max_replica_lag = Some(Duration::from_millis(500));
     options.throttle.replicas = vec![standby.conninfo().parse().unwrap()];
     let config: tokio_postgres::Config = cluster.conninfo("postgres").parse().unwrap();
@@ -382,9 +366,11 @@ async fn standby_replay_lag_throttles_and_clearing_it_resumes() {
 async fn busy_server_throttles_until_the_load_goes() {
     let cluster = common::cluster().await;
     let client = cluster.connect("postgres").await.unwrap();
-    setup(&client).await;
+    workload::create_id_v_table(&client, "t", 100_000)
+        .await
+        .unwrap();
     let dir = tempfile::tempdir().unwrap();
-    let mut options = slow(dir.path());
+    let mut options = common::options(dir.path(), "t", &[ALTER]).slow(10.0);
     // The test's own short queries count as one active session at times: allow one.
     options.throttle.max_active_backends = Some(1);
     let config: tokio_postgres::Config = cluster.conninfo("postgres").parse().unwrap();

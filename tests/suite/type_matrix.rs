@@ -22,8 +22,6 @@
 //! time zone, text → integer `USING`, numeric → numeric(6,1), float8 → real) must give the same
 //! value on both paths as PostgreSQL's own `ALTER TABLE .. TYPE` applied to the twin.
 
-use crate::common;
-
 use std::path::Path;
 use std::time::Duration;
 
@@ -33,22 +31,18 @@ use doppel::testing as pause;
 use doppel_testkit::workload::{self, MatrixColumn, Mirror};
 use tokio::task::JoinHandle;
 
+use crate::common::{self, Tune};
+
 /// Options for a run stopped at pause points: one copy worker (so the `copying` pause stops
 /// the whole backfill after its first chunk), a first chunk of 200 rows, small chunks.
 fn options(dir: &Path, table: &str, alters: &[&str]) -> RunOptions {
-    let mut o = RunOptions {
-        execute: true,
-        copy_workers: 1,
-        cutover_retries: 20,
-        fence_timeout: Duration::from_millis(2000),
-        work_dir: dir.to_path_buf(),
-        rollback_dir: dir.to_path_buf(),
-        status_interval: Duration::from_secs(60),
-        ..RunOptions::new(table, alters)
-    };
-    o.copy.chunk_time = Duration::from_millis(20);
-    o.copy.initial_rows = 200;
-    o
+    common::options(dir, table, alters)
+        .copy_workers(1)
+        .cutover_retries(20)
+        .fence_timeout(Duration::from_millis(2000))
+        .status_interval(Duration::from_secs(60))
+        .chunk_time(Duration::from_millis(20))
+        .initial_rows(200)
 }
 
 type Run = JoinHandle<anyhow::Result<Outcome>>;

@@ -6,29 +6,18 @@
 //! on the shadow (the applier then fails). The same for an added CHECK constraint, which the
 //! copy (existing rows) or the applier (a live write) meets. Every one exits 8.
 
-use crate::common;
-
-use std::path::Path;
 use std::time::Duration;
 
 use doppel::cancel::Cancel;
-use doppel::run::RunOptions;
 use tokio_postgres::Client;
+
+use crate::common;
 
 /// 3000 rows with `x = id`, `y = 'r' || id`.
 const SCHEMA: &str = "
 CREATE TABLE public.u (id int PRIMARY KEY, x int NOT NULL, y text NOT NULL);
 INSERT INTO public.u SELECT g, g, 'r' || g FROM generate_series(1, 3000) g;
 ";
-
-fn options(dir: &Path, alter: &str) -> RunOptions {
-    RunOptions {
-        execute: true,
-        work_dir: dir.to_path_buf(),
-        rollback_dir: dir.to_path_buf(),
-        ..RunOptions::new("public.u", &[alter])
-    }
-}
 
 /// The original's identity and content: OID, row count, a digest of every row in key order,
 /// and its constraint and index names.
@@ -97,7 +86,12 @@ async fn run_expecting_failure(
 ) -> String {
     let dir = tempfile::tempdir().unwrap();
     let config: tokio_postgres::Config = cluster.conninfo("postgres").parse().unwrap();
-    let result = common::run_paused(&config, &options(dir.path(), alter), &Cancel::never()).await;
+    let result = common::run_paused(
+        &config,
+        &common::options(dir.path(), "public.u", &[alter]),
+        &Cancel::never(),
+    )
+    .await;
     let err = match result {
         Ok(outcome) => panic!("the migration must fail, got {outcome:?}"),
         Err(e) => e,
@@ -150,7 +144,7 @@ async fn existing_duplicates_name_the_constraint_and_exit_as_a_conflict() {
     let config: tokio_postgres::Config = cluster.conninfo("postgres").parse().unwrap();
     let err = common::run_paused(
         &config,
-        &options(dir.path(), "ADD CONSTRAINT u_x UNIQUE (x)"),
+        &common::options(dir.path(), "public.u", &["ADD CONSTRAINT u_x UNIQUE (x)"]),
         &Cancel::never(),
     )
     .await
@@ -196,7 +190,11 @@ async fn existing_rows_violating_an_added_check_exit_as_a_conflict() {
     let config: tokio_postgres::Config = cluster.conninfo("postgres").parse().unwrap();
     let err = common::run_paused(
         &config,
-        &options(dir.path(), "ADD CONSTRAINT u_x_positive CHECK (x >= 0)"),
+        &common::options(
+            dir.path(),
+            "public.u",
+            &["ADD CONSTRAINT u_x_positive CHECK (x >= 0)"],
+        ),
         &Cancel::never(),
     )
     .await
@@ -250,7 +248,7 @@ async fn live_write_at(
     let oid = snapshot(&client).await.oid;
     let dir = tempfile::tempdir().unwrap();
     doppel::testing::arm(&common::pause_dir(dir.path()), point).unwrap();
-    let opts = options(dir.path(), alter);
+    let opts = common::options(dir.path(), "public.u", &[alter]);
     let config: tokio_postgres::Config = cluster.conninfo("postgres").parse().unwrap();
     let run =
         tokio::spawn(async move { common::run_paused(&config, &opts, &Cancel::never()).await });

@@ -10,8 +10,6 @@
 //!   re-check); a difference that goes away while it is re-checked is not reported, one that
 //!   stays is.
 
-use crate::common;
-
 use std::io::BufRead;
 use std::process::{Child, Command, Output, Stdio};
 use std::time::Duration;
@@ -19,6 +17,8 @@ use std::time::Duration;
 use doppel_testkit::cluster::LocalCluster;
 use doppel_testkit::workload::{self, Workload};
 use tokio_postgres::Client;
+
+use crate::common;
 
 fn doppel(dsn: &str, args: &[&str]) -> Output {
     Command::new(env!("CARGO_BIN_EXE_doppel"))
@@ -35,17 +35,9 @@ fn text(out: &Output) -> (String, String) {
     )
 }
 
-async fn oid_of(client: &Client, table: &str) -> u32 {
-    client
-        .query_one("SELECT $1::text::regclass::oid", &[&table])
-        .await
-        .unwrap()
-        .get(0)
-}
-
 /// Migrates `table` with `alters` to completion; the kept old table's name.
 async fn migrate(cluster: &LocalCluster, client: &Client, table: &str, alters: &[&str]) -> String {
-    let oid = oid_of(client, table).await;
+    let oid = common::oid_of(client, table).await;
     let dir = tempfile::tempdir().unwrap();
     let mut args = vec!["run", "--table", table, "--execute", "--progress", "lines"];
     for a in alters {
@@ -329,7 +321,7 @@ impl Watched {
 async fn during_a_paused_run_the_shadow_compares_equal() {
     let (cluster, client) = orders_cluster(5_000).await;
     let dsn = cluster.conninfo("postgres");
-    let oid = oid_of(&client, "orders").await;
+    let oid = common::oid_of(&client, "orders").await;
     let shadow = format!("public._doppel_{oid}_new_orders");
     let dir = tempfile::tempdir().unwrap();
     doppel::testing::arm(&common::pause_dir(dir.path()), "verifying").unwrap();

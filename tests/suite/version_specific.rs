@@ -2,10 +2,10 @@
 //! to and returns early (saying so) on others; `scripts/test-all-versions.sh` runs the suite
 //! on every supported major.
 
-use crate::common;
-
 use doppel::cancel::Cancel;
-use doppel::run::{self, Outcome, RunOptions};
+use doppel::run::{self, Outcome};
+
+use crate::common;
 
 async fn migrate(
     cluster: &doppel_testkit::cluster::LocalCluster,
@@ -13,12 +13,7 @@ async fn migrate(
     alters: &[&str],
 ) -> Outcome {
     let dir = tempfile::tempdir().unwrap();
-    let options = RunOptions {
-        execute: true,
-        work_dir: dir.path().to_path_buf(),
-        rollback_dir: dir.path().to_path_buf(),
-        ..RunOptions::new(table, alters)
-    };
+    let options = common::options(dir.path(), table, alters);
     let config = cluster.conninfo("postgres").parse().unwrap();
     run::run(&config, &options, &Cancel::never()).await.unwrap()
 }

@@ -1,163 +1,115 @@
-//! Shared helpers for the integration tests: private PostgreSQL clusters and polling.
+//! Helpers shared by the test modules.
 //!
-//! Each test binary includes this module with `mod common;`; not every binary uses every
-//! helper.
-#![allow(dead_code)]
+//! Here: what needs doppel's API — the options of a test run ([`options`], [`Tune`]), a run
+//! in-process with its pause points ([`run_paused`], [`pause_dir`]) and the forced-race
+//! harness ([`race`]). The helpers that need nothing of doppel live in `doppel-testkit` and
+//! are re-exported here, so a test names every shared helper `common::…`: private clusters
+//! ([`cluster`]), polling ([`wait_until`]), processes ([`pid_alive`]), one-line queries
+//! ([`scalar`]) and doppel's objects seen from outside ([`shadow_rows`],
+//! [`assert_no_doppel_objects`]).
+
+pub mod race;
 
 use std::path::{Path, PathBuf};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use doppel::cancel::Cancel;
 use doppel::run::{Outcome, RunOptions};
 
-use doppel_testkit::cluster::{ClusterOptions, LocalCluster};
+/// A private cluster with default options (each test starts its own).
+pub use doppel_testkit::cluster::private as cluster;
+/// A private cluster with the given options.
+pub use doppel_testkit::cluster::private_with as cluster_with;
+pub use doppel_testkit::objects::{
+    assert_no_doppel_objects, shadow_name, shadow_rows, wait_copying,
+};
+pub use doppel_testkit::poll::{wait_until, wait_until_async};
+pub use doppel_testkit::process::{pid_alive, processes_mentioning};
+pub use doppel_testkit::sql::{fails, oid_of, scalar, text};
 
-/// Starts a private cluster with default options (logical WAL, no fsync).
-///
-/// # Panics
-/// If the cluster cannot be started; the message carries the error (with the server log).
-pub async fn cluster() -> LocalCluster {
-    cluster_with(ClusterOptions::default()).await
-}
-
-/// Starts a private cluster with `options`.
-///
-/// # Panics
-/// If the cluster cannot be started; the message carries the error (with the server log).
-pub async fn cluster_with(options: ClusterOptions) -> LocalCluster {
-    match LocalCluster::start(options).await {
-        Ok(cluster) => cluster,
-        Err(e) => panic!("could not start a test cluster: {e:#}"),
+/// The options of an executing test run of `table` with `alters`: the spool, the rollback
+/// script and the pause points under `dir`; everything else as `doppel run`'s defaults.
+/// [`Tune`] adjusts them.
+pub fn options(dir: &Path, table: &str, alters: &[&str]) -> RunOptions {
+    RunOptions {
+        execute: true,
+        work_dir: dir.to_path_buf(),
+        rollback_dir: dir.to_path_buf(),
+        ..RunOptions::new(table, alters)
     }
 }
 
-/// Polls `condition` every 20 ms until it holds; false if it still does not after `timeout`.
-pub fn wait_until(timeout: Duration, mut condition: impl FnMut() -> bool) -> bool {
-    let deadline = Instant::now() + timeout;
-    loop {
-        if condition() {
-            return true;
-        }
-        if Instant::now() >= deadline {
-            return false;
-        }
-        std::thread::sleep(Duration::from_millis(20));
+/// The knobs tests turn on [`options`], chained:
+/// `common::options(dir, "t", &[ALTER]).copy_workers(1).chunk_time(Duration::ZERO)`.
+pub trait Tune {
+    /// Sessions copying chunks at once.
+    fn copy_workers(self, workers: usize) -> Self;
+    /// The target duration of a chunk (zero: every chunk has the minimum of 100 rows).
+    fn chunk_time(self, target: Duration) -> Self;
+    /// Rows in the first chunk.
+    fn initial_rows(self, rows: i64) -> Self;
+    /// The pause after each chunk, as a multiple of its duration.
+    fn nice_ratio(self, ratio: f64) -> Self;
+    /// Cutover attempts.
+    fn cutover_retries(self, attempts: u32) -> Self;
+    /// The longest wait for the applier inside the cutover lock.
+    fn fence_timeout(self, timeout: Duration) -> Self;
+    /// The interval between status lines.
+    fn status_interval(self, interval: Duration) -> Self;
+    /// The control socket's path.
+    fn control_socket(self, path: PathBuf) -> Self;
+    /// A backfill slowed down so events can land while it copies: one copy worker, 100-row
+    /// chunks of 5 ms, and a pause of `nice_ratio` times each chunk's duration after it.
+    fn slow(self, nice_ratio: f64) -> Self;
+}
+
+impl Tune for RunOptions {
+    fn copy_workers(mut self, workers: usize) -> Self {
+        self.copy_workers = workers;
+        self
     }
-}
 
-/// Whether process `pid` exists and is not a zombie (an exited process whose parent has
-/// not reaped it yet; orphaned postmasters may stay zombies under a non-reaping init).
-pub fn pid_alive(pid: u32) -> bool {
-    // SAFETY: signal 0 only checks that the process exists.
-    let rc = unsafe { libc::kill(pid as libc::pid_t, 0) };
-    if rc != 0 && std::io::Error::last_os_error().raw_os_error() != Some(libc::EPERM) {
-        return false;
+    fn chunk_time(mut self, target: Duration) -> Self {
+        self.copy.chunk_time = target;
+        self
     }
-    match std::fs::read_to_string(format!("/proc/{pid}/stat")) {
-        Ok(stat) => {
-            let state = stat
-                .rfind(')')
-                .and_then(|i| stat[i + 1..].split_whitespace().next());
-            !matches!(state, Some("Z") | Some("X"))
-        }
-        Err(_) => false,
+
+    fn initial_rows(mut self, rows: i64) -> Self {
+        self.copy.initial_rows = rows;
+        self
     }
-}
 
-/// Pids of live (non-zombie) processes whose command line mentions `dir`.
-pub fn processes_mentioning(dir: &Path) -> Vec<u32> {
-    let needle = dir.as_os_str().as_encoded_bytes();
-    let Ok(entries) = std::fs::read_dir("/proc") else {
-        return Vec::new();
-    };
-    entries
-        .flatten()
-        .filter_map(|e| e.file_name().to_str()?.parse::<u32>().ok())
-        .filter(|&pid| {
-            std::fs::read(format!("/proc/{pid}/cmdline"))
-                .map(|cmd| cmd.windows(needle.len()).any(|w| w == needle))
-                .unwrap_or(false)
-        })
-        .filter(|&pid| pid_alive(pid))
-        .collect()
-}
-
-/// Polls the async `condition` every 20 ms until it holds; false if it still does not after
-/// `timeout`.
-pub async fn wait_until_async<F, Fut>(timeout: Duration, mut condition: F) -> bool
-where
-    F: FnMut() -> Fut,
-    Fut: std::future::Future<Output = bool>,
-{
-    let deadline = Instant::now() + timeout;
-    loop {
-        if condition().await {
-            return true;
-        }
-        if Instant::now() >= deadline {
-            return false;
-        }
-        tokio::time::sleep(Duration::from_millis(20)).await;
+    fn nice_ratio(mut self, ratio: f64) -> Self {
+        self.copy.nice_ratio = ratio;
+        self
     }
-}
 
-/// The first column of the first row of `sql`, as a count.
-///
-/// # Panics
-/// If the query fails; the message names the query.
-pub async fn scalar(client: &tokio_postgres::Client, sql: &str) -> i64 {
-    client
-        .query_one(sql, &[])
-        .await
-        .unwrap_or_else(|e| panic!("{sql}: {e}"))
-        .get(0)
-}
-
-/// Rows in the shadow doppel builds for table `table` (`_doppel_<oid>_new_<table>`), or -1
-/// while it does not exist.
-pub async fn shadow_rows(client: &tokio_postgres::Client, table: &str) -> i64 {
-    let shadow: Option<String> = client
-        .query_opt(
-            "SELECT format('%I', relname) FROM pg_class
-             WHERE relname LIKE '\\_doppel\\_%\\_new\\_' || $1",
-            &[&table],
-        )
-        .await
-        .unwrap()
-        .map(|r| r.get(0));
-    match shadow {
-        Some(name) => client
-            .query_one(&format!("SELECT count(*) FROM {name}"), &[])
-            .await
-            .map(|r| r.get(0))
-            .unwrap_or(-1),
-        None => -1,
+    fn cutover_retries(mut self, attempts: u32) -> Self {
+        self.cutover_retries = attempts;
+        self
     }
-}
 
-/// Asserts nothing doppel creates on the server is left: no replication slot (waited for up
-/// to 15 s: a temporary slot goes with its session, which ends just after the run), no
-/// publication, no relation named `_doppel_…` (shadow, its indexes, a kept old table).
-pub async fn assert_no_doppel_objects(client: &tokio_postgres::Client) {
-    let gone = wait_until_async(Duration::from_secs(15), || async {
-        scalar(client, "SELECT count(*) FROM pg_replication_slots").await == 0
-    })
-    .await;
-    assert!(gone, "no slot left");
-    assert_eq!(
-        scalar(client, "SELECT count(*) FROM pg_publication").await,
-        0,
-        "no publication left"
-    );
-    assert_eq!(
-        scalar(
-            client,
-            "SELECT count(*) FROM pg_class WHERE relname LIKE '\\_doppel\\_%'"
-        )
-        .await,
-        0,
-        "no shadow left"
-    );
+    fn fence_timeout(mut self, timeout: Duration) -> Self {
+        self.fence_timeout = timeout;
+        self
+    }
+
+    fn status_interval(mut self, interval: Duration) -> Self {
+        self.status_interval = interval;
+        self
+    }
+
+    fn control_socket(mut self, path: PathBuf) -> Self {
+        self.control_socket = Some(path);
+        self
+    }
+
+    fn slow(self, nice_ratio: f64) -> Self {
+        self.copy_workers(1)
+            .chunk_time(Duration::from_millis(5))
+            .initial_rows(100)
+            .nice_ratio(nice_ratio)
+    }
 }
 
 /// The pause directory of a test run whose work directory is `work_dir`: pause points of the

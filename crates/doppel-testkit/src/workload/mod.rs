@@ -95,6 +95,21 @@ pub async fn create_tables(client: &Client, name: &str, twin: &str, rows: i64) -
     Ok(())
 }
 
+/// Creates `name (id int PRIMARY KEY, v int NOT NULL)` holding the rows `(i, i)` for `i` in
+/// `1..=rows`: the small table most tests migrate (`ALTER COLUMN v TYPE bigint`).
+///
+/// Errors: a statement fails (e.g. the table exists).
+pub async fn create_id_v_table(client: &Client, name: &str, rows: i64) -> Result<()> {
+    let t = ident(name);
+    client
+        .batch_execute(&format!(
+            "CREATE TABLE {t} (id int PRIMARY KEY, v int NOT NULL);
+             INSERT INTO {t} SELECT i, i FROM generate_series(1, {rows}) i;"
+        ))
+        .await
+        .with_context(|| format!("creating {name}"))
+}
+
 /// Rows of `table` (projected onto the twin's columns and types) and of `twin` that have no
 /// exact counterpart in the other: 0 means equal multisets (see [`Difference::rows`]).
 ///
