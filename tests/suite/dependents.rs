@@ -145,6 +145,18 @@ async fn rollback(client: &mut Client, deps: &Dependents, names: &Names) {
 /// the pair), publications list it with their filter and column list.
 async fn assert_wired(client: &Client, bound: u32, other: &str, amount_type: &str, pg15: bool) {
     assert_eq!(oid_of(client, "public.t").await, bound);
+    let rows = assert_views_wired(client, bound, other, amount_type).await;
+    assert_view_grants(client, rows).await;
+    assert_trigger_and_rule_wired(client, other).await;
+    assert_policies_wired(client).await;
+    assert_foreign_keys_wired(client, bound).await;
+    assert_publications_wired(client, bound, pg15).await;
+    assert_identity_and_statistics_wired(client, bound).await;
+}
+
+/// [`assert_wired`], the views: bound to the table (OID `bound`, not `other`), of the new
+/// column type, with owner, options and comments, returning the table's rows; how many.
+async fn assert_views_wired(client: &Client, bound: u32, other: &str, amount_type: &str) -> i64 {
     // Views: bound to the table, of the new column type, with owner, options, comments.
     for view in ["public.v", "public.vv"] {
         assert_eq!(
@@ -216,7 +228,11 @@ async fn assert_wired(client: &Client, bound: u32, other: &str, amount_type: &st
         scalar(client, "SELECT max(id) FROM public.vv").await,
         max_id
     );
+    rows
+}
 
+/// [`assert_wired`], the grants on the views, to two roles (`rows`: what the views show).
+async fn assert_view_grants(client: &Client, rows: i64) {
     // Grants on the views, to two roles (views run as their owner `app`, whom a policy lets
     // see every row).
     client.batch_execute("SET ROLE reader_a").await.unwrap();
@@ -232,7 +248,11 @@ async fn assert_wired(client: &Client, bound: u32, other: &str, amount_type: &st
     assert_eq!(scalar(client, "SELECT count(*) FROM public.v").await, rows);
     assert_eq!(fails(client, "SELECT 1 FROM public.t").await, "42501");
     client.batch_execute("RESET ROLE").await.unwrap();
+}
 
+/// [`assert_wired`], the trigger and the rule: they fire once per write on the table, never
+/// on `other`.
+async fn assert_trigger_and_rule_wired(client: &Client, other: &str) {
     // The trigger fires once per write on the table, never on the other one; the rule too.
     let audit = "SELECT count(*) FROM public.audit";
     let before = scalar(client, audit).await;
@@ -307,7 +327,10 @@ async fn assert_wired(client: &Client, bound: u32, other: &str, amount_type: &st
             "policies on {relation}"
         );
     }
+}
 
+/// [`assert_wired`], the RLS policies of the table.
+async fn assert_policies_wired(client: &Client) {
     // Policies filter for a non-owner role; the restrictive one still restricts.
     let tenant_rows = scalar(
         client,
@@ -356,7 +379,11 @@ async fn assert_wired(client: &Client, bound: u32, other: &str, amount_type: &st
         .as_deref(),
         Some("true")
     );
+}
 
+/// [`assert_wired`], the inbound foreign keys (to OID `bound`) and the other table's policy
+/// that reads this one.
+async fn assert_foreign_keys_wired(client: &Client, bound: u32) {
     // Foreign keys: bound to the table, validated, rejecting orphans in each child, and the
     // cascade works.
     assert_eq!(
@@ -415,7 +442,10 @@ async fn assert_wired(client: &Client, bound: u32, other: &str, amount_type: &st
         )
         .await
         .unwrap();
+}
 
+/// [`assert_wired`], the publications (row filter and column list from PostgreSQL 15).
+async fn assert_publications_wired(client: &Client, bound: u32, pg15: bool) {
     // Publications: the table with its row filter and column list (PostgreSQL 15+).
     let (filter, attrs) = if pg15 {
         ("pg_get_expr(pr.prqual, pr.prrelid)", "pr.prattrs::text")
@@ -459,7 +489,10 @@ async fn assert_wired(client: &Client, bound: u32, other: &str, amount_type: &st
         .await,
         2
     );
+}
 
+/// [`assert_wired`], the replica identity and the extended statistics.
+async fn assert_identity_and_statistics_wired(client: &Client, bound: u32) {
     // Replica identity and extended statistics.
     assert_eq!(
         text(

@@ -25,10 +25,9 @@
 //! tables; `scripts/oracle-seeds.sh` runs the ignored `many_seeds` (50 seeds, 5,000–20,000
 //! rows) and prints `seeds: 50, mismatched rows: N`.
 
-use crate::common::{self, Tune};
-
 use std::collections::VecDeque;
 use std::ops::Range;
+use std::path::Path;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
@@ -40,6 +39,9 @@ use doppel_testkit::cluster::LocalCluster;
 use doppel_testkit::workload::{self, MatrixColumn, Mirror};
 use rand::rngs::StdRng;
 use rand::{RngExt, SeedableRng};
+use tokio::task::JoinHandle;
+
+use crate::common::{self, Tune};
 
 /// Keys the writer never touches: the transactions that span the start use them.
 const RESERVED: i64 = 950_000;
@@ -280,34 +282,83 @@ async fn seed_on(
     let client = cluster.connect(db).await?;
     let with_xml = workload::server_has_xml(&client).await;
     let columns = table_columns(with_xml);
+    let n = rng.random_range(rows);
+    result.rows = n;
+    load_tables(&client, &columns, &mut rng, n).await?;
+    let (alters, reversible) = pick_alters(&mut rng);
+    result.alters = alters.clone();
+    println!(
+        "seed {seed}: {n} rows loaded in {:.1} s, time zone {zone}, alter {alters:?}",
+        started.elapsed().as_secs_f64()
+    );
+
+    let mut stand = SeedStand {
+        cluster,
+        db,
+        client,
+        columns,
+        mirror: Mirror::new("t", "twin"),
+        rng,
+        seed,
+        loaded: n as i64,
+        started,
+    };
+    let migrated = stand.migrate_under_writer(&alters).await?;
+    let migrated_after = migrated.migrated_after;
+    record_run(migrated, result)?;
+
+    let client = &stand.client;
+    println!(
+        "seed {seed}: migrated at {migrated_after:.1} s, writer stopped at {:.1} s",
+        started.elapsed().as_secs_f64()
+    );
+    let reference =
+        workload::compare_with_reference(client, "t", "twin", "reference", &alters).await?;
+    result.mismatched += reference.rows();
+    if reference.rows() > 0 {
+        println!("seed {seed}: migrated table vs ALTER TABLE on the twin: {reference}");
+    }
+    if reversible {
+        let twin = workload::compare_with_twin(client, "t", "twin").await?;
+        result.mismatched += twin.rows();
+        if twin.rows() > 0 {
+            println!("seed {seed}: migrated table projected onto the twin: {twin}");
+        }
+    }
+    Ok(())
+}
+
+/// Creates `t` (the matrix `columns` and `c_dropme`) and its twin, and loads `n` rows: random
+/// values (edge values one time in four) at keys 1..=n, and edge rows before the first key
+/// and near the last. Loaded into the table, then copied into the twin.
+async fn load_tables(
+    client: &tokio_postgres::Client,
+    columns: &[MatrixColumn],
+    rng: &mut StdRng,
+    n: usize,
+) -> anyhow::Result<()> {
     client.batch_execute(workload::MATRIX_TYPES_SQL).await?;
-    workload::create_matrix_tables(&client, "t", "twin", &columns).await?;
+    workload::create_matrix_tables(client, "t", "twin", columns).await?;
     client
         .batch_execute(
             "ALTER TABLE t ADD COLUMN c_dropme text DEFAULT 'x';
              ALTER TABLE twin ADD COLUMN c_dropme text DEFAULT 'x';",
         )
         .await?;
-
-    // The rows: random values (edge values one time in four) at keys 1..=n, and edge rows
-    // before the first key and near the last. Loaded into the table, then copied into the
-    // twin.
-    let n = rng.random_range(rows);
-    result.rows = n;
     let mut keys: Vec<i64> = (1..=n as i64).collect();
-    keys.extend(workload::edge_rows(&columns, -20).iter().map(|(k, _)| *k));
+    keys.extend(workload::edge_rows(columns, -20).iter().map(|(k, _)| *k));
     for chunk in keys.chunks(250) {
         let batch: Vec<(i64, Vec<String>)> = chunk
             .iter()
-            .map(|&id| (id, random_row(&columns, &mut rng)))
+            .map(|&id| (id, random_row(columns, rng)))
             .collect();
         client
-            .batch_execute(&workload::insert_template(&columns, &batch).replace("{t}", "t"))
+            .batch_execute(&workload::insert_template(columns, &batch).replace("{t}", "t"))
             .await?;
     }
-    let end_rows = workload::edge_rows(&columns, RESERVED - 100);
+    let end_rows = workload::edge_rows(columns, RESERVED - 100);
     client
-        .batch_execute(&workload::insert_template(&columns, &end_rows).replace("{t}", "t"))
+        .batch_execute(&workload::insert_template(columns, &end_rows).replace("{t}", "t"))
         .await?;
     client
         .batch_execute("INSERT INTO twin SELECT * FROM t")
@@ -317,8 +368,11 @@ async fn seed_on(
             .batch_execute(&format!("VACUUM ANALYZE {table}"))
             .await?;
     }
+    Ok(())
+}
 
-    // The ALTER: one to three distinct clauses of the menu.
+/// The ALTER: one to three distinct clauses of the menu; whether all are reversible.
+fn pick_alters(rng: &mut StdRng) -> (Vec<String>, bool) {
     let mut picked: Vec<usize> = Vec::new();
     let wanted = rng.random_range(1..=3);
     while picked.len() < wanted {
@@ -332,177 +386,259 @@ async fn seed_on(
         .map(|&i| ALTERS[i].clause.to_string())
         .collect();
     let reversible = picked.iter().all(|&i| ALTERS[i].reversible);
-    result.alters = alters.clone();
-    println!(
-        "seed {seed}: {n} rows loaded in {:.1} s, time zone {zone}, alter {alters:?}",
-        started.elapsed().as_secs_f64()
-    );
+    (alters, reversible)
+}
 
-    let mirror = Mirror::new("t", "twin");
-    let config: tokio_postgres::Config = cluster.conninfo(db).parse()?;
-    let dir = tempfile::tempdir()?;
-    let alter_refs: Vec<&str> = alters.iter().map(String::as_str).collect();
-    let options = common::options(dir.path(), "t", &alter_refs)
-        .copy_workers(rng.random_range(1..=2))
-        .cutover_retries(30)
-        .fence_timeout(Duration::from_millis(1000))
-        .status_interval(Duration::from_secs(60))
-        .chunk_time(Duration::from_millis(rng.random_range(10..60)))
-        .initial_rows(rng.random_range(200..1000));
-    let hold_catch_up = rng.random_bool(0.7);
+/// One seed's database with its loaded tables, and what the steps of its run share.
+struct SeedStand<'a> {
+    cluster: &'a LocalCluster,
+    db: &'a str,
+    client: tokio_postgres::Client,
+    columns: Vec<MatrixColumn>,
+    mirror: Mirror,
+    /// The seed's random sequence (after loading and picking the ALTER).
+    rng: StdRng,
+    seed: u64,
+    /// Rows loaded at keys 1..=loaded.
+    loaded: i64,
+    started: Instant,
+}
 
-    // A transaction with writes open before doppel starts: the slot's creation waits for it.
-    let mut before = cluster.connect(db).await?;
-    let before_tx = before.transaction().await?;
-    mirror
-        .execute(
-            &before_tx,
-            &insert_sql(&columns, &mut rng, RESERVED + 1, 20),
-        )
-        .await?;
+/// How the run and the writer ended.
+struct Migrated {
+    outcome: anyhow::Result<Outcome>,
+    /// Seconds from the seed's start to the end of the run.
+    migrated_after: f64,
+    /// The writer committed more transactions after the cutover (true when the run failed).
+    after_cutover: bool,
+    report: WriterReport,
+}
 
-    let mut writer = Writer::new(&columns, seed, n as i64);
-    let progress = writer.progress.clone();
-    let stop = writer.stop.clone();
-    let calm = writer.calm.clone();
-    let writer_config = config.clone();
-    let writer_mirror = mirror.clone();
-    let writer_task = tokio::spawn(async move {
-        let mut c = doppel::conninfo::connect(&writer_config).await?;
-        writer.run(&mut c, &writer_mirror).await
-    });
+/// The handles of the writer task.
+struct WriterHandles {
+    task: JoinHandle<anyhow::Result<WriterReport>>,
+    progress: Arc<AtomicU64>,
+    stop: Arc<AtomicBool>,
+    calm: Arc<AtomicBool>,
+}
 
-    pause::arm(&common::pause_dir(dir.path()), "copying")?;
-    if hold_catch_up {
-        pause::arm(&common::pause_dir(dir.path()), "catch-up")?;
-    }
-    let run_config = config.clone();
-    let mut run =
-        tokio::spawn(
-            async move { common::run_paused(&run_config, &options, &Cancel::never()).await },
-        );
+type RunHandle = JoinHandle<anyhow::Result<Outcome>>;
 
-    let slot_exists = common::wait_until_async(Duration::from_secs(60), || async {
-        run.is_finished()
-            || common::scalar(
-                &client,
-                "SELECT count(*) FROM pg_replication_slots WHERE slot_name LIKE 'doppel%'",
-            )
-            .await
-                > 0
-    })
-    .await;
-    anyhow::ensure!(slot_exists, "the slot did not appear in 60 s");
-    mirror
-        .execute(
-            &before_tx,
-            &format!(
-                "UPDATE {{t}} SET c_text = 'committed during slot creation' WHERE id BETWEEN {} AND {}",
-                RESERVED + 1,
-                RESERVED + 5
-            ),
-        )
-        .await?;
-    before_tx.commit().await?;
+impl SeedStand<'_> {
+    /// Runs doppel with `alters` under the random writer, with the two transactions that span
+    /// the start; holds the run at `copying` (and, for most seeds, at `catch-up`) until the
+    /// writer has committed a random number of transactions there; stops the writer a while
+    /// after the cutover.
+    async fn migrate_under_writer(&mut self, alters: &[String]) -> anyhow::Result<Migrated> {
+        let config: tokio_postgres::Config = self.cluster.conninfo(self.db).parse()?;
+        let dir = tempfile::tempdir()?;
+        let alter_refs: Vec<&str> = alters.iter().map(String::as_str).collect();
+        let options = common::options(dir.path(), "t", &alter_refs)
+            .copy_workers(self.rng.random_range(1..=2))
+            .cutover_retries(30)
+            .fence_timeout(Duration::from_millis(1000))
+            .status_interval(Duration::from_secs(60))
+            .chunk_time(Duration::from_millis(self.rng.random_range(10..60)))
+            .initial_rows(self.rng.random_range(200..1000));
+        let hold_catch_up = self.rng.random_bool(0.7);
 
-    // A transaction open across the copy's start: begun once the slot is consistent (begun
-    // earlier, the slot's creation would wait for it), committed after the first chunk.
-    let consistent = common::wait_until_async(Duration::from_secs(60), || async {
-        run.is_finished()
-            || common::scalar(
-                &client,
-                "SELECT count(*) FROM pg_replication_slots
-                 WHERE slot_name LIKE 'doppel%' AND confirmed_flush_lsn IS NOT NULL",
-            )
-            .await
-                > 0
-    })
-    .await;
-    anyhow::ensure!(consistent, "the slot did not become consistent in 60 s");
-    let mut across = cluster.connect(db).await?;
-    let across_tx = across.transaction().await?;
-    mirror
-        .execute(
-            &across_tx,
-            &insert_sql(&columns, &mut rng, RESERVED + 100, 30),
-        )
-        .await?;
-    mirror
-        .execute(
-            &across_tx,
-            &format!(
-                "UPDATE {{t}} SET c_doc = {} WHERE id BETWEEN {} AND {}",
-                workload::big_text_sql(seed),
-                RESERVED - 100,
-                RESERVED - 90
-            ),
-        )
-        .await?;
+        // A transaction with writes open before doppel starts: the slot's creation waits for it.
+        let mut before = self.cluster.connect(self.db).await?;
+        let before_tx = before.transaction().await?;
+        let first_rows = insert_sql(&self.columns, &mut self.rng, RESERVED + 1, 20);
+        self.mirror.execute(&before_tx, &first_rows).await?;
 
-    let paused = |name: &'static str| {
-        let dir = dir.path().to_path_buf();
-        async move { pause::reached(&common::pause_dir(&dir), name).is_some() }
-    };
-    let wait_writer = |more: u64| {
-        let progress = progress.clone();
-        async move {
-            let target = progress.load(Ordering::Relaxed) + more;
-            common::wait_until_async(Duration::from_secs(120), || async {
-                progress.load(Ordering::Relaxed) >= target
-            })
-            .await
+        let writer = self.start_writer(&config);
+        let pause_dir = common::pause_dir(dir.path());
+        pause::arm(&pause_dir, "copying")?;
+        if hold_catch_up {
+            pause::arm(&pause_dir, "catch-up")?;
         }
-    };
+        let mut run: RunHandle =
+            tokio::spawn(
+                async move { common::run_paused(&config, &options, &Cancel::never()).await },
+            );
 
-    let stopped = common::wait_until_async(Duration::from_secs(120), || async {
-        paused("copying").await || run.is_finished()
-    })
-    .await;
-    anyhow::ensure!(stopped, "the run did not reach the copying pause in 120 s");
-    mirror
-        .execute(
-            &across_tx,
-            &format!(
-                "DELETE FROM {{t}} WHERE id BETWEEN {} AND {}",
-                RESERVED - 89,
-                RESERVED - 85
-            ),
-        )
-        .await?;
-    across_tx.commit().await?;
-    if !run.is_finished() {
-        anyhow::ensure!(
-            wait_writer(rng.random_range(10..80)).await,
-            "the writer stalled during the copy"
+        self.commit_during_slot_creation(&run, before_tx).await?;
+        let mut across = self.cluster.connect(self.db).await?;
+        let across_tx = self.begin_across_the_start(&run, &mut across).await?;
+
+        let stopped = common::wait_until_async(Duration::from_secs(120), || async {
+            pause::reached(&pause_dir, "copying").is_some() || run.is_finished()
+        })
+        .await;
+        anyhow::ensure!(stopped, "the run did not reach the copying pause in 120 s");
+        let delete = format!(
+            "DELETE FROM {{t}} WHERE id BETWEEN {} AND {}",
+            RESERVED - 89,
+            RESERVED - 85
         );
+        self.mirror.execute(&across_tx, &delete).await?;
+        across_tx.commit().await?;
+        if !run.is_finished() {
+            let more = self.rng.random_range(10..80);
+            anyhow::ensure!(
+                wait_writer(&writer.progress, more).await,
+                "the writer stalled during the copy"
+            );
+        }
+        pause::release(&pause_dir, "copying")?;
+        if hold_catch_up {
+            self.hold_at_catch_up(&pause_dir, &run, &writer.progress)
+                .await?;
+        }
+
+        writer.calm.store(true, Ordering::Relaxed);
+        let outcome = (&mut run).await?;
+        let migrated_after = self.started.elapsed().as_secs_f64();
+        // Writes after the cutover land on the new table (and in the twin).
+        let after_cutover = if outcome.is_ok() {
+            let more = self.rng.random_range(5..30);
+            wait_writer(&writer.progress, more).await
+        } else {
+            true
+        };
+        writer.stop.store(true, Ordering::Relaxed);
+        let report = writer.task.await??;
+        Ok(Migrated {
+            outcome,
+            migrated_after,
+            after_cutover,
+            report,
+        })
     }
-    pause::release(&common::pause_dir(dir.path()), "copying")?;
-    if hold_catch_up {
+
+    /// Starts the random writer on its own connection.
+    fn start_writer(&self, config: &tokio_postgres::Config) -> WriterHandles {
+        let mut writer = Writer::new(&self.columns, self.seed, self.loaded);
+        let progress = writer.progress.clone();
+        let stop = writer.stop.clone();
+        let calm = writer.calm.clone();
+        let writer_config = config.clone();
+        let writer_mirror = self.mirror.clone();
+        let task = tokio::spawn(async move {
+            let mut c = doppel::conninfo::connect(&writer_config).await?;
+            writer.run(&mut c, &writer_mirror).await
+        });
+        WriterHandles {
+            task,
+            progress,
+            stop,
+            calm,
+        }
+    }
+
+    /// Once the slot exists (its creation waits for `before_tx`), writes more in `before_tx`
+    /// and commits it.
+    async fn commit_during_slot_creation(
+        &self,
+        run: &RunHandle,
+        before_tx: tokio_postgres::Transaction<'_>,
+    ) -> anyhow::Result<()> {
+        let slot_exists = common::wait_until_async(Duration::from_secs(60), || async {
+            run.is_finished()
+                || common::scalar(
+                    &self.client,
+                    "SELECT count(*) FROM pg_replication_slots WHERE slot_name LIKE 'doppel%'",
+                )
+                .await
+                    > 0
+        })
+        .await;
+        anyhow::ensure!(slot_exists, "the slot did not appear in 60 s");
+        self.mirror
+            .execute(
+                &before_tx,
+                &format!(
+                    "UPDATE {{t}} SET c_text = 'committed during slot creation' WHERE id BETWEEN {} AND {}",
+                    RESERVED + 1,
+                    RESERVED + 5
+                ),
+            )
+            .await?;
+        before_tx.commit().await?;
+        Ok(())
+    }
+
+    /// A transaction open across the copy's start: begun on `across` once the slot is
+    /// consistent (begun earlier, the slot's creation would wait for it), with writes; the
+    /// caller commits it after the first chunk.
+    async fn begin_across_the_start<'c>(
+        &mut self,
+        run: &RunHandle,
+        across: &'c mut tokio_postgres::Client,
+    ) -> anyhow::Result<tokio_postgres::Transaction<'c>> {
+        let consistent = common::wait_until_async(Duration::from_secs(60), || async {
+            run.is_finished()
+                || common::scalar(
+                    &self.client,
+                    "SELECT count(*) FROM pg_replication_slots
+                     WHERE slot_name LIKE 'doppel%' AND confirmed_flush_lsn IS NOT NULL",
+                )
+                .await
+                    > 0
+        })
+        .await;
+        anyhow::ensure!(consistent, "the slot did not become consistent in 60 s");
+        let across_tx = across.transaction().await?;
+        let inserts = insert_sql(&self.columns, &mut self.rng, RESERVED + 100, 30);
+        self.mirror.execute(&across_tx, &inserts).await?;
+        self.mirror
+            .execute(
+                &across_tx,
+                &format!(
+                    "UPDATE {{t}} SET c_doc = {} WHERE id BETWEEN {} AND {}",
+                    workload::big_text_sql(self.seed),
+                    RESERVED - 100,
+                    RESERVED - 90
+                ),
+            )
+            .await?;
+        Ok(across_tx)
+    }
+
+    /// Waits for the run at `catch-up`, lets the writer commit a random number of
+    /// transactions there, and releases it.
+    async fn hold_at_catch_up(
+        &mut self,
+        pause_dir: &Path,
+        run: &RunHandle,
+        progress: &AtomicU64,
+    ) -> anyhow::Result<()> {
         let stopped = common::wait_until_async(Duration::from_secs(180), || async {
-            paused("catch-up").await || run.is_finished()
+            pause::reached(pause_dir, "catch-up").is_some() || run.is_finished()
         })
         .await;
         anyhow::ensure!(stopped, "the run did not reach the catch-up pause");
         if !run.is_finished() {
+            let more = self.rng.random_range(10..80);
             anyhow::ensure!(
-                wait_writer(rng.random_range(10..80)).await,
+                wait_writer(progress, more).await,
                 "the writer stalled at catch-up"
             );
         }
-        pause::release(&common::pause_dir(dir.path()), "catch-up")?;
+        pause::release(pause_dir, "catch-up")?;
+        Ok(())
     }
+}
 
-    calm.store(true, Ordering::Relaxed);
-    let outcome = (&mut run).await?;
-    let migrated_after = started.elapsed().as_secs_f64();
-    // Writes after the cutover land on the new table (and in the twin).
-    let after_cutover = if outcome.is_ok() {
-        wait_writer(rng.random_range(5..30)).await
-    } else {
-        true
-    };
-    stop.store(true, Ordering::Relaxed);
-    let report = writer_task.await??;
+/// Waits (up to 120 s) until the writer has committed `more` transactions beyond `progress`.
+async fn wait_writer(progress: &AtomicU64, more: u64) -> bool {
+    let target = progress.load(Ordering::Relaxed) + more;
+    common::wait_until_async(Duration::from_secs(120), || async {
+        progress.load(Ordering::Relaxed) >= target
+    })
+    .await
+}
+
+/// Records in `result` what the run did; fails the seed when the run or the writer failed.
+fn record_run(migrated: Migrated, result: &mut SeedResult) -> anyhow::Result<()> {
+    let Migrated {
+        outcome,
+        after_cutover,
+        report,
+        ..
+    } = migrated;
     result.writer_transactions = report.transactions;
     match outcome {
         Ok(Outcome::Migrated(run)) => {
@@ -529,24 +665,6 @@ async fn seed_on(
         report.errors.len(),
         report.errors.iter().take(3).collect::<Vec<_>>()
     );
-
-    println!(
-        "seed {seed}: migrated at {migrated_after:.1} s, writer stopped at {:.1} s",
-        started.elapsed().as_secs_f64()
-    );
-    let reference =
-        workload::compare_with_reference(&client, "t", "twin", "reference", &alters).await?;
-    result.mismatched += reference.rows();
-    if reference.rows() > 0 {
-        println!("seed {seed}: migrated table vs ALTER TABLE on the twin: {reference}");
-    }
-    if reversible {
-        let twin = workload::compare_with_twin(&client, "t", "twin").await?;
-        result.mismatched += twin.rows();
-        if twin.rows() > 0 {
-            println!("seed {seed}: migrated table projected onto the twin: {twin}");
-        }
-    }
     Ok(())
 }
 
