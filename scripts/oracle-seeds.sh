@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# The long randomized oracle run: many seeds of tests/randomized_oracle.rs (a random
+# The long randomized oracle run: many seeds of tests/suite/randomized_oracle.rs (a random
 # workload mirrored into a twin while doppel migrates the table with a random ALTER; the
 # result must equal the twin altered by PostgreSQL itself).
 #
@@ -41,15 +41,15 @@ mkdir -p "$target_dir"
 log="$target_dir/oracle-seeds.log"
 
 echo "oracle-seeds: building the test (${profile[*]:-debug})" >&2
-if ! cargo test "${profile[@]}" --no-run --quiet --test randomized_oracle >"$log" 2>&1; then
+if ! cargo test "${profile[@]}" --no-run --quiet --test suite >"$log" 2>&1; then
   echo "oracle-seeds: the build failed; see $log" >&2
   tail -n 30 "$log" >&2
   exit 1
 fi
 
 start=$SECONDS
-DOPPEL_SEEDS="$count" cargo test "${profile[@]}" --quiet --test randomized_oracle -- \
-  --ignored --exact many_seeds --nocapture --test-threads 1 2>&1 |
+DOPPEL_SEEDS="$count" cargo test "${profile[@]}" --quiet --test suite -- \
+  --ignored --exact randomized_oracle::many_seeds --nocapture --test-threads 1 2>&1 |
   tee "$log" |
   grep --line-buffered -E '^(randomized oracle:|seed [0-9]+: [0-9]+ rows, |seeds: |failed seeds:)'
 rc=${PIPESTATUS[0]}

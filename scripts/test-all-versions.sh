@@ -3,14 +3,14 @@
 #
 #   scripts/test-all-versions.sh                      # 14 15 16 17 18
 #   scripts/test-all-versions.sh 17 18                # only these majors
-#   scripts/test-all-versions.sh 18 -- --test preflight_refusals   # arguments for cargo test
+#   scripts/test-all-versions.sh 18 -- --test suite preflight_refusals::   # arguments for cargo test
 #
 # Each major's server comes from /usr/lib/postgresql/<N>/bin when Debian installed it (15
 # here), else from the cache of scripts/fetch-postgres.sh (fetched on first use; see that
 # script for DOPPEL_PG_CACHE). The suite runs as `cargo test --no-fail-fast` with
-# DOPPEL_PG_BINDIR=<bin dir>, which the cluster harness (src/cluster.rs) honours. The npm
-# builds ship only initdb, pg_ctl and postgres: the harness runs psql and pgbench from
-# Debian's 15 client instead (pg_basebackup 15 refuses servers newer than 15).
+# DOPPEL_PG_BINDIR=<bin dir>, which the cluster harness (crates/doppel-testkit/src/cluster.rs)
+# honours. The npm builds ship only initdb, pg_ctl and postgres: the harness runs psql and
+# pgbench from Debian's 15 client instead (pg_basebackup 15 refuses servers newer than 15).
 #
 # Logs: <target dir>/pg-versions/<major>.log. Exit status 0 only if every major passed.
 # DOPPEL_TEST_TIMEOUT=<seconds> bounds each major's run (default: no bound).

@@ -39,6 +39,8 @@ use std::time::{Duration, Instant};
 use anyhow::{Context, Result, anyhow, bail};
 use tempfile::TempDir;
 
+use crate::process::pid_alive;
+
 /// Address the cluster listens on.
 const HOST: &str = "127.0.0.1";
 /// Superuser created by `initdb` and used by every connection.
@@ -229,31 +231,6 @@ fn run_blocking(mut cmd: Command, what: &str) -> Result<Output> {
     tracing::debug!(command = ?cmd, "running {what}");
     cmd.output()
         .with_context(|| format!("could not run {what}"))
-}
-
-/// Whether process `pid` exists and is not a zombie.
-fn pid_alive(pid: u32) -> bool {
-    let Ok(raw) = libc::pid_t::try_from(pid) else {
-        return false;
-    };
-    if raw <= 0 {
-        return false;
-    }
-    // SAFETY: kill with signal 0 only checks for existence and permission.
-    let rc = unsafe { libc::kill(raw, 0) };
-    if rc != 0 && io::Error::last_os_error().raw_os_error() != Some(libc::EPERM) {
-        return false;
-    }
-    // An exited child of a non-reaping init stays a zombie; that is dead for our purposes.
-    match fs::read_to_string(format!("/proc/{pid}/stat")) {
-        Ok(stat) => {
-            let state = stat
-                .rfind(')')
-                .and_then(|i| stat[i + 1..].split_whitespace().next());
-            !matches!(state, Some("Z") | Some("X") | Some("x"))
-        }
-        Err(_) => true,
-    }
 }
 
 /// Last `n` lines of a file (empty if it cannot be read).
@@ -1046,6 +1023,26 @@ impl LocalCluster {
     }
 }
 
+/// Starts a private cluster with default options (logical WAL, no fsync): each test's own
+/// server, stopped and deleted when the returned value is dropped.
+///
+/// # Panics
+/// If the cluster cannot be started; the message carries the error (with the server log).
+pub async fn private() -> LocalCluster {
+    private_with(ClusterOptions::default()).await
+}
+
+/// Starts a private cluster with `options`, as [`private`].
+///
+/// # Panics
+/// If the cluster cannot be started; the message carries the error (with the server log).
+pub async fn private_with(options: ClusterOptions) -> LocalCluster {
+    match LocalCluster::start(options).await {
+        Ok(cluster) => cluster,
+        Err(e) => panic!("could not start a test cluster: {e:#}"),
+    }
+}
+
 impl Drop for LocalCluster {
     /// Stops the server and removes the directory ([`LocalCluster::stop`]); errors are
     /// logged, never raised.
@@ -1077,11 +1074,5 @@ mod tests {
         assert!(check_setting_name("auto_explain.log_min_duration").is_ok());
         assert!(check_setting_name("x; DROP").is_err());
         assert!(check_setting_name("").is_err());
-    }
-
-    #[test]
-    fn own_process_is_alive() {
-        assert!(pid_alive(std::process::id()));
-        assert!(!pid_alive(0));
     }
 }

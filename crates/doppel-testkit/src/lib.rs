@@ -1,8 +1,21 @@
 //! Test support for doppel: throwaway PostgreSQL clusters, the oracle writer (a workload
-//! mirrored into a twin table) and the type matrix. Used by doppel's tests, its benchmarks
-//! and `doppel demo`; it depends on nothing of doppel.
+//! mirrored into a twin table), the type matrix, and the helpers doppel's tests share that
+//! need nothing of doppel (polling, processes, one-line queries, doppel's objects found by
+//! name). Used by doppel's tests, its benchmarks and `doppel demo`; it depends on nothing of
+//! doppel.
+//!
+//! - [`cluster`]: private clusters ([`cluster::LocalCluster`], [`cluster::private`]);
+//! - [`workload`]: the oracle writer, table comparison, the type matrix;
+//! - [`poll`]: waiting for a condition ([`poll::wait_until`]);
+//! - [`process`]: whether a process lives, which processes mention a path;
+//! - [`sql`]: one-line queries that panic with the statement ([`sql::scalar`]);
+//! - [`objects`]: a run's shadow, slot and publication, seen from outside.
 
 pub mod cluster;
+pub mod objects;
+pub mod poll;
+pub mod process;
+pub mod sql;
 pub mod workload;
 
 /// Settings that make values round-trip exactly as text whatever the database sets (all float

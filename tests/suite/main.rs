@@ -1,0 +1,39 @@
+//! doppel's integration tests, in one test binary so `cargo test` links them once.
+//!
+//! One module per area (the README's "Tests" section says what each proves); select one
+//! with its path, e.g. `cargo test --test suite races::`. Every test that needs a server
+//! starts its own private PostgreSQL cluster (`common::cluster`), so tests run in parallel.
+//! Helpers shared by the modules are in [`common`] (doppel-specific) and in the
+//! `doppel-testkit` crate (clusters, polling, processes, SQL).
+//!
+//! Left out of the default run (`#[ignore]`): `e2e_pgbench` and
+//! `randomized_oracle::many_seeds` (see the README).
+
+mod common;
+
+mod abort_anywhere;
+mod apply_rules;
+mod architecture;
+mod cluster_harness;
+mod control_and_hooks;
+mod cutover_budget;
+mod decoded_before_visible;
+mod dependents;
+mod e2e_pgbench;
+mod faults;
+mod interrupted_run;
+mod kill_phases;
+mod online_migration;
+mod operator;
+mod preflight_refusals;
+mod races;
+mod randomized_oracle;
+mod revert_window;
+mod rollback_guard;
+mod rollback_script;
+mod run_behaviour;
+mod throttle;
+mod type_matrix;
+mod unique_violation;
+mod verify_command;
+mod version_specific;

@@ -1,0 +1,469 @@
+//! `doppel verify`: the verify phase's chunked count + hash comparison on demand.
+//!
+//! - After a completed migration, the new table compared with the kept old table (its columns
+//!   projected onto the new table's by name) is equal: exit 0.
+//! - A row changed, deleted or added directly in the new table is reported by key with how it
+//!   differs: exit 6.
+//! - A `USING` expression is taken from the run's `--alter` when given.
+//! - During a run stopped at the `verifying` pause point, with a writer going, the original
+//!   and its shadow compare equal (differences the live stream has not applied yet settle on
+//!   re-check); a difference that goes away while it is re-checked is not reported, one that
+//!   stays is.
+
+use std::io::BufRead;
+use std::process::{Child, Command, Output, Stdio};
+use std::time::Duration;
+
+use doppel_testkit::cluster::LocalCluster;
+use doppel_testkit::workload::{self, Workload};
+use tokio_postgres::Client;
+
+use crate::common;
+
+fn doppel(dsn: &str, args: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_doppel"))
+        .args(args)
+        .args(["--dsn", dsn])
+        .output()
+        .expect("doppel runs")
+}
+
+fn text(out: &Output) -> (String, String) {
+    (
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+/// Migrates `table` with `alters` to completion; the kept old table's name.
+async fn migrate(cluster: &LocalCluster, client: &Client, table: &str, alters: &[&str]) -> String {
+    let oid = common::oid_of(client, table).await;
+    let dir = tempfile::tempdir().unwrap();
+    let mut args = vec!["run", "--table", table, "--execute", "--progress", "lines"];
+    for a in alters {
+        args.extend(["--alter", a]);
+    }
+    let dir_arg = dir.path().to_str().unwrap();
+    args.extend(["--work-dir", dir_arg, "--rollback-dir", dir_arg]);
+    let out = doppel(&cluster.conninfo("postgres"), &args);
+    let (stdout, stderr) = text(&out);
+    assert!(out.status.success(), "migration failed: {stdout}{stderr}");
+    format!("public._doppel_{oid}_old_{table}")
+}
+
+/// The number before `word` in `line` (e.g. `4 chunks`).
+fn number_before(line: &str, word: &str) -> i64 {
+    let words: Vec<&str> = line.split_whitespace().collect();
+    let i = words
+        .iter()
+        .position(|w| w.trim_end_matches(',') == word)
+        .unwrap_or_else(|| panic!("no {word:?} in {line:?}"));
+    words[i - 1]
+        .trim_start_matches('(')
+        .parse()
+        .unwrap_or_else(|_| panic!("no number before {word:?} in {line:?}"))
+}
+
+async fn orders_cluster(rows: i64) -> (LocalCluster, Client) {
+    let cluster = common::cluster().await;
+    let client = cluster.connect("postgres").await.unwrap();
+    workload::create_tables(&client, "orders", "orders_twin", rows)
+        .await
+        .unwrap();
+    (cluster, client)
+}
+
+const ORDERS_ALTER: [&str; 2] = [
+    "ALTER COLUMN customer_id TYPE bigint",
+    "ADD COLUMN note2 text",
+];
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn equal_after_a_completed_migration_against_the_kept_old_table() {
+    let (cluster, client) = orders_cluster(3_000).await;
+    let dsn = cluster.conninfo("postgres");
+    let old = migrate(&cluster, &client, "orders", &ORDERS_ALTER).await;
+    let out = doppel(
+        &dsn,
+        &[
+            "verify",
+            "--table",
+            "orders",
+            "--against",
+            &old,
+            "--chunk-rows",
+            "1000",
+        ],
+    );
+    let (stdout, stderr) = text(&out);
+    assert_eq!(out.status.code(), Some(0), "{stdout}{stderr}");
+    let lines: Vec<&str> = stdout.lines().collect();
+    let summary = lines[0];
+    assert!(
+        summary.starts_with(&format!(
+            "compared \"public\".\"{}\" with \"public\".\"orders\"",
+            old.trim_start_matches("public.")
+        )),
+        "{stdout}"
+    );
+    assert!(number_before(summary, "chunks") >= 3, "{summary}");
+    assert_eq!(number_before(summary, "rows"), 3_000, "{summary}");
+    assert!(
+        summary.contains("(3000 in \"public\".\"orders\")"),
+        "{summary}"
+    );
+    assert!(
+        stdout.contains("columns compared: id, customer_id, status,"),
+        "the changed column is compared through its cast: {stdout}"
+    );
+    assert!(
+        stdout.contains("not compared (only in \"public\".\"orders\"): note2"),
+        "the added column is named as not compared: {stdout}"
+    );
+    assert_eq!(lines.last(), Some(&"equal"), "{stdout}");
+
+    // After the cutover the table has no shadow: without --against the command says where
+    // to look.
+    let out = doppel(&dsn, &["verify", "--table", "orders"]);
+    let (stdout, stderr) = text(&out);
+    assert_eq!(out.status.code(), Some(1), "{stdout}{stderr}");
+    assert!(
+        stderr.contains(&format!("--against {old}")),
+        "names the kept old table: {stderr}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rows_changed_in_the_new_table_are_reported_by_key_with_exit_6() {
+    let (cluster, client) = orders_cluster(3_000).await;
+    let dsn = cluster.conninfo("postgres");
+    let old = migrate(&cluster, &client, "orders", &ORDERS_ALTER).await;
+    client
+        .batch_execute(
+            "UPDATE orders SET customer_id = customer_id + 1 WHERE id = 42;
+             DELETE FROM orders WHERE id = 77;",
+        )
+        .await
+        .unwrap();
+    let added: i64 = client
+        .query_one(
+            "INSERT INTO orders (customer_id, status, amount) VALUES (1, 'new', 1) RETURNING id",
+            &[],
+        )
+        .await
+        .unwrap()
+        .get(0);
+    let out = doppel(
+        &dsn,
+        &[
+            "verify",
+            "--table",
+            "orders",
+            "--against",
+            &old,
+            "--chunk-rows",
+            "1000",
+            "--rechecks",
+            "1",
+            "--recheck-interval",
+            "10",
+        ],
+    );
+    let (stdout, stderr) = text(&out);
+    assert_eq!(
+        out.status.code(),
+        Some(6),
+        "exit 6: verification found a difference; {stdout}{stderr}"
+    );
+    let summary = stdout.lines().next().unwrap();
+    assert_eq!(number_before(summary, "rows"), 3_000, "{summary}");
+    assert!(
+        summary.contains("(3000 in \"public\".\"orders\")"),
+        "one deleted, one added: {summary}"
+    );
+    assert!(stdout.contains("differing keys (3):"), "{stdout}");
+    assert!(stdout.contains("  (42): values differ\n"), "{stdout}");
+    assert!(
+        stdout.contains(&format!(
+            "  (77): only in \"public\".\"{}\"\n",
+            old.trim_start_matches("public.")
+        )),
+        "{stdout}"
+    );
+    assert!(
+        stdout.contains(&format!("  ({added}): only in \"public\".\"orders\"\n")),
+        "{stdout}"
+    );
+    assert!(stdout.ends_with("not equal\n"), "{stdout}");
+    assert!(
+        stderr.contains("error: ") && stderr.contains("differ"),
+        "{stderr}"
+    );
+
+    // One key listed at most: the rest is said to be left out.
+    let out = doppel(
+        &dsn,
+        &[
+            "verify",
+            "--table",
+            "orders",
+            "--against",
+            &old,
+            "--rechecks",
+            "0",
+            "--max-keys",
+            "1",
+        ],
+    );
+    let (stdout, stderr) = text(&out);
+    assert_eq!(out.status.code(), Some(6), "{stdout}{stderr}");
+    assert!(
+        stdout.contains("differing keys (1, more not listed):"),
+        "{stdout}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_using_expression_is_taken_from_the_runs_alter() {
+    let cluster = common::cluster().await;
+    let client = cluster.connect("postgres").await.unwrap();
+    client
+        .batch_execute(
+            "CREATE TABLE t (id int PRIMARY KEY, v int NOT NULL, w text);
+             INSERT INTO t SELECT i, i, 'w' || i FROM generate_series(1, 500) i;",
+        )
+        .await
+        .unwrap();
+    let alter = "ALTER COLUMN v TYPE bigint USING v * 2";
+    let old = migrate(&cluster, &client, "t", &[alter]).await;
+    let dsn = cluster.conninfo("postgres");
+    let base = [
+        "verify",
+        "--table",
+        "t",
+        "--against",
+        &old,
+        "--rechecks",
+        "0",
+    ];
+    // Cast alone: every row differs in v.
+    let out = doppel(&dsn, &base);
+    let (stdout, stderr) = text(&out);
+    assert_eq!(out.status.code(), Some(6), "{stdout}{stderr}");
+    assert!(stdout.contains("more not listed"), "{stdout}");
+    // With the run's --alter: equal.
+    let mut args = base.to_vec();
+    args.extend(["--alter", alter]);
+    let out = doppel(&dsn, &args);
+    let (stdout, stderr) = text(&out);
+    assert_eq!(out.status.code(), Some(0), "{stdout}{stderr}");
+    assert!(stdout.ends_with("equal\n"), "{stdout}");
+}
+
+/// A `doppel verify` child whose stderr lines arrive on a channel.
+struct Watched {
+    child: Child,
+    lines: tokio::sync::mpsc::UnboundedReceiver<String>,
+}
+
+fn spawn_verify(dsn: &str, args: &[&str]) -> Watched {
+    let mut child = Command::new(env!("CARGO_BIN_EXE_doppel"))
+        .arg("verify")
+        .args(args)
+        .args(["--dsn", dsn])
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("doppel verify starts");
+    let stderr = child.stderr.take().unwrap();
+    let (tx, lines) = tokio::sync::mpsc::unbounded_channel();
+    std::thread::spawn(move || {
+        for line in std::io::BufReader::new(stderr).lines() {
+            let Ok(line) = line else { break };
+            if tx.send(line).is_err() {
+                break;
+            }
+        }
+    });
+    Watched { child, lines }
+}
+
+impl Watched {
+    /// Waits for a stderr line containing every one of `needles`.
+    async fn line_with(&mut self, needles: &[&str]) -> String {
+        let mut seen = Vec::new();
+        let found = tokio::time::timeout(Duration::from_secs(120), async {
+            while let Some(line) = self.lines.recv().await {
+                if needles.iter().all(|n| line.contains(n)) {
+                    return Some(line);
+                }
+                seen.push(line);
+            }
+            None
+        })
+        .await;
+        match found {
+            Ok(Some(line)) => line,
+            _ => panic!("no stderr line with {needles:?}; saw: {seen:#?}"),
+        }
+    }
+
+    async fn finish(self) -> Output {
+        tokio::task::spawn_blocking(move || self.child.wait_with_output())
+            .await
+            .unwrap()
+            .unwrap()
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn during_a_paused_run_the_shadow_compares_equal() {
+    let (cluster, client) = orders_cluster(5_000).await;
+    let dsn = cluster.conninfo("postgres");
+    let oid = common::oid_of(&client, "orders").await;
+    let shadow = format!("public._doppel_{oid}_new_orders");
+    let dir = tempfile::tempdir().unwrap();
+    doppel::testing::arm(&common::pause_dir(dir.path()), "verifying").unwrap();
+    let mut run = Command::new(env!("CARGO_BIN_EXE_doppel"))
+        .env(
+            doppel::testing::PAUSE_DIR_VAR,
+            common::pause_dir(dir.path()),
+        )
+        .args(["run", "--dsn", &dsn, "--table", "orders", "--execute"])
+        .args(["--progress", "lines"])
+        .args(ORDERS_ALTER.iter().flat_map(|a| ["--alter", a]))
+        .arg("--work-dir")
+        .arg(dir.path())
+        .arg("--rollback-dir")
+        .arg(dir.path())
+        .stdin(Stdio::null())
+        .stdout(std::fs::File::create(dir.path().join("run.out")).unwrap())
+        .stderr(std::fs::File::create(dir.path().join("run.err")).unwrap())
+        .spawn()
+        .unwrap();
+    let run_output = || {
+        std::fs::read_to_string(dir.path().join("run.err")).unwrap_or_default()
+            + &std::fs::read_to_string(dir.path().join("run.out")).unwrap_or_default()
+    };
+    let reached = common::wait_until(Duration::from_secs(180), || {
+        doppel::testing::reached(&common::pause_dir(dir.path()), "verifying").is_some()
+            || run.try_wait().unwrap().is_some()
+    });
+    assert!(
+        reached && doppel::testing::reached(&common::pause_dir(dir.path()), "verifying").is_some(),
+        "the run reached its verify phase: {}",
+        run_output()
+    );
+
+    // The shadow is complete and the applier follows the live stream; a writer keeps
+    // changing the original meanwhile.
+    let config: tokio_postgres::Config = dsn.parse().unwrap();
+    let writer = Workload::start(
+        &config,
+        "orders",
+        "orders_twin",
+        11,
+        Duration::from_millis(10),
+    )
+    .await
+    .unwrap();
+    let out = doppel(
+        &dsn,
+        &[
+            "verify",
+            "--table",
+            "orders",
+            "--chunk-rows",
+            "1000",
+            "--rechecks",
+            "20",
+            "--recheck-interval",
+            "200",
+        ],
+    );
+    let (stdout, stderr) = text(&out);
+    assert_eq!(out.status.code(), Some(0), "{stdout}{stderr}");
+    let summary = stdout.lines().next().unwrap();
+    assert!(
+        summary.starts_with(&format!(
+            "compared \"public\".\"orders\" with \"public\".\"_doppel_{oid}_new_orders\""
+        )),
+        "{summary}"
+    );
+    assert!(number_before(summary, "chunks") >= 5, "{summary}");
+    assert!(number_before(summary, "rows") >= 4_000, "{summary}");
+    assert!(stdout.ends_with("equal\n"), "{stdout}");
+    let report = writer.stop().await.unwrap();
+    assert_eq!(report.errors, 0, "{:?}", report.first_errors);
+    assert!(report.transactions > 0);
+
+    // A difference that goes away while it is re-checked (as a change the stream has not
+    // applied yet does) is not reported.
+    let key: i64 = client
+        .query_one("SELECT min(id) FROM orders WHERE id > 0", &[])
+        .await
+        .unwrap()
+        .get(0);
+    let corrupt = format!("UPDATE {shadow} SET customer_id = customer_id + 1 WHERE id = {key}");
+    let repair = format!(
+        "UPDATE {shadow} s SET customer_id = o.customer_id FROM orders o WHERE o.id = s.id AND s.id = {key}"
+    );
+    client.batch_execute(&corrupt).await.unwrap();
+    let mut verify = spawn_verify(
+        &dsn,
+        &[
+            "--table",
+            "orders",
+            "--rechecks",
+            "50",
+            "--recheck-interval",
+            "100",
+        ],
+    );
+    verify
+        .line_with(&["1 key(s) differ", &format!("({key})"), "re-checking them"])
+        .await;
+    client.batch_execute(&repair).await.unwrap();
+    let out = verify.finish().await;
+    let (stdout, _) = text(&out);
+    assert_eq!(out.status.code(), Some(0), "{stdout}");
+    assert!(number_before(&stdout, "re-checks") >= 1, "{stdout}");
+    assert!(stdout.ends_with("equal\n"), "{stdout}");
+
+    // One that stays is reported by key, exit 6.
+    client.batch_execute(&corrupt).await.unwrap();
+    let out = doppel(
+        &dsn,
+        &[
+            "verify",
+            "--table",
+            "orders",
+            "--rechecks",
+            "2",
+            "--recheck-interval",
+            "50",
+        ],
+    );
+    let (stdout, stderr) = text(&out);
+    assert_eq!(out.status.code(), Some(6), "{stdout}{stderr}");
+    assert!(
+        stdout.contains(&format!("  ({key}): values differ\n")),
+        "{stdout}"
+    );
+    client.batch_execute(&repair).await.unwrap();
+
+    // The run goes on and completes; the result matches the oracle.
+    doppel::testing::release(&common::pause_dir(dir.path()), "verifying").unwrap();
+    let status = tokio::task::spawn_blocking(move || run.wait())
+        .await
+        .unwrap()
+        .unwrap();
+    assert!(status.success(), "the run completes: {}", run_output());
+    assert_eq!(
+        workload::mismatches(&client, "orders", "orders_twin")
+            .await
+            .unwrap(),
+        0
+    );
+}
