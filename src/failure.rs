@@ -152,6 +152,8 @@ pub enum Check {
     NameTaken,
     /// Another doppel run holds the table's advisory lock.
     ConcurrentRun,
+    /// `--revert-window` with an ALTER whose `USING` expression a revert cannot invert.
+    RevertWindow,
     /// `doppel cleanup` found, under the shadow's name, the migrated table a rollback or a
     /// revert swapped out (it may hold writes made after the cutover) and was not given
     /// `--drop-new-table`.

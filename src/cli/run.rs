@@ -33,7 +33,10 @@ pub(crate) async fn run(args: RunArgs, cancel: &Cancel) -> anyhow::Result<()> {
         Outcome::Planned(plan) => {
             let client = conninfo::connect(&config).await?;
             let script = cutover::Script::build(&client, &plan, options.lock_timeout).await?;
-            println!("{}", migration::render_plan(&plan, &script));
+            println!(
+                "{}",
+                migration::render_plan(&plan, &script, options.revert_window)
+            );
             println!("dry run: nothing was changed. Add --execute to migrate.");
         }
         Outcome::Migrated(report) => {

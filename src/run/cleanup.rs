@@ -77,6 +77,7 @@ pub async fn cleanup(
     let mut report = CleanupReport::default();
     drop_slot(&client, &names, &mut report).await?;
     drop_publication(&client, &names, &mut report).await?;
+    drop_revert_window(&client, &t, &mut report).await?;
     if let Some(state) = shadow {
         client
             .batch_execute(&shadow::drop_sql(&names.schema, &names.shadow))
@@ -187,6 +188,38 @@ async fn drop_publication(
         report
             .removed
             .push(format!("publication {}", names.publication));
+    }
+    Ok(())
+}
+
+/// Drops what a revert window left when its doppel died: its publication (`doppel_<oid>_rev`,
+/// named after the OID the table had before the cutover, publishing the table now) and its
+/// slot if still there (a TEMPORARY slot goes with its connection).
+async fn drop_revert_window(
+    client: &Client,
+    table: &catalog::Table,
+    report: &mut CleanupReport,
+) -> Result<()> {
+    let publications = client
+        .query(
+            "SELECT pubname::text FROM pg_publication_tables
+             WHERE schemaname = $1 AND tablename = $2 AND pubname LIKE 'doppel\\_%\\_rev'",
+            &[&table.schema, &table.name],
+        )
+        .await?;
+    for row in publications {
+        let name: String = row.get(0);
+        let slot_names = Names {
+            slot: name.clone(),
+            ..Names::new(&table.schema, &table.name, table.oid)
+        };
+        drop_slot(client, &slot_names, report).await?;
+        client
+            .batch_execute(&format!("DROP PUBLICATION {}", ident(&name)))
+            .await?;
+        report
+            .removed
+            .push(format!("publication {name} (of a revert window)"));
     }
     Ok(())
 }

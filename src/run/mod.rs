@@ -64,6 +64,7 @@ pub async fn run(
     let started = Instant::now();
     let hooks = Hooks::new(options.hooks_dir.clone())?;
     let (control, plan) = plan_and_lock(config, options).await?;
+    refuse_revert_window(&plan, options)?;
     if !options.execute {
         return Ok(Outcome::Planned(Box::new(plan)));
     }
@@ -103,6 +104,24 @@ async fn plan_and_lock(
         .into());
     }
     Ok((control, plan))
+}
+
+/// Refuses `--revert-window` ([`Check::RevertWindow`]) when a changed column takes a `USING`
+/// expression: a revert would write back the plain conversion of the new value, which need
+/// not be what the column held before.
+fn refuse_revert_window(plan: &Plan, options: &RunOptions) -> Result<()> {
+    let (Some(_), Some(using)) = (options.revert_window, plan.alter.usings.first()) else {
+        return Ok(());
+    };
+    Err(Refused(vec![Refusal::new(
+        Check::RevertWindow,
+        format!(
+            "--revert-window cannot invert the USING expression of column {:?}: a revert would write back the plain conversion of the new value, not what the column held",
+            using.column
+        ),
+        "run without --revert-window (the rollback script remains, and refuses when writes made after the cutover would be lost), or without USING",
+    )])
+    .into())
 }
 
 /// One executing migration: what it was given, what it owns, and what it created so far.

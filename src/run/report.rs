@@ -6,6 +6,7 @@ use crate::model::phase::Phase;
 use crate::ops::progress;
 use crate::phases::backfill::CopyReport;
 use crate::phases::cutover::{self, CutoverReport};
+use crate::phases::revert::{self, ColumnFate};
 use crate::phases::shadow;
 use crate::phases::verify::VerifyReport;
 use crate::plan::{Plan, Rewrite};
@@ -42,7 +43,14 @@ pub enum Outcome {
 
 /// Renders the dry-run plan for a DBA: checks passed, warnings, the shadow DDL, the phases,
 /// the cutover and rollback SQL.
-pub fn render_plan(plan: &Plan, script: &cutover::Script) -> String {
+///
+/// `revert_window` is `--revert-window`: the plan says what a revert would lose or risk, column
+/// by column, and that it is possible only while doppel runs.
+pub fn render_plan(
+    plan: &Plan,
+    script: &cutover::Script,
+    revert_window: Option<std::time::Duration>,
+) -> String {
     let mut out = String::new();
     let t = &plan.original;
     out.push_str(&format!(
@@ -100,9 +108,56 @@ pub fn render_plan(plan: &Plan, script: &cutover::Script) -> String {
     for s in &script.forward {
         out.push_str(&format!("  {s};\n"));
     }
+    out.push_str(&revert_section(plan, revert_window));
     out.push_str("\nrollback script (written to disk before the cutover commits):\n");
     for line in script.rollback.lines() {
         out.push_str(&format!("  {line}\n"));
+    }
+    out
+}
+
+/// The plan's "after the cutover" section: the revert window (or how to keep one), and
+/// what writing the new table's rows back into the old table loses or risks.
+fn revert_section(plan: &Plan, window: Option<std::time::Duration>) -> String {
+    let mut out = String::from("\nafter the cutover:\n");
+    match window {
+        Some(d) => out.push_str(&format!(
+            "  revert window: {} — doppel keeps running and streams every change made to {} back into {}; `doppel ctl --table {} revert` swaps back losing no write, `finalize` ends the window. A revert is possible only while doppel runs: its slot is TEMPORARY; if doppel dies, only the rollback script remains (it refuses when writes would be lost)\n",
+            humantime::format_duration(d),
+            plan.original.qualified(),
+            plan.names.old_qualified(),
+            plan.original.qualified()
+        )),
+        None => out.push_str(
+            "  no revert window (recommended: --revert-window 30m keeps the old table current so a revert loses no write); the rollback script refuses when writes made after the cutover would be lost\n",
+        ),
+    }
+    let (fates, added) = revert::fates(plan);
+    for (column, fate) in fates {
+        let line = match fate {
+            ColumnFate::Same => continue,
+            ColumnFate::Converted {
+                new,
+                old,
+                always_fits: true,
+            } => {
+                format!(
+                    "column {column}: written back from {new} to {old}: every value fits (lossless)"
+                )
+            }
+            ColumnFate::Converted { new, old, .. } => format!(
+                "column {column}: written back from {new} to {old}: a value written after the cutover that {old} cannot hold exactly is reported, and makes a revert lose it (revert refuses without --force)"
+            ),
+            ColumnFate::Dropped => format!(
+                "column {column} (dropped by the ALTER): a row inserted after the cutover gets its default in the old table; a row updated keeps its old value"
+            ),
+        };
+        out.push_str(&format!("  {line}\n"));
+    }
+    for column in added {
+        out.push_str(&format!(
+            "  column {column} (added by the ALTER): its values are not written back; a revert loses them\n"
+        ));
     }
     out
 }

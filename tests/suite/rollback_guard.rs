@@ -126,7 +126,11 @@ async fn writes_after_the_cutover_make_the_script_refuse_and_change_nothing() {
     );
     assert!(said.contains("holds 1002 row(s) against 1000"), "{said}");
     assert!(said.contains("force=1"), "{said}");
-    assert_eq!(common::oid_of(&client, "public.t").await, new, "nothing changed");
+    assert_eq!(
+        common::oid_of(&client, "public.t").await,
+        new,
+        "nothing changed"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
