@@ -27,10 +27,12 @@ pub(crate) async fn demo(args: DemoArgs, cancel: &Cancel) -> Result<()> {
     };
     let r = demo::run(&options, cancel).await?;
     println!(
-        "demo complete: {} rows migrated online in {:.1} s, lock held {:.1} ms, writer worst latency {:.1} ms, {} writer errors, {} mismatched rows",
+        "demo complete: {} rows migrated online in {:.1} s, lock held {:.1} ms; reverted with the writer running ({} change(s) written back, revert lock held {:.1} ms); writer worst latency {:.1} ms, {} writer errors, {} mismatched rows",
         r.rows,
         r.migration.as_secs_f64(),
         r.lock_held.as_secs_f64() * 1000.0,
+        r.written_back,
+        r.revert_lock_held.as_secs_f64() * 1000.0,
         r.writer.max_latency.as_secs_f64() * 1000.0,
         r.writer.errors,
         r.mismatches
