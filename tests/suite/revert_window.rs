@@ -583,3 +583,51 @@ async fn revert_lock_hold_over_ten_reverts() {
         report.max_latency
     );
 }
+
+/// The write-back's throughput on a backlog (`cargo test --release --test suite
+/// revert_window::write_back_rate -- --ignored --nocapture`): 50,000 updates and 20,000
+/// inserts committed on the new table at once, timed until the window has written them back.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "long: a 70,000-change backlog"]
+async fn write_back_rate() {
+    let cluster = common::cluster().await;
+    let client = cluster.connect("postgres").await.unwrap();
+    client
+        .batch_execute(
+            "CREATE TABLE public.t (id bigint PRIMARY KEY, n int NOT NULL, note text);
+             INSERT INTO public.t SELECT i, i, 'row ' || i FROM generate_series(1, 50000) i;",
+        )
+        .await
+        .unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let mut run = start(
+        &cluster,
+        options(
+            dir.path(),
+            "public.t",
+            &["ALTER COLUMN n TYPE bigint"],
+            Duration::from_secs(600),
+        ),
+    );
+    wait_streaming(dir.path(), &mut run).await;
+    let committed = std::time::Instant::now();
+    client
+        .batch_execute(
+            "BEGIN;
+             UPDATE public.t SET note = note || ' changed';
+             INSERT INTO public.t SELECT i, i, 'new ' || i FROM generate_series(50001, 70000) i;
+             COMMIT;",
+        )
+        .await
+        .unwrap();
+    wait_applied(dir.path(), 70_000).await;
+    let took = committed.elapsed();
+    let reply = ctl(dir.path(), "finalize").await;
+    assert!(reply.starts_with("ok: finalizing"), "{reply}");
+    finished(run).await;
+    eprintln!(
+        "write-back of a 70,000-change backlog: {:.2} s, {:.0} changes/s",
+        took.as_secs_f64(),
+        70_000.0 / took.as_secs_f64()
+    );
+}
