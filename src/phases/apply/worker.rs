@@ -12,7 +12,7 @@ use super::changes::{Op, Pending, Val};
 use super::exec::Exec;
 use super::relation::{check_relation, expect_relation, key_of, key_of_bound, values};
 use super::{ApplyOptions, ApplyStatus, BATCH_CHANGES, Control};
-use crate::phases::capture::spool::SpoolReader;
+use crate::phases::capture::spool::{self, SpoolReader};
 use crate::plan::Plan;
 use crate::sql::ident;
 use crate::testing::{Probe, broken, pause_point};
@@ -227,6 +227,23 @@ impl Worker {
         let mut in_source_txn = false;
         let mut record = first;
         loop {
+            if spool::is_doppel_record(&record.1) {
+                // A confirmation record of the stream's (see `spool`): not a change.
+                match self.reader.try_next()? {
+                    Some(next) => {
+                        record = next;
+                        continue;
+                    }
+                    None if !in_source_txn => break,
+                    None => match self.reader.next().await? {
+                        Some(next) => {
+                            record = next;
+                            continue;
+                        }
+                        None => break,
+                    },
+                }
+            }
             let message = pgoutput::decode_bytes(record.1.clone())
                 .with_context(|| format!("decoding the spooled message at {}", record.0))?;
             match message {

@@ -3,12 +3,21 @@
 //!
 //! The stream is consumed continuously while the backfill runs, so the primary does not have
 //! to retain WAL for the whole copy: the slot's position is confirmed once the messages are
-//! synced to the spool. Records are `[u32 length][u64 wal_start][payload]`, big-endian; the
-//! payload is one pgoutput message, decoded again by the reader. Memory stays bounded: the
-//! writer buffers at most one `BufWriter` (1 MiB), the reader one record.
+//! synced to the spool. Memory stays bounded: the writer buffers at most one `BufWriter`
+//! (1 MiB), the reader one record.
+//!
+//! Format (version 2): the 16-byte header [`MAGIC`], then records `[u32 length][u64
+//! wal_start][u32 crc32][payload]`, big-endian; the CRC-32 covers `wal_start` and the payload.
+//! A payload is one pgoutput message, decoded again by the reader, or a record of doppel's own
+//! starting with [`CONFIRM_RECORD`]: the position the stream is about to confirm to the slot,
+//! written and synced before the confirmation, so the spool always holds at least what the
+//! slot counts as received. After a crash, [`recover`] finds the last intact record (a torn
+//! or corrupt tail fails its checksum) and cuts the spool at the end of the last whole
+//! transaction the slot confirmed; the stream then resumes from the slot's confirmed position
+//! and nothing is lost or received twice.
 
 use std::fs::{File, OpenOptions};
-use std::io::{BufReader, BufWriter, Read, Write};
+use std::io::{BufReader, BufWriter, Read, Seek, SeekFrom, Write};
 use std::path::{Path, PathBuf};
 
 use anyhow::{Context, Result, bail};
@@ -17,7 +26,25 @@ use tokio::sync::watch;
 
 use pglogrepl::lsn::Lsn;
 
-const HEADER: usize = 12;
+/// The file header: format name and version.
+pub const MAGIC: &[u8; 16] = b"doppel spool v2\n";
+/// First payload byte of doppel's own confirmation record (pgoutput messages start with a
+/// letter).
+pub const CONFIRM_RECORD: u8 = b'~';
+/// Bytes before each payload: length, WAL position, CRC-32.
+const HEADER: usize = 16;
+
+/// Whether a spooled payload is a record of doppel's own rather than a pgoutput message.
+pub fn is_doppel_record(payload: &[u8]) -> bool {
+    payload.first() == Some(&CONFIRM_RECORD)
+}
+
+fn checksum(wal_start: u64, payload: &[u8]) -> u32 {
+    let mut h = crc32fast::Hasher::new();
+    h.update(&wal_start.to_be_bytes());
+    h.update(payload);
+    h.finalize()
+}
 
 /// Appends records; publishes how far readers may read.
 pub struct SpoolWriter {
@@ -38,24 +65,206 @@ pub struct SpoolReader {
     visible: watch::Receiver<u64>,
 }
 
-/// Creates (truncating) the spool file at `path`. Returns the writer and a reader starting at
-/// the first record.
+/// Creates (truncating) the spool file at `path` with its header. Returns the writer and a
+/// reader starting at the first record.
 ///
-/// Errors: the file cannot be created or opened.
+/// Errors: the file cannot be created, written or opened.
 pub fn create(path: &Path) -> Result<(SpoolWriter, SpoolReader)> {
-    let file = OpenOptions::new()
+    let mut file = OpenOptions::new()
         .create(true)
         .truncate(true)
         .write(true)
         .open(path)
         .with_context(|| format!("cannot create the change spool {}", path.display()))?;
-    let (tx, rx) = watch::channel(0u64);
+    file.write_all(MAGIC)
+        .and_then(|()| file.sync_all())
+        .with_context(|| format!("cannot write the change spool {}", path.display()))?;
+    writer_and_reader(path, file, MAGIC.len() as u64)
+}
+
+/// What [`recover`] found in a spool left by an interrupted run.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Recovered {
+    /// Where the spool is cut: after the last whole transaction (or doppel record) at or
+    /// before the slot's confirmed position; the stream resumes after it.
+    pub end: u64,
+    /// The highest position the spool holds: the end of its last transaction or its last
+    /// confirmation record, at or before the slot's confirmed position.
+    pub holds: Lsn,
+    /// Bytes past `end` that were dropped (a torn tail, or data the slot will send again).
+    pub dropped: u64,
+}
+
+/// Checks the spool at `path` against the slot's `confirmed` position and cuts off what the
+/// stream will send again or what a crash tore: every record is read and its checksum
+/// verified up to the first bad or incomplete one; the spool keeps the records up to the end
+/// of the last transaction whose commit ends at or before `confirmed`.
+///
+/// Errors: the file is missing, unreadable or not a doppel spool; or it holds less than the
+/// slot confirmed (`holds < confirmed` with a transaction the slot counts as received but the
+/// spool lacks): resuming would lose changes.
+pub fn recover(path: &Path, confirmed: Lsn) -> Result<Recovered> {
+    let file =
+        File::open(path).with_context(|| format!("cannot open the change spool {}", path.display()))?;
+    let size = file.metadata()?.len();
+    let mut reader = BufReader::with_capacity(1 << 20, file);
+    let mut magic = [0u8; 16];
+    reader
+        .read_exact(&mut magic)
+        .ok()
+        .filter(|()| &magic == MAGIC)
+        .with_context(|| format!("{} is not a doppel spool of format 2", path.display()))?;
+    let mut scan = Scan {
+        pos: MAGIC.len() as u64,
+        end: MAGIC.len() as u64,
+        holds: Lsn::INVALID,
+        in_transaction: false,
+    };
+    while let Some((record_end, lsn, payload)) = next_intact(&mut reader, scan.pos, size)? {
+        scan.pos = record_end;
+        if !scan.accept(lsn, &payload, confirmed) {
+            break;
+        }
+    }
+    if scan.holds < confirmed {
+        bail!(
+            "the change spool {} holds changes up to {} but the slot confirmed {}: part of the stream is missing from it (was it truncated or replaced?); resuming would lose changes",
+            path.display(),
+            scan.holds,
+            confirmed
+        );
+    }
+    Ok(Recovered {
+        end: scan.end,
+        holds: scan.holds,
+        dropped: size - scan.end,
+    })
+}
+
+/// The state of [`recover`]'s scan.
+struct Scan {
+    /// Offset after the last record read.
+    pos: u64,
+    /// Offset after the last record the spool keeps.
+    end: u64,
+    /// Highest position kept.
+    holds: Lsn,
+    in_transaction: bool,
+}
+
+impl Scan {
+    /// Takes one intact record; false once the scan must stop (a commit past `confirmed`).
+    fn accept(&mut self, lsn: Lsn, payload: &[u8], confirmed: Lsn) -> bool {
+        match payload.first() {
+            Some(b'B') => self.in_transaction = true,
+            Some(b'C') => {
+                let end = commit_end(payload).unwrap_or(lsn);
+                if end > confirmed {
+                    return false;
+                }
+                self.in_transaction = false;
+                self.holds = self.holds.max(end);
+                self.end = self.pos;
+            }
+            Some(&CONFIRM_RECORD) => {
+                let at = confirm_position(payload).unwrap_or(Lsn::INVALID);
+                if at > confirmed {
+                    return false;
+                }
+                if !self.in_transaction {
+                    self.holds = self.holds.max(at);
+                    self.end = self.pos;
+                }
+            }
+            _ if !self.in_transaction => self.end = self.pos,
+            _ => {}
+        }
+        true
+    }
+}
+
+/// The next record at `pos` if it is whole and its checksum holds: (its end offset, its WAL
+/// position, its payload); `None` at the end or at a torn or corrupt record.
+fn next_intact(
+    reader: &mut BufReader<File>,
+    pos: u64,
+    size: u64,
+) -> Result<Option<(u64, Lsn, Vec<u8>)>> {
+    if pos + HEADER as u64 > size {
+        return Ok(None);
+    }
+    let mut header = [0u8; HEADER];
+    reader.read_exact(&mut header)?;
+    let (len, lsn, crc) = parse_header(&header);
+    let end = pos + (HEADER + len) as u64;
+    if end > size {
+        return Ok(None);
+    }
+    let mut payload = vec![0u8; len];
+    reader.read_exact(&mut payload)?;
+    if checksum(lsn, &payload) != crc {
+        return Ok(None);
+    }
+    Ok(Some((end, Lsn(lsn), payload)))
+}
+
+fn parse_header(header: &[u8; HEADER]) -> (usize, u64, u32) {
+    let len = u32::from_be_bytes(header[..4].try_into().unwrap_or_default()) as usize;
+    let lsn = u64::from_be_bytes(header[4..12].try_into().unwrap_or_default());
+    let crc = u32::from_be_bytes(header[12..].try_into().unwrap_or_default());
+    (len, lsn, crc)
+}
+
+/// End LSN of a pgoutput Commit message (`C`, flags u8, commit LSN u64, end LSN u64, time).
+fn commit_end(payload: &[u8]) -> Option<Lsn> {
+    let bytes: [u8; 8] = payload.get(10..18)?.try_into().ok()?;
+    Some(Lsn(u64::from_be_bytes(bytes)))
+}
+
+/// The position a confirmation record carries.
+fn confirm_position(payload: &[u8]) -> Option<Lsn> {
+    let bytes: [u8; 8] = payload.get(1..9)?.try_into().ok()?;
+    Some(Lsn(u64::from_be_bytes(bytes)))
+}
+
+/// Opens the spool at `path` that [`recover`] checked, cut at `recovered.end`, for appending;
+/// returns the writer and a reader at `read_from` (an offset on a record boundary: the first
+/// record after the header, or where the applier stopped).
+///
+/// Errors: the file cannot be opened or cut, or `read_from` lies outside it.
+pub fn reopen(
+    path: &Path,
+    recovered: &Recovered,
+    read_from: u64,
+) -> Result<(SpoolWriter, SpoolReader)> {
+    let file = OpenOptions::new()
+        .write(true)
+        .open(path)
+        .with_context(|| format!("cannot open the change spool {}", path.display()))?;
+    file.set_len(recovered.end)
+        .and_then(|()| file.sync_all())
+        .with_context(|| format!("cannot cut the change spool {}", path.display()))?;
+    if read_from < MAGIC.len() as u64 || read_from > recovered.end {
+        bail!(
+            "the applier's spool position {read_from} lies outside the spool {} (0..{})",
+            path.display(),
+            recovered.end
+        );
+    }
+    let (mut writer, mut reader) = writer_and_reader(path, file, recovered.end)?;
+    writer.file.seek(SeekFrom::Start(recovered.end))?;
+    reader.seek(read_from)?;
+    Ok((writer, reader))
+}
+
+fn writer_and_reader(path: &Path, file: File, end: u64) -> Result<(SpoolWriter, SpoolReader)> {
+    let (tx, rx) = watch::channel(end);
     let reader = SpoolReader::open(path, rx)?;
     Ok((
         SpoolWriter {
             file: BufWriter::with_capacity(1 << 20, file),
             path: path.to_path_buf(),
-            offset: 0,
+            offset: end,
             visible: tx,
         },
         reader,
@@ -64,39 +273,62 @@ pub fn create(path: &Path) -> Result<(SpoolWriter, SpoolReader)> {
 
 impl SpoolWriter {
     /// Appends one message (not yet visible to the reader; see [`SpoolWriter::publish`]).
+    ///
+    /// Errors: writing failed (a full disk: ENOSPC).
     pub fn append(&mut self, wal_start: Lsn, payload: &[u8]) -> Result<()> {
         let len = u32::try_from(payload.len()).context("message larger than 4 GiB")?;
-        self.file.write_all(&len.to_be_bytes())?;
-        self.file.write_all(&wal_start.0.to_be_bytes())?;
-        self.file.write_all(payload)?;
+        let crc = checksum(wal_start.0, payload);
+        self.file
+            .write_all(&len.to_be_bytes())
+            .and_then(|()| self.file.write_all(&wal_start.0.to_be_bytes()))
+            .and_then(|()| self.file.write_all(&crc.to_be_bytes()))
+            .and_then(|()| self.file.write_all(payload))
+            .with_context(|| format!("writing the change spool {}", self.path.display()))?;
         self.offset += (HEADER + payload.len()) as u64;
         Ok(())
     }
 
+    /// Appends the record that says the stream is about to confirm `lsn` to the slot (see the
+    /// module docs); [`SpoolWriter::sync`] it before confirming.
+    ///
+    /// Errors: writing failed.
+    pub fn append_confirm(&mut self, lsn: Lsn) -> Result<()> {
+        let mut payload = [0u8; 9];
+        payload[0] = CONFIRM_RECORD;
+        payload[1..].copy_from_slice(&lsn.0.to_be_bytes());
+        self.append(lsn, &payload)
+    }
+
     /// Hands everything appended so far to the OS and lets the reader see it.
+    ///
+    /// Errors: writing failed.
     pub fn publish(&mut self) -> Result<()> {
-        self.file.flush().context("writing the change spool")?;
+        self.file
+            .flush()
+            .with_context(|| format!("writing the change spool {}", self.path.display()))?;
         self.visible.send_replace(self.offset);
         Ok(())
     }
 
     /// [`SpoolWriter::publish`] plus `fdatasync`: what is synced may be confirmed to the slot.
+    ///
+    /// Errors: writing or syncing failed.
     pub fn sync(&mut self) -> Result<()> {
         self.publish()?;
         self.file
             .get_ref()
             .sync_data()
-            .context("syncing the change spool")
+            .with_context(|| format!("syncing the change spool {}", self.path.display()))
     }
 
-    /// Bytes written so far.
+    /// The spool's size in bytes (header included).
     pub fn len(&self) -> u64 {
         self.offset
     }
 
-    /// True when nothing was written yet.
+    /// True when nothing but the header was written.
     pub fn is_empty(&self) -> bool {
-        self.offset == 0
+        self.offset <= MAGIC.len() as u64
     }
 
     /// The spool file's path.
@@ -107,15 +339,22 @@ impl SpoolWriter {
 
 impl SpoolReader {
     fn open(path: &Path, visible: watch::Receiver<u64>) -> Result<SpoolReader> {
-        let file = File::open(path)
+        let mut file = File::open(path)
             .with_context(|| format!("cannot open the change spool {}", path.display()))?;
+        file.seek(SeekFrom::Start(MAGIC.len() as u64))?;
         Ok(SpoolReader {
             file: BufReader::with_capacity(1 << 20, file),
             #[cfg(feature = "pause-points")]
             path: path.to_path_buf(),
-            pos: 0,
+            pos: MAGIC.len() as u64,
             visible,
         })
+    }
+
+    fn seek(&mut self, pos: u64) -> Result<()> {
+        self.file.seek(SeekFrom::Start(pos))?;
+        self.pos = pos;
+        Ok(())
     }
 
     /// A second reader of the same spool, from its first record (test-only: the broken
@@ -123,6 +362,12 @@ impl SpoolReader {
     #[cfg(feature = "pause-points")]
     pub(crate) fn reopen(&self) -> Result<SpoolReader> {
         SpoolReader::open(&self.path, self.visible.clone())
+    }
+
+    /// The offset of the next record to read (a record boundary): where a resumed reader
+    /// starts again.
+    pub fn position(&self) -> u64 {
+        self.pos
     }
 
     /// Bytes published by the writer but not yet read.
@@ -138,7 +383,7 @@ impl SpoolReader {
     /// The next record, waiting for the writer when all published records were read.
     /// `Ok(None)` once the writer is gone and everything was read.
     ///
-    /// Errors: a truncated or unreadable spool.
+    /// Errors: a truncated, corrupt (checksum) or unreadable spool.
     pub async fn next(&mut self) -> Result<Option<(Lsn, Bytes)>> {
         loop {
             if self.has_more() {
@@ -151,6 +396,8 @@ impl SpoolReader {
     }
 
     /// The next record if one is published, without waiting.
+    ///
+    /// Errors: as [`SpoolReader::next`].
     pub fn try_next(&mut self) -> Result<Option<(Lsn, Bytes)>> {
         if self.has_more() {
             self.read_record().map(Some)
@@ -164,8 +411,7 @@ impl SpoolReader {
         self.file
             .read_exact(&mut header)
             .context("reading the change spool")?;
-        let len = u32::from_be_bytes(header[..4].try_into().unwrap_or_default()) as usize;
-        let lsn = u64::from_be_bytes(header[4..].try_into().unwrap_or_default());
+        let (len, lsn, crc) = parse_header(&header);
         let mut payload = vec![0u8; len];
         self.file
             .read_exact(&mut payload)
@@ -173,6 +419,12 @@ impl SpoolReader {
         self.pos += (HEADER + len) as u64;
         if self.pos > *self.visible.borrow() {
             bail!("the change spool is corrupt: a record runs past the written end");
+        }
+        if checksum(lsn, &payload) != crc {
+            bail!(
+                "the change spool is corrupt: the record at {} fails its checksum",
+                self.pos - (HEADER + len) as u64
+            );
         }
         Ok((Lsn(lsn), Bytes::from(payload)))
     }
@@ -204,5 +456,92 @@ mod tests {
         );
         drop(w);
         assert_eq!(r.next().await.unwrap(), None);
+    }
+
+    /// A pgoutput Commit with end LSN `end`.
+    fn commit(end: u64) -> Vec<u8> {
+        let mut c = vec![b'C', 0];
+        c.extend_from_slice(&(end - 1).to_be_bytes());
+        c.extend_from_slice(&end.to_be_bytes());
+        c.extend_from_slice(&0i64.to_be_bytes());
+        c
+    }
+
+    /// Two transactions (ending at 100 and 200) and a third without its commit.
+    fn three_transactions(path: &Path) -> (u64, u64) {
+        let (mut w, _) = create(path).unwrap();
+        w.append(Lsn(90), b"Bone").unwrap();
+        w.append(Lsn(95), b"Ione").unwrap();
+        w.append(Lsn(99), &commit(100)).unwrap();
+        let first = w.len();
+        w.append(Lsn(190), b"Btwo").unwrap();
+        w.append(Lsn(199), &commit(200)).unwrap();
+        let second = w.len();
+        w.append(Lsn(290), b"Bthree").unwrap();
+        w.append(Lsn(295), b"Ithree").unwrap();
+        w.sync().unwrap();
+        (first, second)
+    }
+
+    #[test]
+    fn recovery_cuts_at_the_last_transaction_the_slot_confirmed() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("spool");
+        let (first, second) = three_transactions(&path);
+        let r = recover(&path, Lsn(200)).unwrap();
+        assert_eq!((r.end, r.holds), (second, Lsn(200)), "the open transaction is cut");
+        let r = recover(&path, Lsn(100)).unwrap();
+        assert_eq!(
+            (r.end, r.holds),
+            (first, Lsn(100)),
+            "what the slot will send again is cut"
+        );
+        let err = recover(&path, Lsn(250)).unwrap_err().to_string();
+        assert!(err.contains("missing"), "{err}");
+    }
+
+    #[test]
+    fn a_torn_or_corrupt_tail_is_cut_by_its_checksum() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("spool");
+        let (_, second) = three_transactions(&path);
+        // A byte of the second commit flipped: the scan stops before it.
+        let mut bytes = std::fs::read(&path).unwrap();
+        let at = second as usize - 3;
+        bytes[at] ^= 0xff;
+        std::fs::write(&path, &bytes).unwrap();
+        let err = recover(&path, Lsn(200)).unwrap_err().to_string();
+        assert!(err.contains("holds changes up to 0/64"), "{err}");
+        // Torn: the file ends in the middle of a record.
+        let (_, second) = three_transactions(&path);
+        let file = OpenOptions::new().write(true).open(&path).unwrap();
+        file.set_len(second + 5).unwrap();
+        let r = recover(&path, Lsn(200)).unwrap();
+        assert_eq!(r.end, second);
+        assert_eq!(r.dropped, 5);
+    }
+
+    #[tokio::test]
+    async fn a_reopened_spool_appends_after_the_cut_and_reads_from_a_position() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("spool");
+        let (first, _) = three_transactions(&path);
+        let r = recover(&path, Lsn(200)).unwrap();
+        let (mut w, mut reader) = reopen(&path, &r, first).unwrap();
+        assert_eq!(
+            reader.try_next().unwrap().map(|(l, _)| l),
+            Some(Lsn(190)),
+            "reads from the given position"
+        );
+        w.append(Lsn(300), b"Bfour").unwrap();
+        w.publish().unwrap();
+        assert_eq!(reader.try_next().unwrap().map(|(l, _)| l), Some(Lsn(199)));
+        assert_eq!(reader.try_next().unwrap().map(|(l, _)| l), Some(Lsn(300)));
+        // A confirmation record marks an idle position the spool holds.
+        w.append_confirm(Lsn(350)).unwrap();
+        w.sync().unwrap();
+        drop(w);
+        let r = recover(&path, Lsn(350)).unwrap_err();
+        assert!(r.to_string().contains("missing"), "inside an open transaction");
     }
 }

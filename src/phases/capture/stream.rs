@@ -134,8 +134,9 @@ async fn consume_inner(
     loop {
         tokio::select! {
             _ = stop.notified() => {
-                spool.sync()?;
                 let confirm = confirmable(in_transaction, last_commit_end, idle_position);
+                spool.append_confirm(confirm)?;
+                spool.sync()?;
                 stream.send_standby_status(st.received, confirm, confirm, false).await.ok();
                 stream.close().await.ok();
                 return Ok(());
@@ -187,8 +188,9 @@ async fn consume_inner(
                             idle_position = idle_position.max(wal_end);
                         }
                         if reply_requested {
-                            spool.sync()?;
                             let confirm = confirmable(in_transaction, last_commit_end, idle_position);
+                            spool.append_confirm(confirm)?;
+                            spool.sync()?;
                             st.confirmed = st.confirmed.max(confirm);
                             stream.send_standby_status(st.received, st.confirmed, st.confirmed, false).await?;
                         }
@@ -198,9 +200,12 @@ async fn consume_inner(
                 status.send_replace(st.clone());
             }
             _ = tick.tick() => {
+                let confirm = confirmable(in_transaction, last_commit_end, idle_position);
+                if confirm > st.confirmed {
+                    spool.append_confirm(confirm)?;
+                }
                 spool.sync()?;
                 last_publish = Instant::now();
-                let confirm = confirmable(in_transaction, last_commit_end, idle_position);
                 st.confirmed = st.confirmed.max(confirm);
                 st.spooled_bytes = spool.len();
                 stream.send_standby_status(st.received, st.confirmed, st.confirmed, false).await?;
