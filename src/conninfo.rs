@@ -10,6 +10,8 @@ use std::path::Path;
 use anyhow::{Context, Result, bail};
 use tokio_postgres::config::{Host, SslMode};
 
+use crate::failure::{FailureKind, fail};
+
 /// Builds the connection settings from `dsn` (URI `postgres://user@host/db` or key/value
 /// `host=.. dbname=..`), filling whatever the DSN leaves out from `PGHOST`, `PGPORT`,
 /// `PGUSER`, `PGPASSWORD` and `PGDATABASE`, then libpq's defaults (Unix socket in
@@ -70,6 +72,30 @@ pub fn resolve(dsn: Option<&str>) -> Result<tokio_postgres::Config> {
     }
     if config.get_application_name().is_none() {
         config.application_name("doppel");
+    }
+    // libpq takes sslmode from PGSSLMODE when the connection string does not set it: a user
+    // who asks for encryption there gets it or a refusal, never plain text.
+    let dsn_sets_sslmode = dsn.is_some_and(|text| text.contains("sslmode"));
+    if !dsn_sets_sslmode && let Some(mode) = env("PGSSLMODE") {
+        match mode.as_str() {
+            "disable" | "allow" | "prefer" => {}
+            "require" | "verify-ca" | "verify-full" => {
+                return Err(fail(
+                    FailureKind::Usage,
+                    format!(
+                        "PGSSLMODE={mode}: TLS connections are not supported by this doppel build yet; refusing to connect in plain text"
+                    ),
+                ));
+            }
+            other => {
+                return Err(fail(
+                    FailureKind::Usage,
+                    format!(
+                        "PGSSLMODE={other:?} is not a valid sslmode (disable, allow, prefer, require, verify-ca, verify-full)"
+                    ),
+                ));
+            }
+        }
     }
     if config.get_ssl_mode() == SslMode::Require {
         bail!(

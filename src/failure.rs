@@ -33,6 +33,9 @@ pub enum FailureKind {
     Critical,
     /// The original changed in a way the run cannot follow (exit 8).
     Conflict,
+    /// Invalid input on the command line or in the environment: an unparsable connection
+    /// string, an unknown connection parameter or value (exit 2).
+    Usage,
 }
 
 impl FailureKind {
@@ -45,6 +48,7 @@ impl FailureKind {
             FailureKind::Verification => 6,
             FailureKind::Critical => 7,
             FailureKind::Conflict => 8,
+            FailureKind::Usage => 2,
         }
     }
 }
