@@ -604,7 +604,7 @@ async fn migrate_and_roll_back(kinds: &[Kind]) {
         rollback_dir: dir.path().to_path_buf(),
         ..RunOptions::new("public.t", &["ALTER COLUMN amount TYPE bigint"])
     };
-    let config = cluster.conninfo("postgres").parse().unwrap();
+    let config: tokio_postgres::Config = cluster.conninfo("postgres").parse().unwrap();
     let outcome = run::run(&config, &options, &Cancel::never()).await.unwrap();
     let Outcome::Migrated(report) = outcome else {
         panic!("expected a migration, got {outcome:?}")

@@ -19,7 +19,7 @@ async fn migrate(
         rollback_dir: dir.path().to_path_buf(),
         ..RunOptions::new(table, alters)
     };
-    let config = cluster.conninfo("postgres").parse().unwrap();
+    let config: tokio_postgres::Config = cluster.conninfo("postgres").parse().unwrap();
     run::run(&config, &options, &Cancel::never()).await.unwrap()
 }
 

@@ -312,6 +312,10 @@ impl StatusSource for Progress {
             "elapsed_s": self.elapsed().as_secs_f64(),
             "copy_s": copy_s,
             "line": Progress::status_line(self),
+            "connections": {
+                "sessions": s.session_security,
+                "replication": s.replication_security,
+            },
         })
     }
 }

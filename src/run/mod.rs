@@ -55,10 +55,11 @@ pub const ADVISORY_LOCK_CLASS: i32 = 0x0064_6f70;
 /// [`crate::failure`]. On any error before the cutover commits, everything created is
 /// removed and the original is untouched.
 pub async fn run(
-    config: &tokio_postgres::Config,
+    config: &(impl conninfo::ToConnInfo + ?Sized),
     options: &RunOptions,
     cancel: &Cancel,
 ) -> Result<Outcome> {
+    let config = &*config.to_conn_info();
     let started = Instant::now();
     let hooks = Hooks::new(options.hooks_dir.clone())?;
     let (control, plan) = plan_and_lock(config, options).await?;
@@ -73,7 +74,7 @@ pub async fn run(
 /// Preflight on a new control session, then the table's advisory lock (held by that session
 /// for the whole run: one run per table).
 async fn plan_and_lock(
-    config: &tokio_postgres::Config,
+    config: &conninfo::ConnInfo,
     options: &RunOptions,
 ) -> Result<(Client, Plan)> {
     let mut control = conninfo::connect(config).await?;
@@ -105,7 +106,7 @@ async fn plan_and_lock(
 
 /// One executing migration: what it was given, what it owns, and what it created so far.
 pub struct Run<'a> {
-    config: &'a tokio_postgres::Config,
+    config: &'a conninfo::ConnInfo,
     options: &'a RunOptions,
     plan: Arc<Plan>,
     /// The control session: holds the advisory lock, creates and drops doppel's objects,
@@ -131,7 +132,7 @@ impl<'a> Run<'a> {
     ///
     /// Errors: the control socket cannot be created, or another run answers on it.
     async fn start(
-        config: &'a tokio_postgres::Config,
+        config: &'a conninfo::ConnInfo,
         options: &'a RunOptions,
         control: Client,
         plan: Plan,
@@ -141,6 +142,9 @@ impl<'a> Run<'a> {
     ) -> Result<Run<'a>> {
         let plan = Arc::new(plan);
         let progress = Progress::new();
+        let security = conninfo::security(&control, config).await?;
+        tracing::info!("sessions: {} ({security})", config.describe());
+        progress.update(|s| s.session_security = Some(security.to_string()));
         let socket = options.control_socket.clone().unwrap_or_else(|| {
             crate::ops::control::default_path(&options.work_dir, plan.original.oid)
         });

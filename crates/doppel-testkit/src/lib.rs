@@ -3,6 +3,7 @@
 //! and `doppel demo`; it depends on nothing of doppel.
 
 pub mod cluster;
+pub mod tls;
 pub mod workload;
 
 /// Settings that make values round-trip exactly as text whatever the database sets (all float
