@@ -17,7 +17,9 @@ pub mod session;
 pub mod settings;
 pub mod tls;
 
-pub use session::{Security, connect, connect_replication, security, security_of_replication};
+pub use session::{
+    Security, cancel, connect, connect_replication, security, security_of_replication,
+};
 pub use settings::{ConnInfo, SessionAttrs, ToConnInfo, resolve};
 
 /// Settings that make values round-trip exactly as text, whatever the database or role sets:

@@ -165,6 +165,15 @@ pub async fn connect_replication(config: &(impl ToConnInfo + ?Sized)) -> Result<
     .await
 }
 
+/// Sends a cancel request for `token`'s session over a new connection protected as
+/// `config` says (its TLS settings, as the session itself was). A failure is logged: the
+/// statement then simply runs on.
+pub async fn cancel(token: &tokio_postgres::CancelToken, config: &ConnInfo) {
+    if let Err(e) = token.cancel_query(config.tls.for_sessions()).await {
+        tracing::warn!("could not send the cancel request: {e}");
+    }
+}
+
 /// How a connection is protected, for the plan and the status.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Security {
