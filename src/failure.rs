@@ -109,8 +109,18 @@ pub enum Check {
     WalSenders,
     /// The database encoding is neither UTF8 nor SQL_ASCII (`server_encoding`).
     Encoding,
-    /// The role has neither REPLICATION nor SUPERUSER (`pg_roles`).
+    /// The role has neither REPLICATION nor SUPERUSER (`pg_roles`), nor membership in a
+    /// provider role known to grant replication (`rds_replication`).
     ReplicationPrivilege,
+    /// The role lacks CREATE on the database: doppel creates its publication there
+    /// (`has_database_privilege`).
+    DatabaseCreate,
+    /// The role lacks TEMPORARY on the database: preflight tries the ALTER on a clone in
+    /// `pg_temp` (`has_database_privilege`).
+    TempPrivilege,
+    /// The role lacks CREATE on the table's schema: the shadow table is created there
+    /// (`has_schema_privilege`).
+    SchemaCreate,
     /// `--table` is not a valid name or names no table visible to doppel (`to_regclass`).
     TableName,
     /// The relation is not a plain table: partitioned, foreign, a view (`pg_class.relkind`).
