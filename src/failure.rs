@@ -166,6 +166,8 @@ pub enum Check {
     NameTaken,
     /// Another doppel run holds the table's advisory lock.
     ConcurrentRun,
+    /// The DSN points at a connection pooler (PgBouncer): doppel needs a direct connection.
+    Pooler,
 }
 
 /// One reason doppel refuses to run, with what to do about it.

@@ -18,7 +18,8 @@ pub mod settings;
 pub mod tls;
 
 pub use session::{
-    Security, cancel, connect, connect_replication, security, security_of_replication,
+    Security, cancel, connect, connect_replication, pgbouncer_answer, probe_replication, security,
+    security_of_replication,
 };
 pub use settings::{ConnInfo, SessionAttrs, ToConnInfo, resolve};
 

@@ -174,6 +174,32 @@ pub async fn cancel(token: &tokio_postgres::CancelToken, config: &ConnInfo) {
     }
 }
 
+/// What PgBouncer says when a client sends a startup parameter it does not forward (doppel's
+/// replication connection always sends `replication` and `options`). PostgreSQL itself never
+/// says this.
+const PGBOUNCER_STARTUP_ERROR: &str = "unsupported startup parameter";
+
+/// When `err` (a failed connection) is PgBouncer's answer, PgBouncer's message; `None`
+/// otherwise.
+pub fn pgbouncer_answer(err: &anyhow::Error) -> Option<String> {
+    let text = format!("{err:#}");
+    let start = text.find(PGBOUNCER_STARTUP_ERROR)?;
+    let end = text[start..]
+        .find([';', '\n'])
+        .map_or(text.len(), |i| start + i);
+    Some(text[start..end].to_string())
+}
+
+/// Opens a replication connection and closes it at once: whether the replication
+/// connection doppel will need can be had, before anything is created.
+///
+/// Errors: those of [`connect_replication`].
+pub async fn probe_replication(config: &ConnInfo) -> Result<()> {
+    let client = connect_replication(config).await?;
+    drop(client);
+    Ok(())
+}
+
 /// How a connection is protected, for the plan and the status.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Security {

@@ -23,7 +23,7 @@ mod tasks;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use anyhow::Result;
+use anyhow::{Context, Result};
 use tokio_postgres::Client;
 
 use crate::cancel::Cancel;
@@ -77,11 +77,17 @@ async fn plan_and_lock(
     config: &conninfo::ConnInfo,
     options: &RunOptions,
 ) -> Result<(Client, Plan)> {
-    let mut control = conninfo::connect(config).await?;
+    let mut control = conninfo::connect(config).await.map_err(pooler_refusal)?;
     control
         .batch_execute("SET application_name = 'doppel'; SET lock_timeout = '5s'")
         .await?;
     let plan = preflight::run(&mut control, &options.table, &options.alters).await?;
+    // The replication connection's settings (startup options included), opened once now:
+    // a pooler in the way, or a server refusing it, stops the run before anything exists.
+    conninfo::probe_replication(&config.with_exact_output())
+        .await
+        .map_err(pooler_refusal)
+        .context("opening a replication connection")?;
     let locked: bool = control
         .query_one(
             "SELECT pg_try_advisory_lock($1, $2::oid::int)",
@@ -102,6 +108,21 @@ async fn plan_and_lock(
         .into());
     }
     Ok((control, plan))
+}
+
+/// `err` as a [`Check::Pooler`] refusal when it is PgBouncer's answer; unchanged otherwise.
+fn pooler_refusal(err: anyhow::Error) -> anyhow::Error {
+    match conninfo::pgbouncer_answer(&err) {
+        Some(answer) => Refused::from(Refusal::new(
+            Check::Pooler,
+            format!(
+                "the DSN points at a connection pooler: PgBouncer answered \"{answer}\". doppel holds session state (an advisory lock, SET LOCAL lock_timeout in the cutover transaction, an exported snapshot) and opens a logical replication connection, none of which a pooler carries"
+            ),
+            "connect doppel directly to the PostgreSQL server (the host and port the pooler itself connects to); the application can keep using the pooler during the cutover (README: Cutting over behind a connection pooler)",
+        ))
+        .into(),
+        None => err,
+    }
 }
 
 /// One executing migration: what it was given, what it owns, and what it created so far.

@@ -3,6 +3,7 @@
 //! and `doppel demo`; it depends on nothing of doppel.
 
 pub mod cluster;
+pub mod pgbouncer;
 pub mod standby;
 pub mod tls;
 pub mod workload;
