@@ -379,3 +379,53 @@ async fn channel_binding_require_uses_scram_plus() {
         stderr(&out)
     );
 }
+
+/// The TLS cost on a whole migration (not run by default): the same `doppel run --execute`
+/// on a fresh `DOPPEL_TLS_COST_ROWS`-row table (default 200,000), three times with
+/// `sslmode=disable` and three with `verify-full`, alternating; prints each wall time and
+/// the medians. `cargo test --release --test tls -- --ignored --nocapture tls_cost`.
+#[tokio::test]
+#[ignore = "a measurement, not a test: run it by name"]
+async fn tls_cost_on_a_migration() {
+    let rows: i32 = std::env::var("DOPPEL_TLS_COST_ROWS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(200_000);
+    let tc = TlsCluster::start(("localhost", "DNS:localhost,IP:127.0.0.1"), 1).await;
+    let client = tc.cluster.connect("postgres").await.unwrap();
+    let mut times: [Vec<f64>; 2] = [Vec::new(), Vec::new()];
+    for round in 0..6 {
+        let verify = round % 2 == 1;
+        client
+            .batch_execute(&format!(
+                "DO $$DECLARE r record; BEGIN
+                   FOR r IN SELECT relname FROM pg_class WHERE relname LIKE '\\_doppel\\_%' AND relkind = 'r'
+                   LOOP EXECUTE format('DROP TABLE %I', r.relname); END LOOP; END$$;
+                 DROP TABLE IF EXISTS t;
+                 CREATE TABLE t (id int PRIMARY KEY, v int);
+                 INSERT INTO t SELECT i, i FROM generate_series(1, {rows}) i;
+                 ALTER TABLE t OWNER TO alice; VACUUM ANALYZE t;"
+            ))
+            .await
+            .unwrap();
+        let mode = if verify {
+            format!("sslmode=verify-full {}", tc.root())
+        } else {
+            "sslmode=disable".to_string()
+        };
+        // alice is admitted only over TLS: the plain-text runs use the superuser.
+        let user = if verify { "alice" } else { "postgres" };
+        let dsn = tc.dsn(user, &format!("password=alice-pw {mode}"));
+        let dir = tempfile::tempdir().unwrap();
+        let started = std::time::Instant::now();
+        let out = doppel_run(&dsn, &[], true, dir.path());
+        let secs = started.elapsed().as_secs_f64();
+        assert!(out.status.success(), "{}", stderr(&out));
+        eprintln!("{}: {secs:.2} s", if verify { "verify-full" } else { "disable" });
+        times[usize::from(verify)].push(secs);
+    }
+    for (name, mut t) in ["disable", "verify-full"].into_iter().zip(times) {
+        t.sort_by(f64::total_cmp);
+        eprintln!("{name}: median {:.2} s of {t:?}", t[t.len() / 2]);
+    }
+}
