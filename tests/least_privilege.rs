@@ -250,8 +250,11 @@ async fn a_provider_replication_role_is_recognised() {
     let out = doppel_run(&cluster, "m_rds", true, dir.path());
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(!stderr.contains("preflight refused"), "{stderr}");
+    // "must be superuser or replication role to start walsender" (14-15), "permission
+    // denied to start WAL sender" (16+): SQLSTATE 42501 either way.
     assert!(
-        stderr.contains("must be superuser or replication role"),
+        (stderr.contains("FATAL 42501") && stderr.to_lowercase().contains("wal sender"))
+            || stderr.contains("walsender"),
         "vanilla PostgreSQL does not honour the role: {stderr}"
     );
     common::assert_no_doppel_objects(&client).await;
