@@ -159,7 +159,16 @@ async fn a_least_privilege_role_migrates_with_dependents_and_rolls_back() {
         .command("psql")
         .env("PGUSER", "migrator")
         // force=1: the rows written above on the new table are given up by the rollback.
-        .args(["-X", "-q", "-v", "ON_ERROR_STOP=1", "-v", "force=1", "-f", "-"])
+        .args([
+            "-X",
+            "-q",
+            "-v",
+            "ON_ERROR_STOP=1",
+            "-v",
+            "force=1",
+            "-f",
+            "-",
+        ])
         .stdin(std::fs::File::open(script).unwrap())
         .output()
         .unwrap();

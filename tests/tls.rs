@@ -216,8 +216,9 @@ async fn verify_full_against_another_host_name_fails_and_creates_nothing() {
     assert!(out.status.success(), "verify-ca: {}", stderr(&out));
 }
 
-/// `verify-ca` with a root certificate of another CA fails (certificate verify failed);
-/// `require` without any root certificate connects (encrypted, not verified), as libpq.
+/// `verify-ca` with a root certificate of another CA fails (certificate verify failed), and
+/// so does `require` given that root certificate (it then acts as `verify-ca`, as libpq);
+/// `require` without any root certificate connects (encrypted, not verified).
 #[tokio::test]
 async fn verify_ca_with_the_wrong_ca_fails() {
     let tc = TlsCluster::start(("localhost", "DNS:localhost,IP:127.0.0.1"), 10).await;
@@ -238,6 +239,23 @@ async fn verify_ca_with_the_wrong_ca_fails() {
     let log = stderr(&out);
     assert!(!out.status.success(), "verify-ca accepted an unknown CA");
     assert!(log.contains("certificate verify failed"), "{log}");
+    // require with a root certificate file verifies the chain too (libpq: verify-ca).
+    let out = doppel_run(
+        &tc.dsn(
+            "alice",
+            &format!(
+                "password=alice-pw sslmode=require sslrootcert={}",
+                other.cert.display()
+            ),
+        ),
+        &[],
+        false,
+        dir.path(),
+    );
+    assert!(
+        !out.status.success(),
+        "require ignored the root certificate"
+    );
     let out = doppel_run(
         &tc.dsn("alice", "password=alice-pw sslmode=require"),
         &[],
@@ -253,7 +271,8 @@ async fn verify_ca_with_the_wrong_ca_fails() {
 }
 
 /// `sslmode=disable` against a role `pg_hba.conf` admits only over TLS: the server's own
-/// message (no pg_hba.conf entry .. no encryption) reaches the user.
+/// message (no pg_hba.conf entry .. no encryption) reaches the user; `allow` (plain text,
+/// then TLS) and `prefer` (TLS first) both end up encrypted.
 #[tokio::test]
 async fn sslmode_disable_against_hostssl_only_fails_with_the_servers_message() {
     let tc = TlsCluster::start(("localhost", "DNS:localhost,IP:127.0.0.1"), 10).await;
@@ -270,6 +289,18 @@ async fn sslmode_disable_against_hostssl_only_fails_with_the_servers_message() {
         log.contains("pg_hba.conf rejects connection") || log.contains("no pg_hba.conf entry"),
         "{log}"
     );
+    // allow: plain text first, refused by the server, then TLS (libpq); prefer: TLS first.
+    for mode in ["allow", "prefer"] {
+        let out = doppel_run(
+            &tc.dsn("alice", &format!("password=alice-pw sslmode={mode}")),
+            &[],
+            false,
+            dir.path(),
+        );
+        let plan = String::from_utf8_lossy(&out.stdout);
+        assert!(out.status.success(), "{mode}: {}", stderr(&out));
+        assert!(plan.contains("(TLSv1."), "{mode}: {plan}");
+    }
 }
 
 /// `PGSSLMODE=require` against a server with `ssl = off`: doppel fails, says the server does
