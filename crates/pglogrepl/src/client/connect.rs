@@ -63,14 +63,26 @@ pub(super) async fn connect(
 /// Where to connect: one entry per configured host.
 #[derive(Debug, Clone)]
 enum Target {
-    Tcp { host: String, port: u16 },
-    Unix { path: PathBuf },
+    /// `host` is where the socket connects (the `hostaddr` when given); `name` is the host
+    /// name the TLS connector checks the certificate against (`host` when given, as libpq:
+    /// `hostaddr` only saves the name lookup).
+    Tcp {
+        host: String,
+        port: u16,
+        name: String,
+    },
+    Unix {
+        path: PathBuf,
+    },
 }
 
 impl fmt::Display for Target {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
-            Target::Tcp { host, port } => write!(f, "{host}:{port}"),
+            Target::Tcp { host, port, name } if host != name => {
+                write!(f, "{name} ({host}):{port}")
+            }
+            Target::Tcp { host, port, .. } => write!(f, "{host}:{port}"),
             Target::Unix { path } => write!(f, "{}", path.display()),
         }
     }
@@ -107,13 +119,18 @@ fn targets(config: &tokio_postgres::Config) -> Result<Vec<Target>, ReplicationEr
             .copied()
             .unwrap_or(DEFAULT_PORT);
         let target = match (hostaddrs.get(i), hosts.get(i)) {
-            (Some(addr), _) => Target::Tcp {
+            (Some(addr), host) => Target::Tcp {
                 host: addr.to_string(),
                 port,
+                name: match host {
+                    Some(Host::Tcp(name)) => name.clone(),
+                    _ => addr.to_string(),
+                },
             },
             (None, Some(Host::Tcp(host))) => Target::Tcp {
                 host: host.clone(),
                 port,
+                name: host.clone(),
             },
             #[cfg(unix)]
             (None, Some(Host::Unix(dir))) => Target::Unix {
@@ -156,7 +173,7 @@ async fn open_socket(
     keepalive: &Keepalive,
 ) -> Result<Box<dyn Transport>, ReplicationError> {
     match target {
-        Target::Tcp { host, port } => {
+        Target::Tcp { host, port, .. } => {
             let addrs = tokio::net::lookup_host((host.as_str(), *port))
                 .await
                 .map_err(|e| io::Error::new(e.kind(), format!("resolving {host}: {e}")))?;
@@ -307,13 +324,13 @@ async fn secure(
     startup: &Startup<'_>,
     tls: Option<&dyn TlsConnector>,
 ) -> Result<(Box<dyn Transport>, Option<Option<Vec<u8>>>), ReplicationError> {
-    let (Target::Tcp { host, .. }, Some(connector)) = (target, tls) else {
+    let (Target::Tcp { name, .. }, Some(connector)) = (target, tls) else {
         return Ok((io, None));
     };
     if startup.ssl_mode == SslMode::Disable {
         return Ok((io, None));
     }
-    match negotiate(io, host, connector).await? {
+    match negotiate(io, name, connector).await? {
         Negotiated::Tls(session) => Ok((session.stream, Some(session.tls_server_end_point))),
         Negotiated::Plain(_) if startup.ssl_mode != SslMode::Prefer => {
             Err(ReplicationError::Tls(format!(
@@ -407,6 +424,24 @@ mod tests {
             connect(&config, None).await,
             Err(ReplicationError::Unsupported(_))
         ));
+    }
+
+    #[test]
+    fn tls_checks_the_host_name_not_the_hostaddr() {
+        let mut config = tokio_postgres::Config::new();
+        config
+            .host("db.example")
+            .hostaddr("192.0.2.7".parse().unwrap())
+            .port(6000);
+        let targets = targets(&config).unwrap();
+        let Target::Tcp { host, port, name } = &targets[0] else {
+            panic!("a TCP target");
+        };
+        assert_eq!(
+            (host.as_str(), *port, name.as_str()),
+            ("192.0.2.7", 6000, "db.example")
+        );
+        assert_eq!(targets[0].to_string(), "db.example (192.0.2.7):6000");
     }
 
     #[tokio::test]
