@@ -33,6 +33,9 @@ pub enum FailureKind {
     Critical,
     /// The original changed in a way the run cannot follow (exit 8).
     Conflict,
+    /// Invalid input on the command line or in the environment: an unparsable connection
+    /// string, an unknown connection parameter or value (exit 2).
+    Usage,
 }
 
 impl FailureKind {
@@ -45,6 +48,7 @@ impl FailureKind {
             FailureKind::Verification => 6,
             FailureKind::Critical => 7,
             FailureKind::Conflict => 8,
+            FailureKind::Usage => 2,
         }
     }
 }
@@ -105,8 +109,18 @@ pub enum Check {
     WalSenders,
     /// The database encoding is neither UTF8 nor SQL_ASCII (`server_encoding`).
     Encoding,
-    /// The role has neither REPLICATION nor SUPERUSER (`pg_roles`).
+    /// The role has neither REPLICATION nor SUPERUSER (`pg_roles`), nor membership in a
+    /// provider role known to grant replication (`rds_replication`).
     ReplicationPrivilege,
+    /// The role lacks CREATE on the database: doppel creates its publication there
+    /// (`has_database_privilege`).
+    DatabaseCreate,
+    /// The role lacks TEMPORARY on the database: preflight tries the ALTER on a clone in
+    /// `pg_temp` (`has_database_privilege`).
+    TempPrivilege,
+    /// The role lacks CREATE on the table's schema: the shadow table is created there
+    /// (`has_schema_privilege`).
+    SchemaCreate,
     /// `--table` is not a valid name or names no table visible to doppel (`to_regclass`).
     TableName,
     /// The relation is not a plain table: partitioned, foreign, a view (`pg_class.relkind`).
@@ -158,6 +172,8 @@ pub enum Check {
     /// revert swapped out (it may hold writes made after the cutover) and was not given
     /// `--drop-new-table`.
     SwappedOutTable,
+    /// The DSN points at a connection pooler (PgBouncer): doppel needs a direct connection.
+    Pooler,
 }
 
 /// One reason doppel refuses to run, with what to do about it.

@@ -27,12 +27,14 @@ pub(crate) struct RunArgs {
 /// Runs `doppel run`: prints the plan (dry run) or the report (with `--execute`).
 pub(crate) async fn run(args: RunArgs, cancel: &Cancel) -> anyhow::Result<()> {
     let config = conninfo::resolve(args.conn.dsn.as_deref())?;
-    tracing::info!("connecting to {}", conninfo::describe(&config));
+    tracing::info!("connecting to {}", config.describe());
     let options = run_options(args.table, args.alters, args.execute, &args.tuning)?;
     match migration::run(&config, &options, cancel).await? {
         Outcome::Planned(plan) => {
             let client = conninfo::connect(&config).await?;
             let script = cutover::Script::build(&client, &plan, options.lock_timeout).await?;
+            let security = conninfo::security(&client, &config).await?;
+            println!("connection: {} ({security})", config.describe());
             println!(
                 "{}",
                 migration::render_plan(&plan, &script, options.revert_window)

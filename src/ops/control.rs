@@ -412,6 +412,10 @@ impl StatusSource for Progress {
             "copy_s": copy_s,
             "line": Progress::status_line(self),
             "window": s.window.as_ref().map(|w| w.to_json()),
+            "connections": {
+                "sessions": s.session_security,
+                "replication": s.replication_security,
+            },
         })
     }
 }

@@ -44,6 +44,11 @@ pub struct State {
     pub throttled: String,
     /// Worst replica lag seen by the throttler (ms), when it measures one.
     pub replica_lag_ms: Option<u64>,
+    /// How the control session is protected (`TLSv1.3 (..), server certificate verified
+    /// ..` or `not encrypted`), once connected.
+    pub session_security: Option<String>,
+    /// How the replication connection is protected, once connected.
+    pub replication_security: Option<String>,
     /// The revert window, once it is open (`--revert-window`).
     pub window: Option<WindowView>,
 }

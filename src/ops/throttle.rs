@@ -39,7 +39,7 @@ pub struct ThrottleOptions {
     /// Throttle while a standby's replay position trails the primary by more bytes.
     pub max_replica_lag_bytes: Option<u64>,
     /// Standbys to measure heartbeat lag on (time, compared with `max_replica_lag`).
-    pub replicas: Vec<tokio_postgres::Config>,
+    pub replicas: Vec<conninfo::ConnInfo>,
     /// Throttle while doppel's slot retains more WAL (bytes).
     pub max_retained_wal: Option<u64>,
     /// Abort when doppel's slot retains more WAL (bytes), before the disk fills.
@@ -101,7 +101,7 @@ impl Throttler {
     /// Starts the checker (own sessions to the primary and to each named standby) for the slot
     /// `slot`. Errors: a session cannot be opened, or a query does not prepare.
     pub async fn spawn(
-        config: &tokio_postgres::Config,
+        config: &conninfo::ConnInfo,
         options: ThrottleOptions,
         slot: &str,
         message_prefix: &str,
@@ -112,13 +112,10 @@ impl Throttler {
             .await?;
         let mut replicas = Vec::new();
         for r in &options.replicas {
-            let c = conninfo::connect(r).await.with_context(|| {
-                format!(
-                    "connecting to the throttle replica {}",
-                    conninfo::describe(r)
-                )
-            })?;
-            replicas.push((conninfo::describe(r), c));
+            let c = conninfo::connect(r)
+                .await
+                .with_context(|| format!("connecting to the throttle replica {}", r.describe()))?;
+            replicas.push((r.describe(), c));
         }
         let heartbeat = if replicas.is_empty() {
             None

@@ -544,7 +544,10 @@ impl CheckReport {
 /// Errors: a table is missing (during a run: no shadow), no primary key, key types that
 /// cannot be matched, or a query failure. A difference is not an error: see
 /// [`CheckReport::equal`].
-pub async fn check(config: &tokio_postgres::Config, options: &CheckOptions) -> Result<CheckReport> {
+pub async fn check(
+    config: &(impl crate::conninfo::ToConnInfo + ?Sized),
+    options: &CheckOptions,
+) -> Result<CheckReport> {
     let mut client = crate::conninfo::connect(config).await?;
     let mut peer = crate::conninfo::connect(config).await?;
     for c in [&client, &peer] {

@@ -11,7 +11,7 @@
 //! | file | checks |
 //! |---|---|
 //! | `checks/server.rs` | `Check::ServerVersion`, `Check::WalLevel`, `Check::ReplicationSlots`, `Check::WalSenders`, `Check::Encoding` |
-//! | `checks/privileges.rs` | `Check::ReplicationPrivilege`, `Check::Ownership` |
+//! | `checks/privileges.rs` | `Check::ReplicationPrivilege`, `Check::DatabaseCreate`, `Check::TempPrivilege`, `Check::Ownership`, `Check::SchemaCreate` |
 //! | `checks/table.rs` | `Check::TableName`, `Check::TableKind`, `Check::Partition`, `Check::Inheritance`, `Check::Persistence` |
 //! | `checks/key.rs` | `Check::PrimaryKey`, `Check::ReplicaIdentity` |
 //! | `checks/publications.rs` | `Check::Publication` |
@@ -58,7 +58,9 @@ pub async fn run(client: &mut Client, table: &str, alters: &[String]) -> Result<
         return Err(Refused(vec![too_old]).into());
     }
     let mut refusals = server::settings(&server);
-    refusals.extend(privileges::replication(&server));
+    let grants = privileges::read(client).await?;
+    refusals.extend(privileges::replication(&server, &grants));
+    refusals.extend(privileges::database(&server, &grants));
     let oid = match table::resolve(client, table).await {
         Ok(oid) => oid,
         Err(refusal) => return refuse(refusals, refusal),
@@ -66,7 +68,7 @@ pub async fn run(client: &mut Client, table: &str, alters: &[String]) -> Result<
     let original = catalog::inspect(&*client, oid).await?;
     let names = Names::new(&original.schema, &original.name, oid);
     refusals.extend(table::check(&original));
-    refusals.extend(privileges::ownership(client, &original).await?);
+    refusals.extend(privileges::table(client, &original).await?);
     refusals.extend(key::check(&original));
     refusals.extend(publications::check(client, &original).await?);
     refusals.extend(leftovers::check(client, &original, &names).await?);

@@ -46,7 +46,7 @@ pub struct CleanupReport {
 /// Errors: the table does not exist, a run is active on it, a slot is in use, the refusal
 /// above, or a DROP or file removal failed.
 pub async fn cleanup(
-    config: &tokio_postgres::Config,
+    config: &(impl conninfo::ToConnInfo + ?Sized),
     table: &str,
     options: &CleanupOptions,
 ) -> Result<CleanupReport> {

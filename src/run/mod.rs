@@ -24,7 +24,7 @@ mod window;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use anyhow::Result;
+use anyhow::{Context, Result};
 use tokio_postgres::Client;
 
 use crate::cancel::Cancel;
@@ -57,10 +57,11 @@ pub const ADVISORY_LOCK_CLASS: i32 = 0x0064_6f70;
 /// [`crate::failure`]. On any error before the cutover commits, everything created is
 /// removed and the original is untouched.
 pub async fn run(
-    config: &tokio_postgres::Config,
+    config: &(impl conninfo::ToConnInfo + ?Sized),
     options: &RunOptions,
     cancel: &Cancel,
 ) -> Result<Outcome> {
+    let config = &*config.to_conn_info();
     let started = Instant::now();
     let hooks = Hooks::new(options.hooks_dir.clone())?;
     let (control, plan) = plan_and_lock(config, options).await?;
@@ -76,14 +77,20 @@ pub async fn run(
 /// Preflight on a new control session, then the table's advisory lock (held by that session
 /// for the whole run: one run per table).
 async fn plan_and_lock(
-    config: &tokio_postgres::Config,
+    config: &conninfo::ConnInfo,
     options: &RunOptions,
 ) -> Result<(Client, Plan)> {
-    let mut control = conninfo::connect(config).await?;
+    let mut control = conninfo::connect(config).await.map_err(pooler_refusal)?;
     control
         .batch_execute("SET application_name = 'doppel'; SET lock_timeout = '5s'")
         .await?;
     let plan = preflight::run(&mut control, &options.table, &options.alters).await?;
+    // The replication connection's settings (startup options included), opened once now:
+    // a pooler in the way, or a server refusing it, stops the run before anything exists.
+    conninfo::probe_replication(&config.with_exact_output())
+        .await
+        .map_err(pooler_refusal)
+        .context("opening a replication connection")?;
     let locked: bool = control
         .query_one(
             "SELECT pg_try_advisory_lock($1, $2::oid::int)",
@@ -124,9 +131,24 @@ fn refuse_revert_window(plan: &Plan, options: &RunOptions) -> Result<()> {
     .into())
 }
 
+/// `err` as a [`Check::Pooler`] refusal when it is PgBouncer's answer; unchanged otherwise.
+fn pooler_refusal(err: anyhow::Error) -> anyhow::Error {
+    match conninfo::pgbouncer_answer(&err) {
+        Some(answer) => Refused::from(Refusal::new(
+            Check::Pooler,
+            format!(
+                "the DSN points at a connection pooler: PgBouncer answered \"{answer}\". doppel holds session state (an advisory lock, SET LOCAL lock_timeout in the cutover transaction, an exported snapshot) and opens a logical replication connection, none of which a pooler carries"
+            ),
+            "connect doppel directly to the PostgreSQL server (the host and port the pooler itself connects to); the application can keep using the pooler during the cutover (README: Cutting over behind a connection pooler)",
+        ))
+        .into(),
+        None => err,
+    }
+}
+
 /// One executing migration: what it was given, what it owns, and what it created so far.
 pub struct Run<'a> {
-    config: &'a tokio_postgres::Config,
+    config: &'a conninfo::ConnInfo,
     options: &'a RunOptions,
     plan: Arc<Plan>,
     /// The control session: holds the advisory lock, creates and drops doppel's objects,
@@ -152,7 +174,7 @@ impl<'a> Run<'a> {
     ///
     /// Errors: the control socket cannot be created, or another run answers on it.
     async fn start(
-        config: &'a tokio_postgres::Config,
+        config: &'a conninfo::ConnInfo,
         options: &'a RunOptions,
         control: Client,
         plan: Plan,
@@ -162,6 +184,9 @@ impl<'a> Run<'a> {
     ) -> Result<Run<'a>> {
         let plan = Arc::new(plan);
         let progress = Progress::new();
+        let security = conninfo::security(&control, config).await?;
+        tracing::info!("sessions: {} ({security})", config.describe());
+        progress.update(|s| s.session_security = Some(security.to_string()));
         let socket = options.control_socket.clone().unwrap_or_else(|| {
             crate::ops::control::default_path(&options.work_dir, plan.original.oid)
         });

@@ -5,7 +5,7 @@
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, anyhow, bail};
-use pglogrepl::client::{CreatedSlot, ReplicationClient, ReplicationStream};
+use pglogrepl::client::{CreatedSlot, ReplicationStream};
 use pglogrepl::lsn::Lsn;
 use tokio_postgres::Client;
 
@@ -47,12 +47,14 @@ impl Run<'_> {
         self.create_publication_and_shadow().await?;
         pause_point!(self.probe, "shadow-built", self.plan.names.shadow.clone());
         let fingerprint = catalog::fingerprint(&self.control, self.plan.original.oid).await?;
-        let mut replication = ReplicationClient::connect(&walsender_config(
-            self.config,
-            &self.options.logical_decoding_work_mem,
-        ))
-        .await
-        .context("opening the replication connection")?;
+        let walsender = walsender_config(self.config, &self.options.logical_decoding_work_mem);
+        let mut replication = conninfo::connect_replication(&walsender)
+            .await
+            .context("opening the replication connection")?;
+        let security = conninfo::security_of_replication(&mut replication, &walsender).await?;
+        tracing::info!("replication connection: {security}");
+        self.progress
+            .update(|s| s.replication_security = Some(security.to_string()));
         let slot = replication
             .create_logical_slot(&self.plan.names.slot, true)
             .await
@@ -189,16 +191,7 @@ async fn wait_until_visible(client: &Client, exported: &Snapshot) -> Result<()> 
 /// ([`conninfo::EXACT_OUTPUT_OPTIONS`]: the WAL sender formats streamed values with them) and
 /// `-c logical_decoding_work_mem=<work_mem>` in the startup options, so the WAL sender decodes
 /// the backfill's chunk transactions in memory instead of spilling them to disk.
-pub(super) fn walsender_config(
-    config: &tokio_postgres::Config,
-    work_mem: &str,
-) -> tokio_postgres::Config {
-    let mut config = conninfo::with_exact_output(config);
+pub(super) fn walsender_config(config: &conninfo::ConnInfo, work_mem: &str) -> conninfo::ConnInfo {
     let setting = format!("-c logical_decoding_work_mem={}", work_mem.replace(' ', ""));
-    let options = match config.get_options() {
-        Some(existing) if !existing.is_empty() => format!("{existing} {setting}"),
-        _ => setting,
-    };
-    config.options(&options);
-    config
+    config.with_exact_output().with_option(&setting)
 }

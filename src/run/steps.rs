@@ -171,14 +171,26 @@ impl Run<'_> {
             .await
             .context("setting maintenance_work_mem for the index builds")?;
         for statement in shadow::primary_key_sql(&self.plan) {
-            run_cancellable(&self.control, &statement, &self.cancel, throttler)
-                .await
-                .context("building the shadow's primary key")?;
+            run_cancellable(
+                self.config,
+                &self.control,
+                &statement,
+                &self.cancel,
+                throttler,
+            )
+            .await
+            .context("building the shadow's primary key")?;
         }
         for statement in shadow::plain_index_sql(&self.plan) {
-            run_cancellable(&self.control, &statement, &self.cancel, throttler)
-                .await
-                .map_err(|e| index_error(e, &self.plan, &statement))?;
+            run_cancellable(
+                self.config,
+                &self.control,
+                &statement,
+                &self.cancel,
+                throttler,
+            )
+            .await
+            .map_err(|e| index_error(e, &self.plan, &statement))?;
         }
         self.timed(Phase::Indexes, since);
         Ok(())
@@ -238,16 +250,22 @@ impl Run<'_> {
         applier.set_collapse(!shadow::has_constraining_indexes(&self.plan));
         for statement in shadow::constraining_sql(&self.plan) {
             tasks.check()?;
-            run_cancellable(&self.control, &statement, &self.cancel, throttler)
-                .await
-                .map_err(|e| index_error(e, &self.plan, &statement))?;
+            run_cancellable(
+                self.config,
+                &self.control,
+                &statement,
+                &self.cancel,
+                throttler,
+            )
+            .await
+            .map_err(|e| index_error(e, &self.plan, &statement))?;
         }
         let (finish, vacuum) = shadow::finish_sql(&self.plan);
         for statement in finish {
             self.control.batch_execute(&statement).await?;
         }
         applier.resume();
-        run_cancellable(&self.control, &vacuum, &self.cancel, throttler)
+        run_cancellable(self.config, &self.control, &vacuum, &self.cancel, throttler)
             .await
             .context("VACUUM (ANALYZE) of the shadow")?;
         self.timed(Phase::Constraints, since);
@@ -398,6 +416,7 @@ async fn catch_up(
 /// Runs one long statement; on cancel, or on a critical throttle condition (the panic flag
 /// file, ...), asks the server to cancel it and returns that abort.
 async fn run_cancellable(
+    config: &conninfo::ConnInfo,
     client: &Client,
     sql: &str,
     cancel: &Cancel,
@@ -407,11 +426,11 @@ async fn run_cancellable(
     tokio::select! {
         r = client.batch_execute(sql) => r.map_err(anyhow::Error::new),
         _ = cancel.cancelled() => {
-            token.cancel_query(tokio_postgres::NoTls).await.ok();
+            conninfo::cancel(&token, config).await;
             Err(fail(FailureKind::Aborted, "interrupted: stopping and cleaning up"))
         }
         e = throttler.critical() => {
-            token.cancel_query(tokio_postgres::NoTls).await.ok();
+            conninfo::cancel(&token, config).await;
             Err(e)
         }
     }

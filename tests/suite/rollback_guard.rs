@@ -31,7 +31,7 @@ async fn migrated() -> (LocalCluster, Client, RunReport, u32, tempfile::TempDir)
     let original = common::scalar(&client, "SELECT 'public.t'::regclass::oid::bigint").await;
     let dir = tempfile::tempdir().unwrap();
     let options = common::options(dir.path(), "public.t", &["ALTER COLUMN amount TYPE bigint"]);
-    let config = cluster.conninfo("postgres").parse().unwrap();
+    let config: tokio_postgres::Config = cluster.conninfo("postgres").parse().unwrap();
     let Outcome::Migrated(report) = run::run(&config, &options, &Cancel::never()).await.unwrap()
     else {
         panic!("expected a migration")

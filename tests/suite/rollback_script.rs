@@ -578,7 +578,7 @@ async fn migrate_and_roll_back(kinds: &[Kind]) {
 
     let dir = tempfile::tempdir().unwrap();
     let options = common::options(dir.path(), "public.t", &["ALTER COLUMN amount TYPE bigint"]);
-    let config = cluster.conninfo("postgres").parse().unwrap();
+    let config: tokio_postgres::Config = cluster.conninfo("postgres").parse().unwrap();
     let outcome = run::run(&config, &options, &Cancel::never()).await.unwrap();
     let Outcome::Migrated(report) = outcome else {
         panic!("expected a migration, got {outcome:?}")

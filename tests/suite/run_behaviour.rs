@@ -27,7 +27,7 @@ async fn grants_and_comments_are_carried_to_the_new_table() {
         .await
         .unwrap();
     let dir = tempfile::tempdir().unwrap();
-    let config = cluster.conninfo("postgres").parse().unwrap();
+    let config: tokio_postgres::Config = cluster.conninfo("postgres").parse().unwrap();
     let outcome = run::run(
         &config,
         &common::options(
@@ -282,7 +282,7 @@ async fn views_triggers_foreign_keys_policies_and_publications_move_with_the_tab
         .await
         .unwrap();
     let dir = tempfile::tempdir().unwrap();
-    let config = cluster.conninfo("postgres").parse().unwrap();
+    let config: tokio_postgres::Config = cluster.conninfo("postgres").parse().unwrap();
     let outcome = run::run(
         &config,
         &common::options(dir.path(), "orders", &["ALTER COLUMN amount TYPE bigint"]),

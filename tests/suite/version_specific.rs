@@ -14,7 +14,7 @@ async fn migrate(
 ) -> Outcome {
     let dir = tempfile::tempdir().unwrap();
     let options = common::options(dir.path(), table, alters);
-    let config = cluster.conninfo("postgres").parse().unwrap();
+    let config: tokio_postgres::Config = cluster.conninfo("postgres").parse().unwrap();
     run::run(&config, &options, &Cancel::never()).await.unwrap()
 }
 

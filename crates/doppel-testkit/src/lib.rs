@@ -13,9 +13,12 @@
 
 pub mod cluster;
 pub mod objects;
+pub mod pgbouncer;
 pub mod poll;
 pub mod process;
 pub mod sql;
+pub mod standby;
+pub mod tls;
 pub mod workload;
 
 /// Settings that make values round-trip exactly as text whatever the database sets (all float

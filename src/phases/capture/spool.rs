@@ -104,8 +104,8 @@ pub struct Recovered {
 /// slot confirmed (`holds < confirmed` with a transaction the slot counts as received but the
 /// spool lacks): resuming would lose changes.
 pub fn recover(path: &Path, confirmed: Lsn) -> Result<Recovered> {
-    let file =
-        File::open(path).with_context(|| format!("cannot open the change spool {}", path.display()))?;
+    let file = File::open(path)
+        .with_context(|| format!("cannot open the change spool {}", path.display()))?;
     let size = file.metadata()?.len();
     let mut reader = BufReader::with_capacity(1 << 20, file);
     let mut magic = [0u8; 16];
@@ -489,7 +489,11 @@ mod tests {
         let path = dir.path().join("spool");
         let (first, second) = three_transactions(&path);
         let r = recover(&path, Lsn(200)).unwrap();
-        assert_eq!((r.end, r.holds), (second, Lsn(200)), "the open transaction is cut");
+        assert_eq!(
+            (r.end, r.holds),
+            (second, Lsn(200)),
+            "the open transaction is cut"
+        );
         let r = recover(&path, Lsn(100)).unwrap();
         assert_eq!(
             (r.end, r.holds),
@@ -542,6 +546,9 @@ mod tests {
         w.sync().unwrap();
         drop(w);
         let r = recover(&path, Lsn(350)).unwrap_err();
-        assert!(r.to_string().contains("missing"), "inside an open transaction");
+        assert!(
+            r.to_string().contains("missing"),
+            "inside an open transaction"
+        );
     }
 }

@@ -33,7 +33,6 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result};
-use pglogrepl::client::ReplicationClient;
 
 use crate::conninfo;
 use crate::model::catalog;
@@ -79,7 +78,7 @@ impl ReverseStream {
     /// created: the publication, and the slot goes with the connection).
     pub async fn prepare(
         client: &tokio_postgres::Client,
-        replication: &tokio_postgres::Config,
+        replication: &conninfo::ConnInfo,
         plan: &Plan,
         work_dir: &Path,
         probe: Probe,
@@ -93,7 +92,7 @@ impl ReverseStream {
             ))
             .await
             .context("creating the revert window's publication")?;
-        let mut connection = ReplicationClient::connect(replication)
+        let mut connection = conninfo::connect_replication(replication)
             .await
             .context("opening the revert window's replication connection")?;
         let slot = connection
@@ -178,7 +177,7 @@ impl Window {
     ///
     /// Errors: a catalog read or a session failed; the reverse plan cannot be built.
     pub async fn open(
-        config: &tokio_postgres::Config,
+        config: &conninfo::ConnInfo,
         forward: &Plan,
         new_oid: u32,
         mut stream: ReverseStream,

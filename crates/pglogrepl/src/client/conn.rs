@@ -6,13 +6,12 @@ use std::io;
 
 use bytes::{Buf, BytesMut};
 use postgres_protocol::message::backend;
-use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 use super::error::{ReplicationError, log_notice, protocol_err};
 
-/// Any byte stream the connection can run on (TCP or Unix socket; a TLS stream later).
-pub(super) trait Transport: AsyncRead + AsyncWrite + Unpin + Send {}
-impl<T: AsyncRead + AsyncWrite + Unpin + Send> Transport for T {}
+/// Any byte stream the connection can run on (TCP or Unix socket, or a TLS stream).
+pub(super) use super::tls::Stream as Transport;
 
 /// One backend frame: either a message `postgres-protocol` decodes, or one it does not know.
 pub(super) enum Frame {

@@ -40,8 +40,16 @@ pub enum ReplicationError {
     /// is reported as [`ReplicationError::Server`] with SQLSTATE `28P01`.
     #[error("authentication failed: {0}")]
     Auth(String),
-    /// A feature the client does not implement: TLS, or an authentication method other than
-    /// trust, cleartext password, MD5 and SCRAM-SHA-256.
+    /// TLS was required but could not be had: the server refused the SSLRequest under
+    /// `sslmode=require`, or channel binding was required and not used.
+    #[error("{0}")]
+    Tls(String),
+    /// `target_session_attrs=read-write` and the server's session is read-only (a standby).
+    #[error("{0}")]
+    ReadOnly(String),
+    /// A feature the client does not implement (an authentication method other than trust,
+    /// cleartext password, MD5 and SCRAM-SHA-256(-PLUS)), or `sslmode=require` without a
+    /// TLS connector.
     #[error("not supported by doppel's replication client: {0}")]
     Unsupported(String),
     /// The connection settings cannot be used (no host, mismatched host/port counts, no user).

@@ -4,8 +4,10 @@
 //! own small client built on `postgres-protocol` message encoding and a plain tokio socket. It
 //! is the transport only:
 //!
-//! 1. [`ReplicationClient::connect`] opens one connection with `replication=database` in the
-//!    startup packet (trust, cleartext, MD5 or SCRAM-SHA-256 authentication; no TLS yet).
+//! 1. [`ReplicationClient::connect`] (or [`ReplicationClient::connect_with_tls`], with a
+//!    caller-provided [`TlsConnector`]) opens one connection with `replication=database` in
+//!    the startup packet (trust, cleartext, MD5 or SCRAM-SHA-256 authentication, with channel
+//!    binding over TLS).
 //! 2. [`ReplicationClient::identify_system`], [`ReplicationClient::create_logical_slot`] and
 //!    [`ReplicationClient::simple_query`] run replication (or plain SQL) commands with the
 //!    simple-query protocol.
@@ -17,8 +19,8 @@
 //! [`ReplicationStream::send_standby_status`]; nothing is acknowledged automatically.
 //!
 //! One module per concern, each depending only on those listed before it:
-//! `error` ([`ReplicationError`], server error and notice parsing), `conn` (the framed
-//! socket), `auth` (password authentication), `connect` (targets, sockets, startup and
+//! `error` ([`ReplicationError`], server error and notice parsing), `tls` (the
+//! [`TlsConnector`] interface and the SSLRequest), `conn` (the framed socket), `auth` (password authentication), `connect` (targets, sockets, startup and
 //! handshake), `commands` (simple query, `IDENTIFY_SYSTEM`, `CREATE_REPLICATION_SLOT`, command
 //! text), `stream` (`START_REPLICATION` and the [`ReplicationStream`]). This module holds the
 //! [`ReplicationClient`] type, whose methods delegate to them.
@@ -29,6 +31,7 @@ mod conn;
 mod connect;
 mod error;
 mod stream;
+mod tls;
 
 use std::fmt;
 
@@ -38,6 +41,7 @@ use conn::Conn;
 pub use commands::{CreatedSlot, SystemInfo};
 pub use error::ReplicationError;
 pub use stream::{ReplicationMessage, ReplicationStream};
+pub use tls::{HandshakeFuture, Stream, TlsConnector, TlsSession};
 
 /// One connection to PostgreSQL with `replication=database`, in command mode.
 ///
@@ -47,43 +51,85 @@ pub use stream::{ReplicationMessage, ReplicationStream};
 pub struct ReplicationClient {
     conn: Conn,
     backend_pid: i32,
+    tls: bool,
 }
 
 impl fmt::Debug for ReplicationClient {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("ReplicationClient")
             .field("backend_pid", &self.backend_pid)
+            .field("tls", &self.tls)
             .finish_non_exhaustive()
     }
 }
 
 impl ReplicationClient {
-    /// Connects using the same settings as a [`tokio_postgres::Config`]: hosts (TCP names or
-    /// addresses, `hostaddr`, or Unix socket directories, for which the socket is
-    /// `<dir>/.s.PGSQL.<port>`), ports (one for all hosts or one per host; default 5432), user
-    /// (default `$USER`), password, dbname, application_name, options and connect_timeout
-    /// (applied to each host's whole connect-and-authenticate attempt). Adds
-    /// `replication=database` and `client_encoding=UTF8` to the startup packet. Hosts are tried
-    /// in order; the first that accepts wins.
+    /// Connects without TLS using the same settings as a [`tokio_postgres::Config`]: hosts
+    /// (TCP names or addresses, `hostaddr`, or Unix socket directories, for which the socket
+    /// is `<dir>/.s.PGSQL.<port>`), ports (one for all hosts or one per host; default 5432),
+    /// user (default `$USER`), password, dbname, application_name, options, connect_timeout
+    /// (applied to each host's whole connect-and-authenticate attempt), TCP keepalives and
+    /// `target_session_attrs` (`read-write` skips a host whose `transaction_read_only` is
+    /// on). Adds `replication=database` and `client_encoding=UTF8` to the startup packet.
+    /// Hosts are tried in order; the first that accepts wins. `sslmode=prefer` connects in
+    /// plain text here (no SSLRequest is sent): use [`ReplicationClient::connect_with_tls`]
+    /// for TLS.
     ///
-    /// Authentication: trust, cleartext password, MD5 and SCRAM-SHA-256 (without channel
-    /// binding).
+    /// Authentication: trust, cleartext password, MD5 and SCRAM-SHA-256.
     ///
     /// # Errors
     /// * [`ReplicationError::Unsupported`] for `sslmode=require` or `channel_binding=require`
-    ///   (TLS is not supported yet: plain TCP only; `sslmode=prefer` silently connects without
-    ///   TLS) and for Kerberos/GSSAPI/SSPI or non-SCRAM SASL authentication.
+    ///   (they need [`ReplicationClient::connect_with_tls`]) and for Kerberos, GSSAPI, SSPI or
+    ///   non-SCRAM SASL authentication.
     /// * [`ReplicationError::Config`] if there is no host, the host/port counts mismatch, or
     ///   no user is configured nor `$USER` set.
     /// * Otherwise the error of the last host tried: [`ReplicationError::Io`] (unreachable,
     ///   `TimedOut` after connect_timeout), [`ReplicationError::Server`] (e.g. `28P01` wrong
     ///   password, `28000` no pg_hba.conf entry, `3D000` no such database),
-    ///   [`ReplicationError::Auth`] (password needed but not configured, SCRAM failure).
+    ///   [`ReplicationError::Auth`] (password needed but not configured, SCRAM failure),
+    ///   [`ReplicationError::ReadOnly`] (every host was read-only under
+    ///   `target_session_attrs=read-write`).
     pub async fn connect(
         config: &tokio_postgres::Config,
     ) -> Result<ReplicationClient, ReplicationError> {
-        let (conn, backend_pid) = connect::connect(config).await?;
-        Ok(ReplicationClient { conn, backend_pid })
+        Self::open(config, None).await
+    }
+
+    /// Like [`ReplicationClient::connect`], with TLS through `tls` on TCP connections (Unix
+    /// sockets stay plain, as in libpq): with `sslmode=prefer` an SSLRequest is sent and the
+    /// connection continues in plain text if the server declines; with `sslmode=require` a
+    /// server that declines is an error. What the handshake verifies (the CA, the host name)
+    /// is `tls`'s decision. Over TLS, SCRAM uses channel binding (SCRAM-SHA-256-PLUS,
+    /// `tls-server-end-point`) when the server offers it and `channel_binding` is not
+    /// `disable`; `channel_binding=require` fails unless it was used.
+    ///
+    /// # Errors
+    /// Those of [`ReplicationClient::connect`], and [`ReplicationError::Tls`] (the server
+    /// declined TLS under `sslmode=require`, or channel binding was required and not used);
+    /// a failed handshake is [`ReplicationError::Io`] naming the host and the connector's
+    /// reason.
+    pub async fn connect_with_tls(
+        config: &tokio_postgres::Config,
+        tls: &dyn TlsConnector,
+    ) -> Result<ReplicationClient, ReplicationError> {
+        Self::open(config, Some(tls)).await
+    }
+
+    async fn open(
+        config: &tokio_postgres::Config,
+        tls: Option<&dyn TlsConnector>,
+    ) -> Result<ReplicationClient, ReplicationError> {
+        let opened = connect::connect(config, tls).await?;
+        Ok(ReplicationClient {
+            conn: opened.conn,
+            backend_pid: opened.backend_pid,
+            tls: opened.tls,
+        })
+    }
+
+    /// Whether the connection is encrypted (TLS).
+    pub fn is_tls(&self) -> bool {
+        self.tls
     }
 
     /// Runs `sql` with the simple-query protocol and returns all rows of all result sets, each
