@@ -8,6 +8,7 @@ pub mod backfill;
 #[cfg(feature = "pause-points")]
 pub(crate) mod broken;
 pub mod capture;
+pub mod checkpoint;
 pub mod cutover;
 pub mod fence;
 pub mod revert;

@@ -101,6 +101,9 @@ pub struct ApplyOptions {
     /// is skipped and its key reported in [`ApplyStatus::rejected`] (a revert window keeps
     /// streaming and says the revert is no longer lossless).
     pub tolerant: bool,
+    /// A resumable run's checkpoint: each batch records, in its own transaction, the end of
+    /// its last source transaction and the spool offset after it.
+    pub checkpoint: Option<crate::phases::checkpoint::Checkpoint>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -13,11 +13,12 @@ use super::exec::Exec;
 use super::relation::{check_relation, expect_relation, key_of, key_of_bound, values};
 use super::{ApplyOptions, ApplyStatus, BATCH_CHANGES, Control};
 use crate::phases::capture::spool::{self, SpoolReader};
+use crate::phases::checkpoint::Checkpoint;
 use crate::plan::Plan;
 use crate::sql::ident;
 use crate::testing::{Probe, broken, pause_point};
 use pglogrepl::lsn::Lsn;
-use pglogrepl::pgoutput::{self, PgOutputMessage};
+use pglogrepl::pgoutput::{self, PgOutputMessage, TupleData};
 
 /// Buffered changes beyond which they are sent to the server mid-transaction (memory bound).
 pub(super) const MAX_PENDING: usize = 50_000;
@@ -31,22 +32,45 @@ pub(super) struct Worker {
     pub(super) reread: Statement,
     pub(super) reread_missing: Statement,
     pub(super) partial: HashMap<Vec<bool>, Statement>,
-    /// Partial updates may set sent columns directly (no written column uses USING).
-    pub(super) direct_partial: bool,
-    pub(super) relation_checked: bool,
     pub(super) collapse: Arc<std::sync::atomic::AtomicBool>,
     pub(super) hold: Option<watch::Receiver<crate::ops::throttle::ThrottleState>>,
     /// The run's test hooks (pause points `applied`, `visibility-wait`; broken orderings).
     pub(super) probe: Probe,
-    /// [`ApplyOptions::after_marker`], until the marked transaction has committed.
-    pub(super) waiting_for: Option<String>,
+    /// What decoding keeps between messages.
+    pub(super) decoder: Decoder,
     /// [`ApplyOptions::tolerant`]: the keys whose latest change the target rejected.
     pub(super) rejected: Option<BTreeMap<super::changes::Key, String>>,
+    /// [`ApplyOptions::checkpoint`]: where each batch records its position.
+    pub(super) checkpoint: Option<Checkpoint>,
+}
+
+/// What decoding the spool keeps from one message to the next.
+pub(super) struct Decoder {
+    /// Partial updates may set sent columns directly (no written column uses USING).
+    direct_partial: bool,
+    /// The Relation message of the original was seen and checked.
+    relation_checked: bool,
+    /// [`ApplyOptions::after_marker`], until the marked transaction has committed.
+    waiting_for: Option<String>,
+    /// Test-only: transactions committed before this are skipped (see
+    /// [`Worker::applied_during_copy`]).
+    applied_during_copy: Lsn,
+}
+
+/// One batch being decoded: its figures, its changes, where it stands in the stream.
+struct Decoding {
+    batch: Batch,
+    pending: Pending,
+    collapse: bool,
+    in_source_txn: bool,
+    skip_txn: bool,
+    marker_in_txn: bool,
 }
 
 /// Rejected keys published in [`ApplyStatus::rejected`] at most.
 const REJECTED_SHOWN: usize = 1_000;
 
+#[derive(Default)]
 pub(super) struct Batch {
     pub(super) changes: u64,
     pub(super) transactions: u64,
@@ -98,13 +122,17 @@ impl Worker {
             reread,
             reread_missing,
             partial: HashMap::new(),
-            direct_partial,
-            relation_checked: false,
             collapse,
             hold: options.hold,
+            decoder: Decoder {
+                direct_partial,
+                relation_checked: false,
+                waiting_for: options.after_marker,
+                applied_during_copy: Lsn::INVALID,
+            },
             probe: options.probe,
-            waiting_for: options.after_marker,
             rejected: options.tolerant.then(BTreeMap::new),
+            checkpoint: options.checkpoint,
         })
     }
 
@@ -161,7 +189,7 @@ impl Worker {
                 |c: &str| crate::testing::names_xid(c, &batch.xids)
             );
             let idle = !self.reader.has_more();
-            let past_marker = self.waiting_for.is_none();
+            let past_marker = self.decoder.waiting_for.is_none();
             let rejected: Vec<_> = self
                 .rejected
                 .iter()
@@ -192,25 +220,22 @@ impl Worker {
     }
 
     /// Applies records from `first` up to a transaction boundary where the batch is full or
-    /// the spool is drained, in one shadow transaction.
+    /// the spool is drained, in one shadow transaction (which also records the position in
+    /// the checkpoint, when the run is resumable).
     pub(super) async fn apply_batch(&mut self, first: (Lsn, bytes::Bytes)) -> Result<Batch> {
-        let mut batch = Batch {
-            changes: 0,
-            transactions: 0,
-            applied: Lsn::INVALID,
-            fence: 0,
-            xid: 0,
-            xids: Vec::new(),
-        };
         // Test-only broken orderings (never in a normal build): changes are not collapsed per
         // key; transactions applied during the backfill are not applied again.
-        let collapse = self.collapse.load(std::sync::atomic::Ordering::SeqCst)
-            && !broken!(self.probe, UnorderedBatch);
-        let applied_during_copy = self.applied_during_copy();
-        let mut skip_txn = false;
-        let mut marker_in_txn = false;
+        let mut d = Decoding {
+            batch: Batch::default(),
+            pending: Pending::new(),
+            collapse: self.collapse.load(std::sync::atomic::Ordering::SeqCst)
+                && !broken!(self.probe, UnorderedBatch),
+            in_source_txn: false,
+            skip_txn: false,
+            marker_in_txn: false,
+        };
+        self.decoder.applied_during_copy = self.applied_during_copy();
         let plan = self.plan.clone();
-        let mut pending = Pending::new();
         let mut partial = std::mem::take(&mut self.partial);
         let tx = self.client.transaction().await?;
         let mut exec = Exec {
@@ -224,136 +249,159 @@ impl Worker {
             probe: &self.probe,
             rejected: self.rejected.as_mut(),
         };
-        let mut in_source_txn = false;
-        let mut record = first;
-        loop {
-            if spool::is_doppel_record(&record.1) {
-                // A confirmation record of the stream's (see `spool`): not a change.
-                match self.reader.try_next()? {
-                    Some(next) => {
-                        record = next;
-                        continue;
-                    }
-                    None if !in_source_txn => break,
-                    None => match self.reader.next().await? {
-                        Some(next) => {
-                            record = next;
-                            continue;
-                        }
-                        None => break,
-                    },
-                }
+        let mut next = Some(first);
+        while let Some(record) = next.take() {
+            if !spool::is_doppel_record(&record.1) {
+                let message = pgoutput::decode_bytes(record.1.clone())
+                    .with_context(|| format!("decoding the spooled message at {}", record.0))?;
+                self.decoder.take(&plan, &self.probe, message, &mut d)?;
             }
-            let message = pgoutput::decode_bytes(record.1.clone())
-                .with_context(|| format!("decoding the spooled message at {}", record.0))?;
-            match message {
-                PgOutputMessage::Begin { xid, final_lsn, .. } => {
-                    in_source_txn = true;
-                    batch.xid = xid;
-                    batch.xids.push(xid);
-                    skip_txn = final_lsn < applied_during_copy || self.waiting_for.is_some();
-                }
-                PgOutputMessage::Commit { end_lsn, .. } => {
-                    in_source_txn = false;
-                    if std::mem::take(&mut marker_in_txn) {
-                        self.waiting_for = None;
-                    }
-                    batch.transactions += 1;
-                    batch.applied = batch.applied.max(end_lsn);
-                }
-                PgOutputMessage::Relation(rel) => {
-                    check_relation(&plan, &rel)?;
-                    self.relation_checked = true;
-                }
-                PgOutputMessage::Insert { .. }
-                | PgOutputMessage::Update { .. }
-                | PgOutputMessage::Delete { .. }
-                    if skip_txn => {}
-                PgOutputMessage::Insert { relation_id, new } => {
-                    expect_relation(&plan, relation_id, self.relation_checked)?;
-                    let row: Vec<Option<String>> = values(&new)?.iter().map(Val::bind).collect();
-                    let key = key_of_bound(&plan, &row)?;
-                    pending.push(collapse, key, Op::Upsert(row), batch.xid);
-                    batch.changes += 1;
-                }
-                PgOutputMessage::Update {
-                    relation_id,
-                    old,
-                    new,
-                } => {
-                    expect_relation(&plan, relation_id, self.relation_checked)?;
-                    let row = values(&new)?;
-                    let new_key = key_of(&plan, &row)?;
-                    if let Some(old) = &old {
-                        let old_key = key_of(&plan, &values(old.tuple())?)?;
-                        if old_key != new_key {
-                            pending.push(collapse, old_key, Op::Delete, batch.xid);
-                        }
-                    }
-                    let op = if row.iter().all(|v| *v != Val::Unchanged)
-                        || broken!(self.probe, PartialAsFull)
-                    {
-                        Op::Upsert(row.iter().map(Val::bind).collect())
-                    } else if self.direct_partial {
-                        Op::Partial(row)
-                    } else {
-                        Op::ReRead
-                    };
-                    pending.push(collapse, new_key, op, batch.xid);
-                    batch.changes += 1;
-                }
-                PgOutputMessage::Delete { relation_id, old } => {
-                    expect_relation(&plan, relation_id, self.relation_checked)?;
-                    let key = key_of(&plan, &values(old.tuple())?)?;
-                    pending.push(collapse, key, Op::Delete, batch.xid);
-                    batch.changes += 1;
-                }
-                PgOutputMessage::Truncate { .. } => {
-                    return Err(crate::failure::fail(
-                        crate::failure::FailureKind::Conflict,
-                        format!(
-                            "TRUNCATE ran on {} during the migration: the shadow cannot follow it; aborting (the original table is untouched; run doppel again)",
-                            plan.original.qualified()
-                        ),
-                    ));
-                }
-                PgOutputMessage::Message {
-                    prefix, content, ..
-                } => {
-                    let content = std::str::from_utf8(&content).ok();
-                    if prefix == plan.names.message_prefix
-                        && let Some(n) = content
-                            .and_then(|c| c.strip_prefix("fence:"))
-                            .and_then(|n| n.parse::<u64>().ok())
-                    {
-                        batch.fence = batch.fence.max(n);
-                    }
-                    if prefix == plan.names.message_prefix
-                        && content.is_some()
-                        && content == self.waiting_for.as_deref()
-                    {
-                        marker_in_txn = true;
-                    }
-                }
-                PgOutputMessage::Type { .. } | PgOutputMessage::Origin { .. } => {}
-            }
-            if pending.len() >= MAX_PENDING {
-                exec.flush(std::mem::replace(&mut pending, Pending::new()))
+            if d.pending.len() >= MAX_PENDING {
+                exec.flush(std::mem::replace(&mut d.pending, Pending::new()))
                     .await?;
             }
-            if !in_source_txn
-                && (batch.changes as usize >= BATCH_CHANGES || !self.reader.has_more())
-            {
+            let full = d.batch.changes as usize >= BATCH_CHANGES;
+            if !d.in_source_txn && (full || !self.reader.has_more()) {
                 break;
             }
-            record = match self.reader.next().await? {
-                Some(r) => r,
-                None => break,
-            };
+            next = self.reader.next().await?;
         }
-        exec.flush(pending).await?;
+        exec.flush(d.pending).await?;
+        if let Some(checkpoint) = &self.checkpoint
+            && d.batch.applied != Lsn::INVALID
+        {
+            checkpoint
+                .applied(&tx, d.batch.applied, self.reader.position())
+                .await?;
+        }
         tx.commit().await.context("committing applied changes")?;
         self.partial = partial;
-        Ok(batch)
+        Ok(d.batch)
     }
+}
+
+impl Decoder {
+    /// Takes one decoded message into the batch: transaction bounds, changes as per-key ops
+    /// (docs/design.md §2.4), fences and the marker.
+    ///
+    /// Errors: a change of another relation or before its Relation message, a Relation that
+    /// changed (DDL) or a TRUNCATE on the original (exit 8), a key that cannot be read.
+    fn take(
+        &mut self,
+        plan: &Plan,
+        probe: &Probe,
+        message: PgOutputMessage,
+        d: &mut Decoding,
+    ) -> Result<()> {
+        match message {
+            PgOutputMessage::Begin { xid, final_lsn, .. } => {
+                d.in_source_txn = true;
+                d.batch.xid = xid;
+                d.batch.xids.push(xid);
+                d.skip_txn = final_lsn < self.applied_during_copy || self.waiting_for.is_some();
+            }
+            PgOutputMessage::Commit { end_lsn, .. } => {
+                d.in_source_txn = false;
+                if std::mem::take(&mut d.marker_in_txn) {
+                    self.waiting_for = None;
+                }
+                d.batch.transactions += 1;
+                d.batch.applied = d.batch.applied.max(end_lsn);
+            }
+            PgOutputMessage::Relation(rel) => {
+                check_relation(plan, &rel)?;
+                self.relation_checked = true;
+            }
+            PgOutputMessage::Insert { .. }
+            | PgOutputMessage::Update { .. }
+            | PgOutputMessage::Delete { .. }
+                if d.skip_txn => {}
+            PgOutputMessage::Insert { relation_id, new } => {
+                expect_relation(plan, relation_id, self.relation_checked)?;
+                let row: Vec<Option<String>> = values(&new)?.iter().map(Val::bind).collect();
+                let key = key_of_bound(plan, &row)?;
+                d.pending
+                    .push(d.collapse, key, Op::Upsert(row), d.batch.xid);
+                d.batch.changes += 1;
+            }
+            PgOutputMessage::Update {
+                relation_id,
+                old,
+                new,
+            } => {
+                expect_relation(plan, relation_id, self.relation_checked)?;
+                self.update(plan, probe, old.as_ref().map(|o| o.tuple()), &new, d)?;
+            }
+            PgOutputMessage::Delete { relation_id, old } => {
+                expect_relation(plan, relation_id, self.relation_checked)?;
+                let key = key_of(plan, &values(old.tuple())?)?;
+                d.pending.push(d.collapse, key, Op::Delete, d.batch.xid);
+                d.batch.changes += 1;
+            }
+            PgOutputMessage::Truncate { .. } => return Err(truncated(plan)),
+            PgOutputMessage::Message {
+                prefix, content, ..
+            } => self.message(plan, &prefix, &content, d),
+            PgOutputMessage::Type { .. } | PgOutputMessage::Origin { .. } => {}
+        }
+        Ok(())
+    }
+
+    /// An UPDATE: a key change deletes the old key first; a full new row is upserted, a
+    /// partial one (unchanged TOASTed values) updates the sent columns or is re-read.
+    fn update(
+        &self,
+        plan: &Plan,
+        probe: &Probe,
+        old: Option<&TupleData>,
+        new: &TupleData,
+        d: &mut Decoding,
+    ) -> Result<()> {
+        let row = values(new)?;
+        let new_key = key_of(plan, &row)?;
+        if let Some(old) = old {
+            let old_key = key_of(plan, &values(old)?)?;
+            if old_key != new_key {
+                d.pending.push(d.collapse, old_key, Op::Delete, d.batch.xid);
+            }
+        }
+        let op = if row.iter().all(|v| *v != Val::Unchanged) || broken!(probe, PartialAsFull) {
+            Op::Upsert(row.iter().map(Val::bind).collect())
+        } else if self.direct_partial {
+            Op::Partial(row)
+        } else {
+            Op::ReRead
+        };
+        d.pending.push(d.collapse, new_key, op, d.batch.xid);
+        d.batch.changes += 1;
+        Ok(())
+    }
+
+    /// A logical message: a fence of the run's prefix, or the marker waited for.
+    fn message(&self, plan: &Plan, prefix: &str, content: &[u8], d: &mut Decoding) {
+        if prefix != plan.names.message_prefix {
+            return;
+        }
+        let content = std::str::from_utf8(content).ok();
+        if let Some(n) = content
+            .and_then(|c| c.strip_prefix("fence:"))
+            .and_then(|n| n.parse::<u64>().ok())
+        {
+            d.batch.fence = d.batch.fence.max(n);
+        }
+        if content.is_some() && content == self.waiting_for.as_deref() {
+            d.marker_in_txn = true;
+        }
+    }
+}
+
+/// TRUNCATE ran on the original: the shadow cannot follow it (exit 8).
+fn truncated(plan: &Plan) -> anyhow::Error {
+    crate::failure::fail(
+        crate::failure::FailureKind::Conflict,
+        format!(
+            "TRUNCATE ran on {} during the migration: the shadow cannot follow it; aborting (the original table is untouched; run doppel again)",
+            plan.original.qualified()
+        ),
+    )
 }
