@@ -350,7 +350,7 @@ impl Env {
                 .await
                 .context("generating public.orders")?;
             admin.batch_execute("VACUUM ANALYZE public.orders").await?;
-            let plan = doppel::preflight::run(&mut admin, "public.orders", &[ALTER.to_string()])
+            let plan = doppel::preflight::run(&mut admin, "public.orders", &[ALTER.to_string()], false)
                 .await
                 .context("preflight")?;
             let shadow = plan.names.shadow_qualified();

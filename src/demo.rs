@@ -172,6 +172,7 @@ async fn finished(migration: JoinHandle<Result<Outcome>>) -> Result<RunReport> {
     match migration.await.context("the migration task failed")?? {
         Outcome::Migrated(report) => Ok(*report),
         Outcome::Planned(_) => bail!("the demo ran as a dry run"),
+        Outcome::Finished(_) => bail!("the demo's run finished an interrupted one"),
     }
 }
 

@@ -13,6 +13,11 @@
 //! | 6 | verification found an unexplained difference |
 //! | 7 | a critical threshold was crossed (`--critical-retained-wal`, `--critical-query`) |
 //! | 8 | the original changed in a way the migration cannot follow (DDL, TRUNCATE), or rows, existing or written live, that the new schema rejects (a new UNIQUE, EXCLUDE, CHECK or NOT NULL, a failing cast) |
+//! | 9 | doppel's spool directory is full (ENOSPC): a resumable run keeps its checkpoint; free space and `--resume` |
+//!
+//! A resumable run (`--resumable`) keeps its slot, shadow and checkpoint on exits 1, 4, 5 and
+//! 9 (and on a connection it could not re-establish within `--reconnect-timeout`), so that
+//! `--resume` continues it; exits 2, 3, 6, 7 and 8 remove everything it created.
 //!
 //! A refusal is typed: [`Refused`] holds one [`Refusal`] per reason, each naming the
 //! [`Check`] that refused, what is wrong and how to fix it. Preflight (`crate::preflight`)
@@ -36,6 +41,8 @@ pub enum FailureKind {
     /// Invalid input on the command line or in the environment: an unparsable connection
     /// string, an unknown connection parameter or value (exit 2).
     Usage,
+    /// The spool directory is full: writing the spool failed with ENOSPC (exit 9).
+    DiskFull,
 }
 
 impl FailureKind {
@@ -49,7 +56,19 @@ impl FailureKind {
             FailureKind::Critical => 7,
             FailureKind::Conflict => 8,
             FailureKind::Usage => 2,
+            FailureKind::DiskFull => 9,
         }
+    }
+
+    /// Whether a resumable run keeps its checkpoint, slot and shadow when it stops with this
+    /// class (it can be resumed): a lost stream, an exhausted cutover budget, a full disk.
+    /// The operator's abort, a verification mismatch, a critical threshold and a conflict
+    /// remove everything.
+    pub fn keeps_resumable_state(self) -> bool {
+        matches!(
+            self,
+            FailureKind::StreamLost | FailureKind::LockBudget | FailureKind::DiskFull
+        )
     }
 }
 
@@ -85,6 +104,99 @@ pub fn kind_of(err: &anyhow::Error) -> Option<FailureKind> {
     err.chain()
         .find_map(|c| c.downcast_ref::<Failure>())
         .map(|f| f.kind)
+}
+
+/// Whether `err` is a fault a resumable run survives by reconnecting: the connection to the
+/// server closed or failed (a restart, a terminated backend or WAL sender, a network fault),
+/// the server is starting up or shutting down (SQLSTATE 57P01-57P03, class 08), or the
+/// replication stream was lost ([`FailureKind::StreamLost`]). Looks through the context
+/// chain. A refusal or any other class is not transient.
+pub fn is_transient(err: &anyhow::Error) -> bool {
+    if err.chain().any(|c| c.downcast_ref::<Refused>().is_some()) {
+        return false;
+    }
+    if let Some(kind) = kind_of(err) {
+        return kind == FailureKind::StreamLost;
+    }
+    err.chain().any(|c| {
+        if c.downcast_ref::<Disconnected>().is_some() {
+            return true;
+        }
+        if let Some(e) = c.downcast_ref::<tokio_postgres::Error>() {
+            return e.is_closed()
+                || e.as_db_error()
+                    .map(|db| transient_sqlstate(db.code().code()))
+                    .unwrap_or_else(|| {
+                        std::error::Error::source(e)
+                            .and_then(|s| s.downcast_ref::<std::io::Error>())
+                            .is_some_and(is_network)
+                    });
+        }
+        if let Some(e) = c.downcast_ref::<pglogrepl::client::ReplicationError>() {
+            return match e {
+                pglogrepl::client::ReplicationError::Io(io) => is_network(io),
+                other => other.sqlstate().is_some_and(transient_sqlstate),
+            };
+        }
+        c.downcast_ref::<std::io::Error>().is_some_and(is_network)
+    })
+}
+
+/// Whether an I/O error is a network fault (refused, reset, aborted, timed out, unreachable,
+/// a connection closed mid-message), not a local one (a missing file, a full disk).
+fn is_network(err: &std::io::Error) -> bool {
+    use std::io::ErrorKind as K;
+    matches!(
+        err.kind(),
+        K::ConnectionRefused
+            | K::ConnectionReset
+            | K::ConnectionAborted
+            | K::NotConnected
+            | K::BrokenPipe
+            | K::TimedOut
+            | K::UnexpectedEof
+            | K::HostUnreachable
+            | K::NetworkUnreachable
+            | K::NetworkDown
+            | K::AddrNotAvailable
+    )
+}
+
+/// A fault a resumable run survives by reconnecting, already described (a connection that
+/// could not be opened to any host for a transient reason, an applier whose session was
+/// lost): [`is_transient`] recognises it. Its Display is the message; it has no exit class
+/// of its own (exit 1 when it ends a run).
+#[derive(Debug, Clone, thiserror::Error)]
+#[error("{0}")]
+pub struct Disconnected(pub String);
+
+/// SQLSTATEs of a server going away or not yet back: class 08 (connection exception),
+/// 57P01 (admin shutdown: `pg_terminate_backend`, a fast shutdown), 57P02 (crash shutdown),
+/// 57P03 (cannot connect now: starting up, in recovery).
+fn transient_sqlstate(code: &str) -> bool {
+    code.starts_with("08") || matches!(code, "57P01" | "57P02" | "57P03")
+}
+
+/// Whether an I/O error is ENOSPC (or EDQUOT: a quota is a full disk too).
+pub fn is_disk_full(err: &std::io::Error) -> bool {
+    matches!(err.raw_os_error(), Some(28) | Some(122))
+        || err.kind() == std::io::ErrorKind::StorageFull
+}
+
+/// `err` as [`FailureKind::DiskFull`] when an ENOSPC is in its chain; unchanged otherwise.
+pub fn classify_disk_full(err: anyhow::Error, what: &str) -> anyhow::Error {
+    let full = err
+        .chain()
+        .any(|c| c.downcast_ref::<std::io::Error>().is_some_and(is_disk_full));
+    if !full || kind_of(&err).is_some() {
+        return err;
+    }
+    fail(
+        FailureKind::DiskFull,
+        format!(
+            "{what}: the filesystem is full ({err:#}); the original table is untouched. Free space on the spool's filesystem; a resumable run kept its checkpoint and spool: then run it again with --resume (the spool stays where it is)"
+        ),
+    )
 }
 
 /// The exit code for `err`: 2 for a refusal, the class's code, else 1.
@@ -174,6 +286,10 @@ pub enum Check {
     SwappedOutTable,
     /// The DSN points at a connection pooler (PgBouncer): doppel needs a direct connection.
     Pooler,
+    /// A resumable run's checkpoint exists for the table and the run was not given
+    /// `--resume` (or was given it and the checkpoint cannot be resumed: a different ALTER,
+    /// a changed table, a lost slot, a missing spool, another doppel version, too old).
+    Resume,
 }
 
 /// One reason doppel refuses to run, with what to do about it.

@@ -121,6 +121,24 @@ pub(crate) struct TuningArgs {
     /// the cutover commits.
     #[arg(long, value_parser = humantime::parse_duration)]
     pub(crate) revert_window: Option<Duration>,
+    /// Keep a durable checkpoint and a permanent replication slot, so that an interrupted
+    /// run continues with --resume and transient faults (a server restart, a terminated
+    /// backend, a failover) are survived by reconnecting. The slot retains WAL while doppel
+    /// is down: see --resume-within and max_slot_wal_keep_size.
+    #[arg(long)]
+    pub(crate) resumable: bool,
+    /// Continue the interrupted --resumable run of this table with the same --alter clauses
+    /// from its checkpoint (implies --resumable; a new run when there is no checkpoint).
+    #[arg(long)]
+    pub(crate) resume: bool,
+    /// Refuse to resume a run that has been down longer than this (e.g. `1h`, `6h`): its slot
+    /// retained WAL all that time.
+    #[arg(long, value_parser = humantime::parse_duration, default_value = "1h")]
+    pub(crate) resume_within: Duration,
+    /// How long a --resumable run keeps reconnecting after a transient fault (a dropped
+    /// connection, a server restart) before it stops, keeping its checkpoint.
+    #[arg(long, value_parser = humantime::parse_duration, default_value = "5m")]
+    pub(crate) reconnect_timeout: Duration,
 }
 
 #[derive(ValueEnum, Clone, Copy, Debug)]
@@ -194,5 +212,9 @@ pub(crate) fn run_options(
         display,
         status_interval: Duration::from_secs(t.status_interval.max(1)),
         revert_window: t.revert_window,
+        resumable: t.resumable || t.resume,
+        resume: t.resume,
+        resume_within: t.resume_within,
+        reconnect_timeout: t.reconnect_timeout,
     })
 }

@@ -41,6 +41,7 @@ pub(crate) async fn run(args: RunArgs, cancel: &Cancel) -> anyhow::Result<()> {
             );
             println!("dry run: nothing was changed. Add --execute to migrate.");
         }
+        Outcome::Finished(finished) => print_finished(&finished),
         Outcome::Migrated(report) => {
             println!(
                 "migrated {}: {} rows copied, {} changes applied, verified {} rows in {} chunks",
@@ -80,6 +81,27 @@ pub(crate) async fn run(args: RunArgs, cancel: &Cancel) -> anyhow::Result<()> {
         }
     }
     Ok(())
+}
+
+/// A resumed run whose cutover had committed before the interruption.
+fn print_finished(finished: &migration::Finished) {
+    println!(
+        "the interrupted run's cutover had committed: {} is the migrated table; finished it (removed: {})",
+        finished.table,
+        finished.removed.join(", ")
+    );
+    println!("old table kept as {}", finished.old_table);
+    match &finished.rollback_script {
+        Some(path) => println!("rollback script: {}", path.display()),
+        None => println!(
+            "no rollback script was found in --rollback-dir: look where the interrupted run wrote it"
+        ),
+    }
+    for (name, err) in &finished.unvalidated {
+        println!(
+            "warning: foreign key {name} is NOT VALID: validation failed ({err}); run ALTER TABLE .. VALIDATE CONSTRAINT {name}"
+        );
+    }
 }
 
 /// The kept old table, the record and the rollback script.

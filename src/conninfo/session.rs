@@ -71,6 +71,9 @@ where
         }),
     };
     let mut failures = Vec::new();
+    // Every attempt failed for a reason that can pass (a server restarting, unreachable,
+    // not yet promoted): a resumable run retries (crate::failure::is_transient).
+    let mut transient = true;
     for pass in passes {
         for host in &info.hosts {
             for mode in attempts(info, host) {
@@ -88,16 +91,24 @@ where
                         ));
                         break;
                     }
-                    Err(e) => failures.push(format!("{}: {e:#}", host.label())),
+                    Err(e) => {
+                        transient &= crate::failure::is_transient(&e);
+                        failures.push(format!("{}: {e:#}", host.label()));
+                    }
                 }
             }
         }
     }
-    anyhow::bail!(
+    let message = format!(
         "cannot open {what} to {}: {}",
         info.describe(),
         failures.join("; ")
-    )
+    );
+    if transient {
+        Err(crate::failure::Disconnected(message).into())
+    } else {
+        Err(anyhow::anyhow!(message))
+    }
 }
 
 /// Opens an ordinary session (tokio-postgres) with `config`'s settings and spawns its

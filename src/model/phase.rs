@@ -3,8 +3,9 @@
 
 use std::fmt;
 
-/// A step of `doppel run --execute`, in the order the run takes them (docs/design.md §1).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+/// A step of `doppel run --execute`, in the order the run takes them (docs/design.md §1);
+/// phases compare in that order.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub enum Phase {
     /// Publication, shadow table, replication slot and spool being set up.
     Setup,
@@ -27,12 +28,30 @@ pub enum Phase {
     /// After the cutover, changes to the new table are streamed back into the kept old table
     /// so that a revert loses nothing (`--revert-window`).
     RevertWindow,
+    /// A resumable run lost a connection (a server restart, a terminated backend, a
+    /// failover) and is reconnecting with backoff, to resume from its checkpoint.
+    Reconnecting,
 }
+
+/// Every phase, in order (the checkpoint stores [`Phase::key`]).
+pub const ALL: [Phase; 11] = [
+    Phase::Setup,
+    Phase::Copy,
+    Phase::Indexes,
+    Phase::CatchUp,
+    Phase::Constraints,
+    Phase::CatchUpAfterIndexes,
+    Phase::Verify,
+    Phase::Cutover,
+    Phase::Done,
+    Phase::RevertWindow,
+    Phase::Reconnecting,
+];
 
 impl Phase {
     /// The state shown by the status line, `status --json` and `DOPPEL_PHASE`: `starting`,
     /// `copying`, `building primary key`, `catching up`, `building indexes`, `verifying`,
-    /// `cutover`, `done`, `revert window`.
+    /// `cutover`, `done`, `revert window`, `reconnecting`.
     pub fn state(self) -> &'static str {
         match self {
             Phase::Setup => "starting",
@@ -44,7 +63,32 @@ impl Phase {
             Phase::Cutover => "cutover",
             Phase::Done => "done",
             Phase::RevertWindow => "revert window",
+            Phase::Reconnecting => "reconnecting",
         }
+    }
+
+    /// A stable, unique name for the phase, as the checkpoint stores it: `setup`, `copy`,
+    /// `indexes`, `catch-up`, `constraints`, `catch-up-after-indexes`, `verify`, `cutover`,
+    /// `done`, `revert-window`, `reconnecting`.
+    pub fn key(self) -> &'static str {
+        match self {
+            Phase::Setup => "setup",
+            Phase::Copy => "copy",
+            Phase::Indexes => "indexes",
+            Phase::CatchUp => "catch-up",
+            Phase::Constraints => "constraints",
+            Phase::CatchUpAfterIndexes => "catch-up-after-indexes",
+            Phase::Verify => "verify",
+            Phase::Cutover => "cutover",
+            Phase::Done => "done",
+            Phase::RevertWindow => "revert-window",
+            Phase::Reconnecting => "reconnecting",
+        }
+    }
+
+    /// The phase whose [`Phase::key`] is `key`.
+    pub fn from_key(key: &str) -> Option<Phase> {
+        ALL.into_iter().find(|p| p.key() == key)
     }
 
     /// The name of the phase's line in the run's timings: `setup`, `copy`, `primary key +
@@ -62,6 +106,7 @@ impl Phase {
             Phase::Cutover => "cutover",
             Phase::Done => "done",
             Phase::RevertWindow => "revert window",
+            Phase::Reconnecting => "reconnecting",
         }
     }
 }

@@ -15,6 +15,14 @@ pub struct Snapshot {
     pub xip: Vec<u64>,
 }
 
+/// `pg_snapshot` text: `xmin:xmax:xip1,xip2,..` ([`Snapshot::parse`] reads it back).
+impl std::fmt::Display for Snapshot {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let xip: Vec<String> = self.xip.iter().map(u64::to_string).collect();
+        write!(f, "{}:{}:{}", self.xmin, self.xmax, xip.join(","))
+    }
+}
+
 impl Snapshot {
     /// Parses `pg_snapshot` text `xmin:xmax:xip1,xip2,..`.
     ///

@@ -408,6 +408,7 @@ impl StatusSource for Progress {
             "backlog_bytes": s.backlog_bytes,
             "stream_lsn": s.stream_lsn,
             "lag_bytes": s.lag_bytes,
+            "retained_wal_bytes": s.retained_wal_bytes,
             "elapsed_s": self.elapsed().as_secs_f64(),
             "copy_s": copy_s,
             "line": Progress::status_line(self),

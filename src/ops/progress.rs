@@ -51,6 +51,9 @@ pub struct State {
     pub replication_security: Option<String>,
     /// The revert window, once it is open (`--revert-window`).
     pub window: Option<WindowView>,
+    /// A resumable run: bytes of WAL its permanent slot retains on the primary
+    /// (`pg_current_wal_lsn() - restart_lsn`), sampled every 10 s.
+    pub retained_wal_bytes: Option<u64>,
 }
 
 /// The revert window as the status shows it.
@@ -188,8 +191,12 @@ impl Progress {
             (false, true) => phase,
             (false, false) => format!("{phase} (throttled: {})", s.throttled),
         };
+        let retained = s
+            .retained_wal_bytes
+            .map(|b| format!("; Retained WAL: {}", format_bytes(b)))
+            .unwrap_or_default();
         format!(
-            "Copy: {}/{} {:.1}%; Applied: {}; Backlog: {}; Time: {}(total), {}(copy); streamer: {}; Lag: {}; State: {}; ETA: {}",
+            "Copy: {}/{} {:.1}%; Applied: {}; Backlog: {}; Time: {}(total), {}(copy); streamer: {}; Lag: {}; State: {}; ETA: {}{retained}",
             s.rows_copied,
             s.rows_estimate,
             pct,

@@ -12,6 +12,11 @@
 //! by the stream, which the applier replays after the whole backfill. One session plans the
 //! ranges; `--copy-workers` sessions copy them concurrently.
 //!
+//! In a resumable run (`--resumable`, docs/design.md §2.13) the planner records each chunk in
+//! the checkpoint before queueing it, and each chunk's transaction marks it done with its
+//! rows: a resumed backfill copies again only the chunks queued and not committed (at most
+//! one in flight per worker), then plans on from where the planner stopped.
+//!
 //! Test hooks (the `pause-points` feature, see [`crate::testing`]): the race points
 //! `chunk-open` and `copying`, and the deliberately broken ordering `ApplyDuringCopy`, which
 //! runs an applier while the chunks are copied (`phases::broken`).
@@ -28,6 +33,7 @@ use tokio_postgres::{Client, Statement};
 use crate::ops::control::Controls;
 use crate::ops::progress::Progress;
 use crate::ops::throttle::Throttler;
+use crate::phases::checkpoint::{Checkpoint, CopyProgress};
 use crate::plan::Plan;
 use crate::testing::{Probe, broken, pause_armed, pause_point};
 
@@ -61,6 +67,9 @@ pub struct CopyReport {
     pub chunks: u64,
     /// Wall time.
     pub elapsed: Duration,
+    /// A resumed backfill: chunks an interrupted run had started and not committed, copied
+    /// again.
+    pub recopied_chunks: u64,
 }
 
 /// The next chunk size (rows) after a chunk of `rows` took `took`: scaled toward `target`,
@@ -74,8 +83,13 @@ pub fn next_chunk_rows(rows: i64, took: Duration, target: Duration) -> i64 {
 /// One bound of a key range, as text per key column; `None` is open.
 type Bound = Option<Vec<Option<String>>>;
 
-/// A key range `(lower, upper]` to copy.
-type Range = (Bound, Bound);
+/// A key range `(lower, upper]` to copy, numbered in planning order.
+#[derive(Debug, Clone)]
+struct Range {
+    seq: i64,
+    lower: Bound,
+    upper: Bound,
+}
 
 /// One backfill: the plan and settings, and what paces and watches it.
 pub struct Backfill<'a> {
@@ -89,6 +103,10 @@ pub struct Backfill<'a> {
     pub throttle: Option<&'a Throttler>,
     /// The control socket's live settings (`chunk-time=MS`).
     pub controls: Option<&'a Arc<Controls>>,
+    /// A resumable run's checkpoint: chunks are recorded as planned and done.
+    pub checkpoint: Option<&'a Checkpoint>,
+    /// A resumed run: where the interrupted backfill stood.
+    pub resume: Option<CopyProgress>,
     /// The run's test hooks.
     pub(crate) probe: Probe,
 }
@@ -111,7 +129,7 @@ struct CopyStatements {
 
 impl CopyStatements {
     fn for_range(&self, range: &Range) -> &Statement {
-        match range {
+        match (&range.lower, &range.upper) {
             (None, Some(_)) => &self.first,
             (Some(_), Some(_)) => &self.middle,
             (Some(_), None) => &self.last,
@@ -135,14 +153,24 @@ impl Backfill<'_> {
         check: impl Fn() -> Result<()>,
     ) -> Result<CopyReport> {
         let started = Instant::now();
+        let resumed = self.resume.clone().unwrap_or_default();
         let counters = Counters {
             rows_target: AtomicI64::new(self.options.initial_rows),
-            copied: AtomicU64::new(0),
+            copied: AtomicU64::new(resumed.rows),
             chunks: AtomicU64::new(0),
         };
+        let recopied_chunks = resumed.pending.iter().filter(|c| c.started).count() as u64;
+        if self.resume.is_some() {
+            tracing::info!(
+                rows_done = resumed.rows,
+                chunks_pending = resumed.pending.len(),
+                chunks_copied_again = recopied_chunks,
+                "resuming the backfill from its checkpoint"
+            );
+        }
         let (tx, rx) = mpsc::channel::<Range>(workers.len().max(1));
         let rx = Mutex::new(rx);
-        let producer = self.plan_ranges(client, &counters, tx, check);
+        let producer = self.plan_ranges(client, &counters, tx, resumed, check);
         let work = workers
             .iter()
             .map(|worker| self.copy_ranges(worker, &rx, &counters));
@@ -160,18 +188,38 @@ impl Backfill<'_> {
             rows: counters.copied.load(Ordering::Relaxed),
             chunks: counters.chunks.load(Ordering::Relaxed),
             elapsed: started.elapsed(),
+            recopied_chunks,
         })
     }
 
-    /// The planner: finds each chunk's upper bound (`rows_target` rows past the lower one)
-    /// and queues the range, until the last, open-ended one.
+    /// The planner: queues the chunks an interrupted run left (`resumed`), then finds each
+    /// chunk's upper bound (`rows_target` rows past the lower one) and queues the range,
+    /// until the last, open-ended one.
     async fn plan_ranges(
         &self,
         client: &Client,
         counters: &Counters,
         tx: mpsc::Sender<Range>,
+        resumed: CopyProgress,
         check: impl Fn() -> Result<()>,
     ) -> Result<()> {
+        for chunk in resumed.pending {
+            check()?;
+            let range = Range {
+                seq: chunk.seq,
+                lower: chunk.lower,
+                upper: chunk.upper,
+            };
+            if tx.send(range).await.is_err() {
+                return Ok(());
+            }
+        }
+        let mut lower: Bound = match resumed.planned_to {
+            Some(None) => return Ok(()),
+            Some(upper) => upper,
+            None => None,
+        };
+        let mut seq = resumed.next_seq;
         let table = self.plan.original.qualified();
         let p = &self.plan.projection;
         let first_boundary = client
@@ -179,7 +227,6 @@ impl Backfill<'_> {
             .await
             .context("preparing the chunk boundary query")?;
         let next_boundary = client.prepare(&p.chunk_boundary_sql(&table, true)).await?;
-        let mut lower: Bound = None;
         loop {
             check()?;
             if let Some(t) = self.throttle {
@@ -197,7 +244,18 @@ impl Backfill<'_> {
             .context("finding the next chunk boundary")?;
             let upper: Bound = boundary.map(|row| (0..p.key.len()).map(|i| row.get(i)).collect());
             let last = upper.is_none();
-            if tx.send((lower.clone(), upper.clone())).await.is_err() || last {
+            if let Some(checkpoint) = self.checkpoint {
+                checkpoint
+                    .chunk_planned(client, seq, &lower, &upper)
+                    .await?;
+            }
+            let range = Range {
+                seq,
+                lower: lower.clone(),
+                upper: upper.clone(),
+            };
+            seq += 1;
+            if tx.send(range).await.is_err() || last {
                 return Ok(());
             }
             lower = upper;
@@ -257,7 +315,7 @@ impl Backfill<'_> {
         range: &Range,
         counters: &Counters,
     ) -> Result<()> {
-        let (lower, upper) = range;
+        let (lower, upper) = (&range.lower, &range.upper);
         let mut params: Vec<&(dyn ToSql + Sync)> = Vec::new();
         for bound in [lower, upper].into_iter().flatten() {
             params.extend(bound.iter().map(|v| v as &(dyn ToSql + Sync)));
@@ -295,7 +353,8 @@ impl Backfill<'_> {
         Ok(())
     }
 
-    /// Runs one chunk's statement in its own transaction; returns the rows copied.
+    /// Runs one chunk's statement in its own transaction; returns the rows copied. In a
+    /// resumable run the transaction also marks the chunk done in the checkpoint.
     async fn execute_chunk(
         &self,
         worker: &Client,
@@ -305,14 +364,18 @@ impl Backfill<'_> {
     ) -> Result<u64> {
         // Test-only: with `chunk-open` armed for this chunk, the chunk runs in an explicit
         // transaction and stops between its statement (its snapshot) and its commit.
-        let (lower, upper) = range;
+        let (lower, upper) = (&range.lower, &range.upper);
         let in_range =
             |c: &str| crate::testing::key_in_range(c, lower.as_deref(), upper.as_deref());
-        if !pause_armed!(self.probe, "chunk-open", in_range) {
+        let paused = pause_armed!(self.probe, "chunk-open", in_range);
+        if !paused && self.checkpoint.is_none() {
             return worker
                 .execute(statement, params)
                 .await
                 .map_err(|e| copy_error(e, self.plan));
+        }
+        if let Some(checkpoint) = self.checkpoint {
+            checkpoint.chunk_started(worker, range.seq).await?;
         }
         worker.batch_execute("BEGIN").await?;
         let n = match worker.execute(statement, params).await {
@@ -322,12 +385,17 @@ impl Backfill<'_> {
                 return Err(copy_error(e, self.plan));
             }
         };
-        pause_point!(
-            self.probe,
-            "chunk-open",
-            format!("range={} rows={n}", describe_range(range)),
-            in_range
-        );
+        if let Some(checkpoint) = self.checkpoint {
+            checkpoint.chunk_done(worker, range.seq, n).await?;
+        }
+        if paused {
+            pause_point!(
+                self.probe,
+                "chunk-open",
+                format!("range={} rows={n}", describe_range(range)),
+                in_range
+            );
+        }
         worker
             .batch_execute("COMMIT")
             .await
@@ -338,7 +406,7 @@ impl Backfill<'_> {
 
 /// `(lo, hi]` of a chunk for pause-point details (`-inf`/`+inf` for open bounds).
 #[cfg(feature = "pause-points")]
-fn describe_range((lower, upper): &Range) -> String {
+fn describe_range(Range { lower, upper, .. }: &Range) -> String {
     let show = |b: &Bound, open: &str| match b {
         None => open.to_string(),
         Some(values) => values

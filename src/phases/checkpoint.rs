@@ -52,6 +52,7 @@ CREATE TABLE IF NOT EXISTS doppel.checkpoint_chunks (
   lower_key text[],
   upper_key text[],
   rows bigint,
+  started boolean NOT NULL DEFAULT false,
   done boolean NOT NULL DEFAULT false,
   PRIMARY KEY (table_oid, seq));";
 
@@ -80,7 +81,7 @@ pub struct Saved {
     pub spool_path: String,
     /// The host the spool is on.
     pub host: String,
-    /// The phase reached (its state name).
+    /// The phase reached ([`Phase::key`]).
     pub phase: String,
     /// End of the last source transaction applied to the shadow, with the spool offset after
     /// it; `None` before the applier started.
@@ -98,6 +99,9 @@ pub struct PendingChunk {
     pub lower: Option<Vec<Option<String>>>,
     /// Upper bound.
     pub upper: Option<Vec<Option<String>>>,
+    /// A worker had started copying it (its transaction rolled back with the interruption):
+    /// its rows are copied a second time.
+    pub started: bool,
 }
 
 /// Where the backfill stood when the run stopped.
@@ -182,6 +186,60 @@ impl Checkpoint {
         row.map(|r| saved_of(&r)).transpose()
     }
 
+    /// Records what the setup created: the shadow's OID, the original's catalog fingerprint
+    /// and the slot's exported snapshot; the run enters the backfill.
+    ///
+    /// Errors: the update failed.
+    pub async fn started(
+        &self,
+        client: &Client,
+        shadow_oid: u32,
+        fingerprint: &str,
+        exported_snapshot: &str,
+    ) -> Result<()> {
+        client
+            .execute(
+                "UPDATE doppel.checkpoints SET shadow_oid = $2, fingerprint = $3,
+                   exported_snapshot = $4, phase = $5, alive_at = now()
+                 WHERE table_oid = $1",
+                &[
+                    &self.table_oid,
+                    &shadow_oid,
+                    &fingerprint,
+                    &exported_snapshot,
+                    &Phase::Copy.key(),
+                ],
+            )
+            .await
+            .context("recording the setup in the checkpoint")?;
+        Ok(())
+    }
+
+    /// The checkpoint whose shadow is now the table `oid`: the cutover of that run committed
+    /// (the shadow took the original's name). `None` if there is none.
+    ///
+    /// Errors: a query failed.
+    pub async fn of_shadow(client: &Client, oid: u32) -> Result<Option<Saved>> {
+        let exists: bool = client
+            .query_one("SELECT to_regclass('doppel.checkpoints') IS NOT NULL", &[])
+            .await?
+            .get(0);
+        if !exists {
+            return Ok(None);
+        }
+        let table_oid: Option<u32> = client
+            .query_opt(
+                "SELECT table_oid FROM doppel.checkpoints WHERE shadow_oid = $1",
+                &[&oid],
+            )
+            .await?
+            .map(|r| r.get(0));
+        match table_oid {
+            Some(t) => Checkpoint::load(client, t).await,
+            None => Ok(None),
+        }
+    }
+
     /// Records that the run entered `phase`, and that it is alive.
     ///
     /// Errors: the update failed.
@@ -189,7 +247,7 @@ impl Checkpoint {
         client
             .execute(
                 "UPDATE doppel.checkpoints SET phase = $2, alive_at = now() WHERE table_oid = $1",
-                &[&self.table_oid, &phase.state()],
+                &[&self.table_oid, &phase.key()],
             )
             .await
             .context("recording the phase in the checkpoint")?;
@@ -256,6 +314,21 @@ impl Checkpoint {
         Ok(())
     }
 
+    /// Records that a worker starts copying chunk `seq` (outside the chunk's transaction, so
+    /// it survives the chunk's rollback: a resume reports the rows it copies again).
+    ///
+    /// Errors: the update failed.
+    pub async fn chunk_started(&self, client: &impl GenericClient, seq: i64) -> Result<()> {
+        client
+            .execute(
+                "UPDATE doppel.checkpoint_chunks SET started = true WHERE table_oid = $1 AND seq = $2",
+                &[&self.table_oid, &seq],
+            )
+            .await
+            .context("recording a started chunk in the checkpoint")?;
+        Ok(())
+    }
+
     /// Marks chunk `seq` copied (`rows` rows), in the chunk's own transaction `tx`.
     ///
     /// Errors: the update failed (the chunk then rolls back with it).
@@ -276,7 +349,7 @@ impl Checkpoint {
     pub async fn copy_progress(&self, client: &Client) -> Result<CopyProgress> {
         let rows = client
             .query(
-                "SELECT seq, lower_key, upper_key, done, coalesce(rows, 0)
+                "SELECT seq, lower_key, upper_key, done, coalesce(rows, 0), started
                  FROM doppel.checkpoint_chunks WHERE table_oid = $1 ORDER BY seq",
                 &[&self.table_oid],
             )
@@ -289,6 +362,7 @@ impl Checkpoint {
                 seq,
                 lower: row.get(1),
                 upper: row.get(2),
+                started: row.get(5),
             };
             progress.planned_to = Some(chunk.upper.clone());
             progress.next_seq = seq + 1;
@@ -326,6 +400,11 @@ impl Checkpoint {
             .await?;
         Ok(removed > 0)
     }
+}
+
+/// The name of the host doppel runs on (where the spool is), as the checkpoint records it.
+pub fn this_host() -> String {
+    gethostname::gethostname().to_string_lossy().into_owned()
 }
 
 /// Creates the schema and tables, retrying once when a concurrent run created them first.

@@ -7,6 +7,12 @@
 //! commit is flushed locally (`synchronous_commit = local`), and walsenders send only flushed
 //! WAL, so the fence reaches the stream without waiting for other activity (docs/design.md §4.3:
 //! before PostgreSQL 17 a non-transactional message is not flushed by itself).
+//!
+//! Fence numbers never repeat across sessions, processes or resumes: a fencer numbers from
+//! the server's WAL insert position when it starts. Every earlier fence wrote at least one
+//! WAL record of its own (dozens of bytes) after its number was taken, so the position has
+//! moved past every number an earlier fencer used, and a fence left in the spool by an
+//! interrupted run can never be mistaken for a newer one.
 
 use std::sync::atomic::{AtomicU64, Ordering};
 
@@ -21,18 +27,27 @@ pub struct Fencer {
 }
 
 impl Fencer {
-    /// Uses `client` (a session of its own) for fences with `prefix` (doppel's message prefix).
+    /// Uses `client` (a session of its own) for fences with `prefix` (doppel's message prefix),
+    /// numbered from the server's current WAL insert position (bytes).
     ///
-    /// Errors: the session setting cannot be changed.
+    /// Errors: the session setting cannot be changed, or the position cannot be read.
     pub async fn new(client: Client, prefix: &str) -> Result<Fencer> {
         client
             .batch_execute("SET synchronous_commit = local")
             .await
             .context("configuring the fence session")?;
+        let start: i64 = client
+            .query_one(
+                "SELECT (pg_current_wal_insert_lsn() - '0/0'::pg_lsn)::bigint",
+                &[],
+            )
+            .await
+            .context("reading the WAL position that numbers the fences")?
+            .get(0);
         Ok(Fencer {
             client,
             prefix: prefix.to_string(),
-            next: AtomicU64::new(1),
+            next: AtomicU64::new(start.max(1) as u64),
         })
     }
 

@@ -241,25 +241,65 @@ pub fn has_constraining_indexes(plan: &Plan) -> bool {
 /// Unique and exclusion indexes (and their constraints) and NOT VALID checks: built after the
 /// backlog is applied, so they only ever see states the original passed through.
 pub fn constraining_sql(plan: &Plan) -> Vec<String> {
-    let shadow = plan.names.shadow_qualified();
     let mut out: Vec<String> = indexes(plan)
         .into_iter()
         .filter(|i| !i.is_primary && i.constrains)
         .map(|i| i.create_sql)
         .collect();
-    for con in plan
-        .target
+    out.extend(constraint_statements(plan).into_iter().map(|(sql, _)| sql));
+    out
+}
+
+/// `statements` (from [`primary_key_sql`], [`plain_index_sql`] or [`constraining_sql`])
+/// without those whose index or constraint the shadow already has: a resumed run builds only
+/// what the interrupted one had not committed (each build is one transaction, so an
+/// interrupted build left nothing).
+///
+/// Errors: the catalog query failed.
+pub async fn unbuilt(
+    client: &impl tokio_postgres::GenericClient,
+    plan: &Plan,
+    statements: Vec<String>,
+) -> anyhow::Result<Vec<String>> {
+    let rows = client
+        .query(
+            "SELECT relname::text FROM pg_index i JOIN pg_class c ON c.oid = i.indexrelid
+             WHERE i.indrelid = to_regclass($1)
+             UNION SELECT conname::text FROM pg_constraint WHERE conrelid = to_regclass($1)",
+            &[&plan.names.shadow_qualified()],
+        )
+        .await?;
+    let built: std::collections::HashSet<String> = rows.iter().map(|r| r.get(0)).collect();
+    let mut names: std::collections::HashMap<String, String> = indexes(plan)
+        .into_iter()
+        .map(|i| (i.create_sql, i.temp_name))
+        .collect();
+    names.extend(constraint_statements(plan));
+    Ok(statements
+        .into_iter()
+        .filter(|sql| names.get(sql).is_none_or(|name| !built.contains(name)))
+        .collect())
+}
+
+/// NOT VALID checks of the target, added to the shadow after the backlog: (statement,
+/// constraint name).
+fn constraint_statements(plan: &Plan) -> Vec<(String, String)> {
+    let shadow = plan.names.shadow_qualified();
+    plan.target
         .constraints
         .iter()
         .filter(|c| (c.kind == 'c' || c.kind == 'n') && !c.validated)
-    {
-        out.push(format!(
-            "ALTER TABLE {shadow} ADD CONSTRAINT {} {}",
-            ident(&con.name),
-            con.definition
-        ));
-    }
-    out
+        .map(|con| {
+            (
+                format!(
+                    "ALTER TABLE {shadow} ADD CONSTRAINT {} {}",
+                    ident(&con.name),
+                    con.definition
+                ),
+                con.name.clone(),
+            )
+        })
+        .collect()
 }
 
 /// Restores the target's autovacuum settings (statements run in a transaction) and the

@@ -40,6 +40,7 @@ use checks::{
     transactions,
 };
 
+pub use checks::leftovers::check as leftovers;
 pub use checks::server::MIN_SERVER_VERSION;
 pub use indexdef::{rename_index_definition, retarget_index};
 
@@ -52,7 +53,16 @@ pub use indexdef::{rename_index_definition, retarget_index};
 /// (collected). Returns the plan with its warnings (long transactions, cost class), or
 /// [`Refused`] (inside the `anyhow::Error`) listing every reason; other errors are connection
 /// or query failures.
-pub async fn run(client: &mut Client, table: &str, alters: &[String]) -> Result<Plan> {
+///
+/// `resuming`: the run resumes an interrupted one (`--resume`), whose shadow, publication
+/// and slot are expected: the leftovers check is left to the resume, which checks them
+/// against the checkpoint.
+pub async fn run(
+    client: &mut Client,
+    table: &str,
+    alters: &[String],
+    resuming: bool,
+) -> Result<Plan> {
     let server = server::read(client).await?;
     if let Some(too_old) = server::version(&server) {
         return Err(Refused(vec![too_old]).into());
@@ -71,7 +81,9 @@ pub async fn run(client: &mut Client, table: &str, alters: &[String]) -> Result<
     refusals.extend(privileges::table(client, &original).await?);
     refusals.extend(key::check(&original));
     refusals.extend(publications::check(client, &original).await?);
-    refusals.extend(leftovers::check(client, &original, &names).await?);
+    if !resuming {
+        refusals.extend(leftovers::check(client, &original, &names).await?);
+    }
     let alter = match alter::analyze(alters) {
         Ok(spec) => spec,
         Err(refusal) => return refuse(refusals, refusal),

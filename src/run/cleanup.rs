@@ -10,6 +10,7 @@ use crate::conninfo;
 use crate::failure::{Check, Refusal, Refused};
 use crate::model::catalog;
 use crate::model::names::Names;
+use crate::phases::checkpoint::{self, Checkpoint};
 use crate::phases::cutover::SWAPPED_OUT_MARK;
 use crate::phases::shadow;
 use crate::run::ADVISORY_LOCK_CLASS;
@@ -35,8 +36,11 @@ pub struct CleanupReport {
 }
 
 /// Removes what an interrupted run on `table` left behind: the shadow table, the publication
-/// and an inactive slot named after the table's OID, and the local files of
-/// [`CleanupOptions::work_dir`]. Refuses while a run holds the table's advisory lock.
+/// and an inactive slot named after the table's OID (reporting the WAL the slot released), a
+/// resumable run's checkpoint and spool, and the local files of
+/// [`CleanupOptions::work_dir`]. Refuses while a run holds the table's advisory lock. When
+/// `table` is the migrated table of a resumable run whose cutover committed before doppel
+/// stopped, only that run's slot, publication, spool and checkpoint are removed.
 ///
 /// A table under the shadow's name that a rollback script or a revert swapped out (its
 /// comment starts with the mark they set) is the migrated table, which received the writes
@@ -67,6 +71,9 @@ pub async fn cleanup(
             t.qualified()
         );
     }
+    if let Some(saved) = Checkpoint::of_shadow(&client, oid).await? {
+        return finished_run(&client, &saved).await;
+    }
     let shadow = shadow_state(&client, &names).await?;
     if let Some(swapped_out) = &shadow
         && swapped_out.mark.is_some()
@@ -93,6 +100,42 @@ pub async fn cleanup(
     if let Some(dir) = &options.work_dir {
         remove_files(dir, oid, &mut report)?;
     }
+    remove_checkpoint(&client, oid, &mut report).await?;
+    Ok(report)
+}
+
+/// Removes a resumable run's checkpoint and its spool (at the path the checkpoint recorded,
+/// when on this host).
+async fn remove_checkpoint(client: &Client, oid: u32, report: &mut CleanupReport) -> Result<()> {
+    let Some(saved) = Checkpoint::load(client, oid).await? else {
+        return Ok(());
+    };
+    if saved.host == checkpoint::this_host() && std::fs::remove_file(&saved.spool_path).is_ok() {
+        report
+            .removed
+            .push(format!("change spool {}", saved.spool_path));
+    }
+    Checkpoint::remove(client, oid).await?;
+    report.removed.push(format!(
+        "checkpoint of the resumable run (phase {})",
+        saved.phase
+    ));
+    Ok(())
+}
+
+/// `table` is the migrated table of a resumable run whose cutover committed before doppel
+/// stopped: removes that run's slot, publication, spool and checkpoint (nothing else: the
+/// table is live).
+async fn finished_run(client: &Client, saved: &checkpoint::Saved) -> Result<CleanupReport> {
+    let mut report = CleanupReport::default();
+    let names = Names {
+        slot: saved.slot.clone(),
+        publication: format!("doppel_{}", saved.table_oid),
+        ..Names::new("", "", saved.table_oid)
+    };
+    drop_slot(client, &names, &mut report).await?;
+    drop_publication(client, &names, &mut report).await?;
+    remove_checkpoint(client, saved.table_oid, &mut report).await?;
     Ok(report)
 }
 
@@ -160,10 +203,9 @@ async fn drop_slot(client: &Client, names: &Names, report: &mut CleanupReport) -
                 pid.unwrap_or(0)
             );
         }
-        client
-            .execute("SELECT pg_drop_replication_slot($1)", &[&name])
-            .await?;
-        report.removed.push(format!("replication slot {name}"));
+        report
+            .removed
+            .extend(super::resume::drop_slot(client, &name).await?);
     }
     Ok(())
 }

@@ -24,11 +24,30 @@ pub(crate) struct Created {
     pub(crate) cut_over: bool,
     /// The change spool file.
     pub(crate) spool: Option<PathBuf>,
+    /// The run's slot is permanent (a resumable run): it is dropped explicitly once its
+    /// stream has stopped.
+    pub(crate) permanent_slot: bool,
+    /// The run's checkpoint rows (a resumable run).
+    pub(crate) checkpoint: bool,
 }
 
 impl Created {
-    /// Removes what it lists (waiting up to 10 s for the TEMPORARY slot to go with its
-    /// connection) and returns what it removed, described.
+    /// What a resumed run finds: everything of the interrupted run, its spool at `spool`.
+    pub(crate) fn resumed(&mut self, spool: PathBuf) {
+        *self = Created {
+            publication: true,
+            revert_publication: false,
+            shadow: true,
+            cut_over: false,
+            spool: Some(spool),
+            permanent_slot: true,
+            checkpoint: true,
+        };
+    }
+
+    /// Removes what it lists (waiting up to 10 s for a TEMPORARY slot to go with its
+    /// connection, or for a permanent one to be released and then dropping it) and returns
+    /// what it removed, described.
     ///
     /// Errors: a catalog query or a DROP failed.
     pub(crate) async fn remove(&self, control: &Client, plan: &Plan) -> Result<Vec<String>> {
@@ -39,14 +58,18 @@ impl Created {
         let deadline = Instant::now() + Duration::from_secs(10);
         for slot in [&plan.names.slot, &plan.names.revert_slot] {
             loop {
-                let slot_left: bool = control
-                    .query_one(
-                        "SELECT EXISTS (SELECT 1 FROM pg_replication_slots WHERE slot_name = $1)",
+                let active: Option<bool> = control
+                    .query_opt(
+                        "SELECT active FROM pg_replication_slots WHERE slot_name = $1",
                         &[slot],
                     )
                     .await?
-                    .get(0);
-                if !slot_left {
+                    .map(|r| r.get(0));
+                let Some(active) = active else {
+                    break;
+                };
+                if created.permanent_slot && slot == &plan.names.slot && !active {
+                    removed.extend(super::resume::drop_slot(control, slot).await?);
                     break;
                 }
                 if Instant::now() > deadline {
@@ -84,6 +107,11 @@ impl Created {
         }
         if let Some(path) = &created.spool {
             std::fs::remove_file(path).ok();
+        }
+        if created.checkpoint
+            && crate::phases::checkpoint::Checkpoint::remove(control, plan.original.oid).await?
+        {
+            removed.push("checkpoint".into());
         }
         Ok(removed)
     }

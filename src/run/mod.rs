@@ -15,7 +15,9 @@ mod cleanup;
 mod created;
 pub mod operator;
 mod options;
+mod reconnect;
 mod report;
+mod resume;
 mod setup;
 mod steps;
 mod tasks;
@@ -40,6 +42,7 @@ use crate::testing::Probe;
 pub use cleanup::{CleanupOptions, CleanupReport, cleanup};
 pub use options::RunOptions;
 pub use report::{Outcome, RunReport, render_plan};
+pub use resume::Finished;
 pub use window::{WindowEnd, WindowReport};
 
 use created::Created;
@@ -64,14 +67,46 @@ pub async fn run(
     let config = &*config.to_conn_info();
     let started = Instant::now();
     let hooks = Hooks::new(options.hooks_dir.clone())?;
-    let (control, plan) = plan_and_lock(config, options).await?;
+    if options.resume
+        && options.execute
+        && let Some(finished) = resume::finish_committed(config, options).await?
+    {
+        return Ok(Outcome::Finished(Box::new(finished)));
+    }
+    let (control, mut plan) = plan_and_lock(config, options).await?;
     refuse_revert_window(&plan, options)?;
+    let saved = resume::checkpoint_for(&control, &plan, options).await?;
+    if options.resumable {
+        plan.warnings
+            .extend(retention_warning(&control, &plan).await?);
+    }
     if !options.execute {
         return Ok(Outcome::Planned(Box::new(plan)));
     }
     let mut run = Run::start(config, options, control, plan, hooks, cancel, started).await?;
+    run.resume = saved;
     let result = run.execute().await;
     run.finish(result).await
+}
+
+/// What a resumable run's permanent slot may retain while doppel is down, as a plan line,
+/// with a warning when `max_slot_wal_keep_size` is unlimited (`-1`: the slot can fill the
+/// primary's disk).
+async fn retention_warning(control: &Client, plan: &Plan) -> Result<Vec<String>> {
+    let keep: String = control
+        .query_one("SELECT current_setting('max_slot_wal_keep_size')", &[])
+        .await?
+        .get(0);
+    let slot = &plan.names.slot;
+    Ok(vec![if keep == "-1" {
+        format!(
+            "resumable run: while doppel is down its permanent slot {slot} retains WAL without limit, because max_slot_wal_keep_size is -1 (unlimited): a run left down can fill the primary's pg_wal. Set a bound, e.g. ALTER SYSTEM SET max_slot_wal_keep_size = '100GB'; SELECT pg_reload_conf(); (past it the slot is invalidated and the run must start over), and resume or clean up promptly"
+        )
+    } else {
+        format!(
+            "resumable run: while doppel is down its permanent slot {slot} retains WAL, up to max_slot_wal_keep_size = {keep} (past it the slot is invalidated and the run must start over)"
+        )
+    }])
 }
 
 /// Preflight on a new control session, then the table's advisory lock (held by that session
@@ -84,7 +119,10 @@ async fn plan_and_lock(
     control
         .batch_execute("SET application_name = 'doppel'; SET lock_timeout = '5s'")
         .await?;
-    let plan = preflight::run(&mut control, &options.table, &options.alters).await?;
+    // An interrupted resumable run's objects are not leftovers: the checkpoint check after
+    // preflight says how to resume it or remove it.
+    let resuming = options.resume || resume::has_checkpoint(&control, &options.table).await?;
+    let plan = preflight::run(&mut control, &options.table, &options.alters, resuming).await?;
     // The replication connection's settings (startup options included), opened once now:
     // a pooler in the way, or a server refusing it, stops the run before anything exists.
     conninfo::probe_replication(&config.with_exact_output())
@@ -161,6 +199,17 @@ pub struct Run<'a> {
     /// The run's test hooks (inert in a normal build).
     probe: Probe,
     created: Created,
+    /// A resumable run's checkpoint, once written (or found, resuming).
+    checkpoint: Option<crate::phases::checkpoint::Checkpoint>,
+    /// The checkpoint to resume from (`--resume`), until the setup takes it.
+    resume: Option<crate::phases::checkpoint::Saved>,
+    /// The caller's signal (SIGINT, SIGTERM) stopped the run: a resumable run then keeps its
+    /// checkpoint (a host shutting down must not lose the copy), where the operator's
+    /// `abort` removes everything.
+    signalled: Arc<std::sync::atomic::AtomicBool>,
+    /// The control session's backend pid (a reconnect terminates it if the server still
+    /// has it).
+    control_pid: i32,
     /// Wall time of each phase so far, in order.
     timings: Vec<(Phase, Duration)>,
     started: Instant,
@@ -184,6 +233,10 @@ impl<'a> Run<'a> {
     ) -> Result<Run<'a>> {
         let plan = Arc::new(plan);
         let progress = Progress::new();
+        let control_pid: i32 = control
+            .query_one("SELECT pg_backend_pid()", &[])
+            .await?
+            .get(0);
         let security = conninfo::security(&control, config).await?;
         tracing::info!("sessions: {} ({security})", config.describe());
         progress.update(|s| s.session_security = Some(security.to_string()));
@@ -195,8 +248,11 @@ impl<'a> Run<'a> {
         let (abort, internal) = Cancel::new();
         operator.drive_abort(abort.clone());
         let outer = cancel.clone();
+        let signalled = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let flag = signalled.clone();
         let forward = AbortOnDrop(tokio::spawn(async move {
             outer.cancelled().await;
+            flag.store(true, std::sync::atomic::Ordering::SeqCst);
             abort.send_replace(true);
         }));
         Ok(Run {
@@ -209,6 +265,10 @@ impl<'a> Run<'a> {
             operator,
             probe: Probe::capture(),
             created: Created::default(),
+            checkpoint: None,
+            resume: None,
+            signalled,
+            control_pid,
             timings: Vec::new(),
             started,
             _forward_cancel: forward,
@@ -216,8 +276,8 @@ impl<'a> Run<'a> {
     }
 
     /// Runs the start-up hooks and every phase; returns the report once the cutover
-    /// committed.
-    async fn execute(&mut self) -> Result<RunReport> {
+    /// committed (or, when a reconnect found it committed, what finishing it did).
+    async fn execute(&mut self) -> Result<Outcome> {
         self.operator.hook("on-startup").await?;
         self.operator.hook("on-preflight-ok").await?;
         self.progress.update(|s| {
@@ -234,24 +294,17 @@ impl<'a> Run<'a> {
             "after-preflight",
             self.plan.original.qualified()
         );
-        let setup_started = Instant::now();
-        let mut capture = self.set_up().await?;
-        let result = self.phases(&mut capture, setup_started).await;
-        let stopped = capture.tasks.shutdown().await;
-        let done = match (result, stopped) {
-            (Ok(done), Ok(())) => done,
-            (Ok(done), Err(e)) => {
-                // The cutover committed; a late stream error does not undo it.
-                tracing::warn!("stopping the stream after cutover: {e:#}");
-                done
-            }
-            (Err(e), _) => {
-                if let Some(reverse) = capture.reverse.take() {
-                    reverse.stop().await.ok();
-                }
-                return Err(e);
+        let (done, mut capture) = match self.until_cutover().await? {
+            reconnect::Reached::CutOver(reached) => *reached,
+            reconnect::Reached::FoundCommitted(finished) => {
+                self.created.cut_over = true;
+                return Ok(Outcome::Finished(finished));
             }
         };
+        if let Err(e) = capture.tasks.shutdown().await {
+            // The cutover committed; a late stream error does not undo it.
+            tracing::warn!("stopping the stream after cutover: {e:#}");
+        }
         self.created.cut_over = true;
         self.operator.hook("after-cutover").await.ok();
         self.after_cutover().await;
@@ -261,7 +314,7 @@ impl<'a> Run<'a> {
             }
             _ => None,
         };
-        Ok(RunReport {
+        Ok(Outcome::Migrated(Box::new(RunReport {
             plan: (*self.plan).clone(),
             copy: done.copy,
             verify: done.verify,
@@ -270,7 +323,29 @@ impl<'a> Run<'a> {
             phases: std::mem::take(&mut self.timings),
             total: self.started.elapsed(),
             window,
-        })
+        })))
+    }
+
+    /// Sets up (or resumes) and runs the phases up to the committed cutover. On any error
+    /// the stream and the applier are stopped (and a revert window's reverse stream).
+    async fn attempt(&mut self) -> Result<(steps::Done, setup::Capture)> {
+        let setup_started = Instant::now();
+        let mut capture = match self.resume.take() {
+            Some(saved) => self.resume_capture(saved).await?,
+            None => self.set_up().await?,
+        };
+        match self.phases(&mut capture, setup_started).await {
+            Ok(done) => Ok((done, capture)),
+            Err(e) => {
+                if let Some(reverse) = capture.reverse.take() {
+                    reverse.stop().await.ok();
+                }
+                if let Err(stop) = capture.tasks.shutdown().await {
+                    tracing::debug!("stopping the stream after a failure: {stop:#}");
+                }
+                Err(e)
+            }
+        }
     }
 
     /// The committed cutover's loose ends: doppel's publication and spool. A failure here is
@@ -289,24 +364,73 @@ impl<'a> Run<'a> {
         if let Some(path) = self.created.spool.take() {
             std::fs::remove_file(path).ok();
         }
+        if self.checkpoint.is_some() {
+            self.remove_resumable_state().await;
+        }
         self.progress.update(|s| s.phase = Some(Phase::Done));
     }
 
+    /// After the cutover of a resumable run: drops its permanent slot (its stream has
+    /// stopped) and removes its checkpoint. A failure is reported with what to run.
+    async fn remove_resumable_state(&mut self) {
+        let slot = self.plan.names.slot.clone();
+        let dropped = async {
+            resume::wait_slot_inactive(&self.control, &slot).await?;
+            resume::drop_slot(&self.control, &slot).await?;
+            crate::phases::checkpoint::Checkpoint::remove(&self.control, self.plan.original.oid)
+                .await
+        }
+        .await;
+        if let Err(e) = dropped {
+            tracing::warn!(
+                "the cutover committed, but removing the resumable run's slot {slot} or checkpoint failed ({e:#}): run `doppel cleanup --table {}` (or SELECT pg_drop_replication_slot('{slot}')): the slot retains WAL",
+                self.plan.original.qualified()
+            );
+        }
+    }
+
     /// Runs the success or failure hook; after a failure before the cutover, removes what
-    /// the run created.
-    async fn finish(self, result: Result<RunReport>) -> Result<Outcome> {
+    /// the run created, unless a resumable run keeps it for `--resume` ([`Run::keeps`]).
+    async fn finish(self, result: Result<Outcome>) -> Result<Outcome> {
         match result {
-            Ok(report) => {
+            Ok(outcome) => {
                 self.operator.hook("on-success").await.ok();
-                Ok(Outcome::Migrated(Box::new(report)))
+                Ok(outcome)
             }
             Err(e) => {
                 self.operator.hook("on-failure").await.ok();
-                if !self.created.cut_over {
+                if self.created.cut_over {
+                    return Err(e);
+                }
+                if self.keeps(&e) {
+                    tracing::warn!(
+                        "the run stopped; it is resumable: its shadow, its replication slot {} (which retains WAL until it is resumed or removed) and its checkpoint are kept. Continue it with the same command plus --resume, or remove it with `doppel cleanup --table {}`",
+                        self.plan.names.slot,
+                        self.plan.original.qualified()
+                    );
+                } else {
                     self.remove_created().await;
                 }
                 Err(e)
             }
+        }
+    }
+
+    /// Whether a failed resumable run keeps its state for `--resume`: on a signal, a
+    /// connection it could not re-establish, a lost stream, an exhausted cutover budget, a
+    /// full disk, a refused resume or an unexpected error (exit 1); not on the operator's
+    /// abort, a verification mismatch, a critical threshold or a conflict, which end the
+    /// migration.
+    fn keeps(&self, e: &anyhow::Error) -> bool {
+        if self.checkpoint.is_none() {
+            return false;
+        }
+        if self.signalled.load(std::sync::atomic::Ordering::SeqCst) {
+            return true;
+        }
+        match crate::failure::kind_of(e) {
+            Some(kind) => kind.keeps_resumable_state(),
+            None => true,
         }
     }
 

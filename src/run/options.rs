@@ -59,6 +59,19 @@ pub struct RunOptions {
     /// back into the kept old table for this long, so `doppel ctl .. revert` loses nothing.
     /// `None` (the default): the run ends at the cutover.
     pub revert_window: Option<Duration>,
+    /// `--resumable`: a permanent slot and a durable checkpoint (docs/design.md §2.13), so an
+    /// interrupted run can be resumed (`resume`) and transient faults are survived by
+    /// reconnecting. Without it the slot is TEMPORARY and any fault ends the run.
+    pub resumable: bool,
+    /// `--resume`: continue the interrupted resumable run of the same table and ALTER from its
+    /// checkpoint (a new run when there is none).
+    pub resume: bool,
+    /// `--resume-within`: a checkpoint whose run has been down longer than this is refused
+    /// for resume (its slot has retained WAL all that time).
+    pub resume_within: Duration,
+    /// `--reconnect-timeout`: how long a resumable run keeps trying to reconnect after a
+    /// transient fault before it stops (keeping its checkpoint).
+    pub reconnect_timeout: Duration,
 }
 
 impl RunOptions {
@@ -87,6 +100,10 @@ impl RunOptions {
             display: progress::Display::Lines,
             status_interval: Duration::from_secs(10),
             revert_window: None,
+            resumable: false,
+            resume: false,
+            resume_within: Duration::from_secs(3600),
+            reconnect_timeout: Duration::from_secs(300),
         }
     }
 }

@@ -39,6 +39,9 @@ pub enum Outcome {
     Planned(Box<Plan>),
     /// The migration completed and verified.
     Migrated(Box<RunReport>),
+    /// `--resume` (or a reconnect) found that the interrupted run's cutover had committed:
+    /// the run was finished (its slot, publication, spool and checkpoint removed).
+    Finished(Box<super::Finished>),
 }
 
 /// Renders the dry-run plan for a DBA: checks passed, warnings, the shadow DDL, the phases,

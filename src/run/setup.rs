@@ -13,9 +13,11 @@ use super::Run;
 use super::tasks::Tasks;
 use crate::conninfo;
 use crate::model::catalog;
+use crate::model::phase::Phase;
 use crate::model::snapshot::Snapshot;
 use crate::phases::capture::spool::{self, SpoolReader};
 use crate::phases::capture::stream::Streamer;
+use crate::phases::checkpoint::{self, Checkpoint, Saved};
 use crate::phases::shadow;
 use crate::sql::{ident, literal};
 use crate::testing::{broken, pause_point};
@@ -35,6 +37,19 @@ pub(crate) struct Capture {
     pub(crate) fingerprint: String,
     /// With `--revert-window`: the reverse stream, set up just before the cutover.
     pub(crate) reverse: Option<crate::phases::revert::ReverseStream>,
+    /// Where the phases start: a new run at the backfill, a resumed one where its checkpoint
+    /// stood.
+    pub(crate) resumed: Option<Continue>,
+}
+
+/// Where the phases of a resumed run start, and what they continue from.
+pub(crate) struct Continue {
+    /// The phase the interrupted run had reached.
+    pub(crate) from: Phase,
+    /// Where the backfill stood (chunks committed, pending, where planning stopped).
+    pub(crate) copy: crate::phases::checkpoint::CopyProgress,
+    /// The end of the last source transaction the checkpoint says is in the shadow.
+    pub(crate) applied: Option<Lsn>,
 }
 
 impl Run<'_> {
@@ -44,22 +59,33 @@ impl Run<'_> {
     /// the caller), the slot exported no snapshot, the work directory or spool cannot be
     /// created.
     pub(super) async fn set_up(&mut self) -> Result<Capture> {
+        let spool_path = self.options.work_dir.join(format!(
+            "doppel-{}-{}.spool",
+            self.plan.original.oid,
+            std::process::id()
+        ));
+        if self.options.resumable {
+            self.create_checkpoint(&spool_path).await?;
+        }
         self.create_publication_and_shadow().await?;
         pause_point!(self.probe, "shadow-built", self.plan.names.shadow.clone());
         let fingerprint = catalog::fingerprint(&self.control, self.plan.original.oid).await?;
-        let walsender = walsender_config(self.config, &self.options.logical_decoding_work_mem);
-        let mut replication = conninfo::connect_replication(&walsender)
-            .await
-            .context("opening the replication connection")?;
-        let security = conninfo::security_of_replication(&mut replication, &walsender).await?;
-        tracing::info!("replication connection: {security}");
-        self.progress
-            .update(|s| s.replication_security = Some(security.to_string()));
-        let slot = replication
-            .create_logical_slot(&self.plan.names.slot, true)
-            .await
-            .context("creating the logical replication slot")?;
+        let mut replication = self.replication_connection().await?;
+        let slot = self.create_slot(&mut replication).await?;
         let exported = self.import_snapshot(&slot).await?;
+        if let Some(checkpoint) = &self.checkpoint {
+            let shadow_oid = catalog::resolve(&self.control, &self.plan.names.shadow_qualified())
+                .await
+                .context("reading the shadow's OID")?;
+            checkpoint
+                .started(
+                    &self.control,
+                    shadow_oid,
+                    &fingerprint,
+                    &exported.to_string(),
+                )
+                .await?;
+        }
         let stream = replication
             .start_logical_replication(
                 &self.plan.names.slot,
@@ -69,7 +95,7 @@ impl Run<'_> {
             )
             .await
             .context("starting replication")?;
-        let (tasks, reader) = self.spool_stream(stream)?;
+        let (tasks, reader) = self.spool_stream(stream, &spool_path)?;
         Ok(Capture {
             tasks,
             reader: Some(reader),
@@ -77,7 +103,43 @@ impl Run<'_> {
             start_lsn: slot.consistent_point,
             fingerprint,
             reverse: None,
+            resumed: None,
         })
+    }
+
+    /// Opens the replication connection (its security is logged and shown in the status).
+    pub(super) async fn replication_connection(
+        &self,
+    ) -> Result<pglogrepl::client::ReplicationClient> {
+        let walsender = walsender_config(self.config, &self.options.logical_decoding_work_mem);
+        let mut replication = conninfo::connect_replication(&walsender)
+            .await
+            .context("opening the replication connection")?;
+        let security = conninfo::security_of_replication(&mut replication, &walsender).await?;
+        tracing::info!("replication connection: {security}");
+        self.progress
+            .update(|s| s.replication_security = Some(security.to_string()));
+        Ok(replication)
+    }
+
+    /// The run's slot: TEMPORARY (gone with its connection), or permanent for a resumable
+    /// run — with `FAILOVER` on PostgreSQL 17+, so standbys with `sync_replication_slots`
+    /// keep a copy a promoted standby resumes from.
+    async fn create_slot(
+        &mut self,
+        replication: &mut pglogrepl::client::ReplicationClient,
+    ) -> Result<CreatedSlot> {
+        let name = &self.plan.names.slot;
+        let slot = if !self.options.resumable {
+            replication.create_logical_slot(name, true).await
+        } else if self.plan.server_version >= 170_000 {
+            replication.create_failover_slot(name).await
+        } else {
+            replication.create_logical_slot(name, false).await
+        }
+        .context("creating the logical replication slot")?;
+        self.created.permanent_slot = self.options.resumable;
+        Ok(slot)
     }
 
     /// `CREATE PUBLICATION .. FOR TABLE` the original, then the shadow in one transaction.
@@ -129,18 +191,15 @@ impl Run<'_> {
         Snapshot::parse(&text)
     }
 
-    /// Creates the spool in the work directory and starts consuming `stream` into it.
-    fn spool_stream(&mut self, stream: ReplicationStream) -> Result<(Tasks, SpoolReader)> {
-        let work_dir = &self.options.work_dir;
-        std::fs::create_dir_all(work_dir)
-            .with_context(|| format!("cannot create the work directory {}", work_dir.display()))?;
-        let path = work_dir.join(format!(
-            "doppel-{}-{}.spool",
-            self.plan.original.oid,
-            std::process::id()
-        ));
-        let (writer, reader) = spool::create(&path)?;
-        self.created.spool = Some(path);
+    /// Creates the spool at `path` and starts consuming `stream` into it.
+    fn spool_stream(
+        &mut self,
+        stream: ReplicationStream,
+        path: &std::path::Path,
+    ) -> Result<(Tasks, SpoolReader)> {
+        let (writer, reader) = spool::create(path)
+            .map_err(|e| crate::failure::classify_disk_full(e, "creating the change spool"))?;
+        self.created.spool = Some(path.to_path_buf());
         #[cfg(feature = "pause-points")]
         crate::phases::broken::DuringCopy::keep_reader(&self.probe, &reader)?;
         let streamer = Streamer::spawn(stream, writer, self.probe.clone());
@@ -149,6 +208,34 @@ impl Run<'_> {
             applier: None,
         };
         Ok((tasks, reader))
+    }
+
+    /// A resumable run's first checkpoint, written before anything else is created (phase
+    /// `setup`: a resume from it removes what exists and starts again). Creates the work
+    /// directory, whose path the checkpoint records with the spool's.
+    async fn create_checkpoint(&mut self, spool_path: &std::path::Path) -> Result<()> {
+        let work_dir = &self.options.work_dir;
+        std::fs::create_dir_all(work_dir)
+            .with_context(|| format!("cannot create the work directory {}", work_dir.display()))?;
+        let saved = Saved {
+            table_oid: self.plan.original.oid,
+            table_name: self.plan.original.qualified(),
+            format: checkpoint::FORMAT,
+            doppel_version: env!("CARGO_PKG_VERSION").to_string(),
+            alters: self.options.alters.clone(),
+            fingerprint: String::new(),
+            shadow_oid: 0,
+            slot: self.plan.names.slot.clone(),
+            exported_snapshot: String::new(),
+            spool_path: std::path::absolute(spool_path)?.display().to_string(),
+            host: checkpoint::this_host(),
+            phase: Phase::Setup.key().to_string(),
+            applied: None,
+            idle_secs: 0,
+        };
+        self.checkpoint = Some(Checkpoint::create(&self.control, &saved).await?);
+        self.created.checkpoint = true;
+        Ok(())
     }
 
     /// Waits until every transaction the exported snapshot sees as committed is visible to

@@ -37,12 +37,13 @@ pub(crate) struct Done {
     pub(crate) applied: u64,
 }
 
-/// The throttle checker and the tasks feeding the progress counters, for the phases'
-/// duration.
+/// The throttle checker and the tasks feeding the progress counters (and a resumable run's
+/// heartbeat), for the phases' duration.
 struct Watchers {
     throttler: Throttler,
     apply: ApplyWatch,
     _feeds: [AbortOnDrop; 2],
+    _heartbeat: Option<AbortOnDrop>,
 }
 
 impl Run<'_> {
@@ -54,20 +55,43 @@ impl Run<'_> {
         setup_started: Instant,
     ) -> Result<Done> {
         let watchers = self.start_watchers(capture).await?;
-        self.wait_exported_visible(&capture.exported).await?;
-        self.timed(Phase::Setup, setup_started);
-        let copy = self.backfill(&capture.tasks, &watchers.throttler).await?;
-        self.build_indexes(&watchers.throttler).await?;
+        let from = capture.resumed.as_ref().map_or(Phase::Copy, |r| r.from);
+        let copy = if from <= Phase::Copy {
+            self.wait_exported_visible(&capture.exported).await?;
+            self.timed(Phase::Setup, setup_started);
+            self.save(Phase::Copy).await?;
+            let progress = capture.resumed.as_ref().map(|r| r.copy.clone());
+            self.backfill(&capture.tasks, &watchers.throttler, progress)
+                .await?
+        } else {
+            CopyReport::default()
+        };
+        if from <= Phase::Indexes {
+            self.save(Phase::Indexes).await?;
+            self.build_indexes(&watchers.throttler).await?;
+        }
+        if from <= Phase::CatchUp {
+            self.save(Phase::CatchUp).await?;
+        }
         let fencer = self.start_applier(capture, &watchers).await?;
-        self.build_constraints(&capture.tasks, &watchers.throttler)
-            .await?;
+        if from <= Phase::Constraints {
+            self.save(Phase::Constraints).await?;
+            self.build_constraints(&capture.tasks, &watchers.throttler)
+                .await?;
+        } else {
+            let applier = capture.tasks.applier()?;
+            applier.set_collapse(!shadow::has_constraining_indexes(&self.plan));
+        }
         let since = Instant::now();
+        self.save(Phase::CatchUpAfterIndexes).await?;
         self.enter(Phase::CatchUpAfterIndexes);
         catch_up(&capture.tasks, &fencer, &self.cancel, &watchers.throttler).await?;
         self.timed(Phase::CatchUpAfterIndexes, since);
+        self.save(Phase::Verify).await?;
         let (verify, peer) = self
             .verify(&capture.tasks, &fencer, &watchers.throttler)
             .await?;
+        self.save(Phase::Cutover).await?;
         let (cutover, script) = self
             .cutover(capture, &fencer, &peer, &verify, &watchers.throttler)
             .await?;
@@ -109,15 +133,38 @@ impl Run<'_> {
         self.operator.drive_throttle(throttler.live());
         self.operator.drive_hooks(throttler.watch());
         let throttle_feed = feed_throttle_progress(self.progress.clone(), throttler.watch());
+        let heartbeat = self.checkpoint.map(|checkpoint| {
+            super::tasks::heartbeat(
+                self.config.clone(),
+                checkpoint,
+                self.plan.names.slot.clone(),
+                self.progress.clone(),
+            )
+        });
         Ok(Watchers {
             throttler,
             apply,
             _feeds: [stream_feed, throttle_feed],
+            _heartbeat: heartbeat,
         })
     }
 
-    /// The backfill (docs/design.md §1.4) in `--copy-workers` sessions of their own.
-    async fn backfill(&mut self, tasks: &Tasks, throttler: &Throttler) -> Result<CopyReport> {
+    /// Records in a resumable run's checkpoint that it entered `phase`.
+    async fn save(&self, phase: Phase) -> Result<()> {
+        match &self.checkpoint {
+            Some(checkpoint) => checkpoint.phase(&self.control, phase).await,
+            None => Ok(()),
+        }
+    }
+
+    /// The backfill (docs/design.md §1.4) in `--copy-workers` sessions of their own;
+    /// `resume`: where an interrupted run's backfill stood.
+    async fn backfill(
+        &mut self,
+        tasks: &Tasks,
+        throttler: &Throttler,
+        resume: Option<crate::phases::checkpoint::CopyProgress>,
+    ) -> Result<CopyReport> {
         self.operator.hook("before-copy").await?;
         let since = Instant::now();
         self.progress.update(|s| {
@@ -137,6 +184,8 @@ impl Run<'_> {
             progress: &self.progress,
             throttle: Some(throttler),
             controls: Some(&self.operator.controls),
+            checkpoint: self.checkpoint.as_ref(),
+            resume,
             probe: self.probe.clone(),
         };
         let check = || {
@@ -170,7 +219,13 @@ impl Run<'_> {
             ))
             .await
             .context("setting maintenance_work_mem for the index builds")?;
-        for statement in shadow::primary_key_sql(&self.plan) {
+        let primary_key = shadow::unbuilt(
+            &self.control,
+            &self.plan,
+            shadow::primary_key_sql(&self.plan),
+        )
+        .await?;
+        for statement in primary_key {
             run_cancellable(
                 self.config,
                 &self.control,
@@ -181,7 +236,13 @@ impl Run<'_> {
             .await
             .context("building the shadow's primary key")?;
         }
-        for statement in shadow::plain_index_sql(&self.plan) {
+        let plain = shadow::unbuilt(
+            &self.control,
+            &self.plan,
+            shadow::plain_index_sql(&self.plan),
+        )
+        .await?;
+        for statement in plain {
             run_cancellable(
                 self.config,
                 &self.control,
@@ -191,6 +252,7 @@ impl Run<'_> {
             )
             .await
             .map_err(|e| index_error(e, &self.plan, &statement))?;
+            pause_point!(self.probe, "index-built", statement.clone());
         }
         self.timed(Phase::Indexes, since);
         Ok(())
@@ -219,6 +281,8 @@ impl Run<'_> {
             ApplyOptions {
                 hold: Some(watchers.throttler.watch()),
                 probe: self.probe.clone(),
+                checkpoint: self.checkpoint,
+                resume_after: capture.resumed.as_ref().and_then(|r| r.applied),
                 ..ApplyOptions::default()
             },
         )
@@ -248,7 +312,13 @@ impl Run<'_> {
         applier.pause().await?;
         // Unique and exclusion indexes must see writes in source order from now on.
         applier.set_collapse(!shadow::has_constraining_indexes(&self.plan));
-        for statement in shadow::constraining_sql(&self.plan) {
+        let constraining = shadow::unbuilt(
+            &self.control,
+            &self.plan,
+            shadow::constraining_sql(&self.plan),
+        )
+        .await?;
+        for statement in constraining {
             tasks.check()?;
             run_cancellable(
                 self.config,

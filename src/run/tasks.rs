@@ -135,3 +135,50 @@ pub(crate) fn feed_throttle_progress(
         }
     }))
 }
+
+/// A resumable run's heartbeat, on a session of its own, every 10 s: marks the checkpoint
+/// alive (`--resume-within` counts from the last beat) and samples the WAL the slot retains
+/// into `progress`. A failed beat is logged and retried at the next one.
+pub(crate) fn heartbeat(
+    config: crate::conninfo::ConnInfo,
+    checkpoint: crate::phases::checkpoint::Checkpoint,
+    slot: String,
+    progress: Arc<Progress>,
+) -> AbortOnDrop {
+    AbortOnDrop(tokio::spawn(async move {
+        let mut client = None;
+        loop {
+            if client.is_none() {
+                client = crate::conninfo::connect(&config).await.ok();
+            }
+            if let Some(c) = &client {
+                match beat(c, &checkpoint, &slot).await {
+                    Ok(retained) => progress.update(|s| s.retained_wal_bytes = retained),
+                    Err(e) => {
+                        tracing::debug!("checkpoint heartbeat failed: {e:#}");
+                        client = None;
+                    }
+                }
+            }
+            tokio::time::sleep(Duration::from_secs(10)).await;
+        }
+    }))
+}
+
+/// One beat: the checkpoint is alive; returns the slot's retained WAL (bytes).
+async fn beat(
+    client: &tokio_postgres::Client,
+    checkpoint: &crate::phases::checkpoint::Checkpoint,
+    slot: &str,
+) -> Result<Option<u64>> {
+    checkpoint.alive(client).await?;
+    let retained: Option<i64> = client
+        .query_opt(
+            "SELECT (pg_current_wal_lsn() - restart_lsn)::bigint FROM pg_replication_slots
+             WHERE slot_name = $1",
+            &[&slot],
+        )
+        .await?
+        .and_then(|r| r.get(0));
+    Ok(retained.map(|b| b.max(0) as u64))
+}

@@ -20,9 +20,11 @@
 //! (the copier's chunk points) matches the chunk whose key range holds the single integer
 //! key `N`; `xid=N` (`spooled`, `applied`) the passage that handled source transaction `N`.
 //!
-//! Points: `after-preflight`, `shadow-built`, `catch-up` (backfill and primary key done,
+//! Points: `after-preflight`, `shadow-built`, `index-built` (a non-unique index of the
+//! shadow committed; the detail is its statement), `catch-up` (backfill and primary key done,
 //! applier started), `verifying`, `cutover-locked` (inside the cutover transaction, ACCESS
-//! EXCLUSIVE granted, before the renames), and the race points:
+//! EXCLUSIVE granted, before the renames), `committed` (the cutover committed, before its
+//! after-commit steps and record), and the race points:
 //!
 //! - `chunk-open` (backfill): a chunk's `INSERT .. SELECT` has run (its snapshot is taken and
 //!   its rows inserted) but its transaction has not committed. While this point is armed

@@ -23,29 +23,30 @@ use tokio_postgres::Client;
 use crate::common;
 
 /// Rows of the test table: several copy chunks (the first chunk is 1,000 rows).
-const ROWS: i64 = 20_000;
+pub(crate) const ROWS: i64 = 20_000;
 
 /// A doppel backend still connected (the writer's own session is named `doppel workload`).
-const DOPPEL_SESSIONS: &str = "SELECT count(*) FROM pg_stat_activity
+pub(crate) const DOPPEL_SESSIONS: &str = "SELECT count(*) FROM pg_stat_activity
      WHERE application_name LIKE 'doppel%' AND application_name <> 'doppel workload'
        AND pid <> pg_backend_pid()";
 
 /// Every relation whose name doppel gives its objects (shadow, its indexes and sequences,
 /// the kept old table).
-const DOPPEL_RELATIONS: &str = "SELECT count(*) FROM pg_class WHERE relname LIKE '\\_doppel\\_%'";
+pub(crate) const DOPPEL_RELATIONS: &str =
+    "SELECT count(*) FROM pg_class WHERE relname LIKE '\\_doppel\\_%'";
 
 /// A cluster with the demo table `orders` (15 columns, TOAST) and its twin, and a writer that
 /// mirrors into the twin.
-struct Stand {
-    cluster: LocalCluster,
-    client: Client,
-    writer: Option<Workload>,
-    oid: u32,
-    dir: tempfile::TempDir,
+pub(crate) struct Stand {
+    pub(crate) cluster: LocalCluster,
+    pub(crate) client: Client,
+    pub(crate) writer: Option<Workload>,
+    pub(crate) oid: u32,
+    pub(crate) dir: tempfile::TempDir,
 }
 
 impl Stand {
-    async fn new() -> Stand {
+    pub(crate) async fn new() -> Stand {
         let cluster = common::cluster().await;
         let client = cluster.connect("postgres").await.unwrap();
         workload::create_tables(&client, "orders", "orders_twin", ROWS)
@@ -71,13 +72,19 @@ impl Stand {
         }
     }
 
-    fn dsn(&self) -> String {
+    pub(crate) fn dsn(&self) -> String {
         self.cluster.conninfo("postgres")
     }
 
     /// Starts `doppel run --execute`, with pause point `point` armed if given; output goes to
     /// files in the work dir.
     fn start_run(&self, point: Option<&str>) -> Child {
+        self.start_run_with(point, &[], "run")
+    }
+
+    /// [`Stand::start_run`] with `extra` arguments; output goes to `<name>.out` and
+    /// `<name>.err` in the work dir.
+    pub(crate) fn start_run_with(&self, point: Option<&str>, extra: &[&str], name: &str) -> Child {
         let dir = self.dir.path();
         if let Some(point) = point {
             doppel::testing::arm(&common::pause_dir(dir), point).unwrap();
@@ -100,21 +107,32 @@ impl Stand {
             .arg(dir)
             .arg("--rollback-dir")
             .arg(dir)
+            .args(extra)
             .stdin(Stdio::null())
-            .stdout(std::fs::File::create(dir.join("run.out")).unwrap())
-            .stderr(std::fs::File::create(dir.join("run.err")).unwrap())
+            .stdout(std::fs::File::create(dir.join(format!("{name}.out"))).unwrap())
+            .stderr(std::fs::File::create(dir.join(format!("{name}.err"))).unwrap())
             .spawn()
             .expect("doppel starts")
     }
 
     fn run_output(&self) -> String {
-        let read =
-            |name: &str| std::fs::read_to_string(self.dir.path().join(name)).unwrap_or_default();
-        format!("stdout:\n{}\nstderr:\n{}", read("run.out"), read("run.err"))
+        self.output_of("run")
+    }
+
+    /// The stdout and stderr of the run started as `name`.
+    pub(crate) fn output_of(&self, name: &str) -> String {
+        let read = |file: String| {
+            strip_ansi(&std::fs::read_to_string(self.dir.path().join(file)).unwrap_or_default())
+        };
+        format!(
+            "stdout:\n{}\nstderr:\n{}",
+            read(format!("{name}.out")),
+            read(format!("{name}.err"))
+        )
     }
 
     /// Waits until the run stops at `point`; its detail line.
-    async fn wait_reached(&self, child: &mut Child, point: &str) -> String {
+    pub(crate) async fn wait_reached(&self, child: &mut Child, point: &str) -> String {
         let dir = self.dir.path();
         let reached = common::wait_until(Duration::from_secs(180), || {
             doppel::testing::reached(&common::pause_dir(dir), point).is_some()
@@ -183,7 +201,7 @@ impl Stand {
         common::scalar(&self.client, "SELECT count(*) FROM pg_publication").await
     }
 
-    async fn shadow_exists(&self) -> bool {
+    pub(crate) async fn shadow_exists(&self) -> bool {
         let shadow = format!("public._doppel_{}_new_orders", self.oid);
         self.client
             .query_one("SELECT to_regclass($1) IS NOT NULL", &[&shadow])
@@ -192,7 +210,7 @@ impl Stand {
             .get(0)
     }
 
-    fn doppel(&self, args: &[&str]) -> std::process::Output {
+    pub(crate) fn doppel(&self, args: &[&str]) -> std::process::Output {
         Command::new(env!("CARGO_BIN_EXE_doppel"))
             .args(args)
             .args(["--dsn", &self.dsn()])
@@ -238,7 +256,7 @@ impl Stand {
     }
 
     /// Nothing of doppel's is left on the server.
-    async fn assert_nothing_left(&self) {
+    pub(crate) async fn assert_nothing_left(&self) {
         assert_eq!(
             common::scalar(&self.client, "SELECT count(*) FROM pg_replication_slots").await,
             0,
@@ -251,6 +269,25 @@ impl Stand {
             "no shadow table, index or sequence of doppel's"
         );
     }
+}
+
+/// `text` without ANSI escape sequences (the log's colours), so tests can match
+/// `field=value`.
+fn strip_ansi(text: &str) -> String {
+    let mut out = String::with_capacity(text.len());
+    let mut chars = text.chars();
+    while let Some(c) = chars.next() {
+        if c == '\u{1b}' {
+            for c in chars.by_ref() {
+                if c.is_ascii_alphabetic() {
+                    break;
+                }
+            }
+        } else {
+            out.push(c);
+        }
+    }
+    out
 }
 
 /// Pauses a run at `point`, checks `at_point` there, kills doppel with SIGKILL, and checks

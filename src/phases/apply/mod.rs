@@ -75,6 +75,8 @@ pub struct ApplyStatus {
     pub error: Option<String>,
     /// The failure's class, when it had one.
     pub error_kind: Option<crate::failure::FailureKind>,
+    /// The failure was a lost connection (see [`crate::failure::is_transient`]).
+    pub error_transient: bool,
     /// With [`ApplyOptions::after_marker`]: whether the marked transaction has been seen (the
     /// changes after it are being applied).
     pub past_marker: bool,
@@ -104,6 +106,12 @@ pub struct ApplyOptions {
     /// A resumable run's checkpoint: each batch records, in its own transaction, the end of
     /// its last source transaction and the spool offset after it.
     pub checkpoint: Option<crate::phases::checkpoint::Checkpoint>,
+    /// A resumed run: the end of the last source transaction the checkpoint says is in the
+    /// shadow. Transactions that committed before it are skipped (a spool read again from an
+    /// earlier position, or a stream the server sends again after a crash), and the
+    /// original's Relation message is taken as already checked (the resume compared the
+    /// catalog fingerprint; the interrupted stream sent the message before the spool position).
+    pub resume_after: Option<Lsn>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -143,9 +151,11 @@ impl Applier {
             let result = worker.run(control_rx, &status_tx).await;
             if let Err(e) = &result {
                 let kind = crate::failure::kind_of(e);
+                let transient = crate::failure::is_transient(e);
                 status_tx.send_modify(|s| {
                     s.error = Some(format!("{e:#}"));
                     s.error_kind = kind;
+                    s.error_transient = transient;
                 });
             }
             result
@@ -201,9 +211,9 @@ impl Applier {
     /// Fails with the applier's error if its task has ended.
     pub fn check(&self) -> Result<()> {
         if self.handle.is_finished() {
-            let (why, kind) = {
+            let (why, kind, transient) = {
                 let s = self.status.borrow();
-                (s.error.clone(), s.error_kind)
+                (s.error.clone(), s.error_kind, s.error_transient)
             };
             let message = format!(
                 "applying streamed changes failed: {}",
@@ -211,6 +221,7 @@ impl Applier {
             );
             return Err(match kind {
                 Some(kind) => crate::failure::fail(kind, message),
+                None if transient => crate::failure::Disconnected(message).into(),
                 None => anyhow!(message),
             });
         }

@@ -55,6 +55,8 @@ pub(super) struct Decoder {
     /// Test-only: transactions committed before this are skipped (see
     /// [`Worker::applied_during_copy`]).
     applied_during_copy: Lsn,
+    /// [`ApplyOptions::resume_after`]: transactions committed before this are skipped.
+    resume_after: Lsn,
 }
 
 /// One batch being decoded: its figures, its changes, where it stands in the stream.
@@ -126,9 +128,10 @@ impl Worker {
             hold: options.hold,
             decoder: Decoder {
                 direct_partial,
-                relation_checked: false,
+                relation_checked: options.resume_after.is_some(),
                 waiting_for: options.after_marker,
                 applied_during_copy: Lsn::INVALID,
+                resume_after: options.resume_after.unwrap_or(Lsn::INVALID),
             },
             probe: options.probe,
             rejected: options.tolerant.then(BTreeMap::new),
@@ -298,7 +301,8 @@ impl Decoder {
                 d.in_source_txn = true;
                 d.batch.xid = xid;
                 d.batch.xids.push(xid);
-                d.skip_txn = final_lsn < self.applied_during_copy || self.waiting_for.is_some();
+                d.skip_txn = final_lsn < self.applied_during_copy.max(self.resume_after)
+                    || self.waiting_for.is_some();
             }
             PgOutputMessage::Commit { end_lsn, .. } => {
                 d.in_source_txn = false;

@@ -12,9 +12,9 @@
 //! starting with [`CONFIRM_RECORD`]: the position the stream is about to confirm to the slot,
 //! written and synced before the confirmation, so the spool always holds at least what the
 //! slot counts as received. After a crash, [`recover`] finds the last intact record (a torn
-//! or corrupt tail fails its checksum) and cuts the spool at the end of the last whole
-//! transaction the slot confirmed; the stream then resumes from the slot's confirmed position
-//! and nothing is lost or received twice.
+//! or corrupt tail fails its checksum) and cuts the spool at the end of its last whole
+//! transaction; the stream then resumes from that position (never before the slot's
+//! confirmed position, which the spool always covers), and nothing is lost or received twice.
 
 use std::fs::{File, OpenOptions};
 use std::io::{BufReader, BufWriter, Read, Seek, SeekFrom, Write};
@@ -85,24 +85,25 @@ pub fn create(path: &Path) -> Result<(SpoolWriter, SpoolReader)> {
 /// What [`recover`] found in a spool left by an interrupted run.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Recovered {
-    /// Where the spool is cut: after the last whole transaction (or doppel record) at or
-    /// before the slot's confirmed position; the stream resumes after it.
+    /// Where the spool is cut: after its last whole transaction (or doppel record).
     pub end: u64,
-    /// The highest position the spool holds: the end of its last transaction or its last
-    /// confirmation record, at or before the slot's confirmed position.
+    /// The highest position the spool holds: the end of its last whole transaction or its
+    /// last confirmation record. The stream resumes here (`START_REPLICATION` skips every
+    /// transaction that committed before it), so nothing is spooled twice.
     pub holds: Lsn,
-    /// Bytes past `end` that were dropped (a torn tail, or data the slot will send again).
+    /// Bytes past `end` that were dropped (a torn tail, or an unfinished transaction).
     pub dropped: u64,
 }
 
-/// Checks the spool at `path` against the slot's `confirmed` position and cuts off what the
-/// stream will send again or what a crash tore: every record is read and its checksum
-/// verified up to the first bad or incomplete one; the spool keeps the records up to the end
-/// of the last transaction whose commit ends at or before `confirmed`.
+/// Checks the spool at `path` against the slot's `confirmed` position and finds what a crash
+/// tore: every record is read and its checksum verified up to the first bad or incomplete
+/// one; the spool keeps the records up to the end of its last whole transaction. It may hold
+/// more than the slot confirmed (a server that crashed forgets a confirmation it had not yet
+/// saved): the stream then resumes from [`Recovered::holds`], not from the slot.
 ///
 /// Errors: the file is missing, unreadable or not a doppel spool; or it holds less than the
-/// slot confirmed (`holds < confirmed` with a transaction the slot counts as received but the
-/// spool lacks): resuming would lose changes.
+/// slot confirmed (`holds < confirmed`: the slot counts a transaction as received that the
+/// spool lacks, so resuming would lose changes).
 pub fn recover(path: &Path, confirmed: Lsn) -> Result<Recovered> {
     let file = File::open(path)
         .with_context(|| format!("cannot open the change spool {}", path.display()))?;
@@ -122,9 +123,7 @@ pub fn recover(path: &Path, confirmed: Lsn) -> Result<Recovered> {
     };
     while let Some((record_end, lsn, payload)) = next_intact(&mut reader, scan.pos, size)? {
         scan.pos = record_end;
-        if !scan.accept(lsn, &payload, confirmed) {
-            break;
-        }
+        scan.accept(lsn, &payload);
     }
     if scan.holds < confirmed {
         bail!(
@@ -153,33 +152,24 @@ struct Scan {
 }
 
 impl Scan {
-    /// Takes one intact record; false once the scan must stop (a commit past `confirmed`).
-    fn accept(&mut self, lsn: Lsn, payload: &[u8], confirmed: Lsn) -> bool {
+    /// Takes one intact record.
+    fn accept(&mut self, lsn: Lsn, payload: &[u8]) {
         match payload.first() {
             Some(b'B') => self.in_transaction = true,
             Some(b'C') => {
-                let end = commit_end(payload).unwrap_or(lsn);
-                if end > confirmed {
-                    return false;
-                }
                 self.in_transaction = false;
-                self.holds = self.holds.max(end);
+                self.holds = self.holds.max(commit_end(payload).unwrap_or(lsn));
                 self.end = self.pos;
             }
-            Some(&CONFIRM_RECORD) => {
+            Some(&CONFIRM_RECORD) if !self.in_transaction => {
                 let at = confirm_position(payload).unwrap_or(Lsn::INVALID);
-                if at > confirmed {
-                    return false;
-                }
-                if !self.in_transaction {
-                    self.holds = self.holds.max(at);
-                    self.end = self.pos;
-                }
+                self.holds = self.holds.max(at);
+                self.end = self.pos;
             }
+            Some(&CONFIRM_RECORD) => {}
             _ if !self.in_transaction => self.end = self.pos,
             _ => {}
         }
-        true
     }
 }
 
@@ -484,10 +474,10 @@ mod tests {
     }
 
     #[test]
-    fn recovery_cuts_at_the_last_transaction_the_slot_confirmed() {
+    fn recovery_cuts_after_the_last_whole_transaction() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("spool");
-        let (first, second) = three_transactions(&path);
+        let (_, second) = three_transactions(&path);
         let r = recover(&path, Lsn(200)).unwrap();
         assert_eq!(
             (r.end, r.holds),
@@ -497,8 +487,8 @@ mod tests {
         let r = recover(&path, Lsn(100)).unwrap();
         assert_eq!(
             (r.end, r.holds),
-            (first, Lsn(100)),
-            "what the slot will send again is cut"
+            (second, Lsn(200)),
+            "a slot that forgot a confirmation: the spool keeps what it holds"
         );
         let err = recover(&path, Lsn(250)).unwrap_err().to_string();
         assert!(err.contains("missing"), "{err}");

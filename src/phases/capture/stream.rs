@@ -42,6 +42,8 @@ pub struct StreamStatus {
     pub spooled_bytes: u64,
     /// Why the consumer stopped, when it failed.
     pub error: Option<String>,
+    /// The consumer stopped because the spool's filesystem is full (ENOSPC).
+    pub disk_full: bool,
 }
 
 /// A running consumer task.
@@ -75,10 +77,24 @@ impl Streamer {
         self.status.clone()
     }
 
-    /// Fails if the consumer task has stopped with an error (lost connection, disk full).
+    /// Fails if the consumer task has stopped with an error: a lost connection (exit 4,
+    /// [`crate::failure::FailureKind::StreamLost`]) or a full spool filesystem (exit 9,
+    /// [`crate::failure::FailureKind::DiskFull`]).
     pub fn check(&self) -> Result<()> {
         if self.handle.is_finished() {
-            let why = self.status.borrow().error.clone();
+            let (why, disk_full) = {
+                let s = self.status.borrow();
+                (s.error.clone(), s.disk_full)
+            };
+            if disk_full {
+                return Err(crate::failure::fail(
+                    crate::failure::FailureKind::DiskFull,
+                    format!(
+                        "the change spool's filesystem is full: {}; the original table is untouched. Free space there; a resumable run kept its checkpoint and spool: then run it again with --resume",
+                        why.unwrap_or_default()
+                    ),
+                ));
+            }
             return Err(crate::failure::fail(
                 crate::failure::FailureKind::StreamLost,
                 format!(
@@ -110,7 +126,14 @@ async fn consume(
 ) -> Result<()> {
     let result = consume_inner(stream, spool, stop, &status, &probe).await;
     if let Err(e) = &result {
-        status.send_modify(|s| s.error = Some(format!("{e:#}")));
+        let disk_full = e.chain().any(|c| {
+            c.downcast_ref::<std::io::Error>()
+                .is_some_and(crate::failure::is_disk_full)
+        });
+        status.send_modify(|s| {
+            s.error = Some(format!("{e:#}"));
+            s.disk_full = disk_full;
+        });
     }
     result
 }

@@ -210,6 +210,13 @@ impl Cutover<'_> {
                 break committed;
             }
         };
+        if !self.revert {
+            crate::testing::pause_point!(
+                self.options.probe,
+                "committed",
+                self.plan.original.qualified()
+            );
+        }
         let commit_lsn = match self.revert {
             false => self.commit_lsn(committed.fence).await,
             true => None,

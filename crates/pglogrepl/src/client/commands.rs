@@ -47,6 +47,14 @@ fn create_slot_sql(name: &str, temporary: bool) -> String {
     )
 }
 
+/// The option-list syntax (PostgreSQL 15+), needed for `FAILOVER` (17+).
+fn create_failover_slot_sql(name: &str) -> String {
+    format!(
+        "CREATE_REPLICATION_SLOT {} LOGICAL pgoutput (SNAPSHOT 'export', FAILOVER true)",
+        quote_ident(name)
+    )
+}
+
 fn data_row(body: &backend::DataRowBody) -> Result<Vec<Option<String>>, ReplicationError> {
     let buf = body.buffer();
     let mut ranges = body.ranges();
@@ -189,9 +197,15 @@ pub(super) async fn create_logical_slot(
     conn: &mut Conn,
     name: &str,
     temporary: bool,
+    failover: bool,
 ) -> Result<CreatedSlot, ReplicationError> {
     let what = "CREATE_REPLICATION_SLOT";
-    let rows = simple_query(conn, &create_slot_sql(name, temporary)).await?;
+    let sql = if failover {
+        create_failover_slot_sql(name)
+    } else {
+        create_slot_sql(name, temporary)
+    };
+    let rows = simple_query(conn, &sql).await?;
     let row = single_row(rows, 4, what)?;
     let mut cols = row.into_iter();
     let slot_name = required(cols.next(), what, "slot_name")?;
@@ -251,6 +265,10 @@ mod tests {
         assert_eq!(
             create_slot_sql("s", false),
             "CREATE_REPLICATION_SLOT \"s\" LOGICAL pgoutput EXPORT_SNAPSHOT"
+        );
+        assert_eq!(
+            create_failover_slot_sql("s"),
+            "CREATE_REPLICATION_SLOT \"s\" LOGICAL pgoutput (SNAPSHOT 'export', FAILOVER true)"
         );
         assert_eq!(
             start_replication_sql("s", Lsn(0x16_B374_D848), "my\"pub's", true),

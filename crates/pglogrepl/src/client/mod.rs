@@ -175,7 +175,22 @@ impl ReplicationClient {
         name: &str,
         temporary: bool,
     ) -> Result<CreatedSlot, ReplicationError> {
-        commands::create_logical_slot(&mut self.conn, name, temporary).await
+        commands::create_logical_slot(&mut self.conn, name, temporary, false).await
+    }
+
+    /// Runs `CREATE_REPLICATION_SLOT "<name>" LOGICAL pgoutput (SNAPSHOT 'export', FAILOVER
+    /// true)`: a permanent slot that PostgreSQL 17+ synchronizes to standbys running with
+    /// `sync_replication_slots = on`, so that it survives a failover to them. The exported
+    /// snapshot is as for [`ReplicationClient::create_logical_slot`].
+    ///
+    /// # Errors
+    /// As [`ReplicationClient::create_logical_slot`]; before PostgreSQL 17 the server refuses
+    /// the `FAILOVER` option (`42601`).
+    pub async fn create_failover_slot(
+        &mut self,
+        name: &str,
+    ) -> Result<CreatedSlot, ReplicationError> {
+        commands::create_logical_slot(&mut self.conn, name, false, true).await
     }
 
     /// Runs `START_REPLICATION SLOT "<slot>" LOGICAL <start> (proto_version '1',
