@@ -12,6 +12,9 @@
 #   e. the same doppel run under a steady pgbench write load (fixed rate): wall time, changes
 #      applied, apply rate, lag, lock hold, writer p50/p99/max before vs during, writer
 #      errors, doppel's peak RSS
+#   d2. with --resumable-cost: the same doppel run with --resumable (permanent slot, durable
+#      checkpoint of every chunk and applied batch), on a freshly restored idle table: the
+#      checkpoint's overhead
 #   f. prints the ratios and writes them to BENCHMARKS.md (one section per --rows value),
 #      plus one line listing doppel's peak RSS for every --rows section in the file.
 # With --means, also what each means of doppel's bulk path buys, on the idle table:
@@ -40,6 +43,7 @@ usage: benches/run.sh [options]
   --means             also measure what each means of the bulk path buys (build indexes
                       after the copy, parallel copy workers, chunk time, spooling instead
                       of retaining WAL): 3 more doppel runs and 2 SQL copies
+  --resumable-cost    also run doppel with --resumable on the idle table (checkpoint overhead)
   --no-write          do not update BENCHMARKS.md
   --out FILE          the markdown file to update (default BENCHMARKS.md at the repo root)
 Environment: DOPPEL_PG_BINDIR (server binaries; default /usr/lib/postgresql/15/bin).
@@ -59,6 +63,7 @@ DO_REPACK=1
 DO_LOAD=1
 DO_WRITE=1
 DO_MEANS=0
+DO_RESUMABLE=0
 HERE=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
 ROOT=$(dirname "$HERE")
 OUT_MD="$ROOT/BENCHMARKS.md"
@@ -76,6 +81,7 @@ while [[ $# -gt 0 ]]; do
     --no-load) DO_LOAD=0; shift ;;
     --no-write) DO_WRITE=0; shift ;;
     --means) DO_MEANS=1; shift ;;
+    --resumable-cost) DO_RESUMABLE=1; shift ;;
     --out) OUT_MD=${2:?--out needs a value}; shift 2 ;;
     -h|--help) usage; exit 0 ;;
     *) echo "run.sh: unknown argument '$1'" >&2; usage >&2; exit 2 ;;
@@ -495,6 +501,16 @@ run_doppel idle
 [[ $(q "SELECT count(*) FROM public.orders") -eq $ROWS ]] || die "after doppel (idle) public.orders does not have $ROWS rows"
 print_doppel idle
 
+# ---------------------------------------------------------------- d2. --resumable
+if [[ $DO_RESUMABLE -eq 1 ]]; then
+  log "d2. doppel run --execute --resumable (idle table)"
+  restore
+  run_doppel res --resumable
+  [[ $(q "SELECT count(*) FROM public.orders") -eq $ROWS ]] || die "after doppel (resumable) public.orders does not have $ROWS rows"
+  print_doppel res
+  log "   checkpoint overhead: --resumable ${R[res_wall]} s vs ${R[idle_wall]} s = $(ratio "${R[res_wall]}" "${R[idle_wall]}")x (copy ${R[res_copy]} s vs ${R[idle_copy]} s)"
+fi
+
 # ---------------------------------------------------------------- m2, m3. copy workers, chunk time
 # Three more doppel runs on the idle table, each freshly restored, one setting changed from
 # the defaults of the run above (--copy-workers 2, --chunk-time 100).
@@ -607,6 +623,7 @@ MD="$WORK/section.md"
   echo "| physical floor: CTAS ${R[floor_ctas]} + PK ${R[floor_pk]} + 2 indexes ${R[floor_idx]} | ${R[floor]} |"
   echo "| doppel run --execute, idle table | $dw |"
   [[ $DO_LOAD -eq 1 ]] && echo "| doppel run --execute, under $RATE tx/s | ${R[load_wall]} |"
+  [[ $DO_RESUMABLE -eq 1 ]] && echo "| doppel run --execute --resumable, idle table | ${R[res_wall]} (copy ${R[res_copy]}; $(ratio "${R[res_wall]}" "$dw")x the run without checkpoints) |"
   echo
   if [[ $DO_LOAD -eq 1 ]]; then
     echo "| ratio | doppel idle | doppel under load |"

@@ -21,6 +21,7 @@ mod cutover_budget;
 mod decoded_before_visible;
 mod dependents;
 mod e2e_pgbench;
+mod failover;
 mod faults;
 mod interrupted_run;
 mod kill_phases;

@@ -60,7 +60,7 @@ pub async fn wait_copying(client: &Client, table: &str) {
     let copying = wait_until_async(Duration::from_secs(60), || async {
         scalar(
             client,
-            "SELECT count(*) FROM pg_replication_slots WHERE active",
+            "SELECT count(*) FROM pg_replication_slots WHERE active AND slot_type = 'logical'",
         )
         .await
             == 1
@@ -70,7 +70,8 @@ pub async fn wait_copying(client: &Client, table: &str) {
     assert!(copying, "the run reached the backfill of {table}");
 }
 
-/// Asserts nothing doppel creates on the server is left: no replication slot (waited for up
+/// Asserts nothing doppel creates on the server is left: no logical replication slot (a
+/// standby's physical slot is not doppel's; waited for up
 /// to 15 s: a temporary slot goes with its session, which ends just after the run), no
 /// publication, no relation named `_doppel_…` (shadow, its indexes, a kept old table).
 ///
@@ -78,7 +79,12 @@ pub async fn wait_copying(client: &Client, table: &str) {
 /// If something is left.
 pub async fn assert_no_doppel_objects(client: &Client) {
     let gone = wait_until_async(Duration::from_secs(15), || async {
-        scalar(client, "SELECT count(*) FROM pg_replication_slots").await == 0
+        scalar(
+            client,
+            "SELECT count(*) FROM pg_replication_slots WHERE slot_type = 'logical'",
+        )
+        .await
+            == 0
     })
     .await;
     assert!(gone, "no slot left");
