@@ -66,6 +66,11 @@ pub struct ThrottleState {
     pub critical: Option<String>,
     /// The worst replica lag measured (ms), when any standby is watched.
     pub replica_lag_ms: Option<u64>,
+    /// The checker lost its session to the primary (a server restart, a terminated
+    /// backend): the run's other sessions are gone too, and waiting for the throttle to clear
+    /// would wait forever. [`Throttler::wait_clear`] and [`Throttler::check_critical`] end
+    /// with a transient fault ([`crate::failure::Disconnected`]).
+    pub disconnected: bool,
 }
 
 impl ThrottleState {
@@ -159,7 +164,8 @@ impl Throttler {
         let checker_live = live.clone();
         let handle = tokio::spawn(async move {
             loop {
-                let state = sample(&primary, &replicas, &options, &checker_live, &slot).await;
+                let mut state = sample(&primary, &replicas, &options, &checker_live, &slot).await;
+                state.disconnected = primary.is_closed();
                 tx.send_if_modified(|old| {
                     if *old != state {
                         if state.reasons.is_empty() && !old.reasons.is_empty() {
@@ -219,10 +225,14 @@ impl Throttler {
         self.state.clone()
     }
 
-    /// Error if a critical condition was seen.
+    /// Error if a critical condition was seen, or if the checker lost its session.
     pub fn check_critical(&self) -> Result<()> {
-        if let Some(why) = &self.state.borrow().critical {
+        let state = self.state.borrow();
+        if let Some(why) = &state.critical {
             return Err(critical(why));
+        }
+        if state.disconnected {
+            return Err(disconnected());
         }
         Ok(())
     }
@@ -239,6 +249,9 @@ impl Throttler {
                 let s = rx.borrow_and_update();
                 if let Some(why) = &s.critical {
                     return Err(critical(why));
+                }
+                if s.disconnected {
+                    return Err(disconnected());
                 }
                 if s.reasons.is_empty() {
                     return Ok(());
@@ -265,6 +278,14 @@ impl Drop for Throttler {
             h.abort();
         }
     }
+}
+
+/// The checker's session to the primary is gone: a transient fault.
+fn disconnected() -> anyhow::Error {
+    crate::failure::Disconnected(
+        "the throttle checker lost its connection to the server".to_string(),
+    )
+    .into()
 }
 
 /// The classified error for a critical condition: the panic flag is the operator's abort.
