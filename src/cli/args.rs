@@ -60,6 +60,16 @@ pub(crate) struct TuningArgs {
     /// default: without it doppel only reports them and retries.
     #[arg(long)]
     pub(crate) kill_blockers: bool,
+    /// How long the cutover waits, before each attempt, for sessions holding a snapshot older
+    /// than the cutover (a transaction that would read the new table incompletely) to end
+    /// (e.g. `60s`, `10m`); past it the attempt is postponed, exit 5 after the retries.
+    #[arg(long, value_parser = humantime::parse_duration, default_value = "60s")]
+    pub(crate) old_snapshot_timeout: Duration,
+    /// Cancel (pg_cancel_backend), then after --kill-blockers-grace terminate, the sessions
+    /// still holding a snapshot older than the cutover after --old-snapshot-timeout. Off by
+    /// default: doppel postpones the cutover and names them.
+    #[arg(long)]
+    pub(crate) kill_old_snapshots: bool,
     /// logical_decoding_work_mem of doppel's WAL sender: server memory for decoding before
     /// transactions spill to disk (the backfill's own chunks are decoded too).
     #[arg(long, default_value = "256MB")]
@@ -194,6 +204,10 @@ pub(crate) fn run_options(
         logical_decoding_work_mem: t.logical_decoding_work_mem.clone(),
         kill_blockers: t
             .kill_blockers
+            .then(|| Duration::from_millis(t.kill_blockers_grace)),
+        old_snapshot_timeout: t.old_snapshot_timeout,
+        kill_old_snapshots: t
+            .kill_old_snapshots
             .then(|| Duration::from_millis(t.kill_blockers_grace)),
         throttle: ThrottleOptions {
             max_replica_lag: t.max_replica_lag.map(Duration::from_millis),

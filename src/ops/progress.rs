@@ -54,6 +54,10 @@ pub struct State {
     /// A resumable run: bytes of WAL its permanent slot retains on the primary
     /// (`pg_current_wal_lsn() - restart_lsn`), sampled every 10 s.
     pub retained_wal_bytes: Option<u64>,
+    /// What the cutover is waiting for, when it waits for other sessions (the sessions
+    /// holding a snapshot older than the cutover, named by pid, user, state, age and query);
+    /// empty otherwise.
+    pub waiting: String,
 }
 
 /// The revert window as the status shows it.
@@ -190,6 +194,10 @@ impl Progress {
             (true, _) => "starting".to_string(),
             (false, true) => phase,
             (false, false) => format!("{phase} (throttled: {})", s.throttled),
+        };
+        let state = match s.waiting.is_empty() {
+            true => state,
+            false => format!("{state} (waiting for {})", s.waiting),
         };
         let retained = s
             .retained_wal_bytes

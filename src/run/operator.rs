@@ -31,10 +31,12 @@ impl StatusSource for Status {
 
     fn status_json(&self) -> serde_json::Value {
         let mut value = StatusSource::status_json(&*self.0);
-        let throttled = self.0.snapshot().throttled;
+        let state = self.0.snapshot();
+        let throttled = state.throttled;
         if let Some(object) = value.as_object_mut() {
             object.insert("throttled".into(), json!(!throttled.is_empty()));
             object.insert("throttle_reasons".into(), json!(throttled));
+            object.insert("waiting".into(), json!(state.waiting));
         }
         value
     }

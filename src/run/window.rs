@@ -227,6 +227,9 @@ impl Run<'_> {
             cancel: self.cancel.clone(),
             throttle: None,
             revert_marker: None,
+            old_snapshot_timeout: self.options.old_snapshot_timeout,
+            kill_old_snapshots: self.options.kill_old_snapshots,
+            progress: Some(self.progress.clone()),
         };
         window
             .revert(

@@ -22,7 +22,9 @@
 //!
 //! Points: `after-preflight`, `shadow-built`, `index-built` (a non-unique index of the
 //! shadow committed; the detail is its statement), `catch-up` (backfill and primary key done,
-//! applier started), `verifying`, `cutover-locked` (inside the cutover transaction, ACCESS
+//! applier started), `verifying`, `old-snapshots` (before a cutover attempt, the wait for
+//! sessions holding an older snapshot lists them; the detail is their pids), `lock-granted`
+//! (the cutover's ACCESS EXCLUSIVE lock granted, before the fence), `cutover-locked` (inside the cutover transaction, ACCESS
 //! EXCLUSIVE granted, before the renames), `committed` (the cutover committed, before its
 //! after-commit steps and record), and the race points:
 //!

@@ -26,6 +26,7 @@ mod faults;
 mod interrupted_run;
 mod kill_phases;
 mod least_privilege;
+mod old_snapshots;
 mod online_migration;
 mod operator;
 mod pooler;

@@ -10,8 +10,9 @@ use std::time::{Duration, Instant};
 use anyhow::{Context, Result};
 use tokio_postgres::{Client, Transaction};
 
-use super::locked::{Committed, Inside, Rechecks};
+use super::locked::{Committed, Inside, Locked, Rechecks};
 use super::rollback::RollbackFile;
+use super::snapshots::{Holder, Waited};
 use super::{Attempt, Cutover};
 use crate::failure::{FailureKind, fail};
 
@@ -93,17 +94,26 @@ struct Tried {
     lock_wait: Duration,
     /// The drain predicted before locking.
     predicted: Duration,
+    /// The wait for older snapshots before the lock request.
+    old_wait: Duration,
 }
 
 impl Tried {
     /// The attempt as recorded, with its `outcome` and the pids seen `blocking` it.
     fn record(&self, outcome: &str, blocking: Vec<i32>) -> Attempt {
+        self.record_old(outcome, blocking, Vec::new())
+    }
+
+    /// The attempt as recorded, postponed by the sessions `old` holding an older snapshot.
+    fn record_old(&self, outcome: &str, blocking: Vec<i32>, old: Vec<i32>) -> Attempt {
         Attempt {
             attempt: self.attempt,
             outcome: outcome.to_string(),
             lock_wait_ms: self.lock_wait.as_secs_f64() * 1000.0,
             predicted_drain_ms: self.predicted.as_secs_f64() * 1000.0,
             blockers: blocking,
+            old_snapshot_wait_ms: self.old_wait.as_secs_f64() * 1000.0,
+            old_snapshots: old,
         }
     }
 }
@@ -129,19 +139,35 @@ impl Cutover<'_> {
         // The re-checks run under the lock, parsed and planned now (on this connection, each
         // attempt): under the lock only their execution remains.
         let rechecks = Rechecks::prepare(client, self.plan).await?;
+        // Wait for the transactions whose snapshot the new table could not satisfy (§4.6).
+        let mut tried = Tried {
+            attempt,
+            lock_wait: Duration::ZERO,
+            predicted: Duration::ZERO,
+            old_wait: Duration::ZERO,
+        };
+        let old_started = Instant::now();
+        let waited = self
+            .wait_old_snapshots(client, &mut attempts.killer.killed)
+            .await?;
+        tried.old_wait = old_started.elapsed();
+        if let Waited::TimedOut(held) = waited {
+            let pids = held.iter().map(|h| h.pid).collect();
+            attempts
+                .history
+                .push(tried.record_old("old snapshots", Vec::new(), pids));
+            return self.postpone_for_old_snapshots(attempt, &held).await;
+        }
         // Catch up outside the lock first, so the drain inside it is only the last moments;
         // attempt only when that drain is predicted to fit the budget.
-        let predicted = self.drain_before_attempt().await?;
+        tried.predicted = self.drain_before_attempt().await?;
 
         let tx = client.transaction().await?;
         self.set_lock_timeout(&tx).await?;
+        let changes_before = self.applier.status().changes;
         let lock_start = Instant::now();
         let locked = self.request_lock(&tx, monitor, attempts.pid).await;
-        let tried = Tried {
-            attempt,
-            lock_wait: lock_start.elapsed(),
-            predicted,
-        };
+        tried.lock_wait = lock_start.elapsed();
         if let Err((e, blocking)) = locked {
             let timed_out = e.as_db_error().is_some_and(|d| d.code().code() == "55P03");
             tx.rollback().await.ok();
@@ -155,7 +181,15 @@ impl Cutover<'_> {
                 .await?;
             return Ok(None);
         }
-        match self.inside_the_lock(tx, &rechecks, rollback).await? {
+        let locked = Locked {
+            monitor,
+            lock_pid: attempts.pid,
+            changes_before,
+        };
+        match self
+            .inside_the_lock(tx, &rechecks, &locked, rollback)
+            .await?
+        {
             Inside::DrainTimeout(e) => {
                 attempts
                     .history
@@ -170,12 +204,52 @@ impl Cutover<'_> {
                 tokio::time::sleep(backoff(attempt)).await;
                 Ok(None)
             }
+            Inside::OldSnapshots(held) => {
+                let pids = held.iter().map(|h| h.pid).collect();
+                attempts.history.push(tried.record_old(
+                    "old snapshots under the lock",
+                    Vec::new(),
+                    pids,
+                ));
+                self.postpone_for_old_snapshots(attempt, &held).await
+            }
             Inside::Committed(committed) => {
                 attempts.history.push(tried.record("granted", Vec::new()));
                 committed.log(attempt);
                 Ok(Some(committed))
             }
         }
+    }
+
+    /// After an attempt postponed because the sessions `held` still hold a snapshot older
+    /// than the cutover: logs them, then sleeps the backoff (the next attempt waits for them
+    /// again, without the lock).
+    ///
+    /// Errors: that was the last of `--cutover-retries` attempts (exit 5, naming them).
+    async fn postpone_for_old_snapshots(
+        &self,
+        attempt: u32,
+        held: &[Holder],
+    ) -> Result<Option<Committed>> {
+        tracing::warn!(
+            attempt,
+            "cutover postponed: {} session(s) still hold a snapshot older than the cutover (after --old-snapshot-timeout {}); a transaction holding one would read the new table incompletely: {}",
+            held.len(),
+            humantime::format_duration(self.options.old_snapshot_timeout),
+            held.iter()
+                .map(Holder::describe)
+                .collect::<Vec<_>>()
+                .join("; ")
+        );
+        if attempt >= self.options.retries {
+            return Err(self.old_snapshots_exhausted(held));
+        }
+        tokio::select! {
+            _ = tokio::time::sleep(backoff(attempt)) => {}
+            _ = self.options.cancel.cancelled() => {}
+        }
+        self.options.cancel.check()?;
+        Ok(None)
     }
 
     /// `SET LOCAL lock_timeout` on `tx`: the live value from the control socket

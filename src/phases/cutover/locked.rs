@@ -10,6 +10,7 @@ use tokio_postgres::{Client, Transaction};
 
 use super::Cutover;
 use super::rollback::RollbackFile;
+use super::snapshots::{Holder, Rechecked, recheck};
 use crate::failure::{FailureKind, fail};
 use crate::model::catalog;
 use crate::phases::verify;
@@ -46,6 +47,19 @@ pub(super) enum Inside {
     /// The applier did not reach the fence within `--fence-timeout`; the transaction was
     /// rolled back and the attempt may be retried. The error says why.
     DrainTimeout(anyhow::Error),
+    /// These sessions (not queued on the lock) held a snapshot taken before the fence until
+    /// the lock budget ran out; the transaction was rolled back (docs/design.md §4.6).
+    OldSnapshots(Vec<Holder>),
+}
+
+/// What the steps under the lock need from the attempt that took it.
+pub(super) struct Locked<'c> {
+    /// A session outside the cutover transaction, to read `pg_stat_activity` afresh.
+    pub(super) monitor: &'c Client,
+    /// The cutover session's backend pid (whose lock the queued sessions wait for).
+    pub(super) lock_pid: i32,
+    /// The applier's applied change count just before the lock was requested.
+    pub(super) changes_before: u64,
 }
 
 /// A committed cutover's lock hold, and what marks it.
@@ -63,6 +77,11 @@ pub(super) struct Committed {
     pub(super) fence_wait: Duration,
     /// The hold, step by step.
     pub(super) inside: Vec<(&'static str, Duration)>,
+    /// Sessions queued on the lock that held a snapshot taken before the fence: the window
+    /// that remains (docs/design.md §4.6).
+    pub(super) queued: Vec<Holder>,
+    /// Row changes applied between the lock request and the fence.
+    pub(super) changes_in_window: u64,
 }
 
 impl Committed {
@@ -118,9 +137,15 @@ impl Cutover<'_> {
         &self,
         tx: Transaction<'_>,
         rechecks: &Rechecks,
+        locked: &Locked<'_>,
         rollback: &mut RollbackFile,
     ) -> Result<Inside> {
         let plan = self.plan;
+        crate::testing::pause_point!(
+            self.options.probe,
+            "lock-granted",
+            plan.original.qualified()
+        );
         let granted = Instant::now();
         let mut laps = Laps::new(granted);
         // 1. Fingerprint re-check: DDL that ran during the migration is not on the shadow.
@@ -153,24 +178,38 @@ impl Cutover<'_> {
             return Err(e);
         }
         laps.lap("fence and drain");
-        // 4. Deferred keys: those verification could not settle, compared once more.
-        let differing = verify::differing_keys(&tx, plan, self.unsettled)
-            .await?
-            .len();
-        if differing != 0 {
-            tx.rollback().await.ok();
-            return Err(keys_differ(plan, differing));
-        }
-        laps.lap("deferred keys re-check");
-        // The swap (§4.4).
-        for statement in &self.script.forward {
-            if let Err(e) = tx.batch_execute(statement).await {
+        // Sessions that took their snapshot before the fence (§4.6), checked on the monitor
+        // session while this one re-checks the deferred keys and renames.
+        let left = self.options.fence_timeout.saturating_sub(granted.elapsed());
+        let old_snapshots = async {
+            let started = Instant::now();
+            let r = recheck(locked.monitor, locked.lock_pid, plan.original.oid, left).await;
+            (r, started.elapsed())
+        };
+        let ((rechecked, recheck_took), swapped) =
+            tokio::join!(old_snapshots, self.swap(&tx, &mut laps));
+        let queued = match (rechecked, swapped) {
+            (Ok(Rechecked::Clear { queued }), Ok(())) => queued,
+            (Ok(Rechecked::Held(held)), Ok(())) => {
                 tx.rollback().await.ok();
-                return Err(anyhow::Error::new(e).context(format!(
-                    "cutover statement failed, rolled back ({statement})"
-                )));
+                return Ok(Inside::OldSnapshots(held));
             }
-        }
+            (Err(e), _) | (_, Err(e)) => {
+                tx.rollback().await.ok();
+                return Err(e);
+            }
+        };
+        laps.lap("old snapshots re-check");
+        let changes_in_window = self
+            .applier
+            .status()
+            .changes
+            .saturating_sub(locked.changes_before);
+        warn_window(&queued, changes_in_window);
+        tracing::debug!(
+            "old snapshots re-check took {:.1} ms alongside the swap",
+            recheck_took.as_secs_f64() * 1000.0
+        );
         let marked = match self.revert {
             false => self.mark(&tx, rollback).await,
             true => Ok((0, String::new())),
@@ -187,7 +226,7 @@ impl Cutover<'_> {
             "cutover-locked",
             plan.original.qualified()
         );
-        laps.lap("renames and dependents");
+        laps.lap("mark");
         // From here the cutover may have committed even if COMMIT reports an error.
         rollback.keep();
         tx.commit().await.with_context(|| {
@@ -204,11 +243,38 @@ impl Cutover<'_> {
             lock_held: granted.elapsed(),
             fence_wait,
             inside: laps.inside,
+            queued,
+            changes_in_window,
         }))
     }
 }
 
 impl Cutover<'_> {
+    /// Under the lock, after the fence: re-checks the keys verification deferred, then runs
+    /// the swap's statements (§4.4) on `tx`, timing both into `laps`. Does not roll back: the
+    /// caller does on any error.
+    ///
+    /// Errors: a deferred key still differs (exit 6), a statement failed (exit 1).
+    async fn swap(&self, tx: &Transaction<'_>, laps: &mut Laps) -> Result<()> {
+        // 4. Deferred keys: those verification could not settle, compared once more.
+        let differing = verify::differing_keys(tx, self.plan, self.unsettled)
+            .await?
+            .len();
+        if differing != 0 {
+            return Err(keys_differ(self.plan, differing));
+        }
+        laps.lap("deferred keys re-check");
+        for statement in &self.script.forward {
+            tx.batch_execute(statement).await.map_err(|e| {
+                anyhow::Error::new(e).context(format!(
+                    "cutover statement failed, rolled back ({statement})"
+                ))
+            })?;
+        }
+        laps.lap("renames and dependents");
+        Ok(())
+    }
+
     /// Marks the cutover inside its transaction: a fence message (so the stream shows where
     /// it committed), the revert window's marker when there is one, and the kept old table's
     /// comment with the transaction's snapshot and the rollback script's path. Returns the
@@ -235,6 +301,32 @@ impl Cutover<'_> {
         .await
         .context("commenting the kept old table")?;
         Ok((fence, snapshot))
+    }
+}
+
+/// Logs the window that remains (docs/design.md §4.6): the sessions `queued` on the lock
+/// holding a snapshot taken before the fence, when the drain applied `changes` after the
+/// lock request (with none applied, a snapshot taken after the request sees the new table
+/// complete).
+fn warn_window(queued: &[Holder], changes: u64) {
+    if queued.is_empty() {
+        return;
+    }
+    let who = queued
+        .iter()
+        .map(Holder::describe)
+        .collect::<Vec<_>>()
+        .join("; ");
+    if changes == 0 {
+        tracing::info!(
+            "{} session(s) queued on the cutover lock hold a snapshot taken before the fence; no change was applied after the lock request, so they read the new table complete: {who}",
+            queued.len()
+        );
+    } else {
+        tracing::warn!(
+            "{} session(s) queued on the cutover lock hold a snapshot taken before the fence while the drain applied {changes} change(s): one in a REPEATABLE READ or SERIALIZABLE transaction whose snapshot predates those changes' application reads the new table without them (READ COMMITTED statements take a new snapshot and are not affected): {who}",
+            queued.len()
+        );
     }
 }
 
