@@ -36,8 +36,8 @@ use crate::model::catalog;
 use crate::model::names::Names;
 use crate::plan::Plan;
 use checks::{
-    alter, cost, dependents, key, leftovers, privileges, projection, publications, server, table,
-    transactions,
+    alter, compat, cost, dependents, key, leftovers, privileges, projection, publications, server,
+    table, transactions,
 };
 
 pub use checks::leftovers::check as leftovers;
@@ -109,6 +109,7 @@ pub async fn run(
 
     let mut warnings = transactions::check(client).await?;
     warnings.extend(cost::warning(clone.rewrite));
+    let compatibility = compat::lines(&original, &clone.target);
     Ok(Plan {
         server_version: server.version,
         original,
@@ -121,6 +122,7 @@ pub async fn run(
         rewrite: clone.rewrite,
         dependents,
         warnings,
+        compatibility,
     })
 }
 

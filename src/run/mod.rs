@@ -83,6 +83,9 @@ pub async fn run(
     if !options.execute {
         return Ok(Outcome::Planned(Box::new(plan)));
     }
+    for line in &plan.compatibility {
+        tracing::warn!("application compatibility: {line}");
+    }
     let mut run = Run::start(config, options, control, plan, hooks, cancel, started).await?;
     run.resume = saved;
     let result = run.execute().await;

@@ -12,6 +12,7 @@
 mod common;
 
 mod abort_anywhere;
+mod app_compat;
 mod apply_rules;
 mod architecture;
 mod cluster_harness;
