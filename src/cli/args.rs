@@ -70,6 +70,12 @@ pub(crate) struct TuningArgs {
     /// default: doppel postpones the cutover and names them.
     #[arg(long)]
     pub(crate) kill_old_snapshots: bool,
+    /// A PgBouncer admin console (DSN with dbname=pgbouncer, a user in admin_users; repeatable):
+    /// right after the cutover commits doppel sends it `RECONNECT <database>`, so pooled
+    /// server connections, and the statements prepared on them, are replaced as they are
+    /// released.
+    #[arg(long = "pgbouncer-admin")]
+    pub(crate) pgbouncer_admin: Vec<String>,
     /// logical_decoding_work_mem of doppel's WAL sender: server memory for decoding before
     /// transactions spill to disk (the backfill's own chunks are decoded too).
     #[arg(long, default_value = "256MB")]
@@ -166,7 +172,7 @@ pub(crate) enum ProgressMode {
 
 /// The library's run options from the command line's.
 ///
-/// Errors: a `--throttle-replica` DSN that does not parse.
+/// Errors: a `--throttle-replica` or `--pgbouncer-admin` DSN that does not parse.
 pub(crate) fn run_options(
     table: String,
     alters: Vec<String>,
@@ -182,6 +188,10 @@ pub(crate) fn run_options(
     let mut replicas = Vec::new();
     for dsn in &t.throttle_replicas {
         replicas.push(conninfo::resolve(Some(dsn))?);
+    }
+    let mut pgbouncer_admin = Vec::new();
+    for dsn in &t.pgbouncer_admin {
+        pgbouncer_admin.push(conninfo::resolve(Some(dsn))?);
     }
     Ok(RunOptions {
         table,
@@ -209,6 +219,7 @@ pub(crate) fn run_options(
         kill_old_snapshots: t
             .kill_old_snapshots
             .then(|| Duration::from_millis(t.kill_blockers_grace)),
+        pgbouncer_admin,
         throttle: ThrottleOptions {
             max_replica_lag: t.max_replica_lag.map(Duration::from_millis),
             max_replica_lag_bytes: t.max_replica_lag_bytes,

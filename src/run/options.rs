@@ -52,6 +52,9 @@ pub struct RunOptions {
     /// holding an old snapshot after `old_snapshot_timeout` are cancelled, then terminated.
     /// `None`: nobody is killed.
     pub kill_old_snapshots: Option<Duration>,
+    /// `--pgbouncer-admin`: PgBouncer admin consoles (`dbname=pgbouncer`) that get
+    /// `RECONNECT <database>` right after the cutover commits.
+    pub pgbouncer_admin: Vec<crate::conninfo::ConnInfo>,
     /// When to slow down or abort.
     pub throttle: ThrottleOptions,
     /// The control socket's path (default: `<work_dir>/doppel-<oid>.sock`).
@@ -102,6 +105,7 @@ impl RunOptions {
             kill_blockers: None,
             old_snapshot_timeout: crate::phases::cutover::OLD_SNAPSHOT_TIMEOUT,
             kill_old_snapshots: None,
+            pgbouncer_admin: Vec::new(),
             logical_decoding_work_mem: "256MB".into(),
             throttle: ThrottleOptions::default(),
             control_socket: None,

@@ -458,6 +458,7 @@ impl Run<'_> {
             old_snapshot_timeout: self.options.old_snapshot_timeout,
             kill_old_snapshots: self.options.kill_old_snapshots,
             progress: Some(self.progress.clone()),
+            pgbouncer_admin: self.options.pgbouncer_admin.clone(),
         }
     }
 }

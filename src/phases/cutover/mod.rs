@@ -29,6 +29,7 @@ mod after_commit;
 mod attempt;
 mod drain;
 mod locked;
+mod poolers;
 mod postpone;
 mod record;
 mod rollback;
@@ -102,6 +103,9 @@ pub struct CutoverOptions {
     /// Where the sessions the cutover waits for are shown (`waiting` in the status).
     /// `None`: only logged.
     pub progress: Option<Arc<crate::ops::progress::Progress>>,
+    /// `--pgbouncer-admin`: PgBouncer admin consoles that get `RECONNECT <database>` right
+    /// after the cutover commits. Empty: none.
+    pub pgbouncer_admin: Vec<crate::conninfo::ConnInfo>,
 }
 
 /// The default `--old-snapshot-timeout` (60 s).
@@ -158,6 +162,8 @@ pub struct CutoverReport {
     /// Row changes the applier applied between the lock request and the fence under the
     /// lock: what a snapshot taken in that interval may miss (0: nothing).
     pub changes_in_window: u64,
+    /// `--pgbouncer-admin`: `RECONNECT` sent to each PgBouncer after the commit, or why not.
+    pub poolers: Vec<String>,
     /// Where the lock hold went, step by step: fingerprint re-check, dependents re-check,
     /// fence and drain, deferred keys re-check, renames and dependents, commit.
     pub inside_lock: Vec<(&'static str, Duration)>,
@@ -250,6 +256,7 @@ impl Cutover<'_> {
                 self.plan.original.qualified()
             );
         }
+        let poolers = poolers::reconnect(&self.options.pgbouncer_admin, &database).await;
         let commit_lsn = match self.revert {
             false => self.commit_lsn(committed.fence).await,
             true => None,
@@ -268,6 +275,7 @@ impl Cutover<'_> {
             inside_lock: committed.inside,
             queued_old_snapshots: committed.queued.iter().map(|h| h.describe()).collect(),
             changes_in_window: committed.changes_in_window,
+            poolers,
             database,
             commit_lsn,
             snapshot: committed.snapshot,

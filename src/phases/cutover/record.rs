@@ -52,6 +52,7 @@ pub(super) fn write(plan: &Plan, report: &CutoverReport) -> Result<PathBuf> {
         "killed": report.killed,
         "queued_old_snapshots": report.queued_old_snapshots,
         "changes_in_window": report.changes_in_window,
+        "pgbouncer_reconnect": report.poolers,
         "database": report.database,
         "commit_lsn": report.commit_lsn.map(|l| l.to_string()),
         "snapshot": report.snapshot,
