@@ -12,7 +12,8 @@
 # of the errors per driver and statement, how each recovered, the worst latency and the
 # writes lost (must be 0), and writes it to target/driver-compat/results.md (or --out).
 # Not part of `cargo test`. Needs python3 with venv and pip access to PyPI; as root the cluster
-# runs as the 'postgres' user. pgjdbc is not covered yet.
+# runs as the 'postgres' user. pgjdbc workers (scripts/DriverCompat.java, prepareThreshold=1)
+# join when a JDK and Debian's libpostgresql-jdbc-java are installed.
 set -euo pipefail
 
 ROWS=20000
@@ -89,6 +90,13 @@ as_pg "$BINDIR/pg_ctl" -D "$PGDATA" -l "$WORK/log/server.log" -w -t 120 start >/
   || { tail -n 30 "$WORK/log/server.log" >&2; die "the cluster did not start"; }
 log "PostgreSQL on 127.0.0.1:$PORT; running the matrix ($ROWS rows)"
 
-DC_DSN="postgres://postgres@127.0.0.1:$PORT/postgres" DC_DOPPEL="$DOPPEL" DC_WORK="$WORK/run" \
+JAR=""
+if command -v java >/dev/null && [[ -f /usr/share/java/postgresql.jar ]]; then
+  JAR=/usr/share/java/postgresql.jar
+  log "pgjdbc: $(readlink -f "$JAR")"
+else
+  log "pgjdbc skipped: needs a JDK (java) and libpostgresql-jdbc-java"
+fi
+DC_JDBC_JAR="$JAR" DC_DSN="postgres://postgres@127.0.0.1:$PORT/postgres" DC_DOPPEL="$DOPPEL" DC_WORK="$WORK/run" \
   DC_OUT="$OUT" DC_ROWS="$ROWS" PGSSLMODE=disable "$VENV/bin/python" "$HERE/driver_compat.py"
 log "results written to ${OUT#"$ROOT"/}"

@@ -32,6 +32,12 @@ ROWS = int(os.environ.get("DC_ROWS", "20000"))
 PAUSE = float(os.environ.get("DC_PAUSE", "0.01"))  # between two operations of a worker (s)
 AFTER = float(os.environ.get("DC_AFTER", "3"))  # seconds of work after the change
 GIVE_UP = 30  # consecutive errors after which a worker replaces its connection
+JDBC_JAR = os.environ.get("DC_JDBC_JAR")  # pgjdbc's jar: pgjdbc workers only when set
+HERE = os.path.dirname(os.path.abspath(__file__))
+# Set from 1 s before the change until the workers stop: the window the worst latency is
+# taken over (the warm-up, JVM start-up included, is left out).
+MEASURING = threading.Event()
+MEASURE_FILE = os.path.join(WORK, f"measuring-{os.getpid()}")
 
 ALTERS = [
     ("ADD COLUMN", "ADD COLUMN note2 text"),
@@ -84,6 +90,8 @@ class Worker(threading.Thread):
         self.stop = stop
         self.out = Outcome()
         self.streak = 0
+        self.ready = threading.Event()
+        self.ready.set()
 
     def record_error(self, e):
         code = sqlstate(e)
@@ -91,6 +99,7 @@ class Worker(threading.Thread):
         self.streak += 1
 
     def timed(self, fn):
+        measured = MEASURING.is_set()
         started = time.monotonic()
         try:
             fn()
@@ -98,7 +107,8 @@ class Worker(threading.Thread):
         except Exception as e:  # noqa: BLE001 - every driver error is a result here
             self.record_error(e)
         finally:
-            self.out.worst = max(self.out.worst, time.monotonic() - started)
+            if measured:
+                self.out.worst = max(self.out.worst, time.monotonic() - started)
             self.out.ops += 1
 
 
@@ -188,13 +198,15 @@ class AsyncpgWorker(Worker):
         i = 0
         while not self.stop.is_set():
             i += 1
+            measured = MEASURING.is_set()
             started = time.monotonic()
             try:
                 await self.op(self, conn, i)
                 self.streak = 0
             except Exception as e:  # noqa: BLE001
                 self.record_error(e)
-            self.out.worst = max(self.out.worst, time.monotonic() - started)
+            if measured:
+                self.out.worst = max(self.out.worst, time.monotonic() - started)
             self.out.ops += 1
             if self.streak >= GIVE_UP:
                 await conn.close()
@@ -217,6 +229,44 @@ async def apg_update(w, conn, i):
     key = i % 1000 + 1
     await conn.execute("UPDATE orders SET amount = amount + 1 WHERE id = $1", key)
     w.out.updates[key] = w.out.updates.get(key, 0) + 1
+
+
+class JdbcWorker(Worker):
+    """A pgjdbc worker (scripts/DriverCompat.java) in its own JVM, `prepareThreshold=1`."""
+
+    serial = 0
+
+    def __init__(self, name, stop, kind):
+        super().__init__(name, stop)
+        self.kind = kind
+        self.ready.clear()
+
+    def run(self):
+        JdbcWorker.serial += 1
+        stopfile = os.path.join(WORK, f"jdbc-stop-{os.getpid()}-{JdbcWorker.serial}")
+        host_port_db = DSN.split("@", 1)[1]
+        url = f"jdbc:postgresql://{host_port_db}?user=postgres&prepareThreshold=1&sslmode=disable"
+        proc = subprocess.Popen(
+            ["java", "-cp", JDBC_JAR, os.path.join(HERE, "DriverCompat.java"), url, self.kind,
+             stopfile, str(int(PAUSE * 1000)), str(ROWS), MEASURE_FILE],
+            stdout=subprocess.PIPE, text=True,
+        )
+        first = proc.stdout.readline()  # `ready` once connected and one query ran
+        self.ready.set()
+        self.stop.wait()
+        open(stopfile, "w").close()
+        rest, _ = proc.communicate()
+        os.remove(stopfile)
+        for line in (first + rest).splitlines():
+            if not line.startswith("ops="):
+                continue
+            fields = dict(f.split("=", 1) for f in line.split())
+            self.out.ops = int(fields["ops"])
+            self.out.worst = float(fields["worst_ms"]) / 1000
+            self.out.reconnects = int(fields["reconnects"])
+            for pair in filter(None, fields.get("errors", "").split(",")):
+                code, count = pair.split(":")
+                self.out.errors[code] = int(count)
 
 
 class Base(DeclarativeBase):
@@ -287,7 +337,12 @@ def workers(stop):
         PsycopgWorker("psycopg transaction: SELECT * prepared", stop, pg_select_star, False, True),
         PsycopgTxInsert("psycopg transaction: INSERT prepared", stop, None, False, True),
         OrmWorker("SQLAlchemy ORM (psycopg): get/update/add/delete", stop),
-    ]
+    ] + ([
+        JdbcWorker("pgjdbc prepareThreshold=1: SELECT *", stop, "select-star"),
+        JdbcWorker("pgjdbc prepareThreshold=1: SELECT o", stop, "whole-row"),
+        JdbcWorker("pgjdbc prepareThreshold=1, in a transaction: SELECT *", stop, "select-star-tx"),
+        JdbcWorker("pgjdbc prepareThreshold=1, in a transaction: SELECT o", stop, "whole-row-tx"),
+    ] if JDBC_JAR else [])
 
 
 def reset():
@@ -346,12 +401,19 @@ def main():
             ws = workers(stop)
             for w in ws:
                 w.start()
-            time.sleep(2)
+            for w in ws:
+                w.ready.wait(60)
+            time.sleep(1)
+            MEASURING.set()
+            open(MEASURE_FILE, "w").close()
+            time.sleep(1)
             took = change(mode, clause)
             time.sleep(AFTER)
             stop.set()
             for w in ws:
                 w.join()
+            MEASURING.clear()
+            os.remove(MEASURE_FILE)
             lost = lost_writes(ws)
             ops = sum(w.out.ops for w in ws)
             print(f"{label} via {mode}: {took:.1f} s, {ops} operations, lost writes: {lost}", flush=True)
@@ -364,7 +426,9 @@ def main():
     ]
     lines += [f"| {a} | {b} | {c} | {d} | {e} | {f} | {g} |" for a, b, c, d, e, f, g in rows]
     versions = f"asyncpg {asyncpg.__version__}, psycopg {psycopg.__version__}, SQLAlchemy {sa.__version__}"
-    text = f"Drivers: {versions}; {ROWS} rows; {len(workers(threading.Event()))} workers, one operation each every {PAUSE * 1000:.0f} ms.\n\n" + "\n".join(lines) + "\n"
+    if JDBC_JAR:
+        versions += f", pgjdbc {os.path.basename(os.path.realpath(JDBC_JAR))}"
+    text = f"Drivers: {versions}; {ROWS} rows; {len(workers(threading.Event()))} workers, one operation each every {PAUSE * 1000:.0f} ms; worst latency from 1 s before the change until {AFTER:.0f} s after it.\n\n" + "\n".join(lines) + "\n"
     print(text)
     if OUT:
         with open(OUT, "w") as f:
