@@ -374,6 +374,8 @@ impl Backfill<'_> {
                 .await
                 .map_err(|e| copy_error(e, self.plan));
         }
+        // A resumable run marks the chunk started outside its transaction (so the mark
+        // survives the chunk's rollback), then opens it.
         if let Some(checkpoint) = self.checkpoint {
             checkpoint.chunk_started(worker, range.seq).await?;
         }

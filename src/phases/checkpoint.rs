@@ -333,13 +333,17 @@ impl Checkpoint {
     ///
     /// Errors: the update failed (the chunk then rolls back with it).
     pub async fn chunk_done(&self, tx: &impl GenericClient, seq: i64, rows: u64) -> Result<()> {
-        tx.execute(
-            "UPDATE doppel.checkpoint_chunks SET done = true, rows = $3
-             WHERE table_oid = $1 AND seq = $2",
-            &[&self.table_oid, &seq, &(rows as i64)],
-        )
-        .await
-        .context("recording a copied chunk in the checkpoint")?;
+        let marked = tx
+            .execute(
+                "UPDATE doppel.checkpoint_chunks SET done = true, rows = $3
+                 WHERE table_oid = $1 AND seq = $2",
+                &[&self.table_oid, &seq, &(rows as i64)],
+            )
+            .await
+            .context("recording a copied chunk in the checkpoint")?;
+        if marked != 1 {
+            bail!("chunk {seq} is missing from the checkpoint: it was not recorded as planned");
+        }
         Ok(())
     }
 

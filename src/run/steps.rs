@@ -174,7 +174,11 @@ impl Run<'_> {
         let mut workers = Vec::new();
         for _ in 0..self.options.copy_workers.max(1) {
             let w = conninfo::connect(self.config).await?;
-            w.batch_execute("SET application_name = 'doppel copy'")
+            // Asynchronous commit: a chunk's commit need not wait for its WAL flush. A chunk
+            // lost in a server crash is lost with its checkpoint mark (the same transaction),
+            // so a resume copies it again; every later commit that depends on it (the
+            // cutover's, synchronous) is later in the WAL and flushes it first.
+            w.batch_execute("SET application_name = 'doppel copy'; SET synchronous_commit = off")
                 .await?;
             workers.push(w);
         }
