@@ -31,6 +31,7 @@ mod pooler;
 mod preflight_refusals;
 mod races;
 mod randomized_oracle;
+mod reconnect;
 mod resume;
 mod revert_window;
 mod rollback_guard;

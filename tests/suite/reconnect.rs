@@ -1,0 +1,507 @@
+//! Faults a resumable run survives (issue 14, "Survive faults on hour five"), each against a
+//! real `doppel run --execute` child under a writer mirrored into a twin table (the oracle):
+//!
+//! - the server restarted (`pg_ctl stop -m fast`, and `-m immediate`: a crash, then crash
+//!   recovery) while the run is stopped mid-copy or in the catch-up: the same doppel process
+//!   reconnects by itself and finishes (exit 0), the new table equals the twin, and nothing
+//!   of doppel's is left but the kept old table;
+//! - its WAL sender terminated 5 times in a row while the cutover is postponed: each time
+//!   the postponed wait notices the dead stream and the run reconnects; it cuts over once
+//!   the flag file is removed;
+//! - its spool's filesystem full (a 2 MiB tmpfs): exit 9 with the original untouched and
+//!   the checkpoint, slot and shadow kept; `--resume` finishes once there is space;
+//! - its slot invalidated (`max_slot_wal_keep_size`) while it was down: `--resume` is
+//!   refused (exit 2) naming `doppel cleanup`, which removes everything.
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+use crate::common;
+use crate::kill_phases::{ROWS, Stand};
+use crate::resume::{assert_completed, checkpoints, exit_code, kill_resumable_at};
+
+/// How the server is restarted under the run.
+#[derive(Debug, Clone, Copy)]
+enum Restart {
+    /// `pg_ctl stop -m fast`: sessions are terminated (SQLSTATE 57P01), a shutdown
+    /// checkpoint is written.
+    Fast,
+    /// `pg_ctl stop -m immediate`: every server process exits at once; the start runs crash
+    /// recovery, and the slot comes back with the position of the last checkpoint.
+    Immediate,
+}
+
+/// How many lines of `output` contain `needle`.
+fn count(output: &str, needle: &str) -> usize {
+    output.lines().filter(|l| l.contains(needle)).count()
+}
+
+/// The `confirmed_flush_lsn` of the replication slot `slot`, as text.
+async fn confirmed_flush(stand: &Stand, slot: &str) -> String {
+    common::text(
+        &stand.client,
+        &format!(
+            "SELECT confirmed_flush_lsn::text FROM pg_replication_slots WHERE slot_name = '{slot}'"
+        ),
+    )
+    .await
+    .unwrap_or_else(|| panic!("the slot {slot} exists"))
+}
+
+/// Stops a resumable run at `point` under a reconnecting writer, restarts the server,
+/// releases the point and checks that the same doppel process reconnects and completes.
+async fn restart_at(point: &str, mode: Restart) {
+    let started = Instant::now();
+    let mut stand = Stand::with(ROWS, true).await;
+    let mut child = stand.start_run_with(Some(point), &["--resumable"], "run");
+    stand.wait_reached(&mut child, point).await;
+    if point == "copying" {
+        let copied = common::shadow_rows(&stand.client, "orders").await;
+        assert!(
+            copied > 0 && copied < ROWS,
+            "restarted mid-copy ({copied} of {ROWS} rows copied)"
+        );
+    }
+    let slot = format!("doppel_{}", stand.oid);
+    let before = confirmed_flush(&stand, &slot).await;
+    let port = stand.cluster.port();
+    match mode {
+        Restart::Fast => stand.cluster.restart().await.unwrap(),
+        Restart::Immediate => stand.cluster.restart_immediate().await.unwrap(),
+    }
+    assert_eq!(
+        stand.cluster.port(),
+        port,
+        "the server came back on its port"
+    );
+    stand.reconnect_client().await;
+    let after = confirmed_flush(&stand, &slot).await;
+    doppel::testing::release(&common::pause_dir(stand.dir.path()), point).unwrap();
+    let code = exit_code(child).await;
+    let output = stand.output_of("run");
+    assert!(
+        output.contains("reconnecting for up to") && output.contains("reconnected"),
+        "the run reconnected by itself: {output}"
+    );
+    // The spool holds at least what the slot had confirmed before the restart (each
+    // confirmation is synced to it first), so the stream resumes there even when the slot
+    // came back older (-m immediate: its position as of the last checkpoint).
+    let stream_from = output
+        .split("stream_from=")
+        .nth(1)
+        .and_then(|rest| rest.split_whitespace().next())
+        .unwrap_or_else(|| panic!("the resume logs where the stream restarts: {output}"))
+        .to_string();
+    let not_behind: bool = stand
+        .client
+        .query_one(
+            "SELECT $1::text::pg_lsn >= $2::text::pg_lsn",
+            &[&stream_from, &before],
+        )
+        .await
+        .unwrap()
+        .get(0);
+    assert!(
+        not_behind,
+        "the stream resumed at {stream_from}, not before the slot's position before the restart {before} (after it: {after}): {output}"
+    );
+    let report = assert_completed(&mut stand, code, &output).await;
+    assert!(
+        report.reconnects > 0,
+        "the writer lost its session in the restart and reconnected: {report:?}"
+    );
+    eprintln!(
+        "restart -m {mode:?} at {point}: slot confirmed {before} before, {after} after the restart, stream resumed at {stream_from}; doppel reconnected {} time(s); writer: {} transactions, {} interrupted, {} reconnects; {:.1} s",
+        count(&output, "reconnected"),
+        report.transactions,
+        report.interrupted,
+        report.reconnects,
+        started.elapsed().as_secs_f64()
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn fast_restart_mid_copy_is_survived_in_process() {
+    restart_at("copying", Restart::Fast).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn fast_restart_during_catch_up_is_survived_in_process() {
+    restart_at("catch-up", Restart::Fast).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn immediate_restart_mid_copy_is_survived_in_process() {
+    restart_at("copying", Restart::Immediate).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn immediate_restart_during_catch_up_is_survived_in_process() {
+    restart_at("catch-up", Restart::Immediate).await;
+}
+
+/// The backend pid of the WAL sender streaming doppel's slot, if it is active.
+async fn walsender_pid(stand: &Stand) -> Option<i32> {
+    stand
+        .client
+        .query_opt(
+            "SELECT active_pid FROM pg_replication_slots WHERE slot_name = $1 AND active",
+            &[&format!("doppel_{}", stand.oid)],
+        )
+        .await
+        .unwrap()
+        .and_then(|r| r.get(0))
+}
+
+/// While the cutover is postponed the stream and the applier keep running; a terminated WAL
+/// sender must be noticed there (not only once the cutover starts). Five times: the run is
+/// postponed (for the n-th time), its slot is streamed by a new WAL sender, which is
+/// terminated; the run reconnects, verifies again and is postponed again. Then the flag file
+/// is removed and it cuts over.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn walsender_terminated_5_times_while_postponed_then_cuts_over() {
+    const TERMINATIONS: usize = 5;
+    let started = Instant::now();
+    let mut stand = Stand::new().await;
+    let flag = stand.dir.path().join("postpone-cutover");
+    std::fs::write(&flag, "").unwrap();
+    let flag_arg = flag.to_str().unwrap().to_string();
+    let mut child = stand.start_run_with(
+        None,
+        &["--resumable", "--postpone-cutover-flag-file", &flag_arg],
+        "run",
+    );
+    let mut last: Option<i32> = None;
+    for n in 1..=TERMINATIONS {
+        let postponed = common::wait_until(Duration::from_secs(180), || {
+            count(&stand.output_of("run"), "cutover postponed") >= n
+                || child.try_wait().unwrap().is_some()
+        });
+        let output = stand.output_of("run");
+        assert!(
+            postponed && count(&output, "cutover postponed") >= n,
+            "the run is postponed for the {n}. time: {output}"
+        );
+        let pid = std::cell::Cell::new(None);
+        let streaming = common::wait_until_async(Duration::from_secs(60), || async {
+            pid.set(walsender_pid(&stand).await.filter(|p| Some(*p) != last));
+            pid.get().is_some()
+        })
+        .await;
+        assert!(streaming, "a new WAL sender streams doppel's slot ({n}.)");
+        let pid = pid.get();
+        let terminated: bool = stand
+            .client
+            .query_one("SELECT pg_terminate_backend($1)", &[&pid])
+            .await
+            .unwrap()
+            .get(0);
+        assert!(terminated, "WAL sender {pid:?} terminated ({n}.)");
+        last = pid;
+    }
+    // The last termination is noticed while postponed too: the run reconnects and is
+    // postponed once more before the flag file goes.
+    let again = common::wait_until(Duration::from_secs(180), || {
+        count(&stand.output_of("run"), "cutover postponed") > TERMINATIONS
+            || child.try_wait().unwrap().is_some()
+    });
+    let output = stand.output_of("run");
+    assert!(
+        again && count(&output, "reconnected") == TERMINATIONS,
+        "each termination was noticed while postponed and survived by reconnecting: {output}"
+    );
+    std::fs::remove_file(&flag).unwrap();
+    let code = exit_code(child).await;
+    let output = stand.output_of("run");
+    assert_completed(&mut stand, code, &output).await;
+    eprintln!(
+        "{TERMINATIONS} WAL sender terminations while postponed: {} reconnects, cut over; {:.1} s",
+        count(&output, "reconnected"),
+        started.elapsed().as_secs_f64()
+    );
+}
+
+/// A tmpfs mounted on a directory for the life of the value; unmounted on drop, whatever
+/// happened (a failed assertion included).
+struct Tmpfs {
+    dir: PathBuf,
+}
+
+impl Tmpfs {
+    /// Mounts a tmpfs of `size` (`2m`: 2 MiB) on `dir` (created). Needs root.
+    ///
+    /// Errors: why it cannot (not root, `mount` failed), for the test to say it is skipped.
+    fn mount(dir: &Path, size: &str) -> Result<Tmpfs, String> {
+        // SAFETY: geteuid has no preconditions and cannot fail.
+        if unsafe { libc::geteuid() } != 0 {
+            return Err("mounting a tmpfs needs root".into());
+        }
+        std::fs::create_dir_all(dir).map_err(|e| format!("creating {}: {e}", dir.display()))?;
+        run_mount(
+            &["-t", "tmpfs", "-o", &format!("size={size}"), "tmpfs"],
+            dir,
+        )?;
+        Ok(Tmpfs {
+            dir: dir.to_path_buf(),
+        })
+    }
+
+    /// Changes the filesystem's size to `size`, keeping its files.
+    fn resize(&self, size: &str) {
+        run_mount(&["-o", &format!("remount,size={size}")], &self.dir).unwrap();
+    }
+
+    /// Bytes free on the filesystem.
+    fn free_bytes(&self) -> u64 {
+        let out = Command::new("df")
+            .args(["--output=avail", "-B1"])
+            .arg(&self.dir)
+            .output()
+            .unwrap();
+        String::from_utf8_lossy(&out.stdout)
+            .lines()
+            .nth(1)
+            .and_then(|l| l.trim().parse().ok())
+            .unwrap_or_else(|| panic!("df output: {out:?}"))
+    }
+}
+
+/// `mount <args> <dir>`.
+fn run_mount(args: &[&str], dir: &Path) -> Result<(), String> {
+    let out = Command::new("mount")
+        .args(args)
+        .arg(dir)
+        .output()
+        .map_err(|e| format!("running mount: {e}"))?;
+    if out.status.success() {
+        Ok(())
+    } else {
+        Err(format!(
+            "mount {args:?} {} failed: {}",
+            dir.display(),
+            String::from_utf8_lossy(&out.stderr).trim()
+        ))
+    }
+}
+
+impl Drop for Tmpfs {
+    fn drop(&mut self) {
+        let unmounted = Command::new("umount")
+            .arg(&self.dir)
+            .status()
+            .is_ok_and(|s| s.success());
+        if !unmounted {
+            // Still busy (a process that has not exited yet): detach it now, freed once
+            // unused.
+            Command::new("umount")
+                .arg("-l")
+                .arg(&self.dir)
+                .status()
+                .ok();
+        }
+    }
+}
+
+/// The spool's filesystem fills up while the run is stopped in the catch-up (the stream
+/// keeps spooling the writer's changes): exit 9, the original untouched and the resumable
+/// state kept; with space again, `--resume` in the same work directory completes.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_full_spool_filesystem_exits_9_and_resume_completes() {
+    let mut stand = Stand::new().await;
+    let work_dir = stand.dir.path().join("spool");
+    // Declared after the stand: unmounted before the stand's directory is removed.
+    let tmpfs = match Tmpfs::mount(&work_dir, "2m") {
+        Ok(tmpfs) => tmpfs,
+        Err(reason) => {
+            eprintln!("skipped: {reason}");
+            return;
+        }
+    };
+    let mut child = stand.start_run_in(&work_dir, Some("catch-up"), &["--resumable"], "full");
+    stand.wait_reached(&mut child, "catch-up").await;
+    let free_at_catch_up = tmpfs.free_bytes();
+    // The stream stops at ENOSPC and closes its replication connection.
+    let slot = format!("doppel_{}", stand.oid);
+    let stopped = common::wait_until_async(Duration::from_secs(180), || async {
+        common::scalar(
+            &stand.client,
+            &format!(
+                "SELECT count(*) FROM pg_replication_slots WHERE slot_name = '{slot}' AND NOT active"
+            ),
+        )
+        .await
+            == 1
+    })
+    .await;
+    assert!(
+        stopped,
+        "the writer filled the spool's 2 MiB ({free_at_catch_up} bytes free at the catch-up) and the stream stopped: {}",
+        stand.output_of("full")
+    );
+    doppel::testing::release(&common::pause_dir(stand.dir.path()), "catch-up").unwrap();
+    let code = exit_code(child).await;
+    let output = stand.output_of("full");
+    assert_eq!(
+        code,
+        Some(9),
+        "exit 9: the spool's filesystem is full: {output}"
+    );
+    assert!(output.contains("filesystem is full"), "says why: {output}");
+    assert_eq!(
+        common::oid_of(&stand.client, "public.orders").await,
+        stand.oid,
+        "the original is still in place"
+    );
+    assert_eq!(
+        doppel_testkit::workload::mismatches(&stand.client, "orders", "orders_twin")
+            .await
+            .unwrap(),
+        0,
+        "the original holds exactly the twin's rows"
+    );
+    assert_eq!(checkpoints(&stand).await, 1, "the checkpoint is kept");
+    assert_eq!(
+        common::scalar(
+            &stand.client,
+            &format!("SELECT count(*) FROM pg_replication_slots WHERE slot_name = '{slot}'")
+        )
+        .await,
+        1,
+        "the slot is kept"
+    );
+    assert!(stand.shadow_exists().await, "the shadow is kept");
+
+    tmpfs.resize("256m");
+    let child = stand.start_run_in(&work_dir, None, &["--resume"], "resume");
+    let code = exit_code(child).await;
+    let output = stand.output_of("resume");
+    assert_completed(&mut stand, code, &output).await;
+    eprintln!(
+        "spool full: exit 9 ({free_at_catch_up} bytes free at the catch-up); resumed: exit 0"
+    );
+}
+
+/// The `wal_status` of the replication slot `slot` (`reserved`, `extended`, `unreserved`,
+/// `lost`), if it exists.
+async fn wal_status(stand: &Stand, slot: &str) -> Option<String> {
+    stand
+        .client
+        .query_opt(
+            "SELECT wal_status FROM pg_replication_slots WHERE slot_name = $1",
+            &[&slot],
+        )
+        .await
+        .unwrap()
+        .and_then(|r| r.get(0))
+}
+
+/// A resumable run killed mid-copy whose slot the server then invalidated (it retained more
+/// WAL than `max_slot_wal_keep_size`) cannot be resumed: the changes since are gone. The
+/// resume is refused (exit 2), saying so and naming `doppel cleanup`, which removes the
+/// run's slot, shadow, publication and checkpoint.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn resume_with_an_invalidated_slot_is_refused_and_cleanup_removes_everything() {
+    let mut stand = Stand::new().await;
+    kill_resumable_at(&stand, "copying").await;
+    stand
+        .cluster
+        .alter_system("max_slot_wal_keep_size", "1MB")
+        .await
+        .unwrap();
+    // The reload is asynchronous: each new statement of a session reads it.
+    let reloaded = common::wait_until_async(Duration::from_secs(30), || async {
+        common::text(&stand.client, "SHOW max_slot_wal_keep_size")
+            .await
+            .as_deref()
+            == Some("1MB")
+    })
+    .await;
+    assert!(reloaded, "the reload took effect");
+    stand
+        .client
+        .batch_execute("CREATE TABLE wal_filler (id int, pad text)")
+        .await
+        .unwrap();
+    let slot = format!("doppel_{}", stand.oid);
+    // Each round writes about 4 MiB of WAL, switches to a new segment and checkpoints: the
+    // checkpoint removes segments past the slot's allowance and invalidates the slot.
+    let lost = common::wait_until_async(Duration::from_secs(120), || async {
+        stand
+            .client
+            .batch_execute(
+                "INSERT INTO wal_filler SELECT g, repeat(md5(g::text), 32) FROM generate_series(1, 4000) g;
+                 SELECT pg_switch_wal(); CHECKPOINT;",
+            )
+            .await
+            .unwrap();
+        wal_status(&stand, &slot).await.as_deref() == Some("lost")
+    })
+    .await;
+    assert!(
+        lost,
+        "the slot was invalidated (wal_status {:?})",
+        wal_status(&stand, &slot).await
+    );
+    let dir = stand.dir.path().to_str().unwrap().to_string();
+    let out = stand.doppel(&[
+        "run",
+        "--table",
+        "orders",
+        "--alter",
+        "ALTER COLUMN customer_id TYPE bigint",
+        "--execute",
+        "--resume",
+        "--work-dir",
+        &dir,
+        "--rollback-dir",
+        &dir,
+    ]);
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(out.status.code(), Some(2), "the resume is refused: {text}");
+    assert!(
+        text.contains(&format!("replication slot {slot} was invalidated"))
+            && text.contains("doppel cleanup --table"),
+        "says the slot was invalidated and names doppel cleanup: {text}"
+    );
+    if let Some(line) = text.lines().find(|l| l.contains("was invalidated")) {
+        eprintln!("refusal: {}", line.trim());
+    }
+    assert_eq!(checkpoints(&stand).await, 1, "the refusal changed nothing");
+    assert!(stand.shadow_exists().await, "the shadow is still there");
+
+    let out = stand.doppel(&["cleanup", "--table", "orders", "--work-dir", &dir]);
+    let text = String::from_utf8_lossy(&out.stdout).into_owned();
+    assert!(
+        out.status.success(),
+        "cleanup succeeds: {text}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    for removed in [
+        format!("replication slot {slot}"),
+        "shadow table".to_string(),
+        "publication".to_string(),
+        "checkpoint".to_string(),
+    ] {
+        assert!(
+            text.contains(&removed),
+            "cleanup removed the {removed}: {text}"
+        );
+    }
+    eprintln!("cleanup: {}", text.trim().replace('\n', "; "));
+    assert_eq!(checkpoints(&stand).await, 0, "no checkpoint is left");
+    stand.assert_nothing_left().await;
+    let report = stand.writer.take().unwrap().stop().await.unwrap();
+    assert_eq!(report.errors, 0, "{:?}", report.first_errors);
+    assert_eq!(
+        doppel_testkit::workload::mismatches(&stand.client, "orders", "orders_twin")
+            .await
+            .unwrap(),
+        0,
+        "the original holds exactly the twin's rows"
+    );
+}
