@@ -7,7 +7,8 @@
 //!   of doppel's is left but the kept old table;
 //! - its WAL sender terminated 5 times in a row while the cutover is postponed: each time
 //!   the postponed wait notices the dead stream and the run reconnects; it cuts over once
-//!   the flag file is removed;
+//!   the flag file is removed; and once while the applier is also held by a throttle (it
+//!   reads nothing, so the postponed wait must check the stream itself);
 //! - its spool's filesystem full (a 2 MiB tmpfs): exit 9 with the original untouched and
 //!   the checkpoint, slot and shadow kept; `--resume` finishes once there is space;
 //! - its slot invalidated (`max_slot_wal_keep_size`) while it was down: `--resume` is
@@ -218,6 +219,98 @@ async fn walsender_terminated_5_times_while_postponed_then_cuts_over() {
     eprintln!(
         "{TERMINATIONS} WAL sender terminations while postponed: {} reconnects, cut over; {:.1} s",
         count(&output, "reconnected"),
+        started.elapsed().as_secs_f64()
+    );
+}
+
+/// The `Applied: N` counts of the status lines in `output`, in order.
+fn applied_counts(output: &str) -> Vec<u64> {
+    output
+        .lines()
+        .filter_map(|l| l.split("Applied: ").nth(1))
+        .filter_map(|rest| rest.split(';').next()?.trim().parse().ok())
+        .collect()
+}
+
+/// A throttled applier reads nothing from the spool, so it cannot notice that the stream
+/// feeding it died: while the cutover is postponed and the applier is held by a throttle,
+/// the postponed wait must notice the dead stream itself and reconnect, rather than leave
+/// the slot without a consumer until the throttle clears.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn walsender_terminated_while_postponed_and_throttled_is_noticed() {
+    let started = Instant::now();
+    let mut stand = Stand::new().await;
+    let flag = stand.dir.path().join("postpone-cutover");
+    let throttle = stand.dir.path().join("throttle");
+    std::fs::write(&flag, "").unwrap();
+    let (flag_arg, throttle_arg) = (
+        flag.to_str().unwrap().to_string(),
+        throttle.to_str().unwrap().to_string(),
+    );
+    let mut child = stand.start_run_with(
+        None,
+        &[
+            "--resumable",
+            "--postpone-cutover-flag-file",
+            &flag_arg,
+            "--throttle-flag-file",
+            &throttle_arg,
+            "--status-interval",
+            "1",
+        ],
+        "run",
+    );
+    let postponed = common::wait_until(Duration::from_secs(180), || {
+        stand.output_of("run").contains("cutover postponed") || child.try_wait().unwrap().is_some()
+    });
+    assert!(
+        postponed,
+        "the run is postponed: {}",
+        stand.output_of("run")
+    );
+    std::fs::write(&throttle, "").unwrap();
+    // Held: two status lines after the throttle began show the same count of applied
+    // changes while the writer goes on writing.
+    let held = common::wait_until(Duration::from_secs(60), || {
+        let output = stand.output_of("run");
+        let Some((_, since)) = output.split_once("throttled: ") else {
+            return false;
+        };
+        let counts = applied_counts(since);
+        counts.len() >= 3 && counts[counts.len() - 1] == counts[counts.len() - 2]
+    });
+    assert!(held, "the applier is held: {}", stand.output_of("run"));
+    let pid = walsender_pid(&stand)
+        .await
+        .expect("doppel's slot is streamed");
+    stand
+        .client
+        .execute("SELECT pg_terminate_backend($1)", &[&pid])
+        .await
+        .unwrap();
+    let noticed = common::wait_until(Duration::from_secs(30), || {
+        stand.output_of("run").contains("reconnected") || child.try_wait().unwrap().is_some()
+    });
+    let output = stand.output_of("run");
+    assert!(
+        noticed && output.contains("reconnected"),
+        "the dead stream was noticed while postponed and throttled, and the run reconnected: {output}"
+    );
+    let streaming = common::wait_until_async(Duration::from_secs(30), || async {
+        walsender_pid(&stand).await.is_some_and(|p| p != pid)
+    })
+    .await;
+    assert!(
+        streaming,
+        "the slot is streamed again while still throttled"
+    );
+    std::fs::remove_file(&throttle).unwrap();
+    std::fs::remove_file(&flag).unwrap();
+    let code = exit_code(child).await;
+    let output = stand.output_of("run");
+    assert_completed(&mut stand, code, &output).await;
+    eprintln!(
+        "WAL sender terminated while postponed and throttled: reconnected, cut over; {:.1} s",
         started.elapsed().as_secs_f64()
     );
 }
