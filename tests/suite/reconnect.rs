@@ -12,14 +12,23 @@
 //! - its spool's filesystem full (a 2 MiB tmpfs): exit 9 with the original untouched and
 //!   the checkpoint, slot and shadow kept; `--resume` finishes once there is space;
 //! - its slot invalidated (`max_slot_wal_keep_size`) while it was down: `--resume` is
-//!   refused (exit 2) naming `doppel cleanup`, which removes everything.
+//!   refused (exit 2) naming `doppel cleanup`, which removes everything;
+//! - the seeded chaos runner: a run on a 30,000-row table killed with SIGKILL 3 to 5 times at
+//!   seeded moments (a random delay, or a random pause point), resumed with `--resume` each
+//!   time, then let complete: the new table equals the twin. `chaos_two_seeds` runs 2 seeds;
+//!   `scripts/chaos.sh N` runs the ignored `chaos_long` for N seeds. Seeds are random and
+//!   printed; `DOPPEL_SEED=<n>` (with `DOPPEL_SEEDS=<count>`) replays them (the moments are
+//!   the seed's; where a delay lands still depends on the machine's speed).
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::{Duration, Instant};
 
+use rand::rngs::StdRng;
+use rand::{RngExt, SeedableRng};
+
 use crate::common;
-use crate::kill_phases::{ROWS, Stand};
+use crate::kill_phases::{DOPPEL_SESSIONS, ROWS, Stand};
 use crate::resume::{assert_completed, checkpoints, exit_code, kill_resumable_at};
 
 /// How the server is restarted under the run.
@@ -597,4 +606,271 @@ async fn resume_with_an_invalidated_slot_is_refused_and_cleanup_removes_everythi
         0,
         "the original holds exactly the twin's rows"
     );
+}
+
+/// Rows of the chaos runner's table.
+const CHAOS_ROWS: i64 = 30_000;
+
+/// Pause points a chaos kill may strike at, in the order a run passes them (`committed`, after
+/// which a resume only finishes, is kept for the last kill).
+const CHAOS_POINTS: &[&str] = &[
+    "after-preflight",
+    "shadow-built",
+    "copying",
+    "chunk-open",
+    "index-built",
+    "catch-up",
+    "verifying",
+    "cutover-locked",
+];
+
+/// The point every killed run is also stopped at if nothing else killed it sooner: a run
+/// never cuts over before its planned kill.
+const BACKSTOP: &str = "cutover-locked";
+
+/// When a chaos kill strikes a run.
+#[derive(Debug, Clone)]
+enum Moment {
+    /// At a pause point, armed with a condition (`key=N` for `chunk-open`, else none).
+    Point(&'static str, String),
+    /// After this long since the run started.
+    Delay(Duration),
+}
+
+/// What one chaos seed did.
+#[derive(Debug, Default)]
+struct ChaosSeed {
+    seed: u64,
+    /// Where each kill struck: the pause point, or the delay and the phase the run's
+    /// checkpoint had reached.
+    kills: Vec<String>,
+    mismatched: i64,
+    writer_transactions: u64,
+    /// Why the seed failed (a run that exited on its own with an error, the final run not
+    /// completing, writer errors, doppel objects left).
+    failure: Option<String>,
+    seconds: f64,
+}
+
+impl std::fmt::Display for ChaosSeed {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "chaos seed {}: {} kills ({}), {} writer transactions, {:.1} s: ",
+            self.seed,
+            self.kills.len(),
+            self.kills.join(", "),
+            self.writer_transactions,
+            self.seconds
+        )?;
+        match &self.failure {
+            Some(e) => write!(f, "FAILED: {e}"),
+            None => write!(f, "mismatched rows: {}", self.mismatched),
+        }
+    }
+}
+
+/// The last `n` lines of `output`.
+fn tail(output: &str, n: usize) -> String {
+    let lines: Vec<&str> = output.lines().collect();
+    lines[lines.len().saturating_sub(n)..].join("\n")
+}
+
+/// The phase the table's checkpoint records, `none` without one.
+async fn checkpoint_phase(stand: &Stand) -> String {
+    if checkpoints(stand).await == 0 {
+        return "none".into();
+    }
+    common::text(&stand.client, "SELECT phase FROM doppel.checkpoints")
+        .await
+        .unwrap_or_default()
+}
+
+/// Chooses the moment of kill `k` of `kills`.
+fn choose_moment(rng: &mut StdRng, k: usize, kills: usize) -> Moment {
+    if rng.random_range(0..2) == 0 {
+        return Moment::Delay(Duration::from_millis(rng.random_range(100..4_000)));
+    }
+    if k + 1 == kills && rng.random_range(0..4) == 0 {
+        return Moment::Point("committed", String::new());
+    }
+    let point = CHAOS_POINTS[rng.random_range(0..CHAOS_POINTS.len())];
+    let condition = if point == "chunk-open" {
+        format!("key={}", rng.random_range(1..CHAOS_ROWS))
+    } else {
+        String::new()
+    };
+    Moment::Point(point, condition)
+}
+
+/// Starts run `name` (`--resumable` for the first, `--resume` after) and SIGKILLs it at
+/// `moment` (or at the backstop). Returns where it struck; an error if the run exited on its
+/// own first.
+async fn kill_run(
+    stand: &Stand,
+    moment: &Moment,
+    first: bool,
+    name: &str,
+) -> Result<String, String> {
+    let pause = common::pause_dir(stand.dir.path());
+    let mut armed = Vec::new();
+    if let Moment::Point(point, condition) = moment {
+        doppel::testing::arm_when(&pause, point, condition).unwrap();
+        armed.push(*point);
+    }
+    // `committed` comes after the backstop: a kill there is the last, the cutover goes ahead.
+    if !armed.contains(&BACKSTOP) && !armed.contains(&"committed") {
+        doppel::testing::arm(&pause, BACKSTOP).unwrap();
+        armed.push(BACKSTOP);
+    }
+    let mode = if first { "--resumable" } else { "--resume" };
+    let mut child = stand.start_run_with(None, &[mode], name);
+    let started = Instant::now();
+    let mut struck = None;
+    let ended = common::wait_until(Duration::from_secs(180), || {
+        struck = armed
+            .iter()
+            .find(|p| doppel::testing::reached(&pause, p).is_some())
+            .map(|p| p.to_string());
+        if struck.is_none()
+            && let Moment::Delay(delay) = moment
+            && started.elapsed() >= *delay
+        {
+            struck = Some(format!("after {:.1} s", delay.as_secs_f64()));
+        }
+        struck.is_some() || child.try_wait().unwrap().is_some()
+    });
+    let exited = child.try_wait().unwrap();
+    child.kill().ok();
+    child.wait().unwrap();
+    for point in &armed {
+        doppel::testing::release(&pause, point).unwrap();
+    }
+    match (ended, exited, struck) {
+        (_, Some(status), _) => Err(format!(
+            "run {name} exited on its own ({status}) before its kill:\n{}",
+            tail(&stand.output_of(name), 15)
+        )),
+        (true, None, Some(at)) if at.starts_with("after") => {
+            Ok(format!("{at} in {}", checkpoint_phase(stand).await))
+        }
+        (true, None, Some(at)) => Ok(match moment {
+            Moment::Point(point, _) if *point != at => format!("{at} ({point} not reached)"),
+            Moment::Delay(delay) => format!("{at} (before {:.1} s)", delay.as_secs_f64()),
+            Moment::Point(..) => at,
+        }),
+        _ => Err(format!(
+            "run {name} reached no kill moment within 180 s:\n{}",
+            tail(&stand.output_of(name), 15)
+        )),
+    }
+}
+
+/// One chaos seed: a resumable run under the mirrored writer on a 30,000-row table, killed
+/// with SIGKILL 3 to 5 times at seeded moments (a random delay, or a random pause point),
+/// each time resumed with `--resume`, and finally let complete; the new table must equal the
+/// twin.
+async fn chaos_seed(seed: u64) -> ChaosSeed {
+    let started = Instant::now();
+    let mut rng = StdRng::seed_from_u64(seed);
+    let mut stand = Stand::with(CHAOS_ROWS, false).await;
+    let mut result = ChaosSeed {
+        seed,
+        ..ChaosSeed::default()
+    };
+    let kills = rng.random_range(3..=5);
+    for k in 0..kills {
+        let moment = choose_moment(&mut rng, k, kills);
+        match kill_run(&stand, &moment, k == 0, &format!("run{k}")).await {
+            Ok(at) => result.kills.push(at),
+            Err(e) => {
+                result.failure = Some(e);
+                break;
+            }
+        }
+        let gone = common::wait_until_async(Duration::from_secs(30), || async {
+            common::scalar(&stand.client, DOPPEL_SESSIONS).await == 0
+        })
+        .await;
+        assert!(gone, "the killed run's sessions end");
+    }
+    if result.failure.is_none() {
+        let child = stand.start_run_with(None, &["--resume"], "final");
+        let code = exit_code(child).await;
+        if code != Some(0) {
+            result.failure = Some(format!(
+                "the final run exited with {code:?}:\n{}",
+                tail(&stand.output_of("final"), 15)
+            ));
+        }
+    }
+    let report = stand.writer.take().unwrap().stop().await.unwrap();
+    result.writer_transactions = report.transactions;
+    if report.errors > 0 && result.failure.is_none() {
+        result.failure = Some(format!("writer errors: {:?}", report.first_errors));
+    }
+    result.mismatched =
+        doppel_testkit::workload::mismatches(&stand.client, "orders", "orders_twin")
+            .await
+            .unwrap();
+    let left = common::scalar(&stand.client, "SELECT count(*) FROM pg_replication_slots").await
+        + common::scalar(&stand.client, "SELECT count(*) FROM pg_publication").await
+        + checkpoints(&stand).await;
+    if left > 0 && result.failure.is_none() {
+        result.failure = Some(format!("{left} slots, publications or checkpoints left"));
+    }
+    result.seconds = started.elapsed().as_secs_f64();
+    result
+}
+
+/// Runs the chaos seeds ([`crate::randomized_oracle::seeds`]: `DOPPEL_SEED`,
+/// `DOPPEL_SEEDS`, else `default_count` random ones), prints a line per seed and the totals,
+/// and fails if any seed failed or mismatched.
+async fn run_chaos(default_count: u64, replay: &str) {
+    let seeds = crate::randomized_oracle::seeds(default_count);
+    println!("chaos: seeds {seeds:?} (replay one: DOPPEL_SEED=<seed> {replay})");
+    let started = Instant::now();
+    let mut results = Vec::new();
+    for &seed in &seeds {
+        let result = chaos_seed(seed).await;
+        println!("{result}");
+        results.push(result);
+    }
+    let mismatched: i64 = results.iter().map(|r| r.mismatched).sum();
+    let kills: usize = results.iter().map(|r| r.kills.len()).sum();
+    let failed: Vec<u64> = results
+        .iter()
+        .filter(|r| r.failure.is_some())
+        .map(|r| r.seed)
+        .collect();
+    println!(
+        "failed seeds: {} {failed:?}; total {:.0} s",
+        failed.len(),
+        started.elapsed().as_secs_f64()
+    );
+    println!(
+        "seeds: {}, kills: {kills}, mismatched rows: {mismatched}",
+        results.len()
+    );
+    assert!(
+        mismatched == 0 && failed.is_empty(),
+        "{mismatched} mismatched rows, failed seeds {failed:?} (replay: DOPPEL_SEED=<seed> {replay})"
+    );
+}
+
+/// Two chaos seeds (random, printed; `DOPPEL_SEED` replays).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn chaos_two_seeds() {
+    run_chaos(2, "cargo test --test suite reconnect::chaos_two_seeds").await;
+}
+
+/// The long chaos run (`scripts/chaos.sh`): 20 seeds (`DOPPEL_SEEDS`).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "long: 20 seeds; run by scripts/chaos.sh"]
+async fn chaos_long() {
+    run_chaos(
+        20,
+        "cargo test --release --test suite reconnect::chaos_long -- --ignored",
+    )
+    .await;
 }
