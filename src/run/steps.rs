@@ -415,6 +415,7 @@ impl Run<'_> {
             script: &script,
             fencer,
             applier: capture.tasks.applier()?,
+            stream: capture.tasks.streamer.as_ref(),
             unsettled: &verify.unsettled,
             fingerprint: &capture.fingerprint,
             options,

@@ -6,8 +6,8 @@
 //! Helpers shared by the modules are in [`common`] (doppel-specific) and in the
 //! `doppel-testkit` crate (clusters, polling, processes, SQL).
 //!
-//! Left out of the default run (`#[ignore]`): `e2e_pgbench` and
-//! `randomized_oracle::many_seeds` (see the README).
+//! Left out of the default run (`#[ignore]`): `e2e_pgbench`,
+//! `randomized_oracle::many_seeds` and `reconnect::chaos_long` (see the README).
 
 mod common;
 
@@ -32,6 +32,7 @@ mod pooler;
 mod preflight_refusals;
 mod races;
 mod randomized_oracle;
+mod reconnect;
 mod resume;
 mod revert_window;
 mod rollback_guard;

@@ -127,7 +127,7 @@ const TIME_ZONES: &[&str] = &[
 
 /// The seeds to run: `DOPPEL_SEED` (first seed) and `DOPPEL_SEEDS` (how many; 1 when only
 /// `DOPPEL_SEED` is set, else `default_count`); random seeds when `DOPPEL_SEED` is unset.
-fn seeds(default_count: u64) -> Vec<u64> {
+pub(crate) fn seeds(default_count: u64) -> Vec<u64> {
     let env = |name: &str| {
         std::env::var(name).ok().map(|v| {
             v.trim()

@@ -44,6 +44,7 @@ use tokio_postgres::Client;
 use pglogrepl::lsn::Lsn;
 
 use crate::phases::apply::Applier;
+use crate::phases::capture::stream::Streamer;
 use crate::phases::fence::Fencer;
 use crate::plan::Plan;
 
@@ -153,6 +154,10 @@ pub struct Cutover<'a> {
     pub fencer: &'a Fencer,
     /// The applier that must reach each fence.
     pub applier: &'a Applier,
+    /// The stream feeding the applier, checked while the cutover is postponed: a held
+    /// (throttled) applier reads nothing, so it cannot notice that the stream stopped.
+    /// `None`: only the applier is checked.
+    pub stream: Option<&'a Streamer>,
     /// Keys verification deferred (original key values as text); re-checked under the lock.
     pub unsettled: &'a [Vec<Option<String>>],
     /// The original's catalog fingerprint taken when the shadow was built.

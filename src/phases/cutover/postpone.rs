@@ -36,7 +36,8 @@ impl Cutover<'_> {
     ///
     /// Errors: Ctrl-C / SIGTERM / `abort` (exit 3), a critical throttle condition such as the
     /// panic flag file (exit 7 for a critical threshold, 3 for the panic flag file), the
-    /// applier failed (its class), or emitting a fence failed (exit 1).
+    /// applier failed (its class), the stream stopped (exit 4; 9 for a full spool
+    /// filesystem), or emitting a fence failed (exit 1).
     pub(super) async fn wait_while_postponed(&self) -> Result<()> {
         let options = &self.options;
         let mut announced = false;
@@ -45,6 +46,9 @@ impl Cutover<'_> {
             options.cancel.check()?;
             self.critical()?;
             self.applier.check()?;
+            if let Some(stream) = self.stream {
+                stream.check()?;
+            }
             if !announced {
                 tracing::info!(
                     "cutover postponed (flag file {}, or `postpone` on the control socket): remove the file or send `cut-over`; the shadow is kept caught up",

@@ -56,6 +56,7 @@ impl Window {
             script: &revert_script,
             fencer: &self.fencer,
             applier: &self.applier,
+            stream: None,
             unsettled: &[],
             fingerprint: &self.fingerprint,
             options,
