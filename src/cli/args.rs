@@ -39,9 +39,14 @@ pub(crate) struct TuningArgs {
     /// maintenance_work_mem for building the shadow's indexes.
     #[arg(long, default_value = "1GB")]
     pub(crate) maintenance_work_mem: String,
-    /// lock_timeout of each cutover attempt, in ms.
+    /// Lock budget of each cutover attempt, in ms: all its lock waits together (the table,
+    /// its foreign-key children and referenced tables, its views and the tables they read).
     #[arg(long, default_value_t = 200)]
     pub(crate) lock_timeout: u64,
+    /// Longest time, in ms, a cutover attempt holds its locks (first lock to commit or
+    /// rollback); past it the attempt rolls back and is retried.
+    #[arg(long, default_value_t = 500)]
+    pub(crate) max_lock_hold: u64,
     /// Cutover attempts before giving up.
     #[arg(long, default_value_t = 10)]
     pub(crate) cutover_retries: u32,
@@ -168,6 +173,7 @@ pub(crate) fn run_options(
         verify_chunk_rows: t.verify_chunk_rows.max(1),
         maintenance_work_mem: t.maintenance_work_mem.clone(),
         lock_timeout: Duration::from_millis(t.lock_timeout.max(1)),
+        max_lock_hold: Duration::from_millis(t.max_lock_hold.max(1)),
         cutover_retries: t.cutover_retries.max(1),
         fence_timeout: Duration::from_millis(t.fence_timeout.max(1)),
         work_dir: t.work_dir.clone().unwrap_or_else(std::env::temp_dir),

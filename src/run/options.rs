@@ -25,8 +25,10 @@ pub struct RunOptions {
     pub verify_chunk_rows: i64,
     /// `maintenance_work_mem` for the index builds (e.g. `1GB`).
     pub maintenance_work_mem: String,
-    /// `lock_timeout` per cutover attempt.
+    /// The lock budget of each cutover attempt: all its lock waits together.
     pub lock_timeout: Duration,
+    /// The longest a cutover attempt holds its locks, first lock to commit or rollback.
+    pub max_lock_hold: Duration,
     /// Cutover attempts.
     pub cutover_retries: u32,
     /// Longest wait for the applier inside the cutover lock.
@@ -74,6 +76,7 @@ impl RunOptions {
             verify_chunk_rows: crate::phases::verify::VERIFY_CHUNK_ROWS,
             maintenance_work_mem: "1GB".into(),
             lock_timeout: Duration::from_millis(200),
+            max_lock_hold: Duration::from_millis(500),
             cutover_retries: 10,
             fence_timeout: Duration::from_millis(1000),
             work_dir: std::env::temp_dir(),

@@ -318,6 +318,13 @@ impl Run<'_> {
             capture.reverse = Some(self.prepare_reverse_stream().await?);
             options.revert_marker = Some(revert::marker_sql(&self.plan));
         }
+        let stream = capture
+            .tasks
+            .streamer
+            .as_ref()
+            .map(|s| s.watch())
+            .ok_or_else(|| anyhow::anyhow!("no stream"))?;
+        let changes_received = move || stream.borrow().changes;
         let cutover = Cutover {
             plan: &self.plan,
             script: &script,
@@ -328,6 +335,7 @@ impl Run<'_> {
             options,
             revert: false,
             after_drain: None,
+            changes_received: Some(&changes_received),
         };
         let report = cutover
             .run(&mut self.control, peer)
@@ -357,6 +365,7 @@ impl Run<'_> {
     fn cutover_options(&self, throttler: &Throttler) -> CutoverOptions {
         CutoverOptions {
             lock_timeout: self.options.lock_timeout,
+            max_lock_hold: self.options.max_lock_hold,
             retries: self.options.cutover_retries,
             fence_timeout: self.options.fence_timeout,
             rollback_dir: self.options.rollback_dir.clone(),

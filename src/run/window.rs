@@ -217,6 +217,7 @@ impl Run<'_> {
             .await?;
         let options = CutoverOptions {
             lock_timeout: self.options.lock_timeout,
+            max_lock_hold: self.options.max_lock_hold,
             retries: self.options.cutover_retries,
             fence_timeout: self.options.fence_timeout,
             rollback_dir: self.options.rollback_dir.clone(),

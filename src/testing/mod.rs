@@ -21,8 +21,9 @@
 //! key `N`; `xid=N` (`spooled`, `applied`) the passage that handled source transaction `N`.
 //!
 //! Points: `after-preflight`, `shadow-built`, `catch-up` (backfill and primary key done,
-//! applier started), `verifying`, `cutover-locked` (inside the cutover transaction, ACCESS
-//! EXCLUSIVE granted, before the renames), and the race points:
+//! applier started), `verifying`, `cutover-attempt` (an attempt caught up and about to ask
+//! for its locks), `cutover-locked` (inside the cutover transaction, every lock granted and
+//! the swap done, before COMMIT), and the race points:
 //!
 //! - `chunk-open` (backfill): a chunk's `INSERT .. SELECT` has run (its snapshot is taken and
 //!   its rows inserted) but its transaction has not committed. While this point is armed

@@ -23,6 +23,7 @@ mod e2e_pgbench;
 mod faults;
 mod interrupted_run;
 mod kill_phases;
+mod lock_budget;
 mod online_migration;
 mod operator;
 mod preflight_refusals;

@@ -54,9 +54,16 @@ pub use script::Script;
 /// Cutover settings.
 #[derive(Debug, Clone)]
 pub struct CutoverOptions {
-    /// `lock_timeout` of each attempt (`--lock-timeout`, ms; default 200 ms). The control
-    /// socket's `lock-timeout=MS`, when set, takes precedence.
+    /// The lock budget of each attempt (`--lock-timeout`, ms; default 200 ms): all of the
+    /// attempt's lock waits together (the table, its foreign-key children and referenced
+    /// tables, its views and the tables they read) stay within it. The control socket's
+    /// `lock-timeout=MS`, when set, takes precedence.
     pub lock_timeout: Duration,
+    /// The longest an attempt holds its locks, from the first one granted to the commit or
+    /// rollback (`--max-lock-hold`, ms; default 500 ms): past it the running statement is
+    /// cancelled and the attempt rolled back and retried. The COMMIT itself, once sent, is
+    /// not cut short.
+    pub max_lock_hold: Duration,
     /// Attempts before giving up (`--cutover-retries`; exit 5 when they run out).
     pub retries: u32,
     /// Longest wait for the applier inside the lock before the attempt is rolled back
@@ -95,11 +102,16 @@ pub struct CutoverOptions {
 pub struct Attempt {
     /// 1-based attempt number.
     pub attempt: u32,
-    /// `granted`, `lock timeout`, or `drain timeout` (the applier did not reach the fence
-    /// within `--fence-timeout` under the lock).
+    /// `granted`, `lock timeout` (the attempt's locks were not all granted within its lock
+    /// budget), `drain timeout` (the applier did not reach the fence within
+    /// `--fence-timeout` under the lock) or `lock hold limit` (`--max-lock-hold` was
+    /// reached before COMMIT).
     pub outcome: String,
-    /// Time spent waiting for the lock (ms).
+    /// Time spent waiting for the locks (ms).
     pub lock_wait_ms: f64,
+    /// Time the locks were held, from the first one granted to the commit or rollback (ms;
+    /// 0 when none was granted).
+    pub lock_held_ms: f64,
     /// Predicted drain under the lock (ms): the last catch-up round trip before locking.
     pub predicted_drain_ms: f64,
     /// Sessions `pg_blocking_pids` reported blocking this attempt's lock request.
@@ -111,7 +123,7 @@ pub struct Attempt {
 pub struct CutoverReport {
     /// Attempts made (1 = first try).
     pub attempts: u32,
-    /// ACCESS EXCLUSIVE lock held, from grant to commit.
+    /// Locks held, from the first one granted to the commit.
     pub lock_held: Duration,
     /// Part of the hold spent waiting for the applier to reach the fence.
     pub fence_wait: Duration,
@@ -166,6 +178,9 @@ pub struct Cutover<'a> {
     /// change could not be written back): an error rolls the attempt back and ends the
     /// cutover with it.
     pub after_drain: Option<&'a (dyn Fn() -> Result<()> + Sync)>,
+    /// Row changes received from the stream so far (the write rate the catch-up before each
+    /// attempt compares with the applier's). `None`: unknown, the catch-up never gives up.
+    pub changes_received: Option<&'a (dyn Fn() -> u64 + Sync)>,
 }
 
 impl Cutover<'_> {
@@ -177,8 +192,9 @@ impl Cutover<'_> {
     ///
     /// Errors (the transaction is rolled back and the original is untouched, the rollback
     /// script removed):
-    /// - exit 5: every attempt timed out on the lock (`lock_timeout`) or on the drain under it
-    ///   (`--fence-timeout`);
+    /// - exit 5: every attempt timed out on its lock budget (`--lock-timeout`), on the drain
+    ///   under it (`--fence-timeout`) or on the hold limit (`--max-lock-hold`), or the catch-up
+    ///   before the attempts found the write rate above the apply rate;
     /// - exit 8: DDL changed the original, or its dependents changed;
     /// - exit 6: a deferred key still differs under the lock;
     /// - exit 3: Ctrl-C, SIGTERM, `abort` or the panic flag file, while postponed or between
