@@ -68,6 +68,8 @@ pub struct Controls {
     max_retained_wal: AtomicU64,
     lock_timeout_ms: AtomicU64,
     postponed: AtomicBool,
+    /// The postponement comes from a failed `before-cutover` hook (not from `postpone`).
+    postponed_by_hook: AtomicBool,
     cut_over_requested: AtomicBool,
     abort_requested: AtomicBool,
     window_open: AtomicBool,
@@ -136,6 +138,7 @@ impl Controls {
             max_retained_wal: AtomicU64::new(0),
             lock_timeout_ms: AtomicU64::new(lock_timeout_ms),
             postponed: AtomicBool::new(postponed),
+            postponed_by_hook: AtomicBool::new(false),
             cut_over_requested: AtomicBool::new(false),
             abort_requested: AtomicBool::new(false),
             window_open: AtomicBool::new(false),
@@ -229,9 +232,23 @@ impl Controls {
 
     /// `postpone`: the cutover waits; an earlier `cut-over` request is withdrawn.
     pub fn postpone(&self) {
+        self.postponed_by_hook.store(false, Ordering::SeqCst);
         self.cut_over_requested.store(false, Ordering::SeqCst);
         self.postponed.store(true, Ordering::SeqCst);
         self.changed();
+    }
+
+    /// The `before-cutover` hook failed: the cutover waits as after `postpone`, and the status
+    /// says why.
+    pub fn postpone_after_failed_hook(&self) {
+        self.postpone();
+        self.postponed_by_hook.store(true, Ordering::SeqCst);
+        self.changed();
+    }
+
+    /// Whether the postponement in force comes from a failed `before-cutover` hook.
+    pub fn postponed_by_hook(&self) -> bool {
+        self.postponed() && self.postponed_by_hook.load(Ordering::SeqCst)
     }
 
     /// Whether the operator sent `cut-over` (and no `postpone` since).
@@ -393,26 +410,7 @@ impl StatusSource for Progress {
     }
 
     fn status_json(&self) -> serde_json::Value {
-        let s = self.snapshot();
-        let copy_s = match (s.copy_started, s.copy_ended) {
-            (Some(a), Some(b)) => (b - a).as_secs_f64(),
-            (Some(a), None) => a.elapsed().as_secs_f64(),
-            _ => 0.0,
-        };
-        json!({
-            "phase": s.state_name(),
-            "rows_copied": s.rows_copied,
-            "rows_estimate": s.rows_estimate,
-            "rows_verified": s.rows_verified,
-            "applied": s.applied,
-            "backlog_bytes": s.backlog_bytes,
-            "stream_lsn": s.stream_lsn,
-            "lag_bytes": s.lag_bytes,
-            "elapsed_s": self.elapsed().as_secs_f64(),
-            "copy_s": copy_s,
-            "line": Progress::status_line(self),
-            "window": s.window.as_ref().map(|w| w.to_json()),
-        })
+        Progress::status_json(self)
     }
 }
 

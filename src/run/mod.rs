@@ -106,6 +106,33 @@ async fn plan_and_lock(
     Ok((control, plan))
 }
 
+/// The table's estimated rows, shown from the start: `reltuples`, or for a table never
+/// analysed (`reltuples` -1) the planner's estimate from its size; 0 when neither is known.
+async fn rows_estimate(control: &Client, plan: &Plan) -> u64 {
+    if plan.original.rows_estimate >= 0 {
+        return plan.original.rows_estimate as u64;
+    }
+    let explain = format!(
+        "EXPLAIN (FORMAT JSON) SELECT 1 FROM ONLY {}",
+        plan.names.table_qualified()
+    );
+    match control.simple_query(&explain).await {
+        Ok(messages) => messages
+            .iter()
+            .find_map(|m| match m {
+                tokio_postgres::SimpleQueryMessage::Row(row) => row.get(0),
+                _ => None,
+            })
+            .and_then(|text| serde_json::from_str::<serde_json::Value>(text).ok())
+            .and_then(|plan| plan[0]["Plan"]["Plan Rows"].as_f64())
+            .map_or(0, |rows| rows.max(0.0) as u64),
+        Err(e) => {
+            tracing::debug!("no planner estimate of the table's rows: {e}");
+            0
+        }
+    }
+}
+
 /// Refuses `--revert-window` ([`Check::RevertWindow`]) when a changed column takes a `USING`
 /// expression: a revert would write back the plain conversion of the new value, which need
 /// not be what the column held before.
@@ -162,6 +189,8 @@ impl<'a> Run<'a> {
     ) -> Result<Run<'a>> {
         let plan = Arc::new(plan);
         let progress = Progress::new();
+        let estimate = rows_estimate(&control, &plan).await;
+        progress.update(|s| s.rows_estimate = estimate);
         let socket = options.control_socket.clone().unwrap_or_else(|| {
             crate::ops::control::default_path(&options.work_dir, plan.original.oid)
         });
@@ -195,10 +224,7 @@ impl<'a> Run<'a> {
     async fn execute(&mut self) -> Result<RunReport> {
         self.operator.hook("on-startup").await?;
         self.operator.hook("on-preflight-ok").await?;
-        self.progress.update(|s| {
-            s.rows_estimate = self.plan.original.rows_estimate.max(0) as u64;
-            s.phase = Some(Phase::Setup);
-        });
+        self.progress.update(|s| s.phase = Some(Phase::Setup));
         let _reporter = AbortOnDrop(crate::ops::progress::spawn_reporter(
             self.progress.clone(),
             self.options.display,

@@ -11,34 +11,14 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::Result;
-use serde_json::json;
 use tokio::sync::watch;
 
 use crate::failure::{FailureKind, fail};
-use crate::ops::control::{ControlServer, Controls, StatusSource};
+use crate::ops::control::{ControlServer, Controls};
 use crate::ops::hooks::{HookEnv, Hooks};
 use crate::ops::progress::Progress;
 use crate::ops::throttle::LiveThrottle;
 use crate::plan::Plan;
-
-/// The status the control socket reports: the progress counters and the throttle reasons.
-struct Status(Arc<Progress>);
-
-impl StatusSource for Status {
-    fn status_line(&self) -> String {
-        self.0.status_line()
-    }
-
-    fn status_json(&self) -> serde_json::Value {
-        let mut value = StatusSource::status_json(&*self.0);
-        let throttled = self.0.snapshot().throttled;
-        if let Some(object) = value.as_object_mut() {
-            object.insert("throttled".into(), json!(!throttled.is_empty()));
-            object.insert("throttle_reasons".into(), json!(throttled));
-        }
-        value
-    }
-}
 
 /// Controls, socket and hooks of one run.
 pub struct Operator {
@@ -76,12 +56,8 @@ impl Operator {
         controls.set_max_retained_wal(options.throttle.max_retained_wal.unwrap_or(0));
         let server = match socket {
             Some(path) => {
-                let server = ControlServer::start(
-                    &path,
-                    controls.clone(),
-                    Arc::new(Status(progress.clone())),
-                )
-                .await?;
+                let server =
+                    ControlServer::start(&path, controls.clone(), progress.clone()).await?;
                 tracing::info!(
                     "control socket: {} (e.g. `doppel ctl --table {} status`)",
                     server.path().display(),
@@ -206,7 +182,7 @@ impl Operator {
                 ),
             )),
             "before-cutover" => {
-                self.controls.postpone();
+                self.controls.postpone_after_failed_hook();
                 tracing::warn!(
                     "hook before-cutover failed ({outcome}): cutover postponed; send `cut-over` on the control socket to proceed"
                 );
@@ -231,14 +207,6 @@ impl Drop for Operator {
 /// The `DOPPEL_*` environment for a hook, from the plan and the progress counters.
 pub fn env_for(plan: &Plan, progress: &Progress) -> HookEnv {
     let s = progress.snapshot();
-    let eta_s = match (s.copy_started, s.copy_ended) {
-        (Some(a), None) if s.rows_copied > 0 && s.rows_estimate > s.rows_copied => {
-            let rate = s.rows_copied as f64 / a.elapsed().as_secs_f64().max(0.001);
-            Some(((s.rows_estimate - s.rows_copied) as f64 / rate) as u64)
-        }
-        (Some(_), Some(_)) => Some(0),
-        _ => None,
-    };
     HookEnv {
         table: plan.original.qualified(),
         shadow_table: plan.names.shadow_qualified(),
@@ -253,8 +221,8 @@ pub fn env_for(plan: &Plan, progress: &Progress) -> HookEnv {
         phase: s.state_name().to_string(),
         rows_copied: s.rows_copied,
         rows_estimate: s.rows_estimate,
-        lag_ms: s.replica_lag_ms,
+        lag_ms: s.throttle.replica_lag_ms,
         elapsed_s: progress.elapsed().as_secs(),
-        eta_s,
+        eta_s: s.copy_eta().map(|d| d.as_secs()),
     }
 }

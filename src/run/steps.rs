@@ -163,6 +163,7 @@ impl Run<'_> {
     async fn build_indexes(&mut self, throttler: &Throttler) -> Result<()> {
         let since = Instant::now();
         self.enter(Phase::Indexes);
+        let _builds = self.watch_index_builds().await?;
         self.control
             .batch_execute(&format!(
                 "SET maintenance_work_mem = {}",
@@ -182,6 +183,17 @@ impl Run<'_> {
         }
         self.timed(Phase::Indexes, since);
         Ok(())
+    }
+
+    /// Shows the control session's index builds in the progress until the returned feed is
+    /// dropped.
+    async fn watch_index_builds(&self) -> Result<super::tasks::IndexFeed> {
+        let pid: i32 = self
+            .control
+            .query_one("SELECT pg_backend_pid()", &[])
+            .await?
+            .get(0);
+        super::tasks::feed_index_progress(self.config, pid, self.progress.clone()).await
     }
 
     /// Starts the applier on the spooled backlog and the fencer, and catches up once.
@@ -232,6 +244,7 @@ impl Run<'_> {
     async fn build_constraints(&mut self, tasks: &Tasks, throttler: &Throttler) -> Result<()> {
         let since = Instant::now();
         self.enter(Phase::Constraints);
+        let _builds = self.watch_index_builds().await?;
         let applier = tasks.applier()?;
         applier.pause().await?;
         // Unique and exclusion indexes must see writes in source order from now on.
@@ -376,6 +389,7 @@ impl Run<'_> {
             cancel: self.cancel.clone(),
             throttle: Some(throttler.watch()),
             revert_marker: None,
+            progress: Some(self.progress.clone()),
         }
     }
 }

@@ -228,6 +228,7 @@ impl Run<'_> {
             cancel: self.cancel.clone(),
             throttle: None,
             revert_marker: None,
+            progress: None,
         };
         window
             .revert(

@@ -354,6 +354,21 @@ async fn the_drain_gate_gives_up_when_writes_outpace_the_applier() {
         })
     };
     std::fs::remove_file(&flag).unwrap();
+    // While it catches up, the status says how far behind the applier is.
+    let socket = dir.path().join("ctl.sock");
+    let draining = common::wait_until_async(Duration::from_secs(60), || async {
+        doppel::ops::control::send(&socket, "status")
+            .await
+            .is_ok_and(|line| {
+                line.split("State: cutover, draining (")
+                    .nth(1)
+                    .and_then(|rest| rest.split(' ').next())
+                    .and_then(|n| n.parse::<u64>().ok())
+                    .is_some_and(|n| n > 0)
+            })
+    })
+    .await;
+    assert!(draining, "the status shows the drain and how far behind");
     let result = tokio::time::timeout(Duration::from_secs(180), run)
         .await
         .expect("the run ends")

@@ -14,6 +14,7 @@ use super::locked::{Committed, Inside, Rechecks, RolledBack};
 use super::rollback::RollbackFile;
 use super::{Attempt, Cutover};
 use crate::failure::{FailureKind, fail};
+use crate::model::phase::{Blocker, Wait};
 
 /// How often the monitor session asks `pg_blocking_pids` who blocks the lock request (ms).
 const WATCH_INTERVAL: Duration = Duration::from_millis(10);
@@ -323,16 +324,23 @@ impl Cutover<'_> {
         budget: &mut Budget,
     ) -> (std::result::Result<(), NotLocked>, Vec<i32>) {
         let blocking = std::sync::Mutex::new(Vec::<i32>::new());
-        // Watch who blocks the requests while they wait (pg_blocking_pids, every 10 ms).
+        self.show_wait(Some(Wait::Lock(Vec::new())));
+        // Watch who blocks the requests while they wait (pg_blocking_pids, every 10 ms), and
+        // show them.
         let watch = async {
+            let mut shown: Vec<Blocker> = Vec::new();
             loop {
-                let pids = blocking_pids(monitor, pid).await;
+                let now = blockers_of(monitor, pid).await;
                 if let Ok(mut b) = blocking.lock() {
-                    for pid in pids {
-                        if !b.contains(&pid) {
-                            b.push(pid);
+                    for blocker in &now {
+                        if !b.contains(&blocker.pid) {
+                            b.push(blocker.pid);
                         }
                     }
+                }
+                if now != shown {
+                    self.show_wait(Some(Wait::Lock(now.clone())));
+                    shown = now;
                 }
                 tokio::time::sleep(WATCH_INTERVAL).await;
             }
@@ -367,6 +375,7 @@ impl Cutover<'_> {
             r = locks => r,
             never = watch => never,
         };
+        self.show_wait(None);
         (result, blocking.into_inner().unwrap_or_default())
     }
 
@@ -436,13 +445,29 @@ impl Cutover<'_> {
     }
 }
 
-/// Sessions blocking backend `pid`'s lock request (`pg_blocking_pids`); empty on error.
-async fn blocking_pids(monitor: &Client, pid: i32) -> Vec<i32> {
-    match monitor
-        .query_one("SELECT pg_blocking_pids($1)", &[&pid])
-        .await
-    {
-        Ok(row) => row.get::<_, Vec<i32>>(0),
+/// Sessions blocking backend `pid`'s lock request (`pg_blocking_pids`), with their role,
+/// state and transaction age; empty on error.
+async fn blockers_of(monitor: &Client, pid: i32) -> Vec<Blocker> {
+    let rows = monitor
+        .query(
+            "SELECT b.pid, coalesce(a.usename::text, '?'), coalesce(a.state, '?'),
+                    coalesce(extract(epoch FROM now() - coalesce(a.xact_start, a.backend_start)), 0)::float8
+             FROM unnest(pg_blocking_pids($1)) AS b(pid)
+             LEFT JOIN pg_stat_activity a ON a.pid = b.pid
+             ORDER BY b.pid",
+            &[&pid],
+        )
+        .await;
+    match rows {
+        Ok(rows) => rows
+            .iter()
+            .map(|r| Blocker {
+                pid: r.get(0),
+                user: r.get(1),
+                state: r.get(2),
+                age: Duration::from_secs_f64(r.get::<_, f64>(3).max(0.0)),
+            })
+            .collect(),
         Err(_) => Vec::new(),
     }
 }

@@ -10,12 +10,15 @@ use anyhow::Result;
 
 use super::Cutover;
 use crate::failure::{FailureKind, fail};
+use crate::model::phase::Wait;
 
 /// Shortest and longest wait for one catch-up round's fence (1 s, 300 s); in between, ten
 /// times the drain budget. A round that reaches neither its fence nor a fit is still
 /// measured.
 const ROUND_MIN: Duration = Duration::from_secs(1);
 const ROUND_MAX: Duration = Duration::from_secs(300);
+/// How often a round's progress (changes behind) is shown.
+const SHOW_EVERY: Duration = Duration::from_millis(250);
 
 /// One catch-up round's figures.
 #[derive(Debug, Clone, Copy, Default)]
@@ -148,9 +151,20 @@ impl Cutover<'_> {
         let started = Instant::now();
         let (written_before, applied_before) = (written(), self.applier.status().changes);
         let n = self.fencer.emit().await?;
-        let reached = self.applier.wait_fence(n, limit).await;
+        // Wait for the fence in short slices, showing how far behind the applier is.
+        let reached = loop {
+            let behind = written().saturating_sub(self.applier.status().changes);
+            self.show_wait(Some(Wait::Draining { behind }));
+            let left = limit.saturating_sub(started.elapsed());
+            match self.applier.wait_fence(n, left.min(SHOW_EVERY)).await {
+                Ok(()) => break true,
+                Err(_) if left > SHOW_EVERY => self.applier.check()?,
+                Err(_) => break false,
+            }
+        };
+        self.show_wait(None);
         self.applier.check()?;
-        if reached.is_err() && self.changes_received.is_none() {
+        if !reached && self.changes_received.is_none() {
             return Ok(None);
         }
         Ok(Some(Round {

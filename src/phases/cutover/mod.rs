@@ -91,6 +91,9 @@ pub struct CutoverOptions {
     /// a postponed cutover and stops further attempts (exit 7, or 3 for the panic flag
     /// file). `None`: not watched.
     pub throttle: Option<tokio::sync::watch::Receiver<crate::ops::throttle::ThrottleState>>,
+    /// The run's progress: the cutover shows there what it waits for (postponed, a lock and
+    /// who blocks it, the drain) and the rollback script's path. `None`: not shown.
+    pub progress: Option<Arc<crate::ops::progress::Progress>>,
     /// With a revert window: the statement the cutover transaction also runs to mark the
     /// reverse stream (see `phases::revert`), so the reverse applier applies exactly what
     /// commits after it. `None`: no revert window.
@@ -184,6 +187,13 @@ pub struct Cutover<'a> {
 }
 
 impl Cutover<'_> {
+    /// Shows `what` the cutover waits for in the run's progress (`None`: nothing).
+    fn show_wait(&self, what: Option<crate::model::phase::Wait>) {
+        if let Some(progress) = &self.options.progress {
+            progress.wait(what);
+        }
+    }
+
     /// Runs the cutover on `client` (the connection that takes the lock), with `monitor` (a
     /// second session) watching who blocks the lock request: writes the rollback script,
     /// waits while postponed, logs the sessions that could block, then makes attempts until
@@ -209,10 +219,40 @@ impl Cutover<'_> {
         } else {
             rollback::RollbackFile::write(&self.options.rollback_dir, self.plan, self.script)?
         };
+        if let Some(progress) = &self.options.progress
+            && !self.revert
+        {
+            let path = std::path::absolute(rollback.path())
+                .unwrap_or_else(|_| rollback.path().to_path_buf());
+            progress.update(|s| s.rollback_script = Some(path));
+        }
         let database: String = client
             .query_one("SELECT current_database()::text", &[])
             .await?
             .get(0);
+        let result = self
+            .attempts(client, monitor, &mut rollback, database)
+            .await;
+        self.show_wait(None);
+        if result.is_err()
+            && !self.revert
+            && let Some(progress) = &self.options.progress
+        {
+            // Nothing was cut over: the script is removed.
+            progress.update(|s| s.rollback_script = None);
+        }
+        result
+    }
+
+    /// Waits while postponed, then makes attempts until one commits; after the commit runs
+    /// the after-commit steps and writes the cutover record. See [`Cutover::run`].
+    async fn attempts(
+        &self,
+        client: &mut Client,
+        monitor: &Client,
+        rollback: &mut rollback::RollbackFile,
+        database: String,
+    ) -> Result<CutoverReport> {
         self.wait_while_postponed().await?;
         for (_, who) in blockers(client, self.plan.original.oid).await? {
             tracing::warn!("before cutover: {who}");
@@ -220,7 +260,7 @@ impl Cutover<'_> {
         let mut attempts = attempt::Attempts::start(client, self.options.kill_blockers).await?;
         let committed = loop {
             if let Some(committed) = self
-                .attempt(client, monitor, &mut attempts, &mut rollback)
+                .attempt(client, monitor, &mut attempts, rollback)
                 .await?
             {
                 break committed;
