@@ -35,6 +35,7 @@ mod rollback_script;
 mod run_behaviour;
 mod status;
 mod throttle;
+mod throttle_sources;
 mod type_matrix;
 mod unique_violation;
 mod verify_command;
