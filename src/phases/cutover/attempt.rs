@@ -10,11 +10,13 @@ use std::time::{Duration, Instant};
 use anyhow::{Context, Result};
 use tokio_postgres::{Client, Transaction};
 
+use super::budget::Budget;
 use super::locked::{Committed, Inside, Rechecks, RolledBack};
 use super::rollback::RollbackFile;
 use super::{Attempt, Cutover};
 use crate::failure::{FailureKind, fail};
 use crate::model::phase::{Blocker, Wait};
+use crate::ops::progress::AttemptEvent;
 
 /// How often the monitor session asks `pg_blocking_pids` who blocks the lock request (ms).
 const WATCH_INTERVAL: Duration = Duration::from_millis(10);
@@ -86,55 +88,6 @@ impl Attempts {
     }
 }
 
-/// The two limits of one attempt (docs/design.md §4.2): all of its lock waits together
-/// stay within `wait` (`--lock-timeout`), and its locks are held, from the first one granted
-/// to the commit or rollback, for at most `hold` (`--max-lock-hold`).
-#[derive(Debug, Clone, Copy)]
-pub(super) struct Budget {
-    /// `--lock-timeout` (or the control socket's `lock-timeout=MS`): the attempt's lock waits
-    /// together.
-    wait: Duration,
-    /// `--max-lock-hold`.
-    hold: Duration,
-    /// Time spent in lock requests so far.
-    waited: Duration,
-    /// When the first lock was granted (its statement returned).
-    first_lock: Option<Instant>,
-}
-
-impl Budget {
-    /// A fresh budget: `wait` for the waits, `hold` for the hold.
-    fn new(wait: Duration, hold: Duration) -> Budget {
-        Budget {
-            wait,
-            hold,
-            waited: Duration::ZERO,
-            first_lock: None,
-        }
-    }
-
-    /// What is left of the wait budget.
-    pub(super) fn wait_left(&self) -> Duration {
-        self.wait.saturating_sub(self.waited)
-    }
-
-    /// When the hold must end (`None` before the first lock).
-    pub(super) fn hold_deadline(&self) -> Option<Instant> {
-        self.first_lock.map(|first| first + self.hold)
-    }
-
-    /// The `lock_timeout` for the next lock request: what is left of the wait budget, and of
-    /// the hold once a lock is held; zero when nothing is left.
-    fn next_timeout(&self, now: Instant) -> Duration {
-        match self.hold_deadline() {
-            Some(deadline) => self
-                .wait_left()
-                .min(deadline.saturating_duration_since(now)),
-            None => self.wait_left(),
-        }
-    }
-}
-
 /// Why an attempt's lock requests did not all succeed.
 enum NotLocked {
     /// The budget ran out: a request timed out, or nothing was left for the next one.
@@ -198,9 +151,7 @@ impl Cutover<'_> {
                 predicted: Duration::ZERO,
                 held: Duration::ZERO,
             };
-            attempts
-                .history
-                .push(tried.record("lock timeout", Vec::new()));
+            self.record(attempts, tried.record("lock timeout", Vec::new()));
             self.lock_timed_out(client, attempts, &tried, &[]).await?;
             return Ok(None);
         };
@@ -229,9 +180,7 @@ impl Cutover<'_> {
             if let NotLocked::Failed(e) = not_locked {
                 return Err(anyhow::Error::new(e).context("locking the table for cutover"));
             }
-            attempts
-                .history
-                .push(tried.record("lock timeout", blocking.clone()));
+            self.record(attempts, tried.record("lock timeout", blocking.clone()));
             self.lock_timed_out(client, attempts, &tried, &blocking)
                 .await?;
             return Ok(None);
@@ -242,15 +191,13 @@ impl Cutover<'_> {
         {
             Inside::Committed(committed) => {
                 tried.held = committed.lock_held;
-                attempts.history.push(tried.record("granted", Vec::new()));
+                self.record(attempts, tried.record("granted", Vec::new()));
                 committed.log(attempt);
                 Ok(Some(committed))
             }
             Inside::RolledBack { why, held } => {
                 tried.held = held;
-                attempts
-                    .history
-                    .push(tried.record(why.outcome(), Vec::new()));
+                self.record(attempts, tried.record(why.outcome(), Vec::new()));
                 tracing::warn!(
                     attempt,
                     held_ms = held.as_millis() as u64,
@@ -264,6 +211,19 @@ impl Cutover<'_> {
                 Ok(None)
             }
         }
+    }
+
+    /// Records a finished attempt, and tells the run's progress (the metrics).
+    fn record(&self, attempts: &mut Attempts, attempt: Attempt) {
+        if let Some(progress) = &self.options.progress {
+            progress.cutover_attempt(&AttemptEvent {
+                outcome: attempt.outcome.clone(),
+                lock_wait: Duration::from_secs_f64(attempt.lock_wait_ms / 1000.0),
+                lock_held: Duration::from_secs_f64(attempt.lock_held_ms / 1000.0),
+                blockers: attempt.blockers.len(),
+            });
+        }
+        attempts.history.push(attempt);
     }
 
     /// The attempt's lock timeout: the live value from the control socket

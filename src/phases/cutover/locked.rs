@@ -9,7 +9,7 @@ use anyhow::{Context, Result};
 use tokio_postgres::{Client, Transaction};
 
 use super::Cutover;
-use super::attempt::Budget;
+use super::budget::Budget;
 use super::rollback::RollbackFile;
 use crate::failure::{FailureKind, fail};
 use crate::model::catalog;

@@ -20,13 +20,15 @@
 //! | `script.rs` | the forward SQL and the rollback script; the script written before any COMMIT, removed if none is sent (§4.4, §4.5) |
 //! | `postpone.rs` | waiting while postponed: flag file, control socket, failing `before-cutover` hook (§4) |
 //! | `drain.rs` | catch-up rounds before each attempt until the drain under the lock is predicted to fit (§4.1) |
-//! | `attempt.rs` | one attempt: `lock_timeout`, the locks, blockers reported and killed, backoff with jitter (§4.2) |
+//! | `attempt.rs` | one attempt: the locks one relation at a time within one budget, blockers reported and killed, backoff with jitter (§4.2) |
+//! | `budget.rs` | an attempt's limits: the lock budget for all its waits, the bound on its lock hold (§4.2) |
 //! | `locked.rs` | under the lock: fingerprint and dependents re-checks, fence and drain, deferred keys, renames, COMMIT (§4.3, §4.4) |
 //! | `after_commit.rs` | foreign-key validations and materialized view rebuilds (§4.4) |
 //! | `record.rs` | the JSON cutover record (§4.5) |
 
 mod after_commit;
 mod attempt;
+mod budget;
 mod drain;
 mod locked;
 mod postpone;
