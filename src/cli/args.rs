@@ -126,6 +126,14 @@ pub(crate) struct TuningArgs {
     /// the cutover commits.
     #[arg(long, value_parser = humantime::parse_duration)]
     pub(crate) revert_window: Option<Duration>,
+    /// Serve Prometheus metrics at http://ADDR/metrics, e.g. 127.0.0.1:9187 (port 0: any free
+    /// port, logged and shown by `status --json`).
+    #[arg(long, value_name = "ADDR")]
+    pub(crate) metrics_listen: Option<std::net::SocketAddr>,
+    /// Seconds the metrics endpoint stays up after the run ends, until one more scrape has
+    /// seen the exit (doppel_exit_code).
+    #[arg(long, default_value_t = 30, value_name = "SECONDS")]
+    pub(crate) metrics_linger: u64,
 }
 
 #[derive(ValueEnum, Clone, Copy, Debug)]
@@ -200,5 +208,7 @@ pub(crate) fn run_options(
         display,
         status_interval: Duration::from_secs(t.status_interval.max(1)),
         revert_window: t.revert_window,
+        metrics_listen: t.metrics_listen,
+        metrics_linger: Duration::from_secs(t.metrics_linger),
     })
 }

@@ -15,12 +15,42 @@ use crate::model::phase::{Phase, Wait};
 use crate::ops::throttle::ThrottleState;
 
 /// Shared progress counters, updated by the phases and read by the reporter.
-#[derive(Debug)]
 pub struct Progress {
     inner: Mutex<State>,
     started: Instant,
     /// Recent samples of the counters, for the rates (see [`Progress::sample`]).
     samples: Mutex<VecDeque<Sample>>,
+    /// Who is told of each event (the metrics' histograms and counters).
+    observer: Mutex<Option<Arc<dyn Observer>>>,
+}
+
+impl std::fmt::Debug for Progress {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Progress")
+            .field("state", &self.snapshot())
+            .finish_non_exhaustive()
+    }
+}
+
+/// One cutover (or revert) attempt, as its events report it.
+#[derive(Debug, Clone, PartialEq)]
+pub struct AttemptEvent {
+    /// `granted`, `lock timeout`, `drain timeout` or `lock hold limit`.
+    pub outcome: String,
+    /// Time spent waiting for the locks.
+    pub lock_wait: Duration,
+    /// Time the locks were held, first lock to commit or rollback (zero if none was).
+    pub lock_held: Duration,
+    /// Sessions seen blocking its lock requests.
+    pub blockers: usize,
+}
+
+/// What is told of each event as it happens (the counters only give totals).
+pub trait Observer: Send + Sync {
+    /// A backfill chunk was copied in `took`.
+    fn chunk(&self, took: Duration);
+    /// A cutover attempt ended.
+    fn attempt(&self, attempt: &AttemptEvent);
 }
 
 /// A snapshot of the counters.
@@ -69,6 +99,12 @@ pub struct State {
     pub rollback_script: Option<PathBuf>,
     /// The revert window, once it is open (`--revert-window`).
     pub window: Option<WindowView>,
+    /// Where the metrics are served (`--metrics-listen`), once they are.
+    pub metrics: Option<std::net::SocketAddr>,
+    /// The run's exit code once it ended (0: migrated), with its class (`migrated`,
+    /// `internal`, `refused`, `aborted`, `stream lost`, `lock budget`, `verification`,
+    /// `critical`, `conflict`).
+    pub exit: Option<(u8, &'static str)>,
 }
 
 /// An index build on the shadow, as `pg_stat_progress_create_index` shows it.
@@ -250,7 +286,26 @@ impl Progress {
             inner: Mutex::new(State::default()),
             started: Instant::now(),
             samples: Mutex::new(VecDeque::new()),
+            observer: Mutex::new(None),
         })
+    }
+
+    /// Tells `observer` of every event from now on (one observer; a second replaces it).
+    pub fn observe(&self, observer: Arc<dyn Observer>) {
+        if let Ok(mut o) = self.observer.lock() {
+            *o = Some(observer);
+        }
+    }
+
+    fn observer(&self) -> Option<Arc<dyn Observer>> {
+        self.observer.lock().ok().and_then(|o| o.clone())
+    }
+
+    /// Records a cutover attempt's end.
+    pub fn cutover_attempt(&self, attempt: &AttemptEvent) {
+        if let Some(o) = self.observer() {
+            o.attempt(attempt);
+        }
     }
 
     /// Updates the counters under the lock.
@@ -282,6 +337,9 @@ impl Progress {
             s.chunks += 1;
             s.last_chunk = Some(took);
         });
+        if let Some(o) = self.observer() {
+            o.chunk(took);
+        }
     }
 
     /// Takes a sample of the counters for [`Progress::rates`]; called every few hundred ms
@@ -402,6 +460,7 @@ impl Progress {
             "copy_s": s.copy_time().as_secs_f64(),
             "eta_s": s.copy_eta().map(|d| d.as_secs()),
             "rollback_script": s.rollback_script.as_ref().map(|p| p.display().to_string()),
+            "metrics": s.metrics.map(|a| format!("http://{a}/metrics")),
             "line": self.status_line(),
             "window": s.window.as_ref().map(|w| w.to_json()),
         })

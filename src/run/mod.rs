@@ -299,6 +299,7 @@ impl<'a> Run<'a> {
         match result {
             Ok(report) => {
                 self.operator.hook("on-success").await.ok();
+                self.operator.ended(0, self.options.metrics_linger).await;
                 Ok(Outcome::Migrated(Box::new(report)))
             }
             Err(e) => {
@@ -306,6 +307,8 @@ impl<'a> Run<'a> {
                 if !self.created.cut_over {
                     self.remove_created().await;
                 }
+                let code = crate::failure::exit_code(&e);
+                self.operator.ended(code, self.options.metrics_linger).await;
                 Err(e)
             }
         }

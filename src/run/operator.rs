@@ -16,6 +16,7 @@ use tokio::sync::watch;
 use crate::failure::{FailureKind, fail};
 use crate::ops::control::{ControlServer, Controls};
 use crate::ops::hooks::{HookEnv, Hooks};
+use crate::ops::metrics::{Metrics, MetricsServer};
 use crate::ops::progress::Progress;
 use crate::ops::throttle::LiveThrottle;
 use crate::plan::Plan;
@@ -28,6 +29,7 @@ pub struct Operator {
     server: Option<ControlServer>,
     plan: Arc<Plan>,
     progress: Arc<Progress>,
+    metrics: Option<MetricsServer>,
     tasks: Vec<tokio::task::JoinHandle<()>>,
 }
 
@@ -35,7 +37,10 @@ impl Operator {
     /// Starts the control socket at `socket` (when given) for `plan`'s run, with the live
     /// settings initialised from `options`.
     ///
-    /// Errors: the socket cannot be created, or another run answers on it.
+    /// Starts the metrics endpoint too with `--metrics-listen`.
+    ///
+    /// Errors: the socket cannot be created, or another run answers on it; the metrics
+    /// address cannot be bound.
     pub async fn start(
         plan: Arc<Plan>,
         progress: Arc<Progress>,
@@ -67,14 +72,34 @@ impl Operator {
             }
             None => None,
         };
+        let metrics = match options.metrics_listen {
+            Some(addr) => Some(MetricsServer::start(addr, Metrics::new(), progress.clone()).await?),
+            None => None,
+        };
         Ok(Operator {
             controls,
             hooks,
             server,
             plan,
             progress,
+            metrics,
             tasks: Vec::new(),
         })
+    }
+
+    /// The run ended with exit code `code`: the metrics show it, and their endpoint stays up
+    /// until one more scrape (at most `linger`).
+    pub async fn ended(&self, code: u8, linger: std::time::Duration) {
+        self.progress
+            .update(|s| s.exit = Some((code, crate::failure::exit_class(code))));
+        if let Some(metrics) = &self.metrics {
+            tracing::info!(
+                "run ended (exit {code}); the metrics endpoint http://{}/metrics stays up until the next scrape (at most {} s)",
+                metrics.addr(),
+                linger.as_secs()
+            );
+            metrics.linger(linger).await;
+        }
     }
 
     /// The control socket's path, if it runs.

@@ -57,6 +57,12 @@ pub struct RunOptions {
     pub display: progress::Display,
     /// Interval between status lines.
     pub status_interval: Duration,
+    /// `--metrics-listen`: serve Prometheus metrics at `http://ADDR/metrics` (port 0: any free
+    /// port; `status --json` names it). `None` (the default): no endpoint.
+    pub metrics_listen: Option<std::net::SocketAddr>,
+    /// `--metrics-linger`: after the run ends, keep the metrics endpoint up until one more
+    /// scrape (so the exit is seen), at most this long.
+    pub metrics_linger: Duration,
     /// `--revert-window`: after the cutover commits, keep streaming the new table's changes
     /// back into the kept old table for this long, so `doppel ctl .. revert` loses nothing.
     /// `None` (the default): the run ends at the cutover.
@@ -90,6 +96,8 @@ impl RunOptions {
             display: progress::Display::Lines,
             status_interval: Duration::from_secs(10),
             revert_window: None,
+            metrics_listen: None,
+            metrics_linger: Duration::from_secs(30),
         }
     }
 }

@@ -24,6 +24,7 @@ mod faults;
 mod interrupted_run;
 mod kill_phases;
 mod lock_budget;
+mod metrics;
 mod online_migration;
 mod operator;
 mod preflight_refusals;
