@@ -1,5 +1,5 @@
-//! Flags shared by several subcommands: the connection, the tuning of a run (also the
-//! demo's), the log format and the progress display.
+//! Flags shared by several subcommands: the connection, the tuning of a run, the log format
+//! and the progress display (the demo takes only a few of them, see `demo.rs`).
 
 use std::io::IsTerminal;
 use std::path::PathBuf;
@@ -111,7 +111,7 @@ pub(crate) struct TuningArgs {
     /// on-failure, on-status).
     #[arg(long)]
     pub(crate) hooks_dir: Option<PathBuf>,
-    /// Directory for the rollback script (default: the current directory).
+    /// Directory for the rollback script and the cutover record.
     #[arg(long, default_value = ".")]
     pub(crate) rollback_dir: PathBuf,
     /// Progress display: bars on a TTY, status lines otherwise.
@@ -149,6 +149,16 @@ pub(crate) enum ProgressMode {
     Lines,
 }
 
+/// How progress is shown for `--progress`: bars on a terminal for `auto`.
+pub(crate) fn display(mode: ProgressMode) -> Display {
+    match mode {
+        ProgressMode::Bars => Display::Bars,
+        ProgressMode::Lines => Display::Lines,
+        ProgressMode::Auto if std::io::stderr().is_terminal() => Display::Bars,
+        ProgressMode::Auto => Display::Lines,
+    }
+}
+
 /// The library's run options from the command line's.
 ///
 /// Errors: a `--throttle-replica` DSN that does not parse.
@@ -158,12 +168,7 @@ pub(crate) fn run_options(
     execute: bool,
     t: &TuningArgs,
 ) -> anyhow::Result<RunOptions> {
-    let display = match t.progress {
-        ProgressMode::Bars => Display::Bars,
-        ProgressMode::Lines => Display::Lines,
-        ProgressMode::Auto if std::io::stderr().is_terminal() => Display::Bars,
-        ProgressMode::Auto => Display::Lines,
-    };
+    let display = display(t.progress);
     let mut replicas = Vec::new();
     for dsn in &t.throttle_replicas {
         replicas.push(conninfo::resolve(Some(dsn))?);

@@ -6,4 +6,5 @@ pub mod control;
 pub mod hooks;
 pub mod metrics;
 pub mod progress;
+pub mod registry;
 pub mod throttle;

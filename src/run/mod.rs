@@ -194,8 +194,17 @@ impl<'a> Run<'a> {
         let socket = options.control_socket.clone().unwrap_or_else(|| {
             crate::ops::control::default_path(&options.work_dir, plan.original.oid)
         });
+        let database: String = control
+            .query_one("SELECT current_database()::text", &[])
+            .await?
+            .get(0);
+        let place = operator::Place {
+            server: conninfo::describe(config),
+            database,
+            socket: Some(socket),
+        };
         let mut operator =
-            Operator::start(plan.clone(), progress.clone(), hooks, Some(socket), options).await?;
+            Operator::start(plan.clone(), progress.clone(), hooks, place, options).await?;
         let (abort, internal) = Cancel::new();
         operator.drive_abort(abort.clone());
         let outer = cancel.clone();
@@ -303,7 +312,7 @@ impl<'a> Run<'a> {
                 Ok(Outcome::Migrated(Box::new(report)))
             }
             Err(e) => {
-                self.operator.hook("on-failure").await.ok();
+                self.operator.failed(&e).await;
                 if !self.created.cut_over {
                     self.remove_created().await;
                 }

@@ -18,8 +18,45 @@ use crate::ops::control::{ControlServer, Controls};
 use crate::ops::hooks::{HookEnv, Hooks};
 use crate::ops::metrics::{Metrics, MetricsServer};
 use crate::ops::progress::Progress;
+use crate::ops::registry::{Registration, RunEntry};
 use crate::ops::throttle::LiveThrottle;
 use crate::plan::Plan;
+
+/// Where a run is: the server and database it migrates in, and its control socket.
+pub struct Place {
+    /// `user@host:port/db` of the connection.
+    pub server: String,
+    /// `current_database()`.
+    pub database: String,
+    /// The control socket's path (`None`: no socket).
+    pub socket: Option<PathBuf>,
+}
+
+/// Writes the run's registry file in the work directory (see [`crate::ops::registry`]).
+///
+/// Errors: the file cannot be written.
+fn register(
+    place: &Place,
+    plan: &Plan,
+    socket: &std::path::Path,
+    progress: &Progress,
+    options: &crate::run::RunOptions,
+) -> Result<Registration> {
+    let entry = RunEntry {
+        pid: std::process::id(),
+        server: place.server.clone(),
+        database: place.database.clone(),
+        schema: plan.original.schema.clone(),
+        table: plan.original.name.clone(),
+        oid: plan.original.oid,
+        socket: std::path::absolute(socket).unwrap_or_else(|_| socket.to_path_buf()),
+        metrics: progress
+            .snapshot()
+            .metrics
+            .map(|a| format!("http://{a}/metrics")),
+    };
+    Registration::write(&options.work_dir, &entry)
+}
 
 /// Controls, socket and hooks of one run.
 pub struct Operator {
@@ -28,8 +65,12 @@ pub struct Operator {
     hooks: Hooks,
     server: Option<ControlServer>,
     plan: Arc<Plan>,
+    /// The database the run migrates in.
+    database: String,
     progress: Arc<Progress>,
     metrics: Option<MetricsServer>,
+    /// The run's registry file (`doppel ctl` finds the socket through it).
+    _registration: Option<Registration>,
     tasks: Vec<tokio::task::JoinHandle<()>>,
 }
 
@@ -45,7 +86,7 @@ impl Operator {
         plan: Arc<Plan>,
         progress: Arc<Progress>,
         hooks: Hooks,
-        socket: Option<PathBuf>,
+        place: Place,
         options: &crate::run::RunOptions,
     ) -> Result<Operator> {
         let controls = Controls::new(
@@ -59,12 +100,17 @@ impl Operator {
             false,
         );
         controls.set_max_retained_wal(options.throttle.max_retained_wal.unwrap_or(0));
-        let server = match socket {
+        let server = match place.socket.clone() {
             Some(path) => {
                 let server =
                     ControlServer::start(&path, controls.clone(), progress.clone()).await?;
+                let work_dir = if options.work_dir == std::env::temp_dir() {
+                    String::new()
+                } else {
+                    format!(" --work-dir {}", options.work_dir.display())
+                };
                 tracing::info!(
-                    "control socket: {} (e.g. `doppel ctl --table {} status`)",
+                    "control socket: {} (e.g. `doppel ctl --table {}{work_dir} status`)",
                     server.path().display(),
                     plan.original.qualified()
                 );
@@ -76,15 +122,34 @@ impl Operator {
             Some(addr) => Some(MetricsServer::start(addr, Metrics::new(), progress.clone()).await?),
             None => None,
         };
+        let registration = match &server {
+            Some(socket) => Some(register(&place, &plan, socket.path(), &progress, options)?),
+            None => None,
+        };
         Ok(Operator {
             controls,
             hooks,
             server,
             plan,
+            database: place.database,
             progress,
             metrics,
+            _registration: registration,
             tasks: Vec::new(),
         })
+    }
+
+    /// Runs the `on-failure` hook with the run's exit code (`DOPPEL_EXIT_CODE`) and error
+    /// (`DOPPEL_ERROR`); a failure of the hook is logged.
+    pub async fn failed(&self, error: &anyhow::Error) {
+        let mut env = env_for(&self.plan, &self.database, &self.progress);
+        env.exit_code = Some(crate::failure::exit_code(error));
+        env.error = Some(format!("{error:#}"));
+        match self.hooks.run("on-failure", &env).await {
+            Ok(outcome) if outcome.failed() => tracing::warn!("hook on-failure: {outcome}"),
+            Ok(_) => {}
+            Err(e) => tracing::warn!("hook on-failure: {e:#}"),
+        }
     }
 
     /// The run ended with exit code `code`: the metrics show it, and their endpoint stays up
@@ -152,13 +217,14 @@ impl Operator {
         }
         let hooks = self.hooks.clone();
         let plan = self.plan.clone();
+        let database = self.database.clone();
         let progress = self.progress.clone();
         self.tasks.push(tokio::spawn(async move {
             let mut tick = tokio::time::interval(Duration::from_secs(60));
             tick.tick().await;
             loop {
                 tick.tick().await;
-                let env = env_for(&plan, &progress);
+                let env = env_for(&plan, &database, &progress);
                 if let Ok(outcome) = hooks.run("on-status", &env).await
                     && outcome.failed()
                 {
@@ -168,6 +234,7 @@ impl Operator {
         }));
         let hooks = self.hooks.clone();
         let plan = self.plan.clone();
+        let database = self.database.clone();
         let progress = self.progress.clone();
         let mut throttle = throttle;
         self.tasks.push(tokio::spawn(async move {
@@ -175,7 +242,7 @@ impl Operator {
             loop {
                 let now = !throttle.borrow_and_update().reasons.is_empty();
                 if now && !was {
-                    let env = env_for(&plan, &progress);
+                    let env = env_for(&plan, &database, &progress);
                     if let Ok(outcome) = hooks.run("on-throttled", &env).await
                         && outcome.failed()
                     {
@@ -194,7 +261,7 @@ impl Operator {
     /// the run (exit 3); `before-cutover` failing postpones the cutover until the operator sends
     /// `cut-over`; other failures are logged.
     pub async fn hook(&self, name: &str) -> Result<()> {
-        let env = env_for(&self.plan, &self.progress);
+        let env = env_for(&self.plan, &self.database, &self.progress);
         let outcome = self.hooks.run(name, &env).await?;
         if !outcome.failed() {
             return Ok(());
@@ -230,7 +297,7 @@ impl Drop for Operator {
 }
 
 /// The `DOPPEL_*` environment for a hook, from the plan and the progress counters.
-pub fn env_for(plan: &Plan, progress: &Progress) -> HookEnv {
+pub fn env_for(plan: &Plan, database: &str, progress: &Progress) -> HookEnv {
     let s = progress.snapshot();
     HookEnv {
         table: plan.original.qualified(),
@@ -249,5 +316,10 @@ pub fn env_for(plan: &Plan, progress: &Progress) -> HookEnv {
         lag_ms: s.throttle.replica_lag_ms,
         elapsed_s: progress.elapsed().as_secs(),
         eta_s: s.copy_eta().map(|d| d.as_secs()),
+        database: database.to_string(),
+        // Only while the script is on disk (a failed cutover removes it).
+        rollback_script: s.rollback_script.filter(|p| p.exists()),
+        exit_code: None,
+        error: None,
     }
 }

@@ -215,7 +215,9 @@ impl Stand {
         let mut lines: Vec<&str> = stdout
             .lines()
             .filter(|l| {
-                !l.starts_with("removed change spool") && !l.starts_with("removed control socket")
+                !l.starts_with("removed change spool")
+                    && !l.starts_with("removed control socket")
+                    && !l.starts_with("removed run registry file")
             })
             .collect();
         if lines.is_empty() {
@@ -227,8 +229,9 @@ impl Stand {
             .flatten()
             .map(|e| e.file_name().to_string_lossy().to_string())
             .filter(|n| {
-                n.starts_with(&format!("doppel-{}", self.oid))
-                    && (n.ends_with(".spool") || n.ends_with(".sock"))
+                (n.starts_with(&format!("doppel-{}", self.oid))
+                    && (n.ends_with(".spool") || n.ends_with(".sock")))
+                    || n.starts_with(&format!("doppel-run-{}-", self.oid))
             })
             .collect();
         assert!(

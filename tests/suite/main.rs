@@ -21,6 +21,7 @@ mod decoded_before_visible;
 mod dependents;
 mod e2e_pgbench;
 mod faults;
+mod interface;
 mod interrupted_run;
 mod kill_phases;
 mod lock_budget;
