@@ -209,12 +209,11 @@ impl Cutover<'_> {
         budget: &Budget,
     ) -> Result<Inside> {
         let plan = self.plan;
-        let first_lock = budget.hold_deadline().map_or_else(Instant::now, |d| {
-            d.checked_sub(self.options.max_lock_hold)
-                .unwrap_or_else(Instant::now)
-        });
+        let first_lock = budget.first_lock.unwrap_or_else(Instant::now);
         let hold = Hold {
-            deadline: first_lock + self.options.max_lock_hold,
+            deadline: budget
+                .hold_deadline()
+                .unwrap_or(first_lock + self.options.max_lock_hold),
             token: tx.cancel_token(),
         };
         let mut laps = Laps::new(first_lock);
