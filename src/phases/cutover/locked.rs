@@ -111,6 +111,11 @@ struct Hold {
 }
 
 impl Hold {
+    /// What is left until the deadline.
+    fn left(&self) -> Duration {
+        self.deadline.saturating_duration_since(Instant::now())
+    }
+
     /// Runs the server statement(s) `work` until the deadline; past it, cancels the
     /// statement on the server and returns `None` (the caller rolls back).
     async fn bounded<T>(&self, work: impl std::future::Future<Output = T>) -> Option<T> {
@@ -341,18 +346,33 @@ impl Cutover<'_> {
         laps.lap("deferred keys re-check");
         // The swap (§4.4).
         for statement in &self.script.forward {
-            match hold.bounded(tx.batch_execute(statement)).await {
+            // The server enforces the deadline too (statement_timeout, what is left of the
+            // hold), without the cancel request's round trips.
+            let bounded = format!(
+                "SET LOCAL statement_timeout = '{}ms'; {statement}",
+                hold.left().as_millis().max(1)
+            );
+            match hold.bounded(tx.batch_execute(&bounded)).await {
                 None => return retry(RolledBack::HoldLimit),
                 Some(Ok(())) => {}
-                Some(Err(e)) if e.as_db_error().is_some_and(|d| d.code().code() == "55P03") => {
-                    return retry(RolledBack::LockTimeout);
-                }
-                Some(Err(e)) => {
-                    return Err(anyhow::Error::new(e).context(format!(
-                        "cutover statement failed, rolled back ({statement})"
-                    )));
-                }
+                Some(Err(e)) => match e.as_db_error().map(|d| d.code().code()) {
+                    Some("55P03") => return retry(RolledBack::LockTimeout),
+                    Some("57014") => return retry(RolledBack::HoldLimit),
+                    _ => {
+                        return Err(anyhow::Error::new(e).context(format!(
+                            "cutover statement failed, rolled back ({statement})"
+                        )));
+                    }
+                },
             }
+        }
+        // COMMIT is never cut short by a statement timeout.
+        match hold
+            .bounded(tx.batch_execute("SET LOCAL statement_timeout = 0"))
+            .await
+        {
+            None => return retry(RolledBack::HoldLimit),
+            Some(done) => done?,
         }
         let (fence, snapshot) = match self.revert {
             false => match hold.bounded(self.mark(tx, rollback)).await {
