@@ -207,6 +207,23 @@ pub fn exit_code(err: &anyhow::Error) -> u8 {
     kind_of(err).map(FailureKind::exit_code).unwrap_or(1)
 }
 
+/// The class of an exit code, as the metrics label it (`doppel_exit{class}`): `migrated`
+/// (0), `internal` (1), `refused` (2), `aborted` (3), `stream lost` (4), `lock budget` (5),
+/// `verification` (6), `critical` (7), `conflict` (8).
+pub fn exit_class(code: u8) -> &'static str {
+    match code {
+        0 => "migrated",
+        2 => "refused",
+        3 => "aborted",
+        4 => "stream lost",
+        5 => "lock budget",
+        6 => "verification",
+        7 => "critical",
+        8 => "conflict",
+        _ => "internal",
+    }
+}
+
 /// The check behind a [`Refusal`]: one variant per thing preflight (docs/design.md §1.1) or
 /// the run's start refuses, so callers and tests can tell refusals apart by kind.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]

@@ -1,5 +1,5 @@
-//! Flags shared by several subcommands: the connection, the tuning of a run (also the
-//! demo's), the log format and the progress display.
+//! Flags shared by several subcommands: the connection, the tuning of a run, the log format
+//! and the progress display (the demo takes only a few of them, see `demo.rs`).
 
 use std::io::IsTerminal;
 use std::path::PathBuf;
@@ -39,9 +39,14 @@ pub(crate) struct TuningArgs {
     /// maintenance_work_mem for building the shadow's indexes.
     #[arg(long, default_value = "1GB")]
     pub(crate) maintenance_work_mem: String,
-    /// lock_timeout of each cutover attempt, in ms.
+    /// Lock budget of each cutover attempt, in ms: all its lock waits together (the table,
+    /// its foreign-key children and referenced tables, its views and the tables they read).
     #[arg(long, default_value_t = 200)]
     pub(crate) lock_timeout: u64,
+    /// Longest time, in ms, a cutover attempt holds its locks (first lock to commit or
+    /// rollback); past it the attempt rolls back and is retried.
+    #[arg(long, default_value_t = 500)]
+    pub(crate) max_lock_hold: u64,
     /// Cutover attempts before giving up.
     #[arg(long, default_value_t = 10)]
     pub(crate) cutover_retries: u32,
@@ -106,7 +111,7 @@ pub(crate) struct TuningArgs {
     /// on-failure, on-status).
     #[arg(long)]
     pub(crate) hooks_dir: Option<PathBuf>,
-    /// Directory for the rollback script (default: the current directory).
+    /// Directory for the rollback script and the cutover record.
     #[arg(long, default_value = ".")]
     pub(crate) rollback_dir: PathBuf,
     /// Progress display: bars on a TTY, status lines otherwise.
@@ -139,6 +144,14 @@ pub(crate) struct TuningArgs {
     /// connection, a server restart) before it stops, keeping its checkpoint.
     #[arg(long, value_parser = humantime::parse_duration, default_value = "5m")]
     pub(crate) reconnect_timeout: Duration,
+    /// Serve Prometheus metrics at http://ADDR/metrics, e.g. 127.0.0.1:9187 (port 0: any free
+    /// port, logged and shown by `status --json`).
+    #[arg(long, value_name = "ADDR")]
+    pub(crate) metrics_listen: Option<std::net::SocketAddr>,
+    /// Seconds the metrics endpoint stays up after the run ends, until one more scrape has
+    /// seen the exit (doppel_exit_code).
+    #[arg(long, default_value_t = 30, value_name = "SECONDS")]
+    pub(crate) metrics_linger: u64,
 }
 
 #[derive(ValueEnum, Clone, Copy, Debug)]
@@ -154,6 +167,16 @@ pub(crate) enum ProgressMode {
     Lines,
 }
 
+/// How progress is shown for `--progress`: bars on a terminal for `auto`.
+pub(crate) fn display(mode: ProgressMode) -> Display {
+    match mode {
+        ProgressMode::Bars => Display::Bars,
+        ProgressMode::Lines => Display::Lines,
+        ProgressMode::Auto if std::io::stderr().is_terminal() => Display::Bars,
+        ProgressMode::Auto => Display::Lines,
+    }
+}
+
 /// The library's run options from the command line's.
 ///
 /// Errors: a `--throttle-replica` DSN that does not parse.
@@ -163,12 +186,7 @@ pub(crate) fn run_options(
     execute: bool,
     t: &TuningArgs,
 ) -> anyhow::Result<RunOptions> {
-    let display = match t.progress {
-        ProgressMode::Bars => Display::Bars,
-        ProgressMode::Lines => Display::Lines,
-        ProgressMode::Auto if std::io::stderr().is_terminal() => Display::Bars,
-        ProgressMode::Auto => Display::Lines,
-    };
+    let display = display(t.progress);
     let mut replicas = Vec::new();
     for dsn in &t.throttle_replicas {
         replicas.push(conninfo::resolve(Some(dsn))?);
@@ -186,6 +204,7 @@ pub(crate) fn run_options(
         verify_chunk_rows: t.verify_chunk_rows.max(1),
         maintenance_work_mem: t.maintenance_work_mem.clone(),
         lock_timeout: Duration::from_millis(t.lock_timeout.max(1)),
+        max_lock_hold: Duration::from_millis(t.max_lock_hold.max(1)),
         cutover_retries: t.cutover_retries.max(1),
         fence_timeout: Duration::from_millis(t.fence_timeout.max(1)),
         work_dir: t.work_dir.clone().unwrap_or_else(std::env::temp_dir),
@@ -216,5 +235,7 @@ pub(crate) fn run_options(
         resume: t.resume,
         resume_within: t.resume_within,
         reconnect_timeout: t.reconnect_timeout,
+        metrics_listen: t.metrics_listen,
+        metrics_linger: Duration::from_secs(t.metrics_linger),
     })
 }

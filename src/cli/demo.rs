@@ -1,19 +1,36 @@
 //! `doppel demo`: a real online migration on a throwaway local cluster.
 
+use std::time::Duration;
+
 use anyhow::Result;
 use clap::Args;
 use doppel::cancel::Cancel;
 use doppel::demo;
+use doppel::run::RunOptions;
 
-use super::args::{TuningArgs, run_options};
+use super::args::{ProgressMode, display};
 
+/// The demo's own flags; everything else is `doppel run`'s default.
 #[derive(Args, Debug)]
 pub(crate) struct DemoArgs {
     /// Rows in the demo table.
     #[arg(long, default_value_t = 1_000_000)]
     pub(crate) rows: i64,
-    #[command(flatten)]
-    pub(crate) tuning: TuningArgs,
+    /// Target duration of one backfill chunk, in ms.
+    #[arg(long, default_value_t = 100)]
+    pub(crate) chunk_time: u64,
+    /// Sessions copying chunks at once.
+    #[arg(long, default_value_t = 2)]
+    pub(crate) copy_workers: usize,
+    /// Progress display: bars on a TTY, status lines otherwise.
+    #[arg(long, value_enum, default_value_t = ProgressMode::Auto)]
+    pub(crate) progress: ProgressMode,
+    /// Seconds between status lines.
+    #[arg(long, default_value_t = 10)]
+    pub(crate) status_interval: u64,
+    /// Serve the migration's Prometheus metrics at http://ADDR/metrics while it runs.
+    #[arg(long, value_name = "ADDR")]
+    pub(crate) metrics_listen: Option<std::net::SocketAddr>,
 }
 
 /// Runs the demo and prints its one-line summary.
@@ -21,9 +38,17 @@ pub(crate) struct DemoArgs {
 /// Errors: the cluster cannot be started, the migration failed, or the result differs from
 /// the twin.
 pub(crate) async fn demo(args: DemoArgs, cancel: &Cancel) -> Result<()> {
+    let mut run = RunOptions::new("", &[]);
+    run.copy.chunk_time = Duration::from_millis(args.chunk_time.max(1));
+    run.copy_workers = args.copy_workers.max(1);
+    run.display = display(args.progress);
+    run.status_interval = Duration::from_secs(args.status_interval.max(1));
+    run.metrics_listen = args.metrics_listen;
+    // The demo ends on its own summary; it does not wait for a scrape.
+    run.metrics_linger = Duration::ZERO;
     let options = demo::DemoOptions {
         rows: args.rows,
-        run: run_options(String::new(), Vec::new(), true, &args.tuning)?,
+        run,
     };
     let r = demo::run(&options, cancel).await?;
     println!(

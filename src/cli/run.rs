@@ -7,7 +7,23 @@ use doppel::{conninfo, phases::cutover};
 
 use super::args::{ConnArgs, TuningArgs, run_options};
 
+/// The exit codes, for `doppel run --help` (the table of `doppel::failure`).
+const EXIT_CODES: &str = "Exit codes:
+  0  migrated and verified, or a dry run found nothing to refuse
+  1  internal or unexpected error (connection lost, a query failed, ...)
+  2  preflight refused (every reason listed with its fix), or an invalid command line
+  3  aborted by the operator: Ctrl-C, SIGTERM, the panic flag file, `doppel ctl .. abort`,
+     a failing on-startup / on-preflight-ok / before-copy hook
+  4  the replication stream or slot was lost
+  5  the cutover budget was exhausted (--lock-timeout, --fence-timeout, --max-lock-hold on
+     every attempt), or the writes outpaced the applier
+  6  verification found an unexplained difference
+  7  a critical threshold was crossed (--critical-retained-wal, --critical-query)
+  8  the original changed in a way the migration cannot follow (DDL, TRUNCATE), or rows the
+     new schema rejects";
+
 #[derive(Args, Debug)]
+#[command(after_help = EXIT_CODES)]
 pub(crate) struct RunArgs {
     #[command(flatten)]
     pub(crate) conn: ConnArgs,

@@ -1,8 +1,10 @@
 //! The operator's side of a run, gh-ost's conventions: progress (status line and bars),
-//! throttling (replica lag, retained WAL, load, queries, flag files), the control socket and
-//! hooks.
+//! throttling (replica lag, retained WAL, load, queries, flag files), the control socket,
+//! hooks, and the Prometheus metrics.
 
 pub mod control;
 pub mod hooks;
+pub mod metrics;
 pub mod progress;
+pub mod registry;
 pub mod throttle;

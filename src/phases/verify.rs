@@ -296,7 +296,7 @@ async fn compare_all(
                 attempt += 1;
                 report.rechecks += 1;
                 tracing::info!(
-                    "chunk {range} differs (source {} rows, target {} rows, {} key(s) listed); re-checking the chunk (attempt {attempt} of {})",
+                    "chunk {range} not settled yet (source {} rows, target {} rows, {} key(s) listed): changes still in flight from the stream; comparing it again once they are applied (pass {attempt} of {})",
                     a.0,
                     b.0,
                     keys.len(),
@@ -311,7 +311,7 @@ async fn compare_all(
                 }
                 report.rechecks += 1;
                 tracing::info!(
-                    "{} key(s) differ in chunk {range} (for example {}); re-checking them (attempt {round} of {})",
+                    "chunk {range}: {} key(s) still in flight from the stream (for example {}); comparing them again once applied (pass {round} of {})",
                     keys.len(),
                     describe_key(&keys[0]),
                     limits.rechecks

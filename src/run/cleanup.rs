@@ -19,8 +19,9 @@ use crate::sql::ident;
 /// What `doppel cleanup` may remove besides an interrupted run's leftovers.
 #[derive(Debug, Clone, Default)]
 pub struct CleanupOptions {
-    /// The interrupted run's `--work-dir`: its change spool files (`doppel-<oid>-<pid>.spool`)
-    /// and control socket (`doppel-<oid>.sock`) there are removed too.
+    /// The interrupted run's `--work-dir`: its change spool files (`doppel-<oid>-<pid>.spool`),
+    /// control socket (`doppel-<oid>.sock`) and run registry file
+    /// (`doppel-run-<oid>-<pid>.json`) there are removed too.
     pub work_dir: Option<PathBuf>,
     /// `--drop-new-table`: also drop a migrated table that a rollback or a revert swapped out
     /// (it may hold the writes made between the cutover and the rollback). Without it such a
@@ -266,7 +267,7 @@ async fn drop_revert_window(
     Ok(())
 }
 
-/// Removes the run's spool files and control socket from `dir`.
+/// Removes the run's spool files, control socket and stale run registry file from `dir`.
 fn remove_files(dir: &Path, oid: u32, report: &mut CleanupReport) -> Result<()> {
     let spool_prefix = format!("doppel-{oid}-");
     let socket = format!("doppel-{oid}.sock");
@@ -289,6 +290,11 @@ fn remove_files(dir: &Path, oid: u32, report: &mut CleanupReport) -> Result<()> 
             "change spool"
         };
         report.removed.push(format!("{what} {}", path.display()));
+    }
+    for path in crate::ops::registry::remove_stale(dir, oid) {
+        report
+            .removed
+            .push(format!("run registry file {}", path.display()));
     }
     Ok(())
 }

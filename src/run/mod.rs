@@ -151,6 +151,33 @@ async fn plan_and_lock(
     Ok((control, plan))
 }
 
+/// The table's estimated rows, shown from the start: `reltuples`, or for a table never
+/// analysed (`reltuples` -1) the planner's estimate from its size; 0 when neither is known.
+async fn rows_estimate(control: &Client, plan: &Plan) -> u64 {
+    if plan.original.rows_estimate >= 0 {
+        return plan.original.rows_estimate as u64;
+    }
+    let explain = format!(
+        "EXPLAIN (FORMAT JSON) SELECT 1 FROM ONLY {}",
+        plan.names.table_qualified()
+    );
+    match control.simple_query(&explain).await {
+        Ok(messages) => messages
+            .iter()
+            .find_map(|m| match m {
+                tokio_postgres::SimpleQueryMessage::Row(row) => row.get(0),
+                _ => None,
+            })
+            .and_then(|text| serde_json::from_str::<serde_json::Value>(text).ok())
+            .and_then(|plan| plan[0]["Plan"]["Plan Rows"].as_f64())
+            .map_or(0, |rows| rows.max(0.0) as u64),
+        Err(e) => {
+            tracing::debug!("no planner estimate of the table's rows: {e}");
+            0
+        }
+    }
+}
+
 /// Refuses `--revert-window` ([`Check::RevertWindow`]) when a changed column takes a `USING`
 /// expression: a revert would write back the plain conversion of the new value, which need
 /// not be what the column held before.
@@ -240,11 +267,22 @@ impl<'a> Run<'a> {
         let security = conninfo::security(&control, config).await?;
         tracing::info!("sessions: {} ({security})", config.describe());
         progress.update(|s| s.session_security = Some(security.to_string()));
+        let estimate = rows_estimate(&control, &plan).await;
+        progress.update(|s| s.rows_estimate = estimate);
         let socket = options.control_socket.clone().unwrap_or_else(|| {
             crate::ops::control::default_path(&options.work_dir, plan.original.oid)
         });
+        let database: String = control
+            .query_one("SELECT current_database()::text", &[])
+            .await?
+            .get(0);
+        let place = operator::Place {
+            server: config.describe(),
+            database,
+            socket: Some(socket),
+        };
         let mut operator =
-            Operator::start(plan.clone(), progress.clone(), hooks, Some(socket), options).await?;
+            Operator::start(plan.clone(), progress.clone(), hooks, place, options).await?;
         let (abort, internal) = Cancel::new();
         operator.drive_abort(abort.clone());
         let outer = cancel.clone();
@@ -280,10 +318,7 @@ impl<'a> Run<'a> {
     async fn execute(&mut self) -> Result<Outcome> {
         self.operator.hook("on-startup").await?;
         self.operator.hook("on-preflight-ok").await?;
-        self.progress.update(|s| {
-            s.rows_estimate = self.plan.original.rows_estimate.max(0) as u64;
-            s.phase = Some(Phase::Setup);
-        });
+        self.progress.update(|s| s.phase = Some(Phase::Setup));
         let _reporter = AbortOnDrop(crate::ops::progress::spawn_reporter(
             self.progress.clone(),
             self.options.display,
@@ -395,14 +430,14 @@ impl<'a> Run<'a> {
         match result {
             Ok(outcome) => {
                 self.operator.hook("on-success").await.ok();
+                self.operator.ended(0, self.options.metrics_linger).await;
                 Ok(outcome)
             }
             Err(e) => {
-                self.operator.hook("on-failure").await.ok();
+                self.operator.failed(&e).await;
                 if self.created.cut_over {
-                    return Err(e);
-                }
-                if self.keeps(&e) {
+                    // Nothing to remove: the migration is in place.
+                } else if self.keeps(&e) {
                     tracing::warn!(
                         "the run stopped; it is resumable: its shadow, its replication slot {} (which retains WAL until it is resumed or removed) and its checkpoint are kept. Continue it with the same command plus --resume, or remove it with `doppel cleanup --table {}`",
                         self.plan.names.slot,
@@ -411,6 +446,8 @@ impl<'a> Run<'a> {
                 } else {
                     self.remove_created().await;
                 }
+                let code = crate::failure::exit_code(&e);
+                self.operator.ended(code, self.options.metrics_linger).await;
                 Err(e)
             }
         }
