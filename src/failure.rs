@@ -154,6 +154,10 @@ pub enum Check {
     ConcurrentRun,
     /// `--revert-window` with an ALTER whose `USING` expression a revert cannot invert.
     RevertWindow,
+    /// A `--backfill` (or `doppel backfill --set`) assignment doppel cannot use: not
+    /// `column = expression`, a column the new table lacks, a key or generated column, a
+    /// column that also has a `USING`.
+    Backfill,
     /// `doppel cleanup` found, under the shadow's name, the migrated table a rollback or a
     /// revert swapped out (it may hold writes made after the cutover) and was not given
     /// `--drop-new-table`.

@@ -7,6 +7,7 @@ use std::time::Duration;
 
 use clap::{Args, ValueEnum};
 use doppel::conninfo;
+use doppel::ops::history::HistoryOptions;
 use doppel::ops::progress::Display;
 use doppel::ops::throttle::ThrottleOptions;
 use doppel::phases::backfill::CopyOptions;
@@ -67,6 +68,68 @@ pub(crate) struct TuningArgs {
     /// Grace period, in ms, before --kill-blockers cancels a blocking session.
     #[arg(long, default_value_t = 2000)]
     pub(crate) kill_blockers_grace: u64,
+    #[command(flatten)]
+    pub(crate) throttle: ThrottleArgs,
+    /// Control socket path (default: `<work dir>/doppel-<table oid>.sock`).
+    #[arg(long)]
+    pub(crate) control_socket: Option<PathBuf>,
+    /// Directory of hook executables named after phases (on-startup, on-preflight-ok,
+    /// before-copy, copy-complete, on-throttled, before-cutover, after-cutover, on-success,
+    /// on-failure, on-status).
+    #[arg(long)]
+    pub(crate) hooks_dir: Option<PathBuf>,
+    /// Directory for the rollback script (default: the current directory).
+    #[arg(long, default_value = ".")]
+    pub(crate) rollback_dir: PathBuf,
+    /// Progress display: bars on a TTY, status lines otherwise.
+    #[arg(long, value_enum, default_value_t = ProgressMode::Auto)]
+    pub(crate) progress: ProgressMode,
+    /// Seconds between status lines.
+    #[arg(long, default_value_t = 10)]
+    pub(crate) status_interval: u64,
+    /// After the cutover, keep streaming the new table's changes back into the kept old
+    /// table for this long (e.g. `30m`, `2h`), so `doppel ctl --table T revert` swaps back
+    /// without losing a write (`finalize` ends it early). Off by default: doppel exits once
+    /// the cutover commits.
+    #[arg(long, value_parser = humantime::parse_duration)]
+    pub(crate) revert_window: Option<Duration>,
+}
+
+/// Where runs are recorded (`doppel run`, `doppel backfill`, `doppel history`).
+#[derive(Args, Debug, Clone)]
+pub(crate) struct HistoryArgs {
+    /// Do not record this run in the history table.
+    #[arg(long)]
+    pub(crate) no_history: bool,
+    /// The history table, `schema.table` (created on first use).
+    #[arg(long, default_value = "doppel.migrations")]
+    pub(crate) history_table: String,
+}
+
+impl HistoryArgs {
+    /// The library's history options.
+    ///
+    /// Errors: a `--history-table` that is not `schema.table`.
+    pub(crate) fn options(&self) -> anyhow::Result<HistoryOptions> {
+        let mut options = HistoryOptions::parse(&self.history_table)?;
+        options.enabled = !self.no_history;
+        Ok(options)
+    }
+}
+
+/// `--strategy`.
+#[derive(ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum StrategyChoice {
+    /// Per clause, the least-locking strategy: direct, online recipe or shadow.
+    Auto,
+    /// The shadow-table migration for every clause.
+    Shadow,
+}
+
+/// When to slow down or abort: the throttles and critical thresholds every run has (`doppel
+/// run`, `doppel backfill`).
+#[derive(Args, Debug, Clone)]
+pub(crate) struct ThrottleArgs {
     /// Throttle while a standby's replay lag exceeds this many ms (pg_stat_replication, and
     /// the heartbeat on each --throttle-replica).
     #[arg(long)]
@@ -98,29 +161,40 @@ pub(crate) struct TuningArgs {
     /// Abort (and clean up) as soon as this file exists.
     #[arg(long)]
     pub(crate) panic_flag_file: Option<PathBuf>,
-    /// Control socket path (default: `<work dir>/doppel-<table oid>.sock`).
-    #[arg(long)]
-    pub(crate) control_socket: Option<PathBuf>,
-    /// Directory of hook executables named after phases (on-startup, on-preflight-ok,
-    /// before-copy, copy-complete, on-throttled, before-cutover, after-cutover, on-success,
-    /// on-failure, on-status).
-    #[arg(long)]
-    pub(crate) hooks_dir: Option<PathBuf>,
-    /// Directory for the rollback script (default: the current directory).
-    #[arg(long, default_value = ".")]
-    pub(crate) rollback_dir: PathBuf,
-    /// Progress display: bars on a TTY, status lines otherwise.
-    #[arg(long, value_enum, default_value_t = ProgressMode::Auto)]
-    pub(crate) progress: ProgressMode,
-    /// Seconds between status lines.
-    #[arg(long, default_value_t = 10)]
-    pub(crate) status_interval: u64,
-    /// After the cutover, keep streaming the new table's changes back into the kept old
-    /// table for this long (e.g. `30m`, `2h`), so `doppel ctl --table T revert` swaps back
-    /// without losing a write (`finalize` ends it early). Off by default: doppel exits once
-    /// the cutover commits.
-    #[arg(long, value_parser = humantime::parse_duration)]
-    pub(crate) revert_window: Option<Duration>,
+}
+
+impl ThrottleArgs {
+    /// The library's throttle options.
+    ///
+    /// Errors: a `--throttle-replica` DSN that does not parse.
+    pub(crate) fn options(&self) -> anyhow::Result<ThrottleOptions> {
+        let mut replicas = Vec::new();
+        for dsn in &self.throttle_replicas {
+            replicas.push(conninfo::resolve(Some(dsn))?);
+        }
+        Ok(ThrottleOptions {
+            max_replica_lag: self.max_replica_lag.map(Duration::from_millis),
+            max_replica_lag_bytes: self.max_replica_lag_bytes,
+            replicas,
+            max_retained_wal: self.max_retained_wal,
+            critical_retained_wal: self.critical_retained_wal,
+            max_active_backends: self.max_active_backends,
+            throttle_query: self.throttle_query.clone(),
+            critical_query: self.critical_query.clone(),
+            throttle_flag_file: self.throttle_flag_file.clone(),
+            panic_flag_file: self.panic_flag_file.clone(),
+        })
+    }
+}
+
+/// The progress display chosen: bars on a TTY with `auto`.
+pub(crate) fn display(mode: ProgressMode) -> Display {
+    match mode {
+        ProgressMode::Bars => Display::Bars,
+        ProgressMode::Lines => Display::Lines,
+        ProgressMode::Auto if std::io::stderr().is_terminal() => Display::Bars,
+        ProgressMode::Auto => Display::Lines,
+    }
 }
 
 #[derive(ValueEnum, Clone, Copy, Debug)]
@@ -145,16 +219,7 @@ pub(crate) fn run_options(
     execute: bool,
     t: &TuningArgs,
 ) -> anyhow::Result<RunOptions> {
-    let display = match t.progress {
-        ProgressMode::Bars => Display::Bars,
-        ProgressMode::Lines => Display::Lines,
-        ProgressMode::Auto if std::io::stderr().is_terminal() => Display::Bars,
-        ProgressMode::Auto => Display::Lines,
-    };
-    let mut replicas = Vec::new();
-    for dsn in &t.throttle_replicas {
-        replicas.push(conninfo::resolve(Some(dsn))?);
-    }
+    let display = display(t.progress);
     Ok(RunOptions {
         table,
         alters,
@@ -177,22 +242,12 @@ pub(crate) fn run_options(
         kill_blockers: t
             .kill_blockers
             .then(|| Duration::from_millis(t.kill_blockers_grace)),
-        throttle: ThrottleOptions {
-            max_replica_lag: t.max_replica_lag.map(Duration::from_millis),
-            max_replica_lag_bytes: t.max_replica_lag_bytes,
-            replicas,
-            max_retained_wal: t.max_retained_wal,
-            critical_retained_wal: t.critical_retained_wal,
-            max_active_backends: t.max_active_backends,
-            throttle_query: t.throttle_query.clone(),
-            critical_query: t.critical_query.clone(),
-            throttle_flag_file: t.throttle_flag_file.clone(),
-            panic_flag_file: t.panic_flag_file.clone(),
-        },
+        throttle: t.throttle.options()?,
         control_socket: t.control_socket.clone(),
         hooks_dir: t.hooks_dir.clone(),
         display,
         status_interval: Duration::from_secs(t.status_interval.max(1)),
         revert_window: t.revert_window,
+        ..RunOptions::new("", &[])
     })
 }

@@ -27,12 +27,16 @@ pub enum Phase {
     /// After the cutover, changes to the new table are streamed back into the kept old table
     /// so that a revert loses nothing (`--revert-window`).
     RevertWindow,
+    /// The direct and online steps, on the table itself (docs/design.md §1.10).
+    Direct,
+    /// `doppel backfill`: the batched UPDATE in primary-key chunks.
+    Backfill,
 }
 
 impl Phase {
     /// The state shown by the status line, `status --json` and `DOPPEL_PHASE`: `starting`,
     /// `copying`, `building primary key`, `catching up`, `building indexes`, `verifying`,
-    /// `cutover`, `done`, `revert window`.
+    /// `cutover`, `done`, `revert window`, `altering directly`, `backfilling`.
     pub fn state(self) -> &'static str {
         match self {
             Phase::Setup => "starting",
@@ -44,12 +48,14 @@ impl Phase {
             Phase::Cutover => "cutover",
             Phase::Done => "done",
             Phase::RevertWindow => "revert window",
+            Phase::Direct => "altering directly",
+            Phase::Backfill => "backfilling",
         }
     }
 
     /// The name of the phase's line in the run's timings: `setup`, `copy`, `primary key +
     /// indexes`, `catch-up`, `unique indexes + vacuum`, `catch-up after indexes`, `verify`,
-    /// `cutover`, `done`, `revert window`.
+    /// `cutover`, `done`, `revert window`, `direct steps`, `backfill`.
     pub fn label(self) -> &'static str {
         match self {
             Phase::Setup => "setup",
@@ -62,6 +68,8 @@ impl Phase {
             Phase::Cutover => "cutover",
             Phase::Done => "done",
             Phase::RevertWindow => "revert window",
+            Phase::Direct => "direct steps",
+            Phase::Backfill => "backfill",
         }
     }
 }

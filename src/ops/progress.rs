@@ -46,6 +46,8 @@ pub struct State {
     pub replica_lag_ms: Option<u64>,
     /// The revert window, once it is open (`--revert-window`).
     pub window: Option<WindowView>,
+    /// The direct step running, or the backfill's progress (`step 2/3: VALIDATE ..`).
+    pub step: Option<String>,
 }
 
 /// The revert window as the status shows it.
@@ -176,6 +178,9 @@ impl Progress {
                 format!("verifying {}/{} rows", s.rows_verified, s.rows_copied)
             }
             (Some(Phase::RevertWindow), Some(w)) => w.describe(),
+            (Some(Phase::Direct | Phase::Backfill), _) if s.step.is_some() => {
+                format!("{} ({})", s.state_name(), s.step.as_deref().unwrap_or_default())
+            }
             _ => s.state_name().to_string(),
         };
         let state = match (s.phase.is_none(), s.throttled.is_empty()) {

@@ -5,11 +5,14 @@
 
 pub mod apply;
 pub mod backfill;
+pub mod backfill_update;
 #[cfg(feature = "pause-points")]
 pub(crate) mod broken;
 pub mod capture;
 pub mod cutover;
+pub mod direct;
 pub mod fence;
 pub mod revert;
 pub mod shadow;
 pub mod verify;
+pub mod violations;

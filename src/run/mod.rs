@@ -11,8 +11,11 @@
 //! shadow, and leaves the original table untouched. After the cutover commits nothing is
 //! dropped: the original survives as `_doppel_<oid>_old_<name>` with a rollback script.
 
+mod backfill;
 mod cleanup;
 mod created;
+mod direct;
+mod history;
 pub mod operator;
 mod options;
 mod report;
@@ -33,13 +36,15 @@ use crate::failure::{Check, FailureKind, Refusal, Refused, fail};
 use crate::model::phase::Phase;
 use crate::ops::hooks::Hooks;
 use crate::ops::progress::Progress;
-use crate::plan::Plan;
+use crate::plan::{Migration, Plan, ShadowPart};
 use crate::preflight;
 use crate::testing::Probe;
 
+pub use backfill::{BackfillOptions, BackfillOutcome, BackfillPlan, BackfillReport, backfill};
 pub use cleanup::{CleanupOptions, CleanupReport, cleanup};
+pub use direct::AlterReport;
 pub use options::RunOptions;
-pub use report::{Outcome, RunReport, render_plan};
+pub use report::{Outcome, RunReport, render_migration, render_plan, render_steps};
 pub use window::{WindowEnd, WindowReport};
 
 use created::Created;
@@ -49,13 +54,17 @@ use tasks::AbortOnDrop;
 /// First key of doppel's advisory locks (`'dop'`); the second is the table's OID.
 pub const ADVISORY_LOCK_CLASS: i32 = 0x0064_6f70;
 
-/// Runs a migration (or, without `options.execute`, a dry run: preflight and the plan).
+/// Runs a migration (or, without `options.execute`, a dry run: preflight and the plan): the
+/// direct and online steps on the table itself, then the shadow migration, as preflight chose
+/// per clause (docs/design.md §1.10). An executed run is recorded in the history table
+/// (`options.history`).
 ///
 /// Errors: a preflight refusal (exit 2), an abort (3), a lost stream (4), an exhausted
-/// cutover budget (5), a verification mismatch (6), a critical threshold (7), a change the
-/// migration cannot follow or rows the new schema rejects (8), anything else (1); see
-/// [`crate::failure`]. On any error before the cutover commits, everything created is
-/// removed and the original is untouched.
+/// cutover or lock budget (5), a verification mismatch (6), a critical threshold (7), a change
+/// the migration cannot follow or rows the new schema rejects (8), anything else (1); see
+/// [`crate::failure`]. On any error before the cutover commits, everything the shadow
+/// migration created is removed and the original is untouched by it; direct steps that
+/// completed stay (the error says which), an unfinished online recipe is removed.
 pub async fn run(
     config: &tokio_postgres::Config,
     options: &RunOptions,
@@ -63,14 +72,83 @@ pub async fn run(
 ) -> Result<Outcome> {
     let started = Instant::now();
     let hooks = Hooks::new(options.hooks_dir.clone())?;
-    let (control, plan) = plan_and_lock(config, options).await?;
-    refuse_revert_window(&plan, options)?;
+    let planned = match plan_and_lock(config, options).await {
+        Ok((control, migration)) => refuse_revert_window(&migration, options).map(|()| (control, migration)),
+        Err(e) => Err(e),
+    };
+    let (control, migration) = match planned {
+        Ok(planned) => planned,
+        Err(e) => {
+            if options.execute {
+                history::refused(config, options, &e).await;
+            }
+            return Err(e);
+        }
+    };
     if !options.execute {
-        return Ok(Outcome::Planned(Box::new(plan)));
+        return Ok(Outcome::Planned(Box::new(migration)));
     }
+    let record = history::begin(config, options, &migration).await;
+    let result = execute(config, options, control, migration, hooks, cancel, started).await;
+    history::finish(record, &result).await;
+    result
+}
+
+/// Runs the migration's direct steps, then its shadow migration.
+async fn execute(
+    config: &tokio_postgres::Config,
+    options: &RunOptions,
+    mut control: Client,
+    migration: Migration,
+    hooks: Hooks,
+    cancel: &Cancel,
+    started: Instant,
+) -> Result<Outcome> {
+    let direct = match &migration.direct {
+        Some(plan) => {
+            let run = direct::DirectRun {
+                config,
+                options,
+                table: &migration.original,
+                plan,
+                hooks: &hooks,
+                cancel,
+                last: migration.shadow.is_none(),
+            };
+            Some(run.run(&mut control).await?)
+        }
+        None => None,
+    };
+    let plan = match (migration.shadow, direct) {
+        (None, direct) => {
+            let oid_after = crate::model::catalog::resolve(&control, &migration.original.qualified()).await?;
+            return Ok(Outcome::Altered(Box::new(direct::AlterReport {
+                original: migration.original,
+                clauses: migration.clauses,
+                direct: direct.unwrap_or_default(),
+                oid_after,
+                total: started.elapsed(),
+            })));
+        }
+        (Some(ShadowPart::Ready(plan)), direct) => (*plan, direct),
+        (Some(ShadowPart::AfterDirect(rest)), direct) => {
+            tracing::info!("direct steps done; planning the shadow migration of: {}", rest.join("; "));
+            let plan = preflight::shadow(&mut control, &options.table, &rest, &options.backfills).await?;
+            (plan, direct)
+        }
+    };
+    let (plan, direct) = plan;
     let mut run = Run::start(config, options, control, plan, hooks, cancel, started).await?;
+    run.startup_hooks_done = direct.is_some();
     let result = run.execute().await;
-    run.finish(result).await
+    match run.finish(result).await? {
+        Outcome::Migrated(mut report) => {
+            report.direct = direct;
+            report.clauses = migration.clauses;
+            Ok(Outcome::Migrated(report))
+        }
+        other => Ok(other),
+    }
 }
 
 /// Preflight on a new control session, then the table's advisory lock (held by that session
@@ -78,16 +156,31 @@ pub async fn run(
 async fn plan_and_lock(
     config: &tokio_postgres::Config,
     options: &RunOptions,
-) -> Result<(Client, Plan)> {
+) -> Result<(Client, Migration)> {
     let mut control = conninfo::connect(config).await?;
     control
         .batch_execute("SET application_name = 'doppel'; SET lock_timeout = '5s'")
         .await?;
-    let plan = preflight::run(&mut control, &options.table, &options.alters).await?;
+    let request = preflight::Request {
+        table: &options.table,
+        alters: &options.alters,
+        backfills: &options.backfills,
+        force_shadow: options.force_shadow,
+    };
+    let migration = preflight::plan(&mut control, &request).await?;
+    lock_table(&control, migration.original.oid, &migration.original.qualified()).await?;
+    Ok((control, migration))
+}
+
+/// Takes the table's advisory lock on `control` ([`Check::ConcurrentRun`] when another run
+/// holds it).
+///
+/// Errors: the refusal, or a failed query.
+pub(crate) async fn lock_table(control: &Client, oid: u32, table: &str) -> Result<()> {
     let locked: bool = control
         .query_one(
             "SELECT pg_try_advisory_lock($1, $2::oid::int)",
-            &[&ADVISORY_LOCK_CLASS, &plan.original.oid],
+            &[&ADVISORY_LOCK_CLASS, &oid],
         )
         .await?
         .get(0);
@@ -95,31 +188,48 @@ async fn plan_and_lock(
         return Err(Refused::from(Refusal::without_fix(
             Check::ConcurrentRun,
             format!(
-                "another doppel run holds the lock on {} (advisory lock {}, {}): one run per table at a time",
-                plan.original.qualified(),
-                ADVISORY_LOCK_CLASS,
-                plan.original.oid
+                "another doppel run holds the lock on {table} (advisory lock {ADVISORY_LOCK_CLASS}, {oid}): one run per table at a time"
             ),
         ))
         .into());
     }
-    Ok((control, plan))
+    Ok(())
 }
 
 /// Refuses `--revert-window` ([`Check::RevertWindow`]) when a changed column takes a `USING`
-/// expression: a revert would write back the plain conversion of the new value, which need
-/// not be what the column held before.
-fn refuse_revert_window(plan: &Plan, options: &RunOptions) -> Result<()> {
-    let (Some(_), Some(using)) = (options.revert_window, plan.alter.usings.first()) else {
+/// or `--backfill` expression (a revert would write back the plain conversion of the new
+/// value, which need not be what the column held before), or when no clause takes the shadow
+/// (there is no cutover to revert).
+fn refuse_revert_window(migration: &Migration, options: &RunOptions) -> Result<()> {
+    if options.revert_window.is_none() {
+        return Ok(());
+    }
+    if migration.shadow.is_none() {
+        return Err(Refused(vec![Refusal::new(
+            Check::RevertWindow,
+            "--revert-window: no clause of this ALTER takes the shadow, so there is no cutover to revert",
+            "run without --revert-window (or with --strategy shadow)",
+        )])
+        .into());
+    }
+    let using = migration.shadow_plan().and_then(|plan| {
+        plan.alter.usings.first().map(|u| u.column.clone()).or_else(|| {
+            plan.alter
+                .backfills
+                .iter()
+                .find(|b| plan.original.column(&b.column).is_some())
+                .map(|b| b.column.clone())
+        })
+    });
+    let Some(column) = using else {
         return Ok(());
     };
     Err(Refused(vec![Refusal::new(
         Check::RevertWindow,
         format!(
-            "--revert-window cannot invert the USING expression of column {:?}: a revert would write back the plain conversion of the new value, not what the column held",
-            using.column
+            "--revert-window cannot invert the USING or --backfill expression of column {column:?}: a revert would write back the plain conversion of the new value, not what the column held"
         ),
-        "run without --revert-window (the rollback script remains, and refuses when writes made after the cutover would be lost), or without USING",
+        "run without --revert-window (the rollback script remains, and refuses when writes made after the cutover would be lost), or without the expression",
     )])
     .into())
 }
@@ -144,6 +254,8 @@ pub struct Run<'a> {
     started: Instant,
     /// Forwards the caller's cancel signal into the run's own.
     _forward_cancel: AbortOnDrop,
+    /// The direct steps before this shadow migration ran `on-startup` and `on-preflight-ok`.
+    startup_hooks_done: bool,
 }
 
 impl<'a> Run<'a> {
@@ -166,7 +278,8 @@ impl<'a> Run<'a> {
             crate::ops::control::default_path(&options.work_dir, plan.original.oid)
         });
         let mut operator =
-            Operator::start(plan.clone(), progress.clone(), hooks, Some(socket), options).await?;
+            Operator::start(operator::Subject::of(&plan), progress.clone(), hooks, Some(socket), options)
+                .await?;
         let (abort, internal) = Cancel::new();
         operator.drive_abort(abort.clone());
         let outer = cancel.clone();
@@ -187,14 +300,17 @@ impl<'a> Run<'a> {
             timings: Vec::new(),
             started,
             _forward_cancel: forward,
+            startup_hooks_done: false,
         })
     }
 
     /// Runs the start-up hooks and every phase; returns the report once the cutover
     /// committed.
     async fn execute(&mut self) -> Result<RunReport> {
-        self.operator.hook("on-startup").await?;
-        self.operator.hook("on-preflight-ok").await?;
+        if !self.startup_hooks_done {
+            self.operator.hook("on-startup").await?;
+            self.operator.hook("on-preflight-ok").await?;
+        }
         self.progress.update(|s| {
             s.rows_estimate = self.plan.original.rows_estimate.max(0) as u64;
             s.phase = Some(Phase::Setup);
@@ -245,6 +361,8 @@ impl<'a> Run<'a> {
             phases: std::mem::take(&mut self.timings),
             total: self.started.elapsed(),
             window,
+            direct: None,
+            clauses: Vec::new(),
         })
     }
 

@@ -40,24 +40,66 @@ impl StatusSource for Status {
     }
 }
 
+/// What a run's hooks are told about: the table, the shadow and kept old table's names, the
+/// ALTER (or the backfill's assignments).
+#[derive(Debug, Clone)]
+pub struct Subject {
+    /// The table, quoted.
+    pub table: String,
+    /// The shadow table, quoted (empty without one).
+    pub shadow_table: String,
+    /// The name the cutover keeps the old table under, quoted (empty without a shadow).
+    pub old_table: String,
+    /// The ALTER's clauses joined with `; ` (or the backfill's assignments).
+    pub alter: String,
+}
+
+impl Subject {
+    /// The subject of a shadow migration.
+    pub fn of(plan: &Plan) -> Subject {
+        Subject {
+            table: plan.original.qualified(),
+            shadow_table: plan.names.shadow_qualified(),
+            old_table: plan.names.old_qualified(),
+            alter: plan
+                .alter
+                .statements
+                .iter()
+                .map(|a| a.text.as_str())
+                .collect::<Vec<_>>()
+                .join("; "),
+        }
+    }
+
+    /// The subject of a run without a shadow (direct steps, `doppel backfill`).
+    pub fn table_only(table: &str, what: &[String]) -> Subject {
+        Subject {
+            table: table.to_string(),
+            shadow_table: String::new(),
+            old_table: String::new(),
+            alter: what.join("; "),
+        }
+    }
+}
+
 /// Controls, socket and hooks of one run.
 pub struct Operator {
     /// Live settings (shared with the control socket).
     pub controls: Arc<Controls>,
     hooks: Hooks,
     server: Option<ControlServer>,
-    plan: Arc<Plan>,
+    subject: Arc<Subject>,
     progress: Arc<Progress>,
     tasks: Vec<tokio::task::JoinHandle<()>>,
 }
 
 impl Operator {
-    /// Starts the control socket at `socket` (when given) for `plan`'s run, with the live
-    /// settings initialised from `options`.
+    /// Starts the control socket at `socket` (when given) for the run on `subject`, with the
+    /// live settings initialised from `options`.
     ///
     /// Errors: the socket cannot be created, or another run answers on it.
     pub async fn start(
-        plan: Arc<Plan>,
+        subject: Subject,
         progress: Arc<Progress>,
         hooks: Hooks,
         socket: Option<PathBuf>,
@@ -85,7 +127,7 @@ impl Operator {
                 tracing::info!(
                     "control socket: {} (e.g. `doppel ctl --table {} status`)",
                     server.path().display(),
-                    plan.original.qualified()
+                    subject.table
                 );
                 Some(server)
             }
@@ -95,7 +137,7 @@ impl Operator {
             controls,
             hooks,
             server,
-            plan,
+            subject: Arc::new(subject),
             progress,
             tasks: Vec::new(),
         })
@@ -150,7 +192,7 @@ impl Operator {
             return;
         }
         let hooks = self.hooks.clone();
-        let plan = self.plan.clone();
+        let plan = self.subject.clone();
         let progress = self.progress.clone();
         self.tasks.push(tokio::spawn(async move {
             let mut tick = tokio::time::interval(Duration::from_secs(60));
@@ -166,7 +208,7 @@ impl Operator {
             }
         }));
         let hooks = self.hooks.clone();
-        let plan = self.plan.clone();
+        let plan = self.subject.clone();
         let progress = self.progress.clone();
         let mut throttle = throttle;
         self.tasks.push(tokio::spawn(async move {
@@ -193,7 +235,7 @@ impl Operator {
     /// the run (exit 3); `before-cutover` failing postpones the cutover until the operator sends
     /// `cut-over`; other failures are logged.
     pub async fn hook(&self, name: &str) -> Result<()> {
-        let env = env_for(&self.plan, &self.progress);
+        let env = env_for(&self.subject, &self.progress);
         let outcome = self.hooks.run(name, &env).await?;
         if !outcome.failed() {
             return Ok(());
@@ -228,8 +270,8 @@ impl Drop for Operator {
     }
 }
 
-/// The `DOPPEL_*` environment for a hook, from the plan and the progress counters.
-pub fn env_for(plan: &Plan, progress: &Progress) -> HookEnv {
+/// The `DOPPEL_*` environment for a hook, from the run's subject and the progress counters.
+pub fn env_for(subject: &Subject, progress: &Progress) -> HookEnv {
     let s = progress.snapshot();
     let eta_s = match (s.copy_started, s.copy_ended) {
         (Some(a), None) if s.rows_copied > 0 && s.rows_estimate > s.rows_copied => {
@@ -240,16 +282,10 @@ pub fn env_for(plan: &Plan, progress: &Progress) -> HookEnv {
         _ => None,
     };
     HookEnv {
-        table: plan.original.qualified(),
-        shadow_table: plan.names.shadow_qualified(),
-        old_table: plan.names.old_qualified(),
-        alter: plan
-            .alter
-            .statements
-            .iter()
-            .map(|a| a.text.as_str())
-            .collect::<Vec<_>>()
-            .join("; "),
+        table: subject.table.clone(),
+        shadow_table: subject.shadow_table.clone(),
+        old_table: subject.old_table.clone(),
+        alter: subject.alter.clone(),
         phase: s.state_name().to_string(),
         rows_copied: s.rows_copied,
         rows_estimate: s.rows_estimate,

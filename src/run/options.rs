@@ -3,6 +3,7 @@
 use std::path::PathBuf;
 use std::time::Duration;
 
+use crate::ops::history::HistoryOptions;
 use crate::ops::progress;
 use crate::ops::throttle::ThrottleOptions;
 use crate::phases::backfill::CopyOptions;
@@ -59,6 +60,14 @@ pub struct RunOptions {
     /// back into the kept old table for this long, so `doppel ctl .. revert` loses nothing.
     /// `None` (the default): the run ends at the cutover.
     pub revert_window: Option<Duration>,
+    /// `--strategy shadow`: every clause takes the shadow, even those PostgreSQL can run
+    /// directly or by an online recipe (docs/design.md §1.10).
+    pub force_shadow: bool,
+    /// `--backfill 'column = expression'` (repeatable): the value a column of the new table
+    /// takes, computed from the old row by the copy and the applier alike. Implies the shadow.
+    pub backfills: Vec<String>,
+    /// Where the run is recorded (`doppel.migrations`), or `--no-history`.
+    pub history: HistoryOptions,
 }
 
 impl RunOptions {
@@ -87,6 +96,9 @@ impl RunOptions {
             display: progress::Display::Lines,
             status_interval: Duration::from_secs(10),
             revert_window: None,
+            force_shadow: false,
+            backfills: Vec::new(),
+            history: HistoryOptions::default(),
         }
     }
 }

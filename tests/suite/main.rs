@@ -32,6 +32,7 @@ mod revert_window;
 mod rollback_guard;
 mod rollback_script;
 mod run_behaviour;
+mod strategies;
 mod throttle;
 mod type_matrix;
 mod unique_violation;
