@@ -199,17 +199,8 @@ pub struct DirectPlan {
     pub grouped: bool,
 }
 
-/// The shadow part of a migration.
-#[derive(Debug, Clone)]
-pub enum ShadowPart {
-    /// Planned in full now (nothing runs on the table before it).
-    Ready(Box<Plan>),
-    /// Planned when its turn comes, after the direct steps changed the table: these clauses.
-    AfterDirect(Vec<String>),
-}
-
-/// Everything preflight decided for one run: each clause's strategy, the direct steps, the
-/// shadow migration (docs/design.md §1.10).
+/// Everything preflight decided for one run: each clause's strategy, and either the direct
+/// steps (no clause needs the shadow) or the shadow migration (docs/design.md §1.10).
 #[derive(Debug, Clone)]
 pub struct Migration {
     /// `server_version_num`.
@@ -218,20 +209,17 @@ pub struct Migration {
     pub original: Table,
     /// Every clause of the ALTER, in order, with its strategy.
     pub clauses: Vec<Clause>,
-    /// The direct and online steps, run first; `None` when every clause takes the shadow.
+    /// The direct and online steps; `None` when the clauses take the shadow.
     pub direct: Option<DirectPlan>,
-    /// The shadow migration, run after the direct steps; `None` when no clause needs it.
-    pub shadow: Option<ShadowPart>,
+    /// The shadow migration; `None` when no clause needs it.
+    pub shadow: Option<Box<Plan>>,
     /// Things the DBA should know that do not stop the run.
     pub warnings: Vec<String>,
 }
 
 impl Migration {
-    /// The shadow plan, when it is planned in full now.
+    /// The shadow plan, when the clauses take the shadow.
     pub fn shadow_plan(&self) -> Option<&Plan> {
-        match &self.shadow {
-            Some(ShadowPart::Ready(plan)) => Some(plan),
-            _ => None,
-        }
+        self.shadow.as_deref()
     }
 }

@@ -8,6 +8,7 @@ use clap::Args;
 use doppel::cancel::Cancel;
 use doppel::conninfo;
 use doppel::phases::backfill_update::UpdateOptions;
+use doppel::phases::verify::describe_key;
 use doppel::run::{self as migration, BackfillOptions, BackfillOutcome};
 
 use super::args::{ConnArgs, HistoryArgs, ProgressMode, ThrottleArgs, display};
@@ -105,7 +106,8 @@ pub(crate) async fn backfill(args: BackfillArgs, cancel: &Cancel) -> anyhow::Res
             );
             match &plan.resume {
                 Some((id, key)) => println!(
-                    "resume: after key {key:?}, where the unfinished run of history row {id} stopped"
+                    "resume: after key {}, where the unfinished run of history row {id} stopped",
+                    describe_key(key)
                 ),
                 None => println!("resume: none (starts at the first key)"),
             }
@@ -124,7 +126,7 @@ pub(crate) async fn backfill(args: BackfillArgs, cancel: &Cancel) -> anyhow::Res
                 u.elapsed.as_secs_f64(),
                 u.resumed_after
                     .as_ref()
-                    .map(|k| format!(", resumed after key {k:?}"))
+                    .map(|k| format!(", resumed after key {}", describe_key(k)))
                     .unwrap_or_default()
             );
             println!("validation:");

@@ -66,12 +66,6 @@ pub(crate) async fn run(args: RunArgs, cancel: &Cancel) -> anyhow::Result<()> {
         }
         Outcome::Altered(report) => print_altered(&report),
         Outcome::Migrated(report) => {
-            if let Some(direct) = &report.direct {
-                println!("direct steps on {}:", report.plan.original.qualified());
-                for line in migration::render_steps(direct) {
-                    println!("  {line}");
-                }
-            }
             println!(
                 "migrated {}: {} rows copied, {} changes applied, verified {} rows in {} chunks",
                 report.plan.original.qualified(),

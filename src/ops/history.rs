@@ -273,8 +273,8 @@ pub struct Row {
 }
 
 /// The history's rows, oldest first; only those of `table` (the name as SQL writes it,
-/// resolved when it exists, compared with the recorded quoted name) when given. Empty when
-/// the history table does not exist.
+/// resolved when it exists and compared with the recorded name, `"schema"."table"` always
+/// quoted) when given. Empty when the history table does not exist.
 ///
 /// Errors: a query fails.
 pub async fn list(
@@ -293,7 +293,7 @@ pub async fn list(
         Some(t) => {
             let name: Option<String> = client
                 .query_one(
-                    "SELECT quote_ident(n.nspname) || '.' || quote_ident(c.relname)
+                    "SELECT '\"' || replace(n.nspname, '\"', '\"\"') || '\".\"' || replace(c.relname, '\"', '\"\"') || '\"'
                      FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace
                      WHERE c.oid = to_regclass($1)",
                     &[&t],

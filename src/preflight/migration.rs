@@ -6,24 +6,23 @@
 //!   grouped order gives the same table as the written order, else clause by clause. The
 //!   checks only a shadow needs (logical replication, a primary key, publications) are not
 //!   made.
-//! - Every clause shadow (or `--strategy shadow`, or `--backfill`, which fills a column during
-//!   the copy): the shadow plan as before ([`super::shadow`]).
-//! - A mix: the direct clauses first, then the shadow for the rest, planned once the direct
-//!   steps ran, if a rehearsal shows that order gives the same table; otherwise every clause
-//!   rides in the shadow. The shadow's server-side checks are made now, so a mix is not
-//!   refused halfway.
+//! - A clause needs the shadow (or `--strategy shadow`, or `--backfill`, which fills a column
+//!   during the copy): the shadow plan as before ([`super::shadow`]), every clause in it. The
+//!   clauses that would not need it ride along: inside the shadow they cost no lock on the
+//!   table at all (a NOT NULL or CHECK is checked on the shadow, a unique index built there),
+//!   where running them directly would add lock acquisitions and scans of the table.
 
 use anyhow::Result;
 use tokio_postgres::Client;
 
 use super::checks::clauses::{self, Measured, Rehearsed};
-use super::checks::{alter, key, leftovers, privileges, publications, server, table, transactions};
+use super::checks::{alter, leftovers, privileges, server, table, transactions};
 use super::strategy::{self, Effect, Target};
 use crate::failure::{Check, Refusal, Refused};
 use crate::model::assignment;
 use crate::model::catalog::{self, Table};
 use crate::model::names::Names;
-use crate::plan::{Action, Clause, DirectPlan, Migration, Rewrite, ShadowPart, Strategy};
+use crate::plan::{Action, Clause, DirectPlan, Migration, Rewrite, Strategy};
 use crate::sql::ident;
 
 /// What a run asks preflight for.
@@ -100,33 +99,25 @@ pub async fn plan(client: &mut Client, request: &Request<'_>) -> Result<Migratio
     if forced.is_some() {
         warnings.extend(forced_warnings(&clauses));
     }
-    let any_shadow = clauses.iter().any(|c| c.strategy == Strategy::Shadow);
-    let all_shadow = clauses.iter().all(|c| c.strategy == Strategy::Shadow);
     let context = Context {
         original: &original,
         names: &names,
         measured: &measured,
         spec: &spec,
     };
-    let (direct, shadow) = if !any_shadow {
+    let (direct, shadow) = if clauses.iter().all(|c| c.strategy != Strategy::Shadow) {
         (Some(context.direct_only(client, &clauses).await?), None)
-    } else if all_shadow {
-        (None, Some(context.shadow_only(client, request).await?))
     } else {
-        context.shadow_checks(client, &server).await?;
-        match context.mix(client, &clauses).await? {
-            Some((direct, rest)) => (Some(direct), Some(ShadowPart::AfterDirect(rest))),
-            None => {
-                for c in clauses.iter_mut().filter(|c| c.strategy != Strategy::Shadow) {
-                    c.strategy = Strategy::Shadow;
-                    c.reason = format!(
-                        "{}; rides in the shadow: run before it, the clauses would not give the table their written order gives",
-                        c.reason
-                    );
-                }
-                (None, Some(context.shadow_only(client, request).await?))
-            }
+        for c in clauses.iter_mut().filter(|c| c.strategy != Strategy::Shadow) {
+            c.strategy = Strategy::Shadow;
+            c.reason = format!(
+                "{}; rides in the shadow another clause needs (no lock on the table of its own)",
+                c.reason
+            );
         }
+        let plan =
+            super::shadow(client, request.table, request.alters, request.backfills).await?;
+        (None, Some(Box::new(plan)))
     };
     Ok(Migration {
         server_version: server.version,
@@ -247,59 +238,6 @@ impl Context<'_> {
             self.names,
             grouped,
         ))
-    }
-
-    /// A mix: the direct steps (grouped), then the shadow's clauses, when the rehearsal shows
-    /// that order gives the table the written order gives.
-    async fn mix(
-        &self,
-        client: &mut Client,
-        clauses: &[Clause],
-    ) -> Result<Option<(DirectPlan, Vec<String>)>> {
-        let rest: Vec<String> = clauses
-            .iter()
-            .filter(|c| c.strategy == Strategy::Shadow)
-            .map(|c| c.text.clone())
-            .collect();
-        let mut statements = self.rehearsal(clauses, true);
-        statements.extend(rest.iter().map(|c| Rehearsed::Clause(c.clone())));
-        if !self.agrees(client, statements).await? {
-            return Ok(None);
-        }
-        let mut refusals = leftovers::recipes(client, self.original, self.names).await?;
-        refusals.extend(alter::new_names(client, self.original, &self.measured.final_shape).await?);
-        if !refusals.is_empty() {
-            return Err(Refused(refusals).into());
-        }
-        let direct = strategy::steps(
-            &self.measured.effects,
-            clauses,
-            &self.target(false),
-            self.names,
-            true,
-        );
-        Ok(Some((direct, rest)))
-    }
-
-    /// The shadow plan of every clause, as planned before strategies existed.
-    async fn shadow_only(&self, client: &mut Client, request: &Request<'_>) -> Result<ShadowPart> {
-        let plan = super::shadow(client, request.table, request.alters, request.backfills).await?;
-        Ok(ShadowPart::Ready(Box::new(plan)))
-    }
-
-    /// The checks of the shadow that do not depend on the table's columns, made before a mix
-    /// runs its direct steps.
-    async fn shadow_checks(&self, client: &Client, server: &server::Server) -> Result<()> {
-        let mut refusals = server::settings(server);
-        refusals.extend(privileges::replication(server));
-        refusals.extend(key::check(self.original));
-        refusals.extend(publications::check(client, self.original).await?);
-        refusals.extend(leftovers::check(client, self.original, self.names).await?);
-        if refusals.is_empty() {
-            Ok(())
-        } else {
-            Err(Refused(refusals).into())
-        }
     }
 
     /// True when `statements` on a fresh clone give the shape of the written order.

@@ -43,14 +43,11 @@ pub(super) struct DirectRun<'a> {
     pub(super) plan: &'a DirectPlan,
     pub(super) hooks: &'a Hooks,
     pub(super) cancel: &'a Cancel,
-    /// True when nothing follows (no shadow): the success and failure hooks are this run's.
-    pub(super) last: bool,
 }
 
 impl DirectRun<'_> {
     /// Starts the control socket, the throttles and the status line, runs the start-up hooks
-    /// and the steps on `control`, then the success or failure hook (the failure hook always;
-    /// the success hook when nothing follows).
+    /// and the steps on `control`, then the success or failure hook.
     ///
     /// Errors: a failing start-up hook (exit 3), the control socket cannot be created, or the
     /// steps' errors ([`Direct::run`]).
@@ -77,8 +74,7 @@ impl DirectRun<'_> {
         }));
         let result = self.steps(control, &mut operator, &progress, internal).await;
         match &result {
-            Ok(_) if self.last => operator.hook("on-success").await.ok(),
-            Ok(_) => None,
+            Ok(_) => operator.hook("on-success").await.ok(),
             Err(_) => operator.hook("on-failure").await.ok(),
         };
         result

@@ -70,17 +70,7 @@ pub(super) async fn finish(record: Option<Record>, result: &Result<Outcome>) {
             outcome: "succeeded".into(),
             exit_code: 0,
             rows_copied: Some(report.copy.rows as i64),
-            lock_hold_ms: Some(
-                (report.cutover.lock_held.max(
-                    report
-                        .direct
-                        .as_ref()
-                        .map(|d| d.longest_blocking_hold())
-                        .unwrap_or_default(),
-                ))
-                .as_secs_f64()
-                    * 1000.0,
-            ),
+            lock_hold_ms: Some(report.cutover.lock_held.as_secs_f64() * 1000.0),
             cutover_lsn: report.cutover.commit_lsn.map(|l| l.to_string()),
             rollback_script: std::fs::read_to_string(&report.cutover.rollback_path).ok(),
             details: json!({
@@ -89,7 +79,6 @@ pub(super) async fn finish(record: Option<Record>, result: &Result<Outcome>) {
                 "kept_as": report.plan.names.old_qualified(),
                 "rollback_script_path": report.cutover.rollback_path.display().to_string(),
                 "cutover_record": report.cutover.record_path.display().to_string(),
-                "direct_steps": report.direct.as_ref().map(steps_json),
                 "total_s": report.total.as_secs_f64(),
             }),
             ..End::default()

@@ -36,7 +36,7 @@ use crate::failure::{Check, FailureKind, Refusal, Refused, fail};
 use crate::model::phase::Phase;
 use crate::ops::hooks::Hooks;
 use crate::ops::progress::Progress;
-use crate::plan::{Migration, Plan, ShadowPart};
+use crate::plan::{Migration, Plan};
 use crate::preflight;
 use crate::testing::Probe;
 
@@ -55,7 +55,7 @@ use tasks::AbortOnDrop;
 pub const ADVISORY_LOCK_CLASS: i32 = 0x0064_6f70;
 
 /// Runs a migration (or, without `options.execute`, a dry run: preflight and the plan): the
-/// direct and online steps on the table itself, then the shadow migration, as preflight chose
+/// direct and online steps on the table itself, or the shadow migration, as preflight chose
 /// per clause (docs/design.md §1.10). An executed run is recorded in the history table
 /// (`options.history`).
 ///
@@ -63,8 +63,8 @@ pub const ADVISORY_LOCK_CLASS: i32 = 0x0064_6f70;
 /// cutover or lock budget (5), a verification mismatch (6), a critical threshold (7), a change
 /// the migration cannot follow or rows the new schema rejects (8), anything else (1); see
 /// [`crate::failure`]. On any error before the cutover commits, everything the shadow
-/// migration created is removed and the original is untouched by it; direct steps that
-/// completed stay (the error says which), an unfinished online recipe is removed.
+/// migration created is removed and the original is untouched; direct steps that completed
+/// stay (the error says which), an unfinished online recipe is removed.
 pub async fn run(
     config: &tokio_postgres::Config,
     options: &RunOptions,
@@ -94,7 +94,7 @@ pub async fn run(
     result
 }
 
-/// Runs the migration's direct steps, then its shadow migration.
+/// Runs the migration: its direct steps, or its shadow migration.
 async fn execute(
     config: &tokio_postgres::Config,
     options: &RunOptions,
@@ -104,51 +104,42 @@ async fn execute(
     cancel: &Cancel,
     started: Instant,
 ) -> Result<Outcome> {
-    let direct = match &migration.direct {
-        Some(plan) => {
-            let run = direct::DirectRun {
-                config,
-                options,
-                table: &migration.original,
-                plan,
-                hooks: &hooks,
-                cancel,
-                last: migration.shadow.is_none(),
-            };
-            Some(run.run(&mut control).await?)
-        }
-        None => None,
-    };
-    let plan = match (migration.shadow, direct) {
-        (None, direct) => {
-            let oid_after = crate::model::catalog::resolve(&control, &migration.original.qualified()).await?;
-            return Ok(Outcome::Altered(Box::new(direct::AlterReport {
-                original: migration.original,
-                clauses: migration.clauses,
-                direct: direct.unwrap_or_default(),
-                oid_after,
-                total: started.elapsed(),
-            })));
-        }
-        (Some(ShadowPart::Ready(plan)), direct) => (*plan, direct),
-        (Some(ShadowPart::AfterDirect(rest)), direct) => {
-            tracing::info!("direct steps done; planning the shadow migration of: {}", rest.join("; "));
-            let plan = preflight::shadow(&mut control, &options.table, &rest, &options.backfills).await?;
-            (plan, direct)
-        }
-    };
-    let (plan, direct) = plan;
-    let mut run = Run::start(config, options, control, plan, hooks, cancel, started).await?;
-    run.startup_hooks_done = direct.is_some();
-    let result = run.execute().await;
-    match run.finish(result).await? {
-        Outcome::Migrated(mut report) => {
-            report.direct = direct;
-            report.clauses = migration.clauses;
-            Ok(Outcome::Migrated(report))
-        }
-        other => Ok(other),
+    let Migration {
+        original,
+        clauses,
+        direct,
+        shadow,
+        ..
+    } = migration;
+    if let Some(plan) = shadow {
+        let mut run = Run::start(config, options, control, *plan, hooks, cancel, started).await?;
+        let result = run.execute().await;
+        return match run.finish(result).await? {
+            Outcome::Migrated(mut report) => {
+                report.clauses = clauses;
+                Ok(Outcome::Migrated(report))
+            }
+            other => Ok(other),
+        };
     }
+    let plan = direct.unwrap_or_default();
+    let run = direct::DirectRun {
+        config,
+        options,
+        table: &original,
+        plan: &plan,
+        hooks: &hooks,
+        cancel,
+    };
+    let report = run.run(&mut control).await?;
+    let oid_after = crate::model::catalog::resolve(&control, &original.qualified()).await?;
+    Ok(Outcome::Altered(Box::new(direct::AlterReport {
+        original,
+        clauses,
+        direct: report,
+        oid_after,
+        total: started.elapsed(),
+    })))
 }
 
 /// Preflight on a new control session, then the table's advisory lock (held by that session
@@ -213,21 +204,25 @@ fn refuse_revert_window(migration: &Migration, options: &RunOptions) -> Result<(
         .into());
     }
     let using = migration.shadow_plan().and_then(|plan| {
-        plan.alter.usings.first().map(|u| u.column.clone()).or_else(|| {
-            plan.alter
-                .backfills
-                .iter()
-                .find(|b| plan.original.column(&b.column).is_some())
-                .map(|b| b.column.clone())
-        })
+        plan.alter
+            .usings
+            .first()
+            .map(|u| ("USING expression", u.column.clone()))
+            .or_else(|| {
+                plan.alter
+                    .backfills
+                    .iter()
+                    .find(|b| plan.original.column(&b.column).is_some())
+                    .map(|b| ("--backfill expression", b.column.clone()))
+            })
     });
-    let Some(column) = using else {
+    let Some((what, column)) = using else {
         return Ok(());
     };
     Err(Refused(vec![Refusal::new(
         Check::RevertWindow,
         format!(
-            "--revert-window cannot invert the USING or --backfill expression of column {column:?}: a revert would write back the plain conversion of the new value, not what the column held"
+            "--revert-window cannot invert the {what} of column {column:?}: a revert would write back the plain conversion of the new value, not what the column held"
         ),
         "run without --revert-window (the rollback script remains, and refuses when writes made after the cutover would be lost), or without the expression",
     )])
@@ -254,8 +249,6 @@ pub struct Run<'a> {
     started: Instant,
     /// Forwards the caller's cancel signal into the run's own.
     _forward_cancel: AbortOnDrop,
-    /// The direct steps before this shadow migration ran `on-startup` and `on-preflight-ok`.
-    startup_hooks_done: bool,
 }
 
 impl<'a> Run<'a> {
@@ -300,17 +293,14 @@ impl<'a> Run<'a> {
             timings: Vec::new(),
             started,
             _forward_cancel: forward,
-            startup_hooks_done: false,
         })
     }
 
     /// Runs the start-up hooks and every phase; returns the report once the cutover
     /// committed.
     async fn execute(&mut self) -> Result<RunReport> {
-        if !self.startup_hooks_done {
-            self.operator.hook("on-startup").await?;
-            self.operator.hook("on-preflight-ok").await?;
-        }
+        self.operator.hook("on-startup").await?;
+        self.operator.hook("on-preflight-ok").await?;
         self.progress.update(|s| {
             s.rows_estimate = self.plan.original.rows_estimate.max(0) as u64;
             s.phase = Some(Phase::Setup);
@@ -361,7 +351,6 @@ impl<'a> Run<'a> {
             phases: std::mem::take(&mut self.timings),
             total: self.started.elapsed(),
             window,
-            direct: None,
             clauses: Vec::new(),
         })
     }

@@ -11,7 +11,7 @@ use crate::phases::shadow;
 use crate::phases::verify::VerifyReport;
 use crate::ops::history::HistoryOptions;
 use crate::phases::direct::DirectReport;
-use crate::plan::{Action, Clause, DirectPlan, Migration, Plan, Rewrite, ShadowPart};
+use crate::plan::{Action, Clause, DirectPlan, Migration, Plan, Rewrite};
 use crate::run::AlterReport;
 
 /// What a completed migration did.
@@ -33,8 +33,6 @@ pub struct RunReport {
     pub total: Duration,
     /// The revert window, when `--revert-window` opened one after the cutover.
     pub window: Option<super::WindowReport>,
-    /// The direct and online steps run before the shadow migration, in a mix.
-    pub direct: Option<DirectReport>,
     /// Every clause with its strategy (empty when the run was planned as a shadow
     /// migration alone).
     pub clauses: Vec<Clause>,
@@ -206,16 +204,9 @@ pub fn render_migration(
     if let Some(direct) = &migration.direct {
         out.push_str(&render_direct(migration, direct));
     }
-    match (&migration.shadow, script) {
-        (Some(ShadowPart::Ready(plan)), Some(script)) => {
-            out.push_str("\nshadow migration:\n");
-            out.push_str(&render_plan(plan, script, revert_window));
-        }
-        (Some(ShadowPart::AfterDirect(rest)), _) => out.push_str(&format!(
-            "\nshadow migration, after the direct steps: {}\n  planned in full once the direct steps have run (they change the table); run `doppel run` with only these clauses for its detailed plan\n",
-            rest.join("; ")
-        )),
-        _ => {}
+    if let (Some(plan), Some(script)) = (migration.shadow_plan(), script) {
+        out.push_str("\nshadow migration:\n");
+        out.push_str(&render_plan(plan, script, revert_window));
     }
     out.push_str(&format!("\nhistory: {}\n", history.describe()));
     out

@@ -13,6 +13,7 @@ mod common;
 
 mod abort_anywhere;
 mod apply_rules;
+mod backfill_command;
 mod architecture;
 mod cluster_harness;
 mod control_and_hooks;
@@ -23,6 +24,7 @@ mod e2e_pgbench;
 mod faults;
 mod interrupted_run;
 mod kill_phases;
+mod ledger;
 mod online_migration;
 mod operator;
 mod preflight_refusals;

@@ -258,7 +258,8 @@ impl BatchUpdate<'_> {
                 .chunk(client, &statements, lower.as_ref(), upper.as_ref(), &mut report)
                 .await?;
             let took = chunk_started.elapsed();
-            report.rows_examined += examined;
+            // The last chunk is counted before its update: rows inserted meanwhile count too.
+            report.rows_examined += examined.max(changed);
             report.rows_changed += changed;
             report.chunks += 1;
             self.progress.update(|s| {

@@ -2,9 +2,9 @@
 //! [`effects`] runs the clauses one at a time, reading the clone's catalog before and after
 //! each, and asks the real table which views, rules, policies and triggers use the columns a
 //! clause retypes or drops (PostgreSQL refuses such a clause directly; the clone has no
-//! dependents to refuse it). [`rehearse`] runs a sequence of statements (the direct steps in
-//! the order doppel would run them, then the shadow's clauses) on a fresh clone and says
-//! whether the table ends in the shape the clauses in their written order give. Everything
+//! dependents to refuse it). [`rehearse`] runs the direct steps in the order doppel would run
+//! them on a fresh clone and says whether the table ends in the shape the clauses in their
+//! written order give. Everything
 //! runs in transactions that are rolled back.
 
 use anyhow::Result;
@@ -211,13 +211,10 @@ async fn users(tx: &Transaction<'_>, oid: u32, attnums: &[i16]) -> Result<Vec<(S
         .collect())
 }
 
-/// A statement of a rehearsal: the direct steps' SQL against the clone, or a clause of the
-/// shadow's (run as `ALTER TABLE <clone> <clause>`).
+/// A statement of a rehearsal: the direct steps' SQL against the clone.
 pub enum Rehearsed {
     /// A complete statement naming the clone (`pg_temp.<t>`).
     Statement(String),
-    /// A clause.
-    Clause(String),
 }
 
 /// Runs `statements` in order on a fresh clone of `t` (their foreign keys pointed at the
@@ -237,16 +234,16 @@ pub async fn rehearse(
     tx.batch_execute("SET LOCAL lock_timeout = '5s'").await?;
     let clone = TempClone::create(&tx, t, &alter.actions()).await?;
     for statement in statements {
-        let failed = match statement {
-            Rehearsed::Statement(sql) => {
-                let sql = clone.retarget(sql);
-                tx.batch_execute(&sql)
-                    .await
-                    .err()
-                    .map(|e| format!("{sql}: {}", e.as_db_error().map(|d| d.message().to_string()).unwrap_or_else(|| e.to_string())))
-            }
-            Rehearsed::Clause(clause) => clone.alter(&tx, clause).await.map(|m| format!("{clause}: {m}")),
-        };
+        let Rehearsed::Statement(sql) = statement;
+        let sql = clone.retarget(sql);
+        let failed = tx.batch_execute(&sql).await.err().map(|e| {
+            format!(
+                "{sql}: {}",
+                e.as_db_error()
+                    .map(|d| d.message().to_string())
+                    .unwrap_or_else(|| e.to_string())
+            )
+        });
         if let Some(why) = failed {
             tx.rollback().await.ok();
             return Ok(Some(why));

@@ -8,6 +8,7 @@
 //! ([`scalar`]) and doppel's objects seen from outside ([`shadow_rows`],
 //! [`assert_no_doppel_objects`]).
 
+pub mod locks;
 pub mod race;
 
 use std::path::{Path, PathBuf};

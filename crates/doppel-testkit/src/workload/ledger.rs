@@ -64,13 +64,18 @@ pub async fn create(client: &Client, rows: i64) -> Result<()> {
                FROM generate_series(1, {rows}) AS i;
              CREATE TABLE transactions_twin (LIKE transactions);
              ALTER TABLE transactions_twin ADD PRIMARY KEY (id);
-             INSERT INTO transactions_twin SELECT {TWIN_COLUMNS} FROM transactions;
-             VACUUM ANALYZE transactions;
-             VACUUM ANALYZE transactions_twin;",
+             INSERT INTO transactions_twin SELECT {TWIN_COLUMNS} FROM transactions;",
             states.join(", ")
         ))
         .await
-        .context("creating the ledger")
+        .context("creating the ledger")?;
+    for table in ["transactions", "transactions_twin"] {
+        client
+            .batch_execute(&format!("VACUUM ANALYZE {table}"))
+            .await
+            .context("vacuuming the ledger")?;
+    }
+    Ok(())
 }
 
 /// Rows of `transactions` and of the twin (with `state_id` derived from its `status`) that
@@ -109,6 +114,7 @@ pub enum Mode {
 /// The running writer.
 pub struct LedgerWriter {
     mode: Arc<AtomicU8>,
+    done: Arc<AtomicU64>,
     window_max_us: Arc<AtomicU64>,
     stop: watch::Sender<bool>,
     handle: JoinHandle<Result<WorkloadReport>>,
@@ -134,11 +140,13 @@ impl LedgerWriter {
             .await?
             .get(0);
         let mode = Arc::new(AtomicU8::new(mode as u8));
+        let done = Arc::new(AtomicU64::new(0));
         let window_max_us = Arc::new(AtomicU64::new(0));
         let (tx, rx) = watch::channel(false);
         let state = Loop {
             client,
             mode: mode.clone(),
+            done: done.clone(),
             window_max_us: window_max_us.clone(),
             rng: StdRng::seed_from_u64(seed),
             max_id,
@@ -147,15 +155,22 @@ impl LedgerWriter {
         let handle = tokio::spawn(state.run(rx));
         Ok(LedgerWriter {
             mode,
+            done,
             window_max_us,
             stop: tx,
             handle,
         })
     }
 
-    /// Switches what the next transactions write.
-    pub fn switch(&self, mode: Mode) {
+    /// Switches what the next transactions write, and returns once two transactions have
+    /// ended in the new mode (so none of the old mode is still in flight).
+    pub async fn switch(&self, mode: Mode) {
         self.mode.store(mode as u8, Ordering::SeqCst);
+        let from = self.done.load(Ordering::SeqCst);
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while self.done.load(Ordering::SeqCst) < from + 2 && Instant::now() < deadline {
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
     }
 
     /// Starts a latency window: [`LedgerWriter::window`] reports the worst latency since.
@@ -181,6 +196,7 @@ impl LedgerWriter {
 struct Loop {
     client: Client,
     mode: Arc<AtomicU8>,
+    done: Arc<AtomicU64>,
     window_max_us: Arc<AtomicU64>,
     rng: StdRng,
     max_id: i64,
@@ -214,10 +230,15 @@ impl Loop {
                 Err(e) => {
                     report.errors += 1;
                     if report.first_errors.len() < 5 {
-                        report.first_errors.push(format!("{e:#}"));
+                        let why = e
+                            .as_db_error()
+                            .map(|d| d.message().to_string())
+                            .unwrap_or_else(|| e.to_string());
+                        report.first_errors.push(format!("{mode:?}: {why}"));
                     }
                 }
             }
+            self.done.fetch_add(1, Ordering::SeqCst);
             if !self.pause.is_zero() {
                 tokio::time::sleep(self.pause).await;
             }

@@ -1,4 +1,6 @@
-//! `doppel demo`: a real online migration on a throwaway cluster, and its revert.
+//! `doppel demo`: a real online migration on a throwaway cluster, and its revert
+//! (`--scenario shadow`, the default); `--scenario ledger` walks through expand/contract on
+//! the table itself ([`ledger`]).
 //!
 //! Starts a private PostgreSQL cluster from the installed server binaries, loads the demo
 //! table (default 1,000,000 rows) and its twin, and runs the concurrent writer
@@ -14,6 +16,8 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, bail};
 use tokio::task::JoinHandle;
+
+pub mod ledger;
 
 use crate::cancel::Cancel;
 use crate::run::{self, Outcome, RunOptions, RunReport, WindowEnd};
