@@ -9,10 +9,10 @@
 //! | 2 | preflight refused (see [`Refused`]), or an invalid command line |
 //! | 3 | aborted by the operator: Ctrl-C, SIGTERM, the panic flag file, the `abort` command, a failing start-up hook |
 //! | 4 | the replication stream or slot was lost |
-//! | 5 | the cutover budget was exhausted (every attempt timed out on the lock or on the drain under it) |
+//! | 5 | the cutover budget was exhausted (every attempt timed out on the lock or on the drain under it), or a direct step's lock was not granted in its attempts |
 //! | 6 | verification found an unexplained difference |
 //! | 7 | a critical threshold was crossed (`--critical-retained-wal`, `--critical-query`) |
-//! | 8 | the original changed in a way the migration cannot follow (DDL, TRUNCATE), or rows, existing or written live, that the new schema rejects (a new UNIQUE, EXCLUDE, CHECK or NOT NULL, a failing cast) |
+//! | 8 | the original changed in a way the migration cannot follow (DDL, TRUNCATE), or rows, existing or written live, that the new schema rejects (a new UNIQUE, EXCLUDE, CHECK, NOT NULL or FOREIGN KEY, a failing cast) |
 //!
 //! A refusal is typed: [`Refused`] holds one [`Refusal`] per reason, each naming the
 //! [`Check`] that refused, what is wrong and how to fix it. Preflight (`crate::preflight`)

@@ -1,6 +1,7 @@
-//! The migration plan: everything preflight learned and decided about one run (the original,
-//! the shadow's shape, the projection, doppel's names, the dependents to move, warnings),
-//! the input of every later phase.
+//! The migration plan: everything preflight learned and decided about one run — the strategy
+//! of each clause ([`Migration`], docs/design.md §1.10), the direct steps ([`DirectPlan`]) or
+//! the shadow migration ([`Plan`]: the original, the shadow's shape, the projection, doppel's
+//! names, the dependents to move, warnings) — the input of every later phase.
 
 use crate::model::alter::AlterSpec;
 use crate::model::catalog::Table;

@@ -64,7 +64,11 @@ pub(crate) async fn history(args: HistoryCliArgs) -> anyhow::Result<()> {
             j["exit_code"],
             j["clauses"]
                 .as_array()
-                .map(|a| a.iter().filter_map(|c| c.as_str()).collect::<Vec<_>>().join("; "))
+                .map(|a| a
+                    .iter()
+                    .filter_map(|c| c.as_str())
+                    .collect::<Vec<_>>()
+                    .join("; "))
                 .unwrap_or_default()
         );
         let mut extra = Vec::new();

@@ -45,7 +45,11 @@ pub struct LedgerReport {
 /// Runs the walk-through on a throwaway cluster with `rows` rows, the runs tuned like `run`.
 ///
 /// Errors: the cluster cannot start, a step fails, or the result differs from the twin.
-pub async fn walk_through(rows: i64, template: &RunOptions, cancel: &Cancel) -> Result<LedgerReport> {
+pub async fn walk_through(
+    rows: i64,
+    template: &RunOptions,
+    cancel: &Cancel,
+) -> Result<LedgerReport> {
     println!("starting a throwaway PostgreSQL cluster ...");
     let mut cluster = LocalCluster::start(ClusterOptions::default()).await?;
     let result = on(&cluster, rows, template, cancel).await;
@@ -53,24 +57,56 @@ pub async fn walk_through(rows: i64, template: &RunOptions, cancel: &Cancel) -> 
     result
 }
 
-async fn on(cluster: &LocalCluster, rows: i64, template: &RunOptions, cancel: &Cancel) -> Result<LedgerReport> {
+async fn on(
+    cluster: &LocalCluster,
+    rows: i64,
+    template: &RunOptions,
+    cancel: &Cancel,
+) -> Result<LedgerReport> {
     let client = cluster.connect("postgres").await?;
-    let config: tokio_postgres::Config = cluster.conninfo("postgres").parse().context("cluster conninfo")?;
+    let config: tokio_postgres::Config = cluster
+        .conninfo("postgres")
+        .parse()
+        .context("cluster conninfo")?;
     println!("loading {rows} rows into public.transactions (status text) and its twin ...");
     ledger::create(&client, rows).await?;
     let oid = oid_of(&client).await?;
     let writer = LedgerWriter::start(&config, Mode::Old, 16, Duration::from_millis(2)).await?;
     println!("the application writes status only; it runs through every step\n");
-    let walk = Walk { config: &config, template, cancel, writer: &writer, dir: cluster.scratch_dir().to_path_buf() };
+    let walk = Walk {
+        config: &config,
+        template,
+        cancel,
+        writer: &writer,
+        dir: cluster.scratch_dir().to_path_buf(),
+    };
     let mut steps = Vec::new();
-    steps.push(walk.alter("1. expand", "ADD COLUMN state_id smallint REFERENCES transaction_state(id)").await?);
-    walk.backfill("2. backfill the NULLs (old application still running)", Some("state_id IS NULL")).await?;
+    steps.push(
+        walk.alter(
+            "1. expand",
+            "ADD COLUMN state_id smallint REFERENCES transaction_state(id)",
+        )
+        .await?,
+    );
+    walk.backfill(
+        "2. backfill the NULLs (old application still running)",
+        Some("state_id IS NULL"),
+    )
+    .await?;
     writer.switch(Mode::Dual).await;
     println!("   the application now writes both columns (dual write)");
-    walk.backfill("2. backfill every row that differs (dual write)", None).await?;
-    walk.backfill("2. the same again: changes nothing", None).await?;
-    steps.push(walk.alter("3. constraint", "ALTER COLUMN state_id SET NOT NULL").await?);
-    steps.push(walk.alter("4. contract", "ALTER COLUMN status DROP NOT NULL").await?);
+    walk.backfill("2. backfill every row that differs (dual write)", None)
+        .await?;
+    walk.backfill("2. the same again: changes nothing", None)
+        .await?;
+    steps.push(
+        walk.alter("3. constraint", "ALTER COLUMN state_id SET NOT NULL")
+            .await?,
+    );
+    steps.push(
+        walk.alter("4. contract", "ALTER COLUMN status DROP NOT NULL")
+            .await?,
+    );
     writer.switch(Mode::New).await;
     println!("   the application now writes state_id only");
     steps.push(walk.alter("4. contract", "DROP COLUMN status").await?);
@@ -85,12 +121,24 @@ async fn on(cluster: &LocalCluster, rows: i64, template: &RunOptions, cancel: &C
         report.max_latency.as_secs_f64() * 1000.0,
         report.p99.as_secs_f64() * 1000.0
     );
-    println!("transactions keeps its OID: {oid_kept}; rows differing from the twin (state_id derived from its status): {mismatches}");
+    println!(
+        "transactions keeps its OID: {oid_kept}; rows differing from the twin (state_id derived from its status): {mismatches}"
+    );
     print_history(&client).await?;
     if mismatches != 0 || !oid_kept || report.errors != 0 {
-        bail!("the walk-through did not end where it should: {mismatches} mismatched rows, OID kept {oid_kept}, {} writer errors {:?}", report.errors, report.first_errors);
+        bail!(
+            "the walk-through did not end where it should: {mismatches} mismatched rows, OID kept {oid_kept}, {} writer errors {:?}",
+            report.errors,
+            report.first_errors
+        );
     }
-    Ok(LedgerReport { rows, steps, mismatches, oid_kept, writer_errors: report.errors })
+    Ok(LedgerReport {
+        rows,
+        steps,
+        mismatches,
+        oid_kept,
+        writer_errors: report.errors,
+    })
 }
 
 /// What every step shares.
@@ -138,7 +186,9 @@ impl Walk<'_> {
     async fn backfill(&self, title: &str, filter: Option<&str>) -> Result<()> {
         println!(
             "{title}: doppel backfill --table transactions --set '{STATE_ID}'{} --execute",
-            filter.map(|f| format!(" --where '{f}'")).unwrap_or_default()
+            filter
+                .map(|f| format!(" --where '{f}'"))
+                .unwrap_or_default()
         );
         let mut options = BackfillOptions::new("public.transactions", &[STATE_ID]);
         options.filter = filter.map(str::to_string);
@@ -147,7 +197,9 @@ impl Walk<'_> {
         options.update.chunk_time = self.template.copy.chunk_time;
         options.update.nice_ratio = self.template.copy.nice_ratio;
         options.throttle = self.template.throttle.clone();
-        let BackfillOutcome::Done(report) = run::backfill(self.config, &options, self.cancel).await? else {
+        let BackfillOutcome::Done(report) =
+            run::backfill(self.config, &options, self.cancel).await?
+        else {
             bail!("the backfill ran as a dry run");
         };
         let u = &report.update;
@@ -168,7 +220,10 @@ impl Walk<'_> {
 }
 
 async fn oid_of(client: &tokio_postgres::Client) -> Result<u32> {
-    Ok(client.query_one("SELECT 'public.transactions'::regclass::oid", &[]).await?.get(0))
+    Ok(client
+        .query_one("SELECT 'public.transactions'::regclass::oid", &[])
+        .await?
+        .get(0))
 }
 
 /// Prints the history of the walk-through's runs.
@@ -181,8 +236,18 @@ async fn print_history(client: &tokio_postgres::Client) -> Result<()> {
             j["id"],
             j["kind"].as_str().unwrap_or_default(),
             j["outcome"].as_str().unwrap_or_default(),
-            j["lock_hold_ms"].as_f64().map(|m| format!("{m:.1}")).unwrap_or_else(|| "-".into()),
-            j["clauses"].as_array().map(|a| a.iter().filter_map(|c| c.as_str()).collect::<Vec<_>>().join("; ")).unwrap_or_default()
+            j["lock_hold_ms"]
+                .as_f64()
+                .map(|m| format!("{m:.1}"))
+                .unwrap_or_else(|| "-".into()),
+            j["clauses"]
+                .as_array()
+                .map(|a| a
+                    .iter()
+                    .filter_map(|c| c.as_str())
+                    .collect::<Vec<_>>()
+                    .join("; "))
+                .unwrap_or_default()
         );
     }
     Ok(())

@@ -175,7 +175,9 @@ async fn wait_for_window(socket: &Path, migration: &JoinHandle<Result<Outcome>>)
 async fn finished(migration: JoinHandle<Result<Outcome>>) -> Result<RunReport> {
     match migration.await.context("the migration task failed")?? {
         Outcome::Migrated(report) => Ok(*report),
-        Outcome::Planned(_) | Outcome::Altered(_) => bail!("the demo's migration did not take the shadow"),
+        Outcome::Planned(_) | Outcome::Altered(_) => {
+            bail!("the demo's migration did not take the shadow")
+        }
     }
 }
 

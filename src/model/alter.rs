@@ -220,7 +220,10 @@ pub fn referenced_tables(text: &str) -> Vec<(Range<usize>, String)> {
         {
             last = second;
         }
-        out.push((first.start..last.end, text[first.start..last.end].to_string()));
+        out.push((
+            first.start..last.end,
+            text[first.start..last.end].to_string(),
+        ));
     }
     out
 }

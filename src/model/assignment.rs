@@ -47,7 +47,10 @@ pub fn parse(text: &str) -> Result<Assignment, AssignmentError> {
         return Err(AssignmentError::MultipleStatements(text.to_string()));
     }
     let form = || AssignmentError::Form(text.to_string());
-    let column = tokens.first().and_then(lexer::identifier).ok_or_else(form)?;
+    let column = tokens
+        .first()
+        .and_then(lexer::identifier)
+        .ok_or_else(form)?;
     let eq = tokens.get(1).ok_or_else(form)?;
     if eq.tok != Tok::Other('=') {
         return Err(form());
@@ -81,8 +84,8 @@ mod tests {
 
     #[test]
     fn splits_column_and_expression() {
-        let a = parse("state_id = (SELECT id FROM transaction_state s WHERE s.name = status)")
-            .unwrap();
+        let a =
+            parse("state_id = (SELECT id FROM transaction_state s WHERE s.name = status)").unwrap();
         assert_eq!(a.column, "state_id");
         assert_eq!(
             a.expression,

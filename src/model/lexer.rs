@@ -207,7 +207,10 @@ mod tests {
         assert_eq!(literal.depth, 1);
         let parts = split_top_level_commas(&tokens);
         assert_eq!(parts.len(), 2);
-        assert_eq!(span(text, parts[0]), "ADD CONSTRAINT \"x y\" CHECK (a > 'it''s, (')");
+        assert_eq!(
+            span(text, parts[0]),
+            "ADD CONSTRAINT \"x y\" CHECK (a > 'it''s, (')"
+        );
         assert_eq!(span(text, parts[1]), "b");
     }
 

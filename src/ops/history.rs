@@ -283,7 +283,10 @@ pub async fn list(
     table: Option<&str>,
 ) -> Result<Vec<Row>> {
     let exists: bool = client
-        .query_one("SELECT to_regclass($1) IS NOT NULL", &[&options.qualified()])
+        .query_one(
+            "SELECT to_regclass($1) IS NOT NULL",
+            &[&options.qualified()],
+        )
         .await?
         .get(0);
     if !exists {

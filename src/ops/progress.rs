@@ -179,7 +179,11 @@ impl Progress {
             }
             (Some(Phase::RevertWindow), Some(w)) => w.describe(),
             (Some(Phase::Direct | Phase::Backfill), _) if s.step.is_some() => {
-                format!("{} ({})", s.state_name(), s.step.as_deref().unwrap_or_default())
+                format!(
+                    "{} ({})",
+                    s.state_name(),
+                    s.step.as_deref().unwrap_or_default()
+                )
             }
             _ => s.state_name().to_string(),
         };

@@ -609,8 +609,8 @@ pub async fn check(config: &tokio_postgres::Config, options: &CheckOptions) -> R
         } else {
             crate::model::alter::analyze(&options.alters).context("reading --alter")?
         };
-        spec.backfills =
-            crate::model::assignment::parse_all(&options.backfills).context("reading --backfill")?;
+        spec.backfills = crate::model::assignment::parse_all(&options.backfills)
+            .context("reading --backfill")?;
         Some(spec)
     };
     let projection = projection_between(&client, &source, &target, alter.as_ref()).await?;

@@ -27,11 +27,7 @@ impl Offenders {
         if self.count == 0 {
             return "none".into();
         }
-        format!(
-            "{} {what}, e.g. {}",
-            self.count,
-            self.examples.join("; ")
-        )
+        format!("{} {what}, e.g. {}", self.count, self.examples.join("; "))
     }
 }
 
@@ -67,7 +63,10 @@ fn tuple_text(columns: &[String], alias: &str) -> String {
         .iter()
         .map(|c| format!("coalesce({alias}.{}::text, 'NULL')", ident(c)))
         .collect();
-    format!("'({names})=(' || concat_ws(', ', {}) || ')'", values.join(", "))
+    format!(
+        "'({names})=(' || concat_ws(', ', {}) || ')'",
+        values.join(", ")
+    )
 }
 
 /// Finds the rows of `subject` that violate `violation`, listing at most `limit`.

@@ -217,9 +217,11 @@ impl TempClone {
             for p in &self.parents {
                 let stand_in = format!("REFERENCES {}(", p.temp_printed);
                 if con.definition.contains(&stand_in) {
-                    con.definition =
-                        con.definition
-                            .replacen(&stand_in, &format!("REFERENCES {}(", p.printed), 1);
+                    con.definition = con.definition.replacen(
+                        &stand_in,
+                        &format!("REFERENCES {}(", p.printed),
+                        1,
+                    );
                     con.references = Some(p.oid);
                     break;
                 }

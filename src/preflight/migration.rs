@@ -108,15 +108,17 @@ pub async fn plan(client: &mut Client, request: &Request<'_>) -> Result<Migratio
     let (direct, shadow) = if clauses.iter().all(|c| c.strategy != Strategy::Shadow) {
         (Some(context.direct_only(client, &clauses).await?), None)
     } else {
-        for c in clauses.iter_mut().filter(|c| c.strategy != Strategy::Shadow) {
+        for c in clauses
+            .iter_mut()
+            .filter(|c| c.strategy != Strategy::Shadow)
+        {
             c.strategy = Strategy::Shadow;
             c.reason = format!(
                 "{}; rides in the shadow another clause needs (no lock on the table of its own)",
                 c.reason
             );
         }
-        let plan =
-            super::shadow(client, request.table, request.alters, request.backfills).await?;
+        let plan = super::shadow(client, request.table, request.alters, request.backfills).await?;
         (None, Some(Box::new(plan)))
     };
     Ok(Migration {
@@ -205,7 +207,10 @@ impl Context<'_> {
         plan.steps
             .iter()
             .flat_map(|s| match &s.action {
-                Action::Brief(sql) => sql.iter().map(|q| Rehearsed::Statement(q.clone())).collect(),
+                Action::Brief(sql) => sql
+                    .iter()
+                    .map(|q| Rehearsed::Statement(q.clone()))
+                    .collect(),
                 Action::Validate { constraint, .. } => vec![Rehearsed::Statement(format!(
                     "ALTER TABLE {} VALIDATE CONSTRAINT {}",
                     self.target(true).table,

@@ -40,18 +40,18 @@ use anyhow::Result;
 use tokio_postgres::Client;
 
 use crate::failure::{Refusal, Refused};
+use crate::model::assignment;
 use crate::model::catalog;
 use crate::model::names::Names;
 use crate::plan::Plan;
-use crate::model::assignment;
 use checks::{
     alter, dependents, key, leftovers, privileges, projection, publications, server, table,
     transactions,
 };
 
 pub use checks::server::MIN_SERVER_VERSION;
-pub use migration::{Request, plan};
 pub use indexdef::{rename_index_definition, retarget_index};
+pub use migration::{Request, plan};
 
 /// Runs every check against the server behind `client` for `table` (as SQL writes it) and
 /// the `--alter` clauses, in this order: the server (a version before 14 stops preflight at

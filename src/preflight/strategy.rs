@@ -162,14 +162,25 @@ pub fn lock_for(clause: &str) -> LockMode {
         || (starts("cluster") && has("on"))
         || (starts("set") && (has("without") || tokens.iter().any(|t| t.tok == Tok::Other('('))))
         || starts("reset")
-        || (starts("alter") && (has("statistics") || has("reset") || (has("set") && tokens.iter().any(|t| t.depth == 0 && t.tok == Tok::Other('(')))))
+        || (starts("alter")
+            && (has("statistics")
+                || has("reset")
+                || (has("set")
+                    && tokens
+                        .iter()
+                        .any(|t| t.depth == 0 && t.tok == Tok::Other('(')))))
     {
         return LockMode::ShareUpdateExclusive;
     }
     if (starts("enable") || starts("disable")) && has("trigger") {
         return LockMode::ShareRowExclusive;
     }
-    if starts("add") && (has("foreign") || has("references")) && has("not") && has("valid") && !has("column") {
+    if starts("add")
+        && (has("foreign") || has("references"))
+        && has("not")
+        && has("valid")
+        && !has("column")
+    {
         return LockMode::ShareRowExclusive;
     }
     LockMode::AccessExclusive
@@ -202,20 +213,34 @@ struct Parts {
 
 /// Builds the recipe of one direct or online clause. `helpers` numbers doppel's helper
 /// constraints and indexes across the plan.
-fn parts(effect: &Effect, strategy: Strategy, target: &Target, names: &Names, helpers: &mut usize) -> Parts {
+fn parts(
+    effect: &Effect,
+    strategy: Strategy,
+    target: &Target,
+    names: &Names,
+    helpers: &mut usize,
+) -> Parts {
     let t = &target.table;
     let mut p = Parts::default();
     if strategy == Strategy::Direct {
-        p.before
-            .push((format!("ALTER TABLE {t} {}", effect.text), lock_for(&effect.text)));
+        p.before.push((
+            format!("ALTER TABLE {t} {}", effect.text),
+            lock_for(&effect.text),
+        ));
         return p;
     }
     for column in &effect.added_columns {
-        p.before
-            .push((format!("ALTER TABLE {t} ADD COLUMN {}", column_definition(column)), LockMode::AccessExclusive));
+        p.before.push((
+            format!("ALTER TABLE {t} ADD COLUMN {}", column_definition(column)),
+            LockMode::AccessExclusive,
+        ));
         p.before.extend(column_settings(t, column));
     }
-    for con in effect.new_constraints.iter().filter(|c| c.kind == 'c' || c.kind == 'f') {
+    for con in effect
+        .new_constraints
+        .iter()
+        .filter(|c| c.kind == 'c' || c.kind == 'f')
+    {
         let lock = if con.kind == 'f' {
             LockMode::ShareRowExclusive
         } else {
@@ -223,11 +248,19 @@ fn parts(effect: &Effect, strategy: Strategy, target: &Target, names: &Names, he
         };
         let name = ident(&con.name);
         if !con.validated {
-            p.before.push((format!("ALTER TABLE {t} ADD CONSTRAINT {name} {}", con.definition), lock));
+            p.before.push((
+                format!("ALTER TABLE {t} ADD CONSTRAINT {name} {}", con.definition),
+                lock,
+            ));
             continue;
         }
-        p.before
-            .push((format!("ALTER TABLE {t} ADD CONSTRAINT {name} {} NOT VALID", con.definition), lock));
+        p.before.push((
+            format!(
+                "ALTER TABLE {t} ADD CONSTRAINT {name} {} NOT VALID",
+                con.definition
+            ),
+            lock,
+        ));
         p.before_creates
             .push(format!("ALTER TABLE {t} DROP CONSTRAINT IF EXISTS {name}"));
         let violation = violation_of(con);
@@ -260,8 +293,9 @@ fn parts(effect: &Effect, strategy: Strategy, target: &Target, names: &Names, he
             format!("ALTER TABLE {t} ADD CONSTRAINT {helper} CHECK ({col} IS NOT NULL) NOT VALID"),
             LockMode::AccessExclusive,
         ));
-        p.before_creates
-            .push(format!("ALTER TABLE {t} DROP CONSTRAINT IF EXISTS {helper}"));
+        p.before_creates.push(format!(
+            "ALTER TABLE {t} DROP CONSTRAINT IF EXISTS {helper}"
+        ));
         p.scans.push((
             Action::Validate {
                 constraint: names.recipe_check(*helpers),
@@ -309,7 +343,10 @@ fn unique_recipe(p: &mut Parts, index: &Index, target: &Target, temp: &str) {
         nulls_not_distinct: index.definition.contains("NULLS NOT DISTINCT"),
     };
     let undo = if target.concurrently {
-        format!("DROP INDEX CONCURRENTLY IF EXISTS {}", qualified_like(t, temp))
+        format!(
+            "DROP INDEX CONCURRENTLY IF EXISTS {}",
+            qualified_like(t, temp)
+        )
     } else {
         format!("DROP INDEX IF EXISTS {}", qualified_like(t, temp))
     };
@@ -323,7 +360,11 @@ fn unique_recipe(p: &mut Parts, index: &Index, target: &Target, temp: &str) {
         create,
         Some(undo),
     ));
-    let what = if *kind == 'p' { "PRIMARY KEY" } else { "UNIQUE" };
+    let what = if *kind == 'p' {
+        "PRIMARY KEY"
+    } else {
+        "UNIQUE"
+    };
     let mut deferrable = String::new();
     if def.contains("INITIALLY DEFERRED") {
         deferrable.push_str(" DEFERRABLE INITIALLY DEFERRED");
@@ -376,11 +417,17 @@ fn column_settings(t: &str, c: &Column) -> Vec<(String, LockMode)> {
             'm' => "MAIN",
             _ => "EXTENDED",
         };
-        out.push((format!("ALTER TABLE {t} ALTER COLUMN {col} SET STORAGE {kind}"), LockMode::AccessExclusive));
+        out.push((
+            format!("ALTER TABLE {t} ALTER COLUMN {col} SET STORAGE {kind}"),
+            LockMode::AccessExclusive,
+        ));
     }
     if let Some(method) = c.compression {
         let method = if method == 'l' { "lz4" } else { "pglz" };
-        out.push((format!("ALTER TABLE {t} ALTER COLUMN {col} SET COMPRESSION {method}"), LockMode::AccessExclusive));
+        out.push((
+            format!("ALTER TABLE {t} ALTER COLUMN {col} SET COMPRESSION {method}"),
+            LockMode::AccessExclusive,
+        ));
     }
     if let Some(target) = c.stattarget {
         out.push((
@@ -484,7 +531,10 @@ pub fn steps(
     let mut recipes = Vec::new();
     for (i, (effect, clause)) in effects.iter().zip(clauses).enumerate() {
         if clause.strategy != Strategy::Shadow {
-            recipes.push((i, parts(effect, clause.strategy, target, names, &mut helpers)));
+            recipes.push((
+                i,
+                parts(effect, clause.strategy, target, names, &mut helpers),
+            ));
         }
     }
     let mut plan = DirectPlan {
@@ -612,11 +662,26 @@ mod tests {
     #[test]
     fn locks_follow_the_documented_forms() {
         assert_eq!(lock_for("ADD COLUMN x int"), LockMode::AccessExclusive);
-        assert_eq!(lock_for("ALTER COLUMN x SET STATISTICS 100"), LockMode::ShareUpdateExclusive);
-        assert_eq!(lock_for("ALTER COLUMN x SET (n_distinct = 5)"), LockMode::ShareUpdateExclusive);
-        assert_eq!(lock_for("ALTER COLUMN x SET DEFAULT 5"), LockMode::AccessExclusive);
-        assert_eq!(lock_for("VALIDATE CONSTRAINT c"), LockMode::ShareUpdateExclusive);
-        assert_eq!(lock_for("SET (fillfactor = 70)"), LockMode::ShareUpdateExclusive);
+        assert_eq!(
+            lock_for("ALTER COLUMN x SET STATISTICS 100"),
+            LockMode::ShareUpdateExclusive
+        );
+        assert_eq!(
+            lock_for("ALTER COLUMN x SET (n_distinct = 5)"),
+            LockMode::ShareUpdateExclusive
+        );
+        assert_eq!(
+            lock_for("ALTER COLUMN x SET DEFAULT 5"),
+            LockMode::AccessExclusive
+        );
+        assert_eq!(
+            lock_for("VALIDATE CONSTRAINT c"),
+            LockMode::ShareUpdateExclusive
+        );
+        assert_eq!(
+            lock_for("SET (fillfactor = 70)"),
+            LockMode::ShareUpdateExclusive
+        );
         assert_eq!(lock_for("DISABLE TRIGGER t"), LockMode::ShareRowExclusive);
         assert_eq!(
             lock_for("ADD CONSTRAINT f FOREIGN KEY (a) REFERENCES p(id) NOT VALID"),
@@ -627,16 +692,208 @@ mod tests {
 
     #[test]
     fn reads_constraint_and_index_definitions() {
-        assert_eq!(check_expression("CHECK ((amount > (0)::numeric)) NOT VALID").as_deref(), Some("(amount > (0)::numeric)"));
+        assert_eq!(
+            check_expression("CHECK ((amount > (0)::numeric)) NOT VALID").as_deref(),
+            Some("(amount > (0)::numeric)")
+        );
         assert_eq!(check_expression("FOREIGN KEY (a) REFERENCES p(id)"), None);
         assert_eq!(
-            foreign_key_target("FOREIGN KEY (state_id) REFERENCES \"Sales\".transaction_state(id, \"Code\") ON DELETE CASCADE"),
-            ("\"Sales\".transaction_state".to_string(), vec!["id".to_string(), "Code".to_string()])
+            foreign_key_target(
+                "FOREIGN KEY (state_id) REFERENCES \"Sales\".transaction_state(id, \"Code\") ON DELETE CASCADE"
+            ),
+            (
+                "\"Sales\".transaction_state".to_string(),
+                vec!["id".to_string(), "Code".to_string()]
+            )
         );
         assert_eq!(
-            index_columns("CREATE UNIQUE INDEX u ON pg_temp.t USING btree (a, \"B\" DESC) INCLUDE (c)"),
+            index_columns(
+                "CREATE UNIQUE INDEX u ON pg_temp.t USING btree (a, \"B\" DESC) INCLUDE (c)"
+            ),
             vec!["a".to_string(), "B".to_string()]
         );
+    }
+
+    fn column(name: &str) -> Column {
+        Column {
+            attnum: 9,
+            name: name.into(),
+            type_oid: 23,
+            type_sql: "integer".into(),
+            type_modifier: -1,
+            collate_sql: String::new(),
+            not_null: false,
+            default_sql: None,
+            identity: None,
+            generated_sql: None,
+            generated_kind: None,
+            storage: None,
+            compression: None,
+            stattarget: None,
+            comment: None,
+        }
+    }
+
+    fn effect(text: &str) -> Effect {
+        Effect {
+            text: text.into(),
+            cost: Rewrite::MetadataOnly,
+            rewrite: false,
+            rebuilt_indexes: Vec::new(),
+            added_columns: Vec::new(),
+            new_not_null: Vec::new(),
+            new_constraints: Vec::new(),
+            validated: Vec::new(),
+            new_indexes: Vec::new(),
+            retype_dependents: Vec::new(),
+            drop_dependents: Vec::new(),
+        }
+    }
+
+    fn check(name: &str, def: &str) -> Constraint {
+        Constraint {
+            name: name.into(),
+            kind: 'c',
+            definition: def.into(),
+            validated: true,
+            columns: vec!["x".into()],
+            references: None,
+        }
+    }
+
+    fn clauses_of(effects: &[Effect]) -> Vec<Clause> {
+        effects
+            .iter()
+            .map(|e| {
+                let (strategy, reason) = choose(e);
+                Clause {
+                    text: e.text.clone(),
+                    strategy,
+                    cost: e.cost,
+                    reason,
+                }
+            })
+            .collect()
+    }
+
+    fn target() -> Target {
+        Target {
+            table: "\"public\".\"t\"".into(),
+            concurrently: true,
+            clone_text: "pg_temp.t".into(),
+        }
+    }
+
+    #[test]
+    fn the_strategy_follows_what_the_clause_did_to_the_clone() {
+        assert_eq!(choose(&effect("ADD COLUMN x int")).0, Strategy::Direct);
+        let rewrite = Effect {
+            rewrite: true,
+            ..effect("ALTER COLUMN x TYPE bigint")
+        };
+        assert_eq!(
+            choose(&rewrite),
+            (Strategy::Shadow, "rewrites the table".into())
+        );
+        let viewed = Effect {
+            retype_dependents: vec![("x".into(), "view public.v".into())],
+            ..effect("ALTER COLUMN x TYPE varchar(20)")
+        };
+        let (strategy, reason) = choose(&viewed);
+        assert_eq!(strategy, Strategy::Shadow);
+        assert!(reason.contains("view public.v"), "{reason}");
+        let checked = Effect {
+            new_constraints: vec![check("c", "CHECK ((x > 0))")],
+            ..effect("ADD CONSTRAINT c CHECK (x > 0)")
+        };
+        assert_eq!(choose(&checked).0, Strategy::Online);
+        let not_valid = Effect {
+            new_constraints: vec![Constraint {
+                validated: false,
+                ..check("c", "CHECK ((x > 0)) NOT VALID")
+            }],
+            ..effect("ADD CONSTRAINT c CHECK (x > 0) NOT VALID")
+        };
+        assert_eq!(choose(&not_valid).0, Strategy::Direct);
+        let scans_without_recipe = Effect {
+            new_not_null: vec!["x".into()],
+            ..effect("ALTER COLUMN x TYPE int")
+        };
+        assert_eq!(choose(&scans_without_recipe).0, Strategy::Shadow);
+    }
+
+    #[test]
+    fn grouped_steps_take_two_brief_locks_around_the_scans() {
+        let names = Names::new("public", "t", 42);
+        let effects = vec![
+            Effect {
+                added_columns: vec![column("y")],
+                ..effect("ADD COLUMN y int")
+            },
+            Effect {
+                new_constraints: vec![check("c", "CHECK ((x > 0))")],
+                ..effect("ADD CONSTRAINT c CHECK (x > 0)")
+            },
+            Effect {
+                new_not_null: vec!["x".into()],
+                ..effect("ALTER COLUMN x SET NOT NULL")
+            },
+        ];
+        let clauses = clauses_of(&effects);
+        assert_eq!(
+            clauses.iter().map(|c| c.strategy).collect::<Vec<_>>(),
+            [Strategy::Direct, Strategy::Online, Strategy::Online]
+        );
+        let grouped = steps(&effects, &clauses, &target(), &names, true);
+        let kinds: Vec<(&str, LockMode)> = grouped
+            .steps
+            .iter()
+            .map(|s| match &s.action {
+                Action::Brief(_) => ("brief", s.lock),
+                Action::Validate { .. } => ("validate", s.lock),
+                Action::BuildIndex { .. } => ("index", s.lock),
+            })
+            .collect();
+        assert_eq!(
+            kinds,
+            [
+                ("brief", LockMode::AccessExclusive),
+                ("validate", LockMode::ShareUpdateExclusive),
+                ("validate", LockMode::ShareUpdateExclusive),
+                ("brief", LockMode::AccessExclusive)
+            ]
+        );
+        let Action::Brief(first) = &grouped.steps[0].action else {
+            panic!()
+        };
+        assert_eq!(
+            first,
+            &[
+                "ALTER TABLE \"public\".\"t\" ADD COLUMN y int",
+                "ALTER TABLE \"public\".\"t\" ADD CONSTRAINT \"c\" CHECK ((x > 0)) NOT VALID",
+                "ALTER TABLE \"public\".\"t\" ADD CONSTRAINT \"_doppel_42_nn1\" CHECK (\"x\" IS NOT NULL) NOT VALID",
+            ]
+        );
+        // What the first step creates is undone if a later step fails; the direct clause is
+        // finished at once, the CHECK after its VALIDATE, the NOT NULL after the last step.
+        assert_eq!(grouped.steps[0].finishes, [0]);
+        assert_eq!(grouped.steps[0].creates.len(), 2);
+        assert_eq!(grouped.steps[1].finishes, [1]);
+        assert_eq!(grouped.steps[3].finishes, [2]);
+        let Action::Brief(last) = &grouped.steps[3].action else {
+            panic!()
+        };
+        assert_eq!(
+            last,
+            &[
+                "ALTER TABLE \"public\".\"t\" ALTER COLUMN \"x\" SET NOT NULL",
+                "ALTER TABLE \"public\".\"t\" DROP CONSTRAINT \"_doppel_42_nn1\"",
+            ]
+        );
+        // Clause by clause: each clause's steps before the next clause's (1 + 2 + 3).
+        let sequential = steps(&effects, &clauses, &target(), &names, false);
+        assert_eq!(sequential.steps.len(), 6);
+        assert!(!sequential.grouped);
     }
 
     #[test]

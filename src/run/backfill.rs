@@ -89,7 +89,7 @@ impl BackfillOptions {
 #[derive(Debug, Clone)]
 pub enum BackfillOutcome {
     /// A dry run.
-    Planned(BackfillPlan),
+    Planned(Box<BackfillPlan>),
     /// The update ran; the validation report.
     Done(Box<BackfillReport>),
 }
@@ -139,18 +139,27 @@ pub async fn backfill(
     lock_table(&control, spec.table.oid, &spec.table.qualified()).await?;
     let resume = previous(&control, options, &spec.table).await?;
     if !options.execute {
-        return Ok(BackfillOutcome::Planned(BackfillPlan {
+        return Ok(BackfillOutcome::Planned(Box::new(BackfillPlan {
             update_sql: spec.update_sql(true, true),
             table: spec.table,
             resume,
             history: options.history.describe(),
-        }));
+        })));
     }
     let record = match options.history.enabled {
         true => open_record(config, options, &spec.table, resume.as_ref()).await,
         false => None,
     };
-    let result = execute(config, options, &mut control, &spec, &record, resume, cancel).await;
+    let result = execute(
+        config,
+        options,
+        &mut control,
+        &spec,
+        &record,
+        resume,
+        cancel,
+    )
+    .await;
     if let Some(record) = record {
         record.finish(end_of(&result)).await;
     }
@@ -177,7 +186,10 @@ async fn check(client: &Client, options: &BackfillOptions) -> Result<UpdateSpec>
     if table.pk_columns.is_empty() {
         refusals.push(Refusal::new(
             Check::PrimaryKey,
-            format!("{} has no primary key: doppel backfill updates it in primary-key chunks", table.qualified()),
+            format!(
+                "{} has no primary key: doppel backfill updates it in primary-key chunks",
+                table.qualified()
+            ),
             "add a primary key first",
         ));
     }
@@ -185,13 +197,25 @@ async fn check(client: &Client, options: &BackfillOptions) -> Result<UpdateSpec>
         match table.column(&a.column) {
             None => refusals.push(Refusal::new(
                 Check::Backfill,
-                format!("--set {:?}: {} has no column {:?}", a.text, table.qualified(), a.column),
+                format!(
+                    "--set {:?}: {} has no column {:?}",
+                    a.text,
+                    table.qualified(),
+                    a.column
+                ),
                 "add the column first (doppel run --alter \"ADD COLUMN ..\")",
             )),
-            Some(c) if c.generated_sql.is_some() || c.identity == Some('a') || table.pk_columns.contains(&c.name) => {
+            Some(c)
+                if c.generated_sql.is_some()
+                    || c.identity == Some('a')
+                    || table.pk_columns.contains(&c.name) =>
+            {
                 refusals.push(Refusal::without_fix(
                     Check::Backfill,
-                    format!("--set {:?}: {:?} is a generated, identity or primary-key column", a.text, a.column),
+                    format!(
+                        "--set {:?}: {:?} is a generated, identity or primary-key column",
+                        a.text, a.column
+                    ),
                 ))
             }
             Some(_) => {}
@@ -224,12 +248,19 @@ async fn check(client: &Client, options: &BackfillOptions) -> Result<UpdateSpec>
 /// session holds the table's advisory lock): it is marked `interrupted`.
 ///
 /// Errors: a query fails.
-async fn previous(client: &Client, options: &BackfillOptions, table: &Table) -> Result<Option<(i64, Key)>> {
+async fn previous(
+    client: &Client,
+    options: &BackfillOptions,
+    table: &Table,
+) -> Result<Option<(i64, Key)>> {
     if !options.history.enabled {
         return Ok(None);
     }
     let exists: bool = client
-        .query_one("SELECT to_regclass($1) IS NOT NULL", &[&options.history.qualified()])
+        .query_one(
+            "SELECT to_regclass($1) IS NOT NULL",
+            &[&options.history.qualified()],
+        )
         .await?
         .get(0);
     if !exists {
@@ -296,7 +327,10 @@ async fn open_record(
             Some(record)
         }
         Err(e) => {
-            tracing::warn!("could not record this backfill in {} ({e:#}); it runs without resume points", options.history.qualified());
+            tracing::warn!(
+                "could not record this backfill in {} ({e:#}); it runs without resume points",
+                options.history.qualified()
+            );
             None
         }
     }
@@ -327,7 +361,8 @@ async fn execute(
         .unwrap_or_else(|| crate::ops::control::default_path(&options.work_dir, spec.table.oid));
     let hooks = Hooks::new(options.hooks_dir.clone())?;
     let subject = Subject::table_only(&spec.table.qualified(), &options.clauses());
-    let mut operator = Operator::start(subject, progress.clone(), hooks, Some(socket), &run_options).await?;
+    let mut operator =
+        Operator::start(subject, progress.clone(), hooks, Some(socket), &run_options).await?;
     let (abort, internal) = Cancel::new();
     operator.drive_abort(abort.clone());
     let outer = cancel.clone();
@@ -337,9 +372,19 @@ async fn execute(
     }));
     let result = async {
         operator.hook("on-startup").await?;
-        let _reporter = AbortOnDrop(progress::spawn_reporter(progress.clone(), options.display, options.status_interval));
+        let _reporter = AbortOnDrop(progress::spawn_reporter(
+            progress.clone(),
+            options.display,
+            options.status_interval,
+        ));
         let names = Names::new(&spec.table.schema, &spec.table.name, spec.table.oid);
-        let mut throttler = Throttler::spawn(config, options.throttle.clone(), &names.slot, &names.message_prefix).await?;
+        let mut throttler = Throttler::spawn(
+            config,
+            options.throttle.clone(),
+            &names.slot,
+            &names.message_prefix,
+        )
+        .await?;
         throttler.abort_on(internal.clone());
         operator.drive_throttle(throttler.live());
         operator.drive_hooks(throttler.watch());

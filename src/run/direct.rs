@@ -8,9 +8,9 @@ use std::time::{Duration, Instant};
 use anyhow::Result;
 use tokio_postgres::Client;
 
+use super::RunOptions;
 use super::operator::{Operator, Subject};
 use super::tasks::AbortOnDrop;
-use super::RunOptions;
 use crate::cancel::Cancel;
 use crate::model::catalog::Table;
 use crate::model::names::Names;
@@ -72,7 +72,9 @@ impl DirectRun<'_> {
             outer.cancelled().await;
             abort.send_replace(true);
         }));
-        let result = self.steps(control, &mut operator, &progress, internal).await;
+        let result = self
+            .steps(control, &mut operator, &progress, internal)
+            .await;
         match &result {
             Ok(_) => operator.hook("on-success").await.ok(),
             Err(_) => operator.hook("on-failure").await.ok(),

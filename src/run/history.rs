@@ -24,7 +24,13 @@ pub(super) async fn begin(
     let strategies: Vec<(String, String, String)> = migration
         .clauses
         .iter()
-        .map(|c| (c.text.clone(), c.strategy.label().to_string(), c.reason.clone()))
+        .map(|c| {
+            (
+                c.text.clone(),
+                c.strategy.label().to_string(),
+                c.reason.clone(),
+            )
+        })
         .collect();
     let mut clauses = options.alters.clone();
     clauses.extend(options.backfills.iter().map(|b| format!("--backfill {b}")));
@@ -111,23 +117,29 @@ pub(super) async fn finish(record: Option<Record>, result: &Result<Outcome>) {
 
 /// Each direct step as JSON: what, lock, attempts, hold and duration (ms).
 fn steps_json(report: &crate::phases::direct::DirectReport) -> serde_json::Value {
-    json!(report
-        .steps
-        .iter()
-        .map(|s| json!({
-            "step": s.what,
-            "lock": s.lock.sql(),
-            "attempts": s.attempts,
-            "lock_wait_ms": s.lock_wait.as_secs_f64() * 1000.0,
-            "held_ms": s.held.as_secs_f64() * 1000.0,
-            "elapsed_ms": s.elapsed.as_secs_f64() * 1000.0,
-        }))
-        .collect::<Vec<_>>())
+    json!(
+        report
+            .steps
+            .iter()
+            .map(|s| json!({
+                "step": s.what,
+                "lock": s.lock.sql(),
+                "attempts": s.attempts,
+                "lock_wait_ms": s.lock_wait.as_secs_f64() * 1000.0,
+                "held_ms": s.held.as_secs_f64() * 1000.0,
+                "elapsed_ms": s.elapsed.as_secs_f64() * 1000.0,
+            }))
+            .collect::<Vec<_>>()
+    )
 }
 
 /// Records an executed run that preflight refused (or whose lock another run holds), when
 /// the history can be written: outcome `refused`, exit 2.
-pub(super) async fn refused(config: &tokio_postgres::Config, options: &RunOptions, e: &anyhow::Error) {
+pub(super) async fn refused(
+    config: &tokio_postgres::Config,
+    options: &RunOptions,
+    e: &anyhow::Error,
+) {
     if !options.history.enabled {
         return;
     }

@@ -73,7 +73,9 @@ pub async fn run(
     let started = Instant::now();
     let hooks = Hooks::new(options.hooks_dir.clone())?;
     let planned = match plan_and_lock(config, options).await {
-        Ok((control, migration)) => refuse_revert_window(&migration, options).map(|()| (control, migration)),
+        Ok((control, migration)) => {
+            refuse_revert_window(&migration, options).map(|()| (control, migration))
+        }
         Err(e) => Err(e),
     };
     let (control, migration) = match planned {
@@ -159,7 +161,12 @@ async fn plan_and_lock(
         force_shadow: options.force_shadow,
     };
     let migration = preflight::plan(&mut control, &request).await?;
-    lock_table(&control, migration.original.oid, &migration.original.qualified()).await?;
+    lock_table(
+        &control,
+        migration.original.oid,
+        &migration.original.qualified(),
+    )
+    .await?;
     Ok((control, migration))
 }
 
@@ -270,9 +277,14 @@ impl<'a> Run<'a> {
         let socket = options.control_socket.clone().unwrap_or_else(|| {
             crate::ops::control::default_path(&options.work_dir, plan.original.oid)
         });
-        let mut operator =
-            Operator::start(operator::Subject::of(&plan), progress.clone(), hooks, Some(socket), options)
-                .await?;
+        let mut operator = Operator::start(
+            operator::Subject::of(&plan),
+            progress.clone(),
+            hooks,
+            Some(socket),
+            options,
+        )
+        .await?;
         let (abort, internal) = Cancel::new();
         operator.drive_abort(abort.clone());
         let outer = cancel.clone();

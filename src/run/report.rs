@@ -3,14 +3,14 @@
 use std::time::Duration;
 
 use crate::model::phase::Phase;
+use crate::ops::history::HistoryOptions;
 use crate::ops::progress;
 use crate::phases::backfill::CopyReport;
 use crate::phases::cutover::{self, CutoverReport};
+use crate::phases::direct::DirectReport;
 use crate::phases::revert::{self, ColumnFate};
 use crate::phases::shadow;
 use crate::phases::verify::VerifyReport;
-use crate::ops::history::HistoryOptions;
-use crate::phases::direct::DirectReport;
 use crate::plan::{Action, Clause, DirectPlan, Migration, Plan, Rewrite};
 use crate::run::AlterReport;
 
@@ -233,11 +233,17 @@ fn render_direct(migration: &Migration, direct: &DirectPlan) -> String {
                 "each attempt waits at most lock_timeout (--lock-timeout) for the lock, then rolls back and retries with backoff (--cutover-retries attempts, exit 5 after them); the control socket's lock-timeout=MS applies at the next attempt",
             ),
             Action::Validate { .. } => (
-                format!("held for a full scan of {size} (about {} rows)", t.rows_estimate.max(0)),
+                format!(
+                    "held for a full scan of {size} (about {} rows)",
+                    t.rows_estimate.max(0)
+                ),
                 "not throttled: PostgreSQL cannot pause a VALIDATE; doppel's throttles are waited for before it starts, and an abort cancels it",
             ),
             Action::BuildIndex { .. } => (
-                format!("held for two scans of {size} (about {} rows) and the waits for older transactions", t.rows_estimate.max(0)),
+                format!(
+                    "held for two scans of {size} (about {} rows) and the waits for older transactions",
+                    t.rows_estimate.max(0)
+                ),
                 "not throttled: PostgreSQL cannot pause an index build; doppel's throttles are waited for before it starts, and an abort cancels it (the invalid index is dropped)",
             ),
         };

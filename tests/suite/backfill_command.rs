@@ -32,7 +32,14 @@ async fn setup(client: &Client) {
 fn command(conninfo: &str, dir: &Path, execute: bool, extra: &[&str]) -> tokio::process::Command {
     let mut cmd = tokio::process::Command::new(env!("CARGO_BIN_EXE_doppel"));
     cmd.args(["backfill", "--dsn", conninfo, "--table", "transactions"])
-        .args(["--set", STATE_ID, "--where", "state_id IS NULL", "--progress", "lines"])
+        .args([
+            "--set",
+            STATE_ID,
+            "--where",
+            "state_id IS NULL",
+            "--progress",
+            "lines",
+        ])
         .arg("--work-dir")
         .arg(dir)
         .args(extra)
@@ -63,7 +70,13 @@ async fn succeeds(mut cmd: tokio::process::Command) -> String {
 
 /// The chunks the latest backfill's history row has checkpointed.
 async fn chunks_done(client: &Client) -> i64 {
-    if common::scalar(client, "SELECT count(*) FROM pg_class WHERE oid = to_regclass('doppel.migrations')").await == 0 {
+    if common::scalar(
+        client,
+        "SELECT count(*) FROM pg_class WHERE oid = to_regclass('doppel.migrations')",
+    )
+    .await
+        == 0
+    {
         return 0;
     }
     common::scalar(
@@ -86,7 +99,10 @@ async fn a_killed_backfill_resumes_without_redoing_finished_chunks() {
     let plan = succeeds(command(&dsn, dir.path(), false, &[])).await;
     assert!(plan.contains("dry run: nothing was changed"), "{plan}");
     assert!(plan.contains("IS DISTINCT FROM"), "{plan}");
-    assert_eq!(common::scalar(&client, "SELECT count(state_id) FROM transactions").await, 0);
+    assert_eq!(
+        common::scalar(&client, "SELECT count(state_id) FROM transactions").await,
+        0
+    );
 
     // A slow run, killed once it has committed 20 chunks.
     let slow = ["--chunk-time", "5", "--nice-ratio", "10"];
@@ -99,7 +115,12 @@ async fn a_killed_backfill_resumes_without_redoing_finished_chunks() {
     child.start_kill().unwrap();
     child.wait().await.unwrap();
     let gone = common::wait_until_async(Duration::from_secs(15), || async {
-        common::scalar(&client, "SELECT count(*) FROM pg_stat_activity WHERE application_name LIKE 'doppel%'").await == 0
+        common::scalar(
+            &client,
+            "SELECT count(*) FROM pg_stat_activity WHERE application_name LIKE 'doppel%'",
+        )
+        .await
+            == 0
     })
     .await;
     assert!(gone, "the killed run's sessions ended");
@@ -115,30 +136,56 @@ async fn a_killed_backfill_resumes_without_redoing_finished_chunks() {
     let done = |sql: &str| sql.replace("{k}", &checkpoint.to_string());
     // Each chunk committed with its checkpoint: every row up to it is updated, none after.
     assert_eq!(
-        common::scalar(&client, &done("SELECT count(*) FROM transactions WHERE id <= {k} AND state_id IS NULL")).await,
+        common::scalar(
+            &client,
+            &done("SELECT count(*) FROM transactions WHERE id <= {k} AND state_id IS NULL")
+        )
+        .await,
         0
     );
     assert_eq!(
-        common::scalar(&client, &done("SELECT count(*) FROM transactions WHERE id > {k} AND state_id IS NOT NULL")).await,
+        common::scalar(
+            &client,
+            &done("SELECT count(*) FROM transactions WHERE id > {k} AND state_id IS NOT NULL")
+        )
+        .await,
         0
     );
     let finished_versions = common::text(
         &client,
-        &done("SELECT md5(string_agg(xmin::text, ',' ORDER BY id)) FROM transactions WHERE id <= {k}"),
+        &done(
+            "SELECT md5(string_agg(xmin::text, ',' ORDER BY id)) FROM transactions WHERE id <= {k}",
+        ),
     )
     .await;
-    let rest = common::scalar(&client, &done("SELECT count(*) FROM transactions WHERE id > {k}")).await;
+    let rest = common::scalar(
+        &client,
+        &done("SELECT count(*) FROM transactions WHERE id > {k}"),
+    )
+    .await;
     println!("killed after key {checkpoint}; {rest} rows left");
     assert!(rest > 0, "the run was killed before the end");
 
     // The next run resumes after the checkpoint and goes through the rest only.
     let second = succeeds(command(&dsn, dir.path(), true, &[])).await;
     println!("{second}");
-    assert!(second.contains(&format!("resumed after key ({checkpoint})")), "{second}");
-    assert!(second.contains(&format!("{rest} row(s) changed of {rest} examined")), "{second}");
-    assert!(second.contains("rows still matching --where: 0"), "{second}");
+    assert!(
+        second.contains(&format!("resumed after key ({checkpoint})")),
+        "{second}"
+    );
+    assert!(
+        second.contains(&format!("{rest} row(s) changed of {rest} examined")),
+        "{second}"
+    );
+    assert!(
+        second.contains("rows still matching --where: 0"),
+        "{second}"
+    );
     assert!(second.contains("mismatches none"), "{second}");
-    assert!(second.contains("orphans of foreign key \"transactions_state_id_fkey\": none"), "{second}");
+    assert!(
+        second.contains("orphans of foreign key \"transactions_state_id_fkey\": none"),
+        "{second}"
+    );
     assert_eq!(
         common::text(
             &client,
@@ -155,7 +202,10 @@ async fn a_killed_backfill_resumes_without_redoing_finished_chunks() {
     assert!(third.contains("0 row(s) changed"), "{third}");
 
     let outcomes: Vec<String> = client
-        .query("SELECT outcome FROM doppel.migrations WHERE kind = 'backfill' ORDER BY id", &[])
+        .query(
+            "SELECT outcome FROM doppel.migrations WHERE kind = 'backfill' ORDER BY id",
+            &[],
+        )
         .await
         .unwrap()
         .iter()
@@ -190,7 +240,12 @@ async fn a_backfill_waits_while_the_throttle_flag_file_exists() {
         &dsn,
         dir.path(),
         true,
-        &["--throttle-flag-file", &flag_arg, "--control-socket", &socket_arg],
+        &[
+            "--throttle-flag-file",
+            &flag_arg,
+            "--control-socket",
+            &socket_arg,
+        ],
     )
     .spawn()
     .unwrap();
@@ -214,9 +269,17 @@ async fn a_backfill_waits_while_the_throttle_flag_file_exists() {
         .await
         .expect("the backfill finished once the flag was removed")
         .unwrap();
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     assert_eq!(
-        common::scalar(&client, "SELECT count(*) FROM transactions WHERE state_id IS NULL").await,
+        common::scalar(
+            &client,
+            "SELECT count(*) FROM transactions WHERE state_id IS NULL"
+        )
+        .await,
         0
     );
 }

@@ -83,12 +83,18 @@ async fn direct(
         longest.as_secs_f64() * 1000.0,
         LOCK_TIMEOUT.as_millis()
     );
-    assert!(longest < LOCK_TIMEOUT, "{clause}: a write-blocking lock was held {longest:?}");
+    assert!(
+        longest < LOCK_TIMEOUT,
+        "{clause}: a write-blocking lock was held {longest:?}"
+    );
     assert!(
         worst < LOCK_TIMEOUT * 3,
         "{clause}: the writer waited {worst:?}"
     );
-    assert!(report.direct.longest_blocking_hold() < LOCK_TIMEOUT, "{clause}");
+    assert!(
+        report.direct.longest_blocking_hold() < LOCK_TIMEOUT,
+        "{clause}"
+    );
     (worst, longest, report)
 }
 
@@ -135,7 +141,15 @@ async fn expand_backfill_constraints_contract_on_the_table_itself() {
     println!("ledger: {ROWS} rows, writer running");
 
     // Expand: the column and its foreign key, on the table itself.
-    direct(&config, &client, &writer, dir.path(), EXPAND, Strategy::Online).await;
+    direct(
+        &config,
+        &client,
+        &writer,
+        dir.path(),
+        EXPAND,
+        Strategy::Online,
+    )
+    .await;
     assert_eq!(
         common::scalar(&client, "SELECT count(*) FROM pg_constraint WHERE conrelid = 'transactions'::regclass AND contype = 'f' AND convalidated").await,
         1
@@ -154,13 +168,23 @@ async fn expand_backfill_constraints_contract_on_the_table_itself() {
     assert_eq!(second.validation.columns[0].orphans[0].1.count, 0);
     assert!(second.update.rows_changed < first.update.rows_changed / 10);
     let third = backfill(&config, dir.path(), None).await;
-    assert_eq!(third.update.rows_changed, 0, "a backfill run again changes nothing");
+    assert_eq!(
+        third.update.rows_changed, 0,
+        "a backfill run again changes nothing"
+    );
     assert!(third.validation.clean());
 
     // The constraint, by the recipe.
     let started = Instant::now();
-    let (worst, longest, report) =
-        direct(&config, &client, &writer, dir.path(), NOT_NULL, Strategy::Online).await;
+    let (worst, longest, report) = direct(
+        &config,
+        &client,
+        &writer,
+        dir.path(),
+        NOT_NULL,
+        Strategy::Online,
+    )
+    .await;
     // The scan ran under SHARE UPDATE EXCLUSIVE: each ACCESS EXCLUSIVE step held its lock for
     // less than the scan took (a SET NOT NULL that scanned would hold it at least that long).
     let scan = report
@@ -170,8 +194,18 @@ async fn expand_backfill_constraints_contract_on_the_table_itself() {
         .find(|s| s.lock == doppel::plan::LockMode::ShareUpdateExclusive)
         .expect("a VALIDATE step")
         .held;
-    for s in report.direct.steps.iter().filter(|s| s.lock == doppel::plan::LockMode::AccessExclusive) {
-        assert!(s.held < scan, "{}: held {:?}, the scan took {scan:?}", s.what, s.held);
+    for s in report
+        .direct
+        .steps
+        .iter()
+        .filter(|s| s.lock == doppel::plan::LockMode::AccessExclusive)
+    {
+        assert!(
+            s.held < scan,
+            "{}: held {:?}, the scan took {scan:?}",
+            s.what,
+            s.held
+        );
     }
     println!(
         "SET NOT NULL by the recipe in {:.0} ms: writer worst latency {:.1} ms, longest write-blocking lock {:.1} ms, lock_timeout {} ms",
@@ -182,9 +216,25 @@ async fn expand_backfill_constraints_contract_on_the_table_itself() {
     );
 
     // Contract: status may be NULL, the application stops writing it, then it goes.
-    direct(&config, &client, &writer, dir.path(), RELAX, Strategy::Direct).await;
+    direct(
+        &config,
+        &client,
+        &writer,
+        dir.path(),
+        RELAX,
+        Strategy::Direct,
+    )
+    .await;
     writer.switch(Mode::New).await;
-    direct(&config, &client, &writer, dir.path(), CONTRACT, Strategy::Direct).await;
+    direct(
+        &config,
+        &client,
+        &writer,
+        dir.path(),
+        CONTRACT,
+        Strategy::Direct,
+    )
+    .await;
     tokio::time::sleep(Duration::from_millis(300)).await;
     let report = writer.stop().await.unwrap();
     println!(
@@ -204,12 +254,25 @@ async fn expand_backfill_constraints_contract_on_the_table_itself() {
     let history = history_json(&cluster).await;
     let kinds: Vec<(String, String)> = history
         .iter()
-        .map(|r| (r["kind"].as_str().unwrap().to_string(), r["outcome"].as_str().unwrap().to_string()))
+        .map(|r| {
+            (
+                r["kind"].as_str().unwrap().to_string(),
+                r["outcome"].as_str().unwrap().to_string(),
+            )
+        })
         .collect();
     assert_eq!(
         kinds,
-        [("run", "succeeded"), ("backfill", "succeeded"), ("backfill", "succeeded"), ("backfill", "succeeded"), ("run", "succeeded"), ("run", "succeeded"), ("run", "succeeded")]
-            .map(|(k, o)| (k.to_string(), o.to_string())),
+        [
+            ("run", "succeeded"),
+            ("backfill", "succeeded"),
+            ("backfill", "succeeded"),
+            ("backfill", "succeeded"),
+            ("run", "succeeded"),
+            ("run", "succeeded"),
+            ("run", "succeeded")
+        ]
+        .map(|(k, o)| (k.to_string(), o.to_string())),
         "{history:#?}"
     );
     assert_eq!(history[0]["strategies"][0]["strategy"], "online");
@@ -253,12 +316,19 @@ async fn the_same_change_in_one_shadow_run_with_backfill_and_foreign_key() {
     assert!(postponed, "the run reached its postponed cutover");
     let report = writer.stop().await.unwrap();
     assert_eq!(report.errors, 0, "{:?}", report.first_errors);
-    assert!(report.transactions > 100, "the writer wrote during the migration");
+    assert!(
+        report.transactions > 100,
+        "the writer wrote during the migration"
+    );
     std::fs::remove_file(&flag).unwrap();
     let Outcome::Migrated(run) = migration.await.unwrap().expect("the shadow run") else {
         panic!("a shadow run")
     };
-    assert!(run.clauses.iter().all(|c| c.strategy == Strategy::Shadow), "{:?}", run.clauses);
+    assert!(
+        run.clauses.iter().all(|c| c.strategy == Strategy::Shadow),
+        "{:?}",
+        run.clauses
+    );
     println!(
         "shadow run: {} rows copied, {} changes applied through the backfill expression, lock held {:.1} ms",
         run.copy.rows,
@@ -266,7 +336,11 @@ async fn the_same_change_in_one_shadow_run_with_backfill_and_foreign_key() {
         run.cutover.lock_held.as_secs_f64() * 1000.0
     );
     assert!(run.applied_changes > 0);
-    assert!(run.cutover.unvalidated.is_empty(), "{:?}", run.cutover.unvalidated);
+    assert!(
+        run.cutover.unvalidated.is_empty(),
+        "{:?}",
+        run.cutover.unvalidated
+    );
     assert_eq!(ledger::mismatches(&client).await.unwrap(), 0);
     let constraints: Vec<String> = client
         .query("SELECT conname || ' ' || contype::text || ' ' || convalidated::text || ' ' || conrelid::regclass::text FROM pg_constraint WHERE contype = 'f'", &[])
@@ -296,15 +370,25 @@ async fn the_same_change_in_one_shadow_run_with_backfill_and_foreign_key() {
         .await
         .unwrap();
     let stdout = String::from_utf8_lossy(&verify.stdout);
-    assert!(verify.status.success(), "{stdout}{}", String::from_utf8_lossy(&verify.stderr));
-    assert!(stdout.contains("columns compared: ") && stdout.contains("state_id"), "{stdout}");
+    assert!(
+        verify.status.success(),
+        "{stdout}{}",
+        String::from_utf8_lossy(&verify.stderr)
+    );
+    assert!(
+        stdout.contains("columns compared: ") && stdout.contains("state_id"),
+        "{stdout}"
+    );
     let history = history_json(&cluster).await;
     assert_eq!(history.len(), 1);
     let h = &history[0];
     assert_eq!(h["outcome"], "succeeded");
     assert!(h["cutover_lsn"].is_string(), "{h}");
     assert!(
-        h["rollback_script"].as_str().unwrap_or_default().contains("RENAME TO"),
+        h["rollback_script"]
+            .as_str()
+            .unwrap_or_default()
+            .contains("RENAME TO"),
         "{h}"
     );
     assert_eq!(h["rows_copied"], run.copy.rows);
@@ -314,11 +398,22 @@ async fn the_same_change_in_one_shadow_run_with_backfill_and_foreign_key() {
 /// `doppel history --json` of the cluster's database.
 async fn history_json(cluster: &doppel_testkit::cluster::LocalCluster) -> Vec<serde_json::Value> {
     let out = tokio::process::Command::new(env!("CARGO_BIN_EXE_doppel"))
-        .args(["history", "--json", "--table", "transactions", "--dsn", &cluster.conninfo("postgres")])
+        .args([
+            "history",
+            "--json",
+            "--table",
+            "transactions",
+            "--dsn",
+            &cluster.conninfo("postgres"),
+        ])
         .output()
         .await
         .unwrap();
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     String::from_utf8_lossy(&out.stdout)
         .lines()
         .map(|l| serde_json::from_str(l).unwrap())

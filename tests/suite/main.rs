@@ -13,8 +13,8 @@ mod common;
 
 mod abort_anywhere;
 mod apply_rules;
-mod backfill_command;
 mod architecture;
+mod backfill_command;
 mod cluster_harness;
 mod control_and_hooks;
 mod cutover_budget;

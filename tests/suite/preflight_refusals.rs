@@ -1014,7 +1014,10 @@ async fn dry_run_plan_says_direct_or_shadow() {
         "ALTER TABLE \"public\".\"orders\" ADD COLUMN x text;",
         "history: this run will be recorded in \"doppel\".\"migrations\"",
     ] {
-        assert!(stdout.contains(expected), "the plan lacks {expected:?}:\n{stdout}");
+        assert!(
+            stdout.contains(expected),
+            "the plan lacks {expected:?}:\n{stdout}"
+        );
     }
     assert!(!stdout.contains("shadow DDL"), "{stdout}");
 
@@ -1023,18 +1026,34 @@ async fn dry_run_plan_says_direct_or_shadow() {
     let widen = "ALTER COLUMN b TYPE varchar(200)";
     let plan = planned(run_doppel(&dsn, "public.labels", &[widen], false, &dirs).await);
     assert_eq!(plan.clauses[0].cost, Rewrite::MetadataOnly);
-    assert_eq!(plan.clauses[0].strategy, Strategy::Shadow, "{:?}", plan.clauses);
-    assert!(plan.clauses[0].reason.contains("labels_v"), "{:?}", plan.clauses);
+    assert_eq!(
+        plan.clauses[0].strategy,
+        Strategy::Shadow,
+        "{:?}",
+        plan.clauses
+    );
+    assert!(
+        plan.clauses[0].reason.contains("labels_v"),
+        "{:?}",
+        plan.clauses
+    );
     let output = doppel_cli_run(&dsn, "public.labels", &[widen], &dirs).await;
     let (stdout, _) = expect_exit(&output, 0);
     assert!(stdout.contains("shadow DDL:"), "{stdout}");
     assert!(!stdout.contains("cheaper"), "{stdout}");
-    assert!(plan.warnings.iter().all(|w| !w.contains("directly")), "{:?}", plan.warnings);
+    assert!(
+        plan.warnings.iter().all(|w| !w.contains("directly")),
+        "{:?}",
+        plan.warnings
+    );
 
     // A rewrite, with the whole plan printed.
     let alter = "ALTER COLUMN a TYPE bigint";
     let plan = planned(run_doppel(&dsn, "public.orders", &[alter], false, &dirs).await);
-    assert_eq!(plan.shadow_plan().map(|p| p.rewrite), Some(Rewrite::Rewrite));
+    assert_eq!(
+        plan.shadow_plan().map(|p| p.rewrite),
+        Some(Rewrite::Rewrite)
+    );
     let output = doppel_cli_run(&dsn, "public.orders", &[alter], &dirs).await;
     let (stdout, _) = expect_exit(&output, 0);
     let shadow = format!("\"public\".\"_doppel_{}_new_orders\"", before.oid);

@@ -215,7 +215,10 @@ impl Writer {
                         "INSERT INTO {t} (id, v, code, parent_id) SELECT x, x, 'c' || x, 1 + x % 10 FROM nextval('{t}_ids') x"
                     )
                 } else {
-                    format!("UPDATE {t} SET w = w + 1 WHERE id = {}", 1 + (n * 7919) % ROWS as u64)
+                    format!(
+                        "UPDATE {t} SET w = w + 1 WHERE id = {}",
+                        1 + (n * 7919) % ROWS as u64
+                    )
                 };
                 let started = Instant::now();
                 match client.batch_execute(&sql).await {
@@ -273,7 +276,8 @@ async fn every_clause_takes_the_strategy_its_plan_names() {
             execute: false,
             ..case_options(dir.path(), &t, &clause)
         };
-        let Outcome::Planned(plan) = run::run(&config, &dry, &Cancel::never()).await.unwrap() else {
+        let Outcome::Planned(plan) = run::run(&config, &dry, &Cancel::never()).await.unwrap()
+        else {
             panic!("a dry run")
         };
         assert_eq!(plan.clauses.len(), 1, "{clause}");
@@ -287,9 +291,13 @@ async fn every_clause_takes_the_strategy_its_plan_names() {
         let watch = LockWatch::start(&config, oid).await;
         tokio::time::sleep(Duration::from_millis(100)).await;
         let started = Instant::now();
-        let outcome = run::run(&config, &case_options(dir.path(), &t, &clause), &Cancel::never())
-            .await
-            .unwrap_or_else(|e| panic!("{clause}: {e:#}"));
+        let outcome = run::run(
+            &config,
+            &case_options(dir.path(), &t, &clause),
+            &Cancel::never(),
+        )
+        .await
+        .unwrap_or_else(|e| panic!("{clause}: {e:#}"));
         let took = started.elapsed();
         let longest_lock = watch.stop().await;
         let (writes, errors, worst) = writer.stop().await;
@@ -368,7 +376,11 @@ async fn assert_history_lists(cluster: &doppel_testkit::cluster::LocalCluster, r
         .output()
         .await
         .unwrap();
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     let rows: Vec<serde_json::Value> = String::from_utf8_lossy(&out.stdout)
         .lines()
         .map(|l| serde_json::from_str(l).unwrap())
@@ -379,7 +391,10 @@ async fn assert_history_lists(cluster: &doppel_testkit::cluster::LocalCluster, r
         assert_eq!(r["outcome"], "succeeded", "{r}");
         assert_eq!(r["exit_code"], 0, "{r}");
         assert!(r["strategies"][0]["strategy"].is_string(), "{r}");
-        assert!(!r["operator"].as_str().unwrap_or_default().is_empty(), "{r}");
+        assert!(
+            !r["operator"].as_str().unwrap_or_default().is_empty(),
+            "{r}"
+        );
         assert!(!r["ended_at"].is_null(), "{r}");
     }
 }
@@ -421,28 +436,45 @@ async fn a_failing_validate_or_unique_build_leaves_nothing_and_names_the_keys() 
         .unwrap();
     let before = shape(&client, "f").await;
     let cases: [(&str, &[&str]); 4] = [
-        ("ADD CONSTRAINT f_v_positive CHECK (v > 0)", &["(id)=(17)", "(id)=(4242)"]),
+        (
+            "ADD CONSTRAINT f_v_positive CHECK (v > 0)",
+            &["(id)=(17)", "(id)=(4242)"],
+        ),
         ("ALTER COLUMN v SET NOT NULL", &["(id)=(99)"]),
-        ("ADD CONSTRAINT f_code_key UNIQUE (code)", &["(code)=(c5) appears 2 times"]),
+        (
+            "ADD CONSTRAINT f_code_key UNIQUE (code)",
+            &["(code)=(c5) appears 2 times"],
+        ),
         (
             "ADD CONSTRAINT f_parent_fk FOREIGN KEY (parent_id) REFERENCES parents(id)",
             &["(id)=(123): (parent_id)=(77)"],
         ),
     ];
     for (clause, keys) in cases {
-        let e = run::run(&config, &case_options(dir.path(), "f", clause), &Cancel::never())
-            .await
-            .expect_err(clause);
+        let e = run::run(
+            &config,
+            &case_options(dir.path(), "f", clause),
+            &Cancel::never(),
+        )
+        .await
+        .expect_err(clause);
         let message = format!("{e:#}");
         assert_eq!(doppel::failure::exit_code(&e), 8, "{clause}: {message}");
         for key in keys {
-            assert!(message.contains(key), "{clause}: {key} not named: {message}");
+            assert!(
+                message.contains(key),
+                "{clause}: {key} not named: {message}"
+            );
         }
         assert!(
             message.contains("nothing of the unfinished clauses is left"),
             "{clause}: {message}"
         );
-        assert_eq!(shape(&client, "f").await, before, "{clause}: something was left");
+        assert_eq!(
+            shape(&client, "f").await,
+            before,
+            "{clause}: something was left"
+        );
         println!("{clause}: {message}");
     }
     assert_no_leftovers(&client).await;
@@ -453,4 +485,82 @@ async fn a_failing_validate_or_unique_build_leaves_nothing_and_names_the_keys() 
     )
     .await;
     assert_eq!(failed, 4);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn what_a_killed_recipe_left_is_refused_then_removed_by_cleanup() {
+    let cluster = common::cluster().await;
+    let client = cluster.connect("postgres").await.unwrap();
+    let config: tokio_postgres::Config = cluster.conninfo("postgres").parse().unwrap();
+    create_parents(&client).await;
+    create_case_table(&client, "k", false, "UPDATE k SET code = 'c1' WHERE id = 2").await;
+    let oid = common::oid_of(&client, "k").await;
+    // What a run killed during its recipes leaves: the invalid index of a concurrent build
+    // that failed, a helper check.
+    let failed = client
+        .batch_execute(&format!(
+            "CREATE UNIQUE INDEX CONCURRENTLY _doppel_{oid}_u1 ON k (code)"
+        ))
+        .await;
+    assert!(failed.is_err(), "the build fails on the duplicate");
+    client
+        .batch_execute(&format!(
+            "ALTER TABLE k ADD CONSTRAINT _doppel_{oid}_nn1 CHECK (v IS NOT NULL) NOT VALID"
+        ))
+        .await
+        .unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let e = run::run(
+        &config,
+        &case_options(dir.path(), "k", "ALTER COLUMN v SET NOT NULL"),
+        &Cancel::never(),
+    )
+    .await
+    .expect_err("refused");
+    assert_eq!(doppel::failure::exit_code(&e), 2);
+    let message = format!("{e:#}");
+    assert!(
+        message.contains(&format!("index _doppel_{oid}_u1 on")),
+        "{message}"
+    );
+    assert!(
+        message.contains(&format!("constraint _doppel_{oid}_nn1 on")),
+        "{message}"
+    );
+    assert!(message.contains("doppel cleanup"), "{message}");
+    let out = tokio::process::Command::new(env!("CARGO_BIN_EXE_doppel"))
+        .args([
+            "cleanup",
+            "--dsn",
+            &cluster.conninfo("postgres"),
+            "--table",
+            "k",
+        ])
+        .output()
+        .await
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{stdout}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        stdout.contains(&format!("invalid index _doppel_{oid}_u1")),
+        "{stdout}"
+    );
+    assert!(
+        stdout.contains(&format!("constraint _doppel_{oid}_nn1")),
+        "{stdout}"
+    );
+    assert_no_leftovers(&client).await;
+    let Outcome::Altered(_) = run::run(
+        &config,
+        &case_options(dir.path(), "k", "ALTER COLUMN v SET NOT NULL"),
+        &Cancel::never(),
+    )
+    .await
+    .unwrap() else {
+        panic!("altered directly")
+    };
 }

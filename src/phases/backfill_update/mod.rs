@@ -100,7 +100,13 @@ impl UpdateSpec {
         let parts: Vec<String> = self
             .sets
             .iter()
-            .map(|a| format!("src.{} IS DISTINCT FROM {}", ident(&a.column), self.value(a)))
+            .map(|a| {
+                format!(
+                    "src.{} IS DISTINCT FROM {}",
+                    ident(&a.column),
+                    self.value(a)
+                )
+            })
             .collect();
         format!("({})", parts.join(" OR "))
     }
@@ -211,8 +217,12 @@ impl BatchUpdate<'_> {
         let started = Instant::now();
         let keys = self.spec.keys();
         let table = self.spec.table.qualified();
-        let first = client.prepare(&keys.chunk_boundary_sql(&table, false)).await?;
-        let next = client.prepare(&keys.chunk_boundary_sql(&table, true)).await?;
+        let first = client
+            .prepare(&keys.chunk_boundary_sql(&table, false))
+            .await?;
+        let next = client
+            .prepare(&keys.chunk_boundary_sql(&table, true))
+            .await?;
         let statements = Statements {
             closed_first: client.prepare(&self.spec.update_sql(false, true)).await?,
             closed: client.prepare(&self.spec.update_sql(true, true)).await?,
@@ -255,7 +265,13 @@ impl BatchUpdate<'_> {
                 None => statements.count(client, lower.as_ref()).await?,
             };
             let changed = self
-                .chunk(client, &statements, lower.as_ref(), upper.as_ref(), &mut report)
+                .chunk(
+                    client,
+                    &statements,
+                    lower.as_ref(),
+                    upper.as_ref(),
+                    &mut report,
+                )
                 .await?;
             let took = chunk_started.elapsed();
             // The last chunk is counted before its update: rows inserted meanwhile count too.
@@ -280,7 +296,8 @@ impl BatchUpdate<'_> {
             }
             lower = Some(upper);
         }
-        self.progress.update(|s| s.copy_ended = Some(Instant::now()));
+        self.progress
+            .update(|s| s.copy_ended = Some(Instant::now()));
         report.elapsed = started.elapsed();
         Ok(report)
     }

@@ -105,7 +105,10 @@ pub async fn validate(client: &Client, spec: &UpdateSpec) -> Result<Validation> 
             .context("counting mismatches")?;
         let mut orphans = Vec::new();
         for (name, fk) in violations::foreign_keys_on(client, &subject, &a.column).await? {
-            orphans.push((name, violations::find(client, &subject, &fk, EXAMPLES).await?));
+            orphans.push((
+                name,
+                violations::find(client, &subject, &fk, EXAMPLES).await?,
+            ));
         }
         columns.push(ColumnCheck {
             column: a.column.clone(),

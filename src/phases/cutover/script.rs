@@ -300,7 +300,12 @@ fn foreign_keys(
     let old_q = n.old_qualified();
     let shadow_q = qualified(&n.schema, &n.shadow);
     let mut validate = Vec::new();
-    let original: Vec<_> = plan.original.constraints.iter().filter(|c| c.kind == 'f').collect();
+    let original: Vec<_> = plan
+        .original
+        .constraints
+        .iter()
+        .filter(|c| c.kind == 'f')
+        .collect();
     for fk in &original {
         forward.push(format!(
             "ALTER TABLE {old_q} DROP CONSTRAINT {}",

@@ -61,7 +61,10 @@ impl Direct<'_> {
                         if who.is_empty() {
                             String::new()
                         } else {
-                            format!("; sessions holding locks or old transactions: {}", who.join("; "))
+                            format!(
+                                "; sessions holding locks or old transactions: {}",
+                                who.join("; ")
+                            )
                         }
                     );
                 }

@@ -165,9 +165,9 @@ impl Direct<'_> {
                 constraint,
                 violation,
             } => self.validate(client, step, constraint, violation).await,
-            Action::BuildIndex {
-                sql, violation, ..
-            } => self.build_index(client, step, sql, violation).await,
+            Action::BuildIndex { sql, violation, .. } => {
+                self.build_index(client, step, sql, violation).await
+            }
         }
     }
 
@@ -197,9 +197,14 @@ impl Direct<'_> {
                 client.batch_execute(sql).await.map_err(anyhow::Error::new)
             } else {
                 let what = format!("undo: {sql}");
-                self.brief(client, std::slice::from_ref(sql), LockMode::AccessExclusive, &what)
-                    .await
-                    .map(|_| ())
+                self.brief(
+                    client,
+                    std::slice::from_ref(sql),
+                    LockMode::AccessExclusive,
+                    &what,
+                )
+                .await
+                .map(|_| ())
             };
             match result {
                 Ok(()) => tracing::info!("removed what an unfinished online recipe created: {sql}"),
@@ -216,13 +221,19 @@ fn with_undo(e: anyhow::Error, done: &[StepReport], left: &[String]) -> anyhow::
     if !done.is_empty() {
         note.push_str(&format!(
             "; completed before it: {}",
-            done.iter().map(|s| s.what.as_str()).collect::<Vec<_>>().join(", ")
+            done.iter()
+                .map(|s| s.what.as_str())
+                .collect::<Vec<_>>()
+                .join(", ")
         ));
     }
     if left.is_empty() {
         note.push_str("; nothing of the unfinished clauses is left on the table");
     } else {
-        note.push_str(&format!("; could not remove, run yourself: {}", left.join("; ")));
+        note.push_str(&format!(
+            "; could not remove, run yourself: {}",
+            left.join("; ")
+        ));
     }
     match crate::failure::kind_of(&e) {
         Some(kind) => crate::failure::fail(kind, format!("{e:#}{note}")),

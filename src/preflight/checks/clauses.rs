@@ -126,7 +126,12 @@ fn diff(action: &str, before: &Table, after: &Table) -> Effect {
     let new_indexes = after
         .indexes
         .iter()
-        .filter(|a| before.indexes.iter().all(|b| b.oid != a.oid && b.name != a.name))
+        .filter(|a| {
+            before
+                .indexes
+                .iter()
+                .all(|b| b.oid != a.oid && b.name != a.name)
+        })
         .cloned()
         .collect();
     Effect {
@@ -251,5 +256,6 @@ pub async fn rehearse(
     }
     let shape = clone.inspect(&tx).await?;
     tx.rollback().await?;
-    Ok((!same_shape(&shape, expected)).then(|| "the table would end in a different shape".to_string()))
+    Ok((!same_shape(&shape, expected))
+        .then(|| "the table would end in a different shape".to_string()))
 }

@@ -122,7 +122,11 @@ pub fn project(t: &Table, target: &Table, alter: &AlterSpec) -> Result<Projectio
 /// primary-key column, nor generated, nor given a `USING` expression by the ALTER.
 fn backfill_columns(t: &Table, target: &Table, alter: &AlterSpec) -> Result<(), Refusal> {
     let refuse = |text: &str, reason: String, fix: &str| {
-        Refusal::new(Check::Backfill, format!("--backfill {text:?}: {reason}"), fix)
+        Refusal::new(
+            Check::Backfill,
+            format!("--backfill {text:?}: {reason}"),
+            fix,
+        )
     };
     for b in &alter.backfills {
         let Some(col) = target.column(&b.column) else {
@@ -135,14 +139,20 @@ fn backfill_columns(t: &Table, target: &Table, alter: &AlterSpec) -> Result<(), 
         if target.pk_columns.contains(&col.name) {
             return Err(refuse(
                 &b.text,
-                format!("{:?} is a primary-key column: streamed changes are matched by it", col.name),
+                format!(
+                    "{:?} is a primary-key column: streamed changes are matched by it",
+                    col.name
+                ),
                 "leave the key as it is",
             ));
         }
         if col.generated_sql.is_some() {
             return Err(refuse(
                 &b.text,
-                format!("{:?} is a generated column: the new table computes it", col.name),
+                format!(
+                    "{:?} is a generated column: the new table computes it",
+                    col.name
+                ),
                 "drop the --backfill",
             ));
         }

@@ -52,4 +52,3 @@ impl LockWatch {
         self.handle.await.unwrap()
     }
 }
-
