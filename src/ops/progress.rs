@@ -192,8 +192,13 @@ impl Progress {
             (false, true) => phase,
             (false, false) => format!("{phase} (throttled: {})", s.throttled),
         };
+        let label = if s.phase == Some(Phase::Backfill) {
+            "Backfill"
+        } else {
+            "Copy"
+        };
         format!(
-            "Copy: {}/{} {:.1}%; Applied: {}; Backlog: {}; Time: {}(total), {}(copy); streamer: {}; Lag: {}; State: {}; ETA: {}",
+            "{label}: {}/{} {:.1}%; Applied: {}; Backlog: {}; Time: {}(total), {}(copy); streamer: {}; Lag: {}; State: {}; ETA: {}",
             s.rows_copied,
             s.rows_estimate,
             pct,

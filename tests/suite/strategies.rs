@@ -470,6 +470,13 @@ async fn a_failing_validate_or_unique_build_leaves_nothing_and_names_the_keys() 
             message.contains("nothing of the unfinished clauses is left"),
             "{clause}: {message}"
         );
+        assert!(message.contains("; removed: "), "{clause}: {message}");
+        if clause.contains("UNIQUE") {
+            assert!(
+                message.contains("DROP INDEX CONCURRENTLY IF EXISTS"),
+                "{message}"
+            );
+        }
         assert_eq!(
             shape(&client, "f").await,
             before,
@@ -563,4 +570,183 @@ async fn what_a_killed_recipe_left_is_refused_then_removed_by_cleanup() {
     .unwrap() else {
         panic!("altered directly")
     };
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn direct_steps_wait_for_the_throttle_answer_the_socket_and_abort_cleanly() {
+    let cluster = common::cluster().await;
+    let client = cluster.connect("postgres").await.unwrap();
+    let config: tokio_postgres::Config = cluster.conninfo("postgres").parse().unwrap();
+    create_parents(&client).await;
+    create_case_table(&client, "o", false, "").await;
+    let before = shape(&client, "o").await;
+    let dir = tempfile::tempdir().unwrap();
+    let flag = dir.path().join("throttle");
+    let socket = dir.path().join("o.sock");
+    std::fs::write(&flag, "").unwrap();
+    let clause = "ADD CONSTRAINT o_v_positive CHECK (v > 0)";
+    let mut options = case_options(dir.path(), "o", clause).control_socket(socket.clone());
+    options.throttle.throttle_flag_file = Some(flag.clone());
+    options.history.enabled = false;
+
+    // Throttled: nothing runs; the socket says so; `abort` ends the run with exit 3.
+    let (run_config, run_options) = (config.clone(), options.clone());
+    let run =
+        tokio::spawn(async move { run::run(&run_config, &run_options, &Cancel::never()).await });
+    let status = || async {
+        doppel::ops::control::send(&socket, "status --json")
+            .await
+            .ok()
+            .and_then(|r| serde_json::from_str::<serde_json::Value>(&r).ok())
+    };
+    let throttled = common::wait_until_async(Duration::from_secs(30), || async {
+        status()
+            .await
+            .is_some_and(|s| s["throttled"] == true && s["phase"] == "altering directly")
+    })
+    .await;
+    assert!(
+        throttled,
+        "the direct run reports itself throttled: {:?}",
+        status().await
+    );
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert_eq!(
+        shape(&client, "o").await,
+        before,
+        "nothing ran while throttled"
+    );
+    assert!(doppel::ops::control::send(&socket, "abort").await.is_ok());
+    let e = run.await.unwrap().expect_err("aborted");
+    assert_eq!(doppel::failure::exit_code(&e), 3, "{e:#}");
+    assert_eq!(shape(&client, "o").await, before);
+
+    // Once the flag is gone it runs; --no-history leaves no row.
+    std::fs::remove_file(&flag).unwrap();
+    let Outcome::Altered(_) = run::run(&config, &options, &Cancel::never()).await.unwrap() else {
+        panic!("altered directly")
+    };
+    assert_eq!(
+        common::scalar(
+            &client,
+            "SELECT count(*) FROM pg_class WHERE oid = to_regclass('doppel.migrations')"
+        )
+        .await,
+        0,
+        "--no-history writes no history"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_foreign_key_through_the_shadow_is_validated_after_the_cutover_naming_its_orphans() {
+    let cluster = common::cluster().await;
+    let client = cluster.connect("postgres").await.unwrap();
+    let config: tokio_postgres::Config = cluster.conninfo("postgres").parse().unwrap();
+    create_parents(&client).await;
+    create_case_table(
+        &client,
+        "s",
+        false,
+        "UPDATE s SET parent_id = 77 WHERE id IN (5, 6)",
+    )
+    .await;
+    let dir = tempfile::tempdir().unwrap();
+    let clauses = [
+        "ALTER COLUMN v TYPE bigint",
+        "ADD CONSTRAINT s_parent_fk FOREIGN KEY (parent_id) REFERENCES parents(id)",
+    ];
+    let options = common::options(dir.path(), "s", &clauses).strategy_auto();
+    let Outcome::Migrated(report) = run::run(&config, &options, &Cancel::never()).await.unwrap()
+    else {
+        panic!("a shadow run")
+    };
+    assert!(
+        report
+            .clauses
+            .iter()
+            .all(|c| c.strategy == Strategy::Shadow)
+    );
+    assert!(
+        report.clauses[1].reason.contains("rides in the shadow"),
+        "{:?}",
+        report.clauses
+    );
+    let (name, why) = &report.cutover.unvalidated[0];
+    assert_eq!(name, "s_parent_fk");
+    assert!(why.contains("orphan keys: 2 row(s)"), "{why}");
+    assert!(why.contains("(id)=(5): (parent_id)=(77)"), "{why}");
+    // The key is there, NOT VALID, and enforced for new rows.
+    assert_eq!(
+        common::text(&client, "SELECT convalidated::text FROM pg_constraint WHERE conname = 's_parent_fk' AND conrelid = 's'::regclass").await.as_deref(),
+        Some("false")
+    );
+    assert!(
+        client
+            .batch_execute("INSERT INTO s (id, parent_id) VALUES (-1, 99)")
+            .await
+            .is_err()
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn backfill_expressions_doppel_cannot_use_are_refused() {
+    let cluster = common::cluster().await;
+    let client = cluster.connect("postgres").await.unwrap();
+    let config: tokio_postgres::Config = cluster.conninfo("postgres").parse().unwrap();
+    create_parents(&client).await;
+    create_case_table(
+        &client,
+        "b",
+        false,
+        "ALTER TABLE b ADD COLUMN g int GENERATED ALWAYS AS (v * 2) STORED",
+    )
+    .await;
+    let dir = tempfile::tempdir().unwrap();
+    for (backfill, check, said) in [
+        (
+            "nope = 1",
+            doppel::failure::Check::Backfill,
+            "has no column \"nope\"",
+        ),
+        (
+            "id = 1",
+            doppel::failure::Check::Backfill,
+            "primary-key column",
+        ),
+        (
+            "g = 1",
+            doppel::failure::Check::Backfill,
+            "generated column",
+        ),
+        (
+            "extra",
+            doppel::failure::Check::Backfill,
+            "column = expression",
+        ),
+        (
+            "extra = no_such_column + 1",
+            doppel::failure::Check::Projection,
+            "no_such_column",
+        ),
+        (
+            "extra = xmin::text::int",
+            doppel::failure::Check::Projection,
+            "a streamed row",
+        ),
+    ] {
+        let options = common::options(dir.path(), "b", &["ADD COLUMN extra int"])
+            .strategy_auto()
+            .backfills(&[backfill]);
+        let e = run::run(&config, &options, &Cancel::never())
+            .await
+            .expect_err(backfill);
+        let refused = e
+            .downcast_ref::<doppel::failure::Refused>()
+            .unwrap_or_else(|| panic!("{backfill}: {e:#}"));
+        let r = refused
+            .find(check)
+            .unwrap_or_else(|| panic!("{backfill}: {refused}"));
+        assert!(r.to_string().contains(said), "{backfill}: {r}");
+    }
+    common::assert_no_doppel_objects(&client).await;
 }

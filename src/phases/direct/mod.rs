@@ -143,8 +143,8 @@ impl Direct<'_> {
                     if matches!(step.action, Action::BuildIndex { .. }) {
                         pending.extend(step.creates.iter().cloned());
                     }
-                    let left = self.undo(client, &pending).await;
-                    return Err(with_undo(e, &steps, &left));
+                    let (removed, left) = self.undo(client, &pending).await;
+                    return Err(with_undo(e, &steps, &removed, &left));
                 }
             }
         }
@@ -189,8 +189,13 @@ impl Direct<'_> {
     }
 
     /// Removes what unfinished recipes created, newest first; returns the statements that
-    /// failed, with why.
-    async fn undo(&self, client: &mut Client, pending: &[(usize, String)]) -> Vec<String> {
+    /// ran, and those that failed with why.
+    async fn undo(
+        &self,
+        client: &mut Client,
+        pending: &[(usize, String)],
+    ) -> (Vec<String>, Vec<String>) {
+        let mut removed = Vec::new();
         let mut left = Vec::new();
         for (_, sql) in pending.iter().rev() {
             let result = if sql.starts_with("DROP INDEX CONCURRENTLY") {
@@ -207,16 +212,24 @@ impl Direct<'_> {
                 .map(|_| ())
             };
             match result {
-                Ok(()) => tracing::info!("removed what an unfinished online recipe created: {sql}"),
+                Ok(()) => {
+                    tracing::info!("removed what an unfinished online recipe created: {sql}");
+                    removed.push(sql.clone());
+                }
                 Err(e) => left.push(format!("{sql} ({e:#})")),
             }
         }
-        left
+        (removed, left)
     }
 }
 
-/// `e` with what the completed steps did and what could not be removed.
-fn with_undo(e: anyhow::Error, done: &[StepReport], left: &[String]) -> anyhow::Error {
+/// `e` with what the completed steps did, what was removed and what could not be.
+fn with_undo(
+    e: anyhow::Error,
+    done: &[StepReport],
+    removed: &[String],
+    left: &[String],
+) -> anyhow::Error {
     let mut note = String::new();
     if !done.is_empty() {
         note.push_str(&format!(
@@ -226,6 +239,9 @@ fn with_undo(e: anyhow::Error, done: &[StepReport], left: &[String]) -> anyhow::
                 .collect::<Vec<_>>()
                 .join(", ")
         ));
+    }
+    if !removed.is_empty() {
+        note.push_str(&format!("; removed: {}", removed.join("; ")));
     }
     if left.is_empty() {
         note.push_str("; nothing of the unfinished clauses is left on the table");
