@@ -134,7 +134,15 @@ async fn execute(
         cancel,
     };
     let report = run.run(&mut control).await?;
-    let oid_after = crate::model::catalog::resolve(&control, &original.qualified()).await?;
+    // The OID the table has now (a `RENAME TO` clause changes its name, not its OID).
+    let kept: bool = control
+        .query_one("SELECT EXISTS (SELECT 1 FROM pg_class WHERE oid = $1)", &[&original.oid])
+        .await?
+        .get(0);
+    let oid_after = match kept {
+        true => original.oid,
+        false => crate::model::catalog::resolve(&control, &original.qualified()).await?,
+    };
     Ok(Outcome::Altered(Box::new(direct::AlterReport {
         original,
         clauses,
