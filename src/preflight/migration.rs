@@ -95,7 +95,7 @@ pub async fn plan(client: &mut Client, request: &Request<'_>) -> Result<Migratio
         })
         .collect();
     refuse_dropped_in_use(&measured.effects, &clauses)?;
-    let mut warnings = transactions::check(client).await?;
+    let mut warnings = Vec::new();
     if forced.is_some() {
         warnings.extend(forced_warnings(&clauses));
     }
@@ -106,6 +106,8 @@ pub async fn plan(client: &mut Client, request: &Request<'_>) -> Result<Migratio
         spec: &spec,
     };
     let (direct, shadow) = if clauses.iter().all(|c| c.strategy != Strategy::Shadow) {
+        // (The shadow plan carries these warnings itself.)
+        warnings.extend(transactions::check(client).await?);
         (Some(context.direct_only(client, &clauses).await?), None)
     } else {
         for c in clauses

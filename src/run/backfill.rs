@@ -348,12 +348,12 @@ async fn execute(
 ) -> Result<Box<BackfillReport>> {
     let progress = Progress::new();
     progress.update(|s| s.rows_estimate = spec.table.rows_estimate.max(0) as u64);
-    let run_options = RunOptions {
+    // The control socket's live settings start from the backfill's own.
+    let mut run_options = RunOptions {
         lock_timeout: options.update.lock_timeout,
         throttle: options.throttle.clone(),
         ..RunOptions::new(&options.table, &[])
     };
-    let mut run_options = run_options;
     run_options.copy.chunk_time = options.update.chunk_time;
     let socket = options
         .control_socket

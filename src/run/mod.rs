@@ -1,7 +1,9 @@
 //! One migration, phase by phase (docs/design.md §1): preflight → shadow → publication + slot
 //! → backfill → primary key → catch-up → secondary indexes → verify → cutover.
 //!
-//! [`run`] checks and plans; with `--execute` it builds a [`Run`], which owns everything one
+//! [`run`] checks and plans, choosing each clause's strategy (docs/design.md §1.10): a plan
+//! with no clause that needs the shadow runs its direct and online steps on the table itself
+//! (`direct.rs`); otherwise, with `--execute`, it builds a [`Run`], which owns everything one
 //! migration needs (settings, plan, the control session, cancellation, progress, the
 //! operator's socket and hooks, the test probe, and what it created) and takes the phases in
 //! order, one method each, the way gh-ost's `Migrator` and spirit's `Runner` do.
@@ -136,7 +138,10 @@ async fn execute(
     let report = run.run(&mut control).await?;
     // The OID the table has now (a `RENAME TO` clause changes its name, not its OID).
     let kept: bool = control
-        .query_one("SELECT EXISTS (SELECT 1 FROM pg_class WHERE oid = $1)", &[&original.oid])
+        .query_one(
+            "SELECT EXISTS (SELECT 1 FROM pg_class WHERE oid = $1)",
+            &[&original.oid],
+        )
         .await?
         .get(0);
     let oid_after = match kept {
