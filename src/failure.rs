@@ -9,10 +9,10 @@
 //! | 2 | preflight refused (see [`Refused`]), or an invalid command line |
 //! | 3 | aborted by the operator: Ctrl-C, SIGTERM, the panic flag file, the `abort` command, a failing start-up hook |
 //! | 4 | the replication stream or slot was lost |
-//! | 5 | the cutover budget was exhausted (every attempt timed out on the lock or on the drain under it) |
+//! | 5 | the cutover budget was exhausted (every attempt timed out on the lock or on the drain under it), or a direct step's lock was not granted in its attempts |
 //! | 6 | verification found an unexplained difference |
 //! | 7 | a critical threshold was crossed (`--critical-retained-wal`, `--critical-query`) |
-//! | 8 | the original changed in a way the migration cannot follow (DDL, TRUNCATE), or rows, existing or written live, that the new schema rejects (a new UNIQUE, EXCLUDE, CHECK or NOT NULL, a failing cast) |
+//! | 8 | the original changed in a way the migration cannot follow (DDL, TRUNCATE), or rows, existing or written live, that the new schema rejects (a new UNIQUE, EXCLUDE, CHECK, NOT NULL or FOREIGN KEY, a failing cast) |
 //! | 9 | doppel's spool directory is full (ENOSPC): a resumable run keeps its checkpoint; free space and `--resume` |
 //!
 //! A resumable run (`--resumable`) keeps its slot, shadow and checkpoint on exits 1, 4, 5 and
@@ -297,6 +297,10 @@ pub enum Check {
     ConcurrentRun,
     /// `--revert-window` with an ALTER whose `USING` expression a revert cannot invert.
     RevertWindow,
+    /// A `--backfill` (or `doppel backfill --set`) assignment doppel cannot use: not
+    /// `column = expression`, a column the new table lacks, a key or generated column, a
+    /// column that also has a `USING`.
+    Backfill,
     /// `doppel cleanup` found, under the shadow's name, the migrated table a rollback or a
     /// revert swapped out (it may hold writes made after the cutover) and was not given
     /// `--drop-new-table`.

@@ -7,6 +7,7 @@ use std::time::Duration;
 
 use clap::{Args, ValueEnum};
 use doppel::conninfo;
+use doppel::ops::history::HistoryOptions;
 use doppel::ops::progress::Display;
 use doppel::ops::throttle::ThrottleOptions;
 use doppel::phases::backfill::CopyOptions;
@@ -72,37 +73,8 @@ pub(crate) struct TuningArgs {
     /// Grace period, in ms, before --kill-blockers cancels a blocking session.
     #[arg(long, default_value_t = 2000)]
     pub(crate) kill_blockers_grace: u64,
-    /// Throttle while a standby's replay lag exceeds this many ms (pg_stat_replication, and
-    /// the heartbeat on each --throttle-replica).
-    #[arg(long)]
-    pub(crate) max_replica_lag: Option<u64>,
-    /// Throttle while a standby's replay position trails the primary by more bytes of WAL.
-    #[arg(long)]
-    pub(crate) max_replica_lag_bytes: Option<u64>,
-    /// A standby to measure heartbeat lag on (DSN; repeatable).
-    #[arg(long = "throttle-replica")]
-    pub(crate) throttle_replicas: Vec<String>,
-    /// Throttle while doppel's replication slot retains more bytes of WAL.
-    #[arg(long)]
-    pub(crate) max_retained_wal: Option<u64>,
-    /// Abort (and clean up) when doppel's slot retains more bytes of WAL.
-    #[arg(long)]
-    pub(crate) critical_retained_wal: Option<u64>,
-    /// Throttle while more client sessions than this are running a statement.
-    #[arg(long)]
-    pub(crate) max_active_backends: Option<i64>,
-    /// Throttle while this query returns a positive number (or true).
-    #[arg(long)]
-    pub(crate) throttle_query: Option<String>,
-    /// Abort (and clean up) when this query returns a positive number.
-    #[arg(long)]
-    pub(crate) critical_query: Option<String>,
-    /// Throttle while this file exists.
-    #[arg(long)]
-    pub(crate) throttle_flag_file: Option<PathBuf>,
-    /// Abort (and clean up) as soon as this file exists.
-    #[arg(long)]
-    pub(crate) panic_flag_file: Option<PathBuf>,
+    #[command(flatten)]
+    pub(crate) throttle: ThrottleArgs,
     /// Control socket path (default: `<work dir>/doppel-<table oid>.sock`).
     #[arg(long)]
     pub(crate) control_socket: Option<PathBuf>,
@@ -154,6 +126,98 @@ pub(crate) struct TuningArgs {
     pub(crate) metrics_linger: u64,
 }
 
+/// Where runs are recorded (`doppel run`, `doppel backfill`, `doppel history`).
+#[derive(Args, Debug, Clone)]
+pub(crate) struct HistoryArgs {
+    /// Do not record this run in the history table.
+    #[arg(long)]
+    pub(crate) no_history: bool,
+    /// The history table, `schema.table` (created on first use).
+    #[arg(long, default_value = "doppel.migrations")]
+    pub(crate) history_table: String,
+}
+
+impl HistoryArgs {
+    /// The library's history options.
+    ///
+    /// Errors: a `--history-table` that is not `schema.table`.
+    pub(crate) fn options(&self) -> anyhow::Result<HistoryOptions> {
+        let mut options = HistoryOptions::parse(&self.history_table)?;
+        options.enabled = !self.no_history;
+        Ok(options)
+    }
+}
+
+/// `--strategy`.
+#[derive(ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum StrategyChoice {
+    /// Per clause, the least-locking strategy: direct, online recipe or shadow.
+    Auto,
+    /// The shadow-table migration for every clause.
+    Shadow,
+}
+
+/// When to slow down or abort: the throttles and critical thresholds every run has (`doppel
+/// run`, `doppel backfill`).
+#[derive(Args, Debug, Clone)]
+pub(crate) struct ThrottleArgs {
+    /// Throttle while a standby's replay lag exceeds this many ms (pg_stat_replication, and
+    /// the heartbeat on each --throttle-replica).
+    #[arg(long)]
+    pub(crate) max_replica_lag: Option<u64>,
+    /// Throttle while a standby's replay position trails the primary by more bytes of WAL.
+    #[arg(long)]
+    pub(crate) max_replica_lag_bytes: Option<u64>,
+    /// A standby to measure heartbeat lag on (DSN; repeatable).
+    #[arg(long = "throttle-replica")]
+    pub(crate) throttle_replicas: Vec<String>,
+    /// Throttle while doppel's replication slot retains more bytes of WAL.
+    #[arg(long)]
+    pub(crate) max_retained_wal: Option<u64>,
+    /// Abort (and clean up) when doppel's slot retains more bytes of WAL.
+    #[arg(long)]
+    pub(crate) critical_retained_wal: Option<u64>,
+    /// Throttle while more client sessions than this are running a statement.
+    #[arg(long)]
+    pub(crate) max_active_backends: Option<i64>,
+    /// Throttle while this query returns a positive number (or true).
+    #[arg(long)]
+    pub(crate) throttle_query: Option<String>,
+    /// Abort (and clean up) when this query returns a positive number.
+    #[arg(long)]
+    pub(crate) critical_query: Option<String>,
+    /// Throttle while this file exists.
+    #[arg(long)]
+    pub(crate) throttle_flag_file: Option<PathBuf>,
+    /// Abort (and clean up) as soon as this file exists.
+    #[arg(long)]
+    pub(crate) panic_flag_file: Option<PathBuf>,
+}
+
+impl ThrottleArgs {
+    /// The library's throttle options.
+    ///
+    /// Errors: a `--throttle-replica` DSN that does not parse.
+    pub(crate) fn options(&self) -> anyhow::Result<ThrottleOptions> {
+        let mut replicas = Vec::new();
+        for dsn in &self.throttle_replicas {
+            replicas.push(conninfo::resolve(Some(dsn))?);
+        }
+        Ok(ThrottleOptions {
+            max_replica_lag: self.max_replica_lag.map(Duration::from_millis),
+            max_replica_lag_bytes: self.max_replica_lag_bytes,
+            replicas,
+            max_retained_wal: self.max_retained_wal,
+            critical_retained_wal: self.critical_retained_wal,
+            max_active_backends: self.max_active_backends,
+            throttle_query: self.throttle_query.clone(),
+            critical_query: self.critical_query.clone(),
+            throttle_flag_file: self.throttle_flag_file.clone(),
+            panic_flag_file: self.panic_flag_file.clone(),
+        })
+    }
+}
+
 #[derive(ValueEnum, Clone, Copy, Debug)]
 pub(crate) enum LogFormat {
     Text,
@@ -187,10 +251,6 @@ pub(crate) fn run_options(
     t: &TuningArgs,
 ) -> anyhow::Result<RunOptions> {
     let display = display(t.progress);
-    let mut replicas = Vec::new();
-    for dsn in &t.throttle_replicas {
-        replicas.push(conninfo::resolve(Some(dsn))?);
-    }
     Ok(RunOptions {
         table,
         alters,
@@ -214,18 +274,7 @@ pub(crate) fn run_options(
         kill_blockers: t
             .kill_blockers
             .then(|| Duration::from_millis(t.kill_blockers_grace)),
-        throttle: ThrottleOptions {
-            max_replica_lag: t.max_replica_lag.map(Duration::from_millis),
-            max_replica_lag_bytes: t.max_replica_lag_bytes,
-            replicas,
-            max_retained_wal: t.max_retained_wal,
-            critical_retained_wal: t.critical_retained_wal,
-            max_active_backends: t.max_active_backends,
-            throttle_query: t.throttle_query.clone(),
-            critical_query: t.critical_query.clone(),
-            throttle_flag_file: t.throttle_flag_file.clone(),
-            panic_flag_file: t.panic_flag_file.clone(),
-        },
+        throttle: t.throttle.options()?,
         control_socket: t.control_socket.clone(),
         hooks_dir: t.hooks_dir.clone(),
         display,
@@ -237,5 +286,6 @@ pub(crate) fn run_options(
         reconnect_timeout: t.reconnect_timeout,
         metrics_listen: t.metrics_listen,
         metrics_linger: Duration::from_secs(t.metrics_linger),
+        ..RunOptions::new("", &[])
     })
 }

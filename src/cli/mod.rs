@@ -1,10 +1,13 @@
-//! The subcommands, one file each: `run`, `demo`, `cleanup`, `ctl`, `verify`; `args` holds
-//! the flags they share (connection, tuning, output).
+//! The subcommands, one file each: `run`, `backfill`, `demo`, `cleanup`, `ctl`, `verify`,
+//! `history`; `args` holds the flags they share (connection, tuning, throttles, history,
+//! output).
 
 mod args;
+mod backfill;
 mod cleanup;
 mod ctl;
 mod demo;
+mod history;
 mod run;
 mod verify;
 
@@ -29,8 +32,14 @@ pub(crate) struct Cli {
 
 #[derive(Subcommand, Debug)]
 pub(crate) enum Command {
-    /// Migrate a table (a dry run unless --execute is given).
+    /// Migrate a table (a dry run unless --execute is given): each clause run directly, by
+    /// PostgreSQL's online recipe, or through the shadow table, whichever locks least.
     Run(Box<run::RunArgs>),
+    /// Fill a column in place with a batched UPDATE in primary-key chunks (throttled,
+    /// resumable), then validate (a dry run unless --execute is given).
+    Backfill(Box<backfill::BackfillArgs>),
+    /// List the runs and backfills recorded in the history table.
+    History(history::HistoryCliArgs),
     /// Run a real online migration on a throwaway local cluster, with a concurrent writer.
     Demo(demo::DemoArgs),
     /// Remove what an interrupted run left behind (slot, publication, shadow table).
@@ -98,6 +107,8 @@ pub(crate) async fn main() -> ExitCode {
     let cancel = install_signals();
     let result = match cli.command {
         Command::Run(args) => run::run(*args, &cancel).await,
+        Command::Backfill(args) => backfill::backfill(*args, &cancel).await,
+        Command::History(args) => history::history(args).await,
         Command::Demo(args) => demo::demo(args, &cancel).await,
         Command::Cleanup(args) => cleanup::cleanup(args).await,
         Command::Ctl(args) => ctl::ctl(args).await,

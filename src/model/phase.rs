@@ -28,13 +28,17 @@ pub enum Phase {
     /// After the cutover, changes to the new table are streamed back into the kept old table
     /// so that a revert loses nothing (`--revert-window`).
     RevertWindow,
+    /// The direct and online steps, on the table itself (docs/design.md §1.10).
+    Direct,
+    /// `doppel backfill`: the batched UPDATE in primary-key chunks.
+    Backfill,
     /// A resumable run lost a connection (a server restart, a terminated backend, a
     /// failover) and is reconnecting with backoff, to resume from its checkpoint.
     Reconnecting,
 }
 
 /// Every phase, in order (the checkpoint stores [`Phase::key`]).
-pub const ALL: [Phase; 11] = [
+pub const ALL: [Phase; 13] = [
     Phase::Setup,
     Phase::Copy,
     Phase::Indexes,
@@ -45,13 +49,15 @@ pub const ALL: [Phase; 11] = [
     Phase::Cutover,
     Phase::Done,
     Phase::RevertWindow,
+    Phase::Direct,
+    Phase::Backfill,
     Phase::Reconnecting,
 ];
 
 impl Phase {
     /// The state shown by the status line, `status --json` and `DOPPEL_PHASE`: `starting`,
     /// `copying`, `building primary key`, `catching up`, `building indexes`, `verifying`,
-    /// `cutover`, `done`, `revert window`, `reconnecting`.
+    /// `cutover`, `done`, `revert window`, `altering directly`, `backfilling`, `reconnecting`.
     pub fn state(self) -> &'static str {
         match self {
             Phase::Setup => "starting",
@@ -63,13 +69,15 @@ impl Phase {
             Phase::Cutover => "cutover",
             Phase::Done => "done",
             Phase::RevertWindow => "revert window",
+            Phase::Direct => "altering directly",
+            Phase::Backfill => "backfilling",
             Phase::Reconnecting => "reconnecting",
         }
     }
 
     /// A stable, unique name for the phase, as the checkpoint stores it: `setup`, `copy`,
     /// `indexes`, `catch-up`, `constraints`, `catch-up-after-indexes`, `verify`, `cutover`,
-    /// `done`, `revert-window`, `reconnecting`.
+    /// `done`, `revert-window`, `direct`, `backfill`, `reconnecting`.
     pub fn key(self) -> &'static str {
         match self {
             Phase::Setup => "setup",
@@ -82,6 +90,8 @@ impl Phase {
             Phase::Cutover => "cutover",
             Phase::Done => "done",
             Phase::RevertWindow => "revert-window",
+            Phase::Direct => "direct",
+            Phase::Backfill => "backfill",
             Phase::Reconnecting => "reconnecting",
         }
     }
@@ -93,7 +103,7 @@ impl Phase {
 
     /// The name of the phase's line in the run's timings: `setup`, `copy`, `primary key +
     /// indexes`, `catch-up`, `unique indexes + vacuum`, `catch-up after indexes`, `verify`,
-    /// `cutover`, `done`, `revert window`.
+    /// `cutover`, `done`, `revert window`, `direct steps`, `backfill`.
     pub fn label(self) -> &'static str {
         match self {
             Phase::Setup => "setup",
@@ -106,6 +116,8 @@ impl Phase {
             Phase::Cutover => "cutover",
             Phase::Done => "done",
             Phase::RevertWindow => "revert window",
+            Phase::Direct => "direct steps",
+            Phase::Backfill => "backfill",
             Phase::Reconnecting => "reconnecting",
         }
     }

@@ -113,6 +113,8 @@ pub struct State {
     /// `internal`, `refused`, `aborted`, `stream lost`, `lock budget`, `verification`,
     /// `critical`, `conflict`).
     pub exit: Option<(u8, &'static str)>,
+    /// The direct step running, or the backfill's progress (`step 2/3: VALIDATE ..`).
+    pub step: Option<String>,
 }
 
 /// An index build on the shadow, as `pg_stat_progress_create_index` shows it.
@@ -225,6 +227,11 @@ impl State {
                 format!("verifying {}/{} rows", self.rows_verified, self.rows_copied)
             }
             (Some(Phase::RevertWindow), Some(w)) => w.describe(),
+            (Some(Phase::Direct | Phase::Backfill), _) if self.step.is_some() => format!(
+                "{} ({})",
+                self.state_name(),
+                self.step.as_deref().unwrap_or_default()
+            ),
             _ => self.state_name().to_string(),
         };
         if let Some(wait) = &self.waiting {
@@ -410,8 +417,13 @@ impl Progress {
             .retained_wal_bytes
             .map(|b| format!("; Retained WAL: {}", format_bytes(b)))
             .unwrap_or_default();
+        let label = if s.phase == Some(Phase::Backfill) {
+            "Backfill"
+        } else {
+            "Copy"
+        };
         format!(
-            "Copy: {}/{} {:.1}%; Applied: {}; Backlog: {}; Time: {}(total), {}(copy); streamer: {}; Lag: {}; State: {}; ETA: {}{retained}",
+            "{label}: {}/{} {:.1}%; Applied: {}; Backlog: {}; Time: {}(total), {}(copy); streamer: {}; Lag: {}; State: {}; ETA: {}{retained}",
             s.rows_copied,
             s.rows_estimate,
             pct,

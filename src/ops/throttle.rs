@@ -218,7 +218,13 @@ impl Throttler {
         );
         live.max_retained_wal
             .store(options.max_retained_wal.unwrap_or(0), Ordering::SeqCst);
-        let (tx, rx) = watch::channel(ThrottleState::default());
+        // The first sample is taken before returning, so a reason present at the start (a flag
+        // file that exists) holds the first step instead of being seen a sample later.
+        let first = sample(&primary, &replicas, &options, &live, slot).await;
+        if !first.reasons.is_empty() {
+            tracing::warn!("throttled: {}", first.describe());
+        }
+        let (tx, rx) = watch::channel(first);
         let slot = slot.to_string();
         let checker_live = live.clone();
         let handle = tokio::spawn(async move {

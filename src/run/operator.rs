@@ -32,12 +32,33 @@ pub struct Place {
     pub socket: Option<PathBuf>,
 }
 
+impl Place {
+    /// The place of a run connected by `client` with `config`, its socket at `socket`.
+    ///
+    /// Errors: reading `current_database()` failed.
+    pub async fn of(
+        client: &tokio_postgres::Client,
+        config: &crate::conninfo::ConnInfo,
+        socket: Option<PathBuf>,
+    ) -> Result<Place> {
+        let database: String = client
+            .query_one("SELECT current_database()::text", &[])
+            .await?
+            .get(0);
+        Ok(Place {
+            server: config.describe(),
+            database,
+            socket,
+        })
+    }
+}
+
 /// Writes the run's registry file in the work directory (see [`crate::ops::registry`]).
 ///
 /// Errors: the file cannot be written.
 fn register(
     place: &Place,
-    plan: &Plan,
+    subject: &Subject,
     socket: &std::path::Path,
     progress: &Progress,
     options: &crate::run::RunOptions,
@@ -46,9 +67,9 @@ fn register(
         pid: std::process::id(),
         server: place.server.clone(),
         database: place.database.clone(),
-        schema: plan.original.schema.clone(),
-        table: plan.original.name.clone(),
-        oid: plan.original.oid,
+        schema: subject.schema.clone(),
+        table: subject.name.clone(),
+        oid: subject.oid,
         socket: std::path::absolute(socket).unwrap_or_else(|_| socket.to_path_buf()),
         metrics: progress
             .snapshot()
@@ -58,13 +79,67 @@ fn register(
     Registration::write(&options.work_dir, &entry)
 }
 
+/// What a run's hooks are told about: the table, the shadow and kept old table's names, the
+/// ALTER (or the backfill's assignments).
+#[derive(Debug, Clone)]
+pub struct Subject {
+    /// The table, quoted.
+    pub table: String,
+    /// The table's schema and name, unquoted, and its OID (the run registry's entry).
+    pub schema: String,
+    /// The table's name, unquoted.
+    pub name: String,
+    /// The table's OID.
+    pub oid: u32,
+    /// The shadow table, quoted (empty without one).
+    pub shadow_table: String,
+    /// The name the cutover keeps the old table under, quoted (empty without a shadow).
+    pub old_table: String,
+    /// The ALTER's clauses joined with `; ` (or the backfill's assignments).
+    pub alter: String,
+}
+
+impl Subject {
+    /// The subject of a shadow migration.
+    pub fn of(plan: &Plan) -> Subject {
+        Subject {
+            table: plan.original.qualified(),
+            schema: plan.original.schema.clone(),
+            name: plan.original.name.clone(),
+            oid: plan.original.oid,
+            shadow_table: plan.names.shadow_qualified(),
+            old_table: plan.names.old_qualified(),
+            alter: plan
+                .alter
+                .statements
+                .iter()
+                .map(|a| a.text.as_str())
+                .collect::<Vec<_>>()
+                .join("; "),
+        }
+    }
+
+    /// The subject of a run without a shadow (direct steps, `doppel backfill`).
+    pub fn table_only(table: &crate::model::catalog::Table, what: &[String]) -> Subject {
+        Subject {
+            table: table.qualified(),
+            schema: table.schema.clone(),
+            name: table.name.clone(),
+            oid: table.oid,
+            shadow_table: String::new(),
+            old_table: String::new(),
+            alter: what.join("; "),
+        }
+    }
+}
+
 /// Controls, socket and hooks of one run.
 pub struct Operator {
     /// Live settings (shared with the control socket).
     pub controls: Arc<Controls>,
     hooks: Hooks,
     server: Option<ControlServer>,
-    plan: Arc<Plan>,
+    subject: Arc<Subject>,
     /// The database the run migrates in.
     database: String,
     progress: Arc<Progress>,
@@ -75,15 +150,15 @@ pub struct Operator {
 }
 
 impl Operator {
-    /// Starts the control socket at `socket` (when given) for `plan`'s run, with the live
-    /// settings initialised from `options`.
+    /// Starts the control socket at `socket` (when given) for the run on `subject`, with the
+    /// live settings initialised from `options`.
     ///
     /// Starts the metrics endpoint too with `--metrics-listen`.
     ///
     /// Errors: the socket cannot be created, or another run answers on it; the metrics
     /// address cannot be bound.
     pub async fn start(
-        plan: Arc<Plan>,
+        subject: Subject,
         progress: Arc<Progress>,
         hooks: Hooks,
         place: Place,
@@ -112,7 +187,7 @@ impl Operator {
                 tracing::info!(
                     "control socket: {} (e.g. `doppel ctl --table {}{work_dir} status`)",
                     server.path().display(),
-                    plan.original.qualified()
+                    subject.table
                 );
                 Some(server)
             }
@@ -123,14 +198,20 @@ impl Operator {
             None => None,
         };
         let registration = match &server {
-            Some(socket) => Some(register(&place, &plan, socket.path(), &progress, options)?),
+            Some(socket) => Some(register(
+                &place,
+                &subject,
+                socket.path(),
+                &progress,
+                options,
+            )?),
             None => None,
         };
         Ok(Operator {
             controls,
             hooks,
             server,
-            plan,
+            subject: Arc::new(subject),
             database: place.database,
             progress,
             metrics,
@@ -142,7 +223,7 @@ impl Operator {
     /// Runs the `on-failure` hook with the run's exit code (`DOPPEL_EXIT_CODE`) and error
     /// (`DOPPEL_ERROR`); a failure of the hook is logged.
     pub async fn failed(&self, error: &anyhow::Error) {
-        let mut env = env_for(&self.plan, &self.database, &self.progress);
+        let mut env = env_for(&self.subject, &self.database, &self.progress);
         env.exit_code = Some(crate::failure::exit_code(error));
         env.error = Some(format!("{error:#}"));
         match self.hooks.run("on-failure", &env).await {
@@ -216,7 +297,7 @@ impl Operator {
             return;
         }
         let hooks = self.hooks.clone();
-        let plan = self.plan.clone();
+        let plan = self.subject.clone();
         let database = self.database.clone();
         let progress = self.progress.clone();
         self.tasks.push(tokio::spawn(async move {
@@ -233,7 +314,7 @@ impl Operator {
             }
         }));
         let hooks = self.hooks.clone();
-        let plan = self.plan.clone();
+        let plan = self.subject.clone();
         let database = self.database.clone();
         let progress = self.progress.clone();
         let mut throttle = throttle;
@@ -261,7 +342,7 @@ impl Operator {
     /// the run (exit 3); `before-cutover` failing postpones the cutover until the operator sends
     /// `cut-over`; other failures are logged.
     pub async fn hook(&self, name: &str) -> Result<()> {
-        let env = env_for(&self.plan, &self.database, &self.progress);
+        let env = env_for(&self.subject, &self.database, &self.progress);
         let outcome = self.hooks.run(name, &env).await?;
         if !outcome.failed() {
             return Ok(());
@@ -296,20 +377,14 @@ impl Drop for Operator {
     }
 }
 
-/// The `DOPPEL_*` environment for a hook, from the plan and the progress counters.
-pub fn env_for(plan: &Plan, database: &str, progress: &Progress) -> HookEnv {
+/// The `DOPPEL_*` environment for a hook, from the run's subject and the progress counters.
+pub fn env_for(subject: &Subject, database: &str, progress: &Progress) -> HookEnv {
     let s = progress.snapshot();
     HookEnv {
-        table: plan.original.qualified(),
-        shadow_table: plan.names.shadow_qualified(),
-        old_table: plan.names.old_qualified(),
-        alter: plan
-            .alter
-            .statements
-            .iter()
-            .map(|a| a.text.as_str())
-            .collect::<Vec<_>>()
-            .join("; "),
+        table: subject.table.clone(),
+        shadow_table: subject.shadow_table.clone(),
+        old_table: subject.old_table.clone(),
+        alter: subject.alter.clone(),
         phase: s.state_name().to_string(),
         rows_copied: s.rows_copied,
         rows_estimate: s.rows_estimate,

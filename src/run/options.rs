@@ -3,6 +3,7 @@
 use std::path::PathBuf;
 use std::time::Duration;
 
+use crate::ops::history::HistoryOptions;
 use crate::ops::progress;
 use crate::ops::throttle::ThrottleOptions;
 use crate::phases::backfill::CopyOptions;
@@ -80,6 +81,14 @@ pub struct RunOptions {
     /// `--reconnect-timeout`: how long a resumable run keeps trying to reconnect after a
     /// transient fault before it stops (keeping its checkpoint).
     pub reconnect_timeout: Duration,
+    /// `--strategy shadow`: every clause takes the shadow, even those PostgreSQL can run
+    /// directly or by an online recipe (docs/design.md §1.10).
+    pub force_shadow: bool,
+    /// `--backfill 'column = expression'` (repeatable): the value a column of the new table
+    /// takes, computed from the old row by the copy and the applier alike. Implies the shadow.
+    pub backfills: Vec<String>,
+    /// Where the run is recorded (`doppel.migrations`), or `--no-history`.
+    pub history: HistoryOptions,
 }
 
 impl RunOptions {
@@ -115,6 +124,9 @@ impl RunOptions {
             reconnect_timeout: Duration::from_secs(300),
             metrics_listen: None,
             metrics_linger: Duration::from_secs(30),
+            force_shadow: false,
+            backfills: Vec::new(),
+            history: HistoryOptions::default(),
         }
     }
 }

@@ -355,8 +355,11 @@ impl Sequences {
 
 /// Foreign keys from this table (docs/design.md §4.4, third item): moved to the new table
 /// (NOT VALID, validated after commit) and dropped from the kept old table, whose stale rows
-/// would otherwise block valid deletes on the parents. Returns the after-commit validations
-/// of the keys that were valid.
+/// would otherwise block valid deletes on the parents. The foreign keys of the new table are
+/// those the clone has after the ALTER: the original's it kept, and those the ALTER adds
+/// (`ADD CONSTRAINT .. FOREIGN KEY`, `ADD COLUMN .. REFERENCES`), which are added the same
+/// way and dropped from the swapped-out table by the rollback. Returns the after-commit
+/// validations of the keys that are to be valid.
 fn foreign_keys(
     plan: &Plan,
     forward: &mut Vec<String>,
@@ -365,20 +368,30 @@ fn foreign_keys(
     let n = &plan.names;
     let table_q = n.table_qualified();
     let old_q = n.old_qualified();
+    let shadow_q = qualified(&n.schema, &n.shadow);
     let mut validate = Vec::new();
-    for fk in plan.original.constraints.iter().filter(|c| c.kind == 'f') {
-        let def = if fk.definition.ends_with("NOT VALID") {
-            fk.definition.clone()
-        } else {
-            format!("{} NOT VALID", fk.definition)
-        };
+    let original: Vec<_> = plan
+        .original
+        .constraints
+        .iter()
+        .filter(|c| c.kind == 'f')
+        .collect();
+    for fk in &original {
         forward.push(format!(
             "ALTER TABLE {old_q} DROP CONSTRAINT {}",
             ident(&fk.name)
         ));
+        back.push(format!(
+            "ALTER TABLE {table_q} ADD CONSTRAINT {} {}",
+            ident(&fk.name),
+            not_valid(&fk.definition)
+        ));
+    }
+    for fk in plan.target.constraints.iter().filter(|c| c.kind == 'f') {
         forward.push(format!(
-            "ALTER TABLE {table_q} ADD CONSTRAINT {} {def}",
-            ident(&fk.name)
+            "ALTER TABLE {table_q} ADD CONSTRAINT {} {}",
+            ident(&fk.name),
+            not_valid(&fk.definition)
         ));
         if fk.validated {
             validate.push((
@@ -389,15 +402,19 @@ fn foreign_keys(
                 ),
             ));
         }
-        back.push(format!(
-            "ALTER TABLE {} DROP CONSTRAINT {}",
-            qualified(&n.schema, &n.shadow),
-            ident(&fk.name)
-        ));
-        back.push(format!(
-            "ALTER TABLE {table_q} ADD CONSTRAINT {} {def}",
-            ident(&fk.name)
-        ));
+        back.insert(
+            back.len() - original.len(),
+            format!("ALTER TABLE {shadow_q} DROP CONSTRAINT {}", ident(&fk.name)),
+        );
     }
     validate
+}
+
+/// `definition` ending in ` NOT VALID`.
+fn not_valid(definition: &str) -> String {
+    if definition.ends_with("NOT VALID") {
+        definition.to_string()
+    } else {
+        format!("{definition} NOT VALID")
+    }
 }
