@@ -56,6 +56,13 @@ pub async fn plan(client: &mut Client, request: &Request<'_>) -> Result<Migratio
     let names = Names::new(&original.schema, &original.name, oid);
     let mut refusals = table::check(&original);
     refusals.extend(privileges::ownership(client, &original).await?);
+    // Every strategy measures the clauses on a clone in pg_temp.
+    let grants = privileges::read(client).await?;
+    refusals.extend(
+        privileges::database(&server, &grants)
+            .into_iter()
+            .filter(|r| r.check == Check::TempPrivilege),
+    );
     let mut spec = match alter::analyze(request.alters) {
         Ok(spec) => spec,
         Err(r) => {
