@@ -4,8 +4,9 @@
 Against one PostgreSQL server (DSN in $DC_DSN) and doppel ($DC_DOPPEL), for each ALTER kind:
 recreates `orders`, runs typical statements of real drivers continuously from several
 workers (asyncpg; psycopg 3 in autocommit and in transactions, with and without server-side
-preparation; SQLAlchemy's ORM over psycopg), performs the change once through doppel and once
-as the plain ALTER TABLE, and records per worker the errors (SQLSTATE and count), how it
+preparation; SQLAlchemy's ORM over psycopg; pgjdbc when its jar is given), performs the change
+once through doppel's shadow and cutover (`--strategy shadow`: by default an ADD COLUMN or an
+ADD CHECK would run on the table itself) and once as the plain ALTER TABLE, and records per worker the errors (SQLSTATE and count), how it
 recovered (by itself, or only after reconnecting), its worst latency, and whether every
 write that reported success is in the table afterwards. Prints a markdown table and writes it
 to $DC_OUT.
@@ -367,7 +368,7 @@ def change(mode, clause):
     if mode == "doppel":
         out = subprocess.run(
             [DOPPEL, "run", "--dsn", DSN, "--table", "public.orders", "--alter", clause,
-             "--execute", "--progress", "lines", "--work-dir", WORK, "--rollback-dir", WORK],
+             "--strategy", "shadow", "--execute", "--progress", "lines", "--work-dir", WORK, "--rollback-dir", WORK],
             capture_output=True, text=True,
         )
         if out.returncode != 0:

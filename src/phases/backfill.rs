@@ -328,7 +328,7 @@ impl Backfill<'_> {
         let took = chunk_start.elapsed();
         let total = counters.copied.fetch_add(n, Ordering::Relaxed) + n;
         counters.chunks.fetch_add(1, Ordering::Relaxed);
-        self.progress.update(|s| s.rows_copied = total);
+        self.progress.chunk_copied(took, total);
         pause_point!(
             self.probe,
             "copying",
@@ -374,6 +374,8 @@ impl Backfill<'_> {
                 .await
                 .map_err(|e| copy_error(e, self.plan));
         }
+        // A resumable run marks the chunk started outside its transaction (so the mark
+        // survives the chunk's rollback), then opens it.
         if let Some(checkpoint) = self.checkpoint {
             checkpoint.chunk_started(worker, range.seq).await?;
         }

@@ -22,17 +22,19 @@ async fn tables(client: &Client) {
         .unwrap();
 }
 
-/// The dry run's compatibility lines for `alter` on `t`.
+/// The dry run's compatibility lines for `alter` on `t` through the shadow (`--strategy
+/// shadow`: by default an `ADD COLUMN` or `ADD CHECK` runs on the table itself, with no swap).
 async fn lines(cluster: &doppel_testkit::cluster::LocalCluster, alter: &str) -> Vec<String> {
     let config: tokio_postgres::Config = cluster.conninfo("postgres").parse().unwrap();
     let dir = tempfile::tempdir().unwrap();
     let options = RunOptions {
         work_dir: dir.path().to_path_buf(),
         rollback_dir: dir.path().to_path_buf(),
+        force_shadow: true,
         ..RunOptions::new("t", &[alter])
     };
     match run::run(&config, &options, &Cancel::never()).await.unwrap() {
-        Outcome::Planned(plan) => plan.compatibility,
+        Outcome::Planned(migration) => migration.shadow.expect("a shadow plan").compatibility,
         _ => panic!("expected a plan"),
     }
 }
@@ -92,7 +94,8 @@ async fn a_prepared_whole_row_select_fails_after_the_swap_not_after_the_plain_al
     let check = "ADD CONSTRAINT v_nonneg CHECK (v >= 0)";
     let dir = tempfile::tempdir().unwrap();
     let config: tokio_postgres::Config = cluster.conninfo("postgres").parse().unwrap();
-    let options = common::options(dir.path(), "t", &[check]);
+    let mut options = common::options(dir.path(), "t", &[check]);
+    options.force_shadow = true;
     let Outcome::Migrated(_) = run::run(&config, &options, &Cancel::never()).await.unwrap() else {
         panic!("expected a migration")
     };

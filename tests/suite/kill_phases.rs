@@ -46,22 +46,28 @@ pub(crate) struct Stand {
 }
 
 impl Stand {
+    /// A stand with [`ROWS`] rows and a plain writer (it stops working if its connection is
+    /// lost).
     pub(crate) async fn new() -> Stand {
+        Stand::with(ROWS, false).await
+    }
+
+    /// A stand with `rows` rows; with `reconnecting`, the writer survives a lost connection
+    /// (a server restart) by reconnecting ([`Workload::start_reconnecting`]).
+    pub(crate) async fn with(rows: i64, reconnecting: bool) -> Stand {
         let cluster = common::cluster().await;
         let client = cluster.connect("postgres").await.unwrap();
-        workload::create_tables(&client, "orders", "orders_twin", ROWS)
+        workload::create_tables(&client, "orders", "orders_twin", rows)
             .await
             .unwrap();
         let oid = common::oid_of(&client, "orders").await;
         let config: tokio_postgres::Config = cluster.conninfo("postgres").parse().unwrap();
-        let writer = Workload::start(
-            &config,
-            "orders",
-            "orders_twin",
-            7,
-            Duration::from_millis(5),
-        )
-        .await
+        let pause = Duration::from_millis(5);
+        let writer = if reconnecting {
+            Workload::start_reconnecting(&config, "orders", "orders_twin", 7, pause).await
+        } else {
+            Workload::start(&config, "orders", "orders_twin", 7, pause).await
+        }
         .unwrap();
         Stand {
             cluster,
@@ -70,6 +76,11 @@ impl Stand {
             oid,
             dir: tempfile::tempdir().unwrap(),
         }
+    }
+
+    /// Opens the test's own session again (after a server restart cut it).
+    pub(crate) async fn reconnect_client(&mut self) {
+        self.client = self.cluster.connect("postgres").await.unwrap();
     }
 
     pub(crate) fn dsn(&self) -> String {
@@ -85,6 +96,19 @@ impl Stand {
     /// [`Stand::start_run`] with `extra` arguments; output goes to `<name>.out` and
     /// `<name>.err` in the work dir.
     pub(crate) fn start_run_with(&self, point: Option<&str>, extra: &[&str], name: &str) -> Child {
+        self.start_run_in(self.dir.path(), point, extra, name)
+    }
+
+    /// [`Stand::start_run_with`] with `--work-dir work_dir` (the spool and the control
+    /// socket); the pause points, the rollback script and the output stay in the stand's
+    /// directory.
+    pub(crate) fn start_run_in(
+        &self,
+        work_dir: &std::path::Path,
+        point: Option<&str>,
+        extra: &[&str],
+        name: &str,
+    ) -> Child {
         let dir = self.dir.path();
         if let Some(point) = point {
             doppel::testing::arm(&common::pause_dir(dir), point).unwrap();
@@ -104,7 +128,7 @@ impl Stand {
                 "lines",
             ])
             .arg("--work-dir")
-            .arg(dir)
+            .arg(work_dir)
             .arg("--rollback-dir")
             .arg(dir)
             .args(extra)
@@ -233,7 +257,9 @@ impl Stand {
         let mut lines: Vec<&str> = stdout
             .lines()
             .filter(|l| {
-                !l.starts_with("removed change spool") && !l.starts_with("removed control socket")
+                !l.starts_with("removed change spool")
+                    && !l.starts_with("removed control socket")
+                    && !l.starts_with("removed run registry file")
             })
             .collect();
         if lines.is_empty() {
@@ -245,8 +271,9 @@ impl Stand {
             .flatten()
             .map(|e| e.file_name().to_string_lossy().to_string())
             .filter(|n| {
-                n.starts_with(&format!("doppel-{}", self.oid))
-                    && (n.ends_with(".spool") || n.ends_with(".sock"))
+                (n.starts_with(&format!("doppel-{}", self.oid))
+                    && (n.ends_with(".spool") || n.ends_with(".sock")))
+                    || n.starts_with(&format!("doppel-run-{}-", self.oid))
             })
             .collect();
         assert!(

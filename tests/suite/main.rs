@@ -6,8 +6,8 @@
 //! Helpers shared by the modules are in [`common`] (doppel-specific) and in the
 //! `doppel-testkit` crate (clusters, polling, processes, SQL).
 //!
-//! Left out of the default run (`#[ignore]`): `e2e_pgbench` and
-//! `randomized_oracle::many_seeds` (see the README).
+//! Left out of the default run (`#[ignore]`): `e2e_pgbench`,
+//! `randomized_oracle::many_seeds` and `reconnect::chaos_long` (see the README).
 
 mod common;
 
@@ -15,6 +15,7 @@ mod abort_anywhere;
 mod app_compat;
 mod apply_rules;
 mod architecture;
+mod backfill_command;
 mod cluster_harness;
 mod connection;
 mod control_and_hooks;
@@ -24,9 +25,13 @@ mod dependents;
 mod e2e_pgbench;
 mod failover;
 mod faults;
+mod interface;
 mod interrupted_run;
 mod kill_phases;
 mod least_privilege;
+mod ledger;
+mod lock_budget;
+mod metrics;
 mod old_snapshots;
 mod online_migration;
 mod operator;
@@ -34,12 +39,16 @@ mod pooler;
 mod preflight_refusals;
 mod races;
 mod randomized_oracle;
+mod reconnect;
 mod resume;
 mod revert_window;
 mod rollback_guard;
 mod rollback_script;
 mod run_behaviour;
+mod status;
+mod strategies;
 mod throttle;
+mod throttle_sources;
 mod tls;
 mod type_matrix;
 mod unique_violation;

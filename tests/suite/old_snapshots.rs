@@ -57,10 +57,13 @@ async fn count(session: &Client) -> Result<i64, tokio_postgres::Error> {
         .unwrap())
 }
 
+/// Runs doppel in-process with `options` through the shadow (`--strategy shadow`: the
+/// `ADD COLUMN` of these tests would otherwise run on the table itself, with no cutover).
 fn start(
     cluster: &doppel_testkit::cluster::LocalCluster,
-    options: RunOptions,
+    mut options: RunOptions,
 ) -> tokio::task::JoinHandle<anyhow::Result<Outcome>> {
+    options.force_shadow = true;
     let config: tokio_postgres::Config = cluster.conninfo("postgres").parse().unwrap();
     tokio::spawn(async move { common::run_paused(&config, &options, &Cancel::never()).await })
 }
@@ -226,6 +229,8 @@ async fn a_snapshot_taken_in_the_remaining_window_is_reported() {
     let mut options = common::options(dir.path(), "t", &["ADD COLUMN note text"])
         .fence_timeout(Duration::from_secs(5));
     options.lock_timeout = Duration::from_secs(60);
+    // The test holds the granted lock at the pause point `lock-granted`.
+    options.max_lock_hold = Duration::from_secs(60);
     let run = start(&cluster, options);
 
     // A writer W holds the table's ROW EXCLUSIVE lock, so the cutover's request waits for it.

@@ -127,7 +127,7 @@ const TIME_ZONES: &[&str] = &[
 
 /// The seeds to run: `DOPPEL_SEED` (first seed) and `DOPPEL_SEEDS` (how many; 1 when only
 /// `DOPPEL_SEED` is set, else `default_count`); random seeds when `DOPPEL_SEED` is unset.
-fn seeds(default_count: u64) -> Vec<u64> {
+pub(crate) fn seeds(default_count: u64) -> Vec<u64> {
     let env = |name: &str| {
         std::env::var(name).ok().map(|v| {
             v.trim()
@@ -655,7 +655,7 @@ fn record_run(migrated: Migrated, result: &mut SeedResult) -> anyhow::Result<()>
             ));
             result.phases = phases.join(", ");
         }
-        Ok(other) => anyhow::bail!("not a migration: {other:?}"),
+        Ok(other) => anyhow::bail!("a shadow migration was expected, got {other:?}"),
         Err(e) => anyhow::bail!("the migration failed: {e:#}"),
     }
     anyhow::ensure!(after_cutover, "the writer stalled after the cutover");

@@ -9,13 +9,15 @@
 use std::process::Child;
 use std::time::Duration;
 
+use doppel_testkit::workload::WorkloadReport;
+
 use crate::common;
 use crate::kill_phases::{DOPPEL_RELATIONS, ROWS, Stand};
 
 const ALTER: &str = "ALTER COLUMN customer_id TYPE bigint";
 
 /// Waits for `child` to exit (at most 5 minutes); its exit code.
-async fn exit_code(child: Child) -> Option<i32> {
+pub(crate) async fn exit_code(child: Child) -> Option<i32> {
     let mut child = child;
     let waited = tokio::task::spawn_blocking(move || {
         let deadline = std::time::Instant::now() + Duration::from_secs(300);
@@ -37,7 +39,7 @@ async fn exit_code(child: Child) -> Option<i32> {
 
 /// Starts a resumable run stopping at `point`, waits for it there and kills it with SIGKILL.
 /// The detail of the pause point.
-async fn kill_resumable_at(stand: &Stand, point: &str) -> String {
+pub(crate) async fn kill_resumable_at(stand: &Stand, point: &str) -> String {
     let mut child = stand.start_run_with(Some(point), &["--resumable"], "first");
     let detail = stand.wait_reached(&mut child, point).await;
     child.kill().unwrap();
@@ -48,7 +50,7 @@ async fn kill_resumable_at(stand: &Stand, point: &str) -> String {
 }
 
 /// The number of checkpoint rows of doppel's (0 once a run finished or was cleaned up).
-async fn checkpoints(stand: &Stand) -> i64 {
+pub(crate) async fn checkpoints(stand: &Stand) -> i64 {
     let exists: bool = stand
         .client
         .query_one("SELECT to_regclass('doppel.checkpoints') IS NOT NULL", &[])
@@ -61,14 +63,26 @@ async fn checkpoints(stand: &Stand) -> i64 {
     common::scalar(&stand.client, "SELECT count(*) FROM doppel.checkpoints").await
 }
 
-/// Runs `--resume` to completion and checks the result: exit 0, `customer_id` is bigint, the
-/// new table equals the twin once the writer stopped, and only the kept old table is left.
-/// The resumed run's output.
+/// Runs `--resume` to completion and checks the result ([`assert_completed`]). The resumed
+/// run's output.
 async fn resume_and_check(stand: &mut Stand) -> String {
     let child = stand.start_run_with(None, &["--resume"], "resume");
     let code = exit_code(child).await;
     let output = stand.output_of("resume");
-    assert_eq!(code, Some(0), "the resumed run completes: {output}");
+    assert_completed(stand, code, &output).await;
+    output
+}
+
+/// Checks a finished run (exit `code`, `output`): exit 0, `customer_id` is bigint, the new
+/// table equals the twin once the writer stopped (which must have seen no error), and only
+/// the kept old table is left: no slot, publication, checkpoint or shadow. Stops the writer
+/// and returns its report.
+pub(crate) async fn assert_completed(
+    stand: &mut Stand,
+    code: Option<i32>,
+    output: &str,
+) -> WorkloadReport {
+    assert_eq!(code, Some(0), "the run completes: {output}");
     let report = stand.writer.take().unwrap().stop().await.unwrap();
     assert_eq!(
         report.errors, 0,
@@ -110,7 +124,7 @@ async fn resume_and_check(stand: &mut Stand) -> String {
         0,
         "no shadow or other object of doppel's is left but the kept old table"
     );
-    output
+    report
 }
 
 async fn kill_then_resume(point: &str) -> (Stand, String, String) {

@@ -374,7 +374,14 @@ impl ServerHandle {
     /// Stops the postmaster if one is running: `pg_ctl stop -m fast`, then `-m immediate`,
     /// then SIGKILL. Errors only if it is still running after all that.
     fn stop(&self) -> Result<()> {
-        for mode in ["fast", "immediate"] {
+        self.stop_with(&["fast", "immediate"])
+    }
+
+    /// Stops the postmaster if one is running with `pg_ctl stop -m <mode>` for each of
+    /// `modes` in turn until one succeeds, then SIGKILL. Errors only if it is still running
+    /// after all that.
+    fn stop_with(&self, modes: &[&str]) -> Result<()> {
+        for &mode in modes {
             if self.running_postmaster().is_none() {
                 return Ok(());
             }
@@ -955,6 +962,29 @@ impl LocalCluster {
         self.ensure_running()?;
         let handle = self.handle();
         tokio::task::spawn_blocking(move || handle.stop())
+            .await
+            .context("the stop task failed")?
+            .context("could not stop the server for the restart")?;
+        self.start_server(Some(self.port)).await
+    }
+
+    /// Crashes and restarts the server: `pg_ctl stop -m immediate` (every server process
+    /// exits at once, without a shutdown checkpoint, as in a crash of the server; SIGKILL
+    /// if it does not finish in 30 s), then a start on the same port, which runs crash
+    /// recovery from the last checkpoint. Returns once the server accepts
+    /// connections again (at most 60 s). Existing connections are cut without a goodbye.
+    /// What survives is what the server had written to the operating system: with the
+    /// default `synchronous_commit = off`, a transaction whose commit record was still in
+    /// the server's WAL buffers is lost; replication slots come back with the positions
+    /// saved at the last checkpoint.
+    ///
+    /// # Errors
+    /// If the cluster is stopped, the server cannot be stopped, or it does not start again
+    /// (the last 30 lines of its log are included).
+    pub async fn restart_immediate(&mut self) -> Result<()> {
+        self.ensure_running()?;
+        let handle = self.handle();
+        tokio::task::spawn_blocking(move || handle.stop_with(&["immediate"]))
             .await
             .context("the stop task failed")?
             .context("could not stop the server for the restart")?;

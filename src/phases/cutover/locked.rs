@@ -9,6 +9,7 @@ use anyhow::{Context, Result};
 use tokio_postgres::{Client, Transaction};
 
 use super::Cutover;
+use super::budget::Budget;
 use super::rollback::RollbackFile;
 use super::snapshots::{Holder, Rechecked, recheck};
 use crate::failure::{FailureKind, fail};
@@ -40,15 +41,32 @@ impl Rechecks {
     }
 }
 
-/// How an attempt that got the lock ended, when it did not fail.
+/// How an attempt that got its locks ended, when it did not fail.
 pub(super) enum Inside {
     /// The cutover committed.
     Committed(Committed),
-    /// The applier did not reach the fence within `--fence-timeout`; the transaction was
-    /// rolled back and the attempt may be retried. The error says why.
+    /// The transaction was rolled back and the attempt may be retried: `why`, after
+    /// holding the locks for `held`.
+    RolledBack {
+        /// What ran out.
+        why: RolledBack,
+        /// From the first lock granted to the rollback.
+        held: Duration,
+    },
+}
+
+/// Why an attempt that got its locks was rolled back, to be retried.
+pub(super) enum RolledBack {
+    /// The applier did not reach the fence within `--fence-timeout` (the error says why).
     DrainTimeout(anyhow::Error),
+    /// A statement under the lock waited for another lock past what was left of the
+    /// attempt's lock budget.
+    LockTimeout,
+    /// The locks were held for `--max-lock-hold` before COMMIT could be sent; the running
+    /// statement was cancelled.
+    HoldLimit,
     /// These sessions (not queued on the lock) held a snapshot taken before the fence until
-    /// the lock budget ran out; the transaction was rolled back (docs/design.md §4.6).
+    /// the lock budget ran out (docs/design.md §4.6).
     OldSnapshots(Vec<Holder>),
 }
 
@@ -58,8 +76,104 @@ pub(super) struct Locked<'c> {
     pub(super) monitor: &'c Client,
     /// The cutover session's backend pid (whose lock the queued sessions wait for).
     pub(super) lock_pid: i32,
-    /// The applier's applied change count just before the lock was requested.
+    /// The applier's applied change count just before the locks were requested.
     pub(super) changes_before: u64,
+    /// When the first lock was granted and what is left of the attempt's lock budget.
+    pub(super) budget: &'c Budget,
+}
+
+impl RolledBack {
+    /// The attempt's outcome in the cutover record: `drain timeout`, `lock timeout`, `lock
+    /// hold limit`.
+    pub(super) fn outcome(&self) -> &'static str {
+        match self {
+            RolledBack::DrainTimeout(_) => "drain timeout",
+            RolledBack::LockTimeout => "lock timeout",
+            RolledBack::HoldLimit => "lock hold limit",
+            RolledBack::OldSnapshots(_) => "old snapshots under the lock",
+        }
+    }
+
+    /// What happened, for the log and the final error.
+    pub(super) fn describe(&self, cutover: &Cutover<'_>) -> String {
+        match self {
+            RolledBack::DrainTimeout(e) => format!(
+                "the applier did not drain the last changes within --fence-timeout ({} ms) under the lock ({e})",
+                cutover.options.fence_timeout.as_millis()
+            ),
+            RolledBack::LockTimeout => {
+                "a statement under the lock waited for another lock past the attempt's lock budget (--lock-timeout)".to_string()
+            }
+            RolledBack::HoldLimit => format!(
+                "the locks were held for --max-lock-hold ({} ms) before the swap could commit",
+                cutover.options.max_lock_hold.as_millis()
+            ),
+            RolledBack::OldSnapshots(held) => format!(
+                "{} session(s) took a snapshot before the fence and still held it when the lock budget ran out: {}",
+                held.len(),
+                held.iter()
+                    .map(Holder::describe)
+                    .collect::<Vec<_>>()
+                    .join("; ")
+            ),
+        }
+    }
+}
+
+/// Whether `e` is (caused by) the server's `lock_timeout` (SQLSTATE 55P03).
+pub(super) fn is_lock_timeout(e: &anyhow::Error) -> bool {
+    e.chain().any(|c| {
+        c.downcast_ref::<tokio_postgres::Error>()
+            .and_then(|e| e.as_db_error())
+            .is_some_and(|d| d.code().code() == "55P03")
+    })
+}
+
+/// The hold's limit under the lock: the deadline and how to cancel the running statement.
+struct Hold {
+    deadline: Instant,
+    token: tokio_postgres::CancelToken,
+}
+
+impl Hold {
+    /// What is left until the deadline.
+    fn left(&self) -> Duration {
+        self.deadline.saturating_duration_since(Instant::now())
+    }
+
+    /// Runs the server statement(s) `work` until the deadline; past it, cancels the
+    /// statement on the server and returns `None` (the caller rolls back).
+    async fn bounded<T>(&self, work: impl std::future::Future<Output = T>) -> Option<T> {
+        match tokio::time::timeout_at(self.deadline.into(), work).await {
+            Ok(done) => Some(done),
+            Err(_) => {
+                self.token.cancel_query(tokio_postgres::NoTls).await.ok();
+                None
+            }
+        }
+    }
+}
+
+/// What the steps under the lock end with.
+enum Steps {
+    /// Ready to commit.
+    Ready(Ready),
+    /// Roll back and retry.
+    Retry(RolledBack),
+}
+
+/// The steps under the lock done, ready to commit.
+struct Ready {
+    /// The fence the transaction carries.
+    fence: u64,
+    /// The transaction's snapshot.
+    snapshot: String,
+    /// The fence wait.
+    fence_wait: Duration,
+    /// Sessions queued on the lock with a snapshot taken before the fence (§4.6).
+    queued: Vec<Holder>,
+    /// Row changes applied between the lock request and the fence.
+    changes_in_window: u64,
 }
 
 /// A committed cutover's lock hold, and what marks it.
@@ -124,9 +238,13 @@ impl Laps {
 }
 
 impl Cutover<'_> {
-    /// Runs the steps under the lock on `tx`, which holds it (docs/design.md §4.3, §4.4), and
-    /// commits. `rechecks` were prepared before the lock. Just before COMMIT is sent, the
-    /// rollback script is kept (`rollback`).
+    /// Runs the steps under the lock on `tx`, which holds every lock of the attempt
+    /// (docs/design.md §4.3, §4.4), and commits. `rechecks` were prepared before the locks;
+    /// `locked.budget` says when the first lock was granted and what is left of the lock
+    /// budget (the `lock_timeout` of the statements under the lock); the monitor session of
+    /// `locked` re-checks the old snapshots after the fence (§4.6). Just before COMMIT is sent,
+    /// the rollback script is kept (`rollback`). Past `--max-lock-hold` from the first lock,
+    /// the running statement is cancelled and the attempt rolled back.
     ///
     /// Errors, each after rolling back (the original is untouched): the fingerprint or the
     /// dependents changed (exit 8), a deferred key still differs (exit 6), the applier
@@ -137,85 +255,38 @@ impl Cutover<'_> {
         &self,
         tx: Transaction<'_>,
         rechecks: &Rechecks,
-        locked: &Locked<'_>,
         rollback: &mut RollbackFile,
+        locked: &Locked<'_>,
     ) -> Result<Inside> {
         let plan = self.plan;
+        let budget = locked.budget;
         crate::testing::pause_point!(
             self.options.probe,
             "lock-granted",
             plan.original.qualified()
         );
-        let granted = Instant::now();
-        let mut laps = Laps::new(granted);
-        // 1. Fingerprint re-check: DDL that ran during the migration is not on the shadow.
-        let current = rechecks.fingerprint.compute(&tx).await?;
-        laps.lap("fingerprint re-check");
-        if current != self.fingerprint {
-            tx.rollback().await.ok();
-            return Err(definition_changed(plan));
-        }
-        // 2. Dependents re-check: the swap would recreate stale definitions.
-        let now = rechecks.dependents.read(&tx).await?;
-        if now != plan.dependents {
-            tx.rollback().await.ok();
-            return Err(dependents_changed(plan));
-        }
-        laps.lap("dependents re-check");
-        // 3. Fence: every change committed before the lock is applied once it is.
-        let n = self.fencer.emit().await?;
-        let fence_started = Instant::now();
-        if let Err(e) = self.applier.wait_fence(n, self.options.fence_timeout).await {
-            tx.rollback().await.ok();
-            self.applier.check()?;
-            return Ok(Inside::DrainTimeout(e));
-        }
-        let fence_wait = fence_started.elapsed();
-        if let Some(check) = self.after_drain
-            && let Err(e) = check()
-        {
-            tx.rollback().await.ok();
-            return Err(e);
-        }
-        laps.lap("fence and drain");
-        // Sessions that took their snapshot before the fence (§4.6), checked on the monitor
-        // session while this one re-checks the deferred keys and renames.
-        let left = self.options.fence_timeout.saturating_sub(granted.elapsed());
-        let old_snapshots = async {
-            let started = Instant::now();
-            let r = recheck(locked.monitor, locked.lock_pid, plan.original.oid, left).await;
-            (r, started.elapsed())
+        let first_lock = budget.first_lock.unwrap_or_else(Instant::now);
+        let hold = Hold {
+            deadline: budget
+                .hold_deadline()
+                .unwrap_or(first_lock + self.options.max_lock_hold),
+            token: tx.cancel_token(),
         };
-        let ((rechecked, recheck_took), swapped) =
-            tokio::join!(old_snapshots, self.swap(&tx, &mut laps));
-        let queued = match (rechecked, swapped) {
-            (Ok(Rechecked::Clear { queued }), Ok(())) => queued,
-            (Ok(Rechecked::Held(held)), Ok(())) => {
+        let mut laps = Laps::new(first_lock);
+        laps.lap("locks");
+        let steps = self
+            .steps_under_lock(&tx, rechecks, rollback, &hold, &mut laps, locked)
+            .await;
+        let ready = match steps {
+            Ok(Steps::Ready(ready)) if Instant::now() < hold.deadline => ready,
+            Ok(Steps::Ready(..)) => {
                 tx.rollback().await.ok();
-                return Ok(Inside::OldSnapshots(held));
+                return Ok(rolled_back(RolledBack::HoldLimit, first_lock));
             }
-            (Err(e), _) | (_, Err(e)) => {
+            Ok(Steps::Retry(why)) => {
                 tx.rollback().await.ok();
-                return Err(e);
+                return Ok(rolled_back(why, first_lock));
             }
-        };
-        laps.lap("old snapshots re-check");
-        let changes_in_window = self
-            .applier
-            .status()
-            .changes
-            .saturating_sub(locked.changes_before);
-        warn_window(&queued, changes_in_window);
-        tracing::debug!(
-            "old snapshots re-check took {:.1} ms alongside the swap",
-            recheck_took.as_secs_f64() * 1000.0
-        );
-        let marked = match self.revert {
-            false => self.mark(&tx, rollback).await,
-            true => Ok((0, String::new())),
-        };
-        let (fence, snapshot) = match marked {
-            Ok(mark) => mark,
             Err(e) => {
                 tx.rollback().await.ok();
                 return Err(e);
@@ -226,7 +297,6 @@ impl Cutover<'_> {
             "cutover-locked",
             plan.original.qualified()
         );
-        laps.lap("mark");
         // From here the cutover may have committed even if COMMIT reports an error.
         rollback.keep();
         tx.commit().await.with_context(|| {
@@ -238,69 +308,180 @@ impl Cutover<'_> {
         })?;
         laps.lap("commit");
         Ok(Inside::Committed(Committed {
+            fence: ready.fence,
+            snapshot: ready.snapshot,
+            lock_held: first_lock.elapsed(),
+            fence_wait: ready.fence_wait,
+            inside: laps.inside,
+            queued: ready.queued,
+            changes_in_window: ready.changes_in_window,
+        }))
+    }
+
+    /// The steps under the lock before COMMIT, each server statement bounded by the hold's
+    /// deadline: the lock budget's rest as `lock_timeout`, the fingerprint and dependents
+    /// re-checks, the fence and drain, the deferred keys, the swap and the marks.
+    ///
+    /// Errors: as [`Cutover::inside_the_lock`]; the caller rolls back.
+    async fn steps_under_lock(
+        &self,
+        tx: &Transaction<'_>,
+        rechecks: &Rechecks,
+        rollback: &RollbackFile,
+        hold: &Hold,
+        laps: &mut Laps,
+        locked: &Locked<'_>,
+    ) -> Result<Steps> {
+        let plan = self.plan;
+        let budget = locked.budget;
+        let retry = |why| Ok(Steps::Retry(why));
+        // A lock a statement below still has to wait for counts against the same budget.
+        let rest = format!(
+            "SET LOCAL lock_timeout = '{}ms'",
+            budget.wait_left().as_millis().max(1)
+        );
+        let Some(set) = hold.bounded(tx.batch_execute(&rest)).await else {
+            return retry(RolledBack::HoldLimit);
+        };
+        set?;
+        // 1. Fingerprint re-check: DDL that ran during the migration is not on the shadow.
+        let Some(current) = hold.bounded(rechecks.fingerprint.compute(tx)).await else {
+            return retry(RolledBack::HoldLimit);
+        };
+        if current? != self.fingerprint {
+            return Err(definition_changed(plan));
+        }
+        laps.lap("fingerprint re-check");
+        // 2. Dependents re-check: the swap would recreate stale definitions.
+        let Some(now) = hold.bounded(rechecks.dependents.read(tx)).await else {
+            return retry(RolledBack::HoldLimit);
+        };
+        match now {
+            Err(e) if is_lock_timeout(&e) => return retry(RolledBack::LockTimeout),
+            Err(e) => return Err(e),
+            Ok(now) if now != plan.dependents => return Err(dependents_changed(plan)),
+            Ok(_) => {}
+        }
+        laps.lap("dependents re-check");
+        // 3. Fence: every change committed before the lock is applied once it is.
+        let n = self.fencer.emit().await?;
+        let fence_started = Instant::now();
+        let drained = tokio::time::timeout_at(
+            hold.deadline.into(),
+            self.applier.wait_fence(n, self.options.fence_timeout),
+        )
+        .await;
+        match drained {
+            Err(_) => return retry(RolledBack::HoldLimit),
+            Ok(Err(e)) => {
+                self.applier.check()?;
+                return retry(RolledBack::DrainTimeout(e));
+            }
+            Ok(Ok(())) => {}
+        }
+        let fence_wait = fence_started.elapsed();
+        if let Some(check) = self.after_drain {
+            check()?;
+        }
+        laps.lap("fence and drain");
+        // Sessions that took their snapshot before the fence (§4.6), checked on the monitor
+        // session while this one re-checks the deferred keys and runs the swap.
+        let left = self
+            .options
+            .fence_timeout
+            .saturating_sub(budget.first_lock.map(|f| f.elapsed()).unwrap_or_default())
+            .min(hold.left());
+        let (rechecked, swapped) = tokio::join!(
+            recheck(locked.monitor, locked.lock_pid, plan.original.oid, left),
+            self.swap(tx, hold, laps)
+        );
+        if let Some(why) = swapped? {
+            return retry(why);
+        }
+        let queued = match rechecked? {
+            Rechecked::Clear { queued } => queued,
+            Rechecked::Held(held) => return retry(RolledBack::OldSnapshots(held)),
+        };
+        laps.lap("old snapshots re-check");
+        let changes_in_window = self
+            .applier
+            .status()
+            .changes
+            .saturating_sub(locked.changes_before);
+        warn_window(&queued, changes_in_window);
+        // COMMIT is never cut short by a statement timeout.
+        match hold
+            .bounded(tx.batch_execute("SET LOCAL statement_timeout = 0"))
+            .await
+        {
+            None => return retry(RolledBack::HoldLimit),
+            Some(done) => done?,
+        }
+        let (fence, snapshot) = match self.revert {
+            false => match hold.bounded(self.mark(tx, rollback)).await {
+                None => return retry(RolledBack::HoldLimit),
+                Some(marked) => marked?,
+            },
+            true => (0, String::new()),
+        };
+        laps.lap("mark");
+        Ok(Steps::Ready(Ready {
             fence,
             snapshot,
-            lock_held: granted.elapsed(),
             fence_wait,
-            inside: laps.inside,
             queued,
             changes_in_window,
         }))
     }
-}
 
-impl Cutover<'_> {
     /// Under the lock, after the fence: re-checks the keys verification deferred, then runs
-    /// the swap's statements (§4.4) on `tx`, timing both into `laps`. Does not roll back: the
-    /// caller does on any error.
+    /// the swap's statements (§4.4) on `tx`, each bounded by the hold's deadline, timing both
+    /// into `laps`. `Some(why)`: roll back and retry. Does not roll back: the caller does on
+    /// any error.
     ///
     /// Errors: a deferred key still differs (exit 6), a statement failed (exit 1).
-    async fn swap(&self, tx: &Transaction<'_>, laps: &mut Laps) -> Result<()> {
+    async fn swap(
+        &self,
+        tx: &Transaction<'_>,
+        hold: &Hold,
+        laps: &mut Laps,
+    ) -> Result<Option<RolledBack>> {
+        let plan = self.plan;
         // 4. Deferred keys: those verification could not settle, compared once more.
-        let differing = verify::differing_keys(tx, self.plan, self.unsettled)
-            .await?
-            .len();
+        let Some(differing) = hold
+            .bounded(verify::differing_keys(tx, plan, self.unsettled))
+            .await
+        else {
+            return Ok(Some(RolledBack::HoldLimit));
+        };
+        let differing = differing?.len();
         if differing != 0 {
-            return Err(keys_differ(self.plan, differing));
+            return Err(keys_differ(plan, differing));
         }
         laps.lap("deferred keys re-check");
         for statement in &self.script.forward {
-            tx.batch_execute(statement).await.map_err(|e| {
-                anyhow::Error::new(e).context(format!(
-                    "cutover statement failed, rolled back ({statement})"
-                ))
-            })?;
+            // The server enforces the deadline too (statement_timeout, what is left of the
+            // hold), without the cancel request's round trips.
+            let bounded = format!(
+                "SET LOCAL statement_timeout = '{}ms'; {statement}",
+                hold.left().as_millis().max(1)
+            );
+            match hold.bounded(tx.batch_execute(&bounded)).await {
+                None => return Ok(Some(RolledBack::HoldLimit)),
+                Some(Ok(())) => {}
+                Some(Err(e)) => match e.as_db_error().map(|d| d.code().code()) {
+                    Some("55P03") => return Ok(Some(RolledBack::LockTimeout)),
+                    Some("57014") => return Ok(Some(RolledBack::HoldLimit)),
+                    _ => {
+                        return Err(anyhow::Error::new(e).context(format!(
+                            "cutover statement failed, rolled back ({statement})"
+                        )));
+                    }
+                },
+            }
         }
         laps.lap("renames and dependents");
-        Ok(())
-    }
-
-    /// Marks the cutover inside its transaction: a fence message (so the stream shows where
-    /// it committed), the revert window's marker when there is one, and the kept old table's
-    /// comment with the transaction's snapshot and the rollback script's path. Returns the
-    /// fence number and the snapshot.
-    ///
-    /// Errors: a statement failed (the caller rolls back).
-    async fn mark(&self, tx: &Transaction<'_>, rollback: &RollbackFile) -> Result<(u64, String)> {
-        let (fence, message) = self.fencer.reserve();
-        let row = tx
-            .query_one(&format!("{message}, pg_current_snapshot()::text"), &[])
-            .await
-            .context("marking the cutover")?;
-        let snapshot: String = row.get(1);
-        if let Some(marker) = &self.options.revert_marker {
-            tx.batch_execute(marker)
-                .await
-                .context("marking the reverse stream")?;
-        }
-        tx.batch_execute(&super::rollback::kept_comment_sql(
-            self.plan,
-            &snapshot,
-            rollback.path(),
-        ))
-        .await
-        .context("commenting the kept old table")?;
-        Ok((fence, snapshot))
+        Ok(None)
     }
 }
 
@@ -327,6 +508,44 @@ fn warn_window(queued: &[Holder], changes: u64) {
             "{} session(s) queued on the cutover lock hold a snapshot taken before the fence while the drain applied {changes} change(s): one in a REPEATABLE READ or SERIALIZABLE transaction whose snapshot predates those changes' application reads the new table without them (READ COMMITTED statements take a new snapshot and are not affected): {who}",
             queued.len()
         );
+    }
+}
+
+/// An attempt rolled back for `why`, its locks held since `first_lock`.
+fn rolled_back(why: RolledBack, first_lock: Instant) -> Inside {
+    Inside::RolledBack {
+        why,
+        held: first_lock.elapsed(),
+    }
+}
+
+impl Cutover<'_> {
+    /// Marks the cutover inside its transaction: a fence message (so the stream shows where
+    /// it committed), the revert window's marker when there is one, and the kept old table's
+    /// comment with the transaction's snapshot and the rollback script's path. Returns the
+    /// fence number and the snapshot.
+    ///
+    /// Errors: a statement failed (the caller rolls back).
+    async fn mark(&self, tx: &Transaction<'_>, rollback: &RollbackFile) -> Result<(u64, String)> {
+        let (fence, message) = self.fencer.reserve();
+        let row = tx
+            .query_one(&format!("{message}, pg_current_snapshot()::text"), &[])
+            .await
+            .context("marking the cutover")?;
+        let snapshot: String = row.get(1);
+        if let Some(marker) = &self.options.revert_marker {
+            tx.batch_execute(marker)
+                .await
+                .context("marking the reverse stream")?;
+        }
+        tx.batch_execute(&super::rollback::kept_comment_sql(
+            self.plan,
+            &snapshot,
+            rollback.path(),
+        ))
+        .await
+        .context("commenting the kept old table")?;
+        Ok((fence, snapshot))
     }
 }
 

@@ -246,29 +246,32 @@ impl Cutover<'_> {
         }
     }
 
-    /// Logs the sessions the cutover waits for and puts them in the status line (nothing:
-    /// the wait is over).
+    /// Logs the sessions the cutover waits for and shows them as the run's wait in the
+    /// status (nothing: the wait is over).
     fn show_waiting(&self, held: &[Holder]) {
-        let text = match held {
-            [] => String::new(),
-            _ => format!(
-                "{} session(s) holding a snapshot older than the cutover: {}",
-                held.len(),
-                held.iter()
-                    .map(Holder::describe)
-                    .collect::<Vec<_>>()
-                    .join("; ")
-            ),
-        };
-        if !text.is_empty() {
-            tracing::warn!(
-                "cutover waits (--old-snapshot-timeout {}) for {text}",
-                humantime::format_duration(self.options.old_snapshot_timeout)
-            );
+        if held.is_empty() {
+            self.show_wait(None);
+            return;
         }
-        if let Some(progress) = &self.options.progress {
-            progress.update(|s| s.waiting = text);
-        }
+        tracing::warn!(
+            "cutover waits (--old-snapshot-timeout {}) for {} session(s) holding a snapshot older than the cutover: {}",
+            humantime::format_duration(self.options.old_snapshot_timeout),
+            held.len(),
+            held.iter()
+                .map(Holder::describe)
+                .collect::<Vec<_>>()
+                .join("; ")
+        );
+        let blockers = held
+            .iter()
+            .map(|h| crate::model::phase::Blocker {
+                pid: h.pid,
+                user: h.user.clone(),
+                state: h.state.clone(),
+                age: Duration::from_secs_f64(h.age_s.max(0.0)),
+            })
+            .collect();
+        self.show_wait(Some(crate::model::phase::Wait::OldSnapshots(blockers)));
     }
 
     /// The last attempt was postponed by old snapshots (exit 5), naming them.

@@ -56,11 +56,13 @@ impl Window {
             script: &revert_script,
             fencer: &self.fencer,
             applier: &self.applier,
+            stream: None,
             unsettled: &[],
             fingerprint: &self.fingerprint,
             options,
             revert: true,
             after_drain: Some(&check),
+            changes_received: None,
         };
         let swap = cutover.run(client, monitor).await?;
         Ok(RevertOutcome {

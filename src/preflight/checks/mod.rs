@@ -3,6 +3,7 @@
 //! is [`super::run`]'s.
 
 pub mod alter;
+pub mod clauses;
 pub mod compat;
 pub mod cost;
 pub mod dependents;

@@ -21,6 +21,7 @@ use tokio_postgres::{Client, Transaction};
 
 use postgres_protocol::escape::escape_identifier as ident;
 
+pub mod ledger;
 mod matrix;
 
 pub use matrix::{
@@ -311,7 +312,8 @@ pub async fn compare_with_reference(
 pub struct WorkloadReport {
     /// Transactions committed.
     pub transactions: u64,
-    /// Transactions that failed.
+    /// Transactions that failed, other than those a reconnecting writer lost with its
+    /// connection (counted in [`WorkloadReport::interrupted`]).
     pub errors: u64,
     /// The first few error messages.
     pub first_errors: Vec<String>,
@@ -321,6 +323,15 @@ pub struct WorkloadReport {
     pub p50: Duration,
     /// 99th percentile.
     pub p99: Duration,
+    /// Connections a reconnecting writer ([`Workload::start_reconnecting`]) opened again
+    /// after losing one.
+    pub reconnects: u64,
+    /// Transactions a reconnecting writer lost with its connection: rolled back, or
+    /// committed if the connection died while COMMIT was under way. Either way the table
+    /// and the twin stay equal, as each transaction writes both.
+    pub interrupted: u64,
+    /// The first few connection errors a reconnecting writer survived.
+    pub first_connection_errors: Vec<String>,
 }
 
 /// A running writer.
@@ -329,9 +340,22 @@ pub struct Workload {
     handle: JoinHandle<Result<WorkloadReport>>,
 }
 
+/// First wait before a reconnecting writer tries to connect again; it doubles after each
+/// failed attempt up to [`MAX_RECONNECT_DELAY`].
+const FIRST_RECONNECT_DELAY: Duration = Duration::from_millis(50);
+/// Longest wait between two connection attempts of a reconnecting writer.
+const MAX_RECONNECT_DELAY: Duration = Duration::from_secs(1);
+/// Timeout of one connection attempt of a reconnecting writer.
+const RECONNECT_TIMEOUT: Duration = Duration::from_secs(5);
+/// Error messages kept in a report.
+const ERRORS_KEPT: usize = 5;
+
 impl Workload {
     /// Starts a writer on `table` mirrored into `twin`, with a seeded random mix, pausing
-    /// `pause` between transactions (zero = as fast as it can).
+    /// `pause` between transactions (zero = as fast as it can). A failed transaction counts
+    /// as an error; once its connection is lost every later transaction fails.
+    ///
+    /// Errors: the first connection or the first query fails.
     pub async fn start(
         config: &tokio_postgres::Config,
         table: &str,
@@ -339,10 +363,35 @@ impl Workload {
         seed: u64,
         pause: Duration,
     ) -> Result<Workload> {
-        let client = crate::connect(config).await?;
-        client
-            .batch_execute("SET application_name = 'doppel workload'")
-            .await?;
+        Self::spawn(config, table, twin, seed, pause, false).await
+    }
+
+    /// [`Workload::start`], but the writer survives a lost connection (a server restart, a
+    /// terminated backend): it reconnects, waiting 50 ms after the first failed attempt and
+    /// twice as long after each further one (at most 1 s), and goes on with the next
+    /// transaction. Lost connections are counted in [`WorkloadReport::reconnects`] and
+    /// [`WorkloadReport::interrupted`], not as errors; any other failure is an error.
+    ///
+    /// Errors: the first connection or the first query fails.
+    pub async fn start_reconnecting(
+        config: &tokio_postgres::Config,
+        table: &str,
+        twin: &str,
+        seed: u64,
+        pause: Duration,
+    ) -> Result<Workload> {
+        Self::spawn(config, table, twin, seed, pause, true).await
+    }
+
+    async fn spawn(
+        config: &tokio_postgres::Config,
+        table: &str,
+        twin: &str,
+        seed: u64,
+        pause: Duration,
+        reconnecting: bool,
+    ) -> Result<Workload> {
+        let client = writer_session(config).await?;
         let max_id: i64 = client
             .query_one(
                 &format!("SELECT coalesce(max(id), 0) FROM {}", ident(table)),
@@ -351,73 +400,158 @@ impl Workload {
             .await?
             .get(0);
         let (tx, rx) = watch::channel(false);
-        let (table, twin) = (ident(table), ident(twin));
-        let handle =
-            tokio::spawn(
-                async move { write_loop(client, table, twin, seed, pause, max_id, rx).await },
-            );
+        let mut reconnect = config.clone();
+        if reconnect.get_connect_timeout().is_none() {
+            reconnect.connect_timeout(RECONNECT_TIMEOUT);
+        }
+        let writer = Writer {
+            client,
+            t: ident(table),
+            w: ident(twin),
+            rng: StdRng::seed_from_u64(seed),
+            pause,
+            max_id,
+            reconnect: reconnecting.then_some(reconnect),
+            stop: rx,
+        };
+        let handle = tokio::spawn(writer.run());
         Ok(Workload { stop: tx, handle })
     }
 
     /// Stops the writer and returns what it saw.
+    ///
+    /// Errors: the writer's task panicked.
     pub async fn stop(self) -> Result<WorkloadReport> {
         self.stop.send_replace(true);
         self.handle.await.context("workload task panicked")?
     }
 }
 
-async fn write_loop(
-    mut client: Client,
+/// A session of the writer, named `doppel workload` in `pg_stat_activity`.
+async fn writer_session(config: &tokio_postgres::Config) -> Result<Client> {
+    let client = crate::connect(config).await?;
+    client
+        .batch_execute("SET application_name = 'doppel workload'")
+        .await?;
+    Ok(client)
+}
+
+/// Whether `e` means the session is gone or the server is going away or not back yet: the
+/// connection closed, an I/O error on it, SQLSTATE class 08 (connection exception), 57P01
+/// (admin shutdown: a fast or immediate shutdown, `pg_terminate_backend`), 57P02 (crash
+/// shutdown) or 57P03 (cannot connect now: starting up, in recovery).
+pub fn is_connection_error(e: &tokio_postgres::Error) -> bool {
+    if e.is_closed() {
+        return true;
+    }
+    if let Some(db) = e.as_db_error() {
+        let code = db.code().code();
+        return code.starts_with("08") || matches!(code, "57P01" | "57P02" | "57P03");
+    }
+    std::error::Error::source(e).is_some_and(|s| s.downcast_ref::<std::io::Error>().is_some())
+}
+
+/// The writer task's state.
+struct Writer {
+    client: Client,
     t: String,
     w: String,
-    seed: u64,
+    rng: StdRng,
     pause: Duration,
-    mut max_id: i64,
+    max_id: i64,
+    /// Where to reconnect after a lost connection; `None`: a plain writer.
+    reconnect: Option<tokio_postgres::Config>,
     stop: watch::Receiver<bool>,
-) -> Result<WorkloadReport> {
-    let mut rng = StdRng::seed_from_u64(seed);
-    let mut report = WorkloadReport::default();
-    let mut latencies: Vec<Duration> = Vec::new();
-    while !*stop.borrow() {
-        let ops = if rng.random_range(0..10) == 0 {
-            rng.random_range(2..5)
-        } else {
-            1
-        };
-        let statements: Vec<String> = (0..ops)
-            .map(|_| random_op(&mut rng, &t, &w, &mut max_id))
-            .collect();
-        let started = Instant::now();
-        let result = async {
-            let tx = client.transaction().await?;
-            for s in &statements {
-                tx.batch_execute(s).await?;
+}
+
+impl Writer {
+    async fn run(mut self) -> Result<WorkloadReport> {
+        let mut report = WorkloadReport::default();
+        let mut latencies: Vec<Duration> = Vec::new();
+        while !*self.stop.borrow() {
+            let ops = if self.rng.random_range(0..10) == 0 {
+                self.rng.random_range(2..5)
+            } else {
+                1
+            };
+            let statements: Vec<String> = (0..ops)
+                .map(|_| random_op(&mut self.rng, &self.t, &self.w, &mut self.max_id))
+                .collect();
+            let started = Instant::now();
+            let result = async {
+                let tx = self.client.transaction().await?;
+                for s in &statements {
+                    tx.batch_execute(s).await?;
+                }
+                tx.commit().await
             }
-            tx.commit().await
-        }
-        .await;
-        let took = started.elapsed();
-        latencies.push(took);
-        report.max_latency = report.max_latency.max(took);
-        match result {
-            Ok(()) => report.transactions += 1,
-            Err(e) => {
-                report.errors += 1;
-                if report.first_errors.len() < 5 {
-                    report.first_errors.push(format!("{e:#}"));
+            .await;
+            let took = started.elapsed();
+            latencies.push(took);
+            report.max_latency = report.max_latency.max(took);
+            match result {
+                Ok(()) => report.transactions += 1,
+                Err(e) if self.reconnect.is_some() && is_connection_error(&e) => {
+                    report.interrupted += 1;
+                    keep(&mut report.first_connection_errors, &e);
+                    if self.reconnect().await {
+                        report.reconnects += 1;
+                    }
+                }
+                Err(e) => {
+                    report.errors += 1;
+                    keep(&mut report.first_errors, &e);
                 }
             }
+            if !self.pause.is_zero() {
+                tokio::time::sleep(self.pause).await;
+            }
         }
-        if !pause.is_zero() {
-            tokio::time::sleep(pause).await;
+        latencies.sort();
+        if !latencies.is_empty() {
+            report.p50 = latencies[latencies.len() / 2];
+            report.p99 = latencies[(latencies.len() * 99 / 100).min(latencies.len() - 1)];
+        }
+        Ok(report)
+    }
+
+    /// Opens a new session, retrying with backoff until one opens (true) or the writer is
+    /// asked to stop (false).
+    async fn reconnect(&mut self) -> bool {
+        let Some(config) = self.reconnect.clone() else {
+            return false;
+        };
+        let mut delay = FIRST_RECONNECT_DELAY;
+        loop {
+            if *self.stop.borrow() {
+                return false;
+            }
+            match writer_session(&config).await {
+                Ok(client) => {
+                    self.client = client;
+                    return true;
+                }
+                Err(e) => tracing::debug!("the writer could not reconnect yet: {e:#}"),
+            }
+            tokio::select! {
+                _ = tokio::time::sleep(delay) => {}
+                changed = self.stop.changed() => {
+                    if changed.is_err() {
+                        // The Workload was dropped without being stopped.
+                        return false;
+                    }
+                }
+            }
+            delay = (delay * 2).min(MAX_RECONNECT_DELAY);
         }
     }
-    latencies.sort();
-    if !latencies.is_empty() {
-        report.p50 = latencies[latencies.len() / 2];
-        report.p99 = latencies[(latencies.len() * 99 / 100).min(latencies.len() - 1)];
+}
+
+/// Keeps the message of `e` in `list` while it holds fewer than [`ERRORS_KEPT`].
+fn keep(list: &mut Vec<String>, e: &tokio_postgres::Error) {
+    if list.len() < ERRORS_KEPT {
+        list.push(format!("{e:#}"));
     }
-    Ok(report)
 }
 
 fn random_op(rng: &mut StdRng, t: &str, w: &str, max_id: &mut i64) -> String {
