@@ -201,6 +201,7 @@ async fn twenty_cutovers_under_a_writer_fail_no_write_and_lose_no_row() {
     let config: tokio_postgres::Config = cluster.conninfo("postgres").parse().unwrap();
     let mut holds = Vec::new();
     let mut old_waits = Vec::new();
+    let mut windowed = Vec::new();
     let mut rechecks = Vec::new();
     for i in 0..20 {
         let dir = tempfile::tempdir().unwrap();
@@ -233,6 +234,12 @@ async fn twenty_cutovers_under_a_writer_fail_no_write_and_lose_no_row() {
                 .filter(|(step, _)| *step == "old snapshots re-check")
                 .map(|(_, d)| d.as_secs_f64() * 1000.0),
         );
+        if !report.cutover.queued_old_snapshots.is_empty() {
+            windowed.push((
+                report.cutover.queued_old_snapshots.len(),
+                report.cutover.changes_in_window,
+            ));
+        }
         if i == 19 {
             println!(
                 "last cutover, inside the lock: {:?}",
@@ -275,6 +282,10 @@ async fn twenty_cutovers_under_a_writer_fail_no_write_and_lose_no_row() {
         old_waits.last().unwrap(),
         rechecks[rechecks.len() / 2],
         rechecks.last().unwrap(),
+    );
+    println!(
+        "20 cutovers: {} with sessions queued on the lock holding a snapshot older than the fence (sessions, changes applied in the window): {windowed:?}",
+        windowed.len()
     );
     assert!(errors.is_empty(), "writer errors: {errors:?}");
     assert!(transactions > 100, "the writer ran: {transactions}");
