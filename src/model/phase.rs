@@ -269,5 +269,16 @@ mod tests {
             "draining (1520 changes behind)"
         );
         assert_eq!(blocked.kind(), "lock");
+        let old = Wait::OldSnapshots(vec![Blocker {
+            pid: 4711,
+            user: "app".into(),
+            state: "idle in transaction".into(),
+            age: Duration::from_secs(35),
+        }]);
+        assert_eq!(
+            old.to_string(),
+            "waiting for 1 session(s) holding a snapshot older than the cutover (pid 4711: app, idle in transaction, 35s)"
+        );
+        assert_eq!(old.kind(), "old_snapshots");
     }
 }
