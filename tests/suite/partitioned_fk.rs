@@ -1,0 +1,386 @@
+//! Foreign keys from partitioned tables to the migrated table (issue 15, item 2): a key
+//! defined on a partitioned parent (PostgreSQL clones it onto every partition, through a
+//! sub-partitioned member down to the leaves) and keys defined on each partition of another
+//! partitioned table reference the migrated table. Under the twin-table writer on the
+//! migrated table (inserts, updates, deletes and key changes that cascade into the
+//! partitions, moving rows between them) and a second writer inserting into the partitions,
+//! the run migrates it; afterwards every key is where it was, under its name, validated,
+//! references the new table and enforces itself on every leaf; the rollback script moves
+//! them back the same way. Before PostgreSQL 18 the parent's key moves through its leaves
+//! (`dependents/foreign_key/partitioned.rs`); on 18 it is re-added `NOT VALID` on the
+//! parent. Run on another major with `DOPPEL_PG_BINDIR`.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::time::Duration;
+
+use doppel::cancel::Cancel;
+use doppel::run::{self, Outcome};
+use doppel_testkit::workload::{self, Workload};
+use tokio_postgres::Client;
+
+use crate::common::{self, Tune};
+
+/// `pay`: list-partitioned on `kind` (a member range-sub-partitioned on `id` with a
+/// default, a default member), its key to `orders` defined on the parent with cascades (the
+/// key is not in the partition key: the tree writer moves rows between partitions by
+/// updating `kind`). `refund`: hash-partitioned, a key of its own on each partition.
+const TREES: &str = "
+CREATE TABLE pay (id bigserial, order_id bigint, kind int NOT NULL, amount int)
+  PARTITION BY LIST (kind);
+CREATE TABLE pay_k0 PARTITION OF pay FOR VALUES IN (0);
+CREATE TABLE pay_k1 PARTITION OF pay FOR VALUES IN (1);
+CREATE TABLE pay_k2 PARTITION OF pay FOR VALUES IN (2) PARTITION BY RANGE (id);
+CREATE TABLE pay_k2_low PARTITION OF pay_k2 FOR VALUES FROM (MINVALUE) TO (2000);
+CREATE TABLE pay_k2_rest PARTITION OF pay_k2 DEFAULT;
+CREATE TABLE pay_default PARTITION OF pay DEFAULT;
+ALTER TABLE pay ADD CONSTRAINT pay_order_fk FOREIGN KEY (order_id) REFERENCES orders (id)
+  ON UPDATE CASCADE ON DELETE CASCADE;
+CREATE TABLE refund (id bigserial, order_id bigint, amount int) PARTITION BY HASH (id);
+CREATE TABLE refund_0 PARTITION OF refund FOR VALUES WITH (MODULUS 2, REMAINDER 0);
+CREATE TABLE refund_1 PARTITION OF refund FOR VALUES WITH (MODULUS 2, REMAINDER 1);
+ALTER TABLE refund_0 ADD CONSTRAINT refund_0_fk FOREIGN KEY (order_id) REFERENCES orders (id)
+  ON UPDATE CASCADE ON DELETE CASCADE;
+ALTER TABLE refund_1 ADD CONSTRAINT refund_1_fk FOREIGN KEY (order_id) REFERENCES orders (id)
+  ON UPDATE CASCADE ON DELETE CASCADE;
+INSERT INTO pay (order_id, kind, amount) SELECT id, id % 4, 1 FROM orders;
+INSERT INTO refund (order_id, amount) SELECT id, 2 FROM orders WHERE id % 3 = 0;
+";
+
+/// Every foreign key of the two trees: relation, name, parent key's relation, validated,
+/// definition and referenced table, one line each.
+const KEYS: &str = "SELECT string_agg(format('%s %s parent=%s valid=%s %s -> %s',
+         c.conrelid::regclass, c.conname, p.conrelid::regclass, c.convalidated,
+         pg_get_constraintdef(c.oid), c.confrelid::regclass), E'\\n'
+         ORDER BY c.conrelid::regclass::text, c.conname)
+  FROM pg_constraint c LEFT JOIN pg_constraint p ON p.oid = c.conparentid
+  WHERE c.contype = 'f' AND (c.conrelid::regclass::text LIKE 'pay%'
+                             OR c.conrelid::regclass::text LIKE 'refund%')";
+
+/// Inserts into both trees, each row referencing an existing order, until `stop`; an
+/// insert that races a delete of its order fails with a foreign key violation (23503) and
+/// is counted apart. Returns (rows inserted, foreign key violations).
+fn start_tree_writer(client: Client, stop: Arc<AtomicBool>) -> tokio::task::JoinHandle<(u64, u64)> {
+    tokio::spawn(async move {
+        let (inserted, refused) = (AtomicU64::new(0), AtomicU64::new(0));
+        let mut n = 0u64;
+        while !stop.load(Ordering::Relaxed) {
+            n += 1;
+            let sql = match n % 3 {
+                0 => {
+                    "INSERT INTO pay (order_id, kind, amount)
+                     SELECT id, (random() * 4)::int, 3 FROM orders ORDER BY random() LIMIT 1"
+                }
+                1 => "UPDATE pay SET kind = (kind + 1) % 5 WHERE id = (random() * 4000)::int",
+                _ => {
+                    "INSERT INTO refund (order_id, amount)
+                     SELECT id, 4 FROM orders ORDER BY random() LIMIT 1"
+                }
+            };
+            match client.batch_execute(sql).await {
+                Ok(()) => inserted.fetch_add(1, Ordering::Relaxed),
+                Err(e) if e.code().map(|c| c.code()) == Some("23503") => {
+                    refused.fetch_add(1, Ordering::Relaxed)
+                }
+                Err(e) => panic!("tree writer: {e}"),
+            };
+        }
+        (inserted.into_inner(), refused.into_inner())
+    })
+}
+
+/// Every leaf of both trees refuses a row whose order does not exist (rows inserted through
+/// the parents, with keys that reach every leaf).
+async fn every_leaf_refuses_an_orphan(client: &Client) {
+    let leaves = "SELECT count(DISTINCT tableoid) FROM ";
+    for (parent, id, kind) in [
+        ("pay", -1, 0),
+        ("pay", -2, 1),
+        ("pay", -3, 2),
+        ("pay", 900_000, 2),
+        ("pay", -4, 4),
+        ("refund", -1, 0),
+        ("refund", -2, 0),
+        ("refund", -3, 0),
+    ] {
+        let columns = if parent == "pay" { ", kind" } else { "" };
+        let kind = if parent == "pay" {
+            format!(", {kind}")
+        } else {
+            String::new()
+        };
+        let sql =
+            format!("INSERT INTO {parent} (id, order_id{columns}) VALUES ({id}, 999999999{kind})");
+        assert_eq!(common::fails(client, &sql).await, "23503", "{sql}");
+        // The same row with an existing order lands in the leaf that refused it.
+        client
+            .batch_execute(&format!(
+                "INSERT INTO {parent} (id, order_id{columns})
+                 SELECT {id}, min(id){kind} FROM orders WHERE id > 0"
+            ))
+            .await
+            .unwrap();
+    }
+    assert_eq!(
+        common::scalar(
+            client,
+            &format!("{leaves} pay WHERE id IN (-1, -2, -3, 900000, -4)")
+        )
+        .await,
+        5
+    );
+    assert_eq!(
+        common::scalar(client, &format!("{leaves} refund WHERE id IN (-1, -2, -3)")).await,
+        2
+    );
+}
+
+/// The rows of `pay` and `refund` whose order does not exist (0 when every key holds).
+async fn orphans(client: &Client) -> i64 {
+    common::scalar(
+        client,
+        "SELECT (SELECT count(*) FROM pay p WHERE NOT EXISTS (SELECT 1 FROM orders o WHERE o.id = p.order_id))
+              + (SELECT count(*) FROM refund r WHERE NOT EXISTS (SELECT 1 FROM orders o WHERE o.id = r.order_id))",
+    )
+    .await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn keys_defined_on_partitioned_tables_and_on_partitions_move_and_stay_valid() {
+    let cluster = common::cluster().await;
+    let client = cluster.connect("postgres").await.unwrap();
+    workload::create_tables(&client, "orders", "orders_twin", 3_000)
+        .await
+        .unwrap();
+    client.batch_execute(TREES).await.unwrap();
+    let keys_before = common::text(&client, KEYS).await.unwrap();
+    let version = common::scalar(
+        &client,
+        "SELECT current_setting('server_version_num')::bigint",
+    )
+    .await;
+
+    let config: tokio_postgres::Config = cluster.conninfo("postgres").parse().unwrap();
+    let writer = Workload::start(&config, "orders", "orders_twin", 11, Duration::ZERO)
+        .await
+        .unwrap();
+    let stop = Arc::new(AtomicBool::new(false));
+    let tree_writer = start_tree_writer(cluster.connect("postgres").await.unwrap(), stop.clone());
+    let dir = tempfile::tempdir().unwrap();
+    let opts = common::options(
+        dir.path(),
+        "orders",
+        &[
+            "ALTER COLUMN customer_id TYPE bigint",
+            "ADD COLUMN note2 text",
+        ],
+    )
+    .chunk_time(Duration::from_millis(20))
+    .initial_rows(300)
+    .cutover_retries(30)
+    .fence_timeout(Duration::from_millis(2000))
+    .status_interval(Duration::from_secs(60));
+    let outcome = run::run(&config, &opts, &Cancel::never()).await;
+    stop.store(true, Ordering::Relaxed);
+    let report = writer.stop().await.unwrap();
+    let (inserted, refused) = tree_writer.await.unwrap();
+    let Outcome::Migrated(run) = outcome.unwrap() else {
+        panic!("expected a migration")
+    };
+    eprintln!(
+        "server {version}: cutover lock held {:?} ({} attempts); writer {} transactions, tree writer {inserted} rows ({refused} refused by a key)",
+        run.cutover.lock_held, run.cutover.attempts, report.transactions
+    );
+    assert_eq!(report.errors, 0, "writer errors: {:?}", report.first_errors);
+    assert!(inserted > 0);
+    assert!(
+        run.cutover.unvalidated.is_empty(),
+        "{:?}",
+        run.cutover.unvalidated
+    );
+    assert_eq!(
+        workload::mismatches(&client, "orders", "orders_twin")
+            .await
+            .unwrap(),
+        0
+    );
+    // Every key is back where it was, under its name, validated, on the new table.
+    assert_eq!(common::text(&client, KEYS).await.unwrap(), keys_before);
+    let on_new: i64 = common::scalar(
+        &client,
+        "SELECT count(*) FROM pg_constraint WHERE contype = 'f' AND confrelid = 'orders'::regclass",
+    )
+    .await;
+    assert_eq!(
+        on_new, 9,
+        "pay and the 6 members of its tree, refund_0 and refund_1"
+    );
+    assert_eq!(orphans(&client).await, 0);
+    // The cascades fire from the new table, through the parent's key.
+    let some_order =
+        common::scalar(&client, "SELECT min(order_id) FROM pay WHERE order_id > 0").await;
+    client
+        .batch_execute(&format!(
+            "UPDATE orders SET id = -id WHERE id = {some_order}"
+        ))
+        .await
+        .unwrap();
+    let moved = format!("SELECT count(*) FROM pay WHERE order_id = -{some_order}");
+    assert!(common::scalar(&client, &moved).await > 0);
+    every_leaf_refuses_an_orphan(&client).await;
+    let leftovers = common::scalar(
+        &client,
+        "SELECT (SELECT count(*) FROM pg_replication_slots) + (SELECT count(*) FROM pg_publication)",
+    )
+    .await;
+    assert_eq!(leftovers, 0, "no slot or publication left");
+}
+
+/// Runs `script` with psql, stopping at the first error.
+fn psql_file(conninfo: &str, script: &std::path::Path) {
+    let output = std::process::Command::new("psql")
+        .args(["-X", "-q", "-v", "ON_ERROR_STOP=1", "-d", conninfo, "-f"])
+        .arg(script)
+        .output()
+        .expect("psql runs");
+    assert!(
+        output.status.success(),
+        "{} failed: {}",
+        script.display(),
+        String::from_utf8_lossy(&output.stderr)
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rollback_script_moves_the_partitioned_keys_back() {
+    let cluster = common::cluster().await;
+    let client = cluster.connect("postgres").await.unwrap();
+    workload::create_tables(&client, "orders", "orders_twin", 1_000)
+        .await
+        .unwrap();
+    client.batch_execute(TREES).await.unwrap();
+    let keys_before = common::text(&client, KEYS).await.unwrap();
+    let config: tokio_postgres::Config = cluster.conninfo("postgres").parse().unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let opts = common::options(
+        dir.path(),
+        "orders",
+        &["ALTER COLUMN customer_id TYPE bigint"],
+    )
+    .status_interval(Duration::from_secs(60));
+    let Outcome::Migrated(run) = run::run(&config, &opts, &Cancel::never()).await.unwrap() else {
+        panic!("expected a migration")
+    };
+    assert!(
+        run.cutover.unvalidated.is_empty(),
+        "{:?}",
+        run.cutover.unvalidated
+    );
+    assert_eq!(common::text(&client, KEYS).await.unwrap(), keys_before);
+
+    psql_file(&cluster.conninfo("postgres"), &run.cutover.rollback_path);
+    assert_eq!(common::text(&client, KEYS).await.unwrap(), keys_before);
+    let ty = common::text(
+        &client,
+        "SELECT format_type(atttypid, atttypmod) FROM pg_attribute WHERE attrelid = 'orders'::regclass AND attname = 'customer_id'",
+    )
+    .await;
+    assert_eq!(ty.as_deref(), Some("integer"), "the original is back");
+    let on_original: i64 = common::scalar(
+        &client,
+        "SELECT count(*) FROM pg_constraint WHERE contype = 'f' AND confrelid = 'orders'::regclass",
+    )
+    .await;
+    assert_eq!(on_original, 9);
+    assert_eq!(orphans(&client).await, 0);
+    every_leaf_refuses_an_orphan(&client).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cascades_into_a_partition_key_are_refused_before_18() {
+    let cluster = common::cluster().await;
+    let client = cluster.connect("postgres").await.unwrap();
+    client
+        .batch_execute(
+            "CREATE TABLE t (id int PRIMARY KEY);
+             CREATE TABLE c (t_id int, v int) PARTITION BY RANGE (t_id);
+             CREATE TABLE c_1 PARTITION OF c FOR VALUES FROM (MINVALUE) TO (MAXVALUE);
+             ALTER TABLE c ADD CONSTRAINT c_t FOREIGN KEY (t_id) REFERENCES t ON UPDATE CASCADE;
+             CREATE TABLE d (t_id int, v int) PARTITION BY RANGE (v);
+             CREATE TABLE d_1 PARTITION OF d FOR VALUES FROM (MINVALUE) TO (MAXVALUE);
+             ALTER TABLE d ADD CONSTRAINT d_t FOREIGN KEY (t_id) REFERENCES t ON UPDATE CASCADE;",
+        )
+        .await
+        .unwrap();
+    let version = common::scalar(
+        &client,
+        "SELECT current_setting('server_version_num')::bigint",
+    )
+    .await;
+    let oid = common::oid_of(&client, "public.t").await;
+    let deps = doppel::dependents::read(&client, oid, "doppel_pub")
+        .await
+        .unwrap();
+    let blockers = deps.blockers(&[], &[]);
+    if version < i64::from(doppel::dependents::NOT_VALID_ON_PARTITIONED) {
+        assert_eq!(blockers.len(), 1, "{blockers:?}");
+        assert!(blockers[0].contains("foreign key c_t on the partitioned table \"public\".\"c\""));
+        assert!(blockers[0].contains("PostgreSQL 18"), "{}", blockers[0]);
+    } else {
+        assert!(blockers.is_empty(), "{blockers:?}");
+    }
+}
+
+/// Killed (SIGKILL) right after the cutover committed, before the after-commit steps: on
+/// servers before 18 the parent's key is then on the leaves only, `NOT VALID` and marked;
+/// `--resume` validates the leaves' keys and adds the key back on the parent from the marks.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn resume_after_kill_9_after_commit_adds_the_key_back_on_the_parent() {
+    let mut stand = crate::kill_phases::Stand::new().await;
+    stand.client.batch_execute(TREES).await.unwrap();
+    let keys_before = common::text(&stand.client, KEYS).await.unwrap();
+    crate::resume::kill_resumable_at(&stand, "committed").await;
+    let version = common::scalar(
+        &stand.client,
+        "SELECT current_setting('server_version_num')::bigint",
+    )
+    .await;
+    let on_parent = common::scalar(
+        &stand.client,
+        "SELECT count(*) FROM pg_constraint WHERE conrelid = 'pay'::regclass AND contype = 'f'",
+    )
+    .await;
+    let marked = common::scalar(
+        &stand.client,
+        &format!(
+            "SELECT count(*) FROM pg_constraint c WHERE contype = 'f'
+             AND starts_with(obj_description(c.oid, 'pg_constraint'), '{}')",
+            doppel::dependents::PENDING_REATTACH_MARK
+        ),
+    )
+    .await;
+    if version < i64::from(doppel::dependents::NOT_VALID_ON_PARTITIONED) {
+        assert_eq!((on_parent, marked), (0, 5), "the key waits on the 5 leaves");
+    } else {
+        assert_eq!(
+            (on_parent, marked),
+            (1, 0),
+            "the key is on the parent, NOT VALID"
+        );
+    }
+    let child = stand.start_run_with(None, &["--resume"], "resume");
+    let code = crate::resume::exit_code(child).await;
+    let output = stand.output_of("resume");
+    crate::resume::assert_completed(&mut stand, code, &output).await;
+    assert_eq!(
+        common::text(&stand.client, KEYS).await.unwrap(),
+        keys_before
+    );
+    let still_marked = common::scalar(
+        &stand.client,
+        "SELECT count(*) FROM pg_description WHERE starts_with(description, 'doppel: pending')",
+    )
+    .await;
+    assert_eq!(still_marked, 0);
+    assert_eq!(orphans(&stand.client).await, 0);
+}
