@@ -384,3 +384,92 @@ async fn resume_after_kill_9_after_commit_adds_the_key_back_on_the_parent() {
     assert_eq!(still_marked, 0);
     assert_eq!(orphans(&stand.client).await, 0);
 }
+
+/// The cutover's lock hold when a partitioned table with `partitions` leaves has a key to
+/// the migrated table, under a writer, over `runs` migrations: (p50, max) in ms, with the
+/// steps inside the lock of the slowest run.
+async fn lock_hold(partitions: usize, runs: usize) -> (f64, f64, String) {
+    let cluster = common::cluster().await;
+    let client = cluster.connect("postgres").await.unwrap();
+    let mut ddl = String::from(
+        "CREATE TABLE t (id int PRIMARY KEY, v int NOT NULL);
+         INSERT INTO t SELECT i, i FROM generate_series(1, 20000) i;
+         CREATE TABLE c (id bigserial, t_id int NOT NULL, k int NOT NULL) PARTITION BY LIST (k);",
+    );
+    for p in 0..partitions {
+        ddl.push_str(&format!(
+            "CREATE TABLE c_{p} PARTITION OF c FOR VALUES IN ({p});"
+        ));
+    }
+    ddl.push_str(&format!(
+        "ALTER TABLE c ADD CONSTRAINT c_t FOREIGN KEY (t_id) REFERENCES t (id);
+         INSERT INTO c (t_id, k) SELECT i, i % {partitions} FROM generate_series(1, 20000) i;"
+    ));
+    client.batch_execute(&ddl).await.unwrap();
+    let config: tokio_postgres::Config = cluster.conninfo("postgres").parse().unwrap();
+    let stop = Arc::new(AtomicBool::new(false));
+    let writer = {
+        let (client, stop) = (cluster.connect("postgres").await.unwrap(), stop.clone());
+        tokio::spawn(async move {
+            let mut n = 0u64;
+            while !stop.load(Ordering::Relaxed) {
+                n += 1;
+                let sql = format!(
+                    "UPDATE t SET v = v + 1 WHERE id = {};
+                     INSERT INTO c (t_id, k) VALUES ({}, {})",
+                    n % 20000 + 1,
+                    n % 20000 + 1,
+                    n % partitions as u64
+                );
+                client.batch_execute(&sql).await.unwrap();
+            }
+            n
+        })
+    };
+    let mut holds = Vec::new();
+    let mut slowest = String::new();
+    let types = ["bigint", "int"];
+    for i in 0..runs {
+        let dir = tempfile::tempdir().unwrap();
+        let alter = format!("ALTER COLUMN v TYPE {}", types[i % 2]);
+        let opts = common::options(dir.path(), "t", &[alter.as_str()])
+            .cutover_retries(30)
+            .status_interval(Duration::from_secs(60));
+        let Outcome::Migrated(run) = run::run(&config, &opts, &Cancel::never()).await.unwrap()
+        else {
+            panic!("expected a migration")
+        };
+        assert!(
+            run.cutover.unvalidated.is_empty(),
+            "{:?}",
+            run.cutover.unvalidated
+        );
+        let ms = run.cutover.lock_held.as_secs_f64() * 1000.0;
+        if holds.iter().all(|h| *h < ms) {
+            slowest = format!("{:?}", run.cutover.inside_lock);
+        }
+        holds.push(ms);
+        // The kept old table is dropped, as an operator would once satisfied.
+        client
+            .batch_execute(&format!("DROP TABLE {}", run.plan.names.old_qualified()))
+            .await
+            .unwrap();
+    }
+    stop.store(true, Ordering::Relaxed);
+    writer.await.unwrap();
+    holds.sort_by(f64::total_cmp);
+    (holds[holds.len() / 2], holds[holds.len() - 1], slowest)
+}
+
+/// The lock hold with 10 and 100 partitions referencing the migrated table, 10 cutovers
+/// each under a writer (BENCHMARKS.md). Ignored: about a minute.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "measurement: cargo test --test suite partitioned_fk::lock_hold -- --ignored --nocapture"]
+async fn lock_hold_with_10_and_100_partitions() {
+    for partitions in [10, 100] {
+        let (p50, max, steps) = lock_hold(partitions, 10).await;
+        eprintln!(
+            "{partitions} partitions: lock held p50 {p50:.1} ms, max {max:.1} ms; slowest: {steps}"
+        );
+    }
+}

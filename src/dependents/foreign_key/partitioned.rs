@@ -152,7 +152,9 @@ impl ForeignKey {
 
     /// The move inside the cutover transaction when [`ForeignKey::through_leaves`]: drop
     /// the parent's key (and its clones), add it `NOT VALID` on every leaf, each marked
-    /// with the pending re-add ([`PENDING_REATTACH_MARK`]).
+    /// with the pending re-add ([`PENDING_REATTACH_MARK`]). One entry holding every
+    /// statement, separated by `;`, so the cutover sends them in one round trip (with 100
+    /// partitions, 201 round trips cost more than the server's work on a loaded machine).
     pub(super) fn leaves_forward(&self, leaves: &[LeafKey]) -> Vec<String> {
         let mut out = vec![format!(
             "ALTER TABLE {} DROP CONSTRAINT {}",
@@ -174,7 +176,7 @@ impl ForeignKey {
             ));
             out.push(l.comment_sql(Some(&mark)));
         }
-        out
+        vec![out.join(";\n")]
     }
 
     /// After the commit, when [`ForeignKey::through_leaves`]: each leaf's key validated
@@ -329,7 +331,7 @@ mod tests {
         let fk = key();
         let leaves = fk.leaf_keys.clone().unwrap();
         assert_eq!(
-            fk.leaves_forward(&leaves)[..2],
+            fk.leaves_forward(&leaves)[0].split(";\n").collect::<Vec<_>>()[..2],
             [
                 "ALTER TABLE \"public\".\"pay\" DROP CONSTRAINT \"pay_t_fk\"".to_string(),
                 "ALTER TABLE \"public\".\"pay_1\" ADD CONSTRAINT \"pay_t_fk\" FOREIGN KEY (t_id) REFERENCES public.t(id) NOT VALID".to_string(),
@@ -341,7 +343,10 @@ mod tests {
     fn leaves_are_marked_with_the_pending_re_add() {
         let fk = key();
         let leaves = fk.leaf_keys.clone().unwrap();
-        let forward = fk.leaves_forward(&leaves);
+        let forward: Vec<String> = fk.leaves_forward(&leaves)[0]
+            .split(";\n")
+            .map(str::to_string)
+            .collect();
         assert_eq!(forward.len(), 3);
         let prefix = "COMMENT ON CONSTRAINT \"pay_t_fk\" ON \"public\".\"pay_1\" IS ";
         assert!(forward[2].starts_with(prefix), "{}", forward[2]);
