@@ -108,7 +108,11 @@ pub struct Table {
     pub replica_identity: char,
     /// `relispartition`.
     pub is_partition: bool,
-    /// Has inheritance parents or children.
+    /// For a partition: the root of its partitioned tree (`pg_partition_root`), as
+    /// `"schema"."name"`.
+    pub partition_root: Option<String>,
+    /// Has inheritance (`INHERITS`) parents or children; partitions of a declaratively
+    /// partitioned table do not count (see `is_partition` and `relkind`).
     pub inherits: bool,
     /// Owner role name.
     pub owner: String,
@@ -183,11 +187,16 @@ pub async fn inspect(client: &impl GenericClient, oid: u32) -> Result<Table> {
         .query_one(
             "SELECT n.nspname::text, c.relname::text, c.relkind::text, c.relpersistence::text,
                     c.relreplident::text, c.relispartition,
-                    c.relhassubclass OR EXISTS (SELECT 1 FROM pg_inherits i WHERE i.inhrelid = c.oid),
+                    (NOT c.relispartition AND EXISTS (SELECT 1 FROM pg_inherits i WHERE i.inhrelid = c.oid))
+                    OR EXISTS (SELECT 1 FROM pg_inherits i JOIN pg_class k ON k.oid = i.inhrelid
+                               WHERE i.inhparent = c.oid AND NOT k.relispartition),
                     pg_get_userbyid(c.relowner)::text, coalesce(c.reloptions, '{}')::text[],
                     c.relfilenode::oid, c.reltuples::bigint, pg_relation_size(c.oid),
                     pg_total_relation_size(c.oid), obj_description(c.oid, 'pg_class'),
-                    (SELECT spcname::text FROM pg_tablespace WHERE oid = c.reltablespace)
+                    (SELECT spcname::text FROM pg_tablespace WHERE oid = c.reltablespace),
+                    (SELECT ARRAY[rn.nspname::text, r.relname::text] FROM pg_class r
+                     JOIN pg_namespace rn ON rn.oid = r.relnamespace
+                     WHERE c.relispartition AND r.oid = pg_partition_root(c.oid))
              FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace WHERE c.oid = $1",
             &[&oid],
         )
@@ -202,6 +211,9 @@ pub async fn inspect(client: &impl GenericClient, oid: u32) -> Result<Table> {
         persistence: one_char(row.get(3)),
         replica_identity: one_char(row.get(4)),
         is_partition: row.get(5),
+        partition_root: row
+            .get::<_, Option<Vec<String>>>(15)
+            .map(|r| crate::sql::qualified(&r[0], &r[1])),
         inherits: row.get(6),
         owner: row.get(7),
         reloptions: row.get(8),
