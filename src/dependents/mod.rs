@@ -377,6 +377,24 @@ impl Dependents {
             && self.other_rules.is_empty()
     }
 
+    /// When `now` (a re-read) differs from `self` only in the leaf partitions of a
+    /// partitioned table whose foreign key moves through its leaves (a partition created,
+    /// attached or detached meanwhile), that table's name; `None` otherwise.
+    pub fn partitions_changed(&self, now: &Dependents) -> Option<String> {
+        if self.foreign_keys.len() != now.foreign_keys.len() {
+            return None;
+        }
+        let mut changed = None;
+        let mut same_keys = self.clone();
+        for (mine, theirs) in same_keys.foreign_keys.iter_mut().zip(&now.foreign_keys) {
+            if mine.leaf_keys != theirs.leaf_keys && mine.leaf_keys.is_some() {
+                changed.get_or_insert_with(|| mine.child.clone());
+                mine.leaf_keys = theirs.leaf_keys.clone();
+            }
+        }
+        (same_keys == *now).then_some(changed).flatten()
+    }
+
     /// Statements taking the locks the move needs besides the table's, in a fixed order, to
     /// run in the cutover transaction under its `lock_timeout` right BEFORE it locks the table
     /// (and again, as no-ops, at the start of [`Dependents::forward`]):

@@ -422,7 +422,7 @@ const FINGERPRINT_SQL: &str = "SELECT md5(concat_ws('|',
         FROM pg_attribute WHERE attrelid = $1 AND attnum > 0),
      (SELECT string_agg(pg_get_indexdef(indexrelid), ',' ORDER BY indexrelid) FROM pg_index WHERE indrelid = $1),
      (SELECT string_agg(conname || pg_get_constraintdef(oid), ',' ORDER BY conname)
-        FROM pg_constraint WHERE conrelid = $1 OR confrelid = $1),
+        FROM pg_constraint WHERE conrelid = $1 OR (confrelid = $1 AND conparentid = 0)),
      (SELECT string_agg(tgname, ',' ORDER BY tgname) FROM pg_trigger WHERE tgrelid = $1),
      (SELECT string_agg(rulename::text, ',' ORDER BY rulename) FROM pg_rewrite WHERE ev_class = $1),
      (SELECT string_agg(polname::text, ',' ORDER BY polname) FROM pg_policy WHERE polrelid = $1),
@@ -431,8 +431,10 @@ const FINGERPRINT_SQL: &str = "SELECT md5(concat_ws('|',
         FROM pg_class WHERE oid = $1)))";
 
 /// A fingerprint (md5) of the table's catalog state that a rename would not carry along:
-/// columns, indexes, constraints, triggers, rules, policies, grants, replica identity,
-/// reloptions, publication membership. Compared before the shadow is built and again under the
+/// columns, indexes, constraints (its own, and the foreign keys that reference it, but not
+/// their clones on partitions, which PostgreSQL adds when a partition is created or attached
+/// and which move with the key defined on the partitioned table), triggers, rules, policies,
+/// grants, replica identity, reloptions, publication membership. Compared before the shadow is built and again under the
 /// cutover lock: DDL that ran on the original during the migration changes it.
 pub async fn fingerprint(client: &impl GenericClient, oid: u32) -> Result<String> {
     let row = client

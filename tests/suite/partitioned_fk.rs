@@ -473,3 +473,74 @@ async fn lock_hold_with_10_and_100_partitions() {
         );
     }
 }
+
+/// A partition attached to a partitioned table that references the migrated table, while
+/// the run copies (what a partition maintenance job does). Before PostgreSQL 18 its key
+/// moves through the leaves, which changed: the run stops with exit 8, says to pause the
+/// maintenance job, leaves the original untouched and nothing of doppel's. From 18 the key
+/// moves on the parent, so the new partition gets it and the run completes.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_partition_attached_during_the_run() {
+    let cluster = common::cluster().await;
+    let client = cluster.connect("postgres").await.unwrap();
+    workload::create_id_v_table(&client, "t", 20_000)
+        .await
+        .unwrap();
+    client
+        .batch_execute(
+            "CREATE TABLE c (id int, t_id int NOT NULL, k int NOT NULL) PARTITION BY LIST (k);
+             CREATE TABLE c_0 PARTITION OF c FOR VALUES IN (0);
+             ALTER TABLE c ADD CONSTRAINT c_t FOREIGN KEY (t_id) REFERENCES t (id);
+             INSERT INTO c SELECT i, i, 0 FROM generate_series(1, 1000) i;
+             CREATE TABLE c_1 (LIKE c);
+             INSERT INTO c_1 SELECT i, i, 1 FROM generate_series(1, 10) i;",
+        )
+        .await
+        .unwrap();
+    let version = common::scalar(
+        &client,
+        "SELECT current_setting('server_version_num')::bigint",
+    )
+    .await;
+    let dir = tempfile::tempdir().unwrap();
+    let config: tokio_postgres::Config = cluster.conninfo("postgres").parse().unwrap();
+    let options = common::options(dir.path(), "t", &["ALTER COLUMN v TYPE bigint"]).slow(30.0);
+    let run = tokio::spawn(async move { run::run(&config, &options, &Cancel::never()).await });
+    common::wait_copying(&client, "t").await;
+    client
+        .batch_execute("ALTER TABLE c ATTACH PARTITION c_1 FOR VALUES IN (1)")
+        .await
+        .unwrap();
+    let outcome = run.await.unwrap();
+    if version < i64::from(doppel::dependents::NOT_VALID_ON_PARTITIONED) {
+        let err = outcome.expect_err("the run must stop");
+        assert_eq!(doppel::failure::exit_code(&err), 8, "{err:#}");
+        let text = format!("{err:#}");
+        assert!(text.contains("partitions of \"public\".\"c\""), "{text}");
+        assert!(text.contains("maintenance job"), "{text}");
+        common::assert_no_doppel_objects(&client).await;
+        let ty = common::text(
+            &client,
+            "SELECT format_type(atttypid, atttypmod) FROM pg_attribute WHERE attrelid = 't'::regclass AND attname = 'v'",
+        )
+        .await;
+        assert_eq!(ty.as_deref(), Some("integer"), "the original is untouched");
+    } else {
+        let Outcome::Migrated(run) = outcome.unwrap() else {
+            panic!("expected a migration")
+        };
+        assert!(
+            run.cutover.unvalidated.is_empty(),
+            "{:?}",
+            run.cutover.unvalidated
+        );
+    }
+    let keys = common::text(
+        &client,
+        "SELECT string_agg(format('%s %s %s', conrelid::regclass, convalidated, confrelid::regclass), ', '
+                           ORDER BY conrelid::regclass::text)
+         FROM pg_constraint WHERE contype = 'f'",
+    )
+    .await;
+    assert_eq!(keys.as_deref(), Some("c t t, c_0 t t, c_1 t t"));
+}
