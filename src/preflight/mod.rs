@@ -21,6 +21,7 @@
 //! | `checks/dependents.rs` | `Check::Dependents` |
 //! | `checks/cost.rs` | warning: metadata-only or scan-under-lock ALTER |
 //! | `checks/transactions.rs` | warning: transactions open longer than 60 s |
+//! | `checks/partition_maintenance.rs` | warning: pg_partman or pg_cron maintaining a partitioned table whose foreign key moves through its partitions |
 //!
 //! `Check::ConcurrentRun` (the table's advisory lock) is taken after preflight, by
 //! `crate::run`.
@@ -36,8 +37,8 @@ use crate::model::catalog;
 use crate::model::names::Names;
 use crate::plan::Plan;
 use checks::{
-    alter, cost, dependents, key, leftovers, privileges, projection, publications, server, table,
-    transactions,
+    alter, cost, dependents, key, leftovers, partition_maintenance, privileges, projection,
+    publications, server, table, transactions,
 };
 
 pub use checks::leftovers::check as leftovers;
@@ -109,6 +110,7 @@ pub async fn run(
 
     let mut warnings = transactions::check(client).await?;
     warnings.extend(cost::warning(clone.rewrite));
+    warnings.extend(partition_maintenance::check(client, &dependents).await?);
     Ok(Plan {
         server_version: server.version,
         original,

@@ -544,3 +544,55 @@ async fn a_partition_attached_during_the_run() {
     .await;
     assert_eq!(keys.as_deref(), Some("c t t, c_0 t t, c_1 t t"));
 }
+
+/// Preflight warns when pg_partman's configuration or a pg_cron job maintains a partitioned
+/// table whose key moves through its partitions (before 18). The extensions' tables are
+/// stood in for by tables of the same names and shapes (`partman.part_config`,
+/// `cron.job`): what preflight reads.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn preflight_warns_about_partition_maintenance_jobs() {
+    let cluster = common::cluster().await;
+    let mut client = cluster.connect("postgres").await.unwrap();
+    client
+        .batch_execute(
+            "CREATE TABLE t (id int PRIMARY KEY, v int);
+             CREATE TABLE c (t_id int REFERENCES t, k int) PARTITION BY LIST (k);
+             CREATE TABLE c_0 PARTITION OF c FOR VALUES IN (0);
+             CREATE SCHEMA partman;
+             CREATE TABLE partman.part_config (parent_table text PRIMARY KEY, partition_interval text);
+             INSERT INTO partman.part_config VALUES ('public.c', '1 month');
+             CREATE SCHEMA cron;
+             CREATE TABLE cron.job (jobid bigint, schedule text, command text);
+             INSERT INTO cron.job VALUES (7, '@daily', 'CALL partman.run_maintenance_proc()'),
+                                         (8, '0 * * * *', 'ALTER TABLE public.C DETACH PARTITION c_0');",
+        )
+        .await
+        .unwrap();
+    let version = common::scalar(
+        &client,
+        "SELECT current_setting('server_version_num')::bigint",
+    )
+    .await;
+    let plan = doppel::preflight::run(
+        &mut client,
+        "t",
+        &["ALTER COLUMN v TYPE bigint".to_string()],
+        false,
+    )
+    .await
+    .unwrap();
+    let warning = plan.warnings.iter().find(|w| w.contains("maintained by"));
+    if version < i64::from(doppel::dependents::NOT_VALID_ON_PARTITIONED) {
+        let warning = warning.unwrap_or_else(|| panic!("{:?}", plan.warnings));
+        assert!(warning.contains("\"public\".\"c\""), "{warning}");
+        assert!(
+            warning.contains("pg_partman (partman.part_config)"),
+            "{warning}"
+        );
+        assert!(warning.contains("pg_cron job 8 (0 * * * *)"), "{warning}");
+        assert!(!warning.contains("pg_cron job 7"), "{warning}");
+        assert!(warning.contains("pause the maintenance"), "{warning}");
+    } else {
+        assert!(warning.is_none(), "{:?}", plan.warnings);
+    }
+}
