@@ -1,10 +1,11 @@
 //! What a migration is about, without I/O beyond catalog reads: the table as the catalog
 //! describes it, the `--alter` text, doppel's names, the column projection from original
-//! rows to shadow rows, and the phase a run is in.
+//! rows to shadow rows, the phase a run is in, and a partitioned table's tree.
 
 pub mod alter;
 pub mod catalog;
 pub mod names;
+pub mod partitions;
 pub mod phase;
 pub mod projection;
 pub mod snapshot;

@@ -28,6 +28,7 @@ mod kill_phases;
 mod least_privilege;
 mod online_migration;
 mod operator;
+mod partition_tree;
 mod partitioned_fk;
 mod pooler;
 mod preflight_refusals;
