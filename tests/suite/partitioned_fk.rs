@@ -596,3 +596,89 @@ async fn preflight_warns_about_partition_maintenance_jobs() {
         assert!(warning.is_none(), "{:?}", plan.warnings);
     }
 }
+
+/// The referenced key itself widened (`int` to `bigint`) under a writer that inserts into
+/// the referencing tree (a key on the parent, range-partitioned, with a default) and deletes
+/// from the table (cascading into the tree): the key is back on the parent and its
+/// partitions, valid, and no row is orphaned.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn referenced_key_widened_from_int_to_bigint_under_a_writer() {
+    let cluster = common::cluster().await;
+    let client = cluster.connect("postgres").await.unwrap();
+    client
+        .batch_execute(
+            "CREATE TABLE t (id int PRIMARY KEY, v int NOT NULL);
+             INSERT INTO t SELECT i, i FROM generate_series(1, 20000) i;
+             CREATE TABLE c (id bigserial, t_id int NOT NULL, at int NOT NULL) PARTITION BY RANGE (at);
+             CREATE TABLE c_0 PARTITION OF c FOR VALUES FROM (0) TO (100);
+             CREATE TABLE c_1 PARTITION OF c FOR VALUES FROM (100) TO (200);
+             CREATE TABLE c_d PARTITION OF c DEFAULT;
+             ALTER TABLE c ADD CONSTRAINT c_t FOREIGN KEY (t_id) REFERENCES t (id) ON DELETE CASCADE;
+             INSERT INTO c (t_id, at) SELECT i, i % 300 FROM generate_series(1, 20000) i;",
+        )
+        .await
+        .unwrap();
+    let keys_before = common::text(&client, KEYS.replace("'pay%'", "'c%'").as_str()).await;
+    let stop = Arc::new(AtomicBool::new(false));
+    let writer = {
+        let (client, stop) = (cluster.connect("postgres").await.unwrap(), stop.clone());
+        tokio::spawn(async move {
+            let mut n = 0u64;
+            while !stop.load(Ordering::Relaxed) {
+                n += 1;
+                let id = 20_000 - (n % 20_000);
+                let sql = if n.is_multiple_of(5) {
+                    format!("DELETE FROM t WHERE id = {id}")
+                } else {
+                    format!(
+                        "INSERT INTO c (t_id, at) SELECT id, {} FROM t WHERE id = {}",
+                        n % 300,
+                        n % 20_000 + 1
+                    )
+                };
+                client.batch_execute(&sql).await.unwrap();
+            }
+            n
+        })
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let config: tokio_postgres::Config = cluster.conninfo("postgres").parse().unwrap();
+    let opts = common::options(dir.path(), "t", &["ALTER COLUMN id TYPE bigint"])
+        .cutover_retries(30)
+        .status_interval(Duration::from_secs(60));
+    let outcome = run::run(&config, &opts, &Cancel::never()).await;
+    stop.store(true, Ordering::Relaxed);
+    let writes = writer.await.unwrap();
+    let Outcome::Migrated(run) = outcome.unwrap() else {
+        panic!("expected a migration")
+    };
+    eprintln!(
+        "cutover lock held {:?}; {writes} writes",
+        run.cutover.lock_held
+    );
+    assert!(
+        run.cutover.unvalidated.is_empty(),
+        "{:?}",
+        run.cutover.unvalidated
+    );
+    let ty = common::text(
+        &client,
+        "SELECT format_type(atttypid, atttypmod) FROM pg_attribute WHERE attrelid = 't'::regclass AND attname = 'id'",
+    )
+    .await;
+    assert_eq!(ty.as_deref(), Some("bigint"));
+    assert_eq!(
+        common::text(&client, KEYS.replace("'pay%'", "'c%'").as_str()).await,
+        keys_before
+    );
+    let orphans = common::scalar(
+        &client,
+        "SELECT count(*) FROM c WHERE NOT EXISTS (SELECT 1 FROM t WHERE t.id = c.t_id)",
+    )
+    .await;
+    assert_eq!(orphans, 0);
+    assert_eq!(
+        common::fails(&client, "INSERT INTO c (t_id, at) VALUES (999999, 150)").await,
+        "23503"
+    );
+}
