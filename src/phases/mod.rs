@@ -5,12 +5,15 @@
 
 pub mod apply;
 pub mod backfill;
+pub mod backfill_update;
 #[cfg(feature = "pause-points")]
 pub(crate) mod broken;
 pub mod capture;
 pub mod checkpoint;
 pub mod cutover;
+pub mod direct;
 pub mod fence;
 pub mod revert;
 pub mod shadow;
 pub mod verify;
+pub mod violations;

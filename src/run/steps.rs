@@ -216,6 +216,7 @@ impl Run<'_> {
     async fn build_indexes(&mut self, throttler: &Throttler) -> Result<()> {
         let since = Instant::now();
         self.enter(Phase::Indexes);
+        let _builds = self.watch_index_builds().await?;
         self.control
             .batch_execute(&format!(
                 "SET maintenance_work_mem = {}",
@@ -260,6 +261,17 @@ impl Run<'_> {
         }
         self.timed(Phase::Indexes, since);
         Ok(())
+    }
+
+    /// Shows the control session's index builds in the progress until the returned feed is
+    /// dropped.
+    async fn watch_index_builds(&self) -> Result<super::tasks::IndexFeed> {
+        let pid: i32 = self
+            .control
+            .query_one("SELECT pg_backend_pid()", &[])
+            .await?
+            .get(0);
+        super::tasks::feed_index_progress(self.config, pid, self.progress.clone()).await
     }
 
     /// Starts the applier on the spooled backlog and the fencer, and catches up once.
@@ -312,6 +324,7 @@ impl Run<'_> {
     async fn build_constraints(&mut self, tasks: &Tasks, throttler: &Throttler) -> Result<()> {
         let since = Instant::now();
         self.enter(Phase::Constraints);
+        let _builds = self.watch_index_builds().await?;
         let applier = tasks.applier()?;
         applier.pause().await?;
         // Unique and exclusion indexes must see writes in source order from now on.
@@ -410,6 +423,13 @@ impl Run<'_> {
             capture.reverse = Some(self.prepare_reverse_stream().await?);
             options.revert_marker = Some(revert::marker_sql(&self.plan));
         }
+        let stream = capture
+            .tasks
+            .streamer
+            .as_ref()
+            .map(|s| s.watch())
+            .ok_or_else(|| anyhow::anyhow!("no stream"))?;
+        let changes_received = move || stream.borrow().changes;
         let cutover = Cutover {
             plan: &self.plan,
             script: &script,
@@ -421,6 +441,7 @@ impl Run<'_> {
             options,
             revert: false,
             after_drain: None,
+            changes_received: Some(&changes_received),
         };
         let report = cutover
             .run(&mut self.control, peer)
@@ -450,6 +471,7 @@ impl Run<'_> {
     fn cutover_options(&self, throttler: &Throttler) -> CutoverOptions {
         CutoverOptions {
             lock_timeout: self.options.lock_timeout,
+            max_lock_hold: self.options.max_lock_hold,
             retries: self.options.cutover_retries,
             fence_timeout: self.options.fence_timeout,
             rollback_dir: self.options.rollback_dir.clone(),
@@ -460,6 +482,7 @@ impl Run<'_> {
             cancel: self.cancel.clone(),
             throttle: Some(throttler.watch()),
             revert_marker: None,
+            progress: Some(self.progress.clone()),
         }
     }
 }
