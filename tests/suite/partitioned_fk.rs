@@ -682,3 +682,65 @@ async fn referenced_key_widened_from_int_to_bigint_under_a_writer() {
         "23503"
     );
 }
+
+/// The revert window with keys from partitioned tables: after the cutover a new order and
+/// a payment for it are written to the new table and its tree; `ctl revert` swaps back
+/// (the order is written back to the original), and every key is on the restored table as
+/// before, valid, with no orphan.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn revert_moves_the_partitioned_keys_back() {
+    let cluster = common::cluster().await;
+    let client = cluster.connect("postgres").await.unwrap();
+    workload::create_tables(&client, "orders", "orders_twin", 1_000)
+        .await
+        .unwrap();
+    client.batch_execute(TREES).await.unwrap();
+    let keys_before = common::text(&client, KEYS).await.unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let socket = dir.path().join("ctl.sock");
+    let opts = common::options(
+        dir.path(),
+        "orders",
+        &["ALTER COLUMN customer_id TYPE bigint"],
+    )
+    .control_socket(socket.clone())
+    .status_interval(Duration::from_secs(60))
+    .revert_window(Duration::from_secs(600));
+    let config: tokio_postgres::Config = cluster.conninfo("postgres").parse().unwrap();
+    let run = tokio::spawn(async move { run::run(&config, &opts, &Cancel::never()).await });
+    let streaming = common::wait_until_async(Duration::from_secs(120), || async {
+        let Ok(reply) = doppel::ops::control::send(&socket, "status --json").await else {
+            return false;
+        };
+        serde_json::from_str::<serde_json::Value>(&reply)
+            .is_ok_and(|s| s["window"]["streaming"] == true)
+    })
+    .await;
+    assert!(streaming, "the revert window streams");
+    client
+        .batch_execute(
+            "INSERT INTO orders (id, customer_id, status, amount) VALUES (50000, 1, 'new', 1);
+             INSERT INTO pay (order_id, kind, amount) VALUES (50000, 2, 9);",
+        )
+        .await
+        .unwrap();
+    let reply = doppel::ops::control::send_waiting(&socket, "revert", Duration::from_secs(300))
+        .await
+        .unwrap();
+    assert!(reply.starts_with("ok: reverted"), "{reply}");
+    let outcome = run.await.unwrap().unwrap();
+    assert!(matches!(outcome, Outcome::Migrated(_)), "{outcome:?}");
+    let ty = common::text(
+        &client,
+        "SELECT format_type(atttypid, atttypmod) FROM pg_attribute WHERE attrelid = 'orders'::regclass AND attname = 'customer_id'",
+    )
+    .await;
+    assert_eq!(ty.as_deref(), Some("integer"), "the original is back");
+    assert_eq!(common::text(&client, KEYS).await.unwrap(), keys_before);
+    assert_eq!(orphans(&client).await, 0);
+    assert_eq!(
+        common::scalar(&client, "SELECT count(*) FROM pay WHERE order_id = 50000").await,
+        1
+    );
+    every_leaf_refuses_an_orphan(&client).await;
+}
