@@ -35,6 +35,8 @@ mod metrics;
 mod old_snapshots;
 mod online_migration;
 mod operator;
+mod partition_tree;
+mod partitioned_fk;
 mod pooler;
 mod preflight_refusals;
 mod races;

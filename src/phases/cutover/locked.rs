@@ -359,7 +359,12 @@ impl Cutover<'_> {
         match now {
             Err(e) if is_lock_timeout(&e) => return retry(RolledBack::LockTimeout),
             Err(e) => return Err(e),
-            Ok(now) if now != plan.dependents => return Err(dependents_changed(plan)),
+            Ok(now) if now != plan.dependents => {
+                return Err(match plan.dependents.partitions_changed(&now) {
+                    Some(tree) => partitions_changed(plan, &tree),
+                    None => dependents_changed(plan),
+                });
+            }
             Ok(_) => {}
         }
         laps.lap("dependents re-check");
@@ -566,6 +571,18 @@ fn dependents_changed(plan: &Plan) -> anyhow::Error {
         FailureKind::Conflict,
         format!(
             "a view, trigger, policy, foreign key or publication bound to {} changed during the migration: the cutover would put back the old definition; aborting, the original table is untouched. Run doppel again",
+            plan.original.qualified()
+        ),
+    )
+}
+
+/// The dependents re-check failed because the partitions of `tree`, a partitioned table
+/// whose foreign key moves through its leaves, changed (exit 8).
+fn partitions_changed(plan: &Plan, tree: &str) -> anyhow::Error {
+    fail(
+        FailureKind::Conflict,
+        format!(
+            "the partitions of {tree}, whose foreign key references {}, changed during the migration (a partition created, attached or detached, as a partition maintenance job such as pg_partman's does): the cutover would miss the new partition's key; aborting, the original table is untouched. Pause the partition maintenance job and run doppel again",
             plan.original.qualified()
         ),
     )

@@ -9,6 +9,7 @@ pub mod cost;
 pub mod dependents;
 pub mod key;
 pub mod leftovers;
+pub mod partition_maintenance;
 pub mod privileges;
 pub mod projection;
 pub mod publications;
