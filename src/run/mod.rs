@@ -236,6 +236,7 @@ async fn plan_and_lock(
     control
         .batch_execute("SET application_name = 'doppel'; SET lock_timeout = '5s'")
         .await?;
+    durable_commits(&control).await?;
     // An interrupted resumable run's objects are not leftovers: the checkpoint check after
     // preflight says how to resume it or remove it.
     let resuming = options.resume || resume::has_checkpoint(&control, &options.table).await?;
@@ -263,6 +264,26 @@ async fn plan_and_lock(
     )
     .await?;
     Ok((control, migration))
+}
+
+/// On a server whose `synchronous_commit` is `off`, the control session commits with
+/// `local`: its checkpoint records and the cutover's commit are flushed to the WAL before
+/// doppel goes on, so a server crash cannot lose a step doppel already acted on (a resume then
+/// finds the phase it reached). Any other setting is kept (`on` and `remote_*` also wait for
+/// synchronous standbys, as the DBA chose).
+///
+/// Errors: the settings cannot be read or set.
+async fn durable_commits(control: &Client) -> Result<()> {
+    let setting: String = control
+        .query_one("SELECT current_setting('synchronous_commit')", &[])
+        .await?
+        .get(0);
+    if setting == "off" {
+        control
+            .batch_execute("SET synchronous_commit = local")
+            .await?;
+    }
+    Ok(())
 }
 
 /// Takes the table's advisory lock on `control` ([`Check::ConcurrentRun`] when another run
