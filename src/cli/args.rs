@@ -139,6 +139,12 @@ pub(crate) struct TuningArgs {
     /// connection, a server restart) before it stops, keeping its checkpoint.
     #[arg(long, value_parser = humantime::parse_duration, default_value = "5m")]
     pub(crate) reconnect_timeout: Duration,
+    /// Keep the application's write latency under this many ms: doppel times a write of its
+    /// own (a one-row UPDATE of doppel.write_probe) every 100 ms and slows the copy, the index
+    /// builds, verification and the apply while it is above (additive increase,
+    /// multiplicative decrease). Off by default.
+    #[arg(long, value_name = "MS")]
+    pub(crate) max_write_latency: Option<f64>,
 }
 
 #[derive(ValueEnum, Clone, Copy, Debug)]
@@ -216,5 +222,9 @@ pub(crate) fn run_options(
         resume: t.resume,
         resume_within: t.resume_within,
         reconnect_timeout: t.reconnect_timeout,
+        max_write_latency: t
+            .max_write_latency
+            .filter(|ms| *ms > 0.0)
+            .map(|ms| Duration::from_secs_f64(ms / 1000.0)),
     })
 }

@@ -413,6 +413,10 @@ impl StatusSource for Progress {
             "copy_s": copy_s,
             "line": Progress::status_line(self),
             "window": s.window.as_ref().map(|w| w.to_json()),
+            "pacing": s
+                .pacing
+                .as_ref()
+                .map(|p| p.state.to_json(p.copy_workers, p.chunk_time)),
             "connections": {
                 "sessions": s.session_security,
                 "replication": s.replication_security,

@@ -4,5 +4,6 @@
 
 pub mod control;
 pub mod hooks;
+pub mod pacing;
 pub mod progress;
 pub mod throttle;

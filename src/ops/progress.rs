@@ -54,6 +54,20 @@ pub struct State {
     /// A resumable run: bytes of WAL its permanent slot retains on the primary
     /// (`pg_current_wal_lsn() - restart_lsn`), sampled every 10 s.
     pub retained_wal_bytes: Option<u64>,
+    /// `--max-write-latency`: the probe's latency and the pacing decision, with the copy
+    /// settings they scale (`--copy-workers`, `--chunk-time`).
+    pub pacing: Option<PacingView>,
+}
+
+/// The pacing as the status shows it.
+#[derive(Debug, Clone)]
+pub struct PacingView {
+    /// The controller's last state.
+    pub state: crate::ops::pacing::PaceState,
+    /// `--copy-workers`.
+    pub copy_workers: usize,
+    /// `--chunk-time`.
+    pub chunk_time: Duration,
 }
 
 /// The revert window as the status shows it.
@@ -195,8 +209,13 @@ impl Progress {
             .retained_wal_bytes
             .map(|b| format!("; Retained WAL: {}", format_bytes(b)))
             .unwrap_or_default();
+        let pacing = s
+            .pacing
+            .as_ref()
+            .map(|p| format!("; {}", p.state.describe()))
+            .unwrap_or_default();
         format!(
-            "Copy: {}/{} {:.1}%; Applied: {}; Backlog: {}; Time: {}(total), {}(copy); streamer: {}; Lag: {}; State: {}; ETA: {}{retained}",
+            "Copy: {}/{} {:.1}%; Applied: {}; Backlog: {}; Time: {}(total), {}(copy); streamer: {}; Lag: {}; State: {}; ETA: {}{retained}{pacing}",
             s.rows_copied,
             s.rows_estimate,
             pct,

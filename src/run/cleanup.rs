@@ -37,7 +37,7 @@ pub struct CleanupReport {
 
 /// Removes what an interrupted run on `table` left behind: the shadow table, the publication
 /// and an inactive slot named after the table's OID (reporting the WAL the slot released), a
-/// resumable run's checkpoint and spool, and the local files of
+/// resumable run's checkpoint and spool, a paced run's row of `doppel.write_probe`, and the local files of
 /// [`CleanupOptions::work_dir`]. Refuses while a run holds the table's advisory lock. When
 /// `table` is the migrated table of a resumable run whose cutover committed before doppel
 /// stopped, only that run's slot, publication, spool and checkpoint are removed.
@@ -101,6 +101,11 @@ pub async fn cleanup(
         remove_files(dir, oid, &mut report)?;
     }
     remove_checkpoint(&client, oid, &mut report).await?;
+    if crate::ops::pacing::remove_probe(&client, oid).await? {
+        report
+            .removed
+            .push("the run's row of doppel.write_probe (--max-write-latency)".to_string());
+    }
     Ok(report)
 }
 

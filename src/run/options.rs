@@ -72,6 +72,10 @@ pub struct RunOptions {
     /// `--reconnect-timeout`: how long a resumable run keeps trying to reconnect after a
     /// transient fault before it stops (keeping its checkpoint).
     pub reconnect_timeout: Duration,
+    /// `--max-write-latency`: keep the latency of a probe write (doppel's own, every 100 ms)
+    /// under this by pacing the copy, the index builds, verification and the apply
+    /// ([`crate::ops::pacing`]). `None` (the default): no pacing.
+    pub max_write_latency: Option<Duration>,
 }
 
 impl RunOptions {
@@ -104,6 +108,7 @@ impl RunOptions {
             resume: false,
             resume_within: Duration::from_secs(3600),
             reconnect_timeout: Duration::from_secs(300),
+            max_write_latency: None,
         }
     }
 }
