@@ -355,7 +355,7 @@ impl Pacer {
     /// Errors: a session cannot be opened, or the table cannot be created (the role needs
     /// CREATE on the database, or the schema `doppel` with CREATE on it).
     pub async fn spawn(
-        config: &conninfo::ConnInfo,
+        config: &(impl conninfo::ToConnInfo + ?Sized),
         target: Duration,
         table_oid: u32,
     ) -> Result<Pacer> {
@@ -396,7 +396,7 @@ impl Pacer {
     /// Stops probing and removes the run's row (and the table once no run uses it) on a
     /// session of its own. A failure to remove is logged, not returned: `doppel cleanup`
     /// removes it too.
-    pub async fn finish(self, config: &conninfo::ConnInfo) {
+    pub async fn finish(self, config: &(impl conninfo::ToConnInfo + ?Sized)) {
         self.task.abort();
         match conninfo::connect(config).await {
             Ok(client) => {
@@ -420,10 +420,7 @@ impl Drop for Pacer {
 /// keeps it). Returns whether a row was removed. Errors: a failed query.
 pub async fn remove_probe(client: &Client, table_oid: u32) -> Result<bool> {
     let exists: bool = client
-        .query_one(
-            "SELECT to_regclass('doppel.write_probe') IS NOT NULL",
-            &[],
-        )
+        .query_one("SELECT to_regclass('doppel.write_probe') IS NOT NULL", &[])
         .await?
         .get(0);
     if !exists {

@@ -87,7 +87,8 @@ impl Run<'_> {
         };
         if from <= Phase::Indexes {
             self.save(Phase::Indexes).await?;
-            self.build_indexes(&watchers.throttler, pace.as_ref()).await?;
+            self.build_indexes(&watchers.throttler, pace.as_ref())
+                .await?;
         }
         if from <= Phase::CatchUp {
             self.save(Phase::CatchUp).await?;

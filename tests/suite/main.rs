@@ -28,6 +28,7 @@ mod kill_phases;
 mod least_privilege;
 mod online_migration;
 mod operator;
+mod pacing;
 mod pooler;
 mod preflight_refusals;
 mod races;
