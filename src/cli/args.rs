@@ -145,6 +145,11 @@ pub(crate) struct TuningArgs {
     /// multiplicative decrease). Off by default.
     #[arg(long, value_name = "MS")]
     pub(crate) max_write_latency: Option<f64>,
+    /// Let the WAL sender decode the copied rows (and discard them) instead of marking the
+    /// copy sessions with replication origins and streaming with origin 'none' (PostgreSQL
+    /// 16+, superuser or EXECUTE on the origin functions, no other origins on the server).
+    #[arg(long)]
+    pub(crate) no_copy_origin: bool,
 }
 
 #[derive(ValueEnum, Clone, Copy, Debug)]
@@ -226,5 +231,6 @@ pub(crate) fn run_options(
             .max_write_latency
             .filter(|ms| *ms > 0.0)
             .map(|ms| Duration::from_secs_f64(ms / 1000.0)),
+        copy_origin: !t.no_copy_origin,
     })
 }

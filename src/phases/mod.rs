@@ -11,6 +11,7 @@ pub mod capture;
 pub mod checkpoint;
 pub mod cutover;
 pub mod fence;
+pub mod origin;
 pub mod revert;
 pub mod shadow;
 pub mod verify;

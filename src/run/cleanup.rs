@@ -101,6 +101,11 @@ pub async fn cleanup(
         remove_files(dir, oid, &mut report)?;
     }
     remove_checkpoint(&client, oid, &mut report).await?;
+    if crate::phases::origin::drop_all(&client, oid).await? > 0 {
+        report
+            .removed
+            .push("replication origins of the copy sessions".to_string());
+    }
     if crate::ops::pacing::remove_probe(&client, oid).await? {
         report
             .removed

@@ -20,6 +20,7 @@ use crate::phases::apply::{Applier, ApplyOptions};
 use crate::phases::backfill::{Backfill, CopyReport};
 use crate::phases::cutover::{Cutover, CutoverOptions, CutoverReport, Script};
 use crate::phases::fence::Fencer;
+use crate::phases::origin;
 use crate::phases::revert;
 use crate::phases::shadow;
 use crate::phases::verify::{self, VerifyReport};
@@ -214,8 +215,11 @@ impl Run<'_> {
             s.copy_started = Some(Instant::now());
         });
         let mut workers = Vec::new();
-        for _ in 0..self.options.copy_workers.max(1) {
+        for i in 0..self.options.copy_workers.max(1) {
             let w = conninfo::connect(self.config).await?;
+            if self.created.copy_origins {
+                origin::set_up_session(&w, self.plan.original.oid, i).await?;
+            }
             // Asynchronous commit: a chunk's commit need not wait for its WAL flush. A chunk
             // lost in a server crash is lost with its checkpoint mark (the same transaction),
             // so a resume copies it again; every later commit that depends on it (the
@@ -241,6 +245,13 @@ impl Run<'_> {
             throttler.check_critical()
         };
         let copy = backfill.run(&self.control, &workers, check).await?;
+        if self.created.copy_origins {
+            for w in &workers {
+                w.batch_execute("SELECT pg_replication_origin_session_reset()")
+                    .await?;
+            }
+            origin::drop_all(&self.control, self.plan.original.oid).await?;
+        }
         self.progress
             .update(|s| s.copy_ended = Some(Instant::now()));
         self.operator.hook("copy-complete").await?;

@@ -14,6 +14,7 @@ mod common;
 mod abort_anywhere;
 mod apply_rules;
 mod architecture;
+mod bulk_path;
 mod cluster_harness;
 mod connection;
 mod control_and_hooks;
