@@ -9,10 +9,10 @@
 //! | 2 | preflight refused (see [`Refused`]), or an invalid command line |
 //! | 3 | aborted by the operator: Ctrl-C, SIGTERM, the panic flag file, the `abort` command, a failing start-up hook |
 //! | 4 | the replication stream or slot was lost |
-//! | 5 | the cutover budget was exhausted (every attempt timed out on the lock or on the drain under it) |
+//! | 5 | the cutover budget was exhausted (every attempt timed out on the lock or on the drain under it), or a direct step's lock was not granted in its attempts |
 //! | 6 | verification found an unexplained difference |
 //! | 7 | a critical threshold was crossed (`--critical-retained-wal`, `--critical-query`) |
-//! | 8 | the original changed in a way the migration cannot follow (DDL, TRUNCATE), or rows, existing or written live, that the new schema rejects (a new UNIQUE, EXCLUDE, CHECK or NOT NULL, a failing cast) |
+//! | 8 | the original changed in a way the migration cannot follow (DDL, TRUNCATE), or rows, existing or written live, that the new schema rejects (a new UNIQUE, EXCLUDE, CHECK, NOT NULL or FOREIGN KEY, a failing cast) |
 //! | 9 | doppel's spool directory is full (ENOSPC): a resumable run keeps its checkpoint; free space and `--resume` |
 //!
 //! A resumable run (`--resumable`) keeps its slot, shadow and checkpoint on exits 1, 4, 5 and
@@ -207,6 +207,23 @@ pub fn exit_code(err: &anyhow::Error) -> u8 {
     kind_of(err).map(FailureKind::exit_code).unwrap_or(1)
 }
 
+/// The class of an exit code, as the metrics label it (`doppel_exit{class}`): `migrated`
+/// (0), `internal` (1), `refused` (2), `aborted` (3), `stream lost` (4), `lock budget` (5),
+/// `verification` (6), `critical` (7), `conflict` (8).
+pub fn exit_class(code: u8) -> &'static str {
+    match code {
+        0 => "migrated",
+        2 => "refused",
+        3 => "aborted",
+        4 => "stream lost",
+        5 => "lock budget",
+        6 => "verification",
+        7 => "critical",
+        8 => "conflict",
+        _ => "internal",
+    }
+}
+
 /// The check behind a [`Refusal`]: one variant per thing preflight (docs/design.md §1.1) or
 /// the run's start refuses, so callers and tests can tell refusals apart by kind.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -280,6 +297,10 @@ pub enum Check {
     ConcurrentRun,
     /// `--revert-window` with an ALTER whose `USING` expression a revert cannot invert.
     RevertWindow,
+    /// A `--backfill` (or `doppel backfill --set`) assignment doppel cannot use: not
+    /// `column = expression`, a column the new table lacks, a key or generated column, a
+    /// column that also has a `USING`.
+    Backfill,
     /// `doppel cleanup` found, under the shadow's name, the migrated table a rollback or a
     /// revert swapped out (it may hold writes made after the cutover) and was not given
     /// `--drop-new-table`.

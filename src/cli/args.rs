@@ -1,5 +1,5 @@
-//! Flags shared by several subcommands: the connection, the tuning of a run (also the
-//! demo's), the log format and the progress display.
+//! Flags shared by several subcommands: the connection, the tuning of a run, the log format
+//! and the progress display (the demo takes only a few of them, see `demo.rs`).
 
 use std::io::IsTerminal;
 use std::path::PathBuf;
@@ -7,6 +7,7 @@ use std::time::Duration;
 
 use clap::{Args, ValueEnum};
 use doppel::conninfo;
+use doppel::ops::history::HistoryOptions;
 use doppel::ops::progress::Display;
 use doppel::ops::throttle::ThrottleOptions;
 use doppel::phases::backfill::CopyOptions;
@@ -39,9 +40,14 @@ pub(crate) struct TuningArgs {
     /// maintenance_work_mem for building the shadow's indexes.
     #[arg(long, default_value = "1GB")]
     pub(crate) maintenance_work_mem: String,
-    /// lock_timeout of each cutover attempt, in ms.
+    /// Lock budget of each cutover attempt, in ms: all its lock waits together (the table,
+    /// its foreign-key children and referenced tables, its views and the tables they read).
     #[arg(long, default_value_t = 200)]
     pub(crate) lock_timeout: u64,
+    /// Longest time, in ms, a cutover attempt holds its locks (first lock to commit or
+    /// rollback); past it the attempt rolls back and is retried.
+    #[arg(long, default_value_t = 500)]
+    pub(crate) max_lock_hold: u64,
     /// Cutover attempts before giving up.
     #[arg(long, default_value_t = 10)]
     pub(crate) cutover_retries: u32,
@@ -67,37 +73,8 @@ pub(crate) struct TuningArgs {
     /// Grace period, in ms, before --kill-blockers cancels a blocking session.
     #[arg(long, default_value_t = 2000)]
     pub(crate) kill_blockers_grace: u64,
-    /// Throttle while a standby's replay lag exceeds this many ms (pg_stat_replication, and
-    /// the heartbeat on each --throttle-replica).
-    #[arg(long)]
-    pub(crate) max_replica_lag: Option<u64>,
-    /// Throttle while a standby's replay position trails the primary by more bytes of WAL.
-    #[arg(long)]
-    pub(crate) max_replica_lag_bytes: Option<u64>,
-    /// A standby to measure heartbeat lag on (DSN; repeatable).
-    #[arg(long = "throttle-replica")]
-    pub(crate) throttle_replicas: Vec<String>,
-    /// Throttle while doppel's replication slot retains more bytes of WAL.
-    #[arg(long)]
-    pub(crate) max_retained_wal: Option<u64>,
-    /// Abort (and clean up) when doppel's slot retains more bytes of WAL.
-    #[arg(long)]
-    pub(crate) critical_retained_wal: Option<u64>,
-    /// Throttle while more client sessions than this are running a statement.
-    #[arg(long)]
-    pub(crate) max_active_backends: Option<i64>,
-    /// Throttle while this query returns a positive number (or true).
-    #[arg(long)]
-    pub(crate) throttle_query: Option<String>,
-    /// Abort (and clean up) when this query returns a positive number.
-    #[arg(long)]
-    pub(crate) critical_query: Option<String>,
-    /// Throttle while this file exists.
-    #[arg(long)]
-    pub(crate) throttle_flag_file: Option<PathBuf>,
-    /// Abort (and clean up) as soon as this file exists.
-    #[arg(long)]
-    pub(crate) panic_flag_file: Option<PathBuf>,
+    #[command(flatten)]
+    pub(crate) throttle: ThrottleArgs,
     /// Control socket path (default: `<work dir>/doppel-<table oid>.sock`).
     #[arg(long)]
     pub(crate) control_socket: Option<PathBuf>,
@@ -106,7 +83,7 @@ pub(crate) struct TuningArgs {
     /// on-failure, on-status).
     #[arg(long)]
     pub(crate) hooks_dir: Option<PathBuf>,
-    /// Directory for the rollback script (default: the current directory).
+    /// Directory for the rollback script and the cutover record.
     #[arg(long, default_value = ".")]
     pub(crate) rollback_dir: PathBuf,
     /// Progress display: bars on a TTY, status lines otherwise.
@@ -150,6 +127,106 @@ pub(crate) struct TuningArgs {
     /// 16+, superuser or EXECUTE on the origin functions, no other origins on the server).
     #[arg(long)]
     pub(crate) no_copy_origin: bool,
+    /// Serve Prometheus metrics at http://ADDR/metrics, e.g. 127.0.0.1:9187 (port 0: any free
+    /// port, logged and shown by `status --json`).
+    #[arg(long, value_name = "ADDR")]
+    pub(crate) metrics_listen: Option<std::net::SocketAddr>,
+    /// Seconds the metrics endpoint stays up after the run ends, until one more scrape has
+    /// seen the exit (doppel_exit_code).
+    #[arg(long, default_value_t = 30, value_name = "SECONDS")]
+    pub(crate) metrics_linger: u64,
+}
+
+/// Where runs are recorded (`doppel run`, `doppel backfill`, `doppel history`).
+#[derive(Args, Debug, Clone)]
+pub(crate) struct HistoryArgs {
+    /// Do not record this run in the history table.
+    #[arg(long)]
+    pub(crate) no_history: bool,
+    /// The history table, `schema.table` (created on first use).
+    #[arg(long, default_value = "doppel.migrations")]
+    pub(crate) history_table: String,
+}
+
+impl HistoryArgs {
+    /// The library's history options.
+    ///
+    /// Errors: a `--history-table` that is not `schema.table`.
+    pub(crate) fn options(&self) -> anyhow::Result<HistoryOptions> {
+        let mut options = HistoryOptions::parse(&self.history_table)?;
+        options.enabled = !self.no_history;
+        Ok(options)
+    }
+}
+
+/// `--strategy`.
+#[derive(ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum StrategyChoice {
+    /// Per clause, the least-locking strategy: direct, online recipe or shadow.
+    Auto,
+    /// The shadow-table migration for every clause.
+    Shadow,
+}
+
+/// When to slow down or abort: the throttles and critical thresholds every run has (`doppel
+/// run`, `doppel backfill`).
+#[derive(Args, Debug, Clone)]
+pub(crate) struct ThrottleArgs {
+    /// Throttle while a standby's replay lag exceeds this many ms (pg_stat_replication, and
+    /// the heartbeat on each --throttle-replica).
+    #[arg(long)]
+    pub(crate) max_replica_lag: Option<u64>,
+    /// Throttle while a standby's replay position trails the primary by more bytes of WAL.
+    #[arg(long)]
+    pub(crate) max_replica_lag_bytes: Option<u64>,
+    /// A standby to measure heartbeat lag on (DSN; repeatable).
+    #[arg(long = "throttle-replica")]
+    pub(crate) throttle_replicas: Vec<String>,
+    /// Throttle while doppel's replication slot retains more bytes of WAL.
+    #[arg(long)]
+    pub(crate) max_retained_wal: Option<u64>,
+    /// Abort (and clean up) when doppel's slot retains more bytes of WAL.
+    #[arg(long)]
+    pub(crate) critical_retained_wal: Option<u64>,
+    /// Throttle while more client sessions than this are running a statement.
+    #[arg(long)]
+    pub(crate) max_active_backends: Option<i64>,
+    /// Throttle while this query returns a positive number (or true).
+    #[arg(long)]
+    pub(crate) throttle_query: Option<String>,
+    /// Abort (and clean up) when this query returns a positive number.
+    #[arg(long)]
+    pub(crate) critical_query: Option<String>,
+    /// Throttle while this file exists.
+    #[arg(long)]
+    pub(crate) throttle_flag_file: Option<PathBuf>,
+    /// Abort (and clean up) as soon as this file exists.
+    #[arg(long)]
+    pub(crate) panic_flag_file: Option<PathBuf>,
+}
+
+impl ThrottleArgs {
+    /// The library's throttle options.
+    ///
+    /// Errors: a `--throttle-replica` DSN that does not parse.
+    pub(crate) fn options(&self) -> anyhow::Result<ThrottleOptions> {
+        let mut replicas = Vec::new();
+        for dsn in &self.throttle_replicas {
+            replicas.push(conninfo::resolve(Some(dsn))?);
+        }
+        Ok(ThrottleOptions {
+            max_replica_lag: self.max_replica_lag.map(Duration::from_millis),
+            max_replica_lag_bytes: self.max_replica_lag_bytes,
+            replicas,
+            max_retained_wal: self.max_retained_wal,
+            critical_retained_wal: self.critical_retained_wal,
+            max_active_backends: self.max_active_backends,
+            throttle_query: self.throttle_query.clone(),
+            critical_query: self.critical_query.clone(),
+            throttle_flag_file: self.throttle_flag_file.clone(),
+            panic_flag_file: self.panic_flag_file.clone(),
+        })
+    }
 }
 
 #[derive(ValueEnum, Clone, Copy, Debug)]
@@ -165,6 +242,16 @@ pub(crate) enum ProgressMode {
     Lines,
 }
 
+/// How progress is shown for `--progress`: bars on a terminal for `auto`.
+pub(crate) fn display(mode: ProgressMode) -> Display {
+    match mode {
+        ProgressMode::Bars => Display::Bars,
+        ProgressMode::Lines => Display::Lines,
+        ProgressMode::Auto if std::io::stderr().is_terminal() => Display::Bars,
+        ProgressMode::Auto => Display::Lines,
+    }
+}
+
 /// The library's run options from the command line's.
 ///
 /// Errors: a `--throttle-replica` DSN that does not parse.
@@ -174,16 +261,7 @@ pub(crate) fn run_options(
     execute: bool,
     t: &TuningArgs,
 ) -> anyhow::Result<RunOptions> {
-    let display = match t.progress {
-        ProgressMode::Bars => Display::Bars,
-        ProgressMode::Lines => Display::Lines,
-        ProgressMode::Auto if std::io::stderr().is_terminal() => Display::Bars,
-        ProgressMode::Auto => Display::Lines,
-    };
-    let mut replicas = Vec::new();
-    for dsn in &t.throttle_replicas {
-        replicas.push(conninfo::resolve(Some(dsn))?);
-    }
+    let display = display(t.progress);
     Ok(RunOptions {
         table,
         alters,
@@ -197,6 +275,7 @@ pub(crate) fn run_options(
         verify_chunk_rows: t.verify_chunk_rows.max(1),
         maintenance_work_mem: t.maintenance_work_mem.clone(),
         lock_timeout: Duration::from_millis(t.lock_timeout.max(1)),
+        max_lock_hold: Duration::from_millis(t.max_lock_hold.max(1)),
         cutover_retries: t.cutover_retries.max(1),
         fence_timeout: Duration::from_millis(t.fence_timeout.max(1)),
         work_dir: t.work_dir.clone().unwrap_or_else(std::env::temp_dir),
@@ -206,18 +285,7 @@ pub(crate) fn run_options(
         kill_blockers: t
             .kill_blockers
             .then(|| Duration::from_millis(t.kill_blockers_grace)),
-        throttle: ThrottleOptions {
-            max_replica_lag: t.max_replica_lag.map(Duration::from_millis),
-            max_replica_lag_bytes: t.max_replica_lag_bytes,
-            replicas,
-            max_retained_wal: t.max_retained_wal,
-            critical_retained_wal: t.critical_retained_wal,
-            max_active_backends: t.max_active_backends,
-            throttle_query: t.throttle_query.clone(),
-            critical_query: t.critical_query.clone(),
-            throttle_flag_file: t.throttle_flag_file.clone(),
-            panic_flag_file: t.panic_flag_file.clone(),
-        },
+        throttle: t.throttle.options()?,
         control_socket: t.control_socket.clone(),
         hooks_dir: t.hooks_dir.clone(),
         display,
@@ -232,5 +300,8 @@ pub(crate) fn run_options(
             .filter(|ms| *ms > 0.0)
             .map(|ms| Duration::from_secs_f64(ms / 1000.0)),
         copy_origin: !t.no_copy_origin,
+        metrics_listen: t.metrics_listen,
+        metrics_linger: Duration::from_secs(t.metrics_linger),
+        ..RunOptions::new("", &[])
     })
 }

@@ -1,10 +1,13 @@
-//! The subcommands, one file each: `run`, `demo`, `cleanup`, `ctl`, `verify`; `args` holds
-//! the flags they share (connection, tuning, output).
+//! The subcommands, one file each: `run`, `backfill`, `demo`, `cleanup`, `ctl`, `verify`,
+//! `history`; `args` holds the flags they share (connection, tuning, throttles, history,
+//! output).
 
 mod args;
+mod backfill;
 mod cleanup;
 mod ctl;
 mod demo;
+mod history;
 mod run;
 mod verify;
 
@@ -29,15 +32,22 @@ pub(crate) struct Cli {
 
 #[derive(Subcommand, Debug)]
 pub(crate) enum Command {
-    /// Migrate a table (a dry run unless --execute is given).
-    Run(run::RunArgs),
+    /// Migrate a table (a dry run unless --execute is given): each clause run directly, by
+    /// PostgreSQL's online recipe, or through the shadow table, whichever locks least.
+    Run(Box<run::RunArgs>),
+    /// Fill a column in place with a batched UPDATE in primary-key chunks (throttled,
+    /// resumable), then validate (a dry run unless --execute is given).
+    Backfill(Box<backfill::BackfillArgs>),
+    /// List the runs and backfills recorded in the history table.
+    History(history::HistoryCliArgs),
     /// Run a real online migration on a throwaway local cluster, with a concurrent writer.
     Demo(demo::DemoArgs),
     /// Remove what an interrupted run left behind (slot, publication, shadow table).
     Cleanup(cleanup::CleanupArgs),
-    /// Send a command to a running migration's control socket (`status`, `throttle`,
-    /// `no-throttle`, `chunk-time=MS`, `max-replica-lag=MS`, `lock-timeout=MS`, `postpone`,
-    /// `cut-over`, `abort`, `help`; `key=?` reads a value).
+    /// Send a command to a running migration's control socket (`status`, `status --json`,
+    /// `throttle`, `no-throttle`, `chunk-time=MS`, `max-replica-lag=MS`,
+    /// `max-retained-wal=BYTES`, `lock-timeout=MS`, `postpone`, `cut-over`, `abort`, `revert`,
+    /// `revert --force`, `finalize`, `help`; `KEY=?` reads a value).
     Ctl(ctl::CtlArgs),
     /// Compare a table with its run's shadow (during a run) or with the kept old table (after
     /// the cutover, --against) chunk by chunk, as the verify phase does. Exit 0: equal;
@@ -45,11 +55,23 @@ pub(crate) enum Command {
     Verify(verify::VerifyArgs),
 }
 
+/// Whether log lines get ANSI colours: only on a terminal, and never with `NO_COLOR` set
+/// (to anything but the empty string, <https://no-color.org>).
+fn colours(stderr_is_terminal: bool, no_color: Option<std::ffi::OsString>) -> bool {
+    stderr_is_terminal && no_color.is_none_or(|v| v.is_empty())
+}
+
 fn init_logging(format: LogFormat) {
+    use std::io::IsTerminal;
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let ansi = colours(
+        std::io::stderr().is_terminal(),
+        std::env::var_os("NO_COLOR"),
+    );
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
+        .with_ansi(ansi)
         .with_writer(std::io::stderr);
     match format {
         LogFormat::Json => builder.json().init(),
@@ -84,7 +106,9 @@ pub(crate) async fn main() -> ExitCode {
     init_logging(cli.log_format);
     let cancel = install_signals();
     let result = match cli.command {
-        Command::Run(args) => run::run(args, &cancel).await,
+        Command::Run(args) => run::run(*args, &cancel).await,
+        Command::Backfill(args) => backfill::backfill(*args, &cancel).await,
+        Command::History(args) => history::history(args).await,
         Command::Demo(args) => demo::demo(args, &cancel).await,
         Command::Cleanup(args) => cleanup::cleanup(args).await,
         Command::Ctl(args) => ctl::ctl(args).await,
@@ -96,5 +120,18 @@ pub(crate) async fn main() -> ExitCode {
             eprintln!("error: {e:#}");
             ExitCode::from(doppel::failure::exit_code(&e))
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn colours_only_on_a_terminal_without_no_color() {
+        assert!(colours(true, None));
+        assert!(!colours(false, None));
+        assert!(!colours(true, Some("1".into())));
+        assert!(colours(true, Some("".into())));
     }
 }

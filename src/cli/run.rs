@@ -5,9 +5,27 @@ use doppel::cancel::Cancel;
 use doppel::run::{self as migration, Outcome};
 use doppel::{conninfo, phases::cutover};
 
-use super::args::{ConnArgs, TuningArgs, run_options};
+use super::args::{ConnArgs, HistoryArgs, StrategyChoice, TuningArgs, run_options};
+
+/// The exit codes, for `doppel run --help` (the table of `doppel::failure`).
+const EXIT_CODES: &str = "Exit codes:
+  0  migrated and verified, or a dry run found nothing to refuse
+  1  internal or unexpected error (connection lost, a query failed, ...)
+  2  preflight refused (every reason listed with its fix), or an invalid command line
+  3  aborted by the operator: Ctrl-C, SIGTERM, the panic flag file, `doppel ctl .. abort`,
+     a failing on-startup / on-preflight-ok / before-copy hook
+  4  the replication stream or slot was lost
+  5  the cutover budget was exhausted (--lock-timeout, --fence-timeout, --max-lock-hold on
+     every attempt), or the writes outpaced the applier
+  6  verification found an unexplained difference
+  7  a critical threshold was crossed (--critical-retained-wal, --critical-query)
+  8  the original changed in a way the migration cannot follow (DDL, TRUNCATE), or rows the
+     new schema rejects
+  9  the spool directory is full (ENOSPC); a --resumable run keeps its checkpoint: free
+     space, then --resume";
 
 #[derive(Args, Debug)]
+#[command(after_help = EXIT_CODES)]
 pub(crate) struct RunArgs {
     #[command(flatten)]
     pub(crate) conn: ConnArgs,
@@ -17,6 +35,18 @@ pub(crate) struct RunArgs {
     /// A clause of ALTER TABLE, e.g. "ALTER COLUMN customer_id TYPE bigint" (repeatable).
     #[arg(long = "alter", required = true)]
     pub(crate) alters: Vec<String>,
+    /// How the clauses are carried out: `auto` chooses per clause the least-locking way
+    /// (run directly, PostgreSQL's online recipe, or the shadow table); `shadow` takes the
+    /// shadow table for every clause.
+    #[arg(long, value_enum, default_value_t = StrategyChoice::Auto)]
+    pub(crate) strategy: StrategyChoice,
+    /// The value a column of the new table takes, as `column = expression` over the old row
+    /// (subqueries and function calls allowed), computed by the copy and for every row written
+    /// during the migration (repeatable). Implies the shadow table.
+    #[arg(long = "backfill")]
+    pub(crate) backfills: Vec<String>,
+    #[command(flatten)]
+    pub(crate) history: HistoryArgs,
     /// Perform the migration. Without it doppel only checks and prints the plan.
     #[arg(long)]
     pub(crate) execute: bool,
@@ -28,20 +58,34 @@ pub(crate) struct RunArgs {
 pub(crate) async fn run(args: RunArgs, cancel: &Cancel) -> anyhow::Result<()> {
     let config = conninfo::resolve(args.conn.dsn.as_deref())?;
     tracing::info!("connecting to {}", config.describe());
-    let options = run_options(args.table, args.alters, args.execute, &args.tuning)?;
+    let mut options = run_options(args.table, args.alters, args.execute, &args.tuning)?;
+    options.force_shadow = args.strategy == StrategyChoice::Shadow;
+    options.backfills = args.backfills;
+    options.history = args.history.options()?;
     match migration::run(&config, &options, cancel).await? {
-        Outcome::Planned(plan) => {
+        Outcome::Planned(planned) => {
             let client = conninfo::connect(&config).await?;
-            let script = cutover::Script::build(&client, &plan, options.lock_timeout).await?;
+            let script = match planned.shadow_plan() {
+                Some(plan) => {
+                    Some(cutover::Script::build(&client, plan, options.lock_timeout).await?)
+                }
+                None => None,
+            };
             let security = conninfo::security(&client, &config).await?;
             println!("connection: {} ({security})", config.describe());
             println!(
                 "{}",
-                migration::render_plan(&plan, &script, options.revert_window)
+                migration::render_migration(
+                    &planned,
+                    script.as_ref(),
+                    options.revert_window,
+                    &options.history
+                )
             );
             println!("dry run: nothing was changed. Add --execute to migrate.");
         }
         Outcome::Finished(finished) => print_finished(&finished),
+        Outcome::Altered(report) => print_altered(&report),
         Outcome::Migrated(report) => {
             println!(
                 "migrated {}: {} rows copied, {} changes applied, verified {} rows in {} chunks",
@@ -102,6 +146,31 @@ fn print_finished(finished: &migration::Finished) {
             "warning: foreign key {name} is NOT VALID: validation failed ({err}); run ALTER TABLE .. VALIDATE CONSTRAINT {name}"
         );
     }
+}
+
+/// What the direct and online steps did.
+fn print_altered(report: &migration::AlterReport) {
+    println!(
+        "altered {} on the table itself in {:.1} s (OID {} {}):",
+        report.original.qualified(),
+        report.total.as_secs_f64(),
+        report.oid_after,
+        if report.oid_after == report.original.oid {
+            "unchanged"
+        } else {
+            "changed"
+        }
+    );
+    for c in &report.clauses {
+        println!("  {:<7} {}", c.strategy.label(), c.text);
+    }
+    for line in migration::render_steps(&report.direct) {
+        println!("  {line}");
+    }
+    println!(
+        "longest lock blocking writes: {:.1} ms",
+        report.direct.longest_blocking_hold().as_secs_f64() * 1000.0
+    );
 }
 
 /// The kept old table, the record and the rollback script.

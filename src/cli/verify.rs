@@ -23,6 +23,10 @@ pub(crate) struct VerifyArgs {
     /// each old value is cast to the new column's type.
     #[arg(long = "alter")]
     pub(crate) alters: Vec<String>,
+    /// The run's --backfill assignments (repeatable), `column = expression` over the old row:
+    /// such a column of the new table is compared with the expression's value.
+    #[arg(long = "backfill")]
+    pub(crate) backfills: Vec<String>,
     /// Rows per chunk.
     #[arg(long, default_value_t = doppel::phases::verify::VERIFY_CHUNK_ROWS)]
     pub(crate) chunk_rows: i64,
@@ -45,6 +49,7 @@ pub(crate) async fn verify(args: VerifyArgs) -> anyhow::Result<()> {
     let options = CheckOptions {
         against: args.against,
         alters: args.alters,
+        backfills: args.backfills,
         chunk_rows: args.chunk_rows,
         rechecks: args.rechecks,
         recheck_interval: Duration::from_millis(args.recheck_interval),

@@ -397,6 +397,35 @@ impl Dependents {
     /// the table before a child (e.g. `ON DELETE CASCADE`); `lock_timeout` bounds that wait
     /// and the attempt is retried. Empty when there is nothing to lock.
     pub fn lock_sql(&self) -> Vec<String> {
+        let (tables, statements) = self.locks();
+        let mut out = Vec::new();
+        if !tables.is_empty() {
+            out.push(format!(
+                "LOCK TABLE {} IN ACCESS EXCLUSIVE MODE",
+                tables.join(", ")
+            ));
+        }
+        out.extend(statements);
+        out
+    }
+
+    /// The same locks as [`Dependents::lock_sql`], one relation per statement and in the same
+    /// order (tables by OID, then the views leaf first): the cutover gives each statement what
+    /// is left of one attempt's lock budget as its `lock_timeout`, so the waits of all of them
+    /// together stay within it (docs/design.md §4.2).
+    pub fn lock_each(&self) -> Vec<String> {
+        let (tables, statements) = self.locks();
+        let mut out: Vec<String> = tables
+            .into_iter()
+            .map(|name| format!("LOCK TABLE {name} IN ACCESS EXCLUSIVE MODE"))
+            .collect();
+        out.extend(statements);
+        out
+    }
+
+    /// The tables to lock besides the table itself, by OID, and the statements that take the
+    /// other locks (the views', leaf first).
+    fn locks(&self) -> (Vec<String>, Vec<String>) {
         let mut tables: BTreeMap<u32, String> = BTreeMap::new();
         let mut statements = Vec::new();
         for lock in MOVE_ORDER.iter().flat_map(|k| k.locks(self)) {
@@ -408,15 +437,7 @@ impl Dependents {
             }
         }
         tables.remove(&self.table_oid);
-        let mut out = Vec::new();
-        if !tables.is_empty() {
-            out.push(format!(
-                "LOCK TABLE {} IN ACCESS EXCLUSIVE MODE",
-                tables.into_values().collect::<Vec<_>>().join(", ")
-            ));
-        }
-        out.extend(statements);
-        out
+        (tables.into_values().collect(), statements)
     }
 
     /// Problems that make a safe move impossible, each with its reason and, when there is

@@ -3,11 +3,16 @@
 //! The server is the parser: preflight applies the clauses to an empty clone and reads the
 //! resulting columns from the catalog. Two things are not in the catalog and must be taken
 //! from the text itself: the `USING` expression of an `ALTER COLUMN .. TYPE` (the copy and the
-//! apply must compute the new value the same way), and whether a clause is one doppel cannot
-//! validate on a temporary clone (foreign keys). A small lexer that knows SQL quoting
-//! (`'..'`, `E'..'`, `".."`, `$tag$..$tag$`, comments, parentheses) finds clause boundaries
-//! and keywords without being fooled by quoted text.
+//! apply must compute the new value the same way), and the tables a clause references
+//! (`REFERENCES parent`, which preflight points at a temporary copy of the parent: a foreign
+//! key on a temporary clone may reference only temporary tables). The lexer
+//! ([`super::lexer`]) finds clause boundaries, keywords and names without being fooled by
+//! quoted text.
 
+use std::ops::Range;
+
+use super::assignment::Assignment;
+use super::lexer::{self, LexError, Tok, Token, identifier, word_is};
 use crate::failure::{Check, Refusal};
 
 /// One `--alter` argument after analysis.
@@ -17,6 +22,9 @@ pub struct AlterStatement {
     pub text: String,
     /// True for the `RENAME ..` forms, which PostgreSQL runs as a statement of their own.
     pub is_rename: bool,
+    /// The actions of the statement (its text split at top-level commas), in order: each is
+    /// a clause of its own for the strategy (docs/design.md §1.10).
+    pub actions: Vec<String>,
 }
 
 /// `ALTER COLUMN <column> TYPE .. USING <expression>`: the expression computes the new value
@@ -36,6 +44,9 @@ pub struct AlterSpec {
     pub statements: Vec<AlterStatement>,
     /// `USING` expressions by column.
     pub usings: Vec<UsingClause>,
+    /// `--backfill` assignments: the value a column of the new table takes, computed from the
+    /// old row (by the copy and by the applier alike).
+    pub backfills: Vec<Assignment>,
 }
 
 impl AlterSpec {
@@ -45,6 +56,22 @@ impl AlterSpec {
             .iter()
             .find(|u| u.column == column)
             .map(|u| u.expression.as_str())
+    }
+
+    /// The `--backfill` expression for the new table's `column`, if one is given.
+    pub fn backfill_for(&self, column: &str) -> Option<&str> {
+        self.backfills
+            .iter()
+            .find(|b| b.column == column)
+            .map(|b| b.expression.as_str())
+    }
+
+    /// Every action of every statement, in order.
+    pub fn actions(&self) -> Vec<&str> {
+        self.statements
+            .iter()
+            .flat_map(|s| s.actions.iter().map(String::as_str))
+            .collect()
     }
 }
 
@@ -62,8 +89,6 @@ pub enum AlterError {
     MultipleStatements(String),
     /// `ALTER TABLE` / `ALTER TABLE name` repeated inside the clause.
     WholeStatement(String),
-    /// Adding or dropping foreign keys.
-    ForeignKey(String),
     /// A USING expression that doppel cannot carry exactly.
     Using {
         /// The `--alter` text.
@@ -103,13 +128,6 @@ impl AlterError {
                 format!("--alter {text:?} starts with ALTER TABLE"),
                 "give only the clause (e.g. \"ADD COLUMN note text\"); the table comes from --table",
             ),
-            AlterError::ForeignKey(text) => Refusal::new(
-                check,
-                format!(
-                    "--alter {text:?} adds or changes a foreign key, which doppel cannot do yet"
-                ),
-                "PostgreSQL already does it online: ALTER TABLE .. ADD CONSTRAINT .. FOREIGN KEY .. NOT VALID, then ALTER TABLE .. VALIDATE CONSTRAINT ..",
-            ),
             AlterError::Using { text, reason, fix } => {
                 Refusal::new(check, format!("--alter {text:?}: {reason}"), fix)
             }
@@ -125,158 +143,6 @@ impl std::fmt::Display for AlterError {
 
 impl std::error::Error for AlterError {}
 
-#[derive(Debug, Clone, PartialEq, Eq)]
-enum Tok {
-    Word(String),
-    Quoted(String),
-    Other(char),
-    Literal,
-}
-
-#[derive(Debug, Clone)]
-struct Token {
-    tok: Tok,
-    start: usize,
-    depth: usize,
-}
-
-fn lex(text: &str) -> Result<Vec<Token>, AlterError> {
-    let bytes = text.as_bytes();
-    let mut tokens = Vec::new();
-    let mut depth = 0usize;
-    let mut i = 0;
-    let unterminated = || AlterError::Unterminated(text.to_string());
-    while i < bytes.len() {
-        let c = bytes[i];
-        let start = i;
-        if c.is_ascii_whitespace() {
-            i += 1;
-        } else if c == b'-' && bytes.get(i + 1) == Some(&b'-') {
-            while i < bytes.len() && bytes[i] != b'\n' {
-                i += 1;
-            }
-        } else if c == b'/' && bytes.get(i + 1) == Some(&b'*') {
-            let end = text[i + 2..].find("*/").ok_or_else(unterminated)?;
-            i += 2 + end + 2;
-        } else if c == b'\'' || ((c == b'E' || c == b'e') && bytes.get(i + 1) == Some(&b'\'')) {
-            let escapes = c != b'\'';
-            i += if escapes { 2 } else { 1 };
-            loop {
-                match bytes.get(i) {
-                    None => return Err(unterminated()),
-                    Some(b'\\') if escapes => i += 2,
-                    Some(b'\'') if bytes.get(i + 1) == Some(&b'\'') => i += 2,
-                    Some(b'\'') => {
-                        i += 1;
-                        break;
-                    }
-                    Some(_) => i += 1,
-                }
-            }
-            tokens.push(Token {
-                tok: Tok::Literal,
-                start,
-                depth,
-            });
-        } else if c == b'"' {
-            i += 1;
-            let mut name = String::new();
-            loop {
-                match bytes.get(i) {
-                    None => return Err(unterminated()),
-                    Some(b'"') if bytes.get(i + 1) == Some(&b'"') => {
-                        name.push('"');
-                        i += 2;
-                    }
-                    Some(b'"') => {
-                        i += 1;
-                        break;
-                    }
-                    Some(_) => {
-                        let ch = text[i..].chars().next().unwrap_or('\0');
-                        name.push(ch);
-                        i += ch.len_utf8().max(1);
-                    }
-                }
-            }
-            tokens.push(Token {
-                tok: Tok::Quoted(name),
-                start,
-                depth,
-            });
-        } else if c == b'$' && dollar_tag(&text[i..]).is_some() {
-            let tag = dollar_tag(&text[i..]).unwrap_or_default();
-            let body = i + tag.len();
-            let end = text[body..].find(&tag).ok_or_else(unterminated)?;
-            i = body + end + tag.len();
-            tokens.push(Token {
-                tok: Tok::Literal,
-                start,
-                depth,
-            });
-        } else if c.is_ascii_alphabetic() || c == b'_' || c >= 0x80 {
-            while i < bytes.len()
-                && (bytes[i].is_ascii_alphanumeric()
-                    || bytes[i] == b'_'
-                    || bytes[i] == b'$'
-                    || bytes[i] >= 0x80)
-            {
-                i += 1;
-            }
-            tokens.push(Token {
-                tok: Tok::Word(text[start..i].to_string()),
-                start,
-                depth,
-            });
-        } else {
-            let ch = text[i..].chars().next().unwrap_or('\0');
-            i += ch.len_utf8().max(1);
-            if ch == ')' {
-                depth = depth
-                    .checked_sub(1)
-                    .ok_or_else(|| AlterError::Unbalanced(text.to_string()))?;
-            }
-            tokens.push(Token {
-                tok: Tok::Other(ch),
-                start,
-                depth,
-            });
-            if ch == '(' {
-                depth += 1;
-            }
-        }
-    }
-    if depth != 0 {
-        return Err(AlterError::Unbalanced(text.to_string()));
-    }
-    Ok(tokens)
-}
-
-/// `$tag$` at the start of `s` (tag: letters, digits, underscores, not starting with a digit).
-fn dollar_tag(s: &str) -> Option<String> {
-    let rest = &s[1..];
-    let end = rest.find('$')?;
-    let tag = &rest[..end];
-    let ok = tag
-        .chars()
-        .next()
-        .is_none_or(|c| !c.is_ascii_digit() && (c.is_alphabetic() || c == '_'))
-        && tag.chars().all(|c| c.is_alphanumeric() || c == '_');
-    ok.then(|| format!("${tag}$"))
-}
-
-fn word_is(tok: &Token, kw: &str) -> bool {
-    matches!(&tok.tok, Tok::Word(w) if w.eq_ignore_ascii_case(kw))
-}
-
-fn identifier(tok: &Token) -> Option<String> {
-    match &tok.tok {
-        Tok::Word(w) => Some(w.to_lowercase()),
-        Tok::Quoted(q) => Some(q.clone()),
-        _ => None,
-    }
-}
-
 /// Analyses the `--alter` arguments: splits clauses, finds `USING` expressions, refuses
 /// what doppel cannot carry (see [`AlterError`]).
 pub fn analyze(alters: &[String]) -> Result<AlterSpec, AlterError> {
@@ -287,7 +153,10 @@ pub fn analyze(alters: &[String]) -> Result<AlterSpec, AlterError> {
     let mut renamed = false;
     for text in alters {
         let text = text.trim().trim_end_matches(';').trim_end().to_string();
-        let tokens = lex(&text)?;
+        let tokens = lexer::lex(&text).map_err(|e| match e {
+            LexError::Unterminated => AlterError::Unterminated(text.clone()),
+            LexError::Unbalanced => AlterError::Unbalanced(text.clone()),
+        })?;
         if tokens.iter().any(|t| t.tok == Tok::Other(';')) {
             return Err(AlterError::MultipleStatements(text));
         }
@@ -295,13 +164,9 @@ pub fn analyze(alters: &[String]) -> Result<AlterSpec, AlterError> {
             return Err(AlterError::WholeStatement(text));
         }
         let is_rename = tokens.first().is_some_and(|t| word_is(t, "rename"));
-        for clause in tokens.split(|t| t.depth == 0 && t.tok == Tok::Other(',')) {
-            if clause
-                .iter()
-                .any(|t| word_is(t, "references") || word_is(t, "foreign"))
-            {
-                return Err(AlterError::ForeignKey(text.clone()));
-            }
+        let mut actions = Vec::new();
+        for clause in lexer::split_top_level_commas(&tokens) {
+            actions.push(lexer::span(&text, clause).to_string());
             if let Some(using) = using_clause(&text, clause) {
                 if renamed {
                     return Err(AlterError::Using {
@@ -320,10 +185,47 @@ pub fn analyze(alters: &[String]) -> Result<AlterSpec, AlterError> {
                 spec.usings.push(using);
             }
         }
+        if is_rename {
+            // RENAME forms take no commas: the whole text is one action.
+            actions = vec![text.clone()];
+        }
         renamed |= is_rename;
-        spec.statements.push(AlterStatement { text, is_rename });
+        spec.statements.push(AlterStatement {
+            text,
+            is_rename,
+            actions,
+        });
     }
     Ok(spec)
+}
+
+/// The tables `text` (one clause, or several) references with `REFERENCES <table>`: each
+/// name's byte range in `text` and the name as written (quotes and schema included), in
+/// order. A text that does not lex references nothing.
+pub fn referenced_tables(text: &str) -> Vec<(Range<usize>, String)> {
+    let Ok(tokens) = lexer::lex(text) else {
+        return Vec::new();
+    };
+    let mut out = Vec::new();
+    for (i, t) in tokens.iter().enumerate() {
+        if !word_is(t, "references") {
+            continue;
+        }
+        let Some(first) = tokens.get(i + 1).filter(|t| identifier(t).is_some()) else {
+            continue;
+        };
+        let mut last = first;
+        if tokens.get(i + 2).is_some_and(|t| t.tok == Tok::Other('.'))
+            && let Some(second) = tokens.get(i + 3).filter(|t| identifier(t).is_some())
+        {
+            last = second;
+        }
+        out.push((
+            first.start..last.end,
+            text[first.start..last.end].to_string(),
+        ));
+    }
+    out
 }
 
 /// `ALTER [COLUMN] name [SET DATA] TYPE .. USING expr` → the column and expression.
@@ -355,14 +257,7 @@ fn using_clause(text: &str, clause: &[Token]) -> Option<UsingClause> {
 
 /// Byte offset just past the last token of `clause` (its trailing comma excluded).
 fn clause_end(text: &str, clause: &[Token]) -> usize {
-    let last = clause.last().map(|t| t.start).unwrap_or(0);
-    // The end of the last token: the start of the next token in the text, or the text end.
-    let after = &text[last..];
-    let tokens = lex(after).unwrap_or_default();
-    match tokens.get(1) {
-        Some(next) => last + next.start,
-        None => text.len(),
-    }
+    clause.last().map(|t| t.end).unwrap_or(text.len())
 }
 
 #[cfg(test)]
@@ -417,10 +312,6 @@ mod tests {
             Err(AlterError::WholeStatement(_))
         ));
         assert!(matches!(
-            one("ADD COLUMN p int REFERENCES parent(id)"),
-            Err(AlterError::ForeignKey(_))
-        ));
-        assert!(matches!(
             one("ADD COLUMN a text DEFAULT 'x"),
             Err(AlterError::Unterminated(_))
         ));
@@ -451,6 +342,25 @@ mod tests {
         assert_eq!(e.to_string(), refusal.to_string());
         let unbalanced = one("ADD COLUMN a numeric(10,2").unwrap_err().refusal();
         assert_eq!(unbalanced.fix, None);
+    }
+
+    #[test]
+    fn foreign_keys_are_accepted_and_their_tables_found() {
+        let text = "ADD COLUMN p int REFERENCES \"Sales\".parent(id), ADD CONSTRAINT f FOREIGN KEY (q) REFERENCES other";
+        let spec = one(text).unwrap();
+        assert_eq!(
+            spec.statements[0].actions,
+            vec![
+                "ADD COLUMN p int REFERENCES \"Sales\".parent(id)",
+                "ADD CONSTRAINT f FOREIGN KEY (q) REFERENCES other"
+            ]
+        );
+        let refs = referenced_tables(text);
+        assert_eq!(refs.len(), 2);
+        assert_eq!(refs[0].1, "\"Sales\".parent");
+        assert_eq!(&text[refs[0].0.clone()], "\"Sales\".parent");
+        assert_eq!(refs[1].1, "other");
+        assert!(referenced_tables("ADD CHECK (x <> 'references t')").is_empty());
     }
 
     #[test]

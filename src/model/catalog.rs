@@ -76,6 +76,8 @@ pub struct Constraint {
     pub validated: bool,
     /// The constrained columns (`conkey`), in key order.
     pub columns: Vec<String>,
+    /// For a foreign key, the OID of the table it references (`confrelid`).
+    pub references: Option<u32>,
 }
 
 /// A sequence owned by one of the table's columns (serial or identity).
@@ -358,7 +360,8 @@ async fn constraints(client: &impl GenericClient, oid: u32) -> Result<Vec<Constr
             "SELECT c.conname::text, c.contype::text, pg_get_constraintdef(c.oid), c.convalidated,
                     coalesce((SELECT array_agg(a.attname::text ORDER BY k.ord)
                               FROM unnest(c.conkey) WITH ORDINALITY AS k(attnum, ord)
-                              JOIN pg_attribute a ON a.attrelid = c.conrelid AND a.attnum = k.attnum), '{}')
+                              JOIN pg_attribute a ON a.attrelid = c.conrelid AND a.attnum = k.attnum), '{}'),
+                    nullif(c.confrelid, 0)::oid
              FROM pg_constraint c WHERE c.conrelid = $1 AND c.contype NOT IN ('p', 'u', 'x')
              ORDER BY c.conname",
             &[&oid],
@@ -373,6 +376,7 @@ async fn constraints(client: &impl GenericClient, oid: u32) -> Result<Vec<Constr
             definition: r.get(2),
             validated: r.get(3),
             columns: r.get(4),
+            references: r.get(5),
         })
         .collect())
 }

@@ -34,6 +34,8 @@ pub struct Names {
     /// Prefix of the revert window's logical messages: the marker the cutover transaction
     /// carries, and the fences of a revert.
     pub revert_prefix: String,
+    /// The table's OID the names derive from.
+    pub oid: u32,
 }
 
 impl Names {
@@ -54,6 +56,7 @@ impl Names {
             revert_publication: format!("doppel_{oid}_rev"),
             revert_slot: format!("doppel_{oid}_rev"),
             revert_prefix: format!("doppel_{oid}_rev"),
+            oid,
         }
     }
 
@@ -80,6 +83,25 @@ impl Names {
     /// Name the original's `n`-th index is kept under after cutover: `_doppel_<oid>_old_i<n>`.
     pub fn old_index(&self, oid: u32, n: usize) -> String {
         format!("_doppel_{oid}_old_i{n}")
+    }
+
+    /// doppel's `n`-th helper constraint of an online recipe (the `CHECK (col IS NOT NULL)`
+    /// that lets `SET NOT NULL` skip its scan): `_doppel_<oid>_nn<n>`. Dropped once the recipe
+    /// completes or fails; `doppel cleanup` drops one a killed run left.
+    pub fn recipe_check(&self, n: usize) -> String {
+        format!("{}nn{n}", self.recipe_prefix())
+    }
+
+    /// doppel's `n`-th index built by an online recipe until `ADD CONSTRAINT .. USING INDEX`
+    /// gives it the constraint's name: `_doppel_<oid>_u<n>`. Dropped when the recipe fails;
+    /// `doppel cleanup` drops one a killed run left (an invalid index).
+    pub fn recipe_index(&self, n: usize) -> String {
+        format!("{}u{n}", self.recipe_prefix())
+    }
+
+    /// The prefix of the online recipes' helper objects: `_doppel_<oid>_`.
+    pub fn recipe_prefix(&self) -> String {
+        format!("_doppel_{}_", self.oid)
     }
 
     /// Name the original's `n`-th owned sequence is kept under after cutover.

@@ -8,7 +8,9 @@
 //! evaluates it over `FROM ONLY t AS src`; the applier over
 //! `FROM (SELECT u.p1::oldtype AS "col", ..) AS src` built from the decoded text values, so a
 //! value takes the same path from old type to new on both sides (docs/design.md §2). Columns the
-//! ALTER adds get their defaults; generated columns are computed by the shadow.
+//! ALTER adds get their defaults, or the value of their `--backfill` expression (an SQL
+//! expression over `src`, subqueries and function calls allowed, evaluated by the copy and the
+//! applier alike); generated columns are computed by the shadow.
 
 use crate::model::catalog::Column;
 use crate::sql::ident;
@@ -20,7 +22,8 @@ pub struct ColumnMap {
     pub target: Column,
     /// The original column it comes from; `None` for a column the ALTER adds.
     pub source: Option<Column>,
-    /// SQL expression over `src` computing the value (empty for added columns).
+    /// SQL expression over `src` computing the value (empty for an added column without a
+    /// `--backfill`: it takes its default).
     pub expression: String,
 }
 
@@ -52,12 +55,21 @@ pub struct Projection {
 }
 
 impl Projection {
-    /// Shadow columns written by the copy and the applier (mapped and not generated).
+    /// Shadow columns written by the copy and the applier: those with an expression (mapped
+    /// from an original column, or given a `--backfill`), not generated.
     pub fn written(&self) -> Vec<&ColumnMap> {
         self.columns
             .iter()
-            .filter(|c| c.source.is_some() && c.target.generated_sql.is_none())
+            .filter(|c| !c.expression.is_empty() && c.target.generated_sql.is_none())
             .collect()
+    }
+
+    /// The applier's `src` row with one element per replicated column, for checking that
+    /// the projection's expressions evaluate over it: `SELECT u.p1::oldtype AS "c1", .. FROM
+    /// unnest($1::text[], ..) AS u(p1, ..)`.
+    pub fn decoded_row_sql(&self) -> String {
+        let relation: Vec<&Column> = self.relation.iter().collect();
+        Self::unnest_source(&relation)
     }
 
     fn target_list(&self) -> String {

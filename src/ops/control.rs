@@ -50,6 +50,9 @@ pub const MAX_REPLICA_LAG_MS: RangeInclusive<u64> = 0..=86_400_000;
 /// cutover lock, so more than a minute is refused).
 pub const LOCK_TIMEOUT_MS: RangeInclusive<u64> = 1..=60_000;
 
+/// Accepted values of `max-retained-wal=BYTES` (0 turns the retained-WAL throttle off).
+pub const MAX_RETAINED_WAL: RangeInclusive<u64> = 0..=(1 << 50);
+
 /// Longest command line the server reads.
 const MAX_LINE: usize = 4096;
 /// How long `send` waits for a connection and for the reply.
@@ -68,6 +71,8 @@ pub struct Controls {
     max_retained_wal: AtomicU64,
     lock_timeout_ms: AtomicU64,
     postponed: AtomicBool,
+    /// The postponement comes from a failed `before-cutover` hook (not from `postpone`).
+    postponed_by_hook: AtomicBool,
     cut_over_requested: AtomicBool,
     abort_requested: AtomicBool,
     window_open: AtomicBool,
@@ -136,6 +141,7 @@ impl Controls {
             max_retained_wal: AtomicU64::new(0),
             lock_timeout_ms: AtomicU64::new(lock_timeout_ms),
             postponed: AtomicBool::new(postponed),
+            postponed_by_hook: AtomicBool::new(false),
             cut_over_requested: AtomicBool::new(false),
             abort_requested: AtomicBool::new(false),
             window_open: AtomicBool::new(false),
@@ -229,9 +235,23 @@ impl Controls {
 
     /// `postpone`: the cutover waits; an earlier `cut-over` request is withdrawn.
     pub fn postpone(&self) {
+        self.postponed_by_hook.store(false, Ordering::SeqCst);
         self.cut_over_requested.store(false, Ordering::SeqCst);
         self.postponed.store(true, Ordering::SeqCst);
         self.changed();
+    }
+
+    /// The `before-cutover` hook failed: the cutover waits as after `postpone`, and the status
+    /// says why.
+    pub fn postpone_after_failed_hook(&self) {
+        self.postpone();
+        self.postponed_by_hook.store(true, Ordering::SeqCst);
+        self.changed();
+    }
+
+    /// Whether the postponement in force comes from a failed `before-cutover` hook.
+    pub fn postponed_by_hook(&self) -> bool {
+        self.postponed() && self.postponed_by_hook.load(Ordering::SeqCst)
     }
 
     /// Whether the operator sent `cut-over` (and no `postpone` since).
@@ -393,35 +413,7 @@ impl StatusSource for Progress {
     }
 
     fn status_json(&self) -> serde_json::Value {
-        let s = self.snapshot();
-        let copy_s = match (s.copy_started, s.copy_ended) {
-            (Some(a), Some(b)) => (b - a).as_secs_f64(),
-            (Some(a), None) => a.elapsed().as_secs_f64(),
-            _ => 0.0,
-        };
-        json!({
-            "phase": s.state_name(),
-            "rows_copied": s.rows_copied,
-            "rows_estimate": s.rows_estimate,
-            "rows_verified": s.rows_verified,
-            "applied": s.applied,
-            "backlog_bytes": s.backlog_bytes,
-            "stream_lsn": s.stream_lsn,
-            "lag_bytes": s.lag_bytes,
-            "retained_wal_bytes": s.retained_wal_bytes,
-            "elapsed_s": self.elapsed().as_secs_f64(),
-            "copy_s": copy_s,
-            "line": Progress::status_line(self),
-            "window": s.window.as_ref().map(|w| w.to_json()),
-            "pacing": s
-                .pacing
-                .as_ref()
-                .map(|p| p.state.to_json(p.copy_workers, p.chunk_time)),
-            "connections": {
-                "sessions": s.session_security,
-                "replication": s.replication_security,
-            },
-        })
+        Progress::status_json(self)
     }
 }
 
@@ -641,7 +633,8 @@ async fn connection(
 
 const COMMANDS: &str = "status, status --json, throttle, no-throttle, chunk-time=MS, max-replica-lag=MS, max-retained-wal=BYTES, lock-timeout=MS, postpone, cut-over, abort, revert, revert --force, finalize, help; KEY=? reads chunk-time, max-replica-lag, max-retained-wal, lock-timeout, throttle or postpone";
 
-fn help() -> String {
+/// The list of commands and keys, as `help` answers it and `doppel ctl --help` shows it.
+pub fn help() -> String {
     format!(
         "doppel control socket: one command per line, one reply line per command (this help ends with an empty line)\n\
 status               the status line\n\
@@ -650,19 +643,22 @@ throttle             pause the copy and the apply until no-throttle\n\
 no-throttle          release the operator's throttle (other throttle reasons still apply)\n\
 chunk-time=MS        target duration of one backfill chunk ({}..={})\n\
 max-replica-lag=MS   throttle while a standby lags more than this ({}..={}, 0 = off; gh-ost: max-lag-millis)\n\
-lock-timeout=MS      lock_timeout of each cutover attempt ({}..={})\n\
+max-retained-wal=BYTES  throttle while doppel's slot retains more WAL ({}..={}, 0 = off)\n\
+lock-timeout=MS      lock budget of each cutover attempt, all its lock waits together ({}..={})\n\
 postpone             do not cut over until cut-over\n\
 cut-over             lift a postponement: cut over once ready (gh-ost: unpostpone)\n\
 abort                stop now and remove everything doppel created (gh-ost: panic)\n\
 revert               in the revert window: swap the tables back, losing no write\n\
 revert --force       the same even when changes made after the cutover could not be written back\n\
 finalize             end the revert window now (drops its slot and publication)\n\
-KEY=?                read a value: chunk-time, max-replica-lag, lock-timeout, throttle, postpone\n\
+KEY=?                read a value: chunk-time, max-replica-lag, max-retained-wal, lock-timeout, throttle, postpone\n\
 help                 this text\n",
         CHUNK_TIME_MS.start(),
         CHUNK_TIME_MS.end(),
         MAX_REPLICA_LAG_MS.start(),
         MAX_REPLICA_LAG_MS.end(),
+        MAX_RETAINED_WAL.start(),
+        MAX_RETAINED_WAL.end(),
         LOCK_TIMEOUT_MS.start(),
         LOCK_TIMEOUT_MS.end(),
     )
@@ -709,7 +705,7 @@ impl Setting {
             Setting::ChunkTime => CHUNK_TIME_MS,
             Setting::MaxReplicaLag => MAX_REPLICA_LAG_MS,
             Setting::LockTimeout => LOCK_TIMEOUT_MS,
-            Setting::MaxRetainedWal => 0..=(1 << 50),
+            Setting::MaxRetainedWal => MAX_RETAINED_WAL,
         }
     }
 
@@ -1036,6 +1032,54 @@ mod tests {
             .await
             .expect("aborted() resolves after request_abort")
             .unwrap();
+    }
+
+    #[test]
+    fn help_lists_every_command_and_each_is_accepted() {
+        let c = Controls::new(500, 1000, 200, false);
+        let text = help();
+        let commands: Vec<String> = text
+            .lines()
+            .skip(1)
+            .filter(|l| !l.is_empty())
+            .map(|l| l.split("  ").next().unwrap().trim().to_string())
+            .collect();
+        for word in [
+            "status",
+            "status --json",
+            "throttle",
+            "no-throttle",
+            "chunk-time=MS",
+            "max-replica-lag=MS",
+            "max-retained-wal=BYTES",
+            "lock-timeout=MS",
+            "postpone",
+            "cut-over",
+            "abort",
+            "revert",
+            "revert --force",
+            "finalize",
+            "KEY=?",
+            "help",
+        ] {
+            assert!(
+                commands.iter().any(|c| c == word),
+                "help lacks {word}: {text}"
+            );
+            assert!(COMMANDS.contains(word.split('=').next().unwrap()), "{word}");
+        }
+        for command in &commands {
+            let command = command
+                .replace("=MS", "=100")
+                .replace("=BYTES", "=0")
+                .replace("KEY=?", "chunk-time=?");
+            if revert_asked(&command).is_some() {
+                continue;
+            }
+            let reply = execute(&command, &c, &Fixed).0;
+            assert!(!reply.starts_with("error: unknown"), "{command}: {reply}");
+        }
+        assert_eq!(run(&c, "max-retained-wal=?"), "max-retained-wal=0");
     }
 
     #[test]

@@ -75,14 +75,24 @@ pub struct HookEnv {
     pub elapsed_s: u64,
     /// `DOPPEL_ETA_S`: estimated seconds until the backfill completes (empty when unknown).
     pub eta_s: Option<u64>,
+    /// `DOPPEL_DATABASE`: the database the run migrates in.
+    pub database: String,
+    /// `DOPPEL_ROLLBACK_SCRIPT`: the rollback script's absolute path, once written (set only
+    /// then).
+    pub rollback_script: Option<PathBuf>,
+    /// `DOPPEL_EXIT_CODE`: the run's exit code (`on-failure` only; see `doppel run --help`).
+    pub exit_code: Option<u8>,
+    /// `DOPPEL_ERROR`: the error that ended the run (`on-failure` only).
+    pub error: Option<String>,
 }
 
 impl HookEnv {
     /// The variables a hook receives (besides `DOPPEL_HOOK`, its own name, and the inherited
-    /// environment). Unknown values are empty strings.
+    /// environment). Unknown values are empty strings; `DOPPEL_ROLLBACK_SCRIPT`,
+    /// `DOPPEL_EXIT_CODE` and `DOPPEL_ERROR` are set only when known.
     pub fn vars(&self) -> Vec<(&'static str, String)> {
         let opt = |v: Option<u64>| v.map(|v| v.to_string()).unwrap_or_default();
-        vec![
+        let mut vars = vec![
             ("DOPPEL_TABLE", self.table.clone()),
             ("DOPPEL_SHADOW_TABLE", self.shadow_table.clone()),
             ("DOPPEL_OLD_TABLE", self.old_table.clone()),
@@ -93,7 +103,18 @@ impl HookEnv {
             ("DOPPEL_LAG_MS", opt(self.lag_ms)),
             ("DOPPEL_ELAPSED_S", self.elapsed_s.to_string()),
             ("DOPPEL_ETA_S", opt(self.eta_s)),
-        ]
+            ("DOPPEL_DATABASE", self.database.clone()),
+        ];
+        if let Some(path) = &self.rollback_script {
+            vars.push(("DOPPEL_ROLLBACK_SCRIPT", path.display().to_string()));
+        }
+        if let Some(code) = self.exit_code {
+            vars.push(("DOPPEL_EXIT_CODE", code.to_string()));
+        }
+        if let Some(error) = &self.error {
+            vars.push(("DOPPEL_ERROR", error.clone()));
+        }
+        vars
     }
 }
 
@@ -427,7 +448,8 @@ mod tests {
                 "DOPPEL_ROWS_ESTIMATE",
                 "DOPPEL_LAG_MS",
                 "DOPPEL_ELAPSED_S",
-                "DOPPEL_ETA_S"
+                "DOPPEL_ETA_S",
+                "DOPPEL_DATABASE"
             ]
         );
         let get = |k: &str| vars.iter().find(|(n, _)| *n == k).unwrap().1.clone();
@@ -435,6 +457,20 @@ mod tests {
         assert_eq!(get("DOPPEL_ROWS_COPIED"), "5");
         assert_eq!(get("DOPPEL_LAG_MS"), "");
         assert_eq!(get("DOPPEL_ETA_S"), "7");
+        let failed = HookEnv {
+            rollback_script: Some(PathBuf::from("/var/doppel/doppel-rollback-1-t-2.sql")),
+            exit_code: Some(5),
+            error: Some("cutover failed".into()),
+            ..env
+        };
+        let vars = failed.vars();
+        let get = |k: &str| vars.iter().find(|(n, _)| *n == k).unwrap().1.clone();
+        assert_eq!(
+            get("DOPPEL_ROLLBACK_SCRIPT"),
+            "/var/doppel/doppel-rollback-1-t-2.sql"
+        );
+        assert_eq!(get("DOPPEL_EXIT_CODE"), "5");
+        assert_eq!(get("DOPPEL_ERROR"), "cutover failed");
     }
 
     #[test]

@@ -10,7 +10,10 @@
 //! (`--throttle-replica DSN`: `now() - pg_last_xact_replay_timestamp()` on the standby while
 //! doppel commits a tiny heartbeat transaction on the primary every 100 ms, gh-ost's
 //! heartbeat made native); the WAL retained by doppel's slot (`--max-retained-wal`); and a
-//! `--throttle-query` that returns a positive number. Critical conditions abort the run:
+//! `--throttle-query` that returns a positive number. A source that cannot be read throttles
+//! and says so (fail safe): an unreadable replica lag or retained WAL, a failing
+//! `--throttle-query`, and a failing `--critical-query` (which then cannot tell whether to
+//! abort). Critical conditions abort the run:
 //! `--panic-flag-file` existing, `--critical-retained-wal` exceeded, `--critical-query`
 //! returning a positive number. A run notices them between chunks and batches, and also
 //! while a long statement runs (an index build: [`Throttler::critical`] cancels it) and while
@@ -57,11 +60,46 @@ pub struct ThrottleOptions {
     pub panic_flag_file: Option<PathBuf>,
 }
 
+/// The kinds of throttle reasons, as the metrics label them (`doppel_throttled{reason=..}`):
+/// the operator (`throttle` on the control socket), the throttle flag file, replica lag (time
+/// or bytes, from `pg_stat_replication` or a heartbeat), the WAL retained by doppel's slot,
+/// active sessions, the throttle query, and the critical query when it cannot be run.
+pub const REASON_KINDS: [&str; 7] = [
+    "operator",
+    "flag_file",
+    "replica_lag",
+    "retained_wal",
+    "active_backends",
+    "throttle_query",
+    "critical_query",
+];
+
+/// One reason to throttle.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Reason {
+    /// Its kind, one of [`REASON_KINDS`].
+    pub kind: &'static str,
+    /// What holds, human-readable (`standby s1 replay lag 1200 ms > 1000 ms`).
+    pub text: String,
+}
+
+impl Reason {
+    fn new(kind: &'static str, text: String) -> Reason {
+        Reason { kind, text }
+    }
+}
+
+impl std::fmt::Display for Reason {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.text)
+    }
+}
+
 /// What the checker found at its last sample.
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
+#[derive(Debug, Clone, Default, PartialEq)]
 pub struct ThrottleState {
-    /// Active reasons to throttle, human-readable (empty = not throttled).
-    pub reasons: Vec<String>,
+    /// Active reasons to throttle (empty = not throttled).
+    pub reasons: Vec<Reason>,
     /// A reason to abort the run.
     pub critical: Option<String>,
     /// The worst replica lag measured (ms), when any standby is watched.
@@ -71,9 +109,30 @@ pub struct ThrottleState {
     /// would wait forever. [`Throttler::wait_clear`] and [`Throttler::check_critical`] end
     /// with a transient fault ([`crate::failure::Disconnected`]).
     pub disconnected: bool,
+    /// The most bytes of WAL a streaming standby's replay trails by, when standbys are
+    /// watched.
+    pub replica_lag_bytes: Option<u64>,
+    /// Bytes of WAL doppel's slot retains (`pg_current_wal_lsn() - restart_lsn`), when read.
+    pub retained_wal: Option<u64>,
+    /// Client sessions running a statement, with `--max-active-backends`.
+    pub active_backends: Option<i64>,
+    /// The value `--throttle-query` returned (the greatest of its rows' first columns; true
+    /// is 1), when it ran.
+    pub throttle_query_value: Option<f64>,
+    /// The value `--critical-query` returned, when it ran.
+    pub critical_query_value: Option<f64>,
 }
 
 impl ThrottleState {
+    /// The active reasons, joined by `; ` (empty when not throttled).
+    pub fn describe(&self) -> String {
+        self.reasons
+            .iter()
+            .map(|r| r.text.as_str())
+            .collect::<Vec<_>>()
+            .join("; ")
+    }
+
     /// The abort error of the critical condition seen at this sample, if any (exit 3 for the
     /// panic flag file, 7 for a critical threshold).
     pub fn critical_error(&self) -> Option<anyhow::Error> {
@@ -159,7 +218,13 @@ impl Throttler {
         );
         live.max_retained_wal
             .store(options.max_retained_wal.unwrap_or(0), Ordering::SeqCst);
-        let (tx, rx) = watch::channel(ThrottleState::default());
+        // The first sample is taken before returning, so a reason present at the start (a flag
+        // file that exists) holds the first step instead of being seen a sample later.
+        let first = sample(&primary, &replicas, &options, &live, slot).await;
+        if !first.reasons.is_empty() {
+            tracing::warn!("throttled: {}", first.describe());
+        }
+        let (tx, rx) = watch::channel(first);
         let slot = slot.to_string();
         let checker_live = live.clone();
         let handle = tokio::spawn(async move {
@@ -171,7 +236,7 @@ impl Throttler {
                         if state.reasons.is_empty() && !old.reasons.is_empty() {
                             tracing::info!("throttle cleared");
                         } else if !state.reasons.is_empty() && old.reasons != state.reasons {
-                            tracing::warn!("throttled: {}", state.reasons.join("; "));
+                            tracing::warn!("throttled: {}", state.describe());
                         }
                         *old = state;
                         true
@@ -301,6 +366,10 @@ fn critical(why: &str) -> anyhow::Error {
     )
 }
 
+/// One sample of every configured source. A source that cannot be read throttles (it says
+/// so), rather than letting the run go on unwatched: the replica lag, the retained WAL, the
+/// active sessions, the throttle query, and the critical query (which cannot tell whether to
+/// abort while it fails).
 async fn sample(
     primary: &tokio_postgres::Client,
     replicas: &[(String, tokio_postgres::Client)],
@@ -316,51 +385,84 @@ async fn sample(
         return state;
     }
     if live.forced.load(Ordering::SeqCst) {
-        state.reasons.push("throttled by the operator".into());
+        state
+            .reasons
+            .push(Reason::new("operator", "throttled by the operator".into()));
     }
     if let Some(flag) = &options.throttle_flag_file
         && flag.exists()
     {
-        state
-            .reasons
-            .push(format!("throttle flag file {} exists", flag.display()));
+        state.reasons.push(Reason::new(
+            "flag_file",
+            format!("throttle flag file {} exists", flag.display()),
+        ));
     }
+    sample_standbys(primary, options, live, &mut state).await;
+    sample_replicas(replicas, live, &mut state).await;
+    sample_retained_wal(primary, options, live, slot, &mut state).await;
+    sample_active_backends(primary, options, &mut state).await;
+    sample_queries(primary, options, &mut state).await;
+    state
+}
+
+/// Physical standbys' replay lag from `pg_stat_replication` (time and bytes).
+async fn sample_standbys(
+    primary: &tokio_postgres::Client,
+    options: &ThrottleOptions,
+    live: &LiveThrottle,
+    state: &mut ThrottleState,
+) {
     let max_lag_ms = live.max_replica_lag_ms.load(Ordering::SeqCst);
-    if max_lag_ms > 0 || options.max_replica_lag_bytes.is_some() {
-        match primary
-            .query(
-                "SELECT coalesce(application_name, client_addr::text, pid::text),
-                        coalesce((extract(epoch FROM replay_lag) * 1000)::bigint, 0),
-                        coalesce(pg_wal_lsn_diff(pg_current_wal_lsn(), replay_lsn), 0)::bigint
-                 FROM pg_stat_replication WHERE state = 'streaming' AND replay_lsn IS NOT NULL",
-                &[],
-            )
-            .await
+    if max_lag_ms == 0 && options.max_replica_lag_bytes.is_none() {
+        return;
+    }
+    let rows = match primary
+        .query(
+            "SELECT coalesce(application_name, client_addr::text, pid::text),
+                    coalesce((extract(epoch FROM replay_lag) * 1000)::bigint, 0),
+                    coalesce(pg_wal_lsn_diff(pg_current_wal_lsn(), replay_lsn), 0)::bigint
+             FROM pg_stat_replication WHERE state = 'streaming' AND replay_lsn IS NOT NULL",
+            &[],
+        )
+        .await
+    {
+        Ok(rows) => rows,
+        Err(e) => {
+            state.reasons.push(Reason::new(
+                "replica_lag",
+                format!("cannot read pg_stat_replication: {e}"),
+            ));
+            return;
+        }
+    };
+    for r in rows {
+        let (name, lag_ms, lag_bytes): (String, i64, i64) = (r.get(0), r.get(1), r.get(2));
+        state.replica_lag_ms = state.replica_lag_ms.max(Some(lag_ms.max(0) as u64));
+        state.replica_lag_bytes = state.replica_lag_bytes.max(Some(lag_bytes.max(0) as u64));
+        if max_lag_ms > 0 && lag_ms as u64 > max_lag_ms {
+            state.reasons.push(Reason::new(
+                "replica_lag",
+                format!("standby {name} replay lag {lag_ms} ms > {max_lag_ms} ms"),
+            ));
+        }
+        if let Some(max) = options.max_replica_lag_bytes
+            && lag_bytes as u64 > max
         {
-            Ok(rows) => {
-                for r in rows {
-                    let (name, lag_ms, lag_bytes): (String, i64, i64) =
-                        (r.get(0), r.get(1), r.get(2));
-                    state.replica_lag_ms = state.replica_lag_ms.max(Some(lag_ms.max(0) as u64));
-                    if max_lag_ms > 0 && lag_ms as u64 > max_lag_ms {
-                        state.reasons.push(format!(
-                            "standby {name} replay lag {lag_ms} ms > {max_lag_ms} ms"
-                        ));
-                    }
-                    if let Some(max) = options.max_replica_lag_bytes
-                        && lag_bytes as u64 > max
-                    {
-                        state.reasons.push(format!(
-                            "standby {name} trails by {lag_bytes} bytes of WAL > {max}"
-                        ));
-                    }
-                }
-            }
-            Err(e) => state
-                .reasons
-                .push(format!("cannot read pg_stat_replication: {e}")),
+            state.reasons.push(Reason::new(
+                "replica_lag",
+                format!("standby {name} trails by {lag_bytes} bytes of WAL > {max}"),
+            ));
         }
     }
+}
+
+/// Named standbys' lag measured from the heartbeat (`--throttle-replica`).
+async fn sample_replicas(
+    replicas: &[(String, tokio_postgres::Client)],
+    live: &LiveThrottle,
+    state: &mut ThrottleState,
+) {
+    let max_lag_ms = live.max_replica_lag_ms.load(Ordering::SeqCst);
     for (name, replica) in replicas {
         match replica
             .query_one(
@@ -373,84 +475,184 @@ async fn sample(
                 let lag_ms: i64 = row.get(0);
                 state.replica_lag_ms = state.replica_lag_ms.max(Some(lag_ms.max(0) as u64));
                 if max_lag_ms > 0 && lag_ms as u64 > max_lag_ms {
-                    state
-                        .reasons
-                        .push(format!("replica {name} heartbeat lag {lag_ms} ms > {max_lag_ms} ms"));
-                }
-            }
-            Err(e) => state.reasons.push(format!("cannot measure lag on replica {name}: {e}")),
-        }
-    }
-    let max_retained = live.max_retained_wal.load(Ordering::SeqCst);
-    if (max_retained > 0 || options.critical_retained_wal.is_some())
-        && let Ok(Some(row)) = primary
-            .query_opt(
-                "SELECT pg_wal_lsn_diff(pg_current_wal_lsn(), restart_lsn)::bigint FROM pg_replication_slots WHERE slot_name = $1",
-                &[&slot],
-            )
-            .await
-        {
-            let retained: Option<i64> = row.get(0);
-            let retained = retained.unwrap_or(0).max(0) as u64;
-            if let Some(max) = options.critical_retained_wal
-                && retained > max {
-                    state.critical = Some(format!(
-                        "replication slot {slot} retains {retained} bytes of WAL > --critical-retained-wal {max}"
+                    state.reasons.push(Reason::new(
+                        "replica_lag",
+                        format!("replica {name} heartbeat lag {lag_ms} ms > {max_lag_ms} ms"),
                     ));
                 }
-            if max_retained > 0 && retained > max_retained {
-                state.reasons.push(format!(
-                    "slot {slot} retains {retained} bytes of WAL > {max_retained}"
+            }
+            Err(e) => state.reasons.push(Reason::new(
+                "replica_lag",
+                format!("cannot measure lag on replica {name}: {e}"),
+            )),
+        }
+    }
+}
+
+/// The WAL doppel's slot retains: always read (the metrics show it); compared with
+/// `--max-retained-wal` (throttle) and `--critical-retained-wal` (abort). Unreadable while
+/// either is set: throttles.
+async fn sample_retained_wal(
+    primary: &tokio_postgres::Client,
+    options: &ThrottleOptions,
+    live: &LiveThrottle,
+    slot: &str,
+    state: &mut ThrottleState,
+) {
+    let max_retained = live.max_retained_wal.load(Ordering::SeqCst);
+    let watched = max_retained > 0 || options.critical_retained_wal.is_some();
+    let row = match primary
+        .query_opt(
+            "SELECT pg_wal_lsn_diff(pg_current_wal_lsn(), restart_lsn)::bigint FROM pg_replication_slots WHERE slot_name = $1",
+            &[&slot],
+        )
+        .await
+    {
+        Ok(Some(row)) => row,
+        Ok(None) => return,
+        Err(e) => {
+            if watched {
+                state.reasons.push(Reason::new(
+                    "retained_wal",
+                    format!("cannot read the WAL retained by slot {slot}: {e}"),
+                ));
+            }
+            return;
+        }
+    };
+    let retained: Option<i64> = row.get(0);
+    let retained = retained.unwrap_or(0).max(0) as u64;
+    state.retained_wal = Some(retained);
+    if let Some(max) = options.critical_retained_wal
+        && retained > max
+    {
+        state.critical = Some(format!(
+            "replication slot {slot} retains {retained} bytes of WAL > --critical-retained-wal {max}"
+        ));
+    }
+    if max_retained > 0 && retained > max_retained {
+        state.reasons.push(Reason::new(
+            "retained_wal",
+            format!("slot {slot} retains {retained} bytes of WAL > {max_retained}"),
+        ));
+    }
+}
+
+/// Client sessions running a statement (`--max-active-backends`).
+async fn sample_active_backends(
+    primary: &tokio_postgres::Client,
+    options: &ThrottleOptions,
+    state: &mut ThrottleState,
+) {
+    let Some(max) = options.max_active_backends else {
+        return;
+    };
+    match primary
+        .query_one(
+            "SELECT count(*) FROM pg_stat_activity
+             WHERE state = 'active' AND backend_type = 'client backend'
+               AND pid <> pg_backend_pid() AND application_name NOT LIKE 'doppel%'",
+            &[],
+        )
+        .await
+    {
+        Ok(row) => {
+            let active: i64 = row.get(0);
+            state.active_backends = Some(active);
+            if active > max {
+                state.reasons.push(Reason::new(
+                    "active_backends",
+                    format!("{active} active sessions > --max-active-backends {max}"),
                 ));
             }
         }
-    if let Some(max) = options.max_active_backends
-        && let Ok(row) = primary
-            .query_one(
-                "SELECT count(*) FROM pg_stat_activity
-                 WHERE state = 'active' AND backend_type = 'client backend'
-                   AND pid <> pg_backend_pid() AND application_name NOT LIKE 'doppel%'",
-                &[],
-            )
-            .await
-    {
-        let active: i64 = row.get(0);
-        if active > max {
-            state.reasons.push(format!(
-                "{active} active sessions > --max-active-backends {max}"
-            ));
-        }
+        Err(e) => state.reasons.push(Reason::new(
+            "active_backends",
+            format!("cannot count the active sessions: {e}"),
+        )),
     }
-    if let Some(q) = &options.critical_query
-        && positive(primary, q).await
-    {
-        state.critical = Some(format!("--critical-query returned a positive value ({q})"));
-    }
-    if let Some(q) = &options.throttle_query
-        && positive(primary, q).await
-    {
-        state
-            .reasons
-            .push(format!("--throttle-query returned a positive value ({q})"));
-    }
-    state
 }
 
-/// True when `query`'s first column of its first row is a positive number.
-async fn positive(client: &tokio_postgres::Client, query: &str) -> bool {
-    match client.simple_query(query).await {
-        Ok(messages) => messages.iter().any(|m| match m {
-            tokio_postgres::SimpleQueryMessage::Row(row) => row.get(0).is_some_and(|v| {
-                let v = v.trim();
-                v == "t"
-                    || v.eq_ignore_ascii_case("true")
-                    || v.parse::<f64>().is_ok_and(|n| n > 0.0)
-            }),
-            _ => false,
-        }),
-        Err(e) => {
-            tracing::warn!("throttle query failed: {e}");
-            false
+/// `--critical-query` (abort when positive) and `--throttle-query` (throttle when positive).
+/// Either failing throttles and says so.
+async fn sample_queries(
+    primary: &tokio_postgres::Client,
+    options: &ThrottleOptions,
+    state: &mut ThrottleState,
+) {
+    if let Some(q) = &options.critical_query {
+        match query_value(primary, q).await {
+            Ok(value) => {
+                state.critical_query_value = Some(value);
+                if value > 0.0 {
+                    state.critical =
+                        Some(format!("--critical-query returned a positive value ({q})"));
+                }
+            }
+            Err(e) => state.reasons.push(Reason::new(
+                "critical_query",
+                format!("--critical-query failed, throttling until it runs ({e})"),
+            )),
         }
+    }
+    if let Some(q) = &options.throttle_query {
+        match query_value(primary, q).await {
+            Ok(value) => {
+                state.throttle_query_value = Some(value);
+                if value > 0.0 {
+                    state.reasons.push(Reason::new(
+                        "throttle_query",
+                        format!("--throttle-query returned a positive value ({q})"),
+                    ));
+                }
+            }
+            Err(e) => state.reasons.push(Reason::new(
+                "throttle_query",
+                format!("--throttle-query failed, throttling until it runs ({e})"),
+            )),
+        }
+    }
+}
+
+/// The greatest value of the first column of `query`'s rows: a number, or a boolean (true
+/// is 1, false 0); 0 for no row or NULL. The query runs as a simple query.
+///
+/// Errors: the query failed, or a value is neither a number nor a boolean.
+async fn query_value(client: &tokio_postgres::Client, query: &str) -> Result<f64> {
+    let messages = client.simple_query(query).await?;
+    let mut value = 0.0f64;
+    for m in &messages {
+        let tokio_postgres::SimpleQueryMessage::Row(row) = m else {
+            continue;
+        };
+        let Some(text) = row.get(0) else { continue };
+        let text = text.trim();
+        let v = match text {
+            "t" | "true" | "TRUE" => 1.0,
+            "f" | "false" | "FALSE" => 0.0,
+            _ => text.parse::<f64>().map_err(|_| {
+                anyhow::anyhow!("it returned {text:?}, neither a number nor a boolean")
+            })?,
+        };
+        value = value.max(v);
+    }
+    Ok(value)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn reason_kinds_are_distinct_label_values() {
+        let mut kinds = REASON_KINDS.to_vec();
+        kinds.sort();
+        kinds.dedup();
+        assert_eq!(kinds.len(), REASON_KINDS.len());
+        assert!(
+            kinds
+                .iter()
+                .all(|k| k.chars().all(|c| c.is_ascii_lowercase() || c == '_'))
+        );
     }
 }

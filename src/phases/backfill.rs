@@ -338,7 +338,7 @@ impl Backfill<'_> {
         let took = chunk_start.elapsed();
         let total = counters.copied.fetch_add(n, Ordering::Relaxed) + n;
         counters.chunks.fetch_add(1, Ordering::Relaxed);
-        self.progress.update(|s| s.rows_copied = total);
+        self.progress.chunk_copied(took, total);
         pause_point!(
             self.probe,
             "copying",

@@ -165,11 +165,22 @@ impl Checkpoint {
     ///
     /// Errors: a query failed.
     pub async fn load(client: &Client, table_oid: u32) -> Result<Option<Saved>> {
-        let exists: bool = client
-            .query_one("SELECT to_regclass('doppel.checkpoints') IS NOT NULL", &[])
-            .await?
-            .get(0);
-        if !exists {
+        // From the catalog, not to_regclass: naming a table in a schema the role may not use
+        // is an error, and the schema may be another role's (the history table's, say).
+        let row = client
+            .query_opt(
+                "SELECT has_schema_privilege(n.oid, 'USAGE')
+                        AND has_table_privilege(c.oid, 'SELECT')
+                 FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace
+                 WHERE n.nspname = 'doppel' AND c.relname = 'checkpoints'",
+                &[],
+            )
+            .await?;
+        let Some(row) = row else { return Ok(None) };
+        if !row.get::<_, bool>(0) {
+            tracing::warn!(
+                "doppel.checkpoints exists but this role may not read it (USAGE on schema doppel and SELECT on the table): a resumable run of another role is not seen"
+            );
             return Ok(None);
         }
         let row = client
@@ -220,11 +231,22 @@ impl Checkpoint {
     ///
     /// Errors: a query failed.
     pub async fn of_shadow(client: &Client, oid: u32) -> Result<Option<Saved>> {
-        let exists: bool = client
-            .query_one("SELECT to_regclass('doppel.checkpoints') IS NOT NULL", &[])
-            .await?
-            .get(0);
-        if !exists {
+        // From the catalog, not to_regclass: naming a table in a schema the role may not use
+        // is an error, and the schema may be another role's (the history table's, say).
+        let row = client
+            .query_opt(
+                "SELECT has_schema_privilege(n.oid, 'USAGE')
+                        AND has_table_privilege(c.oid, 'SELECT')
+                 FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace
+                 WHERE n.nspname = 'doppel' AND c.relname = 'checkpoints'",
+                &[],
+            )
+            .await?;
+        let Some(row) = row else { return Ok(None) };
+        if !row.get::<_, bool>(0) {
+            tracing::warn!(
+                "doppel.checkpoints exists but this role may not read it (USAGE on schema doppel and SELECT on the table): a resumable run of another role is not seen"
+            );
             return Ok(None);
         }
         let table_oid: Option<u32> = client

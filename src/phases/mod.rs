@@ -5,13 +5,16 @@
 
 pub mod apply;
 pub mod backfill;
+pub mod backfill_update;
 #[cfg(feature = "pause-points")]
 pub(crate) mod broken;
 pub mod capture;
 pub mod checkpoint;
 pub mod cutover;
+pub mod direct;
 pub mod fence;
 pub mod origin;
 pub mod revert;
 pub mod shadow;
 pub mod verify;
+pub mod violations;

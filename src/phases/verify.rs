@@ -298,7 +298,7 @@ async fn compare_all(
                 attempt += 1;
                 report.rechecks += 1;
                 tracing::info!(
-                    "chunk {range} differs (source {} rows, target {} rows, {} key(s) listed); re-checking the chunk (attempt {attempt} of {})",
+                    "chunk {range} not settled yet (source {} rows, target {} rows, {} key(s) listed): changes still in flight from the stream; comparing it again once they are applied (pass {attempt} of {})",
                     a.0,
                     b.0,
                     keys.len(),
@@ -313,7 +313,7 @@ async fn compare_all(
                 }
                 report.rechecks += 1;
                 tracing::info!(
-                    "{} key(s) differ in chunk {range} (for example {}); re-checking them (attempt {round} of {})",
+                    "chunk {range}: {} key(s) still in flight from the stream (for example {}); comparing them again once applied (pass {round} of {})",
                     keys.len(),
                     describe_key(&keys[0]),
                     limits.rechecks
@@ -470,6 +470,10 @@ pub struct CheckOptions {
     /// The run's `--alter` clauses, for their `USING` expressions (optional: without them each
     /// old value is cast to the new column's type).
     pub alters: Vec<String>,
+    /// The run's `--backfill` assignments (`column = expression` over the old row): a column
+    /// of the new table that has one is compared with the expression's value, whether the
+    /// old table has the column or not.
+    pub backfills: Vec<String>,
     /// Rows per chunk.
     pub chunk_rows: i64,
     /// Re-checks of a differing key (or chunk) before it is reported.
@@ -488,6 +492,7 @@ impl CheckOptions {
             table: table.to_string(),
             against: None,
             alters: Vec::new(),
+            backfills: Vec::new(),
             chunk_rows: VERIFY_CHUNK_ROWS,
             rechecks: RECHECKS,
             recheck_interval: Duration::from_secs(1),
@@ -604,10 +609,17 @@ pub async fn check(
             }
         }
     };
-    let alter = if options.alters.is_empty() {
+    let alter = if options.alters.is_empty() && options.backfills.is_empty() {
         None
     } else {
-        Some(crate::model::alter::analyze(&options.alters).context("reading --alter")?)
+        let mut spec = if options.alters.is_empty() {
+            crate::model::alter::AlterSpec::default()
+        } else {
+            crate::model::alter::analyze(&options.alters).context("reading --alter")?
+        };
+        spec.backfills = crate::model::assignment::parse_all(&options.backfills)
+            .context("reading --backfill")?;
+        Some(spec)
     };
     let projection = projection_between(&client, &source, &target, alter.as_ref()).await?;
     let pair = Pair {
@@ -665,7 +677,8 @@ pub async fn check(
 
 /// The projection of `source`'s rows onto `target`'s columns, matched by name: each value cast
 /// to the target column's type, or computed by the ALTER's `USING` expression when `alter`
-/// has one for the column. The key is the source's primary key.
+/// has one for the column, or by its `--backfill` expression (also for a column only the
+/// target has). The key is the source's primary key.
 async fn projection_between(
     client: &Client,
     source: &Table,
@@ -683,7 +696,9 @@ async fn projection_between(
         .iter()
         .map(|col| {
             let source_col = source.column(&col.name).cloned();
+            let backfill = alter.and_then(|a| a.backfill_for(&col.name));
             let expression = match (&source_col, alter.and_then(|a| a.using_for(&col.name))) {
+                _ if backfill.is_some() => format!("({})", backfill.unwrap_or_default()),
                 (Some(_), Some(using)) => format!("({using})"),
                 (Some(s), None) => format!("src.{}", ident(&s.name)),
                 (None, _) => String::new(),

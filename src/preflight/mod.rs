@@ -19,30 +19,40 @@
 //! | `checks/alter.rs` | `Check::AlterText`, `Check::Alter` (the clone), `Check::IndexDefinition`, `Check::NameTaken` |
 //! | `checks/projection.rs` | `Check::Projection`, `Check::KeyChange`; builds the projection |
 //! | `checks/dependents.rs` | `Check::Dependents` |
-//! | `checks/cost.rs` | warning: metadata-only or scan-under-lock ALTER |
+//! | `checks/clauses.rs` | each clause alone on the clone (its effect, the dependents of the columns it retypes or drops); rehearsals of the direct steps |
+//! | `checks/cost.rs` | the cost class of an ALTER run directly |
 //! | `checks/transactions.rs` | warning: transactions open longer than 60 s |
 //!
 //! `Check::ConcurrentRun` (the table's advisory lock) is taken after preflight, by
 //! `crate::run`.
+//!
+//! [`plan`] is the entry of a run: it chooses each clause's strategy (`strategy.rs`, pure)
+//! and plans the direct steps and the shadow migration (`migration.rs`); [`run`] and
+//! [`shadow`] plan the shadow migration alone.
 
 mod checks;
+mod clone;
 mod indexdef;
+mod migration;
+pub mod strategy;
 
 use anyhow::Result;
 use tokio_postgres::Client;
 
 use crate::failure::{Refusal, Refused};
+use crate::model::assignment;
 use crate::model::catalog;
 use crate::model::names::Names;
 use crate::plan::Plan;
 use checks::{
-    alter, cost, dependents, key, leftovers, privileges, projection, publications, server, table,
+    alter, dependents, key, leftovers, privileges, projection, publications, server, table,
     transactions,
 };
 
 pub use checks::leftovers::check as leftovers;
 pub use checks::server::MIN_SERVER_VERSION;
 pub use indexdef::{rename_index_definition, retarget_index};
+pub use migration::{Request, plan};
 
 /// Runs every check against the server behind `client` for `table` (as SQL writes it) and
 /// the `--alter` clauses, in this order: the server (a version before 14 stops preflight at
@@ -61,6 +71,22 @@ pub async fn run(
     client: &mut Client,
     table: &str,
     alters: &[String],
+    resuming: bool,
+) -> Result<Plan> {
+    shadow(client, table, alters, &[], resuming).await
+}
+
+/// The shadow migration's preflight ([`run`]) with `--backfill` assignments (`column =
+/// expression`), which the copy and the applier evaluate over the old row.
+///
+/// Errors: as [`run`]; an assignment doppel cannot use is a [`Check::Backfill`] refusal.
+///
+/// [`Check::Backfill`]: crate::failure::Check::Backfill
+pub async fn shadow(
+    client: &mut Client,
+    table: &str,
+    alters: &[String],
+    backfills: &[String],
     resuming: bool,
 ) -> Result<Plan> {
     let server = server::read(client).await?;
@@ -84,9 +110,13 @@ pub async fn run(
     if !resuming {
         refusals.extend(leftovers::check(client, &original, &names).await?);
     }
-    let alter = match alter::analyze(alters) {
+    let mut alter = match alter::analyze(alters) {
         Ok(spec) => spec,
         Err(refusal) => return refuse(refusals, refusal),
+    };
+    alter.backfills = match assignment::parse_all(backfills) {
+        Ok(b) => b,
+        Err(e) => return refuse(refusals, projection::backfill_text(&e)),
     };
     if !refusals.is_empty() {
         return Err(Refused(refusals).into());
@@ -107,8 +137,7 @@ pub async fn run(
         return Err(Refused(refusals).into());
     }
 
-    let mut warnings = transactions::check(client).await?;
-    warnings.extend(cost::warning(clone.rewrite));
+    let warnings = transactions::check(client).await?;
     Ok(Plan {
         server_version: server.version,
         original,

@@ -19,8 +19,9 @@ use crate::sql::ident;
 /// What `doppel cleanup` may remove besides an interrupted run's leftovers.
 #[derive(Debug, Clone, Default)]
 pub struct CleanupOptions {
-    /// The interrupted run's `--work-dir`: its change spool files (`doppel-<oid>-<pid>.spool`)
-    /// and control socket (`doppel-<oid>.sock`) there are removed too.
+    /// The interrupted run's `--work-dir`: its change spool files (`doppel-<oid>-<pid>.spool`),
+    /// control socket (`doppel-<oid>.sock`) and run registry file
+    /// (`doppel-run-<oid>-<pid>.json`) there are removed too.
     pub work_dir: Option<PathBuf>,
     /// `--drop-new-table`: also drop a migrated table that a rollback or a revert swapped out
     /// (it may hold the writes made between the cutover and the rollback). Without it such a
@@ -37,10 +38,12 @@ pub struct CleanupReport {
 
 /// Removes what an interrupted run on `table` left behind: the shadow table, the publication
 /// and an inactive slot named after the table's OID (reporting the WAL the slot released), a
-/// resumable run's checkpoint and spool, a paced run's row of `doppel.write_probe`, and the local files of
-/// [`CleanupOptions::work_dir`]. Refuses while a run holds the table's advisory lock. When
-/// `table` is the migrated table of a resumable run whose cutover committed before doppel
-/// stopped, only that run's slot, publication, spool and checkpoint are removed.
+/// resumable run's checkpoint and spool, an online recipe's index or helper constraint, a paced
+/// run's row of `doppel.write_probe`, the copy's replication origins, and
+/// the local files of [`CleanupOptions::work_dir`]. Refuses while a run holds the table's
+/// advisory lock. When `table` is the migrated table of a resumable run whose cutover
+/// committed before doppel stopped, only that run's slot, publication, spool and checkpoint
+/// are removed.
 ///
 /// A table under the shadow's name that a rollback script or a revert swapped out (its
 /// comment starts with the mark they set) is the migrated table, which received the writes
@@ -85,6 +88,7 @@ pub async fn cleanup(
     drop_slot(&client, &names, &mut report).await?;
     drop_publication(&client, &names, &mut report).await?;
     drop_revert_window(&client, &t, &mut report).await?;
+    drop_recipe_leftovers(&client, &t, &names, &mut report).await?;
     if let Some(state) = shadow {
         client
             .batch_execute(&shadow::drop_sql(&names.schema, &names.shadow))
@@ -147,6 +151,64 @@ async fn finished_run(client: &Client, saved: &checkpoint::Saved) -> Result<Clea
     drop_publication(client, &names, &mut report).await?;
     remove_checkpoint(client, saved.table_oid, &mut report).await?;
     Ok(report)
+}
+
+/// What an online recipe of a killed run left on the table: an index of a concurrent build
+/// (`_doppel_<oid>_u<n>`, invalid if the build did not finish), dropped concurrently (no
+/// lock that blocks writes), and a helper constraint (`_doppel_<oid>_nn<n>`), dropped under
+/// a short `lock_timeout`.
+///
+/// Errors: a DROP fails (a lock not granted within 5 s: run cleanup again).
+async fn drop_recipe_leftovers(
+    client: &Client,
+    t: &catalog::Table,
+    names: &Names,
+    report: &mut CleanupReport,
+) -> Result<()> {
+    let prefix = format!("{}%", names.recipe_prefix().replace('_', "\\_"));
+    let indexes = client
+        .query(
+            "SELECT c.relname::text, i.indisvalid FROM pg_index i JOIN pg_class c ON c.oid = i.indexrelid
+             WHERE i.indrelid = $1 AND c.relname LIKE $2 ORDER BY 1",
+            &[&t.oid, &prefix],
+        )
+        .await?;
+    for row in indexes {
+        let (name, valid): (String, bool) = (row.get(0), row.get(1));
+        client
+            .batch_execute(&format!(
+                "DROP INDEX CONCURRENTLY IF EXISTS {}.{}",
+                ident(&t.schema),
+                ident(&name)
+            ))
+            .await
+            .with_context(|| format!("dropping the index {name} an online recipe left"))?;
+        report.removed.push(format!(
+            "{}index {name} (of an interrupted online recipe)",
+            if valid { "" } else { "invalid " }
+        ));
+    }
+    let constraints = client
+        .query(
+            "SELECT conname::text FROM pg_constraint WHERE conrelid = $1 AND conname LIKE $2 ORDER BY 1",
+            &[&t.oid, &prefix],
+        )
+        .await?;
+    for row in constraints {
+        let name: String = row.get(0);
+        client
+            .batch_execute(&format!(
+                "BEGIN; SET LOCAL lock_timeout = '5s'; ALTER TABLE {} DROP CONSTRAINT IF EXISTS {}; COMMIT",
+                t.qualified(),
+                ident(&name)
+            ))
+            .await
+            .with_context(|| format!("dropping the constraint {name} an online recipe left"))?;
+        report.removed.push(format!(
+            "constraint {name} (of an interrupted online recipe)"
+        ));
+    }
+    Ok(())
 }
 
 /// A table under the shadow's name: its row count and the mark a rollback or a revert put
@@ -276,7 +338,7 @@ async fn drop_revert_window(
     Ok(())
 }
 
-/// Removes the run's spool files and control socket from `dir`.
+/// Removes the run's spool files, control socket and stale run registry file from `dir`.
 fn remove_files(dir: &Path, oid: u32, report: &mut CleanupReport) -> Result<()> {
     let spool_prefix = format!("doppel-{oid}-");
     let socket = format!("doppel-{oid}.sock");
@@ -299,6 +361,11 @@ fn remove_files(dir: &Path, oid: u32, report: &mut CleanupReport) -> Result<()> 
             "change spool"
         };
         report.removed.push(format!("{what} {}", path.display()));
+    }
+    for path in crate::ops::registry::remove_stale(dir, oid) {
+        report
+            .removed
+            .push(format!("run registry file {}", path.display()));
     }
     Ok(())
 }

@@ -1,7 +1,9 @@
 //! One migration, phase by phase (docs/design.md §1): preflight → shadow → publication + slot
 //! → backfill → primary key → catch-up → secondary indexes → verify → cutover.
 //!
-//! [`run`] checks and plans; with `--execute` it builds a [`Run`], which owns everything one
+//! [`run`] checks and plans, choosing each clause's strategy (docs/design.md §1.10): a plan
+//! with no clause that needs the shadow runs its direct and online steps on the table itself
+//! (`direct.rs`); otherwise, with `--execute`, it builds a [`Run`], which owns everything one
 //! migration needs (settings, plan, the control session, cancellation, progress, the
 //! operator's socket and hooks, the test probe, and what it created) and takes the phases in
 //! order, one method each, the way gh-ost's `Migrator` and spirit's `Runner` do.
@@ -11,8 +13,11 @@
 //! shadow, and leaves the original table untouched. After the cutover commits nothing is
 //! dropped: the original survives as `_doppel_<oid>_old_<name>` with a rollback script.
 
+mod backfill;
 mod cleanup;
 mod created;
+mod direct;
+mod history;
 pub mod operator;
 mod options;
 mod reconnect;
@@ -35,13 +40,15 @@ use crate::failure::{Check, FailureKind, Refusal, Refused, fail};
 use crate::model::phase::Phase;
 use crate::ops::hooks::Hooks;
 use crate::ops::progress::Progress;
-use crate::plan::Plan;
+use crate::plan::{Migration, Plan};
 use crate::preflight;
 use crate::testing::Probe;
 
+pub use backfill::{BackfillOptions, BackfillOutcome, BackfillPlan, BackfillReport, backfill};
 pub use cleanup::{CleanupOptions, CleanupReport, cleanup};
+pub use direct::AlterReport;
 pub use options::RunOptions;
-pub use report::{Outcome, RunReport, render_plan};
+pub use report::{Outcome, RunReport, render_migration, render_plan, render_steps};
 pub use resume::Finished;
 pub use window::{WindowEnd, WindowReport};
 
@@ -52,13 +59,17 @@ use tasks::AbortOnDrop;
 /// First key of doppel's advisory locks (`'dop'`); the second is the table's OID.
 pub const ADVISORY_LOCK_CLASS: i32 = 0x0064_6f70;
 
-/// Runs a migration (or, without `options.execute`, a dry run: preflight and the plan).
+/// Runs a migration (or, without `options.execute`, a dry run: preflight and the plan): the
+/// direct and online steps on the table itself, or the shadow migration, as preflight chose
+/// per clause (docs/design.md §1.10). An executed run is recorded in the history table
+/// (`options.history`).
 ///
 /// Errors: a preflight refusal (exit 2), an abort (3), a lost stream (4), an exhausted
-/// cutover budget (5), a verification mismatch (6), a critical threshold (7), a change the
-/// migration cannot follow or rows the new schema rejects (8), anything else (1); see
-/// [`crate::failure`]. On any error before the cutover commits, everything created is
-/// removed and the original is untouched.
+/// cutover or lock budget (5), a verification mismatch (6), a critical threshold (7), a change
+/// the migration cannot follow or rows the new schema rejects (8), anything else (1); see
+/// [`crate::failure`]. On any error before the cutover commits, everything the shadow
+/// migration created is removed and the original is untouched; direct steps that completed
+/// stay (the error says which), an unfinished online recipe is removed.
 pub async fn run(
     config: &(impl conninfo::ToConnInfo + ?Sized),
     options: &RunOptions,
@@ -73,20 +84,121 @@ pub async fn run(
     {
         return Ok(Outcome::Finished(Box::new(finished)));
     }
-    let (control, mut plan) = plan_and_lock(config, options).await?;
-    refuse_revert_window(&plan, options)?;
-    let saved = resume::checkpoint_for(&control, &plan, options).await?;
+    let planned = match plan_and_lock(config, options).await {
+        Ok((control, migration)) => {
+            refuse_revert_window(&migration, options).map(|()| (control, migration))
+        }
+        Err(e) => Err(e),
+    };
+    let (control, mut migration) = match planned {
+        Ok(planned) => planned,
+        Err(e) => {
+            if options.execute {
+                history::refused(config, options, &e).await;
+            }
+            return Err(e);
+        }
+    };
+    let saved = match migration.shadow_plan() {
+        Some(plan) => resume::checkpoint_for(&control, plan, options).await?,
+        None => None,
+    };
     if options.resumable {
-        plan.warnings
-            .extend(retention_warning(&control, &plan).await?);
+        let warnings = match migration.shadow_plan() {
+            Some(plan) => retention_warning(&control, plan).await?,
+            None => vec![
+                "--resumable has no effect: every clause runs on the table itself (short steps, no shadow to keep); after a failure, run doppel again".to_string(),
+            ],
+        };
+        migration.warnings.extend(warnings);
     }
     if !options.execute {
-        return Ok(Outcome::Planned(Box::new(plan)));
+        return Ok(Outcome::Planned(Box::new(migration)));
     }
-    let mut run = Run::start(config, options, control, plan, hooks, cancel, started).await?;
-    run.resume = saved;
-    let result = run.execute().await;
-    run.finish(result).await
+    let record = history::begin(config, options, &migration).await;
+    let start = Start {
+        control,
+        hooks,
+        saved,
+        started,
+    };
+    let result = execute(config, options, start, migration, cancel).await;
+    history::finish(record, &result).await;
+    result
+}
+
+/// What [`execute`] starts from: the control session holding the table's advisory lock, the
+/// hooks, a resumable run's checkpoint to resume from, and when the run started.
+struct Start {
+    control: Client,
+    hooks: Hooks,
+    saved: Option<crate::phases::checkpoint::Saved>,
+    started: Instant,
+}
+
+/// Runs the migration: its direct steps, or its shadow migration (resumed from `saved`
+/// when there is a checkpoint).
+async fn execute(
+    config: &conninfo::ConnInfo,
+    options: &RunOptions,
+    start: Start,
+    migration: Migration,
+    cancel: &Cancel,
+) -> Result<Outcome> {
+    let Start {
+        mut control,
+        hooks,
+        saved,
+        started,
+    } = start;
+    let Migration {
+        original,
+        clauses,
+        direct,
+        shadow,
+        ..
+    } = migration;
+    if let Some(plan) = shadow {
+        let mut run = Run::start(config, options, control, *plan, hooks, cancel, started).await?;
+        run.resume = saved;
+        let result = run.execute().await;
+        return match run.finish(result).await? {
+            Outcome::Migrated(mut report) => {
+                report.clauses = clauses;
+                Ok(Outcome::Migrated(report))
+            }
+            other => Ok(other),
+        };
+    }
+    let plan = direct.unwrap_or_default();
+    let run = direct::DirectRun {
+        config,
+        options,
+        table: &original,
+        plan: &plan,
+        hooks: &hooks,
+        cancel,
+    };
+    let report = run.run(&mut control).await?;
+    // The OID the table has now (a `RENAME TO` clause changes its name, not its OID).
+    let kept: bool = control
+        .query_one(
+            "SELECT EXISTS (SELECT 1 FROM pg_class WHERE oid = $1)",
+            &[&original.oid],
+        )
+        .await?
+        .get(0);
+    let oid_after = match kept {
+        true => original.oid,
+        false => crate::model::catalog::resolve(&control, &original.qualified()).await?,
+    };
+    Ok(Outcome::Altered(Box::new(direct::AlterReport {
+        original,
+        clauses,
+        direct: report,
+        oid_after,
+        total: started.elapsed(),
+    })))
 }
 
 /// What a resumable run's permanent slot may retain while doppel is down, as a plan line,
@@ -114,7 +226,7 @@ async fn retention_warning(control: &Client, plan: &Plan) -> Result<Vec<String>>
 async fn plan_and_lock(
     config: &conninfo::ConnInfo,
     options: &RunOptions,
-) -> Result<(Client, Plan)> {
+) -> Result<(Client, Migration)> {
     let mut control = conninfo::connect(config).await.map_err(pooler_refusal)?;
     control
         .batch_execute("SET application_name = 'doppel'; SET lock_timeout = '5s'")
@@ -122,17 +234,41 @@ async fn plan_and_lock(
     // An interrupted resumable run's objects are not leftovers: the checkpoint check after
     // preflight says how to resume it or remove it.
     let resuming = options.resume || resume::has_checkpoint(&control, &options.table).await?;
-    let plan = preflight::run(&mut control, &options.table, &options.alters, resuming).await?;
-    // The replication connection's settings (startup options included), opened once now:
-    // a pooler in the way, or a server refusing it, stops the run before anything exists.
-    conninfo::probe_replication(&config.with_exact_output())
-        .await
-        .map_err(pooler_refusal)
-        .context("opening a replication connection")?;
+    let request = preflight::Request {
+        table: &options.table,
+        alters: &options.alters,
+        backfills: &options.backfills,
+        force_shadow: options.force_shadow,
+        resuming,
+    };
+    let migration = preflight::plan(&mut control, &request).await?;
+    if migration.shadow.is_some() {
+        // The replication connection's settings (startup options included), opened once
+        // now: a pooler in the way, or a server refusing it, stops the run before anything
+        // exists.
+        conninfo::probe_replication(&config.with_exact_output())
+            .await
+            .map_err(pooler_refusal)
+            .context("opening a replication connection")?;
+    }
+    lock_table(
+        &control,
+        migration.original.oid,
+        &migration.original.qualified(),
+    )
+    .await?;
+    Ok((control, migration))
+}
+
+/// Takes the table's advisory lock on `control` ([`Check::ConcurrentRun`] when another run
+/// holds it).
+///
+/// Errors: the refusal, or a failed query.
+pub(crate) async fn lock_table(control: &Client, oid: u32, table: &str) -> Result<()> {
     let locked: bool = control
         .query_one(
             "SELECT pg_try_advisory_lock($1, $2::oid::int)",
-            &[&ADVISORY_LOCK_CLASS, &plan.original.oid],
+            &[&ADVISORY_LOCK_CLASS, &oid],
         )
         .await?
         .get(0);
@@ -140,31 +276,79 @@ async fn plan_and_lock(
         return Err(Refused::from(Refusal::without_fix(
             Check::ConcurrentRun,
             format!(
-                "another doppel run holds the lock on {} (advisory lock {}, {}): one run per table at a time",
-                plan.original.qualified(),
-                ADVISORY_LOCK_CLASS,
-                plan.original.oid
+                "another doppel run holds the lock on {table} (advisory lock {ADVISORY_LOCK_CLASS}, {oid}): one run per table at a time"
             ),
         ))
         .into());
     }
-    Ok((control, plan))
+    Ok(())
+}
+
+/// The table's estimated rows, shown from the start: `reltuples`, or for a table never
+/// analysed (`reltuples` -1) the planner's estimate from its size; 0 when neither is known.
+async fn rows_estimate(control: &Client, plan: &Plan) -> u64 {
+    if plan.original.rows_estimate >= 0 {
+        return plan.original.rows_estimate as u64;
+    }
+    let explain = format!(
+        "EXPLAIN (FORMAT JSON) SELECT 1 FROM ONLY {}",
+        plan.names.table_qualified()
+    );
+    match control.simple_query(&explain).await {
+        Ok(messages) => messages
+            .iter()
+            .find_map(|m| match m {
+                tokio_postgres::SimpleQueryMessage::Row(row) => row.get(0),
+                _ => None,
+            })
+            .and_then(|text| serde_json::from_str::<serde_json::Value>(text).ok())
+            .and_then(|plan| plan[0]["Plan"]["Plan Rows"].as_f64())
+            .map_or(0, |rows| rows.max(0.0) as u64),
+        Err(e) => {
+            tracing::debug!("no planner estimate of the table's rows: {e}");
+            0
+        }
+    }
 }
 
 /// Refuses `--revert-window` ([`Check::RevertWindow`]) when a changed column takes a `USING`
-/// expression: a revert would write back the plain conversion of the new value, which need
-/// not be what the column held before.
-fn refuse_revert_window(plan: &Plan, options: &RunOptions) -> Result<()> {
-    let (Some(_), Some(using)) = (options.revert_window, plan.alter.usings.first()) else {
+/// or `--backfill` expression (a revert would write back the plain conversion of the new
+/// value, which need not be what the column held before), or when no clause takes the shadow
+/// (there is no cutover to revert).
+fn refuse_revert_window(migration: &Migration, options: &RunOptions) -> Result<()> {
+    if options.revert_window.is_none() {
+        return Ok(());
+    }
+    if migration.shadow.is_none() {
+        return Err(Refused(vec![Refusal::new(
+            Check::RevertWindow,
+            "--revert-window: no clause of this ALTER takes the shadow, so there is no cutover to revert",
+            "run without --revert-window (or with --strategy shadow)",
+        )])
+        .into());
+    }
+    let using = migration.shadow_plan().and_then(|plan| {
+        plan.alter
+            .usings
+            .first()
+            .map(|u| ("USING expression", u.column.clone()))
+            .or_else(|| {
+                plan.alter
+                    .backfills
+                    .iter()
+                    .find(|b| plan.original.column(&b.column).is_some())
+                    .map(|b| ("--backfill expression", b.column.clone()))
+            })
+    });
+    let Some((what, column)) = using else {
         return Ok(());
     };
     Err(Refused(vec![Refusal::new(
         Check::RevertWindow,
         format!(
-            "--revert-window cannot invert the USING expression of column {:?}: a revert would write back the plain conversion of the new value, not what the column held",
-            using.column
+            "--revert-window cannot invert the {what} of column {column:?}: a revert would write back the plain conversion of the new value, not what the column held"
         ),
-        "run without --revert-window (the rollback script remains, and refuses when writes made after the cutover would be lost), or without USING",
+        "run without --revert-window (the rollback script remains, and refuses when writes made after the cutover would be lost), or without the expression",
     )])
     .into())
 }
@@ -240,11 +424,20 @@ impl<'a> Run<'a> {
         let security = conninfo::security(&control, config).await?;
         tracing::info!("sessions: {} ({security})", config.describe());
         progress.update(|s| s.session_security = Some(security.to_string()));
+        let estimate = rows_estimate(&control, &plan).await;
+        progress.update(|s| s.rows_estimate = estimate);
         let socket = options.control_socket.clone().unwrap_or_else(|| {
             crate::ops::control::default_path(&options.work_dir, plan.original.oid)
         });
-        let mut operator =
-            Operator::start(plan.clone(), progress.clone(), hooks, Some(socket), options).await?;
+        let place = operator::Place::of(&control, config, Some(socket)).await?;
+        let mut operator = Operator::start(
+            operator::Subject::of(&plan),
+            progress.clone(),
+            hooks,
+            place,
+            options,
+        )
+        .await?;
         let (abort, internal) = Cancel::new();
         operator.drive_abort(abort.clone());
         let outer = cancel.clone();
@@ -280,10 +473,7 @@ impl<'a> Run<'a> {
     async fn execute(&mut self) -> Result<Outcome> {
         self.operator.hook("on-startup").await?;
         self.operator.hook("on-preflight-ok").await?;
-        self.progress.update(|s| {
-            s.rows_estimate = self.plan.original.rows_estimate.max(0) as u64;
-            s.phase = Some(Phase::Setup);
-        });
+        self.progress.update(|s| s.phase = Some(Phase::Setup));
         let _reporter = AbortOnDrop(crate::ops::progress::spawn_reporter(
             self.progress.clone(),
             self.options.display,
@@ -323,6 +513,7 @@ impl<'a> Run<'a> {
             phases: std::mem::take(&mut self.timings),
             total: self.started.elapsed(),
             window,
+            clauses: Vec::new(),
         })))
     }
 
@@ -395,14 +586,14 @@ impl<'a> Run<'a> {
         match result {
             Ok(outcome) => {
                 self.operator.hook("on-success").await.ok();
+                self.operator.ended(0, self.options.metrics_linger).await;
                 Ok(outcome)
             }
             Err(e) => {
-                self.operator.hook("on-failure").await.ok();
+                self.operator.failed(&e).await;
                 if self.created.cut_over {
-                    return Err(e);
-                }
-                if self.keeps(&e) {
+                    // Nothing to remove: the migration is in place.
+                } else if self.keeps(&e) {
                     tracing::warn!(
                         "the run stopped; it is resumable: its shadow, its replication slot {} (which retains WAL until it is resumed or removed) and its checkpoint are kept. Continue it with the same command plus --resume, or remove it with `doppel cleanup --table {}`",
                         self.plan.names.slot,
@@ -411,6 +602,8 @@ impl<'a> Run<'a> {
                 } else {
                     self.remove_created().await;
                 }
+                let code = crate::failure::exit_code(&e);
+                self.operator.ended(code, self.options.metrics_linger).await;
                 Err(e)
             }
         }

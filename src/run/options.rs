@@ -3,6 +3,7 @@
 use std::path::PathBuf;
 use std::time::Duration;
 
+use crate::ops::history::HistoryOptions;
 use crate::ops::progress;
 use crate::ops::throttle::ThrottleOptions;
 use crate::phases::backfill::CopyOptions;
@@ -25,8 +26,10 @@ pub struct RunOptions {
     pub verify_chunk_rows: i64,
     /// `maintenance_work_mem` for the index builds (e.g. `1GB`).
     pub maintenance_work_mem: String,
-    /// `lock_timeout` per cutover attempt.
+    /// The lock budget of each cutover attempt: all its lock waits together.
     pub lock_timeout: Duration,
+    /// The longest a cutover attempt holds its locks, first lock to commit or rollback.
+    pub max_lock_hold: Duration,
     /// Cutover attempts.
     pub cutover_retries: u32,
     /// Longest wait for the applier inside the cutover lock.
@@ -55,6 +58,12 @@ pub struct RunOptions {
     pub display: progress::Display,
     /// Interval between status lines.
     pub status_interval: Duration,
+    /// `--metrics-listen`: serve Prometheus metrics at `http://ADDR/metrics` (port 0: any free
+    /// port; `status --json` names it). `None` (the default): no endpoint.
+    pub metrics_listen: Option<std::net::SocketAddr>,
+    /// `--metrics-linger`: after the run ends, keep the metrics endpoint up until one more
+    /// scrape (so the exit is seen), at most this long.
+    pub metrics_linger: Duration,
     /// `--revert-window`: after the cutover commits, keep streaming the new table's changes
     /// back into the kept old table for this long, so `doppel ctl .. revert` loses nothing.
     /// `None` (the default): the run ends at the cutover.
@@ -81,6 +90,14 @@ pub struct RunOptions {
     /// the copied rows ([`crate::phases::origin`], which says when it is not used). Off: the
     /// copied rows are decoded and discarded, as before PostgreSQL 16.
     pub copy_origin: bool,
+    /// `--strategy shadow`: every clause takes the shadow, even those PostgreSQL can run
+    /// directly or by an online recipe (docs/design.md §1.10).
+    pub force_shadow: bool,
+    /// `--backfill 'column = expression'` (repeatable): the value a column of the new table
+    /// takes, computed from the old row by the copy and the applier alike. Implies the shadow.
+    pub backfills: Vec<String>,
+    /// Where the run is recorded (`doppel.migrations`), or `--no-history`.
+    pub history: HistoryOptions,
 }
 
 impl RunOptions {
@@ -96,6 +113,7 @@ impl RunOptions {
             verify_chunk_rows: crate::phases::verify::VERIFY_CHUNK_ROWS,
             maintenance_work_mem: "1GB".into(),
             lock_timeout: Duration::from_millis(200),
+            max_lock_hold: Duration::from_millis(500),
             cutover_retries: 10,
             fence_timeout: Duration::from_millis(1000),
             work_dir: std::env::temp_dir(),
@@ -115,6 +133,11 @@ impl RunOptions {
             reconnect_timeout: Duration::from_secs(300),
             max_write_latency: None,
             copy_origin: true,
+            metrics_listen: None,
+            metrics_linger: Duration::from_secs(30),
+            force_shadow: false,
+            backfills: Vec::new(),
+            history: HistoryOptions::default(),
         }
     }
 }

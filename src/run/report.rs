@@ -3,13 +3,16 @@
 use std::time::Duration;
 
 use crate::model::phase::Phase;
+use crate::ops::history::HistoryOptions;
 use crate::ops::progress;
 use crate::phases::backfill::CopyReport;
 use crate::phases::cutover::{self, CutoverReport};
+use crate::phases::direct::DirectReport;
 use crate::phases::revert::{self, ColumnFate};
 use crate::phases::shadow;
 use crate::phases::verify::VerifyReport;
-use crate::plan::{Plan, Rewrite};
+use crate::plan::{Action, Clause, DirectPlan, Migration, Plan, Rewrite};
+use crate::run::AlterReport;
 
 /// What a completed migration did.
 #[derive(Debug, Clone)]
@@ -30,18 +33,23 @@ pub struct RunReport {
     pub total: Duration,
     /// The revert window, when `--revert-window` opened one after the cutover.
     pub window: Option<super::WindowReport>,
+    /// Every clause with its strategy (empty when the run was planned as a shadow
+    /// migration alone).
+    pub clauses: Vec<Clause>,
 }
 
 /// The result of `run`.
 #[derive(Debug)]
 pub enum Outcome {
     /// A dry run: the plan, nothing created.
-    Planned(Box<Plan>),
-    /// The migration completed and verified.
+    Planned(Box<Migration>),
+    /// The shadow migration completed and verified (after the direct steps of a mix).
     Migrated(Box<RunReport>),
     /// `--resume` (or a reconnect) found that the interrupted run's cutover had committed:
     /// the run was finished (its slot, publication, spool and checkpoint removed).
     Finished(Box<super::Finished>),
+    /// Every clause ran on the table itself (direct and online strategies).
+    Altered(Box<AlterReport>),
 }
 
 /// Renders the dry-run plan for a DBA: checks passed, warnings, the shadow DDL, the phases,
@@ -163,4 +171,124 @@ fn revert_section(plan: &Plan, window: Option<std::time::Duration>) -> String {
         ));
     }
     out
+}
+
+/// Renders the dry run of a migration for a DBA: each clause with its strategy, the direct
+/// steps with the lock each takes and how long it holds it, the shadow migration's plan
+/// ([`render_plan`], when it is planned now), and where the run will be recorded.
+/// `script` is the shadow's swap and rollback SQL, when there is a shadow planned now.
+pub fn render_migration(
+    migration: &Migration,
+    script: Option<&cutover::Script>,
+    revert_window: Option<std::time::Duration>,
+    history: &HistoryOptions,
+) -> String {
+    let t = &migration.original;
+    let mut out = format!(
+        "doppel plan for {} (oid {}, about {} rows, {} with indexes and TOAST)\n",
+        t.qualified(),
+        t.oid,
+        t.rows_estimate.max(0),
+        progress::format_bytes(t.total_bytes.max(0) as u64)
+    );
+    out.push_str("\nstrategy per clause:\n");
+    for (i, c) in migration.clauses.iter().enumerate() {
+        out.push_str(&format!(
+            "  {}. {:<7} {}   -- {}\n",
+            i + 1,
+            c.strategy.label(),
+            c.text,
+            c.reason
+        ));
+    }
+    for w in &migration.warnings {
+        out.push_str(&format!("warning: {w}\n"));
+    }
+    if let Some(direct) = &migration.direct {
+        out.push_str(&render_direct(migration, direct));
+    }
+    if let (Some(plan), Some(script)) = (migration.shadow_plan(), script) {
+        out.push_str("\nshadow migration:\n");
+        out.push_str(&render_plan(plan, script, revert_window));
+    }
+    out.push_str(&format!("\nhistory: {}\n", history.describe()));
+    out
+}
+
+/// The direct steps of a plan: each with its statements, lock and expected hold.
+fn render_direct(migration: &Migration, direct: &DirectPlan) -> String {
+    let t = &migration.original;
+    let size = progress::format_bytes(t.heap_bytes.max(0) as u64);
+    let mut out = format!(
+        "\ndirect steps on {} itself (its OID stays {}), {}:\n",
+        t.qualified(),
+        t.oid,
+        if direct.grouped {
+            "the brief parts of every clause grouped into one transaction before the scans and one after them"
+        } else {
+            "clause by clause (the written order could not be rearranged)"
+        }
+    );
+    for (n, step) in direct.steps.iter().enumerate() {
+        let (hold, note) = match &step.action {
+            Action::Brief(_) => (
+                "held for milliseconds (catalog only)".to_string(),
+                "each attempt waits at most lock_timeout (--lock-timeout) for the lock, then rolls back and retries with backoff (--cutover-retries attempts, exit 5 after them); the control socket's lock-timeout=MS applies at the next attempt",
+            ),
+            Action::Validate { .. } => (
+                format!(
+                    "held for a full scan of {size} (about {} rows)",
+                    t.rows_estimate.max(0)
+                ),
+                "not throttled: PostgreSQL cannot pause a VALIDATE; doppel's throttles are waited for before it starts, and an abort cancels it",
+            ),
+            Action::BuildIndex { .. } => (
+                format!(
+                    "held for two scans of {size} (about {} rows) and the waits for older transactions",
+                    t.rows_estimate.max(0)
+                ),
+                "not throttled: PostgreSQL cannot pause an index build; doppel's throttles are waited for before it starts, and an abort cancels it (the invalid index is dropped)",
+            ),
+        };
+        out.push_str(&format!(
+            "  step {}: {} on {}: {} ({}); {hold}\n      {note}\n",
+            n + 1,
+            step.what,
+            t.qualified(),
+            step.lock.sql(),
+            step.lock.effect()
+        ));
+        match &step.action {
+            Action::Brief(sql) => {
+                for s in sql {
+                    out.push_str(&format!("      {s};\n"));
+                }
+            }
+            Action::Validate { constraint, .. } => out.push_str(&format!(
+                "      ALTER TABLE {} VALIDATE CONSTRAINT {};\n",
+                t.qualified(),
+                crate::sql::ident(constraint)
+            )),
+            Action::BuildIndex { sql, .. } => out.push_str(&format!("      {sql};\n")),
+        }
+    }
+    out
+}
+
+/// The one-line summary of each direct step a run made: lock, attempts, hold.
+pub fn render_steps(report: &DirectReport) -> Vec<String> {
+    report
+        .steps
+        .iter()
+        .map(|s| {
+            format!(
+                "{}: {} held {:.1} ms after {} attempt(s) (lock wait {:.1} ms)",
+                s.what,
+                s.lock.sql(),
+                s.held.as_secs_f64() * 1000.0,
+                s.attempts,
+                s.lock_wait.as_secs_f64() * 1000.0
+            )
+        })
+        .collect()
 }

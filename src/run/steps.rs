@@ -274,6 +274,7 @@ impl Run<'_> {
     ) -> Result<()> {
         let since = Instant::now();
         self.enter(Phase::Indexes);
+        let _builds = self.watch_index_builds().await?;
         self.control
             .batch_execute(&format!(
                 "SET maintenance_work_mem = {}",
@@ -333,6 +334,17 @@ impl Run<'_> {
         Ok(())
     }
 
+    /// Shows the control session's index builds in the progress until the returned feed is
+    /// dropped.
+    async fn watch_index_builds(&self) -> Result<super::tasks::IndexFeed> {
+        let pid: i32 = self
+            .control
+            .query_one("SELECT pg_backend_pid()", &[])
+            .await?
+            .get(0);
+        super::tasks::feed_index_progress(self.config, pid, self.progress.clone()).await
+    }
+
     /// Starts the applier on the spooled backlog and the fencer, and catches up once.
     async fn start_applier(
         &mut self,
@@ -384,6 +396,7 @@ impl Run<'_> {
     async fn build_constraints(&mut self, tasks: &Tasks, throttler: &Throttler) -> Result<()> {
         let since = Instant::now();
         self.enter(Phase::Constraints);
+        let _builds = self.watch_index_builds().await?;
         let applier = tasks.applier()?;
         applier.pause().await?;
         // Unique and exclusion indexes must see writes in source order from now on.
@@ -484,6 +497,13 @@ impl Run<'_> {
             capture.reverse = Some(self.prepare_reverse_stream().await?);
             options.revert_marker = Some(revert::marker_sql(&self.plan));
         }
+        let stream = capture
+            .tasks
+            .streamer
+            .as_ref()
+            .map(|s| s.watch())
+            .ok_or_else(|| anyhow::anyhow!("no stream"))?;
+        let changes_received = move || stream.borrow().changes;
         let cutover = Cutover {
             plan: &self.plan,
             script: &script,
@@ -495,6 +515,7 @@ impl Run<'_> {
             options,
             revert: false,
             after_drain: None,
+            changes_received: Some(&changes_received),
         };
         let report = cutover
             .run(&mut self.control, peer)
@@ -524,6 +545,7 @@ impl Run<'_> {
     fn cutover_options(&self, throttler: &Throttler) -> CutoverOptions {
         CutoverOptions {
             lock_timeout: self.options.lock_timeout,
+            max_lock_hold: self.options.max_lock_hold,
             retries: self.options.cutover_retries,
             fence_timeout: self.options.fence_timeout,
             rollback_dir: self.options.rollback_dir.clone(),
@@ -534,6 +556,7 @@ impl Run<'_> {
             cancel: self.cancel.clone(),
             throttle: Some(throttler.watch()),
             revert_marker: None,
+            progress: Some(self.progress.clone()),
         }
     }
 }

@@ -9,7 +9,7 @@ use anyhow::{Result, anyhow};
 use pglogrepl::lsn::Lsn;
 use tokio::sync::watch;
 
-use crate::ops::progress::Progress;
+use crate::ops::progress::{IndexBuild, Progress};
 use crate::ops::throttle::ThrottleState;
 use crate::phases::apply::{Applier, ApplyStatus};
 use crate::phases::capture::stream::{StreamStatus, Streamer};
@@ -105,30 +105,44 @@ pub(crate) fn feed_stream_progress(
                     .max(start_lsn);
                 s.lag_bytes = head.bytes_since(done);
                 s.backlog_bytes = stream.received.bytes_since(done);
+                s.received = stream.changes;
+                s.spool_bytes = stream.spooled_bytes;
                 if let Some(a) = &applied {
                     s.applied = a.changes;
+                    s.lag_ms = lag_ms(a, s.received);
                 }
             });
+            progress.sample();
             tokio::time::sleep(Duration::from_millis(250)).await;
         }
     }))
 }
 
-/// Copies each throttle sample's reasons and replica lag into `progress` as it arrives.
+/// The stream's lag in time: how long ago the last applied transaction committed, while
+/// changes (of the `received`) wait to be applied; 0 when none wait.
+fn lag_ms(applied: &ApplyStatus, received: u64) -> Option<u64> {
+    if received <= applied.changes {
+        return Some(0);
+    }
+    let committed = applied.commit_time?;
+    Some(
+        std::time::SystemTime::now()
+            .duration_since(committed)
+            .map(|d| d.as_millis() as u64)
+            .unwrap_or(0),
+    )
+}
+
+/// Copies each throttle sample (reasons, replica lag, retained WAL, ...) into `progress` as
+/// it arrives.
 pub(crate) fn feed_throttle_progress(
     progress: Arc<Progress>,
     mut rx: watch::Receiver<ThrottleState>,
 ) -> AbortOnDrop {
     AbortOnDrop(tokio::spawn(async move {
         loop {
-            let (reasons, lag) = {
-                let s = rx.borrow_and_update();
-                (s.reasons.join("; "), s.replica_lag_ms)
-            };
-            progress.update(|s| {
-                s.throttled = reasons;
-                s.replica_lag_ms = lag;
-            });
+            let sample = rx.borrow_and_update().clone();
+            progress.update(|s| s.throttle = sample);
             if rx.changed().await.is_err() {
                 return;
             }
@@ -206,4 +220,66 @@ async fn beat(
         .await?
         .and_then(|r| r.get(0));
     Ok(retained.map(|b| b.max(0) as u64))
+}
+
+/// Every 500 ms, copies the index build of backend `pid` (the control session) from
+/// `pg_stat_progress_create_index` into `progress` (blocks while the table is scanned, tuples
+/// while they are sorted and loaded), on a session of its own; clears it when dropped.
+///
+/// Errors: the session cannot be opened (exit 1).
+pub(crate) async fn feed_index_progress(
+    config: &crate::conninfo::ConnInfo,
+    pid: i32,
+    progress: Arc<Progress>,
+) -> Result<IndexFeed> {
+    let client = crate::conninfo::connect(config).await?;
+    client
+        .batch_execute("SET application_name = 'doppel progress'")
+        .await?;
+    let feed = progress.clone();
+    let task = tokio::spawn(async move {
+        loop {
+            let row = client
+                .query_opt(
+                    "SELECT coalesce(i.relname::text, ''), p.phase,
+                            CASE WHEN p.blocks_total > 0 THEN p.blocks_done ELSE p.tuples_done END,
+                            CASE WHEN p.blocks_total > 0 THEN p.blocks_total ELSE p.tuples_total END,
+                            p.blocks_total > 0
+                     FROM pg_stat_progress_create_index p
+                     LEFT JOIN pg_class i ON i.oid = p.index_relid
+                     WHERE p.pid = $1",
+                    &[&pid],
+                )
+                .await;
+            let build = match row {
+                Ok(Some(r)) => Some(IndexBuild {
+                    name: r.get(0),
+                    phase: r.get(1),
+                    done: r.get::<_, i64>(2).max(0) as u64,
+                    total: r.get::<_, i64>(3).max(0) as u64,
+                    unit: if r.get(4) { "blocks" } else { "tuples" },
+                }),
+                _ => None,
+            };
+            feed.update(|s| s.index = build);
+            tokio::time::sleep(Duration::from_millis(500)).await;
+        }
+    });
+    Ok(IndexFeed {
+        _task: AbortOnDrop(task),
+        progress,
+    })
+}
+
+/// The index build feed of [`feed_index_progress`]; dropping it stops it and clears the
+/// build from the progress.
+pub(crate) struct IndexFeed {
+    _task: AbortOnDrop,
+    progress: Arc<Progress>,
+}
+
+impl Drop for IndexFeed {
+    fn drop(&mut self) {
+        self.progress.update(|s| s.index = None);
+    }
 }

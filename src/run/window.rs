@@ -59,11 +59,12 @@ impl Run<'_> {
     ) -> WindowReport {
         let since = Instant::now();
         self.enter(Phase::RevertWindow);
-        let (window, new_oid) = match self.open_window(stream, duration).await {
+        let window = match self.open_window(stream, duration).await {
             Ok(opened) => opened,
             Err(e) => return self.not_opened(e, since).await,
         };
-        let alias = self.socket_alias(new_oid);
+        // `doppel ctl --table T` still finds the run: its registry entry names the table,
+        // not the OID the cutover changed.
         tracing::info!(
             "revert window open for {}: `doppel ctl --table {} revert` swaps back, `finalize` ends it",
             humantime::format_duration(duration),
@@ -74,9 +75,6 @@ impl Run<'_> {
         self.operator.controls.set_window(false, 0);
         if let Err(e) = window.close(&self.control).await {
             tracing::warn!("closing the revert window: {e:#}");
-        }
-        if let Some(alias) = alias {
-            std::fs::remove_file(alias).ok();
         }
         self.show_window(&last, None, end_state(&end));
         let hook = match end {
@@ -92,35 +90,8 @@ impl Run<'_> {
         }
     }
 
-    /// `doppel ctl --table T` finds a run's socket from the table's OID, which the cutover
-    /// changed: the socket gets a second name, `doppel-<new oid>.sock` in the work directory
-    /// (a symbolic link), while the window is open. Returns it, if it was made.
-    fn socket_alias(&self, new_oid: u32) -> Option<std::path::PathBuf> {
-        if self.options.control_socket.is_some() {
-            return None;
-        }
-        let socket = self.operator.socket()?.to_path_buf();
-        let alias = crate::ops::control::default_path(&self.options.work_dir, new_oid);
-        match std::os::unix::fs::symlink(&socket, &alias) {
-            Ok(()) => Some(alias),
-            Err(e) => {
-                tracing::warn!(
-                    "cannot link {} to the control socket ({e}); use doppel ctl --control-socket {}",
-                    alias.display(),
-                    socket.display()
-                );
-                None
-            }
-        }
-    }
-
-    /// Opens the window on the new table (the table's name now points at it); returns it
-    /// with the new table's OID.
-    async fn open_window(
-        &self,
-        stream: ReverseStream,
-        duration: Duration,
-    ) -> Result<(Window, u32)> {
+    /// Opens the window on the new table (the table's name now points at it).
+    async fn open_window(&self, stream: ReverseStream, duration: Duration) -> Result<Window> {
         let new_oid: u32 = self
             .control
             .query_one(
@@ -130,8 +101,7 @@ impl Run<'_> {
             .await
             .context("finding the new table")?
             .get(0);
-        let window = Window::open(self.config, &self.plan, new_oid, stream, duration).await?;
-        Ok((window, new_oid))
+        Window::open(self.config, &self.plan, new_oid, stream, duration).await
     }
 
     /// The window could not open: drop its publication, say what remains.
@@ -217,6 +187,7 @@ impl Run<'_> {
             .await?;
         let options = CutoverOptions {
             lock_timeout: self.options.lock_timeout,
+            max_lock_hold: self.options.max_lock_hold,
             retries: self.options.cutover_retries,
             fence_timeout: self.options.fence_timeout,
             rollback_dir: self.options.rollback_dir.clone(),
@@ -227,6 +198,7 @@ impl Run<'_> {
             cancel: self.cancel.clone(),
             throttle: None,
             revert_marker: None,
+            progress: None,
         };
         window
             .revert(

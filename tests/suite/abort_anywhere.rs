@@ -126,7 +126,9 @@ async fn ctrl_c_while_the_backfill_is_throttled_aborts_and_cleans_up() {
     doppel::testing::release(&common::pause_dir(dir.path()), "shadow-built").unwrap();
     let socket = dir.path().join("ctl.sock");
     let throttled = common::wait_until_async(Duration::from_secs(30), || async {
-        status(&socket).await.contains("State: copying (throttled")
+        status(&socket)
+            .await
+            .contains("State: copying, throttled (")
     })
     .await;
     assert!(
@@ -164,7 +166,18 @@ async fn abort_on_the_control_socket_while_the_cutover_is_postponed() {
     .await;
     assert!(waiting, "the run reaches the postponed cutover");
     let socket = dir.path().join("ctl.sock");
-    assert!(status(&socket).await.contains("State: cutover"));
+    let postponed = format!(
+        "State: cutover, postponed (flag file {})",
+        postpone.display()
+    );
+    assert!(
+        common::wait_until_async(Duration::from_secs(10), || async {
+            status(&socket).await.contains(&postponed)
+        })
+        .await,
+        "the status says why the cutover waits: {}",
+        status(&socket).await
+    );
     assert!(!run.is_finished(), "postponed while the flag file exists");
     let reply = doppel::ops::control::send(&socket, "abort").await.unwrap();
     assert!(!reply.starts_with("error"), "{reply}");

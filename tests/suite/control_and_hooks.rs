@@ -274,6 +274,10 @@ fn sample_env() -> HookEnv {
         lag_ms: Some(12),
         elapsed_s: 160,
         eta_s: Some(79),
+        database: "shop".into(),
+        rollback_script: Some("/var/doppel/doppel-rollback-16384-orders-1.sql".into()),
+        exit_code: Some(5),
+        error: Some("cutover failed: the locks were not granted".into()),
     }
 }
 
@@ -307,6 +311,13 @@ async fn a_hook_gets_every_documented_variable() {
         ("DOPPEL_LAG_MS", "12"),
         ("DOPPEL_ELAPSED_S", "160"),
         ("DOPPEL_ETA_S", "79"),
+        ("DOPPEL_DATABASE", "shop"),
+        (
+            "DOPPEL_ROLLBACK_SCRIPT",
+            "/var/doppel/doppel-rollback-16384-orders-1.sql",
+        ),
+        ("DOPPEL_EXIT_CODE", "5"),
+        ("DOPPEL_ERROR", "cutover failed: the locks were not granted"),
         ("DOPPEL_HOOK", "before-copy"),
     ];
     for (name, value) in expected {

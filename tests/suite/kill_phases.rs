@@ -257,7 +257,9 @@ impl Stand {
         let mut lines: Vec<&str> = stdout
             .lines()
             .filter(|l| {
-                !l.starts_with("removed change spool") && !l.starts_with("removed control socket")
+                !l.starts_with("removed change spool")
+                    && !l.starts_with("removed control socket")
+                    && !l.starts_with("removed run registry file")
             })
             .collect();
         if lines.is_empty() {
@@ -269,8 +271,9 @@ impl Stand {
             .flatten()
             .map(|e| e.file_name().to_string_lossy().to_string())
             .filter(|n| {
-                n.starts_with(&format!("doppel-{}", self.oid))
-                    && (n.ends_with(".spool") || n.ends_with(".sock"))
+                (n.starts_with(&format!("doppel-{}", self.oid))
+                    && (n.ends_with(".spool") || n.ends_with(".sock")))
+                    || n.starts_with(&format!("doppel-run-{}-", self.oid))
             })
             .collect();
         assert!(

@@ -215,6 +215,17 @@ async fn hooks_run_with_their_environment_and_a_failing_before_cutover_postpones
         postponed,
         "a failing before-cutover hook postpones the cutover"
     );
+    let said = common::wait_until_async(Duration::from_secs(10), || async {
+        control::send(&socket, "status")
+            .await
+            .is_ok_and(|s| s.contains("State: cutover, postponed (before-cutover hook failed);"))
+    })
+    .await;
+    assert!(
+        said,
+        "the status says why: {}",
+        control::send(&socket, "status").await.unwrap()
+    );
     assert_eq!(
         common::scalar(
             &client,

@@ -16,7 +16,7 @@ use std::time::Duration;
 use doppel::cancel::Cancel;
 use doppel::failure::{Check, Refusal, Refused};
 use doppel::model::names::Names;
-use doppel::plan::{Plan, Rewrite};
+use doppel::plan::{Migration, Rewrite, Strategy};
 use doppel::run::{self, ADVISORY_LOCK_CLASS, Outcome, RunOptions, RunReport};
 use doppel_testkit::cluster::LocalCluster;
 use tempfile::TempDir;
@@ -119,7 +119,7 @@ fn fix_of(refusal: &Refusal) -> &str {
         .unwrap_or_else(|| panic!("the refusal does not say how to fix it: {refusal:?}"))
 }
 
-fn planned(result: anyhow::Result<Outcome>) -> Box<Plan> {
+fn planned(result: anyhow::Result<Outcome>) -> Box<Migration> {
     match result {
         Ok(Outcome::Planned(plan)) => plan,
         Ok(other) => panic!("expected a dry-run plan, got {other:?}"),
@@ -943,7 +943,7 @@ async fn unqualified_table_resolves_through_search_path() {
     assert_eq!(plan.original.schema, "myschema");
     assert_eq!(plan.original.oid, mine_before.oid);
     assert_eq!(
-        plan.names.shadow_qualified(),
+        plan.shadow_plan().unwrap().names.shadow_qualified(),
         format!("\"myschema\".\"_doppel_{}_new_orders\"", mine_before.oid)
     );
     assert_nothing_created(&client, &dirs).await;
@@ -983,41 +983,84 @@ async fn unqualified_table_resolves_through_search_path() {
 // ---------------------------------------------------------------------------------------------
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn dry_run_plan_says_metadata_only_or_rewrite() {
+async fn dry_run_plan_says_direct_or_shadow() {
     let cluster = common::cluster().await;
     let client = cluster.connect("postgres").await.unwrap();
     create_orders(&client, "public.orders").await;
+    client
+        .batch_execute(
+            "CREATE TABLE public.labels (id int PRIMARY KEY, b varchar(100));
+             INSERT INTO public.labels SELECT i, 'l' || i FROM generate_series(1, 50) i;
+             CREATE VIEW labels_v AS SELECT id, b FROM public.labels",
+        )
+        .await
+        .unwrap();
     let before = table_state(&client, "public.orders").await;
     let dsn = cluster.conninfo("postgres");
 
-    // Metadata-only: the library's plan and the binary's output.
+    // Metadata-only: run directly, no shadow in the plan.
     let dirs = Dirs::new();
     let plan =
         planned(run_doppel(&dsn, "public.orders", &["ADD COLUMN x text"], false, &dirs).await);
-    assert_eq!(plan.rewrite, Rewrite::MetadataOnly);
+    assert_eq!(plan.clauses[0].strategy, Strategy::Direct);
+    assert_eq!(plan.clauses[0].cost, Rewrite::MetadataOnly);
+    assert!(plan.shadow.is_none() && plan.direct.is_some());
+    let output = doppel_cli_run(&dsn, "public.orders", &["ADD COLUMN x text"], &dirs).await;
+    let (stdout, _) = expect_exit(&output, 0);
+    for expected in [
+        "strategy per clause:",
+        "direct  ADD COLUMN x text   -- metadata-only",
+        "ACCESS EXCLUSIVE (reads and writes wait); held for milliseconds",
+        "ALTER TABLE \"public\".\"orders\" ADD COLUMN x text;",
+        "history: this run will be recorded in \"doppel\".\"migrations\"",
+    ] {
+        assert!(
+            stdout.contains(expected),
+            "the plan lacks {expected:?}:\n{stdout}"
+        );
+    }
+    assert!(!stdout.contains("shadow DDL"), "{stdout}");
+
+    // No rewrite, but PostgreSQL refuses it directly because a view uses the column: shadow,
+    // and no advice to run it directly.
+    let widen = "ALTER COLUMN b TYPE varchar(200)";
+    let plan = planned(run_doppel(&dsn, "public.labels", &[widen], false, &dirs).await);
+    assert_eq!(plan.clauses[0].cost, Rewrite::MetadataOnly);
+    assert_eq!(
+        plan.clauses[0].strategy,
+        Strategy::Shadow,
+        "{:?}",
+        plan.clauses
+    );
     assert!(
-        plan.warnings.iter().any(|w| w.contains("metadata-only")),
+        plan.clauses[0].reason.contains("labels_v"),
+        "{:?}",
+        plan.clauses
+    );
+    let output = doppel_cli_run(&dsn, "public.labels", &[widen], &dirs).await;
+    let (stdout, _) = expect_exit(&output, 0);
+    assert!(stdout.contains("shadow DDL:"), "{stdout}");
+    assert!(!stdout.contains("cheaper"), "{stdout}");
+    assert!(
+        plan.warnings.iter().all(|w| !w.contains("directly")),
         "{:?}",
         plan.warnings
     );
-    let output = doppel_cli_run(&dsn, "public.orders", &["ADD COLUMN x text"], &dirs).await;
-    let (stdout, _) = expect_exit(&output, 0);
-    assert!(
-        stdout.contains("cost if run directly: metadata-only"),
-        "{stdout}"
-    );
-    assert!(!stdout.contains("full table rewrite"), "{stdout}");
 
     // A rewrite, with the whole plan printed.
     let alter = "ALTER COLUMN a TYPE bigint";
     let plan = planned(run_doppel(&dsn, "public.orders", &[alter], false, &dirs).await);
-    assert_eq!(plan.rewrite, Rewrite::Rewrite);
+    assert_eq!(
+        plan.shadow_plan().map(|p| p.rewrite),
+        Some(Rewrite::Rewrite)
+    );
     let output = doppel_cli_run(&dsn, "public.orders", &[alter], &dirs).await;
     let (stdout, _) = expect_exit(&output, 0);
     let shadow = format!("\"public\".\"_doppel_{}_new_orders\"", before.oid);
     let old = format!("_doppel_{}_old_orders", before.oid);
     for expected in [
         "doppel plan for \"public\".\"orders\"".to_string(),
+        format!("shadow  {alter}   -- rewrites the table"),
         format!("ALTER: {alter}"),
         "cost if run directly: full table rewrite".to_string(),
         "preflight: all checks passed".to_string(),

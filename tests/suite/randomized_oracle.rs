@@ -655,7 +655,7 @@ fn record_run(migrated: Migrated, result: &mut SeedResult) -> anyhow::Result<()>
             ));
             result.phases = phases.join(", ");
         }
-        Ok(other) => anyhow::bail!("not a migration: {other:?}"),
+        Ok(other) => anyhow::bail!("a shadow migration was expected, got {other:?}"),
         Err(e) => anyhow::bail!("the migration failed: {e:#}"),
     }
     anyhow::ensure!(after_cutover, "the writer stalled after the cutover");

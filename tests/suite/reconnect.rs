@@ -751,7 +751,9 @@ async fn kill_run(
             "run {name} exited on its own ({status}) before its kill:\n{}",
             tail(&stand.output_of(name), 15)
         )),
-        (true, None, Some(at)) if at.starts_with("after") => {
+        (true, None, Some(at))
+            if matches!(moment, Moment::Delay(_)) && at.starts_with("after ") =>
+        {
             Ok(format!("{at} in {}", checkpoint_phase(stand).await))
         }
         (true, None, Some(at)) => Ok(match moment {

@@ -75,7 +75,7 @@ async fn wait_paused(dir: &Path, name: &str, run: &mut Run) -> String {
 async fn migrated(run: Run) -> Box<RunReport> {
     match run.await.expect("the run task panicked") {
         Ok(Outcome::Migrated(report)) => report,
-        Ok(other) => panic!("expected a migration, got {other:?}"),
+        Ok(other) => panic!("expected a shadow migration, got {other:?}"),
         Err(e) => panic!("the migration failed: {e:#}"),
     }
 }

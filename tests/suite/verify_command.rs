@@ -422,7 +422,11 @@ async fn during_a_paused_run_the_shadow_compares_equal() {
         ],
     );
     verify
-        .line_with(&["1 key(s) differ", &format!("({key})"), "re-checking them"])
+        .line_with(&[
+            "1 key(s) still in flight",
+            &format!("({key})"),
+            "comparing them again",
+        ])
         .await;
     client.batch_execute(&repair).await.unwrap();
     let out = verify.finish().await;

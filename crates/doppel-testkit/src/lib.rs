@@ -5,7 +5,8 @@
 //! doppel.
 //!
 //! - [`cluster`]: private clusters ([`cluster::LocalCluster`], [`cluster::private`]);
-//! - [`workload`]: the oracle writer, table comparison, the type matrix;
+//! - [`workload`]: the oracle writer, table comparison, the type matrix, the ledger of the
+//!   expand/contract walk-through ([`workload::ledger`]);
 //! - [`poll`]: waiting for a condition ([`poll::wait_until`]);
 //! - [`process`]: whether a process lives, which processes mention a path;
 //! - [`sql`]: one-line queries that panic with the statement ([`sql::scalar`]);

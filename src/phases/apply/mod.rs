@@ -65,6 +65,8 @@ pub struct ApplyStatus {
     pub changes: u64,
     /// Source transactions applied.
     pub transactions: u64,
+    /// Commit time of the last source transaction applied (for the lag in time).
+    pub commit_time: Option<std::time::SystemTime>,
     /// Highest fence number seen (see [`crate::fence`]); everything before it is applied.
     pub fence: u64,
     /// True while paused at a transaction boundary.

@@ -80,8 +80,17 @@ pub(super) struct Batch {
     pub(super) applied: Lsn,
     pub(super) fence: u64,
     pub(super) xid: u32,
+    /// Commit time of the batch's last source transaction (µs since 2000-01-01 UTC).
+    pub(super) commit_time_us: Option<i64>,
     /// Source transactions in this batch (for the test-only `applied` pause point).
     pub(super) xids: Vec<u32>,
+}
+
+/// A PostgreSQL timestamp (µs since 2000-01-01 00:00:00 UTC) as a system time.
+fn pg_time(us: i64) -> std::time::SystemTime {
+    // 2000-01-01 00:00:00 UTC is 946,684,800 s after the Unix epoch.
+    let unix_us = 946_684_800_000_000i64.saturating_add(us).max(0) as u64;
+    std::time::UNIX_EPOCH + std::time::Duration::from_micros(unix_us)
 }
 
 impl Worker {
@@ -212,6 +221,9 @@ impl Worker {
                 s.transactions += batch.transactions;
                 s.fence = s.fence.max(batch.fence);
                 s.idle = idle;
+                if let Some(us) = batch.commit_time_us {
+                    s.commit_time = Some(pg_time(us));
+                }
             });
             if let Some(pace) = &self.pace {
                 // A pause or stop request ends the pacing pause (the cutover suspends pacing
@@ -316,8 +328,13 @@ impl Decoder {
                 d.skip_txn = final_lsn < self.applied_during_copy.max(self.resume_after)
                     || self.waiting_for.is_some();
             }
-            PgOutputMessage::Commit { end_lsn, .. } => {
+            PgOutputMessage::Commit {
+                end_lsn,
+                commit_time_us,
+                ..
+            } => {
                 d.in_source_txn = false;
+                d.batch.commit_time_us = Some(commit_time_us);
                 if std::mem::take(&mut d.marker_in_txn) {
                     self.waiting_for = None;
                 }

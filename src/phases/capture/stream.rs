@@ -38,6 +38,9 @@ pub struct StreamStatus {
     pub messages: u64,
     /// Transactions received (Commit messages).
     pub transactions: u64,
+    /// Row changes received (Insert, Update and Delete messages): the write rate's measure,
+    /// comparable with the applier's [`ApplyStatus::changes`](crate::phases::apply::ApplyStatus).
+    pub changes: u64,
     /// Bytes in the spool.
     pub spooled_bytes: u64,
     /// Why the consumer stopped, when it failed.
@@ -171,6 +174,9 @@ async fn consume_inner(
                     Some(ReplicationMessage::XLogData { wal_start, wal_end, data, .. }) => {
                         spool.append(wal_start, &data)?;
                         st.messages += 1;
+                        if matches!(data.first(), Some(b'I' | b'U' | b'D')) {
+                            st.changes += 1;
+                        }
                         st.received = st.received.max(wal_end).max(wal_start);
                         match data.first() {
                             Some(b'B') => {

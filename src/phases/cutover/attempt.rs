@@ -10,10 +10,13 @@ use std::time::{Duration, Instant};
 use anyhow::{Context, Result};
 use tokio_postgres::{Client, Transaction};
 
-use super::locked::{Committed, Inside, Rechecks};
+use super::budget::Budget;
+use super::locked::{Committed, Inside, Rechecks, RolledBack};
 use super::rollback::RollbackFile;
 use super::{Attempt, Cutover};
 use crate::failure::{FailureKind, fail};
+use crate::model::phase::{Blocker, Wait};
+use crate::ops::progress::AttemptEvent;
 
 /// How often the monitor session asks `pg_blocking_pids` who blocks the lock request (ms).
 const WATCH_INTERVAL: Duration = Duration::from_millis(10);
@@ -85,14 +88,24 @@ impl Attempts {
     }
 }
 
+/// Why an attempt's lock requests did not all succeed.
+enum NotLocked {
+    /// The budget ran out: a request timed out, or nothing was left for the next one.
+    TimedOut,
+    /// A request failed otherwise.
+    Failed(tokio_postgres::Error),
+}
+
 /// What one attempt measured before its outcome is known.
 struct Tried {
     /// 1-based.
     attempt: u32,
-    /// Time spent waiting for the lock.
+    /// Time spent waiting for the locks.
     lock_wait: Duration,
     /// The drain predicted before locking.
     predicted: Duration,
+    /// From the first lock granted to the rollback (zero when none was granted).
+    held: Duration,
 }
 
 impl Tried {
@@ -103,6 +116,7 @@ impl Tried {
             outcome: outcome.to_string(),
             lock_wait_ms: self.lock_wait.as_secs_f64() * 1000.0,
             predicted_drain_ms: self.predicted.as_secs_f64() * 1000.0,
+            lock_held_ms: self.held.as_secs_f64() * 1000.0,
             blockers: blocking,
         }
     }
@@ -110,13 +124,13 @@ impl Tried {
 
 impl Cutover<'_> {
     /// One attempt (docs/design.md §4.1–§4.4). Returns the committed cutover, or `None`
-    /// when the attempt timed out on the lock or on the drain under it, was rolled back, and
-    /// the backoff before the next one has been slept.
+    /// when the attempt timed out on a lock, on the drain under the lock or on the lock
+    /// hold's limit, was rolled back, and the backoff before the next one has been slept.
     ///
     /// Errors: the last of `--cutover-retries` attempts timed out (exit 5; the original is
     /// untouched), the catch-up or the steps under the lock failed (see
-    /// [`Cutover::drain_before_attempt`], [`Cutover::inside_the_lock`]: exit 3, 6, 7 or 8),
-    /// the lock request failed other than by timeout (exit 1).
+    /// [`Cutover::drain_before_attempt`], [`Cutover::inside_the_lock`]: exit 3, 5, 6, 7 or
+    /// 8), a lock request failed other than by timeout (exit 1).
     pub(super) async fn attempt(
         &self,
         client: &mut Client,
@@ -126,114 +140,206 @@ impl Cutover<'_> {
     ) -> Result<Option<Committed>> {
         attempts.made += 1;
         let attempt = attempts.made;
+        let mut budget = Budget::new(self.lock_timeout(), self.options.max_lock_hold);
         // The re-checks run under the lock, parsed and planned now (on this connection, each
-        // attempt): under the lock only their execution remains.
-        let rechecks = Rechecks::prepare(client, self.plan).await?;
+        // attempt): under the lock only their execution remains. Reading the views'
+        // definitions locks the tables they read, so it waits at most the lock timeout.
+        let Some(rechecks) = self.prepare_rechecks(client, budget.wait).await? else {
+            let tried = Tried {
+                attempt,
+                lock_wait: budget.wait,
+                predicted: Duration::ZERO,
+                held: Duration::ZERO,
+            };
+            self.record(attempts, tried.record("lock timeout", Vec::new()));
+            self.lock_timed_out(client, attempts, &tried, &[]).await?;
+            return Ok(None);
+        };
         // Catch up outside the lock first, so the drain inside it is only the last moments;
         // attempt only when that drain is predicted to fit the budget.
         let predicted = self.drain_before_attempt().await?;
+        crate::testing::pause_point!(
+            self.options.probe,
+            "cutover-attempt",
+            self.plan.original.qualified()
+        );
 
         let tx = client.transaction().await?;
-        self.set_lock_timeout(&tx).await?;
-        let lock_start = Instant::now();
-        let locked = self.request_lock(&tx, monitor, attempts.pid).await;
-        let tried = Tried {
+        let (locked, blocking) = self
+            .request_locks(&tx, monitor, attempts.pid, &mut budget)
+            .await;
+        let mut tried = Tried {
             attempt,
-            lock_wait: lock_start.elapsed(),
+            lock_wait: budget.waited,
             predicted,
+            held: Duration::ZERO,
         };
-        if let Err((e, blocking)) = locked {
-            let timed_out = e.as_db_error().is_some_and(|d| d.code().code() == "55P03");
+        if let Err(not_locked) = locked {
             tx.rollback().await.ok();
-            if !timed_out {
+            tried.held = budget.first_lock.map(|f| f.elapsed()).unwrap_or_default();
+            if let NotLocked::Failed(e) = not_locked {
                 return Err(anyhow::Error::new(e).context("locking the table for cutover"));
             }
-            attempts
-                .history
-                .push(tried.record("lock timeout", blocking.clone()));
+            self.record(attempts, tried.record("lock timeout", blocking.clone()));
             self.lock_timed_out(client, attempts, &tried, &blocking)
                 .await?;
             return Ok(None);
         }
-        match self.inside_the_lock(tx, &rechecks, rollback).await? {
-            Inside::DrainTimeout(e) => {
-                attempts
-                    .history
-                    .push(tried.record("drain timeout", Vec::new()));
+        match self
+            .inside_the_lock(tx, &rechecks, rollback, &budget)
+            .await?
+        {
+            Inside::Committed(committed) => {
+                tried.held = committed.lock_held;
+                self.record(attempts, tried.record("granted", Vec::new()));
+                committed.log(attempt);
+                Ok(Some(committed))
+            }
+            Inside::RolledBack { why, held } => {
+                tried.held = held;
+                self.record(attempts, tried.record(why.outcome(), Vec::new()));
                 tracing::warn!(
                     attempt,
-                    "applier did not reach the fence inside the lock budget ({e}); rolled back"
+                    held_ms = held.as_millis() as u64,
+                    "{}; rolled back",
+                    why.describe(self)
                 );
                 if attempt >= self.options.retries {
-                    return Err(self.drain_budget_exhausted());
+                    return Err(self.budget_exhausted(attempt, &why));
                 }
                 tokio::time::sleep(backoff(attempt)).await;
                 Ok(None)
             }
-            Inside::Committed(committed) => {
-                attempts.history.push(tried.record("granted", Vec::new()));
-                committed.log(attempt);
-                Ok(Some(committed))
-            }
         }
     }
 
-    /// `SET LOCAL lock_timeout` on `tx`: the live value from the control socket
+    /// Records a finished attempt, and tells the run's progress (the metrics).
+    fn record(&self, attempts: &mut Attempts, attempt: Attempt) {
+        if let Some(progress) = &self.options.progress {
+            progress.cutover_attempt(&AttemptEvent {
+                outcome: attempt.outcome.clone(),
+                lock_wait: Duration::from_secs_f64(attempt.lock_wait_ms / 1000.0),
+                lock_held: Duration::from_secs_f64(attempt.lock_held_ms / 1000.0),
+                blockers: attempt.blockers.len(),
+            });
+        }
+        attempts.history.push(attempt);
+    }
+
+    /// The attempt's lock timeout: the live value from the control socket
     /// (`lock-timeout=MS`) if any, else `--lock-timeout` (ms, at least 1).
-    ///
-    /// Errors: the statement failed (exit 1).
-    async fn set_lock_timeout(&self, tx: &Transaction<'_>) -> Result<()> {
+    fn lock_timeout(&self) -> Duration {
         let options = &self.options;
-        let lock_timeout = options
+        options
             .controls
             .as_ref()
             .map(|c| c.lock_timeout())
-            .unwrap_or(options.lock_timeout);
-        tx.batch_execute(&format!(
-            "SET LOCAL lock_timeout = '{}ms'",
-            lock_timeout.as_millis().max(1)
-        ))
-        .await?;
-        Ok(())
+            .unwrap_or(options.lock_timeout)
+            .max(Duration::from_millis(1))
     }
 
-    /// Requests the dependents' locks and the table's ACCESS EXCLUSIVE lock in one batch on
-    /// `tx`, while `monitor` polls `pg_blocking_pids(pid)` every 10 ms. Returns the pids seen
-    /// blocking the request together with the error when it was not granted.
-    async fn request_lock(
+    /// Prepares the re-checks on `client` with `lock_timeout` set to `wait` (the session's
+    /// own value is put back). `None` when a lock they need was not granted in time.
+    ///
+    /// Errors: a statement could not be prepared or the setting not restored (exit 1).
+    async fn prepare_rechecks(&self, client: &Client, wait: Duration) -> Result<Option<Rechecks>> {
+        let saved: String = client
+            .query_one("SELECT current_setting('lock_timeout')", &[])
+            .await?
+            .get(0);
+        client
+            .batch_execute(&format!(
+                "SET lock_timeout = '{}ms'",
+                wait.as_millis().max(1)
+            ))
+            .await?;
+        let prepared = Rechecks::prepare(client, self.plan).await;
+        client
+            .execute("SELECT set_config('lock_timeout', $1, false)", &[&saved])
+            .await
+            .context("restoring lock_timeout")?;
+        match prepared {
+            Ok(rechecks) => Ok(Some(rechecks)),
+            Err(e) if super::locked::is_lock_timeout(&e) => {
+                tracing::warn!(
+                    "reading the dependents' definitions before the attempt waited {} ms for a lock (a session holds one on a table a dependent view reads)",
+                    wait.as_millis()
+                );
+                Ok(None)
+            }
+            Err(e) => Err(e),
+        }
+    }
+
+    /// Takes the attempt's locks ([`Script::locks`](super::Script), the table's among them)
+    /// one statement at a time on `tx`, each with what is left of `budget` as its
+    /// `lock_timeout`, while `monitor` polls `pg_blocking_pids(pid)` every 10 ms. Returns the
+    /// outcome with the pids seen blocking the requests; `budget` holds the time waited and
+    /// when the first lock was granted.
+    async fn request_locks(
         &self,
         tx: &Transaction<'_>,
         monitor: &Client,
         pid: i32,
-    ) -> std::result::Result<(), (tokio_postgres::Error, Vec<i32>)> {
-        let table_q = self.plan.names.table_qualified();
-        let mut locking = self.script.locks.clone();
-        locking.push(format!("LOCK TABLE {table_q} IN ACCESS EXCLUSIVE MODE"));
+        budget: &mut Budget,
+    ) -> (std::result::Result<(), NotLocked>, Vec<i32>) {
         let blocking = std::sync::Mutex::new(Vec::<i32>::new());
-        // Watch who blocks the request while it waits (pg_blocking_pids, every 10 ms).
+        self.show_wait(Some(Wait::Lock(Vec::new())));
+        // Watch who blocks the requests while they wait (pg_blocking_pids, every 10 ms), and
+        // show them.
         let watch = async {
+            let mut shown: Vec<Blocker> = Vec::new();
             loop {
-                let pids = blocking_pids(monitor, pid).await;
+                let now = blockers_of(monitor, pid).await;
                 if let Ok(mut b) = blocking.lock() {
-                    for pid in pids {
-                        if !b.contains(&pid) {
-                            b.push(pid);
+                    for blocker in &now {
+                        if !b.contains(&blocker.pid) {
+                            b.push(blocker.pid);
                         }
                     }
+                }
+                if now != shown {
+                    self.show_wait(Some(Wait::Lock(now.clone())));
+                    shown = now;
                 }
                 tokio::time::sleep(WATCH_INTERVAL).await;
             }
         };
-        let lock_sql = locking.join(";\n");
+        let locks = async {
+            for statement in &self.script.locks {
+                let left = budget.next_timeout(Instant::now());
+                if left < Duration::from_millis(1) {
+                    return Err(NotLocked::TimedOut);
+                }
+                let asked = Instant::now();
+                let result = tx
+                    .batch_execute(&format!(
+                        "SET LOCAL lock_timeout = '{}ms'; {statement}",
+                        left.as_millis()
+                    ))
+                    .await;
+                budget.waited += asked.elapsed();
+                match result {
+                    Ok(()) => {
+                        budget.first_lock.get_or_insert_with(Instant::now);
+                    }
+                    Err(e) if e.as_db_error().is_some_and(|d| d.code().code() == "55P03") => {
+                        return Err(NotLocked::TimedOut);
+                    }
+                    Err(e) => return Err(NotLocked::Failed(e)),
+                }
+            }
+            Ok(())
+        };
         let result = tokio::select! {
-            r = tx.batch_execute(&lock_sql) => r,
+            r = locks => r,
             never = watch => never,
         };
-        let blocking = blocking.into_inner().unwrap_or_default();
-        result.map_err(|e| (e, blocking))
+        self.show_wait(None);
+        (result, blocking.into_inner().unwrap_or_default())
     }
 
-    /// After an attempt timed out on the lock (rolled back): logs the likely blockers, lets
+    /// After an attempt timed out on a lock (rolled back): logs the likely blockers, lets
     /// `--kill-blockers` act on the pids seen `blocking`, then sleeps the backoff.
     ///
     /// Errors: that was the last of `--cutover-retries` attempts (exit 5).
@@ -255,7 +361,8 @@ impl Cutover<'_> {
             attempt,
             waited_ms = tried.lock_wait.as_millis() as u64,
             blocking_pids = ?blocking,
-            "cutover lock not granted within lock_timeout; rolled back. Possible blockers: {}",
+            "cutover locks not granted within the attempt's lock budget (lock_timeout {} ms for all its locks together); rolled back. Possible blockers: {}",
+            self.lock_timeout().as_millis(),
             if who.is_empty() {
                 "none visible".to_string()
             } else {
@@ -275,33 +382,52 @@ impl Cutover<'_> {
         fail(
             FailureKind::LockBudget,
             format!(
-                "cutover failed: the ACCESS EXCLUSIVE lock on {} was not granted within {} ms in {} attempts (long transactions or heavy lock traffic on the table); the original table is untouched. Retry later, raise --lock-timeout / --cutover-retries, or end the blocking sessions (--kill-blockers does it after a grace period)",
+                "cutover failed: the locks on {} and its dependents were not granted within {} ms (one lock budget per attempt) in {} attempts (long transactions or heavy lock traffic on the table); the original table is untouched. Retry later, raise --lock-timeout / --cutover-retries, or end the blocking sessions (--kill-blockers does it after a grace period)",
                 self.plan.original.qualified(),
-                self.options.lock_timeout.as_millis(),
+                self.lock_timeout().as_millis(),
                 attempts
             ),
         )
     }
 
-    /// The last attempt timed out on the drain under the lock (exit 5).
-    fn drain_budget_exhausted(&self) -> anyhow::Error {
-        fail(
-            FailureKind::LockBudget,
-            format!(
-                "cutover failed: the applier could not drain the last changes within {} ms under the lock; the original table is untouched",
-                self.options.fence_timeout.as_millis()
+    /// The last attempt was rolled back under the lock (exit 5): `why` says on what.
+    fn budget_exhausted(&self, attempts: u32, why: &RolledBack) -> anyhow::Error {
+        match why {
+            RolledBack::LockTimeout => self.lock_budget_exhausted(attempts),
+            _ => fail(
+                FailureKind::LockBudget,
+                format!(
+                    "cutover failed after {attempts} attempts: {}; the original table is untouched",
+                    why.describe(self)
+                ),
             ),
-        )
+        }
     }
 }
 
-/// Sessions blocking backend `pid`'s lock request (`pg_blocking_pids`); empty on error.
-async fn blocking_pids(monitor: &Client, pid: i32) -> Vec<i32> {
-    match monitor
-        .query_one("SELECT pg_blocking_pids($1)", &[&pid])
-        .await
-    {
-        Ok(row) => row.get::<_, Vec<i32>>(0),
+/// Sessions blocking backend `pid`'s lock request (`pg_blocking_pids`), with their role,
+/// state and transaction age; empty on error.
+async fn blockers_of(monitor: &Client, pid: i32) -> Vec<Blocker> {
+    let rows = monitor
+        .query(
+            "SELECT b.pid, coalesce(a.usename::text, '?'), coalesce(a.state, '?'),
+                    coalesce(extract(epoch FROM now() - coalesce(a.xact_start, a.backend_start)), 0)::float8
+             FROM unnest(pg_blocking_pids($1)) AS b(pid)
+             LEFT JOIN pg_stat_activity a ON a.pid = b.pid
+             ORDER BY b.pid",
+            &[&pid],
+        )
+        .await;
+    match rows {
+        Ok(rows) => rows
+            .iter()
+            .map(|r| Blocker {
+                pid: r.get(0),
+                user: r.get(1),
+                state: r.get(2),
+                age: Duration::from_secs_f64(r.get::<_, f64>(3).max(0.0)),
+            })
+            .collect(),
         Err(_) => Vec::new(),
     }
 }

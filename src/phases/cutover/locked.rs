@@ -9,6 +9,7 @@ use anyhow::{Context, Result};
 use tokio_postgres::{Client, Transaction};
 
 use super::Cutover;
+use super::budget::Budget;
 use super::rollback::RollbackFile;
 use crate::failure::{FailureKind, fail};
 use crate::model::catalog;
@@ -39,13 +40,101 @@ impl Rechecks {
     }
 }
 
-/// How an attempt that got the lock ended, when it did not fail.
+/// How an attempt that got its locks ended, when it did not fail.
 pub(super) enum Inside {
     /// The cutover committed.
     Committed(Committed),
-    /// The applier did not reach the fence within `--fence-timeout`; the transaction was
-    /// rolled back and the attempt may be retried. The error says why.
+    /// The transaction was rolled back and the attempt may be retried: `why`, after
+    /// holding the locks for `held`.
+    RolledBack {
+        /// What ran out.
+        why: RolledBack,
+        /// From the first lock granted to the rollback.
+        held: Duration,
+    },
+}
+
+/// Why an attempt that got its locks was rolled back, to be retried.
+pub(super) enum RolledBack {
+    /// The applier did not reach the fence within `--fence-timeout` (the error says why).
     DrainTimeout(anyhow::Error),
+    /// A statement under the lock waited for another lock past what was left of the
+    /// attempt's lock budget.
+    LockTimeout,
+    /// The locks were held for `--max-lock-hold` before COMMIT could be sent; the running
+    /// statement was cancelled.
+    HoldLimit,
+}
+
+impl RolledBack {
+    /// The attempt's outcome in the cutover record: `drain timeout`, `lock timeout`, `lock
+    /// hold limit`.
+    pub(super) fn outcome(&self) -> &'static str {
+        match self {
+            RolledBack::DrainTimeout(_) => "drain timeout",
+            RolledBack::LockTimeout => "lock timeout",
+            RolledBack::HoldLimit => "lock hold limit",
+        }
+    }
+
+    /// What happened, for the log and the final error.
+    pub(super) fn describe(&self, cutover: &Cutover<'_>) -> String {
+        match self {
+            RolledBack::DrainTimeout(e) => format!(
+                "the applier did not drain the last changes within --fence-timeout ({} ms) under the lock ({e})",
+                cutover.options.fence_timeout.as_millis()
+            ),
+            RolledBack::LockTimeout => {
+                "a statement under the lock waited for another lock past the attempt's lock budget (--lock-timeout)".to_string()
+            }
+            RolledBack::HoldLimit => format!(
+                "the locks were held for --max-lock-hold ({} ms) before the swap could commit",
+                cutover.options.max_lock_hold.as_millis()
+            ),
+        }
+    }
+}
+
+/// Whether `e` is (caused by) the server's `lock_timeout` (SQLSTATE 55P03).
+pub(super) fn is_lock_timeout(e: &anyhow::Error) -> bool {
+    e.chain().any(|c| {
+        c.downcast_ref::<tokio_postgres::Error>()
+            .and_then(|e| e.as_db_error())
+            .is_some_and(|d| d.code().code() == "55P03")
+    })
+}
+
+/// The hold's limit under the lock: the deadline and how to cancel the running statement.
+struct Hold {
+    deadline: Instant,
+    token: tokio_postgres::CancelToken,
+}
+
+impl Hold {
+    /// What is left until the deadline.
+    fn left(&self) -> Duration {
+        self.deadline.saturating_duration_since(Instant::now())
+    }
+
+    /// Runs the server statement(s) `work` until the deadline; past it, cancels the
+    /// statement on the server and returns `None` (the caller rolls back).
+    async fn bounded<T>(&self, work: impl std::future::Future<Output = T>) -> Option<T> {
+        match tokio::time::timeout_at(self.deadline.into(), work).await {
+            Ok(done) => Some(done),
+            Err(_) => {
+                self.token.cancel_query(tokio_postgres::NoTls).await.ok();
+                None
+            }
+        }
+    }
+}
+
+/// What the steps under the lock end with.
+enum Steps {
+    /// Ready to commit: the fence the transaction carries, its snapshot, the fence wait.
+    Ready(u64, String, Duration),
+    /// Roll back and retry.
+    Retry(RolledBack),
 }
 
 /// A committed cutover's lock hold, and what marks it.
@@ -105,9 +194,12 @@ impl Laps {
 }
 
 impl Cutover<'_> {
-    /// Runs the steps under the lock on `tx`, which holds it (docs/design.md §4.3, §4.4), and
-    /// commits. `rechecks` were prepared before the lock. Just before COMMIT is sent, the
-    /// rollback script is kept (`rollback`).
+    /// Runs the steps under the lock on `tx`, which holds every lock of the attempt
+    /// (docs/design.md §4.3, §4.4), and commits. `rechecks` were prepared before the locks;
+    /// `budget` says when the first lock was granted and what is left of the lock budget
+    /// (the `lock_timeout` of the statements under the lock). Just before COMMIT is sent,
+    /// the rollback script is kept (`rollback`). Past `--max-lock-hold` from the first lock,
+    /// the running statement is cancelled and the attempt rolled back.
     ///
     /// Errors, each after rolling back (the original is untouched): the fingerprint or the
     /// dependents changed (exit 8), a deferred key still differs (exit 6), the applier
@@ -119,64 +211,33 @@ impl Cutover<'_> {
         tx: Transaction<'_>,
         rechecks: &Rechecks,
         rollback: &mut RollbackFile,
+        budget: &Budget,
     ) -> Result<Inside> {
         let plan = self.plan;
-        let granted = Instant::now();
-        let mut laps = Laps::new(granted);
-        // 1. Fingerprint re-check: DDL that ran during the migration is not on the shadow.
-        let current = rechecks.fingerprint.compute(&tx).await?;
-        laps.lap("fingerprint re-check");
-        if current != self.fingerprint {
-            tx.rollback().await.ok();
-            return Err(definition_changed(plan));
-        }
-        // 2. Dependents re-check: the swap would recreate stale definitions.
-        let now = rechecks.dependents.read(&tx).await?;
-        if now != plan.dependents {
-            tx.rollback().await.ok();
-            return Err(dependents_changed(plan));
-        }
-        laps.lap("dependents re-check");
-        // 3. Fence: every change committed before the lock is applied once it is.
-        let n = self.fencer.emit().await?;
-        let fence_started = Instant::now();
-        if let Err(e) = self.applier.wait_fence(n, self.options.fence_timeout).await {
-            tx.rollback().await.ok();
-            self.applier.check()?;
-            return Ok(Inside::DrainTimeout(e));
-        }
-        let fence_wait = fence_started.elapsed();
-        if let Some(check) = self.after_drain
-            && let Err(e) = check()
-        {
-            tx.rollback().await.ok();
-            return Err(e);
-        }
-        laps.lap("fence and drain");
-        // 4. Deferred keys: those verification could not settle, compared once more.
-        let differing = verify::differing_keys(&tx, plan, self.unsettled)
-            .await?
-            .len();
-        if differing != 0 {
-            tx.rollback().await.ok();
-            return Err(keys_differ(plan, differing));
-        }
-        laps.lap("deferred keys re-check");
-        // The swap (§4.4).
-        for statement in &self.script.forward {
-            if let Err(e) = tx.batch_execute(statement).await {
-                tx.rollback().await.ok();
-                return Err(anyhow::Error::new(e).context(format!(
-                    "cutover statement failed, rolled back ({statement})"
-                )));
-            }
-        }
-        let marked = match self.revert {
-            false => self.mark(&tx, rollback).await,
-            true => Ok((0, String::new())),
+        let first_lock = budget.first_lock.unwrap_or_else(Instant::now);
+        let hold = Hold {
+            deadline: budget
+                .hold_deadline()
+                .unwrap_or(first_lock + self.options.max_lock_hold),
+            token: tx.cancel_token(),
         };
-        let (fence, snapshot) = match marked {
-            Ok(mark) => mark,
+        let mut laps = Laps::new(first_lock);
+        laps.lap("locks");
+        let steps = self
+            .steps_under_lock(&tx, rechecks, rollback, budget, &hold, &mut laps)
+            .await;
+        let (fence, snapshot, fence_wait) = match steps {
+            Ok(Steps::Ready(fence, snapshot, wait)) if Instant::now() < hold.deadline => {
+                (fence, snapshot, wait)
+            }
+            Ok(Steps::Ready(..)) => {
+                tx.rollback().await.ok();
+                return Ok(rolled_back(RolledBack::HoldLimit, first_lock));
+            }
+            Ok(Steps::Retry(why)) => {
+                tx.rollback().await.ok();
+                return Ok(rolled_back(why, first_lock));
+            }
             Err(e) => {
                 tx.rollback().await.ok();
                 return Err(e);
@@ -187,7 +248,6 @@ impl Cutover<'_> {
             "cutover-locked",
             plan.original.qualified()
         );
-        laps.lap("renames and dependents");
         // From here the cutover may have committed even if COMMIT reports an error.
         rollback.keep();
         tx.commit().await.with_context(|| {
@@ -201,10 +261,136 @@ impl Cutover<'_> {
         Ok(Inside::Committed(Committed {
             fence,
             snapshot,
-            lock_held: granted.elapsed(),
+            lock_held: first_lock.elapsed(),
             fence_wait,
             inside: laps.inside,
         }))
+    }
+
+    /// The steps under the lock before COMMIT, each server statement bounded by the hold's
+    /// deadline: the lock budget's rest as `lock_timeout`, the fingerprint and dependents
+    /// re-checks, the fence and drain, the deferred keys, the swap and the marks.
+    ///
+    /// Errors: as [`Cutover::inside_the_lock`]; the caller rolls back.
+    async fn steps_under_lock(
+        &self,
+        tx: &Transaction<'_>,
+        rechecks: &Rechecks,
+        rollback: &RollbackFile,
+        budget: &Budget,
+        hold: &Hold,
+        laps: &mut Laps,
+    ) -> Result<Steps> {
+        let plan = self.plan;
+        let retry = |why| Ok(Steps::Retry(why));
+        // A lock a statement below still has to wait for counts against the same budget.
+        let rest = format!(
+            "SET LOCAL lock_timeout = '{}ms'",
+            budget.wait_left().as_millis().max(1)
+        );
+        let Some(set) = hold.bounded(tx.batch_execute(&rest)).await else {
+            return retry(RolledBack::HoldLimit);
+        };
+        set?;
+        // 1. Fingerprint re-check: DDL that ran during the migration is not on the shadow.
+        let Some(current) = hold.bounded(rechecks.fingerprint.compute(tx)).await else {
+            return retry(RolledBack::HoldLimit);
+        };
+        if current? != self.fingerprint {
+            return Err(definition_changed(plan));
+        }
+        laps.lap("fingerprint re-check");
+        // 2. Dependents re-check: the swap would recreate stale definitions.
+        let Some(now) = hold.bounded(rechecks.dependents.read(tx)).await else {
+            return retry(RolledBack::HoldLimit);
+        };
+        match now {
+            Err(e) if is_lock_timeout(&e) => return retry(RolledBack::LockTimeout),
+            Err(e) => return Err(e),
+            Ok(now) if now != plan.dependents => return Err(dependents_changed(plan)),
+            Ok(_) => {}
+        }
+        laps.lap("dependents re-check");
+        // 3. Fence: every change committed before the lock is applied once it is.
+        let n = self.fencer.emit().await?;
+        let fence_started = Instant::now();
+        let drained = tokio::time::timeout_at(
+            hold.deadline.into(),
+            self.applier.wait_fence(n, self.options.fence_timeout),
+        )
+        .await;
+        match drained {
+            Err(_) => return retry(RolledBack::HoldLimit),
+            Ok(Err(e)) => {
+                self.applier.check()?;
+                return retry(RolledBack::DrainTimeout(e));
+            }
+            Ok(Ok(())) => {}
+        }
+        let fence_wait = fence_started.elapsed();
+        if let Some(check) = self.after_drain {
+            check()?;
+        }
+        laps.lap("fence and drain");
+        // 4. Deferred keys: those verification could not settle, compared once more.
+        let Some(differing) = hold
+            .bounded(verify::differing_keys(tx, plan, self.unsettled))
+            .await
+        else {
+            return retry(RolledBack::HoldLimit);
+        };
+        let differing = differing?.len();
+        if differing != 0 {
+            return Err(keys_differ(plan, differing));
+        }
+        laps.lap("deferred keys re-check");
+        // The swap (§4.4).
+        for statement in &self.script.forward {
+            // The server enforces the deadline too (statement_timeout, what is left of the
+            // hold), without the cancel request's round trips.
+            let bounded = format!(
+                "SET LOCAL statement_timeout = '{}ms'; {statement}",
+                hold.left().as_millis().max(1)
+            );
+            match hold.bounded(tx.batch_execute(&bounded)).await {
+                None => return retry(RolledBack::HoldLimit),
+                Some(Ok(())) => {}
+                Some(Err(e)) => match e.as_db_error().map(|d| d.code().code()) {
+                    Some("55P03") => return retry(RolledBack::LockTimeout),
+                    Some("57014") => return retry(RolledBack::HoldLimit),
+                    _ => {
+                        return Err(anyhow::Error::new(e).context(format!(
+                            "cutover statement failed, rolled back ({statement})"
+                        )));
+                    }
+                },
+            }
+        }
+        // COMMIT is never cut short by a statement timeout.
+        match hold
+            .bounded(tx.batch_execute("SET LOCAL statement_timeout = 0"))
+            .await
+        {
+            None => return retry(RolledBack::HoldLimit),
+            Some(done) => done?,
+        }
+        let (fence, snapshot) = match self.revert {
+            false => match hold.bounded(self.mark(tx, rollback)).await {
+                None => return retry(RolledBack::HoldLimit),
+                Some(marked) => marked?,
+            },
+            true => (0, String::new()),
+        };
+        laps.lap("renames and dependents");
+        Ok(Steps::Ready(fence, snapshot, fence_wait))
+    }
+}
+
+/// An attempt rolled back for `why`, its locks held since `first_lock`.
+fn rolled_back(why: RolledBack, first_lock: Instant) -> Inside {
+    Inside::RolledBack {
+        why,
+        held: first_lock.elapsed(),
     }
 }
 

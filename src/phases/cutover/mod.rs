@@ -20,13 +20,15 @@
 //! | `script.rs` | the forward SQL and the rollback script; the script written before any COMMIT, removed if none is sent (§4.4, §4.5) |
 //! | `postpone.rs` | waiting while postponed: flag file, control socket, failing `before-cutover` hook (§4) |
 //! | `drain.rs` | catch-up rounds before each attempt until the drain under the lock is predicted to fit (§4.1) |
-//! | `attempt.rs` | one attempt: `lock_timeout`, the locks, blockers reported and killed, backoff with jitter (§4.2) |
+//! | `attempt.rs` | one attempt: the locks one relation at a time within one budget, blockers reported and killed, backoff with jitter (§4.2) |
+//! | `budget.rs` | an attempt's limits: the lock budget for all its waits, the bound on its lock hold (§4.2) |
 //! | `locked.rs` | under the lock: fingerprint and dependents re-checks, fence and drain, deferred keys, renames, COMMIT (§4.3, §4.4) |
 //! | `after_commit.rs` | foreign-key validations and materialized view rebuilds (§4.4) |
 //! | `record.rs` | the JSON cutover record (§4.5) |
 
 mod after_commit;
 mod attempt;
+mod budget;
 mod drain;
 mod locked;
 mod postpone;
@@ -55,9 +57,16 @@ pub use script::Script;
 /// Cutover settings.
 #[derive(Debug, Clone)]
 pub struct CutoverOptions {
-    /// `lock_timeout` of each attempt (`--lock-timeout`, ms; default 200 ms). The control
-    /// socket's `lock-timeout=MS`, when set, takes precedence.
+    /// The lock budget of each attempt (`--lock-timeout`, ms; default 200 ms): all of the
+    /// attempt's lock waits together (the table, its foreign-key children and referenced
+    /// tables, its views and the tables they read) stay within it. The control socket's
+    /// `lock-timeout=MS`, when set, takes precedence.
     pub lock_timeout: Duration,
+    /// The longest an attempt holds its locks, from the first one granted to the commit or
+    /// rollback (`--max-lock-hold`, ms; default 500 ms): past it the running statement is
+    /// cancelled and the attempt rolled back and retried. The COMMIT itself, once sent, is
+    /// not cut short.
+    pub max_lock_hold: Duration,
     /// Attempts before giving up (`--cutover-retries`; exit 5 when they run out).
     pub retries: u32,
     /// Longest wait for the applier inside the lock before the attempt is rolled back
@@ -85,6 +94,9 @@ pub struct CutoverOptions {
     /// a postponed cutover and stops further attempts (exit 7, or 3 for the panic flag
     /// file). `None`: not watched.
     pub throttle: Option<tokio::sync::watch::Receiver<crate::ops::throttle::ThrottleState>>,
+    /// The run's progress: the cutover shows there what it waits for (postponed, a lock and
+    /// who blocks it, the drain) and the rollback script's path. `None`: not shown.
+    pub progress: Option<Arc<crate::ops::progress::Progress>>,
     /// With a revert window: the statement the cutover transaction also runs to mark the
     /// reverse stream (see `phases::revert`), so the reverse applier applies exactly what
     /// commits after it. `None`: no revert window.
@@ -96,11 +108,16 @@ pub struct CutoverOptions {
 pub struct Attempt {
     /// 1-based attempt number.
     pub attempt: u32,
-    /// `granted`, `lock timeout`, or `drain timeout` (the applier did not reach the fence
-    /// within `--fence-timeout` under the lock).
+    /// `granted`, `lock timeout` (the attempt's locks were not all granted within its lock
+    /// budget), `drain timeout` (the applier did not reach the fence within
+    /// `--fence-timeout` under the lock) or `lock hold limit` (`--max-lock-hold` was
+    /// reached before COMMIT).
     pub outcome: String,
-    /// Time spent waiting for the lock (ms).
+    /// Time spent waiting for the locks (ms).
     pub lock_wait_ms: f64,
+    /// Time the locks were held, from the first one granted to the commit or rollback (ms;
+    /// 0 when none was granted).
+    pub lock_held_ms: f64,
     /// Predicted drain under the lock (ms): the last catch-up round trip before locking.
     pub predicted_drain_ms: f64,
     /// Sessions `pg_blocking_pids` reported blocking this attempt's lock request.
@@ -112,7 +129,7 @@ pub struct Attempt {
 pub struct CutoverReport {
     /// Attempts made (1 = first try).
     pub attempts: u32,
-    /// ACCESS EXCLUSIVE lock held, from grant to commit.
+    /// Locks held, from the first one granted to the commit.
     pub lock_held: Duration,
     /// Part of the hold spent waiting for the applier to reach the fence.
     pub fence_wait: Duration,
@@ -171,9 +188,19 @@ pub struct Cutover<'a> {
     /// change could not be written back): an error rolls the attempt back and ends the
     /// cutover with it.
     pub after_drain: Option<&'a (dyn Fn() -> Result<()> + Sync)>,
+    /// Row changes received from the stream so far (the write rate the catch-up before each
+    /// attempt compares with the applier's). `None`: unknown, the catch-up never gives up.
+    pub changes_received: Option<&'a (dyn Fn() -> u64 + Sync)>,
 }
 
 impl Cutover<'_> {
+    /// Shows `what` the cutover waits for in the run's progress (`None`: nothing).
+    fn show_wait(&self, what: Option<crate::model::phase::Wait>) {
+        if let Some(progress) = &self.options.progress {
+            progress.wait(what);
+        }
+    }
+
     /// Runs the cutover on `client` (the connection that takes the lock), with `monitor` (a
     /// second session) watching who blocks the lock request: writes the rollback script,
     /// waits while postponed, logs the sessions that could block, then makes attempts until
@@ -182,8 +209,9 @@ impl Cutover<'_> {
     ///
     /// Errors (the transaction is rolled back and the original is untouched, the rollback
     /// script removed):
-    /// - exit 5: every attempt timed out on the lock (`lock_timeout`) or on the drain under it
-    ///   (`--fence-timeout`);
+    /// - exit 5: every attempt timed out on its lock budget (`--lock-timeout`), on the drain
+    ///   under it (`--fence-timeout`) or on the hold limit (`--max-lock-hold`), or the catch-up
+    ///   before the attempts found the write rate above the apply rate;
     /// - exit 8: DDL changed the original, or its dependents changed;
     /// - exit 6: a deferred key still differs under the lock;
     /// - exit 3: Ctrl-C, SIGTERM, `abort` or the panic flag file, while postponed or between
@@ -198,10 +226,40 @@ impl Cutover<'_> {
         } else {
             rollback::RollbackFile::write(&self.options.rollback_dir, self.plan, self.script)?
         };
+        if let Some(progress) = &self.options.progress
+            && !self.revert
+        {
+            let path = std::path::absolute(rollback.path())
+                .unwrap_or_else(|_| rollback.path().to_path_buf());
+            progress.update(|s| s.rollback_script = Some(path));
+        }
         let database: String = client
             .query_one("SELECT current_database()::text", &[])
             .await?
             .get(0);
+        let result = self
+            .attempts(client, monitor, &mut rollback, database)
+            .await;
+        self.show_wait(None);
+        if result.is_err()
+            && !self.revert
+            && let Some(progress) = &self.options.progress
+        {
+            // Nothing was cut over: the script is removed.
+            progress.update(|s| s.rollback_script = None);
+        }
+        result
+    }
+
+    /// Waits while postponed, then makes attempts until one commits; after the commit runs
+    /// the after-commit steps and writes the cutover record. See [`Cutover::run`].
+    async fn attempts(
+        &self,
+        client: &mut Client,
+        monitor: &Client,
+        rollback: &mut rollback::RollbackFile,
+        database: String,
+    ) -> Result<CutoverReport> {
         self.wait_while_postponed().await?;
         for (_, who) in blockers(client, self.plan.original.oid).await? {
             tracing::warn!("before cutover: {who}");
@@ -209,7 +267,7 @@ impl Cutover<'_> {
         let mut attempts = attempt::Attempts::start(client, self.options.kill_blockers).await?;
         let committed = loop {
             if let Some(committed) = self
-                .attempt(client, monitor, &mut attempts, &mut rollback)
+                .attempt(client, monitor, &mut attempts, rollback)
                 .await?
             {
                 break committed;

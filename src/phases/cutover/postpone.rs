@@ -9,25 +9,29 @@ use std::time::Duration;
 use anyhow::Result;
 
 use super::Cutover;
+use crate::model::phase::{Postponement, Wait};
 
 /// How often the postponement is re-checked (ms), unless the operator acts sooner.
 const RECHECK: Duration = Duration::from_millis(500);
 
 impl Cutover<'_> {
-    /// Whether the cutover is postponed now: the flag file exists (and `cut-over` was not
-    /// sent on the control socket since), or the control socket says `postpone` (also set by
-    /// a failing `before-cutover` hook).
-    fn postponed(&self) -> bool {
+    /// Why the cutover is postponed now, if it is: the flag file exists (and `cut-over` was
+    /// not sent on the control socket since), or the control socket says `postpone`, or a
+    /// failing `before-cutover` hook postponed it.
+    fn postponement(&self) -> Option<Postponement> {
         let options = &self.options;
-        let by_flag = options
-            .postpone_flag_file
-            .as_ref()
-            .is_some_and(|f| f.exists())
-            && !options
-                .controls
-                .as_ref()
-                .is_some_and(|c| c.cut_over_requested());
-        by_flag || options.controls.as_ref().is_some_and(|c| c.postponed())
+        let controls = options.controls.as_ref();
+        if let Some(flag) = &options.postpone_flag_file
+            && flag.exists()
+            && !controls.is_some_and(|c| c.cut_over_requested())
+        {
+            return Some(Postponement::FlagFile(flag.clone()));
+        }
+        match controls {
+            Some(c) if c.postponed_by_hook() => Some(Postponement::HookFailed),
+            Some(c) if c.postponed() => Some(Postponement::Operator),
+            _ => None,
+        }
     }
 
     /// Returns once the cutover is no longer postponed (at once when it is not). While
@@ -40,25 +44,23 @@ impl Cutover<'_> {
     /// filesystem), or emitting a fence failed (exit 1).
     pub(super) async fn wait_while_postponed(&self) -> Result<()> {
         let options = &self.options;
-        let mut announced = false;
+        let mut announced: Option<Postponement> = None;
         let mut fence: Option<u64> = None;
-        while self.postponed() {
+        while let Some(by) = self.postponement() {
             options.cancel.check()?;
             self.critical()?;
             self.applier.check()?;
             if let Some(stream) = self.stream {
                 stream.check()?;
             }
-            if !announced {
-                tracing::info!(
-                    "cutover postponed (flag file {}, or `postpone` on the control socket): remove the file or send `cut-over`; the shadow is kept caught up",
-                    options
-                        .postpone_flag_file
-                        .as_ref()
-                        .map(|f| f.display().to_string())
-                        .unwrap_or_else(|| "-".into())
-                );
-                announced = true;
+            if announced.as_ref() != Some(&by) {
+                let lift = match &by {
+                    Postponement::FlagFile(_) => "remove the file or send `cut-over`",
+                    _ => "send `cut-over` on the control socket",
+                };
+                tracing::info!("cutover postponed ({by}): {lift}; the shadow is kept caught up");
+                self.show_wait(Some(Wait::Postponed(by.clone())));
+                announced = Some(by);
             }
             // One fence at a time keeps the slot confirmed and shows the applier keeps up; a
             // throttled applier only makes it wait (the postponement is not bounded).
@@ -82,6 +84,9 @@ impl Cutover<'_> {
                 _ = tick => {}
                 _ = options.cancel.cancelled() => {}
             }
+        }
+        if announced.is_some() {
+            self.show_wait(None);
         }
         Ok(())
     }

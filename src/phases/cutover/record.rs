@@ -10,7 +10,7 @@ use crate::plan::Plan;
 
 /// Stores the cutover record (JSON) next to the rollback script (same name, `.json`): table
 /// and OID, the kept name, lock hold and fence wait (ms), the steps inside the lock (ms),
-/// every attempt with its outcome, lock wait and predicted drain (ms) and blocking pids,
+/// every attempt with its outcome, lock wait, lock hold and predicted drain (ms) and blocking pids,
 /// killed sessions, the database, the commit LSN and the snapshot of the cutover
 /// transaction, the script's absolute path and the failed after-commit steps. Returns its
 /// path.
@@ -26,6 +26,7 @@ pub(super) fn write(plan: &Plan, report: &CutoverReport) -> Result<PathBuf> {
                 "attempt": a.attempt,
                 "outcome": a.outcome,
                 "lock_wait_ms": a.lock_wait_ms,
+                "lock_held_ms": a.lock_held_ms,
                 "predicted_drain_ms": a.predicted_drain_ms,
                 "blocking_pids": a.blockers,
             })

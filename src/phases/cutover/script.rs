@@ -16,8 +16,14 @@ use crate::sql::{ident, literal, qualified};
 /// The SQL of the swap and of its reverse.
 #[derive(Debug, Clone)]
 pub struct Script {
-    /// Locks taken (under the same `lock_timeout`) before the table's own ACCESS EXCLUSIVE
-    /// lock: dependent views and child tables, in a fixed order.
+    /// The locks of one attempt, one relation per statement, in the order they are taken
+    /// (docs/design.md §4.2), all within one lock budget: the foreign-key children and the
+    /// tables whose policies or rules are recreated (ACCESS EXCLUSIVE, by OID), the
+    /// dependent views (leaf first), the other tables those views read (ACCESS SHARE, which
+    /// recreating and re-reading a view takes), the table itself (ACCESS EXCLUSIVE), then
+    /// the tables its own foreign keys reference (ACCESS EXCLUSIVE, which dropping a foreign
+    /// key takes on its referenced table). A view's other table or a referenced table the
+    /// role may not lock is left to the statement that needs it, under the lock hold's limit.
     pub locks: Vec<String>,
     /// Statements run inside the cutover transaction, after the fence.
     pub forward: Vec<String>,
@@ -72,7 +78,7 @@ impl Script {
             .collect();
         back_validate.extend(own_validations);
         Ok(Script {
-            locks: deps.lock_sql(),
+            locks: attempt_locks(client, plan).await?,
             forward,
             validate,
             back,
@@ -80,6 +86,70 @@ impl Script {
             rollback,
         })
     }
+}
+
+/// The statements that take an attempt's locks, in order (see [`Script::locks`]).
+///
+/// Errors: reading the views' other tables or the referenced tables failed (exit 1).
+async fn attempt_locks(client: &Client, plan: &Plan) -> Result<Vec<String>> {
+    let deps = &plan.dependents;
+    let oid = plan.original.oid;
+    let views: Vec<u32> = deps
+        .views
+        .iter()
+        .filter(|v| !v.materialized)
+        .map(|v| v.oid)
+        .collect();
+    let mut locks = deps.lock_each();
+    // Tables (plain or partitioned: LOCK TABLE takes no other kind) the dependent views read,
+    // other than the table and the views themselves, that the role may lock in ACCESS SHARE.
+    let rows = client
+        .query(
+            "SELECT DISTINCT c.oid, format('%I.%I', n.nspname, c.relname)
+             FROM pg_rewrite r
+             JOIN pg_depend d ON d.classid = 'pg_rewrite'::regclass AND d.objid = r.oid
+               AND d.refclassid = 'pg_class'::regclass
+             JOIN pg_class c ON c.oid = d.refobjid
+             JOIN pg_namespace n ON n.oid = c.relnamespace
+             WHERE r.ev_class = ANY($1::oid[]) AND c.relkind IN ('r', 'p') AND c.oid <> $2
+               AND has_table_privilege(c.oid, 'SELECT')
+             ORDER BY 1",
+            &[&views, &oid],
+        )
+        .await
+        .context("reading the tables the dependent views read")?;
+    locks.extend(rows.iter().map(|r| {
+        format!(
+            "LOCK TABLE ONLY {} IN ACCESS SHARE MODE",
+            r.get::<_, String>(1)
+        )
+    }));
+    locks.push(format!(
+        "LOCK TABLE {} IN ACCESS EXCLUSIVE MODE",
+        plan.names.table_qualified()
+    ));
+    // Dropping a foreign key from the kept old table takes ACCESS EXCLUSIVE on the table it
+    // references; LOCK TABLE in that mode needs UPDATE, DELETE or TRUNCATE on it.
+    let rows = client
+        .query(
+            "SELECT DISTINCT c.oid, format('%I.%I', n.nspname, c.relname)
+             FROM pg_constraint k
+             JOIN pg_class c ON c.oid = k.confrelid
+             JOIN pg_namespace n ON n.oid = c.relnamespace
+             WHERE k.conrelid = $1 AND k.contype = 'f' AND k.confrelid <> $1
+               AND has_table_privilege(c.oid, 'UPDATE, DELETE, TRUNCATE')
+             ORDER BY 1",
+            &[&oid],
+        )
+        .await
+        .context("reading the tables the table's foreign keys reference")?;
+    locks.extend(rows.iter().map(|r| {
+        format!(
+            "LOCK TABLE ONLY {} IN ACCESS EXCLUSIVE MODE",
+            r.get::<_, String>(1)
+        )
+    }));
+    Ok(locks)
 }
 
 /// The table and index renames (docs/design.md §4.4, first item): original → kept name, its
@@ -285,8 +355,11 @@ impl Sequences {
 
 /// Foreign keys from this table (docs/design.md §4.4, third item): moved to the new table
 /// (NOT VALID, validated after commit) and dropped from the kept old table, whose stale rows
-/// would otherwise block valid deletes on the parents. Returns the after-commit validations
-/// of the keys that were valid.
+/// would otherwise block valid deletes on the parents. The foreign keys of the new table are
+/// those the clone has after the ALTER: the original's it kept, and those the ALTER adds
+/// (`ADD CONSTRAINT .. FOREIGN KEY`, `ADD COLUMN .. REFERENCES`), which are added the same
+/// way and dropped from the swapped-out table by the rollback. Returns the after-commit
+/// validations of the keys that are to be valid.
 fn foreign_keys(
     plan: &Plan,
     forward: &mut Vec<String>,
@@ -295,20 +368,30 @@ fn foreign_keys(
     let n = &plan.names;
     let table_q = n.table_qualified();
     let old_q = n.old_qualified();
+    let shadow_q = qualified(&n.schema, &n.shadow);
     let mut validate = Vec::new();
-    for fk in plan.original.constraints.iter().filter(|c| c.kind == 'f') {
-        let def = if fk.definition.ends_with("NOT VALID") {
-            fk.definition.clone()
-        } else {
-            format!("{} NOT VALID", fk.definition)
-        };
+    let original: Vec<_> = plan
+        .original
+        .constraints
+        .iter()
+        .filter(|c| c.kind == 'f')
+        .collect();
+    for fk in &original {
         forward.push(format!(
             "ALTER TABLE {old_q} DROP CONSTRAINT {}",
             ident(&fk.name)
         ));
+        back.push(format!(
+            "ALTER TABLE {table_q} ADD CONSTRAINT {} {}",
+            ident(&fk.name),
+            not_valid(&fk.definition)
+        ));
+    }
+    for fk in plan.target.constraints.iter().filter(|c| c.kind == 'f') {
         forward.push(format!(
-            "ALTER TABLE {table_q} ADD CONSTRAINT {} {def}",
-            ident(&fk.name)
+            "ALTER TABLE {table_q} ADD CONSTRAINT {} {}",
+            ident(&fk.name),
+            not_valid(&fk.definition)
         ));
         if fk.validated {
             validate.push((
@@ -319,15 +402,19 @@ fn foreign_keys(
                 ),
             ));
         }
-        back.push(format!(
-            "ALTER TABLE {} DROP CONSTRAINT {}",
-            qualified(&n.schema, &n.shadow),
-            ident(&fk.name)
-        ));
-        back.push(format!(
-            "ALTER TABLE {table_q} ADD CONSTRAINT {} {def}",
-            ident(&fk.name)
-        ));
+        back.insert(
+            back.len() - original.len(),
+            format!("ALTER TABLE {shadow_q} DROP CONSTRAINT {}", ident(&fk.name)),
+        );
     }
     validate
+}
+
+/// `definition` ending in ` NOT VALID`.
+fn not_valid(definition: &str) -> String {
+    if definition.ends_with("NOT VALID") {
+        definition.to_string()
+    } else {
+        format!("{definition} NOT VALID")
+    }
 }

@@ -120,6 +120,7 @@ pub async fn plan(client: &Client, forward: &Plan, new_oid: u32) -> Result<Arc<P
         revert_publication: f.revert_publication.clone(),
         revert_slot: f.revert_slot.clone(),
         revert_prefix: f.revert_prefix.clone(),
+        oid: f.oid,
     };
     let dependents = dependents::read(client, new_oid, &names.publication)
         .await

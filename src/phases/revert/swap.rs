@@ -62,6 +62,7 @@ impl Window {
             options,
             revert: true,
             after_drain: Some(&check),
+            changes_received: None,
         };
         let swap = cutover.run(client, monitor).await?;
         Ok(RevertOutcome {

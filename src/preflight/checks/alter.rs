@@ -4,15 +4,16 @@
 //! clone's catalog is the shadow's exact shape. Then the clone's indexes must be rebuildable
 //! ([`rebuildable_indexes`]) and the index names the ALTER adds free ([`new_names`]).
 
-use anyhow::{Context, Result, anyhow};
+use anyhow::Result;
 use tokio_postgres::{Client, Transaction};
 
 use super::cost;
 use crate::failure::{Check, Refusal};
 use crate::model::alter::{self, AlterSpec};
-use crate::model::catalog::{self, Table};
+use crate::model::catalog::Table;
 use crate::plan::Rewrite;
-use crate::preflight::indexdef::{rename_index_definition, retarget_index};
+use crate::preflight::clone::{MissingReference, TempClone};
+use crate::preflight::indexdef::rename_index_definition;
 use crate::sql::{ident, qualified};
 
 /// [`Check::AlterText`]: the `--alter` clauses analysed by [`alter::analyze`] (no server
@@ -49,21 +50,28 @@ pub async fn apply_to_clone(
 ) -> Result<std::result::Result<AlteredClone, Refusal>> {
     let tx = client.transaction().await?;
     tx.batch_execute("SET LOCAL lock_timeout = '5s'").await?;
-    let (clone, clone_text) = create_clone(&tx, t).await?;
-    let clone_oid: u32 = tx
-        .query_one("SELECT $1::text::regclass::oid", &[&clone])
-        .await?
-        .get(0);
-    let before = catalog::inspect(&tx, clone_oid).await?;
+    let clone = match TempClone::create(&tx, t, &alter.actions()).await {
+        Ok(clone) => clone,
+        Err(e) if e.downcast_ref::<MissingReference>().is_some() => {
+            tx.rollback().await.ok();
+            return Ok(Err(Refusal::new(
+                Check::Alter,
+                format!("{e}"),
+                "create the referenced table first, or correct its name",
+            )));
+        }
+        Err(e) => return Err(e),
+    };
+    let before = clone.inspect(&tx).await?;
     if let Some(refusal) = run_alter(&tx, &clone, alter).await {
         tx.rollback().await.ok();
         return Ok(Err(refusal));
     }
     let after_oid: Option<u32> = tx
-        .query_one("SELECT to_regclass($1)::oid", &[&clone])
+        .query_one("SELECT to_regclass($1)::oid", &[&clone.name])
         .await?
         .get(0);
-    if after_oid != Some(clone_oid) {
+    if after_oid != Some(clone.oid) {
         tx.rollback().await.ok();
         return Ok(Err(Refusal::new(
             Check::Alter,
@@ -71,7 +79,7 @@ pub async fn apply_to_clone(
             "run it directly",
         )));
     }
-    let target = catalog::inspect(&tx, clone_oid).await?;
+    let target = clone.inspect(&tx).await?;
     if target.persistence == 'u' {
         tx.rollback().await.ok();
         return Ok(Err(Refusal::new(
@@ -86,95 +94,17 @@ pub async fn apply_to_clone(
     let rewrite = cost::classify(&before, &target);
     Ok(Ok(AlteredClone {
         target,
-        clone_text,
+        clone_text: clone.text,
         identity_options,
         rewrite,
     }))
 }
 
-/// Creates the empty clone of `t` (`CREATE TEMP TABLE .. (LIKE .. INCLUDING ALL EXCLUDING
-/// INDEXES)`, then `t`'s indexes and constraints under their own names, its REPLICA IDENTITY
-/// FULL, reloptions and column statistics targets). Returns the clone's name as doppel writes
-/// it and as `pg_get_indexdef` prints it.
-async fn create_clone(tx: &Transaction<'_>, t: &Table) -> Result<(String, String)> {
-    let clone = format!("pg_temp.{}", ident(&t.name));
-    tx.batch_execute(&format!(
-        "CREATE TEMP TABLE {clone} (LIKE {} INCLUDING ALL EXCLUDING INDEXES)",
-        t.qualified()
-    ))
-    .await
-    .context("creating the temporary clone")?;
-    // How pg_get_indexdef qualifies the clone: `pg_temp.<t>` from PostgreSQL 15 on, the
-    // session's own temporary schema (`pg_temp_3.<t>`) before.
-    let clone_text: String = tx
-        .query_one(
-            "SELECT CASE WHEN current_setting('server_version_num')::int >= 150000 THEN 'pg_temp'
-                         ELSE (SELECT quote_ident(nspname) FROM pg_namespace
-                               WHERE oid = pg_my_temp_schema()) END
-                    || '.' || quote_ident($1)",
-            &[&t.name],
-        )
-        .await?
-        .get(0);
-    let original_text: String = tx
-        .query_one(
-            "SELECT quote_ident($1) || '.' || quote_ident($2)",
-            &[&t.schema, &t.name],
-        )
-        .await?
-        .get(0);
-    for index in &t.indexes {
-        let sql = match &index.constraint {
-            Some((_, def)) => format!(
-                "ALTER TABLE {clone} ADD CONSTRAINT {} {def}",
-                ident(&index.name)
-            ),
-            None => retarget_index(&index.definition, &original_text, &clone)
-                .ok_or_else(|| anyhow!("cannot read index definition {:?}", index.definition))?,
-        };
-        tx.batch_execute(&sql)
-            .await
-            .with_context(|| format!("copying index {} to the clone", index.name))?;
-    }
-    if t.replica_identity == 'f' {
-        tx.batch_execute(&format!("ALTER TABLE {clone} REPLICA IDENTITY FULL"))
-            .await?;
-    }
-    if !t.reloptions.is_empty() {
-        tx.batch_execute(&format!(
-            "ALTER TABLE {clone} SET ({})",
-            t.reloptions.join(", ")
-        ))
-        .await?;
-    }
-    for c in &t.columns {
-        if let Some(target) = c.stattarget {
-            tx.batch_execute(&format!(
-                "ALTER TABLE {clone} ALTER COLUMN {} SET STATISTICS {target}",
-                ident(&c.name)
-            ))
-            .await?;
-        }
-    }
-    Ok((clone, clone_text))
-}
-
 /// Runs each `--alter` clause as `ALTER TABLE <clone> <clause>`, in order; the refusal quotes
 /// the server's message (and hint) for the first one it rejects.
-async fn run_alter(tx: &Transaction<'_>, clone: &str, alter: &AlterSpec) -> Option<Refusal> {
+async fn run_alter(tx: &Transaction<'_>, clone: &TempClone, alter: &AlterSpec) -> Option<Refusal> {
     for statement in &alter.statements {
-        let sql = format!("ALTER TABLE {clone} {}", statement.text);
-        if let Err(e) = tx.batch_execute(&sql).await {
-            let msg = e
-                .as_db_error()
-                .map(|d| {
-                    let mut m = d.message().to_string();
-                    if let Some(h) = d.hint() {
-                        m.push_str(&format!(" (hint: {h})"));
-                    }
-                    m
-                })
-                .unwrap_or_else(|| e.to_string());
+        if let Some(msg) = clone.alter(tx, &statement.text).await {
             return Some(Refusal::without_fix(
                 Check::Alter,
                 format!(

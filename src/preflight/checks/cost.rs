@@ -1,6 +1,6 @@
 //! What the ALTER would cost if PostgreSQL ran it directly, judged on the empty clone:
-//! rewrite, scan under lock, or metadata-only (docs/design.md §1.1). The last two are
-//! warnings: running the ALTER directly may be cheaper than doppel.
+//! rewrite, scan under lock, or metadata-only (docs/design.md §1.1). Each clause's cost,
+//! with what else it touches, decides its strategy (docs/design.md §1.10).
 
 use crate::model::catalog::Table;
 use crate::plan::Rewrite;
@@ -38,18 +38,5 @@ pub fn classify(before: &Table, after: &Table) -> Rewrite {
         Rewrite::ScanUnderLock
     } else {
         Rewrite::MetadataOnly
-    }
-}
-
-/// The warning for a metadata-only or scan-under-lock ALTER; none for a rewrite.
-pub fn warning(rewrite: Rewrite) -> Option<String> {
-    match rewrite {
-        Rewrite::MetadataOnly => Some(
-            "this ALTER is metadata-only (no rewrite, no scan): running it directly takes its ACCESS EXCLUSIVE lock for milliseconds and is cheaper than doppel".into(),
-        ),
-        Rewrite::ScanUnderLock => Some(
-            "this ALTER does not rewrite the table but scans it or builds an index under its lock; doppel avoids that lock, but NOT VALID + VALIDATE CONSTRAINT or CREATE INDEX CONCURRENTLY may be cheaper".into(),
-        ),
-        Rewrite::Rewrite => None,
     }
 }

@@ -44,3 +44,39 @@ pub async fn check(client: &Client, t: &Table, names: &Names) -> Result<Vec<Refu
         })
         .collect())
 }
+
+/// [`Check::Leftovers`] of an online recipe a killed run left on `t`: an index or a
+/// constraint named with the recipes' prefix `_doppel_<oid>_` (an invalid index of a
+/// concurrent build, a `CHECK (col IS NOT NULL)` helper). One refusal each.
+///
+/// Errors: the query fails.
+pub async fn recipes(client: &Client, t: &Table, names: &Names) -> Result<Vec<Refusal>> {
+    let prefix = format!("{}%", names.recipe_prefix().replace('_', "\\_"));
+    let rows = client
+        .query(
+            "SELECT 'index ' || quote_ident(c.relname) FROM pg_index i JOIN pg_class c ON c.oid = i.indexrelid
+             WHERE i.indrelid = $1 AND c.relname LIKE $2
+             UNION ALL
+             SELECT 'constraint ' || quote_ident(conname) FROM pg_constraint
+             WHERE conrelid = $1 AND conname LIKE $2 ORDER BY 1",
+            &[&t.oid, &prefix],
+        )
+        .await?;
+    Ok(rows
+        .iter()
+        .map(|r| {
+            let what: String = r.get(0);
+            Refusal::new(
+                Check::Leftovers,
+                format!(
+                    "{what} on {} is left over from an interrupted online recipe of doppel",
+                    t.qualified()
+                ),
+                format!(
+                    "if no run is active, remove it with `doppel cleanup --table {}`",
+                    t.qualified()
+                ),
+            )
+        })
+        .collect())
+}

@@ -3,6 +3,7 @@
 //! is [`super::run`]'s.
 
 pub mod alter;
+pub mod clauses;
 pub mod cost;
 pub mod dependents;
 pub mod key;

@@ -136,6 +136,16 @@ pub fn database(server: &Server, grants: &Grants) -> Vec<Refusal> {
     refusals
 }
 
+/// [`Check::Ownership`] alone (of [`table`]'s checks): what a run without a shadow table
+/// needs, since ALTER TABLE on `t` requires its owner.
+///
+/// Errors: the query fails.
+pub async fn ownership(client: &Client, t: &Table) -> Result<Vec<Refusal>> {
+    let mut refusals = table(client, t).await?;
+    refusals.retain(|r| r.check == Check::Ownership);
+    Ok(refusals)
+}
+
 /// [`Check::Ownership`]: the current user must own `t` or be a member of its owner's role
 /// (`pg_has_role(current_user, pg_class.relowner, 'USAGE')`); [`Check::SchemaCreate`]: it
 /// needs CREATE on `t`'s schema for the shadow table, and so does `t`'s owner, to whom the

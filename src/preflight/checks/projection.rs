@@ -7,6 +7,7 @@ use tokio_postgres::Client;
 
 use crate::failure::{Check, Refusal};
 use crate::model::alter::AlterSpec;
+use crate::model::assignment::AssignmentError;
 use crate::model::catalog::Table;
 use crate::model::projection::{ColumnMap, KeyColumn, Projection};
 use crate::sql::ident;
@@ -19,6 +20,7 @@ use crate::sql::ident;
 pub fn project(t: &Table, target: &Table, alter: &AlterSpec) -> Result<Projection, Refusal> {
     let refuse = |reason: String| Refusal::without_fix(Check::Projection, reason);
     let key_change = |reason: String| Refusal::without_fix(Check::KeyChange, reason);
+    backfill_columns(t, target, alter)?;
     for using in &alter.usings {
         if t.column(&using.column).is_none() {
             return Err(refuse(format!(
@@ -42,12 +44,15 @@ pub fn project(t: &Table, target: &Table, alter: &AlterSpec) -> Result<Projectio
                         src.name
                     )));
                 }
-                match alter.using_for(&src.name) {
-                    Some(expr) => format!("({expr})"),
-                    None => format!("src.{}", ident(&src.name)),
+                match (alter.backfill_for(&col.name), alter.using_for(&src.name)) {
+                    (Some(expr), _) | (None, Some(expr)) => format!("({expr})"),
+                    (None, None) => format!("src.{}", ident(&src.name)),
                 }
             }
-            None => String::new(),
+            None => alter
+                .backfill_for(&col.name)
+                .map(|expr| format!("({expr})"))
+                .unwrap_or_default(),
         };
         columns.push(ColumnMap {
             target: col.clone(),
@@ -113,6 +118,70 @@ pub fn project(t: &Table, target: &Table, alter: &AlterSpec) -> Result<Projectio
     })
 }
 
+/// [`Check::Backfill`]: each `--backfill` names a column of the new table that is neither a
+/// primary-key column, nor generated, nor given a `USING` expression by the ALTER.
+fn backfill_columns(t: &Table, target: &Table, alter: &AlterSpec) -> Result<(), Refusal> {
+    let refuse = |text: &str, reason: String, fix: &str| {
+        Refusal::new(
+            Check::Backfill,
+            format!("--backfill {text:?}: {reason}"),
+            fix,
+        )
+    };
+    for b in &alter.backfills {
+        let Some(col) = target.column(&b.column) else {
+            return Err(refuse(
+                &b.text,
+                format!("the new table has no column {:?}", b.column),
+                "name a column the table has after the ALTER (add it with --alter \"ADD COLUMN ..\")",
+            ));
+        };
+        if target.pk_columns.contains(&col.name) {
+            return Err(refuse(
+                &b.text,
+                format!(
+                    "{:?} is a primary-key column: streamed changes are matched by it",
+                    col.name
+                ),
+                "leave the key as it is",
+            ));
+        }
+        if col.generated_sql.is_some() {
+            return Err(refuse(
+                &b.text,
+                format!(
+                    "{:?} is a generated column: the new table computes it",
+                    col.name
+                ),
+                "drop the --backfill",
+            ));
+        }
+        let source = usize::try_from(col.attnum)
+            .ok()
+            .and_then(|n| n.checked_sub(1))
+            .and_then(|i| t.columns.get(i));
+        if let Some(src) = source
+            && alter.using_for(&src.name).is_some()
+        {
+            return Err(refuse(
+                &b.text,
+                format!("column {:?} also has a USING expression", src.name),
+                "give the value once: in the USING expression or in --backfill",
+            ));
+        }
+    }
+    Ok(())
+}
+
+/// The [`Check::Backfill`] refusal of an assignment that does not parse.
+pub fn backfill_text(e: &AssignmentError) -> Refusal {
+    Refusal::new(
+        Check::Backfill,
+        format!("--backfill: {e}"),
+        "write it as --backfill 'column = expression', the expression over the old row",
+    )
+}
+
 /// [`Check::Projection`]: prepares (without running) the copy's projection over the original
 /// (`SELECT CAST(<expression> AS <type>), .. FROM ONLY t AS src LIMIT 0`), so a `USING`
 /// expression the copy or the apply could not evaluate is refused now. Also refuses an ALTER
@@ -129,23 +198,32 @@ pub async fn evaluable(client: &Client, t: &Table, p: &Projection) -> Option<Ref
             "the ALTER leaves no column to copy",
         ));
     }
-    let sql = format!(
+    let copy = format!(
         "SELECT {} FROM ONLY {} AS src LIMIT 0",
         exprs.join(", "),
         t.qualified()
     );
-    client.prepare(&sql).await.err().map(|e| {
-        Refusal::new(
-            Check::Projection,
-            format!(
-                "a USING expression cannot be evaluated over the original row ({})",
-                e.as_db_error()
-                    .map(|d| d.message().to_string())
-                    .unwrap_or_else(|| e.to_string())
-            ),
-            "reference columns by their plain names",
-        )
-    })
+    // The applier evaluates the same expressions over the decoded row (docs/design.md §2.8).
+    let apply = format!(
+        "SELECT {} FROM ({}) AS src LIMIT 0",
+        exprs.join(", "),
+        p.decoded_row_sql()
+    );
+    for (sql, by) in [(copy, "the original row"), (apply, "a streamed row")] {
+        if let Err(e) = client.prepare(&sql).await {
+            return Some(Refusal::new(
+                Check::Projection,
+                format!(
+                    "a USING or --backfill expression cannot be evaluated over {by} ({})",
+                    e.as_db_error()
+                        .map(|d| d.message().to_string())
+                        .unwrap_or_else(|| e.to_string())
+                ),
+                "reference the table's columns by their plain names (or as src.<column>); a streamed row has no generated or system columns",
+            ));
+        }
+    }
+    None
 }
 
 /// Verification hashes rows with `hash_record_extended`; each written column whose type has

@@ -8,6 +8,7 @@
 //! ([`scalar`]) and doppel's objects seen from outside ([`shadow_rows`],
 //! [`assert_no_doppel_objects`]).
 
+pub mod locks;
 pub mod race;
 
 use std::path::{Path, PathBuf};
@@ -28,13 +29,15 @@ pub use doppel_testkit::process::{pid_alive, processes_mentioning};
 pub use doppel_testkit::sql::{fails, oid_of, scalar, text};
 
 /// The options of an executing test run of `table` with `alters`: the spool, the rollback
-/// script and the pause points under `dir`; everything else as `doppel run`'s defaults.
-/// [`Tune`] adjusts them.
+/// script and the pause points under `dir`; the shadow strategy for every clause (these tests
+/// exercise the shadow migration, whatever its ALTER); everything else as `doppel run`'s
+/// defaults. [`Tune`] adjusts them (`strategy_auto` for the per-clause strategy).
 pub fn options(dir: &Path, table: &str, alters: &[&str]) -> RunOptions {
     RunOptions {
         execute: true,
         work_dir: dir.to_path_buf(),
         rollback_dir: dir.to_path_buf(),
+        force_shadow: true,
         ..RunOptions::new(table, alters)
     }
 }
@@ -63,6 +66,11 @@ pub trait Tune {
     /// A backfill slowed down so events can land while it copies: one copy worker, 100-row
     /// chunks of 5 ms, and a pause of `nice_ratio` times each chunk's duration after it.
     fn slow(self, nice_ratio: f64) -> Self;
+    /// The per-clause strategy of `doppel run` (direct, online or shadow), not the forced
+    /// shadow of [`options`].
+    fn strategy_auto(self) -> Self;
+    /// `--backfill` assignments.
+    fn backfills(self, assignments: &[&str]) -> Self;
 }
 
 impl Tune for RunOptions {
@@ -116,6 +124,16 @@ impl Tune for RunOptions {
             .chunk_time(Duration::from_millis(5))
             .initial_rows(100)
             .nice_ratio(nice_ratio)
+    }
+
+    fn strategy_auto(mut self) -> Self {
+        self.force_shadow = false;
+        self
+    }
+
+    fn backfills(mut self, assignments: &[&str]) -> Self {
+        self.backfills = assignments.iter().map(|a| a.to_string()).collect();
+        self
     }
 }
 

@@ -21,6 +21,7 @@ use tokio_postgres::{Client, Transaction};
 
 use postgres_protocol::escape::escape_identifier as ident;
 
+pub mod ledger;
 mod matrix;
 
 pub use matrix::{

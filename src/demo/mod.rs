@@ -1,4 +1,6 @@
-//! `doppel demo`: a real online migration on a throwaway cluster, and its revert.
+//! `doppel demo`: a real online migration on a throwaway cluster, and its revert
+//! (`--scenario shadow`, the default); `--scenario ledger` walks through expand/contract on
+//! the table itself ([`ledger`]).
 //!
 //! Starts a private PostgreSQL cluster from the installed server binaries, loads the demo
 //! table (default 1,000,000 rows) and its twin, and runs the concurrent writer
@@ -14,6 +16,8 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, bail};
 use tokio::task::JoinHandle;
+
+pub mod ledger;
 
 use crate::cancel::Cancel;
 use crate::run::{self, Outcome, RunOptions, RunReport, WindowEnd};
@@ -171,7 +175,9 @@ async fn wait_for_window(socket: &Path, migration: &JoinHandle<Result<Outcome>>)
 async fn finished(migration: JoinHandle<Result<Outcome>>) -> Result<RunReport> {
     match migration.await.context("the migration task failed")?? {
         Outcome::Migrated(report) => Ok(*report),
-        Outcome::Planned(_) => bail!("the demo ran as a dry run"),
+        Outcome::Planned(_) | Outcome::Altered(_) => {
+            bail!("the demo's migration did not take the shadow")
+        }
         Outcome::Finished(_) => bail!("the demo's run finished an interrupted one"),
     }
 }
