@@ -28,6 +28,12 @@
 #   m4. during every doppel run: the WAL doppel's slot retains at its peak (sampled every
 #       second) vs the peak size of the spool file doppel writes instead, and the WAL written
 #       during the run (what the slot would hold if nothing consumed it until the end)
+#   m5. the PK + 2 index builds of m1 again without parallel maintenance workers (as a paced
+#       run builds) and with maintenance_work_mem 64MB instead of doppel's 1GB
+#   m6. the whole table by INSERT .. SELECT vs COPY TO STDOUT piped into COPY FROM STDIN
+#       (binary, two sessions)
+#   m7. on PostgreSQL 16+: doppel run --copy-origin (copy sessions under replication origins,
+#       stream origin 'none') vs the default
 # The cluster lives in a temp dir and is stopped and removed on any exit. Logs of the run are
 # kept in target/bench-results/<date>-<rows>/.
 set -euo pipefail
@@ -403,11 +409,12 @@ if [[ $DO_MEANS -eq 1 ]]; then
   # whole table in one statement each, into the bare table.
   q "DROP TABLE public.means_copy" >/dev/null
   q "$means_table" >/dev/null
-  R[m_insert_all]=$(time_sql "INSERT INTO public.means_copy SELECT * FROM ONLY public.orders")
+  # (binary COPY needs the target's types: customer_id is cast to bigint on both paths)
+  R[m_insert_all]=$(time_sql "INSERT INTO public.means_copy SELECT id, customer_id::bigint, status, amount, note, created_at FROM ONLY public.orders")
   q "DROP TABLE public.means_copy" >/dev/null
   q "$means_table" >/dev/null
   t0=$(now)
-  "$PSQL" -X -q -v ON_ERROR_STOP=1 -c "COPY (SELECT * FROM ONLY public.orders) TO STDOUT (FORMAT binary)" \
+  "$PSQL" -X -q -v ON_ERROR_STOP=1 -c "COPY (SELECT id, customer_id::bigint, status, amount, note, created_at FROM ONLY public.orders) TO STDOUT (FORMAT binary)" \
     | "$PSQL" -X -q -v ON_ERROR_STOP=1 -c "COPY public.means_copy FROM STDIN (FORMAT binary)" >>"$WORK/sql.out" 2>&1 \
     || die "COPY between two sessions failed"
   R[m_copy_all]=$(elapsed "$t0" "$(now)")
@@ -550,9 +557,9 @@ fi
 # Three more doppel runs on the idle table, each freshly restored, one setting changed from
 # the defaults of the run above (--copy-workers 2, --chunk-time 100).
 MEANS_RUNS=("w1|--copy-workers 1" "ct500|--chunk-time 500" "ct2000|--chunk-time 2000")
-# m7. on PostgreSQL 16+: the copy's rows decoded by the WAL sender, as before 16 (doppel's
-# default there marks the copy sessions with replication origins and streams origin 'none').
-[[ $PG_MAJOR -ge 16 ]] && MEANS_RUNS+=("noorigin|--no-copy-origin")
+# m7. on PostgreSQL 16+: --copy-origin, the copy sessions under replication origins and the
+# stream with origin 'none' (the default decodes the copied rows and discards them).
+[[ $PG_MAJOR -ge 16 ]] && MEANS_RUNS+=("origin|--copy-origin")
 if [[ $DO_MEANS -eq 1 ]]; then
   for spec in "${MEANS_RUNS[@]}"; do
     tag=${spec%%|*}
@@ -833,7 +840,7 @@ MD="$WORK/section.md"
     echo "| index builds: maintenance_work_mem 1GB | ${R[m_build]} s | 64MB (the server's default): ${R[m_build_mwm64]} s | **$(ratio "${R[m_build_mwm64]}" "${R[m_build]}")** |"
     echo "| the whole table in one statement: \`INSERT .. SELECT\` on the server | ${R[m_insert_all]} s | \`COPY .. TO STDOUT\` piped into \`COPY .. FROM STDIN\` (binary, two sessions): ${R[m_copy_all]} s | **$(ratio "${R[m_copy_all]}" "${R[m_insert_all]}")** |"
     if [[ $PG_MAJOR -ge 16 ]]; then
-      echo "| copy sessions under replication origins, stream \`origin 'none'\` (PostgreSQL 16+ default) | copy ${R[idle_copy]} s (run $dw s) | \`--no-copy-origin\` (copied rows decoded and discarded, as on 14-15): copy ${R[noorigin_copy]} s (run ${R[noorigin_wall]} s) | **$(ratio "${R[noorigin_copy]}" "${R[idle_copy]}")** (run $(ratio "${R[noorigin_wall]}" "$dw")) |"
+      echo "| copied rows decoded by the WAL sender and discarded (default) | copy ${R[idle_copy]} s (run $dw s) | \`--copy-origin\` (copy sessions under replication origins, stream \`origin 'none'\`): copy ${R[origin_copy]} s (run ${R[origin_wall]} s) | **$(ratio "${R[origin_copy]}" "${R[idle_copy]}")** (run $(ratio "${R[origin_wall]}" "$dw")) |"
     fi
     echo "| changes spooled on doppel's side, idle | slot-retained WAL at its peak $(fmt_bytes "${R[idle_peak_retained]}"); spool file at its peak $(fmt_bytes "${R[idle_peak_spool]}") | a slot nobody reads until the end retains the run's WAL: $(fmt_bytes "${R[idle_wal_written]}") | **$(ratio "${R[idle_wal_written]}" "${R[idle_peak_retained]}")** |"
     if [[ $DO_LOAD -eq 1 ]]; then

@@ -122,11 +122,12 @@ pub(crate) struct TuningArgs {
     /// multiplicative decrease). Off by default.
     #[arg(long, value_name = "MS")]
     pub(crate) max_write_latency: Option<f64>,
-    /// Let the WAL sender decode the copied rows (and discard them) instead of marking the
-    /// copy sessions with replication origins and streaming with origin 'none' (PostgreSQL
-    /// 16+, superuser or EXECUTE on the origin functions, no other origins on the server).
+    /// Mark the copy sessions with replication origins and stream with origin 'none', so the
+    /// WAL sender skips the copied rows instead of decoding and discarding them (PostgreSQL
+    /// 16+, superuser or EXECUTE on the origin functions, no other origin on the server;
+    /// otherwise ignored). Off by default: no gain measured yet (BENCHMARKS.md).
     #[arg(long)]
-    pub(crate) no_copy_origin: bool,
+    pub(crate) copy_origin: bool,
     /// Serve Prometheus metrics at http://ADDR/metrics, e.g. 127.0.0.1:9187 (port 0: any free
     /// port, logged and shown by `status --json`).
     #[arg(long, value_name = "ADDR")]
@@ -299,7 +300,7 @@ pub(crate) fn run_options(
             .max_write_latency
             .filter(|ms| *ms > 0.0)
             .map(|ms| Duration::from_secs_f64(ms / 1000.0)),
-        copy_origin: !t.no_copy_origin,
+        copy_origin: t.copy_origin,
         metrics_listen: t.metrics_listen,
         metrics_linger: Duration::from_secs(t.metrics_linger),
         ..RunOptions::new("", &[])

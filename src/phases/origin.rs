@@ -1,4 +1,4 @@
-//! Replication origins for the copy sessions (PostgreSQL 16+, issue 17): each copy worker
+//! Replication origins for the copy sessions (PostgreSQL 16+, `--copy-origin`, issue 17): each copy worker
 //! marks its session with a replication origin of its own (`doppel_<table oid>_copy<n>`,
 //! `pg_replication_origin_session_setup`), and doppel's stream asks pgoutput for `origin
 //! 'none'`. The WAL sender then drops the backfill's inserts into the shadow while decoding,

@@ -3,7 +3,7 @@
 //! 'none'`, so the WAL sender drops the copied rows while decoding: the copy's commits are
 //! recorded under the origins, the new table still equals the twin under a concurrent writer
 //! (nothing the shadow needs was dropped), and the origins are gone afterwards. Before 16 and
-//! with `copy_origin` off, no origin is created.
+//! with `copy_origin` off (the default), no origin is created.
 
 use std::time::Duration;
 
