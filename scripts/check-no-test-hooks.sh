@@ -21,7 +21,7 @@ fi
 [ -x "$bin" ] || { echo "check-no-test-hooks: no executable at $bin" >&2; exit 2; }
 
 found=0
-for s in DOPPEL_PAUSE_DIR 'pause point' chunk-open visibility-wait cutover-locked cutover-attempt shadow-built index-built \
+for s in DOPPEL_PAUSE_DIR 'pause point' chunk-open visibility-wait cutover-locked cutover-attempt lock-granted shadow-built index-built \
   after-preflight 'applier (during copy)' '_during_copy' 'waiting for the test'; do
   n=$(strings -a "$bin" | grep -cF -- "$s")
   if [ "$n" -gt 0 ]; then

@@ -47,6 +47,10 @@ pub struct Plan {
     pub dependents: crate::dependents::Dependents,
     /// Things the DBA should know that do not stop the run.
     pub warnings: Vec<String>,
+    /// What the application will see at the cutover (result types of `SELECT *`, the row
+    /// type, old snapshots) and what to do about it: the plan's "application compatibility"
+    /// lines (docs/design.md §4.6).
+    pub compatibility: Vec<String>,
 }
 
 /// How one clause of the ALTER is carried out (docs/design.md §1.10).

@@ -66,6 +66,22 @@ pub(crate) struct TuningArgs {
     /// default: without it doppel only reports them and retries.
     #[arg(long)]
     pub(crate) kill_blockers: bool,
+    /// How long the cutover waits, before each attempt, for sessions holding a snapshot older
+    /// than the cutover (a transaction that would read the new table incompletely) to end
+    /// (e.g. `60s`, `10m`); past it the attempt is postponed, exit 5 after the retries.
+    #[arg(long, value_parser = humantime::parse_duration, default_value = "60s")]
+    pub(crate) old_snapshot_timeout: Duration,
+    /// Cancel (pg_cancel_backend), then after --kill-blockers-grace terminate, the sessions
+    /// still holding a snapshot older than the cutover after --old-snapshot-timeout. Off by
+    /// default: doppel postpones the cutover and names them.
+    #[arg(long)]
+    pub(crate) kill_old_snapshots: bool,
+    /// A PgBouncer admin console (DSN with dbname=pgbouncer, a user in admin_users; repeatable):
+    /// right after the cutover commits doppel sends it `RECONNECT <database>`, so pooled
+    /// server connections, and the statements prepared on them, are replaced as they are
+    /// released.
+    #[arg(long = "pgbouncer-admin")]
+    pub(crate) pgbouncer_admin: Vec<String>,
     /// logical_decoding_work_mem of doppel's WAL sender: server memory for decoding before
     /// transactions spill to disk (the backfill's own chunks are decoded too).
     #[arg(long, default_value = "256MB")]
@@ -255,7 +271,7 @@ pub(crate) fn display(mode: ProgressMode) -> Display {
 
 /// The library's run options from the command line's.
 ///
-/// Errors: a `--throttle-replica` DSN that does not parse.
+/// Errors: a `--throttle-replica` or `--pgbouncer-admin` DSN that does not parse.
 pub(crate) fn run_options(
     table: String,
     alters: Vec<String>,
@@ -263,6 +279,10 @@ pub(crate) fn run_options(
     t: &TuningArgs,
 ) -> anyhow::Result<RunOptions> {
     let display = display(t.progress);
+    let mut pgbouncer_admin = Vec::new();
+    for dsn in &t.pgbouncer_admin {
+        pgbouncer_admin.push(conninfo::resolve(Some(dsn))?);
+    }
     Ok(RunOptions {
         table,
         alters,
@@ -286,6 +306,11 @@ pub(crate) fn run_options(
         kill_blockers: t
             .kill_blockers
             .then(|| Duration::from_millis(t.kill_blockers_grace)),
+        old_snapshot_timeout: t.old_snapshot_timeout,
+        kill_old_snapshots: t
+            .kill_old_snapshots
+            .then(|| Duration::from_millis(t.kill_blockers_grace)),
+        pgbouncer_admin,
         throttle: t.throttle.options()?,
         control_socket: t.control_socket.clone(),
         hooks_dir: t.hooks_dir.clone(),

@@ -11,12 +11,14 @@
 
 pub mod dsn;
 pub mod env;
+mod own;
 pub mod passfile;
 pub mod service;
 pub mod session;
 pub mod settings;
 pub mod tls;
 
+pub use own::backend_pids as own_backend_pids;
 pub use session::{
     Security, cancel, connect, connect_replication, pgbouncer_answer, probe_replication, security,
     security_of_replication,

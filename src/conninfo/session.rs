@@ -124,11 +124,15 @@ pub async fn connect(config: &(impl ToConnInfo + ?Sized)) -> Result<tokio_postgr
         let tls = info.tls.for_sessions();
         async move {
             let (client, connection) = pg.connect(tls).await?;
+            let pid = std::sync::Arc::new(std::sync::atomic::AtomicI32::new(0));
+            let ended = pid.clone();
             tokio::spawn(async move {
                 if let Err(e) = connection.await {
                     tracing::debug!("connection closed: {e}");
                 }
+                super::own::forget(ended.load(std::sync::atomic::Ordering::SeqCst));
             });
+            remember_backend(&client, &pid).await;
             let role = if check {
                 let row = client.query_one(ROLE_SQL, &[]).await?;
                 Some(Role {
@@ -142,6 +146,26 @@ pub async fn connect(config: &(impl ToConnInfo + ?Sized)) -> Result<tokio_postgr
         }
     })
     .await
+}
+
+/// Records the backend pid of the session `client` among this process's own sessions (see
+/// `own`), storing it in `pid` for the connection task to forget when it ends. A server
+/// that cannot say (PgBouncer's admin console) leaves nothing recorded.
+async fn remember_backend(client: &tokio_postgres::Client, pid: &std::sync::atomic::AtomicI32) {
+    let Ok(messages) = client.simple_query("SELECT pg_backend_pid()").await else {
+        return;
+    };
+    let backend = messages.iter().find_map(|m| match m {
+        tokio_postgres::SimpleQueryMessage::Row(row) => row.get(0)?.parse::<i32>().ok(),
+        _ => None,
+    });
+    if let Some(backend) = backend {
+        pid.store(backend, std::sync::atomic::Ordering::SeqCst);
+        super::own::remember(backend);
+        if client.is_closed() {
+            super::own::forget(backend);
+        }
+    }
 }
 
 /// Opens the replication connection (`pglogrepl`, `replication=database`) with the same

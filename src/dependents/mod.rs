@@ -19,7 +19,8 @@
 //! - `view.rs`: views on the table, transitively (and the [`View`] record materialized views
 //!   share); `matview.rs`: materialized views, rebuilt after the commit;
 //! - `foreign_key.rs`: foreign keys of other tables, re-added `NOT VALID`, validated after
-//!   the commit;
+//!   the commit; `foreign_key/partitioned.rs`: those defined on partitioned tables, moved
+//!   through their leaf partitions before PostgreSQL 18;
 //! - `trigger.rs`, `rule.rs`, `policy.rs` (with the RLS flags), `publication.rs`,
 //!   `statistics.rs`, `replica_identity.rs`, `toast.rs` (TOAST reloptions);
 //! - `unmovable.rs`: other objects bound to the OID, refused (`BEGIN ATOMIC` functions,
@@ -88,7 +89,10 @@ use std::fmt;
 use crate::model::names::Names;
 use crate::sql::{ident, literal, qualified};
 
-pub use foreign_key::ForeignKey;
+pub use foreign_key::{
+    ForeignKey, LeafKey, NOT_VALID_ON_PARTITIONED, PENDING_REATTACH_MARK, REATTACH_ATTEMPTS,
+    REATTACH_LOCK_TIMEOUT_MS, pending_reattach_sql,
+};
 pub use matview::{MATVIEW_SWAP_ATTEMPTS, MATVIEW_SWAP_LOCK_TIMEOUT_MS};
 pub use policy::Policy;
 pub use publication::Publication;
@@ -373,6 +377,24 @@ impl Dependents {
             && self.other_rules.is_empty()
     }
 
+    /// When `now` (a re-read) differs from `self` only in the leaf partitions of a
+    /// partitioned table whose foreign key moves through its leaves (a partition created,
+    /// attached or detached meanwhile), that table's name; `None` otherwise.
+    pub fn partitions_changed(&self, now: &Dependents) -> Option<String> {
+        if self.foreign_keys.len() != now.foreign_keys.len() {
+            return None;
+        }
+        let mut changed = None;
+        let mut same_keys = self.clone();
+        for (mine, theirs) in same_keys.foreign_keys.iter_mut().zip(&now.foreign_keys) {
+            if mine.leaf_keys != theirs.leaf_keys && mine.leaf_keys.is_some() {
+                changed.get_or_insert_with(|| mine.child.clone());
+                mine.leaf_keys = theirs.leaf_keys.clone();
+            }
+        }
+        (same_keys == *now).then_some(changed).flatten()
+    }
+
     /// Statements taking the locks the move needs besides the table's, in a fixed order, to
     /// run in the cutover transaction under its `lock_timeout` right BEFORE it locks the table
     /// (and again, as no-ops, at the start of [`Dependents::forward`]):
@@ -445,8 +467,7 @@ impl Dependents {
     /// pairs and `dropped_columns` the columns the ALTER removes: a definition naming such a
     /// column cannot be recreated on the new table. Also reported: everything in
     /// [`Dependents::unsupported`] (including materialized views something depends on or that
-    /// use a dependent view), foreign keys from partitioned tables (no `NOT VALID` foreign key
-    /// on a partitioned table before PostgreSQL 18).
+    /// use a dependent view).
     ///
     /// Not detected: an expression that no longer type-checks after a column type change
     /// (e.g. a view comparing the column with a literal of the old type); the cutover

@@ -89,6 +89,8 @@ pub(super) struct ReadContext {
     pub view_index: HashMap<u32, usize>,
     /// Columns of the table each dependent object uses (`pg_depend` on the column).
     columns: ColumnUse,
+    /// The server's `server_version_num`.
+    pub version: i32,
 }
 
 impl ReadContext {
@@ -451,6 +453,7 @@ async fn read_qualified(
         table: qualified(&deps.schema, &deps.table),
         view_index: HashMap::new(),
         columns: column_use(rows.take(&COLUMN_USE)),
+        version,
     };
 
     // The views, which the second batch takes as parameters.

@@ -110,7 +110,11 @@ pub struct Table {
     pub replica_identity: char,
     /// `relispartition`.
     pub is_partition: bool,
-    /// Has inheritance parents or children.
+    /// For a partition: the root of its partitioned tree (`pg_partition_root`), as
+    /// `"schema"."name"`.
+    pub partition_root: Option<String>,
+    /// Has inheritance (`INHERITS`) parents or children; partitions of a declaratively
+    /// partitioned table do not count (see `is_partition` and `relkind`).
     pub inherits: bool,
     /// Owner role name.
     pub owner: String,
@@ -185,11 +189,16 @@ pub async fn inspect(client: &impl GenericClient, oid: u32) -> Result<Table> {
         .query_one(
             "SELECT n.nspname::text, c.relname::text, c.relkind::text, c.relpersistence::text,
                     c.relreplident::text, c.relispartition,
-                    c.relhassubclass OR EXISTS (SELECT 1 FROM pg_inherits i WHERE i.inhrelid = c.oid),
+                    (NOT c.relispartition AND EXISTS (SELECT 1 FROM pg_inherits i WHERE i.inhrelid = c.oid))
+                    OR EXISTS (SELECT 1 FROM pg_inherits i JOIN pg_class k ON k.oid = i.inhrelid
+                               WHERE i.inhparent = c.oid AND NOT k.relispartition),
                     pg_get_userbyid(c.relowner)::text, coalesce(c.reloptions, '{}')::text[],
                     c.relfilenode::oid, c.reltuples::bigint, pg_relation_size(c.oid),
                     pg_total_relation_size(c.oid), obj_description(c.oid, 'pg_class'),
-                    (SELECT spcname::text FROM pg_tablespace WHERE oid = c.reltablespace)
+                    (SELECT spcname::text FROM pg_tablespace WHERE oid = c.reltablespace),
+                    (SELECT ARRAY[rn.nspname::text, r.relname::text] FROM pg_class r
+                     JOIN pg_namespace rn ON rn.oid = r.relnamespace
+                     WHERE c.relispartition AND r.oid = pg_partition_root(c.oid))
              FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace WHERE c.oid = $1",
             &[&oid],
         )
@@ -204,6 +213,9 @@ pub async fn inspect(client: &impl GenericClient, oid: u32) -> Result<Table> {
         persistence: one_char(row.get(3)),
         replica_identity: one_char(row.get(4)),
         is_partition: row.get(5),
+        partition_root: row
+            .get::<_, Option<Vec<String>>>(15)
+            .map(|r| crate::sql::qualified(&r[0], &r[1])),
         inherits: row.get(6),
         owner: row.get(7),
         reloptions: row.get(8),
@@ -414,7 +426,7 @@ const FINGERPRINT_SQL: &str = "SELECT md5(concat_ws('|',
         FROM pg_attribute WHERE attrelid = $1 AND attnum > 0),
      (SELECT string_agg(pg_get_indexdef(indexrelid), ',' ORDER BY indexrelid) FROM pg_index WHERE indrelid = $1),
      (SELECT string_agg(conname || pg_get_constraintdef(oid), ',' ORDER BY conname)
-        FROM pg_constraint WHERE conrelid = $1 OR confrelid = $1),
+        FROM pg_constraint WHERE conrelid = $1 OR (confrelid = $1 AND conparentid = 0)),
      (SELECT string_agg(tgname, ',' ORDER BY tgname) FROM pg_trigger WHERE tgrelid = $1),
      (SELECT string_agg(rulename::text, ',' ORDER BY rulename) FROM pg_rewrite WHERE ev_class = $1),
      (SELECT string_agg(polname::text, ',' ORDER BY polname) FROM pg_policy WHERE polrelid = $1),
@@ -423,8 +435,10 @@ const FINGERPRINT_SQL: &str = "SELECT md5(concat_ws('|',
         FROM pg_class WHERE oid = $1)))";
 
 /// A fingerprint (md5) of the table's catalog state that a rename would not carry along:
-/// columns, indexes, constraints, triggers, rules, policies, grants, replica identity,
-/// reloptions, publication membership. Compared before the shadow is built and again under the
+/// columns, indexes, constraints (its own, and the foreign keys that reference it, but not
+/// their clones on partitions, which PostgreSQL adds when a partition is created or attached
+/// and which move with the key defined on the partitioned table), triggers, rules, policies,
+/// grants, replica identity, reloptions, publication membership. Compared before the shadow is built and again under the
 /// cutover lock: DDL that ran on the original during the migration changes it.
 pub async fn fingerprint(client: &impl GenericClient, oid: u32) -> Result<String> {
     let row = client

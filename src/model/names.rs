@@ -85,6 +85,30 @@ impl Names {
         format!("_doppel_{oid}_old_i{n}")
     }
 
+    /// Name of the shadow's `n`-th partition (a member of a partitioned table's tree, in
+    /// `PartitionTree::members` order) until cutover: `_doppel_<oid>_new_p<n>`.
+    pub fn shadow_partition(&self, oid: u32, n: usize) -> String {
+        format!("_doppel_{oid}_new_p{n}")
+    }
+
+    /// Name the original's `n`-th partition is kept under after cutover:
+    /// `_doppel_<oid>_old_p<n>`.
+    pub fn old_partition(&self, oid: u32, n: usize) -> String {
+        format!("_doppel_{oid}_old_p{n}")
+    }
+
+    /// Temporary name of the `k`-th index defined on the shadow's `n`-th partition:
+    /// `_doppel_<oid>_new_p<n>_i<k>`.
+    pub fn shadow_partition_index(&self, oid: u32, n: usize, k: usize) -> String {
+        format!("_doppel_{oid}_new_p{n}_i{k}")
+    }
+
+    /// Name the `k`-th index of the original's `n`-th partition is kept under after
+    /// cutover: `_doppel_<oid>_old_p<n>_i<k>`.
+    pub fn old_partition_index(&self, oid: u32, n: usize, k: usize) -> String {
+        format!("_doppel_{oid}_old_p{n}_i{k}")
+    }
+
     /// doppel's `n`-th helper constraint of an online recipe (the `CHECK (col IS NOT NULL)`
     /// that lets `SET NOT NULL` skip its scan): `_doppel_<oid>_nn<n>`. Dropped once the recipe
     /// completes or fails; `doppel cleanup` drops one a killed run left.

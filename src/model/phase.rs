@@ -192,23 +192,28 @@ pub enum Wait {
         /// Changes behind.
         behind: u64,
     },
+    /// Before a cutover attempt: the sessions holding a snapshot older than the cutover
+    /// (docs/design.md §4.6), waited for within `--old-snapshot-timeout`.
+    OldSnapshots(Vec<Blocker>),
 }
 
 impl Wait {
     /// The kind, as `status --json` and the metrics label it: `postponed`, `lock`,
-    /// `draining`.
+    /// `draining`, `old_snapshots`.
     pub fn kind(&self) -> &'static str {
         match self {
             Wait::Postponed(_) => "postponed",
             Wait::Lock(_) => "lock",
             Wait::Draining { .. } => "draining",
+            Wait::OldSnapshots(_) => "old_snapshots",
         }
     }
 }
 
 impl fmt::Display for Wait {
     /// `postponed (flag file F | ctl postpone | before-cutover hook failed)`, `waiting for
-    /// lock (blocked by pid N: user, state, age)`, `draining (N changes behind)`.
+    /// lock (blocked by pid N: user, state, age)`, `draining (N changes behind)`, `waiting
+    /// for N session(s) holding a snapshot older than the cutover (pid N: user, state, age)`.
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
             Wait::Postponed(by) => write!(f, "postponed ({by})"),
@@ -218,6 +223,15 @@ impl fmt::Display for Wait {
                 write!(f, "waiting for lock (blocked by {})", who.join("; "))
             }
             Wait::Draining { behind } => write!(f, "draining ({behind} changes behind)"),
+            Wait::OldSnapshots(holders) => {
+                let who: Vec<String> = holders.iter().map(Blocker::to_string).collect();
+                write!(
+                    f,
+                    "waiting for {} session(s) holding a snapshot older than the cutover ({})",
+                    holders.len(),
+                    who.join("; ")
+                )
+            }
         }
     }
 }
@@ -255,5 +269,16 @@ mod tests {
             "draining (1520 changes behind)"
         );
         assert_eq!(blocked.kind(), "lock");
+        let old = Wait::OldSnapshots(vec![Blocker {
+            pid: 4711,
+            user: "app".into(),
+            state: "idle in transaction".into(),
+            age: Duration::from_secs(35),
+        }]);
+        assert_eq!(
+            old.to_string(),
+            "waiting for 1 session(s) holding a snapshot older than the cutover (pid 4711: app, idle in transaction, 35s)"
+        );
+        assert_eq!(old.kind(), "old_snapshots");
     }
 }

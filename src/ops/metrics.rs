@@ -42,14 +42,16 @@ const PHASES: [&str; 9] = [
 ];
 
 /// The kinds of wait, the values of `doppel_waiting{what}`.
-const WAITS: [&str; 3] = ["postponed", "lock", "draining"];
+const WAITS: [&str; 4] = ["postponed", "lock", "draining", "old_snapshots"];
 
 /// The attempt outcomes, the values of `doppel_cutover_attempts_total{outcome}`.
-const OUTCOMES: [&str; 4] = [
+const OUTCOMES: [&str; 6] = [
     "granted",
     "lock timeout",
     "drain timeout",
     "lock hold limit",
+    "old snapshots",
+    "old snapshots under the lock",
 ];
 
 /// The plain gauges, name and help; each set from the progress at each scrape.

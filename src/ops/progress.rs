@@ -525,7 +525,7 @@ fn wait_json(wait: &Wait) -> serde_json::Value {
         Wait::Postponed(by) => {
             value["by"] = json!(by.to_string());
         }
-        Wait::Lock(blockers) => {
+        Wait::Lock(blockers) | Wait::OldSnapshots(blockers) => {
             value["blockers"] = blockers
                 .iter()
                 .map(|b| {

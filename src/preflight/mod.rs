@@ -22,6 +22,7 @@
 //! | `checks/clauses.rs` | each clause alone on the clone (its effect, the dependents of the columns it retypes or drops); rehearsals of the direct steps |
 //! | `checks/cost.rs` | the cost class of an ALTER run directly |
 //! | `checks/transactions.rs` | warning: transactions open longer than 60 s |
+//! | `checks/partition_maintenance.rs` | warning: pg_partman or pg_cron maintaining a partitioned table whose foreign key moves through its partitions |
 //!
 //! `Check::ConcurrentRun` (the table's advisory lock) is taken after preflight, by
 //! `crate::run`.
@@ -45,8 +46,8 @@ use crate::model::catalog;
 use crate::model::names::Names;
 use crate::plan::Plan;
 use checks::{
-    alter, dependents, key, leftovers, privileges, projection, publications, server, table,
-    transactions,
+    alter, compat, dependents, key, leftovers, partition_maintenance, privileges, projection,
+    publications, server, table, transactions,
 };
 
 pub use checks::leftovers::check as leftovers;
@@ -137,7 +138,9 @@ pub async fn shadow(
         return Err(Refused(refusals).into());
     }
 
-    let warnings = transactions::check(client).await?;
+    let mut warnings = transactions::check(client).await?;
+    warnings.extend(partition_maintenance::check(client, &dependents).await?);
+    let compatibility = compat::lines(&original, &clone.target);
     Ok(Plan {
         server_version: server.version,
         original,
@@ -150,6 +153,7 @@ pub async fn shadow(
         rewrite: clone.rewrite,
         dependents,
         warnings,
+        compatibility,
     })
 }
 

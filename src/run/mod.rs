@@ -115,6 +115,11 @@ pub async fn run(
     if !options.execute {
         return Ok(Outcome::Planned(Box::new(migration)));
     }
+    if let Some(plan) = migration.shadow_plan() {
+        for line in &plan.compatibility {
+            tracing::warn!("application compatibility: {line}");
+        }
+    }
     let record = history::begin(config, options, &migration).await;
     let start = Start {
         control,

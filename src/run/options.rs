@@ -48,6 +48,16 @@ pub struct RunOptions {
     /// `--kill-blockers` with its grace period: sessions blocking the cutover lock that long
     /// are cancelled, then terminated. `None`: nobody is killed.
     pub kill_blockers: Option<Duration>,
+    /// `--old-snapshot-timeout`: how long the cutover waits, before each attempt, for the
+    /// sessions holding a snapshot older than it (docs/design.md §4.6) before it postpones.
+    pub old_snapshot_timeout: Duration,
+    /// `--kill-old-snapshots` with its grace period (`--kill-blockers-grace`): sessions still
+    /// holding an old snapshot after `old_snapshot_timeout` are cancelled, then terminated.
+    /// `None`: nobody is killed.
+    pub kill_old_snapshots: Option<Duration>,
+    /// `--pgbouncer-admin`: PgBouncer admin consoles (`dbname=pgbouncer`) that get
+    /// `RECONNECT <database>` right after the cutover commits.
+    pub pgbouncer_admin: Vec<crate::conninfo::ConnInfo>,
     /// When to slow down or abort.
     pub throttle: ThrottleOptions,
     /// The control socket's path (default: `<work_dir>/doppel-<oid>.sock`).
@@ -120,6 +130,9 @@ impl RunOptions {
             rollback_dir: PathBuf::from("."),
             postpone_cutover_flag_file: None,
             kill_blockers: None,
+            old_snapshot_timeout: crate::phases::cutover::OLD_SNAPSHOT_TIMEOUT,
+            kill_old_snapshots: None,
+            pgbouncer_admin: Vec::new(),
             logical_decoding_work_mem: "256MB".into(),
             throttle: ThrottleOptions::default(),
             control_socket: None,

@@ -91,6 +91,10 @@ pub fn render_plan(
     for w in &plan.warnings {
         out.push_str(&format!("warning: {w}\n"));
     }
+    out.push_str("\napplication compatibility (what clients see at the cutover):\n");
+    for line in &plan.compatibility {
+        out.push_str(&format!("  - {line}\n"));
+    }
     out.push_str(&format!(
         "\nphases:\n  1. create publication {} FOR TABLE {} and TEMPORARY logical slot {} (pgoutput)\n  2. create shadow {} (no indexes; autovacuum off)\n  3. backfill in primary-key chunks (time-sized), streaming changes to a local spool\n  4. build the primary key, apply the spooled changes, build {} secondary index(es)/constraint(s), VACUUM (ANALYZE)\n  5. verify counts and hashes chunk by chunk\n  6. cutover under ACCESS EXCLUSIVE with lock_timeout, then keep {} as {}\n",
         plan.names.publication,

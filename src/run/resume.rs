@@ -439,8 +439,9 @@ pub struct Finished {
 
 /// With `--resume`: if `--table` now names the shadow of a checkpointed run, that run's
 /// cutover committed (the catalog says so): its slot, publication, spool and checkpoint are
-/// removed, the foreign keys the interrupted after-commit steps left NOT VALID are validated,
-/// and the run reports [`Finished`]. `None` otherwise.
+/// removed, the foreign keys the interrupted after-commit steps left NOT VALID are validated
+/// and the keys of partitioned tables they left on the leaves are added back on the parents
+/// (`dependents::pending_reattach_sql`), and the run reports [`Finished`]. `None` otherwise.
 ///
 /// Errors: another run holds the original's advisory lock, a statement failed.
 pub(super) async fn finish_committed(
@@ -497,7 +498,17 @@ pub(super) async fn finish_committed(
     if saved.host == checkpoint::this_host() && std::fs::remove_file(&saved.spool_path).is_ok() {
         removed.push(format!("change spool {}", saved.spool_path));
     }
-    let unvalidated = validate_foreign_keys(&client, oid).await?;
+    let mut unvalidated = validate_foreign_keys(&client, oid).await?;
+    for (name, sql) in crate::dependents::pending_reattach_sql(&client, oid).await? {
+        if let Err(e) = client.batch_execute(&sql).await {
+            unvalidated.push((
+                name,
+                e.as_db_error()
+                    .map(|d| d.to_string())
+                    .unwrap_or_else(|| e.to_string()),
+            ));
+        }
+    }
     Checkpoint::remove(&client, saved.table_oid).await?;
     removed.push("checkpoint".into());
     Ok(Some(Finished {

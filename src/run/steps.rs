@@ -556,7 +556,10 @@ impl Run<'_> {
             cancel: self.cancel.clone(),
             throttle: Some(throttler.watch()),
             revert_marker: None,
+            old_snapshot_timeout: self.options.old_snapshot_timeout,
+            kill_old_snapshots: self.options.kill_old_snapshots,
             progress: Some(self.progress.clone()),
+            pgbouncer_admin: self.options.pgbouncer_admin.clone(),
         }
     }
 }

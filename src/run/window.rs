@@ -198,7 +198,10 @@ impl Run<'_> {
             cancel: self.cancel.clone(),
             throttle: None,
             revert_marker: None,
+            old_snapshot_timeout: self.options.old_snapshot_timeout,
+            kill_old_snapshots: self.options.kill_old_snapshots,
             progress: None,
+            pgbouncer_admin: self.options.pgbouncer_admin.clone(),
         };
         window
             .revert(

@@ -22,10 +22,13 @@
 //!
 //! Points: `after-preflight`, `shadow-built`, `index-built` (a non-unique index of the
 //! shadow committed; the detail is its statement), `catch-up` (backfill and primary key done,
-//! applier started), `verifying`, `cutover-attempt` (an attempt caught up and about to ask
-//! for its locks), `cutover-locked` (inside the cutover transaction, every lock granted and
-//! the swap done, before COMMIT), `committed` (the cutover committed, before its after-commit
-//! steps and record), and the race points:
+//! applier started), `verifying`, `old-snapshots` (before a cutover attempt, the wait for
+//! sessions holding an older snapshot lists them; the detail is their pids),
+//! `cutover-attempt` (an attempt caught up and about to ask for its locks), `lock-granted`
+//! (every lock of the attempt granted, before the steps under them), `cutover-locked`
+//! (inside the cutover transaction, every lock granted and the swap done, before COMMIT),
+//! `committed` (the cutover committed, before its after-commit steps and record), and the
+//! race points:
 //!
 //! - `chunk-open` (backfill): a chunk's `INSERT .. SELECT` has run (its snapshot is taken and
 //!   its rows inserted) but its transaction has not committed. While this point is armed

@@ -12,6 +12,7 @@
 mod common;
 
 mod abort_anywhere;
+mod app_compat;
 mod apply_rules;
 mod architecture;
 mod backfill_command;
@@ -32,9 +33,12 @@ mod least_privilege;
 mod ledger;
 mod lock_budget;
 mod metrics;
+mod old_snapshots;
 mod online_migration;
 mod operator;
 mod pacing;
+mod partition_tree;
+mod partitioned_fk;
 mod pooler;
 mod preflight_refusals;
 mod races;

@@ -159,3 +159,136 @@ async fn an_application_behind_pgbouncer_sees_no_error_across_the_cutover() {
     assert_eq!(kind, "bigint");
     eprintln!("writer: {written} transactions, worst {worst:?}");
 }
+
+/// The first value `sql` returns through the simple query protocol (PgBouncer's pooled
+/// sessions), as text.
+async fn simple_value(
+    client: &tokio_postgres::Client,
+    sql: &str,
+) -> Result<String, tokio_postgres::Error> {
+    let messages = client.simple_query(sql).await?;
+    Ok(messages
+        .iter()
+        .find_map(|m| match m {
+            tokio_postgres::SimpleQueryMessage::Row(r) => r.get(0).map(str::to_string),
+            _ => None,
+        })
+        .unwrap_or_default())
+}
+
+/// `--pgbouncer-admin`: right after the cutover doppel sends PgBouncer `RECONNECT postgres`,
+/// so the server connection that served a pooled client before the cutover is closed when
+/// released and the client's next transaction runs on a new one, without the statement
+/// prepared on the old one. Without the flag the same client keeps its server connection and
+/// its stale `SELECT *` statement fails with 0A000 after a type change.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pgbouncer_reconnect_after_the_cutover_replaces_pooled_server_connections() {
+    let (cluster, _client) = setup(2000).await;
+    let bouncer = PgBouncer::start(&cluster, "transaction").await.unwrap();
+    let (app, connection) = tokio_postgres::connect(
+        &format!(
+            "host=127.0.0.1 port={} user=postgres dbname=postgres",
+            bouncer.port()
+        ),
+        tokio_postgres::NoTls,
+    )
+    .await
+    .unwrap();
+    tokio::spawn(connection);
+    let server_pid = || simple_value(&app, "SELECT pg_backend_pid()");
+
+    // Without RECONNECT: the pooled server connection stays, with its stale statement.
+    let first = server_pid().await.unwrap();
+    app.batch_execute("PREPARE s AS SELECT * FROM t WHERE id = 1")
+        .await
+        .unwrap();
+    simple_value(&app, "EXECUTE s").await.unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let out = tokio::task::spawn_blocking({
+        let (port, dir) = (cluster.port(), dir.path().to_path_buf());
+        move || doppel_run(port, true, &[], &dir)
+    })
+    .await
+    .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(
+        server_pid().await.unwrap(),
+        first,
+        "the same server connection"
+    );
+    let stale = simple_value(&app, "EXECUTE s").await.unwrap_err();
+    assert_eq!(
+        stale.as_db_error().map(|d| d.code().code()),
+        Some("0A000"),
+        "{stale}"
+    );
+
+    // With RECONNECT (a second migration, back to integer).
+    app.batch_execute("DEALLOCATE s; PREPARE s AS SELECT * FROM t WHERE id = 1")
+        .await
+        .unwrap();
+    simple_value(&app, "EXECUTE s").await.unwrap();
+    let before = server_pid().await.unwrap();
+    let admin = format!(
+        "host=127.0.0.1 port={} user=postgres dbname=pgbouncer",
+        bouncer.port()
+    );
+    let dir = tempfile::tempdir().unwrap();
+    let out = tokio::task::spawn_blocking({
+        let (port, dir) = (cluster.port(), dir.path().to_path_buf());
+        move || {
+            let dsn = format!("host=127.0.0.1 port={port} user=postgres dbname=postgres");
+            Command::new(env!("CARGO_BIN_EXE_doppel"))
+                .args(["run", "--dsn", &dsn, "--table", "public.t"])
+                .args([
+                    "--alter",
+                    "ALTER COLUMN v TYPE integer",
+                    "--progress",
+                    "lines",
+                ])
+                .args(["--pgbouncer-admin", &admin, "--execute"])
+                .arg("--rollback-dir")
+                .arg(&dir)
+                .arg("--work-dir")
+                .arg(&dir)
+                .env_remove("PGSSLMODE")
+                .output()
+                .expect("run doppel")
+        }
+    })
+    .await
+    .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let record = std::fs::read_dir(dir.path())
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .find(|p| p.extension().is_some_and(|e| e == "json"))
+        .expect("the cutover record");
+    let record: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(record).unwrap()).unwrap();
+    let sent = record["pgbouncer_reconnect"][0]
+        .as_str()
+        .unwrap_or_default();
+    assert!(sent.starts_with("RECONNECT postgres sent to "), "{record}");
+    let after = server_pid().await.unwrap();
+    assert_ne!(after, before, "a new server connection after RECONNECT");
+    let gone = simple_value(&app, "EXECUTE s").await.unwrap_err();
+    assert_eq!(
+        gone.as_db_error().map(|d| d.code().code()),
+        Some("26000"),
+        "the statement went with its server connection: {gone}"
+    );
+    app.batch_execute("PREPARE s AS SELECT * FROM t WHERE id = 1")
+        .await
+        .unwrap();
+    simple_value(&app, "EXECUTE s").await.unwrap();
+    eprintln!("server connection {before} replaced by {after} after RECONNECT");
+}

@@ -680,17 +680,40 @@ async fn partitioned_table_is_refused() {
     refusal_of(
         &refused,
         Check::TableKind,
-        &["\"public\".\"events\"", "partitioned table"],
+        &[
+            "\"public\".\"events\"",
+            "partitioned table",
+            "every partition",
+        ],
+    );
+    assert!(
+        !refused.iter().any(|r| r.check == Check::Inheritance),
+        "a partitioned table is not an inheritance tree: {refused:?}"
     );
 
-    // A partition on its own is refused too.
+    // A partition on its own is refused, naming the partitioned table to migrate instead.
     let refused = expect_refusal(
         &cluster,
         "public.events_2024",
         &["ALTER COLUMN v TYPE bigint"],
     )
     .await;
-    refusal_of(&refused, Check::Partition, &["\"public\".\"events_2024\""]);
+    let refusal = refusal_of(
+        &refused,
+        Check::Partition,
+        &[
+            "\"public\".\"events_2024\"",
+            "partition of \"public\".\"events\"",
+        ],
+    );
+    assert!(
+        fix_of(refusal).contains("migrate the partitioned table \"public\".\"events\" instead"),
+        "{refusal}"
+    );
+    assert!(
+        !refused.iter().any(|r| r.check == Check::Inheritance),
+        "{refused:?}"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -709,7 +732,8 @@ async fn inheritance_parent_and_child_are_refused() {
         .unwrap();
     for table in ["public.animals", "public.dogs"] {
         let refused = expect_refusal(&cluster, table, &["ALTER COLUMN v TYPE bigint"]).await;
-        refusal_of(&refused, Check::Inheritance, &["inheritance"]);
+        let refusal = refusal_of(&refused, Check::Inheritance, &["inheritance", "INHERITS"]);
+        assert!(fix_of(refusal).contains("NO INHERIT"), "{refusal}");
     }
 }
 

@@ -72,7 +72,11 @@ mod tests {
             .spawn()
             .unwrap();
         assert!(pid_alive(child.id()));
-        assert_eq!(processes_mentioning(dir.path()), vec![child.id()]);
+        // Until the child has exec'd, its command line is still the test's own.
+        let found = crate::poll::wait_until(std::time::Duration::from_secs(10), || {
+            processes_mentioning(dir.path()) == vec![child.id()]
+        });
+        assert!(found, "{:?}", processes_mentioning(dir.path()));
         child.kill().unwrap();
         child.wait().unwrap();
         assert!(processes_mentioning(dir.path()).is_empty());

@@ -11,8 +11,9 @@ use anyhow::{Context, Result};
 use tokio_postgres::{Client, Transaction};
 
 use super::budget::Budget;
-use super::locked::{Committed, Inside, Rechecks, RolledBack};
+use super::locked::{Committed, Inside, Locked, Rechecks, RolledBack};
 use super::rollback::RollbackFile;
+use super::snapshots::{Holder, Waited};
 use super::{Attempt, Cutover};
 use crate::failure::{FailureKind, fail};
 use crate::model::phase::{Blocker, Wait};
@@ -106,11 +107,18 @@ struct Tried {
     predicted: Duration,
     /// From the first lock granted to the rollback (zero when none was granted).
     held: Duration,
+    /// The wait for older snapshots before the lock request.
+    old_wait: Duration,
 }
 
 impl Tried {
     /// The attempt as recorded, with its `outcome` and the pids seen `blocking` it.
     fn record(&self, outcome: &str, blocking: Vec<i32>) -> Attempt {
+        self.record_old(outcome, blocking, Vec::new())
+    }
+
+    /// The attempt as recorded, postponed by the sessions `old` holding an older snapshot.
+    fn record_old(&self, outcome: &str, blocking: Vec<i32>, old: Vec<i32>) -> Attempt {
         Attempt {
             attempt: self.attempt,
             outcome: outcome.to_string(),
@@ -118,6 +126,8 @@ impl Tried {
             predicted_drain_ms: self.predicted.as_secs_f64() * 1000.0,
             lock_held_ms: self.held.as_secs_f64() * 1000.0,
             blockers: blocking,
+            old_snapshot_wait_ms: self.old_wait.as_secs_f64() * 1000.0,
+            old_snapshots: old,
         }
     }
 }
@@ -150,11 +160,33 @@ impl Cutover<'_> {
                 lock_wait: budget.wait,
                 predicted: Duration::ZERO,
                 held: Duration::ZERO,
+                old_wait: Duration::ZERO,
             };
             self.record(attempts, tried.record("lock timeout", Vec::new()));
             self.lock_timed_out(client, attempts, &tried, &[]).await?;
             return Ok(None);
         };
+        // Wait for the transactions whose snapshot the new table could not satisfy (§4.6).
+        let old_started = Instant::now();
+        let waited = self
+            .wait_old_snapshots(client, &mut attempts.killer.killed)
+            .await?;
+        let old_wait = old_started.elapsed();
+        if let Waited::TimedOut(held) = waited {
+            let tried = Tried {
+                attempt,
+                lock_wait: Duration::ZERO,
+                predicted: Duration::ZERO,
+                held: Duration::ZERO,
+                old_wait,
+            };
+            let pids = held.iter().map(|h| h.pid).collect();
+            self.record(
+                attempts,
+                tried.record_old("old snapshots", Vec::new(), pids),
+            );
+            return self.postpone_for_old_snapshots(attempt, &held).await;
+        }
         // Catch up outside the lock first, so the drain inside it is only the last moments;
         // attempt only when that drain is predicted to fit the budget.
         let predicted = self.drain_before_attempt().await?;
@@ -165,6 +197,7 @@ impl Cutover<'_> {
         );
 
         let tx = client.transaction().await?;
+        let changes_before = self.applier.status().changes;
         let (locked, blocking) = self
             .request_locks(&tx, monitor, attempts.pid, &mut budget)
             .await;
@@ -173,6 +206,7 @@ impl Cutover<'_> {
             lock_wait: budget.waited,
             predicted,
             held: Duration::ZERO,
+            old_wait,
         };
         if let Err(not_locked) = locked {
             tx.rollback().await.ok();
@@ -185,8 +219,14 @@ impl Cutover<'_> {
                 .await?;
             return Ok(None);
         }
+        let locked = Locked {
+            monitor,
+            lock_pid: attempts.pid,
+            changes_before,
+            budget: &budget,
+        };
         match self
-            .inside_the_lock(tx, &rechecks, rollback, &budget)
+            .inside_the_lock(tx, &rechecks, rollback, &locked)
             .await?
         {
             Inside::Committed(committed) => {
@@ -197,7 +237,11 @@ impl Cutover<'_> {
             }
             Inside::RolledBack { why, held } => {
                 tried.held = held;
-                self.record(attempts, tried.record(why.outcome(), Vec::new()));
+                let old = match &why {
+                    RolledBack::OldSnapshots(holders) => holders.iter().map(|h| h.pid).collect(),
+                    _ => Vec::new(),
+                };
+                self.record(attempts, tried.record_old(why.outcome(), Vec::new(), old));
                 tracing::warn!(
                     attempt,
                     held_ms = held.as_millis() as u64,
@@ -211,6 +255,37 @@ impl Cutover<'_> {
                 Ok(None)
             }
         }
+    }
+
+    /// After an attempt postponed because the sessions `held` still hold a snapshot older
+    /// than the cutover: logs them, then sleeps the backoff (the next attempt waits for them
+    /// again, without the lock).
+    ///
+    /// Errors: that was the last of `--cutover-retries` attempts (exit 5, naming them).
+    async fn postpone_for_old_snapshots(
+        &self,
+        attempt: u32,
+        held: &[Holder],
+    ) -> Result<Option<Committed>> {
+        tracing::warn!(
+            attempt,
+            "cutover postponed: {} session(s) still hold a snapshot older than the cutover (after --old-snapshot-timeout {}); a transaction holding one would read the new table incompletely: {}",
+            held.len(),
+            humantime::format_duration(self.options.old_snapshot_timeout),
+            held.iter()
+                .map(Holder::describe)
+                .collect::<Vec<_>>()
+                .join("; ")
+        );
+        if attempt >= self.options.retries {
+            return Err(self.old_snapshots_exhausted(held));
+        }
+        tokio::select! {
+            _ = tokio::time::sleep(backoff(attempt)) => {}
+            _ = self.options.cancel.cancelled() => {}
+        }
+        self.options.cancel.check()?;
+        Ok(None)
     }
 
     /// Records a finished attempt, and tells the run's progress (the metrics).
@@ -394,6 +469,7 @@ impl Cutover<'_> {
     fn budget_exhausted(&self, attempts: u32, why: &RolledBack) -> anyhow::Error {
         match why {
             RolledBack::LockTimeout => self.lock_budget_exhausted(attempts),
+            RolledBack::OldSnapshots(held) => self.old_snapshots_exhausted(held),
             _ => fail(
                 FailureKind::LockBudget,
                 format!(

@@ -11,6 +11,7 @@ use tokio_postgres::{Client, Transaction};
 use super::Cutover;
 use super::budget::Budget;
 use super::rollback::RollbackFile;
+use super::snapshots::{Holder, Rechecked, recheck};
 use crate::failure::{FailureKind, fail};
 use crate::model::catalog;
 use crate::phases::verify;
@@ -64,6 +65,21 @@ pub(super) enum RolledBack {
     /// The locks were held for `--max-lock-hold` before COMMIT could be sent; the running
     /// statement was cancelled.
     HoldLimit,
+    /// These sessions (not queued on the lock) held a snapshot taken before the fence until
+    /// the lock budget ran out (docs/design.md §4.6).
+    OldSnapshots(Vec<Holder>),
+}
+
+/// What the steps under the lock need from the attempt that took it.
+pub(super) struct Locked<'c> {
+    /// A session outside the cutover transaction, to read `pg_stat_activity` afresh.
+    pub(super) monitor: &'c Client,
+    /// The cutover session's backend pid (whose lock the queued sessions wait for).
+    pub(super) lock_pid: i32,
+    /// The applier's applied change count just before the locks were requested.
+    pub(super) changes_before: u64,
+    /// When the first lock was granted and what is left of the attempt's lock budget.
+    pub(super) budget: &'c Budget,
 }
 
 impl RolledBack {
@@ -74,6 +90,7 @@ impl RolledBack {
             RolledBack::DrainTimeout(_) => "drain timeout",
             RolledBack::LockTimeout => "lock timeout",
             RolledBack::HoldLimit => "lock hold limit",
+            RolledBack::OldSnapshots(_) => "old snapshots under the lock",
         }
     }
 
@@ -90,6 +107,14 @@ impl RolledBack {
             RolledBack::HoldLimit => format!(
                 "the locks were held for --max-lock-hold ({} ms) before the swap could commit",
                 cutover.options.max_lock_hold.as_millis()
+            ),
+            RolledBack::OldSnapshots(held) => format!(
+                "{} session(s) took a snapshot before the fence and still held it when the lock budget ran out: {}",
+                held.len(),
+                held.iter()
+                    .map(Holder::describe)
+                    .collect::<Vec<_>>()
+                    .join("; ")
             ),
         }
     }
@@ -131,10 +156,24 @@ impl Hold {
 
 /// What the steps under the lock end with.
 enum Steps {
-    /// Ready to commit: the fence the transaction carries, its snapshot, the fence wait.
-    Ready(u64, String, Duration),
+    /// Ready to commit.
+    Ready(Ready),
     /// Roll back and retry.
     Retry(RolledBack),
+}
+
+/// The steps under the lock done, ready to commit.
+struct Ready {
+    /// The fence the transaction carries.
+    fence: u64,
+    /// The transaction's snapshot.
+    snapshot: String,
+    /// The fence wait.
+    fence_wait: Duration,
+    /// Sessions queued on the lock with a snapshot taken before the fence (§4.6).
+    queued: Vec<Holder>,
+    /// Row changes applied between the lock request and the fence.
+    changes_in_window: u64,
 }
 
 /// A committed cutover's lock hold, and what marks it.
@@ -152,6 +191,11 @@ pub(super) struct Committed {
     pub(super) fence_wait: Duration,
     /// The hold, step by step.
     pub(super) inside: Vec<(&'static str, Duration)>,
+    /// Sessions queued on the lock that held a snapshot taken before the fence: the window
+    /// that remains (docs/design.md §4.6).
+    pub(super) queued: Vec<Holder>,
+    /// Row changes applied between the lock request and the fence.
+    pub(super) changes_in_window: u64,
 }
 
 impl Committed {
@@ -196,8 +240,9 @@ impl Laps {
 impl Cutover<'_> {
     /// Runs the steps under the lock on `tx`, which holds every lock of the attempt
     /// (docs/design.md §4.3, §4.4), and commits. `rechecks` were prepared before the locks;
-    /// `budget` says when the first lock was granted and what is left of the lock budget
-    /// (the `lock_timeout` of the statements under the lock). Just before COMMIT is sent,
+    /// `locked.budget` says when the first lock was granted and what is left of the lock
+    /// budget (the `lock_timeout` of the statements under the lock); the monitor session of
+    /// `locked` re-checks the old snapshots after the fence (§4.6). Just before COMMIT is sent,
     /// the rollback script is kept (`rollback`). Past `--max-lock-hold` from the first lock,
     /// the running statement is cancelled and the attempt rolled back.
     ///
@@ -211,9 +256,15 @@ impl Cutover<'_> {
         tx: Transaction<'_>,
         rechecks: &Rechecks,
         rollback: &mut RollbackFile,
-        budget: &Budget,
+        locked: &Locked<'_>,
     ) -> Result<Inside> {
         let plan = self.plan;
+        let budget = locked.budget;
+        crate::testing::pause_point!(
+            self.options.probe,
+            "lock-granted",
+            plan.original.qualified()
+        );
         let first_lock = budget.first_lock.unwrap_or_else(Instant::now);
         let hold = Hold {
             deadline: budget
@@ -224,12 +275,10 @@ impl Cutover<'_> {
         let mut laps = Laps::new(first_lock);
         laps.lap("locks");
         let steps = self
-            .steps_under_lock(&tx, rechecks, rollback, budget, &hold, &mut laps)
+            .steps_under_lock(&tx, rechecks, rollback, &hold, &mut laps, locked)
             .await;
-        let (fence, snapshot, fence_wait) = match steps {
-            Ok(Steps::Ready(fence, snapshot, wait)) if Instant::now() < hold.deadline => {
-                (fence, snapshot, wait)
-            }
+        let ready = match steps {
+            Ok(Steps::Ready(ready)) if Instant::now() < hold.deadline => ready,
             Ok(Steps::Ready(..)) => {
                 tx.rollback().await.ok();
                 return Ok(rolled_back(RolledBack::HoldLimit, first_lock));
@@ -259,11 +308,13 @@ impl Cutover<'_> {
         })?;
         laps.lap("commit");
         Ok(Inside::Committed(Committed {
-            fence,
-            snapshot,
+            fence: ready.fence,
+            snapshot: ready.snapshot,
             lock_held: first_lock.elapsed(),
-            fence_wait,
+            fence_wait: ready.fence_wait,
             inside: laps.inside,
+            queued: ready.queued,
+            changes_in_window: ready.changes_in_window,
         }))
     }
 
@@ -277,11 +328,12 @@ impl Cutover<'_> {
         tx: &Transaction<'_>,
         rechecks: &Rechecks,
         rollback: &RollbackFile,
-        budget: &Budget,
         hold: &Hold,
         laps: &mut Laps,
+        locked: &Locked<'_>,
     ) -> Result<Steps> {
         let plan = self.plan;
+        let budget = locked.budget;
         let retry = |why| Ok(Steps::Retry(why));
         // A lock a statement below still has to wait for counts against the same budget.
         let rest = format!(
@@ -307,7 +359,12 @@ impl Cutover<'_> {
         match now {
             Err(e) if is_lock_timeout(&e) => return retry(RolledBack::LockTimeout),
             Err(e) => return Err(e),
-            Ok(now) if now != plan.dependents => return Err(dependents_changed(plan)),
+            Ok(now) if now != plan.dependents => {
+                return Err(match plan.dependents.partitions_changed(&now) {
+                    Some(tree) => partitions_changed(plan, &tree),
+                    None => dependents_changed(plan),
+                });
+            }
             Ok(_) => {}
         }
         laps.lap("dependents re-check");
@@ -332,40 +389,31 @@ impl Cutover<'_> {
             check()?;
         }
         laps.lap("fence and drain");
-        // 4. Deferred keys: those verification could not settle, compared once more.
-        let Some(differing) = hold
-            .bounded(verify::differing_keys(tx, plan, self.unsettled))
-            .await
-        else {
-            return retry(RolledBack::HoldLimit);
+        // Sessions that took their snapshot before the fence (§4.6), checked on the monitor
+        // session while this one re-checks the deferred keys and runs the swap.
+        let left = self
+            .options
+            .fence_timeout
+            .saturating_sub(budget.first_lock.map(|f| f.elapsed()).unwrap_or_default())
+            .min(hold.left());
+        let (rechecked, swapped) = tokio::join!(
+            recheck(locked.monitor, locked.lock_pid, plan.original.oid, left),
+            self.swap(tx, hold, laps)
+        );
+        if let Some(why) = swapped? {
+            return retry(why);
+        }
+        let queued = match rechecked? {
+            Rechecked::Clear { queued } => queued,
+            Rechecked::Held(held) => return retry(RolledBack::OldSnapshots(held)),
         };
-        let differing = differing?.len();
-        if differing != 0 {
-            return Err(keys_differ(plan, differing));
-        }
-        laps.lap("deferred keys re-check");
-        // The swap (§4.4).
-        for statement in &self.script.forward {
-            // The server enforces the deadline too (statement_timeout, what is left of the
-            // hold), without the cancel request's round trips.
-            let bounded = format!(
-                "SET LOCAL statement_timeout = '{}ms'; {statement}",
-                hold.left().as_millis().max(1)
-            );
-            match hold.bounded(tx.batch_execute(&bounded)).await {
-                None => return retry(RolledBack::HoldLimit),
-                Some(Ok(())) => {}
-                Some(Err(e)) => match e.as_db_error().map(|d| d.code().code()) {
-                    Some("55P03") => return retry(RolledBack::LockTimeout),
-                    Some("57014") => return retry(RolledBack::HoldLimit),
-                    _ => {
-                        return Err(anyhow::Error::new(e).context(format!(
-                            "cutover statement failed, rolled back ({statement})"
-                        )));
-                    }
-                },
-            }
-        }
+        laps.lap("old snapshots re-check");
+        let changes_in_window = self
+            .applier
+            .status()
+            .changes
+            .saturating_sub(locked.changes_before);
+        warn_window(&queued, changes_in_window);
         // COMMIT is never cut short by a statement timeout.
         match hold
             .bounded(tx.batch_execute("SET LOCAL statement_timeout = 0"))
@@ -381,8 +429,90 @@ impl Cutover<'_> {
             },
             true => (0, String::new()),
         };
+        laps.lap("mark");
+        Ok(Steps::Ready(Ready {
+            fence,
+            snapshot,
+            fence_wait,
+            queued,
+            changes_in_window,
+        }))
+    }
+
+    /// Under the lock, after the fence: re-checks the keys verification deferred, then runs
+    /// the swap's statements (§4.4) on `tx`, each bounded by the hold's deadline, timing both
+    /// into `laps`. `Some(why)`: roll back and retry. Does not roll back: the caller does on
+    /// any error.
+    ///
+    /// Errors: a deferred key still differs (exit 6), a statement failed (exit 1).
+    async fn swap(
+        &self,
+        tx: &Transaction<'_>,
+        hold: &Hold,
+        laps: &mut Laps,
+    ) -> Result<Option<RolledBack>> {
+        let plan = self.plan;
+        // 4. Deferred keys: those verification could not settle, compared once more.
+        let Some(differing) = hold
+            .bounded(verify::differing_keys(tx, plan, self.unsettled))
+            .await
+        else {
+            return Ok(Some(RolledBack::HoldLimit));
+        };
+        let differing = differing?.len();
+        if differing != 0 {
+            return Err(keys_differ(plan, differing));
+        }
+        laps.lap("deferred keys re-check");
+        for statement in &self.script.forward {
+            // The server enforces the deadline too (statement_timeout, what is left of the
+            // hold), without the cancel request's round trips.
+            let bounded = format!(
+                "SET LOCAL statement_timeout = '{}ms'; {statement}",
+                hold.left().as_millis().max(1)
+            );
+            match hold.bounded(tx.batch_execute(&bounded)).await {
+                None => return Ok(Some(RolledBack::HoldLimit)),
+                Some(Ok(())) => {}
+                Some(Err(e)) => match e.as_db_error().map(|d| d.code().code()) {
+                    Some("55P03") => return Ok(Some(RolledBack::LockTimeout)),
+                    Some("57014") => return Ok(Some(RolledBack::HoldLimit)),
+                    _ => {
+                        return Err(anyhow::Error::new(e).context(format!(
+                            "cutover statement failed, rolled back ({statement})"
+                        )));
+                    }
+                },
+            }
+        }
         laps.lap("renames and dependents");
-        Ok(Steps::Ready(fence, snapshot, fence_wait))
+        Ok(None)
+    }
+}
+
+/// Logs the window that remains (docs/design.md §4.6): the sessions `queued` on the lock
+/// holding a snapshot taken before the fence, when the drain applied `changes` after the
+/// lock request (with none applied, a snapshot taken after the request sees the new table
+/// complete).
+fn warn_window(queued: &[Holder], changes: u64) {
+    if queued.is_empty() {
+        return;
+    }
+    let who = queued
+        .iter()
+        .map(Holder::describe)
+        .collect::<Vec<_>>()
+        .join("; ");
+    if changes == 0 {
+        tracing::info!(
+            "{} session(s) queued on the cutover lock hold a snapshot taken before the fence; no change was applied after the lock request, so they read the new table complete: {who}",
+            queued.len()
+        );
+    } else {
+        tracing::warn!(
+            "{} session(s) queued on the cutover lock hold a snapshot taken before the fence while the drain applied {changes} change(s): one in a REPEATABLE READ or SERIALIZABLE transaction whose snapshot predates those changes' application reads the new table without them (READ COMMITTED statements take a new snapshot and are not affected): {who}",
+            queued.len()
+        );
     }
 }
 
@@ -441,6 +571,18 @@ fn dependents_changed(plan: &Plan) -> anyhow::Error {
         FailureKind::Conflict,
         format!(
             "a view, trigger, policy, foreign key or publication bound to {} changed during the migration: the cutover would put back the old definition; aborting, the original table is untouched. Run doppel again",
+            plan.original.qualified()
+        ),
+    )
+}
+
+/// The dependents re-check failed because the partitions of `tree`, a partitioned table
+/// whose foreign key moves through its leaves, changed (exit 8).
+fn partitions_changed(plan: &Plan, tree: &str) -> anyhow::Error {
+    fail(
+        FailureKind::Conflict,
+        format!(
+            "the partitions of {tree}, whose foreign key references {}, changed during the migration (a partition created, attached or detached, as a partition maintenance job such as pg_partman's does): the cutover would miss the new partition's key; aborting, the original table is untouched. Pause the partition maintenance job and run doppel again",
             plan.original.qualified()
         ),
     )

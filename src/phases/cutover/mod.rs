@@ -31,10 +31,12 @@ mod attempt;
 mod budget;
 mod drain;
 mod locked;
+mod poolers;
 mod postpone;
 mod record;
 mod rollback;
 mod script;
+mod snapshots;
 
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -53,6 +55,7 @@ use crate::plan::Plan;
 pub use attempt::{backoff, blockers};
 pub use rollback::{SWAPPED_OUT_MARK, snapshot_of_comment, write_rollback};
 pub use script::Script;
+pub use snapshots::{Holder, holders};
 
 /// Cutover settings.
 #[derive(Debug, Clone)]
@@ -101,7 +104,22 @@ pub struct CutoverOptions {
     /// reverse stream (see `phases::revert`), so the reverse applier applies exactly what
     /// commits after it. `None`: no revert window.
     pub revert_marker: Option<String>,
+    /// `--old-snapshot-timeout`: before each attempt, how long doppel waits for the sessions
+    /// holding a snapshot older than the cutover to release it (docs/design.md §4.6); past
+    /// it the attempt is postponed (exit 5 when the attempts run out) unless
+    /// `kill_old_snapshots` is set. Default 60 s.
+    pub old_snapshot_timeout: Duration,
+    /// `--kill-old-snapshots` with its grace period (`--kill-blockers-grace`, ms): sessions
+    /// still holding an old snapshot after `old_snapshot_timeout` are cancelled, then after
+    /// the grace terminated. `None` (the default): nobody is killed, the attempt is postponed.
+    pub kill_old_snapshots: Option<Duration>,
+    /// `--pgbouncer-admin`: PgBouncer admin consoles that get `RECONNECT <database>` right
+    /// after the cutover commits. Empty: none.
+    pub pgbouncer_admin: Vec<crate::conninfo::ConnInfo>,
 }
+
+/// The default `--old-snapshot-timeout` (60 s).
+pub const OLD_SNAPSHOT_TIMEOUT: Duration = Duration::from_secs(60);
 
 /// Outcome of one cutover attempt, as logged and stored in the cutover record.
 #[derive(Debug, Clone)]
@@ -110,9 +128,17 @@ pub struct Attempt {
     pub attempt: u32,
     /// `granted`, `lock timeout` (the attempt's locks were not all granted within its lock
     /// budget), `drain timeout` (the applier did not reach the fence within
-    /// `--fence-timeout` under the lock) or `lock hold limit` (`--max-lock-hold` was
-    /// reached before COMMIT).
+    /// `--fence-timeout` under the lock), `lock hold limit` (`--max-lock-hold` was reached
+    /// before COMMIT), `old snapshots` (sessions still held a snapshot older than the cutover
+    /// after `--old-snapshot-timeout`, the lock was not requested) or `old snapshots under
+    /// the lock` (a session that took its snapshot between the wait and the fence still held
+    /// it when the lock budget ran out).
     pub outcome: String,
+    /// Time spent before the lock request waiting for the sessions holding an older snapshot
+    /// (ms; docs/design.md §4.6).
+    pub old_snapshot_wait_ms: f64,
+    /// The sessions whose old snapshot postponed this attempt (pids).
+    pub old_snapshots: Vec<i32>,
     /// Time spent waiting for the locks (ms).
     pub lock_wait_ms: f64,
     /// Time the locks were held, from the first one granted to the commit or rollback (ms;
@@ -141,8 +167,18 @@ pub struct CutoverReport {
     pub unvalidated: Vec<(String, String)>,
     /// Every attempt, in order.
     pub history: Vec<Attempt>,
-    /// Sessions cancelled or terminated by `--kill-blockers` (`cancelled pid ..: ..`).
+    /// Sessions cancelled or terminated by `--kill-blockers` (`cancelled pid ..: ..`) and
+    /// by `--kill-old-snapshots` (`cancelled pid .. (old snapshot)`).
     pub killed: Vec<String>,
+    /// The window that remains (docs/design.md §4.6): sessions queued on the cutover's lock
+    /// that held a snapshot taken before the fence, with the number of changes the drain
+    /// applied after the lock was requested. Empty when there was none.
+    pub queued_old_snapshots: Vec<String>,
+    /// Row changes the applier applied between the lock request and the fence under the
+    /// lock: what a snapshot taken in that interval may miss (0: nothing).
+    pub changes_in_window: u64,
+    /// `--pgbouncer-admin`: `RECONNECT` sent to each PgBouncer after the commit, or why not.
+    pub poolers: Vec<String>,
     /// Where the lock hold went, step by step: fingerprint re-check, dependents re-check,
     /// fence and drain, deferred keys re-check, renames and dependents, commit.
     pub inside_lock: Vec<(&'static str, Duration)>,
@@ -280,6 +316,7 @@ impl Cutover<'_> {
                 self.plan.original.qualified()
             );
         }
+        let poolers = poolers::reconnect(&self.options.pgbouncer_admin, &database).await;
         let commit_lsn = match self.revert {
             false => self.commit_lsn(committed.fence).await,
             true => None,
@@ -296,6 +333,9 @@ impl Cutover<'_> {
             history: attempts.history,
             killed: attempts.killer.killed,
             inside_lock: committed.inside,
+            queued_old_snapshots: committed.queued.iter().map(|h| h.describe()).collect(),
+            changes_in_window: committed.changes_in_window,
+            poolers,
             database,
             commit_lsn,
             snapshot: committed.snapshot,

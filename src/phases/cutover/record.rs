@@ -29,6 +29,8 @@ pub(super) fn write(plan: &Plan, report: &CutoverReport) -> Result<PathBuf> {
                 "lock_held_ms": a.lock_held_ms,
                 "predicted_drain_ms": a.predicted_drain_ms,
                 "blocking_pids": a.blockers,
+                "old_snapshot_wait_ms": a.old_snapshot_wait_ms,
+                "old_snapshot_pids": a.old_snapshots,
             })
         })
         .collect();
@@ -49,6 +51,9 @@ pub(super) fn write(plan: &Plan, report: &CutoverReport) -> Result<PathBuf> {
             .collect::<Vec<_>>(),
         "attempts": attempts,
         "killed": report.killed,
+        "queued_old_snapshots": report.queued_old_snapshots,
+        "changes_in_window": report.changes_in_window,
+        "pgbouncer_reconnect": report.poolers,
         "database": report.database,
         "commit_lsn": report.commit_lsn.map(|l| l.to_string()),
         "snapshot": report.snapshot,

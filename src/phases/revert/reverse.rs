@@ -137,6 +137,7 @@ pub async fn plan(client: &Client, forward: &Plan, new_oid: u32) -> Result<Arc<P
         rewrite: forward.rewrite,
         dependents,
         warnings: Vec::new(),
+        compatibility: Vec::new(),
     }))
 }
 

@@ -4,10 +4,12 @@
 
 pub mod alter;
 pub mod clauses;
+pub mod compat;
 pub mod cost;
 pub mod dependents;
 pub mod key;
 pub mod leftovers;
+pub mod partition_maintenance;
 pub mod privileges;
 pub mod projection;
 pub mod publications;

@@ -27,9 +27,9 @@ pub fn check(t: &Table) -> Vec<Refusal> {
         'p' => refusals.push(Refusal::new(
             Check::TableKind,
             format!(
-                "{what} is a partitioned table: doppel does not migrate partitioned tables yet"
+                "{what} is a partitioned table: an ALTER of it changes every partition at once, so the whole tree would have to be swapped in one cutover, which doppel does not do yet"
             ),
-            "migrate its partitions' parent with native partition tools",
+            "run the ALTER on it directly in a maintenance window (it locks the whole tree); tables its partitions reference by foreign key can be migrated",
         )),
         'f' => refusals.push(kind(format!(
             "{what} is a foreign table: there is nothing local to rewrite"
@@ -40,19 +40,25 @@ pub fn check(t: &Table) -> Vec<Refusal> {
         ))),
     }
     if t.is_partition {
-        refusals.push(Refusal::without_fix(
+        let root = t
+            .partition_root
+            .as_deref()
+            .unwrap_or("its partitioned table");
+        refusals.push(Refusal::new(
             Check::Partition,
             format!(
-                "{what} is a partition of a partitioned table: doppel cannot swap a partition yet"
+                "{what} is a partition of {root}: PostgreSQL cannot change one partition's columns on its own (a partition's columns and their types must match its partitioned table's)"
             ),
+            format!("migrate the partitioned table {root} instead"),
         ));
     }
     if t.inherits {
-        refusals.push(Refusal::without_fix(
+        refusals.push(Refusal::new(
             Check::Inheritance,
             format!(
-                "{what} has inheritance parents or children: doppel cannot move an inheritance tree yet"
+                "{what} has inheritance (INHERITS) parents or children: a child must keep its parents' columns with their types, and a query on a parent reads its children, so one table of the tree cannot be swapped alone"
             ),
+            "remove the inheritance first (ALTER TABLE .. NO INHERIT) or run the ALTER directly",
         ));
     }
     match t.persistence {

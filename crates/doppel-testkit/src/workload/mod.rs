@@ -550,7 +550,10 @@ impl Writer {
 /// Keeps the message of `e` in `list` while it holds fewer than [`ERRORS_KEPT`].
 fn keep(list: &mut Vec<String>, e: &tokio_postgres::Error) {
     if list.len() < ERRORS_KEPT {
-        list.push(format!("{e:#}"));
+        list.push(match e.as_db_error() {
+            Some(db) => format!("{} {}", db.code().code(), db.message()),
+            None => format!("{e:#}"),
+        });
     }
 }
 

@@ -15,6 +15,12 @@
 //!
 //! Indexes get temporary names (`_doppel_<oid>_new_i<n>`) until the cutover gives them the
 //! final ones, which are still taken by the original's indexes until then.
+//!
+//! [`partitions`]: a partitioned table's members and their own indexes on the shadow, and
+//! their renames at the cutover (issue 15; not yet used by a run, which refuses
+//! partitioned tables).
+
+pub mod partitions;
 
 use crate::model::catalog::grant_sql;
 use crate::plan::Plan;
