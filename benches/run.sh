@@ -15,6 +15,9 @@
 #   d2. with --resumable-cost: the same doppel run with --resumable (permanent slot, durable
 #      checkpoint of every chunk and applied batch), on a freshly restored idle table: the
 #      checkpoint's overhead
+#   e2. with --pacing: the probe write of --max-write-latency timed by pgbench while only the
+#      writer runs (idle probe p50/p99), then the run of e again with --max-write-latency set
+#      to 2x the idle probe's p99: writer p50/p99/max per phase and run time, paced vs unpaced
 #   f. prints the ratios and writes them to BENCHMARKS.md (one section per --rows value),
 #      plus one line listing doppel's peak RSS for every --rows section in the file.
 # With --means, also what each means of doppel's bulk path buys, on the idle table:
@@ -25,6 +28,12 @@
 #   m4. during every doppel run: the WAL doppel's slot retains at its peak (sampled every
 #       second) vs the peak size of the spool file doppel writes instead, and the WAL written
 #       during the run (what the slot would hold if nothing consumed it until the end)
+#   m5. the PK + 2 index builds of m1 again without parallel maintenance workers (as a paced
+#       run builds) and with maintenance_work_mem 64MB instead of doppel's 1GB
+#   m6. the whole table by INSERT .. SELECT vs COPY TO STDOUT piped into COPY FROM STDIN
+#       (binary, two sessions)
+#   m7. on PostgreSQL 16+: doppel run --copy-origin (copy sessions under replication origins,
+#       stream origin 'none') vs the default
 # The cluster lives in a temp dir and is stopped and removed on any exit. Logs of the run are
 # kept in target/bench-results/<date>-<rows>/.
 set -euo pipefail
@@ -44,6 +53,9 @@ usage: benches/run.sh [options]
                       after the copy, parallel copy workers, chunk time, spooling instead
                       of retaining WAL): 3 more doppel runs and 2 SQL copies
   --resumable-cost    also run doppel with --resumable on the idle table (checkpoint overhead)
+  --pacing            also measure doppel's probe write while only the writer runs, then run
+                      doppel under the writer with --max-write-latency = 2x the idle probe's
+                      p99: writer latency per phase and run time, paced vs unpaced
   --no-write          do not update BENCHMARKS.md
   --out FILE          the markdown file to update (default BENCHMARKS.md at the repo root)
 Environment: DOPPEL_PG_BINDIR (server binaries; default /usr/lib/postgresql/15/bin).
@@ -64,6 +76,7 @@ DO_LOAD=1
 DO_WRITE=1
 DO_MEANS=0
 DO_RESUMABLE=0
+DO_PACING=0
 HERE=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
 ROOT=$(dirname "$HERE")
 OUT_MD="$ROOT/BENCHMARKS.md"
@@ -82,11 +95,13 @@ while [[ $# -gt 0 ]]; do
     --no-write) DO_WRITE=0; shift ;;
     --means) DO_MEANS=1; shift ;;
     --resumable-cost) DO_RESUMABLE=1; shift ;;
+    --pacing) DO_PACING=1; shift ;;
     --out) OUT_MD=${2:?--out needs a value}; shift 2 ;;
     -h|--help) usage; exit 0 ;;
     *) echo "run.sh: unknown argument '$1'" >&2; usage >&2; exit 2 ;;
   esac
 done
+[[ $DO_PACING -eq 1 ]] && DO_LOAD=1
 for v in ROWS RATE CLIENTS JOBS BASELINE_SECS; do
   [[ ${!v} =~ ^[0-9]+$ && ${!v} -gt 0 ]] || { echo "run.sh: --${v,,} must be a positive integer" >&2; exit 2; }
 done
@@ -377,6 +392,33 @@ if [[ $DO_MEANS -eq 1 ]]; then
   R[m_build_idx2]=$(time_sql "SET maintenance_work_mem = '1GB'; CREATE INDEX means_created_idx ON public.means_copy(created_at)")
   R[m_build]=$(sum "${R[m_build_pk]}" "${R[m_build_idx1]}" "${R[m_build_idx2]}")
   R[m_bare_total]=$(sum "${R[m_bare_copy]}" "${R[m_build]}")
+  # m5. the same three builds on the same table with other settings: without parallel
+  # maintenance workers (what a paced run uses), and with the server's default
+  # maintenance_work_mem (64MB) instead of doppel's 1GB.
+  build3() { # $1 = settings; prints the seconds of PK + 2 indexes, dropping them first
+    q "ALTER TABLE public.means_copy DROP CONSTRAINT IF EXISTS means_copy_pkey; DROP INDEX IF EXISTS public.means_customer_idx, public.means_created_idx" >/dev/null
+    sum "$(time_sql "$1; ALTER TABLE public.means_copy ADD PRIMARY KEY (id)")" \
+      "$(time_sql "$1; CREATE INDEX means_customer_idx ON public.means_copy(customer_id)")" \
+      "$(time_sql "$1; CREATE INDEX means_created_idx ON public.means_copy(created_at)")"
+  }
+  R[m_mpmw]=$(q "SHOW max_parallel_maintenance_workers")
+  R[m_build_serial]=$(build3 "SET maintenance_work_mem = '1GB'; SET max_parallel_maintenance_workers = 0")
+  R[m_build_mwm64]=$(build3 "SET maintenance_work_mem = '64MB'")
+  log "   index builds: ${R[m_build]} s (1GB, ${R[m_mpmw]} parallel workers); ${R[m_build_serial]} s without parallel workers; ${R[m_build_mwm64]} s with maintenance_work_mem 64MB"
+  # m6. INSERT .. SELECT on the server vs COPY out of one session into another (binary), the
+  # whole table in one statement each, into the bare table.
+  q "DROP TABLE public.means_copy" >/dev/null
+  q "$means_table" >/dev/null
+  # (binary COPY needs the target's types: customer_id is cast to bigint on both paths)
+  R[m_insert_all]=$(time_sql "INSERT INTO public.means_copy SELECT id, customer_id::bigint, status, amount, note, created_at FROM ONLY public.orders")
+  q "DROP TABLE public.means_copy" >/dev/null
+  q "$means_table" >/dev/null
+  t0=$(now)
+  "$PSQL" -X -q -v ON_ERROR_STOP=1 -c "COPY (SELECT id, customer_id::bigint, status, amount, note, created_at FROM ONLY public.orders) TO STDOUT (FORMAT binary)" \
+    | "$PSQL" -X -q -v ON_ERROR_STOP=1 -c "COPY public.means_copy FROM STDIN (FORMAT binary)" >>"$WORK/sql.out" 2>&1 \
+    || die "COPY between two sessions failed"
+  R[m_copy_all]=$(elapsed "$t0" "$(now)")
+  log "   whole table: INSERT .. SELECT ${R[m_insert_all]} s; COPY TO STDOUT | COPY FROM STDIN (binary) ${R[m_copy_all]} s"
   q "DROP TABLE public.means_copy" >/dev/null
   q "CHECKPOINT" >/dev/null
   log "   ${R[m_chunks]} chunk(s) of ${R[m_chunk_rows]} rows: into the indexed table ${R[m_indexed_copy]} s;" \
@@ -515,6 +557,9 @@ fi
 # Three more doppel runs on the idle table, each freshly restored, one setting changed from
 # the defaults of the run above (--copy-workers 2, --chunk-time 100).
 MEANS_RUNS=("w1|--copy-workers 1" "ct500|--chunk-time 500" "ct2000|--chunk-time 2000")
+# m7. on PostgreSQL 16+: --copy-origin, the copy sessions under replication origins and the
+# stream with origin 'none' (the default decodes the copied rows and discards them).
+[[ $PG_MAJOR -ge 16 ]] && MEANS_RUNS+=("origin|--copy-origin")
 if [[ $DO_MEANS -eq 1 ]]; then
   for spec in "${MEANS_RUNS[@]}"; do
     tag=${spec%%|*}
@@ -532,8 +577,8 @@ fi
 # latency in us measured from the scheduled start, so schedule lag is included; fields 5-6
 # are the completion time). Prints "count p50_ms p99_ms max_ms failed".
 window_stats() {
-  local from=$1 to=$2
-  cat "$WORK"/pgbench_log.* 2>/dev/null | awk -v a="$from" -v b="$to" '
+  local from=$1 to=$2 prefix=${3:-pgbench_log}
+  cat "$WORK"/"$prefix".* 2>/dev/null | awk -v a="$from" -v b="$to" '
     { ts = $5 + $6 / 1e6; if (ts < a || ts > b) next
       if ($3 ~ /^[0-9]+$/) print $3; else failed++ }
     END { if (failed > 0) print "failed", failed }' >"$WORK/window.txt"
@@ -546,53 +591,102 @@ window_stats() {
           else printf "%d %.2f %.2f %.2f %d\n", NR, q(0.5), q(0.99), v[NR] / 1000, failed }'
 }
 
-if [[ $DO_LOAD -eq 1 ]]; then
-  log "e. doppel run --execute under pgbench -R $RATE -c $CLIENTS -j $JOBS ($BASELINE_SECS s baseline first)"
+# One doppel run under the writer, on a freshly restored table: the writer starts
+# WARMUP+BASELINE s before doppel and stops TAIL s after it. $1 = tag (R[<tag>_*] as in
+# run_doppel, and R[<tag>_base_*], R[<tag>_during_*] for the writer before and during,
+# $WORK/writer_phases_<tag>.txt per doppel phase); further arguments go to doppel run. With
+# PROBE_BASELINE=1, the probe script (benches/probe.pgbench.sql, one client at 10/s, as
+# doppel's probe) runs during the baseline too: R[probe_*].
+load_run() {
+  local tag=$1 prefix="pgbench_$1_log" base_from ph_t ph_end nph i phase secs n p50 p99 mx
+  shift
   restore
   (cd "$WORK" && exec "$PGBENCH" -n -c "$CLIENTS" -j "$JOBS" -R "$RATE" -T 7200 -P 5 \
-      -f "$HERE/writer.pgbench.sql" -D rows="$ROWS" --log --log-prefix=pgbench_log bench \
-      >"$WORK/pgbench.out" 2>"$WORK/pgbench.err") &
+      -f "$HERE/writer.pgbench.sql" -D rows="$ROWS" --log --log-prefix="$prefix" bench \
+      >"$WORK/pgbench_$tag.out" 2>"$WORK/pgbench_$tag.err") &
   PGBENCH_PID=$!
+  local load_t0
   load_t0=$(now)
-  sleep $((WARMUP_SECS + BASELINE_SECS))
-  kill -0 "$PGBENCH_PID" 2>/dev/null || { tail -n 20 "$WORK/pgbench.err" >&2; die "pgbench stopped before the migration"; }
-  run_doppel load
+  sleep "$WARMUP_SECS"
+  if [[ ${PROBE_BASELINE:-0} -eq 1 ]]; then
+    (cd "$WORK" && "$PGBENCH" -n -c 1 -j 1 -R 10 -T "$BASELINE_SECS" -f "$HERE/probe.pgbench.sql" \
+        --log --log-prefix=probe_log bench >"$WORK/probe.out" 2>"$WORK/probe.err") \
+      || { tail -n 5 "$WORK/probe.err" >&2; die "the probe baseline failed"; }
+    read -r "R[probe_n]" "R[probe_p50]" "R[probe_p99]" "R[probe_max]" _ < <(window_stats 0 9999999999 probe_log)
+  else
+    sleep "$BASELINE_SECS"
+  fi
+  kill -0 "$PGBENCH_PID" 2>/dev/null || { tail -n 20 "$WORK/pgbench_$tag.err" >&2; die "pgbench stopped before the migration"; }
+  run_doppel "$tag" "$@"
   sleep "$TAIL_SECS"
-  kill -0 "$PGBENCH_PID" 2>/dev/null || { tail -n 20 "$WORK/pgbench.err" >&2; die "pgbench stopped during the migration"; }
+  kill -0 "$PGBENCH_PID" 2>/dev/null || { tail -n 20 "$WORK/pgbench_$tag.err" >&2; die "pgbench stopped during the migration"; }
   kill -TERM "$PGBENCH_PID" 2>/dev/null || true
   wait "$PGBENCH_PID" 2>/dev/null || true
   PGBENCH_PID=""
   base_from=$(awk -v a="$load_t0" -v w="$WARMUP_SECS" 'BEGIN { printf "%.6f", a + w }')
-  read -r "R[base_n]" "R[base_p50]" "R[base_p99]" "R[base_max]" "R[base_failed]" < <(window_stats "$base_from" "${R[load_start]}")
-  read -r "R[during_n]" "R[during_p50]" "R[during_p99]" "R[during_max]" "R[during_failed]" < <(window_stats "${R[load_start]}" "${R[load_end]}")
+  read -r "R[${tag}_base_n]" "R[${tag}_base_p50]" "R[${tag}_base_p99]" "R[${tag}_base_max]" "R[${tag}_base_failed]" \
+    < <(window_stats "$base_from" "${R[${tag}_start]}" "$prefix")
+  read -r "R[${tag}_during_n]" "R[${tag}_during_p50]" "R[${tag}_during_p99]" "R[${tag}_during_max]" "R[${tag}_during_failed]" \
+    < <(window_stats "${R[${tag}_start]}" "${R[${tag}_end]}" "$prefix")
   # Writer latency per doppel phase: windows laid from doppel's start by its phase durations
   # (the unlisted preflight and cleanup are a fraction of a second); the last one ends with doppel.
-  : >"$WORK/writer_phases.txt"
-  ph_t=${R[load_start]}
-  nph=$(wc -l <"$WORK/doppel_load_phases.txt")
+  : >"$WORK/writer_phases_$tag.txt"
+  ph_t=${R[${tag}_start]}
+  nph=$(wc -l <"$WORK/doppel_${tag}_phases.txt")
   i=0
   while IFS='|' read -r phase secs; do
     i=$((i + 1))
-    if [[ $i -eq $nph ]]; then ph_end=${R[load_end]}; else ph_end=$(awk -v a="$ph_t" -v d="$secs" 'BEGIN { printf "%.6f", a + d }'); fi
-    read -r n p50 p99 mx _ < <(window_stats "$ph_t" "$ph_end")
-    echo "$phase|$secs|$n|$p50|$p99|$mx" >>"$WORK/writer_phases.txt"
+    if [[ $i -eq $nph ]]; then ph_end=${R[${tag}_end]}; else ph_end=$(awk -v a="$ph_t" -v d="$secs" 'BEGIN { printf "%.6f", a + d }'); fi
+    read -r n p50 p99 mx _ < <(window_stats "$ph_t" "$ph_end" "$prefix")
+    echo "$phase|$secs|$n|$p50|$p99|$mx" >>"$WORK/writer_phases_$tag.txt"
     ph_t=$ph_end
-  done <"$WORK/doppel_load_phases.txt"
-  R[base_tps]=$(awk -v n="${R[base_n]}" -v a="$base_from" -v b="${R[load_start]}" 'BEGIN { printf "%.0f", n / (b - a) }')
-  R[during_tps]=$(awk -v n="${R[during_n]}" -v a="${R[load_start]}" -v b="${R[load_end]}" 'BEGIN { printf "%.0f", n / (b - a) }')
+  done <"$WORK/doppel_${tag}_phases.txt"
+  R[${tag}_base_tps]=$(awk -v n="${R[${tag}_base_n]}" -v a="$base_from" -v b="${R[${tag}_start]}" 'BEGIN { printf "%.0f", n / (b - a) }')
+  R[${tag}_during_tps]=$(awk -v n="${R[${tag}_during_n]}" -v a="${R[${tag}_start]}" -v b="${R[${tag}_end]}" 'BEGIN { printf "%.0f", n / (b - a) }')
   # Errors: failed transactions in the log, plus clients aborted by an error (pgbench stops
   # a client on any error other than a serialization failure or deadlock).
-  R[aborted]=$(grep -ciE 'aborted|error' "$WORK/pgbench.err" || true)
-  R[writer_errors]=$(( ${R[base_failed]:-0} + ${R[during_failed]:-0} + ${R[aborted]:-0} ))
-  R[load_avg_apply]=$(awk -v n="${R[load_applied]:-0}" -v t="${R[load_wall]}" 'BEGIN { printf "%.0f", n / t }')
-  print_doppel load
-  log "   writer before: ${R[base_tps]} tx/s, p50 ${R[base_p50]} ms, p99 ${R[base_p99]} ms, max ${R[base_max]} ms"
-  log "   writer during: ${R[during_tps]} tx/s, p50 ${R[during_p50]} ms, p99 ${R[during_p99]} ms, max ${R[during_max]} ms"
+  R[${tag}_aborted]=$(grep -ciE 'aborted|error' "$WORK/pgbench_$tag.err" || true)
+  R[${tag}_writer_errors]=$(( ${R[${tag}_base_failed]:-0} + ${R[${tag}_during_failed]:-0} + ${R[${tag}_aborted]:-0} ))
+  R[${tag}_avg_apply]=$(awk -v n="${R[${tag}_applied]:-0}" -v t="${R[${tag}_wall]}" 'BEGIN { printf "%.0f", n / t }')
+  print_doppel "$tag"
+  log "   writer before: ${R[${tag}_base_tps]} tx/s, p50 ${R[${tag}_base_p50]} ms, p99 ${R[${tag}_base_p99]} ms, max ${R[${tag}_base_max]} ms"
+  log "   writer during: ${R[${tag}_during_tps]} tx/s, p50 ${R[${tag}_during_p50]} ms, p99 ${R[${tag}_during_p99]} ms, max ${R[${tag}_during_max]} ms"
   while IFS='|' read -r phase secs n p50 p99 mx; do
     printf '      writer during %-24s %6s tx  p50 %8s  p99 %8s  max %8s ms\n' "$phase" "$n" "$p50" "$p99" "$mx"
-  done <"$WORK/writer_phases.txt"
-  log "   writer errors: ${R[writer_errors]} (failed ${R[base_failed]}+${R[during_failed]}, aborted-client/error lines ${R[aborted]})"
-  log "   apply: backlog ${R[load_catchup_rate]} changes/s (${R[load_catchup_applied]} changes in the ${R[load_catchup_secs]} s catch-up), peak ${R[load_peak_apply]} changes/s (1 s status lines while catching up), average over the run ${R[load_avg_apply]} changes/s; last status Lag before cutover ${R[load_last_lag]}"
+  done <"$WORK/writer_phases_$tag.txt"
+  log "   writer errors: ${R[${tag}_writer_errors]} (failed ${R[${tag}_base_failed]}+${R[${tag}_during_failed]}, aborted-client/error lines ${R[${tag}_aborted]})"
+  log "   apply: backlog ${R[${tag}_catchup_rate]} changes/s (${R[${tag}_catchup_applied]} changes in the ${R[${tag}_catchup_secs]} s catch-up), peak ${R[${tag}_peak_apply]} changes/s (1 s status lines while catching up), average over the run ${R[${tag}_avg_apply]} changes/s; last status Lag before cutover ${R[${tag}_last_lag]}"
+}
+
+if [[ $DO_LOAD -eq 1 ]]; then
+  q "CREATE TABLE IF NOT EXISTS public.bench_probe (table_oid oid PRIMARY KEY, probes bigint NOT NULL DEFAULT 0,
+       at timestamptz NOT NULL DEFAULT now()) WITH (fillfactor = 20);
+     INSERT INTO public.bench_probe (table_oid) VALUES (1) ON CONFLICT DO NOTHING" >/dev/null
+  log "e. doppel run --execute under pgbench -R $RATE -c $CLIENTS -j $JOBS ($BASELINE_SECS s baseline first$( [[ $DO_PACING -eq 1 ]] && echo ", with the probe"))"
+  PROBE_BASELINE=$DO_PACING load_run load
+  # The report's names for the unpaced run under load.
+  for k in base_n base_p50 base_p99 base_max base_failed base_tps during_n during_p50 during_p99 during_max during_failed during_tps writer_errors aborted; do
+    R[$k]=${R[load_$k]}
+  done
+  cp "$WORK/writer_phases_load.txt" "$WORK/writer_phases.txt"
+  R[load_avg_apply]=${R[load_avg_apply]}
+fi
+
+# ---------------------------------------------------------------- e2. paced under load
+# --pacing: the same run with --max-write-latency set to 2x the idle probe's p99 (measured
+# above while only the writer ran), at least 1 ms.
+if [[ $DO_PACING -eq 1 ]]; then
+  R[pace_target]=$(awk -v p="${R[probe_p99]}" 'BEGIN { t = 2 * p; if (t < 1) t = 1; printf "%.1f", t }')
+  log "   idle probe: ${R[probe_n]} probes, p50 ${R[probe_p50]} ms, p99 ${R[probe_p99]} ms, max ${R[probe_max]} ms: --max-write-latency ${R[pace_target]}"
+  log "e2. doppel run --execute --max-write-latency ${R[pace_target]} under the same writer"
+  load_run paced --max-write-latency "${R[pace_target]}"
+  # The pacing as the 1 s status lines showed it: "Probe: 2.1 ms (max ..); Pace: 35% back off".
+  sed -nE 's/.*Probe: ([0-9.]+) ms .*Pace: ([0-9]+)% ([a-z ]+).*/\1 \2 \3/p' "$WORK/doppel_paced.err" >"$WORK/pacing_lines.txt"
+  read -r "R[pace_lines]" "R[pace_level_mean]" "R[pace_level_min]" "R[pace_backoff]" < <(awk '
+    { n++; s += $2; if (min == "" || $2 + 0 < min + 0) min = $2; if ($3 == "back") b++ }
+    END { if (n == 0) print 0, "n/a", "n/a", 0; else printf "%d %.0f %d %d\n", n, s / n, min, b }' "$WORK/pacing_lines.txt")
+  R[pace_probe_p50]=$(awk '{ print $1 }' "$WORK/pacing_lines.txt" | sort -n | awk '{ v[NR] = $1 } END { print (NR ? v[int((NR + 1) / 2)] : "n/a") }')
+  log "   paced: ${R[paced_wall]} s vs ${R[load_wall]} s unpaced ($(ratio "${R[paced_wall]}" "${R[load_wall]}")x); writer p99 ${R[paced_during_p99]} ms vs ${R[paced_base_p99]} ms before ($(ratio "${R[paced_during_p99]}" "${R[paced_base_p99]}")x); level mean ${R[pace_level_mean]}%, min ${R[pace_level_min]}%, ${R[pace_backoff]}/${R[pace_lines]} status lines backing off"
 fi
 
 # ---------------------------------------------------------------- f. report
@@ -699,6 +793,35 @@ MD="$WORK/section.md"
     echo "n/a when it was under 0.5 s); peak ${R[load_peak_apply]} changes/s between two 1 s status lines while catching up; ${R[load_avg_apply]} changes/s"
     echo "averaged over the whole run (bounded by the writer's rate). Stream lag in the last status line before the cutover: ${R[load_last_lag]} (WAL bytes)."
   fi
+  if [[ $DO_PACING -eq 1 ]]; then
+    echo
+    echo "### Latency-targeted pacing (\`--pacing\`)"
+    echo
+    echo "doppel's probe write (benches/probe.pgbench.sql, the one-row UPDATE of \`--max-write-latency\`), timed by pgbench at 10/s"
+    echo "while only the writer ran: ${R[probe_n]} probes, p50 ${R[probe_p50]} ms, p99 ${R[probe_p99]} ms, max ${R[probe_max]} ms. The paced run:"
+    echo "\`--max-write-latency ${R[pace_target]}\` (2x the idle probe's p99), on a freshly restored table under the same writer, with its own baseline."
+    echo
+    echo "| under $RATE tx/s | unpaced | paced |"
+    echo "|---|---:|---:|"
+    echo "| doppel wall (s) | ${R[load_wall]} | ${R[paced_wall]} (**$(ratio "${R[paced_wall]}" "${R[load_wall]}")x** unpaced; target <= 4x) |"
+    echo "| writer p50 before / during (ms) | ${R[load_base_p50]} / ${R[load_during_p50]} | ${R[paced_base_p50]} / ${R[paced_during_p50]} |"
+    echo "| writer p99 before / during (ms) | ${R[load_base_p99]} / ${R[load_during_p99]} ($(ratio "${R[load_during_p99]}" "${R[load_base_p99]}")x) | ${R[paced_base_p99]} / ${R[paced_during_p99]} (**$(ratio "${R[paced_during_p99]}" "${R[paced_base_p99]}")x**; target <= 2x) |"
+    echo "| writer max before / during (ms) | ${R[load_base_max]} / ${R[load_during_max]} | ${R[paced_base_max]} / ${R[paced_during_max]} |"
+    echo "| writer errors | ${R[load_writer_errors]} | ${R[paced_writer_errors]} |"
+    echo "| changes applied | ${R[load_applied]} | ${R[paced_applied]} |"
+    echo
+    echo "Writer latency by doppel phase, unpaced vs paced (s, then p50 / p99 / max in ms):"
+    echo
+    echo "| phase | unpaced s | unpaced p50 / p99 / max | paced s | paced p50 / p99 / max |"
+    echo "|---|---:|---:|---:|---:|"
+    while IFS='|' read -r phase secs n p50 p99 mx; do
+      other=$(awk -F'|' -v p="$phase" '$1 == p { printf "%s|%s / %s / %s", $2, $4, $5, $6 }' "$WORK/writer_phases_paced.txt")
+      echo "| $phase | $secs | $p50 / $p99 / $mx | ${other%%|*} | ${other#*|} |"
+    done <"$WORK/writer_phases_load.txt"
+    echo
+    echo "The pacing as doppel's 1 s status lines showed it: ${R[pace_lines]} lines, level mean ${R[pace_level_mean]}%, lowest ${R[pace_level_min]}%,"
+    echo "${R[pace_backoff]} lines deciding *back off*; doppel's probe p50 ${R[pace_probe_p50]} ms over those lines."
+  fi
   if [[ $DO_MEANS -eq 1 ]]; then
     mib() { [[ -n ${1:-} ]] && echo $(( $1 / 1024 )) || echo n/a; }
     echo
@@ -713,6 +836,12 @@ MD="$WORK/section.md"
     echo "| 2 parallel chunk workers (default \`--copy-workers 2\`) | copy ${R[idle_copy]} s (run $dw s) | \`--copy-workers 1\`: copy ${R[w1_copy]} s (run ${R[w1_wall]} s) | **$(ratio "${R[w1_copy]}" "${R[idle_copy]}")** (run $(ratio "${R[w1_wall]}" "$dw")) |"
     echo "| chunks sized by time (default \`--chunk-time 100\`) | copy ${R[idle_copy]} s in ${R[idle_chunks]} chunks | \`--chunk-time 500\`: copy ${R[ct500_copy]} s in ${R[ct500_chunks]} chunks | **$(ratio "${R[ct500_copy]}" "${R[idle_copy]}")** |"
     echo "| chunks sized by time (default \`--chunk-time 100\`) | copy ${R[idle_copy]} s in ${R[idle_chunks]} chunks | \`--chunk-time 2000\`: copy ${R[ct2000_copy]} s in ${R[ct2000_chunks]} chunks | **$(ratio "${R[ct2000_copy]}" "${R[idle_copy]}")** |"
+    echo "| index builds: PK + 2 indexes (plain SQL, on the bare copy) | ${R[m_build]} s (maintenance_work_mem 1GB, max_parallel_maintenance_workers ${R[m_mpmw]}) | without parallel workers: ${R[m_build_serial]} s | **$(ratio "${R[m_build_serial]}" "${R[m_build]}")** |"
+    echo "| index builds: maintenance_work_mem 1GB | ${R[m_build]} s | 64MB (the server's default): ${R[m_build_mwm64]} s | **$(ratio "${R[m_build_mwm64]}" "${R[m_build]}")** |"
+    echo "| the whole table in one statement: \`INSERT .. SELECT\` on the server | ${R[m_insert_all]} s | \`COPY .. TO STDOUT\` piped into \`COPY .. FROM STDIN\` (binary, two sessions): ${R[m_copy_all]} s | **$(ratio "${R[m_copy_all]}" "${R[m_insert_all]}")** |"
+    if [[ $PG_MAJOR -ge 16 ]]; then
+      echo "| copied rows decoded by the WAL sender and discarded (default) | copy ${R[idle_copy]} s (run $dw s) | \`--copy-origin\` (copy sessions under replication origins, stream \`origin 'none'\`): copy ${R[origin_copy]} s (run ${R[origin_wall]} s) | **$(ratio "${R[origin_copy]}" "${R[idle_copy]}")** (run $(ratio "${R[origin_wall]}" "$dw")) |"
+    fi
     echo "| changes spooled on doppel's side, idle | slot-retained WAL at its peak $(fmt_bytes "${R[idle_peak_retained]}"); spool file at its peak $(fmt_bytes "${R[idle_peak_spool]}") | a slot nobody reads until the end retains the run's WAL: $(fmt_bytes "${R[idle_wal_written]}") | **$(ratio "${R[idle_wal_written]}" "${R[idle_peak_retained]}")** |"
     if [[ $DO_LOAD -eq 1 ]]; then
       echo "| changes spooled on doppel's side, under $RATE tx/s | slot-retained WAL at its peak $(fmt_bytes "${R[load_peak_retained]}"); spool file at its peak $(fmt_bytes "${R[load_peak_spool]}") | a slot nobody reads until the end retains the run's WAL: $(fmt_bytes "${R[load_wal_written]}") | **$(ratio "${R[load_wal_written]}" "${R[load_peak_retained]}")** |"

@@ -132,6 +132,18 @@ pub(crate) struct TuningArgs {
     /// connection, a server restart) before it stops, keeping its checkpoint.
     #[arg(long, value_parser = humantime::parse_duration, default_value = "5m")]
     pub(crate) reconnect_timeout: Duration,
+    /// Keep the application's write latency under this many ms: doppel times a write of its
+    /// own (a one-row UPDATE of doppel.write_probe) every 100 ms and slows the copy, the index
+    /// builds, verification and the apply while it is above (additive increase,
+    /// multiplicative decrease). Off by default.
+    #[arg(long, value_name = "MS")]
+    pub(crate) max_write_latency: Option<f64>,
+    /// Mark the copy sessions with replication origins and stream with origin 'none', so the
+    /// WAL sender skips the copied rows instead of decoding and discarding them (PostgreSQL
+    /// 16+, superuser or EXECUTE on the origin functions, no other origin on the server;
+    /// otherwise ignored). Off by default: no gain measured yet (BENCHMARKS.md).
+    #[arg(long)]
+    pub(crate) copy_origin: bool,
     /// Serve Prometheus metrics at http://ADDR/metrics, e.g. 127.0.0.1:9187 (port 0: any free
     /// port, logged and shown by `status --json`).
     #[arg(long, value_name = "ADDR")]
@@ -309,6 +321,11 @@ pub(crate) fn run_options(
         resume: t.resume,
         resume_within: t.resume_within,
         reconnect_timeout: t.reconnect_timeout,
+        max_write_latency: t
+            .max_write_latency
+            .filter(|ms| *ms > 0.0)
+            .map(|ms| Duration::from_secs_f64(ms / 1000.0)),
+        copy_origin: t.copy_origin,
         metrics_listen: t.metrics_listen,
         metrics_linger: Duration::from_secs(t.metrics_linger),
         ..RunOptions::new("", &[])

@@ -6,6 +6,7 @@ pub mod control;
 pub mod history;
 pub mod hooks;
 pub mod metrics;
+pub mod pacing;
 pub mod progress;
 pub mod registry;
 pub mod throttle;

@@ -105,6 +105,9 @@ pub struct State {
     /// A resumable run: bytes of WAL its permanent slot retains on the primary
     /// (`pg_current_wal_lsn() - restart_lsn`), sampled every 10 s.
     pub retained_wal_bytes: Option<u64>,
+    /// `--max-write-latency`: the probe's latency and the pacing decision, with the copy
+    /// settings they scale (`--copy-workers`, `--chunk-time`).
+    pub pacing: Option<PacingView>,
     /// The revert window, once it is open (`--revert-window`).
     pub window: Option<WindowView>,
     /// Where the metrics are served (`--metrics-listen`), once they are.
@@ -115,6 +118,17 @@ pub struct State {
     pub exit: Option<(u8, &'static str)>,
     /// The direct step running, or the backfill's progress (`step 2/3: VALIDATE ..`).
     pub step: Option<String>,
+}
+
+/// The pacing as the status shows it.
+#[derive(Debug, Clone)]
+pub struct PacingView {
+    /// The controller's last state.
+    pub state: crate::ops::pacing::PaceState,
+    /// `--copy-workers`.
+    pub copy_workers: usize,
+    /// `--chunk-time`.
+    pub chunk_time: Duration,
 }
 
 /// An index build on the shadow, as `pg_stat_progress_create_index` shows it.
@@ -417,13 +431,18 @@ impl Progress {
             .retained_wal_bytes
             .map(|b| format!("; Retained WAL: {}", format_bytes(b)))
             .unwrap_or_default();
+        let pacing = s
+            .pacing
+            .as_ref()
+            .map(|p| format!("; {}", p.state.describe()))
+            .unwrap_or_default();
         let label = if s.phase == Some(Phase::Backfill) {
             "Backfill"
         } else {
             "Copy"
         };
         format!(
-            "{label}: {}/{} {:.1}%; Applied: {}; Backlog: {}; Time: {}(total), {}(copy); streamer: {}; Lag: {}; State: {}; ETA: {}{retained}",
+            "{label}: {}/{} {:.1}%; Applied: {}; Backlog: {}; Time: {}(total), {}(copy); streamer: {}; Lag: {}; State: {}; ETA: {}{retained}{pacing}",
             s.rows_copied,
             s.rows_estimate,
             pct,
@@ -487,6 +506,10 @@ impl Progress {
             "metrics": s.metrics.map(|a| format!("http://{a}/metrics")),
             "line": self.status_line(),
             "window": s.window.as_ref().map(|w| w.to_json()),
+            "pacing": s
+                .pacing
+                .as_ref()
+                .map(|p| p.state.to_json(p.copy_workers, p.chunk_time)),
             "connections": {
                 "sessions": s.session_security,
                 "replication": s.replication_security,

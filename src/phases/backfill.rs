@@ -31,6 +31,7 @@ use tokio_postgres::types::ToSql;
 use tokio_postgres::{Client, Statement};
 
 use crate::ops::control::Controls;
+use crate::ops::pacing::PaceHandle;
 use crate::ops::progress::Progress;
 use crate::ops::throttle::Throttler;
 use crate::phases::checkpoint::{Checkpoint, CopyProgress};
@@ -101,6 +102,9 @@ pub struct Backfill<'a> {
     pub progress: &'a Progress,
     /// While it reports a reason, no new chunk starts.
     pub throttle: Option<&'a Throttler>,
+    /// `--max-write-latency`: scales the workers, the chunk time and the pause after each
+    /// chunk ([`crate::ops::pacing`]).
+    pub pace: Option<&'a PaceHandle>,
     /// The control socket's live settings (`chunk-time=MS`).
     pub controls: Option<&'a Arc<Controls>>,
     /// A resumable run's checkpoint: chunks are recorded as planned and done.
@@ -173,7 +177,8 @@ impl Backfill<'_> {
         let producer = self.plan_ranges(client, &counters, tx, resumed, check);
         let work = workers
             .iter()
-            .map(|worker| self.copy_ranges(worker, &rx, &counters));
+            .enumerate()
+            .map(|(i, worker)| self.copy_ranges(worker, (i, workers.len()), &rx, &counters));
         #[cfg(feature = "pause-points")]
         let during_copy =
             crate::phases::broken::DuringCopy::start(&self.probe, client, self.plan).await?;
@@ -285,15 +290,20 @@ impl Backfill<'_> {
         })
     }
 
-    /// One copy worker: takes ranges until the planner is done.
+    /// One copy worker, number `index.0` of `index.1`: takes ranges until the planner is
+    /// done (paced, only while the pacing allows that many workers).
     async fn copy_ranges(
         &self,
         worker: &Client,
+        index: (usize, usize),
         rx: &Mutex<mpsc::Receiver<Range>>,
         counters: &Counters,
     ) -> Result<()> {
         let statements = self.prepare(worker).await?;
         loop {
+            if let Some(pace) = self.pace {
+                pace.worker_turn(index.0, index.1).await;
+            }
             let next = rx.lock().await.recv().await;
             let Some(range) = next else {
                 return Ok(());
@@ -337,11 +347,15 @@ impl Backfill<'_> {
         );
         tracing::debug!(rows = n, ms = took.as_millis() as u64, "chunk copied");
         if upper.is_some() {
-            // The target chunk time can be changed at runtime on the control socket.
-            let target = self
+            // The target chunk time can be changed at runtime on the control socket; pacing
+            // shortens it.
+            let mut target = self
                 .controls
                 .map(|c| c.chunk_time())
                 .unwrap_or(self.options.chunk_time);
+            if let Some(pace) = self.pace {
+                target = pace.state().chunk_time(target);
+            }
             counters.rows_target.store(
                 next_chunk_rows(rows_planned, took, target),
                 Ordering::Relaxed,
@@ -349,6 +363,9 @@ impl Backfill<'_> {
         }
         if self.options.nice_ratio > 0.0 {
             tokio::time::sleep(took.mul_f64(self.options.nice_ratio)).await;
+        }
+        if let Some(pace) = self.pace {
+            pace.pace(took).await;
         }
         Ok(())
     }

@@ -13,6 +13,7 @@ pub mod checkpoint;
 pub mod cutover;
 pub mod direct;
 pub mod fence;
+pub mod origin;
 pub mod revert;
 pub mod shadow;
 pub mod verify;

@@ -67,6 +67,8 @@ pub struct Pace<'a> {
     pub nice_ratio: f64,
     /// Where rows verified so far are counted (`rows_verified` of the status).
     pub progress: Option<&'a crate::ops::progress::Progress>,
+    /// `--max-write-latency`: the pause after each chunk ([`crate::ops::pacing`]).
+    pub pacing: Option<&'a crate::ops::pacing::PaceHandle>,
 }
 
 /// How a difference is given time to settle before it is compared again.
@@ -341,6 +343,9 @@ async fn compare_all(
         report.chunks += 1;
         if pace.nice_ratio > 0.0 {
             tokio::time::sleep(took.mul_f64(pace.nice_ratio)).await;
+        }
+        if let Some(pacing) = pace.pacing {
+            pacing.pace(took).await;
         }
         match upper {
             Some(hi) => lower = Some(hi),

@@ -38,7 +38,8 @@ pub struct CleanupReport {
 
 /// Removes what an interrupted run on `table` left behind: the shadow table, the publication
 /// and an inactive slot named after the table's OID (reporting the WAL the slot released), a
-/// resumable run's checkpoint and spool, an online recipe's index or helper constraint, and
+/// resumable run's checkpoint and spool, an online recipe's index or helper constraint, a paced
+/// run's row of `doppel.write_probe`, the copy's replication origins, and
 /// the local files of [`CleanupOptions::work_dir`]. Refuses while a run holds the table's
 /// advisory lock. When `table` is the migrated table of a resumable run whose cutover
 /// committed before doppel stopped, only that run's slot, publication, spool and checkpoint
@@ -104,6 +105,16 @@ pub async fn cleanup(
         remove_files(dir, oid, &mut report)?;
     }
     remove_checkpoint(&client, oid, &mut report).await?;
+    if crate::phases::origin::drop_all(&client, oid).await? > 0 {
+        report
+            .removed
+            .push("replication origins of the copy sessions".to_string());
+    }
+    if crate::ops::pacing::remove_probe(&client, oid).await? {
+        report
+            .removed
+            .push("the run's row of doppel.write_probe (--max-write-latency)".to_string());
+    }
     Ok(report)
 }
 

@@ -29,6 +29,9 @@ pub(crate) struct Created {
     pub(crate) permanent_slot: bool,
     /// The run's checkpoint rows (a resumable run).
     pub(crate) checkpoint: bool,
+    /// The copy sessions mark their writes with replication origins and the stream asks for
+    /// `origin 'none'` (PostgreSQL 16+, [`crate::phases::origin`]): the origins are dropped.
+    pub(crate) copy_origins: bool,
 }
 
 impl Created {
@@ -42,6 +45,7 @@ impl Created {
             spool: Some(spool),
             permanent_slot: true,
             checkpoint: true,
+            copy_origins: false,
         };
     }
 
@@ -107,6 +111,11 @@ impl Created {
         }
         if let Some(path) = &created.spool {
             std::fs::remove_file(path).ok();
+        }
+        if created.copy_origins
+            && crate::phases::origin::drop_all(control, plan.original.oid).await? > 0
+        {
+            removed.push("replication origins of the copy sessions".into());
         }
         if created.checkpoint
             && crate::phases::checkpoint::Checkpoint::remove(control, plan.original.oid).await?

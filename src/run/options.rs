@@ -91,6 +91,15 @@ pub struct RunOptions {
     /// `--reconnect-timeout`: how long a resumable run keeps trying to reconnect after a
     /// transient fault before it stops (keeping its checkpoint).
     pub reconnect_timeout: Duration,
+    /// `--max-write-latency`: keep the latency of a probe write (doppel's own, every 100 ms)
+    /// under this by pacing the copy, the index builds, verification and the apply
+    /// ([`crate::ops::pacing`]). `None` (the default): no pacing.
+    pub max_write_latency: Option<Duration>,
+    /// `--copy-origin` (off by default): on PostgreSQL 16+, mark the copy sessions' writes
+    /// with replication origins and stream with `origin 'none'`, so the WAL sender does not
+    /// decode the copied rows ([`crate::phases::origin`], which says when it is not used).
+    /// Off: the copied rows are decoded and discarded, as before PostgreSQL 16.
+    pub copy_origin: bool,
     /// `--strategy shadow`: every clause takes the shadow, even those PostgreSQL can run
     /// directly or by an online recipe (docs/design.md §1.10).
     pub force_shadow: bool,
@@ -135,6 +144,8 @@ impl RunOptions {
             resume: false,
             resume_within: Duration::from_secs(3600),
             reconnect_timeout: Duration::from_secs(300),
+            max_write_latency: None,
+            copy_origin: false,
             metrics_listen: None,
             metrics_linger: Duration::from_secs(30),
             force_shadow: false,

@@ -372,8 +372,14 @@ impl Run<'_> {
             .unwrap_or(spool::MAGIC.len() as u64);
         let (writer, reader) = spool::reopen(&path, &recovered, read_from)?;
         let start = recovered.holds.max(confirmed);
+        let options = self.stream_options().await?;
         let stream = replication
-            .start_logical_replication(&saved.slot, start, &self.plan.names.publication, true)
+            .start_logical_replication_with(
+                &saved.slot,
+                start,
+                &self.plan.names.publication,
+                options,
+            )
             .await
             .context("restarting replication from the slot")?;
         tracing::info!(

@@ -86,12 +86,13 @@ impl Run<'_> {
                 )
                 .await?;
         }
+        let options = self.stream_options().await?;
         let stream = replication
-            .start_logical_replication(
+            .start_logical_replication_with(
                 &self.plan.names.slot,
                 slot.consistent_point,
                 &self.plan.names.publication,
-                true,
+                options,
             )
             .await
             .context("starting replication")?;
@@ -104,6 +105,23 @@ impl Run<'_> {
             fingerprint,
             reverse: None,
             resumed: None,
+        })
+    }
+
+    /// The stream's pgoutput options: logical messages (fences), and `origin 'none'` when the
+    /// copy sessions can mark their writes with origins (`--copy-origin`, PostgreSQL 16+,
+    /// [`crate::phases::origin`]); records the choice for the backfill.
+    pub(super) async fn stream_options(&mut self) -> Result<pglogrepl::client::StartOptions> {
+        self.created.copy_origins = self.options.copy_origin
+            && crate::phases::origin::usable(&self.control, &self.plan).await?;
+        if self.created.copy_origins {
+            tracing::info!(
+                "the copy sessions write under replication origins: the WAL sender skips the copied rows (origin 'none')"
+            );
+        }
+        Ok(pglogrepl::client::StartOptions {
+            messages: true,
+            origin_none: self.created.copy_origins,
         })
     }
 

@@ -14,11 +14,13 @@ use crate::cancel::Cancel;
 use crate::conninfo;
 use crate::failure::{FailureKind, fail};
 use crate::model::phase::Phase;
+use crate::ops::pacing::{PaceHandle, Pacer};
 use crate::ops::throttle::Throttler;
 use crate::phases::apply::{Applier, ApplyOptions};
 use crate::phases::backfill::{Backfill, CopyReport};
 use crate::phases::cutover::{Cutover, CutoverOptions, CutoverReport, Script};
 use crate::phases::fence::Fencer;
+use crate::phases::origin;
 use crate::phases::revert;
 use crate::phases::shadow;
 use crate::phases::verify::{self, VerifyReport};
@@ -41,8 +43,11 @@ pub(crate) struct Done {
 /// heartbeat), for the phases' duration.
 struct Watchers {
     throttler: Throttler,
+    /// `--max-write-latency`: the probe and its controller.
+    pacer: Option<Pacer>,
     apply: ApplyWatch,
     _feeds: [AbortOnDrop; 2],
+    _pacing_feed: Option<AbortOnDrop>,
     _heartbeat: Option<AbortOnDrop>,
 }
 
@@ -54,26 +59,42 @@ impl Run<'_> {
         capture: &mut Capture,
         setup_started: Instant,
     ) -> Result<Done> {
-        let watchers = self.start_watchers(capture).await?;
+        let mut watchers = self.start_watchers(capture).await?;
+        let done = self.run_phases(capture, &watchers, setup_started).await;
+        if let Some(pacer) = watchers.pacer.take() {
+            pacer.finish(self.config).await;
+        }
+        done
+    }
+
+    /// The phases in order, with the watchers started (see [`Run::phases`]).
+    async fn run_phases(
+        &mut self,
+        capture: &mut Capture,
+        watchers: &Watchers,
+        setup_started: Instant,
+    ) -> Result<Done> {
+        let pace = watchers.pacer.as_ref().map(Pacer::handle);
         let from = capture.resumed.as_ref().map_or(Phase::Copy, |r| r.from);
         let copy = if from <= Phase::Copy {
             self.wait_exported_visible(&capture.exported).await?;
             self.timed(Phase::Setup, setup_started);
             self.save(Phase::Copy).await?;
             let progress = capture.resumed.as_ref().map(|r| r.copy.clone());
-            self.backfill(&capture.tasks, &watchers.throttler, progress)
+            self.backfill(&capture.tasks, &watchers.throttler, pace.as_ref(), progress)
                 .await?
         } else {
             CopyReport::default()
         };
         if from <= Phase::Indexes {
             self.save(Phase::Indexes).await?;
-            self.build_indexes(&watchers.throttler).await?;
+            self.build_indexes(&watchers.throttler, pace.as_ref())
+                .await?;
         }
         if from <= Phase::CatchUp {
             self.save(Phase::CatchUp).await?;
         }
-        let fencer = self.start_applier(capture, &watchers).await?;
+        let fencer = self.start_applier(capture, watchers).await?;
         if from <= Phase::Constraints {
             self.save(Phase::Constraints).await?;
             self.build_constraints(&capture.tasks, &watchers.throttler)
@@ -89,9 +110,12 @@ impl Run<'_> {
         self.timed(Phase::CatchUpAfterIndexes, since);
         self.save(Phase::Verify).await?;
         let (verify, peer) = self
-            .verify(&capture.tasks, &fencer, &watchers.throttler)
+            .verify(&capture.tasks, &fencer, &watchers.throttler, pace.as_ref())
             .await?;
         self.save(Phase::Cutover).await?;
+        if let Some(pace) = &pace {
+            pace.suspend();
+        }
         let (cutover, script) = self
             .cutover(capture, &fencer, &peer, &verify, &watchers.throttler)
             .await?;
@@ -133,6 +157,22 @@ impl Run<'_> {
         self.operator.drive_throttle(throttler.live());
         self.operator.drive_hooks(throttler.watch());
         let throttle_feed = feed_throttle_progress(self.progress.clone(), throttler.watch());
+        let pacer = match self.options.max_write_latency {
+            Some(target) => {
+                let pacer = Pacer::spawn(self.config, target, self.plan.original.oid)
+                    .await
+                    .context("starting the write-latency probe (--max-write-latency)")?;
+                let feed = super::tasks::feed_pacing_progress(
+                    self.progress.clone(),
+                    pacer.handle().watch(),
+                    self.options.copy_workers,
+                    self.options.copy.chunk_time,
+                );
+                Some((pacer, feed))
+            }
+            None => None,
+        };
+        let (pacer, pacing_feed) = pacer.unzip();
         let heartbeat = self.checkpoint.map(|checkpoint| {
             super::tasks::heartbeat(
                 self.config.clone(),
@@ -143,8 +183,10 @@ impl Run<'_> {
         });
         Ok(Watchers {
             throttler,
+            pacer,
             apply,
             _feeds: [stream_feed, throttle_feed],
+            _pacing_feed: pacing_feed,
             _heartbeat: heartbeat,
         })
     }
@@ -163,6 +205,7 @@ impl Run<'_> {
         &mut self,
         tasks: &Tasks,
         throttler: &Throttler,
+        pace: Option<&PaceHandle>,
         resume: Option<crate::phases::checkpoint::CopyProgress>,
     ) -> Result<CopyReport> {
         self.operator.hook("before-copy").await?;
@@ -172,8 +215,11 @@ impl Run<'_> {
             s.copy_started = Some(Instant::now());
         });
         let mut workers = Vec::new();
-        for _ in 0..self.options.copy_workers.max(1) {
+        for i in 0..self.options.copy_workers.max(1) {
             let w = conninfo::connect(self.config).await?;
+            if self.created.copy_origins {
+                origin::set_up_session(&w, self.plan.original.oid, i).await?;
+            }
             // Asynchronous commit: a chunk's commit need not wait for its WAL flush. A chunk
             // lost in a server crash is lost with its checkpoint mark (the same transaction),
             // so a resume copies it again; every later commit that depends on it (the
@@ -187,6 +233,7 @@ impl Run<'_> {
             options: &self.options.copy,
             progress: &self.progress,
             throttle: Some(throttler),
+            pace,
             controls: Some(&self.operator.controls),
             checkpoint: self.checkpoint.as_ref(),
             resume,
@@ -198,6 +245,13 @@ impl Run<'_> {
             throttler.check_critical()
         };
         let copy = backfill.run(&self.control, &workers, check).await?;
+        if self.created.copy_origins {
+            for w in &workers {
+                w.batch_execute("SELECT pg_replication_origin_session_reset()")
+                    .await?;
+            }
+            origin::drop_all(&self.control, self.plan.original.oid).await?;
+        }
         self.progress
             .update(|s| s.copy_ended = Some(Instant::now()));
         self.operator.hook("copy-complete").await?;
@@ -213,7 +267,11 @@ impl Run<'_> {
 
     /// The shadow's primary key, then its non-unique indexes: logical decoding is still
     /// working through the backfill's WAL, and the backlog cannot be applied before it has.
-    async fn build_indexes(&mut self, throttler: &Throttler) -> Result<()> {
+    async fn build_indexes(
+        &mut self,
+        throttler: &Throttler,
+        pace: Option<&PaceHandle>,
+    ) -> Result<()> {
         let since = Instant::now();
         self.enter(Phase::Indexes);
         let _builds = self.watch_index_builds().await?;
@@ -224,6 +282,12 @@ impl Run<'_> {
             ))
             .await
             .context("setting maintenance_work_mem for the index builds")?;
+        if pace.is_some() {
+            // Paced: one process per build, leaving the other cores to the application.
+            self.control
+                .batch_execute("SET max_parallel_maintenance_workers = 0")
+                .await?;
+        }
         let primary_key = shadow::unbuilt(
             &self.control,
             &self.plan,
@@ -231,6 +295,7 @@ impl Run<'_> {
         )
         .await?;
         for statement in primary_key {
+            gate(pace).await;
             run_cancellable(
                 self.config,
                 &self.control,
@@ -248,6 +313,7 @@ impl Run<'_> {
         )
         .await?;
         for statement in plain {
+            gate(pace).await;
             run_cancellable(
                 self.config,
                 &self.control,
@@ -258,6 +324,11 @@ impl Run<'_> {
             .await
             .map_err(|e| index_error(e, &self.plan, &statement))?;
             pause_point!(self.probe, "index-built", statement.clone());
+        }
+        if pace.is_some() {
+            self.control
+                .batch_execute("RESET max_parallel_maintenance_workers")
+                .await?;
         }
         self.timed(Phase::Indexes, since);
         Ok(())
@@ -296,6 +367,7 @@ impl Run<'_> {
             reader,
             ApplyOptions {
                 hold: Some(watchers.throttler.watch()),
+                pace: watchers.pacer.as_ref().map(Pacer::handle),
                 probe: self.probe.clone(),
                 checkpoint: self.checkpoint,
                 resume_after: capture.resumed.as_ref().and_then(|r| r.applied),
@@ -366,6 +438,7 @@ impl Run<'_> {
         tasks: &Tasks,
         fencer: &Fencer,
         throttler: &Throttler,
+        pacing: Option<&PaceHandle>,
     ) -> Result<(VerifyReport, Client)> {
         let since = Instant::now();
         self.enter(Phase::Verify);
@@ -377,6 +450,7 @@ impl Run<'_> {
             throttle: Some(throttler),
             nice_ratio: self.options.copy.nice_ratio,
             progress: Some(&self.progress),
+            pacing,
         };
         let applier = tasks.applier()?;
         let report = tokio::select! {
@@ -511,6 +585,14 @@ async fn catch_up(
         {
             return Ok(());
         }
+    }
+}
+
+/// Paced (`--max-write-latency`): waits before a long statement while the probe is above
+/// the target, at most 5 s.
+async fn gate(pace: Option<&PaceHandle>) {
+    if let Some(pace) = pace {
+        pace.gate(Duration::from_secs(5)).await;
     }
 }
 

@@ -150,6 +150,31 @@ pub(crate) fn feed_throttle_progress(
     }))
 }
 
+/// Copies each pacing state (`--max-write-latency`) into `progress` as it arrives;
+/// `copy_workers` and `chunk_time` are the configured values the pacing scales.
+pub(crate) fn feed_pacing_progress(
+    progress: Arc<Progress>,
+    mut rx: watch::Receiver<crate::ops::pacing::PaceState>,
+    copy_workers: usize,
+    chunk_time: std::time::Duration,
+) -> AbortOnDrop {
+    AbortOnDrop(tokio::spawn(async move {
+        loop {
+            let state = rx.borrow_and_update().clone();
+            progress.update(|s| {
+                s.pacing = Some(crate::ops::progress::PacingView {
+                    state,
+                    copy_workers,
+                    chunk_time,
+                });
+            });
+            if rx.changed().await.is_err() {
+                return;
+            }
+        }
+    }))
+}
+
 /// A resumable run's heartbeat, on a session of its own, every 10 s: marks the checkpoint
 /// alive (`--resume-within` counts from the last beat) and samples the WAL the slot retains
 /// into `progress`. A failed beat is logged and retried at the next one.

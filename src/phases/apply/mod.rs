@@ -94,6 +94,9 @@ pub struct ApplyOptions {
     /// While this reports throttle reasons, no new batch starts (the spool absorbs the stream
     /// meanwhile). `None`: never held.
     pub hold: Option<watch::Receiver<crate::ops::throttle::ThrottleState>>,
+    /// `--max-write-latency`: the pause after each batch ([`crate::ops::pacing`]). `None`:
+    /// never paced.
+    pub pace: Option<crate::ops::pacing::PaceHandle>,
     /// The run's test hooks (`Probe::default()`: none).
     pub probe: Probe,
     /// Apply only what commits after the transaction that carries the logical message with

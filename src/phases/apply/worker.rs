@@ -34,6 +34,7 @@ pub(super) struct Worker {
     pub(super) partial: HashMap<Vec<bool>, Statement>,
     pub(super) collapse: Arc<std::sync::atomic::AtomicBool>,
     pub(super) hold: Option<watch::Receiver<crate::ops::throttle::ThrottleState>>,
+    pub(super) pace: Option<crate::ops::pacing::PaceHandle>,
     /// The run's test hooks (pause points `applied`, `visibility-wait`; broken orderings).
     pub(super) probe: Probe,
     /// What decoding keeps between messages.
@@ -135,6 +136,7 @@ impl Worker {
             partial: HashMap::new(),
             collapse,
             hold: options.hold,
+            pace: options.pace,
             decoder: Decoder {
                 direct_partial,
                 relation_checked: options.resume_after.is_some(),
@@ -184,7 +186,9 @@ impl Worker {
             let Some(first) = first else {
                 return Ok(());
             };
+            let batch_started = std::time::Instant::now();
             let batch = self.apply_batch(first).await?;
+            let took = batch_started.elapsed();
             pause_point!(
                 self.probe,
                 "applied",
@@ -221,6 +225,14 @@ impl Worker {
                     s.commit_time = Some(pg_time(us));
                 }
             });
+            if let Some(pace) = &self.pace {
+                // A pause or stop request ends the pacing pause (the cutover suspends pacing
+                // before it takes its lock, see `PaceHandle::suspend`).
+                tokio::select! {
+                    _ = pace.pace(took) => {}
+                    _ = control.changed() => {}
+                }
+            }
         }
     }
 

@@ -25,6 +25,7 @@ pub(super) fn start_replication_sql(
     start: Lsn,
     publication: &str,
     messages: bool,
+    origin_none: bool,
 ) -> String {
     let mut options = format!(
         "proto_version '1', publication_names {}",
@@ -32,6 +33,9 @@ pub(super) fn start_replication_sql(
     );
     if messages {
         options.push_str(", messages 'true'");
+    }
+    if origin_none {
+        options.push_str(", origin 'none'");
     }
     format!(
         "START_REPLICATION SLOT {} LOGICAL {start} ({options})",
@@ -271,12 +275,12 @@ mod tests {
             "CREATE_REPLICATION_SLOT \"s\" LOGICAL pgoutput (SNAPSHOT 'export', FAILOVER true)"
         );
         assert_eq!(
-            start_replication_sql("s", Lsn(0x16_B374_D848), "my\"pub's", true),
+            start_replication_sql("s", Lsn(0x16_B374_D848), "my\"pub's", true, false),
             "START_REPLICATION SLOT \"s\" LOGICAL 16/B374D848 \
              (proto_version '1', publication_names '\"my\"\"pub''s\"', messages 'true')"
         );
         assert_eq!(
-            start_replication_sql("s", Lsn(0), "p", false),
+            start_replication_sql("s", Lsn(0), "p", false, false),
             "START_REPLICATION SLOT \"s\" LOGICAL 0/0 (proto_version '1', publication_names '\"p\"')"
         );
     }

@@ -211,16 +211,45 @@ impl ReplicationClient {
         publication: &str,
         messages: bool,
     ) -> Result<ReplicationStream, ReplicationError> {
+        let options = StartOptions {
+            messages,
+            origin_none: false,
+        };
+        self.start_logical_replication_with(slot, start, publication, options)
+            .await
+    }
+
+    /// [`ReplicationClient::start_logical_replication`] with every pgoutput option of
+    /// [`StartOptions`]. Errors: as `start_logical_replication`; a server before PostgreSQL
+    /// 16 refuses `origin` (`22023`, unrecognized pgoutput parameter).
+    pub async fn start_logical_replication_with(
+        self,
+        slot: &str,
+        start: Lsn,
+        publication: &str,
+        options: StartOptions,
+    ) -> Result<ReplicationStream, ReplicationError> {
         stream::start_logical_replication(
             self.conn,
             self.backend_pid,
             slot,
             start,
             publication,
-            messages,
+            options,
         )
         .await
     }
+}
+
+/// pgoutput options of `START_REPLICATION` beyond the protocol version and the publication.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct StartOptions {
+    /// `messages 'true'`: also send logical decoding messages (`pg_logical_emit_message`).
+    pub messages: bool,
+    /// `origin 'none'` (PostgreSQL 16+): send only changes that carry no replication origin.
+    /// The server drops the others while decoding, before its reorder buffer, so sessions
+    /// that set an origin (`pg_replication_origin_session_setup`) write without being decoded.
+    pub origin_none: bool,
 }
 
 #[cfg(test)]

@@ -277,11 +277,17 @@ pub(super) async fn start_logical_replication(
     slot: &str,
     start: Lsn,
     publication: &str,
-    messages: bool,
+    options: super::StartOptions,
 ) -> Result<ReplicationStream, ReplicationError> {
     use backend::Message as M;
     let what = "START_REPLICATION";
-    let sql = start_replication_sql(slot, start, publication, messages);
+    let sql = start_replication_sql(
+        slot,
+        start,
+        publication,
+        options.messages,
+        options.origin_none,
+    );
     frontend::query(&sql, &mut conn.write_buf)
         .map_err(|e| ReplicationError::Protocol(format!("cannot send {what}: {e}")))?;
     conn.flush().await?;

@@ -1,0 +1,98 @@
+//! The bulk path's means of issue 17 on a real server. On PostgreSQL 16+ the copy sessions
+//! mark their writes with replication origins and doppel's stream asks pgoutput for `origin
+//! 'none'`, so the WAL sender drops the copied rows while decoding: the copy's commits are
+//! recorded under the origins, the new table still equals the twin under a concurrent writer
+//! (nothing the shadow needs was dropped), and the origins are gone afterwards. Before 16 and
+//! with `copy_origin` off (the default), no origin is created.
+
+use std::time::Duration;
+
+use doppel::cancel::Cancel;
+use doppel::run::Outcome;
+use doppel_testkit::workload::{self, Workload};
+
+use crate::common::{self, Tune};
+
+const ALTER: &str = "ALTER COLUMN customer_id TYPE bigint";
+
+/// Runs doppel on `orders` under the twin writer, pausing once after a chunk is copied to
+/// read `pg_replication_origin_status`; returns the copy origins' local commit positions seen
+/// there and the mismatches with the twin afterwards.
+async fn migrate_under_writer(copy_origin: bool) -> Option<(Vec<(String, String)>, i64)> {
+    let cluster = common::cluster().await;
+    let client = cluster.connect("postgres").await.unwrap();
+    if copy_origin && cluster.server_version_num() < 160_000 {
+        eprintln!("skipped: pgoutput's origin option is a PostgreSQL 16 feature");
+        return None;
+    }
+    workload::create_tables(&client, "orders", "orders_twin", 30_000)
+        .await
+        .unwrap();
+    let config: tokio_postgres::Config = cluster.conninfo("postgres").parse().unwrap();
+    let writer = Workload::start(&config, "orders", "orders_twin", 5, Duration::ZERO)
+        .await
+        .unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let mut opts = common::options(dir.path(), "orders", &[ALTER])
+        .chunk_time(Duration::from_millis(20))
+        .initial_rows(500)
+        .cutover_retries(20)
+        .fence_timeout(Duration::from_millis(2000))
+        .status_interval(Duration::from_secs(60));
+    opts.copy_origin = copy_origin;
+    let pause = common::pause_dir(dir.path());
+    doppel::testing::arm(&pause, "copying").unwrap();
+    let run_config = config.clone();
+    let run =
+        tokio::spawn(async move { common::run_paused(&run_config, &opts, &Cancel::never()).await });
+    assert!(
+        doppel::testing::wait_reached(&pause, "copying", Duration::from_secs(60))
+            .await
+            .is_some(),
+        "a chunk is copied"
+    );
+    let origins: Vec<(String, String)> = client
+        .query(
+            "SELECT o.roname, s.local_lsn::text FROM pg_replication_origin o
+             JOIN pg_replication_origin_status s ON s.local_id = o.roident
+             WHERE o.roname LIKE 'doppel\\_%' ORDER BY 1",
+            &[],
+        )
+        .await
+        .unwrap()
+        .iter()
+        .map(|r| (r.get(0), r.get(1)))
+        .collect();
+    doppel::testing::release(&pause, "copying").unwrap();
+    let outcome = run.await.unwrap().unwrap();
+    let report = writer.stop().await.unwrap();
+    assert!(matches!(outcome, Outcome::Migrated(_)), "{outcome:?}");
+    assert_eq!(report.errors, 0, "writer errors: {:?}", report.first_errors);
+    let left: i64 = common::scalar(&client, "SELECT count(*) FROM pg_replication_origin").await;
+    assert_eq!(left, 0, "the copy's origins are dropped");
+    let mismatches = workload::mismatches(&client, "orders", "orders_twin")
+        .await
+        .unwrap();
+    Some((origins, mismatches))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn copy_under_origins_is_kept_out_of_the_stream_and_matches_the_twin() {
+    let Some((origins, mismatches)) = migrate_under_writer(true).await else {
+        return;
+    };
+    assert!(
+        origins
+            .iter()
+            .any(|(name, lsn)| name.ends_with("_copy0") && lsn != "0/0"),
+        "the copy's commits are recorded under its origin: {origins:?}"
+    );
+    assert_eq!(mismatches, 0);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn without_copy_origin_no_origin_is_created() {
+    let (origins, mismatches) = migrate_under_writer(false).await.unwrap();
+    assert!(origins.is_empty(), "{origins:?}");
+    assert_eq!(mismatches, 0);
+}
