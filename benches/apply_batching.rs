@@ -25,7 +25,11 @@
 //!   constrains the shadow: last write per key) and off (source order, as after unique
 //!   indexes are built);
 //! - `writer_mix`: the transactions of `benches/writer.pgbench.sql` (UPDATE of a random
-//!   existing key + INSERT, DELETE of the updated key in 1 of 10).
+//!   existing key + INSERT, DELETE of the updated key in 1 of 10);
+//! - `writer_mix/apply_workers_2|4`, `updates/apply_workers_2|4`: the same with the parallel
+//!   apply (`--apply-workers`): the applier's session and 1 or 3 more, each batch split by key
+//!   hash (`writer_mix` and `updates` are the 1-session figures). Only these:
+//!   `cargo bench --bench apply_batching -- 'writer_mix|updates'`.
 //!
 //! Run: `cargo bench --bench apply_batching` (needs the PostgreSQL server binaries, see
 //! `LocalCluster::find_bin_dir`; as root the server runs as `postgres`). Environment:
@@ -389,8 +393,9 @@ impl Env {
         })
     }
 
-    /// One timed run: spool `g`, spawn the applier, time `resume()` .. `wait_fence(1)`.
-    fn apply(&self, g: &Generated, collapse: bool) -> Result<Duration> {
+    /// One timed run: spool `g`, spawn the applier with `workers` sessions, time `resume()` ..
+    /// `wait_fence(1)`.
+    fn apply(&self, g: &Generated, collapse: bool, workers: usize) -> Result<Duration> {
         let path = self.spool_dir.path().join("bench.spool");
         let (mut writer, reader) = doppel::phases::capture::spool::create(&path)?;
         for (i, m) in g.messages.iter().enumerate() {
@@ -402,11 +407,22 @@ impl Env {
             client
                 .batch_execute("SET application_name = 'doppel applier'")
                 .await?;
+            let mut sessions = Vec::new();
+            for n in 2..=workers {
+                let session = self.cluster.connect(DB).await?;
+                session
+                    .batch_execute(&format!("SET application_name = 'doppel applier {n}'"))
+                    .await?;
+                sessions.push(session);
+            }
             let applier = Applier::spawn(
                 client,
                 self.plan.clone(),
                 reader,
-                doppel::phases::apply::ApplyOptions::default(),
+                doppel::phases::apply::ApplyOptions {
+                    sessions,
+                    ..doppel::phases::apply::ApplyOptions::default()
+                },
             )
             .await?;
             applier.set_collapse(collapse);
@@ -499,14 +515,18 @@ fn bench_apply(c: &mut Criterion, env: &Env, changes: u64, summary: &mut Vec<Str
         .sampling_mode(SamplingMode::Flat)
         .warm_up_time(Duration::from_millis(500))
         .measurement_time(Duration::from_secs(5));
-    let cases: [(&str, Workload, bool); 5] = [
-        ("inserts", Workload::Inserts, true),
-        ("updates", Workload::Updates, true),
-        ("hot_updates/collapse_on", Workload::HotUpdates, true),
-        ("hot_updates/collapse_off", Workload::HotUpdates, false),
-        ("writer_mix", Workload::WriterMix, true),
+    let cases: [(&str, Workload, bool, usize); 9] = [
+        ("inserts", Workload::Inserts, true, 1),
+        ("updates", Workload::Updates, true, 1),
+        ("hot_updates/collapse_on", Workload::HotUpdates, true, 1),
+        ("hot_updates/collapse_off", Workload::HotUpdates, false, 1),
+        ("writer_mix", Workload::WriterMix, true, 1),
+        ("writer_mix/apply_workers_2", Workload::WriterMix, true, 2),
+        ("writer_mix/apply_workers_4", Workload::WriterMix, true, 4),
+        ("updates/apply_workers_2", Workload::Updates, true, 2),
+        ("updates/apply_workers_4", Workload::Updates, true, 4),
     ];
-    for (name, workload, collapse) in cases {
+    for (name, workload, collapse, workers) in cases {
         let mut messages = Messages::new(&env.plan);
         let sample = generate(&mut messages, workload, env.rows, changes, 0);
         g.throughput(Throughput::Elements(sample.changes));
@@ -522,7 +542,7 @@ fn bench_apply(c: &mut Criterion, env: &Env, changes: u64, summary: &mut Vec<Str
                         *r
                     };
                     let input = generate(&mut messages, workload, env.rows, changes, n);
-                    let took = env.apply(&input, collapse).expect("apply run");
+                    let took = env.apply(&input, collapse, workers).expect("apply run");
                     env.reset(&input).expect("resetting the shadow");
                     tally.borrow_mut().runs.push((
                         input.changes,

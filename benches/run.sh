@@ -34,6 +34,11 @@
 #       (binary, two sessions)
 #   m7. on PostgreSQL 16+: doppel run --copy-origin (copy sessions under replication origins,
 #       stream origin 'none') vs the default
+# With --apply-workers "1 2 4", also the parallel apply side by side (issue 17): one run under
+# the writer per value of --apply-workers, each on a freshly restored table with its own
+# baseline; doppel is held (--throttle-flag-file) for --apply-hold seconds at its start so the
+# stream piles up a backlog the catch-up then applies (the copy of a 1M-3M row table alone
+# leaves too small a backlog to time).
 # The cluster lives in a temp dir and is stopped and removed on any exit. Logs of the run are
 # kept in target/bench-results/<date>-<rows>/.
 set -euo pipefail
@@ -56,6 +61,10 @@ usage: benches/run.sh [options]
   --pacing            also measure doppel's probe write while only the writer runs, then run
                       doppel under the writer with --max-write-latency = 2x the idle probe's
                       p99: writer latency per phase and run time, paced vs unpaced
+  --apply-workers "N.."  also run doppel under the writer once per listed --apply-workers
+                      value, each held --apply-hold s at its start to build a backlog, and
+                      compare the catch-up apply rates
+  --apply-hold S      seconds doppel is throttled at its start in those runs (default 20)
   --no-write          do not update BENCHMARKS.md
   --out FILE          the markdown file to update (default BENCHMARKS.md at the repo root)
 Environment: DOPPEL_PG_BINDIR (server binaries; default /usr/lib/postgresql/15/bin).
@@ -77,6 +86,8 @@ DO_WRITE=1
 DO_MEANS=0
 DO_RESUMABLE=0
 DO_PACING=0
+APPLY_WORKERS_LIST=""
+APPLY_HOLD=20
 HERE=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
 ROOT=$(dirname "$HERE")
 OUT_MD="$ROOT/BENCHMARKS.md"
@@ -96,13 +107,18 @@ while [[ $# -gt 0 ]]; do
     --means) DO_MEANS=1; shift ;;
     --resumable-cost) DO_RESUMABLE=1; shift ;;
     --pacing) DO_PACING=1; shift ;;
+    --apply-workers) APPLY_WORKERS_LIST=${2:?--apply-workers needs a list, e.g. "1 2 4"}; shift 2 ;;
+    --apply-hold) APPLY_HOLD=${2:?--apply-hold needs a value}; shift 2 ;;
     --out) OUT_MD=${2:?--out needs a value}; shift 2 ;;
     -h|--help) usage; exit 0 ;;
     *) echo "run.sh: unknown argument '$1'" >&2; usage >&2; exit 2 ;;
   esac
 done
-[[ $DO_PACING -eq 1 ]] && DO_LOAD=1
-for v in ROWS RATE CLIENTS JOBS BASELINE_SECS; do
+[[ $DO_PACING -eq 1 || -n $APPLY_WORKERS_LIST ]] && DO_LOAD=1
+for n in $APPLY_WORKERS_LIST; do
+  [[ $n =~ ^[0-9]+$ && $n -gt 0 ]] || { echo "run.sh: --apply-workers takes positive integers: '$n'" >&2; exit 2; }
+done
+for v in ROWS RATE CLIENTS JOBS BASELINE_SECS APPLY_HOLD; do
   [[ ${!v} =~ ^[0-9]+$ && ${!v} -gt 0 ]] || { echo "run.sh: --${v,,} must be a positive integer" >&2; exit 2; }
 done
 [[ -z $PORT || $PORT =~ ^[0-9]+$ ]] || { echo "run.sh: --port must be a number" >&2; exit 2; }
@@ -617,6 +633,11 @@ load_run() {
     sleep "$BASELINE_SECS"
   fi
   kill -0 "$PGBENCH_PID" 2>/dev/null || { tail -n 20 "$WORK/pgbench_$tag.err" >&2; die "pgbench stopped before the migration"; }
+  if [[ -n ${HOLD_FILE:-} ]]; then
+    # doppel starts throttled; the flag goes after HOLD_SECS (the stream is consumed meanwhile)
+    touch "$HOLD_FILE"
+    (sleep "$HOLD_SECS"; rm -f "$HOLD_FILE") &
+  fi
   run_doppel "$tag" "$@"
   sleep "$TAIL_SECS"
   kill -0 "$PGBENCH_PID" 2>/dev/null || { tail -n 20 "$WORK/pgbench_$tag.err" >&2; die "pgbench stopped during the migration"; }
@@ -687,6 +708,16 @@ if [[ $DO_PACING -eq 1 ]]; then
     END { if (n == 0) print 0, "n/a", "n/a", 0; else printf "%d %.0f %d %d\n", n, s / n, min, b }' "$WORK/pacing_lines.txt")
   R[pace_probe_p50]=$(awk '{ print $1 }' "$WORK/pacing_lines.txt" | sort -n | awk '{ v[NR] = $1 } END { print (NR ? v[int((NR + 1) / 2)] : "n/a") }')
   log "   paced: ${R[paced_wall]} s vs ${R[load_wall]} s unpaced ($(ratio "${R[paced_wall]}" "${R[load_wall]}")x); writer p99 ${R[paced_during_p99]} ms vs ${R[paced_base_p99]} ms before ($(ratio "${R[paced_during_p99]}" "${R[paced_base_p99]}")x); level mean ${R[pace_level_mean]}%, min ${R[pace_level_min]}%, ${R[pace_backoff]}/${R[pace_lines]} status lines backing off"
+fi
+
+# ---------------------------------------------------------------- e3. parallel apply
+# --apply-workers "1 2 4": one run under the writer per value, held APPLY_HOLD s at the start.
+if [[ -n $APPLY_WORKERS_LIST ]]; then
+  for n in $APPLY_WORKERS_LIST; do
+    log "e3. doppel run --execute --apply-workers $n under the same writer, held ${APPLY_HOLD} s at the start"
+    HOLD_FILE="$WORK/hold_aw$n" HOLD_SECS=$APPLY_HOLD load_run "aw$n" --apply-workers "$n" \
+      --throttle-flag-file "$WORK/hold_aw$n"
+  done
 fi
 
 # ---------------------------------------------------------------- f. report
@@ -822,6 +853,20 @@ MD="$WORK/section.md"
     echo "The pacing as doppel's 1 s status lines showed it: ${R[pace_lines]} lines, level mean ${R[pace_level_mean]}%, lowest ${R[pace_level_min]}%,"
     echo "${R[pace_backoff]} lines deciding *back off*; doppel's probe p50 ${R[pace_probe_p50]} ms over those lines."
   fi
+  if [[ -n $APPLY_WORKERS_LIST ]]; then
+    echo
+    echo "### Parallel apply (\`--apply-workers\`)"
+    echo
+    echo "Under the same writer ($RATE tx/s), one run per value, each on a freshly restored table with its own baseline; doppel held"
+    echo "(\`--throttle-flag-file\`) for ${APPLY_HOLD} s at its start so that the catch-up has a backlog to apply. The machine has $NPROC cores,"
+    echo "shared by the server, pgbench and doppel (and, here, other work): parallel sessions compete for the same cores."
+    echo
+    echo "| \`--apply-workers\` | backlog applied | catch-up (s) | catch-up rate (changes/s) | peak (1 s status lines) | wall (s) | writer p99 during (ms) |"
+    echo "|---:|---:|---:|---:|---:|---:|---:|"
+    for n in $APPLY_WORKERS_LIST; do
+      echo "| $n | ${R[aw${n}_catchup_applied]} | ${R[aw${n}_catchup_secs]} | **${R[aw${n}_catchup_rate]}** | ${R[aw${n}_peak_apply]} | ${R[aw${n}_wall]} | ${R[aw${n}_during_p99]} |"
+    done
+  fi
   if [[ $DO_MEANS -eq 1 ]]; then
     mib() { [[ -n ${1:-} ]] && echo $(( $1 / 1024 )) || echo n/a; }
     echo
@@ -888,6 +933,9 @@ if [[ $DO_MEANS -eq 1 ]]; then
     "means: idle WAL run/retained/spool" "$(fmt_bytes "${R[idle_wal_written]}") / $(fmt_bytes "${R[idle_peak_retained]}") / $(fmt_bytes "${R[idle_peak_spool]}")"
   [[ $DO_LOAD -eq 1 ]] && printf '  %-28s %10s\n' "means: load WAL run/retained/spool" "$(fmt_bytes "${R[load_wal_written]}") / $(fmt_bytes "${R[load_peak_retained]}") / $(fmt_bytes "${R[load_peak_spool]}")"
 fi
+for n in $APPLY_WORKERS_LIST; do
+  printf '  %-28s %10s\n' "apply workers $n: catch-up" "${R[aw${n}_catchup_rate]} changes/s (${R[aw${n}_catchup_applied]} in ${R[aw${n}_catchup_secs]} s; peak ${R[aw${n}_peak_apply]})"
+done
 [[ -n $REPACK_NOTE ]] && echo "  note: $REPACK_NOTE"
 cp "$MD" "$WORK/section.txt"
 

@@ -33,6 +33,10 @@ pub(crate) struct TuningArgs {
     /// Sessions copying chunks at once.
     #[arg(long, default_value_t = 2)]
     pub(crate) copy_workers: usize,
+    /// Sessions applying streamed changes at once: while only the primary key constrains the
+    /// shadow, each batch is split by a hash of the key across them.
+    #[arg(long, default_value_t = doppel::phases::apply::DEFAULT_WORKERS)]
+    pub(crate) apply_workers: usize,
     /// Rows per verification chunk: each is compared under one short snapshot, and the
     /// throttles and --nice-ratio act between chunks.
     #[arg(long, default_value_t = doppel::phases::verify::VERIFY_CHUNK_ROWS)]
@@ -293,6 +297,7 @@ pub(crate) fn run_options(
             ..CopyOptions::default()
         },
         copy_workers: t.copy_workers.max(1),
+        apply_workers: t.apply_workers.max(1),
         verify_chunk_rows: t.verify_chunk_rows.max(1),
         maintenance_work_mem: t.maintenance_work_mem.clone(),
         lock_timeout: Duration::from_millis(t.lock_timeout.max(1)),

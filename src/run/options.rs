@@ -21,6 +21,10 @@ pub struct RunOptions {
     pub copy: CopyOptions,
     /// Sessions copying chunks at once.
     pub copy_workers: usize,
+    /// Sessions applying streamed changes at once (`--apply-workers`): while only the primary
+    /// key constrains the shadow, each batch is split by a hash of the key across them
+    /// (docs/design.md §2.5). 1: one session.
+    pub apply_workers: usize,
     /// Rows per verification chunk (each compared under one short snapshot; throttling and
     /// `nice_ratio` act between chunks).
     pub verify_chunk_rows: i64,
@@ -120,6 +124,7 @@ impl RunOptions {
             execute: false,
             copy: CopyOptions::default(),
             copy_workers: 2,
+            apply_workers: crate::phases::apply::DEFAULT_WORKERS,
             verify_chunk_rows: crate::phases::verify::VERIFY_CHUNK_ROWS,
             maintenance_work_mem: "1GB".into(),
             lock_timeout: Duration::from_millis(200),

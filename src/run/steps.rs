@@ -357,6 +357,14 @@ impl Run<'_> {
         apply_client
             .batch_execute("SET application_name = 'doppel applier'")
             .await?;
+        let mut sessions = Vec::new();
+        for n in 2..=self.options.apply_workers {
+            let client = conninfo::connect(self.config).await?;
+            client
+                .batch_execute(&format!("SET application_name = 'doppel applier {n}'"))
+                .await?;
+            sessions.push(client);
+        }
         let reader = capture
             .reader
             .take()
@@ -371,6 +379,7 @@ impl Run<'_> {
                 probe: self.probe.clone(),
                 checkpoint: self.checkpoint,
                 resume_after: capture.resumed.as_ref().and_then(|r| r.applied),
+                sessions,
                 ..ApplyOptions::default()
             },
         )

@@ -42,12 +42,20 @@
 //! - `visibility-wait` (apply): a batch waits for a decoded transaction to become visible
 //!   before re-reading rows from the original (F3); reached at the first check that finds it
 //!   invisible.
+//! - `apply-shares` (apply, `--apply-workers` > 1): the shares of a parallel batch other
+//!   than the first have committed; the first, which records the batch in the checkpoint, has
+//!   not (under [`Broken::CheckpointBeforeShares`]: the first has, the others have not).
+//!
+//! A `doppel` child process takes a broken ordering that needs no session of its own from
+//! [`BROKEN_VAR`].
 
 #[cfg(feature = "pause-points")]
 mod scope;
 
 #[cfg(feature = "pause-points")]
-pub use scope::{Broken, PAUSE_DIR_VAR, arm, arm_when, reached, release, scoped, wait_reached};
+pub use scope::{
+    BROKEN_VAR, Broken, PAUSE_DIR_VAR, arm, arm_when, reached, release, scoped, wait_reached,
+};
 
 /// The test hooks of one run. Cheap to clone. Without the `pause-points` feature it is an
 /// empty type and every hook is inert.

@@ -38,7 +38,16 @@ pub enum Broken {
     /// snapshot counts as committed to become visible, and re-reads run without waiting for
     /// their event's transaction to be visible.
     NoVisibilityWait,
+    /// A parallel apply (`--apply-workers` > 1) commits the share that records the batch in
+    /// the checkpoint first, then the other shares: a crash in between leaves a checkpoint
+    /// that counts changes the shadow lacks, and the resumed run skips them. Selected in a
+    /// doppel process by [`BROKEN_VAR`] (it needs no session of its own).
+    CheckpointBeforeShares,
 }
+
+/// The environment variable that selects a broken ordering needing no configuration in a
+/// doppel process started by a test (test builds only): `CheckpointBeforeShares`.
+pub const BROKEN_VAR: &str = "DOPPEL_TEST_BROKEN";
 
 /// What a test set for one run.
 #[derive(Debug)]
@@ -62,9 +71,13 @@ impl Scope {
             return Some(scope);
         }
         let dir = std::env::var_os(PAUSE_DIR_VAR)?;
+        let broken = match std::env::var(BROKEN_VAR).as_deref() {
+            Ok("CheckpointBeforeShares") => Some(Broken::CheckpointBeforeShares),
+            _ => None,
+        };
         Some(Arc::new(Scope {
             pause_dir: Some(PathBuf::from(dir)),
-            broken: None,
+            broken,
             config: None,
             applied_during_copy: Mutex::new(Lsn::INVALID),
             during_copy_reader: Mutex::new(None),

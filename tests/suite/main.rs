@@ -37,6 +37,7 @@ mod old_snapshots;
 mod online_migration;
 mod operator;
 mod pacing;
+mod parallel_apply;
 mod partition_tree;
 mod partitioned_fk;
 mod pooler;

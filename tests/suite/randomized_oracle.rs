@@ -188,6 +188,16 @@ impl std::fmt::Display for SeedResult {
 /// Runs `default_count` seeds (or the ones the environment names) with `rows` rows each,
 /// prints a line per seed and the total, and fails if any seed mismatched or failed.
 async fn run_seeds(default_count: u64, rows: Range<usize>, replay: &str) {
+    run_seeds_with(default_count, rows, replay, None).await;
+}
+
+/// [`run_seeds`] with `--apply-workers` set to `apply_workers` (when given) in every run.
+pub(crate) async fn run_seeds_with(
+    default_count: u64,
+    rows: Range<usize>,
+    replay: &str,
+    apply_workers: Option<usize>,
+) {
     if std::env::var_os("RUST_LOG").is_some() {
         // doppel's log on the test's output, filtered by RUST_LOG.
         let _ = tracing_subscriber::fmt()
@@ -204,7 +214,7 @@ async fn run_seeds(default_count: u64, rows: Range<usize>, replay: &str) {
     let started = Instant::now();
     let mut results = Vec::new();
     for &seed in &seeds {
-        let result = run_seed(&cluster, seed, rows.clone()).await;
+        let result = run_seed(&cluster, seed, rows.clone(), apply_workers).await;
         println!("{result}");
         results.push(result);
     }
@@ -234,7 +244,12 @@ fn table_columns(with_xml: bool) -> Vec<MatrixColumn> {
     columns
 }
 
-async fn run_seed(cluster: &LocalCluster, seed: u64, rows: Range<usize>) -> SeedResult {
+async fn run_seed(
+    cluster: &LocalCluster,
+    seed: u64,
+    rows: Range<usize>,
+    apply_workers: Option<usize>,
+) -> SeedResult {
     let started = Instant::now();
     let mut result = SeedResult {
         seed,
@@ -248,7 +263,7 @@ async fn run_seed(cluster: &LocalCluster, seed: u64, rows: Range<usize>) -> Seed
     ] {
         admin.batch_execute(&statement).await.unwrap();
     }
-    let outcome = seed_on(cluster, &db, seed, rows, &mut result).await;
+    let outcome = seed_on(cluster, &db, seed, (rows, apply_workers), &mut result).await;
     if let Err(e) = outcome {
         result.failure = Some(format!("{e:#}"));
     }
@@ -268,7 +283,7 @@ async fn seed_on(
     cluster: &LocalCluster,
     db: &str,
     seed: u64,
-    rows: Range<usize>,
+    (rows, apply_workers): (Range<usize>, Option<usize>),
     result: &mut SeedResult,
 ) -> anyhow::Result<()> {
     let started = Instant::now();
@@ -298,6 +313,7 @@ async fn seed_on(
         client,
         columns,
         mirror: Mirror::new("t", "twin"),
+        apply_workers,
         rng,
         seed,
         loaded: n as i64,
@@ -401,6 +417,8 @@ struct SeedStand<'a> {
     seed: u64,
     /// Rows loaded at keys 1..=loaded.
     loaded: i64,
+    /// `--apply-workers` of the run, when not the default.
+    apply_workers: Option<usize>,
     started: Instant,
 }
 
@@ -440,6 +458,10 @@ impl SeedStand<'_> {
             .status_interval(Duration::from_secs(60))
             .chunk_time(Duration::from_millis(self.rng.random_range(10..60)))
             .initial_rows(self.rng.random_range(200..1000));
+        let options = match self.apply_workers {
+            Some(n) => options.apply_workers(n),
+            None => options,
+        };
         let hold_catch_up = self.rng.random_bool(0.7);
 
         // A transaction with writes open before doppel starts: the slot's creation waits for it.

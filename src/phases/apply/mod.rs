@@ -25,6 +25,10 @@
 //! never sees a state the original did not pass through. Statements are pipelined. Progress
 //! (applied LSN, fences) is published only after the shadow transaction commits.
 //!
+//! With more sessions ([`ApplyOptions::sessions`]), a collapsed batch is split by a hash of
+//! the primary key across them, one transaction each; progress is published only after all of
+//! them committed (the `shares` module; docs/design.md §2.5).
+//!
 //! Test hooks (the `pause-points` feature, see [`crate::testing`]): the race points `applied`
 //! and `visibility-wait`, and the deliberately broken orderings that concern the apply, from
 //! the probe the applier is spawned with.
@@ -32,6 +36,8 @@
 mod changes;
 mod exec;
 mod relation;
+mod session;
+mod shares;
 mod visibility;
 mod worker;
 
@@ -55,6 +61,8 @@ use worker::Worker;
 pub const BATCH_CHANGES: usize = 20_000;
 /// Rows per multi-row statement.
 pub const RUN_ROWS: usize = 2_000;
+/// Apply sessions by default (`--apply-workers`; BENCHMARKS.md, "Parallel apply").
+pub const DEFAULT_WORKERS: usize = 2;
 
 /// What the applier has durably done.
 #[derive(Debug, Clone, Default)]
@@ -117,6 +125,13 @@ pub struct ApplyOptions {
     /// original's Relation message is taken as already checked (the resume compared the
     /// catalog fingerprint; the interrupted stream sent the message before the spool position).
     pub resume_after: Option<Lsn>,
+    /// More sessions for the parallel apply (`--apply-workers N`: N − 1 of them, each
+    /// connected like the applier's own). While changes are collapsed per key and the applier
+    /// is not tolerant, each flush is split by a hash of the primary key across the applier's
+    /// session and these, each applying its share in its own transaction; the batch's
+    /// transactions all commit before its progress is published (docs/design.md §2.5).
+    /// Empty: one session, as always.
+    pub sessions: Vec<Client>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -1,16 +1,18 @@
 //! The applier's task: reads the spool, decodes each transaction into per-key changes and
 //! applies a batch of source transactions in one shadow transaction.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::BTreeMap;
 use std::sync::Arc;
 
 use anyhow::{Context, Result};
 use tokio::sync::watch;
-use tokio_postgres::{Client, Statement};
+use tokio_postgres::Client;
 
 use super::changes::{Op, Pending, Val};
 use super::exec::Exec;
 use super::relation::{check_relation, expect_relation, key_of, key_of_bound, values};
+use super::session::Session;
+use super::shares::{self, Shares};
 use super::{ApplyOptions, ApplyStatus, BATCH_CHANGES, Control};
 use crate::phases::capture::spool::{self, SpoolReader};
 use crate::phases::checkpoint::Checkpoint;
@@ -24,14 +26,11 @@ use pglogrepl::pgoutput::{self, PgOutputMessage, TupleData};
 pub(super) const MAX_PENDING: usize = 50_000;
 
 pub(super) struct Worker {
-    pub(super) client: Client,
+    /// The apply sessions: the first always applies (and records the checkpoint); the others
+    /// ([`ApplyOptions::sessions`]) share collapsed batches by key hash.
+    pub(super) sessions: Vec<Session>,
     pub(super) plan: Arc<Plan>,
     pub(super) reader: SpoolReader,
-    pub(super) upsert: Statement,
-    pub(super) delete: Statement,
-    pub(super) reread: Statement,
-    pub(super) reread_missing: Statement,
-    pub(super) partial: HashMap<Vec<bool>, Statement>,
     pub(super) collapse: Arc<std::sync::atomic::AtomicBool>,
     pub(super) hold: Option<watch::Receiver<crate::ops::throttle::ThrottleState>>,
     pub(super) pace: Option<crate::ops::pacing::PaceHandle>,
@@ -101,39 +100,19 @@ impl Worker {
         collapse: Arc<std::sync::atomic::AtomicBool>,
         options: ApplyOptions,
     ) -> Result<Worker> {
-        let shadow = plan.names.shadow_qualified();
-        let table = plan.original.qualified();
-        let p = &plan.projection;
-        let upsert = client
-            .prepare(&p.upsert_sql(&shadow))
-            .await
-            .context("preparing the applier's upsert")?;
-        let delete = client
-            .prepare(&p.delete_sql(&shadow))
-            .await
-            .context("preparing the applier's delete")?;
-        let reread = client
-            .prepare(&p.reread_sql(&table, &shadow))
-            .await
-            .context("preparing the applier's re-read")?;
-        let reread_missing = client
-            .prepare(&p.reread_missing_sql(&table, &shadow))
-            .await
-            .context("preparing the applier's re-read of missing keys")?;
-        let direct_partial = p.written().iter().all(|c| {
+        let mut sessions = Vec::with_capacity(1 + options.sessions.len());
+        for client in std::iter::once(client).chain(options.sessions) {
+            sessions.push(Session::prepare(client, &plan).await?);
+        }
+        let direct_partial = plan.projection.written().iter().all(|c| {
             c.source
                 .as_ref()
                 .is_some_and(|s| c.expression == format!("src.{}", ident(&s.name)))
         });
         Ok(Worker {
-            client,
+            sessions,
             plan,
             reader,
-            upsert,
-            delete,
-            reread,
-            reread_missing,
-            partial: HashMap::new(),
             collapse,
             hold: options.hold,
             pace: options.pace,
@@ -263,18 +242,43 @@ impl Worker {
         };
         self.decoder.applied_during_copy = self.applied_during_copy();
         let plan = self.plan.clone();
-        let mut partial = std::mem::take(&mut self.partial);
-        let tx = self.client.transaction().await?;
-        let mut exec = Exec {
-            tx: &tx,
-            plan: &plan,
-            upsert: &self.upsert,
-            delete: &self.delete,
-            reread: &self.reread,
-            reread_missing: &self.reread_missing,
-            partial: &mut partial,
+        // Several sessions only for collapsed batches (one op per key; different keys
+        // commute) and never in tolerant mode (whose savepoints and rejected keys are per
+        // session).
+        let used = if d.collapse && self.rejected.is_none() {
+            self.sessions.len()
+        } else {
+            1
+        };
+        let mut txs = Vec::with_capacity(used);
+        let mut statements = Vec::with_capacity(used);
+        for session in self.sessions.iter_mut().take(used) {
+            let Session {
+                client,
+                statements: s,
+            } = session;
+            txs.push(client.transaction().await?);
+            statements.push(s);
+        }
+        let mut rejected = self.rejected.as_mut();
+        let execs = txs
+            .iter()
+            .zip(statements.iter_mut())
+            .map(|(tx, s)| Exec {
+                tx,
+                plan: &plan,
+                upsert: &s.upsert,
+                delete: &s.delete,
+                reread: &s.reread,
+                reread_missing: &s.reread_missing,
+                partial: &mut s.partial,
+                probe: &self.probe,
+                rejected: rejected.take(),
+            })
+            .collect();
+        let mut shares = Shares {
+            execs,
             probe: &self.probe,
-            rejected: self.rejected.as_mut(),
         };
         let mut next = Some(first);
         while let Some(record) = next.take() {
@@ -284,7 +288,8 @@ impl Worker {
                 self.decoder.take(&plan, &self.probe, message, &mut d)?;
             }
             if d.pending.len() >= MAX_PENDING {
-                exec.flush(std::mem::replace(&mut d.pending, Pending::new()))
+                shares
+                    .flush(std::mem::replace(&mut d.pending, Pending::new()))
                     .await?;
             }
             let full = d.batch.changes as usize >= BATCH_CHANGES;
@@ -293,16 +298,16 @@ impl Worker {
             }
             next = self.reader.next().await?;
         }
-        exec.flush(d.pending).await?;
+        shares.flush(d.pending).await?;
+        drop(shares);
         if let Some(checkpoint) = &self.checkpoint
             && d.batch.applied != Lsn::INVALID
         {
             checkpoint
-                .applied(&tx, d.batch.applied, self.reader.position())
+                .applied(&txs[0], d.batch.applied, self.reader.position())
                 .await?;
         }
-        tx.commit().await.context("committing applied changes")?;
-        self.partial = partial;
+        shares::commit(txs, &self.probe).await?;
         Ok(d.batch)
     }
 }

@@ -32,9 +32,14 @@ pub use doppel_testkit::sql::{fails, oid_of, scalar, text};
 /// script and the pause points under `dir`; the shadow strategy for every clause (these tests
 /// exercise the shadow migration, whatever its ALTER); everything else as `doppel run`'s
 /// defaults. [`Tune`] adjusts them (`strategy_auto` for the per-clause strategy).
+///
+/// [`APPLY_WORKERS_VAR`] set to N runs every such test with `--apply-workers N` (the parallel
+/// apply forced under the race and oracle tests).
 pub fn options(dir: &Path, table: &str, alters: &[&str]) -> RunOptions {
     RunOptions {
         execute: true,
+        apply_workers: apply_workers_override()
+            .unwrap_or(RunOptions::new(table, alters).apply_workers),
         work_dir: dir.to_path_buf(),
         rollback_dir: dir.to_path_buf(),
         force_shadow: true,
@@ -42,11 +47,25 @@ pub fn options(dir: &Path, table: &str, alters: &[&str]) -> RunOptions {
     }
 }
 
+/// The environment variable that forces `--apply-workers` in [`options`] (e.g.
+/// `DOPPEL_TEST_APPLY_WORKERS=4 cargo test --test suite races::`).
+pub const APPLY_WORKERS_VAR: &str = "DOPPEL_TEST_APPLY_WORKERS";
+
+/// [`APPLY_WORKERS_VAR`]'s value, when set to a positive number.
+pub fn apply_workers_override() -> Option<usize> {
+    std::env::var(APPLY_WORKERS_VAR)
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .filter(|n| *n > 0)
+}
+
 /// The knobs tests turn on [`options`], chained:
 /// `common::options(dir, "t", &[ALTER]).copy_workers(1).chunk_time(Duration::ZERO)`.
 pub trait Tune {
     /// Sessions copying chunks at once.
     fn copy_workers(self, workers: usize) -> Self;
+    /// Sessions applying streamed changes at once.
+    fn apply_workers(self, workers: usize) -> Self;
     /// The target duration of a chunk (zero: every chunk has the minimum of 100 rows).
     fn chunk_time(self, target: Duration) -> Self;
     /// Rows in the first chunk.
@@ -76,6 +95,11 @@ pub trait Tune {
 impl Tune for RunOptions {
     fn copy_workers(mut self, workers: usize) -> Self {
         self.copy_workers = workers;
+        self
+    }
+
+    fn apply_workers(mut self, workers: usize) -> Self {
+        self.apply_workers = workers;
         self
     }
 
