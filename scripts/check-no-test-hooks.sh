@@ -22,7 +22,7 @@ fi
 
 found=0
 for s in DOPPEL_PAUSE_DIR 'pause point' chunk-open visibility-wait cutover-locked cutover-attempt lock-granted shadow-built index-built \
-  after-preflight 'applier (during copy)' '_during_copy' 'waiting for the test'; do
+  after-preflight apply-shares DOPPEL_TEST_BROKEN 'applier (during copy)' '_during_copy' 'waiting for the test'; do
   n=$(strings -a "$bin" | grep -cF -- "$s")
   if [ "$n" -gt 0 ]; then
     echo "string '$s' found $n time(s)"
