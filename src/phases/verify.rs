@@ -747,6 +747,7 @@ async fn projection_between(
         relation,
         has_identity: target.columns.iter().any(|c| c.identity.is_some()),
         text_hashed: Vec::new(),
+        partitioned: source.relkind == 'p',
     };
     if projection.written().is_empty() {
         bail!(
@@ -819,9 +820,10 @@ async fn classify(client: &Client, pair: &Pair<'_>, keys: &[Key]) -> Result<Vec<
             )
         })
         .collect();
+    let only = pair.projection.only();
     let sql = format!(
-        "SELECT EXISTS (SELECT 1 FROM ONLY {} AS src WHERE {}),
-                EXISTS (SELECT 1 FROM ONLY {} AS dst WHERE {})
+        "SELECT EXISTS (SELECT 1 FROM {only}{} AS src WHERE {}),
+                EXISTS (SELECT 1 FROM {only}{} AS dst WHERE {})
          FROM unnest({}) WITH ORDINALITY AS u({}, n) ORDER BY n",
         pair.source,
         source_match.join(" AND "),

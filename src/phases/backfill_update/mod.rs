@@ -82,6 +82,7 @@ impl UpdateSpec {
             relation: Vec::new(),
             has_identity: false,
             text_hashed: Vec::new(),
+            partitioned: false,
         }
     }
 
