@@ -310,7 +310,8 @@ pub async fn unbuilt(
 ) -> anyhow::Result<Vec<String>> {
     let rows = client
         .query(
-            "WITH t AS (SELECT relid FROM pg_partition_tree(to_regclass($1)))
+            "WITH t AS (SELECT to_regclass($1)::oid AS relid
+                       UNION SELECT relid FROM pg_partition_tree(to_regclass($1)))
              SELECT relname::text FROM pg_index i JOIN pg_class c ON c.oid = i.indexrelid
              WHERE i.indrelid IN (SELECT relid FROM t)
              UNION SELECT conname::text FROM pg_constraint WHERE conrelid IN (SELECT relid FROM t)",
