@@ -39,6 +39,8 @@
 # baseline; doppel is held (--throttle-flag-file) for --apply-hold seconds at its start so the
 # stream piles up a backlog the catch-up then applies (the copy of a 1M-3M row table alone
 # leaves too small a backlog to time).
+# With --partitioned, only the partitioned case instead (benches/partitioned.sh): the locking
+# ALTER on a partitioned table of N rows in 24 monthly partitions vs doppel on the same tree.
 # The cluster lives in a temp dir and is stopped and removed on any exit. Logs of the run are
 # kept in target/bench-results/<date>-<rows>/.
 set -euo pipefail
@@ -65,6 +67,8 @@ usage: benches/run.sh [options]
                       value, each held --apply-hold s at its start to build a backlog, and
                       compare the catch-up apply rates
   --apply-hold S      seconds doppel is throttled at its start in those runs (default 20)
+  --partitioned       only the partitioned case (benches/partitioned.sh): N rows in 24
+                      monthly partitions, the locking ALTER on the parent vs doppel
   --no-write          do not update BENCHMARKS.md
   --out FILE          the markdown file to update (default BENCHMARKS.md at the repo root)
 Environment: DOPPEL_PG_BINDIR (server binaries; default /usr/lib/postgresql/15/bin).
@@ -88,6 +92,7 @@ DO_RESUMABLE=0
 DO_PACING=0
 APPLY_WORKERS_LIST=""
 APPLY_HOLD=20
+DO_PARTITIONED=0
 HERE=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
 ROOT=$(dirname "$HERE")
 OUT_MD="$ROOT/BENCHMARKS.md"
@@ -109,6 +114,7 @@ while [[ $# -gt 0 ]]; do
     --pacing) DO_PACING=1; shift ;;
     --apply-workers) APPLY_WORKERS_LIST=${2:?--apply-workers needs a list, e.g. "1 2 4"}; shift 2 ;;
     --apply-hold) APPLY_HOLD=${2:?--apply-hold needs a value}; shift 2 ;;
+    --partitioned) DO_PARTITIONED=1; shift ;;
     --out) OUT_MD=${2:?--out needs a value}; shift 2 ;;
     -h|--help) usage; exit 0 ;;
     *) echo "run.sh: unknown argument '$1'" >&2; usage >&2; exit 2 ;;
@@ -343,6 +349,12 @@ stop_sampler() {
     SAMPLER_PID=""
   fi
 }
+
+if [[ $DO_PARTITIONED -eq 1 ]]; then
+  # shellcheck source=benches/partitioned.sh
+  source "$HERE/partitioned.sh"
+  exit 0
+fi
 
 # ---------------------------------------------------------------- the table
 declare -A R

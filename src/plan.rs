@@ -51,6 +51,9 @@ pub struct Plan {
     /// type, old snapshots) and what to do about it: the plan's "application compatibility"
     /// lines (docs/design.md §4.6).
     pub compatibility: Vec<String>,
+    /// The original's partition tree when it is a partitioned table (issue 15, docs/design.md
+    /// §1.13): the whole tree is migrated in one run and swapped in one cutover.
+    pub partitions: Option<crate::model::partitions::PartitionTree>,
 }
 
 /// How one clause of the ALTER is carried out (docs/design.md §1.10).

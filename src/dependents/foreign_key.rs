@@ -17,7 +17,7 @@ use crate::sql::{ident, qualified};
 
 pub use partitioned::{
     LeafKey, NOT_VALID_ON_PARTITIONED, PENDING_REATTACH_MARK, REATTACH_ATTEMPTS,
-    REATTACH_LOCK_TIMEOUT_MS, pending_reattach_sql,
+    REATTACH_LOCK_TIMEOUT_MS, add_through_leaves, pending_reattach_sql, validate_and_reattach,
 };
 
 /// A foreign key of another table that references the table (`pg_constraint.confrelid`).

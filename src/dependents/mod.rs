@@ -91,7 +91,7 @@ use crate::sql::{ident, literal, qualified};
 
 pub use foreign_key::{
     ForeignKey, LeafKey, NOT_VALID_ON_PARTITIONED, PENDING_REATTACH_MARK, REATTACH_ATTEMPTS,
-    REATTACH_LOCK_TIMEOUT_MS, pending_reattach_sql,
+    REATTACH_LOCK_TIMEOUT_MS, add_through_leaves, pending_reattach_sql, validate_and_reattach,
 };
 pub use matview::{MATVIEW_SWAP_ATTEMPTS, MATVIEW_SWAP_LOCK_TIMEOUT_MS};
 pub use policy::Policy;

@@ -432,13 +432,20 @@ const FINGERPRINT_SQL: &str = "SELECT md5(concat_ws('|',
      (SELECT string_agg(polname::text, ',' ORDER BY polname) FROM pg_policy WHERE polrelid = $1),
      (SELECT string_agg(prpubid::text, ',' ORDER BY prpubid) FROM pg_publication_rel WHERE prrelid = $1),
      (SELECT concat_ws(':', relacl::text, relreplident, reloptions::text, relrowsecurity, relname, relnamespace)
-        FROM pg_class WHERE oid = $1)))";
+        FROM pg_class WHERE oid = $1),
+     (SELECT string_agg(concat_ws(':', t.relid, pg_get_expr(c.relpartbound, c.oid),
+                (SELECT string_agg(indexrelid::text, ',' ORDER BY indexrelid) FROM pg_index WHERE indrelid = t.relid),
+                (SELECT string_agg(oid::text, ',' ORDER BY oid) FROM pg_constraint WHERE conrelid = t.relid)),
+                ',' ORDER BY t.relid)
+        FROM pg_partition_tree($1::regclass) t JOIN pg_class c ON c.oid = t.relid WHERE t.level > 0)))";
 
 /// A fingerprint (md5) of the table's catalog state that a rename would not carry along:
 /// columns, indexes, constraints (its own, and the foreign keys that reference it, but not
 /// their clones on partitions, which PostgreSQL adds when a partition is created or attached
 /// and which move with the key defined on the partitioned table), triggers, rules, policies,
-/// grants, replica identity, reloptions, publication membership. Compared before the shadow is built and again under the
+/// grants, replica identity, reloptions, publication membership; for a partitioned table,
+/// every member of its tree with its bound and the OIDs of its indexes and constraints (a
+/// partition created, attached or detached changes it, docs/design.md §1.14). Compared before the shadow is built and again under the
 /// cutover lock: DDL that ran on the original during the migration changes it.
 pub async fn fingerprint(client: &impl GenericClient, oid: u32) -> Result<String> {
     let row = client

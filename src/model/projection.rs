@@ -52,9 +52,19 @@ pub struct Projection {
     /// Shadow columns whose type has no extended hash function (e.g. `point`): verification
     /// hashes their text form instead.
     pub text_hashed: Vec<String>,
+    /// The original and the shadow are partitioned tables (docs/design.md §1.14): the
+    /// statements read them whole, without `ONLY`, and PostgreSQL routes each row written
+    /// through the shadow to its partition.
+    pub partitioned: bool,
 }
 
 impl Projection {
+    /// `ONLY ` before a table read by a statement, or nothing when the tables are
+    /// partitioned ([`Projection::partitioned`]).
+    pub fn only(&self) -> &'static str {
+        if self.partitioned { "" } else { "ONLY " }
+    }
+
     /// Shadow columns written by the copy and the applier: those with an expression (mapped
     /// from an original column, or given a `--backfill`), not generated.
     pub fn written(&self) -> Vec<&ColumnMap> {
@@ -157,6 +167,7 @@ impl Projection {
     /// Parameters: `$1` = row count (bigint), then the lower bound's key values as text when
     /// `has_lower` (omitted for the first chunk).
     pub fn chunk_boundary_sql(&self, table: &str, has_lower: bool) -> String {
+        let only = self.only();
         let keys: Vec<String> = self
             .key
             .iter()
@@ -172,7 +183,7 @@ impl Projection {
             String::new()
         };
         format!(
-            "SELECT {} FROM ONLY {table} AS src{filter} ORDER BY {} LIMIT 1 OFFSET $1::bigint - 1",
+            "SELECT {} FROM {only}{table} AS src{filter} ORDER BY {} LIMIT 1 OFFSET $1::bigint - 1",
             keys.join(", "),
             self.source_key_order()
         )
@@ -243,8 +254,9 @@ impl Projection {
     /// Backfill of one chunk: `INSERT INTO shadow (..) SELECT <projection> FROM ONLY t AS src
     /// WHERE <range>`. Parameters as [`Projection::source_range`].
     pub fn copy_sql(&self, table: &str, shadow: &str, has_lower: bool, has_upper: bool) -> String {
+        let only = self.only();
         format!(
-            "INSERT INTO {shadow} ({}){} SELECT {} FROM ONLY {table} AS src WHERE {}",
+            "INSERT INTO {shadow} ({}){} SELECT {} FROM {only}{table} AS src WHERE {}",
             self.target_list(),
             self.overriding(),
             self.expression_list(),
@@ -306,10 +318,11 @@ impl Projection {
     /// UPDATEs that pgoutput sent without their unchanged TOASTed values). One `text[]`
     /// parameter per key column; keys absent from the original are skipped.
     pub fn reread_sql(&self, table: &str, shadow: &str) -> String {
+        let only = self.only();
         let keys: Vec<&Column> = self.key.iter().map(|k| &k.source).collect();
         let key_cols: Vec<String> = self.key.iter().map(|k| ident(&k.source.name)).collect();
         format!(
-            "INSERT INTO {shadow} ({}){} SELECT {} FROM ONLY {table} AS src WHERE {} IN (SELECT {} FROM ({}) AS k){}",
+            "INSERT INTO {shadow} ({}){} SELECT {} FROM {only}{table} AS src WHERE {} IN (SELECT {} FROM ({}) AS k){}",
             self.target_list(),
             self.overriding(),
             self.expression_list(),
@@ -325,11 +338,12 @@ impl Projection {
     /// keys a [`Projection::partial_update_shadow_sql`] found absent: a later change in the
     /// same batch may have written them since, and its version is newer than any re-read.
     pub fn reread_missing_sql(&self, table: &str, shadow: &str) -> String {
+        let only = self.only();
         let keys: Vec<&Column> = self.key.iter().map(|k| &k.source).collect();
         let key_cols: Vec<String> = self.key.iter().map(|k| ident(&k.source.name)).collect();
         let key_list: Vec<String> = self.key.iter().map(|k| ident(&k.target.name)).collect();
         format!(
-            "INSERT INTO {shadow} ({}){} SELECT {} FROM ONLY {table} AS src WHERE {} IN (SELECT {} FROM ({}) AS k) ON CONFLICT ({}) DO NOTHING",
+            "INSERT INTO {shadow} ({}){} SELECT {} FROM {only}{table} AS src WHERE {} IN (SELECT {} FROM ({}) AS k) ON CONFLICT ({}) DO NOTHING",
             self.target_list(),
             self.overriding(),
             self.expression_list(),
@@ -366,11 +380,12 @@ impl Projection {
     /// shadow, re-read the row from the original instead. Parameters: the sent relation
     /// columns' text values in relation order, then the key values as text.
     pub fn partial_update_sql(&self, table: &str, shadow: &str, sent: &[bool]) -> String {
+        let only = self.only();
         let (casts, sets, key_match, n) = self.partial_parts(shadow, sent);
         format!(
             "WITH src AS (SELECT {}),
                   upd AS (UPDATE {shadow} SET {} FROM src WHERE {} RETURNING 1)
-             INSERT INTO {shadow} ({}){} SELECT {} FROM ONLY {table} AS src
+             INSERT INTO {shadow} ({}){} SELECT {} FROM {only}{table} AS src
              WHERE {} = {} AND NOT EXISTS (SELECT 1 FROM upd){}",
             casts.join(", "),
             sets.join(", "),
@@ -481,10 +496,11 @@ impl Projection {
     /// order-independent 64-bit set hash of the projected rows, see `hash_aggregate`.
     /// Parameters as [`Projection::source_range`].
     pub fn verify_source_sql(&self, table: &str, has_lower: bool, has_upper: bool) -> String {
+        let only = self.only();
         hash_aggregate(
             &self.source_row(),
             &format!(
-                "ONLY {table} AS src WHERE {}",
+                "{only}{table} AS src WHERE {}",
                 self.source_range(has_lower, has_upper)
             ),
         )
@@ -492,10 +508,11 @@ impl Projection {
 
     /// The same aggregate over the shadow's rows in the same key range.
     pub fn verify_target_sql(&self, shadow: &str, has_lower: bool, has_upper: bool) -> String {
+        let only = self.only();
         hash_aggregate(
             &self.target_row(),
             &format!(
-                "ONLY {shadow} WHERE {}",
+                "{only}{shadow} WHERE {}",
                 self.target_range(has_lower, has_upper)
             ),
         )
@@ -511,6 +528,7 @@ impl Projection {
         has_lower: bool,
         has_upper: bool,
     ) -> String {
+        let only = self.only();
         let src_key: Vec<String> = self
             .key
             .iter()
@@ -524,8 +542,8 @@ impl Projection {
         let nparams = self.key.len() * (usize::from(has_lower) + usize::from(has_upper));
         let shift = |sql: String| shift_params(&sql, nparams);
         format!(
-            "WITH a AS (SELECT ARRAY[{}] AS k, hash_record_extended({}, 0) AS h FROM ONLY {table} AS src WHERE {}),
-                  b AS (SELECT ARRAY[{}] AS k, hash_record_extended({}, 0) AS h FROM ONLY {shadow} WHERE {})
+            "WITH a AS (SELECT ARRAY[{}] AS k, hash_record_extended({}, 0) AS h FROM {only}{table} AS src WHERE {}),
+                  b AS (SELECT ARRAY[{}] AS k, hash_record_extended({}, 0) AS h FROM {only}{shadow} WHERE {})
              SELECT k, 'original' FROM (SELECT * FROM a EXCEPT SELECT * FROM b) x
              UNION ALL SELECT k, 'shadow' FROM (SELECT * FROM b EXCEPT SELECT * FROM a) y
              LIMIT ${}",
@@ -585,6 +603,7 @@ impl Projection {
     /// original's key values as text). Used to re-check keys that were changing during
     /// verification, and under the cutover lock, when nothing can change them.
     pub fn recheck_keys_sql(&self, table: &str, shadow: &str) -> String {
+        let only = self.only();
         let keys: Vec<&Column> = self.key.iter().map(|k| &k.source).collect();
         let key_cols: Vec<String> = self.key.iter().map(|k| ident(&k.source.name)).collect();
         let src_key: Vec<String> = self
@@ -604,8 +623,8 @@ impl Projection {
             .collect();
         format!(
             "WITH k AS ({}),
-                  a AS (SELECT ARRAY[{}] AS k, hash_record_extended({}, 0) AS h FROM ONLY {table} AS src WHERE {} IN (SELECT {} FROM k)),
-                  b AS (SELECT ARRAY[{}] AS k, hash_record_extended({}, 0) AS h FROM ONLY {shadow} WHERE {} IN (SELECT {} FROM k AS k))
+                  a AS (SELECT ARRAY[{}] AS k, hash_record_extended({}, 0) AS h FROM {only}{table} AS src WHERE {} IN (SELECT {} FROM k)),
+                  b AS (SELECT ARRAY[{}] AS k, hash_record_extended({}, 0) AS h FROM {only}{shadow} WHERE {} IN (SELECT {} FROM k AS k))
              SELECT DISTINCT k FROM ((SELECT * FROM a EXCEPT ALL SELECT * FROM b) UNION ALL (SELECT * FROM b EXCEPT ALL SELECT * FROM a)) d",
             Self::unnest_source(&keys),
             src_key.join(", "),

@@ -561,8 +561,11 @@ pub async fn check(
     let mut client = crate::conninfo::connect(config).await?;
     let mut peer = crate::conninfo::connect(config).await?;
     for c in [&client, &peer] {
-        c.batch_execute("SET application_name = 'doppel verify'")
-            .await?;
+        c.batch_execute(&format!(
+            "SET application_name = 'doppel verify'; {}",
+            crate::sql::NO_JIT
+        ))
+        .await?;
     }
     let oid = catalog::resolve(&client, &options.table).await?;
     let table = catalog::inspect(&client, oid).await?;
@@ -747,6 +750,7 @@ async fn projection_between(
         relation,
         has_identity: target.columns.iter().any(|c| c.identity.is_some()),
         text_hashed: Vec::new(),
+        partitioned: source.relkind == 'p',
     };
     if projection.written().is_empty() {
         bail!(
@@ -819,9 +823,10 @@ async fn classify(client: &Client, pair: &Pair<'_>, keys: &[Key]) -> Result<Vec<
             )
         })
         .collect();
+    let only = pair.projection.only();
     let sql = format!(
-        "SELECT EXISTS (SELECT 1 FROM ONLY {} AS src WHERE {}),
-                EXISTS (SELECT 1 FROM ONLY {} AS dst WHERE {})
+        "SELECT EXISTS (SELECT 1 FROM {only}{} AS src WHERE {}),
+                EXISTS (SELECT 1 FROM {only}{} AS dst WHERE {})
          FROM unnest({}) WITH ORDINALITY AS u({}, n) ORDER BY n",
         pair.source,
         source_match.join(" AND "),

@@ -213,6 +213,9 @@ impl TempClone {
     /// Errors: a catalog query fails.
     pub async fn inspect(&self, tx: &Transaction<'_>) -> Result<Table> {
         let mut table = catalog::inspect(tx, self.oid).await?;
+        if table.relkind == 'p' {
+            storage_of_the_partition(tx, &mut table).await?;
+        }
         for con in table.constraints.iter_mut().filter(|c| c.kind == 'f') {
             for p in &self.parents {
                 let stand_in = format!("REFERENCES {}(", p.temp_printed);
@@ -231,6 +234,38 @@ impl TempClone {
     }
 }
 
+/// The one partition of a partitioned table's clone.
+const CLONE_LEAF: &str = "pg_temp._doppel_clone_partition";
+
+/// A partitioned clone's storage is its partition's: `table.relfilenode` and each index's
+/// become those of [`CLONE_LEAF`] and of its partition of the index, so that a rewrite or an
+/// index rebuild shows as it would on every partition of the real tree (docs/design.md
+/// §1.14).
+///
+/// Errors: a catalog query fails.
+async fn storage_of_the_partition(tx: &Transaction<'_>, table: &mut Table) -> Result<()> {
+    table.relfilenode = tx
+        .query_one(
+            &format!("SELECT relfilenode::oid FROM pg_class WHERE oid = '{CLONE_LEAF}'::regclass"),
+            &[],
+        )
+        .await?
+        .get(0);
+    for index in &mut table.indexes {
+        let row = tx
+            .query_opt(
+                "SELECT c.relfilenode::oid FROM pg_inherits i JOIN pg_class c ON c.oid = i.inhrelid
+                 WHERE i.inhparent = $1",
+                &[&index.oid],
+            )
+            .await?;
+        if let Some(row) = row {
+            index.relfilenode = row.get(0);
+        }
+    }
+    Ok(())
+}
+
 /// The real table `oid` as SQL names it, fully qualified (for `LIKE`).
 async fn printed_to_sql(tx: &Transaction<'_>, oid: u32) -> Result<String> {
     Ok(tx
@@ -247,12 +282,35 @@ async fn printed_to_sql(tx: &Transaction<'_>, oid: u32) -> Result<String> {
 /// `pg_get_indexdef` prints it.
 async fn create_bare(tx: &Transaction<'_>, t: &Table) -> Result<(String, String)> {
     let clone = format!("pg_temp.{}", ident(&t.name));
+    // A partitioned table's clone is partitioned by the same key (with no partitions), so
+    // the ALTER meets what PostgreSQL checks on a partitioned table (docs/design.md §1.14).
+    let key: Option<String> = tx
+        .query_one("SELECT pg_get_partkeydef($1::oid)", &[&t.oid])
+        .await?
+        .get(0);
+    let partition_by = key
+        .as_ref()
+        .map(|k| format!(" PARTITION BY {k}"))
+        .unwrap_or_default();
     tx.batch_execute(&format!(
-        "CREATE TEMP TABLE {clone} (LIKE {} INCLUDING ALL EXCLUDING INDEXES)",
+        "CREATE TEMP TABLE {clone} (LIKE {} INCLUDING ALL EXCLUDING INDEXES){partition_by}",
         t.qualified()
     ))
     .await
     .context("creating the temporary clone")?;
+    if let Some(key) = key {
+        // One partition holding everything, on which the ALTER's cost is measured: a
+        // partitioned table has no storage of its own to rewrite.
+        let bound = match key.starts_with("HASH") {
+            true => "FOR VALUES WITH (MODULUS 1, REMAINDER 0)",
+            false => "DEFAULT",
+        };
+        tx.batch_execute(&format!(
+            "CREATE TEMP TABLE {CLONE_LEAF} PARTITION OF {clone} {bound}"
+        ))
+        .await
+        .context("creating the temporary clone's partition")?;
+    }
     // How pg_get_indexdef qualifies the clone: `pg_temp.<t>` from PostgreSQL 15 on, the
     // session's own temporary schema (`pg_temp_3.<t>`) before.
     let clone_text: String = tx
@@ -289,7 +347,7 @@ async fn create_bare(tx: &Transaction<'_>, t: &Table) -> Result<(String, String)
         tx.batch_execute(&format!("ALTER TABLE {clone} REPLICA IDENTITY FULL"))
             .await?;
     }
-    if !t.reloptions.is_empty() {
+    if !t.reloptions.is_empty() && t.relkind != 'p' {
         tx.batch_execute(&format!(
             "ALTER TABLE {clone} SET ({})",
             t.reloptions.join(", ")

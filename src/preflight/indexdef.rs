@@ -8,8 +8,7 @@ use crate::sql::ident;
 /// `CREATE [UNIQUE] INDEX name ON <from> USING ..` → `.. ON <to> USING ..`. `None` when the
 /// definition is not `.. ON <from> USING ..`.
 pub fn retarget_index(definition: &str, from: &str, to: &str) -> Option<String> {
-    let needle = format!(" ON {from} USING ");
-    let at = definition.find(&needle)?;
+    let (at, needle) = table_part(definition, from)?;
     Some(format!(
         "{} ON {to} USING {}",
         &definition[..at],
@@ -25,8 +24,7 @@ pub fn rename_index_definition(
     new_name: &str,
     new_table: &str,
 ) -> Option<String> {
-    let needle = format!(" ON {on} USING ");
-    let at = definition.find(&needle)?;
+    let (at, needle) = table_part(definition, on)?;
     let head = if definition.starts_with("CREATE UNIQUE INDEX ") {
         "CREATE UNIQUE INDEX"
     } else {
@@ -37,6 +35,19 @@ pub fn rename_index_definition(
         ident(new_name),
         &definition[at + needle.len()..]
     ))
+}
+
+/// Where ` ON <table> USING ` (or ` ON ONLY <table> USING `, as `pg_get_indexdef` prints a
+/// partitioned table's index) starts in `definition`, and that text. The rewritten
+/// definition drops `ONLY`: built on a partitioned table, the index is built on every
+/// partition too (docs/design.md §1.14).
+fn table_part(definition: &str, table: &str) -> Option<(usize, String)> {
+    [
+        format!(" ON {table} USING "),
+        format!(" ON ONLY {table} USING "),
+    ]
+    .into_iter()
+    .find_map(|needle| definition.find(&needle).map(|at| (at, needle)))
 }
 
 #[cfg(test)]
@@ -60,6 +71,19 @@ mod tests {
             )
             .unwrap(),
             "CREATE UNIQUE INDEX \"_doppel_1_new_i0\" ON \"public\".\"s\" USING btree (lower(email))"
+        );
+    }
+
+    #[test]
+    fn a_partitioned_tables_index_is_built_on_the_whole_tree() {
+        let def = "CREATE INDEX p_amount_idx ON ONLY public.p USING btree (amount)";
+        assert_eq!(
+            retarget_index(def, "public.p", "pg_temp.p").unwrap(),
+            "CREATE INDEX p_amount_idx ON pg_temp.p USING btree (amount)"
+        );
+        assert_eq!(
+            rename_index_definition(def, "public.p", "t0", "public.s").unwrap(),
+            "CREATE INDEX t0 ON public.s USING btree (amount)"
         );
     }
 }

@@ -94,6 +94,10 @@ pub async fn plan(client: &mut Client, request: &Request<'_>) -> Result<Migratio
         .map(|e| {
             let (strategy, reason) = match forced {
                 Some(why) => (Strategy::Shadow, why.to_string()),
+                None if original.relkind == 'p' && !e.new_indexes.is_empty() => (
+                    Strategy::Shadow,
+                    "builds an index on a partitioned table, which CREATE INDEX CONCURRENTLY cannot do: the shadow builds it instead".into(),
+                ),
                 None => strategy::choose(e),
             };
             Clause {

@@ -22,7 +22,8 @@
 //! | `checks/clauses.rs` | each clause alone on the clone (its effect, the dependents of the columns it retypes or drops); rehearsals of the direct steps |
 //! | `checks/cost.rs` | the cost class of an ALTER run directly |
 //! | `checks/transactions.rs` | warning: transactions open longer than 60 s |
-//! | `checks/partition_maintenance.rs` | warning: pg_partman or pg_cron maintaining a partitioned table whose foreign key moves through its partitions |
+//! | `checks/partition_maintenance.rs` | warning: pg_partman or pg_cron maintaining the migrated partitioned table, or a partitioned table whose foreign key moves through its partitions |
+//! | `checks/partitions.rs` | `Check::Partition`: what is bound to one partition of a migrated partitioned table, foreign and UNLOGGED partitions |
 //!
 //! `Check::ConcurrentRun` (the table's advisory lock) is taken after preflight, by
 //! `crate::run`.
@@ -46,8 +47,8 @@ use crate::model::catalog;
 use crate::model::names::Names;
 use crate::plan::Plan;
 use checks::{
-    alter, compat, dependents, key, leftovers, partition_maintenance, privileges, projection,
-    publications, server, table, transactions,
+    alter, compat, dependents, key, leftovers, partition_maintenance, partitions, privileges,
+    projection, publications, server, table, transactions,
 };
 
 pub use checks::leftovers::check as leftovers;
@@ -105,6 +106,13 @@ pub async fn shadow(
     let original = catalog::inspect(&*client, oid).await?;
     let names = Names::new(&original.schema, &original.name, oid);
     refusals.extend(table::check(&original));
+    let tree = match original.relkind {
+        'p' => Some(crate::model::partitions::read(&*client, oid).await?),
+        _ => None,
+    };
+    if let Some(tree) = &tree {
+        refusals.extend(partitions::check(client, tree).await?);
+    }
     refusals.extend(privileges::table(client, &original).await?);
     refusals.extend(key::check(&original));
     refusals.extend(publications::check(client, &original).await?);
@@ -139,7 +147,7 @@ pub async fn shadow(
     }
 
     let mut warnings = transactions::check(client).await?;
-    warnings.extend(partition_maintenance::check(client, &dependents).await?);
+    warnings.extend(partition_maintenance::check(client, &dependents, tree.as_ref()).await?);
     let compatibility = compat::lines(&original, &clone.target);
     Ok(Plan {
         server_version: server.version,
@@ -154,6 +162,7 @@ pub async fn shadow(
         dependents,
         warnings,
         compatibility,
+        partitions: tree,
     })
 }
 

@@ -160,11 +160,16 @@ impl Run<'_> {
         Ok(slot)
     }
 
-    /// `CREATE PUBLICATION .. FOR TABLE` the original, then the shadow in one transaction.
+    /// `CREATE PUBLICATION .. FOR TABLE` the original (a partitioned one with
+    /// `publish_via_partition_root`, docs/design.md §1.14), then the shadow in one transaction.
     async fn create_publication_and_shadow(&mut self) -> Result<()> {
+        let via_root = match self.plan.partitions {
+            Some(_) => " WITH (publish_via_partition_root = true)",
+            None => "",
+        };
         self.control
             .batch_execute(&format!(
-                "CREATE PUBLICATION {} FOR TABLE {}",
+                "CREATE PUBLICATION {} FOR TABLE {}{via_root}",
                 ident(&self.plan.names.publication),
                 self.plan.original.qualified()
             ))

@@ -153,7 +153,8 @@ async fn swap_and_back(client: &Client, root: &str, alter: &str) {
     )
     .await;
     let temp_to_final = root_indexes(client, &names, oid, root).await;
-    run_all(client, &shadow_tree::index_sql(&original, &names)).await;
+    run_all(client, &shadow_tree::index_sql(&original, &names, false)).await;
+    run_all(client, &shadow_tree::index_sql(&original, &names, true)).await;
     let columns: Vec<String> = client
         .query(
             "SELECT attname::text FROM pg_attribute WHERE attrelid = $1::oid AND attnum > 0

@@ -664,31 +664,42 @@ async fn unlogged_table_is_refused() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn partitioned_table_is_refused() {
+async fn what_is_bound_to_one_partition_and_a_single_partition_are_refused() {
     let cluster = common::cluster().await;
     let client = cluster.connect("postgres").await.unwrap();
     client
         .batch_execute(
             "CREATE TABLE events (id int, at date, v int, PRIMARY KEY (id, at)) PARTITION BY RANGE (at);
              CREATE TABLE events_2024 PARTITION OF events FOR VALUES FROM ('2024-01-01') TO ('2025-01-01');
-             CREATE TABLE events_2025 PARTITION OF events FOR VALUES FROM ('2025-01-01') TO ('2026-01-01');
+             CREATE UNLOGGED TABLE events_2025 PARTITION OF events FOR VALUES FROM ('2025-01-01') TO ('2026-01-01');
+             CREATE FUNCTION noop() RETURNS trigger LANGUAGE plpgsql AS 'BEGIN RETURN NEW; END';
+             CREATE TRIGGER only_2024 BEFORE INSERT ON events_2024 FOR EACH ROW EXECUTE FUNCTION noop();
              INSERT INTO events SELECT i, date '2024-06-01' + i, i FROM generate_series(1, 300) i;",
         )
         .await
         .unwrap();
+    // The partitioned table itself is migrated with its tree (docs/design.md §1.14), but not
+    // with a trigger of one partition or an UNLOGGED partition.
     let refused = expect_refusal(&cluster, "public.events", &["ALTER COLUMN v TYPE bigint"]).await;
-    refusal_of(
+    let trigger = refusal_of(
         &refused,
-        Check::TableKind,
-        &[
-            "\"public\".\"events\"",
-            "partitioned table",
-            "every partition",
-        ],
+        Check::Partition,
+        &["partition events_2024 has a trigger (only_2024)"],
     );
     assert!(
-        !refused.iter().any(|r| r.check == Check::Inheritance),
-        "a partitioned table is not an inheritance tree: {refused:?}"
+        fix_of(trigger).contains("define it on the partitioned table"),
+        "{trigger}"
+    );
+    refusal_of(
+        &refused,
+        Check::Partition,
+        &["partition events_2025 is UNLOGGED", "WAL"],
+    );
+    assert!(
+        !refused
+            .iter()
+            .any(|r| r.check == Check::Inheritance || r.check == Check::TableKind),
+        "a partitioned table is neither an inheritance tree nor refused for its kind: {refused:?}"
     );
 
     // A partition on its own is refused, naming the partitioned table to migrate instead.

@@ -156,43 +156,66 @@ impl ForeignKey {
     /// statement, separated by `;`, so the cutover sends them in one round trip (with 100
     /// partitions, 201 round trips cost more than the server's work on a loaded machine).
     pub(super) fn leaves_forward(&self, leaves: &[LeafKey]) -> Vec<String> {
-        let mut out = vec![format!(
+        let drop = format!(
             "ALTER TABLE {} DROP CONSTRAINT {}",
             self.child,
             ident(&self.name)
-        )];
-        let pending = Pending {
-            table: self.child.clone(),
-            name: self.name.clone(),
-            definition: self.definition.clone(),
-        };
-        let mark = format!("{PENDING_REATTACH_MARK}{}", pending.to_json());
-        for l in leaves {
-            out.push(format!(
-                "ALTER TABLE {} ADD CONSTRAINT {} {} NOT VALID",
-                l.leaf,
-                ident(&l.name),
-                self.definition
-            ));
-            out.push(l.comment_sql(Some(&mark)));
-        }
-        vec![out.join(";\n")]
+        );
+        let add = add_through_leaves(&self.child, &self.name, &self.definition, leaves);
+        vec![format!("{drop};\n{add}")]
     }
 
     /// After the commit, when [`ForeignKey::through_leaves`]: each leaf's key validated
     /// (labelled `name on "s"."leaf"`), then the key added on the parent again
     /// ([`ForeignKey::reattach_sql`], labelled with the key's name).
     pub(super) fn leaves_after_commit(&self, leaves: &[LeafKey]) -> Vec<(String, String)> {
-        let mut out: Vec<(String, String)> = leaves
-            .iter()
-            .map(|l| (format!("{} on {}", l.name, l.leaf), l.validate_sql()))
-            .collect();
-        out.push((
-            self.name.clone(),
-            reattach_sql(&self.child, &self.name, &self.definition, leaves),
-        ));
-        out
+        validate_and_reattach(&self.child, &self.name, &self.definition, leaves)
     }
+}
+
+/// The key `name` (`definition`, without `NOT VALID`) of the partitioned table `table`
+/// added `NOT VALID` on each of its `leaves` instead of on `table` (servers before
+/// [`NOT_VALID_ON_PARTITIONED`], module docs), each marked with the pending re-add
+/// ([`PENDING_REATTACH_MARK`]): one entry, the statements separated by `;`. Used for the
+/// keys of other partitioned tables that reference the migrated table and for the migrated
+/// partitioned table's own keys (docs/design.md §1.14).
+pub fn add_through_leaves(table: &str, name: &str, definition: &str, leaves: &[LeafKey]) -> String {
+    let pending = Pending {
+        table: table.to_string(),
+        name: name.to_string(),
+        definition: definition.to_string(),
+    };
+    let mark = format!("{PENDING_REATTACH_MARK}{}", pending.to_json());
+    let mut out = Vec::new();
+    for l in leaves {
+        out.push(format!(
+            "ALTER TABLE {} ADD CONSTRAINT {} {definition} NOT VALID",
+            l.leaf,
+            ident(&l.name),
+        ));
+        out.push(l.comment_sql(Some(&mark)));
+    }
+    out.join(";\n")
+}
+
+/// After the commit, for a key added by [`add_through_leaves`]: each leaf's key validated
+/// (labelled `name on "s"."leaf"`), then the key added on `table` again (labelled with the
+/// key's name), which attaches the leaves' keys.
+pub fn validate_and_reattach(
+    table: &str,
+    name: &str,
+    definition: &str,
+    leaves: &[LeafKey],
+) -> Vec<(String, String)> {
+    let mut out: Vec<(String, String)> = leaves
+        .iter()
+        .map(|l| (format!("{} on {}", l.name, l.leaf), l.validate_sql()))
+        .collect();
+    out.push((
+        name.to_string(),
+        reattach_sql(table, name, definition, leaves),
+    ));
+    out
 }
 
 /// One `DO` block: refuse unless every leaf of the tree `child` has its key and it is valid
@@ -271,7 +294,8 @@ pub async fn pending_reattach_sql(client: &Client, oid: u32) -> Result<Vec<(Stri
              FROM pg_constraint c JOIN pg_description d
                ON d.classoid = 'pg_constraint'::regclass AND d.objoid = c.oid AND d.objsubid = 0
              JOIN pg_class l ON l.oid = c.conrelid JOIN pg_namespace n ON n.oid = l.relnamespace
-             WHERE c.contype = 'f' AND c.confrelid = $1 AND starts_with(d.description, $2)
+             WHERE c.contype = 'f' AND starts_with(d.description, $2)
+               AND (c.confrelid = $1 OR c.conrelid IN (SELECT relid FROM pg_partition_tree($1::oid::regclass)))
              ORDER BY d.description, c.conrelid",
             &[&oid, &PENDING_REATTACH_MARK],
         )
@@ -296,8 +320,9 @@ pub async fn pending_reattach_sql(client: &Client, oid: u32) -> Result<Vec<(Stri
         .map(|(mark, leaves)| {
             let p = Pending::from_json(&mark[PENDING_REATTACH_MARK.len()..])
                 .with_context(|| format!("reading the pending re-add {mark:?}"))?;
-            let sql = reattach_sql(&p.table, &p.name, &p.definition, &leaves);
-            Ok((p.name, sql))
+            let mut sql: Vec<String> = leaves.iter().map(LeafKey::validate_sql).collect();
+            sql.push(reattach_sql(&p.table, &p.name, &p.definition, &leaves));
+            Ok((p.name, sql.join(";\n")))
         })
         .collect()
 }

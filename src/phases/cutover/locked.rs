@@ -556,10 +556,20 @@ impl Cutover<'_> {
 
 /// The fingerprint re-check failed (exit 8).
 fn definition_changed(plan: &Plan) -> anyhow::Error {
+    let what = match plan.partitions {
+        Some(_) => {
+            "a partition created, attached or detached, as a partition maintenance job such as pg_partman's does, an index, constraint, trigger, grant or other DDL"
+        }
+        None => "an index, constraint, trigger, grant or other DDL",
+    };
+    let fix = match plan.partitions {
+        Some(_) => "Pause the partition maintenance job and run doppel again",
+        None => "Run doppel again",
+    };
     fail(
         FailureKind::Conflict,
         format!(
-            "the definition of {} changed during the migration (an index, constraint, trigger, grant or other DDL): the shadow does not carry it; aborting, the original table is untouched. Run doppel again",
+            "the definition of {} changed during the migration ({what}): the shadow does not carry it; aborting, the original table is untouched. {fix}",
             plan.original.qualified()
         ),
     )

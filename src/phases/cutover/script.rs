@@ -54,6 +54,7 @@ impl Script {
         let mut forward = Vec::new();
         let mut back = Vec::new();
         renames(plan, &mut forward, &mut back);
+        partition_renames(client, plan, &mut forward, &mut back).await?;
 
         let sequences = Sequences::of(client, plan).await?;
         forward.extend(sequences.forward);
@@ -205,6 +206,50 @@ fn renames(plan: &Plan, forward: &mut Vec<String>, back: &mut Vec<String>) {
             ident(&index.name)
         ));
     }
+}
+
+/// The renames of a partitioned table's members and their indexes (docs/design.md §1.14),
+/// after the roots' own: the originals out of the way, the shadow's members and indexes to
+/// the original names, and back. Each direction is one entry holding every statement,
+/// separated by `;`, so it is sent in one round trip: with 100 partitions and a few indexes
+/// each, separate round trips would cost more than the server's work. Reads the shadow's
+/// tree (the names PostgreSQL gave its partitions of the root's indexes); without a shadow
+/// (a dry run) there is nothing to rename yet.
+///
+/// Errors: reading the shadow's tree failed.
+async fn partition_renames(
+    client: &Client,
+    plan: &Plan,
+    forward: &mut Vec<String>,
+    back: &mut Vec<String>,
+) -> Result<()> {
+    let Some(original) = &plan.partitions else {
+        return Ok(());
+    };
+    let shadow_oid: Option<u32> = client
+        .query_one(
+            "SELECT to_regclass($1)::oid",
+            &[&plan.names.shadow_qualified()],
+        )
+        .await?
+        .get(0);
+    let Some(shadow_oid) = shadow_oid else {
+        return Ok(());
+    };
+    let shadow_tree = crate::model::partitions::read(client, shadow_oid)
+        .await
+        .context("reading the shadow's partitions")?;
+    let indexes = shadow::indexes(plan);
+    let final_name = |temp: &str| {
+        indexes
+            .iter()
+            .find(|i| i.temp_name == temp)
+            .map_or_else(|| temp.to_string(), |i| i.final_name.clone())
+    };
+    let (f, b) = shadow::partitions::renames(original, &shadow_tree, &plan.names, final_name);
+    forward.push(f.join(";\n"));
+    back.push(b.join(";\n"));
+    Ok(())
 }
 
 /// Sequences (docs/design.md §4.4, second item). Identity sequences belong to their table:
@@ -376,38 +421,135 @@ fn foreign_keys(
         .iter()
         .filter(|c| c.kind == 'f')
         .collect();
+    let through_leaves = through_leaves(plan);
     for fk in &original {
         forward.push(format!(
             "ALTER TABLE {old_q} DROP CONSTRAINT {}",
             ident(&fk.name)
         ));
-        back.push(format!(
-            "ALTER TABLE {table_q} ADD CONSTRAINT {} {}",
-            ident(&fk.name),
-            not_valid(&fk.definition)
-        ));
+        back.push(match &through_leaves {
+            Some(leaves) => crate::dependents::add_through_leaves(
+                &table_q,
+                &fk.name,
+                fk.definition.trim_end_matches(" NOT VALID"),
+                &leaves(&fk.name),
+            ),
+            None => format!(
+                "ALTER TABLE {table_q} ADD CONSTRAINT {} {}",
+                ident(&fk.name),
+                not_valid(&fk.definition)
+            ),
+        });
     }
     for fk in plan.target.constraints.iter().filter(|c| c.kind == 'f') {
-        forward.push(format!(
-            "ALTER TABLE {table_q} ADD CONSTRAINT {} {}",
-            ident(&fk.name),
-            not_valid(&fk.definition)
-        ));
-        if fk.validated {
-            validate.push((
-                fk.name.clone(),
-                format!(
-                    "ALTER TABLE {table_q} VALIDATE CONSTRAINT {}",
-                    ident(&fk.name)
-                ),
-            ));
+        let definition = fk.definition.trim_end_matches(" NOT VALID");
+        match &through_leaves {
+            Some(leaves) => {
+                forward.push(crate::dependents::add_through_leaves(
+                    &table_q,
+                    &fk.name,
+                    definition,
+                    &leaves(&fk.name),
+                ));
+                if fk.validated {
+                    validate.extend(crate::dependents::validate_and_reattach(
+                        &table_q,
+                        &fk.name,
+                        definition,
+                        &leaves(&fk.name),
+                    ));
+                }
+            }
+            None => {
+                forward.push(format!(
+                    "ALTER TABLE {table_q} ADD CONSTRAINT {} {}",
+                    ident(&fk.name),
+                    not_valid(&fk.definition)
+                ));
+                if fk.validated {
+                    validate.push((
+                        fk.name.clone(),
+                        format!(
+                            "ALTER TABLE {table_q} VALIDATE CONSTRAINT {}",
+                            ident(&fk.name)
+                        ),
+                    ));
+                }
+            }
         }
         back.insert(
             back.len() - original.len(),
             format!("ALTER TABLE {shadow_q} DROP CONSTRAINT {}", ident(&fk.name)),
         );
     }
+    validate.extend(partition_foreign_keys(plan, forward, back));
     validate
+}
+
+/// The foreign keys defined on each leaf partition of a partitioned table (not clones of
+/// its parent's), moved from the kept old partition to the new one of the same name: dropped
+/// from the old, added `NOT VALID` on the new under the lock, validated after the commit
+/// (the returned `(label, SQL)` pairs, the same in both directions: after a revert the old
+/// partitions have the names again). One entry per direction, after the renames.
+fn partition_foreign_keys(
+    plan: &Plan,
+    forward: &mut Vec<String>,
+    back: &mut Vec<String>,
+) -> Vec<(String, String)> {
+    let Some(tree) = &plan.partitions else {
+        return Vec::new();
+    };
+    let (mut f, mut b, mut validate) = (Vec::new(), Vec::new(), Vec::new());
+    let oid = plan.original.oid;
+    for (n, m) in tree.members.iter().enumerate() {
+        let old = qualified(&m.schema, &plan.names.old_partition(oid, n));
+        let shadow = qualified(&m.schema, &plan.names.shadow_partition(oid, n));
+        let now = m.qualified();
+        for (name, definition, validated) in &m.foreign_keys {
+            let name_q = ident(name);
+            f.push(format!("ALTER TABLE {old} DROP CONSTRAINT {name_q}"));
+            f.push(format!(
+                "ALTER TABLE {now} ADD CONSTRAINT {name_q} {definition} NOT VALID"
+            ));
+            b.push(format!("ALTER TABLE {shadow} DROP CONSTRAINT {name_q}"));
+            b.push(format!(
+                "ALTER TABLE {now} ADD CONSTRAINT {name_q} {definition} NOT VALID"
+            ));
+            if *validated {
+                validate.push((
+                    format!("{name} on {now}"),
+                    format!("ALTER TABLE {now} VALIDATE CONSTRAINT {name_q}"),
+                ));
+            }
+        }
+    }
+    if !f.is_empty() {
+        forward.push(f.join(";\n"));
+        back.push(b.join(";\n"));
+    }
+    validate
+}
+
+/// For a partitioned table on a server before PostgreSQL 18, which refuses `NOT VALID` on
+/// a partitioned table's foreign key (`dependents/foreign_key/partitioned.rs`): the leaf
+/// partitions of the new tree, by the names they have once the swap renamed them, as the
+/// leaves a key named as given is added through. `None` when the key can be added on the
+/// table itself.
+fn through_leaves(plan: &Plan) -> Option<impl Fn(&str) -> Vec<crate::dependents::LeafKey> + '_> {
+    let tree = plan.partitions.as_ref()?;
+    if plan.server_version >= crate::dependents::NOT_VALID_ON_PARTITIONED {
+        return None;
+    }
+    Some(move |name: &str| {
+        tree.leaves()
+            .map(|m| crate::dependents::LeafKey {
+                leaf_oid: 0,
+                leaf: m.qualified(),
+                name: name.to_string(),
+                comment: None,
+            })
+            .collect()
+    })
 }
 
 /// `definition` ending in ` NOT VALID`.

@@ -84,9 +84,13 @@ impl ReverseStream {
         probe: Probe,
     ) -> Result<ReverseStream> {
         let n = &plan.names;
+        let via_root = match plan.partitions {
+            Some(_) => " WITH (publish_via_partition_root = true)",
+            None => "",
+        };
         client
             .batch_execute(&format!(
-                "CREATE PUBLICATION {} FOR TABLE {}",
+                "CREATE PUBLICATION {} FOR TABLE {}{via_root}",
                 ident(&n.revert_publication),
                 n.shadow_qualified()
             ))

@@ -138,6 +138,7 @@ pub async fn plan(client: &Client, forward: &Plan, new_oid: u32) -> Result<Arc<P
         dependents,
         warnings: Vec::new(),
         compatibility: Vec::new(),
+        partitions: None,
     }))
 }
 
@@ -193,6 +194,7 @@ fn projection(new: &Table, old: &Table) -> Result<Projection> {
         key,
         relation,
         text_hashed: Vec::new(),
+        partitioned: new.relkind == 'p',
     })
 }
 

@@ -17,8 +17,8 @@
 //! final ones, which are still taken by the original's indexes until then.
 //!
 //! [`partitions`]: a partitioned table's members and their own indexes on the shadow, and
-//! their renames at the cutover (issue 15; not yet used by a run, which refuses
-//! partitioned tables).
+//! their renames at the cutover (docs/design.md §1.14): the shadow of a partitioned table is
+//! partitioned by the same key; its indexes, built on it, are built on every partition.
 
 pub mod partitions;
 
@@ -147,10 +147,56 @@ pub fn create_sql(plan: &Plan) -> Vec<String> {
         .or(plan.original.tablespace.as_ref())
         .map(|ts| format!(" TABLESPACE {}", ident(ts)))
         .unwrap_or_default();
+    let partition_by = plan
+        .partitions
+        .as_ref()
+        .map(|t| format!(" PARTITION BY {}", t.key))
+        .unwrap_or_default();
     let mut out = vec![format!(
-        "CREATE TABLE {shadow} (\n    {}\n){tablespace}",
+        "CREATE TABLE {shadow} (\n    {}\n){partition_by}{tablespace}",
         defs.join(",\n    ")
     )];
+    out.extend(storage_sql(plan, &shadow));
+    out.extend(column_sql(plan, &shadow));
+    if target.replica_identity == 'f' {
+        out.push(format!("ALTER TABLE {shadow} REPLICA IDENTITY FULL"));
+    }
+    out.push(format!(
+        "ALTER TABLE {shadow} OWNER TO {}",
+        ident(&plan.original.owner)
+    ));
+    let renamed = |column: &str| {
+        plan.projection
+            .columns
+            .iter()
+            .find(|m| m.source.as_ref().is_some_and(|s| s.name == column))
+            .map(|m| m.target.name.clone())
+    };
+    out.extend(grant_sql(&plan.original, &shadow, renamed));
+    if plan.original.comment.is_some() {
+        out.push(comment_sql(
+            &format!("TABLE {shadow}"),
+            plan.original.comment.as_deref(),
+        ));
+    }
+    if let Some(tree) = &plan.partitions {
+        out.extend(partitions::create_sql(tree, &plan.names, &shadow));
+        out.extend(partitions::leaves(tree, &plan.names).map(|(leaf, _)| {
+            format!(
+                "ALTER TABLE {leaf} SET (autovacuum_enabled = false, toast.autovacuum_enabled = false)"
+            )
+        }));
+    }
+    out
+}
+
+/// Storage parameters of the shadow with autovacuum off until [`finish_sql`]: on the table
+/// itself, or, when it is partitioned (which takes no storage parameters), on each leaf.
+fn storage_sql(plan: &Plan, shadow: &str) -> Vec<String> {
+    let target = &plan.target;
+    if plan.partitions.is_some() {
+        return Vec::new();
+    }
     let mut options: Vec<String> = target
         .reloptions
         .iter()
@@ -161,8 +207,13 @@ pub fn create_sql(plan: &Plan) -> Vec<String> {
         .collect();
     options.push("autovacuum_enabled = false".into());
     options.push("toast.autovacuum_enabled = false".into());
-    out.push(format!("ALTER TABLE {shadow} SET ({})", options.join(", ")));
-    for c in &target.columns {
+    vec![format!("ALTER TABLE {shadow} SET ({})", options.join(", "))]
+}
+
+/// Per-column storage, compression, statistics targets and comments of the shadow.
+fn column_sql(plan: &Plan, shadow: &str) -> Vec<String> {
+    let mut out = Vec::new();
+    for c in &plan.target.columns {
         if let Some(storage) = c.storage {
             let kind = match storage {
                 'p' => "PLAIN",
@@ -195,27 +246,6 @@ pub fn create_sql(plan: &Plan) -> Vec<String> {
             ));
         }
     }
-    if target.replica_identity == 'f' {
-        out.push(format!("ALTER TABLE {shadow} REPLICA IDENTITY FULL"));
-    }
-    out.push(format!(
-        "ALTER TABLE {shadow} OWNER TO {}",
-        ident(&plan.original.owner)
-    ));
-    let renamed = |column: &str| {
-        plan.projection
-            .columns
-            .iter()
-            .find(|m| m.source.as_ref().is_some_and(|s| s.name == column))
-            .map(|m| m.target.name.clone())
-    };
-    out.extend(grant_sql(&plan.original, &shadow, renamed));
-    if plan.original.comment.is_some() {
-        out.push(comment_sql(
-            &format!("TABLE {shadow}"),
-            plan.original.comment.as_deref(),
-        ));
-    }
     out
 }
 
@@ -232,16 +262,24 @@ pub fn primary_key_sql(plan: &Plan) -> Vec<String> {
 /// applied (their order of maintenance cannot matter), while logical decoding catches up with
 /// the backfill's WAL.
 pub fn plain_index_sql(plan: &Plan) -> Vec<String> {
-    indexes(plan)
+    let mut out: Vec<String> = indexes(plan)
         .into_iter()
         .filter(|i| !i.is_primary && !i.constrains)
         .map(|i| i.create_sql)
-        .collect()
+        .collect();
+    if let Some(tree) = &plan.partitions {
+        out.extend(partitions::index_sql(tree, &plan.names, false));
+    }
+    out
 }
 
 /// True when the new schema has unique or exclusion indexes besides the primary key.
 pub fn has_constraining_indexes(plan: &Plan) -> bool {
     indexes(plan).iter().any(|i| !i.is_primary && i.constrains)
+        || plan
+            .partitions
+            .as_ref()
+            .is_some_and(|t| !partitions::index_sql(t, &plan.names, true).is_empty())
 }
 
 /// Unique and exclusion indexes (and their constraints) and NOT VALID checks: built after the
@@ -252,6 +290,9 @@ pub fn constraining_sql(plan: &Plan) -> Vec<String> {
         .filter(|i| !i.is_primary && i.constrains)
         .map(|i| i.create_sql)
         .collect();
+    if let Some(tree) = &plan.partitions {
+        out.extend(partitions::index_sql(tree, &plan.names, true));
+    }
     out.extend(constraint_statements(plan).into_iter().map(|(sql, _)| sql));
     out
 }
@@ -269,9 +310,11 @@ pub async fn unbuilt(
 ) -> anyhow::Result<Vec<String>> {
     let rows = client
         .query(
-            "SELECT relname::text FROM pg_index i JOIN pg_class c ON c.oid = i.indexrelid
-             WHERE i.indrelid = to_regclass($1)
-             UNION SELECT conname::text FROM pg_constraint WHERE conrelid = to_regclass($1)",
+            "WITH t AS (SELECT to_regclass($1)::oid AS relid
+                       UNION SELECT relid FROM pg_partition_tree(to_regclass($1)))
+             SELECT relname::text FROM pg_index i JOIN pg_class c ON c.oid = i.indexrelid
+             WHERE i.indrelid IN (SELECT relid FROM t)
+             UNION SELECT conname::text FROM pg_constraint WHERE conrelid IN (SELECT relid FROM t)",
             &[&plan.names.shadow_qualified()],
         )
         .await?;
@@ -281,6 +324,15 @@ pub async fn unbuilt(
         .map(|i| (i.create_sql, i.temp_name))
         .collect();
     names.extend(constraint_statements(plan));
+    if let Some(tree) = &plan.partitions {
+        for constraining in [false, true] {
+            names.extend(partitions::index_statements(
+                tree,
+                &plan.names,
+                constraining,
+            ));
+        }
+    }
     Ok(statements
         .into_iter()
         .filter(|sql| names.get(sql).is_none_or(|name| !built.contains(name)))
@@ -308,16 +360,26 @@ fn constraint_statements(plan: &Plan) -> Vec<(String, String)> {
         .collect()
 }
 
-/// Restores the target's autovacuum settings (statements run in a transaction) and the
-/// `VACUUM (ANALYZE)` to run after (outside any transaction).
+/// Restores the target's autovacuum settings (statements run in a transaction; on each leaf
+/// of a partitioned shadow, with the leaf's own) and the `VACUUM (ANALYZE)` to run after
+/// (outside any transaction; on a partitioned table it processes every partition).
 pub fn finish_sql(plan: &Plan) -> (Vec<String>, String) {
     let shadow = plan.names.shadow_qualified();
+    let out = match &plan.partitions {
+        Some(tree) => partitions::leaves(tree, &plan.names)
+            .flat_map(|(leaf, m)| autovacuum_restored(&leaf, &m.reloptions))
+            .collect(),
+        None => autovacuum_restored(&shadow, &plan.target.reloptions),
+    };
+    (out, format!("VACUUM (ANALYZE) {shadow}"))
+}
+
+/// `table`'s autovacuum settings reset, then set again to those of `reloptions`.
+fn autovacuum_restored(table: &str, reloptions: &[String]) -> Vec<String> {
     let mut out = vec![format!(
-        "ALTER TABLE {shadow} RESET (autovacuum_enabled, toast.autovacuum_enabled)"
+        "ALTER TABLE {table} RESET (autovacuum_enabled, toast.autovacuum_enabled)"
     )];
-    let kept: Vec<String> = plan
-        .target
-        .reloptions
+    let kept: Vec<String> = reloptions
         .iter()
         .filter(|o| {
             o.starts_with("autovacuum_enabled=") || o.starts_with("toast.autovacuum_enabled=")
@@ -325,9 +387,9 @@ pub fn finish_sql(plan: &Plan) -> (Vec<String>, String) {
         .cloned()
         .collect();
     if !kept.is_empty() {
-        out.push(format!("ALTER TABLE {shadow} SET ({})", kept.join(", ")));
+        out.push(format!("ALTER TABLE {table} SET ({})", kept.join(", ")));
     }
-    (out, format!("VACUUM (ANALYZE) {shadow}"))
+    out
 }
 
 /// `DROP TABLE IF EXISTS` for the shadow (failure cleanup).

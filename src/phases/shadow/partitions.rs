@@ -26,6 +26,19 @@ fn shadow_member(tree: &PartitionTree, names: &Names, n: usize) -> String {
     )
 }
 
+/// The shadow's leaves (members that hold rows), as SQL names them, with the original
+/// member each stands for, in tree order.
+pub fn leaves<'t>(
+    tree: &'t PartitionTree,
+    names: &'t Names,
+) -> impl Iterator<Item = (String, &'t Member)> + 't {
+    tree.members
+        .iter()
+        .enumerate()
+        .filter(|(_, m)| m.key.is_none())
+        .map(|(n, m)| (shadow_member(tree, names, n), m))
+}
+
 /// The shadow of `m`'s parent: `shadow_root` for a partition of the root.
 fn shadow_parent(tree: &PartitionTree, names: &Names, shadow_root: &str, m: &Member) -> String {
     match tree.position(m.parent_oid) {
@@ -96,14 +109,32 @@ fn properties_sql(m: &Member, shadow: &str) -> Vec<String> {
 
 /// The indexes defined on single members, on their shadows under temporary names
 /// (`Names::shadow_partition_index`): a constraint's with `ADD CONSTRAINT`, others from
-/// their definition. Built after the backfill, like the root's indexes.
-pub fn index_sql(tree: &PartitionTree, names: &Names) -> Vec<String> {
+/// their definition. Built after the backfill, like the root's indexes: `constraining`
+/// selects the unique and exclusion ones (built after the backlog is applied) or the others.
+pub fn index_sql(tree: &PartitionTree, names: &Names, constraining: bool) -> Vec<String> {
+    index_statements(tree, names, constraining)
+        .into_iter()
+        .map(|(sql, _)| sql)
+        .collect()
+}
+
+/// [`index_sql`] with the temporary name each statement creates: (statement, name).
+pub fn index_statements(
+    tree: &PartitionTree,
+    names: &Names,
+    constraining: bool,
+) -> Vec<(String, String)> {
     let mut out = Vec::new();
     for (n, m) in tree.members.iter().enumerate() {
         let shadow = shadow_member(tree, names, n);
         for (k, index) in m.local_indexes.iter().enumerate() {
+            let constrains = index.definition.starts_with("CREATE UNIQUE")
+                || matches!(index.constraint, Some(('x', _)));
+            if constrains != constraining {
+                continue;
+            }
             let temp = names.shadow_partition_index(tree.root_oid, n, k);
-            out.push(match &index.constraint {
+            let sql = match &index.constraint {
                 Some((_, def)) => {
                     format!("ALTER TABLE {shadow} ADD CONSTRAINT {} {def}", ident(&temp))
                 }
@@ -116,7 +147,8 @@ pub fn index_sql(tree: &PartitionTree, names: &Names) -> Vec<String> {
                             )
                         })
                 }
-            });
+            };
+            out.push((sql, temp));
         }
     }
     out

@@ -10,6 +10,7 @@ pub mod dependents;
 pub mod key;
 pub mod leftovers;
 pub mod partition_maintenance;
+pub mod partitions;
 pub mod privileges;
 pub mod projection;
 pub mod publications;

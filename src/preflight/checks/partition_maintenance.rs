@@ -4,12 +4,14 @@
 //! partitioned.rs`) stops the run at the cutover (exit 8); preflight says so when it sees a
 //! job that does that: a table registered in pg_partman's configuration (`part_config`,
 //! found by name and its `parent_table` column, in whatever schema the extension lives),
-//! or a pg_cron job (`cron.job`) whose command names one of those tables.
+//! or a pg_cron job (`cron.job`) whose command names one of those tables. The same for a
+//! partitioned table being migrated itself, whose tree the cutover re-checks (§1.14).
 
 use anyhow::Result;
 use tokio_postgres::Client;
 
 use crate::dependents::Dependents;
+use crate::model::partitions::PartitionTree;
 
 /// pg_partman's configuration tables the current user can read, as `schema.part_config`
 /// (quoted where needed).
@@ -21,20 +23,34 @@ const PARTMAN_CONFIGS: &str = "SELECT format('%I.%I', n.nspname, c.relname)
       AND has_table_privilege(c.oid, 'SELECT')";
 
 /// One warning per partitioned table whose key moves through its leaves and that a
-/// pg_partman configuration or a pg_cron job maintains, naming what maintains it.
+/// pg_partman configuration or a pg_cron job maintains, naming what maintains it; and one
+/// when the migrated table is itself partitioned (`migrated`) and maintained so.
 ///
 /// Errors: a catalog query fails.
-pub async fn check(client: &Client, deps: &Dependents) -> Result<Vec<String>> {
+pub async fn check(
+    client: &Client,
+    deps: &Dependents,
+    migrated: Option<&PartitionTree>,
+) -> Result<Vec<String>> {
+    let mut warnings = Vec::new();
+    if let Some(tree) = migrated {
+        let mut by = partman(client, tree.root_oid).await?;
+        by.extend(cron_jobs(client, tree.root_oid).await?);
+        if !by.is_empty() {
+            warnings.push(format!(
+                "{}.{} is maintained by {}: a partition created, attached or detached during the run stops it at the cutover (exit 8, the original untouched); pause the maintenance for the run",
+                crate::sql::ident(&deps.schema),
+                crate::sql::ident(&deps.table),
+                by.join(", ")
+            ));
+        }
+    }
     let trees: Vec<(u32, String)> = deps
         .foreign_keys
         .iter()
         .filter(|fk| fk.through_leaves())
         .map(|fk| (fk.child_oid, fk.child.clone()))
         .collect();
-    if trees.is_empty() {
-        return Ok(Vec::new());
-    }
-    let mut warnings = Vec::new();
     for (oid, tree) in &trees {
         let mut by = partman(client, *oid).await?;
         by.extend(cron_jobs(client, *oid).await?);

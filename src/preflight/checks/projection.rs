@@ -115,6 +115,7 @@ pub fn project(t: &Table, target: &Table, alter: &AlterSpec) -> Result<Projectio
         relation,
         has_identity,
         text_hashed: Vec::new(),
+        partitioned: t.relkind == 'p',
     })
 }
 

@@ -1,5 +1,6 @@
-//! The table itself: `--table` resolves (the way `pg_dump -t` resolves it) to a plain,
-//! permanent table outside any partition or inheritance tree (docs/design.md §1.1).
+//! The table itself: `--table` resolves (the way `pg_dump -t` resolves it) to a plain or
+//! partitioned permanent table that is neither a partition nor in an inheritance tree
+//! (docs/design.md §1.1, §1.14).
 
 use tokio_postgres::Client;
 
@@ -23,14 +24,8 @@ pub fn check(t: &Table) -> Vec<Refusal> {
     let mut refusals = Vec::new();
     let kind = |reason: String| Refusal::without_fix(Check::TableKind, reason);
     match t.relkind {
-        'r' => {}
-        'p' => refusals.push(Refusal::new(
-            Check::TableKind,
-            format!(
-                "{what} is a partitioned table: an ALTER of it changes every partition at once, so the whole tree would have to be swapped in one cutover, which doppel does not do yet"
-            ),
-            "run the ALTER on it directly in a maintenance window (it locks the whole tree); tables its partitions reference by foreign key can be migrated",
-        )),
+        // A partitioned table is migrated with its whole tree (docs/design.md §1.14).
+        'r' | 'p' => {}
         'f' => refusals.push(kind(format!(
             "{what} is a foreign table: there is nothing local to rewrite"
         ))),
