@@ -1,5 +1,6 @@
 //! The applier's task: reads the spool, decodes each transaction into per-key changes and
-//! applies a batch of source transactions in one shadow transaction.
+//! applies a batch of source transactions in one shadow transaction (with several sessions
+//! and a collapsed batch: one transaction per session, see the `shares` module).
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
