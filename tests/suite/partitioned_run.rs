@@ -18,8 +18,9 @@
 //! - A partition attached while the copy is held (`copying`), empty as a maintenance job
 //!   attaches one or holding rows: exit 8, a message to pause the maintenance job, nothing
 //!   of doppel's left, the original tree untouched with the partition attached.
-//! - The cutover's lock hold with 10 and 100 partitions under a light writer (p50 and max,
-//!   printed; asserted within `--max-lock-hold`).
+//! - The cutover's lock hold with 10 and 100 partitions under a light writer, 10 cutovers
+//!   each (p50 and max printed, and for 100 partitions whether the max is within 50 ms;
+//!   asserted within `--max-lock-hold`).
 //! - The rollback script of a tree migration: refuses after writes on the new tree,
 //!   changing nothing; with `force=1` it brings the original tree back under its names and
 //!   keeps the writes in the swapped-out tree; without writes it loses nothing.
@@ -379,8 +380,6 @@ async fn migrate_under_writer(tree: &Tree, seed: u64) {
     })
     .await;
     let written = writer.stop().await;
-    assert!(written.errors.is_empty(), "writer: {:?}", written.errors);
-    assert!(wrote, "the writer wrote on the new tree");
     println!(
         "{root} on {server}: writer {} transactions ({} inserts, {} updates, {} deletes, {} rows moved between partitions); {} changes applied; cutover lock held {:?} ({} attempts)",
         written.transactions,
@@ -391,11 +390,6 @@ async fn migrate_under_writer(tree: &Tree, seed: u64) {
         report.applied_changes,
         report.cutover.lock_held,
         report.cutover.attempts
-    );
-    assert!(
-        report.cutover.unvalidated.is_empty(),
-        "{:?}",
-        report.cutover.unvalidated
     );
 
     // The new tree equals the twin, row for row, `note` NULL.
@@ -408,6 +402,15 @@ async fn migrate_under_writer(tree: &Tree, seed: u64) {
     .unwrap();
     assert_eq!(difference.rows(), 0, "{root} vs {twin}: {difference}");
     assert!(difference.left_rows > ROWS / 2, "{difference}");
+    // (Checked after the comparison: a writer error rolls its transaction back on both, so
+    // the comparison still holds and says more.)
+    assert!(written.errors.is_empty(), "writer: {:?}", written.errors);
+    assert!(wrote, "the writer wrote on the new tree");
+    assert!(
+        report.cutover.unvalidated.is_empty(),
+        "{:?}",
+        report.cutover.unvalidated
+    );
 
     // The same tree: members, bounds, indexes and constraints, the new columns everywhere.
     assert_ne!(common::oid_of(&client, root).await, oid, "a new tree");
@@ -740,18 +743,11 @@ async fn lock_holds(partitions: usize, cutovers: usize) -> Vec<Duration> {
     holds
 }
 
+/// The figures of issue 15: 10 cutovers each with 10 and 100 partitions (about 30 s on 2
+/// cores); print them with `-- --nocapture`.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 #[ignore = "src bug 1 (module docs): with publish_via_partition_root pgoutput also sends a Relation message for the leaf, which the applier takes for DDL (exit 8 on the first write)"]
-async fn lock_hold_with_10_partitions_over_3_cutovers() {
-    lock_holds(10, 3).await;
-}
-
-/// The figures of issue 15 (10 cutovers each with 10 and 100 partitions): several minutes on
-/// 2 cores. `cargo test --test suite partitioned_run::lock_hold_figures -- --ignored
-/// --nocapture`.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-#[ignore = "several minutes: the lock-hold figures of the docs (see its doc comment)"]
-async fn lock_hold_figures_10_and_100_partitions_10_cutovers_each() {
+async fn lock_hold_with_10_and_100_partitions_over_10_cutovers_each() {
     lock_holds(10, 10).await;
     lock_holds(100, 10).await;
 }
