@@ -34,6 +34,8 @@
 #       (binary, two sessions)
 #   m7. on PostgreSQL 16+: doppel run --copy-origin (copy sessions under replication origins,
 #       stream origin 'none') vs the default
+# With --partitioned, only the partitioned case instead (benches/partitioned.sh): the locking
+# ALTER on a partitioned table of N rows in 24 monthly partitions vs doppel on the same tree.
 # The cluster lives in a temp dir and is stopped and removed on any exit. Logs of the run are
 # kept in target/bench-results/<date>-<rows>/.
 set -euo pipefail
@@ -56,6 +58,8 @@ usage: benches/run.sh [options]
   --pacing            also measure doppel's probe write while only the writer runs, then run
                       doppel under the writer with --max-write-latency = 2x the idle probe's
                       p99: writer latency per phase and run time, paced vs unpaced
+  --partitioned       only the partitioned case (benches/partitioned.sh): N rows in 24
+                      monthly partitions, the locking ALTER on the parent vs doppel
   --no-write          do not update BENCHMARKS.md
   --out FILE          the markdown file to update (default BENCHMARKS.md at the repo root)
 Environment: DOPPEL_PG_BINDIR (server binaries; default /usr/lib/postgresql/15/bin).
@@ -77,6 +81,7 @@ DO_WRITE=1
 DO_MEANS=0
 DO_RESUMABLE=0
 DO_PACING=0
+DO_PARTITIONED=0
 HERE=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
 ROOT=$(dirname "$HERE")
 OUT_MD="$ROOT/BENCHMARKS.md"
@@ -96,6 +101,7 @@ while [[ $# -gt 0 ]]; do
     --means) DO_MEANS=1; shift ;;
     --resumable-cost) DO_RESUMABLE=1; shift ;;
     --pacing) DO_PACING=1; shift ;;
+    --partitioned) DO_PARTITIONED=1; shift ;;
     --out) OUT_MD=${2:?--out needs a value}; shift 2 ;;
     -h|--help) usage; exit 0 ;;
     *) echo "run.sh: unknown argument '$1'" >&2; usage >&2; exit 2 ;;
@@ -327,6 +333,12 @@ stop_sampler() {
     SAMPLER_PID=""
   fi
 }
+
+if [[ $DO_PARTITIONED -eq 1 ]]; then
+  # shellcheck source=benches/partitioned.sh
+  source "$HERE/partitioned.sh"
+  exit 0
+fi
 
 # ---------------------------------------------------------------- the table
 declare -A R

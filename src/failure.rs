@@ -99,6 +99,27 @@ pub fn rejected_by_schema(db: &tokio_postgres::error::DbError) -> bool {
     code.starts_with("23") || code.starts_with("22")
 }
 
+/// When the server refused a row of `table` because the new table has no partition for it
+/// (SQLSTATE 23514 "no partition of relation .. found for row"): the partition holding it in
+/// the original was created or attached during the run, which the shadow's tree does not
+/// have (docs/design.md §1.14). The conflict (exit 8) that says so and what to do.
+pub fn partition_missing(
+    db: &tokio_postgres::error::DbError,
+    table: &str,
+) -> Option<anyhow::Error> {
+    if db.code().code() != "23514" || !db.message().starts_with("no partition of relation") {
+        return None;
+    }
+    Some(fail(
+        FailureKind::Conflict,
+        format!(
+            "a row of {table} has no partition in the new table ({}{}): a partition was created or attached during the run, as a partition maintenance job such as pg_partman's does; aborting, the original table is untouched. Pause the partition maintenance job and run doppel again",
+            db.message(),
+            db.detail().map(|d| format!(": {d}")).unwrap_or_default()
+        ),
+    ))
+}
+
 /// The class of `err`, looking through its context chain.
 pub fn kind_of(err: &anyhow::Error) -> Option<FailureKind> {
     err.chain()

@@ -2,8 +2,8 @@
 //! root's partition key, then every member (each partition at every level: sub-partitioned
 //! members and leaves, a default partition included) with its bound, its own partition key
 //! when it is partitioned itself, and what belongs to it alone: storage parameters,
-//! tablespace, owner, comment, grants, replica identity, CHECK constraints defined on it,
-//! indexes defined on it, and the names of its partitions of the parent's indexes.
+//! tablespace, owner, comment, grants, replica identity, CHECK constraints and foreign keys
+//! defined on it, indexes defined on it, and the names of its partitions of the parent's indexes.
 //!
 //! What a migration of the whole tree needs to build the shadow's tree with the same
 //! partitioning (`crate::phases::shadow::partitions`) and to give the shadow's members and
@@ -64,6 +64,9 @@ pub struct Member {
     pub replica_identity: char,
     /// CHECK constraints defined on the member itself (not inherited): (name, definition).
     pub checks: Vec<(String, String)>,
+    /// Foreign keys defined on the member itself (not clones of its parent's):
+    /// (name, `pg_get_constraintdef` without a trailing ` NOT VALID`, validated).
+    pub foreign_keys: Vec<(String, String, bool)>,
     /// Indexes defined on the member itself, not partitions of a parent's index.
     pub local_indexes: Vec<LocalIndex>,
     /// The member's partitions of its parent's indexes: (the root-level index it descends
@@ -116,6 +119,13 @@ ORDER BY c.oid, 2, 3";
 const CHECKS: &str = "SELECT con.conrelid, con.conname::text, pg_get_constraintdef(con.oid)
 FROM pg_partition_tree($1::oid::regclass) t JOIN pg_constraint con ON con.conrelid = t.relid
 WHERE t.level > 0 AND con.contype = 'c' AND con.conislocal AND con.coninhcount = 0
+ORDER BY con.conrelid, con.conname";
+
+/// Foreign keys defined on a member itself (`conparentid = 0`), not clones of a parent's.
+const FOREIGN_KEYS: &str = "SELECT con.conrelid, con.conname::text, pg_get_constraintdef(con.oid),
+       con.convalidated
+FROM pg_partition_tree($1::oid::regclass) t JOIN pg_constraint con ON con.conrelid = t.relid
+WHERE t.level > 0 AND con.contype = 'f' AND con.conparentid = 0
 ORDER BY con.conrelid, con.conname";
 
 /// Every index of the members: its name, definition, the constraint it backs, and the
@@ -172,6 +182,7 @@ pub async fn read(client: &impl GenericClient, root_oid: u32) -> Result<Partitio
             grants: Vec::new(),
             replica_identity: r.get::<_, String>(11).chars().next().unwrap_or('d'),
             checks: Vec::new(),
+            foreign_keys: Vec::new(),
             local_indexes: Vec::new(),
             attached_indexes: Vec::new(),
             indexdef_name: r.get(12),
@@ -185,6 +196,17 @@ pub async fn read(client: &impl GenericClient, root_oid: u32) -> Result<Partitio
     for r in client.query(CHECKS, &[&root_oid]).await? {
         if let Some(m) = member(&mut members, r.get(0)) {
             m.checks.push((r.get(1), r.get(2)));
+        }
+    }
+    for r in client
+        .query(FOREIGN_KEYS, &[&root_oid])
+        .await
+        .context("reading the partitions' foreign keys")?
+    {
+        if let Some(m) = member(&mut members, r.get(0)) {
+            let definition: String = r.get(2);
+            let definition = definition.trim_end_matches(" NOT VALID").to_string();
+            m.foreign_keys.push((r.get(1), definition, r.get(3)));
         }
     }
     for r in client

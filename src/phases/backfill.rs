@@ -442,6 +442,9 @@ fn copy_error(e: tokio_postgres::Error, plan: &Plan) -> anyhow::Error {
     let Some(db) = e.as_db_error() else {
         return anyhow::Error::new(e).context("copying a chunk");
     };
+    if let Some(missing) = crate::failure::partition_missing(db, &plan.original.qualified()) {
+        return missing;
+    }
     let failed = format!(
         "copying rows of {} into the new schema failed: {}{}",
         plan.original.qualified(),

@@ -81,7 +81,7 @@ pub async fn find(
     let t = subject.table;
     let (from_where, described) = match violation {
         Violation::Check { expression } => (
-            format!("FROM ONLY {t} AS src WHERE NOT ({expression})"),
+            format!("FROM {t} AS src WHERE NOT ({expression})"),
             subject.row_name(),
         ),
         Violation::ForeignKey {
@@ -100,7 +100,7 @@ pub async fn find(
                 .collect();
             (
                 format!(
-                    "FROM ONLY {t} AS src WHERE {} AND NOT EXISTS (SELECT 1 FROM {parent} AS p WHERE {})",
+                    "FROM {t} AS src WHERE {} AND NOT EXISTS (SELECT 1 FROM {parent} AS p WHERE {})",
                     set.join(" AND "),
                     matches.join(" AND ")
                 ),
@@ -155,7 +155,7 @@ async fn duplicates(
         .collect::<Vec<_>>()
         .join(", ");
     let sql = format!(
-        "WITH d AS (SELECT {described} AS value, count(*) AS n FROM ONLY {t} AS src
+        "WITH d AS (SELECT {described} AS value, count(*) AS n FROM {t} AS src
                     WHERE {not_null} GROUP BY {cols} HAVING count(*) > 1)
          SELECT (SELECT count(*) FROM d),
                 ARRAY(SELECT value || ' appears ' || n || ' times' FROM d ORDER BY n DESC, value LIMIT {limit})",

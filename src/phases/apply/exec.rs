@@ -399,6 +399,12 @@ pub(super) fn apply_error(
     plan: &Plan,
     key: &[Option<String>],
 ) -> anyhow::Error {
+    let missing = e
+        .as_db_error()
+        .and_then(|db| crate::failure::partition_missing(db, &plan.original.qualified()));
+    if let Some(missing) = missing {
+        return missing;
+    }
     match e.as_db_error() {
         Some(db) if crate::failure::rejected_by_schema(db) => crate::failure::fail(
             crate::failure::FailureKind::Conflict,

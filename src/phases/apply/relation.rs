@@ -68,7 +68,17 @@ pub(super) fn values(tuple: &TupleData) -> Result<Vec<Val>> {
         .collect()
 }
 
-pub(super) fn check_relation(plan: &Plan, rel: &pgoutput::Relation) -> Result<()> {
+/// Checks a Relation message against the original: `Ok(true)` when it describes the
+/// original as planned; `Ok(false)` for a partition of a partitioned original, which
+/// pgoutput describes too after the root when it publishes the partition's changes as the
+/// root's (`publish_via_partition_root`, docs/design.md §1.14), and whose changes arrive as
+/// the root's (checked by [`expect_relation`]).
+///
+/// Errors: the original's columns changed (DDL ran on it, exit 8).
+pub(super) fn check_relation(plan: &Plan, rel: &pgoutput::Relation) -> Result<bool> {
+    if plan.projection.partitioned && rel.id != plan.original.oid {
+        return Ok(false);
+    }
     let expected = &plan.projection.relation;
     let same = rel.id == plan.original.oid
         && rel.columns.len() == expected.len()
@@ -81,14 +91,22 @@ pub(super) fn check_relation(plan: &Plan, rel: &pgoutput::Relation) -> Result<()
         return Err(crate::failure::fail(
             crate::failure::FailureKind::Conflict,
             format!(
-                "the definition of {} changed during the migration (DDL ran on it: columns now {:?}); aborting — the shadow was built for the old definition. The original table is untouched; run doppel again",
+                "the definition of {} changed during the migration (DDL ran on it: relation {}.{} (oid {}) now has columns {:?}, expected oid {} with {:?}); aborting — the shadow was built for the old definition. The original table is untouched; run doppel again",
                 plan.original.qualified(),
+                rel.namespace,
+                rel.name,
+                rel.id,
                 rel.columns
                     .iter()
-                    .map(|c| c.name.as_str())
+                    .map(|c| format!("{} ({})", c.name, c.type_oid))
+                    .collect::<Vec<_>>(),
+                plan.original.oid,
+                expected
+                    .iter()
+                    .map(|c| format!("{} ({})", c.name, c.type_oid))
                     .collect::<Vec<_>>()
             ),
         ));
     }
-    Ok(())
+    Ok(true)
 }

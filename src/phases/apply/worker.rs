@@ -342,8 +342,9 @@ impl Decoder {
                 d.batch.applied = d.batch.applied.max(end_lsn);
             }
             PgOutputMessage::Relation(rel) => {
-                check_relation(plan, &rel)?;
-                self.relation_checked = true;
+                if check_relation(plan, &rel)? {
+                    self.relation_checked = true;
+                }
             }
             PgOutputMessage::Insert { .. }
             | PgOutputMessage::Update { .. }

@@ -82,7 +82,7 @@ impl UpdateSpec {
             relation: Vec::new(),
             has_identity: false,
             text_hashed: Vec::new(),
-            partitioned: false,
+            partitioned: self.table.relkind == 'p',
         }
     }
 
@@ -125,7 +125,8 @@ impl UpdateSpec {
             .map(|w| format!(" AND ({w})"))
             .unwrap_or_default();
         format!(
-            "UPDATE ONLY {} AS src SET {} WHERE {}{filter} AND {}",
+            "UPDATE {}{} AS src SET {} WHERE {}{filter} AND {}",
+            self.keys().only(),
             self.table.qualified(),
             sets.join(", "),
             self.keys().source_range(has_lower, has_upper),
@@ -136,7 +137,8 @@ impl UpdateSpec {
     /// The rows of a chunk (for progress): `count(*)` over the same range.
     fn count_sql(&self, has_lower: bool) -> String {
         format!(
-            "SELECT count(*) FROM ONLY {} AS src WHERE {}",
+            "SELECT count(*) FROM {}{} AS src WHERE {}",
+            self.keys().only(),
             self.table.qualified(),
             self.keys().source_range(has_lower, false)
         )

@@ -74,11 +74,16 @@ impl Validation {
 /// Errors: a query fails.
 pub async fn validate(client: &Client, spec: &UpdateSpec) -> Result<Validation> {
     let t = spec.table.qualified();
+    let only = if spec.table.relkind == 'p' {
+        ""
+    } else {
+        "ONLY "
+    };
     let remaining = match &spec.filter {
         Some(w) => Some(
             client
                 .query_one(
-                    &format!("SELECT count(*) FROM ONLY {t} AS src WHERE ({w})"),
+                    &format!("SELECT count(*) FROM {only}{t} AS src WHERE ({w})"),
                     &[],
                 )
                 .await

@@ -482,6 +482,51 @@ fn foreign_keys(
             format!("ALTER TABLE {shadow_q} DROP CONSTRAINT {}", ident(&fk.name)),
         );
     }
+    validate.extend(partition_foreign_keys(plan, forward, back));
+    validate
+}
+
+/// The foreign keys defined on each leaf partition of a partitioned table (not clones of
+/// its parent's), moved from the kept old partition to the new one of the same name: dropped
+/// from the old, added `NOT VALID` on the new under the lock, validated after the commit
+/// (the returned `(label, SQL)` pairs, the same in both directions: after a revert the old
+/// partitions have the names again). One entry per direction, after the renames.
+fn partition_foreign_keys(
+    plan: &Plan,
+    forward: &mut Vec<String>,
+    back: &mut Vec<String>,
+) -> Vec<(String, String)> {
+    let Some(tree) = &plan.partitions else {
+        return Vec::new();
+    };
+    let (mut f, mut b, mut validate) = (Vec::new(), Vec::new(), Vec::new());
+    let oid = plan.original.oid;
+    for (n, m) in tree.members.iter().enumerate() {
+        let old = qualified(&m.schema, &plan.names.old_partition(oid, n));
+        let shadow = qualified(&m.schema, &plan.names.shadow_partition(oid, n));
+        let now = m.qualified();
+        for (name, definition, validated) in &m.foreign_keys {
+            let name_q = ident(name);
+            f.push(format!("ALTER TABLE {old} DROP CONSTRAINT {name_q}"));
+            f.push(format!(
+                "ALTER TABLE {now} ADD CONSTRAINT {name_q} {definition} NOT VALID"
+            ));
+            b.push(format!("ALTER TABLE {shadow} DROP CONSTRAINT {name_q}"));
+            b.push(format!(
+                "ALTER TABLE {now} ADD CONSTRAINT {name_q} {definition} NOT VALID"
+            ));
+            if *validated {
+                validate.push((
+                    format!("{name} on {now}"),
+                    format!("ALTER TABLE {now} VALIDATE CONSTRAINT {name_q}"),
+                ));
+            }
+        }
+    }
+    if !f.is_empty() {
+        forward.push(f.join(";\n"));
+        back.push(b.join(";\n"));
+    }
     validate
 }
 

@@ -310,9 +310,11 @@ pub async fn unbuilt(
 ) -> anyhow::Result<Vec<String>> {
     let rows = client
         .query(
-            "SELECT relname::text FROM pg_index i JOIN pg_class c ON c.oid = i.indexrelid
-             WHERE i.indrelid = to_regclass($1)
-             UNION SELECT conname::text FROM pg_constraint WHERE conrelid = to_regclass($1)",
+            "WITH t AS (SELECT to_regclass($1)::oid AS relid
+                       UNION SELECT relid FROM pg_partition_tree(to_regclass($1)))
+             SELECT relname::text FROM pg_index i JOIN pg_class c ON c.oid = i.indexrelid
+             WHERE i.indrelid IN (SELECT relid FROM t)
+             UNION SELECT conname::text FROM pg_constraint WHERE conrelid IN (SELECT relid FROM t)",
             &[&plan.names.shadow_qualified()],
         )
         .await?;
@@ -322,6 +324,15 @@ pub async fn unbuilt(
         .map(|i| (i.create_sql, i.temp_name))
         .collect();
     names.extend(constraint_statements(plan));
+    if let Some(tree) = &plan.partitions {
+        for constraining in [false, true] {
+            names.extend(partitions::index_statements(
+                tree,
+                &plan.names,
+                constraining,
+            ));
+        }
+    }
     Ok(statements
         .into_iter()
         .filter(|sql| names.get(sql).is_none_or(|name| !built.contains(name)))

@@ -112,6 +112,18 @@ fn properties_sql(m: &Member, shadow: &str) -> Vec<String> {
 /// their definition. Built after the backfill, like the root's indexes: `constraining`
 /// selects the unique and exclusion ones (built after the backlog is applied) or the others.
 pub fn index_sql(tree: &PartitionTree, names: &Names, constraining: bool) -> Vec<String> {
+    index_statements(tree, names, constraining)
+        .into_iter()
+        .map(|(sql, _)| sql)
+        .collect()
+}
+
+/// [`index_sql`] with the temporary name each statement creates: (statement, name).
+pub fn index_statements(
+    tree: &PartitionTree,
+    names: &Names,
+    constraining: bool,
+) -> Vec<(String, String)> {
     let mut out = Vec::new();
     for (n, m) in tree.members.iter().enumerate() {
         let shadow = shadow_member(tree, names, n);
@@ -122,7 +134,7 @@ pub fn index_sql(tree: &PartitionTree, names: &Names, constraining: bool) -> Vec
                 continue;
             }
             let temp = names.shadow_partition_index(tree.root_oid, n, k);
-            out.push(match &index.constraint {
+            let sql = match &index.constraint {
                 Some((_, def)) => {
                     format!("ALTER TABLE {shadow} ADD CONSTRAINT {} {def}", ident(&temp))
                 }
@@ -135,7 +147,8 @@ pub fn index_sql(tree: &PartitionTree, names: &Names, constraining: bool) -> Vec
                             )
                         })
                 }
-            });
+            };
+            out.push((sql, temp));
         }
     }
     out

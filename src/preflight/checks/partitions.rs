@@ -2,8 +2,8 @@
 //! the whole tree, and what it refuses. Every member must be a permanent table (a foreign
 //! table as a partition holds rows doppel cannot copy or stream; an UNLOGGED partition's
 //! changes are not in the WAL). Objects bound to one member rather than to the partitioned
-//! table are refused, each named: triggers, foreign keys and rules defined on a member
-//! alone, foreign keys of other tables that reference a member, row security policies on a
+//! table are refused, each named: triggers and rules defined on a member alone, foreign keys
+//! defined on a sub-partitioned member (those of a leaf move with it), foreign keys of other tables that reference a member, row security policies on a
 //! member, views that read a member directly, publications that list a member, statistics
 //! objects on a member, and a member's REPLICA IDENTITY USING INDEX. Those defined on the
 //! partitioned table (PostgreSQL clones its triggers, foreign keys and indexes onto every
@@ -23,9 +23,9 @@ SELECT 'a trigger', t.tgrelid::regclass::text, t.tgname::text
   FROM pg_trigger t JOIN m ON m.oid = t.tgrelid
   WHERE NOT t.tgisinternal AND t.tgparentid = 0
 UNION ALL
-SELECT 'a foreign key', c.conrelid::regclass::text, c.conname::text
-  FROM pg_constraint c JOIN m ON m.oid = c.conrelid
-  WHERE c.contype = 'f' AND c.conparentid = 0
+SELECT 'a foreign key (on a sub-partitioned partition)', c.conrelid::regclass::text, c.conname::text
+  FROM pg_constraint c JOIN m ON m.oid = c.conrelid JOIN pg_class r ON r.oid = c.conrelid
+  WHERE c.contype = 'f' AND c.conparentid = 0 AND r.relkind = 'p'
 UNION ALL
 SELECT 'a foreign key referencing it', c.confrelid::regclass::text,
        c.conname::text || ' on ' || c.conrelid::regclass::text
