@@ -16,8 +16,9 @@
 //!   tree, no slot or publication is left and the old tree is kept, member by member,
 //!   under doppel's old names.
 //! - A partition attached while the copy is held (`copying`), empty as a maintenance job
-//!   attaches one or holding rows: exit 8, a message to pause the maintenance job, nothing
-//!   of doppel's left, the original tree untouched with the partition attached.
+//!   attaches one or holding rows, one created `PARTITION OF` (and written to), one
+//!   detached: exit 8, a message to pause the maintenance job, nothing of doppel's left,
+//!   the original tree as the DDL left it.
 //! - The cutover's lock hold with 10 and 100 partitions under a light writer, 10 cutovers
 //!   each (p50 and max printed, and for 100 partitions whether the max is within 50 ms;
 //!   asserted within `--max-lock-hold`).
@@ -547,8 +548,11 @@ INSERT INTO ev SELECT i, i % 2000, i FROM generate_series(1, 3000) i;
 CREATE TABLE ev_2 (LIKE ev INCLUDING DEFAULTS INCLUDING CONSTRAINTS);
 INSERT INTO ev_2 SELECT i, 2000 + i % 1000, i FROM generate_series(5001, 5000 + {rows}) i;";
 
-/// A partition (holding `rows` rows) attached while the copy holds after its first chunk.
-async fn attach_during_the_copy(rows: i64) {
+/// Runs `ddl` on the tree of [`ATTACHED`] (whose table `ev_2` holds `rows` rows) while the
+/// copy holds after its first chunk, then lets the run go on: it must stop with exit 8 and
+/// the message to pause the maintenance job, leave nothing of doppel's, and leave the tree
+/// as the DDL made it (rows where they were, shape, types). Returns the client.
+async fn tree_ddl_during_the_copy(rows: i64, ddl: &str) -> (LocalCluster, Client) {
     let cluster = common::cluster().await;
     let client = cluster.connect("postgres").await.unwrap();
     client
@@ -569,19 +573,16 @@ async fn attach_during_the_copy(rows: i64) {
     doppel::testing::wait_reached(&pause, "copying", WAIT)
         .await
         .expect("the copy reaches its first chunk");
-    client
-        .batch_execute("ALTER TABLE ev ATTACH PARTITION ev_2 FOR VALUES FROM (2000) TO (3000)")
-        .await
-        .unwrap();
-    let rows_after_attach = rows_digest(&client, "ev").await;
-    let shape_after_attach = shape(&client, "ev").await;
+    client.batch_execute(ddl).await.unwrap();
+    let rows_after_ddl = rows_digest(&client, "ev").await;
+    let shape_after_ddl = shape(&client, "ev").await;
     doppel::testing::release(&pause, "copying").unwrap();
     let err = finish(run)
         .await
-        .expect_err("a partition attached during the run stops it");
+        .expect_err("DDL on the tree during the run stops it");
     let message = format!("{err:#}");
     println!(
-        "{rows} rows attached: exit {}: {message}",
+        "{ddl} ({rows} rows in ev_2): exit {}: {message}",
         doppel::failure::exit_code(&err)
     );
     assert_eq!(doppel::failure::exit_code(&err), 8, "{message}");
@@ -590,23 +591,39 @@ async fn attach_during_the_copy(rows: i64) {
         "{message}"
     );
     common::assert_no_doppel_objects(&client).await;
-    // The original tree is untouched, the partition attached.
+    // The original tree is untouched since the DDL.
     assert_eq!(common::oid_of(&client, "ev").await, oid);
-    assert_eq!(rows_digest(&client, "ev").await, rows_after_attach);
-    assert_same_shape(&shape(&client, "ev").await, &shape_after_attach, "ev");
-    assert_eq!(
-        text(
-            &client,
-            "SELECT format('%s %s', inhparent::regclass, pg_get_expr(c.relpartbound, c.oid))
-             FROM pg_inherits JOIN pg_class c ON c.oid = inhrelid WHERE inhrelid = 'ev_2'::regclass"
-        )
-        .await
-        .as_deref(),
-        Some("ev FOR VALUES FROM (2000) TO (3000)")
-    );
+    assert_eq!(rows_digest(&client, "ev").await, rows_after_ddl);
+    assert_same_shape(&shape(&client, "ev").await, &shape_after_ddl, "ev");
     assert_eq!(
         member_columns(&client, "ev").await,
         vec!["id bigint, k integer, amount integer".to_string()]
+    );
+    (cluster, client)
+}
+
+/// The parent and bound of the partition `member`.
+async fn partition_of(client: &Client, member: &str) -> Option<String> {
+    text(
+        client,
+        &format!(
+            "SELECT format('%s %s', inhparent::regclass, pg_get_expr(c.relpartbound, c.oid))
+             FROM pg_inherits JOIN pg_class c ON c.oid = inhrelid WHERE inhrelid = '{member}'::regclass"
+        ),
+    )
+    .await
+}
+
+/// A partition (holding `rows` rows) attached while the copy holds.
+async fn attach_during_the_copy(rows: i64) {
+    let (_cluster, client) = tree_ddl_during_the_copy(
+        rows,
+        "ALTER TABLE ev ATTACH PARTITION ev_2 FOR VALUES FROM (2000) TO (3000)",
+    )
+    .await;
+    assert_eq!(
+        partition_of(&client, "ev_2").await.as_deref(),
+        Some("ev FOR VALUES FROM (2000) TO (3000)")
     );
     assert_eq!(
         scalar(&client, "SELECT count(*) FROM ev").await,
@@ -622,6 +639,46 @@ async fn an_empty_partition_attached_during_the_copy_stops_the_run_with_exit_8()
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_partition_with_rows_attached_during_the_copy_stops_the_run_with_exit_8() {
     attach_during_the_copy(100).await;
+}
+
+/// `CREATE TABLE .. PARTITION OF` (what pg_partman's premake does) while the copy holds,
+/// then a row written into the new partition.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_partition_created_during_the_copy_stops_the_run_with_exit_8() {
+    let (_cluster, client) = tree_ddl_during_the_copy(
+        0,
+        "CREATE TABLE ev_3 PARTITION OF ev FOR VALUES FROM (3000) TO (4000);
+         INSERT INTO ev VALUES (9001, 3500, 1);",
+    )
+    .await;
+    assert_eq!(
+        partition_of(&client, "ev_3").await.as_deref(),
+        Some("ev FOR VALUES FROM (3000) TO (4000)")
+    );
+    assert_eq!(scalar(&client, "SELECT count(*) FROM ev_3").await, 1);
+}
+
+/// `DETACH PARTITION` (what a retention job does) while the copy holds: the detached
+/// partition's rows leave the tree without a change in the stream.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_partition_detached_during_the_copy_stops_the_run_with_exit_8() {
+    let (_cluster, client) =
+        tree_ddl_during_the_copy(0, "ALTER TABLE ev DETACH PARTITION ev_1").await;
+    assert_eq!(
+        scalar(
+            &client,
+            "SELECT count(*) FROM pg_inherits WHERE inhrelid = 'ev_1'::regclass"
+        )
+        .await,
+        0,
+        "ev_1 stays detached"
+    );
+    assert_eq!(
+        scalar(&client, "SELECT count(*) FROM ev_1").await,
+        1001,
+        "the detached partition keeps its rows"
+    );
+    assert_eq!(scalar(&client, "SELECT count(*) FROM ev").await, 1999);
 }
 
 /// A range tree of `partitions` partitions of 100 keys each (20 rows each), a primary key
