@@ -26,6 +26,8 @@
 //!   changing nothing; with `force=1` it brings the original tree back under its names and
 //!   keeps the writes in the swapped-out tree, which `doppel cleanup` keeps until
 //!   `--drop-new-table`; without writes it loses nothing.
+//! - The revert window over a tree: writes of the window (rows moved between partitions
+//!   included) are on the original tree after `ctl revert`, which equals the twin.
 //! - Preflight refuses a tree with a view reading one partition or a publication listing one
 //!   partition (`Check::Partition`, naming both).
 //!
@@ -535,6 +537,92 @@ async fn hash_tree_of_8_partitions_migrates_under_a_writer() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn list_tree_with_a_sub_partitioned_member_migrates_under_a_writer() {
     migrate_under_writer(&LIST, 3).await;
+}
+
+/// The revert window over a tree: the hash tree migrated under the tree writer, which goes
+/// on writing the new tree after the cutover (moving rows between partitions); `ctl revert`
+/// swaps the original tree back with every write of the window applied to it, and the
+/// writer goes on on the original. The original tree then equals the twin (`amount` back
+/// to `numeric(10,2)`, `note` gone), under its names and OID, with its shape.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn revert_window_brings_the_tree_back_with_the_writes_made_after_the_cutover() {
+    let cluster = common::cluster().await;
+    let client = cluster.connect("postgres").await.unwrap();
+    client.batch_execute(&tree_sql(&HASH, ROWS)).await.unwrap();
+    let (root, twin) = ("acct", "acct_twin");
+    let oid = common::oid_of(&client, root).await;
+    let shape_before = shape(&client, root).await;
+    let columns_before = member_columns(&client, root).await;
+    let dir = tempfile::tempdir().unwrap();
+    let socket = dir.path().join("ctl.sock");
+    let options = common::options(dir.path(), root, &ALTERS)
+        .control_socket(socket.clone())
+        .cutover_retries(30)
+        .fence_timeout(Duration::from_secs(5))
+        .status_interval(Duration::from_secs(600))
+        .revert_window(Duration::from_secs(600));
+    let config: tokio_postgres::Config = cluster.conninfo("postgres").parse().unwrap();
+    let writer = TreeWriter::start(
+        cluster.connect("postgres").await.unwrap(),
+        root,
+        twin,
+        ROWS + 1,
+        HASH.key,
+        4,
+        Duration::from_millis(2),
+    );
+    let run = spawn_run(&config, options);
+    let streaming = common::wait_until_async(WAIT, || async {
+        let Ok(reply) = doppel::ops::control::send(&socket, "status --json").await else {
+            return false;
+        };
+        serde_json::from_str::<serde_json::Value>(&reply)
+            .is_ok_and(|s| s["window"]["streaming"] == true)
+    })
+    .await;
+    assert!(streaming, "the revert window streams");
+    let (at_cutover, moves_at_cutover) = (writer.transactions(), writer.moves());
+    let wrote = common::wait_until_async(WAIT, || async {
+        writer.failed()
+            || (writer.transactions() >= at_cutover + 100
+                && writer.moves() >= moves_at_cutover + 20)
+    })
+    .await;
+    assert!(wrote && !writer.failed(), "the writer wrote in the window");
+    let reply = doppel::ops::control::send_waiting(&socket, "revert", WAIT)
+        .await
+        .unwrap();
+    assert!(reply.starts_with("ok: reverted"), "{reply}");
+    let at_revert = writer.transactions();
+    let wrote = common::wait_until_async(WAIT, || async {
+        writer.failed() || writer.transactions() >= at_revert + 30
+    })
+    .await;
+    let written = writer.stop().await;
+    let outcome = finish(run).await;
+    println!(
+        "revert: writer {} transactions, {} rows moved; {reply}",
+        written.transactions, written.moves
+    );
+    assert!(matches!(outcome, Ok(Outcome::Migrated(_))), "{outcome:?}");
+    let difference = workload::compare(
+        &client,
+        &format!("SELECT id::text, k::text, amount::text FROM {root}"),
+        &format!("SELECT id::text, k::text, amount::text FROM {twin}"),
+    )
+    .await
+    .unwrap();
+    assert_eq!(difference.rows(), 0, "{root} vs {twin}: {difference}");
+    assert!(written.errors.is_empty(), "writer: {:?}", written.errors);
+    assert!(wrote, "the writer wrote on the original after the revert");
+    assert_eq!(
+        common::oid_of(&client, root).await,
+        oid,
+        "the original tree"
+    );
+    assert_same_shape(&shape(&client, root).await, &shape_before, root);
+    assert_eq!(member_columns(&client, root).await, columns_before);
+    assert_no_slot_or_publication(&client).await;
 }
 
 /// A tree of two range partitions and, apart, a table to attach as a third (with 100 rows,
