@@ -561,8 +561,11 @@ pub async fn check(
     let mut client = crate::conninfo::connect(config).await?;
     let mut peer = crate::conninfo::connect(config).await?;
     for c in [&client, &peer] {
-        c.batch_execute("SET application_name = 'doppel verify'")
-            .await?;
+        c.batch_execute(&format!(
+            "SET application_name = 'doppel verify'; {}",
+            crate::sql::NO_JIT
+        ))
+        .await?;
     }
     let oid = catalog::resolve(&client, &options.table).await?;
     let table = catalog::inspect(&client, oid).await?;

@@ -134,7 +134,10 @@ pub async fn backfill(
     let config = &*config.to_conn_info();
     let mut control = conninfo::connect(config).await?;
     control
-        .batch_execute("SET application_name = 'doppel backfill'")
+        .batch_execute(&format!(
+            "SET application_name = 'doppel backfill'; {}",
+            crate::sql::NO_JIT
+        ))
         .await?;
     let spec = check(&control, options).await?;
     lock_table(&control, spec.table.oid, &spec.table.qualified()).await?;

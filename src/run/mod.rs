@@ -234,7 +234,10 @@ async fn plan_and_lock(
 ) -> Result<(Client, Migration)> {
     let mut control = conninfo::connect(config).await.map_err(pooler_refusal)?;
     control
-        .batch_execute("SET application_name = 'doppel'; SET lock_timeout = '5s'")
+        .batch_execute(&format!(
+            "SET application_name = 'doppel'; SET lock_timeout = '5s'; {}",
+            crate::sql::NO_JIT
+        ))
         .await?;
     durable_commits(&control).await?;
     // An interrupted resumable run's objects are not leftovers: the checkpoint check after
@@ -311,13 +314,16 @@ pub(crate) async fn lock_table(control: &Client, oid: u32, table: &str) -> Resul
 }
 
 /// The table's estimated rows, shown from the start: `reltuples`, or for a table never
-/// analysed (`reltuples` -1) the planner's estimate from its size; 0 when neither is known.
+/// analysed (`reltuples` -1) or partitioned the planner's estimate from its size (over the
+/// partitions); 0 when neither is known.
 async fn rows_estimate(control: &Client, plan: &Plan) -> u64 {
-    if plan.original.rows_estimate >= 0 {
+    if plan.original.rows_estimate >= 0 && plan.partitions.is_none() {
         return plan.original.rows_estimate as u64;
     }
+    // A partitioned table's own estimate is not its partitions' (docs/design.md §1.14).
     let explain = format!(
-        "EXPLAIN (FORMAT JSON) SELECT 1 FROM ONLY {}",
+        "EXPLAIN (FORMAT JSON) SELECT 1 FROM {}{}",
+        plan.projection.only(),
         plan.names.table_qualified()
     );
     match control.simple_query(&explain).await {

@@ -120,7 +120,10 @@ impl Run<'_> {
         }
         let control = conninfo::connect(self.config).await?;
         control
-            .batch_execute("SET application_name = 'doppel'; SET lock_timeout = '5s'")
+            .batch_execute(&format!(
+                "SET application_name = 'doppel'; SET lock_timeout = '5s'; {}",
+                crate::sql::NO_JIT
+            ))
             .await?;
         self.take_lock(&control).await?;
         self.control_pid = control

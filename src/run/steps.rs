@@ -2,6 +2,7 @@
 //! backfill, primary key and indexes, catch-up, constraints, catch-up again, verify,
 //! cutover (docs/design.md §1.4–§1.7).
 
+use crate::sql::NO_JIT;
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result};
@@ -224,8 +225,10 @@ impl Run<'_> {
             // lost in a server crash is lost with its checkpoint mark (the same transaction),
             // so a resume copies it again; every later commit that depends on it (the
             // cutover's, synchronous) is later in the WAL and flushes it first.
-            w.batch_execute("SET application_name = 'doppel copy'; SET synchronous_commit = off")
-                .await?;
+            w.batch_execute(&format!(
+                "SET application_name = 'doppel copy'; SET synchronous_commit = off; {NO_JIT}"
+            ))
+            .await?;
             workers.push(w);
         }
         let backfill = Backfill {
@@ -355,7 +358,9 @@ impl Run<'_> {
         self.enter(Phase::CatchUp);
         let apply_client = conninfo::connect(self.config).await?;
         apply_client
-            .batch_execute("SET application_name = 'doppel applier'")
+            .batch_execute(&format!(
+                "SET application_name = 'doppel applier'; {NO_JIT}"
+            ))
             .await?;
         let reader = capture
             .reader
@@ -443,7 +448,7 @@ impl Run<'_> {
         let since = Instant::now();
         self.enter(Phase::Verify);
         let mut peer = conninfo::connect(self.config).await?;
-        peer.batch_execute("SET application_name = 'doppel verify'")
+        peer.batch_execute(&format!("SET application_name = 'doppel verify'; {NO_JIT}"))
             .await?;
         pause_point!(self.probe, "verifying", self.plan.names.shadow.clone());
         let pace = verify::Pace {

@@ -143,6 +143,8 @@ fn check_block(plan: &Plan) -> String {
     let shadow = literal(&n.shadow_qualified());
     let table_q = n.table_qualified();
     let old_q = n.old_qualified();
+    // A partitioned table holds no rows itself: count its partitions' (docs/design.md §1.14).
+    let only = plan.projection.only();
     let force_hint = format!(
         "'Nothing was changed. Without losing them: doppel ctl --table ' || {t} || ' revert, while the doppel run that migrated it keeps its revert window open. To roll back anyway, the writes staying only in ' || {shadow} || ' (which doppel cleanup then keeps): psql -v force=1 -f <this script>'"
     );
@@ -169,8 +171,8 @@ BEGIN
                     - CASE WHEN x > (horizon & 4294967295) THEN 4294967296 ELSE 0 END, 0)::text::xid8,
            snap))
     INTO rows_now, written
-    FROM (SELECT xmin::text::bigint AS x FROM ONLY {table_q}) AS r;
-  SELECT count(*) INTO rows_then FROM ONLY {old_q};
+    FROM (SELECT xmin::text::bigint AS x FROM {only}{table_q}) AS r;
+  SELECT count(*) INTO rows_then FROM {only}{old_q};
   PERFORM set_config('doppel.written', written::text, true);
   IF written = 0 AND rows_now = rows_then THEN
     RAISE NOTICE 'no write reached % after the cutover: the rollback loses nothing', {t};
