@@ -33,14 +33,12 @@
 //!
 //! Run on another major with `DOPPEL_PG_BINDIR`.
 //!
-//! Bugs in src/ these tests found: the applier took pgoutput's Relation message of a leaf
-//! (sent after the root's when publishing via the root) for DDL, stopping every run at its
-//! first write (fixed in c1444b9); a partition with rows attached during the copy failed it
-//! as "the existing rows violate the new schema" (fixed in 905a44c). Still open, its test
-//! `#[ignore]`d: the rollback script's check for writes after the cutover reads `FROM ONLY`
-//! the new root and the kept old root; a partitioned root holds no rows itself, so it counts
-//! 0 written and 0 = 0 rows, says "the rollback loses nothing" and rolls back, dropping
-//! every write made on the new tree after the cutover from the live table.
+//! Bugs in src/ these tests found, fixed on main since: the applier took pgoutput's
+//! Relation message of a leaf (sent after the root's when publishing via the root) for DDL,
+//! stopping every run at its first write (c1444b9); a partition with rows attached during
+//! the copy failed it as "the existing rows violate the new schema" (905a44c); the rollback
+//! script's check for writes after the cutover read the roots `FROM ONLY`, counted no row
+//! and rolled back writes made on the new tree (920f299).
 
 use std::time::Duration;
 
@@ -999,7 +997,6 @@ async fn migrated_and_written() -> Written {
 /// After writes on the new tree the script refuses, saying how many rows were written and
 /// how the counts differ, and changes nothing.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-#[ignore = "src bug: the rollback script's write check reads `FROM ONLY` the partitioned root (no rows), so it sees no write and rolls back, losing them (module docs)"]
 async fn rollback_script_of_a_tree_refuses_after_writes() {
     let w = migrated_and_written().await;
     let rows_written = rows_digest(&w.client, "rb").await;
