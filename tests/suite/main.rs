@@ -39,6 +39,7 @@ mod operator;
 mod pacing;
 mod partition_tree;
 mod partitioned_fk;
+mod partitioned_run;
 mod pooler;
 mod preflight_refusals;
 mod races;
