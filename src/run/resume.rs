@@ -498,7 +498,20 @@ pub(super) async fn finish_committed(
     if saved.host == checkpoint::this_host() && std::fs::remove_file(&saved.spool_path).is_ok() {
         removed.push(format!("change spool {}", saved.spool_path));
     }
-    let mut unvalidated = validate_foreign_keys(&client, oid).await?;
+    let rollback_script = newest_rollback_script(&options.rollback_dir, saved.table_oid);
+    let mut unvalidated = Vec::new();
+    // A partitioned table's partitions' indexes are renamed right after the commit
+    // (docs/design.md §1.14): the rollback script holds those renames (a no-op once done).
+    let index_names = rollback_script
+        .as_ref()
+        .and_then(|p| std::fs::read_to_string(p).ok())
+        .and_then(|text| crate::phases::cutover::index_names_in(&text));
+    if let Some(sql) = index_names
+        && let Err(e) = client.batch_execute(&sql).await
+    {
+        unvalidated.push(("the partitions' index names".to_string(), e.to_string()));
+    }
+    unvalidated.extend(validate_foreign_keys(&client, oid).await?);
     for (name, sql) in crate::dependents::pending_reattach_sql(&client, oid).await? {
         if let Err(e) = client.batch_execute(&sql).await {
             unvalidated.push((
@@ -514,7 +527,7 @@ pub(super) async fn finish_committed(
     Ok(Some(Finished {
         table: table.qualified(),
         old_table: names.old_qualified(),
-        rollback_script: newest_rollback_script(&options.rollback_dir, saved.table_oid),
+        rollback_script,
         removed,
         unvalidated,
     }))

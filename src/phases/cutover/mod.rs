@@ -54,7 +54,7 @@ use crate::plan::Plan;
 
 pub use attempt::{backoff, blockers};
 pub use rollback::{SWAPPED_OUT_MARK, snapshot_of_comment, write_rollback};
-pub use script::Script;
+pub use script::{Script, index_names_in};
 pub use snapshots::{Holder, holders};
 
 /// Cutover settings.

@@ -54,7 +54,7 @@ impl Script {
         let mut forward = Vec::new();
         let mut back = Vec::new();
         renames(plan, &mut forward, &mut back);
-        partition_renames(client, plan, &mut forward, &mut back).await?;
+        let index_names = partition_renames(client, plan, &mut forward, &mut back).await?;
 
         let sequences = Sequences::of(client, plan).await?;
         forward.extend(sequences.forward);
@@ -63,7 +63,11 @@ impl Script {
         back.extend(sequences.back_values);
 
         let own_validations = foreign_keys(plan, &mut forward, &mut back);
-        let mut validate = own_validations.clone();
+        let mut validate: Vec<(String, String)> = index_names
+            .iter()
+            .map(|sql| ("the partitions' index names".to_string(), sql.clone()))
+            .collect();
+        validate.extend(own_validations.clone());
 
         // Dependents bound to the original's OID: views, foreign keys from other tables,
         // triggers, rules, policies, publications, replica identity, statistics objects.
@@ -71,7 +75,11 @@ impl Script {
         forward.extend(deps.forward(n));
         validate.extend(deps.forward_after_commit_labeled(n));
         back.extend(deps.rollback(n));
-        let rollback = super::rollback::script_text(plan, &back, &own_validations, lock_timeout);
+        let mut rollback =
+            super::rollback::script_text(plan, &back, &own_validations, lock_timeout);
+        if let Some(sql) = &index_names {
+            rollback.push_str(&index_names_section(sql));
+        }
         let mut back_validate: Vec<(String, String)> = deps
             .rollback_after_commit(n)
             .into_iter()
@@ -209,12 +217,16 @@ fn renames(plan: &Plan, forward: &mut Vec<String>, back: &mut Vec<String>) {
 }
 
 /// The renames of a partitioned table's members and their indexes (docs/design.md §1.14),
-/// after the roots' own: the originals out of the way, the shadow's members and indexes to
-/// the original names, and back. Each direction is one entry holding every statement,
-/// separated by `;`, so it is sent in one round trip: with 100 partitions and a few indexes
-/// each, separate round trips would cost more than the server's work. Reads the shadow's
-/// tree (the names PostgreSQL gave its partitions of the root's indexes); without a shadow
-/// (a dry run) there is nothing to rename yet.
+/// after the roots' own. Under the lock only the tables: the originals out of the way, the
+/// shadow's members to the original names, one round trip (with 100 partitions, separate
+/// round trips would cost more than the server's work). The members' indexes are renamed
+/// right after the commit (returned: a `DO` block that does nothing once they are renamed,
+/// so it can run again), under SHARE UPDATE EXCLUSIVE on each index only, which no query
+/// waits for: index names are not what the application reads, and renaming them under the
+/// lock doubled its hold with 100 partitions. `back` gets a `DO` block that renames the
+/// indexes back when they were renamed (the kept name of the first original index exists),
+/// then the tables. Reads the shadow's tree (the names PostgreSQL gave its partitions of the
+/// root's indexes); without a shadow (a dry run) there is nothing to rename yet.
 ///
 /// Errors: reading the shadow's tree failed.
 async fn partition_renames(
@@ -222,9 +234,9 @@ async fn partition_renames(
     plan: &Plan,
     forward: &mut Vec<String>,
     back: &mut Vec<String>,
-) -> Result<()> {
+) -> Result<Option<String>> {
     let Some(original) = &plan.partitions else {
-        return Ok(());
+        return Ok(None);
     };
     let shadow_oid: Option<u32> = client
         .query_one(
@@ -234,7 +246,7 @@ async fn partition_renames(
         .await?
         .get(0);
     let Some(shadow_oid) = shadow_oid else {
-        return Ok(());
+        return Ok(None);
     };
     let shadow_tree = crate::model::partitions::read(client, shadow_oid)
         .await
@@ -246,10 +258,62 @@ async fn partition_renames(
             .find(|i| i.temp_name == temp)
             .map_or_else(|| temp.to_string(), |i| i.final_name.clone())
     };
-    let (f, b) = shadow::partitions::renames(original, &shadow_tree, &plan.names, final_name);
-    forward.push(f.join(";\n"));
-    back.push(b.join(";\n"));
-    Ok(())
+    let r = shadow::partitions::member_renames(original, &shadow_tree, &plan.names, final_name);
+    if !r.tables_forward.is_empty() {
+        forward.push(r.tables_forward.join(";\n"));
+    }
+    let Some(first) = &r.first_kept_index else {
+        if !r.tables_back.is_empty() {
+            back.push(r.tables_back.join(";\n"));
+        }
+        return Ok(None);
+    };
+    back.push(renames_if(first, true, &r.indexes_back));
+    back.push(r.tables_back.join(";\n"));
+    Ok(Some(renames_if(first, false, &r.indexes_forward)))
+}
+
+/// A `DO` block running `statements` when the relation `probe` exists (`exists`) or does
+/// not.
+fn renames_if(probe: &str, exists: bool, statements: &[String]) -> String {
+    let test = if exists { "IS NOT NULL" } else { "IS NULL" };
+    let body: String = statements.iter().map(|s| format!("    {s};\n")).collect();
+    crate::sql::do_block(&format!(
+        "BEGIN\n  IF to_regclass({}) {test} THEN\n{body}  END IF;\nEND",
+        literal(probe)
+    ))
+}
+
+/// First line of the rollback script's section holding the partitions' index renames.
+pub const INDEX_NAMES_BEGIN: &str = "-- doppel: partition index names begin";
+/// Last line of that section.
+pub const INDEX_NAMES_END: &str = "-- doppel: partition index names end";
+
+/// The rollback script's commented section with `sql`, the renames of the partitions'
+/// indexes run after the commit: a run stopped before them leaves the new partitions'
+/// indexes under doppel's temporary names; `--resume` runs this section, and so can the DBA.
+fn index_names_section(sql: &str) -> String {
+    let commented: String = sql.lines().map(|l| format!("-- {l}\n")).collect();
+    format!(
+        "\n-- If the run stopped between the cutover's commit and the renaming of the\n\
+         -- partitions' indexes (the new partitions' indexes then carry doppel's temporary\n\
+         -- names), this block names them; it does nothing once they are named.\n\
+         {INDEX_NAMES_BEGIN}\n{commented}{INDEX_NAMES_END}\n"
+    )
+}
+
+/// The renames of the partitions' indexes in the rollback script `text` (the section
+/// [`index_names_section`] wrote, uncommented), if it has one.
+pub fn index_names_in(text: &str) -> Option<String> {
+    let start = text.find(INDEX_NAMES_BEGIN)? + INDEX_NAMES_BEGIN.len();
+    let end = start + text[start..].find(INDEX_NAMES_END)?;
+    Some(
+        text[start..end]
+            .lines()
+            .filter_map(|l| l.strip_prefix("-- "))
+            .collect::<Vec<_>>()
+            .join("\n"),
+    )
 }
 
 /// Sequences (docs/design.md §4.4, second item). Identity sequences belong to their table:

@@ -159,38 +159,80 @@ pub fn index_statements(
 /// `Names::old_partition_index`), then gives each shadow member its original's name, its
 /// local indexes their original names, and its partitions of the root's indexes the names
 /// of the original member's partitions of the same root index; `back` (the rollback script)
-/// undoes it in the reverse order. `shadow` is the shadow's tree as read once built (whose
-/// members carry the names [`create_sql`] gave them), `final_root_index` maps a shadow root
-/// index's temporary name to its final name.
+/// undoes it. `shadow` is the shadow's tree as read once built (whose members carry the
+/// names [`create_sql`] gave them), `final_root_index` maps a shadow root index's temporary
+/// name to its final name. [`MemberRenames`] has the same statements apart, tables and
+/// indexes.
 pub fn renames(
     original: &PartitionTree,
     shadow: &PartitionTree,
     names: &Names,
     final_root_index: impl Fn(&str) -> String,
 ) -> (Vec<String>, Vec<String>) {
+    let r = member_renames(original, shadow, names, final_root_index);
+    let forward = r
+        .tables_forward
+        .into_iter()
+        .chain(r.indexes_forward)
+        .collect();
+    let back = r.indexes_back.into_iter().chain(r.tables_back).collect();
+    (forward, back)
+}
+
+/// The members' renames of [`renames`], tables and indexes apart: the cutover renames the
+/// tables under its lock and the indexes right after its commit (docs/design.md §1.14).
+/// Each list is in order; the index lists do not depend on the tables' names (every index
+/// is named with its schema).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct MemberRenames {
+    /// Original members to their kept names, then shadow members to the original names.
+    pub tables_forward: Vec<String>,
+    /// New members back to their shadow names, then kept members to their names.
+    pub tables_back: Vec<String>,
+    /// Original members' indexes to their kept names, then the shadow members' indexes to
+    /// the original names.
+    pub indexes_forward: Vec<String>,
+    /// The new members' indexes back to their shadow names, then the kept members' indexes
+    /// to their names.
+    pub indexes_back: Vec<String>,
+    /// The kept name of the first original index renamed (`"schema"."name"`): it exists
+    /// exactly when the index renames have run.
+    pub first_kept_index: Option<String>,
+}
+
+/// [`MemberRenames`] of `original` and `shadow` (see [`renames`]).
+pub fn member_renames(
+    original: &PartitionTree,
+    shadow: &PartitionTree,
+    names: &Names,
+    final_root_index: impl Fn(&str) -> String,
+) -> MemberRenames {
     let oid = original.root_oid;
-    let (mut forward, mut back) = (Vec::new(), Vec::new());
-    let mut back_later = Vec::new();
+    let mut r = MemberRenames::default();
+    let (mut tables_back_later, mut indexes_back_later) = (Vec::new(), Vec::new());
     for (n, m) in original.members.iter().enumerate() {
         let old = names.old_partition(oid, n);
-        forward.push(format!(
+        r.tables_forward.push(format!(
             "ALTER TABLE {} RENAME TO {}",
             m.qualified(),
             ident(&old)
         ));
-        back_later.push(format!(
+        tables_back_later.push(format!(
             "ALTER TABLE {} RENAME TO {}",
             qualified(&m.schema, &old),
             ident(&m.name)
         ));
         for (k, index) in member_indexes(m).iter().enumerate() {
             let kept = names.old_partition_index(oid, n, k);
-            forward.push(format!(
+            if r.first_kept_index.is_none() {
+                r.first_kept_index = Some(qualified(&m.schema, &kept));
+            }
+            r.indexes_forward.push(format!(
                 "ALTER INDEX {} RENAME TO {}",
                 qualified(&m.schema, index),
                 ident(&kept)
             ));
-            back_later.push(format!(
+            indexes_back_later.push(format!(
                 "ALTER INDEX {} RENAME TO {}",
                 qualified(&m.schema, &kept),
                 ident(index)
@@ -206,30 +248,31 @@ pub fn renames(
         let m = &original.members[n];
         let temp = |k: usize| names.shadow_partition_index(oid, n, k);
         for (from, to) in index_pairs(m, s, temp, &final_root_index) {
-            forward.push(format!(
+            r.indexes_forward.push(format!(
                 "ALTER INDEX {} RENAME TO {}",
                 qualified(&s.schema, &from),
                 ident(&to)
             ));
-            back.push(format!(
+            r.indexes_back.push(format!(
                 "ALTER INDEX {} RENAME TO {}",
                 qualified(&m.schema, &to),
                 ident(&from)
             ));
         }
-        forward.push(format!(
+        r.tables_forward.push(format!(
             "ALTER TABLE {} RENAME TO {}",
             s.qualified(),
             ident(&m.name)
         ));
-        back.push(format!(
+        r.tables_back.push(format!(
             "ALTER TABLE {} RENAME TO {}",
             m.qualified(),
             ident(&s.name)
         ));
     }
-    back.extend(back_later);
-    (forward, back)
+    r.tables_back.extend(tables_back_later);
+    r.indexes_back.extend(indexes_back_later);
+    r
 }
 
 /// Every index name of `m`: local ones, then its partitions of the root's indexes.

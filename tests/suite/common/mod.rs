@@ -10,6 +10,7 @@
 
 pub mod locks;
 pub mod race;
+pub mod tree_writer;
 
 use std::path::{Path, PathBuf};
 use std::time::Duration;
