@@ -366,7 +366,9 @@ impl Run<'_> {
         for n in 2..=self.options.apply_workers {
             let client = conninfo::connect(self.config).await?;
             client
-                .batch_execute(&format!("SET application_name = 'doppel applier {n}'"))
+                .batch_execute(&format!(
+                    "SET application_name = 'doppel applier {n}'; {NO_JIT}"
+                ))
                 .await?;
             sessions.push(client);
         }
