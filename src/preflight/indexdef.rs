@@ -83,7 +83,7 @@ mod tests {
         );
         assert_eq!(
             rename_index_definition(def, "public.p", "t0", "public.s").unwrap(),
-            "CREATE INDEX t0 ON public.s USING btree (amount)"
+            "CREATE INDEX \"t0\" ON public.s USING btree (amount)"
         );
     }
 }
