@@ -1,7 +1,8 @@
 # benches/partitioned.sh: the partitioned case of benches/run.sh (`--partitioned`, issue 15),
 # sourced by run.sh once its private cluster is up (it uses run.sh's q, now, elapsed, ratio,
-# log, die, $DOPPEL, $DSN, $WORK, $ROWS, $OUT_MD, $DO_WRITE). On public.orders_part ($ROWS rows
-# in 24 monthly partitions, benches/orders_partitioned.sql), each on a freshly generated tree:
+# log, die, time_sql, replaced_section, $DOPPEL, $DSN, $WORK, $ROWS, $OUT_MD, $DO_WRITE). On
+# public.orders_part ($ROWS rows in 24 monthly partitions, benches/orders_partitioned.sql),
+# each on a freshly generated tree:
 #   a. the locking ALTER TABLE orders_part ALTER COLUMN customer_id TYPE bigint (rewrites every
 #      partition under ACCESS EXCLUSIVE on the whole tree)
 #   d. doppel run --execute, same ALTER: wall time, per-phase times, cutover lock hold
@@ -62,10 +63,7 @@ if [[ $DO_WRITE -eq 1 ]]; then
   begin="<!-- run.sh partitioned rows=$ROWS begin -->"
   end="<!-- run.sh partitioned rows=$ROWS end -->"
   if grep -qF "$begin" "$OUT_MD"; then
-    awk -v b="$begin" -v e="$end" -v f="$MD" '
-      $0 == b { while ((getline line < f) > 0) print line; skip = 1; next }
-      $0 == e { skip = 0; next }
-      !skip { print }' "$OUT_MD" >"$WORK/bench.md.new"
+    replaced_section "$begin" "$end" "$MD" >"$WORK/bench.md.new"
     cat "$WORK/bench.md.new" >"$OUT_MD"
   else
     { echo; cat "$MD"; } >>"$OUT_MD"

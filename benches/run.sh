@@ -320,6 +320,14 @@ fmt_bytes() {
     else if (b >= 1024) printf "%.1f KiB", b / 1024
     else printf "%d B", b }'
 }
+# $OUT_MD with the lines from the line $1 to the line $2 replaced by the file $3 (which
+# holds both marker lines itself), on stdout.
+replaced_section() {
+  awk -v b="$1" -v e="$2" -v f="$3" '
+    $0 == b { while ((getline line < f) > 0) print line; skip = 1; next }
+    $0 == e { skip = 0; next }
+    !skip { print }' "$OUT_MD"
+}
 # a + b (+ c ..) with 3 decimals
 sum() { awk 'BEGIN { s = 0; for (i = 1; i < ARGC; i++) s += ARGV[i]; printf "%.3f", s }' "$@"; }
 
@@ -968,10 +976,7 @@ EOF
   end="<!-- run.sh rows=$ROWS end -->"
   if grep -qF "$begin" "$OUT_MD"; then
     # replace this size's section
-    awk -v b="$begin" -v e="$end" -v f="$MD" '
-      $0 == b { while ((getline line < f) > 0) print line; skip = 1; next }
-      $0 == e { skip = 0; next }
-      !skip { print }' "$OUT_MD" >"$WORK/bench.md.new"
+    replaced_section "$begin" "$end" "$MD" >"$WORK/bench.md.new"
   else
     # insert before the first section of a smaller table (largest first), else append
     awk -v rows="$ROWS" -v f="$MD" '

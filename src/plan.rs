@@ -225,6 +225,22 @@ pub struct Migration {
     pub warnings: Vec<String>,
 }
 
+impl Plan {
+    /// `CREATE PUBLICATION publication FOR TABLE table`, published via the partition root
+    /// when the migrated table is partitioned (docs/design.md §1.14): the run's publication
+    /// on the original, and the revert window's on the new table.
+    pub fn create_publication_sql(&self, publication: &str, table: &str) -> String {
+        let via_root = match self.partitions {
+            Some(_) => " WITH (publish_via_partition_root = true)",
+            None => "",
+        };
+        format!(
+            "CREATE PUBLICATION {} FOR TABLE {table}{via_root}",
+            crate::sql::ident(publication)
+        )
+    }
+}
+
 impl Migration {
     /// The shadow plan, when the clauses take the shadow.
     pub fn shadow_plan(&self) -> Option<&Plan> {

@@ -19,7 +19,7 @@ use crate::phases::capture::spool::{self, SpoolReader};
 use crate::phases::capture::stream::Streamer;
 use crate::phases::checkpoint::{self, Checkpoint, Saved};
 use crate::phases::shadow;
-use crate::sql::{ident, literal};
+use crate::sql::literal;
 use crate::testing::{broken, pause_point};
 
 /// What the setup leaves for the phases: the stream and its spool, the slot's snapshot and
@@ -163,15 +163,10 @@ impl Run<'_> {
     /// `CREATE PUBLICATION .. FOR TABLE` the original (a partitioned one with
     /// `publish_via_partition_root`, docs/design.md §1.14), then the shadow in one transaction.
     async fn create_publication_and_shadow(&mut self) -> Result<()> {
-        let via_root = match self.plan.partitions {
-            Some(_) => " WITH (publish_via_partition_root = true)",
-            None => "",
-        };
         self.control
-            .batch_execute(&format!(
-                "CREATE PUBLICATION {} FOR TABLE {}{via_root}",
-                ident(&self.plan.names.publication),
-                self.plan.original.qualified()
+            .batch_execute(&self.plan.create_publication_sql(
+                &self.plan.names.publication,
+                &self.plan.original.qualified(),
             ))
             .await
             .context("creating the publication")?;

@@ -74,11 +74,7 @@ impl Validation {
 /// Errors: a query fails.
 pub async fn validate(client: &Client, spec: &UpdateSpec) -> Result<Validation> {
     let t = spec.table.qualified();
-    let only = if spec.table.relkind == 'p' {
-        ""
-    } else {
-        "ONLY "
-    };
+    let only = spec.keys().only();
     let remaining = match &spec.filter {
         Some(w) => Some(
             client

@@ -84,16 +84,10 @@ impl ReverseStream {
         probe: Probe,
     ) -> Result<ReverseStream> {
         let n = &plan.names;
-        let via_root = match plan.partitions {
-            Some(_) => " WITH (publish_via_partition_root = true)",
-            None => "",
-        };
         client
-            .batch_execute(&format!(
-                "CREATE PUBLICATION {} FOR TABLE {}{via_root}",
-                ident(&n.revert_publication),
-                n.shadow_qualified()
-            ))
+            .batch_execute(
+                &plan.create_publication_sql(&n.revert_publication, &n.shadow_qualified()),
+            )
             .await
             .context("creating the revert window's publication")?;
         let mut connection = conninfo::connect_replication(replication)

@@ -77,13 +77,19 @@ pub fn indexes(plan: &Plan) -> Vec<ShadowIndex> {
                 temp_name,
                 create_sql,
                 is_primary: index.is_primary,
-                constrains: index.definition.starts_with("CREATE UNIQUE")
-                    || matches!(index.constraint, Some(('x', _))),
+                constrains: constrains(&index.definition, index.constraint.as_ref()),
             }
         })
         .collect();
     out.sort_by_key(|i| !i.is_primary);
     out
+}
+
+/// True for a unique or exclusion index (its definition, and the constraint it backs):
+/// built after the backlog is applied, so it only ever sees states the original passed
+/// through.
+fn constrains(definition: &str, constraint: Option<&(char, String)>) -> bool {
+    definition.starts_with("CREATE UNIQUE") || matches!(constraint, Some(('x', _)))
 }
 
 /// Statements creating the empty shadow table (no indexes), with autovacuum off.

@@ -128,9 +128,7 @@ pub fn index_statements(
     for (n, m) in tree.members.iter().enumerate() {
         let shadow = shadow_member(tree, names, n);
         for (k, index) in m.local_indexes.iter().enumerate() {
-            let constrains = index.definition.starts_with("CREATE UNIQUE")
-                || matches!(index.constraint, Some(('x', _)));
-            if constrains != constraining {
+            if super::constrains(&index.definition, index.constraint.as_ref()) != constraining {
                 continue;
             }
             let temp = names.shadow_partition_index(tree.root_oid, n, k);
