@@ -84,8 +84,8 @@ async fn copy_under_origins_is_kept_out_of_the_stream_and_matches_the_twin() {
     assert!(
         origins
             .iter()
-            .any(|(name, lsn)| name.ends_with("_copy0") && lsn != "0/0"),
-        "the copy's commits are recorded under its origin: {origins:?}"
+            .any(|(name, lsn)| name.contains("_copy") && lsn != "0/0"),
+        "the copy's commits are recorded under its origins: {origins:?}"
     );
     assert_eq!(mismatches, 0);
 }
