@@ -54,6 +54,11 @@ pub struct Plan {
     /// The original's partition tree when it is a partitioned table (issue 15, docs/design.md
     /// §1.13): the whole tree is migrated in one run and swapped in one cutover.
     pub partitions: Option<crate::model::partitions::PartitionTree>,
+    /// What is bound to single members of that tree rather than to the partitioned table
+    /// (a partition's own triggers, policies, views, publications, ...), one entry per member
+    /// that has any, in tree order: moved at the cutover to the new member that takes the
+    /// member's name (docs/design.md §1.14). Empty for a plain table.
+    pub member_dependents: Vec<crate::dependents::MemberDependents>,
 }
 
 /// How one clause of the ALTER is carried out (docs/design.md §1.10).

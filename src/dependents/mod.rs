@@ -72,6 +72,7 @@ macro_rules! references_1_2 {
 
 mod foreign_key;
 mod matview;
+mod members;
 mod policy;
 mod publication;
 mod read;
@@ -94,6 +95,10 @@ pub use foreign_key::{
     REATTACH_LOCK_TIMEOUT_MS, add_through_leaves, pending_reattach_sql, validate_and_reattach,
 };
 pub use matview::{MATVIEW_SWAP_ATTEMPTS, MATVIEW_SWAP_LOCK_TIMEOUT_MS};
+pub use members::{
+    MEMBERS_WITH_DEPENDENTS_SQL, MemberDependents, lock_each_with_members, lock_sql_with_members,
+    members_with_dependents,
+};
 pub use policy::Policy;
 pub use publication::Publication;
 pub use read::{Prepared, read};
@@ -419,16 +424,7 @@ impl Dependents {
     /// the table before a child (e.g. `ON DELETE CASCADE`); `lock_timeout` bounds that wait
     /// and the attempt is retried. Empty when there is nothing to lock.
     pub fn lock_sql(&self) -> Vec<String> {
-        let (tables, statements) = self.locks();
-        let mut out = Vec::new();
-        if !tables.is_empty() {
-            out.push(format!(
-                "LOCK TABLE {} IN ACCESS EXCLUSIVE MODE",
-                tables.join(", ")
-            ));
-        }
-        out.extend(statements);
-        out
+        lock_sql_of(&[self], &[])
     }
 
     /// The same locks as [`Dependents::lock_sql`], one relation per statement and in the same
@@ -436,30 +432,7 @@ impl Dependents {
     /// is left of one attempt's lock budget as its `lock_timeout`, so the waits of all of them
     /// together stay within it (docs/design.md §4.2).
     pub fn lock_each(&self) -> Vec<String> {
-        let (tables, statements) = self.locks();
-        let mut out: Vec<String> = tables
-            .into_iter()
-            .map(|name| format!("LOCK TABLE {name} IN ACCESS EXCLUSIVE MODE"))
-            .collect();
-        out.extend(statements);
-        out
-    }
-
-    /// The tables to lock besides the table itself, by OID, and the statements that take the
-    /// other locks (the views', leaf first).
-    fn locks(&self) -> (Vec<String>, Vec<String>) {
-        let mut tables: BTreeMap<u32, String> = BTreeMap::new();
-        let mut statements = Vec::new();
-        for lock in MOVE_ORDER.iter().flat_map(|k| k.locks(self)) {
-            match lock {
-                Lock::Table { oid, name } => {
-                    tables.insert(oid, name);
-                }
-                Lock::Statement(sql) => statements.push(sql),
-            }
-        }
-        tables.remove(&self.table_oid);
-        (tables.into_values().collect(), statements)
+        lock_each_of(&[self], &[])
     }
 
     /// Problems that make a safe move impossible, each with its reason and, when there is
@@ -609,11 +582,106 @@ impl Dependents {
     /// (`moved`, forward or back), each kind's rebinding.
     fn script(&self, moved: impl Fn(&dyn Kind) -> Vec<String>) -> Vec<String> {
         let mut out = self.lock_sql();
-        out.extend(MOVE_ORDER.iter().rev().flat_map(|k| k.unbind(self)));
+        out.extend(self.moves(moved));
+        out
+    }
+
+    /// Each kind's unbinding (in reverse [`MOVE_ORDER`]), each kind's move, each kind's
+    /// rebinding: [`Dependents::script`] without the locks.
+    fn moves(&self, moved: impl Fn(&dyn Kind) -> Vec<String>) -> Vec<String> {
+        let mut out: Vec<String> = MOVE_ORDER
+            .iter()
+            .rev()
+            .flat_map(|k| k.unbind(self))
+            .collect();
         out.extend(MOVE_ORDER.iter().flat_map(|k| moved(*k)));
         out.extend(MOVE_ORDER.iter().flat_map(|k| k.rebind(self)));
         out
     }
+
+    /// [`Dependents::forward`] between relations named by the caller, without the locks
+    /// (taken before by the caller, see [`lock_sql_of`]): `table` is the relation that has the
+    /// read table's name once the swap renamed it (where the objects go), `from` the one the
+    /// objects are on (the kept old relation). For a member of a partitioned table, whose
+    /// new and kept names are not those of [`Names`] (`MemberDependents`).
+    pub fn forward_between(&self, table: &str, from: &str) -> Vec<String> {
+        let m = Move {
+            table: table.to_string(),
+            from: from.to_string(),
+        };
+        self.moves(|k| k.forward(self, &m))
+    }
+
+    /// [`Dependents::rollback`] between relations named by the caller, without the locks:
+    /// `table` is the restored original (which has the name again), `from` the migrated
+    /// relation renamed back to its temporary name.
+    pub fn rollback_between(&self, table: &str, from: &str) -> Vec<String> {
+        let m = Move {
+            table: table.to_string(),
+            from: from.to_string(),
+        };
+        self.moves(|k| k.rollback(self, &m))
+    }
+
+    /// The after-commit steps ([`Dependents::forward_after_commit_labeled`]) as (what, SQL)
+    /// pairs, `onto` and `still_reads` naming, in a failed rebuild's message, the relation a
+    /// materialized view was to read and the one it still reads.
+    pub fn after_commit_between(&self, onto: String, still_reads: String) -> Vec<(String, String)> {
+        self.after_commit(&Finish { onto, still_reads })
+    }
+}
+
+/// [`Dependents::lock_sql`] of several reads together (a partitioned table's and its
+/// members', `crate::dependents::MemberDependents`): one `LOCK TABLE` of every table any of
+/// them locks, by OID, then every read's other statements (the views', leaf first) in the
+/// order of `all`. The tables the reads are of and the tables of `skip` are left out (a
+/// partitioned table's members, which locking the partitioned table locks after it).
+fn lock_sql_of(all: &[&Dependents], skip: &[u32]) -> Vec<String> {
+    let (tables, statements) = locks_of(all, skip);
+    let mut out = Vec::new();
+    if !tables.is_empty() {
+        out.push(format!(
+            "LOCK TABLE {} IN ACCESS EXCLUSIVE MODE",
+            tables.join(", ")
+        ));
+    }
+    out.extend(statements);
+    out
+}
+
+/// [`Dependents::lock_each`] of several reads together, with the tables left out as in
+/// [`lock_sql_of`].
+fn lock_each_of(all: &[&Dependents], skip: &[u32]) -> Vec<String> {
+    let (tables, statements) = locks_of(all, skip);
+    let mut out: Vec<String> = tables
+        .into_iter()
+        .map(|name| format!("LOCK TABLE {name} IN ACCESS EXCLUSIVE MODE"))
+        .collect();
+    out.extend(statements);
+    out
+}
+
+/// The tables to lock besides those the reads `all` are of and those of `skip`, by OID, and
+/// the statements that take the other locks (the views', leaf first; a view several reads
+/// share is locked once).
+fn locks_of(all: &[&Dependents], skip: &[u32]) -> (Vec<String>, Vec<String>) {
+    let mut tables: BTreeMap<u32, String> = BTreeMap::new();
+    let mut statements: Vec<String> = Vec::new();
+    for deps in all {
+        for lock in MOVE_ORDER.iter().flat_map(|k| k.locks(deps)) {
+            match lock {
+                Lock::Table { oid, name } => {
+                    tables.insert(oid, name);
+                }
+                Lock::Statement(sql) if !statements.contains(&sql) => statements.push(sql),
+                Lock::Statement(_) => {}
+            }
+        }
+    }
+    for oid in all.iter().map(|d| d.table_oid).chain(skip.iter().copied()) {
+        tables.remove(&oid);
+    }
+    (tables.into_values().collect(), statements)
 }
 
 /// `name = 'value'` list for `WITH (..)` / `SET (..)` from `name=value` reloption strings.

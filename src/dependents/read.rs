@@ -338,10 +338,19 @@ impl Prepared {
     /// Errors: as [`read`]; also when `client` is another connection (the server knows no
     /// such prepared statement).
     pub async fn read(&self, client: &impl GenericClient) -> Result<Dependents> {
+        self.read_of(client, self.table_oid).await
+    }
+
+    /// [`Prepared::read`] of another relation, `oid` (a member of the partitioned table the
+    /// statements were prepared for, `MemberDependents`): the same statements, executed with
+    /// its OID.
+    ///
+    /// Errors: as [`Prepared::read`].
+    pub async fn read_of(&self, client: &impl GenericClient, oid: u32) -> Result<Dependents> {
         let result = read_qualified(
             client,
             Source::Prepared(self),
-            self.table_oid,
+            oid,
             &self.own_publication,
             self.version,
         )

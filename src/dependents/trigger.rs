@@ -5,7 +5,8 @@
 //! `pg_get_triggerdef`, which names the table by its name, now the new table's; its firing
 //! state (`ALTER TABLE .. DISABLE / ENABLE REPLICA / ENABLE ALWAYS TRIGGER`) follows. Internal
 //! triggers (those of foreign keys and constraints) are not read: they come back with their
-//! constraints.
+//! constraints; nor are the clones PostgreSQL puts on a partition of a partitioned table's
+//! trigger (`tgparentid`): they come back when the trigger is created on the parent.
 
 use super::read::{Batch, EVERY_VERSION, Params, Query, ReadContext, Rows};
 use super::{Dependents, Kind, Move, enable_sql, first_char};
@@ -26,14 +27,15 @@ pub struct Trigger {
     pub columns: Vec<String>,
 }
 
-/// Triggers on the table and on the dependent views.
+/// Triggers on the table and on the dependent views; not the clones of a partitioned
+/// table's trigger on its partitions (`tgparentid`), which follow it.
 const TRIGGERS: Query = Query {
     what: "reading triggers",
     sql: "SELECT tg.oid, tg.tgrelid, n.nspname::text, c.relname::text, tg.tgname::text,
            pg_get_triggerdef(tg.oid, false), tg.tgenabled::text
     FROM pg_trigger tg JOIN pg_class c ON c.oid = tg.tgrelid
     JOIN pg_namespace n ON n.oid = c.relnamespace
-    WHERE tg.tgrelid = ANY($1::oid[]) AND NOT tg.tgisinternal
+    WHERE tg.tgrelid = ANY($1::oid[]) AND NOT tg.tgisinternal AND tg.tgparentid = 0
     ORDER BY tg.tgrelid, tg.tgname",
     batch: Batch::Second,
     params: Params::Relations,

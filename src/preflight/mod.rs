@@ -139,6 +139,15 @@ pub async fn shadow(
         projection::project(&original, &clone.target, &alter).map_err(Refused::from)?;
     let (dependents, mut refusals) =
         dependents::check(client, &original, &names, &projection).await?;
+    let member_dependents = match &tree {
+        Some(tree) => {
+            let (members, more) =
+                dependents::check_members(client, &original, tree, &names, &projection).await?;
+            refusals.extend(more);
+            members
+        }
+        None => Vec::new(),
+    };
     refusals.extend(projection::evaluable(client, &original, &projection).await);
     projection::mark_text_hashed(client, &mut projection).await;
     refusals.extend(alter::new_names(client, &original, &clone.target).await?);
@@ -163,6 +172,7 @@ pub async fn shadow(
         warnings,
         compatibility,
         partitions: tree,
+        member_dependents,
     })
 }
 

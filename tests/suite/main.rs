@@ -38,6 +38,7 @@ mod online_migration;
 mod operator;
 mod pacing;
 mod parallel_apply;
+mod partition_dependents;
 mod partition_tree;
 mod partitioned_fk;
 mod partitioned_run;

@@ -65,7 +65,7 @@ const ALTERS: [&str; 2] = [
 ];
 
 /// Longest wait for a run or a forced moment.
-const WAIT: Duration = Duration::from_secs(300);
+pub(crate) const WAIT: Duration = Duration::from_secs(300);
 
 /// One tree of the oracle test: its name (the partitioned table), the type of its
 /// partition key `k`, the statements creating its members and rows (after the parent), and
@@ -288,7 +288,7 @@ async fn assert_no_slot_or_publication(client: &Client) {
 }
 
 /// The server's `server_version_num`.
-async fn version(client: &Client) -> i64 {
+pub(crate) async fn version(client: &Client) -> i64 {
     scalar(
         client,
         "SELECT current_setting('server_version_num')::bigint",
@@ -297,7 +297,7 @@ async fn version(client: &Client) -> i64 {
 }
 
 /// The report of a run that migrated; panics with the error otherwise.
-fn migrated(outcome: anyhow::Result<Outcome>) -> Box<RunReport> {
+pub(crate) fn migrated(outcome: anyhow::Result<Outcome>) -> Box<RunReport> {
     match outcome {
         Ok(Outcome::Migrated(report)) => report,
         Ok(other) => panic!("expected a migration, got {other:?}"),
@@ -306,7 +306,7 @@ fn migrated(outcome: anyhow::Result<Outcome>) -> Box<RunReport> {
 }
 
 /// Runs `options` in-process with its pause points (`common::run_paused`) on a task.
-fn spawn_run(
+pub(crate) fn spawn_run(
     config: &tokio_postgres::Config,
     options: doppel::run::RunOptions,
 ) -> tokio::task::JoinHandle<anyhow::Result<Outcome>> {
@@ -315,7 +315,9 @@ fn spawn_run(
 }
 
 /// Awaits a spawned run, at most [`WAIT`].
-async fn finish(run: tokio::task::JoinHandle<anyhow::Result<Outcome>>) -> anyhow::Result<Outcome> {
+pub(crate) async fn finish(
+    run: tokio::task::JoinHandle<anyhow::Result<Outcome>>,
+) -> anyhow::Result<Outcome> {
     tokio::time::timeout(WAIT, run)
         .await
         .expect("the run ends within its time")
@@ -907,7 +909,11 @@ INSERT INTO rb SELECT i, i % 350, i, 1 + i % 10 FROM generate_series(1, 1000) i;
 
 /// Runs the rollback script of `report` with psql (`vars`: extra `-v` settings); whether it
 /// succeeded, and what it printed.
-fn rollback(cluster: &LocalCluster, report: &RunReport, vars: &[&str]) -> (bool, String) {
+pub(crate) fn rollback(
+    cluster: &LocalCluster,
+    report: &RunReport,
+    vars: &[&str],
+) -> (bool, String) {
     let mut cmd = cluster.command("psql");
     cmd.args(["-X", "-v", "ON_ERROR_STOP=1"]);
     for v in vars {

@@ -23,6 +23,9 @@ use crate::plan::Plan;
 pub(super) struct Rechecks {
     fingerprint: catalog::PreparedFingerprint,
     dependents: crate::dependents::Prepared,
+    /// For a partitioned table: [`crate::dependents::MEMBERS_WITH_DEPENDENTS_SQL`] of its
+    /// tree, planned (the members' own dependents are read again with `dependents`).
+    members: Option<tokio_postgres::Statement>,
 }
 
 impl Rechecks {
@@ -34,9 +37,28 @@ impl Rechecks {
         let dependents =
             crate::dependents::Prepared::new(client, plan.original.oid, &plan.names.publication)
                 .await?;
+        // With the OID written in and run once, so the server plans it now, once (as the
+        // fingerprint, `catalog::PreparedFingerprint`), not under the lock.
+        let members = match &plan.partitions {
+            Some(tree) => {
+                let sql = crate::dependents::MEMBERS_WITH_DEPENDENTS_SQL
+                    .replace("$1", &tree.root_oid.to_string());
+                let statement = client
+                    .prepare(&sql)
+                    .await
+                    .context("preparing the partitions' dependents re-check")?;
+                client
+                    .query(&statement, &[])
+                    .await
+                    .context("reading what is bound to the partitions")?;
+                Some(statement)
+            }
+            None => None,
+        };
         Ok(Rechecks {
             fingerprint,
             dependents,
+            members,
         })
     }
 }
@@ -367,6 +389,16 @@ impl Cutover<'_> {
             }
             Ok(_) => {}
         }
+        // The same for what is bound to single members of a partitioned table.
+        let Some(members) = hold.bounded(members_changed(tx, rechecks, plan)).await else {
+            return retry(RolledBack::HoldLimit);
+        };
+        match members {
+            Err(e) if is_lock_timeout(&e) => return retry(RolledBack::LockTimeout),
+            Err(e) => return Err(e),
+            Ok(Some(member)) => return Err(member_dependents_changed(plan, &member)),
+            Ok(None) => {}
+        }
         laps.lap("dependents re-check");
         // 3. Fence: every change committed before the lock is applied once it is.
         let n = self.fencer.emit().await?;
@@ -581,6 +613,68 @@ fn dependents_changed(plan: &Plan) -> anyhow::Error {
         FailureKind::Conflict,
         format!(
             "a view, trigger, policy, foreign key or publication bound to {} changed during the migration: the cutover would put back the old definition; aborting, the original table is untouched. Run doppel again",
+            plan.original.qualified()
+        ),
+    )
+}
+
+/// Under the lock, for a partitioned table: whether what is bound to single members of its
+/// tree changed since preflight (`plan.member_dependents`): another member has a dependent
+/// now (or one has none left), or one member's dependents read differently. `Some(member)`
+/// names the member (`"schema"."name"`) when they changed; `None` for a plain table. One
+/// query, then one read (two round trips) per member that has dependents.
+///
+/// Errors: a catalog query failed.
+async fn members_changed(
+    tx: &Transaction<'_>,
+    rechecks: &Rechecks,
+    plan: &Plan,
+) -> Result<Option<String>> {
+    let (Some(statement), Some(tree)) = (&rechecks.members, &plan.partitions) else {
+        return Ok(None);
+    };
+    let with: Vec<u32> = tx
+        .query(statement, &[])
+        .await
+        .context("reading what is bound to the partitions")?
+        .iter()
+        .map(|r| r.get(0))
+        .collect();
+    let had: Vec<u32> = plan
+        .member_dependents
+        .iter()
+        .map(|m| m.dependents.table_oid)
+        .collect();
+    if let Some(oid) = with
+        .iter()
+        .find(|o| !had.contains(o))
+        .or_else(|| had.iter().find(|o| !with.contains(o)))
+    {
+        let name = tree
+            .members
+            .iter()
+            .find(|m| m.oid == *oid)
+            .map_or_else(|| oid.to_string(), |m| m.qualified());
+        return Ok(Some(name));
+    }
+    for m in &plan.member_dependents {
+        let now = rechecks
+            .dependents
+            .read_of(tx, m.dependents.table_oid)
+            .await?;
+        if now != m.dependents {
+            return Ok(Some(tree.members[m.position].qualified()));
+        }
+    }
+    Ok(None)
+}
+
+/// The dependents re-check of the partition `member` failed (exit 8).
+fn member_dependents_changed(plan: &Plan, member: &str) -> anyhow::Error {
+    fail(
+        FailureKind::Conflict,
+        format!(
+            "a view, trigger, policy, foreign key, publication or statistics object bound to the partition {member} of {} changed during the migration: the cutover would put back the old definition or leave the new one on the old partition; aborting, the original table is untouched. Run doppel again",
             plan.original.qualified()
         ),
     )

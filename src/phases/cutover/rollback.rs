@@ -69,10 +69,15 @@ pub(super) fn script_text(
     let n = &plan.names;
     let table_q = n.table_qualified();
     let old_q = n.old_qualified();
-    let deps = &plan.dependents;
-    let locks: String = deps.lock_sql().iter().map(|l| format!("{l};\n")).collect();
-    let mut after_commit: String = deps
-        .rollback_after_commit(n)
+    let locks: String = crate::dependents::lock_sql_with_members(
+        &plan.dependents,
+        &plan.member_dependents,
+        plan.partitions.as_ref(),
+    )
+    .iter()
+    .map(|l| format!("{l};\n"))
+    .collect();
+    let mut after_commit: String = dependents_after_commit(plan)
         .iter()
         .map(|l| format!("{l};\n"))
         .collect();
@@ -105,6 +110,20 @@ pub(super) fn script_text(
         ),
         swapped_out_comment = swapped_out_comment(plan),
     )
+}
+
+/// The dependents' steps after a swap back commits: the table's
+/// ([`crate::dependents::Dependents::rollback_after_commit`]), then each member's of a
+/// partitioned table (materialized view rebuilds, validations of the foreign keys that
+/// reference it).
+pub(super) fn dependents_after_commit(plan: &Plan) -> Vec<String> {
+    let mut out = plan.dependents.rollback_after_commit(&plan.names);
+    if let Some(tree) = &plan.partitions {
+        for m in &plan.member_dependents {
+            out.extend(m.rollback_after_commit(tree, &plan.names));
+        }
+    }
+    out
 }
 
 /// The script's first lines: what it does, what it loses, how to run it.

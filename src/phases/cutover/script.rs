@@ -75,16 +75,25 @@ impl Script {
         forward.extend(deps.forward(n));
         validate.extend(deps.forward_after_commit_labeled(n));
         back.extend(deps.rollback(n));
+        // Those bound to single members of a partitioned table's tree, member by member.
+        if let Some(tree) = &plan.partitions {
+            // One round trip per member under the lock.
+            for m in &plan.member_dependents {
+                forward.push(m.forward(tree, n).join(";\n"));
+                validate.extend(m.forward_after_commit(tree, n));
+                back.push(m.rollback(tree, n).join(";\n"));
+            }
+        }
         let mut rollback =
             super::rollback::script_text(plan, &back, &own_validations, lock_timeout);
         if let Some(sql) = &index_names {
             rollback.push_str(&index_names_section(sql));
         }
-        let mut back_validate: Vec<(String, String)> = deps
-            .rollback_after_commit(n)
-            .into_iter()
-            .map(|sql| ("after the revert".to_string(), sql))
-            .collect();
+        let mut back_validate: Vec<(String, String)> =
+            super::rollback::dependents_after_commit(plan)
+                .into_iter()
+                .map(|sql| ("after the revert".to_string(), sql))
+                .collect();
         back_validate.extend(own_validations);
         Ok(Script {
             locks: attempt_locks(client, plan).await?,
@@ -103,15 +112,26 @@ impl Script {
 async fn attempt_locks(client: &Client, plan: &Plan) -> Result<Vec<String>> {
     let deps = &plan.dependents;
     let oid = plan.original.oid;
-    let views: Vec<u32> = deps
-        .views
-        .iter()
+    let members = &plan.member_dependents;
+    let views: Vec<u32> = std::iter::once(deps)
+        .chain(members.iter().map(|m| &m.dependents))
+        .flat_map(|d| d.views.iter())
         .filter(|v| !v.materialized)
         .map(|v| v.oid)
         .collect();
-    let mut locks = deps.lock_each();
+    let mut locks =
+        crate::dependents::lock_each_with_members(deps, members, plan.partitions.as_ref());
+    // The table and, for a partitioned table, its members: locked with it, after it.
+    let tree: Vec<u32> = std::iter::once(oid)
+        .chain(
+            plan.partitions
+                .iter()
+                .flat_map(|t| t.members.iter().map(|m| m.oid)),
+        )
+        .collect();
     // Tables (plain or partitioned: LOCK TABLE takes no other kind) the dependent views read,
-    // other than the table and the views themselves, that the role may lock in ACCESS SHARE.
+    // other than the table (and its tree) and the views themselves, that the role may lock
+    // in ACCESS SHARE.
     let rows = client
         .query(
             "SELECT DISTINCT c.oid, format('%I.%I', n.nspname, c.relname)
@@ -120,10 +140,11 @@ async fn attempt_locks(client: &Client, plan: &Plan) -> Result<Vec<String>> {
                AND d.refclassid = 'pg_class'::regclass
              JOIN pg_class c ON c.oid = d.refobjid
              JOIN pg_namespace n ON n.oid = c.relnamespace
-             WHERE r.ev_class = ANY($1::oid[]) AND c.relkind IN ('r', 'p') AND c.oid <> $2
+             WHERE r.ev_class = ANY($1::oid[]) AND c.relkind IN ('r', 'p')
+               AND c.oid <> ALL($2::oid[])
                AND has_table_privilege(c.oid, 'SELECT')
              ORDER BY 1",
-            &[&views, &oid],
+            &[&views, &tree],
         )
         .await
         .context("reading the tables the dependent views read")?;

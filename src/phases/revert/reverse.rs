@@ -139,6 +139,7 @@ pub async fn plan(client: &Client, forward: &Plan, new_oid: u32) -> Result<Arc<P
         warnings: Vec::new(),
         compatibility: Vec::new(),
         partitions: None,
+        member_dependents: Vec::new(),
     }))
 }
 

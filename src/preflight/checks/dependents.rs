@@ -5,10 +5,11 @@
 use anyhow::Result;
 use tokio_postgres::Client;
 
-use crate::dependents::{self, Dependents};
+use crate::dependents::{self, Dependents, MemberDependents};
 use crate::failure::{Check, Refusal};
 use crate::model::catalog::Table;
 use crate::model::names::Names;
+use crate::model::partitions::PartitionTree;
 use crate::model::projection::Projection;
 
 /// The fix every dependent refusal shares.
@@ -27,6 +28,51 @@ pub async fn check(
     projection: &Projection,
 ) -> Result<(Dependents, Vec<Refusal>)> {
     let dependents = dependents::read(client, t.oid, &names.publication).await?;
+    let (renamed, dropped) = column_changes(t, projection);
+    let refusals = refusals_of(&dependents, &renamed, &dropped);
+    Ok((dependents, refusals))
+}
+
+/// [`Check::Dependents`] for the members of the partitioned table `t`'s tree `tree`: reads
+/// what is bound to single members ([`MemberDependents::read_all`]: a partition's own
+/// triggers, policies, views, publications, statistics objects, foreign keys referencing
+/// it, ...) and refuses, as for the table, each one that cannot be moved given the columns
+/// `projection` renames or drops. Returns them, which the cutover moves to the new members,
+/// with the refusals.
+///
+/// Errors: reading them fails.
+pub async fn check_members(
+    client: &Client,
+    t: &Table,
+    tree: &PartitionTree,
+    names: &Names,
+    projection: &Projection,
+) -> Result<(Vec<MemberDependents>, Vec<Refusal>)> {
+    let members = MemberDependents::read_all(client, tree, &names.publication).await?;
+    let (renamed, dropped) = column_changes(t, projection);
+    let refusals = members
+        .iter()
+        .flat_map(|m| refusals_of(&m.dependents, &renamed, &dropped))
+        .collect();
+    Ok((members, refusals))
+}
+
+/// The refusals of `dependents` ([`Dependents::blockers`]) as [`Check::Dependents`].
+fn refusals_of(
+    dependents: &Dependents,
+    renamed: &[(String, String)],
+    dropped: &[String],
+) -> Vec<Refusal> {
+    dependents
+        .blockers(renamed, dropped)
+        .into_iter()
+        .map(|blocker| Refusal::new(Check::Dependents, blocker, FIX))
+        .collect()
+}
+
+/// The columns of `t` that `projection` renames, as (old name, new name), and those it
+/// drops.
+fn column_changes(t: &Table, projection: &Projection) -> (Vec<(String, String)>, Vec<String>) {
     let renamed: Vec<(String, String)> = projection
         .columns
         .iter()
@@ -45,10 +91,5 @@ pub async fn check(
         })
         .map(|c| c.name.clone())
         .collect();
-    let refusals = dependents
-        .blockers(&renamed, &dropped)
-        .into_iter()
-        .map(|blocker| Refusal::new(Check::Dependents, blocker, FIX))
-        .collect();
-    Ok((dependents, refusals))
+    (renamed, dropped)
 }
