@@ -156,19 +156,39 @@ async fn assert_same_rows(client: &Client, left: &str, right: &str) {
     assert_eq!(difference.rows(), 0, "{left} vs {right}: {difference}");
 }
 
-/// The new tree, under the writer, carries `ledger_q2`'s dependents; the rollback script
-/// brings them back (module docs).
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_partitions_own_dependents_move_with_the_tree_and_back() {
+/// A cluster with [`SETUP`], a client, and the OID of `ledger_q2` (checked to carry
+/// [`EXPECTED`]).
+async fn set_up() -> (doppel_testkit::cluster::LocalCluster, Client, u32) {
     let cluster = common::cluster().await;
     let client = cluster.connect("postgres").await.unwrap();
     client
         .batch_execute(&SETUP.replace("{rows}", &ROWS.to_string()))
         .await
         .unwrap();
-    let server = version(&client).await;
     let q2_old = common::oid_of(&client, "ledger_q2").await;
     assert_eq!(bound_to(&client, q2_old).await, EXPECTED);
+    (cluster, client, q2_old)
+}
+
+/// The tree writer on `ledger` and its twin, on a session of its own.
+async fn start_writer(cluster: &doppel_testkit::cluster::LocalCluster, seed: u64) -> TreeWriter {
+    TreeWriter::start(
+        cluster.connect("postgres").await.unwrap(),
+        "ledger",
+        "ledger_twin",
+        ROWS + 1,
+        |rng: &mut StdRng| format!("date '2023-12-01' + {}", rng.random_range(0..400)),
+        seed,
+        Duration::from_millis(2),
+    )
+}
+
+/// The new tree, under the writer, carries `ledger_q2`'s dependents; the rollback script
+/// brings them back (module docs).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_partitions_own_dependents_move_with_the_tree_and_back() {
+    let (cluster, client, q2_old) = set_up().await;
+    let server = version(&client).await;
 
     let dir = tempfile::tempdir().unwrap();
     let pause = common::pause_dir(dir.path());
@@ -185,15 +205,7 @@ async fn a_partitions_own_dependents_move_with_the_tree_and_back() {
     .cutover_retries(30)
     .fence_timeout(Duration::from_secs(5))
     .status_interval(Duration::from_secs(600));
-    let writer = TreeWriter::start(
-        cluster.connect("postgres").await.unwrap(),
-        "ledger",
-        "ledger_twin",
-        ROWS + 1,
-        |rng: &mut StdRng| format!("date '2023-12-01' + {}", rng.random_range(0..400)),
-        7,
-        Duration::from_millis(2),
-    );
+    let writer = start_writer(&cluster, 7).await;
     let run = spawn_run(&config, options);
     doppel::testing::wait_reached(&pause, "copying", WAIT)
         .await
@@ -340,4 +352,162 @@ async fn assert_acts(client: &Client, oid: u32, id: i64) {
         .await,
         "23503"
     );
+}
+
+/// With a revert window: under the writer, the dependents are on the new partition during
+/// the window; `ctl revert` moves them back to the original partition, and the audit table
+/// still equals the partition, so the trigger fired neither on the new partition's writes
+/// twice nor on the reverse stream's writes into the old one.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_revert_moves_a_partitions_own_dependents_back() {
+    let (cluster, client, q2_old) = set_up().await;
+    let dir = tempfile::tempdir().unwrap();
+    let socket = dir.path().join("ctl.sock");
+    let options = common::options(
+        dir.path(),
+        "ledger",
+        &["ALTER COLUMN amount TYPE numeric(12,2)"],
+    )
+    .control_socket(socket.clone())
+    .cutover_retries(30)
+    .fence_timeout(Duration::from_secs(5))
+    .status_interval(Duration::from_secs(600))
+    .revert_window(Duration::from_secs(600));
+    let config: tokio_postgres::Config = cluster.conninfo("postgres").parse().unwrap();
+    let writer = start_writer(&cluster, 11).await;
+    let run = spawn_run(&config, options);
+    let streaming = common::wait_until_async(WAIT, || async {
+        let Ok(reply) = doppel::ops::control::send(&socket, "status --json").await else {
+            return false;
+        };
+        serde_json::from_str::<serde_json::Value>(&reply)
+            .is_ok_and(|s| s["window"]["streaming"] == true)
+    })
+    .await;
+    assert!(streaming, "the revert window streams");
+    let q2_new = common::oid_of(&client, "ledger_q2").await;
+    assert_ne!(q2_new, q2_old);
+    assert_eq!(bound_to(&client, q2_new).await, EXPECTED);
+    assert_eq!(bound_to(&client, q2_old).await, Vec::<String>::new());
+    let at_cutover = writer.transactions();
+    let wrote = common::wait_until_async(WAIT, || async {
+        writer.failed() || writer.transactions() >= at_cutover + 100
+    })
+    .await;
+    assert!(wrote && !writer.failed(), "the writer wrote in the window");
+    let reply = doppel::ops::control::send_waiting(&socket, "revert", WAIT)
+        .await
+        .unwrap();
+    assert!(reply.starts_with("ok: reverted"), "{reply}");
+    let at_revert = writer.transactions();
+    let wrote = common::wait_until_async(WAIT, || async {
+        writer.failed() || writer.transactions() >= at_revert + 30
+    })
+    .await;
+    let written = writer.stop().await;
+    let outcome = finish(run).await;
+    assert!(outcome.is_ok(), "{outcome:?}");
+    assert_same_rows(
+        &client,
+        "SELECT id::text, k::text, amount::text FROM ledger",
+        "SELECT id::text, k::text, amount::text FROM ledger_twin",
+    )
+    .await;
+    assert!(written.errors.is_empty(), "writer: {:?}", written.errors);
+    assert!(wrote, "the writer wrote on the original after the revert");
+    assert_eq!(common::oid_of(&client, "ledger_q2").await, q2_old);
+    assert_eq!(bound_to(&client, q2_old).await, EXPECTED);
+    assert_eq!(bound_to(&client, q2_new).await, Vec::<String>::new());
+    assert_same_rows(
+        &client,
+        "SELECT id, amount::text FROM ledger_q2",
+        "SELECT id, amount::text FROM q2_audit",
+    )
+    .await;
+    assert_acts(&client, q2_old, ROWS + 3_000_000).await;
+}
+
+/// Runs `ddl` while the copy holds after its first chunk: the cutover's re-check under the
+/// lock stops the run with exit 8 naming `member`, the original tree untouched (its
+/// partition `ledger_q2` keeps its OID and what [`BOUND_TO`] lists, `then` included), and
+/// nothing of doppel's left.
+async fn ddl_on_a_partition_during_the_copy(ddl: &str, member: &str, then: &[&str]) {
+    let (cluster, client, q2_old) = set_up().await;
+    let dir = tempfile::tempdir().unwrap();
+    let pause = common::pause_dir(dir.path());
+    doppel::testing::arm(&pause, "copying").unwrap();
+    let config: tokio_postgres::Config = cluster.conninfo("postgres").parse().unwrap();
+    let options = common::options(
+        dir.path(),
+        "ledger",
+        &["ALTER COLUMN amount TYPE numeric(12,2)"],
+    )
+    .copy_workers(1)
+    .chunk_time(Duration::ZERO)
+    .initial_rows(100)
+    .status_interval(Duration::from_secs(600));
+    let run = spawn_run(&config, options);
+    doppel::testing::wait_reached(&pause, "copying", WAIT)
+        .await
+        .expect("the copy reaches its first chunk");
+    client.batch_execute(ddl).await.unwrap();
+    doppel::testing::release(&pause, "copying").unwrap();
+    let err = finish(run).await.expect_err("the re-check stops the run");
+    let message = format!("{err:#}");
+    assert_eq!(doppel::failure::exit_code(&err), 8, "{message}");
+    assert!(
+        message.contains(&format!("bound to the partition {member}")),
+        "{message}"
+    );
+    // Nothing of doppel's left (`common::assert_no_doppel_objects` but for `q2_pub`).
+    let gone = common::wait_until_async(Duration::from_secs(15), || async {
+        scalar(&client, "SELECT count(*) FROM pg_replication_slots").await == 0
+    })
+    .await;
+    assert!(gone, "no slot left");
+    assert_eq!(
+        text(
+            &client,
+            "SELECT string_agg(pubname, ',') FROM pg_publication"
+        )
+        .await
+        .as_deref(),
+        Some("q2_pub")
+    );
+    assert_eq!(
+        scalar(
+            &client,
+            "SELECT count(*) FROM pg_class WHERE relname LIKE '\\_doppel\\_%'"
+        )
+        .await,
+        0,
+        "no shadow left"
+    );
+    assert_eq!(common::oid_of(&client, "ledger_q2").await, q2_old);
+    let mut expected: Vec<String> = EXPECTED.iter().map(|s| s.to_string()).collect();
+    expected.extend(then.iter().map(|s| s.to_string()));
+    expected.sort();
+    assert_eq!(bound_to(&client, q2_old).await, expected);
+}
+
+/// A trigger created during the run on a partition that had no dependent of its own.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_trigger_created_on_another_partition_during_the_run_stops_it_with_exit_8() {
+    ddl_on_a_partition_during_the_copy(
+        "CREATE TRIGGER q1_audit AFTER INSERT ON ledger_q1 FOR EACH ROW EXECUTE FUNCTION q2_audit()",
+        "\"public\".\"ledger_q1\"",
+        &[],
+    )
+    .await;
+}
+
+/// A view on the partition created during the run.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_view_created_on_a_partition_with_dependents_during_the_run_stops_it_with_exit_8() {
+    ddl_on_a_partition_during_the_copy(
+        "CREATE VIEW q2_ids AS SELECT id FROM ledger_q2",
+        "\"public\".\"ledger_q2\"",
+        &["view q2_ids"],
+    )
+    .await;
 }

@@ -28,8 +28,9 @@
 //!   `--drop-new-table`; without writes it loses nothing.
 //! - The revert window over a tree: writes of the window (rows moved between partitions
 //!   included) are on the original tree after `ctl revert`, which equals the twin.
-//! - Preflight refuses a tree with a view reading one partition or a publication listing one
-//!   partition (`Check::Partition`, naming both).
+//! - Preflight refuses a tree with a foreign key defined on a sub-partitioned partition or a
+//!   partition's REPLICA IDENTITY USING INDEX (`Check::Partition`, naming both; what else is
+//!   bound to one partition moves, `partition_dependents`).
 //!
 //! Run on another major with `DOPPEL_PG_BINDIR`.
 //!
@@ -1156,7 +1157,7 @@ async fn rollback_script_of_a_tree_without_writes_restores_it_by_name() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_view_or_a_publication_bound_to_one_partition_is_refused_by_name() {
+async fn a_sub_partitions_foreign_key_or_a_partitions_replica_index_is_refused_by_name() {
     let cluster = common::cluster().await;
     let client = cluster.connect("postgres").await.unwrap();
     client
@@ -1164,8 +1165,14 @@ async fn a_view_or_a_publication_bound_to_one_partition_is_refused_by_name() {
             "CREATE TABLE events (id int, at date, v int, PRIMARY KEY (id, at)) PARTITION BY RANGE (at);
              CREATE TABLE events_2024 PARTITION OF events FOR VALUES FROM ('2024-01-01') TO ('2025-01-01');
              CREATE TABLE events_2025 PARTITION OF events FOR VALUES FROM ('2025-01-01') TO ('2026-01-01');
-             CREATE VIEW recent_events AS SELECT id, v FROM events_2025;
-             CREATE PUBLICATION events_2024_pub FOR TABLE events_2024;
+             CREATE TABLE events_2026 PARTITION OF events FOR VALUES FROM ('2026-01-01') TO ('2027-01-01')
+               PARTITION BY HASH (id);
+             CREATE TABLE events_2026_a PARTITION OF events_2026 FOR VALUES WITH (MODULUS 2, REMAINDER 0);
+             CREATE TABLE events_2026_b PARTITION OF events_2026 FOR VALUES WITH (MODULUS 2, REMAINDER 1);
+             CREATE TABLE kinds (id int PRIMARY KEY);
+             INSERT INTO kinds SELECT generate_series(1, 400);
+             ALTER TABLE events_2026 ADD CONSTRAINT events_2026_kind FOREIGN KEY (v) REFERENCES kinds (id);
+             ALTER TABLE events_2025 REPLICA IDENTITY USING INDEX events_2025_pkey;
              INSERT INTO events SELECT i, date '2024-06-01' + i, i FROM generate_series(1, 300) i;",
         )
         .await
@@ -1187,8 +1194,11 @@ async fn a_view_or_a_publication_bound_to_one_partition_is_refused_by_name() {
         .unwrap_or_else(|| panic!("expected a preflight refusal, got: {err:#}"));
     assert_eq!(doppel::failure::exit_code(&err), 2);
     for needles in [
-        ["partition events_2025", "a view reading it (recent_events)"],
-        ["partition events_2024", "a publication (events_2024_pub)"],
+        [
+            "partition events_2026",
+            "a foreign key (on a sub-partitioned partition) (events_2026_kind)",
+        ],
+        ["partition events_2025", "REPLICA IDENTITY USING INDEX"],
     ] {
         let refusal = refused
             .0
