@@ -459,8 +459,12 @@ impl Run<'_> {
         let since = Instant::now();
         self.enter(Phase::Verify);
         let mut peer = conninfo::connect(self.config).await?;
-        peer.batch_execute(&format!("SET application_name = 'doppel verify'; {NO_JIT}"))
-            .await?;
+        let parallel = crate::sql::parallel_workers_sql(self.options.verify_parallel_workers);
+        peer.batch_execute(&format!(
+            "SET application_name = 'doppel verify'; {NO_JIT}; {parallel}"
+        ))
+        .await?;
+        self.control.batch_execute(&parallel).await?;
         pause_point!(self.probe, "verifying", self.plan.names.shadow.clone());
         let pace = verify::Pace {
             throttle: Some(throttler),
@@ -481,6 +485,9 @@ impl Run<'_> {
             ) => r.map_err(|e| tasks.stream_error_first(e))?,
             _ = self.cancel.cancelled() => return Err(self.aborted("verification")),
         };
+        self.control
+            .batch_execute("RESET max_parallel_workers_per_gather")
+            .await?;
         self.timed(Phase::Verify, since);
         tracing::info!(
             chunks = report.chunks,
