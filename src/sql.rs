@@ -3,13 +3,18 @@
 
 use postgres_protocol::escape::{escape_identifier, escape_literal};
 
-/// `SET jit = off`, run in doppel's working sessions (control, copy, applier, verification,
-/// `doppel backfill`): their statements are many and short, and JIT compilation, which the
-/// planner turns on above `jit_above_cost`, costs more than it saves there. Measured on a
-/// partitioned table of 10M rows in 24 partitions, whose chunk statements the planner
-/// estimates high (a row comparison over every partition): 173 ms of JIT compilation for a
-/// chunk that copies 100 rows, which made the copy 30 times slower.
-pub const NO_JIT: &str = "SET jit = off";
+/// The settings of doppel's working sessions (control, copy, applier, verification, `doppel
+/// backfill`):
+///
+/// - `jit = off`: their statements are many and short, and JIT compilation, which the
+///   planner turns on above `jit_above_cost`, costs more than it saves there. Measured on a
+///   partitioned table of 10M rows in 24 partitions, whose chunk statements the planner
+///   estimates high (a row comparison over every partition): 173 ms of JIT compilation for a
+///   chunk that copies 100 rows, which made the copy 30 times slower.
+/// - `max_parallel_workers_per_gather = 0`: no parallel query worker taken from the pool the
+///   application's queries share ([`parallel_workers_sql`]); the verification sessions
+///   raise it to `--verify-parallel-workers`.
+pub const WORKING_SESSION: &str = "SET jit = off; SET max_parallel_workers_per_gather = 0";
 
 /// `SET max_parallel_workers_per_gather = <workers>`: the parallel query workers one of
 /// doppel's reading sessions may use (`--verify-parallel-workers`). Parallel workers come from

@@ -612,7 +612,7 @@ pub async fn check(
     for c in [&client, &peer] {
         c.batch_execute(&format!(
             "SET application_name = 'doppel verify'; {}; {}",
-            crate::sql::NO_JIT,
+            crate::sql::WORKING_SESSION,
             crate::sql::parallel_workers_sql(options.parallel_workers)
         ))
         .await?;

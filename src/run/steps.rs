@@ -2,7 +2,7 @@
 //! backfill, primary key and indexes, catch-up, constraints, catch-up again, verify,
 //! cutover (docs/design.md §1.4–§1.7).
 
-use crate::sql::NO_JIT;
+use crate::sql::WORKING_SESSION;
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result};
@@ -226,7 +226,7 @@ impl Run<'_> {
             // so a resume copies it again; every later commit that depends on it (the
             // cutover's, synchronous) is later in the WAL and flushes it first.
             w.batch_execute(&format!(
-                "SET application_name = 'doppel copy'; SET synchronous_commit = off; {NO_JIT}"
+                "SET application_name = 'doppel copy'; SET synchronous_commit = off; {WORKING_SESSION}"
             ))
             .await?;
             workers.push(w);
@@ -359,7 +359,7 @@ impl Run<'_> {
         let apply_client = conninfo::connect(self.config).await?;
         apply_client
             .batch_execute(&format!(
-                "SET application_name = 'doppel applier'; {NO_JIT}"
+                "SET application_name = 'doppel applier'; {WORKING_SESSION}"
             ))
             .await?;
         let mut sessions = Vec::new();
@@ -367,7 +367,7 @@ impl Run<'_> {
             let client = conninfo::connect(self.config).await?;
             client
                 .batch_execute(&format!(
-                    "SET application_name = 'doppel applier {n}'; {NO_JIT}"
+                    "SET application_name = 'doppel applier {n}'; {WORKING_SESSION}"
                 ))
                 .await?;
             sessions.push(client);
@@ -461,7 +461,7 @@ impl Run<'_> {
         let mut peer = conninfo::connect(self.config).await?;
         let parallel = crate::sql::parallel_workers_sql(self.options.verify_parallel_workers);
         peer.batch_execute(&format!(
-            "SET application_name = 'doppel verify'; {NO_JIT}; {parallel}"
+            "SET application_name = 'doppel verify'; {WORKING_SESSION}; {parallel}"
         ))
         .await?;
         self.control.batch_execute(&parallel).await?;
@@ -486,7 +486,7 @@ impl Run<'_> {
             _ = self.cancel.cancelled() => return Err(self.aborted("verification")),
         };
         self.control
-            .batch_execute("RESET max_parallel_workers_per_gather")
+            .batch_execute(&crate::sql::parallel_workers_sql(0))
             .await?;
         self.timed(Phase::Verify, since);
         tracing::info!(
