@@ -120,6 +120,28 @@ pub fn partition_missing(
     ))
 }
 
+/// Whether the failure `db` of a statement on the leaf partition `partition` says that
+/// the partition was dropped (SQLSTATE 42P01) or no longer holds rows of its bound (23514 "new
+/// row .. violates partition constraint": it was detached and another table attached under
+/// its name) during the run: the conflict (exit 8) that says so and what to do.
+pub fn partition_changed(
+    db: &tokio_postgres::error::DbError,
+    partition: &str,
+) -> Option<anyhow::Error> {
+    let code = db.code().code();
+    let moved = code == "23514" && db.message().contains("violates partition constraint");
+    if code != "42P01" && !moved {
+        return None;
+    }
+    Some(fail(
+        FailureKind::Conflict,
+        format!(
+            "partition {partition} was dropped, detached or attached again during the run ({}), as a partition maintenance job such as pg_partman's does; aborting, the original table is untouched. Pause the partition maintenance job and run doppel again",
+            db.message()
+        ),
+    ))
+}
+
 /// The class of `err`, looking through its context chain.
 pub fn kind_of(err: &anyhow::Error) -> Option<FailureKind> {
     err.chain()

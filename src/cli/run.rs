@@ -95,6 +95,12 @@ pub(crate) async fn run(args: RunArgs, cancel: &Cancel) -> anyhow::Result<()> {
                 report.verify.rows,
                 report.verify.chunks
             );
+            for p in &report.verify.partitions {
+                println!(
+                    "  partition {}: verified {} rows in {} chunks",
+                    p.name, p.rows, p.chunks
+                );
+            }
             for (phase, d) in &report.phases {
                 println!("  {:<24}{:.2} s", phase.label(), d.as_secs_f64());
             }

@@ -3,6 +3,11 @@
 //! WHERE key IN (lo, hi]`) in its own transaction, so no snapshot lives longer than one chunk
 //! (docs/design.md §1.4, invariant I4).
 //!
+//! A partitioned table is copied partition by partition (issue 15, docs/design.md §1.14):
+//! each leaf partition is chunked by the primary key on its own (its part of the primary key
+//! index) and its rows go straight into the shadow leaf of the same bound
+//! ([`crate::phases::shadow::pairs`]); the checkpoint records each chunk's partition.
+//!
 //! Chunks are sized by time, not rows (spirit's approach): each chunk's row count is scaled
 //! by `target / measured duration`, at most doubling or halving per step. After each chunk the
 //! copier sleeps `nice_ratio × chunk duration` (gh-ost's `--nice-ratio`).
@@ -34,7 +39,8 @@ use crate::ops::control::Controls;
 use crate::ops::pacing::PaceHandle;
 use crate::ops::progress::Progress;
 use crate::ops::throttle::Throttler;
-use crate::phases::checkpoint::{Checkpoint, CopyProgress};
+use crate::phases::checkpoint::{Checkpoint, CopyProgress, PlannedTo};
+use crate::phases::shadow::pairs::{self, Pair};
 use crate::plan::Plan;
 use crate::testing::{Probe, broken, pause_armed, pause_point};
 
@@ -84,10 +90,12 @@ pub fn next_chunk_rows(rows: i64, took: Duration, target: Duration) -> i64 {
 /// One bound of a key range, as text per key column; `None` is open.
 type Bound = Option<Vec<Option<String>>>;
 
-/// A key range `(lower, upper]` to copy, numbered in planning order.
+/// A key range `(lower, upper]` of pair `pair` (an index into the backfill's
+/// [`pairs::of`]) to copy, numbered in planning order.
 #[derive(Debug, Clone)]
 struct Range {
     seq: i64,
+    pair: usize,
     lower: Bound,
     upper: Bound,
 }
@@ -123,24 +131,8 @@ struct Counters {
     chunks: AtomicU64,
 }
 
-/// The statements one copy worker runs, by which bounds its range has.
-struct CopyStatements {
-    first: Statement,
-    middle: Statement,
-    last: Statement,
-    all: Statement,
-}
-
-impl CopyStatements {
-    fn for_range(&self, range: &Range) -> &Statement {
-        match (&range.lower, &range.upper) {
-            (None, Some(_)) => &self.first,
-            (Some(_), Some(_)) => &self.middle,
-            (Some(_), None) => &self.last,
-            (None, None) => &self.all,
-        }
-    }
-}
+/// The copy statements one worker prepared, by pair and by which bounds the range has.
+type CopyStatements = std::collections::HashMap<(usize, bool, bool), Statement>;
 
 impl Backfill<'_> {
     /// Copies every row of the original into the shadow. `client` plans the chunks
@@ -172,13 +164,13 @@ impl Backfill<'_> {
                 "resuming the backfill from its checkpoint"
             );
         }
+        let pairs = pairs::of(self.plan);
         let (tx, rx) = mpsc::channel::<Range>(workers.len().max(1));
         let rx = Mutex::new(rx);
-        let producer = self.plan_ranges(client, &counters, tx, resumed, check);
-        let work = workers
-            .iter()
-            .enumerate()
-            .map(|(i, worker)| self.copy_ranges(worker, (i, workers.len()), &rx, &counters));
+        let producer = self.plan_ranges(client, &pairs, &counters, tx, resumed, check);
+        let work = workers.iter().enumerate().map(|(i, worker)| {
+            self.copy_ranges(worker, &pairs, (i, workers.len()), &rx, &counters)
+        });
         #[cfg(feature = "pause-points")]
         let during_copy =
             crate::phases::broken::DuringCopy::start(&self.probe, client, self.plan).await?;
@@ -197,12 +189,12 @@ impl Backfill<'_> {
         })
     }
 
-    /// The planner: queues the chunks an interrupted run left (`resumed`), then finds each
-    /// chunk's upper bound (`rows_target` rows past the lower one) and queues the range,
-    /// until the last, open-ended one.
+    /// The planner: queues the chunks an interrupted run left (`resumed`), then, pair by
+    /// pair from where the interrupted run stopped, each chunk of the pair.
     async fn plan_ranges(
         &self,
         client: &Client,
+        pairs: &[Pair],
         counters: &Counters,
         tx: mpsc::Sender<Range>,
         resumed: CopyProgress,
@@ -212,6 +204,7 @@ impl Backfill<'_> {
             check()?;
             let range = Range {
                 seq: chunk.seq,
+                pair: pair_index(pairs, chunk.partition.as_deref())?,
                 lower: chunk.lower,
                 upper: chunk.upper,
             };
@@ -219,19 +212,66 @@ impl Backfill<'_> {
                 return Ok(());
             }
         }
-        let mut lower: Bound = match resumed.planned_to {
-            Some(None) => return Ok(()),
-            Some(upper) => upper,
-            None => None,
+        let (first, mut lower) = match resumed.planned_to {
+            None => (0, None),
+            Some(PlannedTo {
+                partition,
+                upper: None,
+            }) => (pair_index(pairs, partition.as_deref())? + 1, None),
+            Some(PlannedTo { partition, upper }) => {
+                (pair_index(pairs, partition.as_deref())?, upper)
+            }
         };
         let mut seq = resumed.next_seq;
-        let table = self.plan.original.qualified();
+        for (i, pair) in pairs.iter().enumerate().skip(first) {
+            if let Some(partition) = &pair.partition {
+                tracing::info!(
+                    "copying partition {partition} ({} of {})",
+                    i + 1,
+                    pairs.len()
+                );
+            }
+            let start = Range {
+                seq,
+                pair: i,
+                lower: lower.take(),
+                upper: None,
+            };
+            match self
+                .plan_pair(client, pair, start, counters, &tx, &check)
+                .await?
+            {
+                Some(next) => seq = next,
+                None => return Ok(()),
+            }
+        }
+        Ok(())
+    }
+
+    /// Queues the chunks of one pair from `start.lower` on, numbered from `start.seq`: finds
+    /// each chunk's upper bound (`rows_target` rows past the lower one) and queues the range,
+    /// until the last, open-ended one. Returns the next sequence number, or `None` when the
+    /// workers are gone.
+    async fn plan_pair(
+        &self,
+        client: &Client,
+        pair: &Pair,
+        start: Range,
+        counters: &Counters,
+        tx: &mpsc::Sender<Range>,
+        check: &impl Fn() -> Result<()>,
+    ) -> Result<Option<i64>> {
+        let Range {
+            mut seq, mut lower, ..
+        } = start;
         let p = &self.plan.projection;
         let first_boundary = client
-            .prepare(&p.chunk_boundary_sql(&table, false))
+            .prepare(&p.chunk_boundary_sql(&pair.original, false))
             .await
             .context("preparing the chunk boundary query")?;
-        let next_boundary = client.prepare(&p.chunk_boundary_sql(&table, true)).await?;
+        let next_boundary = client
+            .prepare(&p.chunk_boundary_sql(&pair.original, true))
+            .await?;
         loop {
             check()?;
             if let Some(t) = self.throttle {
@@ -246,32 +286,44 @@ impl Backfill<'_> {
                     client.query_opt(&next_boundary, &params).await
                 }
             }
-            .context("finding the next chunk boundary")?;
+            .with_context(|| format!("finding the next chunk boundary{}", pair.in_partition()))?;
             let upper: Bound = boundary.map(|row| (0..p.key.len()).map(|i| row.get(i)).collect());
             let last = upper.is_none();
             if let Some(checkpoint) = self.checkpoint {
                 checkpoint
-                    .chunk_planned(client, seq, &lower, &upper)
+                    .chunk_planned(client, seq, pair.partition.as_deref(), &lower, &upper)
                     .await?;
             }
             let range = Range {
                 seq,
+                pair: start.pair,
                 lower: lower.clone(),
                 upper: upper.clone(),
             };
             seq += 1;
-            if tx.send(range).await.is_err() || last {
-                return Ok(());
+            if tx.send(range).await.is_err() {
+                return Ok(None);
+            }
+            if last {
+                return Ok(Some(seq));
             }
             lower = upper;
         }
     }
 
-    /// Prepares the four copy statements (open or closed bounds) on `worker`.
-    async fn prepare(&self, worker: &Client) -> Result<CopyStatements> {
-        let table = self.plan.original.qualified();
-        let shadow = self.plan.names.shadow_qualified();
-        let p = &self.plan.projection;
+    /// The copy statement for `range` on `worker`: prepared on the worker's first chunk of
+    /// that pair with those bounds (open or closed), then taken from `prepared`.
+    async fn statement(
+        &self,
+        worker: &Client,
+        pair: &Pair,
+        range: &Range,
+        prepared: &mut CopyStatements,
+    ) -> Result<Statement> {
+        let shape = (range.pair, range.lower.is_some(), range.upper.is_some());
+        if let Some(statement) = prepared.get(&shape) {
+            return Ok(statement.clone());
+        }
         // Test-only broken ordering (never in a normal build): rows the applier running
         // during the backfill wrote first are kept.
         let conflict = if broken!(self.probe, ApplyDuringCopy) {
@@ -279,15 +331,16 @@ impl Backfill<'_> {
         } else {
             ""
         };
-        let sql = |lower: bool, upper: bool| {
-            format!("{}{conflict}", p.copy_sql(&table, &shadow, lower, upper))
-        };
-        Ok(CopyStatements {
-            first: worker.prepare(&sql(false, true)).await?,
-            middle: worker.prepare(&sql(true, true)).await?,
-            last: worker.prepare(&sql(true, false)).await?,
-            all: worker.prepare(&sql(false, false)).await?,
-        })
+        let sql = self
+            .plan
+            .projection
+            .copy_sql(&pair.original, &pair.shadow, shape.1, shape.2);
+        let statement = worker
+            .prepare(&format!("{sql}{conflict}"))
+            .await
+            .map_err(|e| copy_error(e, self.plan, pair))?;
+        prepared.insert(shape, statement.clone());
+        Ok(statement)
     }
 
     /// One copy worker, number `index.0` of `index.1`: takes ranges until the planner is
@@ -295,11 +348,12 @@ impl Backfill<'_> {
     async fn copy_ranges(
         &self,
         worker: &Client,
+        pairs: &[Pair],
         index: (usize, usize),
         rx: &Mutex<mpsc::Receiver<Range>>,
         counters: &Counters,
     ) -> Result<()> {
-        let statements = self.prepare(worker).await?;
+        let mut prepared = CopyStatements::new();
         loop {
             if let Some(pace) = self.pace {
                 pace.worker_turn(index.0, index.1).await;
@@ -312,7 +366,9 @@ impl Backfill<'_> {
             if let Some(t) = self.throttle {
                 t.wait_clear().await?;
             }
-            self.copy_chunk(worker, statements.for_range(&range), &range, counters)
+            let pair = &pairs[range.pair];
+            let statement = self.statement(worker, pair, &range, &mut prepared).await?;
+            self.copy_chunk(worker, pair, &statement, &range, counters)
                 .await?;
         }
     }
@@ -321,6 +377,7 @@ impl Backfill<'_> {
     async fn copy_chunk(
         &self,
         worker: &Client,
+        pair: &Pair,
         statement: &Statement,
         range: &Range,
         counters: &Counters,
@@ -333,7 +390,7 @@ impl Backfill<'_> {
         let chunk_start = Instant::now();
         let rows_planned = counters.rows_target.load(Ordering::Relaxed);
         let n = self
-            .execute_chunk(worker, statement, &params, range)
+            .execute_chunk(worker, pair, statement, &params, range)
             .await?;
         let took = chunk_start.elapsed();
         let total = counters.copied.fetch_add(n, Ordering::Relaxed) + n;
@@ -375,6 +432,7 @@ impl Backfill<'_> {
     async fn execute_chunk(
         &self,
         worker: &Client,
+        pair: &Pair,
         statement: &Statement,
         params: &[&(dyn ToSql + Sync)],
         range: &Range,
@@ -389,7 +447,7 @@ impl Backfill<'_> {
             return worker
                 .execute(statement, params)
                 .await
-                .map_err(|e| copy_error(e, self.plan));
+                .map_err(|e| copy_error(e, self.plan, pair));
         }
         // A resumable run marks the chunk started outside its transaction (so the mark
         // survives the chunk's rollback), then opens it.
@@ -401,7 +459,7 @@ impl Backfill<'_> {
             Ok(n) => n,
             Err(e) => {
                 worker.batch_execute("ROLLBACK").await.ok();
-                return Err(copy_error(e, self.plan));
+                return Err(copy_error(e, self.plan, pair));
             }
         };
         if let Some(checkpoint) = self.checkpoint {
@@ -423,6 +481,21 @@ impl Backfill<'_> {
     }
 }
 
+/// The index in `pairs` of the checkpoint's `partition` (`None` for a plain table).
+/// Errors: the checkpoint names a partition the table no longer has (the resume's
+/// fingerprint check refuses a changed tree first).
+fn pair_index(pairs: &[Pair], partition: Option<&str>) -> Result<usize> {
+    pairs
+        .iter()
+        .position(|p| p.partition.as_deref() == partition)
+        .with_context(|| {
+            format!(
+                "the checkpoint names partition {}, which the table does not have: the partition tree changed since the interrupted run; run doppel cleanup and start again",
+                partition.unwrap_or("(none)")
+            )
+        })
+}
+
 /// `(lo, hi]` of a chunk for pause-point details (`-inf`/`+inf` for open bounds).
 #[cfg(feature = "pause-points")]
 fn describe_range(Range { lower, upper, .. }: &Range) -> String {
@@ -437,17 +510,24 @@ fn describe_range(Range { lower, upper, .. }: &Range) -> String {
     format!("({}, {}]", show(lower, "-inf"), show(upper, "+inf"))
 }
 
-/// A failed chunk: rows the new schema rejects are a conflict (exit 8).
-fn copy_error(e: tokio_postgres::Error, plan: &Plan) -> anyhow::Error {
+/// A failed chunk of `pair`: rows the new schema rejects are a conflict (exit 8), and so is
+/// a leaf partition dropped or re-bound during the run.
+fn copy_error(e: tokio_postgres::Error, plan: &Plan, pair: &Pair) -> anyhow::Error {
     let Some(db) = e.as_db_error() else {
-        return anyhow::Error::new(e).context("copying a chunk");
+        return anyhow::Error::new(e).context(format!("copying a chunk{}", pair.in_partition()));
     };
     if let Some(missing) = crate::failure::partition_missing(db, &plan.original.qualified()) {
         return missing;
     }
+    if let Some(partition) = &pair.partition
+        && let Some(changed) = crate::failure::partition_changed(db, partition)
+    {
+        return changed;
+    }
     let failed = format!(
-        "copying rows of {} into the new schema failed: {}{}",
+        "copying rows of {}{} into the new schema failed: {}{}",
         plan.original.qualified(),
+        pair.in_partition(),
         db.message(),
         db.detail().map(|d| format!(" ({d})")).unwrap_or_default()
     );

@@ -24,7 +24,7 @@ use tokio_postgres::{Client, GenericClient};
 use crate::model::phase::Phase;
 
 /// Version of the checkpoint format; a checkpoint of another format is refused for resume.
-pub const FORMAT: i32 = 1;
+pub const FORMAT: i32 = 2;
 
 /// The statements creating the checkpoint tables (idempotent).
 const SCHEMA_SQL: &str = "
@@ -49,12 +49,14 @@ CREATE TABLE IF NOT EXISTS doppel.checkpoints (
 CREATE TABLE IF NOT EXISTS doppel.checkpoint_chunks (
   table_oid oid NOT NULL,
   seq bigint NOT NULL,
+  part text,
   lower_key text[],
   upper_key text[],
   rows bigint,
   started boolean NOT NULL DEFAULT false,
   done boolean NOT NULL DEFAULT false,
-  PRIMARY KEY (table_oid, seq));";
+  PRIMARY KEY (table_oid, seq));
+ALTER TABLE doppel.checkpoint_chunks ADD COLUMN IF NOT EXISTS part text;";
 
 /// A resumable run's checkpoint, as stored.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -95,6 +97,8 @@ pub struct Saved {
 pub struct PendingChunk {
     /// The planner's sequence number.
     pub seq: i64,
+    /// The leaf partition it reads (`schema.name`), for a partitioned table.
+    pub partition: Option<String>,
     /// The range `(lower, upper]` as key text values; `None` bounds are open.
     pub lower: Option<Vec<Option<String>>>,
     /// Upper bound.
@@ -104,14 +108,24 @@ pub struct PendingChunk {
     pub started: bool,
 }
 
+/// The last chunk the planner queued.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PlannedTo {
+    /// The leaf partition it reads (`schema.name`), for a partitioned table.
+    pub partition: Option<String>,
+    /// Its upper bound; `None` when it was the partition's (or the table's) last chunk,
+    /// open above.
+    pub upper: Option<Vec<Option<String>>>,
+}
+
 /// Where the backfill stood when the run stopped.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct CopyProgress {
     /// Chunks queued and not committed, in planning order: copied again on resume.
     pub pending: Vec<PendingChunk>,
-    /// The upper bound of the last chunk queued: planning continues after it; `Some(None)`
-    /// when the last chunk (open above) was queued, `None` when nothing was.
-    pub planned_to: Option<Option<Vec<Option<String>>>>,
+    /// The partition and upper bound of the last chunk queued: planning continues after it;
+    /// `None` when nothing was queued.
+    pub planned_to: Option<PlannedTo>,
     /// The next sequence number.
     pub next_seq: i64,
     /// Rows committed so far.
@@ -314,22 +328,24 @@ impl Checkpoint {
         Ok(())
     }
 
-    /// Records that the planner queued chunk `seq` over `(lower, upper]` (before any worker
-    /// can copy it).
+    /// Records that the planner queued chunk `seq` over `(lower, upper]` of `partition`
+    /// (the leaf partition, `schema.name`, of a partitioned table), before any worker can
+    /// copy it.
     ///
     /// Errors: the insert failed.
     pub async fn chunk_planned(
         &self,
         client: &impl GenericClient,
         seq: i64,
+        partition: Option<&str>,
         lower: &Option<Vec<Option<String>>>,
         upper: &Option<Vec<Option<String>>>,
     ) -> Result<()> {
         client
             .execute(
-                "INSERT INTO doppel.checkpoint_chunks (table_oid, seq, lower_key, upper_key)
-                 VALUES ($1, $2, $3, $4)",
-                &[&self.table_oid, &seq, lower, upper],
+                "INSERT INTO doppel.checkpoint_chunks (table_oid, seq, part, lower_key, upper_key)
+                 VALUES ($1, $2, $3, $4, $5)",
+                &[&self.table_oid, &seq, &partition, lower, upper],
             )
             .await
             .context("recording a planned chunk in the checkpoint")?;
@@ -375,7 +391,7 @@ impl Checkpoint {
     pub async fn copy_progress(&self, client: &Client) -> Result<CopyProgress> {
         let rows = client
             .query(
-                "SELECT seq, lower_key, upper_key, done, coalesce(rows, 0), started
+                "SELECT seq, lower_key, upper_key, done, coalesce(rows, 0), started, part
                  FROM doppel.checkpoint_chunks WHERE table_oid = $1 ORDER BY seq",
                 &[&self.table_oid],
             )
@@ -386,11 +402,15 @@ impl Checkpoint {
             let seq: i64 = row.get(0);
             let chunk = PendingChunk {
                 seq,
+                partition: row.get(6),
                 lower: row.get(1),
                 upper: row.get(2),
                 started: row.get(5),
             };
-            progress.planned_to = Some(chunk.upper.clone());
+            progress.planned_to = Some(PlannedTo {
+                partition: chunk.partition.clone(),
+                upper: chunk.upper.clone(),
+            });
             progress.next_seq = seq + 1;
             if row.get::<_, bool>(3) {
                 progress.rows += row.get::<_, i64>(4) as u64;

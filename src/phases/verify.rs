@@ -15,6 +15,10 @@
 //! pause (the live stream may not have applied it yet), or after a cutover against the kept
 //! old table, whose columns are projected onto the new table's by name.
 //!
+//! A partitioned table is verified partition by partition (issue 15, docs/design.md §1.14):
+//! each leaf partition against the shadow leaf of the same bound, so a row the stream wrote
+//! into the wrong partition is a difference too, and the report has each partition's rows.
+//!
 //! Inside a run the verification yields to the server as the backfill does ([`Pace`]): no
 //! chunk starts while the run is throttled, and `--nice-ratio` sleeps after each chunk. It is
 //! a full read of both tables, so a DBA who throttles doppel to protect the workload needs it
@@ -31,6 +35,7 @@ use crate::model::names::Names;
 use crate::model::projection::{ColumnMap, KeyColumn, Projection};
 use crate::phases::apply::Applier;
 use crate::phases::fence::Fencer;
+use crate::phases::shadow::pairs;
 use crate::plan::Plan;
 use crate::sql::{ident, literal};
 
@@ -55,6 +60,22 @@ pub struct VerifyReport {
     pub rechecks: u64,
     /// Keys (original key values as text) still differing; re-checked under the cutover lock.
     pub unsettled: Vec<Key>,
+    /// A partitioned table's leaf partitions, in tree order, each with what was verified of
+    /// it; empty for a plain table.
+    pub partitions: Vec<PartitionVerified>,
+}
+
+/// What the verification compared of one leaf partition.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct PartitionVerified {
+    /// The partition, `schema.name`.
+    pub name: String,
+    /// Rows compared (original side).
+    pub rows: u64,
+    /// Chunks compared.
+    pub chunks: u64,
+    /// Keys of the partition deferred to the cutover's re-check.
+    pub unsettled: usize,
 }
 
 /// How the run's verification yields to the server between chunks.
@@ -149,53 +170,78 @@ pub async fn verify(
     chunk_rows: i64,
     pace: &Pace<'_>,
 ) -> Result<VerifyReport> {
-    let pair = Pair {
-        projection: &plan.projection,
-        source: plan.original.qualified(),
-        target: plan.names.shadow_qualified(),
-    };
     let limits = Limits {
         chunk_rows: chunk_rows.max(1),
         rechecks: RECHECKS,
         max_keys: MAX_UNSETTLED,
         stop_on_overflow: true,
     };
-    let c = compare_all(
-        client,
-        peer,
-        &pair,
-        &limits,
-        &Settle::Fence(fencer, applier),
-        pace,
-    )
-    .await?;
-    match c.overflow {
-        Some(Overflow::Chunk {
+    if let Some(progress) = pace.progress {
+        progress.update(|s| s.rows_verified = 0);
+    }
+    let mut report = VerifyReport::default();
+    for tables in pairs::of(plan) {
+        let pair = Pair {
+            projection: &plan.projection,
+            source: tables.original.clone(),
+            target: tables.shadow.clone(),
+        };
+        let settle = Settle::Fence(fencer, applier);
+        let c = compare_all(client, peer, &pair, &limits, &settle, pace).await?;
+        if let Some(overflow) = &c.overflow {
+            return Err(overflow_error(plan, &tables, overflow, &c));
+        }
+        report.chunks += c.chunks;
+        report.rows += c.rows;
+        report.rechecks += c.rechecks;
+        if let Some(name) = tables.partition.clone() {
+            tracing::info!(
+                rows = c.rows,
+                chunks = c.chunks,
+                deferred_keys = c.keys.len(),
+                "partition {name} verified"
+            );
+            report.partitions.push(PartitionVerified {
+                name,
+                rows: c.rows,
+                chunks: c.chunks,
+                unsettled: c.keys.len(),
+            });
+        }
+        report.unsettled.extend(c.keys);
+        if report.unsettled.len() > MAX_UNSETTLED {
+            let c = Comparison {
+                keys: std::mem::take(&mut report.unsettled),
+                ..Comparison::default()
+            };
+            return Err(overflow_error(plan, &tables, &Overflow::Keys, &c));
+        }
+    }
+    Ok(report)
+}
+
+/// The verification failure (exit 6) for a difference that did not settle in `tables`.
+fn overflow_error(
+    plan: &Plan,
+    tables: &pairs::Pair,
+    overflow: &Overflow,
+    c: &Comparison,
+) -> anyhow::Error {
+    let table = format!("{}{}", plan.original.qualified(), tables.in_partition());
+    let message = match overflow {
+        Overflow::Chunk {
             source_rows,
             target_rows,
-        }) => Err(crate::failure::fail(
-            crate::failure::FailureKind::Verification,
-            format!(
-                "verification failed: more than {MAX_UNSETTLED} rows of a chunk of {} differ from the shadow (original {source_rows} rows, shadow {target_rows} rows) and the difference did not settle; refusing to cut over, the original table is untouched",
-                plan.original.qualified(),
-            ),
-        )),
-        Some(Overflow::Keys) => Err(crate::failure::fail(
-            crate::failure::FailureKind::Verification,
-            format!(
-                "verification failed: {} rows of {} still differ from the shadow after {RECHECKS} fenced re-checks (for example key {}); refusing to cut over, the original table is untouched",
-                c.keys.len(),
-                plan.original.qualified(),
-                describe_key(c.keys.first().map(Vec::as_slice).unwrap_or_default())
-            ),
-        )),
-        None => Ok(VerifyReport {
-            chunks: c.chunks,
-            rows: c.rows,
-            rechecks: c.rechecks,
-            unsettled: c.keys,
-        }),
-    }
+        } => format!(
+            "verification failed: more than {MAX_UNSETTLED} rows of a chunk of {table} differ from the shadow (original {source_rows} rows, shadow {target_rows} rows) and the difference did not settle; refusing to cut over, the original table is untouched",
+        ),
+        Overflow::Keys => format!(
+            "verification failed: {} rows of {table} still differ from the shadow after {RECHECKS} fenced re-checks (for example key {}); refusing to cut over, the original table is untouched",
+            c.keys.len(),
+            describe_key(c.keys.first().map(Vec::as_slice).unwrap_or_default())
+        ),
+    };
+    crate::failure::fail(crate::failure::FailureKind::Verification, message)
 }
 
 /// The chunk loop shared by the run's verification and `doppel verify`.
@@ -248,8 +294,7 @@ async fn compare_all(
                 report.rows += a.0 as u64;
                 report.target_rows += b.0 as u64;
                 if let Some(progress) = pace.progress {
-                    let rows = report.rows;
-                    progress.update(|s| s.rows_verified = rows);
+                    progress.update(|s| s.rows_verified += a.0 as u64);
                 }
             }
             if a == b {
@@ -482,6 +527,9 @@ pub struct CheckOptions {
     pub recheck_interval: Duration,
     /// Differing keys listed at most.
     pub max_keys: usize,
+    /// Parallel query workers each of the two sessions may use
+    /// ([`crate::sql::parallel_workers_sql`]; 0 by default).
+    pub parallel_workers: u32,
 }
 
 impl CheckOptions {
@@ -497,6 +545,7 @@ impl CheckOptions {
             rechecks: RECHECKS,
             recheck_interval: Duration::from_secs(1),
             max_keys: 100,
+            parallel_workers: 0,
         }
     }
 }
@@ -562,8 +611,9 @@ pub async fn check(
     let mut peer = crate::conninfo::connect(config).await?;
     for c in [&client, &peer] {
         c.batch_execute(&format!(
-            "SET application_name = 'doppel verify'; {}",
-            crate::sql::NO_JIT
+            "SET application_name = 'doppel verify'; {}; {}",
+            crate::sql::WORKING_SESSION,
+            crate::sql::parallel_workers_sql(options.parallel_workers)
         ))
         .await?;
     }

@@ -20,6 +20,7 @@
 //! their renames at the cutover (docs/design.md §1.14): the shadow of a partitioned table is
 //! partitioned by the same key; its indexes, built on it, are built on every partition.
 
+pub mod pairs;
 pub mod partitions;
 
 use crate::model::catalog::grant_sql;
