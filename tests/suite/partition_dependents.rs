@@ -6,7 +6,8 @@
 //! One range-partitioned tree (three quarters and a default) whose second quarter carries:
 //! a trigger `ENABLE ALWAYS` that keeps an audit table equal to the partition's rows (and
 //! counts its firings), row security enabled and forced with a policy for a non-owner role,
-//! a view reading the partition and a view on that view, a publication listing the
+//! a view reading the partition, a view on that view and one reading both the partition and
+//! the partitioned table (moved with either), a publication listing the
 //! partition, a statistics object, a rule (`DO INSTEAD NOTHING` on deleting a pinned row)
 //! and a foreign key of another table referencing it. Under the tree writer
 //! (`common::tree_writer`, mirrored into a twin, rows moving between partitions) the run
@@ -75,6 +76,8 @@ CREATE POLICY q2_low_customers ON ledger_q2 FOR SELECT TO q2_reader USING (custo
 
 CREATE VIEW q2_view AS SELECT id, k, amount FROM ledger_q2;
 CREATE VIEW q2_view_big AS SELECT id, amount FROM q2_view WHERE amount > 100;
+CREATE VIEW q2_share AS SELECT q.id, q.amount, (SELECT sum(amount) FROM ledger) AS total
+  FROM ledger_q2 q;
 CREATE PUBLICATION q2_pub FOR TABLE ledger_q2;
 CREATE STATISTICS q2_stats (ndistinct) ON customer_id, amount FROM ledger_q2;
 CREATE RULE q2_keep_pinned AS ON DELETE TO ledger_q2 WHERE OLD.id % 50 = 0 DO INSTEAD NOTHING;
@@ -104,13 +107,14 @@ SELECT x FROM (
 ) s ORDER BY 1";
 
 /// What [`BOUND_TO`] lists for the partition carrying the dependents.
-const EXPECTED: [&str; 7] = [
+const EXPECTED: [&str; 8] = [
     "foreign key q2_refund_fk on q2_refund, validated t",
     "policy q2_low_customers",
     "publication q2_pub",
     "rule q2_keep_pinned",
     "statistics q2_stats",
     "trigger q2_audit A",
+    "view q2_share",
     "view q2_view",
 ];
 
@@ -123,6 +127,20 @@ async fn bound_to(client: &Client, oid: u32) -> Vec<String> {
         .iter()
         .map(|r| r.get(0))
         .collect()
+}
+
+/// Whether the view `view` reads the relation named `relation` now.
+async fn reads(client: &Client, view: &str, relation: &str) -> bool {
+    scalar(
+        client,
+        &format!(
+            "SELECT count(*) FROM pg_depend d JOIN pg_rewrite r ON r.oid = d.objid
+             WHERE d.classid = 'pg_rewrite'::regclass AND r.ev_class = '{view}'::regclass
+               AND d.refobjid = '{relation}'::regclass"
+        ),
+    )
+    .await
+        > 0
 }
 
 /// The RLS flags (enabled, forced) of the relation `oid`.
@@ -286,6 +304,10 @@ async fn a_partitions_own_dependents_move_with_the_tree_and_back() {
         "SELECT id, amount FROM ledger_q2 WHERE amount > 100",
     )
     .await;
+    assert!(
+        reads(&client, "q2_share", "ledger").await,
+        "q2_share reads the new root"
+    );
     assert_eq!(
         scalar(
             &client,
@@ -314,6 +336,10 @@ async fn a_partitions_own_dependents_move_with_the_tree_and_back() {
         .as_deref(),
         Some("numeric(10,2)"),
         "the view reads the restored partition"
+    );
+    assert!(
+        reads(&client, "q2_share", "ledger").await,
+        "q2_share reads the restored root"
     );
     assert_acts(&client, q2_old, ROWS + 2_000_000).await;
 }
