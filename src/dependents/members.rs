@@ -30,7 +30,9 @@ use crate::sql::qualified;
 /// a clone of its parent's, `tgparentid`); a rule; a policy; a publication listing it; a
 /// statistics object; a foreign key of another table referencing it (not a clone,
 /// `conparentid`); a view, rule or policy elsewhere that uses it (`pg_depend` from
-/// `pg_rewrite` or `pg_policy`).
+/// `pg_rewrite` or `pg_policy`). Also those with what a table's read refuses: a function
+/// bound to it (an SQL-standard body, `pg_depend` from `pg_proc`) or a user of its row
+/// type; reading them makes preflight refuse it (`unmovable.rs`).
 pub const MEMBERS_WITH_DEPENDENTS_SQL: &str = "WITH m AS (
     SELECT relid::oid AS oid FROM pg_partition_tree($1::oid::regclass) WHERE level > 0)
 SELECT m.oid FROM m JOIN pg_class c ON c.oid = m.oid
@@ -46,7 +48,11 @@ WHERE c.relrowsecurity OR c.relforcerowsecurity
                 AND k.conparentid = 0)
    OR EXISTS (SELECT 1 FROM pg_depend d
               WHERE d.refclassid = 'pg_class'::regclass AND d.refobjid = m.oid
-                AND d.classid IN ('pg_rewrite'::regclass, 'pg_policy'::regclass))
+                AND d.classid IN ('pg_rewrite'::regclass, 'pg_policy'::regclass,
+                                  'pg_proc'::regclass))
+   OR EXISTS (SELECT 1 FROM pg_depend d
+              WHERE d.refclassid = 'pg_type'::regclass AND d.refobjid = c.reltype
+                AND d.deptype IN ('n', 'a'))
 ORDER BY m.oid";
 
 /// The dependents of one member of a partitioned table's tree.

@@ -673,6 +673,10 @@ async fn what_is_bound_to_one_partition_and_a_single_partition_are_refused() {
              CREATE TABLE events_2024 PARTITION OF events FOR VALUES FROM ('2024-01-01') TO ('2025-01-01');
              CREATE UNLOGGED TABLE events_2025 PARTITION OF events FOR VALUES FROM ('2025-01-01') TO ('2026-01-01');
              ALTER TABLE events_2024 REPLICA IDENTITY USING INDEX events_2024_pkey;
+             CREATE TABLE notes (id int, at date, v int, PRIMARY KEY (id, at)) PARTITION BY RANGE (at);
+             CREATE TABLE notes_2024 PARTITION OF notes FOR VALUES FROM ('2024-01-01') TO ('2025-01-01');
+             CREATE FUNCTION notes_2024_count() RETURNS bigint LANGUAGE sql
+               BEGIN ATOMIC SELECT count(*) FROM notes_2024; END;
              INSERT INTO events SELECT i, date '2024-06-01' + i, i FROM generate_series(1, 300) i;",
         )
         .await
@@ -694,6 +698,14 @@ async fn what_is_bound_to_one_partition_and_a_single_partition_are_refused() {
         &refused,
         Check::Partition,
         &["partition events_2025 is UNLOGGED", "WAL"],
+    );
+    // What a table's own read refuses is refused on a partition too (what else is bound to
+    // one partition moves: `partition_dependents`).
+    let refused = expect_refusal(&cluster, "public.notes", &["ALTER COLUMN v TYPE bigint"]).await;
+    refusal_of(
+        &refused,
+        Check::Dependents,
+        &["notes_2024_count()", "SQL-standard body"],
     );
     assert!(
         !refused
