@@ -520,6 +520,11 @@ impl Run<'_> {
             .map(|s| s.watch())
             .ok_or_else(|| anyhow::anyhow!("no stream"))?;
         let changes_received = move || stream.borrow().changes;
+        let unsettled_in: Vec<String> = verify
+            .partitions
+            .iter()
+            .flat_map(|p| std::iter::repeat_n(p.name.clone(), p.unsettled))
+            .collect();
         let cutover = Cutover {
             plan: &self.plan,
             script: &script,
@@ -527,6 +532,7 @@ impl Run<'_> {
             applier: capture.tasks.applier()?,
             stream: capture.tasks.streamer.as_ref(),
             unsettled: &verify.unsettled,
+            unsettled_in: &unsettled_in,
             fingerprint: &capture.fingerprint,
             options,
             revert: false,
