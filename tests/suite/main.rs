@@ -40,6 +40,7 @@ mod pacing;
 mod parallel_apply;
 mod partition_tree;
 mod partitioned_fk;
+mod partitioned_resume;
 mod partitioned_run;
 mod pooler;
 mod preflight_refusals;
