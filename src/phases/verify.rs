@@ -187,7 +187,9 @@ pub async fn verify(
             target: tables.shadow.clone(),
         };
         let settle = Settle::Fence(fencer, applier);
-        let c = compare_all(client, peer, &pair, &limits, &settle, pace).await?;
+        let c = compare_all(client, peer, &pair, &limits, &settle, pace)
+            .await
+            .map_err(|e| partition_error(e, &tables))?;
         if let Some(overflow) = &c.overflow {
             return Err(overflow_error(plan, &tables, overflow, &c));
         }
@@ -218,6 +220,19 @@ pub async fn verify(
         }
     }
     Ok(report)
+}
+
+/// A failed comparison of `tables`: a leaf partition dropped or re-bound during the run (met
+/// first here when its copy was done) is a conflict (exit 8,
+/// [`crate::failure::partition_changed`]); other errors are returned as they are.
+fn partition_error(e: anyhow::Error, tables: &pairs::Pair) -> anyhow::Error {
+    let changed = tables.partition.as_deref().and_then(|partition| {
+        e.chain()
+            .find_map(|c| c.downcast_ref::<tokio_postgres::Error>())
+            .and_then(tokio_postgres::Error::as_db_error)
+            .and_then(|db| crate::failure::partition_changed(db, partition))
+    });
+    changed.unwrap_or(e)
 }
 
 /// The verification failure (exit 6) for a difference that did not settle in `tables`.
