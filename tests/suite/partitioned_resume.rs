@@ -26,10 +26,11 @@
 //!   shadow leaf (it never settles: nothing streams it back), or every row of one shadow leaf
 //!   changed. The run fails with exit 6 (`FailureKind::Verification`) naming that partition;
 //!   the original tree is untouched and nothing of doppel's is left.
-//! - **A leaf dropped before its copy.** The writer stopped, the copy held before the 7th
+//! - **A leaf dropped during the copy.** The writer stopped, the copy held before the 7th
 //!   leaf's first chunk (the planner, by a lock on the leaf; or the copy workers, by a lock on
-//!   its shadow leaf), `DROP TABLE` of that leaf: exit 8 with the message to pause the
-//!   partition maintenance job, the tree as the DROP left it, nothing of doppel's left.
+//!   its shadow leaf), `DROP TABLE` of that leaf, or of the 2nd (copied already, met first by
+//!   the verification): exit 8 with the message to pause the partition maintenance job naming
+//!   the leaf, the tree as the DROP left it, nothing of doppel's left.
 //!
 //! Run on another major with `DOPPEL_PG_BINDIR`. Shown to fail with the verification
 //! comparing only the first leaf (the difference tests migrate, the report lists one leaf)
@@ -39,7 +40,8 @@
 //! boundary query reached it failed the run with exit 1 ("preparing the chunk boundary
 //! query: relation .. does not exist") instead of exit 8; a difference of fewer rows than
 //! verification tracks one by one, deferred to the cutover's re-check, failed it without
-//! naming the partition.
+//! naming the partition; a leaf dropped after its copy failed the verification with exit 1
+//! ("finding a verification chunk: .. does not exist") instead of exit 8.
 
 use std::process::{Child, Command, Stdio};
 use std::time::Duration;
@@ -656,15 +658,17 @@ enum Held {
 }
 
 /// The writer stopped, the copy held before [`MIDDLE`]'s first chunk (`held`), the leaf
-/// dropped: exit 8 with the maintenance message, the tree as the DROP left it, nothing of
-/// doppel's left.
-async fn leaf_dropped_before_its_copy(held: Held) {
+/// `dropped` (`MIDDLE` itself, or with [`Held::Workers`] one copied already) dropped: exit 8
+/// with the maintenance message naming it, the tree as the DROP left it, nothing of doppel's
+/// left.
+async fn leaf_dropped_during_the_copy(held: Held, dropped: &str) {
     let stand = Stand::new(&MONTHS, ROWS).await;
     let client = &stand.client;
     // A foreign key into the tree keeps any partition from being dropped: a tree a retention
     // job drops partitions of has none.
     client.batch_execute("DROP TABLE pay_refund").await.unwrap();
     let middle = format!("public.{MIDDLE}");
+    let dropped = format!("public.{dropped}");
     let writer = stand.writer(12).await;
     let pause = stand.pause();
     doppel::testing::arm(&pause, "copying").unwrap();
@@ -694,6 +698,7 @@ async fn leaf_dropped_before_its_copy(held: Held) {
     assert!(reached, "{held:?} wait for {target}");
     match held {
         Held::Planner => {
+            assert_eq!(dropped, middle, "the planner is held by the leaf it drops");
             locker
                 .batch_execute(&format!("DROP TABLE {middle}; COMMIT"))
                 .await
@@ -701,7 +706,7 @@ async fn leaf_dropped_before_its_copy(held: Held) {
         }
         Held::Workers => {
             client
-                .batch_execute(&format!("DROP TABLE {middle}"))
+                .batch_execute(&format!("DROP TABLE {dropped}"))
                 .await
                 .unwrap();
             locker.batch_execute("ROLLBACK").await.unwrap();
@@ -714,12 +719,12 @@ async fn leaf_dropped_before_its_copy(held: Held) {
         .expect_err("a leaf dropped during the copy stops the run");
     let message = format!("{err:#}");
     println!(
-        "{middle} dropped, {held:?} held: exit {}: {message}",
+        "{dropped} dropped, {held:?} held before {middle}: exit {}: {message}",
         doppel::failure::exit_code(&err)
     );
     assert_eq!(doppel::failure::exit_code(&err), 8, "{message}");
     assert!(
-        message.contains(&middle) && message.contains("Pause the partition maintenance job"),
+        message.contains(&dropped) && message.contains("Pause the partition maintenance job"),
         "{message}"
     );
     common::assert_no_doppel_objects(client).await;
@@ -735,10 +740,16 @@ async fn leaf_dropped_before_its_copy(held: Held) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_leaf_dropped_before_the_planner_reaches_it_stops_the_run_with_exit_8() {
-    leaf_dropped_before_its_copy(Held::Planner).await;
+    leaf_dropped_during_the_copy(Held::Planner, MIDDLE).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_leaf_dropped_before_its_planned_chunks_are_copied_stops_the_run_with_exit_8() {
-    leaf_dropped_before_its_copy(Held::Workers).await;
+    leaf_dropped_during_the_copy(Held::Workers, MIDDLE).await;
+}
+
+/// A leaf copied already (the 2nd) dropped while the copy is held before the 7th.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_leaf_dropped_after_its_copy_stops_the_run_with_exit_8() {
+    leaf_dropped_during_the_copy(Held::Workers, "pay_2024_02").await;
 }
