@@ -3,13 +3,28 @@
 
 use postgres_protocol::escape::{escape_identifier, escape_literal};
 
-/// `SET jit = off`, run in doppel's working sessions (control, copy, applier, verification,
-/// `doppel backfill`): their statements are many and short, and JIT compilation, which the
-/// planner turns on above `jit_above_cost`, costs more than it saves there. Measured on a
-/// partitioned table of 10M rows in 24 partitions, whose chunk statements the planner
-/// estimates high (a row comparison over every partition): 173 ms of JIT compilation for a
-/// chunk that copies 100 rows, which made the copy 30 times slower.
-pub const NO_JIT: &str = "SET jit = off";
+/// The settings of doppel's working sessions (control, copy, applier, verification, `doppel
+/// backfill`):
+///
+/// - `jit = off`: their statements are many and short, and JIT compilation, which the
+///   planner turns on above `jit_above_cost`, costs more than it saves there. Measured on a
+///   partitioned table of 10M rows in 24 partitions, whose chunk statements the planner
+///   estimates high (a row comparison over every partition): 173 ms of JIT compilation for a
+///   chunk that copies 100 rows, which made the copy 30 times slower.
+/// - `max_parallel_workers_per_gather = 0`: no parallel query worker taken from the pool the
+///   application's queries share ([`parallel_workers_sql`]); the verification sessions
+///   raise it to `--verify-parallel-workers`.
+pub const WORKING_SESSION: &str = "SET jit = off; SET max_parallel_workers_per_gather = 0";
+
+/// `SET max_parallel_workers_per_gather = <workers>`: the parallel query workers one of
+/// doppel's reading sessions may use (`--verify-parallel-workers`). Parallel workers come from
+/// the server's `max_parallel_workers` pool, which the application's queries share; with the
+/// server's default of 2 per query, the two verification sessions ran six processes, and on
+/// 2 cores a writer's p50 latency went from 30 ms to 340-810 ms while they ran (docs/design.md
+/// §1.6).
+pub fn parallel_workers_sql(workers: u32) -> String {
+    format!("SET max_parallel_workers_per_gather = {workers}")
+}
 
 /// Quotes an identifier for SQL text: `Order-Lines` → `"Order-Lines"`, `a"b` → `"a""b"`.
 /// Always quotes, so a hostile or mixed-case name can never change the statement.

@@ -41,6 +41,13 @@ pub(crate) struct TuningArgs {
     /// throttles and --nice-ratio act between chunks.
     #[arg(long, default_value_t = doppel::phases::verify::VERIFY_CHUNK_ROWS)]
     pub(crate) verify_chunk_rows: i64,
+    /// Parallel query workers each of the two verification sessions may use
+    /// (max_parallel_workers_per_gather). 0 keeps the comparison to those two sessions:
+    /// parallel workers come from the pool the application's queries share, and on a busy
+    /// server they made the writers' latency many times worse. Raise it on an idle server
+    /// with cores to spare.
+    #[arg(long, default_value_t = 0)]
+    pub(crate) verify_parallel_workers: u32,
     /// maintenance_work_mem for building the shadow's indexes.
     #[arg(long, default_value = "1GB")]
     pub(crate) maintenance_work_mem: String,
@@ -299,6 +306,7 @@ pub(crate) fn run_options(
         copy_workers: t.copy_workers.max(1),
         apply_workers: t.apply_workers.max(1),
         verify_chunk_rows: t.verify_chunk_rows.max(1),
+        verify_parallel_workers: t.verify_parallel_workers,
         maintenance_work_mem: t.maintenance_work_mem.clone(),
         lock_timeout: Duration::from_millis(t.lock_timeout.max(1)),
         max_lock_hold: Duration::from_millis(t.max_lock_hold.max(1)),

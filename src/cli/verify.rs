@@ -40,6 +40,11 @@ pub(crate) struct VerifyArgs {
     /// Differing keys listed at most.
     #[arg(long, default_value_t = 100)]
     pub(crate) max_keys: usize,
+    /// Parallel query workers each of the two comparing sessions may use
+    /// (max_parallel_workers_per_gather); 0 leaves the server's parallel workers to the
+    /// application.
+    #[arg(long, default_value_t = 0)]
+    pub(crate) parallel_workers: u32,
 }
 
 /// `doppel verify`: prints chunks, rows and the keys that still differ; exit 6 when any do.
@@ -54,6 +59,7 @@ pub(crate) async fn verify(args: VerifyArgs) -> anyhow::Result<()> {
         rechecks: args.rechecks,
         recheck_interval: Duration::from_millis(args.recheck_interval),
         max_keys: args.max_keys,
+        parallel_workers: args.parallel_workers,
         ..CheckOptions::new(&args.table)
     };
     let report = check(&config, &options).await?;

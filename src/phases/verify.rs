@@ -542,6 +542,9 @@ pub struct CheckOptions {
     pub recheck_interval: Duration,
     /// Differing keys listed at most.
     pub max_keys: usize,
+    /// Parallel query workers each of the two sessions may use
+    /// ([`crate::sql::parallel_workers_sql`]; 0 by default).
+    pub parallel_workers: u32,
 }
 
 impl CheckOptions {
@@ -557,6 +560,7 @@ impl CheckOptions {
             rechecks: RECHECKS,
             recheck_interval: Duration::from_secs(1),
             max_keys: 100,
+            parallel_workers: 0,
         }
     }
 }
@@ -622,8 +626,9 @@ pub async fn check(
     let mut peer = crate::conninfo::connect(config).await?;
     for c in [&client, &peer] {
         c.batch_execute(&format!(
-            "SET application_name = 'doppel verify'; {}",
-            crate::sql::NO_JIT
+            "SET application_name = 'doppel verify'; {}; {}",
+            crate::sql::WORKING_SESSION,
+            crate::sql::parallel_workers_sql(options.parallel_workers)
         ))
         .await?;
     }

@@ -136,7 +136,7 @@ pub async fn backfill(
     control
         .batch_execute(&format!(
             "SET application_name = 'doppel backfill'; {}",
-            crate::sql::NO_JIT
+            crate::sql::WORKING_SESSION
         ))
         .await?;
     let spec = check(&control, options).await?;

@@ -236,7 +236,7 @@ async fn plan_and_lock(
     control
         .batch_execute(&format!(
             "SET application_name = 'doppel'; SET lock_timeout = '5s'; {}",
-            crate::sql::NO_JIT
+            crate::sql::WORKING_SESSION
         ))
         .await?;
     durable_commits(&control).await?;

@@ -28,6 +28,10 @@ pub struct RunOptions {
     /// Rows per verification chunk (each compared under one short snapshot; throttling and
     /// `nice_ratio` act between chunks).
     pub verify_chunk_rows: i64,
+    /// Parallel query workers each verification session may use
+    /// (`max_parallel_workers_per_gather`); 0, the default, keeps the comparison to doppel's
+    /// own two sessions ([`crate::sql::parallel_workers_sql`]).
+    pub verify_parallel_workers: u32,
     /// `maintenance_work_mem` for the index builds (e.g. `1GB`).
     pub maintenance_work_mem: String,
     /// The lock budget of each cutover attempt: all its lock waits together.
@@ -126,6 +130,7 @@ impl RunOptions {
             copy_workers: 2,
             apply_workers: crate::phases::apply::DEFAULT_WORKERS,
             verify_chunk_rows: crate::phases::verify::VERIFY_CHUNK_ROWS,
+            verify_parallel_workers: 0,
             maintenance_work_mem: "1GB".into(),
             lock_timeout: Duration::from_millis(200),
             max_lock_hold: Duration::from_millis(500),

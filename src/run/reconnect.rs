@@ -122,7 +122,7 @@ impl Run<'_> {
         control
             .batch_execute(&format!(
                 "SET application_name = 'doppel'; SET lock_timeout = '5s'; {}",
-                crate::sql::NO_JIT
+                crate::sql::WORKING_SESSION
             ))
             .await?;
         self.take_lock(&control).await?;

@@ -2,7 +2,7 @@
 //! backfill, primary key and indexes, catch-up, constraints, catch-up again, verify,
 //! cutover (docs/design.md §1.4–§1.7).
 
-use crate::sql::NO_JIT;
+use crate::sql::WORKING_SESSION;
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result};
@@ -226,7 +226,7 @@ impl Run<'_> {
             // so a resume copies it again; every later commit that depends on it (the
             // cutover's, synchronous) is later in the WAL and flushes it first.
             w.batch_execute(&format!(
-                "SET application_name = 'doppel copy'; SET synchronous_commit = off; {NO_JIT}"
+                "SET application_name = 'doppel copy'; SET synchronous_commit = off; {WORKING_SESSION}"
             ))
             .await?;
             workers.push(w);
@@ -359,7 +359,7 @@ impl Run<'_> {
         let apply_client = conninfo::connect(self.config).await?;
         apply_client
             .batch_execute(&format!(
-                "SET application_name = 'doppel applier'; {NO_JIT}"
+                "SET application_name = 'doppel applier'; {WORKING_SESSION}"
             ))
             .await?;
         let mut sessions = Vec::new();
@@ -367,7 +367,7 @@ impl Run<'_> {
             let client = conninfo::connect(self.config).await?;
             client
                 .batch_execute(&format!(
-                    "SET application_name = 'doppel applier {n}'; {NO_JIT}"
+                    "SET application_name = 'doppel applier {n}'; {WORKING_SESSION}"
                 ))
                 .await?;
             sessions.push(client);
@@ -459,8 +459,12 @@ impl Run<'_> {
         let since = Instant::now();
         self.enter(Phase::Verify);
         let mut peer = conninfo::connect(self.config).await?;
-        peer.batch_execute(&format!("SET application_name = 'doppel verify'; {NO_JIT}"))
-            .await?;
+        let parallel = crate::sql::parallel_workers_sql(self.options.verify_parallel_workers);
+        peer.batch_execute(&format!(
+            "SET application_name = 'doppel verify'; {WORKING_SESSION}; {parallel}"
+        ))
+        .await?;
+        self.control.batch_execute(&parallel).await?;
         pause_point!(self.probe, "verifying", self.plan.names.shadow.clone());
         let pace = verify::Pace {
             throttle: Some(throttler),
@@ -481,6 +485,9 @@ impl Run<'_> {
             ) => r.map_err(|e| tasks.stream_error_first(e))?,
             _ = self.cancel.cancelled() => return Err(self.aborted("verification")),
         };
+        self.control
+            .batch_execute(&crate::sql::parallel_workers_sql(0))
+            .await?;
         self.timed(Phase::Verify, since);
         tracing::info!(
             chunks = report.chunks,

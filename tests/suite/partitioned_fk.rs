@@ -82,7 +82,7 @@ fn start_tree_writer(client: Client, stop: Arc<AtomicBool>) -> tokio::task::Join
                 Err(e) if e.code().map(|c| c.code()) == Some("23503") => {
                     refused.fetch_add(1, Ordering::Relaxed)
                 }
-                Err(e) => panic!("tree writer: {e}"),
+                Err(e) => panic!("tree writer: {e:?}"),
             };
         }
         (inserted.into_inner(), refused.into_inner())

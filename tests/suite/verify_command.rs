@@ -5,6 +5,8 @@
 //! - A row changed, deleted or added directly in the new table is reported by key with how it
 //!   differs: exit 6.
 //! - A `USING` expression is taken from the run's `--alter` when given.
+//! - The run's verification launches no parallel query worker by default, some with
+//!   `--verify-parallel-workers 2` (counted by PostgreSQL 18's `pg_stat_database`).
 //! - During a run stopped at the `verifying` pause point, with a writer going, the original
 //!   and its shadow compare equal (differences the live stream has not applied yet settle on
 //!   re-check); a difference that goes away while it is re-checked is not reported, one that
@@ -469,5 +471,73 @@ async fn during_a_paused_run_the_shadow_compares_equal() {
             .await
             .unwrap(),
         0
+    );
+}
+
+/// Parallel query workers launched on the database so far (PostgreSQL 18+:
+/// `pg_stat_database.parallel_workers_launched`, counted by the executor).
+async fn parallel_workers_launched(client: &Client) -> i64 {
+    client
+        .batch_execute("SELECT pg_stat_force_next_flush()")
+        .await
+        .unwrap();
+    common::scalar(
+        client,
+        "SELECT parallel_workers_launched FROM pg_stat_database WHERE datname = current_database()",
+    )
+    .await
+}
+
+/// Migrates a 300,000-row `orders` with `extra` arguments; the parallel query workers the
+/// server launched meanwhile.
+async fn parallel_workers_of_a_run(extra: &[&str]) -> Option<i64> {
+    let (cluster, client) = orders_cluster(300_000).await;
+    if cluster.server_version_num() < 180_000 {
+        eprintln!("skipped: pg_stat_database counts parallel workers from PostgreSQL 18");
+        return None;
+    }
+    client.batch_execute("ANALYZE orders").await.unwrap();
+    let before = parallel_workers_launched(&client).await;
+    let dir = tempfile::tempdir().unwrap();
+    let dir_arg = dir.path().to_str().unwrap();
+    let mut args = vec![
+        "run",
+        "--table",
+        "orders",
+        "--alter",
+        ORDERS_ALTER[0],
+        "--execute",
+        "--work-dir",
+        dir_arg,
+        "--rollback-dir",
+        dir_arg,
+    ];
+    args.extend(extra);
+    let out = doppel(&cluster.conninfo("postgres"), &args);
+    let (stdout, stderr) = text(&out);
+    assert!(out.status.success(), "migration failed: {stdout}{stderr}");
+    Some(parallel_workers_launched(&client).await - before)
+}
+
+/// The run's verification reads both tables in full; by default it takes no parallel query
+/// worker from the pool the application's queries share (on a busy 2-core server the
+/// writers' latency went from 30 ms to 340-810 ms at p50 while a parallel verification ran).
+/// With `--verify-parallel-workers 2` the same run launches some, which shows the planner
+/// would have used them on this table.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_verification_takes_no_parallel_worker_unless_allowed() {
+    let Some(by_default) = parallel_workers_of_a_run(&[]).await else {
+        return;
+    };
+    assert_eq!(
+        by_default, 0,
+        "parallel workers launched during a default run"
+    );
+    let allowed = parallel_workers_of_a_run(&["--verify-parallel-workers", "2"])
+        .await
+        .unwrap();
+    assert!(
+        allowed > 0,
+        "with --verify-parallel-workers 2 the verification uses parallel workers ({allowed}), so the default's 0 is its doing"
     );
 }

@@ -344,51 +344,23 @@ impl Cutover<'_> {
             return retry(RolledBack::HoldLimit);
         };
         set?;
-        // 1. Fingerprint re-check: DDL that ran during the migration is not on the shadow.
-        let Some(current) = hold.bounded(rechecks.fingerprint.compute(tx)).await else {
-            return retry(RolledBack::HoldLimit);
+        // 1-3 at once: the fingerprint and dependents re-checks on the cutover session
+        // while the applier drains to the fence on its own.
+        let (checked, drained) = tokio::join!(
+            self.recheck_catalog(tx, rechecks, hold),
+            self.drain_to_fence(hold)
+        );
+        if let Some(why) = checked? {
+            return retry(why);
+        }
+        let fence_wait = match drained? {
+            Ok(waited) => waited,
+            Err(why) => return retry(why),
         };
-        if current? != self.fingerprint {
-            return Err(definition_changed(plan));
-        }
-        laps.lap("fingerprint re-check");
-        // 2. Dependents re-check: the swap would recreate stale definitions.
-        let Some(now) = hold.bounded(rechecks.dependents.read(tx)).await else {
-            return retry(RolledBack::HoldLimit);
-        };
-        match now {
-            Err(e) if is_lock_timeout(&e) => return retry(RolledBack::LockTimeout),
-            Err(e) => return Err(e),
-            Ok(now) if now != plan.dependents => {
-                return Err(match plan.dependents.partitions_changed(&now) {
-                    Some(tree) => partitions_changed(plan, &tree),
-                    None => dependents_changed(plan),
-                });
-            }
-            Ok(_) => {}
-        }
-        laps.lap("dependents re-check");
-        // 3. Fence: every change committed before the lock is applied once it is.
-        let n = self.fencer.emit().await?;
-        let fence_started = Instant::now();
-        let drained = tokio::time::timeout_at(
-            hold.deadline.into(),
-            self.applier.wait_fence(n, self.options.fence_timeout),
-        )
-        .await;
-        match drained {
-            Err(_) => return retry(RolledBack::HoldLimit),
-            Ok(Err(e)) => {
-                self.applier.check()?;
-                return retry(RolledBack::DrainTimeout(e));
-            }
-            Ok(Ok(())) => {}
-        }
-        let fence_wait = fence_started.elapsed();
         if let Some(check) = self.after_drain {
             check()?;
         }
-        laps.lap("fence and drain");
+        laps.lap("re-checks, fence and drain");
         // Sessions that took their snapshot before the fence (§4.6), checked on the monitor
         // session while this one re-checks the deferred keys and runs the swap.
         let left = self
@@ -437,6 +409,63 @@ impl Cutover<'_> {
             queued,
             changes_in_window,
         }))
+    }
+
+    /// Under the lock, on the cutover session: 1. the fingerprint re-check (DDL that ran
+    /// during the migration is not on the shadow), 2. the dependents re-check (the swap would
+    /// recreate stale definitions). `Some(why)`: roll back and retry.
+    ///
+    /// Errors: the definition, the dependents or the partition tree changed (exit 8).
+    async fn recheck_catalog(
+        &self,
+        tx: &Transaction<'_>,
+        rechecks: &Rechecks,
+        hold: &Hold,
+    ) -> Result<Option<RolledBack>> {
+        let plan = self.plan;
+        let Some(current) = hold.bounded(rechecks.fingerprint.compute(tx)).await else {
+            return Ok(Some(RolledBack::HoldLimit));
+        };
+        if current? != self.fingerprint {
+            return Err(definition_changed(plan));
+        }
+        let Some(now) = hold.bounded(rechecks.dependents.read(tx)).await else {
+            return Ok(Some(RolledBack::HoldLimit));
+        };
+        match now {
+            Err(e) if is_lock_timeout(&e) => Ok(Some(RolledBack::LockTimeout)),
+            Err(e) => Err(e),
+            Ok(now) if now != plan.dependents => {
+                Err(match plan.dependents.partitions_changed(&now) {
+                    Some(tree) => partitions_changed(plan, &tree),
+                    None => dependents_changed(plan),
+                })
+            }
+            Ok(_) => Ok(None),
+        }
+    }
+
+    /// Under the lock: 3. the fence, emitted on the fence session; every change committed
+    /// before the lock is applied once the applier reaches it. `Ok(waited)` once it did,
+    /// `Err(why)` to roll back and retry (the hold's deadline or `--fence-timeout` passed).
+    ///
+    /// Errors: the fence could not be emitted, or the applier failed (its class).
+    async fn drain_to_fence(&self, hold: &Hold) -> Result<Result<Duration, RolledBack>> {
+        let n = self.fencer.emit().await?;
+        let fence_started = Instant::now();
+        let drained = tokio::time::timeout_at(
+            hold.deadline.into(),
+            self.applier.wait_fence(n, self.options.fence_timeout),
+        )
+        .await;
+        match drained {
+            Err(_) => Ok(Err(RolledBack::HoldLimit)),
+            Ok(Err(e)) => {
+                self.applier.check()?;
+                Ok(Err(RolledBack::DrainTimeout(e)))
+            }
+            Ok(Ok(())) => Ok(Ok(fence_started.elapsed())),
+        }
     }
 
     /// Under the lock, after the fence: re-checks the keys verification deferred, then runs
