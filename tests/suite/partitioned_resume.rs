@@ -18,7 +18,9 @@
 //!   leaf. `--resume` completes (exit 0), copying again exactly those two chunks (at most one
 //!   per copy worker); the new tree equals the twin, no slot, publication or checkpoint is
 //!   left, and its report prints each leaf's verification once, their rows adding up to the
-//!   total.
+//!   total. Killed between two partitions instead (every chunk up to the 6th leaf's last
+//!   committed, the planner waiting for the 7th leaf, held by a lock on it), the resume plans
+//!   on from the 7th leaf's start and copies no chunk again.
 //! - **The per-partition report.** A run without a writer: `RunReport::verify.partitions`
 //!   lists every leaf once, in tree order, with the rows it held and at least one chunk;
 //!   the empty leaves report 0 rows; the rows add up to the total verified.
@@ -34,7 +36,8 @@
 //!
 //! Run on another major with `DOPPEL_PG_BINDIR`. Shown to fail with the verification
 //! comparing only the first leaf (the difference tests migrate, the report lists one leaf)
-//! and with a resume that skips the rest of the leaf it stopped in (exit 6 on that leaf).
+//! and with a resume that skips the rest of the leaf it stopped in, or the leaf after the
+//! one it finished (exit 6 on that leaf).
 //!
 //! Bugs in src/ these tests found, fixed with them: a leaf dropped before the planner's
 //! boundary query reached it failed the run with exit 1 ("preparing the chunk boundary
@@ -392,84 +395,53 @@ fn field(output: &str, field: &str) -> u64 {
         .unwrap_or_else(|| panic!("no {field}= in: {output}"))
 }
 
-/// kill -9 while both copy workers hold a chunk of the 7th leaf open, then `--resume`
-/// (module docs).
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn resume_after_kill_9_mid_partition_continues_partition_by_partition() {
-    let stand = Stand::new(&MONTHS, ROWS).await;
-    let client = &stand.client;
-    let tree = leaves(client, "pay").await;
-    assert_eq!(tree.len(), 13);
-    let middle = format!("public.{MIDDLE}");
-    let writer = stand.writer(11).await;
+/// Starts a `--resumable` run of the stand (output `first`) under `writer` and holds it
+/// after its first chunk until the writer has moved 30 rows between partitions; `copying`
+/// stays armed (the caller releases it).
+async fn start_resumable(stand: &Stand, writer: &TreeWriter) -> Child {
     let pause = stand.pause();
     doppel::testing::arm(&pause, "copying").unwrap();
-    let mut child = stand.start_run(&["--resumable"], "first");
-
-    // After the first chunk: rows move between partitions; then the 7th leaf's shadow leaf is
-    // held and the copy goes on up to it.
+    let child = stand.start_run(&["--resumable"], "first");
     let first = doppel::testing::wait_reached(&pause, "copying", WAIT).await;
     assert!(first.is_some(), "{}", stand.output_of("first"));
     let moved =
         common::wait_until_async(WAIT, || async { writer.failed() || writer.moves() >= 30 }).await;
     assert!(moved && !writer.failed(), "the writer moves rows");
-    let target = shadow_leaf(client, &stand.shadow(), &middle).await;
-    let locker = stand.cluster.connect("postgres").await.unwrap();
-    hold(&locker, &target).await;
-    doppel::testing::release(&pause, "copying").unwrap();
-    let held =
-        common::wait_until_async(WAIT, || async { waiting_on(client, &target).await == 2 }).await;
-    assert!(held, "both copy workers wait for {target}");
-    doppel::testing::arm(&pause, "chunk-open").unwrap();
-    locker.batch_execute("ROLLBACK").await.unwrap();
-    let open = common::wait_until_async(WAIT, || async {
-        open_chunks_on(client, &target).await == 2
-    })
-    .await;
-    assert!(open, "both copy workers hold a chunk of {middle} open");
+    child
+}
+
+/// Kills `child` with SIGKILL, disarms `point` and waits until its sessions are gone.
+async fn kill_9(stand: &Stand, mut child: Child, point: &str) {
     child.kill().unwrap();
     child.wait().unwrap();
-    doppel::testing::release(&pause, "chunk-open").unwrap();
+    doppel::testing::release(&stand.pause(), point).unwrap();
     let gone = common::wait_until_async(Duration::from_secs(30), || async {
-        scalar(client, DOPPEL_SESSIONS).await == 0
+        scalar(&stand.client, DOPPEL_SESSIONS).await == 0
     })
     .await;
     assert!(gone, "the killed run's sessions end");
+}
 
-    // The checkpoint went partition by partition and stopped in the 7th leaf.
-    let chunks = checkpoint_chunks(client).await;
-    let order = assert_partition_by_partition(&chunks, &tree);
-    assert!(order.contains(&middle), "{order:?}");
-    let before: Vec<&String> = tree.iter().take_while(|l| **l != middle).collect();
-    assert!(
-        chunks
-            .iter()
-            .filter(|c| c.part.as_ref().is_some_and(|p| before.contains(&p)))
-            .all(|c| c.done),
-        "every chunk of the leaves before {middle} committed: {chunks:?}"
-    );
-    let open: Vec<&Chunk> = chunks.iter().filter(|c| c.started && !c.done).collect();
-    assert_eq!(open.len(), 2, "two chunks open: {chunks:?}");
-    assert!(
-        open.iter()
-            .all(|c| c.part.as_deref() == Some(middle.as_str())),
-        "the open chunks are of {middle}: {open:?}"
-    );
-    let copied = common::shadow_rows(client, "pay").await;
-    assert!(
-        copied > 0 && copied < ROWS,
-        "killed mid-copy ({copied} rows)"
-    );
-
-    // The resume.
+/// Runs `--resume` (output `resume`) to completion and checks it: exit 0, `again` chunks
+/// copied again, starting from the `copied` rows committed; the new tree equals the twin once
+/// the writer (stopped here) has written on it; no slot, publication, checkpoint or shadow
+/// member left; every leaf of `tree` in the printed report once.
+async fn resume_and_check(
+    stand: &Stand,
+    writer: TreeWriter,
+    tree: &[String],
+    again: u64,
+    copied: i64,
+) {
+    let client = &stand.client;
     let child = stand.start_run(&["--resume"], "resume");
     let code = exit_code(child).await;
     let output = stand.output_of("resume");
     assert_eq!(code, Some(0), "the resume completes: {output}");
     assert_eq!(
         field(&output, "chunks_copied_again"),
-        2,
-        "the two open chunks, one per copy worker, are copied again: {output}"
+        again,
+        "the open chunks, at most one per copy worker, are copied again: {output}"
     );
     assert_eq!(
         field(&output, "rows_done"),
@@ -517,7 +489,131 @@ async fn resume_after_kill_9_mid_partition_continues_partition_by_partition() {
         0,
         "no shadow member or index is left"
     );
-    printed_partitions(&output, &tree);
+    printed_partitions(&output, tree);
+}
+
+/// Asserts every chunk of the leaves of `tree` before `leaf` committed.
+fn assert_done_before(chunks: &[Chunk], tree: &[String], leaf: &str) {
+    let before: Vec<&String> = tree.iter().take_while(|l| *l != leaf).collect();
+    assert!(
+        chunks
+            .iter()
+            .filter(|c| c.part.as_ref().is_some_and(|p| before.contains(&p)))
+            .all(|c| c.done),
+        "every chunk of the leaves before {leaf} committed: {chunks:?}"
+    );
+}
+
+/// kill -9 while both copy workers hold a chunk of the 7th leaf open, then `--resume`
+/// (module docs).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn resume_after_kill_9_mid_partition_continues_partition_by_partition() {
+    let stand = Stand::new(&MONTHS, ROWS).await;
+    let client = &stand.client;
+    let tree = leaves(client, "pay").await;
+    assert_eq!(tree.len(), 13);
+    let middle = format!("public.{MIDDLE}");
+    let writer = stand.writer(11).await;
+    let pause = stand.pause();
+    let child = start_resumable(&stand, &writer).await;
+    // The 7th leaf's shadow leaf is held and the copy goes on up to it.
+    let target = shadow_leaf(client, &stand.shadow(), &middle).await;
+    let locker = stand.cluster.connect("postgres").await.unwrap();
+    hold(&locker, &target).await;
+    doppel::testing::release(&pause, "copying").unwrap();
+    let held =
+        common::wait_until_async(WAIT, || async { waiting_on(client, &target).await == 2 }).await;
+    assert!(held, "both copy workers wait for {target}");
+    doppel::testing::arm(&pause, "chunk-open").unwrap();
+    locker.batch_execute("ROLLBACK").await.unwrap();
+    let open = common::wait_until_async(WAIT, || async {
+        open_chunks_on(client, &target).await == 2
+    })
+    .await;
+    assert!(open, "both copy workers hold a chunk of {middle} open");
+    kill_9(&stand, child, "chunk-open").await;
+
+    // The checkpoint went partition by partition and stopped in the 7th leaf.
+    let chunks = checkpoint_chunks(client).await;
+    let order = assert_partition_by_partition(&chunks, &tree);
+    assert!(order.contains(&middle), "{order:?}");
+    assert_done_before(&chunks, &tree, &middle);
+    let open: Vec<&Chunk> = chunks.iter().filter(|c| c.started && !c.done).collect();
+    assert_eq!(open.len(), 2, "two chunks open: {chunks:?}");
+    assert!(
+        open.iter()
+            .all(|c| c.part.as_deref() == Some(middle.as_str())),
+        "the open chunks are of {middle}: {open:?}"
+    );
+    let copied = common::shadow_rows(client, "pay").await;
+    assert!(
+        copied > 0 && copied < ROWS,
+        "killed mid-copy ({copied} rows)"
+    );
+    resume_and_check(&stand, writer, &tree, 2, copied).await;
+}
+
+/// kill -9 between two partitions: every chunk up to the 6th leaf's last (open above)
+/// planned and committed, the planner waiting for the 7th leaf (a lock on it, which the
+/// writer waits for too). The resume plans on from the 7th leaf's start, copying no chunk
+/// again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn resume_after_kill_9_between_partitions_starts_the_next_partition() {
+    let stand = Stand::new(&MONTHS, ROWS).await;
+    let client = &stand.client;
+    let tree = leaves(client, "pay").await;
+    let middle = format!("public.{MIDDLE}");
+    let previous = tree[tree.iter().position(|l| *l == middle).unwrap() - 1].clone();
+    let writer = stand.writer(13).await;
+    let child = start_resumable(&stand, &writer).await;
+    let locker = stand.cluster.connect("postgres").await.unwrap();
+    hold(&locker, &middle).await;
+    doppel::testing::release(&stand.pause(), "copying").unwrap();
+    let between = common::wait_until_async(WAIT, || async {
+        let planner = scalar(
+            client,
+            &format!(
+                "SELECT count(*) FROM pg_locks l JOIN pg_stat_activity a ON a.pid = l.pid
+                 WHERE l.relation = '{middle}'::regclass AND NOT l.granted
+                   AND a.application_name LIKE 'doppel%'"
+            ),
+        )
+        .await;
+        let pending = scalar(
+            client,
+            "SELECT count(*) FROM doppel.checkpoint_chunks WHERE NOT done",
+        )
+        .await;
+        planner == 1 && pending == 0
+    })
+    .await;
+    assert!(
+        between,
+        "the planner waits for {middle}, every chunk before it committed"
+    );
+    kill_9(&stand, child, "copying").await;
+    locker.batch_execute("ROLLBACK").await.unwrap();
+
+    let chunks = checkpoint_chunks(client).await;
+    let order = assert_partition_by_partition(&chunks, &tree);
+    assert_eq!(
+        order.last(),
+        Some(&previous),
+        "the copy stopped after {previous}"
+    );
+    assert!(chunks.iter().all(|c| c.done), "{chunks:?}");
+    let open_above = scalar(
+        client,
+        "SELECT count(*) FROM doppel.checkpoint_chunks
+         WHERE seq = (SELECT max(seq) FROM doppel.checkpoint_chunks) AND upper_key IS NULL",
+    )
+    .await;
+    assert_eq!(
+        open_above, 1,
+        "the last chunk planned is {previous}'s last: {chunks:?}"
+    );
+    let copied = common::shadow_rows(client, "pay").await;
+    resume_and_check(&stand, writer, &tree, 0, copied).await;
 }
 
 /// The per-partition report of a run (module docs).
