@@ -41,6 +41,7 @@ mod parallel_apply;
 mod partition_tree;
 mod partitioned_fk;
 mod partitioned_run;
+mod partitioned_sequences;
 mod pooler;
 mod preflight_refusals;
 mod races;
