@@ -225,11 +225,9 @@ impl Backfill<'_> {
         let mut seq = resumed.next_seq;
         for (i, pair) in pairs.iter().enumerate().skip(first) {
             if let Some(partition) = &pair.partition {
-                tracing::info!(
-                    "copying partition {partition} ({} of {})",
-                    i + 1,
-                    pairs.len()
-                );
+                let step = format!("partition {partition}, {} of {}", i + 1, pairs.len());
+                tracing::info!("copying {step}");
+                self.progress.update(|s| s.step = Some(step));
             }
             let start = Range {
                 seq,

@@ -180,7 +180,12 @@ pub async fn verify(
         progress.update(|s| s.rows_verified = 0);
     }
     let mut report = VerifyReport::default();
-    for tables in pairs::of(plan) {
+    let pairs = pairs::of(plan);
+    let count = pairs.len();
+    for (i, tables) in pairs.into_iter().enumerate() {
+        if let (Some(name), Some(progress)) = (&tables.partition, pace.progress) {
+            progress.update(|s| s.step = Some(format!("partition {name}, {} of {count}", i + 1)));
+        }
         let pair = Pair {
             projection: &plan.projection,
             source: tables.original.clone(),
@@ -218,6 +223,9 @@ pub async fn verify(
             };
             return Err(overflow_error(plan, &tables, &Overflow::Keys, &c));
         }
+    }
+    if let Some(progress) = pace.progress {
+        progress.update(|s| s.step = None);
     }
     Ok(report)
 }

@@ -255,8 +255,10 @@ impl Run<'_> {
             }
             origin::drop_all(&self.control, self.plan.original.oid).await?;
         }
-        self.progress
-            .update(|s| s.copy_ended = Some(Instant::now()));
+        self.progress.update(|s| {
+            s.copy_ended = Some(Instant::now());
+            s.step = None;
+        });
         self.operator.hook("copy-complete").await?;
         self.timed(Phase::Copy, since);
         tracing::info!(

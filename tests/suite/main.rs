@@ -42,6 +42,7 @@ mod partition_tree;
 mod partitioned_fk;
 mod partitioned_resume;
 mod partitioned_run;
+mod partitioned_sequences;
 mod pooler;
 mod preflight_refusals;
 mod races;
