@@ -116,7 +116,9 @@ pub struct State {
     /// `internal`, `refused`, `aborted`, `stream lost`, `lock budget`, `verification`,
     /// `critical`, `conflict`).
     pub exit: Option<(u8, &'static str)>,
-    /// The direct step running, or the backfill's progress (`step 2/3: VALIDATE ..`).
+    /// The direct step running, or the backfill's progress (`step 2/3: VALIDATE ..`); while a
+    /// partitioned table is copied or verified, the partition (`partition public.p3, 4 of
+    /// 25`).
     pub step: Option<String>,
 }
 
@@ -238,14 +240,21 @@ impl State {
         let mut text = match (&self.phase, &self.window) {
             (None, _) => "starting".to_string(),
             (Some(Phase::Verify), _) => {
-                format!("verifying {}/{} rows", self.rows_verified, self.rows_copied)
+                let mut text =
+                    format!("verifying {}/{} rows", self.rows_verified, self.rows_copied);
+                if let Some(step) = &self.step {
+                    text.push_str(&format!(" ({step})"));
+                }
+                text
             }
             (Some(Phase::RevertWindow), Some(w)) => w.describe(),
-            (Some(Phase::Direct | Phase::Backfill), _) if self.step.is_some() => format!(
-                "{} ({})",
-                self.state_name(),
-                self.step.as_deref().unwrap_or_default()
-            ),
+            (Some(Phase::Direct | Phase::Backfill | Phase::Copy), _) if self.step.is_some() => {
+                format!(
+                    "{} ({})",
+                    self.state_name(),
+                    self.step.as_deref().unwrap_or_default()
+                )
+            }
             _ => self.state_name().to_string(),
         };
         if let Some(wait) = &self.waiting {
@@ -720,6 +729,28 @@ mod tests {
         );
         assert_eq!(format_bytes(3 * 1024 * 1024 + 100_000), "3.1 MiB");
         assert_eq!(format_duration(Duration::from_secs(160)), "2m40s");
+    }
+
+    #[test]
+    fn a_partitioned_copy_and_verification_name_their_partition() {
+        let p = Progress::new();
+        p.update(|s| {
+            s.phase = Some(Phase::Copy);
+            s.step = Some("partition public.p3, 4 of 25".into());
+        });
+        assert_eq!(
+            p.snapshot().state_text(),
+            "copying (partition public.p3, 4 of 25)"
+        );
+        p.update(|s| {
+            s.phase = Some(Phase::Verify);
+            s.rows_verified = 10;
+            s.rows_copied = 40;
+        });
+        assert_eq!(
+            p.snapshot().state_text(),
+            "verifying 10/40 rows (partition public.p3, 4 of 25)"
+        );
     }
 
     #[test]

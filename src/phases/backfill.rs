@@ -225,11 +225,9 @@ impl Backfill<'_> {
         let mut seq = resumed.next_seq;
         for (i, pair) in pairs.iter().enumerate().skip(first) {
             if let Some(partition) = &pair.partition {
-                tracing::info!(
-                    "copying partition {partition} ({} of {})",
-                    i + 1,
-                    pairs.len()
-                );
+                let step = format!("partition {partition}, {} of {}", i + 1, pairs.len());
+                tracing::info!("copying {step}");
+                self.progress.update(|s| s.step = Some(step));
             }
             let start = Range {
                 seq,
@@ -268,10 +266,11 @@ impl Backfill<'_> {
         let first_boundary = client
             .prepare(&p.chunk_boundary_sql(&pair.original, false))
             .await
-            .context("preparing the chunk boundary query")?;
+            .map_err(|e| boundary_error(e, pair, "preparing the chunk boundary query"))?;
         let next_boundary = client
             .prepare(&p.chunk_boundary_sql(&pair.original, true))
-            .await?;
+            .await
+            .map_err(|e| boundary_error(e, pair, "preparing the chunk boundary query"))?;
         loop {
             check()?;
             if let Some(t) = self.throttle {
@@ -286,7 +285,7 @@ impl Backfill<'_> {
                     client.query_opt(&next_boundary, &params).await
                 }
             }
-            .with_context(|| format!("finding the next chunk boundary{}", pair.in_partition()))?;
+            .map_err(|e| boundary_error(e, pair, "finding the next chunk boundary"))?;
             let upper: Bound = boundary.map(|row| (0..p.key.len()).map(|i| row.get(i)).collect());
             let last = upper.is_none();
             if let Some(checkpoint) = self.checkpoint {
@@ -508,6 +507,17 @@ fn describe_range(Range { lower, upper, .. }: &Range) -> String {
             .join(","),
     };
     format!("({}, {}]", show(lower, "-inf"), show(upper, "+inf"))
+}
+
+/// A failed chunk boundary query (`what`) of `pair`: a leaf partition dropped or re-bound
+/// during the run is a conflict (exit 8), as in [`copy_error`].
+fn boundary_error(e: tokio_postgres::Error, pair: &Pair, what: &str) -> anyhow::Error {
+    if let (Some(db), Some(partition)) = (e.as_db_error(), &pair.partition)
+        && let Some(changed) = crate::failure::partition_changed(db, partition)
+    {
+        return changed;
+    }
+    anyhow::Error::new(e).context(format!("{what}{}", pair.in_partition()))
 }
 
 /// A failed chunk of `pair`: rows the new schema rejects are a conflict (exit 8), and so is

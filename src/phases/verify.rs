@@ -180,14 +180,21 @@ pub async fn verify(
         progress.update(|s| s.rows_verified = 0);
     }
     let mut report = VerifyReport::default();
-    for tables in pairs::of(plan) {
+    let pairs = pairs::of(plan);
+    let count = pairs.len();
+    for (i, tables) in pairs.into_iter().enumerate() {
+        if let (Some(name), Some(progress)) = (&tables.partition, pace.progress) {
+            progress.update(|s| s.step = Some(format!("partition {name}, {} of {count}", i + 1)));
+        }
         let pair = Pair {
             projection: &plan.projection,
             source: tables.original.clone(),
             target: tables.shadow.clone(),
         };
         let settle = Settle::Fence(fencer, applier);
-        let c = compare_all(client, peer, &pair, &limits, &settle, pace).await?;
+        let c = compare_all(client, peer, &pair, &limits, &settle, pace)
+            .await
+            .map_err(|e| partition_error(e, &tables))?;
         if let Some(overflow) = &c.overflow {
             return Err(overflow_error(plan, &tables, overflow, &c));
         }
@@ -217,7 +224,23 @@ pub async fn verify(
             return Err(overflow_error(plan, &tables, &Overflow::Keys, &c));
         }
     }
+    if let Some(progress) = pace.progress {
+        progress.update(|s| s.step = None);
+    }
     Ok(report)
+}
+
+/// A failed comparison of `tables`: a leaf partition dropped or re-bound during the run (met
+/// first here when its copy was done) is a conflict (exit 8,
+/// [`crate::failure::partition_changed`]); other errors are returned as they are.
+fn partition_error(e: anyhow::Error, tables: &pairs::Pair) -> anyhow::Error {
+    let changed = tables.partition.as_deref().and_then(|partition| {
+        e.chain()
+            .find_map(|c| c.downcast_ref::<tokio_postgres::Error>())
+            .and_then(tokio_postgres::Error::as_db_error)
+            .and_then(|db| crate::failure::partition_changed(db, partition))
+    });
+    changed.unwrap_or(e)
 }
 
 /// The verification failure (exit 6) for a difference that did not settle in `tables`.

@@ -255,8 +255,10 @@ impl Run<'_> {
             }
             origin::drop_all(&self.control, self.plan.original.oid).await?;
         }
-        self.progress
-            .update(|s| s.copy_ended = Some(Instant::now()));
+        self.progress.update(|s| {
+            s.copy_ended = Some(Instant::now());
+            s.step = None;
+        });
         self.operator.hook("copy-complete").await?;
         self.timed(Phase::Copy, since);
         tracing::info!(
@@ -527,6 +529,11 @@ impl Run<'_> {
             .map(|s| s.watch())
             .ok_or_else(|| anyhow::anyhow!("no stream"))?;
         let changes_received = move || stream.borrow().changes;
+        let unsettled_in: Vec<String> = verify
+            .partitions
+            .iter()
+            .flat_map(|p| std::iter::repeat_n(p.name.clone(), p.unsettled))
+            .collect();
         let cutover = Cutover {
             plan: &self.plan,
             script: &script,
@@ -534,6 +541,7 @@ impl Run<'_> {
             applier: capture.tasks.applier()?,
             stream: capture.tasks.streamer.as_ref(),
             unsettled: &verify.unsettled,
+            unsettled_in: &unsettled_in,
             fingerprint: &capture.fingerprint,
             options,
             revert: false,

@@ -300,7 +300,7 @@ impl Stand {
 
 /// `text` without ANSI escape sequences (the log's colours), so tests can match
 /// `field=value`.
-fn strip_ansi(text: &str) -> String {
+pub(crate) fn strip_ansi(text: &str) -> String {
     let mut out = String::with_capacity(text.len());
     let mut chars = text.chars();
     while let Some(c) = chars.next() {

@@ -71,12 +71,12 @@ pub(crate) const WAIT: Duration = Duration::from_secs(300);
 /// One tree of the oracle test: its name (the partitioned table), the type of its
 /// partition key `k`, the statements creating its members and rows (after the parent), and
 /// the writer's new keys.
-struct Tree {
-    name: &'static str,
-    key_type: &'static str,
-    strategy: &'static str,
-    members: &'static str,
-    key: KeyFn,
+pub(crate) struct Tree {
+    pub(crate) name: &'static str,
+    pub(crate) key_type: &'static str,
+    pub(crate) strategy: &'static str,
+    pub(crate) members: &'static str,
+    pub(crate) key: KeyFn,
 }
 
 const RANGE: Tree = Tree {
@@ -130,7 +130,7 @@ INSERT INTO region SELECT i, (ARRAY['de', 'fr', 'us', 'jp', 'br'])[1 + i % 5], (
 
 /// The tree `tree` with `rows` rows, its dependents (module docs) and its twin
 /// (`<name>_twin`, a plain copy keyed by `id`).
-fn tree_sql(tree: &Tree, rows: i64) -> String {
+pub(crate) fn tree_sql(tree: &Tree, rows: i64) -> String {
     let (t, key_type, strategy) = (tree.name, tree.key_type, tree.strategy);
     let members = tree.members.replace("{rows}", &rows.to_string());
     format!(
@@ -201,7 +201,7 @@ async fn not_validated(client: &Client, root: &str) -> Vec<String> {
 }
 
 /// [`SHAPE`] of the tree `root`.
-async fn shape(client: &Client, root: &str) -> Vec<String> {
+pub(crate) async fn shape(client: &Client, root: &str) -> Vec<String> {
     client
         .query(SHAPE, &[&root])
         .await
@@ -213,7 +213,7 @@ async fn shape(client: &Client, root: &str) -> Vec<String> {
 
 /// Asserts two shapes are equal as multisets, listing the lines of each side without a
 /// counterpart on the other.
-fn assert_same_shape(after: &[String], before: &[String], what: &str) {
+pub(crate) fn assert_same_shape(after: &[String], before: &[String], what: &str) {
     let without = |a: &[String], b: &[String]| {
         let mut rest: Vec<String> = b.to_vec();
         let mut alone = Vec::new();
@@ -239,7 +239,7 @@ fn assert_same_shape(after: &[String], before: &[String], what: &str) {
 
 /// The columns of every member of the tree `root` (the root included), one line per
 /// distinct column list: a tree whose members all match has one line.
-async fn member_columns(client: &Client, root: &str) -> Vec<String> {
+pub(crate) async fn member_columns(client: &Client, root: &str) -> Vec<String> {
     client
         .query(
             "SELECT DISTINCT (SELECT string_agg(format('%s %s', attname, format_type(atttypid, atttypmod)), ', '
@@ -256,7 +256,7 @@ async fn member_columns(client: &Client, root: &str) -> Vec<String> {
 }
 
 /// The rows of the tree `root`, each with the partition holding it, as one digest.
-async fn rows_digest(client: &Client, root: &str) -> String {
+pub(crate) async fn rows_digest(client: &Client, root: &str) -> String {
     text(
         client,
         &format!(
@@ -270,7 +270,7 @@ async fn rows_digest(client: &Client, root: &str) -> String {
 
 /// Waits (up to 15 s: a TEMPORARY slot goes with its session, just after the run) until no
 /// logical slot is left, and asserts no publication is.
-async fn assert_no_slot_or_publication(client: &Client) {
+pub(crate) async fn assert_no_slot_or_publication(client: &Client) {
     let gone = common::wait_until_async(Duration::from_secs(15), || async {
         scalar(
             client,

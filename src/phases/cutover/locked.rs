@@ -522,9 +522,14 @@ impl Cutover<'_> {
         else {
             return Ok(Some(RolledBack::HoldLimit));
         };
-        let differing = differing?.len();
-        if differing != 0 {
-            return Err(keys_differ(plan, differing));
+        let differing = differing?;
+        if !differing.is_empty() {
+            return Err(keys_differ(
+                plan,
+                &differing,
+                self.unsettled,
+                self.unsettled_in,
+            ));
         }
         laps.lap("deferred keys re-check");
         for statement in &self.script.forward {
@@ -723,12 +728,30 @@ fn partitions_changed(plan: &Plan, tree: &str) -> anyhow::Error {
     )
 }
 
-/// `differing` deferred keys still differ under the lock (exit 6).
-fn keys_differ(plan: &Plan, differing: usize) -> anyhow::Error {
+/// The deferred keys `differing` still differ under the lock (exit 6); the message names
+/// the leaf partitions they were deferred from (`unsettled_in`, parallel to `unsettled`).
+fn keys_differ(
+    plan: &Plan,
+    differing: &[Vec<Option<String>>],
+    unsettled: &[Vec<Option<String>>],
+    unsettled_in: &[String],
+) -> anyhow::Error {
+    let mut partitions: Vec<&str> = Vec::new();
+    for (key, partition) in unsettled.iter().zip(unsettled_in) {
+        if differing.contains(key) && !partitions.contains(&partition.as_str()) {
+            partitions.push(partition);
+        }
+    }
+    let located = if partitions.is_empty() {
+        String::new()
+    } else {
+        format!(" (in partition {})", partitions.join(", partition "))
+    };
     fail(
         FailureKind::Verification,
         format!(
-            "verification failed under the cutover lock: {differing} row(s) differ between {} and the shadow; refusing to cut over, the original table is untouched",
+            "verification failed under the cutover lock: {} row(s) differ between {} and the shadow{located}; refusing to cut over, the original table is untouched",
+            differing.len(),
             plan.original.qualified()
         ),
     )

@@ -213,6 +213,9 @@ pub struct Cutover<'a> {
     pub stream: Option<&'a Streamer>,
     /// Keys verification deferred (original key values as text); re-checked under the lock.
     pub unsettled: &'a [Vec<Option<String>>],
+    /// The leaf partition (`schema.name`) verification deferred each of `unsettled` from, in
+    /// the same order; empty for a plain table. A failed re-check names them.
+    pub unsettled_in: &'a [String],
     /// The original's catalog fingerprint taken when the shadow was built.
     pub fingerprint: &'a str,
     /// Settings.

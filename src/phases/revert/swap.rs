@@ -58,6 +58,7 @@ impl Window {
             applier: &self.applier,
             stream: None,
             unsettled: &[],
+            unsettled_in: &[],
             fingerprint: &self.fingerprint,
             options,
             revert: true,
