@@ -26,7 +26,10 @@
 //! - `unmovable.rs`: other objects bound to the OID, refused (`BEGIN ATOMIC` functions,
 //!   users of the row type, ...);
 //! - `read.rs`: the catalog reads of every kind, in two pipelined round trips, from SQL text
-//!   ([`read`]) or from statements prepared before the cutover lock ([`Prepared`]).
+//!   ([`read`]) or from statements prepared before the cutover lock ([`Prepared`]);
+//! - `members.rs`: what is bound to a single member of a partitioned table's tree, read and
+//!   moved like a table's dependents, from the kept old member to the new one of the same
+//!   name ([`MemberDependents`], docs/design.md §1.14).
 //!
 //! Techniques and their sources:
 //! - Definitions come from the server's own deparsers, the way `pg_dump` recreates objects:
