@@ -290,7 +290,7 @@ impl Backfill<'_> {
             let last = upper.is_none();
             if let Some(checkpoint) = self.checkpoint {
                 checkpoint
-                    .chunk_planned(client, seq, pair.partition.as_deref(), &lower, &upper)
+                    .chunk_planned(client, seq, pair.checkpoint_name(), &lower, &upper)
                     .await?;
             }
             let range = Range {
@@ -486,7 +486,7 @@ impl Backfill<'_> {
 fn pair_index(pairs: &[Pair], partition: Option<&str>) -> Result<usize> {
     pairs
         .iter()
-        .position(|p| p.partition.as_deref() == partition)
+        .position(|p| p.checkpoint_name() == partition)
         .with_context(|| {
             format!(
                 "the checkpoint names partition {}, which the table does not have: the partition tree changed since the interrupted run; run doppel cleanup and start again",

@@ -97,7 +97,8 @@ pub struct Saved {
 pub struct PendingChunk {
     /// The planner's sequence number.
     pub seq: i64,
-    /// The leaf partition it reads (`schema.name`), for a partitioned table.
+    /// The leaf partition it reads, as SQL names it (`"schema"."name"`), for a partitioned
+    /// table.
     pub partition: Option<String>,
     /// The range `(lower, upper]` as key text values; `None` bounds are open.
     pub lower: Option<Vec<Option<String>>>,
@@ -111,7 +112,8 @@ pub struct PendingChunk {
 /// The last chunk the planner queued.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct PlannedTo {
-    /// The leaf partition it reads (`schema.name`), for a partitioned table.
+    /// The leaf partition it reads, as SQL names it (`"schema"."name"`), for a partitioned
+    /// table.
     pub partition: Option<String>,
     /// Its upper bound; `None` when it was the partition's (or the table's) last chunk,
     /// open above.
@@ -329,7 +331,7 @@ impl Checkpoint {
     }
 
     /// Records that the planner queued chunk `seq` over `(lower, upper]` of `partition`
-    /// (the leaf partition, `schema.name`, of a partitioned table), before any worker can
+    /// (the leaf partition of a partitioned table, as SQL names it), before any worker can
     /// copy it.
     ///
     /// Errors: the insert failed.

@@ -217,11 +217,24 @@ pub async fn verify(
         }
         report.unsettled.extend(c.keys);
         if report.unsettled.len() > MAX_UNSETTLED {
+            // The keys come from every partition verified so far: name those that had some.
+            let located = pairs::Pair {
+                partition: tables.partition.as_ref().map(|_| {
+                    report
+                        .partitions
+                        .iter()
+                        .filter(|p| p.unsettled > 0)
+                        .map(|p| p.name.as_str())
+                        .collect::<Vec<_>>()
+                        .join(", partition ")
+                }),
+                ..tables
+            };
             let c = Comparison {
                 keys: std::mem::take(&mut report.unsettled),
                 ..Comparison::default()
             };
-            return Err(overflow_error(plan, &tables, &Overflow::Keys, &c));
+            return Err(overflow_error(plan, &located, &Overflow::Keys, &c));
         }
     }
     if let Some(progress) = pace.progress {

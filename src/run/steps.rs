@@ -399,7 +399,9 @@ impl Run<'_> {
         capture.tasks.applier = Some(applier);
         let fence_client = conninfo::connect(self.config).await?;
         fence_client
-            .batch_execute("SET application_name = 'doppel fence'")
+            .batch_execute(&format!(
+                "SET application_name = 'doppel fence'; {WORKING_SESSION}"
+            ))
             .await?;
         let fencer = Fencer::new(fence_client, &self.plan.names.message_prefix).await?;
         capture.tasks.applier()?.resume();

@@ -307,7 +307,14 @@ struct Chunk {
 async fn checkpoint_chunks(client: &Client) -> Vec<Chunk> {
     client
         .query(
-            "SELECT seq, part, started, done FROM doppel.checkpoint_chunks ORDER BY seq",
+            // The checkpoint records each partition as SQL names it (quoted); shown here as
+            // `schema.name`, resolved through the catalog.
+            "SELECT k.seq, CASE WHEN k.part IS NOT NULL THEN format('%s.%s', n.nspname, c.relname) END,
+                    k.started, k.done
+             FROM doppel.checkpoint_chunks k
+             LEFT JOIN pg_class c ON c.oid = to_regclass(k.part)
+             LEFT JOIN pg_namespace n ON n.oid = c.relnamespace
+             ORDER BY k.seq",
             &[],
         )
         .await

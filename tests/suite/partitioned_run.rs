@@ -1173,6 +1173,9 @@ async fn a_sub_partitions_foreign_key_or_a_partitions_replica_index_is_refused_b
              INSERT INTO kinds SELECT generate_series(1, 400);
              ALTER TABLE events_2026 ADD CONSTRAINT events_2026_kind FOREIGN KEY (v) REFERENCES kinds (id);
              ALTER TABLE events_2025 REPLICA IDENTITY USING INDEX events_2025_pkey;
+             CREATE FUNCTION events_noop() RETURNS trigger LANGUAGE plpgsql AS $$BEGIN RETURN NEW; END$$;
+             CREATE TRIGGER events_check BEFORE INSERT ON events FOR EACH ROW EXECUTE FUNCTION events_noop();
+             ALTER TABLE events_2024 DISABLE TRIGGER events_check;
              INSERT INTO events SELECT i, date '2024-06-01' + i, i FROM generate_series(1, 300) i;",
         )
         .await
@@ -1216,6 +1219,17 @@ async fn a_sub_partitions_foreign_key_or_a_partitions_replica_index_is_refused_b
             "{refusal}"
         );
     }
+    // The parent's trigger, disabled on one partition: the new partition would fire it.
+    let trigger = refused
+        .0
+        .iter()
+        .find(|r| r.check == Check::Partition && r.to_string().contains("events_check"))
+        .unwrap_or_else(|| panic!("no refusal names the trigger: {:#?}", refused.0));
+    let said = trigger.to_string();
+    assert!(
+        said.contains("partition events_2024") && said.contains("fired differently"),
+        "{said}"
+    );
     // Nothing created, nothing changed.
     assert_eq!(
         scalar(

@@ -367,14 +367,25 @@ impl Cutover<'_> {
         };
         set?;
         // 1-3 at once: the fingerprint and dependents re-checks on the cutover session
-        // while the applier drains to the fence on its own.
-        let (checked, drained) = tokio::join!(
-            self.recheck_catalog(tx, rechecks, hold),
-            self.drain_to_fence(hold)
-        );
+        // while the applier drains to the fence on its own. A re-check that fails or asks
+        // for a retry ends the wait for the drain at once: the locks are not held for it.
+        let catalog = self.recheck_catalog(tx, rechecks, hold);
+        let drain = self.drain_to_fence(hold);
+        tokio::pin!(catalog, drain);
+        let mut drained = None;
+        let checked = loop {
+            tokio::select! {
+                checked = &mut catalog => break checked,
+                done = &mut drain, if drained.is_none() => drained = Some(done),
+            }
+        };
         if let Some(why) = checked? {
             return retry(why);
         }
+        let drained = match drained {
+            Some(done) => done,
+            None => drain.await,
+        };
         let fence_wait = match drained? {
             Ok(waited) => waited,
             Err(why) => return retry(why),

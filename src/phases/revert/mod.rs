@@ -185,7 +185,10 @@ impl Window {
         let plan = reverse::plan(&client, forward, new_oid).await?;
         let fingerprint = catalog::fingerprint(&client, new_oid).await?;
         client
-            .batch_execute("SET application_name = 'doppel revert applier'")
+            .batch_execute(&format!(
+                "SET application_name = 'doppel revert applier'; {}",
+                crate::sql::WORKING_SESSION
+            ))
             .await?;
         let reader = stream
             .reader
@@ -201,7 +204,10 @@ impl Window {
         applier.resume();
         let fence_client = conninfo::connect(config).await?;
         fence_client
-            .batch_execute("SET application_name = 'doppel revert fence'")
+            .batch_execute(&format!(
+                "SET application_name = 'doppel revert fence'; {}",
+                crate::sql::WORKING_SESSION
+            ))
             .await?;
         let fencer = Fencer::new(fence_client, &plan.names.message_prefix).await?;
         Ok(Window {

@@ -16,8 +16,8 @@ pub struct Pair {
     pub original: String,
     /// The shadow (or the shadow leaf of the same bound), as SQL names it.
     pub shadow: String,
-    /// The leaf partition's name as the checkpoint records it and messages show it
-    /// (`schema.name`, unquoted); `None` for a plain table.
+    /// The leaf partition's name as messages show it (`schema.name`, unquoted); `None` for a
+    /// plain table.
     pub partition: Option<String>,
 }
 
@@ -42,6 +42,12 @@ pub fn of(plan: &Plan) -> Vec<Pair> {
 }
 
 impl Pair {
+    /// The leaf partition as the checkpoint records it (as SQL names it, quoted, so that no
+    /// two partitions can share it); `None` for a plain table.
+    pub fn checkpoint_name(&self) -> Option<&str> {
+        self.partition.as_ref().map(|_| self.original.as_str())
+    }
+
     /// `" in partition <name>"` for a leaf partition, empty for a plain table: appended to
     /// messages about a chunk.
     pub fn in_partition(&self) -> String {

@@ -7,9 +7,11 @@
 //! (`crate::dependents::MemberDependents`: its own triggers, rules, row security policies
 //! and flags, the views that read it, the publications that list it, its statistics objects,
 //! the foreign keys of other tables that reference it), and a leaf's own foreign keys move
-//! with it. Refused here, each named: foreign keys defined on a sub-partitioned member, and
-//! a member's REPLICA IDENTITY USING INDEX (the new member's indexes get their names only
-//! after the cutover commits).
+//! with it. Refused here, each named: foreign keys defined on a sub-partitioned member, a
+//! trigger of the partitioned table that a member fires differently (`ALTER TABLE member
+//! DISABLE TRIGGER`: the new member would fire it as the parent does), and a member's
+//! REPLICA IDENTITY USING INDEX (the new member's indexes get their names only after the
+//! cutover commits).
 
 use anyhow::{Context, Result};
 use tokio_postgres::Client;
@@ -24,6 +26,11 @@ const MEMBER_OBJECTS: &str = "WITH m AS (
 SELECT 'a foreign key (on a sub-partitioned partition)', c.conrelid::regclass::text, c.conname::text
   FROM pg_constraint c JOIN m ON m.oid = c.conrelid JOIN pg_class r ON r.oid = c.conrelid
   WHERE c.contype = 'f' AND c.conparentid = 0 AND r.relkind = 'p'
+UNION ALL
+SELECT 'a trigger of the partitioned table fired differently on it', t.tgrelid::regclass::text,
+       t.tgname::text
+  FROM pg_trigger t JOIN m ON m.oid = t.tgrelid JOIN pg_trigger p ON p.oid = t.tgparentid
+  WHERE t.tgenabled <> p.tgenabled
 UNION ALL
 SELECT 'REPLICA IDENTITY USING INDEX', c.oid::regclass::text, ''
   FROM pg_class c JOIN m ON m.oid = c.oid WHERE c.relreplident = 'i'
@@ -64,6 +71,11 @@ fn refusal(kind: &str, member: &str, object: &str) -> Refusal {
             "is a foreign table",
             "its rows live on another server: doppel can neither copy nor stream them",
             "detach it for the run, or run the ALTER directly",
+        ),
+        "a trigger of the partitioned table fired differently on it" => (
+            "",
+            "the new partition gets the parent's trigger as the parent fires it (ALTER TABLE .. DISABLE/ENABLE TRIGGER on one partition is not carried), so it would fire differently after the cutover",
+            "make the partition fire it as the parent does for the run (ALTER TABLE <partition> ENABLE TRIGGER <name>, or the parent's ENABLE REPLICA/ALWAYS), then set it again on the new partition afterwards",
         ),
         "an UNLOGGED partition" => (
             "is UNLOGGED",
