@@ -20,8 +20,8 @@ pub const WORKING_SESSION: &str = "SET jit = off; SET max_parallel_workers_per_g
 /// doppel's reading sessions may use (`--verify-parallel-workers`). Parallel workers come from
 /// the server's `max_parallel_workers` pool, which the application's queries share; with the
 /// server's default of 2 per query, the two verification sessions ran six processes, and on
-/// 2 cores a writer's p50 latency went from 30 ms to 340-810 ms while they ran (docs/design.md
-/// §1.6).
+/// 2 cores a writer's p50 latency went from 3 ms to 7 ms while they ran (from 30 ms to 340-810
+/// ms on a busy machine; docs/design.md §1.6, BENCHMARKS.md).
 pub fn parallel_workers_sql(workers: u32) -> String {
     format!("SET max_parallel_workers_per_gather = {workers}")
 }
