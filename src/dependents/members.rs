@@ -193,10 +193,7 @@ pub fn lock_each_with_members(
     members: &[MemberDependents],
     tree: Option<&PartitionTree>,
 ) -> Vec<String> {
-    let all: Vec<&Dependents> = std::iter::once(table)
-        .chain(members.iter().map(|m| &m.dependents))
-        .collect();
-    lock_each_of(&all, &tree_oids(tree))
+    lock_each_of(&with_members(table, members), &tree_oids(tree))
 }
 
 /// [`Dependents::lock_sql`] of the table's dependents and its members' together, the tree's
@@ -206,8 +203,12 @@ pub fn lock_sql_with_members(
     members: &[MemberDependents],
     tree: Option<&PartitionTree>,
 ) -> Vec<String> {
-    let all: Vec<&Dependents> = std::iter::once(table)
+    lock_sql_of(&with_members(table, members), &tree_oids(tree))
+}
+
+/// The table's dependents, then each member's.
+fn with_members<'a>(table: &'a Dependents, members: &'a [MemberDependents]) -> Vec<&'a Dependents> {
+    std::iter::once(table)
         .chain(members.iter().map(|m| &m.dependents))
-        .collect();
-    lock_sql_of(&all, &tree_oids(tree))
+        .collect()
 }

@@ -224,8 +224,7 @@ impl Backfill<'_> {
         };
         let mut seq = resumed.next_seq;
         for (i, pair) in pairs.iter().enumerate().skip(first) {
-            if let Some(partition) = &pair.partition {
-                let step = format!("partition {partition}, {} of {}", i + 1, pairs.len());
+            if let Some(step) = pair.step(i, pairs.len()) {
                 tracing::info!("copying {step}");
                 self.progress.update(|s| s.step = Some(step));
             }
@@ -512,9 +511,7 @@ fn describe_range(Range { lower, upper, .. }: &Range) -> String {
 /// A failed chunk boundary query (`what`) of `pair`: a leaf partition dropped or re-bound
 /// during the run is a conflict (exit 8), as in [`copy_error`].
 fn boundary_error(e: tokio_postgres::Error, pair: &Pair, what: &str) -> anyhow::Error {
-    if let (Some(db), Some(partition)) = (e.as_db_error(), &pair.partition)
-        && let Some(changed) = crate::failure::partition_changed(db, partition)
-    {
+    if let Some(changed) = e.as_db_error().and_then(|db| pair.changed(db)) {
         return changed;
     }
     anyhow::Error::new(e).context(format!("{what}{}", pair.in_partition()))
@@ -529,9 +526,7 @@ fn copy_error(e: tokio_postgres::Error, plan: &Plan, pair: &Pair) -> anyhow::Err
     if let Some(missing) = crate::failure::partition_missing(db, &plan.original.qualified()) {
         return missing;
     }
-    if let Some(partition) = &pair.partition
-        && let Some(changed) = crate::failure::partition_changed(db, partition)
-    {
+    if let Some(changed) = pair.changed(db) {
         return changed;
     }
     let failed = format!(

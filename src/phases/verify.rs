@@ -183,8 +183,8 @@ pub async fn verify(
     let pairs = pairs::of(plan);
     let count = pairs.len();
     for (i, tables) in pairs.into_iter().enumerate() {
-        if let (Some(name), Some(progress)) = (&tables.partition, pace.progress) {
-            progress.update(|s| s.step = Some(format!("partition {name}, {} of {count}", i + 1)));
+        if let (Some(step), Some(progress)) = (tables.step(i, count), pace.progress) {
+            progress.update(|s| s.step = Some(step));
         }
         let pair = Pair {
             projection: &plan.projection,
@@ -247,12 +247,11 @@ pub async fn verify(
 /// first here when its copy was done) is a conflict (exit 8,
 /// [`crate::failure::partition_changed`]); other errors are returned as they are.
 fn partition_error(e: anyhow::Error, tables: &pairs::Pair) -> anyhow::Error {
-    let changed = tables.partition.as_deref().and_then(|partition| {
-        e.chain()
-            .find_map(|c| c.downcast_ref::<tokio_postgres::Error>())
-            .and_then(tokio_postgres::Error::as_db_error)
-            .and_then(|db| crate::failure::partition_changed(db, partition))
-    });
+    let changed = e
+        .chain()
+        .find_map(|c| c.downcast_ref::<tokio_postgres::Error>())
+        .and_then(tokio_postgres::Error::as_db_error)
+        .and_then(|db| tables.changed(db));
     changed.unwrap_or(e)
 }
 

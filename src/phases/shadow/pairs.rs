@@ -48,6 +48,23 @@ impl Pair {
         self.partition.as_ref().map(|_| self.original.as_str())
     }
 
+    /// The status line's step while this leaf partition, number `n` (from 0) of `count`,
+    /// is copied or verified (`partition public.p3, 4 of 25`); `None` for a plain table.
+    pub fn step(&self, n: usize, count: usize) -> Option<String> {
+        self.partition
+            .as_ref()
+            .map(|p| format!("partition {p}, {} of {count}", n + 1))
+    }
+
+    /// The conflict (exit 8) when the server's error `db` on a statement reading this leaf
+    /// partition says the partition was dropped or re-bound during the run
+    /// ([`crate::failure::partition_changed`]); `None` for other errors and for a plain table.
+    pub fn changed(&self, db: &tokio_postgres::error::DbError) -> Option<anyhow::Error> {
+        self.partition
+            .as_deref()
+            .and_then(|p| crate::failure::partition_changed(db, p))
+    }
+
     /// `" in partition <name>"` for a leaf partition, empty for a plain table: appended to
     /// messages about a chunk.
     pub fn in_partition(&self) -> String {
