@@ -33,7 +33,7 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use doppel::cancel::Cancel;
-use doppel::run::Outcome;
+use doppel::run::{Outcome, RunOptions};
 use doppel::testing as pause;
 use doppel_testkit::cluster::LocalCluster;
 use doppel_testkit::workload::{self, MatrixColumn, Mirror};
@@ -161,6 +161,8 @@ struct SeedResult {
     applied_changes: u64,
     /// doppel's phases and cutover attempts.
     phases: String,
+    /// The run's paths this seed drew ([`Paths`]).
+    paths: String,
     seconds: f64,
 }
 
@@ -168,13 +170,14 @@ impl std::fmt::Display for SeedResult {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         write!(
             f,
-            "seed {}: {} rows, {} writer transactions, {} changes applied, {:.1} s ({}), alter [{}]: ",
+            "seed {}: {} rows, {} writer transactions, {} changes applied, {:.1} s ({}), paths [{}], alter [{}]: ",
             self.seed,
             self.rows,
             self.writer_transactions,
             self.applied_changes,
             self.seconds,
             self.phases,
+            self.paths,
             self.alters.join("; ")
         )?;
         match &self.failure {
@@ -302,8 +305,10 @@ async fn seed_on(
     load_tables(&client, &columns, &mut rng, n).await?;
     let (alters, reversible) = pick_alters(&mut rng);
     result.alters = alters.clone();
+    let paths = Paths::pick(&mut rng, apply_workers, cluster.server_version_num());
+    result.paths = paths.to_string();
     println!(
-        "seed {seed}: {n} rows loaded in {:.1} s, time zone {zone}, alter {alters:?}",
+        "seed {seed}: {n} rows loaded in {:.1} s, time zone {zone}, paths [{paths}], alter {alters:?}",
         started.elapsed().as_secs_f64()
     );
 
@@ -313,7 +318,7 @@ async fn seed_on(
         client,
         columns,
         mirror: Mirror::new("t", "twin"),
-        apply_workers,
+        paths,
         rng,
         seed,
         loaded: n as i64,
@@ -417,9 +422,60 @@ struct SeedStand<'a> {
     seed: u64,
     /// Rows loaded at keys 1..=loaded.
     loaded: i64,
-    /// `--apply-workers` of the run, when not the default.
-    apply_workers: Option<usize>,
+    /// The run's paths this seed drew.
+    paths: Paths,
     started: Instant,
+}
+
+/// The run's paths a seed draws, so the oracle covers each of them under the random writer
+/// (issue 17: "the 50-seed oracle still passes with every new path").
+#[derive(Debug, Clone, Copy)]
+struct Paths {
+    /// `--apply-workers`: 1, 2 (the default) or 4, or the caller's fixed count.
+    apply_workers: usize,
+    /// `--copy-origin` (PostgreSQL 16+ only: the copy's rows are dropped at decode time).
+    copy_origin: bool,
+    /// `--resumable`: the checkpoint written with every chunk.
+    resumable: bool,
+    /// `--max-write-latency` in ms: the copy, verification and apply paced by the probe.
+    max_write_latency_ms: Option<u64>,
+}
+
+impl Paths {
+    /// Draws the paths from the seed's `rng`; `apply_workers` fixes that count when given.
+    fn pick(rng: &mut StdRng, apply_workers: Option<usize>, server_version_num: u32) -> Paths {
+        let drawn = [1, 2, 4][rng.random_range(0..3)];
+        Paths {
+            apply_workers: apply_workers.unwrap_or(drawn),
+            copy_origin: server_version_num >= 160_000 && rng.random_bool(0.5),
+            resumable: rng.random_bool(0.3),
+            max_write_latency_ms: rng.random_bool(0.25).then(|| rng.random_range(1..20)),
+        }
+    }
+
+    /// `options` with these paths (the apply workers set by the caller).
+    fn apply(self, mut options: RunOptions) -> RunOptions {
+        options.copy_origin = self.copy_origin;
+        options.resumable = self.resumable;
+        options.max_write_latency = self.max_write_latency_ms.map(Duration::from_millis);
+        options
+    }
+}
+
+impl std::fmt::Display for Paths {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "--apply-workers {}", self.apply_workers)?;
+        if self.copy_origin {
+            write!(f, " --copy-origin")?;
+        }
+        if self.resumable {
+            write!(f, " --resumable")?;
+        }
+        if let Some(ms) = self.max_write_latency_ms {
+            write!(f, " --max-write-latency {ms}")?;
+        }
+        Ok(())
+    }
 }
 
 /// How the run and the writer ended.
@@ -458,10 +514,9 @@ impl SeedStand<'_> {
             .status_interval(Duration::from_secs(60))
             .chunk_time(Duration::from_millis(self.rng.random_range(10..60)))
             .initial_rows(self.rng.random_range(200..1000));
-        let options = match self.apply_workers {
-            Some(n) => options.apply_workers(n),
-            None => options,
-        };
+        let options = self
+            .paths
+            .apply(options.apply_workers(self.paths.apply_workers));
         let hold_catch_up = self.rng.random_bool(0.7);
 
         // A transaction with writes open before doppel starts: the slot's creation waits for it.
