@@ -32,6 +32,10 @@
 #       run builds) and with maintenance_work_mem 64MB instead of doppel's 1GB
 #   m6. the whole table by INSERT .. SELECT vs COPY TO STDOUT piped into COPY FROM STDIN
 #       (binary, two sessions)
+#   m8. the m1 chunks by TID range (TID Range Scan, heap order) vs by primary-key range
+#   m9. the whole table into an UNLOGGED table then SET LOGGED vs into a logged one (time, WAL)
+#   m10. the 2 secondary index builds and a verification-shaped hash pass over both tables,
+#       one after the other vs at the same time in two sessions
 #   m7. on PostgreSQL 16+: doppel run --copy-origin (copy sessions under replication origins,
 #       stream origin 'none') vs the default
 # With --apply-workers "1 2 4", also the parallel apply side by side (issue 17): one run under
@@ -455,6 +459,63 @@ if [[ $DO_MEANS -eq 1 ]]; then
     || die "COPY between two sessions failed"
   R[m_copy_all]=$(elapsed "$t0" "$(now)")
   log "   whole table: INSERT .. SELECT ${R[m_insert_all]} s; COPY TO STDOUT | COPY FROM STDIN (binary) ${R[m_copy_all]} s"
+  q "DROP TABLE public.means_copy" >/dev/null
+  q "CHECKPOINT" >/dev/null
+  # m8. the same number of chunks by TID range (ctid >= '(lo,0)' AND ctid < '(hi,0)': a TID
+  # Range Scan, PostgreSQL 14+, reading the heap in physical order) vs by primary-key range
+  # (m1's bare copy: an index range scan per chunk), one session, into the bare table.
+  R[m_pages]=$(q "SELECT (pg_relation_size('public.orders') / current_setting('block_size')::int)::bigint")
+  awk -v p="${R[m_pages]}" -v n="${R[m_chunks]}" 'BEGIN {
+    c = int((p + n - 1) / n); if (c < 1) c = 1
+    for (lo = 0; lo < p; lo += c) { hi = lo + c
+      printf "INSERT INTO public.means_copy SELECT * FROM ONLY public.orders WHERE ctid >= %s AND ctid < %s;\n", "'"'"'(" lo ",0)'"'"'", "'"'"'(" hi ",0)'"'"'" } }' \
+    >"$WORK/means_tid_chunks.sql"
+  R[m_tid_plan]=$(q "EXPLAIN SELECT * FROM ONLY public.orders WHERE ctid >= '(0,0)' AND ctid < '(100,0)'" | head -n 1 | sed -E 's/ +\(cost.*//; s/^ +//')
+  q "$means_table" >/dev/null
+  R[m_tid_copy]=$(time_sql_file "$WORK/means_tid_chunks.sql")
+  R[m_tid_rows]=$(q "SELECT count(*) FROM public.means_copy")
+  q "DROP TABLE public.means_copy" >/dev/null
+  q "CHECKPOINT" >/dev/null
+  log "   ${R[m_chunks]} chunks by TID range (${R[m_tid_plan]}): ${R[m_tid_copy]} s (${R[m_tid_rows]} rows); by key range ${R[m_bare_copy]} s"
+  # m9. an UNLOGGED copy then SET LOGGED (a second full write of the table, into the WAL) vs
+  # the logged copy of m6: time and WAL bytes of each (pg_current_wal_lsn() before and after).
+  wal_now() { q "SELECT pg_current_wal_insert_lsn()"; }
+  wal_diff() { q "SELECT pg_wal_lsn_diff('$2', '$1')::bigint"; }
+  q "$means_table" >/dev/null
+  w0=$(wal_now)
+  R[m_insert_all2]=$(time_sql "INSERT INTO public.means_copy SELECT id, customer_id::bigint, status, amount, note, created_at FROM ONLY public.orders")
+  R[m_insert_wal]=$(wal_diff "$w0" "$(wal_now)")
+  q "DROP TABLE public.means_copy" >/dev/null
+  q "CHECKPOINT" >/dev/null
+  q "${means_table/CREATE TABLE/CREATE UNLOGGED TABLE}" >/dev/null
+  w0=$(wal_now)
+  R[m_unlogged_copy]=$(time_sql "INSERT INTO public.means_copy SELECT id, customer_id::bigint, status, amount, note, created_at FROM ONLY public.orders")
+  w1=$(wal_now)
+  R[m_set_logged]=$(time_sql "ALTER TABLE public.means_copy SET LOGGED")
+  R[m_unlogged_wal]=$(wal_diff "$w0" "$w1")
+  R[m_set_logged_wal]=$(wal_diff "$w1" "$(wal_now)")
+  R[m_unlogged_total]=$(sum "${R[m_unlogged_copy]}" "${R[m_set_logged]}")
+  log "   whole table logged: ${R[m_insert_all2]} s, WAL $(fmt_bytes "${R[m_insert_wal]}"); UNLOGGED ${R[m_unlogged_copy]} s (WAL $(fmt_bytes "${R[m_unlogged_wal]}")) + SET LOGGED ${R[m_set_logged]} s (WAL $(fmt_bytes "${R[m_set_logged_wal]}"))"
+  # m10. verification overlapped with the secondary index builds: on the copy of m9 (logged
+  # now), PK built first (the verification reads both tables by key), then the 2 indexes
+  # and a verification-shaped pass (count and bit_xor of hash_record_extended of every row,
+  # original and copy) one after the other vs at the same time in two sessions.
+  hash_pass="SELECT (SELECT count(*) FROM ONLY public.orders o), (SELECT bit_xor(hash_record_extended(ROW(o.id, o.customer_id::bigint, o.status, o.amount, o.note, o.created_at), 0)) FROM ONLY public.orders o),
+    (SELECT count(*) FROM public.means_copy c), (SELECT bit_xor(hash_record_extended(ROW(c.id, c.customer_id, c.status, c.amount, c.note, c.created_at), 0)) FROM public.means_copy c)"
+  two_indexes="SET maintenance_work_mem = '1GB'; CREATE INDEX means_customer_idx ON public.means_copy(customer_id); CREATE INDEX means_created_idx ON public.means_copy(created_at)"
+  R[m_ov_pk]=$(time_sql "SET maintenance_work_mem = '1GB'; ALTER TABLE public.means_copy ADD PRIMARY KEY (id)")
+  R[m_ov_idx]=$(time_sql "$two_indexes")
+  R[m_ov_hash]=$(time_sql "$hash_pass")
+  R[m_ov_serial]=$(sum "${R[m_ov_idx]}" "${R[m_ov_hash]}")
+  q "DROP INDEX public.means_customer_idx, public.means_created_idx" >/dev/null
+  t0=$(now)
+  time_sql "$two_indexes" >"$WORK/m10_idx.txt" &
+  m10_pid=$!
+  R[m_ov_hash_concurrent]=$(time_sql "$hash_pass")
+  wait "$m10_pid" || die "m10: the concurrent index builds failed"
+  R[m_ov_overlap]=$(elapsed "$t0" "$(now)")
+  R[m_ov_idx_concurrent]=$(cat "$WORK/m10_idx.txt")
+  log "   2 indexes ${R[m_ov_idx]} s then the hash pass ${R[m_ov_hash]} s = ${R[m_ov_serial]} s; at once ${R[m_ov_overlap]} s (indexes ${R[m_ov_idx_concurrent]} s, hash ${R[m_ov_hash_concurrent]} s)"
   q "DROP TABLE public.means_copy" >/dev/null
   q "CHECKPOINT" >/dev/null
   log "   ${R[m_chunks]} chunk(s) of ${R[m_chunk_rows]} rows: into the indexed table ${R[m_indexed_copy]} s;" \
@@ -904,6 +965,9 @@ MD="$WORK/section.md"
     echo "| index builds: PK + 2 indexes (plain SQL, on the bare copy) | ${R[m_build]} s (maintenance_work_mem 1GB, max_parallel_maintenance_workers ${R[m_mpmw]}) | without parallel workers: ${R[m_build_serial]} s | **$(ratio "${R[m_build_serial]}" "${R[m_build]}")** |"
     echo "| index builds: maintenance_work_mem 1GB | ${R[m_build]} s | 64MB (the server's default): ${R[m_build_mwm64]} s | **$(ratio "${R[m_build_mwm64]}" "${R[m_build]}")** |"
     echo "| the whole table in one statement: \`INSERT .. SELECT\` on the server | ${R[m_insert_all]} s | \`COPY .. TO STDOUT\` piped into \`COPY .. FROM STDIN\` (binary, two sessions): ${R[m_copy_all]} s | **$(ratio "${R[m_copy_all]}" "${R[m_insert_all]}")** |"
+    echo "| chunks by primary-key range (plain SQL, 1 session, ${R[m_chunks]} chunks: an index range scan each) | ${R[m_bare_copy]} s | the same number of chunks by TID range (${R[m_tid_plan]}, physical order): ${R[m_tid_copy]} s | **$(ratio "${R[m_tid_copy]}" "${R[m_bare_copy]}")** |"
+    echo "| the shadow logged throughout (whole table, \`INSERT .. SELECT\`) | ${R[m_insert_all2]} s, WAL $(fmt_bytes "${R[m_insert_wal]}") | \`UNLOGGED\` copy ${R[m_unlogged_copy]} s (WAL $(fmt_bytes "${R[m_unlogged_wal]}")) + \`SET LOGGED\` ${R[m_set_logged]} s (WAL $(fmt_bytes "${R[m_set_logged_wal]}")) = ${R[m_unlogged_total]} s | **$(ratio "${R[m_unlogged_total]}" "${R[m_insert_all2]}")** |"
+    echo "| the 2 secondary indexes, then verification (after the PK, plain SQL: a hash pass over both tables) | ${R[m_ov_idx]} s + ${R[m_ov_hash]} s = ${R[m_ov_serial]} s | both at once in two sessions: ${R[m_ov_overlap]} s (indexes ${R[m_ov_idx_concurrent]} s, hash ${R[m_ov_hash_concurrent]} s) | **$(ratio "${R[m_ov_overlap]}" "${R[m_ov_serial]}")** |"
     if [[ $PG_MAJOR -ge 16 ]]; then
       echo "| copied rows decoded by the WAL sender and discarded (default) | copy ${R[idle_copy]} s (run $dw s) | \`--copy-origin\` (copy sessions under replication origins, stream \`origin 'none'\`): copy ${R[origin_copy]} s (run ${R[origin_wall]} s) | **$(ratio "${R[origin_copy]}" "${R[idle_copy]}")** (run $(ratio "${R[origin_wall]}" "$dw")) |"
     fi
