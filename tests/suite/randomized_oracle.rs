@@ -305,7 +305,8 @@ async fn seed_on(
     load_tables(&client, &columns, &mut rng, n).await?;
     let (alters, reversible) = pick_alters(&mut rng);
     result.alters = alters.clone();
-    let paths = Paths::pick(&mut rng, apply_workers, cluster.server_version_num());
+    let fixed = apply_workers.or_else(common::apply_workers_override);
+    let paths = Paths::pick(&mut rng, fixed, cluster.server_version_num());
     result.paths = paths.to_string();
     println!(
         "seed {seed}: {n} rows loaded in {:.1} s, time zone {zone}, paths [{paths}], alter {alters:?}",
@@ -442,7 +443,8 @@ struct Paths {
 }
 
 impl Paths {
-    /// Draws the paths from the seed's `rng`; `apply_workers` fixes that count when given.
+    /// Draws the paths from the seed's `rng`; `apply_workers` fixes that count when given (the
+    /// caller's, or `DOPPEL_TEST_APPLY_WORKERS`).
     fn pick(rng: &mut StdRng, apply_workers: Option<usize>, server_version_num: u32) -> Paths {
         let drawn = [1, 2, 4][rng.random_range(0..3)];
         Paths {
