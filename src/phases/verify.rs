@@ -292,7 +292,14 @@ async fn compare_all(
     let p = pair.projection;
     let mut report = Comparison::default();
     let mut lower: Option<Key> = None;
+    let mut pending: Vec<Vec<Key>> = Vec::new();
     loop {
+        if pending.iter().map(Vec::len).sum::<usize>() > PENDING_KEYS {
+            settle_keys(&*client, pair, limits, settle, &mut pending, &mut report).await?;
+            if report.overflow.is_some() && limits.stop_on_overflow {
+                return Ok(report);
+            }
+        }
         if let Some(t) = pace.throttle {
             t.wait_clear().await?;
         }
@@ -354,8 +361,14 @@ async fn compare_all(
                     keys.push(key);
                 }
             }
-            if keys.is_empty() || keys.len() > limits.max_keys {
-                // Too many to track one by one (or none to name): re-check the whole chunk.
+            if keys.is_empty() {
+                // The listing compares every row of the range on both sides under one
+                // statement snapshot: none differs, so the change in flight at the comparison
+                // has been applied since, and the range is equal at that later snapshot.
+                break;
+            }
+            if keys.len() > limits.max_keys {
+                // Too many to track one by one: re-check the whole chunk.
                 if attempt == limits.rechecks {
                     report.differing_chunks += 1;
                     report.overflow = Some(Overflow::Chunk {
@@ -387,37 +400,9 @@ async fn compare_all(
                 settle.wait().await?;
                 continue;
             }
-            for round in 1..=limits.rechecks {
-                if keys.is_empty() {
-                    break;
-                }
-                report.rechecks += 1;
-                tracing::info!(
-                    "chunk {range}: {} key(s) still in flight from the stream (for example {}); comparing them again once applied (pass {round} of {})",
-                    keys.len(),
-                    describe_key(&keys[0]),
-                    limits.rechecks
-                );
-                settle.wait().await?;
-                keys = differing_keys_between(&*client, pair, &keys).await?;
-            }
-            if !keys.is_empty() {
-                report.differing_chunks += 1;
-            }
-            for key in keys {
-                if !report.keys.contains(&key) {
-                    report.keys.push(key);
-                }
-            }
-            if report.keys.len() > limits.max_keys {
-                if report.overflow.is_none() {
-                    report.overflow = Some(Overflow::Keys);
-                }
-                if limits.stop_on_overflow {
-                    return Ok(report);
-                }
-                report.keys.truncate(limits.max_keys);
-            }
+            // Few keys: re-checked with those of the other differing chunks after one fence
+            // per round (`settle_keys`), not one fence per chunk.
+            pending.push(keys);
             break;
         }
         report.chunks += 1;
@@ -432,7 +417,64 @@ async fn compare_all(
             None => break,
         }
     }
+    settle_keys(&*client, pair, limits, settle, &mut pending, &mut report).await?;
     Ok(report)
+}
+
+/// Keys listed as differing that [`compare_all`] holds before re-checking them: past this
+/// many, it settles them before the next chunk (memory stays bounded on a huge table whose
+/// every chunk differs).
+const PENDING_KEYS: usize = 10 * MAX_UNSETTLED;
+
+/// Re-checks `pending` (the differing keys of each chunk that differed, listed when there
+/// were at most `max_keys`) after a fence, up to `limits.rechecks` rounds: one fence per
+/// round for all the chunks, so under a writer, where most chunks differ by a change still in
+/// flight, the verification waits for the applier once per round instead of once per chunk.
+/// The keys still differing after the last round go to `report.keys` (the cutover re-checks
+/// them under the lock); more than `max_keys` of them is [`Overflow::Keys`].
+async fn settle_keys(
+    client: &Client,
+    pair: &Pair<'_>,
+    limits: &Limits,
+    settle: &Settle<'_>,
+    pending: &mut Vec<Vec<Key>>,
+    report: &mut Comparison,
+) -> Result<()> {
+    for round in 1..=limits.rechecks {
+        pending.retain(|keys| !keys.is_empty());
+        let Some(example) = pending.first().and_then(|keys| keys.first()) else {
+            break;
+        };
+        report.rechecks += pending.len() as u64;
+        tracing::info!(
+            "{} key(s) still in flight from the stream in {} chunk(s) (for example {}); comparing them again once applied (pass {round} of {})",
+            pending.iter().map(Vec::len).sum::<usize>(),
+            pending.len(),
+            describe_key(example),
+            limits.rechecks
+        );
+        settle.wait().await?;
+        for keys in pending.iter_mut() {
+            *keys = differing_keys_between(client, pair, keys).await?;
+        }
+    }
+    for keys in pending.drain(..) {
+        if !keys.is_empty() {
+            report.differing_chunks += 1;
+        }
+        for key in keys {
+            if !report.keys.contains(&key) {
+                report.keys.push(key);
+            }
+        }
+    }
+    if report.keys.len() > limits.max_keys {
+        if report.overflow.is_none() {
+            report.overflow = Some(Overflow::Keys);
+        }
+        report.keys.truncate(limits.max_keys);
+    }
+    Ok(())
 }
 
 /// `(count, hash)` of the original's and the shadow's chunk, computed in parallel on two
