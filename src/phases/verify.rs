@@ -462,7 +462,11 @@ async fn settle_keys(
         if !keys.is_empty() {
             report.differing_chunks += 1;
         }
+        // Past `max_keys` the pass has overflowed: the keys after are not kept.
         for key in keys {
+            if report.keys.len() > limits.max_keys {
+                break;
+            }
             if !report.keys.contains(&key) {
                 report.keys.push(key);
             }

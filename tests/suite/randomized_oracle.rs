@@ -455,8 +455,9 @@ impl Paths {
         }
     }
 
-    /// `options` with these paths (the apply workers set by the caller).
-    fn apply(self, mut options: RunOptions) -> RunOptions {
+    /// `options` with these paths.
+    fn apply(self, options: RunOptions) -> RunOptions {
+        let mut options = options.apply_workers(self.apply_workers);
         options.copy_origin = self.copy_origin;
         options.resumable = self.resumable;
         options.max_write_latency = self.max_write_latency_ms.map(Duration::from_millis);
@@ -516,9 +517,7 @@ impl SeedStand<'_> {
             .status_interval(Duration::from_secs(60))
             .chunk_time(Duration::from_millis(self.rng.random_range(10..60)))
             .initial_rows(self.rng.random_range(200..1000));
-        let options = self
-            .paths
-            .apply(options.apply_workers(self.paths.apply_workers));
+        let options = self.paths.apply(options);
         let hold_catch_up = self.rng.random_bool(0.7);
 
         // A transaction with writes open before doppel starts: the slot's creation waits for it.
