@@ -16,6 +16,7 @@
 mod backfill;
 mod cleanup;
 mod created;
+mod deadlock;
 mod direct;
 mod history;
 pub mod operator;
@@ -112,6 +113,9 @@ pub async fn run(
         };
         migration.warnings.extend(warnings);
     }
+    migration
+        .warnings
+        .extend(deadlock::warning(&control, options).await?);
     if !options.execute {
         return Ok(Outcome::Planned(Box::new(migration)));
     }

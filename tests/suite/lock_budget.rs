@@ -2,7 +2,8 @@
 //! takes — the table, its foreign-key children and parents, the other relations of its
 //! views — waits within one `--lock-timeout` for the whole attempt, so an application query
 //! that queues behind the attempt waits at most that long (plus a round trip); and the time
-//! the locks are held is capped by `--max-lock-hold`.
+//! the locks are held is capped by `--max-lock-hold`. With both below `deadlock_timeout`,
+//! the attempt, not the application, gives way in a lock cycle (`src/run/deadlock.rs`).
 //!
 //! Each test holds the run postponed until its blockers are in place, then measures the
 //! queries of the application that queue behind the attempt.
@@ -399,5 +400,155 @@ async fn the_drain_gate_gives_up_when_writes_outpace_the_applier() {
             .to_string_lossy()
             .starts_with("doppel-rollback-")),
         "nothing was cut over: the rollback script is removed"
+    );
+}
+
+/// The outcome of [`deadlock_cycle`]: the application's `LOCK` on the child (an error
+/// message with its SQLSTATE when it failed), the run's exit code, the blockers of the first
+/// attempt and the application's pid, and the warnings of the same options' dry run.
+struct Cycle {
+    app: Result<(), String>,
+    exit: u8,
+    blockers: Vec<i32>,
+    app_pid: i32,
+    warnings: Vec<String>,
+}
+
+/// A lock cycle between an application transaction and a cutover attempt, the application
+/// waiting first: the application holds ROW EXCLUSIVE on `p` (which `t`'s key references);
+/// the attempt takes the child `c`, then waits for `t` behind a blocker; the application asks
+/// for `c` and queues behind the attempt; the blocker commits, and the attempt asks for `p`.
+/// The application's session has `deadlock_timeout` = 1 s; the run has `lock_timeout` and
+/// `max_lock_hold`.
+async fn deadlock_cycle(lock_timeout: Duration, max_lock_hold: Duration) -> Cycle {
+    let cluster = common::cluster().await;
+    let client = cluster.connect("postgres").await.unwrap();
+    client
+        .batch_execute(
+            "CREATE TABLE p (id bigint PRIMARY KEY);
+             INSERT INTO p SELECT generate_series(1, 100);
+             CREATE TABLE t (id bigint PRIMARY KEY, v int NOT NULL, p_id bigint REFERENCES p (id));
+             INSERT INTO t SELECT i, i, 1 + i % 100 FROM generate_series(1, 2000) i;
+             CREATE TABLE c (id bigint PRIMARY KEY, t_id bigint NOT NULL REFERENCES t (id));
+             INSERT INTO c SELECT i, i FROM generate_series(1, 100) i;",
+        )
+        .await
+        .unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let mut options = run_options(dir.path(), 5);
+    options.lock_timeout = lock_timeout;
+    options.max_lock_hold = max_lock_hold;
+    let config: tokio_postgres::Config = cluster.conninfo("postgres").parse().unwrap();
+    let dry = RunOptions {
+        execute: false,
+        ..options.clone()
+    };
+    let Outcome::Planned(plan) = doppel::run::run(&config, &dry, &Cancel::never())
+        .await
+        .unwrap()
+    else {
+        panic!("a dry run")
+    };
+    let (run, flag) = start_postponed(&cluster, dir.path(), options).await;
+
+    let app = cluster.connect("postgres").await.unwrap();
+    // The pid is read before the transaction: a statement that takes a snapshot would make
+    // the attempt wait for it before asking for any lock (docs/design.md §4.6).
+    let app_pid = common::scalar(&app, "SELECT pg_backend_pid()::bigint").await;
+    app.batch_execute("SET deadlock_timeout = '1s'; BEGIN; LOCK TABLE p IN ROW EXCLUSIVE MODE")
+        .await
+        .unwrap();
+    let table_blocker = blocker(&cluster, "t", "ROW EXCLUSIVE").await;
+    std::fs::remove_file(&flag).unwrap();
+    assert!(
+        common::wait_until_async(Duration::from_secs(60), || attempt_waits_on(&client, "t")).await,
+        "the attempt holds the child and waits for the table"
+    );
+    let lock = tokio::spawn(async move {
+        let result = app
+            .batch_execute("LOCK TABLE c IN ROW EXCLUSIVE MODE")
+            .await
+            .map_err(|e| format!("{:?}: {e}", e.code().map(|c| c.code().to_string())));
+        app.batch_execute(if result.is_ok() { "COMMIT" } else { "ROLLBACK" })
+            .await
+            .unwrap();
+        result
+    });
+    assert!(
+        common::wait_until_async(Duration::from_secs(5), || async {
+            common::scalar(
+                &client,
+                &format!("SELECT count(*) FROM pg_locks WHERE pid = {app_pid} AND NOT granted"),
+            )
+            .await
+                > 0
+        })
+        .await,
+        "the application queues behind the attempt's lock on the child"
+    );
+    table_blocker.batch_execute("COMMIT").await.unwrap();
+    let app = lock.await.unwrap();
+    let outcome = tokio::time::timeout(Duration::from_secs(120), run)
+        .await
+        .expect("the run ends")
+        .unwrap();
+    let (exit, blockers) = match outcome {
+        Ok(Outcome::Migrated(run)) => (0, run.cutover.history[0].blockers.clone()),
+        Ok(_) => panic!("expected a migration"),
+        Err(e) => (doppel::failure::exit_code(&e), Vec::new()),
+    };
+    Cycle {
+        app,
+        exit,
+        blockers,
+        app_pid: i32::try_from(app_pid).unwrap(),
+        warnings: plan.warnings,
+    }
+}
+
+/// With the lock budget below `deadlock_timeout` the attempt gives way: it times out while
+/// the application waits, rolls back, and the application's transaction gets its lock and
+/// commits; the next attempt migrates. The application is among the first attempt's blockers
+/// (the cycle formed). No warning.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn in_a_deadlock_with_the_application_the_cutover_gives_way() {
+    let cycle = deadlock_cycle(Duration::from_millis(400), Duration::from_millis(600)).await;
+    assert_eq!(cycle.app, Ok(()), "the application's transaction goes on");
+    assert_eq!(cycle.exit, 0);
+    assert!(
+        cycle.blockers.contains(&cycle.app_pid),
+        "the first attempt waited for the application (pid {}): {:?}",
+        cycle.app_pid,
+        cycle.blockers
+    );
+    assert!(
+        cycle
+            .warnings
+            .iter()
+            .all(|w| !w.contains("deadlock_timeout")),
+        "{:?}",
+        cycle.warnings
+    );
+}
+
+/// The broken variant of the test above, kept as a test of the warning: with a lock budget
+/// above `deadlock_timeout` the application, waiting first, reaches its deadlock check while
+/// the attempt still waits, and PostgreSQL aborts the application's transaction (40P01); the
+/// dry run warned about exactly that.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_lock_budget_above_deadlock_timeout_is_warned_about_and_can_abort_the_application() {
+    let cycle = deadlock_cycle(Duration::from_secs(3), Duration::from_secs(3)).await;
+    let aborted = cycle
+        .app
+        .expect_err("the application is the deadlock victim");
+    assert!(aborted.contains("40P01"), "{aborted}");
+    assert_eq!(cycle.exit, 0);
+    assert!(
+        cycle
+            .warnings
+            .iter()
+            .any(|w| w.contains("deadlock_timeout = 1000 ms") && w.contains("40P01")),
+        "{:?}",
+        cycle.warnings
     );
 }
