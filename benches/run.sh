@@ -32,7 +32,8 @@
 #       run builds) and with maintenance_work_mem 64MB instead of doppel's 1GB
 #   m6. the whole table by INSERT .. SELECT vs COPY TO STDOUT piped into COPY FROM STDIN
 #       (binary, two sessions)
-#   m8. the m1 chunks by TID range (TID Range Scan, heap order) vs by primary-key range
+#   m8. the m1 chunks by TID range (TID Range Scan, heap order) vs by primary-key range, and
+#       doppel run --chunk-by tid vs the default --chunk-by key
 #   m9. the whole table into an UNLOGGED table then SET LOGGED vs into a logged one (time, WAL)
 #   m10. the 2 secondary index builds and a verification-shaped hash pass over both tables,
 #       one after the other vs at the same time in two sessions
@@ -75,6 +76,8 @@ usage: benches/run.sh [options]
                       monthly partitions, the locking ALTER on the parent vs doppel
   --no-write          do not update BENCHMARKS.md
   --out FILE          the markdown file to update (default BENCHMARKS.md at the repo root)
+  --doppel-args "A.." more arguments for every doppel run (e.g. "--chunk-by tid"); use with
+                      --no-write or --out, as the section replaces the default path's
 Environment: DOPPEL_PG_BINDIR (server binaries; default /usr/lib/postgresql/15/bin).
 Must run as root or as a user that can run initdb (as root, the cluster runs as 'postgres').
 EOF
@@ -97,6 +100,7 @@ DO_PACING=0
 APPLY_WORKERS_LIST=""
 APPLY_HOLD=20
 DO_PARTITIONED=0
+DOPPEL_ARGS=""
 HERE=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
 ROOT=$(dirname "$HERE")
 OUT_MD="$ROOT/BENCHMARKS.md"
@@ -120,6 +124,7 @@ while [[ $# -gt 0 ]]; do
     --apply-hold) APPLY_HOLD=${2:?--apply-hold needs a value}; shift 2 ;;
     --partitioned) DO_PARTITIONED=1; shift ;;
     --out) OUT_MD=${2:?--out needs a value}; shift 2 ;;
+    --doppel-args) DOPPEL_ARGS=${2?--doppel-args needs a value}; shift 2 ;;
     -h|--help) usage; exit 0 ;;
     *) echo "run.sh: unknown argument '$1'" >&2; usage >&2; exit 2 ;;
   esac
@@ -562,7 +567,8 @@ run_doppel() {
   if ! NO_COLOR=1 /usr/bin/time -v -o "$WORK/doppel_$tag.time" \
       "$DOPPEL" run --dsn "$DSN" --table public.orders \
       --alter "ALTER COLUMN customer_id TYPE bigint" --execute \
-      --progress lines --status-interval 1 --work-dir "$WORK" --rollback-dir "$WORK" "$@" \
+      --progress lines --status-interval 1 --work-dir "$WORK" --rollback-dir "$WORK" \
+      ${DOPPEL_ARGS:+$DOPPEL_ARGS} "$@" \
       >"$out" 2>"$err"; then
     echo "----- doppel stdout" >&2; tail -n 20 "$out" >&2
     echo "----- doppel stderr" >&2; tail -n 20 "$err" >&2
@@ -653,7 +659,7 @@ fi
 # ---------------------------------------------------------------- m2, m3. copy workers, chunk time
 # Three more doppel runs on the idle table, each freshly restored, one setting changed from
 # the defaults of the run above (--copy-workers 2, --chunk-time 100).
-MEANS_RUNS=("w1|--copy-workers 1" "ct500|--chunk-time 500" "ct2000|--chunk-time 2000")
+MEANS_RUNS=("w1|--copy-workers 1" "ct500|--chunk-time 500" "ct2000|--chunk-time 2000" "tid|--chunk-by tid")
 # m7. on PostgreSQL 16+: --copy-origin, the copy sessions under replication origins and the
 # stream with origin 'none' (the default decodes the copied rows and discards them).
 [[ $PG_MAJOR -ge 16 ]] && MEANS_RUNS+=("origin|--copy-origin")
@@ -966,6 +972,7 @@ MD="$WORK/section.md"
     echo "| index builds: maintenance_work_mem 1GB | ${R[m_build]} s | 64MB (the server's default): ${R[m_build_mwm64]} s | **$(ratio "${R[m_build_mwm64]}" "${R[m_build]}")** |"
     echo "| the whole table in one statement: \`INSERT .. SELECT\` on the server | ${R[m_insert_all]} s | \`COPY .. TO STDOUT\` piped into \`COPY .. FROM STDIN\` (binary, two sessions): ${R[m_copy_all]} s | **$(ratio "${R[m_copy_all]}" "${R[m_insert_all]}")** |"
     echo "| chunks by primary-key range (plain SQL, 1 session, ${R[m_chunks]} chunks: an index range scan each) | ${R[m_bare_copy]} s | the same number of chunks by TID range (${R[m_tid_plan]}, physical order): ${R[m_tid_copy]} s | **$(ratio "${R[m_tid_copy]}" "${R[m_bare_copy]}")** |"
+    echo "| doppel's chunks by primary-key range (default \`--chunk-by key\`) | copy ${R[idle_copy]} s (run $dw s) | \`--chunk-by tid\` (TID ranges; keys changed during the copy removed and replayed): copy ${R[tid_copy]} s (run ${R[tid_wall]} s) | **$(ratio "${R[tid_copy]}" "${R[idle_copy]}")** (run $(ratio "${R[tid_wall]}" "$dw")) |"
     echo "| the shadow logged throughout (whole table, \`INSERT .. SELECT\`) | ${R[m_insert_all]} s, WAL $(fmt_bytes "${R[m_insert_wal]}") | \`UNLOGGED\` copy ${R[m_unlogged_copy]} s (WAL $(fmt_bytes "${R[m_unlogged_wal]}")) + \`SET LOGGED\` ${R[m_set_logged]} s (WAL $(fmt_bytes "${R[m_set_logged_wal]}")) = ${R[m_unlogged_total]} s | **$(ratio "${R[m_unlogged_total]}" "${R[m_insert_all]}")** |"
     echo "| the 2 secondary indexes, then verification (after the PK, plain SQL: a hash pass over both tables) | ${R[m_ov_idx]} s + ${R[m_ov_hash]} s = ${R[m_ov_serial]} s | both at once in two sessions: ${R[m_ov_overlap]} s (indexes ${R[m_ov_idx_concurrent]} s, hash ${R[m_ov_hash_concurrent]} s) | **$(ratio "${R[m_ov_overlap]}" "${R[m_ov_serial]}")** |"
     if [[ $PG_MAJOR -ge 16 ]]; then

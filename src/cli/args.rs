@@ -10,7 +10,7 @@ use doppel::conninfo;
 use doppel::ops::history::HistoryOptions;
 use doppel::ops::progress::Display;
 use doppel::ops::throttle::ThrottleOptions;
-use doppel::phases::backfill::CopyOptions;
+use doppel::phases::backfill::{ChunkBy, CopyOptions};
 use doppel::run::RunOptions;
 
 #[derive(Args, Debug)]
@@ -33,6 +33,14 @@ pub(crate) struct TuningArgs {
     /// Sessions copying chunks at once.
     #[arg(long, default_value_t = 2)]
     pub(crate) copy_workers: usize,
+    /// How the backfill divides the table: `key` (primary-key ranges, read through the
+    /// index) or `tid` (ranges of heap pages read in physical order by a TID Range Scan; the
+    /// rows of keys changed during the copy are removed from the shadow and replayed from the
+    /// stream). `tid` is used on a plain table in a run that is not --resumable (otherwise
+    /// key ranges, with a warning); a VACUUM FULL or CLUSTER of the table during the copy
+    /// stops the run (exit 8).
+    #[arg(long, value_enum, default_value_t = ChunkByArg::Key)]
+    pub(crate) chunk_by: ChunkByArg,
     /// Sessions applying streamed changes at once: while only the primary key constrains the
     /// shadow, each batch is split by a hash of the key across them.
     #[arg(long, default_value_t = doppel::phases::apply::DEFAULT_WORKERS)]
@@ -257,6 +265,13 @@ impl ThrottleArgs {
     }
 }
 
+/// `--chunk-by`.
+#[derive(ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum ChunkByArg {
+    Key,
+    Tid,
+}
+
 #[derive(ValueEnum, Clone, Copy, Debug)]
 pub(crate) enum LogFormat {
     Text,
@@ -301,6 +316,10 @@ pub(crate) fn run_options(
         copy: CopyOptions {
             chunk_time: Duration::from_millis(t.chunk_time.max(1)),
             nice_ratio: t.nice_ratio.max(0.0),
+            chunk_by: match t.chunk_by {
+                ChunkByArg::Key => ChunkBy::Key,
+                ChunkByArg::Tid => ChunkBy::Tid,
+            },
             ..CopyOptions::default()
         },
         copy_workers: t.copy_workers.max(1),

@@ -264,6 +264,55 @@ impl Projection {
         )
     }
 
+    /// Backfill of one chunk by TID range (`--chunk-by tid`): as [`Projection::copy_sql`]
+    /// over the heap pages `[lo, hi)`, `WHERE src.ctid >= $1 AND src.ctid < $2` (a TID Range
+    /// Scan, PostgreSQL 14+), with `$1` and `$2` as text (`'(lo,0)'`); without `has_upper`
+    /// the range runs to the end of the table.
+    pub fn tid_copy_sql(&self, table: &str, shadow: &str, has_upper: bool) -> String {
+        let upper = if has_upper {
+            " AND src.ctid < $2::text::tid"
+        } else {
+            ""
+        };
+        format!(
+            "INSERT INTO {shadow} ({}){} SELECT {} FROM {}{table} AS src WHERE src.ctid >= $1::text::tid{upper}",
+            self.target_list(),
+            self.overriding(),
+            self.expression_list(),
+            self.only()
+        )
+    }
+
+    /// `DELETE` of the shadow rows whose key is among the text arrays `$1`, `$2`, .. (one per
+    /// key column, in key order, as the original's key types print): the keys a TID-range
+    /// backfill may have copied twice ([`crate::phases::tid_chunks`]).
+    pub fn delete_keys_sql(&self, shadow: &str) -> String {
+        let casts: Vec<String> = self
+            .key
+            .iter()
+            .enumerate()
+            .map(|(i, k)| {
+                format!(
+                    "CAST(u.p{}::{} AS {})",
+                    i + 1,
+                    k.source.type_sql,
+                    k.target.type_sql
+                )
+            })
+            .collect();
+        let params: Vec<String> = (1..=self.key.len())
+            .map(|i| format!("${i}::text[]"))
+            .collect();
+        let aliases: Vec<String> = (1..=self.key.len()).map(|i| format!("p{i}")).collect();
+        format!(
+            "DELETE FROM {shadow} WHERE {} IN (SELECT {} FROM unnest({}) AS u({}))",
+            self.target_key_tuple(),
+            casts.join(", "),
+            params.join(", "),
+            aliases.join(", ")
+        )
+    }
+
     /// `SELECT u.p1::oldtype AS "c1", .. FROM unnest($1::text[], ..) AS u(p1, ..)` over the
     /// given original columns: decoded text values, one array parameter per column.
     fn unnest_source(columns: &[&Column]) -> String {

@@ -41,6 +41,7 @@ use crate::ops::progress::Progress;
 use crate::ops::throttle::Throttler;
 use crate::phases::checkpoint::{Checkpoint, CopyProgress, PlannedTo};
 use crate::phases::shadow::pairs::{self, Pair};
+use crate::phases::tid_chunks;
 use crate::plan::Plan;
 use crate::testing::{Probe, broken, pause_armed, pause_point};
 
@@ -53,6 +54,20 @@ pub struct CopyOptions {
     pub nice_ratio: f64,
     /// Rows in the first chunk.
     pub initial_rows: i64,
+    /// How the chunks divide the table (`--chunk-by`).
+    pub chunk_by: ChunkBy,
+}
+
+/// How the backfill divides the table into chunks (`--chunk-by`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum ChunkBy {
+    /// Primary-key ranges, read through the key's index (the default; resumable, and the
+    /// only way for a partitioned table).
+    #[default]
+    Key,
+    /// Ranges of heap pages, read in physical order by a TID Range Scan
+    /// ([`crate::phases::tid_chunks`]); a plain table in a run that is not `--resumable`.
+    Tid,
 }
 
 impl Default for CopyOptions {
@@ -61,6 +76,7 @@ impl Default for CopyOptions {
             chunk_time: Duration::from_millis(100),
             nice_ratio: 0.0,
             initial_rows: 1_000,
+            chunk_by: ChunkBy::Key,
         }
     }
 }
@@ -98,6 +114,8 @@ struct Range {
     pair: usize,
     lower: Bound,
     upper: Bound,
+    /// Heap pages of a TID range (0 for a key range).
+    pages: i64,
 }
 
 /// One backfill: the plan and settings, and what paces and watches it.
@@ -127,6 +145,8 @@ pub struct Backfill<'a> {
 struct Counters {
     /// Rows the next chunk should hold.
     rows_target: AtomicI64,
+    /// Heap pages the next TID-range chunk should cover.
+    pages_target: AtomicI64,
     copied: AtomicU64,
     chunks: AtomicU64,
 }
@@ -152,6 +172,7 @@ impl Backfill<'_> {
         let resumed = self.resume.clone().unwrap_or_default();
         let counters = Counters {
             rows_target: AtomicI64::new(self.options.initial_rows),
+            pages_target: AtomicI64::new(0),
             copied: AtomicU64::new(resumed.rows),
             chunks: AtomicU64::new(0),
         };
@@ -207,6 +228,7 @@ impl Backfill<'_> {
                 pair: pair_index(pairs, chunk.partition.as_deref())?,
                 lower: chunk.lower,
                 upper: chunk.upper,
+                pages: 0,
             };
             if tx.send(range).await.is_err() {
                 return Ok(());
@@ -233,11 +255,19 @@ impl Backfill<'_> {
                 pair: i,
                 lower: lower.take(),
                 upper: None,
+                pages: 0,
             };
-            match self
-                .plan_pair(client, pair, start, counters, &tx, &check)
-                .await?
-            {
+            let planned = match self.options.chunk_by {
+                ChunkBy::Key => {
+                    self.plan_pair(client, pair, start, counters, &tx, &check)
+                        .await?
+                }
+                ChunkBy::Tid => {
+                    self.plan_tid_pair(client, pair, start, counters, &tx, &check)
+                        .await?
+                }
+            };
+            match planned {
                 Some(next) => seq = next,
                 None => return Ok(()),
             }
@@ -297,6 +327,7 @@ impl Backfill<'_> {
                 pair: start.pair,
                 lower: lower.clone(),
                 upper: upper.clone(),
+                pages: 0,
             };
             seq += 1;
             if tx.send(range).await.is_err() {
@@ -306,6 +337,51 @@ impl Backfill<'_> {
                 return Ok(Some(seq));
             }
             lower = upper;
+        }
+    }
+
+    /// Queues the TID-range chunks of one pair, numbered from `start.seq`: page ranges of
+    /// `pages_target` pages from page 0, the first sized from `initial_rows` and the rows per
+    /// page `pg_class` estimates; the last range is open-ended, so pages added during the
+    /// copy are read by it. Returns the next sequence number, or `None` when the workers are
+    /// gone.
+    async fn plan_tid_pair(
+        &self,
+        client: &Client,
+        pair: &Pair,
+        start: Range,
+        counters: &Counters,
+        tx: &mpsc::Sender<Range>,
+        check: &impl Fn() -> Result<()>,
+    ) -> Result<Option<i64>> {
+        // TID ranges are used on a plain table only (the run falls back to key ranges).
+        let _ = pair;
+        let (heap_pages, per_page) = tid_chunks::heap_pages(client, self.plan.original.oid).await?;
+        let first = (self.options.initial_rows as f64 / per_page).ceil() as i64;
+        counters.pages_target.store(first.max(1), Ordering::Relaxed);
+        let (mut seq, mut lower) = (start.seq, 0i64);
+        loop {
+            check()?;
+            if let Some(t) = self.throttle {
+                t.wait_clear().await?;
+            }
+            let pages = counters.pages_target.load(Ordering::Relaxed);
+            let last = lower + pages >= heap_pages;
+            let range = Range {
+                seq,
+                pair: start.pair,
+                lower: Some(tid_chunks::bound(lower)),
+                upper: (!last).then(|| tid_chunks::bound(lower + pages)),
+                pages,
+            };
+            seq += 1;
+            if tx.send(range).await.is_err() {
+                return Ok(None);
+            }
+            if last {
+                return Ok(Some(seq));
+            }
+            lower += pages;
         }
     }
 
@@ -329,10 +405,11 @@ impl Backfill<'_> {
         } else {
             ""
         };
-        let sql = self
-            .plan
-            .projection
-            .copy_sql(&pair.original, &pair.shadow, shape.1, shape.2);
+        let projection = &self.plan.projection;
+        let sql = match self.options.chunk_by {
+            ChunkBy::Key => projection.copy_sql(&pair.original, &pair.shadow, shape.1, shape.2),
+            ChunkBy::Tid => projection.tid_copy_sql(&pair.original, &pair.shadow, shape.2),
+        };
         let statement = worker
             .prepare(&format!("{sql}{conflict}"))
             .await
@@ -398,7 +475,7 @@ impl Backfill<'_> {
             self.probe,
             "copying",
             format!("range={} rows={n} total={total}", describe_range(range)),
-            |c: &str| crate::testing::key_in_range(c, lower.as_deref(), upper.as_deref())
+            |c: &str| self.in_range(c, range)
         );
         tracing::debug!(rows = n, ms = took.as_millis() as u64, "chunk copied");
         if upper.is_some() {
@@ -411,10 +488,16 @@ impl Backfill<'_> {
             if let Some(pace) = self.pace {
                 target = pace.state().chunk_time(target);
             }
-            counters.rows_target.store(
-                next_chunk_rows(rows_planned, took, target),
-                Ordering::Relaxed,
-            );
+            match self.options.chunk_by {
+                ChunkBy::Key => counters.rows_target.store(
+                    next_chunk_rows(rows_planned, took, target),
+                    Ordering::Relaxed,
+                ),
+                ChunkBy::Tid => counters.pages_target.store(
+                    tid_chunks::next_chunk_pages(range.pages, took, target),
+                    Ordering::Relaxed,
+                ),
+            }
         }
         if self.options.nice_ratio > 0.0 {
             tokio::time::sleep(took.mul_f64(self.options.nice_ratio)).await;
@@ -437,9 +520,7 @@ impl Backfill<'_> {
     ) -> Result<u64> {
         // Test-only: with `chunk-open` armed for this chunk, the chunk runs in an explicit
         // transaction and stops between its statement (its snapshot) and its commit.
-        let (lower, upper) = (&range.lower, &range.upper);
-        let in_range =
-            |c: &str| crate::testing::key_in_range(c, lower.as_deref(), upper.as_deref());
+        let in_range = |c: &str| self.in_range(c, range);
         let paused = pause_armed!(self.probe, "chunk-open", in_range);
         if !paused && self.checkpoint.is_none() {
             return worker
@@ -476,6 +557,18 @@ impl Backfill<'_> {
             .await
             .context("committing a chunk")?;
         Ok(n)
+    }
+}
+
+impl Backfill<'_> {
+    /// Whether a pause point's condition names `range`: `key=N` a key range holding key N,
+    /// `block=N` a TID range holding heap page N (test hooks, [`crate::testing`]).
+    fn in_range(&self, condition: &str, range: &Range) -> bool {
+        let (lower, upper) = (range.lower.as_deref(), range.upper.as_deref());
+        match self.options.chunk_by {
+            ChunkBy::Key => crate::testing::key_in_range(condition, lower, upper),
+            ChunkBy::Tid => crate::testing::block_in_range(condition, lower, upper),
+        }
     }
 }
 

@@ -16,5 +16,6 @@ pub mod fence;
 pub mod origin;
 pub mod revert;
 pub mod shadow;
+pub mod tid_chunks;
 pub mod verify;
 pub mod violations;

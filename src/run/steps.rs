@@ -18,12 +18,13 @@ use crate::model::phase::Phase;
 use crate::ops::pacing::{PaceHandle, Pacer};
 use crate::ops::throttle::Throttler;
 use crate::phases::apply::{Applier, ApplyOptions};
-use crate::phases::backfill::{Backfill, CopyReport};
+use crate::phases::backfill::{Backfill, ChunkBy, CopyOptions, CopyReport};
 use crate::phases::cutover::{Cutover, CutoverOptions, CutoverReport, Script};
 use crate::phases::fence::Fencer;
 use crate::phases::origin;
 use crate::phases::revert;
 use crate::phases::shadow;
+use crate::phases::tid_chunks;
 use crate::phases::verify::{self, VerifyReport};
 use crate::plan::Plan;
 use crate::sql::literal;
@@ -82,7 +83,7 @@ impl Run<'_> {
             self.timed(Phase::Setup, setup_started);
             self.save(Phase::Copy).await?;
             let progress = capture.resumed.as_ref().map(|r| r.copy.clone());
-            self.backfill(&capture.tasks, &watchers.throttler, pace.as_ref(), progress)
+            self.backfill(capture, &watchers.throttler, pace.as_ref(), progress)
                 .await?
         } else {
             CopyReport::default()
@@ -204,7 +205,7 @@ impl Run<'_> {
     /// `resume`: where an interrupted run's backfill stood.
     async fn backfill(
         &mut self,
-        tasks: &Tasks,
+        capture: &Capture,
         throttler: &Throttler,
         pace: Option<&PaceHandle>,
         resume: Option<crate::phases::checkpoint::CopyProgress>,
@@ -231,9 +232,17 @@ impl Run<'_> {
             .await?;
             workers.push(w);
         }
+        let tasks = &capture.tasks;
+        let copy_options = self.copy_options();
+        let filenode = match copy_options.chunk_by {
+            ChunkBy::Tid => {
+                Some(tid_chunks::filenode(&self.control, self.plan.original.oid).await?)
+            }
+            ChunkBy::Key => None,
+        };
         let backfill = Backfill {
             plan: &self.plan,
-            options: &self.options.copy,
+            options: &copy_options,
             progress: &self.progress,
             throttle: Some(throttler),
             pace,
@@ -248,6 +257,9 @@ impl Run<'_> {
             throttler.check_critical()
         };
         let copy = backfill.run(&self.control, &workers, check).await?;
+        if let Some(before) = filenode {
+            self.remove_copied_twice(capture, before).await?;
+        }
         if self.created.copy_origins {
             for w in &workers {
                 w.batch_execute("SELECT pg_replication_origin_session_reset()")
@@ -268,6 +280,48 @@ impl Run<'_> {
             "backfill complete"
         );
         Ok(copy)
+    }
+
+    /// The backfill's settings, with `--chunk-by tid` kept only where TID ranges work: a
+    /// plain table in a run that is not resumable (else key ranges, logged).
+    fn copy_options(&self) -> CopyOptions {
+        let mut copy = self.options.copy.clone();
+        let why = if self.plan.partitions.is_some() {
+            "a partitioned table is copied by key ranges, partition by partition"
+        } else if self.checkpoint.is_some() {
+            "a resumable run records key ranges in its checkpoint"
+        } else {
+            return copy;
+        };
+        if copy.chunk_by == ChunkBy::Tid {
+            tracing::warn!("--chunk-by tid is not used: {why}");
+            copy.chunk_by = ChunkBy::Key;
+        }
+        copy
+    }
+
+    /// After a TID-range backfill: stops the run if the original was rewritten during it
+    /// (`before`: its file node when the copy began), then removes from the shadow the rows of
+    /// the keys the stream changed during the copy ([`tid_chunks`]).
+    async fn remove_copied_twice(&self, capture: &Capture, before: u32) -> Result<()> {
+        tid_chunks::check_not_rewritten(&self.control, &self.plan, before).await?;
+        let reader = capture
+            .reader
+            .as_ref()
+            .ok_or_else(|| anyhow::anyhow!("the spool reader was already taken"))?
+            .reopen()?;
+        let removal =
+            tid_chunks::remove_copied_twice(&self.control, &self.plan, reader, &self.probe);
+        let (keys, deleted) = tokio::select! {
+            removed = removal => removed?,
+            failed = watch_failures(&capture.tasks, &self.cancel) => return Err(failed),
+        };
+        tracing::info!(
+            keys_changed = keys,
+            rows_removed = deleted,
+            "TID-range backfill: removed the rows of the keys changed during the copy (the applier replays them)"
+        );
+        Ok(())
     }
 
     /// The shadow's primary key, then its non-unique indexes: logical decoding is still
@@ -594,6 +648,17 @@ impl Run<'_> {
             progress: Some(self.progress.clone()),
             pgbouncer_admin: self.options.pgbouncer_admin.clone(),
         }
+    }
+}
+
+/// Resolves with the first failure of the run's tasks (the stream) or a cancellation,
+/// checked every 200 ms; never resolves while both are fine.
+async fn watch_failures(tasks: &Tasks, cancel: &Cancel) -> anyhow::Error {
+    loop {
+        if let Err(e) = cancel.check().and_then(|()| tasks.check()) {
+            return e;
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
     }
 }
 

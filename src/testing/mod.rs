@@ -18,7 +18,7 @@
 //! every 5 ms, until the test removes `<pause dir>/<name>` ([`release`]). Arming is one-shot:
 //! a point passed while unarmed does not stop. The armed file may hold a condition: `key=N`
 //! (the copier's chunk points) matches the chunk whose key range holds the single integer
-//! key `N`; `xid=N` (`spooled`, `applied`) the passage that handled source transaction `N`.
+//! key `N`, and `block=N` the TID-range chunk (`--chunk-by tid`) holding heap page `N`; `xid=N` (`spooled`, `applied`) the passage that handled source transaction `N`.
 //!
 //! Points: `after-preflight`, `shadow-built`, `index-built` (a non-unique index of the
 //! shadow committed; the detail is its statement), `catch-up` (backfill and primary key done,
@@ -137,6 +137,33 @@ macro_rules! broken {
 }
 
 pub(crate) use {broken, pause_armed, pause_point};
+
+/// Whether `condition` is `block=N` with heap page `N` inside the TID range `[lower,
+/// upper)` (bounds `(page,0)`; no upper bound: to the end). Other conditions never match.
+pub(crate) fn block_in_range(
+    condition: &str,
+    lower: Option<&[Option<String>]>,
+    upper: Option<&[Option<String>]>,
+) -> bool {
+    let Some(block) = condition
+        .strip_prefix("block=")
+        .and_then(|b| b.trim().parse::<i64>().ok())
+    else {
+        return false;
+    };
+    // `(N,0)` as the TID-range chunks write their bounds.
+    let page = |b: Option<&[Option<String>]>| -> Option<i64> {
+        match b {
+            Some([Some(v)]) => v
+                .trim_start_matches('(')
+                .split(',')
+                .next()
+                .and_then(|n| n.parse().ok()),
+            _ => None,
+        }
+    };
+    page(lower).is_some_and(|lo| block >= lo) && page(upper).is_none_or(|hi| block < hi)
+}
 
 /// Whether `condition` is `key=N` with `N` inside the key range `(lower, upper]` (`None` =
 /// unbounded) of a single integer key column. Other conditions and keys never match.

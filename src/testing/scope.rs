@@ -43,6 +43,10 @@ pub enum Broken {
     /// that counts changes the shadow lacks, and the resumed run skips them. Selected in a
     /// doppel process by [`BROKEN_VAR`] (it needs no session of its own).
     CheckpointBeforeShares,
+    /// A TID-range backfill (`--chunk-by tid`) keeps the keys it may have copied twice: the
+    /// rows of the keys the stream changed during the copy are not removed before the
+    /// primary key is built ([`crate::phases::tid_chunks`]).
+    NoTidDedupe,
 }
 
 /// The environment variable that selects a broken ordering needing no configuration in a

@@ -58,6 +58,7 @@ mod status;
 mod strategies;
 mod throttle;
 mod throttle_sources;
+mod tid_chunks;
 mod tls;
 mod type_matrix;
 mod unique_violation;

@@ -33,6 +33,7 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use doppel::cancel::Cancel;
+use doppel::phases::backfill::ChunkBy;
 use doppel::run::{Outcome, RunOptions};
 use doppel::testing as pause;
 use doppel_testkit::cluster::LocalCluster;
@@ -440,6 +441,8 @@ struct Paths {
     resumable: bool,
     /// `--max-write-latency` in ms: the copy, verification and apply paced by the probe.
     max_write_latency_ms: Option<u64>,
+    /// `--chunk-by tid` (not with `--resumable`, which keeps key ranges).
+    tid_chunks: bool,
 }
 
 impl Paths {
@@ -447,11 +450,13 @@ impl Paths {
     /// caller's, or `DOPPEL_TEST_APPLY_WORKERS`).
     fn pick(rng: &mut StdRng, apply_workers: Option<usize>, server_version_num: u32) -> Paths {
         let drawn = [1, 2, 4][rng.random_range(0..3)];
+        let resumable = rng.random_bool(0.3);
         Paths {
             apply_workers: apply_workers.unwrap_or(drawn),
             copy_origin: server_version_num >= 160_000 && rng.random_bool(0.5),
-            resumable: rng.random_bool(0.3),
+            resumable,
             max_write_latency_ms: rng.random_bool(0.25).then(|| rng.random_range(1..20)),
+            tid_chunks: !resumable && rng.random_bool(0.5),
         }
     }
 
@@ -461,6 +466,9 @@ impl Paths {
         options.copy_origin = self.copy_origin;
         options.resumable = self.resumable;
         options.max_write_latency = self.max_write_latency_ms.map(Duration::from_millis);
+        if self.tid_chunks {
+            options.copy.chunk_by = ChunkBy::Tid;
+        }
         options
     }
 }
@@ -476,6 +484,9 @@ impl std::fmt::Display for Paths {
         }
         if let Some(ms) = self.max_write_latency_ms {
             write!(f, " --max-write-latency {ms}")?;
+        }
+        if self.tid_chunks {
+            write!(f, " --chunk-by tid")?;
         }
         Ok(())
     }
@@ -858,11 +869,19 @@ impl Writer {
     }
 
     /// A key that probably exists (loaded or recently created), sometimes one that does not.
+    /// The keys that do not exist lie just below [`BLOCK`], out of reach of the fresh keys
+    /// (`loaded + 1` up, inserted without `ON CONFLICT` in bulk) and of the shifted ranges: a
+    /// delete-and-insert or a re-insert from the graveyard may create one, and a fresh key it
+    /// took would fail the next bulk insert with a duplicate key (as the old `loaded + 10`
+    /// range did, seed 438704572).
     fn some_key(&mut self) -> i64 {
         if !self.recent.is_empty() && self.rng.random_bool(0.25) {
-            self.recent[self.rng.random_range(0..self.recent.len())]
-        } else {
-            self.rng.random_range(1..=self.loaded.max(1) + 10)
+            return self.recent[self.rng.random_range(0..self.recent.len())];
+        }
+        let loaded = self.loaded.max(1);
+        match self.rng.random_range(1..=loaded + 10) {
+            k if k <= loaded => k,
+            k => BLOCK - (k - loaded),
         }
     }
 

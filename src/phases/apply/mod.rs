@@ -33,6 +33,7 @@
 //! and `visibility-wait`, and the deliberately broken orderings that concern the apply, from
 //! the probe the applier is spawned with.
 
+mod changed_keys;
 mod changes;
 mod exec;
 mod relation;
@@ -54,6 +55,7 @@ use crate::plan::Plan;
 use crate::testing::Probe;
 use pglogrepl::lsn::Lsn;
 
+pub use changed_keys::changed_keys;
 pub use visibility::wait_visible;
 use worker::Worker;
 

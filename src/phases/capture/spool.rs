@@ -58,8 +58,7 @@ pub struct SpoolWriter {
 #[derive(Debug)]
 pub struct SpoolReader {
     file: BufReader<File>,
-    /// For a second reader (test-only).
-    #[cfg(feature = "pause-points")]
+    /// For a second reader ([`SpoolReader::reopen`]).
     path: PathBuf,
     pos: u64,
     visible: watch::Receiver<u64>,
@@ -334,7 +333,6 @@ impl SpoolReader {
         file.seek(SeekFrom::Start(MAGIC.len() as u64))?;
         Ok(SpoolReader {
             file: BufReader::with_capacity(1 << 20, file),
-            #[cfg(feature = "pause-points")]
             path: path.to_path_buf(),
             pos: MAGIC.len() as u64,
             visible,
@@ -347,9 +345,11 @@ impl SpoolReader {
         Ok(())
     }
 
-    /// A second reader of the same spool, from its first record (test-only: the broken
-    /// ordering that applies changes during the backfill reads the spool twice).
-    #[cfg(feature = "pause-points")]
+    /// A second reader of the same spool, from its first record: the keys changed during a
+    /// TID-range backfill are read with it ([`crate::phases::tid_chunks`]), and so is the
+    /// spool of the test-only broken ordering that applies changes during the backfill.
+    ///
+    /// Errors: the spool file cannot be opened.
     pub(crate) fn reopen(&self) -> Result<SpoolReader> {
         SpoolReader::open(&self.path, self.visible.clone())
     }

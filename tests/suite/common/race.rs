@@ -287,6 +287,12 @@ impl Run {
         diff(client, &common::shadow_name(client, "t").await, columns).await
     }
 
+    /// Lets the run go on from `verifying` and returns how it ended.
+    pub async fn outcome(mut self) -> anyhow::Result<Outcome> {
+        self.release("verifying");
+        self.handle.take().unwrap().await.unwrap()
+    }
+
     /// A broken run is cancelled (its shadow is dropped, `t` untouched); a correct run cuts
     /// over and the new `t` must equal the twin.
     pub async fn finish(mut self, client: &Client, columns: &str) {

@@ -1,0 +1,145 @@
+//! The backfill by TID range (`--chunk-by tid`, `src/phases/tid_chunks.rs`, docs/design.md
+//! §1.4): chunks of heap pages, each under its own snapshot, so a row updated between two
+//! chunks can be copied twice (its old version in a chunk read before the update, its new
+//! version in a chunk read after it). The rows of every key the stream changed during the
+//! copy are removed before the primary key is built and replayed by the applier; the forced
+//! race below shows the duplicate, and the broken variant that keeps it fails the primary key
+//! build. A rewrite of the table during the copy (VACUUM FULL) stops the run.
+
+use doppel::run::Outcome;
+use doppel::testing::Broken;
+use tokio_postgres::Client;
+
+use crate::common;
+use crate::common::race::{self, Run, Writer};
+use doppel::phases::backfill::ChunkBy;
+
+/// The compared columns of `t` and its twin.
+const COLUMNS: &str = "id, v::bigint, doc";
+
+/// `t` and its twin with 2,000 rows and no TOASTed value: about ten full heap pages, one
+/// page per chunk (the race harness's 100-row, zero-time chunks).
+async fn stand() -> (
+    doppel_testkit::cluster::LocalCluster,
+    Client,
+    tokio_postgres::Config,
+) {
+    let cluster = common::cluster().await;
+    let client = cluster.connect("postgres").await.unwrap();
+    race::create_tables(&client, 2_000, i64::MAX).await;
+    let config: tokio_postgres::Config = cluster.conninfo("postgres").parse().unwrap();
+    (cluster, client, config)
+}
+
+/// The heap page of row `id` of `t`.
+async fn page_of(client: &Client, id: i64) -> i64 {
+    common::scalar(
+        client,
+        &format!("SELECT (ctid::text::point)[0]::bigint FROM t WHERE id = {id}"),
+    )
+    .await
+}
+
+/// Holds the TID-range run after its first chunk (from page 0), updates row 10 (on page 0,
+/// full: the new version goes to a page after the chunk's, which the test checks), and lets
+/// the run go on.
+async fn update_between_chunks(
+    client: &Client,
+    config: &tokio_postgres::Config,
+    broken: Option<Broken>,
+) -> Run {
+    assert_eq!(page_of(client, 10).await, 0);
+    let mut run = Run::start(config, broken, &[("copying", "block=0")], |o| {
+        o.copy.chunk_by = ChunkBy::Tid;
+    });
+    let detail = run.reached("copying").await;
+    let first_upper: i64 = detail
+        .strip_prefix("range=((0,0), (")
+        .and_then(|r| r.split(',').next())
+        .and_then(|p| p.parse().ok())
+        .unwrap_or_else(|| panic!("not the first TID range: {detail}"));
+    let writer = Writer::new(config).await;
+    writer
+        .transaction(&["UPDATE {t} SET v = v + 1 WHERE id = 10"])
+        .await;
+    let moved_to = page_of(client, 10).await;
+    assert!(
+        moved_to >= first_upper,
+        "the new version is on page {moved_to}, inside the copied range (0, {first_upper})"
+    );
+    run.release("copying");
+    run
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_row_updated_between_two_tid_chunks_is_copied_once() {
+    let (_cluster, client, config) = stand().await;
+    let mut run = update_between_chunks(&client, &config, None).await;
+    let diff = run.shadow_diff(&client, COLUMNS).await;
+    assert!(
+        diff.is_empty(),
+        "the shadow differs from the twin: {diff:?}"
+    );
+    run.finish(&client, COLUMNS).await;
+}
+
+/// The broken variant: without the removal the key is in the shadow twice, and the primary
+/// key build fails on it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn without_the_removal_the_primary_key_build_fails_on_the_duplicate() {
+    let (_cluster, client, config) = stand().await;
+    let run = update_between_chunks(&client, &config, Some(Broken::NoTidDedupe)).await;
+    let err = run
+        .outcome()
+        .await
+        .expect_err("the duplicate key fails the run");
+    let text = format!("{err:#}");
+    assert!(
+        text.contains("could not create unique index") && text.contains("(id)=(10)"),
+        "{text}"
+    );
+}
+
+/// `VACUUM FULL` between two chunks moves every row: the run stops with exit 8, saying the
+/// table was rewritten, and leaves `t` as it was and nothing of its own.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_vacuum_full_during_the_tid_copy_stops_the_run() {
+    let (_cluster, client, config) = stand().await;
+    let before = common::text(
+        &client,
+        "SELECT md5(string_agg(t::text, ',' ORDER BY id)) FROM t",
+    )
+    .await
+    .unwrap();
+    let mut run = Run::start(&config, None, &[("copying", "block=0")], |o| {
+        o.copy.chunk_by = ChunkBy::Tid;
+    });
+    run.reached("copying").await;
+    client.batch_execute("VACUUM FULL t").await.unwrap();
+    run.release("copying");
+    let err = match run.outcome().await {
+        Err(e) => e,
+        Ok(Outcome::Migrated(_)) => panic!("the run migrated a rewritten table"),
+        Ok(other) => panic!("unexpected outcome {other:?}"),
+    };
+    assert_eq!(doppel::failure::exit_code(&err), 8, "{err:#}");
+    assert!(
+        format!("{err:#}").contains("was rewritten during the backfill"),
+        "{err:#}"
+    );
+    let after = common::text(
+        &client,
+        "SELECT md5(string_agg(t::text, ',' ORDER BY id)) FROM t",
+    )
+    .await
+    .unwrap();
+    assert_eq!(before, after);
+    assert_eq!(
+        common::scalar(
+            &client,
+            "SELECT count(*) FROM pg_class WHERE relname LIKE '\\_doppel\\_%'"
+        )
+        .await,
+        0
+    );
+}
