@@ -342,8 +342,9 @@ impl Backfill<'_> {
 
     /// Queues the TID-range chunks of one pair, numbered from `start.seq`: page ranges of
     /// `pages_target` pages from page 0, the first sized from `initial_rows` and the rows per
-    /// page `pg_class` estimates; the last range is open-ended, so pages added during the
-    /// copy are read by it. Returns the next sequence number, or `None` when the workers are
+    /// page `pg_class` estimates; the table's size is read again when the ranges reach it, so
+    /// pages added during the copy get bounded ranges too, and the last range, open-ended,
+    /// covers less than one chunk when planned. Returns the next sequence number, or `None` when the workers are
     /// gone.
     async fn plan_tid_pair(
         &self,
@@ -356,9 +357,12 @@ impl Backfill<'_> {
     ) -> Result<Option<i64>> {
         // TID ranges are used on a plain table only (the run falls back to key ranges).
         let _ = pair;
-        let (heap_pages, per_page) = tid_chunks::heap_pages(client, self.plan.original.oid).await?;
+        let (mut heap_pages, per_page) =
+            tid_chunks::heap_pages(client, self.plan.original.oid).await?;
         let first = (self.options.initial_rows as f64 / per_page).ceil() as i64;
-        counters.pages_target.store(first.max(1), Ordering::Relaxed);
+        counters
+            .pages_target
+            .store(first.clamp(1, 1_000_000), Ordering::Relaxed);
         let (mut seq, mut lower) = (start.seq, 0i64);
         loop {
             check()?;
@@ -366,6 +370,13 @@ impl Backfill<'_> {
                 t.wait_clear().await?;
             }
             let pages = counters.pages_target.load(Ordering::Relaxed);
+            if lower + pages >= heap_pages {
+                // The table may have grown since: plan bounded ranges over what was added,
+                // and leave only the tail of less than one chunk to the open-ended one.
+                heap_pages = tid_chunks::heap_pages(client, self.plan.original.oid)
+                    .await?
+                    .0;
+            }
             let last = lower + pages >= heap_pages;
             let range = Range {
                 seq,

@@ -17,7 +17,10 @@
 //! A rewrite of the original during the copy (`VACUUM FULL`, `CLUSTER`) moves every row to
 //! another TID without a change in the stream, so rows could be missed or copied twice: the
 //! original's file node is read before and after the copy, and a change stops the run
-//! (exit 8).
+//! (exit 8; a TRUNCATE, which gives it a new file too, is stopped there as well).
+//!
+//! Only keys whose version an UPDATE or DELETE replaced can have been copied twice, so only
+//! those are collected ([`crate::phases::apply::changed_keys`]).
 
 use std::collections::HashSet;
 use std::time::Duration;
@@ -77,7 +80,7 @@ pub async fn filenode(client: &Client, oid: u32) -> Result<u32> {
 }
 
 /// Stops the run (exit 8) when the original's file node is no longer `before`: the table
-/// was rewritten during the TID-range copy.
+/// was rewritten (or truncated) during the TID-range copy.
 ///
 /// Errors: the rewrite, as a conflict; a failed query.
 pub async fn check_not_rewritten(client: &Client, plan: &Plan, before: u32) -> Result<()> {
@@ -87,7 +90,7 @@ pub async fn check_not_rewritten(client: &Client, plan: &Plan, before: u32) -> R
     Err(crate::failure::fail(
         crate::failure::FailureKind::Conflict,
         format!(
-            "{} was rewritten during the backfill (VACUUM FULL, CLUSTER or a rewriting ALTER moved every row to another TID), so the TID-range chunks no longer cover it; nothing was cut over and the original table is untouched. Run doppel again, or with --chunk-by key",
+            "{} was rewritten or truncated during the backfill (VACUUM FULL, CLUSTER, TRUNCATE or a rewriting ALTER gave it a new file, its rows at other TIDs), so the TID-range chunks no longer cover it; nothing was cut over and the original table is untouched. Run doppel again, or with --chunk-by key",
             plan.original.qualified()
         ),
     ))

@@ -307,7 +307,7 @@ async fn seed_on(
     let (alters, reversible) = pick_alters(&mut rng);
     result.alters = alters.clone();
     let fixed = apply_workers.or_else(common::apply_workers_override);
-    let paths = Paths::pick(&mut rng, fixed, cluster.server_version_num());
+    let paths = Paths::pick(&mut rng, seed, fixed, cluster.server_version_num());
     result.paths = paths.to_string();
     println!(
         "seed {seed}: {n} rows loaded in {:.1} s, time zone {zone}, paths [{paths}], alter {alters:?}",
@@ -446,17 +446,26 @@ struct Paths {
 }
 
 impl Paths {
-    /// Draws the paths from the seed's `rng`; `apply_workers` fixes that count when given (the
+    /// Draws the paths from the seed's `rng` (`--chunk-by tid` from `seed` apart); `apply_workers` fixes that count when given (the
     /// caller's, or `DOPPEL_TEST_APPLY_WORKERS`).
-    fn pick(rng: &mut StdRng, apply_workers: Option<usize>, server_version_num: u32) -> Paths {
+    fn pick(
+        rng: &mut StdRng,
+        seed: u64,
+        apply_workers: Option<usize>,
+        server_version_num: u32,
+    ) -> Paths {
         let drawn = [1, 2, 4][rng.random_range(0..3)];
+        let copy_origin = server_version_num >= 160_000 && rng.random_bool(0.5);
         let resumable = rng.random_bool(0.3);
+        let max_write_latency_ms = rng.random_bool(0.25).then(|| rng.random_range(1..20));
         Paths {
             apply_workers: apply_workers.unwrap_or(drawn),
-            copy_origin: server_version_num >= 160_000 && rng.random_bool(0.5),
+            copy_origin,
             resumable,
-            max_write_latency_ms: rng.random_bool(0.25).then(|| rng.random_range(1..20)),
-            tid_chunks: !resumable && rng.random_bool(0.5),
+            max_write_latency_ms,
+            // From a generator of its own, so that the seed's other draws (and so the
+            // seeds recorded before this path existed) stay as they were.
+            tid_chunks: !resumable && StdRng::seed_from_u64(seed ^ 0x7469_6463).random_bool(0.5),
         }
     }
 

@@ -7,15 +7,17 @@ use std::collections::HashSet;
 use anyhow::{Context, Result, bail};
 use pglogrepl::pgoutput::{self, PgOutputMessage};
 
-use super::changes::Val;
-use super::relation::{check_relation, expect_relation, key_of, key_of_bound, values};
+use super::relation::{check_relation, expect_relation, key_of, values};
 use crate::phases::capture::spool::{self, SpoolReader};
 use crate::plan::Plan;
 
 /// Reads `reader` (a reader of the run's spool from its first record) up to the logical
-/// message of the run's prefix whose content is `marker`, and returns the key (as text, one
-/// value per key column) of every INSERT, UPDATE (old and new key) and DELETE before it.
-/// Waits for the stream to spool the marker.
+/// message of the run's prefix whose content is `marker`, and returns the keys (as text, one
+/// value per key column) whose version an UPDATE or DELETE before it replaced: the old key of
+/// an UPDATE when pgoutput sends it (a key change, REPLICA IDENTITY FULL), else its new key,
+/// and the old key of a DELETE. Only such a key can have two versions visible to two chunk
+/// snapshots; an INSERT creates a key's first version (a key re-inserted after a DELETE is
+/// in the set through that DELETE). Waits for the stream to spool the marker.
 ///
 /// Errors: the spool ends before the marker (the stream stopped), a record cannot be
 /// decoded, the original's definition changed (exit 8), a key cannot be read.
@@ -37,10 +39,8 @@ pub async fn changed_keys(
             .with_context(|| format!("decoding the spooled message at {lsn}"))?;
         match message {
             PgOutputMessage::Relation(rel) => relation_checked |= check_relation(plan, &rel)?,
-            PgOutputMessage::Insert { relation_id, new } => {
+            PgOutputMessage::Insert { relation_id, .. } => {
                 expect_relation(plan, relation_id, relation_checked)?;
-                let row: Vec<Option<String>> = values(&new)?.iter().map(Val::bind).collect();
-                keys.insert(key_of_bound(plan, &row)?);
             }
             PgOutputMessage::Update {
                 relation_id,
@@ -48,10 +48,12 @@ pub async fn changed_keys(
                 new,
             } => {
                 expect_relation(plan, relation_id, relation_checked)?;
-                if let Some(old) = old {
-                    keys.insert(key_of(plan, &values(old.tuple())?)?);
-                }
-                keys.insert(key_of(plan, &values(&new)?)?);
+                // The key of the version this update replaced: the old key when pgoutput
+                // sends it (a key change, or REPLICA IDENTITY FULL), else the new one.
+                keys.insert(match old {
+                    Some(old) => key_of(plan, &values(old.tuple())?)?,
+                    None => key_of(plan, &values(&new)?)?,
+                });
             }
             PgOutputMessage::Delete { relation_id, old } => {
                 expect_relation(plan, relation_id, relation_checked)?;
