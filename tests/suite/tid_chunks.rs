@@ -3,8 +3,8 @@
 //! chunks can be copied twice (its old version in a chunk read before the update, its new
 //! version in a chunk read after it). The rows of every key the stream changed during the
 //! copy are removed before the primary key is built and replayed by the applier; the forced
-//! race below shows the duplicate, and the broken variant that keeps it fails the primary key
-//! build. A rewrite of the table during the copy (VACUUM FULL) stops the run.
+//! races below show the duplicate (an update, a key change, a delete and re-insert), and the
+//! broken variant that keeps it fails the primary key build. A rewrite of the table during the copy (VACUUM FULL) stops the run.
 
 use doppel::run::Outcome;
 use doppel::testing::Broken;
@@ -48,7 +48,28 @@ async fn update_between_chunks(
     config: &tokio_postgres::Config,
     broken: Option<Broken>,
 ) -> Run {
+    writes_between_chunks(
+        client,
+        config,
+        broken,
+        &["UPDATE {t} SET v = v + 1 WHERE id = 10"],
+        10,
+    )
+    .await
+}
+
+/// Holds the TID-range run after its first chunk (from page 0), runs `statements` in one
+/// mirrored transaction, checks that the row of key `moved` is now on a page after the
+/// chunk's (rows on page 0 are full), and lets the run go on.
+async fn writes_between_chunks(
+    client: &Client,
+    config: &tokio_postgres::Config,
+    broken: Option<Broken>,
+    statements: &[&str],
+    moved: i64,
+) -> Run {
     assert_eq!(page_of(client, 10).await, 0);
+    assert_eq!(page_of(client, 20).await, 0);
     let mut run = Run::start(config, broken, &[("copying", "block=0")], |o| {
         o.copy.chunk_by = ChunkBy::Tid;
     });
@@ -59,10 +80,8 @@ async fn update_between_chunks(
         .and_then(|p| p.parse().ok())
         .unwrap_or_else(|| panic!("not the first TID range: {detail}"));
     let writer = Writer::new(config).await;
-    writer
-        .transaction(&["UPDATE {t} SET v = v + 1 WHERE id = 10"])
-        .await;
-    let moved_to = page_of(client, 10).await;
+    writer.transaction(statements).await;
+    let moved_to = page_of(client, moved).await;
     assert!(
         moved_to >= first_upper,
         "the new version is on page {moved_to}, inside the copied range (0, {first_upper})"
@@ -81,6 +100,37 @@ async fn a_row_updated_between_two_tid_chunks_is_copied_once() {
         "the shadow differs from the twin: {diff:?}"
     );
     run.finish(&client, COLUMNS).await;
+}
+
+/// A key change and a delete with a re-insert of the same key between two chunks: the old
+/// key 10 copied from page 0 becomes 15 on a later page, and key 20, copied from page 0, is
+/// deleted and inserted again on a later page (copied a second time). The migrated table
+/// equals the twin; without the removal the re-inserted key fails the primary key build.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_key_change_and_a_re_insert_between_two_tid_chunks_are_applied_once() {
+    let statements = [
+        "UPDATE {t} SET id = 15 WHERE id = 10",
+        "DELETE FROM {t} WHERE id = 20",
+        "INSERT INTO {t} (id, v) VALUES (20, -20)",
+    ];
+    let (_cluster, client, config) = stand().await;
+    let mut run = writes_between_chunks(&client, &config, None, &statements, 20).await;
+    assert!(page_of(&client, 15).await > 0);
+    let diff = run.shadow_diff(&client, COLUMNS).await;
+    assert!(
+        diff.is_empty(),
+        "the shadow differs from the twin: {diff:?}"
+    );
+    run.finish(&client, COLUMNS).await;
+
+    let (_cluster, client, config) = stand().await;
+    let run =
+        writes_between_chunks(&client, &config, Some(Broken::NoTidDedupe), &statements, 20).await;
+    let err = run
+        .outcome()
+        .await
+        .expect_err("the duplicate key fails the run");
+    assert!(format!("{err:#}").contains("(id)=(20)"), "{err:#}");
 }
 
 /// The broken variant: without the removal the key is in the shadow twice, and the primary
