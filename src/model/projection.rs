@@ -284,33 +284,32 @@ impl Projection {
     }
 
     /// `DELETE` of the shadow rows whose key is among the text arrays `$1`, `$2`, .. (one per
-    /// key column, in key order, as the original's key types print): the keys a TID-range
-    /// backfill may have copied twice ([`crate::phases::tid_chunks`]).
+    /// key column, in key order, as the original's key types print; [`key_arrays`]): the
+    /// keys a TID-range backfill may have copied twice ([`crate::phases::tid_chunks`]).
     pub fn delete_keys_sql(&self, shadow: &str) -> String {
-        let casts: Vec<String> = self
-            .key
+        let keys: Vec<&Column> = self.key.iter().map(|k| &k.source).collect();
+        format!(
+            "DELETE FROM {shadow} WHERE {} IN (SELECT {} FROM ({}) AS k)",
+            self.target_key_tuple(),
+            self.target_key_casts("k"),
+            Self::unnest_source(&keys)
+        )
+    }
+
+    /// `CAST(alias."k1" AS newtype), ..`: the original's key columns of `alias` as the
+    /// shadow's key types.
+    fn target_key_casts(&self, alias: &str) -> String {
+        self.key
             .iter()
-            .enumerate()
-            .map(|(i, k)| {
+            .map(|k| {
                 format!(
-                    "CAST(u.p{}::{} AS {})",
-                    i + 1,
-                    k.source.type_sql,
+                    "CAST({alias}.{} AS {})",
+                    ident(&k.source.name),
                     k.target.type_sql
                 )
             })
-            .collect();
-        let params: Vec<String> = (1..=self.key.len())
-            .map(|i| format!("${i}::text[]"))
-            .collect();
-        let aliases: Vec<String> = (1..=self.key.len()).map(|i| format!("p{i}")).collect();
-        format!(
-            "DELETE FROM {shadow} WHERE {} IN (SELECT {} FROM unnest({}) AS u({}))",
-            self.target_key_tuple(),
-            casts.join(", "),
-            params.join(", "),
-            aliases.join(", ")
-        )
+            .collect::<Vec<_>>()
+            .join(", ")
     }
 
     /// `SELECT u.p1::oldtype AS "c1", .. FROM unnest($1::text[], ..) AS u(p1, ..)` over the
@@ -665,11 +664,6 @@ impl Projection {
             .iter()
             .map(|k| format!("{}::{}::text", ident(&k.target.name), k.source.type_sql))
             .collect();
-        let cast_keys: Vec<String> = self
-            .key
-            .iter()
-            .map(|k| format!("CAST(k.{} AS {})", ident(&k.source.name), k.target.type_sql))
-            .collect();
         format!(
             "WITH k AS ({}),
                   a AS (SELECT ARRAY[{}] AS k, hash_record_extended({}, 0) AS h FROM {only}{table} AS src WHERE {} IN (SELECT {} FROM k)),
@@ -683,7 +677,22 @@ impl Projection {
             dst_key.join(", "),
             self.target_row(),
             self.target_key_tuple(),
-            cast_keys.join(", "),
+            self.target_key_casts("k"),
         )
     }
+}
+
+/// One `text[]` per key column (`width` of them), one element per key: the parameters of the
+/// key-set queries ([`Projection::recheck_keys_sql`], [`Projection::delete_keys_sql`]).
+pub fn key_arrays<K: AsRef<[Option<String>]>>(
+    width: usize,
+    keys: &[K],
+) -> Vec<Vec<Option<String>>> {
+    (0..width)
+        .map(|i| {
+            keys.iter()
+                .map(|k| k.as_ref().get(i).cloned().flatten())
+                .collect()
+        })
+        .collect()
 }

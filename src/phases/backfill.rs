@@ -95,12 +95,23 @@ pub struct CopyReport {
     pub recopied_chunks: u64,
 }
 
+/// The factor by which the next chunk grows after one took `took`: `target / took`, at most
+/// ×2 or ÷2 per step.
+fn toward_target(took: Duration, target: Duration) -> f64 {
+    let took = took.as_secs_f64().max(0.000_1);
+    (target.as_secs_f64() / took).clamp(0.5, 2.0)
+}
+
 /// The next chunk size (rows) after a chunk of `rows` took `took`: scaled toward `target`,
 /// at most ×2 or ÷2 per step, within [100, 5,000,000].
 pub fn next_chunk_rows(rows: i64, took: Duration, target: Duration) -> i64 {
-    let took = took.as_secs_f64().max(0.000_1);
-    let factor = (target.as_secs_f64() / took).clamp(0.5, 2.0);
-    ((rows as f64 * factor) as i64).clamp(100, 5_000_000)
+    ((rows as f64 * toward_target(took, target)) as i64).clamp(100, 5_000_000)
+}
+
+/// The next TID-range chunk's page count after a chunk of `pages` took `took`: scaled
+/// toward `target`, at most ×2 or ÷2 per step, within [1, 1,000,000] pages.
+pub fn next_chunk_pages(pages: i64, took: Duration, target: Duration) -> i64 {
+    ((pages as f64 * toward_target(took, target)).round() as i64).clamp(1, 1_000_000)
 }
 
 /// One bound of a key range, as text per key column; `None` is open.
@@ -263,7 +274,7 @@ impl Backfill<'_> {
                         .await?
                 }
                 ChunkBy::Tid => {
-                    self.plan_tid_pair(client, pair, start, counters, &tx, &check)
+                    self.plan_tid_pair(client, start, counters, &tx, &check)
                         .await?
                 }
             };
@@ -340,23 +351,22 @@ impl Backfill<'_> {
         }
     }
 
-    /// Queues the TID-range chunks of one pair, numbered from `start.seq`: page ranges of
+    /// Queues the TID-range chunks of the plain table, numbered from `start.seq`: page ranges of
     /// `pages_target` pages from page 0, the first sized from `initial_rows` and the rows per
     /// page `pg_class` estimates; the table's size is read again when the ranges reach it, so
     /// pages added during the copy get bounded ranges too, and the last range, open-ended,
-    /// covers less than one chunk when planned. Returns the next sequence number, or `None` when the workers are
-    /// gone.
+    /// covers less than one chunk when planned. Returns the next sequence number, or `None`
+    /// when the workers are gone.
     async fn plan_tid_pair(
         &self,
         client: &Client,
-        pair: &Pair,
         start: Range,
         counters: &Counters,
         tx: &mpsc::Sender<Range>,
         check: &impl Fn() -> Result<()>,
     ) -> Result<Option<i64>> {
-        // TID ranges are used on a plain table only (the run falls back to key ranges).
-        let _ = pair;
+        // TID ranges are used on a plain table only (the run falls back to key ranges), whose
+        // one pair is the original.
         let (mut heap_pages, per_page) =
             tid_chunks::heap_pages(client, self.plan.original.oid).await?;
         let first = (self.options.initial_rows as f64 / per_page).ceil() as i64;
@@ -505,7 +515,7 @@ impl Backfill<'_> {
                     Ordering::Relaxed,
                 ),
                 ChunkBy::Tid => counters.pages_target.store(
-                    tid_chunks::next_chunk_pages(range.pages, took, target),
+                    next_chunk_pages(range.pages, took, target),
                     Ordering::Relaxed,
                 ),
             }
@@ -569,9 +579,7 @@ impl Backfill<'_> {
             .context("committing a chunk")?;
         Ok(n)
     }
-}
 
-impl Backfill<'_> {
     /// Whether a pause point's condition names `range`: `key=N` a key range holding key N,
     /// `block=N` a TID range holding heap page N (test hooks, [`crate::testing`]).
     fn in_range(&self, condition: &str, range: &Range) -> bool {
@@ -657,6 +665,15 @@ fn copy_error(e: tokio_postgres::Error, plan: &Plan, pair: &Pair) -> anyhow::Err
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn chunk_pages_follow_time_within_bounds() {
+        let target = Duration::from_millis(100);
+        assert_eq!(next_chunk_pages(10, Duration::from_millis(50), target), 20);
+        assert_eq!(next_chunk_pages(10, Duration::from_secs(1), target), 5);
+        assert_eq!(next_chunk_pages(1, Duration::from_secs(1), target), 1);
+        assert_eq!(next_chunk_pages(900_000, Duration::ZERO, target), 1_000_000);
+    }
 
     #[test]
     fn chunk_size_follows_time_within_bounds() {

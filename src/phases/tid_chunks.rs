@@ -23,11 +23,11 @@
 //! those are collected ([`crate::phases::apply::changed_keys`]).
 
 use std::collections::HashSet;
-use std::time::Duration;
 
 use anyhow::{Context, Result};
 use tokio_postgres::Client;
 
+use crate::model::projection::key_arrays;
 use crate::phases::capture::spool::SpoolReader;
 use crate::plan::Plan;
 use crate::testing::{Probe, broken};
@@ -58,14 +58,6 @@ pub async fn heap_pages(client: &Client, oid: u32) -> Result<(i64, f64)> {
 /// The bound `(block,0)` of a TID range, as the copy statement's text parameter.
 pub fn bound(block: i64) -> Vec<Option<String>> {
     vec![Some(format!("({block},0)"))]
-}
-
-/// The next chunk's page count after a chunk of `pages` took `took`: scaled toward
-/// `target`, at most ×2 or ÷2 per step, within [1, 1,000,000] pages.
-pub fn next_chunk_pages(pages: i64, took: Duration, target: Duration) -> i64 {
-    let took = took.as_secs_f64().max(0.000_1);
-    let factor = (target.as_secs_f64() / took).clamp(0.5, 2.0);
-    ((pages as f64 * factor).round() as i64).clamp(1, 1_000_000)
 }
 
 /// The file node of table `oid` (`pg_relation_filenode`): a rewrite gives it a new one.
@@ -140,9 +132,7 @@ async fn delete_keys(
     let keys: Vec<&Vec<Option<String>>> = keys.iter().collect();
     let mut deleted = 0;
     for batch in keys.chunks(KEYS_PER_DELETE) {
-        let columns: Vec<Vec<Option<String>>> = (0..plan.projection.key.len())
-            .map(|i| batch.iter().map(|k| k[i].clone()).collect())
-            .collect();
+        let columns = key_arrays(plan.projection.key.len(), batch);
         let params: Vec<&(dyn tokio_postgres::types::ToSql + Sync)> = columns
             .iter()
             .map(|c| c as &(dyn tokio_postgres::types::ToSql + Sync))
@@ -158,15 +148,6 @@ async fn delete_keys(
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn chunk_pages_follow_time_within_bounds() {
-        let target = Duration::from_millis(100);
-        assert_eq!(next_chunk_pages(10, Duration::from_millis(50), target), 20);
-        assert_eq!(next_chunk_pages(10, Duration::from_secs(1), target), 5);
-        assert_eq!(next_chunk_pages(1, Duration::from_secs(1), target), 1);
-        assert_eq!(next_chunk_pages(900_000, Duration::ZERO, target), 1_000_000);
-    }
 
     #[test]
     fn bounds_are_tid_literals() {

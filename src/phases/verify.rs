@@ -32,7 +32,7 @@ use tokio_postgres::{Client, GenericClient, IsolationLevel};
 
 use crate::model::catalog::{self, Table};
 use crate::model::names::Names;
-use crate::model::projection::{ColumnMap, KeyColumn, Projection};
+use crate::model::projection::{ColumnMap, KeyColumn, Projection, key_arrays};
 use crate::phases::apply::Applier;
 use crate::phases::fence::Fencer;
 use crate::phases::shadow::pairs;
@@ -555,13 +555,6 @@ pub async fn differing_keys(
     differing_keys_between(client, &pair, keys).await
 }
 
-/// One `text[]` per key column, one element per key: the parameters of the key-set queries.
-fn key_columns(width: usize, keys: &[Key]) -> Vec<Vec<Option<String>>> {
-    (0..width)
-        .map(|i| keys.iter().map(|k| k.get(i).cloned().flatten()).collect())
-        .collect()
-}
-
 async fn differing_keys_between(
     client: &impl GenericClient,
     pair: &Pair<'_>,
@@ -570,7 +563,7 @@ async fn differing_keys_between(
     if keys.is_empty() {
         return Ok(Vec::new());
     }
-    let columns = key_columns(pair.projection.key.len(), keys);
+    let columns = key_arrays(pair.projection.key.len(), keys);
     let refs: Vec<&(dyn ToSql + Sync)> = columns.iter().map(|c| c as &(dyn ToSql + Sync)).collect();
     let sql = pair.projection.recheck_keys_sql(&pair.source, &pair.target);
     let rows = client
@@ -966,7 +959,7 @@ async fn classify(client: &Client, pair: &Pair<'_>, keys: &[Key]) -> Result<Vec<
         params.join(", "),
         aliases.join(", ")
     );
-    let columns = key_columns(key.len(), keys);
+    let columns = key_arrays(key.len(), keys);
     let refs: Vec<&(dyn ToSql + Sync)> = columns.iter().map(|c| c as &(dyn ToSql + Sync)).collect();
     let rows = client
         .query(&sql, &refs)

@@ -18,7 +18,8 @@
 //! every 5 ms, until the test removes `<pause dir>/<name>` ([`release`]). Arming is one-shot:
 //! a point passed while unarmed does not stop. The armed file may hold a condition: `key=N`
 //! (the copier's chunk points) matches the chunk whose key range holds the single integer
-//! key `N`, and `block=N` the TID-range chunk (`--chunk-by tid`) holding heap page `N`; `xid=N` (`spooled`, `applied`) the passage that handled source transaction `N`.
+//! key `N`, and `block=N` the TID-range chunk (`--chunk-by tid`) holding heap page `N`;
+//! `xid=N` (`spooled`, `applied`) the passage that handled source transaction `N`.
 //!
 //! Points: `after-preflight`, `shadow-built`, `index-built` (a non-unique index of the
 //! shadow committed; the detail is its statement), `catch-up` (backfill and primary key done,
@@ -145,10 +146,7 @@ pub(crate) fn block_in_range(
     lower: Option<&[Option<String>]>,
     upper: Option<&[Option<String>]>,
 ) -> bool {
-    let Some(block) = condition
-        .strip_prefix("block=")
-        .and_then(|b| b.trim().parse::<i64>().ok())
-    else {
+    let Some(block) = condition_value::<i64>(condition, "block=") else {
         return false;
     };
     // `(N,0)` as the TID-range chunks write their bounds.
@@ -172,10 +170,7 @@ pub(crate) fn key_in_range(
     lower: Option<&[Option<String>]>,
     upper: Option<&[Option<String>]>,
 ) -> bool {
-    let Some(key) = condition
-        .strip_prefix("key=")
-        .and_then(|k| k.trim().parse::<i64>().ok())
-    else {
+    let Some(key) = condition_value::<i64>(condition, "key=") else {
         return false;
     };
     let bound = |b: Option<&[Option<String>]>| -> Option<Option<i64>> {
@@ -193,10 +188,12 @@ pub(crate) fn key_in_range(
 
 /// Whether `condition` is `xid=N` with `N` among `xids`.
 pub(crate) fn names_xid(condition: &str, xids: &[u32]) -> bool {
-    condition
-        .strip_prefix("xid=")
-        .and_then(|x| x.trim().parse::<u32>().ok())
-        .is_some_and(|x| xids.contains(&x))
+    condition_value::<u32>(condition, "xid=").is_some_and(|x| xids.contains(&x))
+}
+
+/// The number after `prefix` in a pause point's condition (`key=N`, `block=N`, `xid=N`).
+fn condition_value<T: std::str::FromStr>(condition: &str, prefix: &str) -> Option<T> {
+    condition.strip_prefix(prefix)?.trim().parse().ok()
 }
 
 #[cfg(test)]

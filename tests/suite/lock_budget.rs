@@ -78,6 +78,16 @@ async fn attempt_waits_on(client: &Client, relation: &str) -> bool {
         > 0
 }
 
+/// Whether session `pid` waits for a lock.
+async fn session_waits(client: &Client, pid: i64) -> bool {
+    common::scalar(
+        client,
+        &format!("SELECT count(*) FROM pg_locks WHERE pid = {pid} AND NOT granted"),
+    )
+    .await
+        > 0
+}
+
 /// A session that opens a transaction holding `mode` on `relation`.
 async fn blocker(
     cluster: &doppel_testkit::cluster::LocalCluster,
@@ -157,15 +167,7 @@ async fn a_blocked_foreign_key_child_and_the_table_share_one_budget() {
         started.elapsed()
     });
     assert!(
-        common::wait_until_async(Duration::from_secs(5), || async {
-            common::scalar(
-                &client,
-                &format!("SELECT count(*) FROM pg_locks WHERE pid = {app_pid} AND NOT granted"),
-            )
-            .await
-                > 0
-        })
-        .await,
+        common::wait_until_async(Duration::from_secs(5), || session_waits(&client, app_pid)).await,
         "the application's query queues"
     );
     // The child's blocker ends after most of the budget has passed.
@@ -475,15 +477,7 @@ async fn deadlock_cycle(lock_timeout: Duration, max_lock_hold: Duration) -> Cycl
         result
     });
     assert!(
-        common::wait_until_async(Duration::from_secs(5), || async {
-            common::scalar(
-                &client,
-                &format!("SELECT count(*) FROM pg_locks WHERE pid = {app_pid} AND NOT granted"),
-            )
-            .await
-                > 0
-        })
-        .await,
+        common::wait_until_async(Duration::from_secs(5), || session_waits(&client, app_pid)).await,
         "the application queues behind the attempt's lock on the child"
     );
     table_blocker.batch_execute("COMMIT").await.unwrap();

@@ -27,10 +27,11 @@
 use std::time::Duration;
 
 use doppel::testing::Broken;
-use tokio_postgres::Client;
 
 use crate::common;
-use crate::common::race::{Diff, Run, WAIT, Writer, chunk_range, create_tables, slot_waits_for};
+use crate::common::race::{
+    Diff, Run, WAIT, Writer, chunk_range, create_tables, slot_waits_for, stand,
+};
 
 /// Compared columns of tables with a `doc` column (TOASTed values shown by an md5 prefix).
 const DOC_COLUMNS: &str =
@@ -38,18 +39,6 @@ const DOC_COLUMNS: &str =
 
 /// Compared columns of tables without `doc`.
 const PLAIN_COLUMNS: &str = "id, v::bigint";
-
-/// A private cluster, a session on it, and the run configuration.
-async fn stand() -> (
-    doppel_testkit::cluster::LocalCluster,
-    Client,
-    tokio_postgres::Config,
-) {
-    let cluster = common::cluster().await;
-    let client = cluster.connect("postgres").await.unwrap();
-    let config: tokio_postgres::Config = cluster.conninfo("postgres").parse().unwrap();
-    (cluster, client, config)
-}
 
 // ---------------------------------------------------------------------------------------------
 

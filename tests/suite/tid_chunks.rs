@@ -24,10 +24,8 @@ async fn stand() -> (
     Client,
     tokio_postgres::Config,
 ) {
-    let cluster = common::cluster().await;
-    let client = cluster.connect("postgres").await.unwrap();
+    let (cluster, client, config) = race::stand().await;
     race::create_tables(&client, 2_000, i64::MAX).await;
-    let config: tokio_postgres::Config = cluster.conninfo("postgres").parse().unwrap();
     (cluster, client, config)
 }
 

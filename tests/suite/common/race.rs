@@ -76,6 +76,18 @@ pub async fn diff(client: &Client, relation: &str, columns: &str) -> Diff {
     }
 }
 
+/// A private cluster, a session on it, and the run configuration.
+pub async fn stand() -> (
+    doppel_testkit::cluster::LocalCluster,
+    Client,
+    tokio_postgres::Config,
+) {
+    let cluster = common::cluster().await;
+    let client = cluster.connect("postgres").await.unwrap();
+    let config: tokio_postgres::Config = cluster.conninfo("postgres").parse().unwrap();
+    (cluster, client, config)
+}
+
 /// (Re)creates `t` (`id`, `v`, `doc` stored out of line) with `rows` rows keyed `10, 20, ..`
 /// (so keys in between are free), rows whose key is a multiple of `toast_every` carrying an
 /// incompressible 8 kB `doc` (TOASTed), and its twin.
