@@ -27,12 +27,14 @@
 use std::time::Duration;
 
 use anyhow::{Context, Result, bail};
+use std::collections::{HashMap, HashSet};
 use tokio_postgres::types::ToSql;
-use tokio_postgres::{Client, GenericClient, IsolationLevel};
+
+use tokio_postgres::{Client, GenericClient, IsolationLevel, Row, Transaction};
 
 use crate::model::catalog::{self, Table};
 use crate::model::names::Names;
-use crate::model::projection::{ColumnMap, KeyColumn, Projection, key_arrays};
+use crate::model::projection::{ColumnMap, KeyColumn, Projection, Side, key_arrays};
 use crate::phases::apply::Applier;
 use crate::phases::fence::Fencer;
 use crate::phases::shadow::pairs;
@@ -344,26 +346,16 @@ async fn compare_all(
             }
             // The shadow may trail the stream: find the differing keys (cheap when few), then
             // re-check just those after the difference had time to settle.
-            let diff_sql = p.diff_keys_sql(table, shadow, has_lower, has_upper);
-            let limit = (limits.max_keys + 1) as i64;
-            let mut all: Vec<&(dyn ToSql + Sync)> =
-                params.iter().map(|v| v as &(dyn ToSql + Sync)).collect();
-            all.extend(params.iter().map(|v| v as &(dyn ToSql + Sync)));
-            all.push(&limit);
-            let rows = client
-                .query(&diff_sql, &all)
-                .await
-                .context("listing differing keys")?;
-            let mut keys: Vec<Key> = Vec::new();
-            for row in &rows {
-                let key: Key = row.get(0);
-                if !keys.contains(&key) {
-                    keys.push(key);
-                }
-            }
+            let chunk = Chunk {
+                params: &params,
+                has_lower,
+                has_upper,
+                buckets: buckets(limits.chunk_rows),
+            };
+            let keys = differing_in_chunk(client, peer, pair, &chunk, limits.max_keys + 1).await?;
             if keys.is_empty() {
                 // The listing compares every row of the range on both sides under one
-                // statement snapshot: none differs, so the change in flight at the comparison
+                // snapshot: none differs, so the change in flight at the comparison
                 // has been applied since, and the range is equal at that later snapshot.
                 break;
             }
@@ -482,7 +474,7 @@ async fn settle_keys(
 }
 
 /// `(count, hash)` of the original's and the shadow's chunk, computed in parallel on two
-/// sessions that share one snapshot (`pg_export_snapshot` / `SET TRANSACTION SNAPSHOT`).
+/// sessions that share one snapshot ([`shared_snapshot`]).
 async fn compare(
     client: &mut Client,
     peer: &mut Client,
@@ -490,6 +482,25 @@ async fn compare(
     target_sql: &str,
     params: &[Option<String>],
 ) -> Result<((i64, String), (i64, String))> {
+    let (ta, tb) = shared_snapshot(client, peer).await?;
+    let refs: Vec<&(dyn ToSql + Sync)> = params.iter().map(|v| v as &(dyn ToSql + Sync)).collect();
+    let (a, b) = tokio::join!(
+        ta.query_one(source_sql, &refs),
+        tb.query_one(target_sql, &refs)
+    );
+    let a = a.context("hashing an original chunk")?;
+    let b = b.context("hashing a shadow chunk")?;
+    tb.commit().await?;
+    ta.commit().await?;
+    Ok(((a.get(0), a.get(1)), (b.get(0), b.get(1))))
+}
+
+/// Two read-only REPEATABLE READ transactions, on `client` and `peer`, that see one snapshot
+/// (`pg_export_snapshot` / `SET TRANSACTION SNAPSHOT`).
+async fn shared_snapshot<'a>(
+    client: &'a mut Client,
+    peer: &'a mut Client,
+) -> Result<(Transaction<'a>, Transaction<'a>)> {
     let ta = client
         .build_transaction()
         .isolation_level(IsolationLevel::RepeatableRead)
@@ -509,16 +520,174 @@ async fn compare(
     tb.batch_execute(&format!("SET TRANSACTION SNAPSHOT {}", literal(&snapshot)))
         .await
         .context("sharing the verification snapshot")?;
-    let refs: Vec<&(dyn ToSql + Sync)> = params.iter().map(|v| v as &(dyn ToSql + Sync)).collect();
-    let (a, b) = tokio::join!(
-        ta.query_one(source_sql, &refs),
-        tb.query_one(target_sql, &refs)
+    Ok((ta, tb))
+}
+
+/// One chunk's key range: its bounds as text parameters (lower first), which bounds there
+/// are, and the buckets its differences are located by.
+struct Chunk<'a> {
+    params: &'a [Option<String>],
+    has_lower: bool,
+    has_upper: bool,
+    buckets: u32,
+}
+
+/// Buckets a chunk of `chunk_rows` rows is grouped into when it differs: a power of two, 32
+/// to 64 rows a bucket (4,096 for the default 250,000-row chunk), from 64 to 65,536 buckets
+/// (past 4.2M-row chunks, more rows a bucket).
+fn buckets(chunk_rows: i64) -> u32 {
+    let per_bucket = u64::try_from(chunk_rows / 64).unwrap_or(0);
+    per_bucket.clamp(64, 1 << 16).next_power_of_two() as u32
+}
+
+/// Rows of the differing buckets that [`differing_in_chunk`] reads into memory at most, on
+/// each side (about 100 bytes each); past it, the examples are listed by one statement.
+const MAX_LISTED_ROWS: i64 = 100_000;
+
+/// The keys (at most `limit`, the original's first) whose projected rows differ between the
+/// original's and the shadow's `chunk`, under one snapshot shared by two sessions.
+///
+/// Two passes on each side, in parallel: the rows' hashes grouped by bucket (low bits of the
+/// hash), then the rows of just the buckets whose count or hash differ, compared here. A row
+/// found on one side only moves its bucket's aggregate there, and a row whose hash differs
+/// moves the aggregates of its buckets on both sides, so every differing row is in a
+/// differing bucket (barring a 64-bit XOR cancellation within one bucket, as for the chunk's
+/// own hash). With a few changes in flight this costs two reads of the chunk, where one
+/// statement that sets the sides against each other costs about four times as much
+/// (BENCHMARKS.md, "Locating a chunk's differences"). Past `2 * limit` differing buckets at
+/// least `limit` keys differ, and past [`MAX_LISTED_ROWS`] rows in them the listing would be
+/// large: then that statement ([`Projection::diff_keys_sql`]) lists examples, at most
+/// `limit`. Both sessions run the passes with `work_mem` 64MB (`SET LOCAL`), room for the
+/// grouping's hash table. Errors: a failed statement, named by pass and side.
+async fn differing_in_chunk(
+    client: &mut Client,
+    peer: &mut Client,
+    pair: &Pair<'_>,
+    chunk: &Chunk<'_>,
+    limit: usize,
+) -> Result<Vec<Key>> {
+    let p = pair.projection;
+    let (lo, hi, n) = (chunk.has_lower, chunk.has_upper, chunk.buckets);
+    let (ta, tb) = shared_snapshot(client, peer).await?;
+    // Without room for the grouping's hash table the planner sorts the chunk instead.
+    let room = "SET LOCAL work_mem = '64MB'";
+    tokio::try_join!(ta.batch_execute(room), tb.batch_execute(room))
+        .context("setting work_mem for listing a chunk's differences")?;
+    let mut refs: Vec<&(dyn ToSql + Sync)> = chunk
+        .params
+        .iter()
+        .map(|v| v as &(dyn ToSql + Sync))
+        .collect();
+    let sql = (
+        p.bucket_sql(Side::Original, &pair.source, lo, hi, n),
+        p.bucket_sql(Side::Shadow, &pair.target, lo, hi, n),
     );
-    let a = a.context("hashing an original chunk")?;
-    let b = b.context("hashing a shadow chunk")?;
+    let (a, b) = on_both(&ta, &tb, &sql, &refs, "grouping a chunk by hash").await?;
+    let (differing, rows) = differing_buckets(&a, &b);
+    let keys = if differing.is_empty() {
+        Vec::new()
+    } else if differing.len() > limit.saturating_mul(2) || rows > MAX_LISTED_ROWS {
+        let sql = p.diff_keys_sql(&pair.source, &pair.target, lo, hi);
+        listed_by_except(&ta, &sql, &refs, limit).await?
+    } else {
+        refs.push(&differing);
+        let sql = (
+            p.bucket_rows_sql(Side::Original, &pair.source, lo, hi, n),
+            p.bucket_rows_sql(Side::Shadow, &pair.target, lo, hi, n),
+        );
+        let (a, b) = on_both(&ta, &tb, &sql, &refs, "listing a chunk's differing rows").await?;
+        differing_rows(&a, &b, limit)
+    };
     tb.commit().await?;
     ta.commit().await?;
-    Ok(((a.get(0), a.get(1)), (b.get(0), b.get(1))))
+    Ok(keys)
+}
+
+/// The differing keys of a chunk by [`Projection::diff_keys_sql`] (`sql`), whose range
+/// parameters `refs` are passed for each side, at most `limit`.
+async fn listed_by_except(
+    t: &Transaction<'_>,
+    sql: &str,
+    refs: &[&(dyn ToSql + Sync)],
+    limit: usize,
+) -> Result<Vec<Key>> {
+    let limit = i64::try_from(limit).unwrap_or(i64::MAX);
+    let mut all = refs.to_vec();
+    all.extend(refs.iter().copied());
+    all.push(&limit);
+    let rows = t.query(sql, &all).await.context("listing differing keys")?;
+    let mut keys: Vec<Key> = Vec::new();
+    for row in &rows {
+        let key: Key = row.get(0);
+        if !keys.contains(&key) {
+            keys.push(key);
+        }
+    }
+    Ok(keys)
+}
+
+/// Runs `sql.0` on the original's side (`ta`) and `sql.1` on the shadow's (`tb`) at once.
+async fn on_both(
+    ta: &Transaction<'_>,
+    tb: &Transaction<'_>,
+    sql: &(String, String),
+    params: &[&(dyn ToSql + Sync)],
+    what: &str,
+) -> Result<(Vec<Row>, Vec<Row>)> {
+    let (a, b) = tokio::join!(ta.query(&sql.0, params), tb.query(&sql.1, params));
+    let a = a.with_context(|| format!("{what} (original)"))?;
+    let b = b.with_context(|| format!("{what} (shadow)"))?;
+    Ok((a, b))
+}
+
+/// Buckets whose `(bucket, rows, xor)` rows differ between the two sides (or that one side
+/// lacks), in bucket order, and the rows they hold on the side that has more of them.
+fn differing_buckets(a: &[Row], b: &[Row]) -> (Vec<i32>, i64) {
+    let side = |rows: &[Row]| -> HashMap<i32, (i64, i64)> {
+        rows.iter()
+            .map(|r| (r.get(0), (r.get(1), r.get(2))))
+            .collect()
+    };
+    let (a, b) = (side(a), side(b));
+    let mut differing: Vec<i32> = a
+        .iter()
+        .filter(|(bucket, v)| b.get(bucket) != Some(v))
+        .map(|(bucket, _)| *bucket)
+        .chain(b.keys().filter(|bucket| !a.contains_key(bucket)).copied())
+        .collect();
+    differing.sort_unstable();
+    let rows = |side: &HashMap<i32, (i64, i64)>| -> i64 {
+        differing
+            .iter()
+            .filter_map(|bucket| side.get(bucket).map(|v| v.0))
+            .sum()
+    };
+    let most = rows(&a).max(rows(&b));
+    (differing, most)
+}
+
+/// Keys of the `(key, hash)` rows found on one side and not the other: the original's first,
+/// each once, at most `limit`.
+fn differing_rows(a: &[Row], b: &[Row], limit: usize) -> Vec<Key> {
+    let side = |rows: &[Row]| -> HashSet<(Key, i64)> {
+        rows.iter().map(|r| (r.get(0), r.get(1))).collect()
+    };
+    let (sa, sb) = (side(a), side(b));
+    let mut keys: Vec<Key> = Vec::new();
+    let only_a = a.iter().map(|r| (r.get::<_, Key>(0), r.get::<_, i64>(1)));
+    let only_b = b.iter().map(|r| (r.get::<_, Key>(0), r.get::<_, i64>(1)));
+    let differing = only_a
+        .filter(|row| !sb.contains(row))
+        .chain(only_b.filter(|row| !sa.contains(row)));
+    for (key, _) in differing {
+        if keys.len() == limit {
+            break;
+        }
+        if !keys.contains(&key) {
+            keys.push(key);
+        }
+    }
+    keys
 }
 
 /// `(v1, v2)`, NULLs as `NULL`.
@@ -973,4 +1142,19 @@ async fn classify(client: &Client, pair: &Pair<'_>, keys: &[Key]) -> Result<Vec<
             _ => KeyDifference::Values,
         })
         .collect())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::buckets;
+
+    #[test]
+    fn buckets_hold_about_64_rows_of_a_chunk_within_bounds() {
+        assert_eq!(buckets(250_000), 4096);
+        assert_eq!(buckets(1), 64);
+        assert_eq!(buckets(0), 64);
+        assert_eq!(buckets(-5), 64);
+        assert_eq!(buckets(64 * 1000), 1024);
+        assert_eq!(buckets(i64::MAX), 1 << 16);
+    }
 }

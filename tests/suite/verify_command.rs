@@ -223,6 +223,44 @@ async fn rows_changed_in_the_new_table_are_reported_by_key_with_exit_6() {
         stdout.contains("differing keys (1, more not listed):"),
         "{stdout}"
     );
+
+    // Hundreds of rows differ in one chunk: past twice the key limit in differing hash
+    // buckets, the examples are listed by the statement that sets the sides against each
+    // other; every one listed is a changed row.
+    client
+        .batch_execute("UPDATE orders SET amount = amount + 1 WHERE id BETWEEN 1001 AND 1500")
+        .await
+        .unwrap();
+    let out = doppel(
+        &dsn,
+        &[
+            "verify",
+            "--table",
+            "orders",
+            "--against",
+            &old,
+            "--rechecks",
+            "0",
+            "--max-keys",
+            "10",
+        ],
+    );
+    let (stdout, stderr) = text(&out);
+    assert_eq!(out.status.code(), Some(6), "{stdout}{stderr}");
+    assert!(
+        stdout.contains("differing keys (10, more not listed):"),
+        "{stdout}"
+    );
+    let listed: Vec<i64> = stdout
+        .lines()
+        .filter(|l| l.starts_with("  (") && l.ends_with("values differ"))
+        .map(|l| l[3..l.find(')').unwrap()].parse().unwrap())
+        .collect();
+    assert_eq!(listed.len(), 10, "{stdout}");
+    assert!(
+        listed.iter().all(|k| (1001..=1500).contains(k)),
+        "{listed:?}"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -539,5 +577,71 @@ async fn the_verification_takes_no_parallel_worker_unless_allowed() {
     assert!(
         allowed > 0,
         "with --verify-parallel-workers 2 the verification uses parallel workers ({allowed}), so the default's 0 is its doing"
+    );
+}
+
+/// A table whose name holds `$1`: the statement that lists many differences (here 500 rows of
+/// a bounded 1,000-row chunk, past twice the key limit in differing buckets) numbers its
+/// parameters twice over, and must leave the names alone.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn many_differences_are_listed_in_a_table_named_with_a_dollar_sign() {
+    let cluster = common::cluster().await;
+    let client = cluster.connect("postgres").await.unwrap();
+    client
+        .batch_execute(
+            r#"CREATE TABLE "ord$1" (id bigint PRIMARY KEY, v int NOT NULL);
+               INSERT INTO "ord$1" SELECT i, i FROM generate_series(1, 3000) i;"#,
+        )
+        .await
+        .unwrap();
+    let oid = common::oid_of(&client, r#""ord$1""#).await;
+    let dir = tempfile::tempdir().unwrap();
+    let dir_arg = dir.path().to_str().unwrap();
+    let dsn = cluster.conninfo("postgres");
+    let out = doppel(
+        &dsn,
+        &[
+            "run",
+            "--table",
+            r#""ord$1""#,
+            "--alter",
+            "ALTER COLUMN v TYPE bigint",
+            "--execute",
+            "--progress",
+            "lines",
+            "--work-dir",
+            dir_arg,
+            "--rollback-dir",
+            dir_arg,
+        ],
+    );
+    let (stdout, stderr) = text(&out);
+    assert!(out.status.success(), "migration failed: {stdout}{stderr}");
+    client
+        .batch_execute(r#"UPDATE "ord$1" SET v = v + 1 WHERE id BETWEEN 1001 AND 1500"#)
+        .await
+        .unwrap();
+    let old = format!(r#"public."_doppel_{oid}_old_ord$1""#);
+    let out = doppel(
+        &dsn,
+        &[
+            "verify",
+            "--table",
+            r#""ord$1""#,
+            "--against",
+            &old,
+            "--chunk-rows",
+            "1000",
+            "--rechecks",
+            "0",
+            "--max-keys",
+            "10",
+        ],
+    );
+    let (stdout, stderr) = text(&out);
+    assert_eq!(out.status.code(), Some(6), "{stdout}{stderr}");
+    assert!(
+        stdout.contains("differing keys (10, more not listed):"),
+        "{stdout}{stderr}"
     );
 }
