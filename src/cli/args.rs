@@ -261,6 +261,7 @@ impl ThrottleArgs {
             critical_query: self.critical_query.clone(),
             throttle_flag_file: self.throttle_flag_file.clone(),
             panic_flag_file: self.panic_flag_file.clone(),
+            origin_guard: false,
         })
     }
 }

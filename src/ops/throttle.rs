@@ -54,6 +54,10 @@ pub struct ThrottleOptions {
     pub throttle_query: Option<String>,
     /// Abort when this query returns a positive number.
     pub critical_query: Option<String>,
+    /// Abort when a replication origin other than doppel's exists: set while the stream runs
+    /// with `origin 'none'` (`--copy-origin`, [`crate::phases::origin`]), which would leave
+    /// out every change applied under such an origin (a subscription created during the run).
+    pub origin_guard: bool,
     /// Throttle while this file exists.
     pub throttle_flag_file: Option<PathBuf>,
     /// Abort (and clean up) as soon as this file exists.
@@ -402,7 +406,34 @@ async fn sample(
     sample_retained_wal(primary, options, live, slot, &mut state).await;
     sample_active_backends(primary, options, &mut state).await;
     sample_queries(primary, options, &mut state).await;
+    if options.origin_guard {
+        sample_origins(primary, &mut state).await;
+    }
     state
+}
+
+/// The guard of a stream with `origin 'none'` ([`ThrottleOptions::origin_guard`]): a
+/// replication origin other than doppel's is critical. A failing check throttles.
+async fn sample_origins(primary: &tokio_postgres::Client, state: &mut ThrottleState) {
+    let found = primary
+        .query_opt(
+            "SELECT roname FROM pg_replication_origin WHERE roname NOT LIKE 'doppel\\_%' LIMIT 1",
+            &[],
+        )
+        .await;
+    match found {
+        Ok(None) => {}
+        Ok(Some(row)) => {
+            let name: String = row.get(0);
+            state.critical = Some(format!(
+                "replication origin {name} appeared during the run (a subscription?): the stream skips changes that carry an origin (--copy-origin), so changes applied under it would be missing from the shadow; run again without --copy-origin"
+            ));
+        }
+        Err(e) => state.reasons.push(Reason::new(
+            "critical_query",
+            format!("the replication-origin check failed, throttling until it runs ({e})"),
+        )),
+    }
 }
 
 /// Physical standbys' replay lag from `pg_stat_replication` (time and bytes).

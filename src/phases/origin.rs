@@ -15,6 +15,12 @@
 //! may not use the origin functions (superuser, or EXECUTE granted on them), the copy takes
 //! the earlier path and its rows are decoded and discarded as before.
 //!
+//! An origin created after the check (a subscription set up during the run) would have its
+//! changes dropped from the stream too, so while the stream runs with `origin 'none'` the
+//! throttle checker looks for one every 100 ms and aborts the run when it finds one (exit 7,
+//! [`crate::ops::throttle::ThrottleOptions::origin_guard`]); the verification would also
+//! find the rows it left out, but only those written before it.
+//!
 //! The origins are dropped when the backfill ends ([`drop_all`]), by the run's cleanup on
 //! failure, and by `doppel cleanup`.
 

@@ -16,7 +16,7 @@ use crate::conninfo;
 use crate::failure::{FailureKind, fail};
 use crate::model::phase::Phase;
 use crate::ops::pacing::{PaceHandle, Pacer};
-use crate::ops::throttle::Throttler;
+use crate::ops::throttle::{ThrottleOptions, Throttler};
 use crate::phases::apply::{Applier, ApplyOptions};
 use crate::phases::backfill::{Backfill, ChunkBy, CopyOptions, CopyReport};
 use crate::phases::cutover::{Cutover, CutoverOptions, CutoverReport, Script};
@@ -147,9 +147,13 @@ impl Run<'_> {
             apply.clone(),
             capture.start_lsn,
         );
+        let throttle = ThrottleOptions {
+            origin_guard: self.created.copy_origins,
+            ..self.options.throttle.clone()
+        };
         let mut throttler = Throttler::spawn(
             self.config,
-            self.options.throttle.clone(),
+            throttle,
             &self.plan.names.slot,
             &self.plan.names.message_prefix,
         )
@@ -590,6 +594,9 @@ impl Run<'_> {
             .iter()
             .flat_map(|p| std::iter::repeat_n(p.name.clone(), p.unsettled))
             .collect();
+        // The last critical sample, under the lock once drained: a condition found just
+        // before (a replication origin under `origin 'none'`, the panic flag) ends the cutover.
+        let critical = || throttler.check_critical();
         let cutover = Cutover {
             plan: &self.plan,
             script: &script,
@@ -601,7 +608,7 @@ impl Run<'_> {
             fingerprint: &capture.fingerprint,
             options,
             revert: false,
-            after_drain: None,
+            after_drain: Some(&critical),
             changes_received: Some(&changes_received),
         };
         let report = cutover

@@ -96,3 +96,68 @@ async fn without_copy_origin_no_origin_is_created() {
     assert!(origins.is_empty(), "{origins:?}");
     assert_eq!(mismatches, 0);
 }
+
+/// With the copy under origins the stream skips every change that carries an origin, so a
+/// replication origin that appears during the run (a subscription created meanwhile, whose
+/// changes would then be missing from the shadow) aborts it: exit 7, the original untouched,
+/// nothing of doppel's left (its own origins included), the foreign origin kept.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_origin_created_during_a_copy_under_origins_aborts_the_run() {
+    let cluster = common::cluster().await;
+    let client = cluster.connect("postgres").await.unwrap();
+    if cluster.server_version_num() < 160_000 {
+        eprintln!("skipped: pgoutput's origin option is a PostgreSQL 16 feature");
+        return;
+    }
+    workload::create_tables(&client, "orders", "orders_twin", 30_000)
+        .await
+        .unwrap();
+    let before: i64 = common::scalar(&client, "SELECT count(*) FROM orders").await;
+    let config: tokio_postgres::Config = cluster.conninfo("postgres").parse().unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let mut opts = common::options(dir.path(), "orders", &[ALTER])
+        .chunk_time(Duration::from_millis(20))
+        .initial_rows(500)
+        .status_interval(Duration::from_secs(60));
+    opts.copy_origin = true;
+    let pause = common::pause_dir(dir.path());
+    doppel::testing::arm(&pause, "copying").unwrap();
+    let run =
+        tokio::spawn(async move { common::run_paused(&config, &opts, &Cancel::never()).await });
+    assert!(
+        doppel::testing::wait_reached(&pause, "copying", Duration::from_secs(60))
+            .await
+            .is_some(),
+        "a chunk is copied"
+    );
+    client
+        .batch_execute("SELECT pg_replication_origin_create('sub_made_mid_run')")
+        .await
+        .unwrap();
+    doppel::testing::release(&pause, "copying").unwrap();
+    let err = tokio::time::timeout(Duration::from_secs(60), run)
+        .await
+        .expect("the run ends")
+        .unwrap()
+        .expect_err("aborted");
+    assert_eq!(doppel::failure::exit_code(&err), 7, "{err:#}");
+    assert!(
+        format!("{err:#}").contains("replication origin sub_made_mid_run"),
+        "{err:#}"
+    );
+    common::assert_no_doppel_objects(&client).await;
+    let origins: Vec<String> = client
+        .query("SELECT roname FROM pg_replication_origin", &[])
+        .await
+        .unwrap()
+        .iter()
+        .map(|r| r.get(0))
+        .collect();
+    assert_eq!(
+        origins,
+        ["sub_made_mid_run"],
+        "only the foreign origin is left"
+    );
+    let after: i64 = common::scalar(&client, "SELECT count(*) FROM orders").await;
+    assert_eq!(after, before, "the original is untouched");
+}
