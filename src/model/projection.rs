@@ -581,7 +581,7 @@ impl Projection {
         has_lower: bool,
         has_upper: bool,
     ) -> String {
-        let nparams = self.key.len() * (usize::from(has_lower) + usize::from(has_upper));
+        let nparams = self.range_params(has_lower, has_upper);
         let a = self.side(Side::Original, table, has_lower, has_upper, 0);
         let b = self.side(Side::Shadow, shadow, has_lower, has_upper, nparams);
         format!(
@@ -635,12 +635,38 @@ impl Projection {
     ) -> String {
         let s = self.side(side, relation, has_lower, has_upper, 0);
         let mask = buckets.max(1) - 1;
-        let n = self.key.len() * (usize::from(has_lower) + usize::from(has_upper)) + 1;
+        let n = self.range_params(has_lower, has_upper) + 1;
         format!(
             "SELECT k, h FROM (SELECT {} AS k, hash_record_extended({}, 0) AS h FROM {}) x
               WHERE (h & {mask})::int = ANY(${n}::int[])",
             s.key, s.row, s.from
         )
+    }
+
+    /// `ARRAY[src."k1"::text, ..]`: the original's key as `text[]`.
+    fn source_key_array(&self) -> String {
+        let keys: Vec<String> = self
+            .key
+            .iter()
+            .map(|k| format!("src.{}::text", ident(&k.source.name)))
+            .collect();
+        format!("ARRAY[{}]", keys.join(", "))
+    }
+
+    /// `ARRAY["k1"::oldtype::text, ..]`: the shadow's key as `text[]` in the original's key
+    /// types, comparable with [`Projection::source_key_array`].
+    fn target_key_array(&self) -> String {
+        let keys: Vec<String> = self
+            .key
+            .iter()
+            .map(|k| format!("{}::{}::text", ident(&k.target.name), k.source.type_sql))
+            .collect();
+        format!("ARRAY[{}]", keys.join(", "))
+    }
+
+    /// Parameters of a key range (`$1..`): one per key column per bound.
+    fn range_params(&self, has_lower: bool, has_upper: bool) -> usize {
+        self.key.len() * (usize::from(has_lower) + usize::from(has_upper))
     }
 
     /// The key, row and range of one side of a comparison, as the statements above read it;
@@ -656,14 +682,7 @@ impl Projection {
         let only = self.only();
         match side {
             Side::Original => SideSql {
-                key: format!(
-                    "ARRAY[{}]",
-                    self.key
-                        .iter()
-                        .map(|k| format!("src.{}::text", ident(&k.source.name)))
-                        .collect::<Vec<_>>()
-                        .join(", ")
-                ),
+                key: self.source_key_array(),
                 row: self.source_row(),
                 from: format!(
                     "{only}{relation} AS src WHERE {}",
@@ -671,14 +690,7 @@ impl Projection {
                 ),
             },
             Side::Shadow => SideSql {
-                key: format!(
-                    "ARRAY[{}]",
-                    self.key
-                        .iter()
-                        .map(|k| format!("{}::{}::text", ident(&k.target.name), k.source.type_sql))
-                        .collect::<Vec<_>>()
-                        .join(", ")
-                ),
+                key: self.target_key_array(),
                 row: self.target_row(),
                 from: format!(
                     "{only}{relation} WHERE {}",
@@ -755,27 +767,17 @@ impl Projection {
         let only = self.only();
         let keys: Vec<&Column> = self.key.iter().map(|k| &k.source).collect();
         let key_cols: Vec<String> = self.key.iter().map(|k| ident(&k.source.name)).collect();
-        let src_key: Vec<String> = self
-            .key
-            .iter()
-            .map(|k| format!("src.{}::text", ident(&k.source.name)))
-            .collect();
-        let dst_key: Vec<String> = self
-            .key
-            .iter()
-            .map(|k| format!("{}::{}::text", ident(&k.target.name), k.source.type_sql))
-            .collect();
         format!(
             "WITH k AS ({}),
-                  a AS (SELECT ARRAY[{}] AS k, hash_record_extended({}, 0) AS h FROM {only}{table} AS src WHERE {} IN (SELECT {} FROM k)),
-                  b AS (SELECT ARRAY[{}] AS k, hash_record_extended({}, 0) AS h FROM {only}{shadow} WHERE {} IN (SELECT {} FROM k AS k))
+                  a AS (SELECT {} AS k, hash_record_extended({}, 0) AS h FROM {only}{table} AS src WHERE {} IN (SELECT {} FROM k)),
+                  b AS (SELECT {} AS k, hash_record_extended({}, 0) AS h FROM {only}{shadow} WHERE {} IN (SELECT {} FROM k AS k))
              SELECT DISTINCT k FROM ((SELECT * FROM a EXCEPT ALL SELECT * FROM b) UNION ALL (SELECT * FROM b EXCEPT ALL SELECT * FROM a)) d",
             Self::unnest_source(&keys),
-            src_key.join(", "),
+            self.source_key_array(),
             self.source_row(),
             self.source_key_tuple(),
             key_cols.join(", "),
-            dst_key.join(", "),
+            self.target_key_array(),
             self.target_row(),
             self.target_key_tuple(),
             self.target_key_casts("k"),

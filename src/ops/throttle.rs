@@ -415,16 +415,9 @@ async fn sample(
 /// The guard of a stream with `origin 'none'` ([`ThrottleOptions::origin_guard`]): a
 /// replication origin other than doppel's is critical. A failing check throttles.
 async fn sample_origins(primary: &tokio_postgres::Client, state: &mut ThrottleState) {
-    let found = primary
-        .query_opt(
-            "SELECT roname FROM pg_replication_origin WHERE roname NOT LIKE 'doppel\\_%' LIMIT 1",
-            &[],
-        )
-        .await;
-    match found {
+    match foreign_origin(primary).await {
         Ok(None) => {}
-        Ok(Some(row)) => {
-            let name: String = row.get(0);
+        Ok(Some(name)) => {
             state.critical = Some(format!(
                 "replication origin {name} appeared during the run (a subscription?): the stream skips changes that carry an origin (--copy-origin), so changes applied under it would be missing from the shadow; run again without --copy-origin"
             ));
@@ -434,6 +427,22 @@ async fn sample_origins(primary: &tokio_postgres::Client, state: &mut ThrottleSt
             format!("the replication-origin check failed, throttling until it runs ({e})"),
         )),
     }
+}
+
+/// The name of a replication origin on the server that is not doppel's (`doppel_…`), if any:
+/// a subscription's, or another replication tool's, whose changes `origin 'none'` drops
+/// (checked before the copy takes origins, [`crate::phases::origin`], and while it streams).
+///
+/// Errors: the catalog query fails.
+pub async fn foreign_origin(client: &tokio_postgres::Client) -> Result<Option<String>> {
+    let row = client
+        .query_opt(
+            "SELECT roname FROM pg_replication_origin WHERE roname NOT LIKE 'doppel\\_%' LIMIT 1",
+            &[],
+        )
+        .await
+        .context("looking for replication origins")?;
+    Ok(row.map(|r| r.get(0)))
 }
 
 /// Physical standbys' replay lag from `pg_stat_replication` (time and bytes).

@@ -50,28 +50,28 @@ pub async fn usable(client: &Client, plan: &Plan) -> Result<bool> {
     if plan.server_version < MIN_SERVER_VERSION {
         return Ok(false);
     }
-    let row = client
+    let allowed: bool = client
         .query_one(
             "SELECT has_function_privilege('pg_replication_origin_create(text)', 'EXECUTE')
                 AND has_function_privilege('pg_replication_origin_session_setup(text)', 'EXECUTE')
-                AND has_function_privilege('pg_replication_origin_drop(text)', 'EXECUTE'),
-                    (SELECT count(*) FROM pg_replication_origin WHERE roname NOT LIKE 'doppel\\_%')",
+                AND has_function_privilege('pg_replication_origin_drop(text)', 'EXECUTE')",
             &[],
         )
         .await
-        .context("checking whether the copy can use replication origins")?;
-    let (allowed, foreign): (bool, i64) = (row.get(0), row.get(1));
+        .context("checking whether the copy can use replication origins")?
+        .get(0);
+    let foreign = crate::ops::throttle::foreign_origin(client).await?;
     if !allowed {
         tracing::info!(
             "the copy's rows are decoded by the WAL sender: the role may not use replication origins (superuser, or GRANT EXECUTE on pg_replication_origin_create, _session_setup and _drop)"
         );
-    } else if foreign > 0 {
+    } else if let Some(name) = &foreign {
         tracing::info!(
-            origins = foreign,
+            origin = %name,
             "the copy's rows are decoded by the WAL sender: other replication origins exist (a subscription?), whose changes origin 'none' would drop"
         );
     }
-    Ok(allowed && foreign == 0)
+    Ok(allowed && foreign.is_none())
 }
 
 /// Marks `session` (copy worker `worker`) with its origin, creating the origin if needed.

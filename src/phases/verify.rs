@@ -669,22 +669,22 @@ fn differing_buckets(a: &[Row], b: &[Row]) -> (Vec<i32>, i64) {
 /// Keys of the `(key, hash)` rows found on one side and not the other: the original's first,
 /// each once, at most `limit`.
 fn differing_rows(a: &[Row], b: &[Row], limit: usize) -> Vec<Key> {
-    let side = |rows: &[Row]| -> HashSet<(Key, i64)> {
-        rows.iter().map(|r| (r.get(0), r.get(1))).collect()
-    };
-    let (sa, sb) = (side(a), side(b));
-    let mut keys: Vec<Key> = Vec::new();
-    let only_a = a.iter().map(|r| (r.get::<_, Key>(0), r.get::<_, i64>(1)));
-    let only_b = b.iter().map(|r| (r.get::<_, Key>(0), r.get::<_, i64>(1)));
-    let differing = only_a
+    let decode =
+        |rows: &[Row]| -> Vec<(Key, i64)> { rows.iter().map(|r| (r.get(0), r.get(1))).collect() };
+    let (a, b) = (decode(a), decode(b));
+    let sa: HashSet<&(Key, i64)> = a.iter().collect();
+    let sb: HashSet<&(Key, i64)> = b.iter().collect();
+    let differing = a
+        .iter()
         .filter(|row| !sb.contains(row))
-        .chain(only_b.filter(|row| !sa.contains(row)));
+        .chain(b.iter().filter(|row| !sa.contains(row)));
+    let mut keys: Vec<Key> = Vec::new();
     for (key, _) in differing {
         if keys.len() == limit {
             break;
         }
-        if !keys.contains(&key) {
-            keys.push(key);
+        if !keys.contains(key) {
+            keys.push(key.clone());
         }
     }
     keys

@@ -5,7 +5,10 @@
 //! (nothing the shadow needs was dropped), and the origins are gone afterwards. Before 16 and
 //! with `copy_origin` off (the default), no origin is created.
 
+use std::path::{Path, PathBuf};
 use std::time::Duration;
+
+use tokio::task::JoinHandle;
 
 use doppel::cancel::Cancel;
 use doppel::run::Outcome;
@@ -14,6 +17,35 @@ use doppel_testkit::workload::{self, Workload};
 use crate::common::{self, Tune};
 
 const ALTER: &str = "ALTER COLUMN customer_id TYPE bigint";
+
+/// Starts doppel on `orders` (work directory `dir`), with the copy under origins or not, and
+/// waits until it stops after a chunk is copied: the run and the pause directory where
+/// `copying` is released.
+async fn start_paused_after_a_chunk(
+    config: &tokio_postgres::Config,
+    dir: &Path,
+    copy_origin: bool,
+) -> (JoinHandle<anyhow::Result<Outcome>>, PathBuf) {
+    let mut opts = common::options(dir, "orders", &[ALTER])
+        .chunk_time(Duration::from_millis(20))
+        .initial_rows(500)
+        .cutover_retries(20)
+        .fence_timeout(Duration::from_millis(2000))
+        .status_interval(Duration::from_secs(60));
+    opts.copy_origin = copy_origin;
+    let pause = common::pause_dir(dir);
+    doppel::testing::arm(&pause, "copying").unwrap();
+    let config = config.clone();
+    let run =
+        tokio::spawn(async move { common::run_paused(&config, &opts, &Cancel::never()).await });
+    assert!(
+        doppel::testing::wait_reached(&pause, "copying", Duration::from_secs(60))
+            .await
+            .is_some(),
+        "a chunk is copied"
+    );
+    (run, pause)
+}
 
 /// Runs doppel on `orders` under the twin writer, pausing once after a chunk is copied to
 /// read `pg_replication_origin_status`; returns the copy origins' local commit positions seen
@@ -33,24 +65,7 @@ async fn migrate_under_writer(copy_origin: bool) -> Option<(Vec<(String, String)
         .await
         .unwrap();
     let dir = tempfile::tempdir().unwrap();
-    let mut opts = common::options(dir.path(), "orders", &[ALTER])
-        .chunk_time(Duration::from_millis(20))
-        .initial_rows(500)
-        .cutover_retries(20)
-        .fence_timeout(Duration::from_millis(2000))
-        .status_interval(Duration::from_secs(60));
-    opts.copy_origin = copy_origin;
-    let pause = common::pause_dir(dir.path());
-    doppel::testing::arm(&pause, "copying").unwrap();
-    let run_config = config.clone();
-    let run =
-        tokio::spawn(async move { common::run_paused(&run_config, &opts, &Cancel::never()).await });
-    assert!(
-        doppel::testing::wait_reached(&pause, "copying", Duration::from_secs(60))
-            .await
-            .is_some(),
-        "a chunk is copied"
-    );
+    let (run, pause) = start_paused_after_a_chunk(&config, dir.path(), copy_origin).await;
     let origins: Vec<(String, String)> = client
         .query(
             "SELECT o.roname, s.local_lsn::text FROM pg_replication_origin o
@@ -115,21 +130,7 @@ async fn an_origin_created_during_a_copy_under_origins_aborts_the_run() {
     let before: i64 = common::scalar(&client, "SELECT count(*) FROM orders").await;
     let config: tokio_postgres::Config = cluster.conninfo("postgres").parse().unwrap();
     let dir = tempfile::tempdir().unwrap();
-    let mut opts = common::options(dir.path(), "orders", &[ALTER])
-        .chunk_time(Duration::from_millis(20))
-        .initial_rows(500)
-        .status_interval(Duration::from_secs(60));
-    opts.copy_origin = true;
-    let pause = common::pause_dir(dir.path());
-    doppel::testing::arm(&pause, "copying").unwrap();
-    let run =
-        tokio::spawn(async move { common::run_paused(&config, &opts, &Cancel::never()).await });
-    assert!(
-        doppel::testing::wait_reached(&pause, "copying", Duration::from_secs(60))
-            .await
-            .is_some(),
-        "a chunk is copied"
-    );
+    let (run, pause) = start_paused_after_a_chunk(&config, dir.path(), true).await;
     client
         .batch_execute("SELECT pg_replication_origin_create('sub_made_mid_run')")
         .await
