@@ -189,6 +189,9 @@ cleanup() {
   if [[ -n $WORK && -d $WORK ]]; then
     mkdir -p "$RESULTS"
     cp "$WORK"/*.out "$WORK"/*.err "$WORK"/*.time "$WORK"/*.txt "$RESULTS"/ 2>/dev/null
+    # pgbench's per-transaction logs, for reading the latency apart from the schedule lag.
+    compgen -G "$WORK/pgbench_*log.*" >/dev/null &&
+      (cd "$WORK" && tar -czf "$RESULTS/pgbench_logs.tar.gz" pgbench_*log.* 2>/dev/null)
     [[ -f $WORK/pglog/server.log ]] && tail -n 300 "$WORK/pglog/server.log" >"$RESULTS/server.log.tail"
     rm -rf "$WORK"
     log "logs kept in ${RESULTS#"$ROOT"/}"

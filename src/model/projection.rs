@@ -166,13 +166,24 @@ impl Projection {
     /// Chunk boundary: the key of the `$n`-th row after the lower bound, as text.
     /// Parameters: `$1` = row count (bigint), then the lower bound's key values as text when
     /// `has_lower` (omitted for the first chunk).
+    ///
+    /// The key is cast to text outside the subquery that finds the row, so only that row is
+    /// cast: in one list the scan's projection casts every row the `OFFSET` skips (a
+    /// 250,000-row offset over a `bigint` key took 24-31 ms that way, 12-16 ms this way,
+    /// PostgreSQL 15).
     pub fn chunk_boundary_sql(&self, table: &str, has_lower: bool) -> String {
         let only = self.only();
-        let keys: Vec<String> = self
+        let (inner, outer): (Vec<String>, Vec<String>) = self
             .key
             .iter()
-            .map(|k| format!("src.{}::text", ident(&k.source.name)))
-            .collect();
+            .enumerate()
+            .map(|(i, k)| {
+                (
+                    format!("src.{} AS k{i}", ident(&k.source.name)),
+                    format!("b.k{i}::text"),
+                )
+            })
+            .unzip();
         let filter = if has_lower {
             format!(
                 " WHERE {} > {}",
@@ -183,8 +194,9 @@ impl Projection {
             String::new()
         };
         format!(
-            "SELECT {} FROM {only}{table} AS src{filter} ORDER BY {} LIMIT 1 OFFSET $1::bigint - 1",
-            keys.join(", "),
+            "SELECT {} FROM (SELECT {} FROM {only}{table} AS src{filter} ORDER BY {} LIMIT 1 OFFSET $1::bigint - 1) AS b",
+            outer.join(", "),
+            inner.join(", "),
             self.source_key_order()
         )
     }

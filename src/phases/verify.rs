@@ -295,6 +295,10 @@ async fn compare_all(
     let mut report = Comparison::default();
     let mut lower: Option<Key> = None;
     let mut pending: Vec<Vec<Key>> = Vec::new();
+    let first_boundary = p.chunk_boundary_sql(table, false);
+    let next_boundary = p.chunk_boundary_sql(table, true);
+    // The next chunk's upper bound, found by the peer during this chunk's comparison.
+    let mut prefetched: Option<Option<Key>> = None;
     loop {
         if pending.iter().map(Vec::len).sum::<usize>() > PENDING_KEYS {
             settle_keys(&*client, pair, limits, settle, &mut pending, &mut report).await?;
@@ -305,18 +309,17 @@ async fn compare_all(
         if let Some(t) = pace.throttle {
             t.wait_clear().await?;
         }
-        let boundary = {
-            let sql = p.chunk_boundary_sql(table, lower.is_some());
-            let mut params: Vec<&(dyn ToSql + Sync)> = vec![&limits.chunk_rows];
-            if let Some(lo) = &lower {
-                params.extend(lo.iter().map(|v| v as &(dyn ToSql + Sync)));
+        let upper = match prefetched.take() {
+            Some(upper) => upper,
+            None => {
+                let sql = if lower.is_some() {
+                    &next_boundary
+                } else {
+                    &first_boundary
+                };
+                chunk_upper(&*client, sql, limits.chunk_rows, lower.as_ref()).await?
             }
-            client
-                .query_opt(&sql, &params)
-                .await
-                .context("finding a verification chunk")?
         };
-        let upper: Option<Key> = boundary.map(|row| (0..p.key.len()).map(|i| row.get(i)).collect());
         let mut params: Vec<Option<String>> = Vec::new();
         if let Some(lo) = &lower {
             params.extend(lo.iter().cloned());
@@ -332,8 +335,18 @@ async fn compare_all(
         let mut took = Duration::ZERO;
         loop {
             let started = std::time::Instant::now();
-            let (a, b) = compare(client, peer, &source_sql, &target_sql, &params).await?;
+            let next = match (&upper, attempt) {
+                (Some(hi), 0) => Some(NextBoundary {
+                    sql: &next_boundary,
+                    chunk_rows: limits.chunk_rows,
+                    lower: hi,
+                }),
+                _ => None,
+            };
+            let (a, b, after) =
+                compare(client, peer, &source_sql, &target_sql, &params, next).await?;
             if attempt == 0 {
+                prefetched = after;
                 took = started.elapsed();
                 report.rows += a.0 as u64;
                 report.target_rows += b.0 as u64;
@@ -473,26 +486,66 @@ async fn settle_keys(
     Ok(())
 }
 
+/// The next chunk's boundary, to be found while a chunk is compared: the key `chunk_rows` rows
+/// after `lower`, by `sql` ([`Projection::chunk_boundary_sql`] with a lower bound).
+struct NextBoundary<'a> {
+    sql: &'a str,
+    chunk_rows: i64,
+    lower: &'a Key,
+}
+
+/// The upper bound of the chunk of `chunk_rows` rows after `lower` (the first chunk when
+/// `None`), by `sql` ([`Projection::chunk_boundary_sql`]): the key of its last row, or `None`
+/// when fewer rows are left (the chunk runs to the end of the table). Any snapshot will do:
+/// the bounds only partition the key space, each chunk is compared under its own snapshot.
+async fn chunk_upper(
+    client: &impl GenericClient,
+    sql: &str,
+    chunk_rows: i64,
+    lower: Option<&Key>,
+) -> Result<Option<Key>> {
+    let mut params: Vec<&(dyn ToSql + Sync)> = vec![&chunk_rows];
+    if let Some(lo) = lower {
+        params.extend(lo.iter().map(|v| v as &(dyn ToSql + Sync)));
+    }
+    let row = client
+        .query_opt(sql, &params)
+        .await
+        .context("finding a verification chunk")?;
+    Ok(row.map(|row| (0..row.len()).map(|i| row.get(i)).collect()))
+}
+
 /// `(count, hash)` of the original's and the shadow's chunk, computed in parallel on two
-/// sessions that share one snapshot ([`shared_snapshot`]).
+/// sessions that share one snapshot ([`shared_snapshot`]). With `next`, the peer also finds
+/// the next chunk's upper bound once its side is hashed (the original's side, on the
+/// original's heap and projected, takes the longer), so the verification does not wait for
+/// it between chunks; it is returned as the third member (`None` when not asked).
 async fn compare(
     client: &mut Client,
     peer: &mut Client,
     source_sql: &str,
     target_sql: &str,
     params: &[Option<String>],
-) -> Result<((i64, String), (i64, String))> {
+    next: Option<NextBoundary<'_>>,
+) -> Result<((i64, String), (i64, String), Option<Option<Key>>)> {
     let (ta, tb) = shared_snapshot(client, peer).await?;
     let refs: Vec<&(dyn ToSql + Sync)> = params.iter().map(|v| v as &(dyn ToSql + Sync)).collect();
-    let (a, b) = tokio::join!(
-        ta.query_one(source_sql, &refs),
-        tb.query_one(target_sql, &refs)
-    );
+    let (a, b) = tokio::join!(ta.query_one(source_sql, &refs), async {
+        let b = tb
+            .query_one(target_sql, &refs)
+            .await
+            .context("hashing a shadow chunk")?;
+        let after = match next {
+            Some(n) => Some(chunk_upper(&tb, n.sql, n.chunk_rows, Some(n.lower)).await?),
+            None => None,
+        };
+        Ok::<_, anyhow::Error>((b, after))
+    });
     let a = a.context("hashing an original chunk")?;
-    let b = b.context("hashing a shadow chunk")?;
+    let (b, after) = b?;
     tb.commit().await?;
     ta.commit().await?;
-    Ok(((a.get(0), a.get(1)), (b.get(0), b.get(1))))
+    Ok(((a.get(0), a.get(1)), (b.get(0), b.get(1)), after))
 }
 
 /// Two read-only REPEATABLE READ transactions, on `client` and `peer`, that see one snapshot
