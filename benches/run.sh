@@ -680,21 +680,26 @@ fi
 
 # ---------------------------------------------------------------- e. doppel under load
 # Latency per window from pgbench's per-transaction logs (--log with -R: field 3 is the
-# latency in us measured from the scheduled start, so schedule lag is included; fields 5-6
-# are the completion time). Prints "count p50_ms p99_ms max_ms failed".
+# latency in us measured from the scheduled start, so schedule lag is included; field 7 is
+# that lag, the wait before the transaction could start; fields 5-6 are the completion time).
+# Prints "count p50_ms p99_ms max_ms failed p99_without_lag_ms": the last is the p99 of
+# latency minus lag, the part spent once the transaction had started.
 window_stats() {
   local from=$1 to=$2 prefix=${3:-pgbench_log}
   cat "$WORK"/"$prefix".* 2>/dev/null | awk -v a="$from" -v b="$to" '
     { ts = $5 + $6 / 1e6; if (ts < a || ts > b) next
-      if ($3 ~ /^[0-9]+$/) print $3; else failed++ }
+      if ($3 ~ /^[0-9]+$/) print $3, $3 - $7; else failed++ }
     END { if (failed > 0) print "failed", failed }' >"$WORK/window.txt"
-  local failed
+  local failed started
   failed=$(awk '$1 == "failed" { print $2 }' "$WORK/window.txt")
-  grep -v '^failed' "$WORK/window.txt" | sort -n | awk -v failed="${failed:-0}" '
+  started=$({ grep -v '^failed' "$WORK/window.txt" || true; } | awk '{ print $2 }' | sort -n | awk '
+    { v[NR] = $1 }
+    END { if (NR == 0) print "n/a"; else { i = int(NR * 0.99); if (i < NR * 0.99) i++; if (i < 1) i = 1; printf "%.2f\n", v[i] / 1000 } }')
+  grep -v '^failed' "$WORK/window.txt" | awk '{ print $1 }' | sort -n | awk -v failed="${failed:-0}" -v started="$started" '
     function q(p,  i) { i = int(NR * p); if (i < NR * p) i++; if (i < 1) i = 1; return v[i] / 1000 }
     { v[NR] = $1 }
-    END { if (NR == 0) print 0, "n/a", "n/a", "n/a", failed
-          else printf "%d %.2f %.2f %.2f %d\n", NR, q(0.5), q(0.99), v[NR] / 1000, failed }'
+    END { if (NR == 0) print 0, "n/a", "n/a", "n/a", failed, started
+          else printf "%d %.2f %.2f %.2f %d %s\n", NR, q(0.5), q(0.99), v[NR] / 1000, failed, started }'
 }
 
 # One doppel run under the writer, on a freshly restored table: the writer starts
@@ -735,9 +740,9 @@ load_run() {
   wait "$PGBENCH_PID" 2>/dev/null || true
   PGBENCH_PID=""
   base_from=$(awk -v a="$load_t0" -v w="$WARMUP_SECS" 'BEGIN { printf "%.6f", a + w }')
-  read -r "R[${tag}_base_n]" "R[${tag}_base_p50]" "R[${tag}_base_p99]" "R[${tag}_base_max]" "R[${tag}_base_failed]" \
+  read -r "R[${tag}_base_n]" "R[${tag}_base_p50]" "R[${tag}_base_p99]" "R[${tag}_base_max]" "R[${tag}_base_failed]" "R[${tag}_base_p99_started]" \
     < <(window_stats "$base_from" "${R[${tag}_start]}" "$prefix")
-  read -r "R[${tag}_during_n]" "R[${tag}_during_p50]" "R[${tag}_during_p99]" "R[${tag}_during_max]" "R[${tag}_during_failed]" \
+  read -r "R[${tag}_during_n]" "R[${tag}_during_p50]" "R[${tag}_during_p99]" "R[${tag}_during_max]" "R[${tag}_during_failed]" "R[${tag}_during_p99_started]" \
     < <(window_stats "${R[${tag}_start]}" "${R[${tag}_end]}" "$prefix")
   # Writer latency per doppel phase: windows laid from doppel's start by its phase durations
   # (the unlisted preflight and cleanup are a fraction of a second); the last one ends with doppel.
@@ -762,6 +767,7 @@ load_run() {
   print_doppel "$tag"
   log "   writer before: ${R[${tag}_base_tps]} tx/s, p50 ${R[${tag}_base_p50]} ms, p99 ${R[${tag}_base_p99]} ms, max ${R[${tag}_base_max]} ms"
   log "   writer during: ${R[${tag}_during_tps]} tx/s, p50 ${R[${tag}_during_p50]} ms, p99 ${R[${tag}_during_p99]} ms, max ${R[${tag}_during_max]} ms"
+  log "   writer p99 once started (without pgbench's schedule lag): before ${R[${tag}_base_p99_started]} ms, during ${R[${tag}_during_p99_started]} ms"
   while IFS='|' read -r phase secs n p50 p99 mx; do
     printf '      writer during %-24s %6s tx  p50 %8s  p99 %8s  max %8s ms\n' "$phase" "$n" "$p50" "$p99" "$mx"
   done <"$WORK/writer_phases_$tag.txt"
@@ -776,7 +782,7 @@ if [[ $DO_LOAD -eq 1 ]]; then
   log "e. doppel run --execute under pgbench -R $RATE -c $CLIENTS -j $JOBS ($BASELINE_SECS s baseline first$( [[ $DO_PACING -eq 1 ]] && echo ", with the probe"))"
   PROBE_BASELINE=$DO_PACING load_run load
   # The report's names for the unpaced run under load.
-  for k in base_n base_p50 base_p99 base_max base_failed base_tps during_n during_p50 during_p99 during_max during_failed during_tps writer_errors aborted; do
+  for k in base_n base_p50 base_p99 base_max base_failed base_tps during_n during_p50 during_p99 during_max during_failed during_tps writer_errors aborted base_p99_started during_p99_started; do
     R[$k]=${R[load_$k]}
   done
   cp "$WORK/writer_phases_load.txt" "$WORK/writer_phases.txt"
@@ -898,6 +904,7 @@ MD="$WORK/section.md"
     echo "| transactions (tx/s) | ${R[base_n]} (${R[base_tps]}) | ${R[during_n]} (${R[during_tps]}) |"
     echo "| p50 latency (ms) | ${R[base_p50]} | ${R[during_p50]} |"
     echo "| p99 latency (ms) | ${R[base_p99]} | ${R[during_p99]} ($(ratio "${R[during_p99]}" "${R[base_p99]}")x) |"
+    echo "| p99 once started, without pgbench's schedule lag (ms) | ${R[base_p99_started]} | ${R[during_p99_started]} |"
     echo "| max latency (ms) | ${R[base_max]} | ${R[during_max]} |"
     echo "| failed transactions | ${R[base_failed]} | ${R[during_failed]} |"
     echo
@@ -927,6 +934,7 @@ MD="$WORK/section.md"
     echo "| doppel wall (s) | ${R[load_wall]} | ${R[paced_wall]} (**$(ratio "${R[paced_wall]}" "${R[load_wall]}")x** unpaced; target <= 4x) |"
     echo "| writer p50 before / during (ms) | ${R[load_base_p50]} / ${R[load_during_p50]} | ${R[paced_base_p50]} / ${R[paced_during_p50]} |"
     echo "| writer p99 before / during (ms) | ${R[load_base_p99]} / ${R[load_during_p99]} ($(ratio "${R[load_during_p99]}" "${R[load_base_p99]}")x) | ${R[paced_base_p99]} / ${R[paced_during_p99]} (**$(ratio "${R[paced_during_p99]}" "${R[paced_base_p99]}")x**; target <= 2x) |"
+    echo "| writer p99 once started, without pgbench's schedule lag, before / during (ms) | ${R[load_base_p99_started]} / ${R[load_during_p99_started]} | ${R[paced_base_p99_started]} / ${R[paced_during_p99_started]} |"
     echo "| writer max before / during (ms) | ${R[load_base_max]} / ${R[load_during_max]} | ${R[paced_base_max]} / ${R[paced_during_max]} |"
     echo "| writer errors | ${R[load_writer_errors]} | ${R[paced_writer_errors]} |"
     echo "| changes applied | ${R[load_applied]} | ${R[paced_applied]} |"
