@@ -40,6 +40,7 @@ use crate::phases::fence::Fencer;
 use crate::phases::shadow::pairs;
 use crate::plan::Plan;
 use crate::sql::{ident, literal};
+use crate::testing::{Probe, broken, pause_point};
 
 /// Rows per verification chunk (the default of `--verify-chunk-rows`).
 pub const VERIFY_CHUNK_ROWS: i64 = 250_000;
@@ -92,6 +93,8 @@ pub struct Pace<'a> {
     pub progress: Option<&'a crate::ops::progress::Progress>,
     /// `--max-write-latency`: the pause after each chunk ([`crate::ops::pacing`]).
     pub pacing: Option<&'a crate::ops::pacing::PaceHandle>,
+    /// The run's test hooks ([`crate::testing`]); none from outside a run.
+    pub probe: Option<&'a Probe>,
 }
 
 /// How a difference is given time to settle before it is compared again.
@@ -297,8 +300,9 @@ async fn compare_all(
     let mut pending: Vec<Vec<Key>> = Vec::new();
     let first_boundary = p.chunk_boundary_sql(table, false);
     let next_boundary = p.chunk_boundary_sql(table, true);
-    // The next chunk's upper bound, found by the peer during this chunk's comparison.
+    // The next chunk's upper bound, found with this chunk's comparison.
     let mut prefetched: Option<Option<Key>> = None;
+    let probe = pace.probe.cloned().unwrap_or_default();
     loop {
         if pending.iter().map(Vec::len).sum::<usize>() > PENDING_KEYS {
             settle_keys(&*client, pair, limits, settle, &mut pending, &mut report).await?;
@@ -343,8 +347,16 @@ async fn compare_all(
                 }),
                 _ => None,
             };
-            let (a, b, after) =
-                compare(client, peer, &source_sql, &target_sql, &params, next).await?;
+            let (a, b, after) = compare(
+                client,
+                peer,
+                &source_sql,
+                &target_sql,
+                &params,
+                next,
+                &probe,
+            )
+            .await?;
             if attempt == 0 {
                 prefetched = after;
                 took = started.elapsed();
@@ -516,10 +528,16 @@ async fn chunk_upper(
 }
 
 /// `(count, hash)` of the original's and the shadow's chunk, computed in parallel on two
-/// sessions that share one snapshot ([`shared_snapshot`]). With `next`, the peer also finds
-/// the next chunk's upper bound once its side is hashed (the original's side, on the
-/// original's heap and projected, takes the longer), so the verification does not wait for
-/// it between chunks; it is returned as the third member (`None` when not asked).
+/// sessions that share one snapshot ([`shared_snapshot`]). With `next`, the control session
+/// also finds the next chunk's upper bound once it has hashed the original's side; it is
+/// returned as the third member (`None` when not asked).
+///
+/// The bound is read on the session that already holds the original's lock. On the peer it
+/// would overlap the original's hash (the longer side) but take a second lock on the
+/// original while the control session's transaction holds one and waits, in doppel, for the
+/// peer: an `ACCESS EXCLUSIVE` request queued between the two (an `ALTER TABLE`, a
+/// partition dropped) would wait for the control session, the peer for it, and the control
+/// session for the peer, a cycle PostgreSQL's deadlock detector cannot see.
 async fn compare(
     client: &mut Client,
     peer: &mut Client,
@@ -527,25 +545,53 @@ async fn compare(
     target_sql: &str,
     params: &[Option<String>],
     next: Option<NextBoundary<'_>>,
+    probe: &Probe,
 ) -> Result<((i64, String), (i64, String), Option<Option<Key>>)> {
     let (ta, tb) = shared_snapshot(client, peer).await?;
     let refs: Vec<&(dyn ToSql + Sync)> = params.iter().map(|v| v as &(dyn ToSql + Sync)).collect();
-    let (a, b) = tokio::join!(ta.query_one(source_sql, &refs), async {
+    // Test-only broken ordering (never in a normal build): the bound read on the peer.
+    let on_peer = broken!(probe, BoundOnPeer);
+    let original_side = async {
+        let a = ta
+            .query_one(source_sql, &refs)
+            .await
+            .context("hashing an original chunk")?;
+        let after = match &next {
+            Some(n) if !on_peer => Some(next_bound(&ta, n, probe).await?),
+            _ => None,
+        };
+        Ok::<_, anyhow::Error>((a, after))
+    };
+    let shadow_side = async {
         let b = tb
             .query_one(target_sql, &refs)
             .await
             .context("hashing a shadow chunk")?;
-        let after = match next {
-            Some(n) => Some(chunk_upper(&tb, n.sql, n.chunk_rows, Some(n.lower)).await?),
-            None => None,
+        let after = match &next {
+            Some(n) if on_peer => Some(next_bound(&tb, n, probe).await?),
+            _ => None,
         };
         Ok::<_, anyhow::Error>((b, after))
-    });
-    let a = a.context("hashing an original chunk")?;
-    let (b, after) = b?;
+    };
+    let (a, b) = tokio::join!(original_side, shadow_side);
+    let ((a, after_a), (b, after_b)) = (a?, b?);
     tb.commit().await?;
     ta.commit().await?;
-    Ok(((a.get(0), a.get(1)), (b.get(0), b.get(1)), after))
+    Ok((
+        (a.get(0), a.get(1)),
+        (b.get(0), b.get(1)),
+        after_a.or(after_b),
+    ))
+}
+
+/// Reads `next` on `t` ([`chunk_upper`]), after the `verify-bound` pause point.
+async fn next_bound(
+    t: &Transaction<'_>,
+    next: &NextBoundary<'_>,
+    probe: &Probe,
+) -> Result<Option<Key>> {
+    pause_point!(probe, "verify-bound", describe_key(next.lower));
+    chunk_upper(t, next.sql, next.chunk_rows, Some(next.lower)).await
 }
 
 /// Two read-only REPEATABLE READ transactions, on `client` and `peer`, that see one snapshot

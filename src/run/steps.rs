@@ -533,6 +533,7 @@ impl Run<'_> {
             nice_ratio: self.options.copy.nice_ratio,
             progress: Some(&self.progress),
             pacing,
+            probe: Some(&self.probe),
         };
         let applier = tasks.applier()?;
         let report = tokio::select! {

@@ -43,6 +43,9 @@
 //! - `visibility-wait` (apply): a batch waits for a decoded transaction to become visible
 //!   before re-reading rows from the original (F3); reached at the first check that finds it
 //!   invisible.
+//! - `verify-bound` (verification): the next chunk's upper bound is about to be read, with
+//!   the chunk's two transactions open (the control session's holding its lock on the
+//!   original); the detail is the next chunk's lower bound.
 //! - `apply-shares` (apply, `--apply-workers` > 1): the shares of a parallel batch other
 //!   than the first have committed; the first, which records the batch in the checkpoint, has
 //!   not (under [`Broken::CheckpointBeforeShares`]: the first has, the others have not).

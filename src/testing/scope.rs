@@ -47,6 +47,12 @@ pub enum Broken {
     /// rows of the keys the stream changed during the copy are not removed before the
     /// primary key is built ([`crate::phases::tid_chunks`]).
     NoTidDedupe,
+    /// Verification reads the next chunk's upper bound on the peer session, inside the
+    /// transaction in which it hashed the shadow's side, while the control session's
+    /// transaction holds its lock on the original: a lock request on the original queued in
+    /// between waits in a cycle through doppel that the server's deadlock detector cannot
+    /// see ([`crate::phases::verify`]).
+    BoundOnPeer,
 }
 
 /// The environment variable that selects a broken ordering needing no configuration in a

@@ -645,3 +645,138 @@ async fn many_differences_are_listed_in_a_table_named_with_a_dollar_sign() {
         "{stdout}{stderr}"
     );
 }
+
+/// Whether the session of `pid` waits for a lock.
+async fn waits_for_a_lock(client: &Client, pid: i32) -> bool {
+    common::scalar(
+        client,
+        &format!(
+            "SELECT count(*) FROM pg_stat_activity WHERE pid = {pid} AND wait_event_type = 'Lock'"
+        ),
+    )
+    .await
+        == 1
+}
+
+/// A run held where verification is about to read the next chunk's bound (`verify-bound`),
+/// with the chunk's transactions open, and a session that then asks for `ACCESS EXCLUSIVE`
+/// on `t` (the way an `ALTER TABLE` or a partition drop would) and waits behind the control
+/// session's lock. Returns the run (released), the locker's session, its pid and its
+/// pending `LOCK`.
+async fn lock_queued_at_the_bound(
+    config: &tokio_postgres::Config,
+    client: &Client,
+    broken: Option<doppel::testing::Broken>,
+) -> (
+    common::race::Run,
+    std::sync::Arc<Client>,
+    i32,
+    tokio::task::JoinHandle<Result<(), tokio_postgres::Error>>,
+) {
+    common::race::create_tables(client, 2_000, i64::MAX).await;
+    let mut run = common::race::Run::start(config, broken, &[("verify-bound", "")], |o| {
+        o.verify_chunk_rows = 500;
+    });
+    run.reached("verifying").await;
+    run.release("verifying");
+    run.reached("verify-bound").await;
+    let held = common::wait_until_async(Duration::from_secs(30), || async {
+        common::scalar(
+            client,
+            "SELECT count(*) FROM pg_locks l JOIN pg_stat_activity a USING (pid)
+              WHERE l.relation = 't'::regclass AND l.granted AND l.mode = 'AccessShareLock'
+                AND a.application_name = 'doppel' AND a.state = 'idle in transaction'",
+        )
+        .await
+            == 1
+    })
+    .await;
+    assert!(
+        held,
+        "the control session holds its lock on t, its hash done"
+    );
+    let locker = std::sync::Arc::new(doppel_testkit::connect(config).await.unwrap());
+    let pid: i32 = locker
+        .query_one("SELECT pg_backend_pid()", &[])
+        .await
+        .unwrap()
+        .get(0);
+    locker.batch_execute("BEGIN").await.unwrap();
+    let l = locker.clone();
+    let lock = tokio::spawn(async move {
+        l.batch_execute("LOCK TABLE t IN ACCESS EXCLUSIVE MODE")
+            .await
+    });
+    let queued =
+        common::wait_until_async(Duration::from_secs(30), || waits_for_a_lock(client, pid)).await;
+    assert!(
+        queued,
+        "the ACCESS EXCLUSIVE request waits behind the verification"
+    );
+    run.release("verify-bound");
+    (run, locker, pid, lock)
+}
+
+/// An `ACCESS EXCLUSIVE` request on the original queued while verification holds a chunk's
+/// transactions open is granted once the chunk is done (the next bound is read on the
+/// session that already holds the lock), and the run then goes on and migrates.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_lock_queued_on_the_original_during_verification_is_granted_after_the_chunk() {
+    let (_cluster, client, config) = common::race::stand().await;
+    let (run, locker, _pid, lock) = lock_queued_at_the_bound(&config, &client, None).await;
+    let granted = tokio::time::timeout(Duration::from_secs(60), lock).await;
+    assert!(
+        matches!(granted, Ok(Ok(Ok(())))),
+        "the ACCESS EXCLUSIVE request is granted after the chunk: {granted:?}"
+    );
+    locker.batch_execute("ROLLBACK").await.unwrap();
+    match run.outcome().await {
+        Ok(doppel::run::Outcome::Migrated(_)) => {}
+        other => panic!("expected a migration, got {other:?}"),
+    }
+}
+
+/// The broken variant, the bound read on the peer inside its transaction: the peer queues
+/// behind the `ACCESS EXCLUSIVE` request, which waits for the control session, which waits
+/// in doppel for the peer. The server sees no deadlock (none is reported); the cycle is
+/// seen whole, and lasts until the locker gives up.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn with_the_bound_read_on_the_peer_a_queued_lock_waits_in_a_cycle() {
+    let (_cluster, client, config) = common::race::stand().await;
+    let broken = Some(doppel::testing::Broken::BoundOnPeer);
+    let (run, locker, pid, lock) = lock_queued_at_the_bound(&config, &client, broken).await;
+    let peer_waits = common::wait_until_async(Duration::from_secs(30), || async {
+        common::scalar(
+            &client,
+            "SELECT count(*) FROM pg_stat_activity
+              WHERE application_name = 'doppel verify' AND wait_event_type = 'Lock'",
+        )
+        .await
+            == 1
+    })
+    .await;
+    assert!(
+        peer_waits,
+        "the peer waits behind the ACCESS EXCLUSIVE request"
+    );
+    // Past deadlock_timeout (1 s) the server would have broken a cycle it could see: the
+    // locker has waited twice that and still waits.
+    let long_wait = format!(
+        "SELECT count(*) FROM pg_stat_activity WHERE pid = {pid} AND wait_event_type = 'Lock'
+            AND clock_timestamp() - state_change > interval '2 s'"
+    );
+    let waited = common::wait_until_async(Duration::from_secs(30), || async {
+        common::scalar(&client, &long_wait).await == 1
+    })
+    .await;
+    assert!(waited, "the locker waits past the deadlock check");
+    assert!(!lock.is_finished(), "the LOCK has not been granted");
+    client
+        .batch_execute(&format!("SELECT pg_cancel_backend({pid})"))
+        .await
+        .unwrap();
+    let cancelled = lock.await.unwrap();
+    assert!(cancelled.is_err(), "the LOCK was cancelled, not granted");
+    locker.batch_execute("ROLLBACK").await.unwrap();
+    run.finish(&client, "id, v::bigint").await;
+}
