@@ -377,7 +377,8 @@ async fn compare_all(
                 has_upper,
                 buckets: buckets(limits.chunk_rows),
             };
-            let keys = differing_in_chunk(client, peer, pair, &chunk, limits.max_keys + 1).await?;
+            let keys =
+                differing_in_chunk(client, peer, pair, &chunk, limits.max_keys + 1, &probe).await?;
             if keys.is_empty() {
                 // The listing compares every row of the range on both sides under one
                 // snapshot: none differs, so the change in flight at the comparison
@@ -664,6 +665,7 @@ async fn differing_in_chunk(
     pair: &Pair<'_>,
     chunk: &Chunk<'_>,
     limit: usize,
+    probe: &Probe,
 ) -> Result<Vec<Key>> {
     let p = pair.projection;
     let (lo, hi, n) = (chunk.has_lower, chunk.has_upper, chunk.buckets);
@@ -684,8 +686,16 @@ async fn differing_in_chunk(
     let (a, b) = on_both(&ta, &tb, &sql, &refs, "grouping a chunk by hash").await?;
     let (differing, rows) = differing_buckets(&a, &b);
     let keys = if differing.is_empty() {
+        tb.commit().await?;
         Vec::new()
     } else if differing.len() > limit.saturating_mul(2) || rows > MAX_LISTED_ROWS {
+        // The statement reads the shadow on the control session: the peer's transaction,
+        // which holds the shadow's lock, ends first. Kept open, an `ACCESS EXCLUSIVE`
+        // request on the shadow queued behind it would wait for the peer, the control
+        // session for the request, and the peer's commit for the control session, a cycle
+        // through doppel the server cannot detect (see [`compare`]).
+        tb.commit().await?;
+        pause_point!(probe, "verify-except", pair.target.clone());
         let sql = p.diff_keys_sql(&pair.source, &pair.target, lo, hi);
         listed_by_except(&ta, &sql, &refs, limit).await?
     } else {
@@ -695,9 +705,9 @@ async fn differing_in_chunk(
             p.bucket_rows_sql(Side::Shadow, &pair.target, lo, hi, n),
         );
         let (a, b) = on_both(&ta, &tb, &sql, &refs, "listing a chunk's differing rows").await?;
+        tb.commit().await?;
         differing_rows(&a, &b, limit)
     };
-    tb.commit().await?;
     ta.commit().await?;
     Ok(keys)
 }
@@ -1029,15 +1039,13 @@ pub async fn check(
         stop_on_overflow: false,
     };
     let settle = Settle::Wait(options.recheck_interval);
-    let c = compare_all(
-        &mut client,
-        &mut peer,
-        &pair,
-        &limits,
-        &settle,
-        &Pace::default(),
-    )
-    .await?;
+    // Test hooks of a `doppel verify` started by a test (inert otherwise).
+    let probe = Probe::capture();
+    let pace = Pace {
+        probe: Some(&probe),
+        ..Pace::default()
+    };
+    let c = compare_all(&mut client, &mut peer, &pair, &limits, &settle, &pace).await?;
     let kinds = classify(&client, &pair, &c.keys).await?;
     let written: Vec<String> = projection
         .written()

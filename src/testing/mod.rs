@@ -46,6 +46,9 @@
 //! - `verify-bound` (verification): the next chunk's upper bound is about to be read, with
 //!   the chunk's two transactions open (the control session's holding its lock on the
 //!   original); the detail is the next chunk's lower bound.
+//! - `verify-except` (verification): a chunk whose differences are too many for the bucket
+//!   listing is about to be listed by one statement on the control session, the peer's
+//!   transaction already ended; the detail is the shadow (or the compared table).
 //! - `apply-shares` (apply, `--apply-workers` > 1): the shares of a parallel batch other
 //!   than the first have committed; the first, which records the batch in the checkpoint, has
 //!   not (under [`Broken::CheckpointBeforeShares`]: the first has, the others have not).

@@ -780,3 +780,73 @@ async fn with_the_bound_read_on_the_peer_a_queued_lock_waits_in_a_cycle() {
     locker.batch_execute("ROLLBACK").await.unwrap();
     run.finish(&client, "id, v::bigint").await;
 }
+
+/// A chunk with too many differences for the bucket listing is listed by one statement on
+/// the control session, which reads the compared table (here the migrated `orders`) too.
+/// The peer's transaction, holding that table's lock from the bucket pass, has ended by
+/// then (pause point `verify-except`): an `ACCESS EXCLUSIVE` request on `orders` made there
+/// is granted at once, the listing waits for it, and the command reports the differences
+/// once it is released. Kept open, the peer's lock would queue the request, and the
+/// listing behind the request, in a cycle the server cannot detect.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_lock_taken_before_a_chunk_is_listed_whole_does_not_wait_for_the_peer() {
+    let (cluster, client) = orders_cluster(3_000).await;
+    let dsn = cluster.conninfo("postgres");
+    let old = migrate(&cluster, &client, "orders", &ORDERS_ALTER).await;
+    client
+        .batch_execute("UPDATE orders SET status = 'changed' WHERE id <= 600")
+        .await
+        .unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let pause = common::pause_dir(dir.path());
+    doppel::testing::arm(&pause, "verify-except").unwrap();
+    let args = [
+        "verify",
+        "--table",
+        "orders",
+        "--against",
+        &old,
+        "--chunk-rows",
+        "1000",
+        "--max-keys",
+        "1",
+        "--rechecks",
+        "0",
+        "--dsn",
+        &dsn,
+    ];
+    let child = Command::new(env!("CARGO_BIN_EXE_doppel"))
+        .args(args)
+        .env(doppel::testing::PAUSE_DIR_VAR, &pause)
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("doppel verify starts");
+    let reached =
+        doppel::testing::wait_reached(&pause, "verify-except", Duration::from_secs(60)).await;
+    assert!(reached.is_some(), "the listing of a whole chunk is reached");
+    let locker = cluster.connect("postgres").await.unwrap();
+    locker.batch_execute("BEGIN").await.unwrap();
+    let granted = tokio::time::timeout(
+        Duration::from_secs(30),
+        locker.batch_execute("LOCK TABLE orders IN ACCESS EXCLUSIVE MODE"),
+    )
+    .await;
+    assert!(
+        matches!(granted, Ok(Ok(()))),
+        "nothing of the verification holds orders while its chunk is listed whole: {granted:?}"
+    );
+    doppel::testing::release(&pause, "verify-except").unwrap();
+    locker.batch_execute("ROLLBACK").await.unwrap();
+    let out = tokio::task::spawn_blocking(move || child.wait_with_output())
+        .await
+        .unwrap()
+        .unwrap();
+    let (stdout, stderr) = text(&out);
+    assert_eq!(out.status.code(), Some(6), "{stdout}{stderr}");
+    assert!(
+        stdout.contains("values differ") && stdout.ends_with("not equal\n"),
+        "the differing rows are reported: {stdout}"
+    );
+}
