@@ -522,8 +522,11 @@ impl Run<'_> {
         self.enter(Phase::Verify);
         let mut peer = conninfo::connect(self.config).await?;
         let parallel = crate::sql::parallel_workers_sql(self.options.verify_parallel_workers);
+        // The control session's lock_timeout: the two sessions lock their tables at once
+        // under one snapshot, so a lock the peer cannot get must end the wait rather than
+        // hold the control session's transaction open behind it (docs/design.md §1.6).
         peer.batch_execute(&format!(
-            "SET application_name = 'doppel verify'; {WORKING_SESSION}; {parallel}"
+            "SET application_name = 'doppel verify'; SET lock_timeout = '5s'; {WORKING_SESSION}; {parallel}"
         ))
         .await?;
         self.control.batch_execute(&parallel).await?;

@@ -739,7 +739,8 @@ async fn a_lock_queued_on_the_original_during_verification_is_granted_after_the_
 /// The broken variant, the bound read on the peer inside its transaction: the peer queues
 /// behind the `ACCESS EXCLUSIVE` request, which waits for the control session, which waits
 /// in doppel for the peer. The server sees no deadlock (none is reported); the cycle is
-/// seen whole, and lasts until the locker gives up.
+/// seen whole past `deadlock_timeout`, and lasts until the locker gives up (or the peer's
+/// `lock_timeout`, 5 s, fails the run).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn with_the_bound_read_on_the_peer_a_queued_lock_waits_in_a_cycle() {
     let (_cluster, client, config) = common::race::stand().await;
