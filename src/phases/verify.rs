@@ -552,28 +552,16 @@ async fn compare(
     let refs: Vec<&(dyn ToSql + Sync)> = params.iter().map(|v| v as &(dyn ToSql + Sync)).collect();
     // Test-only broken ordering (never in a normal build): the bound read on the peer.
     let on_peer = broken!(probe, BoundOnPeer);
-    let original_side = async {
-        let a = ta
-            .query_one(source_sql, &refs)
-            .await
-            .context("hashing an original chunk")?;
-        let after = match &next {
-            Some(n) if !on_peer => Some(next_bound(&ta, n, probe).await?),
-            _ => None,
-        };
-        Ok::<_, anyhow::Error>((a, after))
-    };
-    let shadow_side = async {
-        let b = tb
-            .query_one(target_sql, &refs)
-            .await
-            .context("hashing a shadow chunk")?;
-        let after = match &next {
-            Some(n) if on_peer => Some(next_bound(&tb, n, probe).await?),
-            _ => None,
-        };
-        Ok::<_, anyhow::Error>((b, after))
-    };
+    let bound_on = |peer_side: bool| next.as_ref().filter(|_| on_peer == peer_side);
+    let original_side = hash_side(
+        &ta,
+        source_sql,
+        &refs,
+        "an original",
+        bound_on(false),
+        probe,
+    );
+    let shadow_side = hash_side(&tb, target_sql, &refs, "a shadow", bound_on(true), probe);
     let (a, b) = tokio::join!(original_side, shadow_side);
     let ((a, after_a), (b, after_b)) = (a?, b?);
     tb.commit().await?;
@@ -585,14 +573,27 @@ async fn compare(
     ))
 }
 
-/// Reads `next` on `t` ([`chunk_upper`]), after the `verify-bound` pause point.
-async fn next_bound(
+/// One side of [`compare`] on `t`: the chunk's `(count, hash)` by `sql`, then, with `next`,
+/// the next chunk's upper bound ([`chunk_upper`], after the `verify-bound` pause point).
+/// `side` names the table in the error ("an original", "a shadow").
+async fn hash_side(
     t: &Transaction<'_>,
-    next: &NextBoundary<'_>,
+    sql: &str,
+    params: &[&(dyn ToSql + Sync)],
+    side: &str,
+    next: Option<&NextBoundary<'_>>,
     probe: &Probe,
-) -> Result<Option<Key>> {
+) -> Result<(Row, Option<Option<Key>>)> {
+    let row = t
+        .query_one(sql, params)
+        .await
+        .with_context(|| format!("hashing {side} chunk"))?;
+    let Some(next) = next else {
+        return Ok((row, None));
+    };
     pause_point!(probe, "verify-bound", describe_key(next.lower));
-    chunk_upper(t, next.sql, next.chunk_rows, Some(next.lower)).await
+    let upper = chunk_upper(t, next.sql, next.chunk_rows, Some(next.lower)).await?;
+    Ok((row, Some(upper)))
 }
 
 /// Two read-only REPEATABLE READ transactions, on `client` and `peer`, that see one snapshot
