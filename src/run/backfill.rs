@@ -356,6 +356,7 @@ async fn execute(
     let mut run_options = RunOptions {
         lock_timeout: options.update.lock_timeout,
         throttle: options.throttle.clone(),
+        work_dir: options.work_dir.clone(),
         ..RunOptions::new(&options.table, &[])
     };
     run_options.copy.chunk_time = options.update.chunk_time;

@@ -112,6 +112,14 @@ async fn a_killed_backfill_resumes_without_redoing_finished_chunks() {
     })
     .await;
     assert!(progressed, "the backfill committed 20 chunks");
+    // The run registers itself in its --work-dir, where `doppel ctl --work-dir` and
+    // `doppel cleanup` look, not in the system's temp directory.
+    let oid = common::oid_of(&client, "transactions").await;
+    let entry = format!("doppel-run-{oid}-{}.json", child.id().unwrap());
+    assert!(
+        dir.path().join(&entry).exists(),
+        "{entry} is in the run's --work-dir"
+    );
     child.start_kill().unwrap();
     child.wait().await.unwrap();
     let gone = common::wait_until_async(Duration::from_secs(15), || async {
