@@ -35,7 +35,8 @@ restore() { $P -f $H/orders_restore.sql >/dev/null; sync; }
 DSN="host=127.0.0.1 port=$PORT user=postgres dbname=bench"
 run() {
   local bin=$1 tag=$2 t0 t1 sp; shift 2; restore
-  ( while true; do for w in $(pgrep -f 'postgres: walsender'); do
+  # This cluster's WAL senders only: children of its postmaster.
+  ( while true; do for w in $(pgrep -P "$(head -n 1 "$D/data/postmaster.pid")" -f 'walsender'); do
       awk -v p=$w '{ print p, ($14 + $15) / 100 }' /proc/$w/stat 2>/dev/null; done; sleep 0.5; done ) >"$D/$tag.ws" &
   sp=$!
   t0=$(now)
