@@ -15,6 +15,7 @@ use std::time::{Duration, Instant};
 
 use doppel::cancel::Cancel;
 use doppel::run::{Outcome, RunOptions};
+use doppel_testkit::cluster::ClusterOptions;
 use tokio::task::JoinHandle;
 use tokio_postgres::Client;
 
@@ -416,14 +417,32 @@ struct Cycle {
     warnings: Vec<String>,
 }
 
+/// The timings of [`deadlock_cycle`]: the run's `lock_timeout` and `max_lock_hold`, the
+/// application session's `deadlock_timeout` and the server's (which doppel's sessions use and
+/// its warning reads).
+struct Timings {
+    lock_timeout: Duration,
+    max_lock_hold: Duration,
+    app_deadlock_timeout: &'static str,
+    server_deadlock_timeout: &'static str,
+}
+
 /// A lock cycle between an application transaction and a cutover attempt, the application
 /// waiting first: the application holds ROW EXCLUSIVE on `p` (which `t`'s key references);
 /// the attempt takes the child `c`, then waits for `t` behind a blocker; the application asks
 /// for `c` and queues behind the attempt; the blocker commits, and the attempt asks for `p`.
-/// The application's session has `deadlock_timeout` = 1 s; the run has `lock_timeout` and
-/// `max_lock_hold`.
-async fn deadlock_cycle(lock_timeout: Duration, max_lock_hold: Duration) -> Cycle {
-    let cluster = common::cluster().await;
+async fn deadlock_cycle(timings: Timings) -> Cycle {
+    let Timings {
+        lock_timeout,
+        max_lock_hold,
+        app_deadlock_timeout,
+        server_deadlock_timeout,
+    } = timings;
+    let cluster = common::cluster_with(ClusterOptions {
+        extra_conf: vec![("deadlock_timeout".into(), server_deadlock_timeout.into())],
+        ..ClusterOptions::default()
+    })
+    .await;
     let client = cluster.connect("postgres").await.unwrap();
     client
         .batch_execute(
@@ -457,9 +476,11 @@ async fn deadlock_cycle(lock_timeout: Duration, max_lock_hold: Duration) -> Cycl
     // The pid is read before the transaction: a statement that takes a snapshot would make
     // the attempt wait for it before asking for any lock (docs/design.md §4.6).
     let app_pid = common::scalar(&app, "SELECT pg_backend_pid()::bigint").await;
-    app.batch_execute("SET deadlock_timeout = '1s'; BEGIN; LOCK TABLE p IN ROW EXCLUSIVE MODE")
-        .await
-        .unwrap();
+    app.batch_execute(&format!(
+        "SET deadlock_timeout = '{app_deadlock_timeout}'; BEGIN; LOCK TABLE p IN ROW EXCLUSIVE MODE"
+    ))
+    .await
+    .unwrap();
     let table_blocker = blocker(&cluster, "t", "ROW EXCLUSIVE").await;
     std::fs::remove_file(&flag).unwrap();
     assert!(
@@ -506,7 +527,13 @@ async fn deadlock_cycle(lock_timeout: Duration, max_lock_hold: Duration) -> Cycl
 /// (the cycle formed). No warning.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn in_a_deadlock_with_the_application_the_cutover_gives_way() {
-    let cycle = deadlock_cycle(Duration::from_millis(400), Duration::from_millis(600)).await;
+    let cycle = deadlock_cycle(Timings {
+        lock_timeout: Duration::from_millis(400),
+        max_lock_hold: Duration::from_millis(600),
+        app_deadlock_timeout: "1s",
+        server_deadlock_timeout: "1s",
+    })
+    .await;
     assert_eq!(cycle.app, Ok(()), "the application's transaction goes on");
     assert_eq!(cycle.exit, 0);
     assert!(
@@ -528,10 +555,20 @@ async fn in_a_deadlock_with_the_application_the_cutover_gives_way() {
 /// The broken variant of the test above, kept as a test of the warning: with a lock budget
 /// above `deadlock_timeout` the application, waiting first, reaches its deadlock check while
 /// the attempt still waits, and PostgreSQL aborts the application's transaction (40P01); the
-/// dry run warned about exactly that.
+/// dry run warned about exactly that. The application is the victim only if its deadlock
+/// check comes after the cycle formed and before the attempt's: the application checks 4 s
+/// after it starts waiting and doppel's sessions 5 s after theirs, so the blocker's commit
+/// and the attempt's request for `p` have 4 s, not 1 s as with both at 1 s, where a loaded
+/// machine once made the attempt the victim.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_lock_budget_above_deadlock_timeout_is_warned_about_and_can_abort_the_application() {
-    let cycle = deadlock_cycle(Duration::from_secs(3), Duration::from_secs(3)).await;
+    let cycle = deadlock_cycle(Timings {
+        lock_timeout: Duration::from_secs(10),
+        max_lock_hold: Duration::from_secs(10),
+        app_deadlock_timeout: "4s",
+        server_deadlock_timeout: "5s",
+    })
+    .await;
     let aborted = cycle
         .app
         .expect_err("the application is the deadlock victim");
@@ -541,7 +578,7 @@ async fn a_lock_budget_above_deadlock_timeout_is_warned_about_and_can_abort_the_
         cycle
             .warnings
             .iter()
-            .any(|w| w.contains("deadlock_timeout = 1000 ms") && w.contains("40P01")),
+            .any(|w| w.contains("deadlock_timeout = 5000 ms") && w.contains("40P01")),
         "{:?}",
         cycle.warnings
     );
