@@ -74,6 +74,20 @@ impl BackfillOptions {
         }
     }
 
+    /// The run options the shared parts (history, operator, control socket, registry) read:
+    /// the backfill's history table, lock_timeout, throttles, work directory and chunk time.
+    fn run_options(&self) -> RunOptions {
+        let mut out = RunOptions {
+            history: self.history.clone(),
+            lock_timeout: self.update.lock_timeout,
+            throttle: self.throttle.clone(),
+            work_dir: self.work_dir.clone(),
+            ..RunOptions::new(&self.table, &[])
+        };
+        out.copy.chunk_time = self.update.chunk_time;
+        out
+    }
+
     /// The clauses recorded in the history (and matched to resume): the assignments, then
     /// the filter.
     fn clauses(&self) -> Vec<String> {
@@ -316,11 +330,7 @@ async fn open_record(
         clauses: options.clauses(),
         strategies: json!([{"strategy": "backfill", "resumes": resume.map(|(id, _)| id)}]),
     };
-    let run_options = RunOptions {
-        history: options.history.clone(),
-        ..RunOptions::new(&options.table, &[])
-    };
-    match super::history::open(config, &run_options, &start).await {
+    match super::history::open(config, &options.run_options(), &start).await {
         Ok(record) => {
             // A run that stops before its first chunk still resumes where the last one did.
             if let Some((_, key)) = resume
@@ -353,13 +363,7 @@ async fn execute(
     let progress = Progress::new();
     progress.update(|s| s.rows_estimate = spec.table.rows_estimate.max(0) as u64);
     // The control socket's live settings start from the backfill's own.
-    let mut run_options = RunOptions {
-        lock_timeout: options.update.lock_timeout,
-        throttle: options.throttle.clone(),
-        work_dir: options.work_dir.clone(),
-        ..RunOptions::new(&options.table, &[])
-    };
-    run_options.copy.chunk_time = options.update.chunk_time;
+    let run_options = options.run_options();
     let socket = options
         .control_socket
         .clone()
