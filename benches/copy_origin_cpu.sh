@@ -9,22 +9,11 @@
 # and then with --copy-origin. Prints per run the WAL sender's CPU time (user + system, s, read
 # from /proc every 0.5 s: the last sample before it exits), the wall time and doppel's phases.
 ROWS=${1:-10000000}; ROUNDS=${2:-2}
-NEW=${DOPPEL:-$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)/target/release/doppel}
-BIN=${DOPPEL_PG_BINDIR:-/usr/lib/postgresql/15/bin}; export PATH=$BIN:$PATH
+DOPPEL_BIN=${DOPPEL:-$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)/target/release/doppel}
 H=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
-D=$(mktemp -d /tmp/doppel-origin.XXXXXX); chown postgres "$D"
-PORT=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')
-stop() { su postgres -c "$BIN/pg_ctl -D $D/data stop -m fast" >/dev/null 2>&1 || true; rm -rf "$D"; }
-trap stop EXIT
-su postgres -c "$BIN/initdb -D $D/data -U postgres --auth=trust -E UTF8 --locale=C" >/dev/null
-cat >>"$D/data/postgresql.conf" <<CONF
-wal_level = logical
-shared_buffers = 2GB
-max_wal_size = 8GB
-max_replication_slots = 10
-max_wal_senders = 10
-CONF
-su postgres -c "$BIN/pg_ctl -D $D/data -o '-p $PORT -k $D' -l $D/log start" >/dev/null
+. "$H/lib/cluster.sh"
+# As benches/run.sh's (max_replication_slots and max_wal_senders keep their default, 10).
+private_cluster origin "-c wal_level=logical -c shared_buffers=2GB -c max_wal_size=8GB"
 export PGOPTIONS="-c client_min_messages=warning" PGHOST=$D PGPORT=$PORT PGUSER=postgres
 psql -XAtq -d postgres -c "CREATE DATABASE bench"
 P="psql -XAtq -v ON_ERROR_STOP=1 -d bench"
@@ -34,18 +23,18 @@ el() { awk -v a="$1" -v b="$2" 'BEGIN { printf "%.2f", b - a }'; }
 restore() { $P -f $H/orders_restore.sql >/dev/null; sync; }
 DSN="host=127.0.0.1 port=$PORT user=postgres dbname=bench"
 run() {
-  local bin=$1 tag=$2 t0 t1 sp; shift 2; restore
+  local tag=$1 t0 t1 sp; shift; restore
   # This cluster's WAL senders only: children of its postmaster.
   ( while true; do for w in $(pgrep -P "$(head -n 1 "$D/data/postmaster.pid")" -f 'walsender'); do
       awk -v p=$w '{ print p, ($14 + $15) / 100 }' /proc/$w/stat 2>/dev/null; done; sleep 0.5; done ) >"$D/$tag.ws" &
   sp=$!
   t0=$(now)
-  NO_COLOR=1 $bin run --dsn "$DSN" --table public.orders --alter "ALTER COLUMN customer_id TYPE bigint" --execute \
+  NO_COLOR=1 "$DOPPEL_BIN" run --dsn "$DSN" --table public.orders --alter "ALTER COLUMN customer_id TYPE bigint" --execute \
     --progress lines --status-interval 1 --work-dir "$D" --rollback-dir "$D" "$@" >"$D/$tag.out" 2>"$D/$tag.err"
   t1=$(now); kill $sp
   echo "$tag: walsender CPU $(tail -n 1 "$D/$tag.ws" | awk '{ print $2 }') s"
   echo "$tag: wall $(el $t0 $t1) s; $(sed -n 2,9p "$D/$tag.out" | tr -s ' ' | tr '\n' ';')"
 }
 for r in $(seq 1 "$ROUNDS"); do
-  run "$NEW" "without$r"; run "$NEW" "origin$r" --copy-origin
+  run "without$r"; run "origin$r" --copy-origin
 done

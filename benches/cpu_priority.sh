@@ -5,7 +5,7 @@
 #
 # A private PostgreSQL 15 cluster in a temp dir (removed at exit; run as root, the server runs
 # as 'postgres'; parallel query off, as doppel's verification runs by default). Two tables of
-# ROWS rows (default 2,000,000) like benches/orders_generate.sql; two sessions compare them with
+# ROWS rows (default 2,000,000) of benches/orders_generate.sql; two sessions compare them with
 # verification's chunk statement (count and bit_xor of hash_record_extended over 250,000-key
 # ranges) in a loop for SECONDS (default 20) while pgbench writes 1,000 tx/s with 8 clients
 # (benches/writer.pgbench.sql) into a third table. The comparing sessions run, in turn:
@@ -22,28 +22,19 @@ set -euo pipefail
 ROWS=${1:-2000000}
 SECS=${2:-20}
 HERE=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
-BIN=${DOPPEL_PG_BINDIR:-/usr/lib/postgresql/15/bin}
 if [[ ! -f /usr/share/postgresql/15/extension/prioritize.control ]]; then
   apt-get install -y -q postgresql-15-prioritize >/dev/null
 fi
-D=$(mktemp -d /tmp/doppel-prio.XXXXXX)
-chown postgres "$D"
-PORT=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')
-stop() { su postgres -c "$BIN/pg_ctl -D $D/data stop -m fast" >/dev/null 2>&1 || true; rm -rf "$D"; }
-trap stop EXIT
-su postgres -c "$BIN/initdb -D $D/data -A trust" >/dev/null
-OPTS="-p $PORT -k $D -c shared_buffers=2GB -c max_wal_size=8GB -c wal_level=logical"
-OPTS+=" -c max_parallel_workers_per_gather=0"
-su postgres -c "$BIN/pg_ctl -D $D/data -l $D/log -o '$OPTS' start" >/dev/null
+. "$HERE/lib/cluster.sh"
+OPTS="-c shared_buffers=2GB -c max_wal_size=8GB -c wal_level=logical"
+private_cluster prio "$OPTS -c max_parallel_workers_per_gather=0"
 DSN="host=$D port=$PORT user=postgres dbname=postgres"
 export PGOPTIONS="-c client_min_messages=warning"
 q() { psql "$DSN" -qXAt -v ON_ERROR_STOP=1 -c "$1" >/dev/null; }
 
 q "CREATE EXTENSION prioritize"
-q "CREATE TABLE cp_a AS SELECT i AS id, (random()*100000)::int AS customer_id,
-     (ARRAY['pending','paid','shipped','refunded'])[1+(i%4)] AS status,
-     (random()*1000)::numeric(12,2) AS amount, md5(i::text) || md5((i*7)::text) AS note,
-     now() - (i || ' seconds')::interval AS created_at FROM generate_series(1, $ROWS) i"
+psql "$DSN" -qXAt -v ON_ERROR_STOP=1 -v rows="$ROWS" -f "$HERE/orders_generate.sql" >/dev/null
+q "CREATE TABLE cp_a AS SELECT * FROM bench.orders_pristine"
 q "ALTER TABLE cp_a ADD PRIMARY KEY (id)"
 q "CREATE TABLE cp_b AS SELECT * FROM cp_a"
 q "ALTER TABLE cp_b ADD PRIMARY KEY (id)"

@@ -8,14 +8,8 @@
 set -euo pipefail
 ROWS=${1:-10000000}
 HERE=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
-BIN=${DOPPEL_PG_BINDIR:-/usr/lib/postgresql/15/bin}
-D=$(mktemp -d /tmp/doppel-mwm.XXXXXX)
-chown postgres "$D"
-PORT=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')
-stop() { su postgres -c "$BIN/pg_ctl -D $D/data stop -m fast" >/dev/null 2>&1 || true; rm -rf "$D"; }
-trap stop EXIT
-su postgres -c "$BIN/initdb -D $D/data -A trust" >/dev/null
-su postgres -c "$BIN/pg_ctl -D $D/data -o '-p $PORT -k $D -c shared_buffers=2GB -c max_wal_size=8GB -c autovacuum=off' -l $D/log start" >/dev/null
+. "$HERE/lib/cluster.sh"
+private_cluster mwm "-c shared_buffers=2GB -c max_wal_size=8GB -c autovacuum=off"
 P="psql -h $D -p $PORT -U postgres -X -q -A -t -v ON_ERROR_STOP=1"
 $P -v rows="$ROWS" -f "$HERE/orders_generate.sql" >/dev/null
 $P -c "CREATE TABLE c (id bigint NOT NULL, customer_id bigint NOT NULL, status text NOT NULL,

@@ -11,14 +11,8 @@
 set -euo pipefail
 ROWS=${1:-10000000}
 HERE=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
-BIN=${DOPPEL_PG_BINDIR:-/usr/lib/postgresql/15/bin}
-D=$(mktemp -d /tmp/doppel-vo.XXXXXX)
-chown postgres "$D"
-PORT=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')
-stop() { su postgres -c "$BIN/pg_ctl -D $D/data stop -m fast" >/dev/null 2>&1 || true; rm -rf "$D"; }
-trap stop EXIT
-su postgres -c "$BIN/initdb -D $D/data -A trust" >/dev/null
-su postgres -c "$BIN/pg_ctl -D $D/data -o '-p $PORT -k $D -c shared_buffers=2GB -c max_wal_size=8GB -c autovacuum=off -c wal_level=logical' -l $D/log start" >/dev/null
+. "$HERE/lib/cluster.sh"
+private_cluster vo "-c shared_buffers=2GB -c max_wal_size=8GB -c autovacuum=off -c wal_level=logical"
 P="psql -h $D -p $PORT -U postgres -X -q -A -t -v ON_ERROR_STOP=1"
 export PGOPTIONS="-c client_min_messages=warning"
 $P -v rows="$ROWS" -f "$HERE/orders_generate.sql" >/dev/null
@@ -31,23 +25,21 @@ fresh() {
   sync; $P -c "CHECKPOINT"
 }
 M="SET maintenance_work_mem = '1GB';"
-for round in 1 2; do
-  for v in after before; do
-    fresh
-    if [[ $v == after ]]; then
-      pk=$(secs "$M ALTER TABLE c ADD PRIMARY KEY (id)")
-      i1=$(secs "$M CREATE INDEX c_cust ON c (customer_id)")
-      i2=$(secs "$M CREATE INDEX c_created ON c (created_at)")
-      va=$(secs "VACUUM (ANALYZE) c")
-      echo "round $round vacuum after: pk $pk i1 $i1 i2 $i2 vacuum(analyze) $va total $(awk -v a=$pk -v b=$i1 -v c=$i2 -v d=$va 'BEGIN{printf "%.2f",a+b+c+d}')"
-    else
-      va=$(secs "VACUUM c")
-      pk=$(secs "$M ALTER TABLE c ADD PRIMARY KEY (id)")
-      i1=$(secs "$M CREATE INDEX c_cust ON c (customer_id)")
-      i2=$(secs "$M CREATE INDEX c_created ON c (created_at)")
-      an=$(secs "ANALYZE c")
-      echo "round $round vacuum before: vacuum $va pk $pk i1 $i1 i2 $i2 analyze $an total $(awk -v a=$pk -v b=$i1 -v c=$i2 -v d=$va -v e=$an 'BEGIN{printf "%.2f",a+b+c+d+e}')"
-    fi
-    $P -c "CHECKPOINT"
+# Times each labelled statement ("label=SQL" arguments) in turn; prints them and their sum.
+steps() {
+  local line="" total=0 t
+  for step in "$@"; do
+    t=$(secs "${step#*=}")
+    line+=" ${step%%=*} $t"
+    total=$(awk -v a="$total" -v b="$t" 'BEGIN { printf "%.2f", a + b }')
   done
+  echo "$line total $total"
+}
+builds=("pk=$M ALTER TABLE c ADD PRIMARY KEY (id)" "i1=$M CREATE INDEX c_cust ON c (customer_id)"
+        "i2=$M CREATE INDEX c_created ON c (created_at)")
+for round in 1 2; do
+  fresh; echo "round $round vacuum after:$(steps "${builds[@]}" "vacuum(analyze)=VACUUM (ANALYZE) c")"
+  $P -c "CHECKPOINT"
+  fresh; echo "round $round vacuum before:$(steps "vacuum=VACUUM c" "${builds[@]}" "analyze=ANALYZE c")"
+  $P -c "CHECKPOINT"
 done
