@@ -14,7 +14,6 @@
 use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use anyhow::{Context, Result};
@@ -22,7 +21,7 @@ use prometheus::{
     Encoder, Gauge, GaugeVec, Histogram, HistogramOpts, IntCounter, IntCounterVec, IntGauge,
     IntGaugeVec, Opts, Registry, TextEncoder,
 };
-use tokio::sync::Notify;
+use tokio::sync::watch;
 
 use crate::model::phase::Phase;
 use crate::ops::progress::{AttemptEvent, Observer, Progress, State};
@@ -367,9 +366,9 @@ impl Metrics {
         })
     }
 
-    /// Sets the gauges from `state` (a snapshot of the run's progress), with the recent
-    /// `rates` and `elapsed` time.
-    pub fn refresh(&self, progress: &Progress) {
+    /// Sets the gauges from a snapshot of `progress`, with its recent rates and elapsed time.
+    /// Returns whether the snapshot had the run's exit (`doppel_exit_code` is then set).
+    pub fn refresh(&self, progress: &Progress) -> bool {
         let s = progress.snapshot();
         let g = &self.gauges;
         let current = s.state_name();
@@ -418,11 +417,12 @@ impl Metrics {
             s.index.as_ref().map_or(0, |i| i.total),
         );
         self.refresh_window(&s);
+        g.set_float("doppel_elapsed_seconds", progress.elapsed().as_secs_f64());
         if let Some((code, class)) = s.exit {
             g.set("doppel_exit_code", u64::from(code));
             g.exit_class.with_label_values(&[class]).set(1);
         }
-        g.set_float("doppel_elapsed_seconds", progress.elapsed().as_secs_f64());
+        s.exit.is_some()
     }
 
     /// The throttle: each reason kind 0/1, the measured values.
@@ -474,12 +474,18 @@ impl Metrics {
 
     /// The metrics in Prometheus' text format, refreshed from `progress`.
     pub fn render(&self, progress: &Progress) -> String {
-        self.refresh(progress);
+        self.render_showing_exit(progress).0
+    }
+
+    /// [`Metrics::render`], and whether the text shows the run's exit (`doppel_exit_code`
+    /// set): the endpoint lingers after the run until a scrape has seen it.
+    fn render_showing_exit(&self, progress: &Progress) -> (String, bool) {
+        let shows_exit = self.refresh(progress);
         let mut out = Vec::new();
         if let Err(e) = TextEncoder::new().encode(&self.registry.gather(), &mut out) {
             tracing::warn!("encoding the metrics: {e}");
         }
-        String::from_utf8(out).unwrap_or_default()
+        (String::from_utf8(out).unwrap_or_default(), shows_exit)
     }
 
     /// The names of every metric family registered, exported or not yet (a labelled one
@@ -520,15 +526,14 @@ impl Observer for Metrics {
 /// The HTTP endpoint serving a run's metrics at `/metrics`. Stops when dropped.
 pub struct MetricsServer {
     addr: SocketAddr,
-    task: tokio::task::JoinHandle<()>,
-    scrapes: Arc<Scrapes>,
-}
-
-/// Scrapes served so far, and a signal at each.
-#[derive(Default)]
-struct Scrapes {
-    count: AtomicU64,
-    served: Notify,
+    /// The accept loop, taken by [`MetricsServer::linger`] to await its graceful end.
+    task: std::sync::Mutex<Option<tokio::task::JoinHandle<()>>>,
+    /// Aborts the accept loop when the server is dropped.
+    abort: tokio::task::AbortHandle,
+    /// Becomes `true` once a scrape's body showed the run's exit (`doppel_exit_code` >= 0).
+    exit_scraped: watch::Receiver<bool>,
+    /// Set to `true` to stop accepting connections and finish the responses under way.
+    shutdown: watch::Sender<bool>,
 }
 
 impl MetricsServer {
@@ -547,17 +552,17 @@ impl MetricsServer {
         let addr = listener.local_addr()?;
         progress.observe(metrics.clone());
         progress.update(|s| s.metrics = Some(addr));
-        let scrapes = Arc::new(Scrapes::default());
-        let served = scrapes.clone();
+        let (seen, exit_scraped) = watch::channel(false);
+        let seen = Arc::new(seen);
         let app = axum::Router::new().route(
             "/metrics",
             axum::routing::get(move || {
-                let (metrics, progress, served) =
-                    (metrics.clone(), progress.clone(), served.clone());
+                let (metrics, progress, seen) = (metrics.clone(), progress.clone(), seen.clone());
                 async move {
-                    let body = metrics.render(&progress);
-                    served.count.fetch_add(1, Ordering::SeqCst);
-                    served.served.notify_waiters();
+                    let (body, shows_exit) = metrics.render_showing_exit(&progress);
+                    if shows_exit {
+                        seen.send_replace(true);
+                    }
                     (
                         [(
                             axum::http::header::CONTENT_TYPE,
@@ -568,16 +573,25 @@ impl MetricsServer {
                 }
             }),
         );
+        let (shutdown, mut stop) = watch::channel(false);
         let task = tokio::spawn(async move {
-            if let Err(e) = axum::serve(listener, app).await {
+            let stopped = async move {
+                let _ = stop.wait_for(|s| *s).await;
+            };
+            if let Err(e) = axum::serve(listener, app)
+                .with_graceful_shutdown(stopped)
+                .await
+            {
                 tracing::warn!("the metrics endpoint stopped: {e}");
             }
         });
         tracing::info!("metrics: http://{addr}/metrics");
         Ok(MetricsServer {
             addr,
-            task,
-            scrapes,
+            abort: task.abort_handle(),
+            task: std::sync::Mutex::new(Some(task)),
+            exit_scraped,
+            shutdown,
         })
     }
 
@@ -586,17 +600,25 @@ impl MetricsServer {
         self.addr
     }
 
-    /// Keeps serving until one more scrape has been served, or `at_most` passed: the run
-    /// ended, and a scraper should see how (`doppel_exit_code`).
+    /// Keeps serving until a scrape has seen the run's exit, or `at_most` passed: the run
+    /// ended, and a scraper should see how (`doppel_exit_code`). A scrape whose body was
+    /// rendered before the exit was recorded does not count. Then stops accepting connections
+    /// and waits (up to 1 s) for the responses under way to be written, so the process does
+    /// not exit in the middle of the last one.
     pub async fn linger(&self, at_most: Duration) {
-        let served = self.scrapes.served.notified();
-        let _ = tokio::time::timeout(at_most, served).await;
+        let mut seen = self.exit_scraped.clone();
+        let _ = tokio::time::timeout(at_most, seen.wait_for(|s| *s)).await;
+        self.shutdown.send_replace(true);
+        let task = self.task.lock().ok().and_then(|mut t| t.take());
+        if let Some(task) = task {
+            let _ = tokio::time::timeout(Duration::from_secs(1), task).await;
+        }
     }
 }
 
 impl Drop for MetricsServer {
     fn drop(&mut self) {
-        self.task.abort();
+        self.abort.abort();
     }
 }
 
@@ -653,6 +675,66 @@ mod tests {
         assert!(
             text.contains("doppel_exit{class=\"lock budget\"} 1"),
             "{text}"
+        );
+    }
+
+    /// `GET /metrics` on `addr`: the body, or the connection's error.
+    async fn scrape(addr: SocketAddr) -> std::io::Result<String> {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let mut stream = tokio::net::TcpStream::connect(addr).await?;
+        stream
+            .write_all(b"GET /metrics HTTP/1.1\r\nHost: doppel\r\nConnection: close\r\n\r\n")
+            .await?;
+        let mut response = String::new();
+        stream.read_to_string(&mut response).await?;
+        Ok(response)
+    }
+
+    /// The endpoint lingers until a scrape shows the exit: a scrape rendered before the exit
+    /// was recorded (here: while `linger` already waits) does not end it, and the scrape that
+    /// ends it receives its whole response. Fails if any scrape ended the linger (the race
+    /// that left a scraper with `doppel_exit_code -1` and a closed port).
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn the_endpoint_lingers_until_a_scrape_has_shown_the_exit() {
+        let progress = Progress::new();
+        let server = Arc::new(
+            MetricsServer::start(
+                "127.0.0.1:0".parse().unwrap(),
+                Metrics::new(),
+                progress.clone(),
+            )
+            .await
+            .unwrap(),
+        );
+        let addr = server.addr();
+        let mut lingering = {
+            let server = server.clone();
+            tokio::spawn(async move { server.linger(Duration::from_secs(60)).await })
+        };
+        let before = scrape(addr).await.unwrap();
+        assert!(before.contains("doppel_exit_code -1"), "{before}");
+        let again = scrape(addr)
+            .await
+            .expect("still served after a scrape without the exit");
+        assert!(again.contains("doppel_exit_code -1"), "{again}");
+        // A negative: the linger must not end within half a second of those scrapes.
+        assert!(
+            tokio::time::timeout(Duration::from_millis(500), &mut lingering)
+                .await
+                .is_err(),
+            "a scrape without the exit ended the linger"
+        );
+        progress.update(|s| s.exit = Some((0, "migrated")));
+        let last = scrape(addr).await.unwrap();
+        assert!(last.contains("doppel_exit_code 0"), "{last}");
+        assert!(last.contains("doppel_exit{class=\"migrated\"} 1"), "{last}");
+        tokio::time::timeout(Duration::from_secs(10), lingering)
+            .await
+            .expect("the linger ends after the scrape that showed the exit")
+            .unwrap();
+        assert!(
+            tokio::net::TcpStream::connect(addr).await.is_err(),
+            "the endpoint stops accepting after the linger"
         );
     }
 }
