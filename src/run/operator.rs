@@ -234,13 +234,13 @@ impl Operator {
     }
 
     /// The run ended with exit code `code`: the metrics show it, and their endpoint stays up
-    /// until one more scrape (at most `linger`).
+    /// until a scrape has shown the exit (at most `linger`).
     pub async fn ended(&self, code: u8, linger: std::time::Duration) {
         self.progress
             .update(|s| s.exit = Some((code, crate::failure::exit_class(code))));
         if let Some(metrics) = &self.metrics {
             tracing::info!(
-                "run ended (exit {code}); the metrics endpoint http://{}/metrics stays up until the next scrape (at most {} s)",
+                "run ended (exit {code}); the metrics endpoint http://{}/metrics stays up until a scrape has shown the exit (at most {} s)",
                 metrics.addr(),
                 linger.as_secs()
             );

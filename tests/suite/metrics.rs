@@ -1,7 +1,7 @@
 //! The Prometheus endpoint (`--metrics-listen`) scraped during a real run: its values agree
 //! with `status --json` read at the same moment (a postponed cutover holds them still), the
 //! throttle shows with its reason as a label, and after the cutover the endpoint stays up for
-//! one more scrape that sees the exit, the attempt and the lock hold. The Grafana dashboard in
+//! the scrape that sees the exit, the attempt and the lock hold. The Grafana dashboard in
 //! `docker/` queries only metrics the endpoint exports, and the compose file scrapes it.
 
 use std::collections::HashMap;
