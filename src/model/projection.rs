@@ -295,16 +295,43 @@ impl Projection {
         )
     }
 
-    /// `DELETE` of the shadow rows whose key is among the text arrays `$1`, `$2`, .. (one per
-    /// key column, in key order, as the original's key types print; [`key_arrays`]): the
-    /// keys a TID-range backfill may have copied twice ([`crate::phases::tid_chunks`]).
-    pub fn delete_keys_sql(&self, shadow: &str) -> String {
+    /// `CREATE TEMP TABLE {table} ("k1" type, .., PRIMARY KEY (..))`: the original's key
+    /// columns in their types, for a set of keys kept on the server rather than in doppel's
+    /// memory (the keys a TID-range backfill may have copied twice,
+    /// [`crate::phases::tid_chunks`]).
+    pub fn key_set_table_sql(&self, table: &str) -> String {
+        let columns: Vec<String> = self
+            .key
+            .iter()
+            .map(|k| format!("{} {}", ident(&k.source.name), k.source.type_sql))
+            .collect();
+        let names: Vec<String> = self.key.iter().map(|k| ident(&k.source.name)).collect();
+        format!(
+            "CREATE TEMP TABLE {table} ({}, PRIMARY KEY ({}))",
+            columns.join(", "),
+            names.join(", ")
+        )
+    }
+
+    /// `INSERT INTO {table} SELECT .. FROM unnest($1::text[], ..) ON CONFLICT DO NOTHING`: adds
+    /// the keys of the text arrays `$1`, `$2`, .. (one per key column, in key order, as the
+    /// original's key types print; [`key_arrays`]) to a table of
+    /// [`Projection::key_set_table_sql`]; its row count is the number of keys new to the set.
+    pub fn insert_key_set_sql(&self, table: &str) -> String {
         let keys: Vec<&Column> = self.key.iter().map(|k| &k.source).collect();
         format!(
-            "DELETE FROM {shadow} WHERE {} IN (SELECT {} FROM ({}) AS k)",
+            "INSERT INTO {table} {} ON CONFLICT DO NOTHING",
+            Self::unnest_source(&keys)
+        )
+    }
+
+    /// `DELETE` of the shadow rows whose key is in `table` (of
+    /// [`Projection::key_set_table_sql`]), in one statement: one scan of the shadow.
+    pub fn delete_key_set_sql(&self, shadow: &str, table: &str) -> String {
+        format!(
+            "DELETE FROM {shadow} WHERE {} IN (SELECT {} FROM {table} AS k)",
             self.target_key_tuple(),
             self.target_key_casts("k"),
-            Self::unnest_source(&keys)
         )
     }
 
@@ -798,7 +825,7 @@ impl Projection {
 }
 
 /// One `text[]` per key column (`width` of them), one element per key: the parameters of the
-/// key-set queries ([`Projection::recheck_keys_sql`], [`Projection::delete_keys_sql`]).
+/// key-set queries ([`Projection::recheck_keys_sql`], [`Projection::insert_key_set_sql`]).
 pub fn key_arrays<K: AsRef<[Option<String>]>>(
     width: usize,
     keys: &[K],

@@ -56,6 +56,10 @@ pub struct CopyOptions {
     pub initial_rows: i64,
     /// How the chunks divide the table (`--chunk-by`).
     pub chunk_by: ChunkBy,
+    /// After a TID-range copy: distinct keys doppel holds in memory at once while it moves
+    /// the keys changed during the copy to the server
+    /// ([`crate::phases::tid_chunks::KEYS_PER_SET`] by default; no flag sets it).
+    pub key_set_size: usize,
 }
 
 /// How the backfill divides the table into chunks (`--chunk-by`).
@@ -77,6 +81,7 @@ impl Default for CopyOptions {
             nice_ratio: 0.0,
             initial_rows: 1_000,
             chunk_by: ChunkBy::Key,
+            key_set_size: crate::phases::tid_chunks::KEYS_PER_SET,
         }
     }
 }

@@ -8,8 +8,10 @@
 //! the key twice. Both versions are visible to snapshots taken after the slot's consistent
 //! point only if a change to that key committed after it, so the stream has every such key.
 //! After the last chunk a marker is emitted into the stream; the keys of every change spooled
-//! before it are collected ([`crate::phases::apply::changed_keys`]) and their rows deleted
-//! from the shadow before its primary key is built. The applier then replays every change
+//! before it are collected ([`crate::phases::apply::ChangedKeys`]) into a temporary table of the
+//! control session, in sets of [`KEYS_PER_SET`] so that doppel's memory does not grow with
+//! them, and their rows deleted from the shadow in one statement before its primary key is
+//! built. The applier then replays every change
 //! of those keys over an absent row, which the apply rules already handle (a full row is
 //! upserted, a partial one re-read from the original). Idle, the set is empty and nothing is
 //! deleted.
@@ -20,22 +22,25 @@
 //! (exit 8; a TRUNCATE, which gives it a new file too, is stopped there as well).
 //!
 //! Only keys whose version an UPDATE or DELETE replaced can have been copied twice, so only
-//! those are collected ([`crate::phases::apply::changed_keys`]).
-
-use std::collections::HashSet;
+//! those are collected ([`crate::phases::apply::ChangedKeys`]).
 
 use anyhow::{Context, Result};
 use tokio_postgres::Client;
 
 use crate::model::projection::key_arrays;
+use crate::phases::apply::{ChangedKeys, Key};
 use crate::phases::capture::spool::SpoolReader;
 use crate::plan::Plan;
 use crate::testing::{Probe, broken};
 
 /// The logical message content that marks the end of the backfill in the stream.
 const MARKER: &str = "backfill-end";
-/// Keys per `DELETE` statement (each statement is one scan of the shadow).
-const KEYS_PER_DELETE: usize = 1_000_000;
+/// Distinct keys doppel holds at once while it moves the changed keys to the server (about
+/// 100 bytes each for a bigint key: some 10 MiB).
+pub const KEYS_PER_SET: usize = 100_000;
+
+/// The temporary table (of the control session) holding the changed keys.
+const KEY_SET_TABLE: &str = "pg_temp.doppel_tid_changed_keys";
 
 /// The heap of table `oid` as the planner sees it now: its pages (`pg_relation_size` over
 /// the block size) and the rows per page `pg_class` estimates (50 when it has no estimate).
@@ -89,17 +94,21 @@ pub async fn check_not_rewritten(client: &Client, plan: &Plan, before: u32) -> R
 }
 
 /// After the last TID-range chunk: emits the marker on `client`, collects the keys changed
-/// before it from `reader` (a fresh reader of the run's spool) and deletes their rows from
-/// the shadow. Returns (keys changed, shadow rows deleted).
+/// before it from `reader` (a fresh reader of the run's spool) into a temporary table of
+/// `client`'s session, `set_size` distinct keys at a time ([`KEYS_PER_SET`] by default), and deletes their rows from the shadow in
+/// one statement (one scan of the shadow, which has no index yet). Returns (distinct keys
+/// changed, shadow rows deleted).
 ///
 /// Errors: the marker cannot be emitted, the spool cannot be read up to it
-/// ([`crate::phases::apply::changed_keys`]), the `DELETE` fails.
+/// ([`crate::phases::apply::ChangedKeys::next_set`]), the temporary table cannot be created
+/// or filled, the `DELETE` fails.
 pub async fn remove_copied_twice(
     client: &Client,
     plan: &Plan,
     reader: SpoolReader,
+    set_size: usize,
     probe: &Probe,
-) -> Result<(usize, u64)> {
+) -> Result<(u64, u64)> {
     client
         .execute(
             "SELECT pg_logical_emit_message(true, $1, $2)",
@@ -107,42 +116,65 @@ pub async fn remove_copied_twice(
         )
         .await
         .context("marking the end of the backfill in the stream")?;
-    let keys = crate::phases::apply::changed_keys(plan, reader, MARKER).await?;
-    // Test-only broken variant (never in a normal build): the keys copied twice stay.
-    if broken!(probe, NoTidDedupe) {
-        return Ok((keys.len(), 0));
-    }
-    let deleted = delete_keys(client, plan, &keys).await?;
-    Ok((keys.len(), deleted))
+    let mut changed = ChangedKeys::new(plan, reader, MARKER);
+    let projection = &plan.projection;
+    client
+        .batch_execute(&format!(
+            "DROP TABLE IF EXISTS {KEY_SET_TABLE}; {}",
+            projection.key_set_table_sql(KEY_SET_TABLE)
+        ))
+        .await
+        .context("creating the temporary table of the keys changed during the copy")?;
+    let removed = fill_and_delete(client, plan, &mut changed, set_size.max(1), probe).await;
+    // Dropped on failure too (the session's end would drop it anyway); the first error wins.
+    let dropped = client
+        .batch_execute(&format!("DROP TABLE IF EXISTS {KEY_SET_TABLE}"))
+        .await;
+    let removed = removed?;
+    dropped.context("dropping the temporary table of the keys changed during the copy")?;
+    Ok(removed)
 }
 
-/// Deletes the shadow rows of `keys`, [`KEYS_PER_DELETE`] keys per statement.
-async fn delete_keys(
+/// Moves the keys of `changed` into [`KEY_SET_TABLE`], `set_size` at a time, then deletes their rows from the
+/// shadow. Returns (distinct keys, rows deleted).
+async fn fill_and_delete(
     client: &Client,
     plan: &Plan,
-    keys: &HashSet<Vec<Option<String>>>,
-) -> Result<u64> {
-    if keys.is_empty() {
-        return Ok(0);
-    }
-    let sql = plan
-        .projection
-        .delete_keys_sql(&plan.names.shadow_qualified());
-    let statement = client.prepare(&sql).await?;
-    let keys: Vec<&Vec<Option<String>>> = keys.iter().collect();
-    let mut deleted = 0;
-    for batch in keys.chunks(KEYS_PER_DELETE) {
-        let columns = key_arrays(plan.projection.key.len(), batch);
+    changed: &mut ChangedKeys<'_>,
+    set_size: usize,
+    probe: &Probe,
+) -> Result<(u64, u64)> {
+    let insert = client
+        .prepare(&plan.projection.insert_key_set_sql(KEY_SET_TABLE))
+        .await?;
+    let width = plan.projection.key.len();
+    let mut distinct = 0;
+    while let Some(set) = changed.next_set(set_size).await? {
+        let keys: Vec<&Key> = set.iter().collect();
+        let columns = key_arrays(width, &keys);
         let params: Vec<&(dyn tokio_postgres::types::ToSql + Sync)> = columns
             .iter()
             .map(|c| c as &(dyn tokio_postgres::types::ToSql + Sync))
             .collect();
-        deleted += client
-            .execute(&statement, &params)
+        distinct += client
+            .execute(&insert, &params)
             .await
-            .context("removing the rows the TID-range backfill may have copied twice")?;
+            .context("recording the keys changed during the copy")?;
     }
-    Ok(deleted)
+    // Test-only broken variant (never in a normal build): the keys copied twice stay.
+    if broken!(probe, NoTidDedupe) || distinct == 0 {
+        return Ok((distinct, 0));
+    }
+    let deleted = client
+        .execute(
+            &plan
+                .projection
+                .delete_key_set_sql(&plan.names.shadow_qualified(), KEY_SET_TABLE),
+            &[],
+        )
+        .await
+        .context("removing the rows the TID-range backfill may have copied twice")?;
+    Ok((distinct, deleted))
 }
 
 #[cfg(test)]

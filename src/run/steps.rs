@@ -314,8 +314,13 @@ impl Run<'_> {
             .as_ref()
             .ok_or_else(|| anyhow::anyhow!("the spool reader was already taken"))?
             .reopen()?;
-        let removal =
-            tid_chunks::remove_copied_twice(&self.control, &self.plan, reader, &self.probe);
+        let removal = tid_chunks::remove_copied_twice(
+            &self.control,
+            &self.plan,
+            reader,
+            self.options.copy.key_set_size,
+            &self.probe,
+        );
         let (keys, deleted) = tokio::select! {
             removed = removal => removed?,
             failed = watch_failures(&capture.tasks, &self.cancel) => return Err(failed),

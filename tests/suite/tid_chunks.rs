@@ -52,24 +52,30 @@ async fn update_between_chunks(
         broken,
         &["UPDATE {t} SET v = v + 1 WHERE id = 10"],
         10,
+        None,
     )
     .await
 }
 
 /// Holds the TID-range run after its first chunk (from page 0), runs `statements` in one
 /// mirrored transaction, checks that the row of key `moved` is now on a page after the
-/// chunk's (rows on page 0 are full), and lets the run go on.
+/// chunk's (rows on page 0 are full), and lets the run go on. `set_size`: the run's
+/// `key_set_size` (distinct changed keys moved to the server at a time), else the default.
 async fn writes_between_chunks(
     client: &Client,
     config: &tokio_postgres::Config,
     broken: Option<Broken>,
     statements: &[&str],
     moved: i64,
+    set_size: Option<usize>,
 ) -> Run {
     assert_eq!(page_of(client, 10).await, 0);
     assert_eq!(page_of(client, 20).await, 0);
     let mut run = Run::start(config, broken, &[("copying", "block=0")], |o| {
         o.copy.chunk_by = ChunkBy::Tid;
+        if let Some(size) = set_size {
+            o.copy.key_set_size = size;
+        }
     });
     let detail = run.reached("copying").await;
     let first_upper: i64 = detail
@@ -112,7 +118,7 @@ async fn a_key_change_and_a_re_insert_between_two_tid_chunks_are_applied_once() 
         "INSERT INTO {t} (id, v) VALUES (20, -20)",
     ];
     let (_cluster, client, config) = stand().await;
-    let mut run = writes_between_chunks(&client, &config, None, &statements, 20).await;
+    let mut run = writes_between_chunks(&client, &config, None, &statements, 20, None).await;
     assert!(page_of(&client, 15).await > 0);
     let diff = run.shadow_diff(&client, COLUMNS).await;
     assert!(
@@ -122,13 +128,48 @@ async fn a_key_change_and_a_re_insert_between_two_tid_chunks_are_applied_once() 
     run.finish(&client, COLUMNS).await;
 
     let (_cluster, client, config) = stand().await;
-    let run =
-        writes_between_chunks(&client, &config, Some(Broken::NoTidDedupe), &statements, 20).await;
+    let run = writes_between_chunks(
+        &client,
+        &config,
+        Some(Broken::NoTidDedupe),
+        &statements,
+        20,
+        None,
+    )
+    .await;
     let err = run
         .outcome()
         .await
         .expect_err("the duplicate key fails the run");
     assert!(format!("{err:#}").contains("(id)=(20)"), "{err:#}");
+}
+
+/// More changed keys than doppel holds in memory at once (sets of 2 here, 100,000 by
+/// default): keys 10, 20, 30 and 40 of page 0 change, key 10 twice and in two sets, so the
+/// server's key set receives it twice. Every set's rows are removed: the migrated table equals
+/// the twin (a removal of the first set only would leave keys 30 and 40 twice in the shadow
+/// and fail the primary key build).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn changed_keys_beyond_one_set_in_memory_are_all_removed() {
+    let statements = [
+        "UPDATE {t} SET v = v + 1 WHERE id = 10",
+        "UPDATE {t} SET v = v + 1 WHERE id = 20",
+        "UPDATE {t} SET v = v + 1 WHERE id = 10",
+        "UPDATE {t} SET v = v + 1 WHERE id = 30",
+        "DELETE FROM {t} WHERE id = 40",
+        "INSERT INTO {t} (id, v) VALUES (40, -40)",
+    ];
+    let (_cluster, client, config) = stand().await;
+    for id in [30, 40] {
+        assert_eq!(page_of(&client, id).await, 0, "row {id} is on page 0");
+    }
+    let mut run = writes_between_chunks(&client, &config, None, &statements, 30, Some(2)).await;
+    let diff = run.shadow_diff(&client, COLUMNS).await;
+    assert!(
+        diff.is_empty(),
+        "the shadow differs from the twin: {diff:?}"
+    );
+    run.finish(&client, COLUMNS).await;
 }
 
 /// The broken variant: without the removal the key is in the shadow twice, and the primary

@@ -55,7 +55,7 @@ use crate::plan::Plan;
 use crate::testing::Probe;
 use pglogrepl::lsn::Lsn;
 
-pub use changed_keys::changed_keys;
+pub use changed_keys::{ChangedKeys, Key};
 pub use visibility::wait_visible;
 use worker::Worker;
 
