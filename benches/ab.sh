@@ -8,7 +8,8 @@
 # ALTER with the extra FLAGS (split on spaces; "" for none).
 #
 # With --load, benches/run.sh's writer runs through each migration (pgbench -R 1000 -c 8 -j 2,
-# benches/writer.pgbench.sql), started 5 s before doppel and stopped when it ends.
+# benches/writer.pgbench.sql; the server's pgbench, else PostgreSQL 15's), started 5 s before
+# doppel and stopped when it ends.
 #
 # Prints per run: the WAL sender's CPU time (user + system, s, read from /proc every 0.5 s: the
 # last sample before it exits), the wall time and doppel's phases, and with --load the writer's
@@ -28,6 +29,8 @@ now() { date +%s.%N; }
 el() { awk -v a="$1" -v b="$2" 'BEGIN { printf "%.2f", b - a }'; }
 restore() { $P -f $H/orders_restore.sql >/dev/null; sync; }
 DSN="host=127.0.0.1 port=$PORT user=postgres dbname=bench"
+# The server's pgbench, else PostgreSQL 15's (a client of any server version).
+PGBENCH=$BIN/pgbench; [[ -x $PGBENCH ]] || PGBENCH=/usr/lib/postgresql/15/bin/pgbench
 
 # The writer's latency (ms) in its per-transaction logs between epoch seconds $1 and $2.
 writer_latency() {
@@ -40,7 +43,7 @@ run() {
   local tag=$1 t0 t1 sampler writer; shift; restore
   rm -f "$D"/pgbench_log.*
   if ((LOAD)); then
-    (cd "$D" && exec "$BIN/pgbench" -n -c 8 -j 2 -R 1000 -T 100000 -f "$H/writer.pgbench.sql" \
+    (cd "$D" && exec "$PGBENCH" -n -c 8 -j 2 -R 1000 -T 100000 -f "$H/writer.pgbench.sql" \
       -D rows="$ROWS" --log --log-prefix=pgbench_log bench >"$D/pgbench.out" 2>&1) &
     writer=$!
     sleep 5

@@ -37,8 +37,9 @@
 #   m9. the whole table into an UNLOGGED table then SET LOGGED vs into a logged one (time, WAL)
 #   m10. the 2 secondary index builds and a verification-shaped hash pass over both tables,
 #       one after the other vs at the same time in two sessions
-#   m7. on PostgreSQL 16+: doppel run --copy-origin (copy sessions under replication origins,
-#       stream origin 'none') vs the default
+#   m7. on PostgreSQL 16+: doppel run --no-copy-origin (the WAL sender decodes the copied rows
+#       and discards them) vs the default (copy sessions under replication origins, stream
+#       origin 'none')
 # With --apply-workers "1 2 4", also the parallel apply side by side (issue 17): one run under
 # the writer per value of --apply-workers, each on a freshly restored table with its own
 # baseline; doppel is held (--throttle-flag-file) for --apply-hold seconds at its start so the
@@ -663,9 +664,10 @@ fi
 # Three more doppel runs on the idle table, each freshly restored, one setting changed from
 # the defaults of the run above (--copy-workers 2, --chunk-time 100).
 MEANS_RUNS=("w1|--copy-workers 1" "ct500|--chunk-time 500" "ct2000|--chunk-time 2000" "tid|--chunk-by tid")
-# m7. on PostgreSQL 16+: --copy-origin, the copy sessions under replication origins and the
-# stream with origin 'none' (the default decodes the copied rows and discards them).
-[[ $PG_MAJOR -ge 16 ]] && MEANS_RUNS+=("origin|--copy-origin")
+# m7. on PostgreSQL 16+: --no-copy-origin, the WAL sender decoding the copied rows and
+# discarding them (the default there: the copy sessions under replication origins and the
+# stream with origin 'none').
+[[ $PG_MAJOR -ge 16 ]] && MEANS_RUNS+=("decoded|--no-copy-origin")
 if [[ $DO_MEANS -eq 1 ]]; then
   for spec in "${MEANS_RUNS[@]}"; do
     tag=${spec%%|*}
@@ -987,7 +989,7 @@ MD="$WORK/section.md"
     echo "| the shadow logged throughout (whole table, \`INSERT .. SELECT\`) | ${R[m_insert_all]} s, WAL $(fmt_bytes "${R[m_insert_wal]}") | \`UNLOGGED\` copy ${R[m_unlogged_copy]} s (WAL $(fmt_bytes "${R[m_unlogged_wal]}")) + \`SET LOGGED\` ${R[m_set_logged]} s (WAL $(fmt_bytes "${R[m_set_logged_wal]}")) = ${R[m_unlogged_total]} s | **$(ratio "${R[m_unlogged_total]}" "${R[m_insert_all]}")** |"
     echo "| the 2 secondary indexes, then verification (after the PK, plain SQL: a hash pass over both tables) | ${R[m_ov_idx]} s + ${R[m_ov_hash]} s = ${R[m_ov_serial]} s | both at once in two sessions: ${R[m_ov_overlap]} s (indexes ${R[m_ov_idx_concurrent]} s, hash ${R[m_ov_hash_concurrent]} s) | **$(ratio "${R[m_ov_overlap]}" "${R[m_ov_serial]}")** |"
     if [[ $PG_MAJOR -ge 16 ]]; then
-      echo "| copied rows decoded by the WAL sender and discarded (default) | copy ${R[idle_copy]} s (run $dw s) | \`--copy-origin\` (copy sessions under replication origins, stream \`origin 'none'\`): copy ${R[origin_copy]} s (run ${R[origin_wall]} s) | **$(ratio "${R[origin_copy]}" "${R[idle_copy]}")** (run $(ratio "${R[origin_wall]}" "$dw")) |"
+      echo "| copy sessions under replication origins, stream \`origin 'none'\` (default on PostgreSQL 16+) | copy ${R[idle_copy]} s (run $dw s) | \`--no-copy-origin\` (copied rows decoded by the WAL sender and discarded): copy ${R[decoded_copy]} s (run ${R[decoded_wall]} s) | **$(ratio "${R[decoded_copy]}" "${R[idle_copy]}")** (run $(ratio "${R[decoded_wall]}" "$dw")) |"
     fi
     echo "| changes spooled on doppel's side, idle | slot-retained WAL at its peak $(fmt_bytes "${R[idle_peak_retained]}"); spool file at its peak $(fmt_bytes "${R[idle_peak_spool]}") | a slot nobody reads until the end retains the run's WAL: $(fmt_bytes "${R[idle_wal_written]}") | **$(ratio "${R[idle_wal_written]}" "${R[idle_peak_retained]}")** |"
     if [[ $DO_LOAD -eq 1 ]]; then

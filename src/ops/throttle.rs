@@ -55,7 +55,7 @@ pub struct ThrottleOptions {
     /// Abort when this query returns a positive number.
     pub critical_query: Option<String>,
     /// Abort when a replication origin other than doppel's exists: set while the stream runs
-    /// with `origin 'none'` (`--copy-origin`, [`crate::phases::origin`]), which would leave
+    /// with `origin 'none'` (the copy under origins, [`crate::phases::origin`]), which would leave
     /// out every change applied under such an origin (a subscription created during the run).
     pub origin_guard: bool,
     /// Throttle while this file exists.
@@ -419,7 +419,7 @@ async fn sample_origins(primary: &tokio_postgres::Client, state: &mut ThrottleSt
         Ok(None) => {}
         Ok(Some(name)) => {
             state.critical = Some(format!(
-                "replication origin {name} appeared during the run (a subscription?): the stream skips changes that carry an origin (--copy-origin), so changes applied under it would be missing from the shadow; run again without --copy-origin"
+                "replication origin {name} appeared during the run (a subscription?): the stream skips changes that carry an origin (the copy runs under replication origins), so changes applied under it would be missing from the shadow; run again with --no-copy-origin"
             ));
         }
         Err(e) => state.reasons.push(Reason::new(
@@ -432,12 +432,22 @@ async fn sample_origins(primary: &tokio_postgres::Client, state: &mut ThrottleSt
 /// The name of a replication origin on the server that is not doppel's (`doppel_…`), if any:
 /// a subscription's, or another replication tool's, whose changes `origin 'none'` drops
 /// (checked before the copy takes origins, [`crate::phases::origin`], and while it streams).
+/// The origins of the subscriptions of other databases (`pg_<subscription oid>` and
+/// `pg_<subscription oid>_<relation oid>`, PostgreSQL's names for them) do not count: what
+/// they apply is written in another database, which doppel's slot does not decode. Any other
+/// origin counts, as doppel cannot tell where its changes go.
 ///
 /// Errors: the catalog query fails.
 pub async fn foreign_origin(client: &tokio_postgres::Client) -> Result<Option<String>> {
     let row = client
         .query_opt(
-            "SELECT roname FROM pg_replication_origin WHERE roname NOT LIKE 'doppel\\_%' LIMIT 1",
+            "SELECT o.roname FROM pg_replication_origin o
+             WHERE o.roname NOT LIKE 'doppel\\_%'
+               AND NOT EXISTS (
+                   SELECT FROM pg_subscription s
+                   WHERE s.subdbid <> (SELECT oid FROM pg_database WHERE datname = current_database())
+                     AND (o.roname = 'pg_' || s.oid OR o.roname LIKE 'pg\\_' || s.oid || '\\_%'))
+             LIMIT 1",
             &[],
         )
         .await

@@ -1,4 +1,4 @@
-//! Replication origins for the copy sessions (PostgreSQL 16+, `--copy-origin`, issue 17): each copy worker
+//! Replication origins for the copy sessions (PostgreSQL 16+, on unless `--no-copy-origin`, issue 17): each copy worker
 //! marks its session with a replication origin of its own (`doppel_<table oid>_copy<n>`,
 //! `pg_replication_origin_session_setup`), and doppel's stream asks pgoutput for `origin
 //! 'none'`. The WAL sender then drops the backfill's inserts into the shadow while decoding,
@@ -10,8 +10,9 @@
 //!
 //! `origin 'none'` drops *every* change that carries an origin, not only doppel's: changes a
 //! subscription (or any other replication tool) applies to the original would be lost too.
-//! So the path is taken only when the server has no replication origin but doppel's own
-//! ([`usable`]); otherwise, and before PostgreSQL 16 (no `origin` option), and when the role
+//! So the path is taken only when the server has no replication origin but doppel's own and
+//! those of other databases' subscriptions, which apply their changes in another database
+//! ([`usable`], [`crate::ops::throttle::foreign_origin`]); otherwise, and before PostgreSQL 16 (no `origin` option), and when the role
 //! may not use the origin functions (superuser, or EXECUTE granted on them), the copy takes
 //! the earlier path and its rows are decoded and discarded as before.
 //!

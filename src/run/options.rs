@@ -103,10 +103,11 @@ pub struct RunOptions {
     /// under this by pacing the copy, the index builds, verification and the apply
     /// ([`crate::ops::pacing`]). `None` (the default): no pacing.
     pub max_write_latency: Option<Duration>,
-    /// `--copy-origin` (off by default): on PostgreSQL 16+, mark the copy sessions' writes
-    /// with replication origins and stream with `origin 'none'`, so the WAL sender does not
-    /// decode the copied rows ([`crate::phases::origin`], which says when it is not used).
-    /// Off: the copied rows are decoded and discarded, as before PostgreSQL 16.
+    /// On by default (`--no-copy-origin` turns it off): on PostgreSQL 16+, mark the copy
+    /// sessions' writes with replication origins and stream with `origin 'none'`, so the WAL
+    /// sender does not decode the copied rows ([`crate::phases::origin`], which says when it
+    /// is not used: before 16, without the right to the origin functions, or when another
+    /// origin exists). Off: the copied rows are decoded and discarded, as before PostgreSQL 16.
     pub copy_origin: bool,
     /// `--strategy shadow`: every clause takes the shadow, even those PostgreSQL can run
     /// directly or by an online recipe (docs/design.md §1.10).
@@ -155,7 +156,7 @@ impl RunOptions {
             resume_within: Duration::from_secs(3600),
             reconnect_timeout: Duration::from_secs(300),
             max_write_latency: None,
-            copy_origin: false,
+            copy_origin: true,
             metrics_listen: None,
             metrics_linger: Duration::from_secs(30),
             force_shadow: false,

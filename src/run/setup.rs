@@ -109,7 +109,7 @@ impl Run<'_> {
     }
 
     /// The stream's pgoutput options: logical messages (fences), and `origin 'none'` when the
-    /// copy sessions can mark their writes with origins (`--copy-origin`, PostgreSQL 16+,
+    /// copy sessions can mark their writes with origins (the default, PostgreSQL 16+,
     /// [`crate::phases::origin`]); records the choice for the backfill.
     pub(super) async fn stream_options(&mut self) -> Result<pglogrepl::client::StartOptions> {
         self.created.copy_origins = self.options.copy_origin

@@ -3,7 +3,8 @@
 //! 'none'`, so the WAL sender drops the copied rows while decoding: the copy's commits are
 //! recorded under the origins, the new table still equals the twin under a concurrent writer
 //! (nothing the shadow needs was dropped), and the origins are gone afterwards. Before 16 and
-//! with `copy_origin` off (the default), no origin is created.
+//! with `copy_origin` off (`--no-copy-origin`), no origin is created; a subscription of another
+//! database does not keep the copy from its origins.
 
 use std::path::{Path, PathBuf};
 use std::time::Duration;
@@ -112,21 +113,44 @@ async fn without_copy_origin_no_origin_is_created() {
     assert_eq!(mismatches, 0);
 }
 
+/// A PostgreSQL 16+ cluster (`None`, with a note, before 16: pgoutput has no origin option
+/// there) with `orders` and its twin of 30,000 rows, and a session to it.
+async fn origin_stand() -> Option<(
+    doppel_testkit::cluster::LocalCluster,
+    tokio_postgres::Client,
+)> {
+    let cluster = common::cluster().await;
+    let client = cluster.connect("postgres").await.unwrap();
+    if cluster.server_version_num() < 160_000 {
+        eprintln!("skipped: pgoutput's origin option is a PostgreSQL 16 feature");
+        return None;
+    }
+    workload::create_tables(&client, "orders", "orders_twin", 30_000)
+        .await
+        .unwrap();
+    Some((cluster, client))
+}
+
+/// The names of the server's replication origins.
+async fn origin_names(client: &tokio_postgres::Client) -> Vec<String> {
+    client
+        .query("SELECT roname FROM pg_replication_origin", &[])
+        .await
+        .unwrap()
+        .iter()
+        .map(|r| r.get(0))
+        .collect()
+}
+
 /// With the copy under origins the stream skips every change that carries an origin, so a
 /// replication origin that appears during the run (a subscription created meanwhile, whose
 /// changes would then be missing from the shadow) aborts it: exit 7, the original untouched,
 /// nothing of doppel's left (its own origins included), the foreign origin kept.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_origin_created_during_a_copy_under_origins_aborts_the_run() {
-    let cluster = common::cluster().await;
-    let client = cluster.connect("postgres").await.unwrap();
-    if cluster.server_version_num() < 160_000 {
-        eprintln!("skipped: pgoutput's origin option is a PostgreSQL 16 feature");
+    let Some((cluster, client)) = origin_stand().await else {
         return;
-    }
-    workload::create_tables(&client, "orders", "orders_twin", 30_000)
-        .await
-        .unwrap();
+    };
     let before: i64 = common::scalar(&client, "SELECT count(*) FROM orders").await;
     let config: tokio_postgres::Config = cluster.conninfo("postgres").parse().unwrap();
     let dir = tempfile::tempdir().unwrap();
@@ -147,13 +171,7 @@ async fn an_origin_created_during_a_copy_under_origins_aborts_the_run() {
         "{err:#}"
     );
     common::assert_no_doppel_objects(&client).await;
-    let origins: Vec<String> = client
-        .query("SELECT roname FROM pg_replication_origin", &[])
-        .await
-        .unwrap()
-        .iter()
-        .map(|r| r.get(0))
-        .collect();
+    let origins = origin_names(&client).await;
     assert_eq!(
         origins,
         ["sub_made_mid_run"],
@@ -161,4 +179,55 @@ async fn an_origin_created_during_a_copy_under_origins_aborts_the_run() {
     );
     let after: i64 = common::scalar(&client, "SELECT count(*) FROM orders").await;
     assert_eq!(after, before, "the original is untouched");
+}
+
+/// A subscription of another database, created during a copy under origins, has an origin
+/// (`pg_<oid>`) but applies its changes in that database, which doppel's slot does not decode:
+/// the run goes on under its origins and migrates, and the subscription's origin is kept.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn another_databases_subscription_does_not_abort_a_copy_under_origins() {
+    let Some((cluster, client)) = origin_stand().await else {
+        return;
+    };
+    client.batch_execute("CREATE DATABASE other").await.unwrap();
+    let other = cluster.connect("other").await.unwrap();
+    let config: tokio_postgres::Config = cluster.conninfo("postgres").parse().unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let (run, pause) = start_paused_after_a_chunk(&config, dir.path(), true).await;
+    let copy_origins: i64 = common::scalar(
+        &client,
+        "SELECT count(*) FROM pg_replication_origin WHERE roname LIKE 'doppel\\_%'",
+    )
+    .await;
+    assert!(copy_origins > 0, "the copy runs under its origins");
+    other
+        .batch_execute(&format!(
+            "CREATE SUBSCRIPTION elsewhere CONNECTION '{}' PUBLICATION p WITH (connect = false)",
+            cluster.conninfo("postgres")
+        ))
+        .await
+        .unwrap();
+    let subscription_origin: String = common::text(
+        &client,
+        "SELECT roname FROM pg_replication_origin WHERE roname NOT LIKE 'doppel\\_%'",
+    )
+    .await
+    .expect("the subscription has its origin");
+    doppel::testing::release(&pause, "copying").unwrap();
+    let outcome = tokio::time::timeout(Duration::from_secs(120), run)
+        .await
+        .expect("the run ends")
+        .unwrap()
+        .unwrap();
+    assert!(matches!(outcome, Outcome::Migrated(_)), "{outcome:?}");
+    let origins = origin_names(&client).await;
+    assert_eq!(
+        origins,
+        [subscription_origin],
+        "only the subscription's origin is left"
+    );
+    let mismatches = workload::mismatches(&client, "orders", "orders_twin")
+        .await
+        .unwrap();
+    assert_eq!(mismatches, 0);
 }

@@ -295,6 +295,23 @@ impl Stand {
             0,
             "no shadow table, index or sequence of doppel's"
         );
+        assert_eq!(
+            self.copy_origins().await,
+            0,
+            "no replication origin of doppel's"
+        );
+    }
+
+    /// The replication origins of the run's copy sessions (PostgreSQL 16+, while it copies).
+    async fn copy_origins(&self) -> i64 {
+        common::scalar(
+            &self.client,
+            &format!(
+                "SELECT count(*) FROM pg_replication_origin WHERE roname LIKE 'doppel\\_{}\\_copy%'",
+                self.oid
+            ),
+        )
+        .await
     }
 }
 
@@ -392,14 +409,25 @@ async fn kill_9_at(point: &str, created: bool) -> Stand {
         "no kept old table: nothing was cut over"
     );
 
+    // Killed while copying on PostgreSQL 16+, the run leaves its copy sessions' origins.
+    let origins = stand.copy_origins().await > 0;
+    assert_eq!(
+        origins,
+        point == "copying" && stand.cluster.server_version_num() >= 160_000,
+        "the copy's origins are left exactly when killed while copying under them"
+    );
     let expected: Vec<String> = if created {
-        vec![
+        let mut lines = vec![
             format!("removed publication doppel_{}", stand.oid),
             format!(
                 "removed shadow table \"public\".\"_doppel_{}_new_orders\"",
                 stand.oid
             ),
-        ]
+        ];
+        if origins {
+            lines.push("removed replication origins of the copy sessions".to_string());
+        }
+        lines
     } else {
         vec!["nothing to clean up for orders".to_string()]
     };
