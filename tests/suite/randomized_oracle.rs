@@ -435,8 +435,9 @@ struct SeedStand<'a> {
 struct Paths {
     /// `--apply-workers`: 1, 2 (the default) or 4, or the caller's fixed count.
     apply_workers: usize,
-    /// `--copy-origin` (PostgreSQL 16+ only: the copy's rows are dropped at decode time).
-    copy_origin: bool,
+    /// PostgreSQL 16+ only (`None` before): the copy under replication origins (`--copy-origin`,
+    /// the default: the copy's rows are dropped at decode time) or not (`--no-copy-origin`).
+    copy_origin: Option<bool>,
     /// `--resumable`: the checkpoint written with every chunk.
     resumable: bool,
     /// `--max-write-latency` in ms: the copy, verification and apply paced by the probe.
@@ -455,7 +456,7 @@ impl Paths {
         server_version_num: u32,
     ) -> Paths {
         let drawn = [1, 2, 4][rng.random_range(0..3)];
-        let copy_origin = server_version_num >= 160_000 && rng.random_bool(0.5);
+        let copy_origin = (server_version_num >= 160_000).then(|| rng.random_bool(0.5));
         let resumable = rng.random_bool(0.3);
         let max_write_latency_ms = rng.random_bool(0.25).then(|| rng.random_range(1..20));
         Paths {
@@ -472,7 +473,7 @@ impl Paths {
     /// `options` with these paths.
     fn apply(self, options: RunOptions) -> RunOptions {
         let mut options = options.apply_workers(self.apply_workers);
-        options.copy_origin = self.copy_origin;
+        options.copy_origin = self.copy_origin.unwrap_or(false);
         options.resumable = self.resumable;
         options.max_write_latency = self.max_write_latency_ms.map(Duration::from_millis);
         if self.tid_chunks {
@@ -485,8 +486,10 @@ impl Paths {
 impl std::fmt::Display for Paths {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         write!(f, "--apply-workers {}", self.apply_workers)?;
-        if self.copy_origin {
-            write!(f, " --copy-origin")?;
+        match self.copy_origin {
+            Some(true) => write!(f, " --copy-origin")?,
+            Some(false) => write!(f, " --no-copy-origin")?,
+            None => {}
         }
         if self.resumable {
             write!(f, " --resumable")?;
