@@ -1,7 +1,7 @@
-//! Replication origins for the copy sessions (PostgreSQL 16+, on unless `--no-copy-origin`, issue 17): each copy worker
-//! marks its session with a replication origin of its own (`doppel_<table oid>_copy<n>`,
-//! `pg_replication_origin_session_setup`), and doppel's stream asks pgoutput for `origin
-//! 'none'`. The WAL sender then drops the backfill's inserts into the shadow while decoding,
+//! Replication origins for the copy sessions (PostgreSQL 16+, on unless `--no-copy-origin`,
+//! issue 17): each copy worker marks its session with a replication origin of its own
+//! (`doppel_<table oid>_copy<n>`, `pg_replication_origin_session_setup`), and doppel's stream
+//! asks pgoutput for `origin 'none'`. The WAL sender then drops the backfill's inserts into the shadow while decoding,
 //! before they reach its reorder buffer, instead of decoding, queueing (and, above
 //! `logical_decoding_work_mem`, spilling) every copied row only for pgoutput to discard it at
 //! commit because the shadow is not published. The copy sessions write nothing else the
@@ -12,9 +12,10 @@
 //! subscription (or any other replication tool) applies to the original would be lost too.
 //! So the path is taken only when the server has no replication origin but doppel's own and
 //! those of other databases' subscriptions, which apply their changes in another database
-//! ([`usable`], [`crate::ops::throttle::foreign_origin`]); otherwise, and before PostgreSQL 16 (no `origin` option), and when the role
-//! may not use the origin functions (superuser, or EXECUTE granted on them), the copy takes
-//! the earlier path and its rows are decoded and discarded as before.
+//! ([`usable`], [`crate::ops::throttle::foreign_origin`]); otherwise, and before PostgreSQL
+//! 16 (no `origin` option), and when the role may not use the origin functions (superuser,
+//! or EXECUTE granted on them), the copy takes the earlier path and its rows are decoded and
+//! discarded as before.
 //!
 //! An origin created after the check (a subscription set up during the run) would have its
 //! changes dropped from the stream too, so while the stream runs with `origin 'none'` the

@@ -8,12 +8,12 @@
 //! the key twice. Both versions are visible to snapshots taken after the slot's consistent
 //! point only if a change to that key committed after it, so the stream has every such key.
 //! After the last chunk a marker is emitted into the stream; the keys of every change spooled
-//! before it are collected ([`crate::phases::apply::ChangedKeys`]) into a temporary table of the
-//! control session, in sets of [`KEYS_PER_SET`] so that doppel's memory does not grow with
-//! them, and their rows deleted from the shadow in one statement before its primary key is
-//! built. The applier then replays every change
-//! of those keys over an absent row, which the apply rules already handle (a full row is
-//! upserted, a partial one re-read from the original). Idle, the set is empty and nothing is
+//! before it are collected ([`crate::phases::apply::ChangedKeys`]) into a temporary table of
+//! the control session, in sets of [`KEYS_PER_SET`] so that doppel's memory does not grow
+//! with them, and their rows deleted from the shadow in one statement before its primary key
+//! is built. The applier then replays every change of those keys over an absent row, which
+//! the apply rules already handle (a full row is upserted, a partial one re-read from the
+//! original). Idle, the set is empty and nothing is
 //! deleted.
 //!
 //! A rewrite of the original during the copy (`VACUUM FULL`, `CLUSTER`) moves every row to
@@ -95,9 +95,9 @@ pub async fn check_not_rewritten(client: &Client, plan: &Plan, before: u32) -> R
 
 /// After the last TID-range chunk: emits the marker on `client`, collects the keys changed
 /// before it from `reader` (a fresh reader of the run's spool) into a temporary table of
-/// `client`'s session, `set_size` distinct keys at a time ([`KEYS_PER_SET`] by default), and deletes their rows from the shadow in
-/// one statement (one scan of the shadow, which has no index yet). Returns (distinct keys
-/// changed, shadow rows deleted).
+/// `client`'s session, `set_size` distinct keys at a time ([`KEYS_PER_SET`] by default), and
+/// deletes their rows from the shadow in one statement (one scan of the shadow, which has no
+/// index yet). Returns (distinct keys changed, shadow rows deleted).
 ///
 /// Errors: the marker cannot be emitted, the spool cannot be read up to it
 /// ([`crate::phases::apply::ChangedKeys::next_set`]), the temporary table cannot be created
@@ -135,8 +135,8 @@ pub async fn remove_copied_twice(
     Ok(removed)
 }
 
-/// Moves the keys of `changed` into [`KEY_SET_TABLE`], `set_size` at a time, then deletes their rows from the
-/// shadow. Returns (distinct keys, rows deleted).
+/// Moves the keys of `changed` into [`KEY_SET_TABLE`], `set_size` at a time, then deletes
+/// their rows from the shadow. Returns (distinct keys, rows deleted).
 async fn fill_and_delete(
     client: &Client,
     plan: &Plan,

@@ -7,12 +7,10 @@ use std::collections::HashSet;
 use anyhow::{Context, Result, bail};
 use pglogrepl::pgoutput::{self, PgOutputMessage};
 
+use super::changes::Key;
 use super::relation::{check_relation, expect_relation, key_of, values};
 use crate::phases::capture::spool::{self, SpoolReader};
 use crate::plan::Plan;
-
-/// A key as text, one value per key column (`None`: NULL).
-pub type Key = Vec<Option<String>>;
 
 /// Reads a reader of the run's spool (from its first record) up to the logical message of the
 /// run's prefix whose content is a marker, and yields, in sets of bounded size, the keys whose

@@ -19,7 +19,8 @@ impl Val {
     }
 }
 
-pub(super) type Key = Vec<Option<String>>;
+/// A key as text, one value per key column (`None`: NULL).
+pub type Key = Vec<Option<String>>;
 
 /// One change to apply to one key.
 #[derive(Debug, Clone, PartialEq, Eq)]

@@ -55,7 +55,8 @@ use crate::plan::Plan;
 use crate::testing::Probe;
 use pglogrepl::lsn::Lsn;
 
-pub use changed_keys::{ChangedKeys, Key};
+pub use changed_keys::ChangedKeys;
+pub use changes::Key;
 pub use visibility::wait_visible;
 use worker::Worker;
 
