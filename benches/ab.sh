@@ -12,7 +12,8 @@
 # doppel and stopped when it ends.
 #
 # Prints per run: the WAL sender's CPU time (user + system, s, read from /proc every 0.5 s: the
-# last sample before it exits), the wall time and doppel's phases, and with --load the writer's
+# last sample before it exits), what its decoding spilled to disk (pg_stat_replication_slots,
+# sampled likewise), the wall time and doppel's phases, and with --load the writer's
 # transactions and p50 / p99 / max latency (ms, from the scheduled start) during the migration.
 LOAD=0; [[ ${1:-} == --load ]] && { LOAD=1; shift; }
 ROWS=${1:-10000000}; ROUNDS=${2:-2}; FLAGS_A=${3:-}; FLAGS_B=${4:-}
@@ -40,7 +41,7 @@ writer_latency() {
 }
 
 run() {
-  local tag=$1 t0 t1 sampler writer; shift; restore
+  local tag=$1 t0 t1 sampler spiller writer; shift; restore
   rm -f "$D"/pgbench_log.*
   if ((LOAD)); then
     (cd "$D" && exec "$PGBENCH" -n -c 8 -j 2 -R 1000 -T 100000 -f "$H/writer.pgbench.sql" \
@@ -52,16 +53,26 @@ run() {
   ( while true; do for w in $(pgrep -P "$(head -n 1 "$D/data/postmaster.pid")" -f 'walsender'); do
       awk -v p=$w '{ print p, ($14 + $15) / 100 }' /proc/$w/stat 2>/dev/null; done; sleep 0.5; done ) >"$D/$tag.ws" &
   sampler=$!
+  # What the slot's decoding spilled to disk (pg_stat_replication_slots, PostgreSQL 14+; the
+  # stats go with the slot at the end of the run, so the last sample is kept).
+  ( while true; do psql -XAtq -d bench -c "SELECT coalesce(sum(spill_txns), 0), coalesce(sum(spill_bytes), 0)
+      FROM pg_stat_replication_slots" 2>/dev/null | awk -F'|' 'NF == 2 && $1 > 0 { print }'; sleep 0.5; done ) >"$D/$tag.spill" &
+  spiller=$!
   t0=$(now)
   NO_COLOR=1 "$DOPPEL_BIN" run --dsn "$DSN" --table public.orders --alter "ALTER COLUMN customer_id TYPE bigint" --execute \
     --progress lines --status-interval 1 --work-dir "$D" --rollback-dir "$D" "$@" >"$D/$tag.out" 2>"$D/$tag.err" ||
     { tail -n 5 "$D/$tag.err"; echo "$tag: doppel failed"; }
-  t1=$(now); kill $sampler
+  t1=$(now); kill $sampler $spiller
   if ((LOAD)); then
-    pkill -INT -P "$writer" pgbench 2>/dev/null; kill -INT "$writer" 2>/dev/null; wait "$writer" 2>/dev/null
+    # SIGINT, then SIGTERM: a script started without job control (nohup, cron) starts its
+    # background jobs with SIGINT ignored.
+    pkill -INT -P "$writer" pgbench 2>/dev/null; kill -INT "$writer" 2>/dev/null
+    for _ in $(seq 20); do kill -0 "$writer" 2>/dev/null || break; sleep 0.1; done
+    kill -TERM "$writer" 2>/dev/null; wait "$writer" 2>/dev/null
     echo "$tag: writer during the migration: $(writer_latency "$t0" "$t1")"
   fi
   echo "$tag: walsender CPU $(tail -n 1 "$D/$tag.ws" | awk '{ print $2 }') s"
+  echo "$tag: decoding spilled $(tail -n 1 "$D/$tag.spill" | awk -F'|' '{ printf "%d transactions, %.1f MiB", $1, $2 / 1048576 } END { if (NR == 0) print "nothing" }')"
   echo "$tag: wall $(el $t0 $t1) s; $(sed -n 2,9p "$D/$tag.out" | tr -s ' ' | tr '\n' ';')"
 }
 echo "A: ${FLAGS_A:-(no extra flags)}; B: ${FLAGS_B:-(no extra flags)}; $ROWS rows, $ROUNDS rounds$( ((LOAD)) && echo ', under the writer')"
