@@ -60,6 +60,9 @@ pub struct CopyOptions {
     /// the keys changed during the copy to the server
     /// ([`crate::phases::tid_chunks::KEYS_PER_SET`] by default; no flag sets it).
     pub key_set_size: usize,
+    /// The most rows one chunk may hold ([`MAX_CHUNK_ROWS`] by default). A run whose WAL
+    /// sender decodes the copied rows lowers it to [`decoded_chunk_cap`].
+    pub max_chunk_rows: i64,
 }
 
 /// How the backfill divides the table into chunks (`--chunk-by`).
@@ -82,6 +85,7 @@ impl Default for CopyOptions {
             initial_rows: 1_000,
             chunk_by: ChunkBy::Key,
             key_set_size: crate::phases::tid_chunks::KEYS_PER_SET,
+            max_chunk_rows: MAX_CHUNK_ROWS,
         }
     }
 }
@@ -107,10 +111,64 @@ fn toward_target(took: Duration, target: Duration) -> f64 {
     (target.as_secs_f64() / took).clamp(0.5, 2.0)
 }
 
+/// The fewest rows a key-range chunk is sized to.
+pub const MIN_CHUNK_ROWS: i64 = 100;
+/// The most rows a key-range chunk is sized to.
+pub const MAX_CHUNK_ROWS: i64 = 5_000_000;
+
 /// The next chunk size (rows) after a chunk of `rows` took `took`: scaled toward `target`,
-/// at most ×2 or ÷2 per step, within [100, 5,000,000].
+/// at most ×2 or ÷2 per step, within [[`MIN_CHUNK_ROWS`], [`MAX_CHUNK_ROWS`]].
 pub fn next_chunk_rows(rows: i64, took: Duration, target: Duration) -> i64 {
-    ((rows as f64 * toward_target(took, target)) as i64).clamp(100, 5_000_000)
+    ((rows as f64 * toward_target(took, target)) as i64).clamp(MIN_CHUNK_ROWS, MAX_CHUNK_ROWS)
+}
+
+/// Bytes the reorder buffer counts for one decoded row beyond the row itself: its change
+/// record and tuple header (PostgreSQL's `ReorderBufferChangeSize`, reorderbuffer.c), rounded
+/// up.
+const DECODED_ROW_OVERHEAD: f64 = 128.0;
+
+/// The most rows a chunk may hold while the WAL sender decodes the copied rows (PostgreSQL
+/// 14-15, or `--no-copy-origin`): `workers` chunks open at once fill at most half of
+/// `decoding_bytes` (the WAL sender's `logical_decoding_work_mem`, bytes), a row counted as
+/// `row_bytes` (its average size on disk, bytes) plus the reorder buffer's own overhead; the
+/// other half is left to the application's transactions. Past `logical_decoding_work_mem`
+/// PostgreSQL spills the largest transaction to disk and reads it back (BENCHMARKS.md, "Chunk
+/// time 100 ms against 500 ms": 922 MiB spilled, twice the WAL sender's CPU). Within
+/// [[`MIN_CHUNK_ROWS`], [`MAX_CHUNK_ROWS`]].
+pub fn decoded_chunk_rows(decoding_bytes: f64, row_bytes: f64, workers: usize) -> i64 {
+    let per_chunk = decoding_bytes / 2.0 / workers.max(1) as f64;
+    let rows = per_chunk / (row_bytes.max(0.0) + DECODED_ROW_OVERHEAD);
+    (rows as i64).clamp(MIN_CHUNK_ROWS, MAX_CHUNK_ROWS)
+}
+
+/// [`decoded_chunk_rows`] for `plan`'s table copied by `workers` sessions under the WAL
+/// sender's `logical_decoding_work_mem` = `work_mem` (PostgreSQL's size syntax, e.g. `256MB`),
+/// a row's size taken as the average of the first 1,000 rows' (`pg_column_size`);
+/// [`MAX_CHUNK_ROWS`] for an empty table.
+///
+/// Errors: the server rejects `work_mem` as a size, or the query fails.
+pub async fn decoded_chunk_cap(
+    client: &Client,
+    plan: &Plan,
+    work_mem: &str,
+    workers: usize,
+) -> Result<i64> {
+    let sql = format!(
+        "SELECT pg_size_bytes($1)::float8, \
+         (SELECT avg(pg_column_size(t.*))::float8 FROM (SELECT * FROM {} LIMIT 1000) t)",
+        plan.original.qualified()
+    );
+    let row = client
+        .query_one(&sql, &[&work_mem])
+        .await
+        .with_context(|| {
+            format!("sizing the chunks within --logical-decoding-work-mem {work_mem:?}")
+        })?;
+    let decoding_bytes: f64 = row.get(0);
+    Ok(match row.get::<_, Option<f64>>(1) {
+        Some(row_bytes) => decoded_chunk_rows(decoding_bytes, row_bytes, workers),
+        None => MAX_CHUNK_ROWS,
+    })
 }
 
 /// The next TID-range chunk's page count after a chunk of `pages` took `took`: scaled
@@ -163,6 +221,8 @@ struct Counters {
     rows_target: AtomicI64,
     /// Heap pages the next TID-range chunk should cover.
     pages_target: AtomicI64,
+    /// The most heap pages a TID-range chunk may cover (`max_chunk_rows` in pages).
+    max_pages: AtomicI64,
     copied: AtomicU64,
     chunks: AtomicU64,
 }
@@ -187,8 +247,9 @@ impl Backfill<'_> {
         let started = Instant::now();
         let resumed = self.resume.clone().unwrap_or_default();
         let counters = Counters {
-            rows_target: AtomicI64::new(self.options.initial_rows),
+            rows_target: AtomicI64::new(self.options.initial_rows.min(self.options.max_chunk_rows)),
             pages_target: AtomicI64::new(0),
+            max_pages: AtomicI64::new(1_000_000),
             copied: AtomicU64::new(resumed.rows),
             chunks: AtomicU64::new(0),
         };
@@ -374,10 +435,13 @@ impl Backfill<'_> {
         // one pair is the original.
         let (mut heap_pages, per_page) =
             tid_chunks::heap_pages(client, self.plan.original.oid).await?;
+        let max_pages =
+            ((self.options.max_chunk_rows as f64 / per_page) as i64).clamp(1, 1_000_000);
+        counters.max_pages.store(max_pages, Ordering::Relaxed);
         let first = (self.options.initial_rows as f64 / per_page).ceil() as i64;
         counters
             .pages_target
-            .store(first.clamp(1, 1_000_000), Ordering::Relaxed);
+            .store(first.clamp(1, max_pages), Ordering::Relaxed);
         let (mut seq, mut lower) = (start.seq, 0i64);
         loop {
             check()?;
@@ -516,11 +580,12 @@ impl Backfill<'_> {
             }
             match self.options.chunk_by {
                 ChunkBy::Key => counters.rows_target.store(
-                    next_chunk_rows(rows_planned, took, target),
+                    next_chunk_rows(rows_planned, took, target).min(self.options.max_chunk_rows),
                     Ordering::Relaxed,
                 ),
                 ChunkBy::Tid => counters.pages_target.store(
-                    next_chunk_pages(range.pages, took, target),
+                    next_chunk_pages(range.pages, took, target)
+                        .min(counters.max_pages.load(Ordering::Relaxed)),
                     Ordering::Relaxed,
                 ),
             }
@@ -678,6 +743,21 @@ mod tests {
         assert_eq!(next_chunk_pages(10, Duration::from_secs(1), target), 5);
         assert_eq!(next_chunk_pages(1, Duration::from_secs(1), target), 1);
         assert_eq!(next_chunk_pages(900_000, Duration::ZERO, target), 1_000_000);
+    }
+
+    #[test]
+    fn decoded_chunks_fill_half_the_decoding_memory_between_the_workers() {
+        // 256 MiB, rows of 128 bytes (+128 counted by the reorder buffer), 2 workers: each
+        // chunk may fill 64 MiB, 262,144 rows.
+        let mib = 1024.0 * 1024.0;
+        assert_eq!(decoded_chunk_rows(256.0 * mib, 128.0, 2), 262_144);
+        assert_eq!(decoded_chunk_rows(256.0 * mib, 128.0, 4), 131_072);
+        // Wide rows: fewer; a tiny setting still copies MIN_CHUNK_ROWS at a time.
+        assert_eq!(decoded_chunk_rows(256.0 * mib, 8064.0, 2), 8_192);
+        assert_eq!(decoded_chunk_rows(64.0 * 1024.0, 100.0, 2), MIN_CHUNK_ROWS);
+        // A huge setting is bounded like any chunk; no worker counts as one.
+        assert_eq!(decoded_chunk_rows(1e15, 100.0, 2), MAX_CHUNK_ROWS);
+        assert_eq!(decoded_chunk_rows(256.0 * mib, 128.0, 0), 524_288);
     }
 
     #[test]

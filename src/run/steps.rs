@@ -237,7 +237,9 @@ impl Run<'_> {
             workers.push(w);
         }
         let tasks = &capture.tasks;
-        let copy_options = self.copy_options();
+        let copy_options = self
+            .decoded_chunk_cap(self.copy_options(), workers.len())
+            .await?;
         let filenode = match copy_options.chunk_by {
             ChunkBy::Tid => {
                 Some(tid_chunks::filenode(&self.control, self.plan.original.oid).await?)
@@ -283,6 +285,36 @@ impl Run<'_> {
             secs = copy.elapsed.as_secs_f64(),
             "backfill complete"
         );
+        Ok(copy)
+    }
+
+    /// `copy` with its chunks kept within the WAL sender's `--logical-decoding-work-mem` when
+    /// it decodes the copied rows (not under replication origins), so that it does not spill
+    /// them to disk ([`crate::phases::backfill::decoded_chunk_rows`]); logged when that bounds
+    /// them. Errors: [`crate::phases::backfill::decoded_chunk_cap`]'s.
+    async fn decoded_chunk_cap(
+        &self,
+        mut copy: CopyOptions,
+        workers: usize,
+    ) -> Result<CopyOptions> {
+        if self.created.copy_origins {
+            return Ok(copy);
+        }
+        let work_mem = &self.options.logical_decoding_work_mem;
+        let cap = crate::phases::backfill::decoded_chunk_cap(
+            &self.control,
+            &self.plan,
+            work_mem,
+            workers,
+        )
+        .await?;
+        if cap < copy.max_chunk_rows {
+            tracing::info!(
+                max_chunk_rows = cap,
+                "chunks hold at most {cap} rows: the WAL sender decodes the copied rows, and {workers} such chunks at once stay within half of its logical_decoding_work_mem ({work_mem})"
+            );
+            copy.max_chunk_rows = cap;
+        }
         Ok(copy)
     }
 

@@ -4,7 +4,8 @@
 //! recorded under the origins, the new table still equals the twin under a concurrent writer
 //! (nothing the shadow needs was dropped), and the origins are gone afterwards. Before 16 and
 //! with `copy_origin` off (`--no-copy-origin`), no origin is created; a subscription of another
-//! database does not keep the copy from its origins.
+//! database does not keep the copy from its origins. Where the WAL sender decodes the copied
+//! rows, the chunks stay within its `logical_decoding_work_mem`: nothing spills.
 
 use std::path::{Path, PathBuf};
 use std::time::Duration;
@@ -230,4 +231,66 @@ async fn another_databases_subscription_does_not_abort_a_copy_under_origins() {
         .await
         .unwrap();
     assert_eq!(mismatches, 0);
+}
+
+/// The spill counters of the server's replication slots, once they show a decoded
+/// transaction: `(total_txns, spill_txns)` of `pg_stat_replication_slots` (PostgreSQL 14+;
+/// the WAL sender reports them as it decodes, so they are awaited, at most 30 s).
+async fn slot_spills(client: &tokio_postgres::Client) -> (i64, i64) {
+    let sql = "SELECT coalesce(sum(total_txns), 0)::int8, coalesce(sum(spill_txns), 0)::int8
+               FROM pg_stat_replication_slots";
+    let seen = std::cell::Cell::new((0i64, 0i64));
+    let seen_ref = &seen;
+    let reported = common::wait_until_async(Duration::from_secs(30), move || async move {
+        let row = client.query_one(sql, &[]).await.unwrap();
+        let counts: (i64, i64) = (row.get(0), row.get(1));
+        seen_ref.set(counts);
+        counts.0 > 0
+    })
+    .await;
+    assert!(
+        reported,
+        "the slot's decoding statistics show no transaction"
+    );
+    seen.get()
+}
+
+/// While the WAL sender decodes the copied rows (`--no-copy-origin`, as on PostgreSQL 14-15),
+/// chunks are held within its `logical_decoding_work_mem`: with 1MB of it and 5 s chunks,
+/// which would grow past it within a few chunks on a 30,000-row table, the decoding spills
+/// no transaction by the time verification starts, and the run migrates. Without the cap
+/// (chunks sized by time alone) the same run spills.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn decoded_chunks_stay_within_the_wal_senders_decoding_memory() {
+    let cluster = common::cluster().await;
+    let client = cluster.connect("postgres").await.unwrap();
+    workload::create_tables(&client, "orders", "orders_twin", 30_000)
+        .await
+        .unwrap();
+    let config: tokio_postgres::Config = cluster.conninfo("postgres").parse().unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let mut opts = common::options(dir.path(), "orders", &[ALTER])
+        .chunk_time(Duration::from_secs(5))
+        .initial_rows(500)
+        .status_interval(Duration::from_secs(60));
+    opts.copy_origin = false;
+    opts.logical_decoding_work_mem = "1MB".into();
+    let pause = common::pause_dir(dir.path());
+    doppel::testing::arm(&pause, "verifying").unwrap();
+    let run =
+        tokio::spawn(async move { common::run_paused(&config, &opts, &Cancel::never()).await });
+    assert!(
+        doppel::testing::wait_reached(&pause, "verifying", Duration::from_secs(60))
+            .await
+            .is_some(),
+        "the run reaches verification"
+    );
+    let (decoded, spilled) = slot_spills(&client).await;
+    doppel::testing::release(&pause, "verifying").unwrap();
+    let outcome = run.await.unwrap().unwrap();
+    assert!(matches!(outcome, Outcome::Migrated(_)), "{outcome:?}");
+    assert_eq!(
+        spilled, 0,
+        "the WAL sender spilled {spilled} of {decoded} decoded transactions to disk"
+    );
 }
