@@ -221,8 +221,6 @@ struct Counters {
     rows_target: AtomicI64,
     /// Heap pages the next TID-range chunk should cover.
     pages_target: AtomicI64,
-    /// The most heap pages a TID-range chunk may cover (`max_chunk_rows` in pages).
-    max_pages: AtomicI64,
     copied: AtomicU64,
     chunks: AtomicU64,
 }
@@ -249,7 +247,6 @@ impl Backfill<'_> {
         let counters = Counters {
             rows_target: AtomicI64::new(self.options.initial_rows.min(self.options.max_chunk_rows)),
             pages_target: AtomicI64::new(0),
-            max_pages: AtomicI64::new(1_000_000),
             copied: AtomicU64::new(resumed.rows),
             chunks: AtomicU64::new(0),
         };
@@ -435,9 +432,9 @@ impl Backfill<'_> {
         // one pair is the original.
         let (mut heap_pages, per_page) =
             tid_chunks::heap_pages(client, self.plan.original.oid).await?;
+        // `max_chunk_rows` in pages; each range is clamped to it as it is planned.
         let max_pages =
             ((self.options.max_chunk_rows as f64 / per_page) as i64).clamp(1, 1_000_000);
-        counters.max_pages.store(max_pages, Ordering::Relaxed);
         let first = (self.options.initial_rows as f64 / per_page).ceil() as i64;
         counters
             .pages_target
@@ -448,7 +445,7 @@ impl Backfill<'_> {
             if let Some(t) = self.throttle {
                 t.wait_clear().await?;
             }
-            let pages = counters.pages_target.load(Ordering::Relaxed);
+            let pages = counters.pages_target.load(Ordering::Relaxed).min(max_pages);
             if lower + pages >= heap_pages {
                 // The table may have grown since: plan bounded ranges over what was added,
                 // and leave only the tail of less than one chunk to the open-ended one.
@@ -584,8 +581,7 @@ impl Backfill<'_> {
                     Ordering::Relaxed,
                 ),
                 ChunkBy::Tid => counters.pages_target.store(
-                    next_chunk_pages(range.pages, took, target)
-                        .min(counters.max_pages.load(Ordering::Relaxed)),
+                    next_chunk_pages(range.pages, took, target),
                     Ordering::Relaxed,
                 ),
             }

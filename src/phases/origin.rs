@@ -1,10 +1,10 @@
 //! Replication origins for the copy sessions (PostgreSQL 16+, on unless `--no-copy-origin`,
 //! issue 17): each copy worker marks its session with a replication origin of its own
 //! (`doppel_<table oid>_copy<n>`, `pg_replication_origin_session_setup`), and doppel's stream
-//! asks pgoutput for `origin 'none'`. The WAL sender then drops the backfill's inserts into the shadow while decoding,
-//! before they reach its reorder buffer, instead of decoding, queueing (and, above
-//! `logical_decoding_work_mem`, spilling) every copied row only for pgoutput to discard it at
-//! commit because the shadow is not published. The copy sessions write nothing else the
+//! asks pgoutput for `origin 'none'`. The WAL sender then drops the backfill's inserts into
+//! the shadow while decoding, before they reach its reorder buffer, instead of decoding,
+//! queueing (and, above `logical_decoding_work_mem`, spilling) every copied row only for
+//! pgoutput to discard it at commit because the shadow is not published. The copy sessions write nothing else the
 //! stream needs (the shadow and, in a resumable run, the checkpoint tables), so nothing is
 //! lost.
 //!

@@ -13,8 +13,7 @@
 //! with them, and their rows deleted from the shadow in one statement before its primary key
 //! is built. The applier then replays every change of those keys over an absent row, which
 //! the apply rules already handle (a full row is upserted, a partial one re-read from the
-//! original). Idle, the set is empty and nothing is
-//! deleted.
+//! original). Idle, the set is empty and nothing is deleted.
 //!
 //! A rewrite of the original during the copy (`VACUUM FULL`, `CLUSTER`) moves every row to
 //! another TID without a change in the stream, so rows could be missed or copied twice: the

@@ -238,7 +238,7 @@ impl Run<'_> {
         }
         let tasks = &capture.tasks;
         let copy_options = self
-            .decoded_chunk_cap(self.copy_options(), workers.len())
+            .within_decoding_memory(self.copy_options(), workers.len())
             .await?;
         let filenode = match copy_options.chunk_by {
             ChunkBy::Tid => {
@@ -292,7 +292,7 @@ impl Run<'_> {
     /// it decodes the copied rows (not under replication origins), so that it does not spill
     /// them to disk ([`crate::phases::backfill::decoded_chunk_rows`]); logged when that bounds
     /// them. Errors: [`crate::phases::backfill::decoded_chunk_cap`]'s.
-    async fn decoded_chunk_cap(
+    async fn within_decoding_memory(
         &self,
         mut copy: CopyOptions,
         workers: usize,

@@ -35,16 +35,27 @@ async fn start_paused_after_a_chunk(
         .fence_timeout(Duration::from_millis(2000))
         .status_interval(Duration::from_secs(60));
     opts.copy_origin = copy_origin;
+    spawn_paused_at(config, dir, opts, "copying").await
+}
+
+/// Starts doppel with `opts` (work directory `dir`) and waits until it stops at pause point
+/// `point`: the run and the pause directory where `point` is released.
+async fn spawn_paused_at(
+    config: &tokio_postgres::Config,
+    dir: &Path,
+    opts: doppel::run::RunOptions,
+    point: &str,
+) -> (JoinHandle<anyhow::Result<Outcome>>, PathBuf) {
     let pause = common::pause_dir(dir);
-    doppel::testing::arm(&pause, "copying").unwrap();
+    doppel::testing::arm(&pause, point).unwrap();
     let config = config.clone();
     let run =
         tokio::spawn(async move { common::run_paused(&config, &opts, &Cancel::never()).await });
     assert!(
-        doppel::testing::wait_reached(&pause, "copying", Duration::from_secs(60))
+        doppel::testing::wait_reached(&pause, point, Duration::from_secs(60))
             .await
             .is_some(),
-        "a chunk is copied"
+        "the run reaches {point}"
     );
     (run, pause)
 }
@@ -237,22 +248,25 @@ async fn another_databases_subscription_does_not_abort_a_copy_under_origins() {
 /// transaction: `(total_txns, spill_txns)` of `pg_stat_replication_slots` (PostgreSQL 14+;
 /// the WAL sender reports them as it decodes, so they are awaited, at most 30 s).
 async fn slot_spills(client: &tokio_postgres::Client) -> (i64, i64) {
-    let sql = "SELECT coalesce(sum(total_txns), 0)::int8, coalesce(sum(spill_txns), 0)::int8
-               FROM pg_stat_replication_slots";
-    let seen = std::cell::Cell::new((0i64, 0i64));
-    let seen_ref = &seen;
-    let reported = common::wait_until_async(Duration::from_secs(30), move || async move {
-        let row = client.query_one(sql, &[]).await.unwrap();
-        let counts: (i64, i64) = (row.get(0), row.get(1));
-        seen_ref.set(counts);
-        counts.0 > 0
+    const DECODED: &str =
+        "SELECT coalesce(sum(total_txns), 0)::int8 FROM pg_stat_replication_slots";
+    let reported = common::wait_until_async(Duration::from_secs(30), || async {
+        common::scalar(client, DECODED).await > 0
     })
     .await;
     assert!(
         reported,
         "the slot's decoding statistics show no transaction"
     );
-    seen.get()
+    let row = client
+        .query_one(
+            "SELECT coalesce(sum(total_txns), 0)::int8, coalesce(sum(spill_txns), 0)::int8
+             FROM pg_stat_replication_slots",
+            &[],
+        )
+        .await
+        .unwrap();
+    (row.get(0), row.get(1))
 }
 
 /// While the WAL sender decodes the copied rows (`--no-copy-origin`, as on PostgreSQL 14-15),
@@ -275,16 +289,7 @@ async fn decoded_chunks_stay_within_the_wal_senders_decoding_memory() {
         .status_interval(Duration::from_secs(60));
     opts.copy_origin = false;
     opts.logical_decoding_work_mem = "1MB".into();
-    let pause = common::pause_dir(dir.path());
-    doppel::testing::arm(&pause, "verifying").unwrap();
-    let run =
-        tokio::spawn(async move { common::run_paused(&config, &opts, &Cancel::never()).await });
-    assert!(
-        doppel::testing::wait_reached(&pause, "verifying", Duration::from_secs(60))
-            .await
-            .is_some(),
-        "the run reaches verification"
-    );
+    let (run, pause) = spawn_paused_at(&config, dir.path(), opts, "verifying").await;
     let (decoded, spilled) = slot_spills(&client).await;
     doppel::testing::release(&pause, "verifying").unwrap();
     let outcome = run.await.unwrap().unwrap();
